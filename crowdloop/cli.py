@@ -1,0 +1,194 @@
+"""The ``crowdloop`` command line (typer + rich).
+
+Errors caused by input (``CrowdloopError``) print one line, ``error: ...``, and exit 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from crowdloop.errors import CrowdloopError
+
+app = typer.Typer(
+    name="crowdloop",
+    help="Active-learning labeling: fewer human labels, better labels, fair pay.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _one_line_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CrowdloopError as exc:
+            message = " ".join(str(exc).split())
+            err_console.print(Text(f"error: {message}", style="bold red"), soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _rounds_table(state: dict[str, Any], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for name in ("round", "labeled", "judgments", f"cost ({state['currency']})", "accuracy"):
+        table.add_column(name, justify="right")
+    for r in state["rounds"]:
+        table.add_row(str(r["round"]), str(r["n_labeled"]), str(r["n_judgments"]), f"{r['cost']:.2f}", _fmt(r["accuracy"]))
+    return table
+
+
+def _phase(project) -> str:
+    from crowdloop.engine import round_key
+
+    rounds = project.rounds()
+    if not rounds:
+        return "starting"
+    r = rounds[-1]
+    for key, label in (("pay.json", "paid"), ("aggregate.json", "aggregated"), ("collected.json", "collected"),
+                       ("refs.json", "collecting answers"), ("dispatch.json", "dispatching"),
+                       ("selection.json", "selected"), ("metrics.json", "evaluated"), ("train.json", "trained")):
+        if project.store.exists(round_key(r, key)):
+            return f"round {r}: {label}"
+    return f"round {r}: training"
+
+
+def _live_view(project) -> Callable[[], Any]:
+    from crowdloop.report import status
+
+    def render() -> Any:
+        try:
+            state = status(project)
+            phase = _phase(project)
+        except (CrowdloopError, OSError, ValueError) as exc:  # a record being written; show the last good view
+            return Text(f"reading progress… ({exc.__class__.__name__})")
+        last = state["rounds"][-1] if state["rounds"] else None
+        t = state["totals"]
+        head = Text.assemble(
+            ("crowdloop ", "bold"), (state["project"], "bold cyan"), f"  {phase}\n",
+            f"labeled {t['n_labeled']}  judgments {t['n_judgments']}  money {t['cost']:.2f} {state['currency']}  "
+            f"accuracy {_fmt(last['accuracy'] if last else None)}",
+        )
+        return Group(head, _rounds_table(state, "rounds"))
+
+    return render
+
+
+@app.command()
+@_one_line_errors
+def run(
+    config: Path = typer.Argument(..., help="YAML config, e.g. configs/digits.yaml"),
+    project_dir: Optional[str] = typer.Option(None, "--project-dir", help="project store; default projects/<project>"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="show Prefect's logs on the console"),
+) -> None:
+    """Run (or resume) the active-learning loop of CONFIG until its stopping rule holds."""
+    from crowdloop.config import load_config
+    from crowdloop.engine import Project, default_location
+
+    cfg = load_config(config)
+    location = default_location(cfg, project_dir)
+    project = Project.prepare(cfg, location)
+    with project.running():  # fail fast, before Prefect starts, if another run holds the project
+        pass
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from crowdloop.flows.loop import active_learning_loop
+
+    result: dict[str, Any] = {}
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.update(active_learning_loop(cfg, location))
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread below
+            failure.append(exc)
+
+    worker = threading.Thread(target=target, name="crowdloop-flow", daemon=True)
+    view = _live_view(Project.open(location))
+    with Live(get_renderable=view, console=console, refresh_per_second=2, transient=console.is_terminal):
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.2)
+    if failure:
+        raise failure[0]
+    _print_summary(result, location)
+
+
+def _print_summary(state: dict[str, Any], location: str) -> None:
+    console.print(_rounds_table(state, f"crowdloop {state['project']}: rounds"))
+    t = state["totals"]
+    last = state["rounds"][-1]["accuracy"] if state["rounds"] else None
+    summary = Table(show_header=False, title="summary", title_justify="left")
+    summary.add_column("what")
+    summary.add_column("value", justify="right")
+    summary.add_row("stopped because", str(state["stop_reason"]))
+    summary.add_row("final test accuracy", _fmt(last))
+    summary.add_row("whole pool, true labels", _fmt(state["reference_accuracy"]))
+    summary.add_row("human-labeled items", str(t["n_labeled"]))
+    summary.add_row("human judgments", str(t["n_judgments"]))
+    summary.add_row(f"money spent ({state['currency']})", f"{t['cost']:.2f}")
+    summary.add_row(f"effective wage ({state['currency']}/h)", _fmt(t["effective_hourly_wage"], 2))
+    if state.get("baseline") and state["baseline"]["rounds"]:
+        b = state["baseline"]["rounds"][-1]
+        summary.add_row("random baseline accuracy", f"{_fmt(b['accuracy'])} at {b['n_labeled']} labels")
+    console.print(summary)
+    console.print(f"outputs in {location}: metrics.json, metrics.csv, learning_curve.png, labels.jsonl, annotations.jsonl")
+
+
+@app.command()
+@_one_line_errors
+def status(
+    project_dir: str = typer.Argument(..., help="project store (directory)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object (stable keys, see README)"),
+) -> None:
+    """Show a project's rounds, spending and accuracy."""
+    from crowdloop.engine import Project
+    from crowdloop.report import status as project_status
+
+    state = project_status(Project.open(project_dir))
+    if as_json:
+        sys.stdout.write(json.dumps(state) + "\n")
+        return
+    console.print(_rounds_table(state, f"crowdloop {state['project']}"))
+    console.print(f"reference accuracy: {_fmt(state['reference_accuracy'])}; stopped: {state['stop_reason']}")
+
+
+@app.command()
+@_one_line_errors
+def check(config: Path = typer.Argument(..., help="YAML config to validate")) -> None:
+    """Validate CONFIG (fields, plug-in names, pool columns) without running anything."""
+    from crowdloop.config import load_config
+
+    load_config(config)
+    console.print(f"{config}: ok")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

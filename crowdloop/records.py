@@ -1,0 +1,78 @@
+"""Record types written to the project store (see DESIGN.md, "Records").
+
+Records are pydantic models so that anything a vendor returns is validated before it is
+stored, and so that the JSON on disk is the documented format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Task(_Record):
+    """One item sent to a vendor for ``replicas`` independent judgments."""
+
+    item_id: str
+    round: int = Field(ge=0)
+    batch_id: str
+    replicas: int = Field(ge=1)
+    reward: float = Field(ge=0, description="per judgment, in the pay currency")
+    is_gold: bool = False
+    payload: dict[str, Any] = Field(default_factory=dict, description="what the worker sees (text, image ref, row)")
+
+
+class Annotation(_Record):
+    """One worker's answer to one task (an assignment, in MTurk's words)."""
+
+    item_id: str
+    worker_id: str
+    label: str
+    vendor: str
+    assignment_id: str
+    batch_id: str
+    round: int = Field(ge=0)
+    submitted_at: datetime
+    duration_s: float = Field(ge=0)
+    reward: float = Field(ge=0)
+    is_gold: bool = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """De-duplication key of the label log."""
+        return (self.vendor, self.assignment_id)
+
+
+class AggregatedLabel(_Record):
+    item_id: str
+    label: str
+    confidence: float = Field(ge=0, le=1)
+    n_annotations: int = Field(ge=0)
+    method: str
+    source: Literal["human", "machine", "gold"] = "human"
+    round: int = Field(ge=0)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def dumps(obj: Any) -> bytes:
+    """Canonical JSON bytes (sorted keys) so content hashes are stable."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def to_jsonl(records: list[BaseModel]) -> bytes:
+    return b"".join(r.model_dump_json().encode() + b"\n" for r in records)
+
+
+def content_hash(data: bytes, length: int = 16) -> str:
+    return hashlib.sha256(data).hexdigest()[:length]

@@ -1,0 +1,93 @@
+"""Lazy plug-in registry over entry points, in the spirit of fsspec's ``registry``.
+
+Built-ins register through the same entry-point groups as third-party plug-ins
+(see ``pyproject.toml``). Nothing is imported until a name is asked for, so a broken or
+half-installed plug-in only fails when it is used, and never stops the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+from crowdloop.errors import RegistryError
+
+# Optional extras that built-in plug-ins need, so a missing SDK names the right install.
+BUILTIN_EXTRAS: dict[tuple[str, str], str] = {
+    ("crowdloop.vendors", "mturk"): "mturk",
+    ("crowdloop.vendors", "label_studio"): "labelstudio",
+    ("crowdloop.stores", "s3"): "s3",
+}
+
+
+@dataclass
+class Registry:
+    """Named plug-ins of one kind (``group`` is the entry-point group)."""
+
+    group: str
+    kind: str
+    _overrides: dict[str, Any] = field(default_factory=dict)
+    _cache: dict[str, Any] = field(default_factory=dict)
+
+    def _entry_points(self) -> dict[str, EntryPoint]:
+        return {ep.name: ep for ep in entry_points(group=self.group)}
+
+    def names(self) -> list[str]:
+        """All registered names, sorted; loading none of them."""
+        return sorted(set(self._entry_points()) | set(self._overrides))
+
+    def register(self, name: str, obj: Any) -> None:
+        """Register an object in-process (tests, notebooks); entry points stay the normal way."""
+        self._overrides[name] = obj
+        self._cache.pop(name, None)
+
+    def load(self, name: str) -> Any:
+        """Import and return the plug-in called ``name``, with a one-line error if impossible."""
+        if name in self._overrides:
+            return self._overrides[name]
+        if name in self._cache:
+            return self._cache[name]
+        eps = self._entry_points()
+        if name not in eps:
+            known = ", ".join(self.names()) or "none (is crowdloop installed? run: pip install -e .)"
+            raise RegistryError(f"unknown {self.kind} {name!r}; known {self.kind}s: {known}")
+        ep = eps[name]
+        try:
+            obj = ep.load()
+        except ModuleNotFoundError as exc:
+            missing = exc.name or "?"
+            extra = BUILTIN_EXTRAS.get((self.group, name))
+            hint = f"pip install 'crowdloop[{extra}]'" if extra else f"install the package that provides {missing!r}"
+            raise RegistryError(
+                f"{self.kind} {name!r} needs the missing package {missing!r}: {hint}"
+            ) from exc
+        except (ImportError, AttributeError, SyntaxError) as exc:
+            raise RegistryError(f"{self.kind} {name!r} ({ep.value}) failed to load: {exc}") from exc
+        self._cache[name] = obj
+        return obj
+
+
+vendors = Registry("crowdloop.vendors", "vendor")
+samplers = Registry("crowdloop.samplers", "sampler")
+aggregators = Registry("crowdloop.aggregators", "aggregator")
+pools = Registry("crowdloop.pools", "pool source")
+stores = Registry("crowdloop.stores", "store scheme")
+
+
+def import_object(path: str, *, what: str = "object") -> Any:
+    """Import ``package.module.Name`` (or ``package.module:Name``) with a one-line error."""
+    module_name, sep, attr = path.replace(":", ".").rpartition(".")
+    if not sep or not module_name or not attr:
+        raise RegistryError(f"{what} {path!r}: expected an import path like 'sklearn.linear_model.LogisticRegression'")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise RegistryError(f"{what} {path!r}: module {exc.name!r} not found") from exc
+    except ImportError as exc:
+        raise RegistryError(f"{what} {path!r}: import failed: {exc}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise RegistryError(f"{what} {path!r}: module {module_name!r} has no attribute {attr!r}") from None

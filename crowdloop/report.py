@@ -1,0 +1,119 @@
+"""Reports over a project store: the ``status`` JSON, metrics files and the learning curve.
+
+``status()`` is read by scripts and checks, so its keys are stable (documented in the
+README): ``rounds`` is a list of ``{round, n_labeled, n_judgments, cost, accuracy}`` and
+``reference_accuracy`` is the accuracy of the same model on the whole pool with true labels.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from crowdloop.engine import REFERENCE_KEY, STOP_KEY, Project, export_labels_manifest, round_key
+from crowdloop.pay import hourly_wage
+from crowdloop.records import to_jsonl
+from crowdloop.storage import read_json
+
+ROUND_FIELDS = ("round", "n_labeled", "n_judgments", "cost", "accuracy")
+
+
+def _rounds(p: Project) -> list[dict[str, Any]]:
+    return [{k: m.get(k) for k in ROUND_FIELDS} for m in p.metrics()]
+
+
+def totals(p: Project) -> dict[str, Any]:
+    rounds = p.rounds()
+    paid = work = 0.0
+    for r in rounds:
+        pay = read_json(p.store, round_key(r, "pay.json"), default=None)
+        if pay:
+            paid += pay["rewards"] + pay["bonuses"]
+            work += pay["work_seconds"]
+    labels = p.human_labels(before_round=(rounds[-1] + 1) if rounds else 0)
+    return {
+        "n_labeled": len(labels),
+        "n_judgments": len(p.annotations()),
+        "cost": p.spent(rounds[-1] + 1) if rounds else 0.0,
+        "paid_to_workers": round(paid, 2),
+        "work_seconds": round(work, 1),
+        "effective_hourly_wage": None if work == 0 else round(hourly_wage(paid, work), 2),
+    }
+
+
+def status(p: Project) -> dict[str, Any]:
+    """The project's state as one JSON-ready dict (see the module docstring for the schema)."""
+    ref = read_json(p.store, REFERENCE_KEY, default={}) or {}
+    stop = read_json(p.store, STOP_KEY, default=None)
+    baseline = None
+    if p.config.baseline.random:
+        twin = p.baseline()
+        if twin.store.exists("rounds/0000/metrics.json"):
+            baseline = {"strategy": "random", "rounds": _rounds(twin)}
+    return {
+        "project": p.config.project,
+        "store": p.store.url,
+        "sampler": p.config.sampler.name,
+        "vendor": p.config.vendor.name,
+        "consensus": p.config.consensus.method,
+        "currency": p.config.pay.currency,
+        "rounds": _rounds(p),
+        "reference_accuracy": ref.get("accuracy"),
+        "finished": stop is not None,
+        "stop_reason": None if stop is None else stop["reason"],
+        "totals": totals(p),
+        "baseline": baseline,
+    }
+
+
+def metrics_csv(rows: list[dict[str, Any]]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(ROUND_FIELDS))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in ROUND_FIELDS})
+    return buf.getvalue().encode()
+
+
+def learning_curve_png(state: dict[str, Any]) -> bytes:
+    """Test accuracy against human-labeled items, with the random baseline and the reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+
+    def plot(rows, label, style):
+        pts = [(r["n_labeled"], r["accuracy"]) for r in rows if r["accuracy"] is not None]
+        if pts:
+            ax.plot(*zip(*pts), style, label=label, markersize=4)
+
+    plot(state["rounds"], f"crowdloop ({state['sampler']})", "o-")
+    if state.get("baseline"):
+        plot(state["baseline"]["rounds"], "random sampling (same crowd)", "s--")
+    if state.get("reference_accuracy") is not None:
+        ax.axhline(state["reference_accuracy"], color="grey", linestyle=":", label="whole pool, true labels")
+    ax.set_xlabel("human-labeled items")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{state['project']}: learning curve")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_outputs(p: Project) -> dict[str, Any]:
+    """Write the human-readable outputs next to the records; returns the status."""
+    state = status(p)
+    p.store.write_bytes("metrics.json", json.dumps(state, indent=1).encode())
+    p.store.write_bytes("metrics.csv", metrics_csv(state["rounds"]))
+    p.store.write_bytes("learning_curve.png", learning_curve_png(state))
+    p.store.write_bytes("labels.jsonl", export_labels_manifest(p))
+    p.store.write_bytes("annotations.jsonl", to_jsonl(p.annotations()))
+    return state

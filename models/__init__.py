@@ -1,0 +1,1 @@
+"""Model and dataset adapters with the scikit-learn contract."""

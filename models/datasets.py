@@ -1,0 +1,148 @@
+"""Pool adapters: scikit-learn's bundled sets and CSV/Parquet tables.
+
+A ``Pool`` carries item ids, features and, when known, the ground truth. The ground truth
+is only for evaluation and for the simulated crowd; the loop's samplers and aggregators
+never see it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from crowdloop.config import PoolConfig
+from crowdloop.errors import PoolError
+
+
+@dataclass(frozen=True, eq=False)
+class Pool:
+    ids: np.ndarray  # object array of str, unique
+    X: np.ndarray  # 2-D float features
+    y: np.ndarray | None  # object array of str class names (None entries: unknown), or None
+    classes: tuple[str, ...]
+    feature_names: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, index: np.ndarray) -> "Pool":
+        return Pool(
+            ids=self.ids[index],
+            X=self.X[index],
+            y=None if self.y is None else self.y[index],
+            classes=self.classes,
+            feature_names=self.feature_names,
+        )
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return self.y is not None and all(v is not None for v in self.y)
+
+
+def _finish(ids: np.ndarray, X: np.ndarray, y: np.ndarray | None, cfg: PoolConfig, feature_names) -> Pool:
+    if len(ids) == 0:
+        raise PoolError("pool: no items")
+    if len(set(ids.tolist())) != len(ids):
+        raise PoolError(f"pool: id column {cfg.id_column!r} has duplicate values; item ids must be unique")
+    if y is not None:
+        known = sorted({v for v in y.tolist() if v is not None})
+        classes = tuple(cfg.classes) if cfg.classes else tuple(known)
+        unknown = sorted(set(known) - set(classes))
+        if unknown:
+            raise PoolError(f"pool.classes: ground-truth labels {unknown[:5]} are not in the class list {list(classes)}")
+    elif cfg.classes:
+        classes = tuple(cfg.classes)
+    else:
+        raise PoolError("pool: no label_column and no classes given; set pool.classes to the class list")
+    if len(classes) < 2:
+        raise PoolError(f"pool: expected at least two classes, found {list(classes)}")
+    return Pool(ids=ids, X=np.ascontiguousarray(X), y=y, classes=classes, feature_names=tuple(feature_names))
+
+
+def load_sklearn_pool(cfg: PoolConfig) -> Pool:
+    """digits, iris, wine or breast_cancer from scikit-learn's bundled files (no download)."""
+    from sklearn import datasets
+
+    loader = getattr(datasets, f"load_{cfg.name}")
+    bunch = loader()
+    X = np.asarray(bunch.data, dtype=np.float64)
+    names = getattr(bunch, "target_names", None)
+    target = np.asarray(bunch.target)
+    if cfg.name == "digits" or names is None:
+        y = np.array([str(v) for v in target], dtype=object)
+    else:
+        y = np.array([str(names[v]) for v in target], dtype=object)
+    ids = np.array([f"{cfg.name}-{i:06d}" for i in range(len(X))], dtype=object)
+    feature_names = getattr(bunch, "feature_names", None) or [f"x{i}" for i in range(X.shape[1])]
+    return _finish(ids, X, y, cfg, [str(f) for f in feature_names])
+
+
+def load_table_pool(cfg: PoolConfig) -> Pool:
+    """Rows of a CSV or Parquet file: feature columns, optional id and ground-truth columns."""
+    import pandas as pd
+
+    path = Path(cfg.path or "")
+    if not path.is_file():
+        raise PoolError(f"pool.path: file {str(path)!r} not found")
+    try:
+        frame = pd.read_parquet(path) if cfg.source == "parquet" else pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise PoolError(f"pool.path: cannot read {cfg.source} file {str(path)!r}: {str(exc).splitlines()[0]}") from None
+    named = [c for c in [cfg.id_column, cfg.label_column] if c] + list(cfg.feature_columns or [])
+    missing = [c for c in named if c not in frame.columns]
+    if missing:
+        raise PoolError(
+            f"pool: column(s) {missing} not found in {path.name}; available columns: {list(map(str, frame.columns))}"
+        )
+    features = list(cfg.feature_columns or [c for c in frame.columns if c not in (cfg.id_column, cfg.label_column)])
+    if not features:
+        raise PoolError(f"pool.feature_columns: no feature columns left in {path.name}")
+    non_numeric = [c for c in features if not pd.api.types.is_numeric_dtype(frame[c])]
+    if non_numeric:
+        raise PoolError(f"pool.feature_columns: column(s) {non_numeric} in {path.name} are not numeric")
+    X = frame[features].to_numpy(dtype=np.float64)
+    if np.isnan(X).any():
+        bad = [c for c in features if frame[c].isna().any()]
+        raise PoolError(f"pool.feature_columns: column(s) {bad} in {path.name} have missing values")
+    if cfg.id_column:
+        ids = np.array([str(v) for v in frame[cfg.id_column].tolist()], dtype=object)
+    else:
+        ids = np.array([f"row-{i:07d}" for i in range(len(frame))], dtype=object)
+    y = None
+    if cfg.label_column:
+        y = np.array([None if pd.isna(v) else _label_str(v) for v in frame[cfg.label_column].tolist()], dtype=object)
+    return _finish(ids, X, y, cfg, features)
+
+
+def _label_str(value: object) -> str:
+    """Labels are strings everywhere; integral floats from CSV (``3.0``) read as ``"3"``."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def split_pool(pool: Pool, test_size: float, seed: int) -> tuple[Pool, Pool | None]:
+    """Hold out a test split (stratified when possible) from the items with ground truth.
+
+    The split depends only on ``seed``, so every round and every rerun evaluates on the same
+    items. Without ground truth there is no test split.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if pool.y is None:
+        return pool, None
+    known = np.flatnonzero(np.array([v is not None for v in pool.y]))
+    if len(known) < 4:
+        return pool, None
+    labels = pool.y[known].astype(str)
+    _, counts = np.unique(labels, return_counts=True)
+    stratify = labels if counts.min() >= 2 else None
+    try:
+        _, test_idx = train_test_split(known, test_size=test_size, random_state=seed, stratify=stratify)
+    except ValueError:
+        _, test_idx = train_test_split(known, test_size=test_size, random_state=seed)
+    mask = np.ones(len(pool), dtype=bool)
+    mask[test_idx] = False
+    return pool.subset(np.flatnonzero(mask)), pool.subset(np.sort(test_idx))

@@ -1,0 +1,135 @@
+"""Project stores: a small key/value protocol over a local directory or S3.
+
+Keys look like ``rounds/0003/selection.json``. They are validated (no ``..``, no absolute
+paths, no backslashes) so a key can never escape the project. Immutable records are written
+with ``create_only=True``, which fails instead of overwriting, so a replay cannot rewrite
+history.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlparse
+
+from crowdloop import registry
+from crowdloop.errors import InvalidKeyError, RecordExistsError, StoreError
+
+__all__ = [
+    "Store",
+    "KeyNotFoundError",
+    "PrefixedStore",
+    "open_store",
+    "validate_key",
+    "read_json",
+    "write_json",
+    "RecordExistsError",
+]
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+@-]*$")
+
+
+class KeyNotFoundError(StoreError, KeyError):
+    """The key does not exist in the store."""
+
+    def __str__(self) -> str:  # KeyError's repr-quoting makes messages ugly
+        return str(self.args[0]) if self.args else "key not found"
+
+
+def validate_key(key: str, *, allow_prefix: bool = False) -> str:
+    """Return ``key`` if it is a safe relative key, else raise ``InvalidKeyError``.
+
+    A prefix (for ``list``) may be empty or end with ``/``.
+    """
+    if not isinstance(key, str):
+        raise InvalidKeyError(f"store key {key!r}: expected a string")
+    if allow_prefix and key == "":
+        return key
+    body = key[:-1] if allow_prefix and key.endswith("/") else key
+    if not body or body.startswith("/") or "\\" in body or "\x00" in body:
+        raise InvalidKeyError(f"store key {key!r}: expected a relative path like 'rounds/0001/selection.json'")
+    for segment in body.split("/"):
+        if segment in ("", ".", "..") or not _SEGMENT.match(segment):
+            raise InvalidKeyError(
+                f"store key {key!r}: segment {segment!r} is not allowed (letters, digits and ._=+@- only; no '..')"
+            )
+    return key
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What every store implements. ``url`` identifies the store for other processes."""
+
+    url: str
+
+    def read_bytes(self, key: str) -> bytes: ...
+
+    def write_bytes(self, key: str, data: bytes, *, create_only: bool = False) -> None: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def list(self, prefix: str = "") -> list[str]: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def lock(self, name: str = "project") -> AbstractContextManager[None]: ...
+
+
+class PrefixedStore:
+    """A view of another store under ``prefix/`` (e.g. the random baseline of a project)."""
+
+    def __init__(self, parent: Store, prefix: str) -> None:
+        self.parent = parent
+        self.prefix = validate_key(prefix.rstrip("/")) + "/"
+        self.url = f"{parent.url.rstrip('/')}/{self.prefix.rstrip('/')}"
+
+    def _k(self, key: str) -> str:
+        return self.prefix + validate_key(key)
+
+    def read_bytes(self, key: str) -> bytes:
+        return self.parent.read_bytes(self._k(key))
+
+    def write_bytes(self, key: str, data: bytes, *, create_only: bool = False) -> None:
+        self.parent.write_bytes(self._k(key), data, create_only=create_only)
+
+    def exists(self, key: str) -> bool:
+        return self.parent.exists(self._k(key))
+
+    def list(self, prefix: str = "") -> list[str]:
+        validate_key(prefix, allow_prefix=True)
+        n = len(self.prefix)
+        return [k[n:] for k in self.parent.list(self.prefix + prefix)]
+
+    def delete(self, key: str) -> None:
+        self.parent.delete(self._k(key))
+
+    def lock(self, name: str = "project") -> AbstractContextManager[None]:
+        return self.parent.lock(f"{self.prefix.rstrip('/').replace('/', '-')}-{name}")
+
+
+def open_store(url: str) -> Store:
+    """Open a store by URL: a plain path or ``file://`` for local, ``s3://`` when installed."""
+    parsed = urlparse(url)
+    scheme = parsed.scheme if len(parsed.scheme) > 1 else "file"  # 'C:' is a drive, not a scheme
+    cls = registry.stores.load(scheme)
+    return cls.from_url(url)
+
+
+def read_json(store: Store, key: str, default: Any = ...) -> Any:
+    """Read a JSON record; ``default`` (when given) is returned for a missing key."""
+    try:
+        data = store.read_bytes(key)
+    except KeyNotFoundError:
+        if default is ...:
+            raise
+        return default
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise StoreError(f"store record {key!r} in {store.url} is not valid JSON: {exc}") from None
+
+
+def write_json(store: Store, key: str, obj: Any, *, create_only: bool = False) -> None:
+    store.write_bytes(key, json.dumps(obj, indent=1, sort_keys=True, default=str).encode(), create_only=create_only)

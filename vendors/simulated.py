@@ -1,0 +1,167 @@
+"""A simulated crowd: noisy workers answering from the pool's ground truth.
+
+Used for demos and benchmarks. It behaves like a remote vendor: its state (tasks created,
+answers, payments) lives under its own store prefix, so it survives the loop process being
+killed, ``submit`` is idempotent per batch id, and everything is deterministic from the
+project seed and the batch id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections.abc import Sequence
+from datetime import timedelta
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from crowdloop.errors import RecordExistsError, VendorError
+from crowdloop.records import Annotation, Task, content_hash, dumps, utcnow
+from crowdloop.storage import read_json, write_json
+from crowdloop.vendor import Ref, VendorContext, parse_params
+
+
+class SimulatedCrowdParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_workers: int = Field(40, ge=1, description="size of the worker population")
+    accuracy: tuple[float, float] = Field((0.6, 0.95), description="honest workers' accuracy, uniform in [low, high]")
+    spammer_fraction: float = Field(0.1, ge=0, le=1, description="workers answering uniformly at random")
+    confusion: float = Field(0.0, ge=0, le=1, description="share of an honest worker's errors that go to one confused class")
+    median_seconds: float = Field(8.0, gt=0, description="median task duration")
+    duration_sigma: float = Field(0.5, ge=0, description="log-normal spread of durations")
+
+    @model_validator(mode="after")
+    def _check_range(self) -> "SimulatedCrowdParams":
+        low, high = self.accuracy
+        if not 0 <= low <= high <= 1:
+            raise ValueError(f"accuracy={list(self.accuracy)}: expected [low, high] with 0 <= low <= high <= 1")
+        return self
+
+
+def _stable_int(text: str) -> int:
+    return zlib.crc32(text.encode())
+
+
+class SimulatedCrowd:
+    """Workers with accuracies from a range, a share of spammers and optional class confusion."""
+
+    name = "simulated"
+
+    def __init__(self, params: dict, context: VendorContext) -> None:
+        if context.ground_truth is None:
+            raise VendorError("vendor 'simulated' needs a pool with ground truth (pool.label_column)")
+        self.params = parse_params(SimulatedCrowdParams, params, vendor=self.name)
+        self.context = context
+        self.store = context.store
+        self._returned: set[str] = set()
+        p = self.params
+        rng = np.random.default_rng([context.seed, _stable_int("population")])
+        self.worker_ids = [f"sim-w{i:03d}" for i in range(p.n_workers)]
+        self.worker_accuracy = rng.uniform(p.accuracy[0], p.accuracy[1], size=p.n_workers)
+        n_spam = int(round(p.spammer_fraction * p.n_workers))
+        self.is_spammer = np.zeros(p.n_workers, dtype=bool)
+        self.is_spammer[rng.choice(p.n_workers, size=n_spam, replace=False)] = True
+        self.worker_speed = rng.lognormal(0.0, 0.25, size=p.n_workers)
+
+    # -- vendor protocol -------------------------------------------------------------
+    def submit(self, tasks: Sequence[Task], *, batch_id: str) -> list[Ref]:
+        key = f"batches/{batch_id}.json"
+        if self.store.exists(key):  # idempotent: the batch already exists on the "vendor"
+            return [{"batch_id": batch_id}]
+        record = {"batch_id": batch_id, "tasks": [t.model_dump(mode="json") for t in tasks],
+                  "assignments": [a.model_dump(mode="json") for a in self._answer(tasks, batch_id)]}
+        try:
+            write_json(self.store, key, record, create_only=True)
+        except RecordExistsError:
+            pass  # a concurrent retry created it first; the content is deterministic
+        return [{"batch_id": batch_id}]
+
+    def poll(self, refs: Sequence[Ref]) -> list[Annotation]:
+        acked = self._acknowledged()
+        new: list[Annotation] = []
+        for ref in refs:
+            batch = read_json(self.store, f"batches/{ref['batch_id']}.json")
+            for raw in batch["assignments"]:
+                aid = raw["assignment_id"]
+                if aid in self._returned or aid in acked:
+                    continue
+                self._returned.add(aid)
+                new.append(Annotation.model_validate(raw))
+        return new
+
+    def acknowledge(self, assignments: Sequence[Annotation], *, accept: bool, reason: str | None = None) -> None:
+        if not accept and not reason:
+            raise VendorError("a rejection needs a reason the worker can read")
+        ids = sorted(a.assignment_id for a in assignments)
+        if not ids:
+            return
+        record = {"assignment_ids": ids, "accept": accept, "reason": reason,
+                  "paid": round(sum(a.reward for a in assignments), 2) if accept else 0.0}
+        try:
+            write_json(self.store, f"acks/{content_hash(dumps(ids))}.json", record, create_only=True)
+        except RecordExistsError:
+            pass  # already acknowledged: a retry must not pay twice
+
+    def bonus(self, assignments: Sequence[Annotation], *, amount: float, reason: str, token: str) -> None:
+        record = {"assignment_ids": sorted(a.assignment_id for a in assignments), "amount": amount, "reason": reason}
+        try:
+            write_json(self.store, f"bonuses/{hashlib.sha256(token.encode()).hexdigest()[:24]}.json", record, create_only=True)
+        except RecordExistsError:
+            pass  # the token makes bonuses idempotent
+
+    # -- helpers ----------------------------------------------------------------------
+    def ledger(self) -> dict[str, float | int]:
+        """The vendor's own accounting, for reconciliation tests: tasks, assignments, money."""
+        tasks = assignments = 0
+        for key in self.store.list("batches/"):
+            batch = read_json(self.store, key)
+            tasks += len(batch["tasks"])
+            assignments += len(batch["assignments"])
+        paid = sum(read_json(self.store, k)["paid"] for k in self.store.list("acks/"))
+        bonuses = sum(read_json(self.store, k)["amount"] * len(read_json(self.store, k)["assignment_ids"])
+                      for k in self.store.list("bonuses/"))
+        return {"tasks": tasks, "assignments": assignments, "paid": round(paid, 2), "bonuses": round(bonuses, 2)}
+
+    def _acknowledged(self) -> set[str]:
+        done: set[str] = set()
+        for key in self.store.list("acks/"):
+            done.update(read_json(self.store, key)["assignment_ids"])
+        return done
+
+    def _answer(self, tasks: Sequence[Task], batch_id: str) -> list[Annotation]:
+        p = self.params
+        classes = self.context.classes
+        K = len(classes)
+        truth = self.context.ground_truth([t.item_id for t in tasks])
+        rng = np.random.default_rng([self.context.seed, _stable_int(batch_id)])
+        start = utcnow()
+        out: list[Annotation] = []
+        for task, true_label in zip(tasks, truth):
+            if true_label is None:
+                raise VendorError(f"vendor 'simulated': item {task.item_id!r} has no ground truth to answer from")
+            if task.replicas > p.n_workers:
+                raise VendorError(
+                    f"vendor 'simulated': replicas={task.replicas} for item {task.item_id!r} exceeds n_workers={p.n_workers}"
+                )
+            true_idx = classes.index(true_label)
+            workers = rng.choice(p.n_workers, size=task.replicas, replace=False)
+            for replica, w in enumerate(workers):
+                if self.is_spammer[w]:
+                    answer = int(rng.integers(K))
+                elif rng.random() < self.worker_accuracy[w]:
+                    answer = true_idx
+                elif rng.random() < p.confusion:
+                    answer = (true_idx + 1) % K
+                else:
+                    answer = (true_idx + 1 + int(rng.integers(K - 1))) % K
+                seconds = float(p.median_seconds * self.worker_speed[w] * rng.lognormal(0.0, p.duration_sigma))
+                aid = hashlib.sha256(f"{batch_id}|{task.item_id}|{replica}".encode()).hexdigest()[:20]
+                out.append(Annotation(
+                    item_id=task.item_id, worker_id=self.worker_ids[w], label=classes[answer], vendor=self.name,
+                    assignment_id=aid, batch_id=batch_id, round=task.round,
+                    submitted_at=start + timedelta(seconds=seconds), duration_s=round(seconds, 3),
+                    reward=task.reward, is_gold=task.is_gold,
+                ))
+        return out
