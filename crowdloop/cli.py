@@ -20,7 +20,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from crowdloop.errors import CrowdloopError
+from crowdloop.errors import ConfigError, CrowdloopError, PoolError
 
 app = typer.Typer(
     name="crowdloop",
@@ -114,7 +114,10 @@ def run(
 
     cfg = load_config(config)
     location = default_location(cfg, project_dir)
-    project = Project.prepare(cfg, location)
+    try:
+        project = Project.prepare(cfg, location)
+    except (ConfigError, PoolError) as exc:  # name the file the bad value came from
+        raise type(exc)(f"{config}: {exc}") from None
     with project.running():  # fail fast, before Prefect starts, if another run holds the project
         pass
     if not verbose:

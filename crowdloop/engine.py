@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +29,7 @@ import pandas as pd
 
 from crowdloop import registry
 from crowdloop.config import RESUMABLE_SECTIONS, LoopConfig
-from crowdloop.errors import ConfigError, CrowdloopError, RecordExistsError, StoreError, VendorDataError
+from crowdloop.errors import ConfigError, CrowdloopError, RecordExistsError, RegistryError, StoreError, VendorDataError
 from crowdloop.faults import fault_point
 from crowdloop.pay import expected_seconds, reward_for, settle_batch
 from crowdloop.records import AggregatedLabel, Annotation, Task, content_hash, to_jsonl
@@ -80,12 +81,18 @@ class Project:
         pool columns, a batch larger than the pool, or a config that differs from the one
         the project was started with in more than stopping/collect settings.
         """
+        fresh = _is_missing_dir(location)
         store = open_store(location)
         existing = read_json(store, PROJECT_KEY, default=None)
-        if existing is not None:
-            _check_same_config(LoopConfig.model_validate(existing["config"]), config, store.url)
-        project = cls(store, config)
-        project.check()
+        try:
+            if existing is not None:
+                _check_same_config(LoopConfig.model_validate(existing["config"]), config, store.url)
+            project = cls(store, config)
+            project.check()
+        except CrowdloopError:
+            if fresh:  # leave no empty project directory behind a rejected config
+                _remove_empty_dir(location)
+            raise
         if existing is None:
             _write_once(store, PROJECT_KEY, {"config": config.model_dump(mode="json"), "format": 1})
         return project
@@ -93,7 +100,7 @@ class Project:
     @classmethod
     def open(cls, location: str | Store) -> "Project":
         """Open an existing project (the config comes from the store)."""
-        store = location if not isinstance(location, str) else open_store(location)
+        store = location if not isinstance(location, str) else open_store(location, create=False)
         data = read_json(store, PROJECT_KEY, default=None)
         if data is None:
             raise StoreError(f"{store.url}: not a crowdloop project (no {PROJECT_KEY})")
@@ -101,12 +108,20 @@ class Project:
 
     def check(self) -> None:
         """Resolve every component once so a bad name or value fails before the run starts."""
-        registry.samplers.load(self.config.sampler.name)
-        registry.aggregators.load(self.config.consensus.method)
+        for field_path, reg, name in (("sampler.name", registry.samplers, self.config.sampler.name),
+                                      ("consensus.method", registry.aggregators, self.config.consensus.method),
+                                      ("vendor.name", registry.vendors, self.config.vendor.name)):
+            try:
+                reg.load(name)
+            except RegistryError as exc:
+                raise ConfigError(f"{field_path}: {exc}") from None
         _ = self.model_template
         if len(self.pool) < 1:
             raise ConfigError("pool: no items left for labeling after the test split")
-        for name, size in (("sampler.initial_size", self.initial_size), ("sampler.batch_size", self.config.sampler.batch_size)):
+        sizes = [("sampler.batch_size", self.config.sampler.batch_size)]
+        if self.config.sampler.initial_size is not None:
+            sizes.append(("sampler.initial_size", self.config.sampler.initial_size))
+        for name, size in sizes:
             if size > len(self.pool):
                 raise ConfigError(
                     f"{name}={size} is larger than the pool of {len(self.pool)} items "
@@ -209,6 +224,9 @@ class Project:
                 if ann.key not in seen:
                     seen.add(ann.key)
                     out.append(ann)
+        # Canonical order: how answers were split into segments (e.g. by a crash mid-collect)
+        # must not change aggregation or training, so resumed runs equal uninterrupted ones.
+        out.sort(key=lambda a: (a.round, a.batch_id, a.item_id, a.assignment_id))
         self._log_cache = (keys, out)
         return out
 
@@ -264,6 +282,17 @@ class Project:
         return Project(PrefixedStore(self.store, "baseline"), twin)
 
 
+def _is_missing_dir(location: str) -> bool:
+    return "://" not in location and not os.path.exists(location)
+
+
+def _remove_empty_dir(location: str) -> None:
+    try:
+        os.rmdir(location)
+    except OSError:
+        pass  # not empty (or already gone): keep whatever is there
+
+
 def _check_same_config(stored: LoopConfig, given: LoopConfig, url: str) -> None:
     a, b = stored.model_dump(mode="json"), given.model_dump(mode="json")
     for section in a:
@@ -296,6 +325,7 @@ def train(p: Project, r: int) -> dict[str, Any]:
     labels = p.human_labels(before_round=r)
     info: dict[str, Any] = {"round": r, "n_labeled": len(labels), "trained": False, "seconds": 0.0}
     if len({l.label for l in labels}) >= 2:
+        labels = sorted(labels, key=lambda l: l.item_id)
         idx = np.array([p._index_of[l.item_id] for l in labels])
         y = np.array([l.label for l in labels], dtype=object)
         start = time.perf_counter()

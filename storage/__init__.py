@@ -109,12 +109,15 @@ class PrefixedStore:
         return self.parent.lock(f"{self.prefix.rstrip('/').replace('/', '-')}-{name}")
 
 
-def open_store(url: str) -> Store:
-    """Open a store by URL: a plain path or ``file://`` for local, ``s3://`` when installed."""
+def open_store(url: str, *, create: bool = True) -> Store:
+    """Open a store by URL: a plain path or ``file://`` for local, ``s3://`` when installed.
+
+    ``create=False`` refuses to make a new store (for commands that only read a project).
+    """
     parsed = urlparse(url)
     scheme = parsed.scheme if len(parsed.scheme) > 1 else "file"  # 'C:' is a drive, not a scheme
     cls = registry.stores.load(scheme)
-    return cls.from_url(url)
+    return cls.from_url(url, create=create)
 
 
 def read_json(store: Store, key: str, default: Any = ...) -> Any:

@@ -42,9 +42,9 @@ class LocalStore:
             raise StoreError(f"project directory {self.root}: not readable and writable by this user")
 
     @classmethod
-    def from_url(cls, url: str) -> "LocalStore":
+    def from_url(cls, url: str, *, create: bool = True) -> "LocalStore":
         parsed = urlparse(url)
-        return cls(parsed.path if parsed.scheme == "file" else url)
+        return cls(parsed.path if parsed.scheme == "file" else url, create=create)
 
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)

@@ -1,0 +1,63 @@
+"""Shared fixtures: one real Prefect API server per test session, small project configs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url() -> Iterator[str]:
+    """A real Prefect server (the test harness) shared by the whole session.
+
+    Subprocesses get its URL through ``PREFECT_API_URL`` so they don't each start their own.
+    """
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture
+def cli_env(prefect_api_url: str) -> dict[str, str]:
+    """Environment for ``crowdloop`` subprocesses talking to the session's Prefect server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CROWDLOOP_FAULT")}
+    env["PREFECT_API_URL"] = prefect_api_url
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def crowdloop_cmd() -> list[str]:
+    return [sys.executable, "-m", "crowdloop.cli"]
+
+
+def small_config(**overrides) -> dict:
+    """A fast project: digits, logistic regression, margin sampling, a simulated crowd."""
+    config = {
+        "project": "tiny",
+        "seed": 7,
+        "pool": {"source": "sklearn", "name": "digits", "test_size": 0.3},
+        "model": {"estimator": "sklearn.linear_model.LogisticRegression", "params": {"C": 0.1, "max_iter": 500}},
+        "sampler": {"name": "margin", "batch_size": 20, "initial_size": 30},
+        "vendor": {"name": "simulated", "params": {"n_workers": 12, "accuracy": [0.7, 0.95], "spammer_fraction": 0.1}},
+        "consensus": {"method": "one_coin_dawid_skene", "redundancy": 3},
+        "stopping": {"max_rounds": 4},
+    }
+    for dotted, value in overrides.items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return config
