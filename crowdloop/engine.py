@@ -93,8 +93,14 @@ class Project:
             if fresh:  # leave no empty project directory behind a rejected config
                 _remove_empty_dir(location)
             raise
+        record = {"config": config.model_dump(mode="json"), "format": 1}
         if existing is None:
-            _write_once(store, PROJECT_KEY, {"config": config.model_dump(mode="json"), "format": 1})
+            _write_once(store, PROJECT_KEY, record)
+        elif existing["config"] != record["config"]:
+            # Only resumable sections (stopping, collect, baseline) can differ here: keep the
+            # old version for the record and make the new limits the project's own.
+            write_json(store, f"config-history/{_utc_stamp()}.json", existing)
+            write_json(store, PROJECT_KEY, record)
         return project
 
     @classmethod
@@ -280,6 +286,10 @@ class Project:
         twin = cfg.model_copy(update={"sampler": sampler, "stopping": stopping,
                                       "baseline": cfg.baseline.model_copy(update={"random": False})})
         return Project(PrefixedStore(self.store, "baseline"), twin)
+
+
+def _utc_stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{time.time_ns() % 1_000_000_000:09d}"
 
 
 def _is_missing_dir(location: str) -> bool:
