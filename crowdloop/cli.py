@@ -122,6 +122,9 @@ def run(
         pass
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        # The temporary API server logs event-flush cancellations when it shuts down after the
+        # run; they are noise on the console (the run's own logs stay in the Prefect UI).
+        os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
     from crowdloop.flows.loop import active_learning_loop
 
     result: dict[str, Any] = {}
