@@ -108,3 +108,13 @@ def test_cli_check_accepts_demo_config() -> None:
     result = CliRunner().invoke(app, ["check", str(CONFIGS / "digits.yaml")])
     assert result.exit_code == 0
     assert "ok" in result.output
+
+
+def test_project_dir_that_is_a_file_is_one_line_exit_2(tmp_path: Path) -> None:
+    path = _write(tmp_path, small_config())
+    blocker = tmp_path / "occupied"
+    blocker.write_text("not a directory")
+    result = CliRunner().invoke(app, ["run", str(path), "--project-dir", str(blocker)])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: project directory") and result.output.count("\n") == 1
+    assert blocker.read_text() == "not a directory"
