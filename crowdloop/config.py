@@ -101,7 +101,16 @@ class BaselineConfig(_Strict):
 
 
 class StorageConfig(_Strict):
-    url: str | None = Field(None, description="store URL; default: the project directory")
+    url: str | None = Field(None, description="store URL: a directory or s3://bucket/prefix; default projects/<project>")
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); credentials from boto3's chain")
+
+    @model_validator(mode="after")
+    def _check_url(self) -> "StorageConfig":
+        if self.url and "://" in self.url and not self.url.startswith(("s3://", "file://")):
+            raise ValueError(f"url={self.url!r}: expected a directory, file:// or s3://bucket/prefix")
+        if self.endpoint_url and not (self.url or "").startswith("s3://"):
+            raise ValueError("endpoint_url is only valid with an s3:// url")
+        return self
 
 
 class LoopConfig(_Strict):

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
+from urllib.parse import urlencode
 
 import numpy as np
 import pandas as pd
@@ -51,8 +52,16 @@ def round_key(round_: int, name: str) -> str:
 
 
 def default_location(config: LoopConfig, project_dir: str | None = None) -> str:
-    """Where a project lives: ``--project-dir``, else ``storage.url``, else ``projects/<name>``."""
-    return project_dir or config.storage.url or f"projects/{config.project}"
+    """Where a project lives: ``--project-dir``, else ``storage.url``, else ``projects/<name>``.
+
+    An S3 ``endpoint_url`` travels in the URL's query so other processes can reopen the store.
+    """
+    if project_dir:
+        return project_dir
+    url = config.storage.url
+    if url and config.storage.endpoint_url and "endpoint_url=" not in url:
+        url += ("&" if "?" in url else "?") + urlencode({"endpoint_url": config.storage.endpoint_url})
+    return url or f"projects/{config.project}"
 
 
 def _write_once(store: Store, key: str, obj: Any) -> None:
