@@ -76,8 +76,13 @@ class ConsensusConfig(_Strict):
 
 
 class CollectConfig(_Strict):
+    mode: Literal["wait", "defer"] = Field(
+        "wait",
+        description="wait: the loop polls until answers are in; defer: the loop stops after dispatch and a "
+        "scheduled collect flow polls and starts the next round (for human waits of hours)",
+    )
     poll_interval_s: float = Field(2.0, gt=0)
-    timeout_s: float = Field(24 * 3600.0, gt=0, description="after this, aggregate what has arrived")
+    timeout_s: float = Field(24 * 3600.0, gt=0, description="after this (from dispatch), aggregate what has arrived")
 
 
 class PayConfig(_Strict):

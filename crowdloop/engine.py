@@ -520,7 +520,7 @@ def dispatch(p: Project, r: int) -> dict[str, Any]:
     tasks = [Task.model_validate(t) for t in intent["tasks"]]
     refs = p.vendor.submit(tasks, batch_id=intent["batch_id"])
     fault_point("dispatch:after_submit", r)
-    result = {"batch_id": intent["batch_id"], "refs": refs}
+    result = {"batch_id": intent["batch_id"], "refs": refs, "dispatched_at": time.time()}
     _write_once(p.store, refs_key, result)
     return result
 
@@ -559,18 +559,25 @@ def append_segment(p: Project, r: int, anns: list[Annotation]) -> int:
     return len(fresh)
 
 
-def collect(p: Project, r: int, *, sleep: Callable[[float], None] = time.sleep,
+def collect(p: Project, r: int, *, wait: bool = True, sleep: Callable[[float], None] = time.sleep,
             on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Poll the vendor until every task has its judgments or the collect timeout passes."""
+    """Poll the vendor until every task has its judgments or the collect deadline passes.
+
+    The deadline is ``collect.timeout_s`` after dispatch (recorded in the store), so it holds
+    across processes. With ``wait=False`` this polls once and, if answers are still missing,
+    returns ``{"pending": True, ...}`` without recording anything final: a scheduled collect
+    flow calls it again later instead of keeping a process asleep for hours.
+    """
     key = round_key(r, "collected.json")
     done = read_json(p.store, key, default=None)
     if done is not None:
         return done
     intent = read_json(p.store, round_key(r, "dispatch.json"))
-    refs = dispatch(p, r)["refs"]
+    sent = dispatch(p, r)
+    refs = sent["refs"]
     expected = {t["item_id"]: t["replicas"] for t in intent["tasks"]}
     wanted = sum(expected.values())
-    deadline = time.monotonic() + p.config.collect.timeout_s
+    deadline = sent.get("dispatched_at", time.time()) + p.config.collect.timeout_s
     while True:
         new = p.vendor.poll(refs)
         good, error = _validate_new(p, intent, new)
@@ -581,8 +588,11 @@ def collect(p: Project, r: int, *, sleep: Callable[[float], None] = time.sleep,
         have = sum(1 for a in p.annotations() if a.batch_id == intent["batch_id"])
         if on_progress:
             on_progress(have, wanted)
-        if have >= wanted or time.monotonic() >= deadline:
+        if have >= wanted or time.time() >= deadline:
             break
+        if not wait:
+            return {"round": r, "pending": True, "n_annotations": have, "expected": wanted,
+                    "deadline": deadline}
         sleep(p.config.collect.poll_interval_s)
     mine = [a for a in p.annotations() if a.batch_id == intent["batch_id"]]
     per_item = pd.Series([a.item_id for a in mine]).value_counts() if mine else pd.Series(dtype=int)

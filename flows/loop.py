@@ -74,8 +74,8 @@ def dispatch_task(url: str, round_: int) -> dict[str, Any]:
 
 
 @task(name="collect", **_IO)
-def collect_task(url: str, round_: int) -> dict[str, Any]:
-    return engine.collect(_project(url), round_)
+def collect_task(url: str, round_: int, wait: bool = True) -> dict[str, Any]:
+    return engine.collect(_project(url), round_, wait=wait)
 
 
 @task(name="aggregate", cache_policy=NO_CACHE)
@@ -93,11 +93,12 @@ def _artifact_key(project: str, what: str) -> str:
 
 
 def _publish_round(p: Project, label: str) -> None:
-    rows = report.status(p)["rounds"]
+    rows = report.round_table(p)
     create_table_artifact(
         key=_artifact_key(p.config.project, f"{label}-rounds"),
         table=[{k: ("" if v is None else v) for k, v in row.items()} for row in rows],
-        description=f"crowdloop {label}: labeled items, judgments, money ({p.config.pay.currency}) and test accuracy per round",
+        description=(f"crowdloop {label}: labeled items, judgments, money ({p.config.pay.currency}), "
+                     "test accuracy and workers' effective hourly wage per round"),
     )
 
 
@@ -137,7 +138,11 @@ def run_rounds(url: str, *, label: str = "main") -> str:
             return reason
         select_task(url, r)
         dispatch_task(url, r)
-        collect_task(url, r)
+        collected = collect_task(url, r, wait=p.config.collect.mode == "wait")
+        if collected.get("pending"):
+            # collect.mode=defer: no process sleeps through human hours; the scheduled collect
+            # flow (flows/collect.py) polls and starts the next round when answers are in.
+            return f"waiting for answers in round {r}"
         aggregate_task(url, r)
         pay_task(url, r)
         r += 1
@@ -156,8 +161,8 @@ def active_learning_loop(config: LoopConfig, project_dir: str | None = None) -> 
     url = project.store.url
     with project.running():
         reference_task(url)
-        run_rounds(url)
-        if config.baseline.random:
+        outcome = run_rounds(url)
+        if config.baseline.random and not outcome.startswith("waiting"):
             main = _project(url)
             twin = main.baseline()
             if read_json(twin.store, PROJECT_KEY, default=None) is None:
