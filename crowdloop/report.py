@@ -76,7 +76,8 @@ def round_table(p: Project) -> list[dict[str, Any]]:
         wage = None
         if pay and pay["work_seconds"] > 0:
             wage = round(hourly_wage(pay["rewards"] + pay["bonuses"], pay["work_seconds"]), 2)
-        rows.append({**row, "wage_per_hour": wage})
+        accuracy = None if row["accuracy"] is None else round(row["accuracy"], 4)
+        rows.append({**row, "accuracy": accuracy, "wage_per_hour": wage})
     return rows
 
 
