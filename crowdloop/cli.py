@@ -125,8 +125,9 @@ def run(
         # The temporary API server logs event-flush cancellations when it shuts down after the
         # run; they are noise on the console (the run's own logs stay in the Prefect UI).
         os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
-    from crowdloop.flows.loop import active_learning_loop
+    from crowdloop.flows.loop import with_task_runner
 
+    active_learning_loop = with_task_runner(cfg)
     result: dict[str, Any] = {}
     failure: list[BaseException] = []
 

@@ -101,6 +101,20 @@ class StoppingConfig(_Strict):
     target_accuracy: float | None = Field(None, gt=0, le=1, description="test accuracy")
 
 
+class ScaleConfig(_Strict):
+    """Scale-out of pool scoring: shards scored as parallel Prefect tasks, optionally on Dask."""
+
+    shards: int = Field(1, ge=1, le=4096, description="pool shards scored in parallel (decomposable samplers)")
+    dask_workers: int = Field(0, ge=0, description="start a local Dask cluster with this many worker processes")
+    dask_address: str | None = Field(None, description="or use this Dask scheduler, e.g. tcp://10.0.0.5:8786")
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> "ScaleConfig":
+        if self.dask_workers and self.dask_address:
+            raise ValueError("set dask_workers (local cluster) or dask_address (existing cluster), not both")
+        return self
+
+
 class BaselineConfig(_Strict):
     random: bool = Field(False, description="also run random sampling with the same crowd, for the learning curve")
 
@@ -133,11 +147,12 @@ class LoopConfig(_Strict):
     stopping: StoppingConfig = StoppingConfig()
     baseline: BaselineConfig = BaselineConfig()
     storage: StorageConfig = StorageConfig()
+    scale: ScaleConfig = ScaleConfig()
 
 
 # Fields a resumed project may change: they steer when to stop or how long to wait, not what
 # was selected or how it was labeled.
-RESUMABLE_SECTIONS = ("stopping", "collect", "baseline")
+RESUMABLE_SECTIONS = ("stopping", "collect", "baseline", "scale")
 
 
 def format_validation_error(exc: ValidationError, *, source: str) -> str:

@@ -444,6 +444,51 @@ def stop_reason(p: Project, r: int, metrics: dict[str, Any]) -> str | None:
     return reason
 
 
+def _candidates(p: Project, r: int) -> np.ndarray:
+    dispatched = p.dispatched_items(before_round=r)
+    return np.array([i for i, item in enumerate(p.pool.ids.tolist()) if item not in dispatched], dtype=np.int64)
+
+
+def sharded_scoring(p: Project, r: int) -> int:
+    """Number of shards round ``r``'s selection is scored in (1: not sharded).
+
+    Only samplers with a ``proba_score`` (decomposable top-k) are sharded, and only once a
+    model exists; diversity samplers and cold starts see the whole candidate set.
+    """
+    shards = p.config.scale.shards
+    if shards <= 1 or p.load_model(r) is None:
+        return 1
+    return shards if getattr(registry.samplers.load(p.config.sampler.name), "proba_score", None) else 1
+
+
+def score_shard(p: Project, r: int, shard: int) -> dict[str, Any]:
+    """Top candidates of one contiguous shard of the pool, with scores and tie-break keys."""
+    n_shards = sharded_scoring(p, r)
+    key = round_key(r, f"shards/{shard:04d}-of-{n_shards:04d}.json")
+    done = read_json(p.store, key, default=None)
+    if done is not None:
+        return done
+    from crowdloop.samplers.scoring import score_top_k
+
+    size, reason = next_batch_size(p, r)
+    if size == 0:
+        raise CrowdloopError(f"round {r}: nothing to select ({reason})")
+    part = np.array_split(_candidates(p, r), n_shards)[shard]
+    model = p.load_model(r)
+    score = registry.samplers.load(p.config.sampler.name).proba_score
+    rng = np.random.default_rng([p.config.seed, r, _STREAM_SELECT, shard])
+    result: dict[str, Any] = {"shard": shard, "item_ids": [], "scores": [], "keys": []}
+    if len(part):
+        picked = score_top_k(model, p.pool.X[part], score, batch_size=min(size, len(part)), rng=rng,
+                             chunk_size=p.config.sampler.chunk_size)
+        rows = part[picked]
+        result = {"shard": shard, "item_ids": p.pool.ids[rows].tolist(),
+                  "scores": [float(v) for v in score(model.predict_proba(p.pool.X[rows]))],
+                  "keys": rng.random(len(rows)).tolist()}
+    _write_once(p.store, key, result)
+    return result
+
+
 def select(p: Project, r: int) -> dict[str, Any]:
     """Pick round ``r``'s batch from items never dispatched before."""
     key = round_key(r, "selection.json")
@@ -453,8 +498,17 @@ def select(p: Project, r: int) -> dict[str, Any]:
     size, reason = next_batch_size(p, r)
     if size == 0:
         raise CrowdloopError(f"round {r}: nothing to select ({reason})")
-    dispatched = p.dispatched_items(before_round=r)
-    candidates = np.array([i for i, item in enumerate(p.pool.ids.tolist()) if item not in dispatched], dtype=np.int64)
+    n_shards = sharded_scoring(p, r)
+    if n_shards > 1:  # merge per-shard top-k (scored in parallel by the flow, or here if missing)
+        start = time.perf_counter()
+        parts = [score_shard(p, r, s) for s in range(n_shards)]
+        rows = [(-sc, k, item) for part in parts for item, sc, k in zip(part["item_ids"], part["scores"], part["keys"])]
+        chosen = [item for _, _, item in sorted(rows)[:size]]
+        selection = {"round": r, "strategy": p.config.sampler.name, "shards": n_shards, "item_ids": chosen,
+                     "seconds": round(time.perf_counter() - start, 4)}
+        _write_once(p.store, key, selection)
+        return read_json(p.store, key)
+    candidates = _candidates(p, r)
     model = p.load_model(r)
     start = time.perf_counter()
     if model is None:

@@ -63,6 +63,11 @@ def stop_task(url: str, round_: int, metrics: dict[str, Any]) -> str | None:
     return engine.stop_reason(_project(url), round_, metrics)
 
 
+@task(name="score-shard", cache_policy=NO_CACHE)
+def score_shard_task(url: str, round_: int, shard: int) -> int:
+    return len(engine.score_shard(_project(url), round_, shard)["item_ids"])
+
+
 @task(name="select", cache_policy=NO_CACHE)
 def select_task(url: str, round_: int) -> dict[str, Any]:
     return engine.select(_project(url), round_)
@@ -136,6 +141,12 @@ def run_rounds(url: str, *, label: str = "main") -> str:
         _publish_round(p, label)
         if reason:
             return reason
+        n_shards = engine.sharded_scoring(p, r)
+        if n_shards > 1 and not p.store.exists(engine.round_key(r, "selection.json")):
+            # Shards are scored as parallel tasks: threads by default, Dask workers with scale.dask_*.
+            futures = [score_shard_task.submit(url, r, s) for s in range(n_shards)]
+            for future in futures:
+                future.result()
         select_task(url, r)
         dispatch_task(url, r)
         collected = collect_task(url, r, wait=p.config.collect.mode == "wait")
@@ -146,6 +157,22 @@ def run_rounds(url: str, *, label: str = "main") -> str:
         aggregate_task(url, r)
         pay_task(url, r)
         r += 1
+
+
+def with_task_runner(config: LoopConfig):
+    """The loop flow with the task runner ``config.scale`` asks for (Dask when configured)."""
+    if not (config.scale.dask_workers or config.scale.dask_address):
+        return active_learning_loop
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ModuleNotFoundError as exc:
+        raise CrowdloopError("scale.dask_*: needs the Dask extra: pip install 'crowdloop[dask]'") from exc
+    if config.scale.dask_address:
+        runner = DaskTaskRunner(address=config.scale.dask_address)
+    else:
+        runner = DaskTaskRunner(cluster_kwargs={"n_workers": config.scale.dask_workers, "threads_per_worker": 1,
+                                                "processes": True, "dashboard_address": None})
+    return active_learning_loop.with_options(task_runner=runner)
 
 
 @flow(name="crowdloop-active-learning", validate_parameters=True)
