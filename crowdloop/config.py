@@ -159,7 +159,7 @@ def format_validation_error(exc: ValidationError, *, source: str) -> str:
     """One line: ``source: field.path: problem (got value)``, plus a count of further errors."""
     errors = exc.errors(include_url=False)
     first = errors[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "<top level>"
+    loc = ".".join(_loc_part(p) for p in first["loc"]) or "<top level>"
     if first["type"] == "extra_forbidden":
         problem = "unknown field"
         allowed = _allowed_fields(exc.title, first["loc"])
@@ -172,7 +172,13 @@ def format_validation_error(exc: ValidationError, *, source: str) -> str:
     value = first.get("input")
     shown = "" if first["type"] in ("missing",) or isinstance(value, dict) else f" (got {value!r})"
     more = f" [and {len(errors) - 1} more error(s)]" if len(errors) > 1 else ""
-    return f"{source}: {loc}: {problem}{shown}{more}"
+    return " ".join(f"{source}: {loc}: {problem}{shown}{more}".splitlines())
+
+
+def _loc_part(part: object) -> str:
+    """Field names as written; anything odd (spaces, newlines, empty) quoted so it stays one line."""
+    text = str(part)
+    return text if text.replace("_", "").replace("-", "").isalnum() else repr(text)
 
 
 def _allowed_fields(title: str, loc: tuple) -> list[str]:
