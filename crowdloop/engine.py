@@ -444,6 +444,14 @@ def stop_reason(p: Project, r: int, metrics: dict[str, Any]) -> str | None:
     return reason
 
 
+def _selectable(p: Project, r: int) -> int:
+    """Round ``r``'s batch size; selecting when a stopping rule holds is a caller's bug."""
+    size, reason = next_batch_size(p, r)
+    if size == 0:
+        raise CrowdloopError(f"round {r}: nothing to select ({reason})")
+    return size
+
+
 def _candidates(p: Project, r: int) -> np.ndarray:
     dispatched = p.dispatched_items(before_round=r)
     return np.array([i for i, item in enumerate(p.pool.ids.tolist()) if item not in dispatched], dtype=np.int64)
@@ -470,9 +478,7 @@ def score_shard(p: Project, r: int, shard: int) -> dict[str, Any]:
         return done
     from crowdloop.samplers.scoring import score_top_k
 
-    size, reason = next_batch_size(p, r)
-    if size == 0:
-        raise CrowdloopError(f"round {r}: nothing to select ({reason})")
+    size = _selectable(p, r)
     part = np.array_split(_candidates(p, r), n_shards)[shard]
     model = p.load_model(r)
     score = registry.samplers.load(p.config.sampler.name).proba_score
@@ -495,9 +501,7 @@ def select(p: Project, r: int) -> dict[str, Any]:
     done = read_json(p.store, key, default=None)
     if done is not None:
         return done
-    size, reason = next_batch_size(p, r)
-    if size == 0:
-        raise CrowdloopError(f"round {r}: nothing to select ({reason})")
+    size = _selectable(p, r)
     n_shards = sharded_scoring(p, r)
     if n_shards > 1:  # merge per-shard top-k (scored in parallel by the flow, or here if missing)
         start = time.perf_counter()
