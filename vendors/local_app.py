@@ -63,7 +63,7 @@ kbd{font-size:.75rem;background:#eef0f3;border:1px solid #c9ced6;border-radius:.
 .notice{background:#e8f5e9;border:1px solid #a5d6a7;border-radius:.4rem;padding:.4rem .7rem;margin-bottom:.8rem}
 </style></head><body>
 <header><h1>crowdloop · {{ project }}</h1>
-<span class="who">{{ annotator }} · <span id="progress">{{ progress.answered }} answered · {{ progress.waiting }} of {{ progress.items }} items waiting</span></span></header>
+<span class="who">{{ annotator }} · <span id="progress">{{ progress["answered"] }} answered · {{ progress["waiting"] }} of {{ progress["items"] }} items waiting</span></span></header>
 {% if notice %}<div class="notice" id="notice">{{ notice }}</div>{% endif %}
 {% if task %}
 <div class="card" id="item" data-item="{{ task.item_id }}" data-kind="{{ payload.kind }}">
@@ -79,7 +79,7 @@ kbd{font-size:.75rem;background:#eef0f3;border:1px solid #c9ced6;border-radius:.
 <form method="post" action="/answer" id="answer-form" class="card">
 <input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="batch_id" value="{{ task.batch_id }}">
 <input type="hidden" name="item_id" value="{{ task.item_id }}"><input type="hidden" name="client_ms" id="client_ms" value="">
-<div class="classes">{% for c in classes %}<button type="submit" class="label" name="label" value="{{ c }}"{% if loop.index <= 9 %} data-key="{{ loop.index }}"{% endif %}>{% if loop.index <= 9 %}<kbd>{{ loop.index }}</kbd>{% endif %}{{ c }}</button>{% endfor %}</div>
+<div class="classes">{% for c, key in buttons %}<button type="submit" class="label" name="label" value="{{ c }}"{% if key %} data-key="{{ key }}"{% endif %}>{% if key %}<kbd>{{ key }}</kbd>{% endif %}{{ c }}</button>{% endfor %}</div>
 </form>
 <div class="row">
 <form method="post" action="/skip" id="skip-form"><input type="hidden" name="csrf" value="{{ csrf }}">
@@ -93,7 +93,7 @@ kbd{font-size:.75rem;background:#eef0f3;border:1px solid #c9ced6;border-radius:.
 <form method="post" action="/undo" id="undo-form"><input type="hidden" name="csrf" value="{{ csrf }}">
 <button type="submit" id="undo"><kbd>U</kbd>undo last answer</button></form>
 {% endif %}
-<p class="muted">Keys: 1–9 pick a class · S skip · U undo your last answer. Your time on each item is measured for pay.</p>
+<p class="muted">Keys: {{ "0–9" if buttons and buttons[0][1] == buttons[0][0] else "1–9" }} pick a class · S skip · U undo your last answer. Your time on each item is measured for pay.</p>
 <script nonce="{{ nonce }}">
 (function () {
   var t0 = performance.now(), sent = false;
@@ -103,7 +103,7 @@ kbd{font-size:.75rem;background:#eef0f3;border:1px solid #c9ced6;border-radius:.
   document.addEventListener("keydown", function (e) {
     if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) { return; }
     var target = null;
-    if (e.key >= "1" && e.key <= "9") { target = document.querySelector('button[data-key="' + e.key + '"]'); }
+    if (e.key >= "0" && e.key <= "9") { target = document.querySelector('button[data-key="' + e.key + '"]'); }
     else if (e.key === "s" || e.key === "S") { target = document.getElementById("skip"); }
     else if (e.key === "u" || e.key === "U") { target = document.getElementById("undo"); }
     if (target) { e.preventDefault(); target.click(); }
@@ -137,6 +137,13 @@ def png_from_pixels(pixels: list[list[float]], *, scale: int = 1) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(raw))) + chunk(b"IEND", b"")
 
 
+def key_bindings(classes: tuple[str, ...] | list[str]) -> list[tuple[str, str | None]]:
+    """(class, key) pairs: digit-named classes (``0``-``9``) keep their own digit, else 1-9 by position."""
+    if all(len(c) == 1 and c.isdigit() for c in classes) and len(set(classes)) == len(classes):
+        return [(c, c) for c in classes]
+    return [(c, str(i) if i <= 9 else None) for i, c in enumerate(classes, start=1)]
+
+
 def csrf_for(token: str) -> str:
     return hashlib.sha256(f"crowdloop-csrf|{token}".encode()).hexdigest()[:32]
 
@@ -153,7 +160,7 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
             f"default-src 'none'; img-src 'self'; style-src {script}; script-src {script}; "
             "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
         response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Referrer-Policy"] = "same-origin"  # "no-referrer" would make Chromium send Origin: null
         response.headers["Cache-Control"] = "no-store"
         response.headers["X-Frame-Options"] = "DENY"
         return response
@@ -222,7 +229,7 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
         messages = {"undone": "Your last answer was taken back; answer again.",
                     "too-late": "Nothing to undo: answers can be taken back only shortly after you give them.",
                     "skipped": "Skipped.", "saved": None}
-        html = PAGE.render(project=title, annotator=name, task=task, payload=payload, classes=vendor.context.classes,
+        html = PAGE.render(project=title, annotator=name, task=task, payload=payload, buttons=key_bindings(vendor.context.classes),
                            progress=progress, csrf=csrf_for(raw), nonce=nonce, suggestion=suggestion,
                            image_url=f"/image/{task.batch_id}/{item_key(task.item_id)}" if task else "",
                            notice=messages.get(notice or ""))

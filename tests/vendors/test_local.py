@@ -244,3 +244,38 @@ def test_a_round_collects_what_annotators_answered(text_project):
     assert engine.pay(p, 0)["n_approved"] == 4
     assert v.open_tasks() == []  # paid batches leave the desk
     assert refs == [{"batch_id": "tiny-r0000"}]
+
+
+def test_image_files_named_by_the_pool_are_served_and_nothing_else(tmp_path):
+    from crowdloop.vendors.local_app import png_from_pixels
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.png").write_bytes(png_from_pixels([[0, 5], [5, 0]]))
+    (tmp_path / "secret.txt").write_text("not an image")
+    kinds = ["img/a.png", "secret.txt", "img/missing.png"]
+    rows = ["id,image,f1,label"] + [f"i{n},{kinds[n % 3]},{n},{'x' if n % 2 else 'y'}" for n in range(12)]
+    (tmp_path / "pool.csv").write_text("\n".join(rows) + "\n")
+    cfg = parse_config(small_config(**{
+        "pool": {"source": "csv", "path": str(tmp_path / "pool.csv"), "id_column": "id", "label_column": "label",
+                 "image_column": "image", "test_size": 0.25},
+        "vendor": {"name": "local", "params": {}}, "sampler.batch_size": 2, "sampler.initial_size": 2}))
+    p = engine.Project.prepare(cfg, str(tmp_path / "project"))
+    v = p.vendor
+    by_kind = {Path(path).name: item for item, path in zip(p.pool.ids.tolist(), p.pool.content.tolist())}
+    assert sorted(by_kind) == ["a.png", "missing.png", "secret.txt"]  # 4 of each, 3 held out
+    v.submit([Task(item_id=i, round=0, batch_id="b", replicas=1, reward=0.01) for i in by_kind.values()], batch_id="b")
+    token = v.add_annotator("ann")
+    client = _client(v)
+    client.get(f"/?token={token}")
+    got = {kind: client.get(f"/image/b/{item_key(item)}") for kind, item in by_kind.items()}
+    assert got["a.png"].status_code == 200 and got["a.png"].content == (tmp_path / "img" / "a.png").read_bytes()
+    assert got["secret.txt"].status_code == 404  # not an image type
+    assert got["missing.png"].status_code == 404  # no such file
+    assert all(r.headers["x-content-type-options"] == "nosniff" for r in got.values())
+
+
+def test_content_columns_are_validated():
+    with pytest.raises(ConfigError, match="text_column and image_column: expected at most one content column"):
+        parse_config(small_config(**{"pool": {"source": "csv", "path": "x.csv", "text_column": "t", "image_column": "i"}}))
+    with pytest.raises(ConfigError, match="text_column/image_column: expected a csv or parquet pool"):
+        parse_config(small_config(**{"pool.text_column": "t"}))
