@@ -71,6 +71,7 @@ class LocalVendor:
         self.store = context.store
         self.clock = clock
         self._returned: set[str] = set()
+        self._returned_keys: set[str] = set()
 
     # -- vendor protocol -------------------------------------------------------------
     def submit(self, tasks: Sequence[Task], *, batch_id: str) -> list[Ref]:
@@ -90,12 +91,15 @@ class LocalVendor:
         acked = self._acknowledged()
         new: list[Annotation] = []
         for batch in sorted({str(r["batch_id"]) for r in refs}):
-            for ann in self._answers(batch):
+            keys = [k for k in self.store.list(f"answers/{batch}/") if k not in self._returned_keys]
+            for ann, key in self._read_answers(keys):
                 if ann.assignment_id in self._returned or ann.assignment_id in acked:
+                    self._returned_keys.add(key)
                     continue
                 if ann.submitted_at.timestamp() > cutoff:
                     continue  # may still be undone
                 self._returned.add(ann.assignment_id)
+                self._returned_keys.add(key)  # final: it can no longer be undone
                 new.append(ann)
         return new
 
@@ -196,12 +200,14 @@ class LocalVendor:
         lease = read_json(self.store, f"leases/{worker}.json", default=None)
         tasks = self.open_tasks()
         leases = self._leases(now)
+        index = self._index(tasks)
         if lease and now - lease["shown_at"] < self.params.lease_s:
             for t in tasks:
-                if (t.batch_id, t.item_id) == (lease["batch_id"], lease["item_id"]) and self._open_for(t, worker, leases):
+                if ((t.batch_id, t.item_id) == (lease["batch_id"], lease["item_id"])
+                        and self._open_for(t, worker, leases, index)):
                     return t, lease["shown_at"]
         for t in tasks:
-            if self._open_for(t, worker, leases):
+            if self._open_for(t, worker, leases, index):
                 write_json(self.store, f"leases/{worker}.json",
                            {"batch_id": t.batch_id, "item_id": t.item_id, "shown_at": now})
                 return t, now
@@ -268,9 +274,10 @@ class LocalVendor:
     def progress(self, worker: str) -> dict[str, int]:
         """Answers by ``worker`` in open batches, and items still waiting for answers."""
         tasks = self.open_tasks()
+        index = self._index(tasks)
         mine = waiting = 0
         for t in tasks:
-            answered = self._answered_by(t)
+            answered = index["answers"].get((t.batch_id, item_key(t.item_id)), set())
             mine += worker in answered
             if len(answered) < t.replicas:
                 waiting += 1
@@ -287,13 +294,15 @@ class LocalVendor:
             return []
         return [Task.model_validate(t) for t in batch["tasks"]]
 
-    def _answered_by(self, t: Task) -> set[str]:
-        prefix = f"answers/{t.batch_id}/{item_key(t.item_id)}/"
-        return {k.split("/")[-1][: -len(".json")] for k in self.store.list(prefix)}
-
-    def _skipped_by(self, t: Task) -> set[str]:
-        prefix = f"skips/{t.batch_id}/{item_key(t.item_id)}/"
-        return {k.split("/")[-1][: -len(".json")] for k in self.store.list(prefix)}
+    def _index(self, tasks: Sequence[Task]) -> dict[str, dict[tuple[str, str], set[str]]]:
+        """Who answered / skipped each item: one listing per batch, not one per item."""
+        out: dict[str, dict[tuple[str, str], set[str]]] = {"answers": {}, "skips": {}}
+        for kind in out:
+            for batch in sorted({t.batch_id for t in tasks}):
+                for key in self.store.list(f"{kind}/{batch}/"):
+                    _, b, item, name = key.split("/")
+                    out[kind].setdefault((b, item), set()).add(name[: -len(".json")])
+        return out
 
     def _leases(self, now: float) -> dict[str, tuple[str, str]]:
         out = {}
@@ -303,24 +312,26 @@ class LocalVendor:
                 out[key.split("/")[-1][: -len(".json")]] = (lease["batch_id"], lease["item_id"])
         return out
 
-    def _open_for(self, t: Task, worker: str, leases: dict[str, tuple[str, str]]) -> bool:
-        answered = self._answered_by(t)
-        if worker in answered or worker in self._skipped_by(t):
+    def _open_for(self, t: Task, worker: str, leases: dict[str, tuple[str, str]],
+                  index: dict[str, dict[tuple[str, str], set[str]]]) -> bool:
+        key = (t.batch_id, item_key(t.item_id))
+        answered = index["answers"].get(key, set())
+        if worker in answered or worker in index["skips"].get(key, set()):
             return False
         held = sum(1 for w, held_item in leases.items() if w != worker and held_item == (t.batch_id, t.item_id))
         return len(answered) + held < t.replicas
 
     def _answers_with_keys(self, batch: str) -> list[tuple[Annotation, str]]:
+        return self._read_answers(self.store.list(f"answers/{batch}/"))
+
+    def _read_answers(self, keys: Sequence[str]) -> list[tuple[Annotation, str]]:
         out = []
-        for key in self.store.list(f"answers/{batch}/"):
+        for key in keys:
             try:
                 out.append((Annotation.model_validate_json(self.store.read_bytes(key)), key))
             except KeyNotFoundError:
                 continue  # undone between list and read
         return out
-
-    def _answers(self, batch: str) -> list[Annotation]:
-        return [a for a, _ in self._answers_with_keys(batch)]
 
     def _acknowledged(self) -> set[str]:
         done: set[str] = set()

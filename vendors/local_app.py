@@ -71,7 +71,7 @@ kbd{font-size:.75rem;background:#eef0f3;border:1px solid #c9ced6;border-radius:.
 {% if payload.kind == "text" %}<div class="text" id="item-text">{{ payload.text }}</div>
 {% elif payload.kind == "image" %}<img class="item" id="item-image" alt="item {{ task.item_id }}" src="{{ image_url }}">
 {% endif %}
-{% if payload.kind == "tabular" or (payload.kind == "text" and payload.columns) %}
+{% if payload.kind == "tabular" %}
 <table id="item-table"><tr>{% for c in payload.columns[:40] %}<th>{{ c }}</th>{% endfor %}</tr>
 <tr>{% for v in payload["values"][:40] %}<td>{{ "%.4g"|format(v) if v is number else v }}</td>{% endfor %}</tr></table>
 {% endif %}

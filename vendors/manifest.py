@@ -89,6 +89,7 @@ class ManifestVendor:
         self.state: Store = context.store
         self.exchange: Store = open_store(self.params.url) if self.params.url else context.store
         self._returned: set[str] = set()
+        self._done_segments: set[str] = set()
         self._processed: set[str] = set()
 
     # -- vendor protocol -------------------------------------------------------------
@@ -119,6 +120,9 @@ class ManifestVendor:
         new: list[Annotation] = []
         for batch in sorted({str(r["batch_id"]) for r in refs}):
             for key in self.state.list(f"answers/{batch}/"):
+                if key in self._done_segments:
+                    continue  # every answer in it was returned already (segments are immutable)
+                self._done_segments.add(key)
                 for line in self.state.read_bytes(key).splitlines():
                     if not line.strip():
                         continue
