@@ -14,8 +14,8 @@ Store layout (under ``vendor/local/``)::
 
     annotators/<name>.json                       name, sha256 of the token (never the token)
     batches/<batch_id>.json                      the tasks of a batch (create-only)
-    answers/<batch_id>/<item>/<annotator>.json   one Annotation (create-only)
-    skips/<batch_id>/<item>/<annotator>.json     an item the annotator skipped
+    answers/<batch_id>/<item>.<annotator>.json   one Annotation (create-only); <item> is a digest
+    skips/<batch_id>/<item>.<annotator>.json     an item the annotator skipped
     leases/<annotator>.json                      the item on the annotator's screen, since when
     closed/<batch_id>.json                       written when the loop pays the batch
 """
@@ -196,11 +196,19 @@ class LocalVendor:
 
     def next_task(self, worker: str) -> tuple[Task, float] | None:
         """The item to show ``worker`` (their current lease if still valid) and when it was shown."""
+        return self.next_task_and_progress(worker)[0]
+
+    def next_task_and_progress(self, worker: str) -> tuple[tuple[Task, float] | None, dict[str, int]]:
+        """``next_task`` and ``progress`` from one reading of the store (the page needs both)."""
+        tasks = self.open_tasks()
+        index = self._index(tasks)
+        return self._next(worker, tasks, index), self._progress(worker, tasks, index)
+
+    def _next(self, worker: str, tasks: list[Task], index: dict) -> tuple[Task, float] | None:
+        self._check_worker(worker)
         now = self.clock()
         lease = read_json(self.store, f"leases/{worker}.json", default=None)
-        tasks = self.open_tasks()
         leases = self._leases(now)
-        index = self._index(tasks)
         if lease and now - lease["shown_at"] < self.params.lease_s:
             for t in tasks:
                 if ((t.batch_id, t.item_id) == (lease["batch_id"], lease["item_id"])
@@ -217,12 +225,13 @@ class LocalVendor:
     def answer(self, worker: str, batch_id: str, item_id: str, label: str, *,
                client_seconds: float | None = None) -> Annotation:
         """Store ``worker``'s answer at once; a second submit returns the first answer unchanged."""
+        self._check_worker(worker)
         task = self.task(batch_id, item_id)
         if task is None:
             raise VendorDataError(f"item {item_id!r} is not part of batch {batch_id!r}")
         if label not in self.context.classes:
             raise VendorDataError(f"label {label!r} is not one of the classes {list(self.context.classes)}")
-        key = f"answers/{batch_id}/{item_key(item_id)}/{worker}.json"
+        key = f"answers/{batch_id}/{item_key(item_id)}.{worker}.json"
         existing = read_json(self.store, key, default=None)
         if existing is not None:
             return Annotation.model_validate(existing)
@@ -247,10 +256,11 @@ class LocalVendor:
         return ann
 
     def skip(self, worker: str, batch_id: str, item_id: str) -> None:
+        self._check_worker(worker)
         if self.task(batch_id, item_id) is None:
             raise VendorDataError(f"item {item_id!r} is not part of batch {batch_id!r}")
         try:
-            write_json(self.store, f"skips/{batch_id}/{item_key(item_id)}/{worker}.json",
+            write_json(self.store, f"skips/{batch_id}/{item_key(item_id)}.{worker}.json",
                        {"at": self._now().isoformat()}, create_only=True)
         except RecordExistsError:
             pass
@@ -274,7 +284,9 @@ class LocalVendor:
     def progress(self, worker: str) -> dict[str, int]:
         """Answers by ``worker`` in open batches, and items still waiting for answers."""
         tasks = self.open_tasks()
-        index = self._index(tasks)
+        return self._progress(worker, tasks, self._index(tasks))
+
+    def _progress(self, worker: str, tasks: list[Task], index: dict) -> dict[str, int]:
         mine = waiting = 0
         for t in tasks:
             answered = index["answers"].get((t.batch_id, item_key(t.item_id)), set())
@@ -284,6 +296,11 @@ class LocalVendor:
         return {"answered": mine, "waiting": waiting, "items": len(tasks)}
 
     # -- helpers ----------------------------------------------------------------------
+    @staticmethod
+    def _check_worker(worker: str) -> None:
+        if not ANNOTATOR_NAME.match(worker):
+            raise VendorDataError(f"annotator {worker!r}: expected 1-40 lowercase letters, digits, '_' or '-'")
+
     def _now(self, stamp: float | None = None) -> datetime:
         return datetime.fromtimestamp(self.clock() if stamp is None else stamp, timezone.utc)
 
@@ -300,8 +317,9 @@ class LocalVendor:
         for kind in out:
             for batch in sorted({t.batch_id for t in tasks}):
                 for key in self.store.list(f"{kind}/{batch}/"):
-                    _, b, item, name = key.split("/")
-                    out[kind].setdefault((b, item), set()).add(name[: -len(".json")])
+                    _, b, name = key.split("/")  # one flat folder per batch: fast to list
+                    item, worker = name[: -len(".json")].split(".", 1)
+                    out[kind].setdefault((b, item), set()).add(worker)
         return out
 
     def _leases(self, now: float) -> dict[str, tuple[str, str]]:

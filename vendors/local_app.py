@@ -218,8 +218,7 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
             return forbidden()
         name, raw = who
         with lock:
-            found = vendor.next_task(name)
-            progress = vendor.progress(name)
+            found, progress = vendor.next_task_and_progress(name)
         task = found[0] if found else None
         payload: dict[str, Any] = vendor.context.item_payload(task.item_id) if task else {}
         suggestion = None
