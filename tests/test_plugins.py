@@ -129,3 +129,17 @@ def test_the_loop_runs_with_the_installed_plugin(plugin, tmp_path):
     assert len(labels) == 27 and agreement >= 0.85  # the rule of thumb is ~95% right on iris
     assert p.metrics()[-1]["n_labeled"] == 27 and p.metrics()[-1]["accuracy"] > 0.6  # chance is 1/3
     assert all(read["complete"] for read in (engine.collect(p, i) for i in range(3)))
+
+
+@pytest.mark.slow
+def test_the_prefect_flow_runs_with_the_installed_plugin(plugin, prefect_api_url, tmp_path):
+    from crowdloop.flows.loop import active_learning_loop
+
+    cfg = parse_config(small_config(**{
+        "project": "plugin-flow", "pool.name": "iris", "sampler.initial_size": 9, "sampler.batch_size": 9,
+        "stopping.max_rounds": 2, "vendor": {"name": plugin, "params": {}},
+        "consensus.method": "majority_vote", "consensus.redundancy": 2, "collect.timeout_s": 5}))
+    state = active_learning_loop(cfg, str(tmp_path / "flow"))
+    assert state["stop_reason"] == "max_rounds=2 reached"
+    assert state["totals"]["n_labeled"] == 18 and state["totals"]["n_judgments"] == 36
+    assert {a.vendor for a in engine.Project.open(str(tmp_path / "flow")).annotations()} == {"rulebook"}

@@ -19,7 +19,6 @@ import pytest
 from crowdloop import engine
 from crowdloop.config import parse_config
 from crowdloop.records import Annotation
-from crowdloop.testing import VendorContractError  # noqa: F401 - the module must import cleanly
 
 from conftest import REPO, small_config
 
