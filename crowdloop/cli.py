@@ -226,7 +226,8 @@ def annotate(
     web = create_app(vendor, suggest=project_suggester(project), project=project.config.project)
     names = vendor.annotators()
     err_console.print(f"crowdloop annotate: http://{host}:{port}/ for project {project.config.project!r}; "
-                      f"annotators: {', '.join(names) or 'none yet (crowdloop annotators add NAME --project-dir ...)'}")
+                      f"annotators: {', '.join(names) or 'none yet (crowdloop annotators add NAME --project-dir ...)'}",
+                      soft_wrap=True)
     uvicorn.run(web, host=host, port=port, log_level="warning")
 
 

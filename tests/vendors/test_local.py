@@ -279,3 +279,15 @@ def test_content_columns_are_validated():
         parse_config(small_config(**{"pool": {"source": "csv", "path": "x.csv", "text_column": "t", "image_column": "i"}}))
     with pytest.raises(ConfigError, match="text_column/image_column: expected a csv or parquet pool"):
         parse_config(small_config(**{"pool.text_column": "t"}))
+
+
+def test_the_example_config_opens_a_local_project(tmp_path):
+    from crowdloop.config import load_config
+
+    from conftest import CONFIGS
+
+    cfg = load_config(CONFIGS / "digits-local.yaml")
+    p = engine.Project.prepare(cfg, str(tmp_path / "dl"))
+    assert isinstance(p.vendor, LocalVendor) and p.vendor.params.suggestions
+    r = CliRunner().invoke(cli_app, ["annotators", "add", "me", "--project-dir", p.store.url])
+    assert r.exit_code == 0 and "/?token=" in r.stdout
