@@ -291,3 +291,17 @@ def test_the_example_config_opens_a_local_project(tmp_path):
     assert isinstance(p.vendor, LocalVendor) and p.vendor.params.suggestions
     r = CliRunner().invoke(cli_app, ["annotators", "add", "me", "--project-dir", p.store.url])
     assert r.exit_code == 0 and "/?token=" in r.stdout
+
+
+def test_a_restarted_app_or_loop_picks_up_from_the_store(tmp_path):
+    clock = Clock()
+    v = desk(tmp_path, clock, undo_window_s=5)
+    refs = v.submit(tasks(3, replicas=1), batch_id="b0")
+    v.answer("ann", "b0", v.next_task("ann")[0].item_id, "cat")
+    shown = v.next_task("ann")
+    restarted = LocalVendor({"undo_window_s": 5}, v.context, clock=clock)  # e.g. after kill -9
+    assert restarted.next_task("ann") == shown  # same item, same start time: the timer keeps running
+    assert restarted.progress("ann") == {"answered": 1, "waiting": 2, "items": 3}
+    clock.now += 5 + UNDO_MARGIN_S + 1
+    assert [a.label for a in restarted.poll(refs)] == ["cat"]
+    assert v.submit(tasks(3, replicas=1), batch_id="b0") == refs and len(v.store.list("batches/")) == 1
