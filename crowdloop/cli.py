@@ -122,8 +122,12 @@ def run(
         pass
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from crowdloop.flows.loop import active_learning_loop
+        # The temporary API server logs event-flush cancellations when it shuts down after the
+        # run; they are noise on the console (the run's own logs stay in the Prefect UI).
+        os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+    from crowdloop.flows.loop import with_task_runner
 
+    active_learning_loop = with_task_runner(cfg)
     result: dict[str, Any] = {}
     failure: list[BaseException] = []
 
@@ -163,6 +167,31 @@ def _print_summary(state: dict[str, Any], location: str) -> None:
         summary.add_row("random baseline accuracy", f"{_fmt(b['accuracy'])} at {b['n_labeled']} labels")
     console.print(summary)
     console.print(f"outputs in {location}: metrics.json, metrics.csv, learning_curve.png, labels.jsonl, annotations.jsonl")
+
+
+@app.command()
+@_one_line_errors
+def serve(
+    config: Path = typer.Argument(..., help="YAML config of the project to serve"),
+    project_dir: Optional[str] = typer.Option(None, "--project-dir", help="project store; default projects/<project>"),
+    cron: Optional[str] = typer.Option(None, "--cron", help="schedule for the loop, e.g. '0 6 * * *'"),
+    collect_every: float = typer.Option(300.0, "--collect-every", min=1.0, help="seconds between collect runs"),
+) -> None:
+    """Serve the loop and collect deployments to the Prefect API (run and schedule them from the UI)."""
+    from crowdloop.config import load_config
+    from crowdloop.engine import Project, default_location
+
+    cfg = load_config(config)
+    location = default_location(cfg, project_dir)
+    if "://" not in location:
+        location = str(Path(location).absolute())  # runs start in their own working directory
+    try:
+        Project.prepare(cfg, location)
+    except (ConfigError, PoolError) as exc:
+        raise type(exc)(f"{config}: {exc}") from None
+    from crowdloop.flows.serve import serve_project
+
+    serve_project(cfg, location, cron=cron, collect_every_s=collect_every)
 
 
 @app.command()

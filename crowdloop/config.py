@@ -84,8 +84,13 @@ class ConsensusConfig(_Strict):
 
 
 class CollectConfig(_Strict):
+    mode: Literal["wait", "defer"] = Field(
+        "wait",
+        description="wait: the loop polls until answers are in; defer: the loop stops after dispatch and a "
+        "scheduled collect flow polls and starts the next round (for human waits of hours)",
+    )
     poll_interval_s: float = Field(2.0, gt=0)
-    timeout_s: float = Field(24 * 3600.0, gt=0, description="after this, aggregate what has arrived")
+    timeout_s: float = Field(24 * 3600.0, gt=0, description="after this (from dispatch), aggregate what has arrived")
 
 
 class PayConfig(_Strict):
@@ -104,12 +109,35 @@ class StoppingConfig(_Strict):
     target_accuracy: float | None = Field(None, gt=0, le=1, description="test accuracy")
 
 
+class ScaleConfig(_Strict):
+    """Scale-out of pool scoring: shards scored as parallel Prefect tasks, optionally on Dask."""
+
+    shards: int = Field(1, ge=1, le=4096, description="pool shards scored in parallel (decomposable samplers)")
+    dask_workers: int = Field(0, ge=0, description="start a local Dask cluster with this many worker processes")
+    dask_address: str | None = Field(None, description="or use this Dask scheduler, e.g. tcp://10.0.0.5:8786")
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> "ScaleConfig":
+        if self.dask_workers and self.dask_address:
+            raise ValueError("set dask_workers (local cluster) or dask_address (existing cluster), not both")
+        return self
+
+
 class BaselineConfig(_Strict):
     random: bool = Field(False, description="also run random sampling with the same crowd, for the learning curve")
 
 
 class StorageConfig(_Strict):
-    url: str | None = Field(None, description="store URL; default: the project directory")
+    url: str | None = Field(None, description="store URL: a directory or s3://bucket/prefix; default projects/<project>")
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); credentials from boto3's chain")
+
+    @model_validator(mode="after")
+    def _check_url(self) -> "StorageConfig":
+        if self.url and "://" in self.url and not self.url.startswith(("s3://", "file://")):
+            raise ValueError(f"url={self.url!r}: expected a directory, file:// or s3://bucket/prefix")
+        if self.endpoint_url and not (self.url or "").startswith("s3://"):
+            raise ValueError("endpoint_url is only valid with an s3:// url")
+        return self
 
 
 class LoopConfig(_Strict):
@@ -127,18 +155,19 @@ class LoopConfig(_Strict):
     stopping: StoppingConfig = StoppingConfig()
     baseline: BaselineConfig = BaselineConfig()
     storage: StorageConfig = StorageConfig()
+    scale: ScaleConfig = ScaleConfig()
 
 
 # Fields a resumed project may change: they steer when to stop or how long to wait, not what
 # was selected or how it was labeled.
-RESUMABLE_SECTIONS = ("stopping", "collect", "baseline")
+RESUMABLE_SECTIONS = ("stopping", "collect", "baseline", "scale")
 
 
 def format_validation_error(exc: ValidationError, *, source: str) -> str:
     """One line: ``source: field.path: problem (got value)``, plus a count of further errors."""
     errors = exc.errors(include_url=False)
     first = errors[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "<top level>"
+    loc = ".".join(_loc_part(p) for p in first["loc"]) or "<top level>"
     if first["type"] == "extra_forbidden":
         problem = "unknown field"
         allowed = _allowed_fields(exc.title, first["loc"])
@@ -151,7 +180,13 @@ def format_validation_error(exc: ValidationError, *, source: str) -> str:
     value = first.get("input")
     shown = "" if first["type"] in ("missing",) or isinstance(value, dict) else f" (got {value!r})"
     more = f" [and {len(errors) - 1} more error(s)]" if len(errors) > 1 else ""
-    return f"{source}: {loc}: {problem}{shown}{more}"
+    return " ".join(f"{source}: {loc}: {problem}{shown}{more}".splitlines())
+
+
+def _loc_part(part: object) -> str:
+    """Field names as written; anything odd (spaces, newlines, empty) quoted so it stays one line."""
+    text = str(part)
+    return text if text.replace("_", "").replace("-", "").isalnum() else repr(text)
 
 
 def _allowed_fields(title: str, loc: tuple) -> list[str]:

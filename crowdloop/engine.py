@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
+from urllib.parse import urlencode
 
 import numpy as np
 import pandas as pd
@@ -51,8 +52,16 @@ def round_key(round_: int, name: str) -> str:
 
 
 def default_location(config: LoopConfig, project_dir: str | None = None) -> str:
-    """Where a project lives: ``--project-dir``, else ``storage.url``, else ``projects/<name>``."""
-    return project_dir or config.storage.url or f"projects/{config.project}"
+    """Where a project lives: ``--project-dir``, else ``storage.url``, else ``projects/<name>``.
+
+    An S3 ``endpoint_url`` travels in the URL's query so other processes can reopen the store.
+    """
+    if project_dir:
+        return project_dir
+    url = config.storage.url
+    if url and config.storage.endpoint_url and "endpoint_url=" not in url:
+        url += ("&" if "?" in url else "?") + urlencode({"endpoint_url": config.storage.endpoint_url})
+    return url or f"projects/{config.project}"
 
 
 def _write_once(store: Store, key: str, obj: Any) -> None:
@@ -93,8 +102,14 @@ class Project:
             if fresh:  # leave no empty project directory behind a rejected config
                 _remove_empty_dir(location)
             raise
+        record = {"config": config.model_dump(mode="json"), "format": 1}
         if existing is None:
-            _write_once(store, PROJECT_KEY, {"config": config.model_dump(mode="json"), "format": 1})
+            _write_once(store, PROJECT_KEY, record)
+        elif existing["config"] != record["config"]:
+            # Only resumable sections (stopping, collect, baseline) can differ here: keep the
+            # old version for the record and make the new limits the project's own.
+            write_json(store, f"config-history/{_utc_stamp()}.json", existing)
+            write_json(store, PROJECT_KEY, record)
         return project
 
     @classmethod
@@ -283,6 +298,10 @@ class Project:
         return Project(PrefixedStore(self.store, "baseline"), twin)
 
 
+def _utc_stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{time.time_ns() % 1_000_000_000:09d}"
+
+
 def _is_missing_dir(location: str) -> bool:
     return "://" not in location and not os.path.exists(location)
 
@@ -426,6 +445,51 @@ def stop_reason(p: Project, r: int, metrics: dict[str, Any]) -> str | None:
     return reason
 
 
+def _candidates(p: Project, r: int) -> np.ndarray:
+    dispatched = p.dispatched_items(before_round=r)
+    return np.array([i for i, item in enumerate(p.pool.ids.tolist()) if item not in dispatched], dtype=np.int64)
+
+
+def sharded_scoring(p: Project, r: int) -> int:
+    """Number of shards round ``r``'s selection is scored in (1: not sharded).
+
+    Only samplers with a ``proba_score`` (decomposable top-k) are sharded, and only once a
+    model exists; diversity samplers and cold starts see the whole candidate set.
+    """
+    shards = p.config.scale.shards
+    if shards <= 1 or p.load_model(r) is None:
+        return 1
+    return shards if getattr(registry.samplers.load(p.config.sampler.name), "proba_score", None) else 1
+
+
+def score_shard(p: Project, r: int, shard: int) -> dict[str, Any]:
+    """Top candidates of one contiguous shard of the pool, with scores and tie-break keys."""
+    n_shards = sharded_scoring(p, r)
+    key = round_key(r, f"shards/{shard:04d}-of-{n_shards:04d}.json")
+    done = read_json(p.store, key, default=None)
+    if done is not None:
+        return done
+    from crowdloop.samplers.scoring import score_top_k
+
+    size, reason = next_batch_size(p, r)
+    if size == 0:
+        raise CrowdloopError(f"round {r}: nothing to select ({reason})")
+    part = np.array_split(_candidates(p, r), n_shards)[shard]
+    model = p.load_model(r)
+    score = registry.samplers.load(p.config.sampler.name).proba_score
+    rng = np.random.default_rng([p.config.seed, r, _STREAM_SELECT, shard])
+    result: dict[str, Any] = {"shard": shard, "item_ids": [], "scores": [], "keys": []}
+    if len(part):
+        picked = score_top_k(model, p.pool.X[part], score, batch_size=min(size, len(part)), rng=rng,
+                             chunk_size=p.config.sampler.chunk_size)
+        rows = part[picked]
+        result = {"shard": shard, "item_ids": p.pool.ids[rows].tolist(),
+                  "scores": [float(v) for v in score(model.predict_proba(p.pool.X[rows]))],
+                  "keys": rng.random(len(rows)).tolist()}
+    _write_once(p.store, key, result)
+    return result
+
+
 def select(p: Project, r: int) -> dict[str, Any]:
     """Pick round ``r``'s batch from items never dispatched before."""
     key = round_key(r, "selection.json")
@@ -435,8 +499,17 @@ def select(p: Project, r: int) -> dict[str, Any]:
     size, reason = next_batch_size(p, r)
     if size == 0:
         raise CrowdloopError(f"round {r}: nothing to select ({reason})")
-    dispatched = p.dispatched_items(before_round=r)
-    candidates = np.array([i for i, item in enumerate(p.pool.ids.tolist()) if item not in dispatched], dtype=np.int64)
+    n_shards = sharded_scoring(p, r)
+    if n_shards > 1:  # merge per-shard top-k (scored in parallel by the flow, or here if missing)
+        start = time.perf_counter()
+        parts = [score_shard(p, r, s) for s in range(n_shards)]
+        rows = [(-sc, k, item) for part in parts for item, sc, k in zip(part["item_ids"], part["scores"], part["keys"])]
+        chosen = [item for _, _, item in sorted(rows)[:size]]
+        selection = {"round": r, "strategy": p.config.sampler.name, "shards": n_shards, "item_ids": chosen,
+                     "seconds": round(time.perf_counter() - start, 4)}
+        _write_once(p.store, key, selection)
+        return read_json(p.store, key)
+    candidates = _candidates(p, r)
     model = p.load_model(r)
     start = time.perf_counter()
     if model is None:
@@ -502,7 +575,7 @@ def dispatch(p: Project, r: int) -> dict[str, Any]:
     tasks = [Task.model_validate(t) for t in intent["tasks"]]
     refs = p.vendor.submit(tasks, batch_id=intent["batch_id"])
     fault_point("dispatch:after_submit", r)
-    result = {"batch_id": intent["batch_id"], "refs": refs}
+    result = {"batch_id": intent["batch_id"], "refs": refs, "dispatched_at": time.time()}
     _write_once(p.store, refs_key, result)
     return result
 
@@ -541,18 +614,25 @@ def append_segment(p: Project, r: int, anns: list[Annotation]) -> int:
     return len(fresh)
 
 
-def collect(p: Project, r: int, *, sleep: Callable[[float], None] = time.sleep,
+def collect(p: Project, r: int, *, wait: bool = True, sleep: Callable[[float], None] = time.sleep,
             on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Poll the vendor until every task has its judgments or the collect timeout passes."""
+    """Poll the vendor until every task has its judgments or the collect deadline passes.
+
+    The deadline is ``collect.timeout_s`` after dispatch (recorded in the store), so it holds
+    across processes. With ``wait=False`` this polls once and, if answers are still missing,
+    returns ``{"pending": True, ...}`` without recording anything final: a scheduled collect
+    flow calls it again later instead of keeping a process asleep for hours.
+    """
     key = round_key(r, "collected.json")
     done = read_json(p.store, key, default=None)
     if done is not None:
         return done
     intent = read_json(p.store, round_key(r, "dispatch.json"))
-    refs = dispatch(p, r)["refs"]
+    sent = dispatch(p, r)
+    refs = sent["refs"]
     expected = {t["item_id"]: t["replicas"] for t in intent["tasks"]}
     wanted = sum(expected.values())
-    deadline = time.monotonic() + p.config.collect.timeout_s
+    deadline = sent.get("dispatched_at", time.time()) + p.config.collect.timeout_s
     while True:
         new = p.vendor.poll(refs)
         good, error = _validate_new(p, intent, new)
@@ -563,8 +643,11 @@ def collect(p: Project, r: int, *, sleep: Callable[[float], None] = time.sleep,
         have = sum(1 for a in p.annotations() if a.batch_id == intent["batch_id"])
         if on_progress:
             on_progress(have, wanted)
-        if have >= wanted or time.monotonic() >= deadline:
+        if have >= wanted or time.time() >= deadline:
             break
+        if not wait:
+            return {"round": r, "pending": True, "n_annotations": have, "expected": wanted,
+                    "deadline": deadline}
         sleep(p.config.collect.poll_interval_s)
     mine = [a for a in p.annotations() if a.batch_id == intent["batch_id"]]
     per_item = pd.Series([a.item_id for a in mine]).value_counts() if mine else pd.Series(dtype=int)

@@ -68,6 +68,19 @@ def status(p: Project) -> dict[str, Any]:
     }
 
 
+def round_table(p: Project) -> list[dict[str, Any]]:
+    """Per-round rows for dashboards: the status fields plus that round's workers' wage."""
+    rows = []
+    for row in _rounds(p):
+        pay = read_json(p.store, round_key(row["round"] - 1, "pay.json"), default=None) if row["round"] else None
+        wage = None
+        if pay and pay["work_seconds"] > 0:
+            wage = round(hourly_wage(pay["rewards"] + pay["bonuses"], pay["work_seconds"]), 2)
+        accuracy = None if row["accuracy"] is None else round(row["accuracy"], 4)
+        rows.append({**row, "accuracy": accuracy, "wage_per_hour": wage})
+    return rows
+
+
 def metrics_csv(rows: list[dict[str, Any]]) -> bytes:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(ROUND_FIELDS))

@@ -63,6 +63,11 @@ def stop_task(url: str, round_: int, metrics: dict[str, Any]) -> str | None:
     return engine.stop_reason(_project(url), round_, metrics)
 
 
+@task(name="score-shard", cache_policy=NO_CACHE)
+def score_shard_task(url: str, round_: int, shard: int) -> int:
+    return len(engine.score_shard(_project(url), round_, shard)["item_ids"])
+
+
 @task(name="select", cache_policy=NO_CACHE)
 def select_task(url: str, round_: int) -> dict[str, Any]:
     return engine.select(_project(url), round_)
@@ -74,8 +79,8 @@ def dispatch_task(url: str, round_: int) -> dict[str, Any]:
 
 
 @task(name="collect", **_IO)
-def collect_task(url: str, round_: int) -> dict[str, Any]:
-    return engine.collect(_project(url), round_)
+def collect_task(url: str, round_: int, wait: bool = True) -> dict[str, Any]:
+    return engine.collect(_project(url), round_, wait=wait)
 
 
 @task(name="aggregate", cache_policy=NO_CACHE)
@@ -93,11 +98,12 @@ def _artifact_key(project: str, what: str) -> str:
 
 
 def _publish_round(p: Project, label: str) -> None:
-    rows = report.status(p)["rounds"]
+    rows = report.round_table(p)
     create_table_artifact(
         key=_artifact_key(p.config.project, f"{label}-rounds"),
         table=[{k: ("" if v is None else v) for k, v in row.items()} for row in rows],
-        description=f"crowdloop {label}: labeled items, judgments, money ({p.config.pay.currency}) and test accuracy per round",
+        description=(f"crowdloop {label}: labeled items, judgments, money ({p.config.pay.currency}), "
+                     "test accuracy and workers' effective hourly wage per round"),
     )
 
 
@@ -135,12 +141,38 @@ def run_rounds(url: str, *, label: str = "main") -> str:
         _publish_round(p, label)
         if reason:
             return reason
+        n_shards = engine.sharded_scoring(p, r)
+        if n_shards > 1 and not p.store.exists(engine.round_key(r, "selection.json")):
+            # Shards are scored as parallel tasks: threads by default, Dask workers with scale.dask_*.
+            futures = [score_shard_task.submit(url, r, s) for s in range(n_shards)]
+            for future in futures:
+                future.result()
         select_task(url, r)
         dispatch_task(url, r)
-        collect_task(url, r)
+        collected = collect_task(url, r, wait=p.config.collect.mode == "wait")
+        if collected.get("pending"):
+            # collect.mode=defer: no process sleeps through human hours; the scheduled collect
+            # flow (flows/collect.py) polls and starts the next round when answers are in.
+            return f"waiting for answers in round {r}"
         aggregate_task(url, r)
         pay_task(url, r)
         r += 1
+
+
+def with_task_runner(config: LoopConfig):
+    """The loop flow with the task runner ``config.scale`` asks for (Dask when configured)."""
+    if not (config.scale.dask_workers or config.scale.dask_address):
+        return active_learning_loop
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ModuleNotFoundError as exc:
+        raise CrowdloopError("scale.dask_*: needs the Dask extra: pip install 'crowdloop[dask]'") from exc
+    if config.scale.dask_address:
+        runner = DaskTaskRunner(address=config.scale.dask_address)
+    else:
+        runner = DaskTaskRunner(cluster_kwargs={"n_workers": config.scale.dask_workers, "threads_per_worker": 1,
+                                                "processes": True, "dashboard_address": None})
+    return active_learning_loop.with_options(task_runner=runner)
 
 
 @flow(name="crowdloop-active-learning", validate_parameters=True)
@@ -156,8 +188,8 @@ def active_learning_loop(config: LoopConfig, project_dir: str | None = None) -> 
     url = project.store.url
     with project.running():
         reference_task(url)
-        run_rounds(url)
-        if config.baseline.random:
+        outcome = run_rounds(url)
+        if config.baseline.random and not outcome.startswith("waiting"):
             main = _project(url)
             twin = main.baseline()
             if read_json(twin.store, PROJECT_KEY, default=None) is None:

@@ -83,7 +83,9 @@ def load_sklearn_pool(cfg: PoolConfig) -> Pool:
     else:
         y = np.array([str(names[v]) for v in target], dtype=object)
     ids = np.array([f"{cfg.name}-{i:06d}" for i in range(len(X))], dtype=object)
-    feature_names = getattr(bunch, "feature_names", None) or [f"x{i}" for i in range(X.shape[1])]
+    feature_names = getattr(bunch, "feature_names", None)
+    if feature_names is None or len(feature_names) != X.shape[1]:
+        feature_names = [f"x{i}" for i in range(X.shape[1])]
     kind = "pixels" if cfg.name == "digits" else None  # 8x8 grayscale digits: shown as images
     return _finish(ids, X, y, cfg, [str(f) for f in feature_names], content_kind=kind)
 

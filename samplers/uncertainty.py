@@ -64,3 +64,11 @@ def kmeans_cold_start(X: np.ndarray, *, batch_size: int, rng: np.random.Generato
         taken[i] = True
         chosen.append(i)
     return np.array(chosen, dtype=np.int64)
+
+
+# Score functions over probability rows (higher = more informative). A sampler carrying one is
+# decomposable: top-k over shards then top-k of the union equals top-k over the whole pool, so
+# the flow can score shards as parallel tasks (on Dask workers) and merge.
+least_confident_sampling.proba_score = _proba_uncertainty  # type: ignore[attr-defined]
+margin_sampling.proba_score = lambda p: -_proba_margin(p)  # type: ignore[attr-defined]
+entropy_sampling.proba_score = _proba_entropy  # type: ignore[attr-defined]

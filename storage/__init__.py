@@ -23,6 +23,7 @@ __all__ = [
     "PrefixedStore",
     "open_store",
     "validate_key",
+    "join_url",
     "read_json",
     "write_json",
     "RecordExistsError",
@@ -83,7 +84,7 @@ class PrefixedStore:
     def __init__(self, parent: Store, prefix: str) -> None:
         self.parent = parent
         self.prefix = validate_key(prefix.rstrip("/")) + "/"
-        self.url = f"{parent.url.rstrip('/')}/{self.prefix.rstrip('/')}"
+        self.url = join_url(parent.url, self.prefix.rstrip("/"))
 
     def _k(self, key: str) -> str:
         return self.prefix + validate_key(key)
@@ -107,6 +108,12 @@ class PrefixedStore:
 
     def lock(self, name: str = "project") -> AbstractContextManager[None]:
         return self.parent.lock(f"{self.prefix.rstrip('/').replace('/', '-')}-{name}")
+
+
+def join_url(url: str, prefix: str) -> str:
+    """``url`` with ``prefix`` appended to its path, keeping a query (``?endpoint_url=...``)."""
+    base, sep, query = url.partition("?")
+    return f"{base.rstrip('/')}/{prefix}{sep}{query}"
 
 
 def open_store(url: str, *, create: bool = True) -> Store:

@@ -18,7 +18,7 @@ from crowdloop.errors import ConfigError, RegistryError
 from crowdloop.storage.local import LocalStore
 from crowdloop.testing import check_vendor, make_context
 
-from conftest import REPO, small_config
+from tests.conftest import REPO, small_config
 
 EXAMPLE = REPO / "docs" / "examples" / "rulebook"
 DIST = "crowdloop-rulebook"

@@ -9,6 +9,7 @@ project seed and the batch id.
 from __future__ import annotations
 
 import hashlib
+import time
 import zlib
 from collections.abc import Sequence
 from datetime import timedelta
@@ -31,6 +32,7 @@ class SimulatedCrowdParams(BaseModel):
     confusion: float = Field(0.0, ge=0, le=1, description="share of an honest worker's errors that go to one confused class")
     median_seconds: float = Field(8.0, gt=0, description="median task duration")
     duration_sigma: float = Field(0.5, ge=0, description="log-normal spread of durations")
+    latency_s: float = Field(0.0, ge=0, description="answers trickle in over this many wall-clock seconds")
 
     @model_validator(mode="after")
     def _check_range(self) -> "SimulatedCrowdParams":
@@ -70,8 +72,13 @@ class SimulatedCrowd:
         key = f"batches/{batch_id}.json"
         if self.store.exists(key):  # idempotent: the batch already exists on the "vendor"
             return [{"batch_id": batch_id}]
+        answers = self._answer(tasks, batch_id)
+        delays = np.random.default_rng([self.context.seed, _stable_int(batch_id), 1]).uniform(
+            0.0, self.params.latency_s, size=len(answers))
+        now = time.time()
         record = {"batch_id": batch_id, "tasks": [t.model_dump(mode="json") for t in tasks],
-                  "assignments": [a.model_dump(mode="json") for a in self._answer(tasks, batch_id)]}
+                  "assignments": [a.model_dump(mode="json") for a in answers],
+                  "available_at": [now + float(d) for d in delays]}
         try:
             write_json(self.store, key, record, create_only=True)
         except RecordExistsError:
@@ -83,9 +90,10 @@ class SimulatedCrowd:
         new: list[Annotation] = []
         for ref in refs:
             batch = read_json(self.store, f"batches/{ref['batch_id']}.json")
-            for raw in batch["assignments"]:
+            now = time.time()
+            for raw, available_at in zip(batch["assignments"], batch["available_at"]):
                 aid = raw["assignment_id"]
-                if aid in self._returned or aid in acked:
+                if aid in self._returned or aid in acked or available_at > now:
                     continue
                 self._returned.add(aid)
                 new.append(Annotation.model_validate(raw))

@@ -19,7 +19,7 @@ from crowdloop.testing import check_vendor, make_context
 from crowdloop.vendors.local import UNDO_MARGIN_S, LocalVendor, item_key
 from crowdloop.vendors.local_app import create_app, csrf_for
 
-from conftest import small_config
+from tests.conftest import small_config
 
 XSS = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
 
@@ -284,7 +284,7 @@ def test_content_columns_are_validated():
 def test_the_example_config_opens_a_local_project(tmp_path):
     from crowdloop.config import load_config
 
-    from conftest import CONFIGS
+    from tests.conftest import CONFIGS
 
     cfg = load_config(CONFIGS / "digits-local.yaml")
     p = engine.Project.prepare(cfg, str(tmp_path / "dl"))

@@ -20,7 +20,7 @@ from crowdloop import engine
 from crowdloop.config import parse_config
 from crowdloop.records import Annotation
 
-from conftest import REPO, small_config
+from tests.conftest import REPO, small_config
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [

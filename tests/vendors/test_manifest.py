@@ -16,7 +16,7 @@ from crowdloop.storage.local import LocalStore
 from crowdloop.testing import check_vendor, make_context
 from crowdloop.vendors.manifest import ManifestVendor
 
-from conftest import small_config
+from tests.conftest import small_config
 
 T0 = datetime(2026, 5, 1, 10, 0, tzinfo=timezone.utc)
 

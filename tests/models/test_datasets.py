@@ -1,0 +1,87 @@
+"""Pool adapters: bundled scikit-learn sets, CSV/Parquet tables, and the fixed test split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from crowdloop.config import PoolConfig
+from crowdloop.errors import PoolError
+from crowdloop.models.datasets import load_sklearn_pool, load_table_pool, split_pool
+
+
+@pytest.mark.parametrize("name, n, k", [("digits", 1797, 10), ("iris", 150, 3), ("wine", 178, 3), ("breast_cancer", 569, 2)])
+def test_bundled_sets(name: str, n: int, k: int) -> None:
+    pool = load_sklearn_pool(PoolConfig(source="sklearn", name=name))
+    assert len(pool) == n and len(pool.classes) == k and pool.has_ground_truth
+    assert len(set(pool.ids.tolist())) == n
+    assert set(pool.y.tolist()) == set(pool.classes)
+
+
+def test_split_is_fixed_by_seed_stratified_and_disjoint() -> None:
+    pool = load_sklearn_pool(PoolConfig(source="sklearn", name="iris"))
+    train, test = split_pool(pool, 0.2, seed=3)
+    train2, test2 = split_pool(pool, 0.2, seed=3)
+    _, test3 = split_pool(pool, 0.2, seed=4)
+    assert list(test.ids) == list(test2.ids) and list(train.ids) == list(train2.ids)
+    assert list(test.ids) != list(test3.ids)
+    assert not set(train.ids) & set(test.ids) and len(train) + len(test) == 150
+    assert sorted(pd.Series(test.y).value_counts().tolist()) == [10, 10, 10]
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"uid": [f"u{i}" for i in range(60)], "a": rng.normal(size=60), "b": rng.normal(size=60),
+                          "note": ["x"] * 60, "target": ["spam", "ham", "eggs"] * 20})
+    return frame
+
+
+def test_csv_pool_with_id_and_label_columns(tmp_path: Path, table: pd.DataFrame) -> None:
+    table.to_csv(tmp_path / "pool.csv", index=False)
+    cfg = PoolConfig(source="csv", path=str(tmp_path / "pool.csv"), id_column="uid", label_column="target",
+                     feature_columns=["a", "b"])
+    pool = load_table_pool(cfg)
+    assert pool.ids[0] == "u0" and pool.X.shape == (60, 2) and pool.classes == ("eggs", "ham", "spam")
+    assert pool.feature_names == ("a", "b")
+
+
+def test_parquet_pool_and_generated_ids(tmp_path: Path, table: pd.DataFrame) -> None:
+    table.drop(columns=["uid", "note"]).to_parquet(tmp_path / "pool.parquet")
+    pool = load_table_pool(PoolConfig(source="parquet", path=str(tmp_path / "pool.parquet"), label_column="target"))
+    assert pool.ids[0] == "row-0000000" and pool.X.shape == (60, 2)
+
+
+def test_missing_columns_are_named(tmp_path: Path, table: pd.DataFrame) -> None:
+    table.to_csv(tmp_path / "pool.csv", index=False)
+    cfg = PoolConfig(source="csv", path=str(tmp_path / "pool.csv"), label_column="label", feature_columns=["a", "zz"])
+    with pytest.raises(PoolError, match=r"column\(s\) \['label', 'zz'\] not found in pool.csv; available columns"):
+        load_table_pool(cfg)
+
+
+def test_non_numeric_feature_is_named(tmp_path: Path, table: pd.DataFrame) -> None:
+    table.to_csv(tmp_path / "pool.csv", index=False)
+    with pytest.raises(PoolError, match=r"\['note'\] .* not numeric"):
+        load_table_pool(PoolConfig(source="csv", path=str(tmp_path / "pool.csv"), id_column="uid", label_column="target"))
+
+
+def test_duplicate_ids_and_labels_outside_classes(tmp_path: Path, table: pd.DataFrame) -> None:
+    table.assign(uid="same").to_csv(tmp_path / "dup.csv", index=False)
+    with pytest.raises(PoolError, match="duplicate"):
+        load_table_pool(PoolConfig(source="csv", path=str(tmp_path / "dup.csv"), id_column="uid",
+                                   label_column="target", feature_columns=["a"]))
+    table.to_csv(tmp_path / "pool.csv", index=False)
+    with pytest.raises(PoolError, match=r"pool.classes: ground-truth labels \['eggs'\]"):
+        load_table_pool(PoolConfig(source="csv", path=str(tmp_path / "pool.csv"), id_column="uid", label_column="target",
+                                   feature_columns=["a"], classes=["ham", "spam"]))
+
+
+def test_pool_without_ground_truth_needs_classes(tmp_path: Path, table: pd.DataFrame) -> None:
+    table[["a", "b"]].to_csv(tmp_path / "pool.csv", index=False)
+    with pytest.raises(PoolError, match="set pool.classes"):
+        load_table_pool(PoolConfig(source="csv", path=str(tmp_path / "pool.csv")))
+    pool = load_table_pool(PoolConfig(source="csv", path=str(tmp_path / "pool.csv"), classes=["x", "y"]))
+    assert pool.y is None and split_pool(pool, 0.25, 0)[1] is None
