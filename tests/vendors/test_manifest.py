@@ -181,3 +181,22 @@ def test_the_loop_runs_rounds_through_a_shared_drop_box(tmp_path):
         assert engine.pay(p, r)["n_approved"] == 12
     assert len(outside.list("acks/")) == 2 and len(outside.list("rejects/")) == 2
     assert read_json(p.store, engine.round_key(1, "collected.json"))["complete"]
+
+
+def test_the_drop_box_can_be_an_s3_bucket(tmp_path, s3_endpoint, s3_bucket):
+    """Exchange files on S3 (a local S3 server), vendor state in the project store."""
+    from crowdloop.storage import open_store
+
+    url = f"s3://{s3_bucket}/dropbox?endpoint_url={s3_endpoint}"
+    ctx = make_context(LocalStore(tmp_path), name="manifest")
+
+    def respond(v, tasks, batch_id):
+        drop(open_store(url), "answers.jsonl",
+             [answer(t.item_id, f"w{r}", "bird") for t in tasks for r in range(t.replicas)] + [b"garbage"])
+
+    report = check_vendor(ManifestVendor, params={"url": url}, context=ctx, respond=respond, n_items=3, replicas=2)
+    bucket = open_store(url)
+    assert report.n_annotations == 6
+    assert bucket.list("requests/") == ["requests/contract-r0000.manifest.jsonl"]
+    assert json.loads(bucket.read_bytes("rejects/answers.jsonl.rejects.jsonl"))["reason"].startswith("not valid JSON")
+    assert ctx.store.list("processed/") and not LocalStore(tmp_path).list("vendor/manifest/requests/")
