@@ -7,6 +7,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from crowdloop import engine
 from crowdloop.config import parse_config
@@ -200,3 +202,32 @@ def test_the_drop_box_can_be_an_s3_bucket(tmp_path, s3_endpoint, s3_bucket):
     assert bucket.list("requests/") == ["requests/contract-r0000.manifest.jsonl"]
     assert json.loads(bucket.read_bytes("rejects/answers.jsonl.rejects.jsonl"))["reason"].startswith("not valid JSON")
     assert ctx.store.list("processed/") and not LocalStore(tmp_path).list("vendor/manifest/requests/")
+
+
+_json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                            max_leaves=6)
+_line = st.one_of(
+    st.binary(max_size=60).filter(lambda b: b"\n" not in b and b"\r" not in b),
+    st.builds(lambda d: json.dumps(d).encode(), _json_values),
+    st.builds(lambda item, worker, label, secs: json.dumps(answer(item, worker, label, secs)).encode(),
+              st.sampled_from(["i0", "i1", "nope", ""]), st.text(max_size=6), st.sampled_from(["cat", "dog", "x"]),
+              st.floats(min_value=-10, max_value=1e6)),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(_line, max_size=12))
+def test_any_result_file_is_split_into_answers_and_rejects_without_crashing(tmp_path_factory, lines):
+    import uuid
+
+    v = vendor_at(tmp_path_factory.mktemp(uuid.uuid4().hex[:8]))
+    refs = v.submit([Task(item_id=i, round=0, batch_id="b0", replicas=3, reward=0.02) for i in ("i0", "i1")],
+                    batch_id="b0")
+    v.exchange.write_bytes("results/hostile.jsonl", b"\n".join(lines) + b"\n")
+    got = v.poll(refs)
+    rejects = v.exchange.list("rejects/")
+    n_rejected = len(v.exchange.read_bytes(rejects[0]).splitlines()) if rejects else 0
+    assert len(got) + n_rejected == sum(1 for l in lines if l.strip())
+    assert all(a.label in ("cat", "dog", "bird") and a.item_id in ("i0", "i1") for a in got)
+    assert len({(a.item_id, a.worker_id) for a in got}) == len(got)
