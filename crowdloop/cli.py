@@ -222,5 +222,78 @@ def check(config: Path = typer.Argument(..., help="YAML config to validate")) ->
     console.print(f"{config}: ok")
 
 
+annotators_app = typer.Typer(help="Annotators of the local annotation app (vendor 'local').", no_args_is_help=True)
+app.add_typer(annotators_app, name="annotators")
+
+
+def _local_desk(project_dir: str):
+    """The project at ``project_dir`` and its ``local`` vendor, or a one-line error."""
+    from crowdloop.engine import Project
+    from crowdloop.vendors.local import LocalVendor
+
+    project = Project.open(project_dir)
+    vendor = project.vendor
+    if not isinstance(vendor, LocalVendor):
+        raise ConfigError(f"project {project_dir}: vendor.name is {project.config.vendor.name!r}; "
+                          "the annotation app serves projects whose vendor is 'local'")
+    return project, vendor
+
+
+@app.command()
+@_one_line_errors
+def annotate(
+    project_dir: str = typer.Argument(..., help="project store (directory) whose vendor is 'local'"),
+    host: str = typer.Option("127.0.0.1", "--host", help="interface to listen on (keep 127.0.0.1 unless behind a proxy)"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+) -> None:
+    """Serve the annotation web app for PROJECT_DIR's dispatched tasks."""
+    import uvicorn
+
+    from crowdloop.vendors.local_app import create_app, project_suggester
+
+    project, vendor = _local_desk(project_dir)
+    web = create_app(vendor, suggest=project_suggester(project), project=project.config.project)
+    names = vendor.annotators()
+    err_console.print(f"crowdloop annotate: http://{host}:{port}/ for project {project.config.project!r}; "
+                      f"annotators: {', '.join(names) or 'none yet (crowdloop annotators add NAME --project-dir ...)'}",
+                      soft_wrap=True)
+    uvicorn.run(web, host=host, port=port, log_level="warning")
+
+
+@annotators_app.command("add")
+@_one_line_errors
+def annotators_add(
+    name: str = typer.Argument(..., help="annotator name: lowercase letters, digits, '_' or '-'"),
+    project_dir: str = typer.Option(..., "--project-dir", help="project store (directory) whose vendor is 'local'"),
+    url: str = typer.Option("http://127.0.0.1:8000", "--url", help="where `crowdloop annotate` is reachable"),
+) -> None:
+    """Create annotator NAME and print their personal link (shown once; only a hash is stored)."""
+    _, vendor = _local_desk(project_dir)
+    token = vendor.add_annotator(name)
+    err_console.print(f"personal link for {name} (shown once, keep it private):")
+    sys.stdout.write(f"{url.rstrip('/')}/?token={token}\n")
+
+
+@annotators_app.command("remove")
+@_one_line_errors
+def annotators_remove(
+    name: str = typer.Argument(...),
+    project_dir: str = typer.Option(..., "--project-dir"),
+) -> None:
+    """Revoke annotator NAME's link (their answers stay)."""
+    _, vendor = _local_desk(project_dir)
+    vendor.remove_annotator(name)
+    console.print(f"removed {name}")
+
+
+@annotators_app.command("list")
+@_one_line_errors
+def annotators_list(project_dir: str = typer.Option(..., "--project-dir")) -> None:
+    """List annotator names."""
+    _, vendor = _local_desk(project_dir)
+    for name in vendor.annotators():
+        sys.stdout.write(name + "\n")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

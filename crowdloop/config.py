@@ -32,6 +32,10 @@ class PoolConfig(_Strict):
     label_column: str | None = Field(None, description="ground truth, used only for evaluation and simulation")
     id_column: str | None = Field(None, description="stable item ids; default: the row number")
     classes: list[str] | None = Field(None, description="class list; default: the ground truth's classes")
+    text_column: str | None = Field(None, description="text shown to annotators (not a feature)")
+    image_column: str | None = Field(
+        None, description="image file shown to annotators (not a feature); relative paths resolve against the pool file"
+    )
     test_size: float = Field(0.25, gt=0, lt=1, description="share of items held out for evaluation")
 
     @model_validator(mode="after")
@@ -41,6 +45,10 @@ class PoolConfig(_Strict):
                 raise ValueError(f"name={self.name!r}: expected one of {', '.join(SKLEARN_POOLS)} for source 'sklearn'")
         elif not self.path:
             raise ValueError(f"path is required for source {self.source!r}")
+        if self.text_column and self.image_column:
+            raise ValueError("text_column and image_column: expected at most one content column per pool")
+        if (self.text_column or self.image_column) and self.source == "sklearn":
+            raise ValueError("text_column/image_column: expected a csv or parquet pool, not source 'sklearn'")
         if self.classes is not None and len(set(self.classes)) < 2:
             raise ValueError(f"classes={self.classes!r}: expected at least two distinct classes")
         return self

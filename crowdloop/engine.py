@@ -193,8 +193,9 @@ class Project:
             return [pool.y[index[i]] if i in index else None for i in item_ids]
 
         def item_payload(item_id: str) -> dict[str, Any]:
-            row = pool.X[index[item_id]]
-            return {"kind": "tabular", "columns": list(pool.feature_names), "values": row.tolist()}
+            from crowdloop.models.datasets import item_payload as payload_of
+
+            return payload_of(pool, index[item_id])
 
         context = VendorContext(
             project=self.config.project,

@@ -32,6 +32,8 @@ class Registry:
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def _entry_points(self) -> dict[str, EntryPoint]:
+        # Metadata is read on every call (cheap) so a plug-in installed while the process runs
+        # is found; a module is imported only by ``load``.
         return {ep.name: ep for ep in entry_points(group=self.group)}
 
     def names(self) -> list[str]:
@@ -63,8 +65,11 @@ class Registry:
             raise RegistryError(
                 f"{self.kind} {name!r} needs the missing package {missing!r}: {hint}"
             ) from exc
-        except (ImportError, AttributeError, SyntaxError) as exc:
-            raise RegistryError(f"{self.kind} {name!r} ({ep.value}) failed to load: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - a broken plug-in fails alone, in one line
+            reason = " ".join(str(exc).split()) or exc.__class__.__name__
+            raise RegistryError(
+                f"{self.kind} {name!r} ({ep.value}) failed to load: {exc.__class__.__name__}: {reason}"
+            ) from exc
         self._cache[name] = obj
         return obj
 

@@ -23,6 +23,10 @@ class Pool:
     y: np.ndarray | None  # object array of str class names (None entries: unknown), or None
     classes: tuple[str, ...]
     feature_names: tuple[str, ...] = ()
+    # What annotators see besides the features: "text" (content holds strings), "image"
+    # (content holds file paths) or "pixels" (the features are a square grayscale image).
+    content_kind: str | None = None
+    content: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -34,6 +38,8 @@ class Pool:
             y=None if self.y is None else self.y[index],
             classes=self.classes,
             feature_names=self.feature_names,
+            content_kind=self.content_kind,
+            content=None if self.content is None else self.content[index],
         )
 
     @property
@@ -41,7 +47,8 @@ class Pool:
         return self.y is not None and all(v is not None for v in self.y)
 
 
-def _finish(ids: np.ndarray, X: np.ndarray, y: np.ndarray | None, cfg: PoolConfig, feature_names) -> Pool:
+def _finish(ids: np.ndarray, X: np.ndarray, y: np.ndarray | None, cfg: PoolConfig, feature_names,
+            content_kind: str | None = None, content: np.ndarray | None = None) -> Pool:
     if len(ids) == 0:
         raise PoolError("pool: no items")
     if len(set(ids.tolist())) != len(ids):
@@ -58,7 +65,8 @@ def _finish(ids: np.ndarray, X: np.ndarray, y: np.ndarray | None, cfg: PoolConfi
         raise PoolError("pool: no label_column and no classes given; set pool.classes to the class list")
     if len(classes) < 2:
         raise PoolError(f"pool: expected at least two classes, found {list(classes)}")
-    return Pool(ids=ids, X=np.ascontiguousarray(X), y=y, classes=classes, feature_names=tuple(feature_names))
+    return Pool(ids=ids, X=np.ascontiguousarray(X), y=y, classes=classes, feature_names=tuple(feature_names),
+                content_kind=content_kind, content=content)
 
 
 def load_sklearn_pool(cfg: PoolConfig) -> Pool:
@@ -78,7 +86,8 @@ def load_sklearn_pool(cfg: PoolConfig) -> Pool:
     feature_names = getattr(bunch, "feature_names", None)
     if feature_names is None or len(feature_names) != X.shape[1]:
         feature_names = [f"x{i}" for i in range(X.shape[1])]
-    return _finish(ids, X, y, cfg, [str(f) for f in feature_names])
+    kind = "pixels" if cfg.name == "digits" else None  # 8x8 grayscale digits: shown as images
+    return _finish(ids, X, y, cfg, [str(f) for f in feature_names], content_kind=kind)
 
 
 def load_table_pool(cfg: PoolConfig) -> Pool:
@@ -92,13 +101,15 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
         frame = pd.read_parquet(path) if cfg.source == "parquet" else pd.read_csv(path)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise PoolError(f"pool.path: cannot read {cfg.source} file {str(path)!r}: {str(exc).splitlines()[0]}") from None
-    named = [c for c in [cfg.id_column, cfg.label_column] if c] + list(cfg.feature_columns or [])
+    content_column = cfg.text_column or cfg.image_column
+    named = [c for c in [cfg.id_column, cfg.label_column, content_column] if c] + list(cfg.feature_columns or [])
     missing = [c for c in named if c not in frame.columns]
     if missing:
         raise PoolError(
             f"pool: column(s) {missing} not found in {path.name}; available columns: {list(map(str, frame.columns))}"
         )
-    features = list(cfg.feature_columns or [c for c in frame.columns if c not in (cfg.id_column, cfg.label_column)])
+    features = list(cfg.feature_columns or [c for c in frame.columns
+                                            if c not in (cfg.id_column, cfg.label_column, content_column)])
     if not features:
         raise PoolError(f"pool.feature_columns: no feature columns left in {path.name}")
     non_numeric = [c for c in features if not pd.api.types.is_numeric_dtype(frame[c])]
@@ -115,7 +126,16 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
     y = None
     if cfg.label_column:
         y = np.array([None if pd.isna(v) else _label_str(v) for v in frame[cfg.label_column].tolist()], dtype=object)
-    return _finish(ids, X, y, cfg, features)
+    kind = content = None
+    if cfg.text_column:
+        kind = "text"
+        content = np.array(["" if pd.isna(v) else str(v) for v in frame[cfg.text_column].tolist()], dtype=object)
+    elif cfg.image_column:
+        kind = "image"
+        base = path.resolve().parent
+        content = np.array([str((base / str(v)).resolve()) if not pd.isna(v) else "" for v in frame[cfg.image_column].tolist()],
+                           dtype=object)
+    return _finish(ids, X, y, cfg, features, content_kind=kind, content=content)
 
 
 def _label_str(value: object) -> str:
@@ -123,6 +143,25 @@ def _label_str(value: object) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def item_payload(pool: Pool, i: int) -> dict:
+    """What an annotator sees for item ``i``: its features as a table, plus text or an image.
+
+    ``kind`` is ``tabular``, ``text`` (``text``), or ``image`` with either ``path`` (a file named
+    by the pool, never by a request) or ``pixels`` (a square grayscale grid, e.g. digits).
+    """
+    row = pool.X[i]
+    payload: dict = {"kind": "tabular", "columns": list(pool.feature_names), "values": row.tolist()}
+    if pool.content_kind == "text" and pool.content is not None:
+        payload.update(kind="text", text=str(pool.content[i]))
+    elif pool.content_kind == "image" and pool.content is not None:
+        payload.update(kind="image", path=str(pool.content[i]))
+    elif pool.content_kind == "pixels":
+        side = int(round(len(row) ** 0.5))
+        if side * side == len(row):
+            payload.update(kind="image", pixels=row.reshape(side, side).tolist())
+    return payload
 
 
 def split_pool(pool: Pool, test_size: float, seed: int) -> tuple[Pool, Pool | None]:

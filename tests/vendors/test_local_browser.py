@@ -1,0 +1,207 @@
+"""The annotation app in a real Chromium (Debian's /usr/bin/chromium driven by Playwright).
+
+Run against ``crowdloop annotate`` started as a subprocess, like a user would. CI needs
+``apt-get install -y chromium``; the tests skip, saying so, when /usr/bin/chromium is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from crowdloop import engine
+from crowdloop.config import parse_config
+from crowdloop.records import Annotation
+
+from tests.conftest import REPO, small_config
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)"),
+]
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
+        "--no-first-run", "--disable-component-update", "--disable-sync"]
+SCREENSHOT = REPO / "docs" / "images" / "annotate.png"
+XSS = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def serve(tmp_path) -> Iterator:
+    """Start ``crowdloop annotate PROJECT`` on a free port; yields a function returning the base URL."""
+    procs: list[subprocess.Popen] = []
+
+    def start(project_dir: str) -> str:
+        port = _free_port()
+        log = open(tmp_path / f"annotate-{port}.log", "w")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen([sys.executable, "-m", "crowdloop.cli", "annotate", project_dir, "--port", str(port)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        procs.append(proc)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"crowdloop annotate exited: {(tmp_path / f'annotate-{port}.log').read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return f"http://127.0.0.1:{port}"
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("crowdloop annotate did not start within 60 s")
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _answers(p: engine.Project, batch: str) -> dict[str, Annotation]:
+    out = {}
+    for key in p.vendor.store.list(f"answers/{batch}/"):
+        a = Annotation.model_validate_json(p.vendor.store.read_bytes(key))
+        out[a.item_id] = a
+    return out
+
+
+def _press(page, key: str) -> None:
+    with page.expect_navigation():
+        page.keyboard.press(key)
+
+
+def test_label_with_the_keyboard_undo_and_collect(browser, serve, tmp_path):
+    cfg = parse_config(small_config(**{
+        "vendor": {"name": "local", "params": {"suggestions": True, "undo_window_s": 60}},
+        "sampler.initial_size": 80, "sampler.batch_size": 4,
+        "model.params": {"C": 1.0, "max_iter": 1000}, "consensus.redundancy": 1,
+        "consensus.method": "majority_vote", "collect.timeout_s": 2, "collect.poll_interval_s": 0.05}))
+    p = engine.Project.prepare(cfg, str(tmp_path / "digits"))
+    truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist()))
+    desk = p.vendor
+    # round 0 answered directly, so round 1 has a model and its suggestions
+    engine.dispatch(p, 0)
+    while (found := desk.next_task("warmup")) is not None:
+        desk.answer("warmup", found[0].batch_id, found[0].item_id, truth[found[0].item_id], client_seconds=4)
+    real_clock = desk.clock
+    desk.clock = lambda: real_clock() + 3600  # past the undo window
+    for step in (engine.collect, engine.aggregate, engine.pay):
+        step(p, 0)
+    engine.evaluate(p, 1)
+    batch = engine.dispatch(p, 1)["batch_id"]
+    token = desk.add_annotator("alice")
+    base = serve(p.store.url)
+
+    page = browser.new_page(viewport={"width": 980, "height": 720})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    response = page.goto(f"{base}/?token={token}")
+    assert response.status == 200 and page.url == f"{base}/"  # the token left the address bar
+    assert page.locator("#progress").inner_text() == "0 answered · 4 of 4 items waiting"
+    assert page.locator("#item-image").evaluate("img => img.complete && img.naturalWidth") == 8
+    assert page.locator("#suggestion").inner_text().startswith("Model suggests")
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT))
+
+    given: dict[str, str] = {}
+    for key in ("3", "5"):
+        item = page.locator("#item").get_attribute("data-item")
+        _press(page, key)
+        given[item] = key
+    assert set(_answers(p, batch)) == set(given)
+    _press(page, "u")  # take back the last answer ...
+    assert "taken back" in page.locator("#notice").inner_text()
+    undone = page.locator("#item").get_attribute("data-item")
+    assert undone == list(given)[-1]  # ... and it is shown again
+    del given[undone]
+    assert set(_answers(p, batch)) == set(given)
+    while page.locator("#item").count():
+        item = page.locator("#item").get_attribute("data-item")
+        key = "7" if item == undone else "1"
+        _press(page, key)
+        given[item] = key
+    assert page.locator("#done").is_visible()
+    assert page.locator("#progress").inner_text() == "4 answered · 0 of 4 items waiting"
+    assert not errors
+
+    saved = _answers(p, batch)
+    assert {i: a.label for i, a in saved.items()} == given  # digit classes keep their own keys
+    assert all(a.worker_id == "alice" and 0 < a.duration_s < 60 for a in saved.values())
+    collected = engine.collect(p, 1)  # the loop's clock is past the undo window
+    assert collected["complete"] and collected["n_annotations"] == 4
+
+
+@pytest.fixture
+def xss_project(tmp_path) -> engine.Project:
+    rows = ["id,text,f1,label"]
+    for i in range(8):
+        text = XSS if i < 6 else f"plain text {i}"
+        rows.append(f'r{i},"{text.replace(chr(34), chr(34) * 2)}",{i},{"a" if i % 2 else "b"}')
+    (tmp_path / "pool.csv").write_text("\n".join(rows) + "\n")
+    cfg = parse_config(small_config(**{
+        "pool": {"source": "csv", "path": str(tmp_path / "pool.csv"), "id_column": "id", "label_column": "label",
+                 "text_column": "text", "test_size": 0.25},
+        "vendor": {"name": "local", "params": {}}, "sampler.initial_size": 2, "sampler.batch_size": 2,
+        "consensus.redundancy": 1}))
+    p = engine.Project.prepare(cfg, str(tmp_path / "xss"))
+    engine.dispatch(p, 0)
+    return p
+
+
+def test_script_in_an_item_is_shown_as_text(browser, serve, xss_project):
+    p = xss_project
+    token = p.vendor.add_annotator("bob")
+    base = serve(p.store.url)
+    page = browser.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(f"{base}/?token={token}")
+    page.wait_for_load_state("load")
+    text = page.locator("#item-text").inner_text()
+    item = page.locator("#item").get_attribute("data-item")
+    expected = XSS if int(item[1:]) < 6 else f"plain text {item[1:]}"
+    assert text == expected
+    assert page.evaluate("typeof window.pwned") == "undefined"
+    assert page.locator("#item-text script, #item-text img").count() == 0
+    assert not dialogs
+
+
+def test_a_wrong_token_gets_403(browser, serve, xss_project):
+    p = xss_project
+    token = p.vendor.add_annotator("carol")
+    base = serve(p.store.url)
+    context = browser.new_context()
+    page = context.new_page()
+    assert page.goto(f"{base}/?token={token[:-2]}xy").status == 403
+    assert "403 Forbidden" in page.content()
+    assert page.goto(f"{base}/").status == 403  # no cookie was set
+    assert not context.cookies()
+    p.vendor.remove_annotator("carol")
+    assert page.goto(f"{base}/?token={token}").status == 403  # revoked links stop working
+    context.close()

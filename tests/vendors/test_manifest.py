@@ -1,0 +1,233 @@
+"""The manifest drop-box vendor: Ground Truth input manifests out, result files in."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from crowdloop import engine
+from crowdloop.config import parse_config
+from crowdloop.records import Task
+from crowdloop.storage import read_json
+from crowdloop.storage.local import LocalStore
+from crowdloop.testing import check_vendor, make_context
+from crowdloop.vendors.manifest import ManifestVendor
+
+from tests.conftest import small_config
+
+T0 = datetime(2026, 5, 1, 10, 0, tzinfo=timezone.utc)
+
+
+def answer(item: str, worker: str, label: str, seconds: float = 9.0, **extra) -> dict:
+    line = {"item-id": item, "worker-id": worker, "label": label,
+            "started-at": T0.isoformat().replace("+00:00", "Z"),
+            "submitted-at": (T0 + timedelta(seconds=seconds)).isoformat()}
+    line.update(extra)
+    return line
+
+
+def drop(store, name: str, lines: list) -> None:
+    """Play the outside vendor: drop one result file (dicts become JSON lines, bytes stay raw)."""
+    data = b"".join((l if isinstance(l, bytes) else json.dumps(l).encode()) + b"\n" for l in lines)
+    store.write_bytes(f"results/{name}", data, create_only=True)
+
+
+def vendor_at(tmp_path: Path, **params) -> ManifestVendor:
+    ctx = make_context(LocalStore(tmp_path / "project"), name="manifest")
+    return ManifestVendor(params, ctx)
+
+
+def test_manifest_vendor_honours_the_contract(tmp_path):
+    def respond(v, tasks, batch_id):
+        drop(v.exchange, "answers-1.jsonl",
+             [answer(t.item_id, f"w{r}", "dog") for t in tasks for r in range(t.replicas)])
+
+    report = check_vendor(ManifestVendor, context=make_context(LocalStore(tmp_path), name="manifest"),
+                          respond=respond, n_items=3, replicas=2)
+    assert report.n_annotations == 6
+    assert not report.skipped
+
+
+def test_submit_writes_a_ground_truth_manifest_once(tmp_path):
+    v = vendor_at(tmp_path)
+    tasks = [Task(item_id=f"i{n}", round=0, batch_id="b0", replicas=3, reward=0.03) for n in range(3)]
+    refs = v.submit(tasks, batch_id="b0")
+    key = refs[0]["manifest"]
+    first = v.exchange.read_bytes(key)
+    lines = [json.loads(l) for l in first.splitlines()]
+    assert [l["item-id"] for l in lines] == ["i0", "i1", "i2"]
+    assert all(l["source"] == f"contract item {l['item-id']}" and l["class-list"] == ["cat", "dog", "bird"]
+               and l["replicas"] == 3 and "source-ref" not in l for l in lines)
+    # a retry, even with a different task list, sends nothing new
+    assert v.submit(tasks[:1], batch_id="b0") == refs
+    assert v.exchange.read_bytes(key) == first
+
+
+def test_image_items_are_sent_by_reference(tmp_path):
+    ctx = make_context(LocalStore(tmp_path), name="manifest")
+    ctx = type(ctx)(**{**ctx.__dict__, "item_payload": lambda i: {"kind": "image", "path": f"/data/{i}.png"}})
+    v = ManifestVendor({}, ctx)
+    refs = v.submit([Task(item_id="x1", round=0, batch_id="b0", replicas=1, reward=0.01)], batch_id="b0")
+    line = json.loads(v.exchange.read_bytes(refs[0]["manifest"]))
+    assert line["source-ref"] == "/data/x1.png" and "source" not in line
+
+
+def test_bad_result_lines_are_rejected_with_reasons_and_good_ones_kept(tmp_path):
+    v = vendor_at(tmp_path)
+    tasks = [Task(item_id=f"i{n}", round=0, batch_id="b0", replicas=2, reward=0.02) for n in range(3)]
+    refs = v.submit(tasks, batch_id="b0")
+    drop(v.exchange, "first.jsonl", [answer("i0", "w1", "cat")])
+    assert [a.worker_id for a in v.poll(refs)] == ["w1"]
+    drop(v.exchange, "second.jsonl", [
+        answer("i1", "w1", "dog"),                      # good
+        answer("nope", "w1", "dog"),                    # unknown item
+        answer("i2", "w1", "horse"),                    # label outside the classes
+        answer("i0", "w1", "cat"),                      # duplicate of first.jsonl
+        answer("i1", "w1", "cat"),                      # duplicate within this file
+        b'{"item-id": "i2", "worker-id": ',             # malformed JSON
+        b"[1, 2]",                                      # not an object
+        {"item-id": "i2", "label": "cat"},              # missing fields
+        answer("i2", "w2", "cat", **{"submitted-at": "yesterday"}),
+        answer("i2", "w3", "cat", seconds=-5),          # submitted before started
+        b"\xff\xfe not utf-8",
+        answer("i2", "w4", "bird", **{"batch-id": "other"}),
+        answer("i2", "w5", "bird"),                     # good
+    ])
+    new = v.poll(refs)
+    assert sorted((a.item_id, a.worker_id, a.label) for a in new) == [("i1", "w1", "dog"), ("i2", "w5", "bird")]
+    assert all(a.duration_s == 9.0 and a.reward == 0.02 and a.batch_id == "b0" for a in new)
+    rejects = [json.loads(l) for l in v.exchange.read_bytes("rejects/second.jsonl.rejects.jsonl").splitlines()]
+    reasons = {r["line"]: r["reason"] for r in rejects}
+    assert sorted(reasons) == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+    assert "unknown item-id 'nope'" in reasons[2]
+    assert "label 'horse' is not one of the classes" in reasons[3]
+    assert reasons[4].startswith("duplicate") and reasons[5].startswith("duplicate")
+    assert "not valid JSON" in reasons[6] and "expected a JSON object" in reasons[7]
+    assert "missing field 'worker-id'" in reasons[8] and "not an ISO 8601 timestamp" in reasons[9]
+    assert "task time" in reasons[10] and reasons[11] == "not UTF-8 text" and "batch-id 'other'" in reasons[12]
+    assert v.poll(refs) == []
+
+
+def test_a_result_file_is_never_read_twice_even_after_a_restart(tmp_path):
+    v = vendor_at(tmp_path)
+    tasks = [Task(item_id="i0", round=0, batch_id="b0", replicas=2, reward=0.02)]
+    refs = v.submit(tasks, batch_id="b0")
+    drop(v.exchange, "a.jsonl", [answer("i0", "w1", "cat"), answer("zz", "w1", "cat")])
+    assert len(v.poll(refs)) == 1
+    restarted = ManifestVendor({}, v.context)
+    reads: list[str] = []
+    original = restarted.exchange.read_bytes
+    restarted.exchange = type("Spy", (), {})()
+    for name in ("list", "exists", "write_bytes"):
+        setattr(restarted.exchange, name, getattr(v.exchange, name))
+    restarted.exchange.read_bytes = lambda key: reads.append(key) or original(key)
+    again = restarted.poll(refs)  # a new process may return old answers (the loop de-duplicates) ...
+    assert [a.worker_id for a in again] == ["w1"]
+    assert not [k for k in reads if k.startswith("results/")]  # ... but never re-reads the file
+    assert len(v.exchange.read_bytes("rejects/a.jsonl.rejects.jsonl").splitlines()) == 1
+
+
+def test_a_crash_between_answers_and_marker_replays_to_the_same_records(tmp_path):
+    v = vendor_at(tmp_path)
+    refs = v.submit([Task(item_id="i0", round=0, batch_id="b0", replicas=2, reward=0.02)], batch_id="b0")
+    drop(v.exchange, "a.jsonl", [answer("i0", "w1", "cat"), answer("i0", "w2", "dog")])
+    v.ingest()
+    marker = [k for k in v.state.list("processed/")]
+    assert len(marker) == 1
+    v.state.delete(marker[0])  # as if killed after writing the answers but before the marker
+    restarted = ManifestVendor({}, v.context)
+    got = restarted.poll(refs)
+    assert sorted(a.worker_id for a in got) == ["w1", "w2"]  # not rejected as duplicates of themselves
+    assert not v.exchange.list("rejects/")
+    assert len(v.state.list("answers/b0/")) == 1
+
+
+def test_params_are_validated_with_one_line_errors(tmp_path):
+    from crowdloop.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"vendor.params.results_prefix"):
+        vendor_at(tmp_path, results_prefix="../x")
+    with pytest.raises(ConfigError, match=r"vendor.params.bogus: unknown field"):
+        vendor_at(tmp_path, bogus=1)
+
+
+def test_the_loop_runs_rounds_through_a_shared_drop_box(tmp_path):
+    """dispatch → the outside vendor answers from files → collect → aggregate → pay."""
+    shared = tmp_path / "dropbox"
+    cfg = parse_config(small_config(**{
+        "vendor": {"name": "manifest", "params": {"url": str(shared)}},
+        "pool.name": "iris", "sampler.initial_size": 6, "sampler.batch_size": 6,
+        "consensus.method": "majority_vote", "consensus.redundancy": 2,
+        "collect.timeout_s": 5, "collect.poll_interval_s": 0.01}))
+    p = engine.Project.prepare(cfg, str(tmp_path / "project"))
+    outside = LocalStore(shared)
+    truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist()))
+    for r in range(2):
+        engine.train(p, r)
+        engine.evaluate(p, r)
+        refs = engine.dispatch(p, r)["refs"]
+        manifest = [json.loads(l) for l in outside.read_bytes(refs[0]["manifest"]).splitlines()]
+        assert len(manifest) == 6 and all(json.loads(l["source"]) for l in manifest)
+        lines = [answer(l["item-id"], f"w{k}", truth[l["item-id"]]) for l in manifest for k in range(2)]
+        drop(outside, f"round-{r}.jsonl", lines + [answer("ghost", "w1", "setosa")])
+        collected = engine.collect(p, r)
+        assert collected["complete"] and collected["n_annotations"] == 12
+        engine.aggregate(p, r)
+        labels = {l.item_id: l.label for l in p.human_labels(r + 1)}
+        assert all(labels[i] == truth[i] for i in labels) and len(labels) == 6 * (r + 1)
+        assert engine.pay(p, r)["n_approved"] == 12
+    assert len(outside.list("acks/")) == 2 and len(outside.list("rejects/")) == 2
+    assert read_json(p.store, engine.round_key(1, "collected.json"))["complete"]
+
+
+def test_the_drop_box_can_be_an_s3_bucket(tmp_path, s3_endpoint, s3_bucket):
+    """Exchange files on S3 (a local S3 server), vendor state in the project store."""
+    from crowdloop.storage import open_store
+
+    url = f"s3://{s3_bucket}/dropbox?endpoint_url={s3_endpoint}"
+    ctx = make_context(LocalStore(tmp_path), name="manifest")
+
+    def respond(v, tasks, batch_id):
+        drop(open_store(url), "answers.jsonl",
+             [answer(t.item_id, f"w{r}", "bird") for t in tasks for r in range(t.replicas)] + [b"garbage"])
+
+    report = check_vendor(ManifestVendor, params={"url": url}, context=ctx, respond=respond, n_items=3, replicas=2)
+    bucket = open_store(url)
+    assert report.n_annotations == 6
+    assert bucket.list("requests/") == ["requests/contract-r0000.manifest.jsonl"]
+    assert json.loads(bucket.read_bytes("rejects/answers.jsonl.rejects.jsonl"))["reason"].startswith("not valid JSON")
+    assert ctx.store.list("processed/") and not LocalStore(tmp_path).list("vendor/manifest/requests/")
+
+
+_json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                            max_leaves=6)
+_line = st.one_of(
+    st.binary(max_size=60).filter(lambda b: b"\n" not in b and b"\r" not in b),
+    st.builds(lambda d: json.dumps(d).encode(), _json_values),
+    st.builds(lambda item, worker, label, secs: json.dumps(answer(item, worker, label, secs)).encode(),
+              st.sampled_from(["i0", "i1", "nope", ""]), st.text(max_size=6), st.sampled_from(["cat", "dog", "x"]),
+              st.floats(min_value=-10, max_value=1e6)),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(_line, max_size=12))
+def test_any_result_file_is_split_into_answers_and_rejects_without_crashing(tmp_path_factory, lines):
+    import uuid
+
+    v = vendor_at(tmp_path_factory.mktemp(uuid.uuid4().hex[:8]))
+    refs = v.submit([Task(item_id=i, round=0, batch_id="b0", replicas=3, reward=0.02) for i in ("i0", "i1")],
+                    batch_id="b0")
+    v.exchange.write_bytes("results/hostile.jsonl", b"\n".join(lines) + b"\n")
+    got = v.poll(refs)
+    rejects = v.exchange.list("rejects/")
+    n_rejected = len(v.exchange.read_bytes(rejects[0]).splitlines()) if rejects else 0
+    assert len(got) + n_rejected == sum(1 for l in lines if l.strip())
+    assert all(a.label in ("cat", "dog", "bird") and a.item_id in ("i0", "i1") for a in got)
+    assert len({(a.item_id, a.worker_id) for a in got}) == len(got)

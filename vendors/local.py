@@ -1,0 +1,365 @@
+"""The ``local`` vendor: your own annotators, working in crowdloop's web app.
+
+``submit`` records the batch in the vendor's store prefix; ``crowdloop annotate PROJECT``
+serves the tasks one at a time to annotators holding a personal token (``crowdloop
+annotators add NAME``); every answer is written to the store at once (create-only, so a
+double submit is harmless); ``poll`` reads them. Nothing lives only in memory: the loop and
+the app are separate processes sharing the store.
+
+Undo: an annotator may take back their last answer within ``undo_window_s`` seconds. So
+that the loop never sees an answer that is later taken back, ``poll`` returns an answer
+only once it is older than the window plus a safety margin.
+
+Store layout (under ``vendor/local/``)::
+
+    annotators/<name>.json                       name, sha256 of the token (never the token)
+    batches/<batch_id>.json                      the tasks of a batch (create-only)
+    answers/<batch_id>/<item>.<annotator>.json   one Annotation (create-only); <item> is a digest
+    skips/<batch_id>/<item>.<annotator>.json     an item the annotator skipped
+    leases/<annotator>.json                      the item on the annotator's screen, since when
+    closed/<batch_id>.json                       written when the loop pays the batch
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from crowdloop.errors import CrowdloopError, RecordExistsError, VendorDataError, VendorError
+from crowdloop.records import Annotation, Task, content_hash, dumps
+from crowdloop.storage import KeyNotFoundError, read_json, write_json
+from crowdloop.vendor import Ref, VendorContext, parse_params
+
+ANNOTATOR_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+UNDO_MARGIN_S = 2.0  # poll waits this much longer than the undo window (clock and request skew)
+
+
+class LocalParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    suggestions: bool = Field(False, description="show the current model's suggestion (never for gold items)")
+    undo_window_s: float = Field(30.0, ge=0, le=3600, description="how long an answer can be taken back")
+    lease_s: float = Field(600.0, gt=0, description="an item on one annotator's screen is held for them this long")
+
+
+def item_key(item_id: str) -> str:
+    """Item ids may hold any character; store keys use a digest."""
+    return hashlib.sha256(item_id.encode()).hexdigest()[:16]
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class LocalVendor:
+    """Tasks for in-house annotators; the web app (``crowdloop.vendors.local_app``) is their desk."""
+
+    name = "local"
+
+    def __init__(self, params: dict, context: VendorContext, *, clock: Callable[[], float] = time.time) -> None:
+        self.params = parse_params(LocalParams, params, vendor="local")
+        self.context = context
+        self.name = context.name or self.name
+        self.store = context.store
+        self.clock = clock
+        self._returned: set[str] = set()
+        self._returned_keys: set[str] = set()
+
+    # -- vendor protocol -------------------------------------------------------------
+    def submit(self, tasks: Sequence[Task], *, batch_id: str) -> list[Ref]:
+        key = f"batches/{batch_id}.json"
+        if not self.store.exists(key):
+            try:
+                write_json(self.store, key, {"batch_id": batch_id, "tasks": [t.model_dump(mode="json") for t in tasks]},
+                           create_only=True)
+            except RecordExistsError:
+                pass  # a concurrent retry wrote the same batch
+        return [{"batch_id": batch_id}]
+
+    def poll(self, refs: Sequence[Ref]) -> list[Annotation]:
+        """Answers older than the undo window, not returned before and not yet paid."""
+        window = self.params.undo_window_s
+        cutoff = self.clock() - (window + UNDO_MARGIN_S if window > 0 else 0.0)
+        acked = self._acknowledged()
+        new: list[Annotation] = []
+        for batch in sorted({str(r["batch_id"]) for r in refs}):
+            keys = [k for k in self.store.list(f"answers/{batch}/") if k not in self._returned_keys]
+            for ann, key in self._read_answers(keys):
+                if ann.assignment_id in self._returned or ann.assignment_id in acked:
+                    self._returned_keys.add(key)
+                    continue
+                if ann.submitted_at.timestamp() > cutoff:
+                    continue  # may still be undone
+                self._returned.add(ann.assignment_id)
+                self._returned_keys.add(key)  # final: it can no longer be undone
+                new.append(ann)
+        return new
+
+    def acknowledge(self, assignments: Sequence[Annotation], *, accept: bool, reason: str | None = None) -> None:
+        if not accept and not reason:
+            raise VendorError("vendor 'local': a rejection needs a reason the annotator can read")
+        ids = sorted(a.assignment_id for a in assignments)
+        if not ids:
+            return
+        record = {"assignment_ids": ids, "accept": accept, "reason": reason,
+                  "paid": round(sum(a.reward for a in assignments), 2) if accept else 0.0,
+                  "per_annotator": _sum_by_worker(assignments) if accept else {}}
+        try:
+            write_json(self.store, f"acks/{content_hash(dumps(ids))}.json", record, create_only=True)
+        except RecordExistsError:
+            pass  # decided before: never pay twice
+        for batch in sorted({a.batch_id for a in assignments}):
+            if not self.store.exists(f"closed/{batch}.json"):
+                write_json(self.store, f"closed/{batch}.json", {"batch_id": batch})
+
+    def bonus(self, assignments: Sequence[Annotation], *, amount: float, reason: str, token: str) -> None:
+        record = {"assignment_ids": sorted(a.assignment_id for a in assignments), "amount": amount, "reason": reason}
+        try:
+            write_json(self.store, f"bonuses/{hashlib.sha256(token.encode()).hexdigest()[:24]}.json", record,
+                       create_only=True)
+        except RecordExistsError:
+            pass
+
+    def ledger(self) -> dict[str, float | int]:
+        tasks = sum(len(read_json(self.store, k)["tasks"]) for k in self.store.list("batches/"))
+        paid = sum(read_json(self.store, k)["paid"] for k in self.store.list("acks/"))
+        bonuses = sum(read_json(self.store, k)["amount"] * len(read_json(self.store, k)["assignment_ids"])
+                      for k in self.store.list("bonuses/"))
+        return {"tasks": tasks, "answers": len(self.store.list("answers/")), "paid": round(paid, 2),
+                "bonuses": round(bonuses, 2)}
+
+    # -- annotators ------------------------------------------------------------------
+    def add_annotator(self, name: str) -> str:
+        """Create an annotator and return their token (shown once; only its hash is stored)."""
+        if not ANNOTATOR_NAME.match(name):
+            raise CrowdloopError(f"annotator name {name!r}: expected 1-40 lowercase letters, digits, '_' or '-'")
+        token = secrets.token_urlsafe(24)
+        try:
+            write_json(self.store, f"annotators/{name}.json",
+                       {"name": name, "token_sha256": token_hash(token), "created_at": self._now().isoformat()},
+                       create_only=True)
+        except RecordExistsError:
+            raise CrowdloopError(f"annotator {name!r} already exists; remove it first to issue a new link") from None
+        return token
+
+    def remove_annotator(self, name: str) -> None:
+        if not ANNOTATOR_NAME.match(name) or not self.store.exists(f"annotators/{name}.json"):
+            raise CrowdloopError(f"annotator {name!r}: not found; known: {', '.join(self.annotators()) or 'none'}")
+        self.store.delete(f"annotators/{name}.json")
+
+    def annotators(self) -> list[str]:
+        return [k.split("/")[-1][: -len(".json")] for k in self.store.list("annotators/")]
+
+    def authenticate(self, token: str | None) -> str | None:
+        """The annotator holding ``token``, or None (constant-time comparison of hashes)."""
+        if not token or len(token) > 200:
+            return None
+        digest = token_hash(token)
+        found = None
+        for key in self.store.list("annotators/"):
+            record = read_json(self.store, key, default=None)
+            if record and hmac.compare_digest(record["token_sha256"], digest):
+                found = record["name"]
+        return found
+
+    # -- the annotation desk (used by the web app) -----------------------------------------
+    def open_tasks(self) -> list[Task]:
+        """Tasks of batches the loop has not paid yet, in dispatch order."""
+        out: list[Task] = []
+        for key in self.store.list("batches/"):
+            batch = read_json(self.store, key)
+            if self.store.exists(f"closed/{batch['batch_id']}.json"):
+                continue
+            out.extend(Task.model_validate(t) for t in batch["tasks"])
+        return out
+
+    def task(self, batch_id: str, item_id: str) -> Task | None:
+        for t in self._batch_tasks(batch_id):
+            if t.item_id == item_id:
+                return t
+        return None
+
+    def task_by_key(self, batch_id: str, key: str) -> Task | None:
+        """The task whose item digest is ``key``; only dispatched items are ever found."""
+        for t in self._batch_tasks(batch_id):
+            if item_key(t.item_id) == key:
+                return t
+        return None
+
+    def next_task(self, worker: str) -> tuple[Task, float] | None:
+        """The item to show ``worker`` (their current lease if still valid) and when it was shown."""
+        return self.next_task_and_progress(worker)[0]
+
+    def next_task_and_progress(self, worker: str) -> tuple[tuple[Task, float] | None, dict[str, int]]:
+        """``next_task`` and ``progress`` from one reading of the store (the page needs both)."""
+        tasks = self.open_tasks()
+        index = self._index(tasks)
+        return self._next(worker, tasks, index), self._progress(worker, tasks, index)
+
+    def _next(self, worker: str, tasks: list[Task], index: dict) -> tuple[Task, float] | None:
+        self._check_worker(worker)
+        now = self.clock()
+        lease = read_json(self.store, f"leases/{worker}.json", default=None)
+        leases = self._leases(now)
+        if lease and now - lease["shown_at"] < self.params.lease_s:
+            for t in tasks:
+                if ((t.batch_id, t.item_id) == (lease["batch_id"], lease["item_id"])
+                        and self._open_for(t, worker, leases, index)):
+                    return t, lease["shown_at"]
+        for t in tasks:
+            if self._open_for(t, worker, leases, index):
+                write_json(self.store, f"leases/{worker}.json",
+                           {"batch_id": t.batch_id, "item_id": t.item_id, "shown_at": now})
+                return t, now
+        self.store.delete(f"leases/{worker}.json")
+        return None
+
+    def answer(self, worker: str, batch_id: str, item_id: str, label: str, *,
+               client_seconds: float | None = None) -> Annotation:
+        """Store ``worker``'s answer at once; a second submit returns the first answer unchanged."""
+        self._check_worker(worker)
+        task = self.task(batch_id, item_id)
+        if task is None:
+            raise VendorDataError(f"item {item_id!r} is not part of batch {batch_id!r}")
+        if label not in self.context.classes:
+            raise VendorDataError(f"label {label!r} is not one of the classes {list(self.context.classes)}")
+        key = f"answers/{batch_id}/{item_key(item_id)}.{worker}.json"
+        existing = read_json(self.store, key, default=None)
+        if existing is not None:
+            return Annotation.model_validate(existing)
+        now = self.clock()
+        lease = read_json(self.store, f"leases/{worker}.json", default=None)
+        on_screen = None
+        if lease and (lease["batch_id"], lease["item_id"]) == (batch_id, item_id):
+            on_screen = max(0.0, now - lease["shown_at"])
+        seconds = on_screen if on_screen is not None else self.params.lease_s
+        if client_seconds is not None and client_seconds >= 0:
+            seconds = min(seconds, client_seconds)  # the page's timer, never more than the server saw
+        seconds = min(seconds, self.params.lease_s)
+        ann = Annotation(item_id=item_id, worker_id=worker, label=label, vendor=self.name,
+                         assignment_id=hashlib.sha256(f"{batch_id}|{item_id}|{worker}".encode()).hexdigest()[:20],
+                         batch_id=batch_id, round=task.round, submitted_at=self._now(now),
+                         duration_s=round(seconds, 3), reward=task.reward, is_gold=task.is_gold)
+        try:
+            self.store.write_bytes(key, ann.model_dump_json().encode(), create_only=True)
+        except RecordExistsError:
+            return Annotation.model_validate(read_json(self.store, key))
+        self.store.delete(f"leases/{worker}.json")
+        return ann
+
+    def skip(self, worker: str, batch_id: str, item_id: str) -> None:
+        self._check_worker(worker)
+        if self.task(batch_id, item_id) is None:
+            raise VendorDataError(f"item {item_id!r} is not part of batch {batch_id!r}")
+        try:
+            write_json(self.store, f"skips/{batch_id}/{item_key(item_id)}.{worker}.json",
+                       {"at": self._now().isoformat()}, create_only=True)
+        except RecordExistsError:
+            pass
+        self.store.delete(f"leases/{worker}.json")
+
+    def undo(self, worker: str) -> Task | None:
+        """Take back ``worker``'s last answer if it is still inside the undo window; show it again."""
+        now = self.clock()
+        mine = [(a, k) for t_batch in sorted({t.batch_id for t in self.open_tasks()})
+                for a, k in self._answers_with_keys(t_batch) if a.worker_id == worker]
+        if not mine:
+            return None
+        last, key = max(mine, key=lambda ak: ak[0].submitted_at)
+        if now - last.submitted_at.timestamp() >= self.params.undo_window_s:
+            return None
+        self.store.delete(key)
+        write_json(self.store, f"leases/{worker}.json", {"batch_id": last.batch_id, "item_id": last.item_id,
+                                                         "shown_at": now - last.duration_s})
+        return self.task(last.batch_id, last.item_id)
+
+    def progress(self, worker: str) -> dict[str, int]:
+        """Answers by ``worker`` in open batches, and items still waiting for answers."""
+        tasks = self.open_tasks()
+        return self._progress(worker, tasks, self._index(tasks))
+
+    def _progress(self, worker: str, tasks: list[Task], index: dict) -> dict[str, int]:
+        mine = waiting = 0
+        for t in tasks:
+            answered = index["answers"].get((t.batch_id, item_key(t.item_id)), set())
+            mine += worker in answered
+            if len(answered) < t.replicas:
+                waiting += 1
+        return {"answered": mine, "waiting": waiting, "items": len(tasks)}
+
+    # -- helpers ----------------------------------------------------------------------
+    @staticmethod
+    def _check_worker(worker: str) -> None:
+        if not ANNOTATOR_NAME.match(worker):
+            raise VendorDataError(f"annotator {worker!r}: expected 1-40 lowercase letters, digits, '_' or '-'")
+
+    def _now(self, stamp: float | None = None) -> datetime:
+        return datetime.fromtimestamp(self.clock() if stamp is None else stamp, timezone.utc)
+
+    def _batch_tasks(self, batch_id: str) -> list[Task]:
+        try:
+            batch = read_json(self.store, f"batches/{batch_id}.json")
+        except (KeyNotFoundError, CrowdloopError):
+            return []
+        return [Task.model_validate(t) for t in batch["tasks"]]
+
+    def _index(self, tasks: Sequence[Task]) -> dict[str, dict[tuple[str, str], set[str]]]:
+        """Who answered / skipped each item: one listing per batch, not one per item."""
+        out: dict[str, dict[tuple[str, str], set[str]]] = {"answers": {}, "skips": {}}
+        for kind in out:
+            for batch in sorted({t.batch_id for t in tasks}):
+                for key in self.store.list(f"{kind}/{batch}/"):
+                    _, b, name = key.split("/")  # one flat folder per batch: fast to list
+                    item, worker = name[: -len(".json")].split(".", 1)
+                    out[kind].setdefault((b, item), set()).add(worker)
+        return out
+
+    def _leases(self, now: float) -> dict[str, tuple[str, str]]:
+        out = {}
+        for key in self.store.list("leases/"):
+            lease = read_json(self.store, key, default=None)
+            if lease and now - lease["shown_at"] < self.params.lease_s:
+                out[key.split("/")[-1][: -len(".json")]] = (lease["batch_id"], lease["item_id"])
+        return out
+
+    def _open_for(self, t: Task, worker: str, leases: dict[str, tuple[str, str]],
+                  index: dict[str, dict[tuple[str, str], set[str]]]) -> bool:
+        key = (t.batch_id, item_key(t.item_id))
+        answered = index["answers"].get(key, set())
+        if worker in answered or worker in index["skips"].get(key, set()):
+            return False
+        held = sum(1 for w, held_item in leases.items() if w != worker and held_item == (t.batch_id, t.item_id))
+        return len(answered) + held < t.replicas
+
+    def _answers_with_keys(self, batch: str) -> list[tuple[Annotation, str]]:
+        return self._read_answers(self.store.list(f"answers/{batch}/"))
+
+    def _read_answers(self, keys: Sequence[str]) -> list[tuple[Annotation, str]]:
+        out = []
+        for key in keys:
+            try:
+                out.append((Annotation.model_validate_json(self.store.read_bytes(key)), key))
+            except KeyNotFoundError:
+                continue  # undone between list and read
+        return out
+
+    def _acknowledged(self) -> set[str]:
+        done: set[str] = set()
+        for key in self.store.list("acks/"):
+            done.update(read_json(self.store, key)["assignment_ids"])
+        return done
+
+
+def _sum_by_worker(assignments: Sequence[Annotation]) -> dict[str, Any]:
+    out: dict[str, float] = {}
+    for a in assignments:
+        out[a.worker_id] = round(out.get(a.worker_id, 0.0) + a.reward, 2)
+    return out

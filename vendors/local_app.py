@@ -1,0 +1,322 @@
+"""The annotation web app of the ``local`` vendor (FastAPI, server-rendered, a little JS).
+
+Security model, in short:
+
+* every route needs an annotator token: the personal link ``/?token=...`` sets an HttpOnly,
+  SameSite=Lax cookie and redirects to ``/`` (so the token leaves the address bar); without a
+  valid token every route answers 403;
+* posts must come from this site: a CSRF token derived from the annotator's token, and a
+  foreign ``Origin`` / ``Sec-Fetch-Site: cross-site`` is refused;
+* item content is escaped by Jinja2's autoescaping, scripts run only with a per-response CSP
+  nonce, so an item whose text is ``<script>...`` shows as text;
+* ``/image/<batch>/<item digest>`` serves only items of dispatched batches, from the path the
+  pool names (png, jpeg, gif, webp) or from the item's pixels; never a path from the request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import struct
+import threading
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment
+
+from crowdloop.errors import CrowdloopError
+from crowdloop.records import Task
+from crowdloop.vendors.local import LocalVendor, item_key
+
+COOKIE = "crowdloop_annotator"
+IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+               ".webp": "image/webp"}
+MAX_FORM_BYTES = 4096
+
+Suggest = Callable[[Task], tuple[str, float] | None]
+
+_env = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
+
+PAGE = _env.from_string("""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>crowdloop · {{ project }}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style nonce="{{ nonce }}">
+body{font-family:system-ui,sans-serif;max-width:52rem;margin:1.5rem auto;padding:0 1rem;color:#1d2330;background:#f7f8fa}
+header{display:flex;justify-content:space-between;align-items:baseline;border-bottom:1px solid #d8dce3;margin-bottom:1rem}
+h1{font-size:1.2rem;margin:.4rem 0}.who{color:#5a6270;font-size:.9rem}
+.card{background:#fff;border:1px solid #d8dce3;border-radius:.6rem;padding:1.2rem;margin-bottom:1rem}
+.text{white-space:pre-wrap;font-size:1.15rem;line-height:1.5;overflow-wrap:anywhere}
+img.item{display:block;margin:0 auto;max-width:100%;max-height:24rem;image-rendering:pixelated;min-width:12rem}
+table{border-collapse:collapse;font-size:.9rem}td,th{border:1px solid #e3e6eb;padding:.2rem .5rem;text-align:right}
+th{background:#f0f2f5;text-align:left}.classes{display:flex;flex-wrap:wrap;gap:.5rem}
+button{font:inherit;padding:.55rem .9rem;border-radius:.45rem;border:1px solid #9aa3b2;background:#fff;cursor:pointer}
+button.label{border-color:#2f6fde;color:#123c8c;font-weight:600}button.label:hover{background:#eaf1fe}
+kbd{font-size:.75rem;background:#eef0f3;border:1px solid #c9ced6;border-radius:.25rem;padding:0 .3rem;margin-right:.35rem;color:#333}
+.row{display:flex;gap:.5rem;margin-top:.8rem}.muted{color:#5a6270;font-size:.9rem}
+.suggestion{background:#fff8e1;border:1px solid #f3d27a;border-radius:.4rem;padding:.4rem .7rem;margin-bottom:.8rem}
+.notice{background:#e8f5e9;border:1px solid #a5d6a7;border-radius:.4rem;padding:.4rem .7rem;margin-bottom:.8rem}
+</style></head><body>
+<header><h1>crowdloop · {{ project }}</h1>
+<span class="who">{{ annotator }} · <span id="progress">{{ progress["answered"] }} answered · {{ progress["waiting"] }} of {{ progress["items"] }} items waiting</span></span></header>
+{% if notice %}<div class="notice" id="notice">{{ notice }}</div>{% endif %}
+{% if task %}
+<div class="card" id="item" data-item="{{ task.item_id }}" data-kind="{{ payload.kind }}">
+{% if suggestion %}<div class="suggestion" id="suggestion">Model suggests <b>{{ suggestion[0] }}</b> ({{ "%.0f"|format(suggestion[1] * 100) }}%)</div>{% endif %}
+{% if payload.kind == "text" %}<div class="text" id="item-text">{{ payload.text }}</div>
+{% elif payload.kind == "image" %}<img class="item" id="item-image" alt="item {{ task.item_id }}" src="{{ image_url }}">
+{% endif %}
+{% if payload.kind == "tabular" %}
+<table id="item-table"><tr>{% for c in payload.columns[:40] %}<th>{{ c }}</th>{% endfor %}</tr>
+<tr>{% for v in payload["values"][:40] %}<td>{{ "%.4g"|format(v) if v is number else v }}</td>{% endfor %}</tr></table>
+{% endif %}
+</div>
+<form method="post" action="/answer" id="answer-form" class="card">
+<input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="batch_id" value="{{ task.batch_id }}">
+<input type="hidden" name="item_id" value="{{ task.item_id }}"><input type="hidden" name="client_ms" id="client_ms" value="">
+<div class="classes">{% for c, key in buttons %}<button type="submit" class="label" name="label" value="{{ c }}"{% if key %} data-key="{{ key }}"{% endif %}>{% if key %}<kbd>{{ key }}</kbd>{% endif %}{{ c }}</button>{% endfor %}</div>
+</form>
+<div class="row">
+<form method="post" action="/skip" id="skip-form"><input type="hidden" name="csrf" value="{{ csrf }}">
+<input type="hidden" name="batch_id" value="{{ task.batch_id }}"><input type="hidden" name="item_id" value="{{ task.item_id }}">
+<button type="submit" id="skip"><kbd>S</kbd>skip</button></form>
+<form method="post" action="/undo" id="undo-form"><input type="hidden" name="csrf" value="{{ csrf }}">
+<button type="submit" id="undo"><kbd>U</kbd>undo last answer</button></form>
+</div>
+{% else %}
+<div class="card" id="done"><p><b>Nothing to label right now.</b> New items appear when the loop dispatches its next batch; this page checks every 15 seconds.</p></div>
+<form method="post" action="/undo" id="undo-form"><input type="hidden" name="csrf" value="{{ csrf }}">
+<button type="submit" id="undo"><kbd>U</kbd>undo last answer</button></form>
+{% endif %}
+<p class="muted">Keys: {{ "0–9" if buttons and buttons[0][1] == buttons[0][0] else "1–9" }} pick a class · S skip · U undo your last answer. Your time on each item is measured for pay.</p>
+<script nonce="{{ nonce }}">
+(function () {
+  var t0 = performance.now(), sent = false;
+  function once(e) { if (sent) { e.preventDefault(); return; } sent = true;
+    var f = document.getElementById("client_ms"); if (f) { f.value = Math.round(performance.now() - t0); } }
+  document.querySelectorAll("form").forEach(function (f) { f.addEventListener("submit", once); });
+  document.addEventListener("keydown", function (e) {
+    if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) { return; }
+    var target = null;
+    if (e.key >= "0" && e.key <= "9") { target = document.querySelector('button[data-key="' + e.key + '"]'); }
+    else if (e.key === "s" || e.key === "S") { target = document.getElementById("skip"); }
+    else if (e.key === "u" || e.key === "U") { target = document.getElementById("undo"); }
+    if (target) { e.preventDefault(); target.click(); }
+  });
+  {% if not task %}setTimeout(function () { location.reload(); }, 15000);{% endif %}
+})();
+</script>
+</body></html>
+""")
+
+FORBIDDEN = ("<!doctype html><title>403</title><h1>403 Forbidden</h1>"
+             "<p>A valid annotator link is needed. Ask the project owner for yours "
+             "(<code>crowdloop annotators add NAME</code>).</p>")
+
+
+def png_from_pixels(pixels: list[list[float]], *, scale: int = 1) -> bytes:
+    """An 8-bit grayscale PNG (dark ink on white) from a grid of non-negative intensities."""
+    rows = [[float(v) for v in row] for row in pixels]
+    top = max((max(r) for r in rows if r), default=0.0) or 1.0
+    raw = bytearray()
+    for row in rows:
+        line = bytes(255 - int(round(255 * min(max(v, 0.0), top) / top)) for v in row for _ in range(scale))
+        for _ in range(scale):
+            raw += b"\x00" + line
+    width, height = len(rows[0]) * scale if rows else 0, len(rows) * scale
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(raw))) + chunk(b"IEND", b"")
+
+
+def key_bindings(classes: tuple[str, ...] | list[str]) -> list[tuple[str, str | None]]:
+    """(class, key) pairs: digit-named classes (``0``-``9``) keep their own digit, else 1-9 by position."""
+    if all(len(c) == 1 and c.isdigit() for c in classes) and len(set(classes)) == len(classes):
+        return [(c, c) for c in classes]
+    return [(c, str(i) if i <= 9 else None) for i, c in enumerate(classes, start=1)]
+
+
+def csrf_for(token: str) -> str:
+    return hashlib.sha256(f"crowdloop-csrf|{token}".encode()).hexdigest()[:32]
+
+
+def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: str | None = None) -> FastAPI:
+    """The annotation app over ``vendor``'s store. ``suggest(task)`` gives (class, probability)."""
+    app = FastAPI(title="crowdloop annotate", docs_url=None, redoc_url=None, openapi_url=None)
+    lock = threading.Lock()  # one desk per process: leases and answers are decided one at a time
+    title = project or vendor.context.project
+
+    def security_headers(response: Response, nonce: str | None = None) -> Response:
+        script = f"'nonce-{nonce}'" if nonce else "'none'"
+        response.headers["Content-Security-Policy"] = (
+            f"default-src 'none'; img-src 'self'; style-src {script}; script-src {script}; "
+            "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"  # "no-referrer" would make Chromium send Origin: null
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Frame-Options"] = "DENY"
+        return response
+
+    def forbidden() -> Response:
+        return security_headers(HTMLResponse(FORBIDDEN, status_code=403))
+
+    def annotator(request: Request) -> tuple[str, str] | None:
+        token = request.cookies.get(COOKIE)
+        name = vendor.authenticate(token)
+        return (name, token) if name and token else None
+
+    def same_site(request: Request) -> bool:
+        if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            return False
+        origin = request.headers.get("origin")
+        if origin is None or origin == "null":
+            return origin is None  # an opaque origin is never ours
+        return origin == f"{request.url.scheme}://{request.headers.get('host', '')}"
+
+    async def form_of(request: Request) -> dict[str, str] | None:
+        body = await request.body()
+        if len(body) > MAX_FORM_BYTES:
+            return None
+        try:
+            parsed = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=20)
+        except (UnicodeDecodeError, ValueError):
+            return None
+        return {k: v[0] for k, v in parsed.items()}
+
+    async def checked_post(request: Request) -> tuple[str, dict[str, str]] | Response:
+        who = annotator(request)
+        if who is None or not same_site(request):
+            return forbidden()
+        form = await form_of(request)
+        if form is None or not hmac.compare_digest(form.get("csrf", ""), csrf_for(who[1])):
+            return forbidden()
+        return who[0], form
+
+    def back(notice: str | None = None) -> Response:
+        url = "/" if not notice else f"/?notice={notice}"
+        return security_headers(RedirectResponse(url, status_code=303))
+
+    @app.get("/", response_class=HTMLResponse)
+    def page(request: Request, token: str | None = None, notice: str | None = None) -> Response:
+        if token is not None:  # the personal link: remember the token in a cookie, clean the URL
+            if vendor.authenticate(token) is None:
+                return forbidden()
+            response = security_headers(RedirectResponse("/", status_code=303))
+            response.set_cookie(COOKIE, token, httponly=True, samesite="lax", path="/",
+                                secure=request.url.scheme == "https", max_age=30 * 24 * 3600)
+            return response
+        who = annotator(request)
+        if who is None:
+            return forbidden()
+        name, raw = who
+        with lock:
+            found, progress = vendor.next_task_and_progress(name)
+        task = found[0] if found else None
+        payload: dict[str, Any] = vendor.context.item_payload(task.item_id) if task else {}
+        suggestion = None
+        if task and suggest and vendor.params.suggestions and not task.is_gold:
+            suggestion = suggest(task)
+        nonce = secrets.token_urlsafe(16)
+        messages = {"undone": "Your last answer was taken back; answer again.",
+                    "too-late": "Nothing to undo: answers can be taken back only shortly after you give them.",
+                    "skipped": "Skipped.", "saved": None}
+        html = PAGE.render(project=title, annotator=name, task=task, payload=payload, buttons=key_bindings(vendor.context.classes),
+                           progress=progress, csrf=csrf_for(raw), nonce=nonce, suggestion=suggestion,
+                           image_url=f"/image/{task.batch_id}/{item_key(task.item_id)}" if task else "",
+                           notice=messages.get(notice or ""))
+        return security_headers(HTMLResponse(html), nonce)
+
+    @app.post("/answer")
+    async def answer(request: Request) -> Response:
+        checked = await checked_post(request)
+        if isinstance(checked, Response):
+            return checked
+        name, form = checked
+        try:
+            client_ms = float(form.get("client_ms") or "nan")
+        except ValueError:
+            client_ms = float("nan")
+        with lock:
+            try:
+                vendor.answer(name, form.get("batch_id", ""), form.get("item_id", ""), form.get("label", ""),
+                              client_seconds=None if client_ms != client_ms else client_ms / 1000.0)
+            except CrowdloopError as exc:
+                return security_headers(HTMLResponse(f"<p>400: {_escape(str(exc))}</p>", status_code=400))
+        return back()
+
+    @app.post("/skip")
+    async def skip(request: Request) -> Response:
+        checked = await checked_post(request)
+        if isinstance(checked, Response):
+            return checked
+        name, form = checked
+        with lock:
+            try:
+                vendor.skip(name, form.get("batch_id", ""), form.get("item_id", ""))
+            except CrowdloopError as exc:
+                return security_headers(HTMLResponse(f"<p>400: {_escape(str(exc))}</p>", status_code=400))
+        return back("skipped")
+
+    @app.post("/undo")
+    async def undo(request: Request) -> Response:
+        checked = await checked_post(request)
+        if isinstance(checked, Response):
+            return checked
+        name, _ = checked
+        with lock:
+            undone = vendor.undo(name)
+        return back("undone" if undone else "too-late")
+
+    @app.get("/image/{batch_id}/{key}")
+    def image(request: Request, batch_id: str, key: str) -> Response:
+        if annotator(request) is None:
+            return forbidden()
+        task = vendor.task_by_key(batch_id, key) if len(key) == 16 else None
+        if task is None:
+            return security_headers(Response(status_code=404))
+        payload = vendor.context.item_payload(task.item_id)
+        if payload.get("kind") != "image":
+            return security_headers(Response(status_code=404))
+        if "pixels" in payload:
+            return security_headers(Response(png_from_pixels(payload["pixels"]), media_type="image/png"))
+        path = Path(str(payload.get("path", "")))
+        media = IMAGE_TYPES.get(path.suffix.lower())
+        if media is None or not path.is_file():
+            return security_headers(Response(status_code=404))
+        return security_headers(Response(path.read_bytes(), media_type=media))
+
+    @app.get("/{anything:path}")
+    def everything_else(anything: str) -> Response:
+        return forbidden()
+
+    return app
+
+
+def _escape(text: str) -> str:
+    from markupsafe import escape
+
+    return str(escape(text))
+
+
+def project_suggester(project: Any) -> Suggest:
+    """Suggestions from the model the loop trained for the task's round (None before one exists)."""
+
+    def suggest(task: Task) -> tuple[str, float] | None:
+        model = project.load_model(task.round)
+        index = project._index_of.get(task.item_id)
+        if model is None or index is None:
+            return None
+        proba = model.predict_proba(project.pool.X[index: index + 1])[0]
+        best = int(proba.argmax())
+        return str(model.classes_[best]), float(proba[best])
+
+    return suggest
+
