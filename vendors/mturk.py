@@ -235,6 +235,7 @@ class MTurkVendor:
         self.context = context
         self.store = context.store
         self._returned: set[str] = set()
+        self._complete_hits: set[str] = set()
         self._limiter = RateLimiter(self.params.max_requests_per_second)
         self._client = None
         self.clock: Callable[[], float] = time.time  # wall clock, for the token's 24 h validity
@@ -271,17 +272,23 @@ class MTurkVendor:
 
     def poll(self, refs: Sequence[Ref]) -> list[Annotation]:
         """New submitted (or already approved) assignments of the given HITs; never blocks."""
-        acked = self._acknowledged()
+        skip = self._acknowledged() | {k[len("bad/"):-len(".json")] for k in self.store.list("bad/")}
         out: list[Annotation] = []
         for ref in refs:
+            if ref["hit_id"] in self._complete_hits:
+                continue  # every assignment already seen: no need to ask MTurk again
             record = read_json(self.store, self._hit_key(ref["batch_id"], ref["group"]))
+            seen = 0
             for assignment in self._assignments(ref["hit_id"]):
                 aid = assignment["AssignmentId"]
-                if aid in self._returned or aid in acked:
+                seen += 1
+                if aid in self._returned or aid in skip:
                     continue
                 anns = self._to_annotations(assignment, record)
                 self._returned.add(aid)
                 out.extend(anns)
+            if seen >= record["replicas"]:
+                self._complete_hits.add(ref["hit_id"])
         return out
 
     def acknowledge(self, assignments: Sequence[Annotation], *, accept: bool, reason: str | None = None) -> None:

@@ -60,7 +60,7 @@ class FakeMTurk:
         self.calls: list[str] = []
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.throttle: dict[str, int] = {}
-        self.crash_after: set[str] = set()
+        self.crash_after: dict[str, int] = {}  # operation -> die after its n-th call from now (1 = the next)
         self.answer = answer  # (item_id, replica) -> label; None: no worker answers automatically
         self.duration_s = duration_s
         self.duplicate_message_has_id = duplicate_message_has_id
@@ -88,8 +88,10 @@ class FakeMTurk:
         except _Fail as fail:
             status, out = fail.status, {"__type": fail.code, "Message": fail.message, **fail.extra}
         if op in self.crash_after:
-            self.crash_after.discard(op)
-            raise SimulatedCrash(f"process died after {op}")
+            self.crash_after[op] -= 1
+            if self.crash_after[op] == 0:
+                del self.crash_after[op]
+                raise SimulatedCrash(f"process died after {op}")
         return AWSResponse(request.url, status, {"x-amzn-requestid": f"req-{len(self.calls)}"},
                            _Raw(json.dumps(out).encode()))
 

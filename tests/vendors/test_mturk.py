@@ -70,16 +70,17 @@ def test_submit_builds_safe_hits_and_is_idempotent(tmp_path: Path, fake: FakeMTu
 def test_crash_between_intent_and_hit_id_resolves_to_the_same_hit(tmp_path: Path, fake: FakeMTurk,
                                                                    message_has_id: bool) -> None:
     fake.duplicate_message_has_id = message_has_id
-    fake.crash_after.add("CreateHIT")
+    fake.crash_after["CreateHIT"] = 2  # dies after MTurk created the batch's second HIT
     with pytest.raises(SimulatedCrash):
-        make(tmp_path).submit(tasks(1), batch_id="proj-r0000")
+        make(tmp_path).submit(tasks(3), batch_id="proj-r0000")
     store = make(tmp_path).store
-    assert [k for k in store.list("hits/") if k.endswith(".intent.json")]  # intent written before the call
-    assert not [k for k in store.list("hits/") if k.endswith(".hit.json")]  # the HIT id never got recorded
-    (original,) = fake.hits
-    refs = make(tmp_path).submit(tasks(1), batch_id="proj-r0000")  # a new process resubmits
-    assert [r["hit_id"] for r in refs] == [original]
-    assert len(fake.hits) == 1 and fake.calls.count("CreateHIT") == 2  # the second call hit the duplicate token
+    assert len([k for k in store.list("hits/") if k.endswith(".intent.json")]) == 2  # intents written before the calls
+    assert len([k for k in store.list("hits/") if k.endswith(".hit.json")]) == 1  # the second HIT id never got recorded
+    created = list(fake.hits)
+    refs = make(tmp_path).submit(tasks(3), batch_id="proj-r0000")  # a new process resubmits
+    assert [r["hit_id"] for r in refs][:2] == created and len(fake.hits) == 3  # no second HIT for any item
+    # calls: 2 before the crash, then the duplicate token for item1 and a new HIT for item2
+    assert fake.calls.count("CreateHIT") == 4
     assert ("ListHITs" in fake.calls) is not message_has_id
 
 
@@ -88,7 +89,7 @@ def test_reconciliation_after_the_token_expired(tmp_path: Path, fake: FakeMTurk)
         fake.op_CreateHIT({"Title": "t", "Description": "d", "Question": "q", "MaxAssignments": 1, "Reward": "0.01",
                            "LifetimeInSeconds": 60, "AutoApprovalDelayInSeconds": 0, "AssignmentDurationInSeconds": 30,
                            "RequesterAnnotation": f"other|{k}"})
-    fake.crash_after.add("CreateHIT")
+    fake.crash_after["CreateHIT"] = 1
     with pytest.raises(SimulatedCrash):
         make(tmp_path).submit(tasks(1), batch_id="proj-r0000")
     created = max(fake.hits)  # ids are increasing
@@ -126,8 +127,8 @@ def test_rate_limiter_spaces_calls() -> None:
 
 
 def test_poll_pages_through_assignments_and_returns_only_new(tmp_path: Path, fake: FakeMTurk) -> None:
-    vendor = make(tmp_path)
-    refs = vendor.submit(tasks(1, replicas=5), batch_id="proj-r0000")
+    vendor = make(tmp_path, allow_ten_or_more_assignments=True)
+    refs = vendor.submit(tasks(1, replicas=231), batch_id="proj-r0000")
     hit = refs[0]["hit_id"]
     for n in range(230):
         fake.work(hit, {"label-0": CLASSES[n % 3]}, worker=f"AW{n:04d}")
@@ -141,8 +142,10 @@ def test_poll_pages_through_assignments_and_returns_only_new(tmp_path: Path, fak
     assert vendor.poll(refs) == []
     fake.work(hit, {"label-0": "cat"})
     assert len(vendor.poll(refs)) == 1
+    calls = fake.calls.count("ListAssignmentsForHIT")
+    assert vendor.poll(refs) == [] and fake.calls.count("ListAssignmentsForHIT") == calls  # all 231 in: not asked again
     vendor.acknowledge(first, accept=True)
-    assert len(make(tmp_path).poll(refs)) == 1  # a new process skips what was acknowledged
+    assert len(make(tmp_path, allow_ten_or_more_assignments=True).poll(refs)) == 1  # a new process skips acknowledged ones
 
 
 def test_malformed_answers_are_skipped_and_reported(tmp_path: Path, fake: FakeMTurk, caplog) -> None:
@@ -167,6 +170,10 @@ def test_malformed_answers_are_skipped_and_reported(tmp_path: Path, fake: FakeMT
     assert sorted(b["worker_id"] for b in bad) == [f"ABAD{n}" for n in range(len(broken))]
     assert sum("skipping assignment" in r.message for r in caplog.records) == len(broken)
     assert vendor.poll(refs) == []
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="crowdloop.vendors.mturk"):
+        again = make(tmp_path).poll(refs)  # a new process: the good answer again (not acknowledged), bad ones stay out
+    assert [a.assignment_id for a in again] == [good] and not caplog.records
 
 
 def test_acknowledge_is_idempotent_and_rejection_needs_a_reason(tmp_path: Path, fake: FakeMTurk) -> None:
@@ -250,3 +257,40 @@ def test_payload_rendering() -> None:
         mturk.render_payload({"kind": "image_url", "url": "javascript:alert(1)"})
     with pytest.raises(VendorError, match="kind 'audio'"):
         mturk.render_payload({"kind": "audio"})
+
+
+def test_paid_qualification_test_is_paid_once_per_worker(tmp_path: Path, fake: FakeMTurk) -> None:
+    vendor = make(tmp_path, qualifications={"test": {"qualification_type_id": "3QUALTEST0000000000", "min_score": 80,
+                                                     "reward": 0.5}})
+    refs = vendor.submit(tasks(2, replicas=2), batch_id="proj-r0000")
+    req = [q for q in fake.requests[0][1]["QualificationRequirements"] if q["QualificationTypeId"] == "3QUALTEST0000000000"]
+    assert req == [{"QualificationTypeId": "3QUALTEST0000000000", "Comparator": "GreaterThanOrEqualTo",
+                    "IntegerValues": [80], "ActionsGuarded": "Accept"}]
+    for ref in refs:
+        for w in ("AW1", "AW2"):
+            fake.work(ref["hit_id"], {"label-0": "cat"}, worker=w)
+    vendor.acknowledge(vendor.poll(refs), accept=True)
+    assert sorted((b["WorkerId"], b["BonusAmount"]) for b in fake.bonuses) == [("AW1", "0.50"), ("AW2", "0.50")]
+
+
+def test_example_config_prepares_without_network(tmp_path: Path, fake: FakeMTurk) -> None:
+    from crowdloop.config import load_config
+    from crowdloop.engine import Project
+
+    p = Project.prepare(load_config(Path(__file__).parents[2] / "configs" / "digits-mturk-sandbox.yaml"), str(tmp_path / "p"))
+    assert isinstance(p.vendor, mturk.MTurkVendor) and p.vendor.params.sandbox and fake.calls == []
+
+
+def test_cli_names_the_extra_when_boto3_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from typer.testing import CliRunner
+
+    from crowdloop import registry
+    from crowdloop.cli import app
+
+    monkeypatch.setitem(sys.modules, "boto3", None)  # as if boto3 were not installed
+    monkeypatch.delitem(sys.modules, "crowdloop.vendors.mturk")
+    monkeypatch.setattr(registry.vendors, "_cache", {})
+    out = CliRunner().invoke(app, ["mturk", "balance"])
+    assert out.exit_code == 2 and "pip install 'crowdloop[mturk]'" in out.output
