@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 from xml.sax.saxutils import quoteattr
@@ -131,8 +132,22 @@ class LabelStudioVendor:
                                     show_instruction=bool(self.params.instructions), show_skip_button=True,
                                     maximum_annotations=1, overlap_cohort_percentage=100)
                 pid = int(project.id)
+        self._check_reused(pid)
         _write_once(self.store, "project.json", {"id": pid, "title": self.title, "data_type": data_type})
         return int(read_json(self.store, "project.json")["id"])
+
+    def _check_reused(self, pid: int) -> None:
+        """A reused project must offer every class as a choice named ``label``, or answers would not parse."""
+        config = self._api("projects.get", self.client.projects.get, pid).label_config or ""
+        try:
+            root = ET.fromstring(config)
+        except ET.ParseError as exc:
+            raise VendorError(f"vendor 'label_studio': project {pid} has an unreadable labeling config: {exc}") from None
+        offered = {c.get("value") for ch in root.iter("Choices") if ch.get("name") == "label" for c in ch.iter("Choice")}
+        missing = [c for c in self.context.classes if c not in offered]
+        if missing:
+            raise VendorError(f"vendor 'label_studio': project {pid} has no <Choices name=\"label\"> offering "
+                              f"{missing[:5]}; use a new project or fix its labeling config")
 
     def _find_project_by_title(self) -> int | None:
         for project in self._api("projects.list", self.client.projects.list, title=self.title, page_size=100):

@@ -98,3 +98,14 @@ def test_two_rounds_with_label_studio(tmp_path: Path, label_studio: lss.Server, 
     task_id = read_json(p.vendor.store, "batches/lsloop-extra.json")["tasks"][spare]
     prediction = ls.tasks.get(str(task_id)).model_dump()["predictions"][0]
     assert prediction["score"] == pytest.approx(0.83) and prediction["result"] == _choice(truth[spare])
+
+    # a crash during an import: one task of the batch reached Label Studio, the result was never
+    # recorded; the rerun imports only the missing one
+    fresh = [i for i in truth if i not in p.dispatched_items() and i != spare][:2]
+    batch = [Task(item_id=i, round=3, batch_id="lsloop-crash", replicas=2, reward=0.01) for i in fresh]
+    row = p.vendor._import_row(batch[0], p.vendor.context.item_payload(fresh[0]), "row", "lsloop-crash")
+    ls.projects.import_tasks(project_id, request=[row])
+    p.vendor.submit(batch, batch_id="lsloop-crash")
+    imported = [t.data.get("crowdloop_item") for t in ls.tasks.list(project=project_id)
+                if t.data.get("crowdloop_batch") == "lsloop-crash"]
+    assert sorted(imported) == sorted(fresh)
