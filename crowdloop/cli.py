@@ -295,5 +295,42 @@ def annotators_list(project_dir: str = typer.Option(..., "--project-dir")) -> No
         sys.stdout.write(name + "\n")
 
 
+mturk_app = typer.Typer(help="Amazon Mechanical Turk: account balance, expiring a round's HITs.",
+                        no_args_is_help=True)
+app.add_typer(mturk_app, name="mturk")
+
+
+def _mturk_module():
+    """The MTurk vendor module through the registry, so a missing boto3 names the extra."""
+    import importlib
+
+    from crowdloop import registry
+
+    registry.vendors.load("mturk")
+    return importlib.import_module("crowdloop.vendors.mturk")
+
+
+@mturk_app.command("balance")
+@_one_line_errors
+def mturk_balance(
+    production: bool = typer.Option(False, "--production", help="the real marketplace (default: the sandbox)"),
+    region: str = typer.Option("us-east-1", "--region"),
+) -> None:
+    """Show the requester account's available balance (credentials from boto3's chain)."""
+    amount = _mturk_module().account_balance(sandbox=not production, region=region)
+    console.print(f"{'production' if production else 'sandbox'} balance: {amount:.2f} USD")
+
+
+@mturk_app.command("expire-round")
+@_one_line_errors
+def mturk_expire_round(
+    project_dir: str = typer.Argument(..., help="project store (directory)"),
+    round_: int = typer.Argument(..., metavar="ROUND", min=0, help="round whose open HITs to expire"),
+) -> None:
+    """Expire the open HITs of ROUND (workers can no longer accept them; submitted work stays)."""
+    hits = _mturk_module().expire_round(project_dir, round_)
+    console.print(f"round {round_}: expired {len(hits)} HIT(s)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -1,0 +1,109 @@
+"""Run a real Label Studio server from its own virtual environment, bound to loopback only.
+
+The server's pins conflict with Prefect, so it lives in a separate venv (``CROWDLOOP_LS_VENV``,
+default ``/work/ls-venv``), created with::
+
+    python3 -m venv /work/ls-venv && /work/ls-venv/bin/pip install label-studio==1.23.2
+
+The first start on an empty data directory runs the migrations (minutes); they run once into
+a template directory (kept between sessions, keyed by version) that every test copies.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+LS_VERSION = "1.23.2"
+LS_VENV = Path(os.environ.get("CROWDLOOP_LS_VENV", "/work/ls-venv"))
+LS_BIN = LS_VENV / "bin" / "label-studio"
+USERNAME = "crowdloop-admin@example.com"
+PASSWORD = "crowdloop-test-password"
+TOKEN = "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00"  # 40 characters, test-only
+SETUP_HINT = (f"Label Studio server venv not found at {LS_VENV}; create it with: python3 -m venv {LS_VENV} && "
+              f"{LS_VENV}/bin/pip install label-studio=={LS_VERSION} (or set CROWDLOOP_LS_VENV)")
+
+
+@dataclass
+class Server:
+    url: str
+    token: str
+    process: subprocess.Popen
+    log: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON", "PREFECT", "LABEL_STUDIO"))}
+    env.update(LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true", DJANGO_DB="sqlite", LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
+               PYTHONUNBUFFERED="1")
+    return env
+
+
+def start(data_dir: Path, *, timeout_s: float) -> Server:
+    """Start Label Studio on 127.0.0.1 (``--internal-host``: never on all interfaces)."""
+    port = _free_port()
+    log = data_dir.parent / f"{data_dir.name}.log"
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [str(LS_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
+             "--host", f"http://127.0.0.1:{port}", "--data-dir", str(data_dir), "--username", USERNAME,
+             "--password", PASSWORD, "--user-token", TOKEN, "--enable-legacy-api-token"],
+            cwd=data_dir, env=_env(data_dir), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    server = Server(f"http://127.0.0.1:{port}", TOKEN, process, log)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"label-studio exited with {process.returncode}; see {log}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return server
+        except OSError:
+            pass
+        time.sleep(1.0)
+    server.stop()
+    raise RuntimeError(f"label-studio did not answer on {server.url} within {timeout_s:.0f}s; see {log}")
+
+
+def template_dir() -> Path:
+    """A migrated data directory with the admin user and token, made once per machine and version."""
+    template = Path(tempfile.gettempdir()) / f"crowdloop-ls-template-{LS_VERSION}"
+    if (template / ".ready").exists():
+        return template
+    shutil.rmtree(template, ignore_errors=True)
+    data = template / "data"
+    data.mkdir(parents=True)
+    server = start(data, timeout_s=900)  # migrations: 1-6 minutes on a loaded machine
+    server.stop()
+    (template / ".ready").write_text(LS_VERSION)
+    return template
+
+
+def start_copy(workdir: Path) -> Server:
+    """A fresh server on a copy of the template (15-25 s instead of minutes)."""
+    shutil.copytree(template_dir() / "data", workdir / "data")
+    return start(workdir / "data", timeout_s=240)

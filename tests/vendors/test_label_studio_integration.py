@@ -1,0 +1,111 @@
+"""Two rounds of the engine against a real Label Studio server; the test plays the annotators.
+
+Slow tier: the server runs from its own venv (see label_studio_server.SETUP_HINT); the first
+run on a machine migrates a template data directory (minutes), later runs copy it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("label_studio_sdk")
+
+from crowdloop import engine  # noqa: E402
+from crowdloop.config import parse_config  # noqa: E402
+from crowdloop.engine import Project, round_key  # noqa: E402
+from crowdloop.storage import read_json  # noqa: E402
+from tests.conftest import small_config  # noqa: E402
+from tests.vendors import label_studio_server as lss  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[lss.Server]:
+    if not lss.LS_BIN.exists():
+        pytest.skip(lss.SETUP_HINT)
+    server = lss.start_copy(tmp_path_factory.mktemp("label-studio"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _choice(label: str) -> list[dict]:
+    return [{"from_name": "label", "to_name": "item", "type": "choices", "value": {"choices": [label]}}]
+
+
+def test_two_rounds_with_label_studio(tmp_path: Path, label_studio: lss.Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    from label_studio_sdk import LabelStudio
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
+    config = small_config(**{
+        "project": "lsloop", "vendor": {"name": "label_studio", "params": {"instructions": "Pick the digit."}},
+        "sampler.initial_size": 6, "sampler.batch_size": 4, "consensus.redundancy": 2,
+        "collect.poll_interval_s": 0.2, "collect.timeout_s": 60, "stopping.max_rounds": 2,
+    })
+    p = Project.prepare(parse_config(config), str(tmp_path / "p"))
+    truth = {item: str(label) for item, label in zip(p.pool.ids.tolist(), p.pool.y.tolist())}
+    ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    annotators = [ls.users.create(username=f"annotator{k}", email=f"annotator{k}@example.com",
+                                  password=f"annotator-{k}-password") for k in range(2)]
+
+    for r in range(2):
+        engine.train(p, r)
+        engine.evaluate(p, r)
+        engine.select(p, r)
+        dispatched = engine.dispatch(p, r)
+        batch = read_json(p.vendor.store, f"batches/{dispatched['batch_id']}.json")
+        project_id = batch["project_id"]
+        assert ls.projects.get(project_id).maximum_annotations == 2  # redundancy as the project's overlap
+        # the annotators work through the batch; one first skips a task (a cancelled annotation is no label)
+        for item, task_id in batch["tasks"].items():
+            if zlib.crc32(item.encode()) % 3 == 0:
+                ls.annotations.create(task_id, result=[], was_cancelled=True, completed_by=annotators[0].id, lead_time=2.0)
+            for k, user in enumerate(annotators):
+                ls.annotations.create(task_id, result=_choice(truth[item]), completed_by=user.id, lead_time=5.0 + k)
+        engine.collect(p, r)
+        engine.aggregate(p, r)
+        engine.pay(p, r)
+        engine.collect(p, r)  # replay: nothing new
+
+    anns = p.annotations()
+    assert len(anns) == 2 * (6 + 4) and {a.vendor for a in anns} == {"label_studio"}
+    assert {a.worker_id for a in anns} == {f"ls-user-{u.id}" for u in annotators}
+    assert sorted({a.duration_s for a in anns}) == [5.0, 6.0]
+    labels = p.human_labels(before_round=2)
+    assert len(labels) == 10 and all(l.label == truth[l.item_id] for l in labels)
+    assert read_json(p.store, round_key(1, "collected.json"))["complete"] is True
+    tasks = list(ls.tasks.list(project=project_id, fields="all"))
+    assert len(tasks) == 10  # nothing imported twice
+    # a resubmission of a batch creates nothing new
+    intent = read_json(p.store, round_key(1, "dispatch.json"))
+    from crowdloop.records import Task
+
+    p.vendor.submit([Task.model_validate(t) for t in intent["tasks"]], batch_id=intent["batch_id"])
+    assert len(list(ls.tasks.list(project=project_id))) == 10
+
+    # tasks whose payload carries the model's prediction are imported with it as pre-annotation
+    spare = next(i for i in truth if i not in p.dispatched_items())
+    extra = Task(item_id=spare, round=2, batch_id="lsloop-extra", replicas=2, reward=0.01,
+                 payload={"prediction": {"label": truth[spare], "score": 0.83}})
+    p.vendor.submit([extra], batch_id="lsloop-extra")
+    task_id = read_json(p.vendor.store, "batches/lsloop-extra.json")["tasks"][spare]
+    prediction = ls.tasks.get(str(task_id)).model_dump()["predictions"][0]
+    assert prediction["score"] == pytest.approx(0.83) and prediction["result"] == _choice(truth[spare])
+
+    # a crash during an import: one task of the batch reached Label Studio, the result was never
+    # recorded; the rerun imports only the missing one
+    fresh = [i for i in truth if i not in p.dispatched_items() and i != spare][:2]
+    batch = [Task(item_id=i, round=3, batch_id="lsloop-crash", replicas=2, reward=0.01) for i in fresh]
+    row = p.vendor._import_row(batch[0], p.vendor.context.item_payload(fresh[0]), "row", "lsloop-crash")
+    ls.projects.import_tasks(project_id, request=[row])
+    p.vendor.submit(batch, batch_id="lsloop-crash")
+    imported = [t.data.get("crowdloop_item") for t in ls.tasks.list(project=project_id)
+                if t.data.get("crowdloop_batch") == "lsloop-crash"]
+    assert sorted(imported) == sorted(fresh)

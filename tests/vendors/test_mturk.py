@@ -1,0 +1,296 @@
+"""The MTurk vendor against boto3's real ``mturk`` client and an in-memory MTurk (see mturk_fake)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("boto3")
+
+from crowdloop.errors import ConfigError, VendorError  # noqa: E402
+from crowdloop.records import Task  # noqa: E402
+from crowdloop.storage import PrefixedStore  # noqa: E402
+from crowdloop.storage.local import LocalStore  # noqa: E402
+from crowdloop.vendor import VendorContext  # noqa: E402
+from crowdloop.vendors import mturk  # noqa: E402
+from tests.vendors.mturk_fake import FakeMTurk, SimulatedCrash, answer_xml  # noqa: E402
+
+CLASSES = ("cat", "dog", "bird")
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeMTurk:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    fake = FakeMTurk()
+    monkeypatch.setattr(mturk, "_session_factory", fake.session)
+    return fake
+
+
+def make(tmp_path: Path, **params) -> mturk.MTurkVendor:
+    params.setdefault("max_requests_per_second", 100)
+    ctx = VendorContext(project="proj", name="mturk", seed=0, classes=CLASSES,
+                        store=PrefixedStore(LocalStore(tmp_path), "vendor/mturk"),
+                        item_payload=lambda item: {"kind": "text", "text": f"<script>alert('{item}')</script> & more"})
+    return mturk.MTurkVendor(params, ctx)
+
+
+def tasks(n: int, replicas: int = 3, batch: str = "proj-r0000", round_: int = 0) -> list[Task]:
+    return [Task(item_id=f"item{k}", round=round_, batch_id=batch, replicas=replicas, reward=0.05) for k in range(n)]
+
+
+def test_submit_builds_safe_hits_and_is_idempotent(tmp_path: Path, fake: FakeMTurk) -> None:
+    vendor = make(tmp_path, qualifications={"locales": ["US", "CA"], "min_approval_rate": 98, "min_approved_hits": 500})
+    refs = vendor.submit(tasks(3), batch_id="proj-r0000")
+    assert len(refs) == 3 and len(fake.hits) == 3
+    creates = [body for op, body in fake.requests if op == "CreateHIT"]
+    tokens = [b["UniqueRequestToken"] for b in creates]
+    assert len(set(tokens)) == 3 and all(len(t) <= 64 for t in tokens)
+    first = creates[0]
+    assert first["MaxAssignments"] == 3 and first["Reward"] == "0.05" and first["AutoApprovalDelayInSeconds"] == 86400
+    assert first["RequesterAnnotation"].startswith("crowdloop|proj|r0|") and first["RequesterAnnotation"].endswith("|item0")
+    assert "<script>alert" not in first["Question"] and "&lt;script&gt;alert(&#x27;item0&#x27;)&lt;/script&gt; &amp; more" in first["Question"]
+    quals = {q["QualificationTypeId"]: q for q in first["QualificationRequirements"]}
+    assert quals[mturk.QUAL_LOCALE]["LocaleValues"] == [{"Country": "US"}, {"Country": "CA"}]
+    assert quals[mturk.QUAL_APPROVAL_RATE]["IntegerValues"] == [98]
+    assert quals[mturk.QUAL_NUMBER_APPROVED]["IntegerValues"] == [500]
+    # a retry, in this process or a new one, creates nothing and returns the same refs
+    assert vendor.submit(tasks(3), batch_id="proj-r0000") == refs
+    assert make(tmp_path).submit(tasks(3), batch_id="proj-r0000") == refs
+    assert fake.calls.count("CreateHIT") == 3
+    # tokens depend only on (project, batch, items, replicas)
+    assert mturk.request_token("proj", "proj-r0000", ["item0"], 3) == tokens[0]
+
+
+@pytest.mark.parametrize("message_has_id", [True, False], ids=["id-in-message", "via-list-hits"])
+def test_crash_between_intent_and_hit_id_resolves_to_the_same_hit(tmp_path: Path, fake: FakeMTurk,
+                                                                   message_has_id: bool) -> None:
+    fake.duplicate_message_has_id = message_has_id
+    fake.crash_after["CreateHIT"] = 2  # dies after MTurk created the batch's second HIT
+    with pytest.raises(SimulatedCrash):
+        make(tmp_path).submit(tasks(3), batch_id="proj-r0000")
+    store = make(tmp_path).store
+    assert len([k for k in store.list("hits/") if k.endswith(".intent.json")]) == 2  # intents written before the calls
+    assert len([k for k in store.list("hits/") if k.endswith(".hit.json")]) == 1  # the second HIT id never got recorded
+    created = list(fake.hits)
+    refs = make(tmp_path).submit(tasks(3), batch_id="proj-r0000")  # a new process resubmits
+    assert [r["hit_id"] for r in refs][:2] == created and len(fake.hits) == 3  # no second HIT for any item
+    # calls: 2 before the crash, then the duplicate token for item1 and a new HIT for item2
+    assert fake.calls.count("CreateHIT") == 4
+    assert ("ListHITs" in fake.calls) is not message_has_id
+
+
+def test_reconciliation_after_the_token_expired(tmp_path: Path, fake: FakeMTurk) -> None:
+    for k in range(120):  # other HITs of the account, so the lookup has to page
+        fake.op_CreateHIT({"Title": "t", "Description": "d", "Question": "q", "MaxAssignments": 1, "Reward": "0.01",
+                           "LifetimeInSeconds": 60, "AutoApprovalDelayInSeconds": 0, "AssignmentDurationInSeconds": 30,
+                           "RequesterAnnotation": f"other|{k}"})
+    fake.crash_after["CreateHIT"] = 1
+    with pytest.raises(SimulatedCrash):
+        make(tmp_path).submit(tasks(1), batch_id="proj-r0000")
+    created = max(fake.hits)  # ids are increasing
+    fake.tokens.clear()  # 24 h later MTurk has forgotten the token ...
+    later = make(tmp_path)
+    later.clock = lambda: time.time() + 25 * 3600
+    refs = later.submit(tasks(1), batch_id="proj-r0000")
+    assert refs[0]["hit_id"] == created  # ... so the HIT is found by its RequesterAnnotation
+    assert fake.calls.count("CreateHIT") == 1 and fake.calls.count("ListHITs") == 2
+
+
+def test_throttling_is_retried_by_botocore(tmp_path: Path, fake: FakeMTurk) -> None:
+    fake.throttle["CreateHIT"] = 1
+    fake.throttle["ListAssignmentsForHIT"] = 1
+    vendor = make(tmp_path)
+    refs = vendor.submit(tasks(1), batch_id="proj-r0000")
+    fake.work(refs[0]["hit_id"], {"label-0": "dog"})
+    assert [a.label for a in vendor.poll(refs)] == ["dog"]
+    assert fake.calls.count("CreateHIT") == 2 and len(fake.hits) == 1
+    assert fake.calls.count("ListAssignmentsForHIT") == 2
+
+
+def test_rate_limiter_spaces_calls() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    limiter = mturk.RateLimiter(4.0, clock=lambda: now[0], sleep=sleep)
+    for _ in range(5):
+        limiter.wait()
+    assert now[0] == pytest.approx(1.0) and len(slept) == 4
+
+
+def test_poll_pages_through_assignments_and_returns_only_new(tmp_path: Path, fake: FakeMTurk) -> None:
+    vendor = make(tmp_path, allow_ten_or_more_assignments=True)
+    refs = vendor.submit(tasks(1, replicas=231), batch_id="proj-r0000")
+    hit = refs[0]["hit_id"]
+    for n in range(230):
+        fake.work(hit, {"label-0": CLASSES[n % 3]}, worker=f"AW{n:04d}")
+    first = vendor.poll(refs)
+    assert len(first) == 230 and len({a.assignment_id for a in first}) == 230
+    assert fake.calls.count("ListAssignmentsForHIT") == 3  # 100 + 100 + 30
+    assert [a.label for a in first[:3]] == ["cat", "dog", "bird"]
+    a = first[0]
+    assert a.vendor == "mturk" and a.item_id == "item0" and a.round == 0 and a.duration_s == pytest.approx(12.0)
+    assert a.reward == 0.05 and a.worker_id == "AW0000"
+    assert vendor.poll(refs) == []
+    fake.work(hit, {"label-0": "cat"})
+    assert len(vendor.poll(refs)) == 1
+    calls = fake.calls.count("ListAssignmentsForHIT")
+    assert vendor.poll(refs) == [] and fake.calls.count("ListAssignmentsForHIT") == calls  # all 231 in: not asked again
+    vendor.acknowledge(first, accept=True)
+    assert len(make(tmp_path, allow_ten_or_more_assignments=True).poll(refs)) == 1  # a new process skips acknowledged ones
+
+
+def test_malformed_answers_are_skipped_and_reported(tmp_path: Path, fake: FakeMTurk, caplog) -> None:
+    vendor = make(tmp_path)
+    refs = vendor.submit(tasks(1), batch_id="proj-r0000")
+    hit = refs[0]["hit_id"]
+    broken = {
+        "truncated": "<QuestionFormAnswers><Answer><QuestionIdentifier>label-0",
+        "entity bomb": '<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><QuestionFormAnswers>&a;</QuestionFormAnswers>',
+        "wrong root": "<Other/>",
+        "unknown label": answer_xml({"item-0": "item0", "label-0": "<b>horse</b>"}),
+        "other item": answer_xml({"item-0": "item9", "label-0": "cat"}),
+        "empty": "",
+    }
+    for n, xml in enumerate(broken.values()):
+        fake.work(hit, xml, worker=f"ABAD{n}")
+    good = fake.work(hit, {"label-0": "bird"}, worker="AGOOD")
+    with caplog.at_level(logging.WARNING, logger="crowdloop.vendors.mturk"):
+        got = vendor.poll(refs)
+    assert [(a.assignment_id, a.label) for a in got] == [(good, "bird")]
+    bad = vendor.bad_assignments()
+    assert sorted(b["worker_id"] for b in bad) == [f"ABAD{n}" for n in range(len(broken))]
+    assert sum("skipping assignment" in r.message for r in caplog.records) == len(broken)
+    assert vendor.poll(refs) == []
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="crowdloop.vendors.mturk"):
+        again = make(tmp_path).poll(refs)  # a new process: the good answer again (not acknowledged), bad ones stay out
+    assert [a.assignment_id for a in again] == [good] and not caplog.records
+
+
+def test_acknowledge_is_idempotent_and_rejection_needs_a_reason(tmp_path: Path, fake: FakeMTurk) -> None:
+    vendor = make(tmp_path)
+    refs = vendor.submit(tasks(2, replicas=2), batch_id="proj-r0000")
+    for ref in refs:
+        for w in range(2):
+            fake.work(ref["hit_id"], {"label-0": "cat"}, worker=f"AW{w}")
+    anns = vendor.poll(refs)
+    with pytest.raises(VendorError, match="needs a reason"):
+        vendor.acknowledge(anns[:1], accept=False)
+    vendor.acknowledge(anns[:1], accept=False, reason="Gold item 7 answered 'cat'; the correct class is 'dog'.")
+    fake.assignments[refs[1]["hit_id"]][0]["AssignmentStatus"] = "Approved"  # auto-approved meanwhile
+    vendor.acknowledge(anns, accept=True)
+    vendor.acknowledge(anns, accept=True)
+    make(tmp_path).acknowledge(anns, accept=True)
+    statuses = [a["AssignmentStatus"] for rows in fake.assignments.values() for a in rows]
+    assert statuses == ["Rejected", "Approved", "Approved", "Approved"]
+    rejected = fake.assignments[refs[0]["hit_id"]][0]
+    assert rejected["RequesterFeedback"].startswith("Gold item 7")
+    assert fake.calls.count("RejectAssignment") == 1 and fake.calls.count("ApproveAssignment") == 3
+    assert vendor.ledger()["approved"] == 3 and vendor.ledger()["rejected"] == 1
+
+
+def test_bonus_is_paid_once_per_token(tmp_path: Path, fake: FakeMTurk) -> None:
+    vendor = make(tmp_path)
+    refs = vendor.submit(tasks(2, replicas=1), batch_id="proj-r0000")
+    for ref in refs:
+        fake.work(ref["hit_id"], {"label-0": "dog"})
+    anns = vendor.poll(refs)
+    vendor.acknowledge(anns, accept=True)
+    vendor.bonus(anns, amount=0.02, reason="Top-up to the target wage", token="proj-r0000-topup")
+    make(tmp_path).bonus(anns, amount=0.02, reason="Top-up to the target wage", token="proj-r0000-topup")
+    assert [b["BonusAmount"] for b in fake.bonuses] == ["0.02", "0.02"]
+    assert all(len(b["UniqueRequestToken"]) <= 64 for b in fake.bonuses)
+    assert vendor.ledger()["bonuses"] == pytest.approx(0.04) and vendor.ledger()["bonus_fees"] == pytest.approx(0.02)
+
+
+def test_items_per_hit_groups_items_into_one_assignment(tmp_path: Path, fake: FakeMTurk) -> None:
+    vendor = make(tmp_path, items_per_hit=2)
+    refs = vendor.submit(tasks(3, replicas=1), batch_id="proj-r0000")
+    assert [r["item_ids"] for r in refs] == [["item0", "item1"], ["item2"]]
+    assert [b["Reward"] for op, b in fake.requests if op == "CreateHIT"] == ["0.10", "0.05"]
+    aid = fake.work(refs[0]["hit_id"], {"label-0": "cat", "label-1": "bird"})
+    anns = vendor.poll(refs)
+    assert [(a.item_id, a.label, a.assignment_id) for a in anns] == [("item0", "cat", f"{aid}:0"), ("item1", "bird", f"{aid}:1")]
+    assert all(a.duration_s == pytest.approx(6.0) for a in anns)  # the assignment's time split over its items
+    vendor.acknowledge(anns, accept=True)
+    vendor.bonus(anns, amount=0.01, reason="top-up", token="t")
+    assert fake.calls.count("ApproveAssignment") == 1 and [b["BonusAmount"] for b in fake.bonuses] == ["0.02"]
+
+
+def test_fees_follow_mturk_pricing() -> None:
+    assert mturk.MTurkVendor.fee_for(0.50, 3) == pytest.approx(0.10)
+    assert mturk.MTurkVendor.fee_for(0.50, 10) == pytest.approx(0.20)
+    assert mturk.fee_for(0.01, 1) == pytest.approx(0.01)  # minimum fee per assignment
+    assert mturk.fee_for(0.07, 9) == pytest.approx(0.02)  # 0.014 rounds up to the cent
+    with pytest.raises(ValueError, match="n_assignments_per_hit=0"):
+        mturk.fee_for(0.1, 0)
+
+
+def test_config_errors_are_one_line(tmp_path: Path, fake: FakeMTurk) -> None:
+    with pytest.raises(ConfigError, match=r"vendor\.params\.qualifications: .*both or neither"):
+        make(tmp_path, qualifications={"min_approval_rate": 95})
+    with pytest.raises(ConfigError, match=r"vendor\.params\.bogus: unknown field"):
+        make(tmp_path, bogus=1)
+    with pytest.raises(ConfigError, match="consensus.redundancy=10"):
+        make(tmp_path).submit(tasks(1, replicas=10), batch_id="b")
+    assert fake.calls == []
+    make(tmp_path, allow_ten_or_more_assignments=True).submit(tasks(1, replicas=10), batch_id="b")
+    assert len(fake.hits) == 1
+    assert make(tmp_path).params.sandbox is True
+
+
+def test_payload_rendering() -> None:
+    table = mturk.render_payload({"kind": "tabular", "columns": ["<b>x</b>", "y"], "values": [1.0, 0.333333333]})
+    assert "&lt;b&gt;x&lt;/b&gt;" in table and "0.333333" in table
+    img = mturk.render_payload({"kind": "image_url", "url": 'https://b.s3.amazonaws.com/i.png?X-Sig="a"&b=1'})
+    assert 'src="https://b.s3.amazonaws.com/i.png?X-Sig=&quot;a&quot;&amp;b=1"' in img
+    with pytest.raises(VendorError, match="expected an http"):
+        mturk.render_payload({"kind": "image_url", "url": "javascript:alert(1)"})
+    with pytest.raises(VendorError, match="kind 'audio'"):
+        mturk.render_payload({"kind": "audio"})
+
+
+def test_paid_qualification_test_is_paid_once_per_worker(tmp_path: Path, fake: FakeMTurk) -> None:
+    vendor = make(tmp_path, qualifications={"test": {"qualification_type_id": "3QUALTEST0000000000", "min_score": 80,
+                                                     "reward": 0.5}})
+    refs = vendor.submit(tasks(2, replicas=2), batch_id="proj-r0000")
+    req = [q for q in fake.requests[0][1]["QualificationRequirements"] if q["QualificationTypeId"] == "3QUALTEST0000000000"]
+    assert req == [{"QualificationTypeId": "3QUALTEST0000000000", "Comparator": "GreaterThanOrEqualTo",
+                    "IntegerValues": [80], "ActionsGuarded": "Accept"}]
+    for ref in refs:
+        for w in ("AW1", "AW2"):
+            fake.work(ref["hit_id"], {"label-0": "cat"}, worker=w)
+    vendor.acknowledge(vendor.poll(refs), accept=True)
+    assert sorted((b["WorkerId"], b["BonusAmount"]) for b in fake.bonuses) == [("AW1", "0.50"), ("AW2", "0.50")]
+
+
+def test_example_config_prepares_without_network(tmp_path: Path, fake: FakeMTurk) -> None:
+    from crowdloop.config import load_config
+    from crowdloop.engine import Project
+
+    p = Project.prepare(load_config(Path(__file__).parents[2] / "configs" / "digits-mturk-sandbox.yaml"), str(tmp_path / "p"))
+    assert isinstance(p.vendor, mturk.MTurkVendor) and p.vendor.params.sandbox and fake.calls == []
+
+
+def test_cli_names_the_extra_when_boto3_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from typer.testing import CliRunner
+
+    from crowdloop import registry
+    from crowdloop.cli import app
+
+    monkeypatch.setitem(sys.modules, "boto3", None)  # as if boto3 were not installed
+    monkeypatch.delitem(sys.modules, "crowdloop.vendors.mturk")
+    monkeypatch.setattr(registry.vendors, "_cache", {})
+    out = CliRunner().invoke(app, ["mturk", "balance"])
+    assert out.exit_code == 2 and "pip install 'crowdloop[mturk]'" in out.output

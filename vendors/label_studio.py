@@ -1,0 +1,305 @@
+"""Label Studio as an annotation vendor (label-studio-sdk is imported only here).
+
+Install with ``pip install 'crowdloop[labelstudio]'``. The Label Studio *server* runs in its
+own virtual environment beside the pipeline (its pins conflict with Prefect); crowdloop only
+talks to it over HTTP. Connection settings come from the environment, never from YAML:
+``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY`` (a legacy token or a personal access token).
+
+* The project is created on first use (or reused: ``project_id`` / a stored id) with a
+  labeling config generated from the class list and the data type (text, image, tabular).
+* Tasks are imported with the model's prediction and score as pre-annotation when the task
+  payload carries one (``payload["prediction"] = {"label": ..., "score": ...}``).
+* Redundancy is the project's overlap: ``maximum_annotations`` = replicas for every task.
+* ``poll`` reads submitted annotations only (cancelled/skipped ones are not labels),
+  annotator id → worker id, lead time → duration; each annotation is returned once.
+* Import has no idempotency key, so every task carries ``crowdloop_batch``/``crowdloop_item``
+  in its data: the intent is written before the import and a rerun that finds an intent
+  without a result imports only the items the project does not hold yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+from xml.sax.saxutils import quoteattr
+
+import httpx
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
+from pydantic import BaseModel, ConfigDict, Field
+
+from crowdloop.errors import RecordExistsError, VendorError
+from crowdloop.records import Annotation, Task, content_hash, dumps, utcnow
+from crowdloop.storage import read_json, write_json
+from crowdloop.vendor import Ref, VendorContext, parse_params
+
+log = logging.getLogger(__name__)
+
+URL_ENV = "LABEL_STUDIO_URL"
+KEY_ENV = "LABEL_STUDIO_API_KEY"
+DATA_FIELD = {"text": "text", "image": "image", "tabular": "row"}
+TAG = {"text": "Text", "image": "Image", "tabular": "Table"}
+KIND_TO_TYPE = {"text": "text", "image_url": "image", "tabular": "tabular"}
+
+
+class LabelStudioParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    project_id: int | None = Field(None, ge=1, description="reuse this Label Studio project (its config must fit)")
+    title: str | None = Field(None, max_length=50, description="project title; default 'crowdloop <project>'")
+    data_type: Literal["auto", "text", "image", "tabular"] = Field("auto", description="auto: from the first item")
+    instructions: str = Field("", max_length=10000, description="shown to annotators before labeling")
+    page_size: int = Field(100, ge=1, le=1000, description="tasks per page when reading annotations")
+    timeout_s: float = Field(60.0, gt=0, description="HTTP timeout per request")
+
+
+def labeling_config(classes: Sequence[str], data_type: str) -> str:
+    """A single-choice classification interface for ``data_type`` (text, image or tabular)."""
+    if data_type not in TAG:
+        raise VendorError(f"vendor 'label_studio': data_type={data_type!r}: expected one of text, image, tabular")
+    choices = "".join(f"<Choice value={quoteattr(c)}/>" for c in classes)
+    return (f'<View><{TAG[data_type]} name="item" value="${DATA_FIELD[data_type]}"/>'
+            f'<Choices name="label" toName="item" choice="single" showInline="true" required="true">{choices}'
+            "</Choices></View>")
+
+
+def task_data(payload: dict[str, Any], data_type: str) -> Any:
+    """The value Label Studio shows for one item, from crowdloop's item payload."""
+    kind = payload.get("kind")
+    if KIND_TO_TYPE.get(kind) != data_type:
+        raise VendorError(f"vendor 'label_studio': item payload kind {kind!r} does not fit data_type {data_type!r}")
+    if data_type == "text":
+        return str(payload.get("text", ""))
+    if data_type == "image":
+        return str(payload["url"])
+    return {str(c): v for c, v in zip(payload.get("columns", []), payload.get("values", []))}
+
+
+class LabelStudioVendor:
+    """Label Studio projects as the workforce: your own annotators, overlap for redundancy."""
+
+    name = "label_studio"
+
+    def __init__(self, params: dict, context: VendorContext) -> None:
+        self.params = parse_params(LabelStudioParams, params, vendor=self.name)
+        self.context = context
+        self.store = context.store
+        self._returned: set[str] = set()
+        self._client: LabelStudio | None = None
+
+    @property
+    def client(self) -> LabelStudio:
+        if self._client is None:
+            url, key = os.environ.get(URL_ENV), os.environ.get(KEY_ENV)
+            if not url or not key:
+                missing = " and ".join(n for n, v in ((URL_ENV, url), (KEY_ENV, key)) if not v)
+                raise VendorError(f"vendor 'label_studio': set {missing} in the environment (never in the config file)")
+            self._client = LabelStudio(base_url=url.rstrip("/"), api_key=key, timeout=self.params.timeout_s)
+        return self._client
+
+    def _api(self, what: str, fn, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ApiError as exc:
+            raise VendorError(f"vendor 'label_studio': {what} failed: HTTP {exc.status_code}: {str(exc.body)[:300]}") from exc
+        except (OSError, httpx.HTTPError) as exc:  # connection refused, DNS, timeouts
+            raise VendorError(f"vendor 'label_studio': {what} failed: {exc}") from exc
+
+    # -- project --------------------------------------------------------------------------
+    @property
+    def title(self) -> str:
+        return self.params.title or f"crowdloop {self.context.project}"[:50]
+
+    def project_id(self, data_type: str | None = None) -> int:
+        """The Label Studio project id: stored, configured, found by title, or newly created."""
+        record = read_json(self.store, "project.json", default=None)
+        if record is not None:
+            return int(record["id"])
+        if self.params.project_id is not None:
+            pid = self.params.project_id
+        else:
+            if data_type is None:
+                raise VendorError("vendor 'label_studio': no project yet (nothing was submitted)")
+            config = labeling_config(self.context.classes, data_type)
+            _write_once(self.store, "project.intent.json", {"title": self.title, "data_type": data_type})
+            pid = self._find_project_by_title()
+            if pid is None:
+                project = self._api("projects.create", self.client.projects.create, title=self.title,
+                                    label_config=config, expert_instruction=self.params.instructions,
+                                    show_instruction=bool(self.params.instructions), show_skip_button=True,
+                                    maximum_annotations=1, overlap_cohort_percentage=100)
+                pid = int(project.id)
+        self._check_reused(pid)
+        _write_once(self.store, "project.json", {"id": pid, "title": self.title, "data_type": data_type})
+        return int(read_json(self.store, "project.json")["id"])
+
+    def _check_reused(self, pid: int) -> None:
+        """A reused project must offer every class as a choice named ``label``, or answers would not parse."""
+        config = self._api("projects.get", self.client.projects.get, pid).label_config or ""
+        try:
+            root = ET.fromstring(config)
+        except ET.ParseError as exc:
+            raise VendorError(f"vendor 'label_studio': project {pid} has an unreadable labeling config: {exc}") from None
+        offered = {c.get("value") for ch in root.iter("Choices") if ch.get("name") == "label" for c in ch.iter("Choice")}
+        missing = [c for c in self.context.classes if c not in offered]
+        if missing:
+            raise VendorError(f"vendor 'label_studio': project {pid} has no <Choices name=\"label\"> offering "
+                              f"{missing[:5]}; use a new project or fix its labeling config")
+
+    def _find_project_by_title(self) -> int | None:
+        for project in self._api("projects.list", self.client.projects.list, title=self.title, page_size=100):
+            if getattr(project, "title", None) == self.title:
+                return int(project.id)
+        return None
+
+    def _set_overlap(self, pid: int, replicas: int) -> None:
+        self._api("projects.update", self.client.projects.update, pid, maximum_annotations=replicas,
+                  overlap_cohort_percentage=100)
+
+    # -- vendor protocol ------------------------------------------------------------------
+    def submit(self, tasks: Sequence[Task], *, batch_id: str) -> list[Ref]:
+        """Import the batch's tasks once (idempotent per batch id)."""
+        done = read_json(self.store, f"batches/{batch_id}.json", default=None)
+        if done is not None:
+            return [{"batch_id": batch_id, "project_id": done["project_id"]}]
+        if not tasks:
+            return []
+        payloads = {t.item_id: self.context.item_payload(t.item_id) for t in tasks}
+        data_type = self.params.data_type
+        if data_type == "auto":
+            kind = next(iter(payloads.values())).get("kind")
+            if kind not in KIND_TO_TYPE:
+                raise VendorError(f"vendor 'label_studio': item payload kind {kind!r}: expected text, image_url or tabular")
+            data_type = KIND_TO_TYPE[kind]
+        pid = self.project_id(data_type)
+        replicas = {t.replicas for t in tasks}
+        if len(replicas) != 1:
+            raise VendorError(f"vendor 'label_studio': one batch needs one redundancy, got {sorted(replicas)}")
+        self._set_overlap(pid, replicas.pop())
+        _write_once(self.store, f"batches/{batch_id}.intent.json",
+                    {"batch_id": batch_id, "project_id": pid, "item_ids": [t.item_id for t in tasks]})
+        present = self._batch_tasks(pid, batch_id)  # after a crash mid-import: what arrived already
+        missing = [t for t in tasks if t.item_id not in present]
+        if missing:
+            field = DATA_FIELD[data_type]
+            body = [self._import_row(t, payloads[t.item_id], field, batch_id) for t in missing]
+            self._api("projects.import_tasks", self.client.projects.import_tasks, pid, request=body,
+                      return_task_ids=True)
+            present = self._batch_tasks(pid, batch_id)
+        lost = [t.item_id for t in tasks if t.item_id not in present]
+        if lost:
+            raise VendorError(f"vendor 'label_studio': project {pid} did not keep {len(lost)} imported task(s), e.g. {lost[0]!r}")
+        record = {"batch_id": batch_id, "project_id": pid, "round": tasks[0].round,
+                  "tasks": {item: present[item] for item in (t.item_id for t in tasks)},
+                  "rewards": {t.item_id: t.reward for t in tasks}, "is_gold": {t.item_id: t.is_gold for t in tasks}}
+        _write_once(self.store, f"batches/{batch_id}.json", record)
+        return [{"batch_id": batch_id, "project_id": pid}]
+
+    def poll(self, refs: Sequence[Ref]) -> list[Annotation]:
+        """Submitted annotations of the batches' tasks not returned or acknowledged before."""
+        acked = self._acknowledged()
+        out: list[Annotation] = []
+        for ref in refs:
+            record = read_json(self.store, f"batches/{ref['batch_id']}.json")
+            item_of = {int(tid): item for item, tid in record["tasks"].items()}
+            for task in self._tasks(record["project_id"], with_annotations=True):
+                item = item_of.get(int(task["id"]))
+                if item is None:
+                    continue
+                for ann in task.get("annotations") or []:
+                    aid = f"ls{record['project_id']}-{ann['id']}"
+                    if aid in self._returned or aid in acked:
+                        continue
+                    converted = self._to_annotation(ann, aid, item, record)
+                    if converted is not None:
+                        self._returned.add(aid)
+                        out.append(converted)
+        return out
+
+    def acknowledge(self, assignments: Sequence[Annotation], *, accept: bool, reason: str | None = None) -> None:
+        """Record the decision (Label Studio has no payments; pay your annotators from this record)."""
+        if not accept and not (reason and reason.strip()):
+            raise VendorError("vendor 'label_studio': a rejection needs a reason the annotator can read")
+        ids = sorted(a.assignment_id for a in assignments)
+        if ids:
+            _write_once(self.store, f"acks/{content_hash(dumps(ids))}.json",
+                        {"assignment_ids": ids, "accept": accept, "reason": reason, "at": utcnow().isoformat()})
+
+    def bonus(self, assignments: Sequence[Annotation], *, amount: float, reason: str, token: str) -> None:
+        """Record a top-up once per token, for the team's own payroll."""
+        _write_once(self.store, f"bonuses/{content_hash(token.encode(), 24)}.json",
+                    {"assignment_ids": sorted(a.assignment_id for a in assignments), "amount": amount,
+                     "reason": reason, "workers": sorted({a.worker_id for a in assignments})})
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _import_row(self, task: Task, payload: dict[str, Any], field: str, batch_id: str) -> dict[str, Any]:
+        data_type = next(k for k, v in DATA_FIELD.items() if v == field)
+        row: dict[str, Any] = {"data": {field: task_data(payload, data_type), "crowdloop_item": task.item_id,
+                                        "crowdloop_batch": batch_id, "crowdloop_round": task.round}}
+        prediction = task.payload.get("prediction") if task.payload else None
+        if prediction and prediction.get("label") in self.context.classes:
+            row["predictions"] = [{
+                "model_version": f"crowdloop-r{task.round}", "score": float(prediction.get("score", 0.0)),
+                "result": [{"from_name": "label", "to_name": "item", "type": "choices",
+                            "value": {"choices": [prediction["label"]]}}],
+            }]
+        return row
+
+    def _tasks(self, pid: int, *, with_annotations: bool = False) -> Iterator[dict[str, Any]]:
+        kwargs: dict[str, Any] = {"project": pid, "page_size": self.params.page_size}
+        if with_annotations:
+            kwargs["fields"] = "all"
+        pager = self._api("tasks.list", self.client.tasks.list, **kwargs)
+        try:
+            for task in pager:
+                yield task.model_dump() if hasattr(task, "model_dump") else dict(task)
+        except ApiError as exc:
+            raise VendorError(f"vendor 'label_studio': tasks.list failed: HTTP {exc.status_code}") from exc
+        except (OSError, httpx.HTTPError) as exc:
+            raise VendorError(f"vendor 'label_studio': tasks.list failed: {exc}") from exc
+
+    def _batch_tasks(self, pid: int, batch_id: str) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for task in self._tasks(pid):
+            data = task.get("data") or {}
+            if data.get("crowdloop_batch") == batch_id:
+                found.setdefault(str(data.get("crowdloop_item")), int(task["id"]))
+        return found
+
+    def _to_annotation(self, ann: dict[str, Any], aid: str, item: str, record: dict[str, Any]) -> Annotation | None:
+        if ann.get("was_cancelled"):
+            return None  # skipped by the annotator: not a label
+        choices = [r.get("value", {}).get("choices") for r in ann.get("result") or []
+                   if r.get("from_name") == "label" and r.get("type") == "choices"]
+        labels = [c[0] for c in choices if c]
+        if not labels:
+            return None  # an empty submission is no answer
+        label = labels[0]
+        if label not in self.context.classes:
+            log.warning("label_studio: skipping annotation %s: %r is not one of %s", aid, label, list(self.context.classes))
+            self._returned.add(aid)
+            return None
+        worker = ann.get("completed_by")
+        if isinstance(worker, dict):
+            worker = worker.get("id")
+        return Annotation(item_id=item, worker_id=f"ls-user-{worker}", label=label, vendor=self.name, assignment_id=aid,
+                          batch_id=record["batch_id"], round=record["round"],
+                          submitted_at=ann.get("updated_at") or ann.get("created_at") or utcnow(),
+                          duration_s=round(max(0.0, float(ann.get("lead_time") or 0.0)), 3),
+                          reward=record["rewards"][item], is_gold=bool(record["is_gold"][item]))
+
+    def _acknowledged(self) -> set[str]:
+        done: set[str] = set()
+        for key in self.store.list("acks/"):
+            done.update(read_json(self.store, key)["assignment_ids"])
+        return done
+
+
+def _write_once(store, key: str, obj: Any) -> None:
+    try:
+        write_json(store, key, obj, create_only=True)
+    except RecordExistsError:
+        pass

@@ -1,0 +1,694 @@
+"""Amazon Mechanical Turk as an annotation vendor (boto3 is imported only here).
+
+Install with ``pip install 'crowdloop[mturk]'``. Credentials come only from boto3's credential
+chain (environment, shared config, instance role), never from the YAML config.
+
+Reliability (DESIGN.md, "Reliability rules"):
+
+* every HIT is created with a deterministic ``UniqueRequestToken`` derived from (project,
+  batch, items, replicas) and a ``RequesterAnnotation`` that carries project/round/items;
+* the *intent* of a HIT is written to the vendor's store prefix before ``create_hit`` and
+  the HIT id after it. A rerun that finds an intent without a HIT id calls ``create_hit``
+  again with the same token: MTurk answers with a duplicate-token error for 24 h, which is
+  resolved to the existing HIT. After 24 h (the token has expired) the HIT is found with
+  ``list_hits`` by its ``RequesterAnnotation`` before anything new is created;
+* throttling is retried by botocore (``retries={"mode": "adaptive"}``) and a client-side
+  rate limit spaces requests;
+* answers are parsed from ``QuestionFormAnswers`` XML; a malformed answer is logged and
+  skipped (never a crash), and it is never returned as a label.
+
+Money: MTurk charges a 20% commission on rewards and bonuses (minimum $0.01 per assignment
+or bonus) and another 20% on HITs with 10 or more assignments, so ``max_assignments`` is
+capped at 9 unless ``allow_ten_or_more_assignments`` is set. ``MTurkVendor.fee_for`` gives
+the fee of one assignment for pay accounting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import logging
+import math
+import re
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from crowdloop.errors import ConfigError, RecordExistsError, VendorError
+from crowdloop.records import Annotation, Task, utcnow
+from crowdloop.storage import read_json, write_json
+from crowdloop.vendor import Ref, VendorContext, parse_params
+
+log = logging.getLogger(__name__)
+
+SANDBOX_ENDPOINT = "https://mturk-requester-sandbox.{region}.amazonaws.com"
+PRODUCTION_ENDPOINT = "https://mturk-requester.{region}.amazonaws.com"
+HTML_QUESTION_NS = "http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2011-11-11/HTMLQuestion.xsd"
+TOKEN_TTL_S = 24 * 3600.0
+# Reconcile by RequesterAnnotation a little before MTurk forgets the token, not after.
+TOKEN_SAFE_AGE_S = 23 * 3600.0
+
+# System qualification type ids (MTurk documentation, "Qualification requirements").
+QUAL_LOCALE = "00000000000000000071"
+QUAL_APPROVAL_RATE = "000000000000000000L0"
+QUAL_NUMBER_APPROVED = "00000000000000000040"
+
+COMMISSION = 0.20
+LARGE_HIT_SURCHARGE = 0.20
+LARGE_HIT_ASSIGNMENTS = 10
+MIN_FEE = 0.01
+
+# Sessions are built through this name so tests can hand in a session with a fake wired into
+# botocore's ``before-send`` event (every request is still validated by the real model).
+_session_factory: Callable[[], "boto3.session.Session"] = boto3.session.Session
+
+
+class QualificationTest(BaseModel):
+    """A qualification type with a test; workers need ``min_score``. Taking it is paid."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    qualification_type_id: str = Field(min_length=1, max_length=64)
+    min_score: int = Field(ge=0, le=100)
+    reward: float = Field(gt=0, description="paid once to each worker who passed, as a bonus on their first approved assignment")
+
+
+class Qualifications(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    locales: list[str] = Field(default_factory=list, description="ISO 3166 country codes, e.g. ['US', 'GB']")
+    min_approval_rate: int | None = Field(None, ge=0, le=100, description="percent; needs min_approved_hits")
+    min_approved_hits: int | None = Field(None, ge=0, description="workers' approved HITs; pairs with min_approval_rate")
+    test: QualificationTest | None = None
+
+    @model_validator(mode="after")
+    def _paired(self) -> "Qualifications":
+        # A 99% approval rate means nothing for a worker with 3 HITs: MTurk reports 100% for
+        # new workers until they have 100 HITs, so the rate is only a filter with a count.
+        if (self.min_approval_rate is None) != (self.min_approved_hits is None):
+            raise ValueError(
+                f"min_approval_rate={self.min_approval_rate!r}, min_approved_hits={self.min_approved_hits!r}: "
+                "expected both or neither (an approval rate alone admits new workers)"
+            )
+        for code in self.locales:
+            if not re.fullmatch(r"[A-Z]{2}", code):
+                raise ValueError(f"locales: {code!r} is not a two-letter upper-case country code like 'US'")
+        return self
+
+
+class MTurkParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sandbox: bool = Field(True, description="use the worker sandbox; production must be chosen explicitly")
+    region: str = Field("us-east-1", pattern=r"^[a-z]{2}-[a-z]+-\d$")
+    title: str = Field("Classify an item", min_length=1, max_length=128)
+    description: str = Field("Choose the class that fits the item best.", min_length=1, max_length=2000)
+    keywords: str = Field("classification, labeling", max_length=1000)
+    items_per_hit: int = Field(1, ge=1, le=50, description="items shown in one HIT (one assignment answers all)")
+    assignment_duration_s: int = Field(600, ge=30, le=365 * 86400, description="time a worker has after accepting")
+    lifetime_s: int = Field(3 * 86400, ge=60, le=365 * 86400, description="how long the HIT is listed")
+    auto_approval_delay_s: int = Field(86400, ge=0, le=30 * 86400, description="MTurk approves on its own after this")
+    qualifications: Qualifications = Qualifications()
+    allow_ten_or_more_assignments: bool = Field(
+        False, description="MTurk adds a 20% fee to HITs with 10+ assignments; redundancy above 9 needs this"
+    )
+    max_requests_per_second: float = Field(5.0, gt=0, le=100, description="client-side rate limit")
+    max_attempts: int = Field(8, ge=1, le=20, description="botocore attempts per call (throttling, 5xx)")
+    frame_height: int = Field(0, ge=0, le=5000, description="HTMLQuestion frame height; 0 = fit")
+
+
+def fee_for(reward: float, n_assignments_per_hit: int) -> float:
+    """MTurk's fee for one assignment paid ``reward``: 20% (min $0.01), +20% at 10+ assignments."""
+    if reward < 0 or n_assignments_per_hit < 1:
+        raise ValueError(
+            f"reward={reward}, n_assignments_per_hit={n_assignments_per_hit}: expected reward >= 0 and at least 1 assignment"
+        )
+    rate = COMMISSION + (LARGE_HIT_SURCHARGE if n_assignments_per_hit >= LARGE_HIT_ASSIGNMENTS else 0.0)
+    return max(MIN_FEE, math.ceil(round(reward * rate * 100, 6)) / 100)
+
+
+def endpoint_for(params: MTurkParams) -> str:
+    template = SANDBOX_ENDPOINT if params.sandbox else PRODUCTION_ENDPOINT
+    return template.format(region=params.region)
+
+
+def make_client(params: MTurkParams):
+    """A boto3 ``mturk`` client: credentials from boto3's chain, adaptive retries on throttling."""
+    config = Config(retries={"mode": "adaptive", "max_attempts": params.max_attempts}, user_agent_extra="crowdloop")
+    try:
+        return _session_factory().client("mturk", region_name=params.region, endpoint_url=endpoint_for(params),
+                                         config=config)
+    except BotoCoreError as exc:
+        raise VendorError(f"vendor 'mturk': cannot create the MTurk client: {exc}") from exc
+
+
+def account_balance(*, sandbox: bool = True, region: str = "us-east-1") -> float:
+    """The requester's available balance (the sandbox always shows 10000.00)."""
+    params = parse_params(MTurkParams, {"sandbox": sandbox, "region": region}, vendor="mturk")
+    try:
+        out = make_client(params).get_account_balance()
+    except BotoCoreError as exc:
+        raise VendorError(f"vendor 'mturk': get_account_balance failed: {exc}") from exc
+    except ClientError as exc:
+        raise VendorError(f"vendor 'mturk': get_account_balance failed: {_error_code(exc)}: {_error_message(exc)}") from exc
+    return float(out.get("AvailableBalance", "0"))
+
+
+def expire_round(location: str, round_: int) -> list[str]:
+    """Expire the open HITs of one round of the project at ``location``; returns their ids."""
+    from crowdloop.engine import Project, round_key
+    from crowdloop.storage import PrefixedStore
+
+    project = Project.open(location)
+    if project.config.vendor.name != "mturk":
+        raise ConfigError(f"project {location}: vendor.name is {project.config.vendor.name!r}, expected 'mturk'")
+    intent = read_json(project.store, round_key(round_, "dispatch.json"), default=None)
+    if intent is None:
+        raise VendorError(f"project {location}: round {round_} was never dispatched (no {round_key(round_, 'dispatch.json')})")
+    context = VendorContext(project=project.config.project, name="mturk", seed=project.config.seed, classes=(),
+                            store=PrefixedStore(project.store, "vendor/mturk"), item_payload=_no_payload)
+    return MTurkVendor(dict(project.config.vendor.params), context).expire_batch(intent["batch_id"])
+
+
+def _no_payload(item_id: str) -> dict[str, Any]:
+    raise VendorError(f"vendor 'mturk': no item content available here (item {item_id!r})")
+
+
+class RateLimiter:
+    """At most ``rate`` calls per second from this process (thread-safe)."""
+
+    def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.interval = 1.0 / rate
+        self._next = 0.0
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._sleep = sleep
+
+    def wait(self) -> None:
+        with self._lock:
+            now = self._clock()
+            delay = self._next - now
+            self._next = max(now, self._next) + self.interval
+        if delay > 0:
+            self._sleep(delay)
+
+
+def _digest(*parts: object, n: int = 40) -> str:
+    return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:n]
+
+
+def request_token(project: str, batch_id: str, item_ids: Sequence[str], replicas: int) -> str:
+    """Deterministic ``UniqueRequestToken`` (≤ 64 chars) for one HIT."""
+    return f"cl-{project[:16]}-{_digest(project, batch_id, *item_ids, replicas)}"
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _error_message(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Message", ""))
+
+
+def _is_duplicate_token(exc: ClientError) -> bool:
+    text = f"{_error_code(exc)} {exc.response.get('TurkErrorCode', '')} {_error_message(exc)}"
+    return ("HitAlreadyExists" in text or "already been processed" in text
+            or ("idempotency token" in text.lower()) or "already exists" in text)
+
+
+class MTurkVendor:
+    """Mechanical Turk HITs built from crowdloop tasks; state under the vendor's store prefix."""
+
+    name = "mturk"
+
+    def __init__(self, params: dict, context: VendorContext) -> None:
+        self.params = parse_params(MTurkParams, params, vendor=self.name)
+        self.context = context
+        self.store = context.store
+        self._returned: set[str] = set()
+        self._complete_hits: set[str] = set()
+        self._limiter = RateLimiter(self.params.max_requests_per_second)
+        self._client = None
+        self.clock: Callable[[], float] = time.time  # wall clock, for the token's 24 h validity
+
+    # -- client -------------------------------------------------------------------------
+    @property
+    def client(self):
+        """The boto3 ``mturk`` client, built on first use (no network until then)."""
+        if self._client is None:
+            self._client = make_client(self.params)
+        return self._client
+
+    def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        """One API call behind the client-side rate limit; botocore retries throttling."""
+        self._limiter.wait()
+        try:
+            return getattr(self.client, operation)(**kwargs)
+        except BotoCoreError as exc:  # no credentials, connection failures after retries
+            raise VendorError(f"vendor 'mturk': {operation} failed: {exc}") from exc
+
+    # -- money --------------------------------------------------------------------------
+    @staticmethod
+    def fee_for(reward: float, n_assignments_per_hit: int) -> float:
+        """MTurk's fee for one assignment (or one bonus with ``n_assignments_per_hit=1``)."""
+        return fee_for(reward, n_assignments_per_hit)
+
+    # -- vendor protocol ----------------------------------------------------------------
+    def submit(self, tasks: Sequence[Task], *, batch_id: str) -> list[Ref]:
+        """Create one HIT per group of ``items_per_hit`` tasks (idempotent per batch id)."""
+        refs: list[Ref] = []
+        for group in self._groups(tasks):
+            refs.append(self._submit_group(group, batch_id))
+        return refs
+
+    def poll(self, refs: Sequence[Ref]) -> list[Annotation]:
+        """New submitted (or already approved) assignments of the given HITs; never blocks."""
+        skip = self._acknowledged() | {k[len("bad/"):-len(".json")] for k in self.store.list("bad/")}
+        out: list[Annotation] = []
+        for ref in refs:
+            if ref["hit_id"] in self._complete_hits:
+                continue  # every assignment already seen: no need to ask MTurk again
+            record = read_json(self.store, self._hit_key(ref["batch_id"], ref["group"]))
+            seen = 0
+            for assignment in self._assignments(ref["hit_id"]):
+                aid = assignment["AssignmentId"]
+                seen += 1
+                if aid in self._returned or aid in skip:
+                    continue
+                anns = self._to_annotations(assignment, record)
+                self._returned.add(aid)
+                out.extend(anns)
+            if seen >= record["replicas"]:
+                self._complete_hits.add(ref["hit_id"])
+        return out
+
+    def acknowledge(self, assignments: Sequence[Annotation], *, accept: bool, reason: str | None = None) -> None:
+        """Approve or reject each MTurk assignment once; a rejection needs a reason."""
+        if not accept and not (reason and reason.strip()):
+            raise VendorError("vendor 'mturk': a rejection needs a reason the worker can read (RequesterFeedback)")
+        if reason is not None and len(reason) > 1024:
+            raise VendorError(f"vendor 'mturk': reason has {len(reason)} characters, expected at most 1024")
+        by_assignment: dict[str, list[Annotation]] = {}
+        for a in assignments:
+            by_assignment.setdefault(self._mturk_assignment_id(a), []).append(a)
+        for aid, anns in sorted(by_assignment.items()):
+            key = f"acks/{aid}.json"
+            if self.store.exists(key):
+                continue  # decided before: never approve or reject twice
+            status = "Approved" if accept else "Rejected"
+            try:
+                if accept:
+                    kwargs = {"AssignmentId": aid}
+                    if reason:
+                        kwargs["RequesterFeedback"] = reason
+                    self._call("approve_assignment", **kwargs)
+                else:
+                    self._call("reject_assignment", AssignmentId=aid, RequesterFeedback=reason)
+            except ClientError as exc:
+                # Already decided (a crash after the call, or MTurk's auto-approval): read the truth.
+                current = self._call("get_assignment", AssignmentId=aid)["Assignment"]["AssignmentStatus"]
+                if current != status:
+                    raise VendorError(
+                        f"vendor 'mturk': cannot mark assignment {aid} {status.lower()} (it is {current}): {_error_message(exc)}"
+                    ) from exc
+            write_json(self.store, key, {"assignment_id": aid, "status": status, "reason": reason,
+                                         "worker_id": anns[0].worker_id, "at": utcnow().isoformat()})
+            if accept:
+                self._pay_qualification_test(aid, anns[0].worker_id)
+
+    def bonus(self, assignments: Sequence[Annotation], *, amount: float, reason: str, token: str) -> None:
+        """Pay ``amount`` per annotation as one bonus per MTurk assignment, once per token."""
+        if amount <= 0:
+            raise VendorError(f"vendor 'mturk': bonus amount={amount}: expected a positive amount")
+        by_assignment: dict[str, list[Annotation]] = {}
+        for a in assignments:
+            by_assignment.setdefault(self._mturk_assignment_id(a), []).append(a)
+        for aid, anns in sorted(by_assignment.items()):
+            total = round(amount * len(anns), 2)
+            self._send_bonus(aid, anns[0].worker_id, total, reason, f"{token}|{aid}")
+
+    # -- operations beyond the protocol -------------------------------------------------
+    def expire_batch(self, batch_id: str) -> list[str]:
+        """Stop listing a batch's HITs (submitted work stays collectable); returns HIT ids."""
+        expired: list[str] = []
+        for key in sorted(self.store.list(f"hits/{batch_id}/")):
+            if not key.endswith(".hit.json"):
+                continue
+            hit_id = read_json(self.store, key)["hit_id"]
+            try:  # a time in the past expires the HIT at once
+                self._call("update_expiration_for_hit", HITId=hit_id, ExpireAt=datetime(2015, 1, 1, tzinfo=timezone.utc))
+            except ClientError as exc:
+                raise VendorError(f"vendor 'mturk': cannot expire HIT {hit_id}: {_error_message(exc)}") from exc
+            expired.append(hit_id)
+        return expired
+
+    # -- helpers: submit ----------------------------------------------------------------
+    def _groups(self, tasks: Sequence[Task]) -> Iterator[list[Task]]:
+        n = self.params.items_per_hit
+        for start in range(0, len(tasks), n):
+            group = list(tasks[start:start + n])
+            replicas = {t.replicas for t in group}
+            if len(replicas) != 1:
+                yield from ([t] for t in group)  # mixed redundancy cannot share one HIT
+            else:
+                yield group
+
+    def _check_assignments(self, replicas: int) -> None:
+        if replicas >= LARGE_HIT_ASSIGNMENTS and not self.params.allow_ten_or_more_assignments:
+            raise ConfigError(
+                f"consensus.redundancy={replicas}: MTurk charges an extra 20% on HITs with 10 or more assignments; "
+                "use at most 9 or set vendor.params.allow_ten_or_more_assignments: true"
+            )
+
+    @staticmethod
+    def _hit_key(batch_id: str, group: str) -> str:
+        return f"hits/{batch_id}/{group}.hit.json"
+
+    def _submit_group(self, group: list[Task], batch_id: str) -> Ref:
+        ctx = self.context
+        items = [t.item_id for t in group]
+        replicas = group[0].replicas
+        self._check_assignments(replicas)
+        token = request_token(ctx.project, batch_id, items, replicas)
+        gkey = _digest(*items, n=24)
+        hit_key = self._hit_key(batch_id, gkey)
+        done = read_json(self.store, hit_key, default=None)
+        if done is not None:
+            return self._ref(done)
+        round_ = group[0].round
+        shown_items = items[0] if len(items) == 1 else f"{len(items)}:{items[0]}..{items[-1]}"
+        annotation = f"crowdloop|{ctx.project}|r{round_}|{token}|{shown_items}"[:255]
+        reward = round(sum(t.reward for t in group), 2)
+        intent_key = f"hits/{batch_id}/{gkey}.intent.json"
+        intent = read_json(self.store, intent_key, default=None)
+        if intent is None:
+            intent = {"token": token, "annotation": annotation, "batch_id": batch_id, "round": round_,
+                      "group": gkey, "item_ids": items, "replicas": replicas, "rewards": [t.reward for t in group],
+                      "is_gold": [t.is_gold for t in group], "reward": reward, "at": self.clock()}
+            try:
+                write_json(self.store, intent_key, intent, create_only=True)
+            except RecordExistsError:
+                intent = read_json(self.store, intent_key)
+            hit_id = None
+        else:
+            # A previous attempt died between the intent and the HIT id. Within 24 h the token
+            # still guards create_hit; later, look the HIT up by its annotation first.
+            hit_id = None
+            if self.clock() - float(intent["at"]) >= TOKEN_SAFE_AGE_S:
+                hit_id = self._find_hit_by_annotation(intent["annotation"])
+                if hit_id:
+                    log.info("mturk: reconciled HIT %s for %s by RequesterAnnotation", hit_id, intent_key)
+        if hit_id is None:
+            hit_id = self._create_hit(group, intent)
+        record = {**intent, "hit_id": hit_id, "sandbox": self.params.sandbox, "created_at": utcnow().isoformat()}
+        try:
+            write_json(self.store, hit_key, record, create_only=True)
+        except RecordExistsError:
+            record = read_json(self.store, hit_key)
+        return self._ref(record)
+
+    @staticmethod
+    def _ref(record: dict[str, Any]) -> Ref:
+        return {"hit_id": record["hit_id"], "batch_id": record["batch_id"], "group": record["group"],
+                "item_ids": record["item_ids"]}
+
+    def _create_hit(self, group: list[Task], intent: dict[str, Any]) -> str:
+        p = self.params
+        try:
+            out = self._call(
+                "create_hit",
+                MaxAssignments=intent["replicas"],
+                AutoApprovalDelayInSeconds=p.auto_approval_delay_s,
+                LifetimeInSeconds=p.lifetime_s,
+                AssignmentDurationInSeconds=p.assignment_duration_s,
+                Reward=f"{intent['reward']:.2f}",
+                Title=p.title,
+                Keywords=p.keywords,
+                Description=p.description,
+                Question=self.question_xml(group),
+                RequesterAnnotation=intent["annotation"],
+                QualificationRequirements=self.qualification_requirements(),
+                UniqueRequestToken=intent["token"],
+            )
+            return out["HIT"]["HITId"]
+        except ClientError as exc:
+            if not _is_duplicate_token(exc):
+                raise VendorError(f"vendor 'mturk': create_hit failed: {_error_code(exc)}: {_error_message(exc)}") from exc
+            found = re.search(r'HIT(?:\s+with)?\s+(?:ID|id)\s*"?([A-Z0-9]{20,40})"?', _error_message(exc))
+            hit_id = found.group(1) if found else self._find_hit_by_annotation(intent["annotation"])
+            if not hit_id:
+                raise VendorError(
+                    f"vendor 'mturk': token {intent['token']} was used before but no HIT carries annotation "
+                    f"{intent['annotation']!r}; refusing to create a second HIT"
+                ) from exc
+            log.info("mturk: duplicate token %s resolved to existing HIT %s", intent["token"], hit_id)
+            return hit_id
+
+    def _find_hit_by_annotation(self, annotation: str) -> str | None:
+        """Reconciliation: the requester's HITs carrying exactly ``annotation``."""
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"MaxResults": 100}
+            if token:
+                kwargs["NextToken"] = token
+            page = self._call("list_hits", **kwargs)
+            for hit in page.get("HITs", []):
+                if hit.get("RequesterAnnotation") == annotation:
+                    return hit["HITId"]
+            token = page.get("NextToken")
+            if not token or not page.get("HITs"):
+                return None
+
+    def qualification_requirements(self) -> list[dict[str, Any]]:
+        q = self.params.qualifications
+        reqs: list[dict[str, Any]] = []
+        if q.locales:
+            reqs.append({"QualificationTypeId": QUAL_LOCALE, "Comparator": "In",
+                         "LocaleValues": [{"Country": c} for c in q.locales], "ActionsGuarded": "DiscoverPreviewAndAccept"})
+        if q.min_approval_rate is not None:
+            reqs.append({"QualificationTypeId": QUAL_APPROVAL_RATE, "Comparator": "GreaterThanOrEqualTo",
+                         "IntegerValues": [q.min_approval_rate], "ActionsGuarded": "DiscoverPreviewAndAccept"})
+            reqs.append({"QualificationTypeId": QUAL_NUMBER_APPROVED, "Comparator": "GreaterThanOrEqualTo",
+                         "IntegerValues": [q.min_approved_hits], "ActionsGuarded": "DiscoverPreviewAndAccept"})
+        if q.test is not None:
+            reqs.append({"QualificationTypeId": q.test.qualification_type_id, "Comparator": "GreaterThanOrEqualTo",
+                         "IntegerValues": [q.test.min_score], "ActionsGuarded": "Accept"})
+        return reqs
+
+    # -- the form -------------------------------------------------------------------------
+    def question_xml(self, group: Sequence[Task]) -> str:
+        """``HTMLQuestion`` with every item's content HTML-escaped (no markup from data)."""
+        blocks = [self._item_html(k, t.item_id) for k, t in enumerate(group)]
+        page = _FORM.format(title=html.escape(self.params.title), description=html.escape(self.params.description),
+                            items="\n".join(blocks))
+        if "]]>" in page:  # cannot happen with escaped content; refuse rather than break the CDATA
+            raise VendorError("vendor 'mturk': the rendered form contains ']]>'")
+        return (f'<HTMLQuestion xmlns="{HTML_QUESTION_NS}"><HTMLContent><![CDATA[{page}]]></HTMLContent>'
+                f"<FrameHeight>{self.params.frame_height}</FrameHeight></HTMLQuestion>")
+
+    def _item_html(self, k: int, item_id: str) -> str:
+        payload = self.context.item_payload(item_id)
+        body = render_payload(payload)
+        choices = "\n".join(
+            f'<label><input type="radio" name="label-{k}" value="{html.escape(c, quote=True)}" required> '
+            f"{html.escape(c)}</label><br>"
+            for c in self.context.classes
+        )
+        return (f'<fieldset><legend>Item {k + 1}</legend>'
+                f'<input type="hidden" name="item-{k}" value="{html.escape(item_id, quote=True)}">'
+                f"{body}<div class=\"choices\">{choices}</div></fieldset>")
+
+    # -- helpers: poll ----------------------------------------------------------------------
+    def _assignments(self, hit_id: str) -> Iterator[dict[str, Any]]:
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"HITId": hit_id, "MaxResults": 100,
+                                      "AssignmentStatuses": ["Submitted", "Approved"]}
+            if token:
+                kwargs["NextToken"] = token
+            page = self._call("list_assignments_for_hit", **kwargs)
+            yield from page.get("Assignments", [])
+            token = page.get("NextToken")
+            if not token or not page.get("Assignments"):
+                return
+
+    def _to_annotations(self, assignment: dict[str, Any], record: dict[str, Any]) -> list[Annotation]:
+        aid = assignment["AssignmentId"]
+        try:
+            answers = parse_answers(assignment.get("Answer", ""))
+        except ValueError as exc:
+            self._report_bad(assignment, record, f"malformed answer XML: {exc}")
+            return []
+        items = record["item_ids"]
+        labels: list[str] = []
+        for k, item in enumerate(items):
+            label = answers.get(f"label-{k}")
+            echoed = answers.get(f"item-{k}")
+            if echoed is not None and echoed != item:
+                self._report_bad(assignment, record, f"answer {k} is for item {echoed!r}, expected {item!r}")
+                return []
+            if label not in self.context.classes:
+                self._report_bad(assignment, record, f"answer {k} {label!r} is not one of {list(self.context.classes)}")
+                return []
+            labels.append(label)
+        accepted, submitted = assignment.get("AcceptTime"), assignment.get("SubmitTime")
+        seconds = (submitted - accepted).total_seconds() if accepted and submitted else 0.0
+        per_item = max(0.0, seconds) / len(items)
+        return [
+            Annotation(item_id=item, worker_id=assignment["WorkerId"], label=label, vendor=self.name,
+                       assignment_id=aid if len(items) == 1 else f"{aid}:{k}", batch_id=record["batch_id"],
+                       round=record["round"], submitted_at=submitted or utcnow(), duration_s=round(per_item, 3),
+                       reward=record["rewards"][k], is_gold=bool(record.get("is_gold", [False] * len(items))[k]))
+            for k, (item, label) in enumerate(zip(items, labels))
+        ]
+
+    def _report_bad(self, assignment: dict[str, Any], record: dict[str, Any], problem: str) -> None:
+        aid = assignment["AssignmentId"]
+        log.warning("mturk: skipping assignment %s of HIT %s (worker %s): %s", aid, record["hit_id"],
+                    assignment.get("WorkerId"), problem)
+        self._returned.add(aid)
+        try:
+            write_json(self.store, f"bad/{aid}.json", {"assignment_id": aid, "hit_id": record["hit_id"],
+                                                       "worker_id": assignment.get("WorkerId"), "problem": problem,
+                                                       "answer": str(assignment.get("Answer", ""))[:4000]},
+                       create_only=True)
+        except RecordExistsError:
+            pass
+
+    def bad_assignments(self) -> list[dict[str, Any]]:
+        """Assignments skipped because their answers could not be used (for review)."""
+        return [read_json(self.store, k) for k in sorted(self.store.list("bad/"))]
+
+    def _acknowledged(self) -> set[str]:
+        return {k[len("acks/"):-len(".json")] for k in self.store.list("acks/")}
+
+    @staticmethod
+    def _mturk_assignment_id(a: Annotation) -> str:
+        return a.assignment_id.split(":", 1)[0]
+
+    # -- helpers: money -----------------------------------------------------------------------
+    def _send_bonus(self, aid: str, worker_id: str, amount: float, reason: str, token_seed: str) -> None:
+        key = f"bonuses/{_digest(token_seed, n=32)}.json"
+        if self.store.exists(key):
+            return  # paid before; MTurk's token is only valid for 24 h, our record forever
+        token = f"clb-{_digest(token_seed, n=56)}"
+        try:
+            self._call("send_bonus", WorkerId=worker_id, BonusAmount=f"{amount:.2f}", AssignmentId=aid,
+                       Reason=reason, UniqueRequestToken=token)
+        except ClientError as exc:
+            if not _is_duplicate_token(exc):
+                raise VendorError(f"vendor 'mturk': send_bonus for {aid} failed: {_error_message(exc)}") from exc
+        try:
+            write_json(self.store, key, {"assignment_id": aid, "worker_id": worker_id, "amount": amount,
+                                         "reason": reason, "token": token, "fee": fee_for(amount, 1)}, create_only=True)
+        except RecordExistsError:
+            pass
+
+    def _pay_qualification_test(self, aid: str, worker_id: str) -> None:
+        test = self.params.qualifications.test
+        if test is None:
+            return
+        self._send_bonus(aid, worker_id, test.reward,
+                         "Payment for the qualification test you took for these tasks. Thank you!",
+                         f"qualification-test|{test.qualification_type_id}|{worker_id}")
+
+    def ledger(self) -> dict[str, float | int]:
+        """Money and HITs as recorded in the vendor's store: for reconciliation and reports."""
+        hits = [read_json(self.store, k) for k in self.store.list("hits/") if k.endswith(".hit.json")]
+        acks = [read_json(self.store, k) for k in self.store.list("acks/")]
+        bonuses = [read_json(self.store, k) for k in self.store.list("bonuses/")]
+        return {"hits": len(hits), "approved": sum(a["status"] == "Approved" for a in acks),
+                "rejected": sum(a["status"] == "Rejected" for a in acks),
+                "bonuses": round(sum(b["amount"] for b in bonuses), 2),
+                "bonus_fees": round(sum(b["fee"] for b in bonuses), 2)}
+
+
+# -- rendering and parsing (pure functions, tested directly) ---------------------------------
+def render_payload(payload: dict[str, Any]) -> str:
+    """HTML for one item: tabular rows, text or an image URL; every value escaped."""
+    kind = payload.get("kind")
+    if kind == "tabular":
+        rows = "".join(
+            f"<tr><th>{html.escape(str(c))}</th><td>{html.escape(_fmt_value(v))}</td></tr>"
+            for c, v in zip(payload.get("columns", []), payload.get("values", []))
+        )
+        return f'<table class="row">{rows}</table>'
+    if kind == "text":
+        return f'<p class="text">{html.escape(str(payload.get("text", "")))}</p>'
+    if kind == "image_url":
+        url = str(payload.get("url", ""))
+        if not re.match(r"^https?://", url, flags=re.IGNORECASE):
+            raise VendorError(f"vendor 'mturk': image url {url[:80]!r}: expected an http(s) URL (e.g. an S3 presigned URL)")
+        return f'<img class="item" src="{html.escape(url, quote=True)}" alt="item to classify">'
+    raise VendorError(f"vendor 'mturk': item payload kind {kind!r}: expected one of tabular, text, image_url")
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def parse_answers(xml_text: str) -> dict[str, str]:
+    """``QuestionFormAnswers`` → {QuestionIdentifier: FreeText}; ``ValueError`` if malformed.
+
+    Document type declarations are refused outright, so entity expansion cannot be abused.
+    """
+    if not xml_text or not xml_text.strip():
+        raise ValueError("empty answer")
+    if "<!DOCTYPE" in xml_text.upper() or "<!ENTITY" in xml_text.upper():
+        raise ValueError("document type declarations are not allowed")
+    try:
+        root = ET.fromstring(xml_text)
+    except ET.ParseError as exc:
+        raise ValueError(str(exc)) from None
+    if _local(root.tag) != "QuestionFormAnswers":
+        raise ValueError(f"root element {_local(root.tag)!r}, expected 'QuestionFormAnswers'")
+    out: dict[str, str] = {}
+    for answer in root:
+        if _local(answer.tag) != "Answer":
+            continue
+        qid = text = None
+        for child in answer:
+            name = _local(child.tag)
+            if name == "QuestionIdentifier":
+                qid = (child.text or "").strip()
+            elif name == "FreeText":
+                text = child.text or ""
+        if not qid:
+            raise ValueError("an Answer without QuestionIdentifier")
+        out[qid] = text if text is not None else ""
+    return out
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+# The worker's page. MTurk appends assignmentId and turkSubmitTo to the frame URL; in preview
+# the id is ASSIGNMENT_ID_NOT_AVAILABLE and the form cannot be submitted.
+_FORM = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;max-width:46em;margin:1em auto}}table.row td,table.row th{{padding:2px 8px;text-align:left}}
+img.item{{max-width:100%}}fieldset{{margin-bottom:1em}}p.text{{white-space:pre-wrap}}</style></head>
+<body><h3>{title}</h3><p>{description}</p>
+<form id="f" method="post" action="https://www.mturk.com/mturk/externalSubmit">
+<input type="hidden" id="assignmentId" name="assignmentId" value="">
+{items}
+<button type="submit" id="submit">Submit</button>
+</form>
+<script>
+(function(){{var q=new URLSearchParams(window.location.search);var a=q.get("assignmentId")||"";
+document.getElementById("assignmentId").value=a;var to=q.get("turkSubmitTo");
+if(to&&/^https:\\/\\/(www|workersandbox)\\.mturk\\.com$/.test(to)){{document.getElementById("f").action=to+"/mturk/externalSubmit";}}
+if(!a||a==="ASSIGNMENT_ID_NOT_AVAILABLE"){{var b=document.getElementById("submit");b.disabled=true;b.textContent="Accept the HIT to answer";}}}})();
+</script></body></html>"""
