@@ -629,7 +629,28 @@ def render_payload(payload: dict[str, Any]) -> str:
         if not re.match(r"^https?://", url, flags=re.IGNORECASE):
             raise VendorError(f"vendor 'mturk': image url {url[:80]!r}: expected an http(s) URL (e.g. an S3 presigned URL)")
         return f'<img class="item" src="{html.escape(url, quote=True)}" alt="item to classify">'
-    raise VendorError(f"vendor 'mturk': item payload kind {kind!r}: expected one of tabular, text, image_url")
+    if kind == "image" and payload.get("pixels") is not None:
+        return _render_pixels(payload["pixels"])
+    if kind == "image":
+        raise VendorError(
+            f"vendor 'mturk': image item {str(payload.get('path', ''))[:80]!r} is a local file that workers cannot "
+            "open; put the images on S3 so tasks carry an http(s) URL (payload kind 'image_url')"
+        )
+    raise VendorError(f"vendor 'mturk': item payload kind {kind!r}: expected one of tabular, text, image, image_url")
+
+
+def _render_pixels(pixels: list[list[float]]) -> str:
+    """A small grayscale grid (e.g. an 8×8 digit) as a table of shaded cells: no external resources."""
+    values = [float(v) for row in pixels for v in row]
+    top = max(values) or 1.0
+    cells = "".join(
+        "<tr>" + "".join(
+            f'<td style="width:24px;height:24px;background:rgb({g},{g},{g})"></td>'
+            for g in (int(round(255 * (1 - float(v) / top))) for v in row)
+        ) + "</tr>"
+        for row in pixels
+    )
+    return f'<table class="pixels" style="border-collapse:collapse">{cells}</table>'
 
 
 def _fmt_value(v: Any) -> str:

@@ -294,3 +294,10 @@ def test_cli_names_the_extra_when_boto3_is_missing(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(registry.vendors, "_cache", {})
     out = CliRunner().invoke(app, ["mturk", "balance"])
     assert out.exit_code == 2 and "pip install 'crowdloop[mturk]'" in out.output
+
+
+def test_pixel_images_render_inline_and_local_files_are_refused() -> None:
+    grid = mturk.render_payload({"kind": "image", "pixels": [[0, 16], [8, 0]]})
+    assert grid.count("<td") == 4 and "rgb(0,0,0)" in grid and "rgb(255,255,255)" in grid
+    with pytest.raises(VendorError, match="local file that workers cannot open"):
+        mturk.render_payload({"kind": "image", "path": "/data/img/1.png"})
