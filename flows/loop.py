@@ -68,6 +68,11 @@ def select_task(url: str, round_: int) -> dict[str, Any]:
     return engine.select(_project(url), round_)
 
 
+@task(name="autolabel", cache_policy=NO_CACHE)
+def autolabel_task(url: str, round_: int) -> dict[str, Any]:
+    return engine.autolabel(_project(url), round_)
+
+
 @task(name="dispatch", **_IO)
 def dispatch_task(url: str, round_: int) -> dict[str, Any]:
     return engine.dispatch(_project(url), round_)
@@ -98,6 +103,19 @@ def _publish_round(p: Project, label: str) -> None:
         key=_artifact_key(p.config.project, f"{label}-rounds"),
         table=[{k: ("" if v is None else v) for k, v in row.items()} for row in rows],
         description=f"crowdloop {label}: labeled items, judgments, money ({p.config.pay.currency}) and test accuracy per round",
+    )
+
+
+def _publish_workers(p: Project, label: str, round_: int) -> None:
+    """Per-round table: each worker's judgments, gold accuracy, skill, pay and effective wage."""
+    from crowdloop.workers import worker_accounts
+
+    state = worker_accounts(p, through_round=round_)
+    create_table_artifact(
+        key=_artifact_key(p.config.project, f"{label}-workers"),
+        table=[{k: ("" if v is None else v) for k, v in row.items()} for row in state["workers"]],
+        description=(f"crowdloop {label} after round {round_}: workers ({p.config.pay.currency}); median effective wage "
+                     f"{state['median_wage']} {p.config.pay.currency}/h, target {state['target_wage']:g}"),
     )
 
 
@@ -136,10 +154,13 @@ def run_rounds(url: str, *, label: str = "main") -> str:
         if reason:
             return reason
         select_task(url, r)
+        if p.config.autolabel.enabled:
+            autolabel_task(url, r)
         dispatch_task(url, r)
         collect_task(url, r)
         aggregate_task(url, r)
         pay_task(url, r)
+        _publish_workers(p, label, r)
         r += 1
 
 
