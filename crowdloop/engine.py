@@ -698,11 +698,15 @@ def gold_plan(p: Project, r: int, n_tasks: int) -> list[dict[str, Any]]:
     from crowdloop.consensus.adaptive import answered_by
 
     share = p.config.gold.share
-    n_gold = min(len(p.gold_set), max(1, int(round(share * n_tasks / (1 - share))))) if n_tasks else 0
+    rng = p.rng(r, _STREAM_GOLD)
+    expected = share * n_tasks / (1 - share)  # gold share of the whole batch, in expectation (small batches too)
+    n_gold = min(len(p.gold_set), int(expected) + int(rng.random() < expected - int(expected)))
     items = sorted(p.gold_set)
-    picked = sorted(items[i] for i in p.rng(r, _STREAM_GOLD).choice(len(items), size=n_gold, replace=False))
     anns = [a for a in p.annotations() if a.round < r and a.item_id in p.gold_set]
-    seen = answered_by(_table(anns), picked) if anns else {i: [] for i in picked}
+    seen = answered_by(_table(anns), items) if anns else {i: [] for i in items}
+    # Least-answered gold first (random among equals), so gold spreads over workers and never runs out of them.
+    order = np.lexsort((rng.random(len(items)), [len(seen[i]) for i in items]))
+    picked = sorted(items[i] for i in order[:n_gold])
     return [{"item_id": i, "exclude_workers": seen[i]} for i in picked]
 
 
