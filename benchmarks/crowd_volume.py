@@ -5,7 +5,7 @@ Runs the real round engine (no Prefect server) on a simulated crowd for each met
 * ``mv3`` / ``mv5`` / ``ds3``: random sampling, fixed 3× / 5× majority vote, fixed 3× Dawid-Skene
   (``auto``: one-coin or full confusion by data size), the same item budget;
 * ``adaptive``: the same items, 1 judgment each to start, one more while Dawid-Skene (with gold,
-  combined with the model's out-of-fold probability) is below the confidence threshold, at most 5;
+  combined with the model's out-of-fold probability) is below 0.6, at most 4;
   5% gold questions, workers below 50% gold accuracy (after 3 gold answers) blocked;
 * ``pipeline``: margin sampling + adaptive redundancy + gold + auto-labeling (machine labels used
   in training), and ``random+mv3``: random sampling with fixed 3× majority vote. Their rows carry
@@ -43,7 +43,7 @@ LABEL_METHODS = ("mv3", "mv5", "ds3", "adaptive")
 LOOP_METHODS = ("pipeline", "random+mv3")
 METHODS = LABEL_METHODS + LOOP_METHODS
 
-ADAPTIVE = {"method": "auto", "confidence_threshold": 0.6, "min_judgments": 1, "max_judgments": 5, "model_weight": 1.0}
+ADAPTIVE = {"method": "auto", "confidence_threshold": 0.6, "min_judgments": 1, "max_judgments": 4, "model_weight": 1.0}
 GOLD = {"share": 0.05, "n_items": 60, "min_answers": 3, "min_accuracy": 0.5}
 
 
@@ -88,13 +88,15 @@ def make_config(dataset: str, crowd: str, method: str, seed: int, workdir: Path)
         if method == "adaptive":
             cfg["gold"] = GOLD
     else:
-        cfg["stopping"] = {"max_rounds": 30, "label_budget": 800}
         if method == "pipeline":
+            cfg["stopping"] = {"max_rounds": 40, "label_budget": 800}
             cfg["sampler"] = {"name": "margin", "initial_size": 30, "batch_size": 20}
             cfg["consensus"] = ADAPTIVE
             cfg["gold"] = GOLD
             cfg["autolabel"] = {"enabled": True, "target_accuracy": 0.95, "use_in_training": True}
         else:
+            # Until the pool is exhausted, so "never reached 98%" means never with every item labeled 3×.
+            cfg["stopping"] = {"max_rounds": 60}
             cfg["sampler"] = {"name": "random", "initial_size": 30, "batch_size": 40}
             cfg["consensus"] = {"method": "majority_vote", "redundancy": 3}
     return cfg

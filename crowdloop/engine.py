@@ -914,6 +914,9 @@ def export_labels_manifest(p: Project) -> bytes:
     """Aggregated labels as JSON Lines in SageMaker Ground Truth output-manifest form."""
     rounds = p.rounds()
     labels = p.human_labels(before_round=(rounds[-1] + 1) if rounds else 0)
+    if p.config.autolabel.enabled:  # machine labels of the latest model, for items no human labeled
+        human = {l.item_id for l in labels}
+        labels = labels + [l for l in p.machine_labels(before_round=(rounds[-1] + 1) if rounds else 0) if l.item_id not in human]
     class_index = {c: i for i, c in enumerate(p.classes)}
     last_answer: dict[str, str] = {}
     for a in p.annotations():

@@ -47,3 +47,15 @@ def test_machine_labels_stay_out_of_training_and_counts_unless_enabled(auto_proj
     trains = [engine.read_json(used.store, engine.round_key(r, "train.json")) for r in used.rounds()]
     assert any(t.get("n_machine", 0) > 0 for t in trains)
     assert [m["n_labeled"] for m in used.metrics()] == [m["n_labeled"] for m in p.metrics()]
+
+
+def test_export_marks_machine_labels_as_not_human_annotated(auto_project):
+    import json
+
+    rows = [json.loads(line) for line in engine.export_labels_manifest(auto_project).splitlines()]
+    machine = [r for r in rows if r["label-metadata"]["source"] == "machine"]
+    human = [r for r in rows if r["label-metadata"]["source"] == "human"]
+    assert machine and human
+    assert all(r["label-metadata"]["human-annotated"] == "no" for r in machine)
+    assert all(r["label-metadata"]["human-annotated"] == "yes" for r in human)
+    assert not {r["source"] for r in machine} & {r["source"] for r in human}
