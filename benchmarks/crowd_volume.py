@@ -175,6 +175,37 @@ def measure(p: Project, dataset: str, crowd: str, method: str, seed: int, second
     return row
 
 
+def summarize(paths: list[str]) -> str:
+    """Markdown tables (means over seeds) of result files, for BENCHMARKS.md."""
+    import collections
+    import statistics
+
+    out = []
+    for path in paths:
+        rows = json.loads(Path(path).read_text())
+        by: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+        for row in rows:
+            by[row["method"]].append(row)
+        first = rows[0]
+        seeds = sorted({r["seed"] for r in rows})
+        out += [f"**{first['dataset']} / {first['crowd']}** — {len(seeds)} seed(s), means (`{Path(path).name}`)", "",
+                "| method | judgments | per item | label acc. | model acc. | cost (USD) | median wage (USD/h) "
+                "| rejections w/o gold | judgments to 98% |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for method, rs in by.items():
+            def mean(key: str, digits: int = 3) -> str:
+                vals = [r[key] for r in rs if r.get(key) is not None]
+                return f"{statistics.mean(vals):.{digits}f}" if vals else "–"
+            j98 = "–"
+            if method in LOOP_METHODS:
+                j98 = ", ".join("never" if r.get("judgments_to_98") is None else str(r["judgments_to_98"]) for r in rs)
+            out.append(f"| {method} | {mean('judgments', 0)} | {mean('judgments_per_item', 2)} | {mean('label_accuracy')} "
+                       f"| {mean('model_accuracy')} | {mean('cost', 2)} | {mean('median_wage', 2)} "
+                       f"| {sum(r['rejections_without_gold'] for r in rs)} | {j98} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default="digits", choices=["digits", "synthetic"])
@@ -182,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
     ap.add_argument("--out", default="results.json")
+    ap.add_argument("--summarize", nargs="+", metavar="JSON", help="print Markdown tables of result files and exit")
     args = ap.parse_args(argv)
+    if args.summarize:
+        print(summarize(args.summarize))
+        return 0
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
