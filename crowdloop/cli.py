@@ -200,7 +200,7 @@ def workers(
     cur = state["currency"]
     table = Table(title=f"crowdloop {state['project']}: workers", title_justify="left")
     for name in ("worker", "judgments", "gold", "gold acc.", "skill", "approved", "rejected", f"paid ({cur})", f"{cur}/h", "blocked"):
-        table.add_column(name, justify="left" if name == "worker" else "right")
+        table.add_column(name, justify="left" if name == "worker" else "right", no_wrap=name == "worker")
     for w in state["workers"]:
         table.add_row(w["worker_id"], str(w["judgments"]), str(w["gold_answers"]), _fmt(w["gold_accuracy"], 2),
                       _fmt(w["skill"], 2), str(w["approved"]), str(w["rejected"]), f"{w['paid']:.2f}",
