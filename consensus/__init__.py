@@ -6,6 +6,12 @@ The interface follows crowd-kit: ``fit(data)`` / ``fit_predict(data)`` /
 group-bys), which is what makes them fast on hundreds of thousands of judgments.
 """
 
-from crowdloop.consensus.aggregators import DawidSkene, MajorityVote, OneCoinDawidSkene
+from crowdloop.consensus.aggregators import (
+    AutoDawidSkene,
+    DawidSkene,
+    MajorityVote,
+    OneCoinDawidSkene,
+    WeightedMajorityVote,
+)
 
-__all__ = ["DawidSkene", "MajorityVote", "OneCoinDawidSkene"]
+__all__ = ["AutoDawidSkene", "DawidSkene", "MajorityVote", "OneCoinDawidSkene", "WeightedMajorityVote"]

@@ -214,6 +214,33 @@ def status(
 
 @app.command()
 @_one_line_errors
+def workers(
+    project_dir: str = typer.Argument(..., help="project store (directory)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Per worker: judgments, gold accuracy, skill, approved/rejected, paid, effective hourly wage."""
+    from crowdloop.engine import Project
+    from crowdloop.workers import worker_accounts
+
+    state = worker_accounts(Project.open(project_dir))
+    if as_json:
+        sys.stdout.write(json.dumps(state) + "\n")
+        return
+    cur = state["currency"]
+    table = Table(title=f"crowdloop {state['project']}: workers", title_justify="left")
+    for name in ("worker", "judgments", "gold", "gold acc.", "skill", "approved", "rejected", f"paid ({cur})", f"{cur}/h", "blocked"):
+        table.add_column(name, justify="left" if name == "worker" else "right", no_wrap=name == "worker")
+    for w in state["workers"]:
+        table.add_row(w["worker_id"], str(w["judgments"]), str(w["gold_answers"]), _fmt(w["gold_accuracy"], 2),
+                      _fmt(w["skill"], 2), str(w["approved"]), str(w["rejected"]), f"{w['paid']:.2f}",
+                      _fmt(w["hourly_wage"], 2), "yes" if w["blocked"] else "")
+    console.print(table)
+    console.print(f"median effective wage: {_fmt(state['median_wage'], 2)} {cur}/h (target {state['target_wage']:g}); "
+                  f"workers {state['n_workers']}, blocked {state['n_blocked']}, rejected assignments {state['n_rejected']}")
+
+
+@app.command()
+@_one_line_errors
 def check(config: Path = typer.Argument(..., help="YAML config to validate")) -> None:
     """Validate CONFIG (fields, plug-in names, pool columns) without running anything."""
     from crowdloop.config import load_config

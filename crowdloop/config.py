@@ -79,8 +79,70 @@ class VendorConfig(_Strict):
 
 
 class ConsensusConfig(_Strict):
-    method: str = Field("dawid_skene", description="aggregator name: majority_vote, dawid_skene, one_coin_dawid_skene")
-    redundancy: int = Field(3, ge=1, le=50, description="judgments requested per item")
+    method: str = Field(
+        "dawid_skene",
+        description="aggregator name: majority_vote, weighted_majority_vote, dawid_skene, one_coin_dawid_skene, auto",
+    )
+    redundancy: int = Field(3, ge=1, le=50, description="judgments requested per item (fixed redundancy)")
+    # Adaptive redundancy: on when confidence_threshold is set.
+    confidence_threshold: float | None = Field(
+        None, gt=0, lt=1, description="adaptive redundancy: re-ask items whose posterior confidence is below this"
+    )
+    min_judgments: int | None = Field(None, ge=1, le=50, description="adaptive: judgments per new item (default 1)")
+    max_judgments: int | None = Field(None, ge=1, le=50, description="adaptive: most judgments per item (default redundancy)")
+    model_weight: float = Field(
+        0.0, ge=0, le=1,
+        description="adaptive: weight of the model's out-of-fold probability in the confidence (CROWDLAB-style); 0 = crowd only",
+    )
+
+    @property
+    def adaptive(self) -> bool:
+        return self.confidence_threshold is not None
+
+    @property
+    def first_judgments(self) -> int:
+        """Judgments each newly selected item gets in its first batch."""
+        return (self.min_judgments or 1) if self.adaptive else self.redundancy
+
+    @property
+    def most_judgments(self) -> int:
+        return (self.max_judgments or self.redundancy) if self.adaptive else self.redundancy
+
+    @model_validator(mode="after")
+    def _check_adaptive(self) -> "ConsensusConfig":
+        if self.adaptive and self.first_judgments > self.most_judgments:
+            raise ValueError(
+                f"min_judgments={self.first_judgments} is larger than max_judgments={self.most_judgments}; expected min <= max"
+            )
+        return self
+
+
+class GoldConfig(_Strict):
+    """Known-answer items mixed unmarked into every batch; they measure workers, never labels."""
+
+    share: float = Field(0.0, ge=0, lt=1, description="share of each batch's tasks that are gold; 0 = no gold")
+    n_items: int = Field(50, ge=1, description="gold set size, drawn by seed from pool items with ground truth")
+    min_answers: int = Field(4, ge=1, description="gold answers a worker needs before being judged on them")
+    min_accuracy: float = Field(0.5, ge=0, le=1, description="workers below this gold accuracy stop receiving tasks")
+    reject_below: float | None = Field(
+        None, ge=0, le=1,
+        description="reject (unpaid) a batch's work of a worker below this gold accuracy who missed gold in it; None = never",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.share > 0
+
+
+class AutolabelConfig(_Strict):
+    """Ground-Truth-style machine labels for items the model is confident about."""
+
+    enabled: bool = False
+    target_accuracy: float = Field(0.95, gt=0, le=1, description="machine-label accuracy the threshold is calibrated for")
+    min_validation: int = Field(50, ge=2, description="human-labeled items needed before calibrating")
+    min_support: int = Field(20, ge=1, description="validation items at or above the threshold, at least")
+    folds: int = Field(5, ge=2, le=20, description="cross-validation folds for out-of-fold confidences")
+    use_in_training: bool = Field(False, description="train on machine labels too (human labels win on overlap)")
 
 
 class CollectConfig(_Strict):
@@ -93,10 +155,22 @@ class CollectConfig(_Strict):
     timeout_s: float = Field(24 * 3600.0, gt=0, description="after this (from dispatch), aggregate what has arrived")
 
 
+class VendorFee(_Strict):
+    """A vendor's commission on rewards and bonuses."""
+
+    rate: float = Field(ge=0, le=1, description="share of rewards and bonuses")
+    bulk_rate: float = Field(0.0, ge=0, le=1, description="extra share on tasks with many assignments")
+    bulk_min_assignments: int | None = Field(None, ge=2, description="assignments per task from which bulk_rate applies")
+
+
 class PayConfig(_Strict):
     hourly_wage: float = Field(12.0, gt=0, description="target wage in currency units per hour")
     pilot_seconds_per_task: float = Field(10.0, gt=0, description="expected seconds per task before measurements")
-    fee_rate: float = Field(0.0, ge=0, le=1, description="vendor fee as a share of rewards and bonuses")
+    fee_rate: float = Field(0.0, ge=0, le=1, description="vendor fee as a share of rewards and bonuses (vendors without a fee rule)")
+    vendor_fees: dict[str, VendorFee] = Field(
+        default_factory=dict, description="fee rule per vendor name; built in: mturk 20% (+20% at >= 10 assignments per task)"
+    )
+    approval_deadline_h: float = Field(72.0, gt=0, description="assignments are approved (or rejected) within this many hours")
     currency: str = "USD"
     top_up_bonus: bool = Field(True, description="bonus when the measured median time exceeds the estimate")
 
@@ -150,6 +224,8 @@ class LoopConfig(_Strict):
     sampler: SamplerConfig = SamplerConfig()
     vendor: VendorConfig = VendorConfig()
     consensus: ConsensusConfig = ConsensusConfig()
+    gold: GoldConfig = GoldConfig()
+    autolabel: AutolabelConfig = AutolabelConfig()
     collect: CollectConfig = CollectConfig()
     pay: PayConfig = PayConfig()
     stopping: StoppingConfig = StoppingConfig()

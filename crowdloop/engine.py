@@ -32,8 +32,8 @@ from crowdloop import registry
 from crowdloop.config import RESUMABLE_SECTIONS, LoopConfig
 from crowdloop.errors import ConfigError, CrowdloopError, RecordExistsError, RegistryError, StoreError, VendorDataError
 from crowdloop.faults import fault_point
-from crowdloop.pay import expected_seconds, reward_for, settle_batch
-from crowdloop.records import AggregatedLabel, Annotation, Task, content_hash, to_jsonl
+from crowdloop.pay import expected_seconds, fees_for, reward_for, settle_batch, vendor_fee
+from crowdloop.records import AggregatedLabel, Annotation, Task, content_hash, to_jsonl, utcnow
 from crowdloop.storage import PrefixedStore, Store, open_store, read_json, write_json
 from crowdloop.vendor import VendorContext
 
@@ -45,6 +45,10 @@ SEGMENTS = "labels/segments/"
 # Random streams: one per purpose so adding draws in one step never shifts another.
 _STREAM_SELECT = 1
 _STREAM_COLD_START = 2
+_STREAM_GOLD_SET = 3
+_STREAM_GOLD = 4
+_STREAM_MIX = 5
+_STREAM_CV = 6
 
 
 def round_key(round_: int, name: str) -> str:
@@ -80,6 +84,7 @@ class Project:
     config: LoopConfig
     _models: dict[int, Any] = field(default_factory=dict, repr=False)
     _log_cache: tuple[tuple[str, ...], list[Annotation]] | None = field(default=None, repr=False)
+    _cache: dict[Any, Any] = field(default_factory=dict, repr=False)  # per-round derived values (pure of the store)
 
     # -- opening ----------------------------------------------------------------------
     @classmethod
@@ -144,6 +149,13 @@ class Project:
                 )
         _ = self.vendor
         self.aggregator()
+        if self.config.gold.enabled and not self.pool.has_ground_truth:
+            raise ConfigError("gold.share: gold questions need a pool with ground truth (pool.label_column) to draw the gold set from")
+        if self.config.gold.enabled and self.config.gold.n_items > len(self.pool) - self.initial_size:
+            raise ConfigError(
+                f"gold.n_items={self.config.gold.n_items} leaves fewer than sampler.initial_size items of the "
+                f"{len(self.pool)}-item pool for labeling"
+            )
 
     @contextmanager
     def running(self) -> Iterator[None]:
@@ -212,6 +224,16 @@ class Project:
         cls = registry.aggregators.load(self.config.consensus.method)
         return cls(classes=list(self.classes))
 
+    @cached_property
+    def gold_set(self) -> dict[str, str]:
+        """Gold items (item id → known answer): drawn once from the pool by seed, never selected."""
+        gold = self.config.gold
+        if not gold.enabled:
+            return {}
+        rng = np.random.default_rng([self.config.seed, _STREAM_GOLD_SET])
+        picked = np.sort(rng.choice(len(self.pool), size=min(gold.n_items, len(self.pool)), replace=False))
+        return {str(self.pool.ids[i]): str(self.pool.y[i]) for i in picked}
+
     @property
     def initial_size(self) -> int:
         return self.config.sampler.initial_size or self.config.sampler.batch_size
@@ -253,13 +275,21 @@ class Project:
                 break
             intent = read_json(self.store, round_key(r, "dispatch.json"), default=None)
             if intent:
-                items.update(t["item_id"] for t in intent["tasks"])
+                items.update(t["item_id"] for t in intent["tasks"] if not t.get("is_gold"))
         return items
 
     def human_labels(self, before_round: int) -> list[AggregatedLabel]:
         """The latest aggregated labels written before ``before_round``."""
         for r in range(before_round - 1, -1, -1):
             key = round_key(r, "labels.jsonl")
+            if self.store.exists(key):
+                return [AggregatedLabel.model_validate_json(l) for l in self.store.read_bytes(key).splitlines() if l.strip()]
+        return []
+
+    def machine_labels(self, before_round: int) -> list[AggregatedLabel]:
+        """The latest machine labels (auto-labeling) written before ``before_round``."""
+        for r in range(before_round - 1, -1, -1):
+            key = round_key(r, "machine_labels.jsonl")
             if self.store.exists(key):
                 return [AggregatedLabel.model_validate_json(l) for l in self.store.read_bytes(key).splitlines() if l.strip()]
         return []
@@ -344,6 +374,11 @@ def train(p: Project, r: int) -> dict[str, Any]:
         return done
     labels = p.human_labels(before_round=r)
     info: dict[str, Any] = {"round": r, "n_labeled": len(labels), "trained": False, "seconds": 0.0}
+    if p.config.autolabel.enabled and p.config.autolabel.use_in_training:
+        human = {l.item_id for l in labels}
+        machine = [l for l in p.machine_labels(before_round=r) if l.item_id not in human]
+        info["n_machine"] = len(machine)
+        labels = labels + machine
     if len({l.label for l in labels}) >= 2:
         labels = sorted(labels, key=lambda l: l.item_id)
         idx = np.array([p._index_of[l.item_id] for l in labels])
@@ -406,27 +441,35 @@ def next_batch_size(p: Project, r: int) -> tuple[int, str | None]:
     if stop.max_rounds is not None and r >= stop.max_rounds:
         return 0, f"max_rounds={stop.max_rounds} reached"
     n_dispatched = len(p.dispatched_items(before_round=r))
-    remaining_pool = len(p.pool) - n_dispatched
+    remaining_pool = len(p.pool) - len(p.gold_set) - n_dispatched
     size = min(p.initial_size if r == 0 else cfg.sampler.batch_size, remaining_pool)
+    # Adaptive redundancy: re-asks of earlier items go on after the item budget is spent.
+    reasks = len(reask_plan(p, r)) if cfg.consensus.adaptive and r > 0 else 0
+    drain = None
     if remaining_pool == 0:
-        return 0, "pool exhausted: every item has been dispatched"
-    if stop.label_budget is not None:
+        drain = "pool exhausted: every item has been dispatched"
+    elif stop.label_budget is not None:
         left = stop.label_budget - n_dispatched
         if left <= 0:
-            return 0, f"label_budget={stop.label_budget} items reached"
-        size = min(size, left)
-    redundancy = cfg.consensus.redundancy
+            drain = f"label_budget={stop.label_budget} items reached"
+        size = min(size, max(left, 0))
+    if drain:
+        if not reasks:
+            return 0, drain
+        size = 0
+    redundancy = cfg.consensus.first_judgments
     if stop.judgment_budget is not None:
-        left = stop.judgment_budget - sum(1 for a in p.annotations() if a.round < r)
-        if left < redundancy:
+        left = stop.judgment_budget - sum(1 for a in p.annotations() if a.round < r) - reasks
+        if left < redundancy and (left < 1 or size > 0 or not reasks):
             return 0, f"judgment_budget={stop.judgment_budget} reached"
-        size = min(size, left // redundancy)
+        size = min(size, max(left, 0) // redundancy)
     if stop.money_budget is not None:
-        per_item = reward_for(_expected_seconds(p, r), cfg.pay.hourly_wage) * redundancy * (1 + cfg.pay.fee_rate)
-        left = stop.money_budget - p.spent(r)
-        if left < per_item:
+        fee = vendor_fee(cfg.pay, cfg.vendor.name)
+        per_judgment = reward_for(_expected_seconds(p, r), cfg.pay.hourly_wage) * (1 + fee.rate)
+        left = stop.money_budget - p.spent(r) - reasks * per_judgment
+        if left < per_judgment * redundancy and (size > 0 or not reasks or left < 0):
             return 0, f"money_budget={stop.money_budget:g} {cfg.pay.currency} reached"
-        size = min(size, int(left // per_item))
+        size = min(size, max(int(left // (per_judgment * redundancy)), 0))
     return size, None
 
 
@@ -454,8 +497,9 @@ def _selectable(p: Project, r: int) -> int:
 
 
 def _candidates(p: Project, r: int) -> np.ndarray:
-    dispatched = p.dispatched_items(before_round=r)
-    return np.array([i for i, item in enumerate(p.pool.ids.tolist()) if item not in dispatched], dtype=np.int64)
+    """Pool rows never dispatched and not in the gold set: the only items a sampler may pick."""
+    excluded = p.dispatched_items(before_round=r) | set(p.gold_set)
+    return np.array([i for i, item in enumerate(p.pool.ids.tolist()) if item not in excluded], dtype=np.int64)
 
 
 def sharded_scoring(p: Project, r: int) -> int:
@@ -502,20 +546,41 @@ def select(p: Project, r: int) -> dict[str, Any]:
     done = read_json(p.store, key, default=None)
     if done is not None:
         return done
-    size = _selectable(p, r)
-    n_shards = sharded_scoring(p, r)
+    size, reason = next_batch_size(p, r)
+    reasks = reask_plan(p, r) if p.config.consensus.adaptive and r > 0 else []
+    if size == 0 and not reasks:
+        raise CrowdloopError(f"round {r}: nothing to select ({reason})")
+    start = time.perf_counter()
+    n_shards = sharded_scoring(p, r) if size else 1
     if n_shards > 1:  # merge per-shard top-k (scored in parallel by the flow, or here if missing)
-        start = time.perf_counter()
+        strategy = p.config.sampler.name
         parts = [score_shard(p, r, s) for s in range(n_shards)]
         rows = [(-sc, k, item) for part in parts for item, sc, k in zip(part["item_ids"], part["scores"], part["keys"])]
-        chosen = [item for _, _, item in sorted(rows)[:size]]
-        selection = {"round": r, "strategy": p.config.sampler.name, "shards": n_shards, "item_ids": chosen,
-                     "seconds": round(time.perf_counter() - start, 4)}
-        _write_once(p.store, key, selection)
-        return read_json(p.store, key)
+        item_ids = [item for _, _, item in sorted(rows)[:size]]
+    else:
+        strategy, item_ids = _pick(p, r, size)
+    selection: dict[str, Any] = {
+        "round": r,
+        "strategy": strategy,
+        "item_ids": item_ids,
+        "seconds": round(time.perf_counter() - start, 4),
+    }
+    if n_shards > 1:
+        selection["shards"] = n_shards
+    if p.config.consensus.adaptive:
+        selection["reask"] = reasks
+    if p.config.gold.enabled:
+        selection["gold"] = gold_plan(p, r, len(item_ids) + len(reasks))
+    _write_once(p.store, key, selection)
+    return read_json(p.store, key)
+
+
+def _pick(p: Project, r: int, size: int) -> tuple[str, list[str]]:
+    """``size`` new items by the cold-start rule (no model yet) or the configured sampler."""
+    if size == 0:
+        return "re-ask only", []
     candidates = _candidates(p, r)
     model = p.load_model(r)
-    start = time.perf_counter()
     if model is None:
         strategy = f"cold_start:{p.config.sampler.cold_start}"
         rng = p.rng(r, _STREAM_COLD_START)
@@ -535,14 +600,7 @@ def select(p: Project, r: int) -> dict[str, Any]:
     picked = np.asarray(picked, dtype=np.int64)
     if len(picked) != size or len(np.unique(picked)) != size or picked.min() < 0 or picked.max() >= len(candidates):
         raise CrowdloopError(f"sampler {strategy!r} broke its contract: expected {size} unique indices into {len(candidates)} candidates")
-    selection = {
-        "round": r,
-        "strategy": strategy,
-        "item_ids": p.pool.ids[candidates[picked]].tolist(),
-        "seconds": round(time.perf_counter() - start, 4),
-    }
-    _write_once(p.store, key, selection)
-    return read_json(p.store, key)
+    return strategy, p.pool.ids[candidates[picked]].tolist()
 
 
 def _expected_seconds(p: Project, r: int) -> float:
@@ -566,16 +624,27 @@ def dispatch(p: Project, r: int) -> dict[str, Any]:
         seconds = _expected_seconds(p, r)
         reward = reward_for(seconds, p.config.pay.hourly_wage)
         bid = batch_id(p, r)
-        tasks = [
-            Task(item_id=item, round=r, batch_id=bid, replicas=p.config.consensus.redundancy, reward=reward)
-            for item in selection["item_ids"]
-        ]
-        _write_once(p.store, intent_key, {
-            "batch_id": bid, "vendor": p.config.vendor.name, "reward": reward, "estimated_seconds": seconds,
-            "tasks": [t.model_dump(mode="json") for t in tasks],
-        })
+        first = p.config.consensus.first_judgments
+        tasks = [Task(item_id=item, round=r, batch_id=bid, replicas=first, reward=reward) for item in selection["item_ids"]]
+        tasks += [Task(item_id=t["item_id"], round=r, batch_id=bid, replicas=1, reward=reward,
+                       exclude_workers=tuple(t["exclude_workers"])) for t in selection.get("reask", [])]
+        tasks += [Task(item_id=t["item_id"], round=r, batch_id=bid, replicas=first, reward=reward, is_gold=True,
+                       exclude_workers=tuple(t["exclude_workers"])) for t in selection.get("gold", [])]
+        intent_record: dict[str, Any] = {"batch_id": bid, "vendor": p.config.vendor.name, "reward": reward,
+                                         "estimated_seconds": seconds}
+        if len(tasks) > len(selection["item_ids"]):  # gold or re-asks: mix them in unmarked (order never reveals gold)
+            order = p.rng(r, _STREAM_MIX).permutation(len(tasks))
+            tasks = [tasks[i] for i in order]
+        if p.config.gold.enabled:
+            intent_record["blocked_workers"] = blocked_workers(p, r)
+        intent_record["tasks"] = [t.model_dump(mode="json") for t in tasks]
+        _write_once(p.store, intent_key, intent_record)
         intent = read_json(p.store, intent_key)
     fault_point("dispatch:before_submit", r)
+    if intent.get("blocked_workers") and hasattr(p.vendor, "block_workers"):
+        p.vendor.block_workers(intent["blocked_workers"], reason=(
+            f"Your accuracy on known-answer questions was below {p.config.gold.min_accuracy:.0%}; "
+            "you were paid for all approved work."))
     tasks = [Task.model_validate(t) for t in intent["tasks"]]
     refs = p.vendor.submit(tasks, batch_id=intent["batch_id"])
     fault_point("dispatch:after_submit", r)
@@ -674,24 +743,177 @@ def aggregate(p: Project, r: int) -> dict[str, Any]:
     method = p.config.consensus.method
     labels: list[AggregatedLabel] = []
     skills: dict[str, float] = {}
+    gold = p.gold_set
+    extra: dict[str, Any] = {}
     if anns:
-        table = pd.DataFrame({"task": [a.item_id for a in anns], "worker": [a.worker_id for a in anns],
-                              "label": [a.label for a in anns]})
-        agg = p.aggregator().fit(table)
+        table = _table(anns)
+        truths = pd.Series({i: gold[i] for i in table["task"].unique() if i in gold}, dtype=object) if gold else None
+        agg = p.aggregator().fit(table, true_labels=truths if truths is not None and len(truths) else None)
         counts = table["task"].value_counts()
         labels = [
             AggregatedLabel(item_id=str(item), label=str(label), confidence=round(float(agg.confidence_[item]), 6),
                             n_annotations=int(counts[item]), method=method, source="human", round=r)
-            for item, label in agg.labels_.items()
+            for item, label in agg.labels_.items() if item not in gold  # gold measures workers; it is not a label
         ]
         skills = {str(w): round(float(s), 4) for w, s in agg.skills_.items()}
+        if gold:
+            from crowdloop.consensus.adaptive import gold_stats, workers_to_block
+
+            stats = gold_stats(table, gold)
+            g = p.config.gold
+            extra["gold"] = {str(w): {"n_gold": int(row.n_gold), "n_correct": int(row.n_correct)} for w, row in stats.iterrows()}
+            extra["blocked_workers"] = workers_to_block(stats, min_answers=g.min_answers, min_accuracy=g.min_accuracy)
     try:
         p.store.write_bytes(key, to_jsonl(labels), create_only=True)
     except RecordExistsError:
         pass
-    summary = {"round": r, "n_items": len(labels), "method": method, "worker_skill": skills}
+    summary = {"round": r, "n_items": len(labels), "method": method, "worker_skill": skills, **extra}
     _write_once(p.store, summary_key, summary)
     return summary
+
+
+def _table(anns: list[Annotation]) -> pd.DataFrame:
+    return pd.DataFrame({"task": [a.item_id for a in anns], "worker": [a.worker_id for a in anns],
+                         "label": [a.label for a in anns]})
+
+
+def blocked_workers(p: Project, r: int) -> list[str]:
+    """Workers blocked on gold evidence as of the last aggregation before round ``r``."""
+    for q in range(r - 1, -1, -1):
+        summary = read_json(p.store, round_key(q, "aggregate.json"), default=None)
+        if summary is not None:
+            return list(summary.get("blocked_workers", []))
+    return []
+
+
+def gold_plan(p: Project, r: int, n_tasks: int) -> list[dict[str, Any]]:
+    """Gold tasks for round ``r``: ``share`` of the batch, each kept from workers who answered it."""
+    from crowdloop.consensus.adaptive import answered_by
+
+    share = p.config.gold.share
+    rng = p.rng(r, _STREAM_GOLD)
+    expected = share * n_tasks / (1 - share)  # gold share of the whole batch, in expectation (small batches too)
+    n_gold = min(len(p.gold_set), int(expected) + int(rng.random() < expected - int(expected)))
+    items = sorted(p.gold_set)
+    anns = [a for a in p.annotations() if a.round < r and a.item_id in p.gold_set]
+    seen = answered_by(_table(anns), items) if anns else {i: [] for i in items}
+    # Least-answered gold first (random among equals), so gold spreads over workers and never runs out of them.
+    order = np.lexsort((rng.random(len(items)), [len(seen[i]) for i in items]))
+    picked = sorted(items[i] for i in order[:n_gold])
+    return [{"item_id": i, "exclude_workers": seen[i]} for i in picked]
+
+
+def oof_proba(p: Project, r: int) -> tuple[list[str], np.ndarray, list[str]] | None:
+    """Out-of-fold class probabilities of the human-labeled items before round ``r``.
+
+    Each item's probability comes from a model that never saw its (noisy) label, as
+    CROWDLAB and Ground Truth's calibration need. Deterministic from (seed, r, store).
+    Returns (item ids, probabilities, class order), or None with too few labels.
+    """
+    if ("oof", r) in p._cache:
+        return p._cache[("oof", r)]
+    from sklearn.base import clone
+    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
+
+    labels = sorted(p.human_labels(before_round=r), key=lambda l: l.item_id)
+    y = np.array([l.label for l in labels], dtype=object)
+    result = None
+    classes, counts = np.unique(y, return_counts=True) if len(y) else (np.array([]), np.array([]))
+    folds = min(p.config.autolabel.folds, len(y))
+    if len(classes) >= 2 and folds >= 2:
+        idx = np.array([p._index_of[l.item_id] for l in labels])
+        seed = int(p.rng(r, _STREAM_CV).integers(2**31))
+        cv = (StratifiedKFold(folds, shuffle=True, random_state=seed) if counts.min() >= folds
+              else KFold(folds, shuffle=True, random_state=seed))
+        proba = cross_val_predict(clone(p.model_template), p.pool.X[idx], y, cv=cv, method="predict_proba")
+        result = ([l.item_id for l in labels], proba, [str(c) for c in classes])
+    p._cache[("oof", r)] = result
+    return result
+
+
+def reask_plan(p: Project, r: int) -> list[dict[str, Any]]:
+    """Items that get one more judgment in round ``r`` (adaptive redundancy), with who to avoid."""
+    if ("reask", r) in p._cache:
+        return p._cache[("reask", r)]
+    from crowdloop.consensus.adaptive import answered_by, combine_with_model, needs_more
+
+    cfg = p.config.consensus
+    labels = sorted(p.human_labels(before_round=r), key=lambda l: l.item_id)
+    plan: list[dict[str, Any]] = []
+    if labels:
+        conf = np.array([l.confidence for l in labels])
+        n = np.array([l.n_annotations for l in labels])
+        if cfg.model_weight > 0:
+            oof = oof_proba(p, r)
+            if oof is not None:
+                ids, proba, classes = oof
+                row = {i: k for k, i in enumerate(ids)}
+                col = {c: k for k, c in enumerate(classes)}
+                m = np.array([proba[row[l.item_id], col[l.label]] if l.label in col else 0.0 for l in labels])
+                conf = combine_with_model(conf, m, n_classes=len(p.classes), weight=cfg.model_weight)
+        mask = needs_more(conf, n, threshold=cfg.confidence_threshold, max_judgments=cfg.most_judgments)
+        items = [l.item_id for l, more in zip(labels, mask) if more]
+        if items:
+            seen = answered_by(_table([a for a in p.annotations() if a.round < r]), items)
+            plan = [{"item_id": i, "exclude_workers": seen[i]} for i in items]
+    p._cache[("reask", r)] = plan
+    return plan
+
+
+def autolabel(p: Project, r: int) -> dict[str, Any]:
+    """Machine labels for confident, still unlabeled items (Ground Truth style), round ``r``.
+
+    The threshold is the lowest model confidence at which out-of-fold predictions on the
+    human-labeled items agree with their human labels at least ``target_accuracy`` of the
+    time; round ``r``'s model then labels every not-yet-dispatched pool item above it. Each
+    round recomputes this with the new model; the test split is never touched.
+    """
+    key = round_key(r, "autolabel.json")
+    done = read_json(p.store, key, default=None)
+    if done is not None:
+        return done
+    cfg = p.config.autolabel
+    selection = select(p, r)
+    info: dict[str, Any] = {"round": r, "threshold": None, "n_validation": 0, "estimated_accuracy": None,
+                            "n_machine": 0, "true_accuracy": None}
+    model = p.load_model(r)
+    oof = oof_proba(p, r)
+    machine: list[AggregatedLabel] = []
+    if model is not None and oof is not None and len(oof[0]) >= cfg.min_validation:
+        ids, proba, classes = oof
+        given = {l.item_id: l.label for l in p.human_labels(before_round=r)}
+        conf = proba.max(axis=1)
+        right = np.array([classes[k] == given[i] for i, k in zip(ids, proba.argmax(axis=1))])
+        order = np.argsort(-conf, kind="stable")
+        cum = np.cumsum(right[order]) / np.arange(1, len(order) + 1)
+        ok = np.flatnonzero((cum >= cfg.target_accuracy) & (np.arange(1, len(order) + 1) >= cfg.min_support))
+        info["n_validation"] = len(ids)
+        if len(ok):
+            cut = ok[-1]
+            threshold = float(conf[order[cut]])
+            info.update(threshold=round(threshold, 6), estimated_accuracy=round(float(cum[cut]), 4))
+            taken = p.dispatched_items(before_round=r + 1) | set(selection["item_ids"]) | set(p.gold_set)
+            cand = np.array([i for i, item in enumerate(p.pool.ids.tolist()) if item not in taken], dtype=np.int64)
+            if len(cand):
+                pr = model.predict_proba(p.pool.X[cand])
+                best = pr.argmax(axis=1)
+                top = pr[np.arange(len(cand)), best]
+                keep = top >= threshold
+                model_classes = [str(c) for c in model.classes_]
+                name = f"model:{p.config.model.estimator.rsplit('.', 1)[-1]}"
+                machine = [AggregatedLabel(item_id=str(p.pool.ids[i]), label=model_classes[b], confidence=round(float(c), 6),
+                                           n_annotations=0, method=name, source="machine", round=r)
+                           for i, b, c in zip(cand[keep], best[keep], top[keep])]
+                info["n_machine"] = len(machine)
+                if machine and p.pool.has_ground_truth:  # simulation / evaluation only
+                    truth = p.pool.y[cand[keep]].astype(str)
+                    info["true_accuracy"] = round(float(np.mean(truth == np.array([m.label for m in machine]))), 4)
+    try:
+        p.store.write_bytes(round_key(r, "machine_labels.jsonl"), to_jsonl(machine), create_only=True)
+    except RecordExistsError:
+        pass
+    _write_once(p.store, key, info)
+    return info
 
 
 def pay(p: Project, r: int) -> dict[str, Any]:
@@ -701,11 +923,17 @@ def pay(p: Project, r: int) -> dict[str, Any]:
     if done is not None:
         return done
     intent = read_json(p.store, round_key(r, "dispatch.json"))
-    mine = [a for a in p.annotations() if a.batch_id == intent["batch_id"]]
+    batch = [a for a in p.annotations() if a.batch_id == intent["batch_id"]]
+    rejections = gold_rejections(p, r, batch)
+    rejected_ids = {aid for rej in rejections for aid in rej["assignment_ids"]}
+    mine = [a for a in batch if a.assignment_id not in rejected_ids]
     settled = settle_batch(p.config.pay, reward=intent["reward"], estimated_seconds=intent["estimated_seconds"],
                            durations=[a.duration_s for a in mine])
     vendor = p.vendor
     vendor.acknowledge(mine, accept=True)
+    for rej in rejections:  # only ever with gold evidence, and the reason names the missed gold items
+        vendor.acknowledge([a for a in batch if a.assignment_id in set(rej["assignment_ids"])], accept=False,
+                           reason=rej["reason"])
     bonus_paid = 0.0
     if settled.bonus_per_assignment > 0 and hasattr(vendor, "bonus"):
         vendor.bonus(
@@ -714,16 +942,56 @@ def pay(p: Project, r: int) -> dict[str, Any]:
                     f"{settled.estimated_seconds:.0f}s we paid for; this brings your pay to the target wage."),
         )
         bonus_paid = settled.bonuses
-    fees = round(p.config.pay.fee_rate * (settled.rewards + bonus_paid), 2)
+    replicas = {t["item_id"]: t["replicas"] for t in intent["tasks"]}
+    fee_rule = vendor_fee(p.config.pay, intent["vendor"])
+    fees = fees_for(fee_rule, [(a.reward, replicas.get(a.item_id, 1)) for a in mine], bonus_paid)
+    now = utcnow()
+    deadline_s = p.config.pay.approval_deadline_h * 3600.0
     record = {
-        "round": r, "n_approved": len(mine), "n_rejected": 0, "reward": intent["reward"],
+        "round": r, "n_approved": len(mine), "n_rejected": len(rejected_ids), "reward": intent["reward"],
         "rewards": settled.rewards, "bonus_per_assignment": settled.bonus_per_assignment if bonus_paid else 0.0,
         "bonuses": bonus_paid, "fees": fees, "total": round(settled.rewards + bonus_paid + fees, 2),
         "median_seconds": round(settled.median_seconds, 3), "estimated_seconds": settled.estimated_seconds,
         "work_seconds": round(sum(a.duration_s for a in mine), 3),
+        "approval_deadline_h": p.config.pay.approval_deadline_h,
+        "n_late": sum(1 for a in batch if (now - a.submitted_at).total_seconds() > deadline_s),
+        "fee_rule": fee_rule.model_dump(mode="json"),
     }
+    if rejections:
+        record["rejections"] = rejections
     _write_once(p.store, key, record)
     return record
+
+
+def gold_rejections(p: Project, r: int, batch: list[Annotation]) -> list[dict[str, Any]]:
+    """Workers whose work in this batch is rejected: never without missed gold in the batch.
+
+    Only when ``gold.reject_below`` is set, the worker has at least ``gold.min_answers`` gold
+    answers overall, their gold accuracy is below ``reject_below``, and they missed at least one
+    gold item in this very batch; the reason names those items and the right answers.
+    """
+    g = p.config.gold
+    if g.reject_below is None or not p.gold_set:
+        return []
+    from crowdloop.consensus.adaptive import gold_stats
+
+    gold = p.gold_set
+    overall = gold_stats(_table([a for a in p.annotations() if a.round <= r]), gold)
+    out = []
+    for worker in sorted({a.worker_id for a in batch}):
+        if worker not in overall.index:
+            continue
+        row = overall.loc[worker]
+        missed = [a for a in batch if a.worker_id == worker and a.item_id in gold and a.label != gold[a.item_id]]
+        if row["n_gold"] < g.min_answers or row["accuracy"] >= g.reject_below or not missed:
+            continue
+        named = "; ".join(f"item {a.item_id}: you answered {a.label!r}, the known answer is {gold[a.item_id]!r}" for a in missed)
+        reason = (f"Rejected because known-answer (gold) questions in this batch were answered wrongly: {named}. "
+                  f"Your accuracy on known-answer questions is {row['accuracy']:.0%} over {int(row['n_gold'])}, "
+                  f"below the required {g.reject_below:.0%}.")
+        out.append({"worker_id": worker, "assignment_ids": sorted(a.assignment_id for a in batch if a.worker_id == worker),
+                    "missed_gold": sorted(a.item_id for a in missed), "reason": reason})
+    return out
 
 
 def first_open_round(p: Project) -> int:
@@ -739,6 +1007,9 @@ def export_labels_manifest(p: Project) -> bytes:
     """Aggregated labels as JSON Lines in SageMaker Ground Truth output-manifest form."""
     rounds = p.rounds()
     labels = p.human_labels(before_round=(rounds[-1] + 1) if rounds else 0)
+    if p.config.autolabel.enabled:  # machine labels of the latest model, for items no human labeled
+        human = {l.item_id for l in labels}
+        labels = labels + [l for l in p.machine_labels(before_round=(rounds[-1] + 1) if rounds else 0) if l.item_id not in human]
     class_index = {c: i for i, c in enumerate(p.classes)}
     last_answer: dict[str, str] = {}
     for a in p.annotations():

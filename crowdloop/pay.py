@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crowdloop.config import PayConfig
+from crowdloop.config import PayConfig, VendorFee
+
+# Published vendor commissions; a project's ``pay.vendor_fees`` overrides them.
+# MTurk: 20% on rewards and bonuses, plus 20% on tasks (HITs) with 10 or more assignments.
+BUILTIN_FEES: dict[str, VendorFee] = {
+    "mturk": VendorFee(rate=0.20, bulk_rate=0.20, bulk_min_assignments=10),
+}
 
 
 def ceil_cents(amount: float) -> float:
@@ -66,3 +72,23 @@ def settle_batch(cfg: PayConfig, *, reward: float, estimated_seconds: float, dur
 def hourly_wage(paid: float, seconds: float) -> float | None:
     """Effective hourly wage of ``paid`` money for ``seconds`` of work."""
     return None if seconds <= 0 else paid * 3600.0 / seconds
+
+
+def vendor_fee(cfg: PayConfig, vendor: str) -> VendorFee:
+    """The fee rule for ``vendor``: the project's own, else the built-in one, else ``fee_rate``."""
+    if vendor in cfg.vendor_fees:
+        return cfg.vendor_fees[vendor]
+    if vendor in BUILTIN_FEES:
+        return BUILTIN_FEES[vendor]
+    return VendorFee(rate=cfg.fee_rate)
+
+
+def fees_for(rule: VendorFee, rewards: Iterable[tuple[float, int]], bonuses: float) -> float:
+    """Vendor fees for approved assignments given as ``(reward, assignments of its task)`` and bonuses."""
+    total = 0.0
+    for reward, n_assignments in rewards:
+        rate = rule.rate
+        if rule.bulk_min_assignments is not None and n_assignments >= rule.bulk_min_assignments:
+            rate += rule.bulk_rate
+        total += reward * rate
+    return round(total + bonuses * rule.rate, 2)

@@ -28,6 +28,9 @@ class Task(_Record):
     reward: float = Field(ge=0, description="per judgment, in the pay currency")
     is_gold: bool = False
     payload: dict[str, Any] = Field(default_factory=dict, description="what the worker sees (text, image ref, row)")
+    exclude_workers: tuple[str, ...] = Field(
+        (), description="workers who must not get this task (they already answered this item)"
+    )
 
 
 class Annotation(_Record):

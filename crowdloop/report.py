@@ -65,6 +65,9 @@ def status(p: Project) -> dict[str, Any]:
         "stop_reason": None if stop is None else stop["reason"],
         "totals": totals(p),
         "baseline": baseline,
+        # Added by crowd-quality features; ``rounds`` keeps counting human-labeled items only.
+        "machine_labels": _machine_labels(p),
+        "workers": _workers_summary(p),
     }
 
 
@@ -79,6 +82,22 @@ def round_table(p: Project) -> list[dict[str, Any]]:
         accuracy = None if row["accuracy"] is None else round(row["accuracy"], 4)
         rows.append({**row, "accuracy": accuracy, "wage_per_hour": wage})
     return rows
+
+
+def _machine_labels(p: Project) -> dict[str, Any] | None:
+    """Auto-labeling per round (threshold, count, estimated accuracy), reported apart from human labels."""
+    if not p.config.autolabel.enabled:
+        return None
+    rows = [a for r in p.rounds() if (a := read_json(p.store, round_key(r, "autolabel.json"), default=None))]
+    return {"target_accuracy": p.config.autolabel.target_accuracy, "used_in_training": p.config.autolabel.use_in_training,
+            "n_machine_labeled": rows[-1]["n_machine"] if rows else 0, "rounds": rows}
+
+
+def _workers_summary(p: Project) -> dict[str, Any]:
+    from crowdloop.workers import worker_accounts
+
+    acc = worker_accounts(p)
+    return {k: acc[k] for k in ("n_workers", "n_blocked", "n_rejected", "median_wage", "target_wage")}
 
 
 def metrics_csv(rows: list[dict[str, Any]]) -> bytes:

@@ -73,6 +73,11 @@ def select_task(url: str, round_: int) -> dict[str, Any]:
     return engine.select(_project(url), round_)
 
 
+@task(name="autolabel", cache_policy=NO_CACHE)
+def autolabel_task(url: str, round_: int) -> dict[str, Any]:
+    return engine.autolabel(_project(url), round_)
+
+
 @task(name="dispatch", **_IO)
 def dispatch_task(url: str, round_: int) -> dict[str, Any]:
     return engine.dispatch(_project(url), round_)
@@ -104,6 +109,19 @@ def _publish_round(p: Project, label: str) -> None:
         table=[{k: ("" if v is None else v) for k, v in row.items()} for row in rows],
         description=(f"crowdloop {label}: labeled items, judgments, money ({p.config.pay.currency}), "
                      "test accuracy and workers' effective hourly wage per round"),
+    )
+
+
+def _publish_workers(p: Project, label: str, round_: int) -> None:
+    """Per-round table: each worker's judgments, gold accuracy, skill, pay and effective wage."""
+    from crowdloop.workers import worker_accounts
+
+    state = worker_accounts(p, through_round=round_)
+    create_table_artifact(
+        key=_artifact_key(p.config.project, f"{label}-workers"),
+        table=[{k: ("" if v is None else v) for k, v in row.items()} for row in state["workers"]],
+        description=(f"crowdloop {label} after round {round_}: workers ({p.config.pay.currency}); median effective wage "
+                     f"{state['median_wage']} {p.config.pay.currency}/h, target {state['target_wage']:g}"),
     )
 
 
@@ -148,6 +166,8 @@ def run_rounds(url: str, *, label: str = "main") -> str:
             for future in futures:
                 future.result()
         select_task(url, r)
+        if p.config.autolabel.enabled:
+            autolabel_task(url, r)
         dispatch_task(url, r)
         collected = collect_task(url, r, wait=p.config.collect.mode == "wait")
         if collected.get("pending"):
@@ -156,6 +176,7 @@ def run_rounds(url: str, *, label: str = "main") -> str:
             return f"waiting for answers in round {r}"
         aggregate_task(url, r)
         pay_task(url, r)
+        _publish_workers(p, label, r)
         r += 1
 
 

@@ -30,6 +30,9 @@ class SimulatedCrowdParams(BaseModel):
     accuracy: tuple[float, float] = Field((0.6, 0.95), description="honest workers' accuracy, uniform in [low, high]")
     spammer_fraction: float = Field(0.1, ge=0, le=1, description="workers answering uniformly at random")
     confusion: float = Field(0.0, ge=0, le=1, description="share of an honest worker's errors that go to one confused class")
+    confuser_fraction: float = Field(0.0, ge=0, le=1, description="workers who systematically answer a wrong class (true+1)")
+    colluder_fraction: float = Field(0.0, ge=0, le=1, description="colluding spammers who always answer the same class")
+    colluder_class: int = Field(0, ge=0, description="index of the class colluders always answer")
     median_seconds: float = Field(8.0, gt=0, description="median task duration")
     duration_sigma: float = Field(0.5, ge=0, description="log-normal spread of durations")
     latency_s: float = Field(0.0, ge=0, description="answers trickle in over this many wall-clock seconds")
@@ -39,6 +42,11 @@ class SimulatedCrowdParams(BaseModel):
         low, high = self.accuracy
         if not 0 <= low <= high <= 1:
             raise ValueError(f"accuracy={list(self.accuracy)}: expected [low, high] with 0 <= low <= high <= 1")
+        if self.spammer_fraction + self.confuser_fraction + self.colluder_fraction > 1:
+            raise ValueError(
+                f"spammer_fraction + confuser_fraction + colluder_fraction = "
+                f"{self.spammer_fraction + self.confuser_fraction + self.colluder_fraction:g}: expected at most 1"
+            )
         return self
 
 
@@ -66,6 +74,20 @@ class SimulatedCrowd:
         self.is_spammer = np.zeros(p.n_workers, dtype=bool)
         self.is_spammer[rng.choice(p.n_workers, size=n_spam, replace=False)] = True
         self.worker_speed = rng.lognormal(0.0, 0.25, size=p.n_workers)
+        # Adversarial kinds are drawn after the original population so plain crowds stay unchanged.
+        self.is_confuser = np.zeros(p.n_workers, dtype=bool)
+        self.is_colluder = np.zeros(p.n_workers, dtype=bool)
+        n_conf = int(round(p.confuser_fraction * p.n_workers))
+        n_coll = int(round(p.colluder_fraction * p.n_workers))
+        if n_conf or n_coll:
+            honest = np.flatnonzero(~self.is_spammer)
+            if n_conf + n_coll > len(honest):
+                raise VendorError(f"vendor 'simulated': {n_conf + n_coll} adversarial workers but only {len(honest)} non-spammers")
+            kinds = np.random.default_rng([context.seed, _stable_int("adversaries")]).choice(honest, n_conf + n_coll, replace=False)
+            self.is_confuser[kinds[:n_conf]] = True
+            self.is_colluder[kinds[n_conf:]] = True
+        if p.colluder_class >= len(context.classes):
+            raise VendorError(f"vendor 'simulated': colluder_class={p.colluder_class} but there are only {len(context.classes)} classes")
 
     # -- vendor protocol -------------------------------------------------------------
     def submit(self, tasks: Sequence[Task], *, batch_id: str) -> list[Ref]:
@@ -119,6 +141,17 @@ class SimulatedCrowd:
         except RecordExistsError:
             pass  # the token makes bonuses idempotent
 
+    def block_workers(self, worker_ids: Sequence[str], *, reason: str) -> None:
+        """Stop giving tasks to these workers (MTurk: CreateWorkerBlock). Idempotent per worker."""
+        for worker in sorted(set(worker_ids)):
+            try:
+                write_json(self.store, f"blocks/{worker}.json", {"worker_id": worker, "reason": reason}, create_only=True)
+            except RecordExistsError:
+                pass
+
+    def blocked_workers(self) -> set[str]:
+        return {read_json(self.store, k)["worker_id"] for k in self.store.list("blocks/")}
+
     # -- helpers ----------------------------------------------------------------------
     def ledger(self) -> dict[str, float | int]:
         """The vendor's own accounting, for reconciliation tests: tasks, assignments, money."""
@@ -144,19 +177,36 @@ class SimulatedCrowd:
         K = len(classes)
         truth = self.context.ground_truth([t.item_id for t in tasks])
         rng = np.random.default_rng([self.context.seed, _stable_int(batch_id)])
+        blocked = self.blocked_workers()
+        index = {w: i for i, w in enumerate(self.worker_ids)}
         start = utcnow()
         out: list[Annotation] = []
         for task, true_label in zip(tasks, truth):
             if true_label is None:
                 raise VendorError(f"vendor 'simulated': item {task.item_id!r} has no ground truth to answer from")
-            if task.replicas > p.n_workers:
-                raise VendorError(
-                    f"vendor 'simulated': replicas={task.replicas} for item {task.item_id!r} exceeds n_workers={p.n_workers}"
-                )
+            excluded = blocked.union(task.exclude_workers)
+            if not excluded:
+                if task.replicas > p.n_workers:
+                    raise VendorError(
+                        f"vendor 'simulated': replicas={task.replicas} for item {task.item_id!r} exceeds n_workers={p.n_workers}"
+                    )
+                workers = rng.choice(p.n_workers, size=task.replicas, replace=False)
+            else:
+                allowed = np.array(sorted(set(range(p.n_workers)) - {index[w] for w in excluded if w in index}), dtype=np.int64)
+                available = len(allowed)
+                if task.replicas > available:
+                    raise VendorError(
+                        f"vendor 'simulated': replicas={task.replicas} for item {task.item_id!r} exceeds the {available} "
+                        f"workers left after {len(excluded)} blocked or excluded"
+                    )
+                workers = allowed[rng.choice(available, size=task.replicas, replace=False)]
             true_idx = classes.index(true_label)
-            workers = rng.choice(p.n_workers, size=task.replicas, replace=False)
             for replica, w in enumerate(workers):
-                if self.is_spammer[w]:
+                if self.is_colluder[w]:
+                    answer = p.colluder_class
+                elif self.is_confuser[w]:
+                    answer = (true_idx + 1) % K if rng.random() < 0.8 else true_idx
+                elif self.is_spammer[w]:
                     answer = int(rng.integers(K))
                 elif rng.random() < self.worker_accuracy[w]:
                     answer = true_idx

@@ -1,0 +1,78 @@
+"""Adaptive redundancy: which items need one more judgment, and worker checks on gold.
+
+Pure functions over arrays and the ``task, worker, label`` table, so the engine, tests and
+benchmarks share one policy. Items start with a minimum number of judgments; an item gets
+one more (from a worker who has not answered it) while its confidence is below a threshold
+and it has fewer than the maximum. The confidence may combine the crowd's posterior with
+the model's out-of-fold probability (CROWDLAB's idea: the model is a further, independent
+annotator) so that an answer the model agrees with needs no second opinion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+_EPS = 1e-6
+
+
+def combine_with_model(crowd_confidence: np.ndarray, model_proba_of_label: np.ndarray, *, n_classes: int,
+                       weight: float) -> np.ndarray:
+    """Confidence in the crowd's label after combining crowd posterior and model probability.
+
+    Product of experts: ``P(k) ∝ crowd(k) · model(k)^weight``. Only the crowd's confidence in
+    its own label is stored, so the rest of the crowd posterior is spread evenly over the other
+    classes; the model's probabilities of the other classes enter through their sum.
+    ``weight`` = 0 returns the crowd confidence unchanged.
+    """
+    c = np.clip(np.asarray(crowd_confidence, dtype=np.float64), _EPS, 1 - _EPS)
+    if weight == 0:
+        return np.asarray(crowd_confidence, dtype=np.float64)
+    m = np.clip(np.asarray(model_proba_of_label, dtype=np.float64), _EPS, 1.0)
+    rest = np.clip(1.0 - m, _EPS, None)
+    # Each other class: crowd (1-c)/(K-1), model (1-m)/(K-1) (even spread); summed over K-1 classes.
+    k1 = max(n_classes - 1, 1)
+    others = (1 - c) * (rest / k1) ** weight
+    mine = c * m**weight
+    return mine / (mine + others)
+
+
+def needs_more(confidence: np.ndarray, n_judgments: np.ndarray, *, threshold: float, max_judgments: int) -> np.ndarray:
+    """Mask of items that get one more judgment this round."""
+    return (np.asarray(confidence) < threshold) & (np.asarray(n_judgments) < max_judgments)
+
+
+def answered_by(table: pd.DataFrame, items: Sequence[str]) -> dict[str, list[str]]:
+    """Workers who already answered each item (never ask them again for it), sorted."""
+    wanted = set(items)
+    sub = table[table["task"].isin(wanted)]
+    out: dict[str, list[str]] = {i: [] for i in items}
+    for item, workers in sub.groupby("task")["worker"]:
+        out[item] = sorted(set(workers))
+    return out
+
+
+def gold_stats(table: pd.DataFrame, gold: Mapping[str, str]) -> pd.DataFrame:
+    """Per worker: gold answers, correct ones, accuracy and the gold items they missed."""
+    sub = table[table["task"].isin(gold.keys())]
+    if sub.empty:
+        return pd.DataFrame(columns=["n_gold", "n_correct", "accuracy", "missed"]).rename_axis("worker")
+    truth = sub["task"].map(gold)
+    correct = sub["label"].to_numpy() == truth.to_numpy()
+    frame = pd.DataFrame({"worker": sub["worker"].to_numpy(), "task": sub["task"].to_numpy(), "correct": correct})
+    grouped = frame.groupby("worker")
+    out = pd.DataFrame({"n_gold": grouped.size(), "n_correct": grouped["correct"].sum().astype(int)})
+    out["accuracy"] = out["n_correct"] / out["n_gold"]
+    out["missed"] = frame[~frame["correct"]].groupby("worker")["task"].apply(lambda s: sorted(s)).reindex(out.index)
+    out["missed"] = out["missed"].apply(lambda v: v if isinstance(v, list) else [])
+    return out
+
+
+def workers_to_block(stats: pd.DataFrame, *, min_answers: int, min_accuracy: float) -> list[str]:
+    """Workers with enough gold answers whose gold accuracy is below the bar."""
+    if stats.empty:
+        return []
+    bad = stats[(stats["n_gold"] >= min_answers) & (stats["accuracy"] < min_accuracy)]
+    return sorted(map(str, bad.index))

@@ -1,0 +1,34 @@
+"""Shared helpers for the crowd-quality tests: run rounds through the engine, no Prefect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crowdloop import engine
+from crowdloop.config import parse_config
+from crowdloop.engine import Project
+
+
+def run_engine(config: dict[str, Any], location: str) -> Project:
+    """Run the loop's steps in order until a stopping rule holds; return the project."""
+    p = Project.prepare(parse_config(config, source="test"), location)
+    r = engine.first_open_round(p)
+    while True:
+        engine.train(p, r)
+        metrics = engine.evaluate(p, r)
+        if engine.stop_reason(p, r, metrics):
+            return p
+        engine.select(p, r)
+        if p.config.autolabel.enabled:
+            engine.autolabel(p, r)
+        engine.dispatch(p, r)
+        engine.collect(p, r, sleep=lambda s: None)
+        engine.aggregate(p, r)
+        engine.pay(p, r)
+        r += 1
+
+
+def intents(p: Project) -> list[dict[str, Any]]:
+    from crowdloop.storage import read_json
+
+    return [d for r in p.rounds() if (d := read_json(p.store, engine.round_key(r, "dispatch.json"), default=None))]
