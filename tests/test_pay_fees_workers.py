@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import small_config
-from crowd_helpers import run_engine
+from tests.conftest import small_config
+from tests.crowd_helpers import run_engine
 from typer.testing import CliRunner
 
 from crowdloop import engine

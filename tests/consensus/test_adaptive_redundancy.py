@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import small_config
-from crowd_helpers import intents, run_engine
+from tests.conftest import small_config
+from tests.crowd_helpers import intents, run_engine
 
 from crowdloop.config import parse_config
 from crowdloop.consensus.adaptive import answered_by, combine_with_model, needs_more

@@ -3,8 +3,8 @@ between steps and resumed ends with exactly the records of an uninterrupted run.
 
 from __future__ import annotations
 
-from conftest import small_config
-from crowd_helpers import intents, run_engine
+from tests.conftest import small_config
+from tests.crowd_helpers import intents, run_engine
 
 from crowdloop import engine
 from crowdloop.config import parse_config

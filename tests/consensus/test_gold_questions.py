@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import small_config
-from crowd_helpers import intents, run_engine
+from tests.conftest import small_config
+from tests.crowd_helpers import intents, run_engine
 
 from crowdloop import engine
 from crowdloop.workers import worker_accounts
