@@ -70,7 +70,8 @@ def load_dataset(name: str, seed: int, fashion_pool: int = 10000) -> Setting:
         return Setting(Xp, yp, Xt, yt, initial, batch, budget)
     if name == "synthetic":
         X, y = datasets.make_classification(n_samples=20000, n_features=40, n_informative=20, n_redundant=10,
-                                            n_classes=10, n_clusters_per_class=2, flip_y=0.02, random_state=0)
+                                            n_classes=10, n_clusters_per_class=1, class_sep=2.0, flip_y=0.02,
+                                            random_state=0)
         Xp, Xt, yp, yt = train_test_split(X, y, test_size=0.25, stratify=y, random_state=seed)
         budget = int(os.environ.get("BENCH_SYNTHETIC_BUDGET", "3000"))
         return Setting(Xp, yp, Xt, yt, 20, int(os.environ.get("BENCH_SYNTHETIC_BATCH", "10")), budget)

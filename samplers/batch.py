@@ -452,7 +452,7 @@ def typiclust_sampling(
     features are then standardised ``X``. Time O(n·(L+k)·d·iters + Σ_c n_c²·d), memory
     O(n·d + max n_c²).
     """
-    from sklearn.cluster import MiniBatchKMeans
+    from sklearn.cluster import KMeans, MiniBatchKMeans
     from sklearn.preprocessing import StandardScaler
 
     rng = check_rng(rng)
@@ -470,7 +470,10 @@ def typiclust_sampling(
         FL = embed(model, L, chunk_size=chunk_size) if L is not None else None
     n_l = 0 if FL is None else len(FL)
     n_clusters = max(k, min(n_l + k, max_clusters, n))
-    km = MiniBatchKMeans(n_clusters=n_clusters, n_init=3, random_state=int(rng.integers(2**31 - 1)))
+    seed = int(rng.integers(2**31 - 1))
+    # exact k-means while it is cheap; mini-batch k-means on large pools
+    km = (KMeans(n_clusters=n_clusters, n_init=1, max_iter=100, random_state=seed) if n <= 50_000
+          else MiniBatchKMeans(n_clusters=n_clusters, n_init=1, random_state=seed))
     km.fit(F if FL is None else np.vstack([F, FL]))
     labels = km.predict(F)
     covered = np.zeros(n_clusters, dtype=bool)
