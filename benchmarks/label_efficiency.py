@@ -183,8 +183,9 @@ def skal_query(spec: str) -> Query:
 
 def strategy(spec: str) -> Query:
     lib, _, name = spec.partition(":")
-    if lib == "crowdloop":
-        return crowdloop_query(name)
+    if lib == "crowdloop":  # crowdloop:<name>?{"param": value} passes sampler parameters
+        name, _, raw = name.partition("?")
+        return crowdloop_query(name, json.loads(raw) if raw else None)
     if lib == "modal":
         return modal_query(name)
     if lib == "skal":

@@ -447,6 +447,8 @@ def select(p: Project, r: int) -> dict[str, Any]:
             from crowdloop.samplers.uncertainty import kmeans_cold_start
 
             picked = kmeans_cold_start(p.pool.X[candidates], batch_size=size, rng=rng)
+        elif p.config.sampler.cold_start == "typiclust":
+            picked = registry.samplers.load("typiclust")(None, p.pool.X[candidates], batch_size=size, rng=rng)
         else:
             picked = registry.samplers.load("random")(None, p.pool.X[candidates], batch_size=size, rng=rng)
     else:

@@ -152,3 +152,17 @@ def test_engine_passes_labeled_set_only_to_samplers_that_ask(tmp_path):
     n_labeled = len(p.human_labels(before_round=1))
     assert n_labeled > 0 and seen["X_labeled"].shape == (n_labeled, p.pool.X.shape[1])
     assert len(seen["y_labeled"]) == n_labeled and seen["n"] == len(p.pool) - n_labeled
+
+
+def test_engine_typiclust_cold_start_spreads_round_zero(tmp_path):
+    from crowdloop import engine
+    from crowdloop.config import LoopConfig
+    from tests.conftest import small_config
+
+    cfg = LoopConfig.model_validate(small_config(**{"sampler.cold_start": "typiclust", "sampler.initial_size": 20}))
+    p = engine.Project.prepare(cfg, str(tmp_path / "proj"))
+    first = engine.select(p, 0)
+    assert first["strategy"] == "cold_start:typiclust" and len(set(first["item_ids"])) == 20
+    assert engine.select(p, 0) == first  # a retried step picks the same items
+    rows = [p._index_of[i] for i in first["item_ids"]]
+    assert len(np.unique(p.pool.y[rows])) >= 7  # typical items of 20 clusters cover most digits
