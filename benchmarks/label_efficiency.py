@@ -216,7 +216,10 @@ def run_one(dataset: str, spec: str, seed: int) -> dict[str, Any]:
     warnings.filterwarnings("ignore")
     s = load_dataset(dataset, seed)
     full = float(make_model().fit(s.X_pool, s.y_pool).score(s.X_test, s.y_test))
-    query = strategy(spec)
+    # "<strategy>+st": self-training experiment; the model also learns from pool rows it predicts with
+    # probability >= 0.95 (machine labels, never counted as human labels in the x axis)
+    self_train = spec.endswith("+st")
+    query = strategy(spec[:-3] if self_train else spec)
     init_rng = np.random.default_rng([seed, 1])  # same initial set for every strategy
     labeled = np.zeros(len(s.X_pool), dtype=bool)
     # the initial set holds at least two classes so the first model can be fitted
@@ -229,6 +232,14 @@ def run_one(dataset: str, spec: str, seed: int) -> dict[str, Any]:
     sizes, accs, seconds = [], [], []
     while True:
         model = make_model().fit(s.X_pool[labeled], s.y_pool[labeled])
+        if self_train:
+            rest = np.flatnonzero(~labeled)
+            proba = model.predict_proba(s.X_pool[rest])
+            sure = proba.max(axis=1) >= 0.95
+            if sure.any():
+                X_fit = np.vstack([s.X_pool[labeled], s.X_pool[rest[sure]]])
+                y_fit = np.concatenate([s.y_pool[labeled], model.classes_[proba[sure].argmax(axis=1)]])
+                model = make_model().fit(X_fit, y_fit)
         sizes.append(int(labeled.sum()))
         accs.append(float(model.score(s.X_test, s.y_test)))
         if labeled.sum() >= min(s.budget, len(s.X_pool)):
