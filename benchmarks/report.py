@@ -86,7 +86,7 @@ def _plot(dataset: str, strategies: dict[str, list[dict[str, Any]]], plots: Path
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     show = [s for s in strategies if s in ("crowdloop:best", "crowdloop:random", "crowdloop:margin",
-                                          "crowdloop:kmeans_margin", "crowdloop:badge", "skal:Badge",
+                                          "crowdloop:badge", "skal:Badge",
                                           "skal:CoreSet", "modal:margin_sampling",
                                           "modal:uncertainty_batch_sampling", "skal:TypiClust")]
     for s in sorted(show):

@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strategies", nargs="+", default=DEFAULT_STRATEGIES)
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per measurement")
     ap.add_argument("--out", type=Path, default=Path("selection_scaling.json"))
+    ap.add_argument("--repeat", type=int, default=1, help="subprocess runs per measurement (median time)")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -179,15 +180,23 @@ def main(argv: list[str] | None = None) -> int:
                     if n > SLOW_PEER_LIMIT.get(strategy, n):
                         rec["error"] = f"skipped: whole-pool peer, run only up to {SLOW_PEER_LIMIT[strategy]} rows"
                     else:
-                        try:
-                            proc = subprocess.run([sys.executable, __file__, "--child", str(path), strategy, str(batch)],
-                                                  capture_output=True, text=True, timeout=args.timeout, env=env)
-                            if proc.returncode == 0:
-                                rec.update(json.loads(proc.stdout.strip().splitlines()[-1]))
-                            else:
+                        runs = []
+                        for _ in range(args.repeat):  # one fresh subprocess per run; median time, max memory
+                            try:
+                                proc = subprocess.run([sys.executable, __file__, "--child", str(path), strategy,
+                                                       str(batch)], capture_output=True, text=True,
+                                                      timeout=args.timeout, env=env)
+                            except subprocess.TimeoutExpired:
+                                rec["error"] = f"timeout after {args.timeout:g} s"
+                                break
+                            if proc.returncode != 0:
                                 rec["error"] = (proc.stderr.strip().splitlines() or ["failed"])[-1][:300]
-                        except subprocess.TimeoutExpired:
-                            rec["error"] = f"timeout after {args.timeout:g} s"
+                                break
+                            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                        if runs and rec["error"] is None:
+                            rec["seconds"] = float(np.median([r["seconds"] for r in runs]))
+                            rec["extra_peak_mb"] = max(r["extra_peak_mb"] for r in runs)
+                            rec["runs"] = len(runs)
                     results.append(rec)
                     args.out.write_text(json.dumps(results, indent=1))
                     print(f"{n:>8} {batch:>5} {strategy:<60} {rec['seconds']} s {rec['extra_peak_mb']} MB "
