@@ -67,7 +67,7 @@ class SamplerConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     batch_size: int = Field(20, ge=1, description="items sent to humans per round")
     initial_size: int | None = Field(None, ge=1, description="round-0 batch; default batch_size")
-    cold_start: Literal["random", "kmeans"] = Field(
+    cold_start: Literal["random", "kmeans", "typiclust"] = Field(
         "random", description="round-0 rule, used whenever no fitted model exists yet"
     )
     chunk_size: int = Field(8192, ge=1, description="rows scored at a time, bounding memory on large pools")

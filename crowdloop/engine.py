@@ -13,6 +13,8 @@ Prefect, so the engine is testable and usable without it.
 
 from __future__ import annotations
 
+import inspect
+
 import io
 import json
 import os
@@ -588,6 +590,8 @@ def _pick(p: Project, r: int, size: int) -> tuple[str, list[str]]:
             from crowdloop.samplers.uncertainty import kmeans_cold_start
 
             picked = kmeans_cold_start(p.pool.X[candidates], batch_size=size, rng=rng)
+        elif p.config.sampler.cold_start == "typiclust":
+            picked = registry.samplers.load("typiclust")(None, p.pool.X[candidates], batch_size=size, rng=rng)
         else:
             picked = registry.samplers.load("random")(None, p.pool.X[candidates], batch_size=size, rng=rng)
     else:
@@ -596,6 +600,14 @@ def _pick(p: Project, r: int, size: int) -> tuple[str, list[str]]:
         params = dict(p.config.sampler.params)
         if strategy != "random":
             params.setdefault("chunk_size", p.config.sampler.chunk_size)
+        accepts = inspect.signature(sampler).parameters  # the labeled set only for samplers that ask for it
+        if "X_labeled" in accepts or "y_labeled" in accepts:
+            labels = sorted(p.human_labels(before_round=r), key=lambda l: l.item_id)
+            rows = np.array([p._index_of[l.item_id] for l in labels], dtype=np.int64)
+            if "X_labeled" in accepts:
+                params.setdefault("X_labeled", p.pool.X[rows])
+            if "y_labeled" in accepts:
+                params.setdefault("y_labeled", np.array([l.label for l in labels], dtype=object))
         picked = sampler(model, p.pool.X[candidates], batch_size=size, rng=p.rng(r, _STREAM_SELECT), **params)
     picked = np.asarray(picked, dtype=np.int64)
     if len(picked) != size or len(np.unique(picked)) != size or picked.min() < 0 or picked.max() >= len(candidates):

@@ -7,7 +7,19 @@ dispatched candidates), deterministic for the same ``rng`` state. Samplers never
 mutate the model. A batch larger than ``X`` is an error, not a silent cut.
 """
 
-from crowdloop.samplers.scoring import score_top_k
+from crowdloop.samplers.batch import (
+    badge_sampling,
+    best_sampling,
+    cluster_margin_sampling,
+    coreset_sampling,
+    kmeans_uncertain_sampling,
+    mixed_sampling,
+    prefiltered_sampling,
+    qbc_sampling,
+    ranked_batch_sampling,
+    typiclust_sampling,
+)
+from crowdloop.samplers.scoring import RowSource, score_top_k, stream_top_k
 from crowdloop.samplers.uncertainty import (
     entropy_sampling,
     least_confident_sampling,
@@ -16,6 +28,18 @@ from crowdloop.samplers.uncertainty import (
 )
 
 __all__ = [
+    "RowSource",
+    "badge_sampling",
+    "best_sampling",
+    "cluster_margin_sampling",
+    "coreset_sampling",
+    "kmeans_uncertain_sampling",
+    "mixed_sampling",
+    "prefiltered_sampling",
+    "qbc_sampling",
+    "ranked_batch_sampling",
+    "stream_top_k",
+    "typiclust_sampling",
     "entropy_sampling",
     "least_confident_sampling",
     "margin_sampling",

@@ -1,0 +1,308 @@
+"""Label-efficiency benchmark: human labels needed to reach 95/98/99 % of full-data accuracy.
+
+Every strategy (crowdloop's samplers, modAL's functions, scikit-activeml's query strategies)
+sees the same split, model, initial set, batch size and seeds. Output: a JSON list of
+``{dataset, strategy, seed, labels_to: {"0.95": n, "0.98": n, "0.99": n}, aulc,
+query_seconds}`` (``null`` where a level is not reached), plus the learning curve.
+
+    python benchmarks/label_efficiency.py --datasets digits --seeds 5 --out results.json
+    python benchmarks/label_efficiency.py --datasets digits wine --strategies crowdloop:best modal:margin_sampling
+
+Needs the ``bench`` extra (scikit-activeml) for ``skal:`` peers and the Debian package
+``dataset-fashion-mnist`` for ``fashion_mnist``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import inspect
+import json
+import os
+import sys
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+LEVELS = ("0.95", "0.98", "0.99")
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass
+class Setting:
+    """One benchmark set: data, model constructor and loop sizes."""
+
+    X_pool: np.ndarray
+    y_pool: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    initial: int
+    batch: int
+    budget: int
+
+
+# -- datasets ---------------------------------------------------------------------------
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as fh:
+        data = fh.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_dataset(name: str, seed: int, fashion_pool: int = 10000) -> Setting:
+    """The split depends on ``seed`` only, so every strategy sees the same one."""
+    from sklearn import datasets
+    from sklearn.model_selection import train_test_split
+
+    if name in ("digits", "breast_cancer", "wine"):
+        X, y = getattr(datasets, f"load_{name}")(return_X_y=True)
+        budget = {"digits": 800, "breast_cancer": 250, "wine": 80}[name]
+        initial, batch = (20, 10) if name != "wine" else (10, 5)
+        Xp, Xt, yp, yt = train_test_split(X, y, test_size=0.25, stratify=y, random_state=seed)
+        return Setting(Xp, yp, Xt, yt, initial, batch, budget)
+    if name == "synthetic":
+        X, y = datasets.make_classification(n_samples=20000, n_features=40, n_informative=20, n_redundant=10,
+                                            n_classes=10, n_clusters_per_class=1, class_sep=2.0, flip_y=0.02,
+                                            random_state=0)
+        Xp, Xt, yp, yt = train_test_split(X, y, test_size=0.25, stratify=y, random_state=seed)
+        budget = int(os.environ.get("BENCH_SYNTHETIC_BUDGET", "3000"))
+        return Setting(Xp, yp, Xt, yt, 20, int(os.environ.get("BENCH_SYNTHETIC_BATCH", "10")), budget)
+    if name == "fashion_mnist":
+        from sklearn.decomposition import PCA
+
+        Xtr = _read_idx(FASHION_DIR / "train-images-idx3-ubyte.gz").reshape(60000, -1).astype(np.float32) / 255
+        ytr = _read_idx(FASHION_DIR / "train-labels-idx1-ubyte.gz").astype(np.int64)
+        Xte = _read_idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz").reshape(10000, -1).astype(np.float32) / 255
+        yte = _read_idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
+        rng = np.random.default_rng(seed)
+        pool = rng.choice(60000, size=fashion_pool, replace=False)
+        test = rng.choice(10000, size=2000, replace=False)
+        pca = PCA(n_components=50, random_state=0).fit(Xtr[pool])
+        budget = int(os.environ.get("BENCH_FASHION_BUDGET", "1000"))
+        return Setting(pca.transform(Xtr[pool]), ytr[pool], pca.transform(Xte[test]), yte[test], 20,
+                       int(os.environ.get("BENCH_FASHION_BATCH", "10")), budget)
+    raise SystemExit(f"--datasets: unknown dataset {name!r}; expected digits, breast_cancer, wine, synthetic, fashion_mnist")
+
+
+def make_model():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+
+
+# -- strategies -------------------------------------------------------------------------
+# A query function: (model, X_pool, labeled_mask, y_pool_known, batch, rng) -> pool indices.
+Query = Callable[[Any, np.ndarray, np.ndarray, np.ndarray, int, np.random.Generator], np.ndarray]
+
+
+def crowdloop_query(name: str, params: dict[str, Any] | None = None) -> Query:
+    from crowdloop import registry
+
+    sampler = registry.samplers.load(name)
+    accepts = inspect.signature(sampler).parameters
+
+    def query(model, X, labeled, y, batch, rng):
+        cand = np.flatnonzero(~labeled)
+        kw = dict(params or {})
+        if "X_labeled" in accepts:
+            kw["X_labeled"] = X[labeled]
+        if "y_labeled" in accepts:
+            kw["y_labeled"] = y[labeled]
+        return cand[sampler(model, X[cand], batch_size=batch, rng=rng, **kw)]
+
+    return query
+
+
+class _ModalShim:
+    """What modAL's query functions read from an ActiveLearner: predict_proba, X_training."""
+
+    on_transformed = False
+
+    def __init__(self, model, X_training):
+        self.model, self.X_training = model, X_training
+
+    def predict_proba(self, X, **kw):
+        return self.model.predict_proba(X, **kw)
+
+
+def modal_query(fn_name: str) -> Query:
+    import modAL.batch
+    import modAL.uncertainty
+
+    fn = getattr(modAL.uncertainty, fn_name, None) or getattr(modAL.batch, fn_name)
+
+    def query(model, X, labeled, y, batch, rng):
+        cand = np.flatnonzero(~labeled)
+        out = fn(_ModalShim(model, X[labeled]), X[cand], n_instances=batch)
+        idx = out[0] if isinstance(out, tuple) else out
+        return cand[np.asarray(idx, dtype=np.int64)]
+
+    return query
+
+
+def skal_query(spec: str) -> Query:
+    import skactiveml.pool as pool
+    from skactiveml.classifier import SklearnClassifier
+
+    cls_name, _, method = spec.partition(".")
+    cls = getattr(pool, cls_name)
+
+    def query(model, X, labeled, y, batch, rng):
+        seed = int(rng.integers(2**31 - 1))
+        kwargs = {"random_state": seed}
+        if method:
+            kwargs["method"] = method
+        qs = cls(**kwargs)
+        y_sk = np.full(len(X), np.nan)
+        y_sk[labeled] = y[labeled]
+        clf = SklearnClassifier(make_model(), classes=np.unique(y), random_state=seed)
+        clf.estimator_ = model  # reuse the already fitted model: same one every strategy sees
+        clf.fit(X[labeled], y[labeled])
+        params = inspect.signature(qs.query).parameters
+        kw: dict[str, Any] = {"batch_size": batch}
+        for name in ("clf", "estimator"):
+            if name in params:
+                kw[name] = clf
+        for name in ("fit_clf", "fit_estimator"):
+            if name in params:
+                kw[name] = False
+        return np.asarray(qs.query(X, y_sk, **kw), dtype=np.int64)
+
+    return query
+
+
+def strategy(spec: str) -> Query:
+    lib, _, name = spec.partition(":")
+    if lib == "crowdloop":  # crowdloop:<name>?{"param": value} passes sampler parameters
+        name, _, raw = name.partition("?")
+        return crowdloop_query(name, json.loads(raw) if raw else None)
+    if lib == "modal":
+        return modal_query(name)
+    if lib == "skal":
+        return skal_query(name)
+    raise SystemExit(f"--strategies: {spec!r}: expected crowdloop:<name>, modal:<fn> or skal:<class>")
+
+
+DEFAULT_STRATEGIES = [
+    "crowdloop:random", "crowdloop:margin", "crowdloop:entropy", "crowdloop:least_confident",
+    "crowdloop:badge", "crowdloop:coreset", "crowdloop:kmeans_margin", "crowdloop:cluster_margin",
+    "crowdloop:ranked_batch", "crowdloop:best",
+    "modal:margin_sampling", "modal:entropy_sampling", "modal:uncertainty_sampling",
+    "modal:uncertainty_batch_sampling",
+    "skal:UncertaintySampling.margin_sampling", "skal:UncertaintySampling.entropy",
+    "skal:Badge", "skal:CoreSet", "skal:TypiClust", "skal:Clue",
+]
+
+
+# -- the loop ---------------------------------------------------------------------------
+
+
+def full_accuracy(dataset: str, seed: int) -> float:
+    s = load_dataset(dataset, seed)
+    return float(make_model().fit(s.X_pool, s.y_pool).score(s.X_test, s.y_test))
+
+
+def run_one(dataset: str, spec: str, seed: int) -> dict[str, Any]:
+    warnings.filterwarnings("ignore")
+    s = load_dataset(dataset, seed)
+    full = float(make_model().fit(s.X_pool, s.y_pool).score(s.X_test, s.y_test))
+    # "<strategy>+st": self-training experiment; the model also learns from pool rows it predicts with
+    # probability >= 0.95 (machine labels, never counted as human labels in the x axis)
+    self_train = spec.endswith("+st")
+    query = strategy(spec[:-3] if self_train else spec)
+    init_rng = np.random.default_rng([seed, 1])  # same initial set for every strategy
+    labeled = np.zeros(len(s.X_pool), dtype=bool)
+    # the initial set holds at least two classes so the first model can be fitted
+    while True:
+        first = init_rng.choice(len(s.X_pool), size=s.initial, replace=False)
+        if len(np.unique(s.y_pool[first])) >= 2:
+            break
+    labeled[first] = True
+    rng = np.random.default_rng([seed, 2])
+    sizes, accs, seconds = [], [], []
+    while True:
+        model = make_model().fit(s.X_pool[labeled], s.y_pool[labeled])
+        if self_train:
+            rest = np.flatnonzero(~labeled)
+            proba = model.predict_proba(s.X_pool[rest])
+            sure = proba.max(axis=1) >= 0.95
+            if sure.any():
+                X_fit = np.vstack([s.X_pool[labeled], s.X_pool[rest[sure]]])
+                y_fit = np.concatenate([s.y_pool[labeled], model.classes_[proba[sure].argmax(axis=1)]])
+                model = make_model().fit(X_fit, y_fit)
+        sizes.append(int(labeled.sum()))
+        accs.append(float(model.score(s.X_test, s.y_test)))
+        if labeled.sum() >= min(s.budget, len(s.X_pool)):
+            break
+        batch = int(min(s.batch, s.budget - labeled.sum(), (~labeled).sum()))
+        start = time.perf_counter()
+        picked = np.asarray(query(model, s.X_pool, labeled, s.y_pool, batch, rng), dtype=np.int64)
+        seconds.append(time.perf_counter() - start)
+        if len(np.unique(picked)) != batch or labeled[picked].any():
+            raise RuntimeError(f"{spec} returned {len(np.unique(picked))} unique / already-labeled rows")
+        labeled[picked] = True
+    labels_to = {}
+    for level in LEVELS:
+        hit = [n for n, a in zip(sizes, accs) if a >= float(level) * full]
+        labels_to[level] = hit[0] if hit else None
+    x = np.asarray(sizes, dtype=float)
+    aulc = float(np.trapezoid(accs, x) / (x[-1] - x[0])) if len(x) > 1 else accs[0]
+    return {"dataset": dataset, "strategy": spec, "seed": seed, "labels_to": labels_to, "aulc": round(aulc, 4),
+            "query_seconds": round(float(np.mean(seconds)) if seconds else 0.0, 5),
+            "full_accuracy": round(full, 4), "curve": {"labels": sizes, "accuracy": [round(a, 4) for a in accs]}}
+
+
+def _run(args: tuple[str, str, int]) -> dict[str, Any]:
+    try:
+        return run_one(*args)
+    except Exception as exc:  # noqa: BLE001 - one broken peer must not stop the others
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--datasets", nargs="+", default=["digits", "breast_cancer", "wine", "synthetic", "fashion_mnist"])
+    ap.add_argument("--strategies", nargs="+", default=DEFAULT_STRATEGIES)
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes")
+    ap.add_argument("--out", type=Path, default=Path("results.json"))
+    args = ap.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    jobs = [(d, s, seed) for d in args.datasets for seed in range(args.seeds) for s in args.strategies]
+    results: list[dict[str, Any]] = []
+    if args.out.exists():  # resume: keep finished runs, so a killed benchmark loses nothing
+        results = json.loads(args.out.read_text())
+    done = {(r["dataset"], r["strategy"], r["seed"]) for r in results}
+    todo = [j for j in jobs if j not in done]
+
+    def save():
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        tmp.replace(args.out)
+
+    with ProcessPoolExecutor(max_workers=args.jobs) as ex:
+        for job, res in zip(todo, ex.map(_run, todo)):
+            if "error" in res:
+                print(f"{job[0]:>13} {job[1]:<42} seed={job[2]} FAILED {res['error']}", flush=True)
+                continue
+            results.append(res)
+            save()
+            lt = res["labels_to"]
+            print(f"{job[0]:>13} {job[1]:<42} seed={job[2]} to98={lt['0.98']} aulc={res['aulc']:.4f} "
+                  f"q={res['query_seconds']:.4f}s", flush=True)
+    save()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Conformance checks for samplers, importable by third parties::
+
+    from crowdloop.samplers.testing import check_sampler
+    check_sampler(my_sampler)            # raises AssertionError naming the broken property
+
+Properties (hypothesis draws pool size, batch size, seed and class count): exactly
+``batch_size`` indices, all unique, all valid rows of the candidates passed in (so a sampler
+that is handed only unlabeled rows can only pick unlabeled rows), the same picks for the same
+rng state, and an error (not a silent cut) when ``batch_size`` exceeds the pool. Samplers
+whose signature names ``X_labeled`` / ``y_labeled`` also get a labeled set. Needs
+``hypothesis`` (in the ``test`` extra).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+@functools.lru_cache(maxsize=32)
+def _fitted_model(n_classes: int, n_features: int, seed: int) -> tuple[Any, np.ndarray, np.ndarray]:
+    """A small fitted pipeline and its labeled set; cached (samplers never mutate the model)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=3.0, size=(n_classes, n_features))
+    y = np.arange(40) % n_classes
+    X = centres[y] + rng.normal(size=(40, n_features))
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=200)).fit(X, y)
+    return model, X, y
+
+
+def _call(sampler: Callable[..., Any], model: Any, X: np.ndarray, batch_size: int, rng: np.random.Generator,
+          X_l: np.ndarray, y_l: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+    accepts = inspect.signature(sampler).parameters
+    kw = dict(params)
+    if "X_labeled" in accepts:
+        kw["X_labeled"] = X_l
+    if "y_labeled" in accepts:
+        kw["y_labeled"] = y_l
+    return np.asarray(sampler(model, X, batch_size=batch_size, rng=rng, **kw))
+
+
+def check_sampler(
+    sampler: Callable[..., Any],
+    *,
+    params: dict[str, Any] | None = None,
+    max_examples: int = 15,
+    max_pool: int = 120,
+    error: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+) -> None:
+    """Run the contract properties against ``sampler`` (called with ``params`` as keywords).
+
+    ``error`` is the exception type expected when the batch is larger than the pool
+    (crowdloop's samplers raise ``crowdloop.errors.SamplerError``).
+    """
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import strategies as st
+
+    params = dict(params or {})
+
+    # No shrinking phase: a failure is reported at once, with the drawn example.
+    @settings(max_examples=max_examples, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        n=st.integers(min_value=1, max_value=max_pool),
+        frac=st.floats(min_value=0.0, max_value=1.0),
+        n_classes=st.integers(min_value=2, max_value=5),
+        seed=st.integers(min_value=0, max_value=2**31 - 1),
+        duplicates=st.booleans(),
+    )
+    def contract(n: int, frac: float, n_classes: int, seed: int, duplicates: bool) -> None:
+        model, X_l, y_l = _fitted_model(n_classes, 4, seed % 3)
+        data = np.random.default_rng(seed)
+        X = data.normal(scale=3.0, size=(n, 4))
+        if duplicates:  # repeated rows: ties everywhere, distances of zero
+            X = X[data.integers(0, max(1, n // 3), size=n)]
+        k = max(1, int(round(frac * n)))
+        a = _call(sampler, model, X, k, np.random.default_rng(seed), X_l, y_l, params)
+        b = _call(sampler, model, X, k, np.random.default_rng(seed), X_l, y_l, params)
+        assert a.ndim == 1 and len(a) == k, f"expected exactly batch_size={k} indices, got shape {a.shape}"
+        assert np.issubdtype(a.dtype, np.integer), f"expected integer indices, got dtype {a.dtype}"
+        assert len(np.unique(a)) == k, f"indices are not unique: {sorted(a.tolist())}"
+        assert a.min() >= 0 and a.max() < n, f"indices outside the {n} candidate rows: {a.min()}..{a.max()}"
+        assert np.array_equal(a, b), "same rng state gave different picks"
+        try:
+            _call(sampler, model, X, n + 1, np.random.default_rng(seed), X_l, y_l, params)
+        except error:
+            pass
+        else:
+            raise AssertionError(f"batch_size={n + 1} > pool of {n} rows did not raise {error}")
+
+    contract()

@@ -1,0 +1,41 @@
+"""Every registered sampler passes the shared conformance suite (crowdloop.samplers.testing)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis.errors import Flaky
+
+from crowdloop import registry
+from crowdloop.errors import SamplerError
+from crowdloop.samplers.testing import check_sampler
+
+# Samplers whose contract the suite exercises with extra parameters as well as defaults.
+VARIANTS = {
+    "qbc": [{"disagreement": "consensus_entropy", "n_members": 2}, {"disagreement": "kl_max", "n_members": 2}],
+    "prefiltered": [{"candidates": 8, "base": "coreset"}, {"candidates": 8, "prefilter": "random", "base": "typiclust"}],
+    "mixed": [{"random_fraction": 1.0}, {"random_fraction": 0.5, "base": "badge"}],
+}
+
+
+@pytest.mark.parametrize("name", registry.samplers.names())
+def test_registered_sampler_conforms(name: str) -> None:
+    sampler = registry.samplers.load(name)
+    slow = name == "qbc"  # fits a committee per call
+    check_sampler(sampler, error=SamplerError, max_examples=3 if slow else 8, max_pool=60)
+    for params in VARIANTS.get(name, []):
+        check_sampler(sampler, params=params, error=SamplerError, max_examples=3, max_pool=60)
+
+
+def test_suite_catches_a_broken_sampler() -> None:
+    def truncating(model, X, *, batch_size, rng, **_):  # the silent cut the contract forbids
+        return np.arange(min(batch_size, len(X)))
+
+    with pytest.raises(AssertionError, match="did not raise"):
+        check_sampler(truncating, max_examples=5)
+
+    def nondeterministic(model, X, *, batch_size, rng, **_):
+        return np.random.default_rng().choice(len(X), size=batch_size, replace=False)
+
+    with pytest.raises((AssertionError, Flaky), match="different picks"):
+        check_sampler(nondeterministic, max_examples=20)
