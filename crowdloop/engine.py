@@ -623,6 +623,20 @@ def batch_id(p: Project, r: int) -> str:
     return f"{p.config.project}-r{r:04d}"
 
 
+def _with_predictions(p: Project, r: int, tasks: list[Task]) -> list[Task]:
+    """Attach round ``r``'s model prediction (label, score) to every task, for vendors that
+    pre-annotate (Label Studio) or suggest (the local app, never on gold items). Every task gets
+    one, gold included, so its presence never tells a worker which items are gold."""
+    model = p.load_model(r)
+    if model is None or not tasks:
+        return tasks
+    proba = model.predict_proba(p.pool.X[[p._index_of[t.item_id] for t in tasks]])
+    best = proba.argmax(axis=1)
+    return [t.model_copy(update={"payload": {**t.payload, "prediction": {
+                "label": str(model.classes_[b]), "score": round(float(row[b]), 4)}}})
+            for t, b, row in zip(tasks, best, proba)]
+
+
 def dispatch(p: Project, r: int) -> dict[str, Any]:
     """Send round ``r``'s batch to the vendor: intent first, then the idempotent call, then refs."""
     refs_key = round_key(r, "refs.json")
@@ -649,6 +663,7 @@ def dispatch(p: Project, r: int) -> dict[str, Any]:
             tasks = [tasks[i] for i in order]
         if p.config.gold.enabled:
             intent_record["blocked_workers"] = blocked_workers(p, r)
+        tasks = _with_predictions(p, r, tasks)
         intent_record["tasks"] = [t.model_dump(mode="json") for t in tasks]
         _write_once(p.store, intent_key, intent_record)
         intent = read_json(p.store, intent_key)

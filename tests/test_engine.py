@@ -164,3 +164,13 @@ def test_resuming_with_a_different_config_names_the_field(tmp_path: Path) -> Non
         project(tmp_path, **{"sampler.name": "entropy"})
     # stopping rules may change on resume
     assert project(tmp_path, **{"stopping.max_rounds": 9}).config.stopping.max_rounds == 9
+
+
+def test_tasks_carry_the_models_prediction_once_a_model_exists(tmp_path: Path) -> None:
+    p = project(tmp_path)
+    finish_round(p, 0)
+    assert all("prediction" not in t["payload"] for t in read_json(p.store, round_key(0, "dispatch.json"))["tasks"])
+    finish_round(p, 1)
+    tasks = read_json(p.store, round_key(1, "dispatch.json"))["tasks"]
+    assert tasks and all(t["payload"]["prediction"]["label"] in p.classes for t in tasks)
+    assert all(0 < t["payload"]["prediction"]["score"] <= 1 for t in tasks)

@@ -45,6 +45,34 @@ TAG = {"text": "Text", "image": "Image", "tabular": "Table"}
 KIND_TO_TYPE = {"text": "text", "image_url": "image", "tabular": "tabular"}
 
 
+def _payload_type(payload: dict[str, Any]) -> str | None:
+    """Label Studio data type of an item payload; pixel grids (e.g. digits) show as images."""
+    kind = payload.get("kind")
+    if kind == "image":
+        if payload.get("pixels") is None:
+            raise VendorError(f"vendor 'label_studio': image item {str(payload.get('path', ''))[:80]!r} is a local "
+                              "file; serve the images over http(s) (e.g. S3 presigned URLs) as payload kind 'image_url'")
+        return "image"
+    return KIND_TO_TYPE.get(kind)
+
+
+def _pixels_data_url(pixels: list[list[float]]) -> str:
+    """A small grayscale grid as an inline PNG (data URL), scaled up so annotators can see it."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    grid = np.asarray(pixels, dtype=np.float64)
+    top = grid.max() or 1.0
+    image = Image.fromarray((255 * (1 - grid / top)).astype(np.uint8), mode="L").resize(
+        (grid.shape[1] * 24, grid.shape[0] * 24), Image.NEAREST)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
 class LabelStudioParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -69,12 +97,12 @@ def labeling_config(classes: Sequence[str], data_type: str) -> str:
 def task_data(payload: dict[str, Any], data_type: str) -> Any:
     """The value Label Studio shows for one item, from crowdloop's item payload."""
     kind = payload.get("kind")
-    if KIND_TO_TYPE.get(kind) != data_type:
+    if _payload_type(payload) != data_type:
         raise VendorError(f"vendor 'label_studio': item payload kind {kind!r} does not fit data_type {data_type!r}")
     if data_type == "text":
         return str(payload.get("text", ""))
     if data_type == "image":
-        return str(payload["url"])
+        return _pixels_data_url(payload["pixels"]) if kind == "image" else str(payload["url"])
     return {str(c): v for c, v in zip(payload.get("columns", []), payload.get("values", []))}
 
 
@@ -170,10 +198,11 @@ class LabelStudioVendor:
         payloads = {t.item_id: self.context.item_payload(t.item_id) for t in tasks}
         data_type = self.params.data_type
         if data_type == "auto":
-            kind = next(iter(payloads.values())).get("kind")
-            if kind not in KIND_TO_TYPE:
-                raise VendorError(f"vendor 'label_studio': item payload kind {kind!r}: expected text, image_url or tabular")
-            data_type = KIND_TO_TYPE[kind]
+            first = next(iter(payloads.values()))
+            data_type = _payload_type(first)
+            if data_type is None:
+                raise VendorError(f"vendor 'label_studio': item payload kind {first.get('kind')!r}: "
+                                  "expected text, image, image_url or tabular")
         pid = self.project_id(data_type)
         replicas = {t.replicas for t in tasks}
         if len(replicas) != 1:

@@ -46,3 +46,18 @@ def test_connection_settings_come_only_from_the_environment(tmp_path: Path, monk
     vendor = lsv.LabelStudioVendor({}, ctx)
     with pytest.raises(VendorError, match="set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY in the environment"):
         _ = vendor.client
+
+
+def test_pixel_grids_become_inline_png_images() -> None:
+    import base64
+
+    from crowdloop.errors import VendorError
+    from crowdloop.vendors.label_studio import task_data
+
+    url = task_data({"kind": "image", "pixels": [[0, 16], [8, 0]]}, "image")
+    assert url.startswith("data:image/png;base64,")
+    assert base64.b64decode(url.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    import pytest
+
+    with pytest.raises(VendorError, match="local file"):
+        task_data({"kind": "image", "path": "/img/1.png"}, "image")

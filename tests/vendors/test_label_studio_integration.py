@@ -103,7 +103,10 @@ def test_two_rounds_with_label_studio(tmp_path: Path, label_studio: lss.Server, 
     # recorded; the rerun imports only the missing one
     fresh = [i for i in truth if i not in p.dispatched_items() and i != spare][:2]
     batch = [Task(item_id=i, round=3, batch_id="lsloop-crash", replicas=2, reward=0.01) for i in fresh]
-    row = p.vendor._import_row(batch[0], p.vendor.context.item_payload(fresh[0]), "row", "lsloop-crash")
+    from crowdloop.vendors.label_studio import DATA_FIELD
+
+    field = DATA_FIELD[read_json(p.vendor.store, "project.json")["data_type"]]  # digits show as images
+    row = p.vendor._import_row(batch[0], p.vendor.context.item_payload(fresh[0]), field, "lsloop-crash")
     ls.projects.import_tasks(project_id, request=[row])
     p.vendor.submit(batch, batch_id="lsloop-crash")
     imported = [t.data.get("crowdloop_item") for t in ls.tasks.list(project=project_id)
