@@ -282,16 +282,15 @@ class Project:
 
     def human_labels(self, before_round: int) -> list[AggregatedLabel]:
         """The latest aggregated labels written before ``before_round``."""
-        for r in range(before_round - 1, -1, -1):
-            key = round_key(r, "labels.jsonl")
-            if self.store.exists(key):
-                return [AggregatedLabel.model_validate_json(l) for l in self.store.read_bytes(key).splitlines() if l.strip()]
-        return []
+        return self._latest_labels("labels.jsonl", before_round)
 
     def machine_labels(self, before_round: int) -> list[AggregatedLabel]:
         """The latest machine labels (auto-labeling) written before ``before_round``."""
+        return self._latest_labels("machine_labels.jsonl", before_round)
+
+    def _latest_labels(self, name: str, before_round: int) -> list[AggregatedLabel]:
         for r in range(before_round - 1, -1, -1):
-            key = round_key(r, "machine_labels.jsonl")
+            key = round_key(r, name)
             if self.store.exists(key):
                 return [AggregatedLabel.model_validate_json(l) for l in self.store.read_bytes(key).splitlines() if l.strip()]
         return []
