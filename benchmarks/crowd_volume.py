@@ -105,22 +105,7 @@ def make_config(dataset: str, crowd: str, method: str, seed: int, workdir: Path)
 def run_project(cfg: dict[str, Any], location: str, *, stop_at: float | None = None) -> Project:
     p = Project.prepare(parse_config(cfg, source="benchmark"), location)
     engine.reference(p)
-    r = engine.first_open_round(p)
-    while True:
-        engine.train(p, r)
-        metrics = engine.evaluate(p, r)
-        if engine.stop_reason(p, r, metrics):
-            return p
-        if stop_at is not None and metrics["accuracy"] is not None and metrics["accuracy"] >= stop_at:
-            return p
-        engine.select(p, r)
-        if p.config.autolabel.enabled:
-            engine.autolabel(p, r)
-        engine.dispatch(p, r)
-        engine.collect(p, r, sleep=lambda s: None)
-        engine.aggregate(p, r)
-        engine.pay(p, r)
-        r += 1
+    return engine.run_in_process(p, stop_at_accuracy=stop_at)
 
 
 def rejections_without_gold(p: Project) -> int:

@@ -1020,6 +1020,28 @@ def gold_rejections(p: Project, r: int, batch: list[Annotation]) -> list[dict[st
     return out
 
 
+def run_in_process(p: Project, *, stop_at_accuracy: float | None = None) -> Project:
+    """Run rounds in this process, without Prefect, until a stopping rule holds (or the test
+    accuracy reaches ``stop_at_accuracy``). For benchmarks and tests; the flow in
+    ``crowdloop.flows.loop`` is the orchestrated twin with the same order of steps."""
+    r = first_open_round(p)
+    while True:
+        train(p, r)
+        metrics = evaluate(p, r)
+        if stop_reason(p, r, metrics):
+            return p
+        if stop_at_accuracy is not None and metrics["accuracy"] is not None and metrics["accuracy"] >= stop_at_accuracy:
+            return p
+        select(p, r)
+        if p.config.autolabel.enabled:
+            autolabel(p, r)
+        dispatch(p, r)
+        collect(p, r, sleep=lambda s: None)
+        aggregate(p, r)
+        pay(p, r)
+        r += 1
+
+
 def first_open_round(p: Project) -> int:
     """The round a (re)started run continues with: the last one that has not finished paying."""
     rounds = p.rounds()

@@ -12,20 +12,7 @@ from crowdloop.engine import Project
 def run_engine(config: dict[str, Any], location: str) -> Project:
     """Run the loop's steps in order until a stopping rule holds; return the project."""
     p = Project.prepare(parse_config(config, source="test"), location)
-    r = engine.first_open_round(p)
-    while True:
-        engine.train(p, r)
-        metrics = engine.evaluate(p, r)
-        if engine.stop_reason(p, r, metrics):
-            return p
-        engine.select(p, r)
-        if p.config.autolabel.enabled:
-            engine.autolabel(p, r)
-        engine.dispatch(p, r)
-        engine.collect(p, r, sleep=lambda s: None)
-        engine.aggregate(p, r)
-        engine.pay(p, r)
-        r += 1
+    return engine.run_in_process(p)
 
 
 def intents(p: Project) -> list[dict[str, Any]]:
