@@ -25,9 +25,11 @@ class _Strict(BaseModel):
 class PoolConfig(_Strict):
     """Where the unlabeled items come from, and how the held-out test split is drawn."""
 
-    source: Literal["sklearn", "csv", "parquet"] = "sklearn"
+    source: Literal["sklearn", "csv", "parquet", "sharded"] = "sklearn"
     name: str | None = Field(None, description="scikit-learn bundled set: digits, iris, wine, breast_cancer")
-    path: str | None = Field(None, description="CSV/Parquet file; relative paths resolve against the config file")
+    path: str | None = Field(
+        None, description="CSV/Parquet file, or a sharded pool's folder or s3:// URL; relative paths resolve against the config file"
+    )
     feature_columns: list[str] | None = Field(None, description="default: every column but id and label")
     label_column: str | None = Field(None, description="ground truth, used only for evaluation and simulation")
     id_column: str | None = Field(None, description="stable item ids; default: the row number")
@@ -47,6 +49,11 @@ class PoolConfig(_Strict):
             raise ValueError(f"path is required for source {self.source!r}")
         if self.text_column and self.image_column:
             raise ValueError("text_column and image_column: expected at most one content column per pool")
+        if self.source == "sharded":
+            given = [f for f in ("feature_columns", "label_column", "id_column", "text_column", "image_column")
+                     if getattr(self, f) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: not used by source 'sharded' (its manifest names ids, labels and features)")
         if (self.text_column or self.image_column) and self.source == "sklearn":
             raise ValueError("text_column/image_column: expected a csv or parquet pool, not source 'sklearn'")
         if self.classes is not None and len(set(self.classes)) < 2:

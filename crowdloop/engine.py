@@ -497,10 +497,32 @@ def _selectable(p: Project, r: int) -> int:
     return size
 
 
+def _excluded(p: Project, r: int) -> np.ndarray:
+    """Boolean mask over pool rows a sampler must never pick: dispatched before round ``r`` or gold.
+
+    Built from the (small) excluded set, so it costs O(dispatched), not a pass over a
+    million pool ids.
+    """
+    mask = np.zeros(len(p.pool), dtype=bool)
+    index_of = p._index_of
+    rows = [index_of[item] for item in p.dispatched_items(before_round=r) | set(p.gold_set) if item in index_of]
+    mask[np.asarray(rows, dtype=np.int64)] = True
+    return mask
+
+
 def _candidates(p: Project, r: int) -> np.ndarray:
     """Pool rows never dispatched and not in the gold set: the only items a sampler may pick."""
-    excluded = p.dispatched_items(before_round=r) | set(p.gold_set)
-    return np.array([i for i, item in enumerate(p.pool.ids.tolist()) if item not in excluded], dtype=np.int64)
+    return np.flatnonzero(~_excluded(p, r)).astype(np.int64)
+
+
+def _rows(X: Any, rows: np.ndarray) -> Any:
+    """``X[rows]``, but a lazy view for a sharded pool (read only if the sampler reads it)."""
+    return X.take_view(rows) if hasattr(X, "take_view") else X[rows]
+
+
+def _row_range(X: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of a pool's features without copying (a view, or a lazy sharded view)."""
+    return X.take_view(np.arange(start, stop)) if hasattr(X, "take_view") else X[start:stop]
 
 
 def sharded_scoring(p: Project, r: int) -> int:
@@ -522,18 +544,21 @@ def score_shard(p: Project, r: int, shard: int) -> dict[str, Any]:
     done = read_json(p.store, key, default=None)
     if done is not None:
         return done
-    from crowdloop.samplers.scoring import score_top_k
+    from crowdloop.samplers.scoring import stream_top_k
 
     size = _selectable(p, r)
-    part = np.array_split(_candidates(p, r), n_shards)[shard]
+    bounds = np.linspace(0, len(p.pool), n_shards + 1).astype(np.int64)  # contiguous row ranges
+    start, stop = int(bounds[shard]), int(bounds[shard + 1])
+    excluded = _excluded(p, r)[start:stop]
     model = p.load_model(r)
     score = registry.samplers.load(p.config.sampler.name).proba_score
     rng = np.random.default_rng([p.config.seed, r, _STREAM_SELECT, shard])
     result: dict[str, Any] = {"shard": shard, "item_ids": [], "scores": [], "keys": []}
-    if len(part):
-        picked = score_top_k(model, p.pool.X[part], score, batch_size=min(size, len(part)), rng=rng,
-                             chunk_size=p.config.sampler.chunk_size)
-        rows = part[picked]
+    n_free = int((~excluded).sum())
+    if n_free:
+        picked = stream_top_k(model, _row_range(p.pool.X, start, stop), score, batch_size=min(size, n_free), rng=rng,
+                              chunk_size=p.config.sampler.chunk_size, exclude=excluded)
+        rows = start + picked
         result = {"shard": shard, "item_ids": p.pool.ids[rows].tolist(),
                   "scores": [float(v) for v in score(model.predict_proba(p.pool.X[rows]))],
                   "keys": rng.random(len(rows)).tolist()}
@@ -580,19 +605,29 @@ def _pick(p: Project, r: int, size: int) -> tuple[str, list[str]]:
     """``size`` new items by the cold-start rule (no model yet) or the configured sampler."""
     if size == 0:
         return "re-ask only", []
-    candidates = _candidates(p, r)
     model = p.load_model(r)
+    strategy = p.config.sampler.name
+    score = getattr(registry.samplers.load(strategy), "proba_score", None)
+    if model is not None and score is not None and not p.config.sampler.params:
+        # Uncertainty samplers stream the whole pool with an exclude mask: no copy of the
+        # candidate rows, memory bounded by one chunk (a sharded pool is read shard by shard).
+        from crowdloop.samplers.scoring import stream_top_k
+
+        picked = stream_top_k(model, p.pool.X, score, batch_size=size, rng=p.rng(r, _STREAM_SELECT),
+                              chunk_size=p.config.sampler.chunk_size, exclude=_excluded(p, r))
+        return strategy, p.pool.ids[picked].tolist()
+    candidates = _candidates(p, r)
     if model is None:
         strategy = f"cold_start:{p.config.sampler.cold_start}"
         rng = p.rng(r, _STREAM_COLD_START)
         if p.config.sampler.cold_start == "kmeans":
             from crowdloop.samplers.uncertainty import kmeans_cold_start
 
-            picked = kmeans_cold_start(p.pool.X[candidates], batch_size=size, rng=rng)
+            picked = kmeans_cold_start(_rows(p.pool.X, candidates), batch_size=size, rng=rng)
         elif p.config.sampler.cold_start == "typiclust":
-            picked = registry.samplers.load("typiclust")(None, p.pool.X[candidates], batch_size=size, rng=rng)
+            picked = registry.samplers.load("typiclust")(None, _rows(p.pool.X, candidates), batch_size=size, rng=rng)
         else:
-            picked = registry.samplers.load("random")(None, p.pool.X[candidates], batch_size=size, rng=rng)
+            picked = registry.samplers.load("random")(None, _rows(p.pool.X, candidates), batch_size=size, rng=rng)
     else:
         strategy = p.config.sampler.name
         sampler = registry.samplers.load(strategy)
@@ -607,7 +642,7 @@ def _pick(p: Project, r: int, size: int) -> tuple[str, list[str]]:
                 params.setdefault("X_labeled", p.pool.X[rows])
             if "y_labeled" in accepts:
                 params.setdefault("y_labeled", np.array([l.label for l in labels], dtype=object))
-        picked = sampler(model, p.pool.X[candidates], batch_size=size, rng=p.rng(r, _STREAM_SELECT), **params)
+        picked = sampler(model, _rows(p.pool.X, candidates), batch_size=size, rng=p.rng(r, _STREAM_SELECT), **params)
     picked = np.asarray(picked, dtype=np.int64)
     if len(picked) != size or len(np.unique(picked)) != size or picked.min() < 0 or picked.max() >= len(candidates):
         raise CrowdloopError(f"sampler {strategy!r} broke its contract: expected {size} unique indices into {len(candidates)} candidates")
@@ -919,9 +954,13 @@ def autolabel(p: Project, r: int) -> dict[str, Any]:
             threshold = float(conf[order[cut]])
             info.update(threshold=round(threshold, 6), estimated_accuracy=round(float(cum[cut]), 4))
             taken = p.dispatched_items(before_round=r + 1) | set(selection["item_ids"]) | set(p.gold_set)
-            cand = np.array([i for i, item in enumerate(p.pool.ids.tolist()) if item not in taken], dtype=np.int64)
+            index_of = p._index_of
+            free = np.ones(len(p.pool), dtype=bool)
+            free[np.asarray([index_of[i] for i in taken if i in index_of], dtype=np.int64)] = False
+            cand = np.flatnonzero(free).astype(np.int64)
             if len(cand):
-                pr = model.predict_proba(p.pool.X[cand])
+                step = p.config.sampler.chunk_size  # bounded memory on large pools
+                pr = np.concatenate([model.predict_proba(p.pool.X[cand[i:i + step]]) for i in range(0, len(cand), step)])
                 best = pr.argmax(axis=1)
                 top = pr[np.arange(len(cand)), best]
                 keep = top >= threshold

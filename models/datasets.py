@@ -19,7 +19,7 @@ from crowdloop.errors import PoolError
 @dataclass(frozen=True, eq=False)
 class Pool:
     ids: np.ndarray  # object array of str, unique
-    X: np.ndarray  # 2-D float features
+    X: np.ndarray  # 2-D float features (or a lazily read models.sharded.ShardedRows)
     y: np.ndarray | None  # object array of str class names (None entries: unknown), or None
     classes: tuple[str, ...]
     feature_names: tuple[str, ...] = ()
@@ -34,7 +34,7 @@ class Pool:
     def subset(self, index: np.ndarray) -> "Pool":
         return Pool(
             ids=self.ids[index],
-            X=self.X[index],
+            X=self.X.take_view(index) if hasattr(self.X, "take_view") else self.X[index],
             y=None if self.y is None else self.y[index],
             classes=self.classes,
             feature_names=self.feature_names,
@@ -65,7 +65,9 @@ def _finish(ids: np.ndarray, X: np.ndarray, y: np.ndarray | None, cfg: PoolConfi
         raise PoolError("pool: no label_column and no classes given; set pool.classes to the class list")
     if len(classes) < 2:
         raise PoolError(f"pool: expected at least two classes, found {list(classes)}")
-    return Pool(ids=ids, X=np.ascontiguousarray(X), y=y, classes=classes, feature_names=tuple(feature_names),
+    if not hasattr(X, "take_view"):  # sharded pools stay in their shards
+        X = np.ascontiguousarray(X)
+    return Pool(ids=ids, X=X, y=y, classes=classes, feature_names=tuple(feature_names),
                 content_kind=content_kind, content=content)
 
 

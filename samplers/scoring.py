@@ -52,7 +52,8 @@ def score_top_k(
 
 class RowSource:
     """Rows of a pool read ``chunk_size`` at a time: an array (or ``np.memmap``), a ``.npy`` file
-    (memory-mapped, never loaded whole) or a Parquet file (read one row group / batch at a time).
+    (memory-mapped, never loaded whole), a Parquet file (read one row group / batch at a time)
+    or any object with its own ``chunks(chunk_size)`` (a sharded pool's rows).
 
     Parquet rows are the numeric ``columns`` (default: all) stacked as float32 features.
     """
@@ -60,6 +61,7 @@ class RowSource:
     def __init__(self, source: object, *, columns: list[str] | None = None) -> None:
         self.columns = columns
         self._parquet = None
+        self._chunked = None
         if isinstance(source, (str, os.PathLike)):
             path = os.fspath(source)
             if path.endswith(".npy"):
@@ -71,6 +73,9 @@ class RowSource:
                 self._array = None
             else:
                 raise SamplerError(f"source={path!r}: expected a .npy or .parquet file, or an array")
+        elif hasattr(source, "chunks") and hasattr(source, "__len__"):  # e.g. a sharded pool's rows
+            self._array = source
+            self._chunked = source
         elif hasattr(source, "__len__") and hasattr(source, "__getitem__"):
             self._array = source
         else:
@@ -89,6 +94,9 @@ class RowSource:
                 rows = np.column_stack([batch.column(i).to_numpy(zero_copy_only=False) for i in range(batch.num_columns)])
                 yield start, rows.astype(np.float32, copy=False)
                 start += batch.num_rows
+            return
+        if self._chunked is not None:
+            yield from self._chunked.chunks(int(chunk_size))
             return
         n = len(self._array)
         for start in range(0, n, int(chunk_size)):
