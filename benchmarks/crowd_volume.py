@@ -5,8 +5,10 @@ Runs the real round engine (no Prefect server) on a simulated crowd for each met
 * ``mv3`` / ``mv5`` / ``ds3``: random sampling, fixed 3× / 5× majority vote, fixed 3× Dawid-Skene
   (``auto``: one-coin or full confusion by data size), the same item budget;
 * ``adaptive``: the same items, 1 judgment each to start, one more while Dawid-Skene (with gold,
-  combined with the model's out-of-fold probability) is below 0.6, at most 4;
-  5% gold questions, workers below 50% gold accuracy (after 3 gold answers) blocked;
+  combined with the model's out-of-fold probability) is below 0.5, at most 4;
+  5% gold questions, workers below 50% gold accuracy (after 3 gold answers) blocked, and workers
+  whose answers on multiply-judged items agree with the aggregated truth less than 30% of the
+  time (after 10 such answers) blocked too (still paid);
 * ``pipeline``: margin sampling + adaptive redundancy + gold + auto-labeling (machine labels used
   in training), and ``random+mv3``: random sampling with fixed 3× majority vote. Their rows carry
   ``judgments_to_98``: human judgments spent when test accuracy first reached 98% of the accuracy
@@ -43,7 +45,8 @@ LABEL_METHODS = ("mv3", "mv5", "ds3", "adaptive")
 LOOP_METHODS = ("pipeline", "random+mv3")
 METHODS = LABEL_METHODS + LOOP_METHODS
 
-ADAPTIVE = {"method": "auto", "confidence_threshold": 0.6, "min_judgments": 1, "max_judgments": 4, "model_weight": 1.0}
+ADAPTIVE = {"method": "auto", "confidence_threshold": 0.5, "min_judgments": 1, "max_judgments": 4, "model_weight": 1.0,
+            "block_below_agreement": 0.3, "block_min_judgments": 10}
 GOLD = {"share": 0.05, "n_items": 60, "min_answers": 3, "min_accuracy": 0.5}
 
 

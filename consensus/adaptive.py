@@ -76,3 +76,30 @@ def workers_to_block(stats: pd.DataFrame, *, min_answers: int, min_accuracy: flo
         return []
     bad = stats[(stats["n_gold"] >= min_answers) & (stats["accuracy"] < min_accuracy)]
     return sorted(map(str, bad.index))
+
+
+def low_agreement_workers(table: pd.DataFrame, probas: pd.DataFrame, *, min_judgments: int,
+                          min_agreement: float) -> dict[str, float]:
+    """Workers whose answers agree with the aggregated truth less than ``min_agreement``.
+
+    Only items with at least two judgments count: on an item a worker answered alone the
+    posterior is largely that worker's own answer, which would make a spammer look reliable.
+    Agreement is the posterior probability of the worker's answer, averaged over those items;
+    workers with fewer than ``min_judgments`` such answers are not judged yet. Returns
+    worker → agreement for the workers to stop sending tasks to (they are still paid).
+    """
+    if table.empty or probas.empty:
+        return {}
+    counts = table["task"].map(table["task"].value_counts())
+    multi = table[counts.to_numpy() >= 2]
+    if multi.empty:
+        return {}
+    rows = probas.index.get_indexer(multi["task"])
+    cols = probas.columns.get_indexer(multi["label"])
+    ok = (rows >= 0) & (cols >= 0)
+    agree = np.zeros(len(multi))
+    agree[ok] = probas.to_numpy()[rows[ok], cols[ok]]
+    frame = pd.DataFrame({"worker": multi["worker"].to_numpy(), "agree": agree})
+    stats = frame.groupby("worker")["agree"].agg(["size", "mean"])
+    bad = stats[(stats["size"] >= min_judgments) & (stats["mean"] < min_agreement)]
+    return {str(w): round(float(v), 4) for w, v in bad["mean"].items()}

@@ -102,6 +102,13 @@ class ConsensusConfig(_Strict):
         description="adaptive: weight of the model's out-of-fold probability in the confidence (CROWDLAB-style); 0 = crowd only",
     )
 
+    block_below_agreement: float | None = Field(
+        None, gt=0, lt=1,
+        description="stop sending tasks to workers whose answers on multiply-judged items agree with the aggregated "
+                    "truth less than this (they are still paid); None = never",
+    )
+    block_min_judgments: int = Field(10, ge=1, description="multiply-judged answers a worker needs before that check")
+
     @property
     def adaptive(self) -> bool:
         return self.confidence_threshold is not None

@@ -697,6 +697,8 @@ def dispatch(p: Project, r: int) -> dict[str, Any]:
             tasks = [tasks[i] for i in order]
         if p.config.gold.enabled:
             intent_record["blocked_workers"] = blocked_workers(p, r)
+        if p.config.consensus.block_below_agreement is not None:
+            intent_record["blocked_on_agreement"] = blocked_workers(p, r, on="blocked_on_agreement")
         tasks = _with_predictions(p, r, tasks)
         intent_record["tasks"] = [t.model_dump(mode="json") for t in tasks]
         _write_once(p.store, intent_key, intent_record)
@@ -706,6 +708,10 @@ def dispatch(p: Project, r: int) -> dict[str, Any]:
         p.vendor.block_workers(intent["blocked_workers"], reason=(
             f"Your accuracy on known-answer questions was below {p.config.gold.min_accuracy:.0%}; "
             "you were paid for all approved work."))
+    if intent.get("blocked_on_agreement") and hasattr(p.vendor, "block_workers"):
+        p.vendor.block_workers(intent["blocked_on_agreement"], reason=(
+            f"Your answers agreed with the other workers' consensus on fewer than {p.config.consensus.block_below_agreement:.0%} "
+            "of the items several people labeled; you were paid for all approved work."))
     tasks = [Task.model_validate(t) for t in intent["tasks"]]
     refs = p.vendor.submit(tasks, batch_id=intent["batch_id"])
     fault_point("dispatch:after_submit", r)
@@ -824,6 +830,13 @@ def aggregate(p: Project, r: int) -> dict[str, Any]:
             g = p.config.gold
             extra["gold"] = {str(w): {"n_gold": int(row.n_gold), "n_correct": int(row.n_correct)} for w, row in stats.iterrows()}
             extra["blocked_workers"] = workers_to_block(stats, min_answers=g.min_answers, min_accuracy=g.min_accuracy)
+        c = p.config.consensus
+        if c.block_below_agreement is not None:
+            from crowdloop.consensus.adaptive import low_agreement_workers
+
+            low = low_agreement_workers(table, agg.probas_, min_judgments=c.block_min_judgments,
+                                        min_agreement=c.block_below_agreement)
+            extra["blocked_on_agreement"] = {w: v for w, v in sorted(low.items()) if w not in extra.get("blocked_workers", [])}
     try:
         p.store.write_bytes(key, to_jsonl(labels), create_only=True)
     except RecordExistsError:
@@ -838,12 +851,13 @@ def _table(anns: list[Annotation]) -> pd.DataFrame:
                          "label": [a.label for a in anns]})
 
 
-def blocked_workers(p: Project, r: int) -> list[str]:
-    """Workers blocked on gold evidence as of the last aggregation before round ``r``."""
+def blocked_workers(p: Project, r: int, *, on: str = "blocked_workers") -> list[str]:
+    """Workers blocked as of the last aggregation before round ``r``: on gold evidence
+    (``blocked_workers``) or on low agreement with the aggregated truth (``blocked_on_agreement``)."""
     for q in range(r - 1, -1, -1):
         summary = read_json(p.store, round_key(q, "aggregate.json"), default=None)
         if summary is not None:
-            return list(summary.get("blocked_workers", []))
+            return sorted(summary.get(on, []))
     return []
 
 

@@ -36,7 +36,7 @@ def worker_accounts(p: Project, *, through_round: int | None = None) -> dict[str
         agg = read_json(p.store, round_key(r, "aggregate.json"), default=None)
         if agg is not None:
             skills = agg.get("worker_skill", skills)
-            blocked = set(agg.get("blocked_workers", []))
+            blocked = set(agg.get("blocked_workers", [])) | set(agg.get("blocked_on_agreement", {}))
     gold = p.gold_set
     rows: dict[str, dict[str, Any]] = {}
     for a in p.annotations():

@@ -131,3 +131,31 @@ def test_simulated_vendor_honours_excluded_and_blocked_workers(tmp_path):
     with pytest.raises(Exception, match="exceeds the 3 workers left"):
         vendor.submit([Task(item_id=str(item), round=0, batch_id="b2", replicas=4, reward=0.03,
                             exclude_workers=tuple(vendor.worker_ids[4:9]))], batch_id="b2")
+
+
+def test_low_agreement_workers_are_blocked_without_gold_and_still_paid(tmp_path):
+    """No gold at all: spammers show up as workers the aggregated truth rarely agrees with."""
+    cfg = small_config(**{"vendor.params": {"n_workers": 12, "accuracy": [0.85, 0.95], "spammer_fraction": 0.34},
+                          "consensus": {"method": "one_coin_dawid_skene", "redundancy": 3,
+                                        "block_below_agreement": 0.4, "block_min_judgments": 8},
+                          "stopping.max_rounds": 4})
+    p = run_engine(cfg, str(tmp_path / "p"))
+    vendor = p.vendor
+    spammers = {vendor.worker_ids[i] for i, s in enumerate(vendor.is_spammer) if s}
+    blocked_when: dict[str, int] = {}
+    for r in p.rounds():
+        summary = engine.read_json(p.store, engine.round_key(r, "aggregate.json"), default=None) or {}
+        assert "blocked_workers" not in summary  # gold is off: nobody is blocked on gold evidence
+        for w, agreement in summary.get("blocked_on_agreement", {}).items():
+            assert agreement < 0.4
+            blocked_when.setdefault(w, r)
+    assert blocked_when and set(blocked_when) <= spammers
+    assert len(set(blocked_when)) >= len(spammers) / 2
+    for a in p.annotations():  # no work after the block reached the vendor (the next dispatch)
+        if a.worker_id in blocked_when:
+            assert a.round <= blocked_when[a.worker_id]
+    reasons = {engine.read_json(vendor.store, k)["reason"] for k in vendor.store.list("blocks/")}
+    assert reasons and all("consensus" in r and "paid for all approved work" in r for r in reasons)
+    accounts = {w["worker_id"]: w for w in worker_accounts(p)["workers"]}
+    for w in blocked_when:
+        assert accounts[w]["blocked"] and accounts[w]["paid"] > 0 and accounts[w]["rejected"] == 0
