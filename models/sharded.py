@@ -151,7 +151,7 @@ class ShardedRows:
             same = np.flatnonzero(shard_of[start:stop] != shard)
             if len(same):
                 stop = start + int(same[0])
-            yield start, self._source.rows(self._index[start:stop])
+            yield start, self._source.rows(self._index[start:stop], stream=True)
             start = stop
 
 
@@ -203,7 +203,13 @@ class _ShardSource:
             self._maps[n] = array
             return array
 
-    def rows(self, global_rows: np.ndarray) -> np.ndarray:
+    def rows(self, global_rows: np.ndarray, *, stream: bool = False) -> np.ndarray:
+        """The feature rows ``global_rows`` (float32).
+
+        ``stream=True`` (a scan in row order) reads the covered byte range with a plain file
+        read instead of touching the memory map, so a pass over the whole pool does not leave
+        every shard's pages resident in this process.
+        """
         global_rows = np.asarray(global_rows, dtype=np.int64)
         out = np.empty((len(global_rows), self.n_features), dtype=np.float32)
         if not len(global_rows):
@@ -211,7 +217,16 @@ class _ShardSource:
         shard_of = np.searchsorted(self.bounds, global_rows, side="right") - 1
         for n in np.unique(shard_of):
             at = np.flatnonzero(shard_of == n)
-            out[at] = self._shard(int(n))[global_rows[at] - self.bounds[n]]
+            local = global_rows[at] - self.bounds[n]
+            shard = self._shard(int(n))
+            if stream:
+                first, last = int(local.min()), int(local.max()) + 1
+                block = np.fromfile(shard.filename, dtype=shard.dtype, count=(last - first) * self.n_features,
+                                    offset=shard.offset + first * self.n_features * shard.dtype.itemsize)
+                block = block.reshape(-1, self.n_features)
+                out[at] = block[local - first]
+            else:
+                out[at] = shard[local]
         return out
 
 

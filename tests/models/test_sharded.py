@@ -95,9 +95,9 @@ def test_loop_over_an_s3_pool_scores_shard_by_shard(s3_endpoint: str, s3_bucket:
         largest: list[int] = []
         original_rows = type(p.pool.X._source).rows
 
-        def rows(self, global_rows, _orig=original_rows):
+        def rows(self, global_rows, _orig=original_rows, **kwargs):
             largest.append(len(global_rows))
-            return _orig(self, global_rows)
+            return _orig(self, global_rows, **kwargs)
 
         for r in range(3):
             engine.train(p, r)
