@@ -22,6 +22,7 @@ Store layout (under ``vendor/local/``)::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -50,6 +51,7 @@ class LocalParams(BaseModel):
     lease_s: float = Field(600.0, gt=0, description="an item on one annotator's screen is held for them this long")
 
 
+@functools.lru_cache(maxsize=1 << 16)  # the desk asks for every open item's digest on every page view
 def item_key(item_id: str) -> str:
     """Item ids may hold any character; store keys use a digest."""
     return hashlib.sha256(item_id.encode()).hexdigest()[:16]
@@ -72,6 +74,7 @@ class LocalVendor:
         self.clock = clock
         self._returned: set[str] = set()
         self._returned_keys: set[str] = set()
+        self._batches: dict[str, tuple[list[Task], dict[str, Task], dict[str, Task]]] = {}
 
     # -- vendor protocol -------------------------------------------------------------
     def submit(self, tasks: Sequence[Task], *, batch_id: str) -> list[Ref]:
@@ -175,24 +178,20 @@ class LocalVendor:
         """Tasks of batches the loop has not paid yet, in dispatch order."""
         out: list[Task] = []
         for key in self.store.list("batches/"):
-            batch = read_json(self.store, key)
-            if self.store.exists(f"closed/{batch['batch_id']}.json"):
+            batch_id = key[len("batches/"):-len(".json")]
+            if self.store.exists(f"closed/{batch_id}.json"):
                 continue
-            out.extend(Task.model_validate(t) for t in batch["tasks"])
+            out.extend(self._batch_tasks(batch_id))
         return out
 
     def task(self, batch_id: str, item_id: str) -> Task | None:
-        for t in self._batch_tasks(batch_id):
-            if t.item_id == item_id:
-                return t
-        return None
+        self._batch_tasks(batch_id)
+        return self._batches.get(batch_id, ([], {}, {}))[1].get(item_id)
 
     def task_by_key(self, batch_id: str, key: str) -> Task | None:
         """The task whose item digest is ``key``; only dispatched items are ever found."""
-        for t in self._batch_tasks(batch_id):
-            if item_key(t.item_id) == key:
-                return t
-        return None
+        self._batch_tasks(batch_id)
+        return self._batches.get(batch_id, ([], {}, {}))[2].get(key)
 
     def next_task(self, worker: str) -> tuple[Task, float] | None:
         """The item to show ``worker`` (their current lease if still valid) and when it was shown."""
@@ -305,11 +304,20 @@ class LocalVendor:
         return datetime.fromtimestamp(self.clock() if stamp is None else stamp, timezone.utc)
 
     def _batch_tasks(self, batch_id: str) -> list[Task]:
+        """A batch's tasks, parsed once per process: batch records are create-only, never rewritten.
+
+        (Parsing a 1000-task batch on every page view was most of the app's time under load.)
+        """
+        cached = self._batches.get(batch_id)
+        if cached is not None:
+            return cached[0]
         try:
             batch = read_json(self.store, f"batches/{batch_id}.json")
         except (KeyNotFoundError, CrowdloopError):
             return []
-        return [Task.model_validate(t) for t in batch["tasks"]]
+        tasks = [Task.model_validate(t) for t in batch["tasks"]]
+        self._batches[batch_id] = (tasks, {t.item_id: t for t in tasks}, {item_key(t.item_id): t for t in tasks})
+        return tasks
 
     def _index(self, tasks: Sequence[Task]) -> dict[str, dict[tuple[str, str], set[str]]]:
         """Who answered / skipped each item: one listing per batch, not one per item."""

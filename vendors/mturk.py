@@ -65,6 +65,7 @@ COMMISSION = 0.20
 LARGE_HIT_SURCHARGE = 0.20
 LARGE_HIT_ASSIGNMENTS = 10
 MIN_FEE = 0.01
+MAX_ANSWER_CHARS = 1_000_000  # a classification answer is a few hundred bytes; refuse megabytes unparsed
 
 # Sessions are built through this name so tests can hand in a session with a fake wired into
 # botocore's ``before-send`` event (every request is still validated by the real model).
@@ -664,8 +665,10 @@ def parse_answers(xml_text: str) -> dict[str, str]:
 
     Document type declarations are refused outright, so entity expansion cannot be abused.
     """
-    if not xml_text or not xml_text.strip():
+    if not isinstance(xml_text, str) or not xml_text.strip():
         raise ValueError("empty answer")
+    if len(xml_text) > MAX_ANSWER_CHARS:
+        raise ValueError(f"answer has {len(xml_text)} characters, expected at most {MAX_ANSWER_CHARS}")
     if "<!DOCTYPE" in xml_text.upper() or "<!ENTITY" in xml_text.upper():
         raise ValueError("document type declarations are not allowed")
     try:
