@@ -134,9 +134,12 @@ class LabelStudioVendor:
         try:
             return fn(*args, **kwargs)
         except ApiError as exc:
-            raise VendorError(f"vendor 'label_studio': {what} failed: HTTP {exc.status_code}: {str(exc.body)[:300]}") from exc
+            # The body is the server's; a broken proxy may echo the request, API key included. Only
+            # the redacted message travels on (``from None``: the raw error would print the body).
+            body = _redact(str(exc.body)[:300])
+            raise VendorError(f"vendor 'label_studio': {what} failed: HTTP {exc.status_code}: {body}") from None
         except (OSError, httpx.HTTPError) as exc:  # connection refused, DNS, timeouts
-            raise VendorError(f"vendor 'label_studio': {what} failed: {exc}") from exc
+            raise VendorError(f"vendor 'label_studio': {what} failed: {_redact(str(exc))}") from exc
 
     # -- project --------------------------------------------------------------------------
     @property
@@ -356,6 +359,14 @@ class LabelStudioVendor:
         for key in self.store.list("acks/"):
             done.update(read_json(self.store, key)["assignment_ids"])
         return done
+
+
+def _redact(text: str) -> str:
+    """``text`` without the API key (nor the URL's password, if it carries one)."""
+    for secret in (os.environ.get(KEY_ENV), httpx.URL(os.environ.get(URL_ENV) or "http://x").password):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 def _int_id(value: Any) -> int | None:

@@ -44,10 +44,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from crowdloop.errors import ConfigError, RecordExistsError, VendorError
 from crowdloop.records import Annotation, Task, utcnow
+from crowdloop.redact import protect_loggers
 from crowdloop.storage import read_json, write_json
 from crowdloop.vendor import Ref, VendorContext, parse_params
 
 log = logging.getLogger(__name__)
+protect_loggers()  # botocore logs request headers (the access key id) at DEBUG
 
 SANDBOX_ENDPOINT = "https://mturk-requester-sandbox.{region}.amazonaws.com"
 PRODUCTION_ENDPOINT = "https://mturk-requester.{region}.amazonaws.com"
