@@ -132,3 +132,14 @@ def test_store_keys_refuse_traversal_in_every_spelling(tmp_path, key: str) -> No
             op(key)
     outside = [p for p in tmp_path.rglob("*") if p.is_file() and (tmp_path / "store") not in p.parents]
     assert outside == []
+
+
+def test_unmeasured_durations_never_make_a_zero_reward() -> None:
+    """Vendors that report no times (duration 0) used to crash the next dispatch (reward for 0 s)."""
+    from crowdloop.config import parse_config
+    from crowdloop.pay import expected_seconds, reward_for
+
+    cfg = parse_config(small_config()).pay
+    assert expected_seconds(cfg, [0.0, 0.0, 0.0]) == cfg.pilot_seconds_per_task
+    assert expected_seconds(cfg, [0.0, 10.0, 20.0, 0.0]) == 15.0
+    assert reward_for(expected_seconds(cfg, [0.0] * 5), cfg.hourly_wage) > 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import http.server
-import os
 import re
 import subprocess
 import threading

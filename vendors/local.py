@@ -234,11 +234,15 @@ class LocalVendor:
         existing = read_json(self.store, key, default=None)
         if existing is not None:
             return Annotation.model_validate(existing)
+        if self.store.exists(f"closed/{batch_id}.json"):
+            raise VendorDataError(f"batch {batch_id!r} is closed (paid); its items take no more answers")
         now = self.clock()
         lease = read_json(self.store, f"leases/{worker}.json", default=None)
         on_screen = None
         if lease and (lease["batch_id"], lease["item_id"]) == (batch_id, item_id):
             on_screen = max(0.0, now - lease["shown_at"])
+        if on_screen is None or on_screen >= self.params.lease_s:
+            self._check_open_slot(worker, task, now)
         seconds = on_screen if on_screen is not None else self.params.lease_s
         if client_seconds is not None and client_seconds >= 0:
             seconds = min(seconds, client_seconds)  # the page's timer, never more than the server saw
@@ -253,6 +257,20 @@ class LocalVendor:
             return Annotation.model_validate(read_json(self.store, key))
         self.store.delete(f"leases/{worker}.json")
         return ann
+
+    def _check_open_slot(self, worker: str, task: Task, now: float) -> None:
+        """An answer to an item not on the worker's screen needs a free replica slot.
+
+        Otherwise a post crafted by hand (or a stale tab) could add answers nobody asked for,
+        and each would be paid.
+        """
+        digest = item_key(task.item_id)
+        answered = sum(1 for k in self.store.list(f"answers/{task.batch_id}/")
+                       if k.rsplit("/", 1)[-1].startswith(digest + "."))
+        held = sum(1 for w, it in self._leases(now).items() if w != worker and it == (task.batch_id, task.item_id))
+        if answered + held >= task.replicas:
+            raise VendorDataError(f"item {task.item_id!r} already has its {task.replicas} answer(s) or they are "
+                                  "on other annotators' screens")
 
     def skip(self, worker: str, batch_id: str, item_id: str) -> None:
         self._check_worker(worker)

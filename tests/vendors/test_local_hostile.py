@@ -222,3 +222,24 @@ def test_the_named_image_is_still_served(image_server):
     assert status == 200 and body == (root / "img" / "a.png").read_bytes()
     assert headers["content-type"] == "image/png" and headers["x-content-type-options"] == "nosniff"
     assert raw_request(base, "GET", f"/image/b0/{_KEY}")[0] == 403  # the same URL without the cookie
+
+
+def test_answers_beyond_the_replicas_or_after_payment_are_refused(tmp_path):
+    from crowdloop.errors import VendorDataError
+
+    vendor = _desk(tmp_path)  # 4 items x 2 replicas
+    refs = [{"batch_id": "b0"}]
+    assert vendor.next_task("ann")[0].item_id == ITEMS[0]  # item-0 is on ann's screen
+    vendor.answer("bob", "b0", ITEMS[0], "cat")  # a post by hand, for a slot still free
+    with pytest.raises(VendorDataError, match=r"item 'item-0' already has its 2 answer\(s\) or they are on other"):
+        vendor.answer("eve", "b0", ITEMS[0], "dog")  # the second slot is ann's
+    vendor.answer("ann", "b0", ITEMS[0], "bird")  # ann keeps her slot
+    with pytest.raises(VendorDataError, match="already has its 2 answer"):
+        vendor.answer("eve", "b0", ITEMS[0], "dog")
+    assert vendor.answer("bob", "b0", ITEMS[0], "dog").label == "cat"  # a repeat returns the first answer
+    anns = [a for a in LocalVendor({"undo_window_s": 0}, vendor.context).poll(refs)]
+    assert sorted(a.worker_id for a in anns) == ["ann", "bob"]
+    vendor.acknowledge(anns, accept=True)  # the loop paid: the batch is closed
+    with pytest.raises(VendorDataError, match="batch 'b0' is closed"):
+        vendor.answer("carl", "b0", ITEMS[1], "cat")
+    assert_store_is_clean(vendor, {"ann", "bob"})
