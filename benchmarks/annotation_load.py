@@ -179,6 +179,7 @@ def run(*, annotators: int, submissions: int, replicas: int = 2, double_every: i
 
     if submissions % replicas:
         raise ValueError(f"submissions={submissions}: expected a multiple of replicas={replicas}")
+    load_before = round(os.getloadavg()[0], 2)  # the machine may be shared: say how busy it was
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         project_dir = str(Path(tmp) / "project")
         project, tokens = prepare(project_dir, items=submissions // replicas, replicas=replicas, annotators=annotators,
@@ -224,7 +225,9 @@ def run(*, annotators: int, submissions: int, replicas: int = 2, double_every: i
         "wall_s": round(wall, 2), "throughput_answers_per_s": round(len(tally.accepted) / wall, 1) if wall else None,
         "answer_post_ms": percentiles(tally.post_ms), "page_get_ms": percentiles(tally.page_ms),
         "server_log_lines": len([l for l in server_log.splitlines() if l.strip()]),
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
+                    "load_average_1m_before": load_before, "load_average_1m_after": round(os.getloadavg()[0], 2)},
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     return result
 

@@ -360,8 +360,8 @@ class LocalVendor:
                   index: dict[str, dict[tuple[str, str], set[str]]]) -> bool:
         key = (t.batch_id, item_key(t.item_id))
         answered = index["answers"].get(key, set())
-        if worker in answered or worker in index["skips"].get(key, set()):
-            return False
+        if len(answered) >= t.replicas or worker in answered or worker in index["skips"].get(key, set()):
+            return False  # (cheap checks first: most of a long batch is done when a page asks)
         held = sum(1 for w, held_item in leases.items() if w != worker and held_item == (t.batch_id, t.item_id))
         return len(answered) + held < t.replicas
 
