@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import timezone
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
+from datetime import timezone
 from typing import Any, Literal
+from urllib.parse import urlsplit
 from xml.sax.saxutils import quoteattr
 
 import httpx
@@ -363,7 +364,7 @@ class LabelStudioVendor:
 
 def _redact(text: str) -> str:
     """``text`` without the API key (nor the URL's password, if it carries one)."""
-    for secret in (os.environ.get(KEY_ENV), httpx.URL(os.environ.get(URL_ENV) or "http://x").password):
+    for secret in (os.environ.get(KEY_ENV), urlsplit(os.environ.get(URL_ENV) or "").password):
         if secret:
             text = text.replace(secret, "***")
     return text
