@@ -295,6 +295,7 @@ def parse_config(data: Any, *, source: str = "<config>", base_dir: Path | None =
     """Validate a mapping into a ``LoopConfig``; relative pool paths resolve against ``base_dir``."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    _check_size(data, source)
     try:
         config = LoopConfig.model_validate(data)
     except ValidationError as exc:
@@ -305,6 +306,32 @@ def parse_config(data: Any, *, source: str = "<config>", base_dir: Path | None =
             path = (base_dir / path).resolve()
         config = config.model_copy(update={"pool": config.pool.model_copy(update={"path": str(path)})})
     return config
+
+
+MAX_CONFIG_VALUES = 100_000
+MAX_CONFIG_DEPTH = 64
+
+
+def _check_size(data: Any, source: str) -> None:
+    """Refuse documents that expand beyond any real config before anything walks them.
+
+    YAML aliases let a few lines stand for billions of values ("billion laughs"), and deep
+    nesting exhausts the recursion limit of whatever serializes the config later.
+    """
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    seen = 0
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if seen > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{source}: the document holds more than {MAX_CONFIG_VALUES} values "
+                              "(YAML aliases expanding?); expected a config of ordinary size")
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"{source}: values nested more than {MAX_CONFIG_DEPTH} levels deep; expected a flatter config")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, depth + 1) for v in value)
 
 
 def load_config(path: str | Path) -> LoopConfig:
@@ -318,6 +345,8 @@ def load_config(path: str | Path) -> LoopConfig:
         raise ConfigError(f"{path}: cannot read config file: {exc}") from None
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -36,8 +36,14 @@ def reward_for(seconds_per_task: float, hourly_wage: float) -> float:
 
 
 def expected_seconds(cfg: PayConfig, measured_durations: Iterable[float]) -> float:
-    """Median measured duration of earlier work, or the pilot estimate when there is none."""
+    """Median measured duration of earlier work, or the pilot estimate when there is none.
+
+    A duration of 0 is no measurement (a vendor that reports no times, answers posted without
+    the item on screen): such answers are left out, so they can neither crash the next
+    dispatch with a zero estimate nor push the reward down to nothing.
+    """
     values = np.asarray(list(measured_durations), dtype=np.float64)
+    values = values[np.isfinite(values) & (values > 0)]
     return float(np.median(values)) if values.size else cfg.pilot_seconds_per_task
 
 

@@ -25,7 +25,7 @@ class Task(_Record):
     round: int = Field(ge=0)
     batch_id: str
     replicas: int = Field(ge=1)
-    reward: float = Field(ge=0, description="per judgment, in the pay currency")
+    reward: float = Field(ge=0, allow_inf_nan=False, description="per judgment, in the pay currency")
     is_gold: bool = False
     payload: dict[str, Any] = Field(default_factory=dict, description="what the worker sees (text, image ref, row)")
     exclude_workers: tuple[str, ...] = Field(
@@ -44,8 +44,10 @@ class Annotation(_Record):
     batch_id: str
     round: int = Field(ge=0)
     submitted_at: datetime
-    duration_s: float = Field(ge=0)
-    reward: float = Field(ge=0)
+    # Finite only: JSON has no inf/NaN, so such a record would be written as null and then
+    # break every later read of the label log.
+    duration_s: float = Field(ge=0, allow_inf_nan=False)
+    reward: float = Field(ge=0, allow_inf_nan=False)
     is_gold: bool = False
 
     @property

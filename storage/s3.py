@@ -31,7 +31,10 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from crowdloop.errors import ProjectLockedError, RecordExistsError, StoreError
+from crowdloop.redact import protect_loggers
 from crowdloop.storage import KeyNotFoundError, validate_key
+
+protect_loggers()  # botocore logs request headers (the access key id) at DEBUG
 
 _INTERNAL = ".crowdloop"
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}

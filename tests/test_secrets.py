@@ -1,12 +1,26 @@
-"""Credentials never land in the store, the console output or Prefect artifacts."""
+"""Credentials and tokens never land in the store, files, console output, logs, artifacts or errors.
+
+Each run is given canary secrets (fake AWS keys for S3 and MTurk, a Label Studio API key,
+the local app's annotator tokens) and afterwards every file it wrote, everything it printed,
+every Prefect artifact and log line, and every error message is searched for them, as text
+and URL-encoded.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import http.server
+import re
 import subprocess
+import threading
+import time
+import traceback
+from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import quote
 
 import boto3
+import httpx
 import pytest
 import yaml
 
@@ -16,15 +30,56 @@ pytestmark = pytest.mark.slow
 
 KEY_ID = "AKIACROWDLOOPLEAKTEST"
 SECRET = "s3cr3t-Crowdloop-Leak-Canary-0123456789abcdef"
+LS_KEY = "ls-canary-0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 
 
-async def _artifact_texts(prefix: str) -> list[str]:
+def _forms(secret: str) -> set[bytes]:
+    return {secret.encode(), quote(secret, safe="").encode()}
+
+
+def find_leaks(secrets: Iterable[str], *, dirs: Iterable[Path] = (), texts: Iterable[str] = ()) -> list[str]:
+    """Where any secret occurs: ``path`` of files under ``dirs`` (recursively) or ``text #n``."""
+    forms = {f: s for s in secrets for f in _forms(s)}
+    found = []
+    for root in dirs:
+        for path in sorted(p for p in Path(root).rglob("*") if p.is_file() and not p.is_symlink()):
+            data = path.read_bytes()
+            found += [f"{path}: {f.decode()[:6]}..." for f in forms if f in data]
+    for n, text in enumerate(texts):
+        data = text.encode("utf-8", errors="replace")
+        found += [f"text #{n}: {f.decode()[:6]}..." for f in forms if f in data]
+    return found
+
+
+def test_find_leaks_finds_what_it_should(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "x.log").write_text(f"GET /?token={quote('tok/en+=', safe='')}")
+    (tmp_path / "clean.json").write_text("{}")
+    assert find_leaks(["tok/en+="], dirs=[tmp_path]) == [f"{tmp_path / 'a' / 'b' / 'x.log'}: tok%2F..."]
+    assert find_leaks(["tok/en+="], texts=["", "... tok/en+= ..."]) == ["text #1: tok/en..."]
+
+
+async def _prefect_texts(prefix: str) -> list[str]:
+    """The project's artifacts and every log line the Prefect server holds."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     async with get_client() as client:
         arts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=prefix)))
-    return [f"{a.data} {a.description}" for a in arts]
+        logs, offset = [], 0
+        while page := await client.read_logs(limit=200, offset=offset):
+            logs += page
+            offset += len(page)
+    assert arts, "the run left no artifacts to search"  # (the loop itself logs little; whatever there is, is searched)
+    return [f"{a.key} {a.data} {a.description}" for a in arts] + [f"{l.name} {l.message}" for l in logs]
+
+
+def _isolated_env(cli_env: dict, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A subprocess env whose Prefect home and temp dir are inside ``tmp_path`` (so they get searched)."""
+    home, tmp = tmp_path / "prefect-home", tmp_path / "tmp"
+    home.mkdir(exist_ok=True)
+    tmp.mkdir(exist_ok=True)
+    return {**cli_env, "PREFECT_HOME": str(home), "TMPDIR": str(tmp), **extra}
 
 
 def test_run_on_s3_leaks_no_credentials(cli_env: dict, s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> None:
@@ -32,12 +87,13 @@ def test_run_on_s3_leaks_no_credentials(cli_env: dict, s3_endpoint: str, s3_buck
                                                   "storage.url": f"s3://{s3_bucket}/leak",
                                                   "storage.endpoint_url": s3_endpoint})
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    env = {**cli_env, "AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET}
+    env = _isolated_env(cli_env, tmp_path, AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET,
+                        LABEL_STUDIO_API_KEY=LS_KEY)
     run = subprocess.run(crowdloop_cmd() + ["run", str(tmp_path / "c.yaml"), "--verbose"], env=env,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     status = subprocess.run(crowdloop_cmd() + ["status", f"s3://{s3_bucket}/leak?endpoint_url={s3_endpoint}", "--json"],
-                            env=env, capture_output=True, text=True, timeout=120)
+                            env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert status.returncode == 0
 
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
@@ -45,6 +101,164 @@ def test_run_on_s3_leaks_no_credentials(cli_env: dict, s3_endpoint: str, s3_buck
     assert len(objects) > 20
     texts = [run.stdout, run.stderr, status.stdout, status.stderr]
     texts += [s3.get_object(Bucket=s3_bucket, Key=o["Key"])["Body"].read().decode("latin-1") for o in objects]
-    texts += asyncio.run(_artifact_texts("crowdloop-leakcheck-%"))
-    for text in texts:
-        assert SECRET not in text and KEY_ID not in text
+    texts += asyncio.run(_prefect_texts("crowdloop-leakcheck-%"))
+    assert find_leaks([KEY_ID, SECRET, LS_KEY], dirs=[tmp_path], texts=texts) == []
+
+
+def _annotate_until(base: str, tokens: dict[str, str], done: threading.Event, errors: list[str]) -> None:
+    """Annotators at work (the page's own requests) until ``done``; one visitor tries a bad token."""
+    clients = {}
+    for name, token in tokens.items():
+        c = httpx.Client(base_url=base, timeout=30, follow_redirects=False)
+        if c.get(f"/?token={token}").status_code != 303:
+            errors.append(f"{name}: link refused")
+        clients[name] = c
+    intruder = httpx.Client(base_url=base, timeout=30)
+    try:
+        while not done.is_set():
+            intruder.get(f"/?token={tokens['alice'][:-3]}xyz")
+            for name, c in clients.items():
+                page = c.get("/")
+                found = re.search(r'data-item="([^"]*)"', page.text)
+                if not found:
+                    continue
+                form = dict(re.findall(r'<input type="hidden" name="(csrf|batch_id|item_id)" value="([^"]*)">', page.text))
+                form.update(label=re.findall(r'name="label" value="([^"]*)"', page.text)[0], client_ms="1500")
+                r = c.post("/answer", data=form, headers={"Origin": base})
+                if r.status_code != 303:
+                    errors.append(f"{name}: answer refused {r.status_code}")
+            time.sleep(0.2)
+    finally:
+        for c in [*clients.values(), intruder]:
+            c.close()
+
+
+def test_local_annotation_run_leaks_no_tokens(cli_env: dict, tmp_path: Path) -> None:
+    """A Prefect run with the local vendor while annotators work in `crowdloop annotate`."""
+    from crowdloop import engine
+    from crowdloop.config import parse_config
+    from tests.vendors.test_local_browser import _free_port
+
+    config = small_config(project="tokenleak", **{
+        "vendor": {"name": "local", "params": {"undo_window_s": 0}}, "stopping.max_rounds": 2,
+        "sampler.initial_size": 6, "sampler.batch_size": 4, "consensus.redundancy": 2,
+        "consensus.method": "majority_vote", "collect.timeout_s": 120, "collect.poll_interval_s": 0.3})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    project_dir = tmp_path / "project"
+    p = engine.Project.prepare(parse_config(config), str(project_dir))
+    tokens = {name: p.vendor.add_annotator(name) for name in ("alice", "bob")}
+    env = _isolated_env(cli_env, tmp_path, AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET,
+                        LABEL_STUDIO_API_KEY=LS_KEY)
+    port = _free_port()
+    app_log = tmp_path / "annotate.log"
+    with open(app_log, "w") as log:
+        app = subprocess.Popen(crowdloop_cmd() + ["annotate", str(project_dir), "--port", str(port)], env=env,
+                               stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    done, errors = threading.Event(), []
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(base + "/", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and app.poll() is None, app_log.read_text()
+                time.sleep(0.2)
+        workers = threading.Thread(target=_annotate_until, args=(base, tokens, done, errors), daemon=True)
+        workers.start()
+        run = subprocess.run(crowdloop_cmd() + ["run", str(tmp_path / "c.yaml"), "--project-dir", str(project_dir),
+                                                "--verbose"], env=env, capture_output=True, text=True, timeout=300,
+                             cwd=tmp_path)
+    finally:
+        done.set()
+        app.terminate()
+        app.wait(timeout=10)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert not errors, errors[:5]
+    answered = engine.Project.open(str(project_dir)).annotations()
+    assert {a.worker_id for a in answered} == {"alice", "bob"} and len(answered) >= 2 * 6
+
+    texts = [run.stdout, run.stderr, *asyncio.run(_prefect_texts("crowdloop-tokenleak-%"))]
+    assert find_leaks([*tokens.values(), KEY_ID, SECRET, LS_KEY], dirs=[tmp_path], texts=texts) == []
+
+
+def test_mturk_run_leaks_no_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog, capfd) -> None:
+    """Two rounds against the in-memory MTurk with canary keys from the environment, every log at DEBUG."""
+    from crowdloop import engine
+    from crowdloop.config import parse_config
+    from crowdloop.vendors import mturk
+    from tests.vendors.mturk_fake import FakeMTurk
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    fake = FakeMTurk(answer=lambda item, replica: "3")
+
+    def session() -> boto3.session.Session:  # boto3's own credential chain: the canary keys from the env
+        s = boto3.session.Session()
+        s.events.register("before-send.mturk", fake._handle)
+        return s
+
+    monkeypatch.setattr(mturk, "_session_factory", session)
+    config = small_config(project="mturkleak", **{
+        "vendor": {"name": "mturk", "params": {"max_requests_per_second": 100}}, "stopping.max_rounds": 2,
+        "sampler.initial_size": 6, "sampler.batch_size": 4, "consensus.redundancy": 2,
+        "consensus.method": "majority_vote", "collect.timeout_s": 5, "collect.poll_interval_s": 0.01})
+    with caplog.at_level("DEBUG"):
+        p = engine.Project.prepare(parse_config(config), str(tmp_path / "project"))
+        engine.run_in_process(p)
+        assert fake.hits and any(a.vendor == "mturk" for a in p.annotations())
+        assert p.vendor.client._request_signer._credentials.access_key == KEY_ID  # the canary was really used
+        fake.throttle["ListAssignmentsForHIT"] = 100  # an error path too: retries give up
+        with pytest.raises(Exception) as info:
+            mturk.MTurkVendor({"max_requests_per_second": 100, "max_attempts": 2}, p.vendor.context).poll(
+                [{"hit_id": next(iter(fake.hits)), "batch_id": "x", "group": "g", "item_ids": []}])
+    out, err = capfd.readouterr()
+    texts = [out, err, *(r.getMessage() for r in caplog.records),
+             "".join(traceback.format_exception(info.value))]
+    assert find_leaks([KEY_ID, SECRET], dirs=[tmp_path], texts=texts) == []
+
+
+class _EchoHandler(http.server.BaseHTTPRequestHandler):
+    """A hostile or broken server that echoes the request headers in its error body."""
+
+    def _echo(self) -> None:
+        body = f"unauthorized: {self.headers.get('Authorization')!r} is not valid; you sent {dict(self.headers)}".encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PATCH = _echo
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_label_studio_errors_never_carry_the_api_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("label_studio_sdk")
+    from crowdloop.errors import VendorError
+    from crowdloop.records import Task
+    from crowdloop.storage import PrefixedStore
+    from crowdloop.storage.local import LocalStore
+    from crowdloop.vendor import VendorContext
+    from crowdloop.vendors import label_studio as lsv
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EchoHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for url in (f"http://127.0.0.1:{server.server_address[1]}", "http://127.0.0.1:9"):  # echoing, refused
+            monkeypatch.setenv(lsv.URL_ENV, url)
+            monkeypatch.setenv(lsv.KEY_ENV, LS_KEY)
+            ctx = VendorContext(project="p", name="label_studio", seed=0, classes=("a", "b"),
+                                store=PrefixedStore(LocalStore(tmp_path), "vendor/label_studio"),
+                                item_payload=lambda i: {"kind": "text", "text": i})
+            with pytest.raises(VendorError) as info:
+                lsv.LabelStudioVendor({"timeout_s": 5}, ctx).submit(
+                    [Task(item_id="i", round=0, batch_id="b", replicas=1, reward=0.01)], batch_id="b")
+            text = "".join(traceback.format_exception(info.value))
+            assert find_leaks([LS_KEY], dirs=[tmp_path], texts=[str(info.value), text]) == [], str(info.value)
+    finally:
+        server.shutdown()

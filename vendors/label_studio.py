@@ -23,13 +23,15 @@ import logging
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
+from datetime import timezone
 from typing import Any, Literal
+from urllib.parse import urlsplit
 from xml.sax.saxutils import quoteattr
 
 import httpx
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from crowdloop.errors import RecordExistsError, VendorError
 from crowdloop.records import Annotation, Task, content_hash, dumps, utcnow
@@ -43,6 +45,7 @@ KEY_ENV = "LABEL_STUDIO_API_KEY"
 DATA_FIELD = {"text": "text", "image": "image", "tabular": "row"}
 TAG = {"text": "Text", "image": "Image", "tabular": "Table"}
 KIND_TO_TYPE = {"text": "text", "image_url": "image", "tabular": "tabular"}
+MAX_LEAD_TIME_S = 7 * 24 * 3600.0  # longer than a week on one item is not a measurement
 
 
 def _payload_type(payload: dict[str, Any]) -> str | None:
@@ -132,9 +135,12 @@ class LabelStudioVendor:
         try:
             return fn(*args, **kwargs)
         except ApiError as exc:
-            raise VendorError(f"vendor 'label_studio': {what} failed: HTTP {exc.status_code}: {str(exc.body)[:300]}") from exc
+            # The body is the server's; a broken proxy may echo the request, API key included. Only
+            # the redacted message travels on (``from None``: the raw error would print the body).
+            body = _redact(str(exc.body)[:300])
+            raise VendorError(f"vendor 'label_studio': {what} failed: HTTP {exc.status_code}: {body}") from None
         except (OSError, httpx.HTTPError) as exc:  # connection refused, DNS, timeouts
-            raise VendorError(f"vendor 'label_studio': {what} failed: {exc}") from exc
+            raise VendorError(f"vendor 'label_studio': {what} failed: {_redact(str(exc))}") from exc
 
     # -- project --------------------------------------------------------------------------
     @property
@@ -235,11 +241,15 @@ class LabelStudioVendor:
             record = read_json(self.store, f"batches/{ref['batch_id']}.json")
             item_of = {int(tid): item for item, tid in record["tasks"].items()}
             for task in self._tasks(record["project_id"], with_annotations=True):
-                item = item_of.get(int(task["id"]))
+                item = item_of.get(_int_id(task.get("id")))
                 if item is None:
-                    continue
-                for ann in task.get("annotations") or []:
-                    aid = f"ls{record['project_id']}-{ann['id']}"
+                    continue  # not one of ours (or no usable id): never guess
+                annotations = task.get("annotations") or []
+                for ann in annotations if isinstance(annotations, list) else []:
+                    ann_id = _int_id(ann.get("id")) if isinstance(ann, dict) else None
+                    if ann_id is None:
+                        continue  # cannot be de-duplicated, so it can never be counted
+                    aid = f"ls{record['project_id']}-{ann_id}"
                     if aid in self._returned or aid in acked:
                         continue
                     converted = self._to_annotation(ann, aid, item, record)
@@ -299,32 +309,76 @@ class LabelStudioVendor:
         return found
 
     def _to_annotation(self, ann: dict[str, Any], aid: str, item: str, record: dict[str, Any]) -> Annotation | None:
+        """A submitted annotation as a crowdloop record; None for skips, empty or unusable ones.
+
+        Whatever the server (or anyone with write access to the project) put there, only a
+        well-formed answer naming one of the classes becomes a record; the rest is logged once.
+        """
         if ann.get("was_cancelled"):
             return None  # skipped by the annotator: not a label
-        choices = [r.get("value", {}).get("choices") for r in ann.get("result") or []
-                   if r.get("from_name") == "label" and r.get("type") == "choices"]
-        labels = [c[0] for c in choices if c]
+        results = ann.get("result")
+        labels = []
+        for r in results if isinstance(results, list) else []:
+            if not isinstance(r, dict) or r.get("from_name") != "label" or r.get("type") != "choices":
+                continue
+            value = r.get("value")
+            choices = value.get("choices") if isinstance(value, dict) else None
+            if isinstance(choices, list) and choices:
+                labels.append(choices[0])
         if not labels:
             return None  # an empty submission is no answer
+        problem = None
         label = labels[0]
-        if label not in self.context.classes:
-            log.warning("label_studio: skipping annotation %s: %r is not one of %s", aid, label, list(self.context.classes))
-            self._returned.add(aid)
-            return None
         worker = ann.get("completed_by")
         if isinstance(worker, dict):
             worker = worker.get("id")
-        return Annotation(item_id=item, worker_id=f"ls-user-{worker}", label=label, vendor=self.name, assignment_id=aid,
-                          batch_id=record["batch_id"], round=record["round"],
-                          submitted_at=ann.get("updated_at") or ann.get("created_at") or utcnow(),
-                          duration_s=round(max(0.0, float(ann.get("lead_time") or 0.0)), 3),
-                          reward=record["rewards"][item], is_gold=bool(record["is_gold"][item]))
+        submitted = ann.get("updated_at") or ann.get("created_at") or utcnow()
+        lead = ann.get("lead_time") or 0.0
+        if not isinstance(label, str) or label not in self.context.classes:
+            problem = f"{str(label)[:80]!r} is not one of {list(self.context.classes)}"
+        elif _int_id(worker) is None:
+            problem = f"completed_by {str(worker)[:40]!r} is not a user id"
+        elif not isinstance(lead, (int, float)) or isinstance(lead, bool) or not 0 <= lead < MAX_LEAD_TIME_S:
+            problem = f"lead_time {str(lead)[:40]!r}: expected seconds in [0, {MAX_LEAD_TIME_S:.0f})"
+        else:
+            try:
+                out = Annotation(item_id=item, worker_id=f"ls-user-{_int_id(worker)}", label=label, vendor=self.name,
+                                 assignment_id=aid, batch_id=record["batch_id"], round=record["round"],
+                                 submitted_at=submitted, duration_s=round(float(lead), 3),
+                                 reward=record["rewards"][item], is_gold=bool(record["is_gold"][item]))
+                if out.submitted_at.tzinfo is None:  # Label Studio speaks UTC; never mix naive and aware times
+                    out = out.model_copy(update={"submitted_at": out.submitted_at.replace(tzinfo=timezone.utc)})
+                return out
+            except ValidationError as exc:
+                problem = f"unusable fields: {exc.errors()[0]['loc']} {exc.errors()[0]['msg']}"
+        log.warning("label_studio: skipping annotation %s: %s", aid, problem)
+        self._returned.add(aid)
+        return None
 
     def _acknowledged(self) -> set[str]:
         done: set[str] = set()
         for key in self.store.list("acks/"):
             done.update(read_json(self.store, key)["assignment_ids"])
         return done
+
+
+def _redact(text: str) -> str:
+    """``text`` without the API key (nor the URL's password, if it carries one)."""
+    for secret in (os.environ.get(KEY_ENV), urlsplit(os.environ.get(URL_ENV) or "").password):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _int_id(value: Any) -> int | None:
+    """A Label Studio object id (a positive int, or its decimal string); None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
+        return int(value) or None
+    return None
 
 
 def _write_once(store, key: str, obj: Any) -> None:

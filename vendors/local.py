@@ -22,6 +22,7 @@ Store layout (under ``vendor/local/``)::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -50,6 +51,7 @@ class LocalParams(BaseModel):
     lease_s: float = Field(600.0, gt=0, description="an item on one annotator's screen is held for them this long")
 
 
+@functools.lru_cache(maxsize=1 << 16)  # the desk asks for every open item's digest on every page view
 def item_key(item_id: str) -> str:
     """Item ids may hold any character; store keys use a digest."""
     return hashlib.sha256(item_id.encode()).hexdigest()[:16]
@@ -72,6 +74,7 @@ class LocalVendor:
         self.clock = clock
         self._returned: set[str] = set()
         self._returned_keys: set[str] = set()
+        self._batches: dict[str, tuple[list[Task], dict[str, Task], dict[str, Task]]] = {}
 
     # -- vendor protocol -------------------------------------------------------------
     def submit(self, tasks: Sequence[Task], *, batch_id: str) -> list[Ref]:
@@ -175,24 +178,20 @@ class LocalVendor:
         """Tasks of batches the loop has not paid yet, in dispatch order."""
         out: list[Task] = []
         for key in self.store.list("batches/"):
-            batch = read_json(self.store, key)
-            if self.store.exists(f"closed/{batch['batch_id']}.json"):
+            batch_id = key[len("batches/"):-len(".json")]
+            if self.store.exists(f"closed/{batch_id}.json"):
                 continue
-            out.extend(Task.model_validate(t) for t in batch["tasks"])
+            out.extend(self._batch_tasks(batch_id))
         return out
 
     def task(self, batch_id: str, item_id: str) -> Task | None:
-        for t in self._batch_tasks(batch_id):
-            if t.item_id == item_id:
-                return t
-        return None
+        self._batch_tasks(batch_id)
+        return self._batches.get(batch_id, ([], {}, {}))[1].get(item_id)
 
     def task_by_key(self, batch_id: str, key: str) -> Task | None:
         """The task whose item digest is ``key``; only dispatched items are ever found."""
-        for t in self._batch_tasks(batch_id):
-            if item_key(t.item_id) == key:
-                return t
-        return None
+        self._batch_tasks(batch_id)
+        return self._batches.get(batch_id, ([], {}, {}))[2].get(key)
 
     def next_task(self, worker: str) -> tuple[Task, float] | None:
         """The item to show ``worker`` (their current lease if still valid) and when it was shown."""
@@ -235,11 +234,15 @@ class LocalVendor:
         existing = read_json(self.store, key, default=None)
         if existing is not None:
             return Annotation.model_validate(existing)
+        if self.store.exists(f"closed/{batch_id}.json"):
+            raise VendorDataError(f"batch {batch_id!r} is closed (paid); its items take no more answers")
         now = self.clock()
         lease = read_json(self.store, f"leases/{worker}.json", default=None)
         on_screen = None
         if lease and (lease["batch_id"], lease["item_id"]) == (batch_id, item_id):
             on_screen = max(0.0, now - lease["shown_at"])
+        if on_screen is None or on_screen >= self.params.lease_s:
+            self._check_open_slot(worker, task, now)
         seconds = on_screen if on_screen is not None else self.params.lease_s
         if client_seconds is not None and client_seconds >= 0:
             seconds = min(seconds, client_seconds)  # the page's timer, never more than the server saw
@@ -254,6 +257,20 @@ class LocalVendor:
             return Annotation.model_validate(read_json(self.store, key))
         self.store.delete(f"leases/{worker}.json")
         return ann
+
+    def _check_open_slot(self, worker: str, task: Task, now: float) -> None:
+        """An answer to an item not on the worker's screen needs a free replica slot.
+
+        Otherwise a post crafted by hand (or a stale tab) could add answers nobody asked for,
+        and each would be paid.
+        """
+        digest = item_key(task.item_id)
+        answered = sum(1 for k in self.store.list(f"answers/{task.batch_id}/")
+                       if k.rsplit("/", 1)[-1].startswith(digest + "."))
+        held = sum(1 for w, it in self._leases(now).items() if w != worker and it == (task.batch_id, task.item_id))
+        if answered + held >= task.replicas:
+            raise VendorDataError(f"item {task.item_id!r} already has its {task.replicas} answer(s) or they are "
+                                  "on other annotators' screens")
 
     def skip(self, worker: str, batch_id: str, item_id: str) -> None:
         self._check_worker(worker)
@@ -305,11 +322,20 @@ class LocalVendor:
         return datetime.fromtimestamp(self.clock() if stamp is None else stamp, timezone.utc)
 
     def _batch_tasks(self, batch_id: str) -> list[Task]:
+        """A batch's tasks, parsed once per process: batch records are create-only, never rewritten.
+
+        (Parsing a 1000-task batch on every page view was most of the app's time under load.)
+        """
+        cached = self._batches.get(batch_id)
+        if cached is not None:
+            return cached[0]
         try:
             batch = read_json(self.store, f"batches/{batch_id}.json")
         except (KeyNotFoundError, CrowdloopError):
             return []
-        return [Task.model_validate(t) for t in batch["tasks"]]
+        tasks = [Task.model_validate(t) for t in batch["tasks"]]
+        self._batches[batch_id] = (tasks, {t.item_id: t for t in tasks}, {item_key(t.item_id): t for t in tasks})
+        return tasks
 
     def _index(self, tasks: Sequence[Task]) -> dict[str, dict[tuple[str, str], set[str]]]:
         """Who answered / skipped each item: one listing per batch, not one per item."""
@@ -334,8 +360,8 @@ class LocalVendor:
                   index: dict[str, dict[tuple[str, str], set[str]]]) -> bool:
         key = (t.batch_id, item_key(t.item_id))
         answered = index["answers"].get(key, set())
-        if worker in answered or worker in index["skips"].get(key, set()):
-            return False
+        if len(answered) >= t.replicas or worker in answered or worker in index["skips"].get(key, set()):
+            return False  # (cheap checks first: most of a long batch is done when a page asks)
         held = sum(1 for w, held_item in leases.items() if w != worker and held_item == (t.batch_id, t.item_id))
         return len(answered) + held < t.replicas
 

@@ -6,7 +6,8 @@ Security model, in short:
   SameSite=Lax cookie and redirects to ``/`` (so the token leaves the address bar); without a
   valid token every route answers 403;
 * posts must come from this site: a CSRF token derived from the annotator's token, and a
-  foreign ``Origin`` / ``Sec-Fetch-Site: cross-site`` is refused;
+  foreign ``Origin`` (or, without one, a foreign ``Referer``) or ``Sec-Fetch-Site`` other than
+  same-origin is refused;
 * item content is escaped by Jinja2's autoescaping, scripts run only with a per-response CSP
   nonce, so an item whose text is ``<script>...`` shows as text;
 * ``/image/<batch>/<item digest>`` serves only items of dispatched batches, from the path the
@@ -28,6 +29,7 @@ from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 from jinja2 import Environment
 
 from crowdloop.errors import CrowdloopError
@@ -176,10 +178,12 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
     def same_site(request: Request) -> bool:
         if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
             return False
+        ours = f"{request.url.scheme}://{request.headers.get('host', '')}"
         origin = request.headers.get("origin")
-        if origin is None or origin == "null":
-            return origin is None  # an opaque origin is never ours
-        return origin == f"{request.url.scheme}://{request.headers.get('host', '')}"
+        if origin is None:  # old browsers send no Origin on same-origin posts; a Referer still tells
+            referer = request.headers.get("referer")
+            return referer is None or referer == ours or referer.startswith(ours + "/")
+        return origin == ours  # "null" (an opaque origin) is never ours
 
     async def form_of(request: Request) -> dict[str, str] | None:
         body = await request.body()
@@ -196,7 +200,8 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
         if who is None or not same_site(request):
             return forbidden()
         form = await form_of(request)
-        if form is None or not hmac.compare_digest(form.get("csrf", ""), csrf_for(who[1])):
+        # bytes: compare_digest raises TypeError on non-ASCII str, which a forged form may carry
+        if form is None or not hmac.compare_digest(form.get("csrf", "").encode(), csrf_for(who[1]).encode()):
             return forbidden()
         return who[0], form
 
@@ -244,12 +249,15 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
             client_ms = float(form.get("client_ms") or "nan")
         except ValueError:
             client_ms = float("nan")
-        with lock:
-            try:
+        def store_answer() -> None:
+            with lock:
                 vendor.answer(name, form.get("batch_id", ""), form.get("item_id", ""), form.get("label", ""),
                               client_seconds=None if client_ms != client_ms else client_ms / 1000.0)
-            except CrowdloopError as exc:
-                return security_headers(HTMLResponse(f"<p>400: {_escape(str(exc))}</p>", status_code=400))
+
+        try:  # in a worker thread: the lock and the store's I/O must not stall the event loop
+            await run_in_threadpool(store_answer)
+        except CrowdloopError as exc:
+            return security_headers(HTMLResponse(f"<p>400: {_escape(str(exc))}</p>", status_code=400))
         return back()
 
     @app.post("/skip")
@@ -258,11 +266,14 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
         if isinstance(checked, Response):
             return checked
         name, form = checked
-        with lock:
-            try:
+        def store_skip() -> None:
+            with lock:
                 vendor.skip(name, form.get("batch_id", ""), form.get("item_id", ""))
-            except CrowdloopError as exc:
-                return security_headers(HTMLResponse(f"<p>400: {_escape(str(exc))}</p>", status_code=400))
+
+        try:
+            await run_in_threadpool(store_skip)
+        except CrowdloopError as exc:
+            return security_headers(HTMLResponse(f"<p>400: {_escape(str(exc))}</p>", status_code=400))
         return back("skipped")
 
     @app.post("/undo")
@@ -271,8 +282,12 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
         if isinstance(checked, Response):
             return checked
         name, _ = checked
-        with lock:
-            undone = vendor.undo(name)
+
+        def take_back() -> Task | None:
+            with lock:
+                return vendor.undo(name)
+
+        undone = await run_in_threadpool(take_back)
         return back("undone" if undone else "too-late")
 
     @app.get("/image/{batch_id}/{key}")

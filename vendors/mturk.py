@@ -44,10 +44,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from crowdloop.errors import ConfigError, RecordExistsError, VendorError
 from crowdloop.records import Annotation, Task, utcnow
+from crowdloop.redact import protect_loggers
 from crowdloop.storage import read_json, write_json
 from crowdloop.vendor import Ref, VendorContext, parse_params
 
 log = logging.getLogger(__name__)
+protect_loggers()  # botocore logs request headers (the access key id) at DEBUG
 
 SANDBOX_ENDPOINT = "https://mturk-requester-sandbox.{region}.amazonaws.com"
 PRODUCTION_ENDPOINT = "https://mturk-requester.{region}.amazonaws.com"
@@ -65,6 +67,7 @@ COMMISSION = 0.20
 LARGE_HIT_SURCHARGE = 0.20
 LARGE_HIT_ASSIGNMENTS = 10
 MIN_FEE = 0.01
+MAX_ANSWER_CHARS = 1_000_000  # a classification answer is a few hundred bytes; refuse megabytes unparsed
 
 # Sessions are built through this name so tests can hand in a session with a fake wired into
 # botocore's ``before-send`` event (every request is still validated by the real model).
@@ -664,8 +667,10 @@ def parse_answers(xml_text: str) -> dict[str, str]:
 
     Document type declarations are refused outright, so entity expansion cannot be abused.
     """
-    if not xml_text or not xml_text.strip():
+    if not isinstance(xml_text, str) or not xml_text.strip():
         raise ValueError("empty answer")
+    if len(xml_text) > MAX_ANSWER_CHARS:
+        raise ValueError(f"answer has {len(xml_text)} characters, expected at most {MAX_ANSWER_CHARS}")
     if "<!DOCTYPE" in xml_text.upper() or "<!ENTITY" in xml_text.upper():
         raise ValueError("document type declarations are not allowed")
     try:

@@ -231,3 +231,10 @@ def test_any_result_file_is_split_into_answers_and_rejects_without_crashing(tmp_
     assert len(got) + n_rejected == sum(1 for l in lines if l.strip())
     assert all(a.label in ("cat", "dog", "bird") and a.item_id in ("i0", "i1") for a in got)
     assert len({(a.item_id, a.worker_id) for a in got}) == len(got)
+    # what the vendor stored is exactly what it returned, as valid records (the label log's format)
+    from crowdloop.records import Annotation
+
+    stored = [Annotation.model_validate_json(line) for key in v.state.list("answers/")
+              for line in v.state.read_bytes(key).splitlines() if line.strip()]
+    assert sorted(a.assignment_id for a in stored) == sorted(a.assignment_id for a in got)
+    assert all(json.loads(line)["reason"] for key in rejects for line in v.exchange.read_bytes(key).splitlines())
