@@ -9,7 +9,7 @@ absolute test accuracy (``"0.80"``, ``"0.85"``, ``"0.88"``), written after every
 (a killed benchmark keeps what finished; a rerun skips it)::
 
     python benchmarks/fashion_mnist.py --seeds 3 --jobs 2 --out benchmarks/results/fashion-mnist.json
-    python benchmarks/fashion_mnist.py --warm-study --out benchmarks/results/fashion-mnist-warmstart.json
+    python benchmarks/fashion_mnist.py --warm-study --seeds 3 --out benchmarks/results/fashion-mnist-warmstart.json
     python benchmarks/fashion_mnist.py --report benchmarks/results/fashion-mnist.json
 
 ``crowdloop:best`` is crowdloop's recommended combination for deep models: the ``best``
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm-epochs", type=int, default=10)
     ap.add_argument("--max-pseudo", type=int, default=4000)
     ap.add_argument("--jobs", type=int, default=1)
-    ap.add_argument("--warm-study", action="store_true", help="margin, seed 0: warm start vs retraining from scratch")
+    ap.add_argument("--warm-study", action="store_true", help="margin, --seeds seeds: warm start vs retraining from scratch")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/fashion-mnist.json"))
     ap.add_argument("--report", type=Path, nargs="*", help="print the Markdown table of these result files and exit")
     args = ap.parse_args(argv)
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if args.warm_study:
-        jobs = [("crowdloop:margin", 0, w, args) for w in (True, False)]
+        jobs = [("crowdloop:margin", seed, w, args) for seed in range(args.seeds) for w in (True, False)]
     else:
         jobs = [(s, seed, True, args) for seed in range(args.seeds) for s in args.strategies]
     results: list[dict[str, Any]] = json.loads(args.out.read_text()) if args.out.exists() else []
