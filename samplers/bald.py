@@ -120,10 +120,9 @@ def batchbald_sampling(
     available = np.ones(Mn, dtype=bool)
     chosen: list[int] = []
     ckeys = keys[cand]
-    step = max(1, int(4_000_000 // max(len(weight) * C, 1)))
     while len(chosen) < k:
         scores = np.empty(Mn)
-        step = max(1, int(4_000_000 // max(len(weight) * C, 1)))
+        step = max(1, int(4_000_000 // max(len(weight) * C, 1)))  # candidates per block: bounded memory
         for s in range(0, Mn, step):
             q = (post @ flat[:, s * C : (s + step) * C]).reshape(len(post), -1, C)  # (S, m, C)
             scores[s : s + step] = weight @ _entropy(q) - cond[s : s + step]
