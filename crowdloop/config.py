@@ -25,11 +25,11 @@ class _Strict(BaseModel):
 class PoolConfig(_Strict):
     """Where the unlabeled items come from, and how the held-out test split is drawn."""
 
-    source: Literal["sklearn", "csv", "parquet", "sharded"] = "sklearn"
+    source: Literal["sklearn", "csv", "parquet", "sharded", "images", "fashion_mnist"] = "sklearn"
     name: str | None = Field(None, description="scikit-learn bundled set: digits, iris, wine, breast_cancer")
     path: str | None = Field(
-        None, description="CSV/Parquet file, or a sharded pool's folder or s3:// URL; relative paths resolve against the config file"
-    )
+        None, description="CSV/Parquet file; a sharded pool's folder or s3:// URL; an image folder or s3://bucket/prefix "
+        "(images); an idx folder (fashion_mnist); relative paths resolve against the config file")
     feature_columns: list[str] | None = Field(None, description="default: every column but id and label")
     label_column: str | None = Field(None, description="ground truth, used only for evaluation and simulation")
     id_column: str | None = Field(None, description="stable item ids; default: the row number")
@@ -39,13 +39,18 @@ class PoolConfig(_Strict):
         None, description="image file shown to annotators (not a feature); relative paths resolve against the pool file"
     )
     test_size: float = Field(0.25, gt=0, lt=1, description="share of items held out for evaluation")
+    # Image pools (source images / fashion_mnist, crowdloop.models.images).
+    image_size: int | None = Field(None, ge=4, le=4096, description="images: resize to this square side; default: native size")
+    image_mode: Literal["gray", "rgb"] = Field("rgb", description="images: decode as grayscale or RGB")
+    split: Literal["train", "test", "all"] = Field("train", description="fashion_mnist: which official split forms the pool")
+    max_items: int | None = Field(None, ge=2, description="images/fashion_mnist: a fixed random subset of this many items")
 
     @model_validator(mode="after")
     def _check_source(self) -> "PoolConfig":
         if self.source == "sklearn":
             if self.name not in SKLEARN_POOLS:
                 raise ValueError(f"name={self.name!r}: expected one of {', '.join(SKLEARN_POOLS)} for source 'sklearn'")
-        elif not self.path:
+        elif not self.path and self.source != "fashion_mnist":
             raise ValueError(f"path is required for source {self.source!r}")
         if self.text_column and self.image_column:
             raise ValueError("text_column and image_column: expected at most one content column per pool")

@@ -366,9 +366,8 @@ def _check_same_config(stored: LoopConfig, given: LoopConfig, url: str) -> None:
 # Steps
 # ---------------------------------------------------------------------------------------
 def train(p: Project, r: int) -> dict[str, Any]:
-    """Fit a clone of the model on the human labels aggregated before round ``r``."""
-    from sklearn.base import clone
-
+    """Fit a clone of the model (or, with ``warm_start``, the previous round's model) on the
+    human labels aggregated before round ``r``."""
     key = round_key(r, "train.json")
     done = read_json(p.store, key, default=None)
     if done is not None:
@@ -385,8 +384,11 @@ def train(p: Project, r: int) -> dict[str, Any]:
         idx = np.array([p._index_of[l.item_id] for l in labels])
         y = np.array([l.label for l in labels], dtype=object)
         start = time.perf_counter()
-        model = clone(p.model_template).fit(p.pool.X[idx], y)
+        model, warm_from = _warm_model(p, r)
+        model = model.fit(p.pool.X[idx], y)
         info.update(trained=True, seconds=round(time.perf_counter() - start, 4))
+        if warm_from is not None:
+            info["warm_from_round"] = warm_from
         try:
             p.store.write_bytes(round_key(r, "model.pkl"), pickle.dumps(model), create_only=True)
         except RecordExistsError:
@@ -394,6 +396,25 @@ def train(p: Project, r: int) -> dict[str, Any]:
         p._models.pop(r, None)
     _write_once(p.store, key, info)
     return info
+
+
+def _warm_model(p: Project, r: int) -> tuple[Any, int | None]:
+    """The estimator round ``r`` fits: a fresh clone, or, for a model with ``warm_start=True``
+    (e.g. ``TorchClassifier``), a copy of the latest earlier round's fitted model, so training
+    continues from its weights. The copy comes from the store, so a rerun warm-starts alike."""
+    from sklearn.base import clone
+
+    template = p.model_template
+    if getattr(template, "warm_start", False) is True:
+        for prev in range(r - 1, -1, -1):
+            key = round_key(prev, "model.pkl")
+            if p.store.exists(key):
+                model = pickle.loads(p.store.read_bytes(key))  # a private copy: the cached one stays as stored
+                if type(model) is type(template):
+                    model.set_params(**template.get_params())
+                    return model, prev
+                break
+    return clone(template), None
 
 
 def evaluate(p: Project, r: int) -> dict[str, Any]:

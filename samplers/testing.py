@@ -54,12 +54,18 @@ def check_sampler(
     max_examples: int = 15,
     max_pool: int = 120,
     error: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    fitted_model: Callable[[int, int, int], tuple[Any, np.ndarray, np.ndarray]] | None = None,
 ) -> None:
     """Run the contract properties against ``sampler`` (called with ``params`` as keywords).
 
     ``error`` is the exception type expected when the batch is larger than the pool
-    (crowdloop's samplers raise ``crowdloop.errors.SamplerError``).
+    (crowdloop's samplers raise ``crowdloop.errors.SamplerError``). ``fitted_model(n_classes,
+    n_features, seed)`` returns ``(model, X_labeled, y_labeled)`` to test the sampler with
+    another model (e.g. a torch classifier with MC dropout); default a scikit-learn pipeline.
     """
+    if fitted_model is not None:
+        fitted_model = functools.lru_cache(maxsize=32)(fitted_model)
+    make = fitted_model or _fitted_model
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import strategies as st
 
@@ -76,7 +82,7 @@ def check_sampler(
         duplicates=st.booleans(),
     )
     def contract(n: int, frac: float, n_classes: int, seed: int, duplicates: bool) -> None:
-        model, X_l, y_l = _fitted_model(n_classes, 4, seed % 3)
+        model, X_l, y_l = make(n_classes, 4, seed % 3)
         data = np.random.default_rng(seed)
         X = data.normal(scale=3.0, size=(n, 4))
         if duplicates:  # repeated rows: ties everywhere, distances of zero

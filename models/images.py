@@ -1,0 +1,203 @@
+"""Image pools: a folder of images (local or under an S3 prefix) and Fashion-MNIST.
+
+Features are the decoded pixels, flattened channel-first as float32 in [0, 255] (what
+``crowdloop.models.torch.TorchClassifier`` reshapes back). Annotators see the image itself:
+folder pools name the image file (S3 objects are first copied to a local cache, so the
+annotation app serves a file the pool named, never a path from a request); Fashion-MNIST
+items are 28×28 pixel grids, shown like the digits.
+
+* ``source: images``: ``path`` is a directory or ``s3://bucket/prefix`` (``?endpoint_url=``
+  for MinIO/moto; credentials from boto3's chain). Class subfolders (``path/<class>/x.png``,
+  torchvision ``ImageFolder`` layout) give the ground truth for evaluation; a flat folder has
+  none and needs ``pool.classes``.
+* ``source: fashion_mnist``: Debian's ``dataset-fashion-mnist`` idx files
+  (``/usr/share/datasets/fashion-mnist`` or ``path``) read by torchvision's ``FashionMNIST``
+  with ``download=False``; the files are laid out (decompressed) in the cache, never fetched.
+
+The cache is ``$CROWDLOOP_CACHE_DIR`` or ``~/.cache/crowdloop``; files are written to a temporary
+name and renamed, so a killed process never leaves a half-written image behind.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from crowdloop.config import PoolConfig
+from crowdloop.errors import PoolError, StoreError
+from crowdloop.models.datasets import Pool, _finish
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+_FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def cache_dir() -> Path:
+    """Where downloaded images and the Fashion-MNIST layout live (outside any project)."""
+    base = os.environ.get("CROWDLOOP_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "crowdloop")
+    return Path(base)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _subset(n: int, max_items: int | None) -> np.ndarray:
+    """A fixed random subset (seed 0, sorted), so every run of a config sees the same items."""
+    if max_items is None or max_items >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).choice(n, size=max_items, replace=False))
+
+
+def decode(path: str | Path, *, mode: str = "rgb", size: int | None = None) -> np.ndarray:
+    """One image file as a (C, H, W) uint8 array: torchvision's decoder, then a square resize."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_image
+
+    with warnings.catch_warnings():  # torchvision 0.29 marks its decoders deprecated in favour of torchcodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            img = decode_image(str(path), mode=ImageReadMode.GRAY if mode == "gray" else ImageReadMode.RGB)
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise PoolError(f"pool.path: cannot decode image {str(path)!r}: {str(exc).splitlines()[0]}") from None
+    if img.dtype != torch.uint8:  # 16-bit PNGs
+        img = (img.to(torch.float32) / 257.0).round().to(torch.uint8)
+    if size is not None and tuple(img.shape[1:]) != (size, size):
+        from torchvision.transforms.v2 import functional as TF
+
+        img = TF.resize(img, [size, size], antialias=True)
+    return img.numpy()
+
+
+def _scan_local(root: Path) -> tuple[list[str], list[str | None]]:
+    """Relative image paths and their class folder (None for a flat folder)."""
+    if not root.is_dir():
+        raise PoolError(f"pool.path: directory {str(root)!r} not found")
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subdirs:  # ImageFolder layout: torchvision finds the classes and their files
+        from torchvision.datasets import ImageFolder
+
+        try:
+            folder = ImageFolder(str(root), loader=lambda p: p, allow_empty=True,
+                                 is_valid_file=lambda p: p.lower().endswith(IMAGE_SUFFIXES))
+        except (FileNotFoundError, RuntimeError) as exc:
+            raise PoolError(f"pool.path: {str(root)!r}: {str(exc).splitlines()[0]}") from None
+        rel = [str(Path(p).relative_to(root).as_posix()) for p, _ in folder.samples]
+        labels: list[str | None] = [folder.classes[c] for _, c in folder.samples]
+        return rel, labels
+    rel = sorted(p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return rel, [None] * len(rel)
+
+
+def _fetch_s3(url: str, max_items: int | None) -> tuple[Path, list[str], list[str | None]]:
+    """Copy the images under an S3 prefix (through the Store abstraction) into the cache."""
+    from crowdloop.storage import open_store
+
+    try:
+        store = open_store(url, create=False)
+        keys = sorted(k for k in store.list("") if k.lower().endswith(IMAGE_SUFFIXES))
+    except StoreError as exc:
+        raise PoolError(f"pool.path: cannot list images under {url!r}: {exc}") from None
+    nested = [k for k in keys if "/" in k]
+    if nested and len(nested) != len(keys):
+        raise PoolError(f"pool.path: {url!r} mixes images at the top level and in class folders; expected one layout")
+    if any(k.count("/") > 1 for k in keys):
+        raise PoolError(f"pool.path: {url!r} has nested folders; expected <prefix>/<class>/<image> or a flat prefix")
+    keys = [keys[i] for i in _subset(len(keys), max_items)]
+    root = cache_dir() / "s3" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    for key in keys:
+        target = root / key
+        if not target.is_file():
+            try:
+                _atomic_write(target, store.read_bytes(key))
+            except StoreError as exc:
+                raise PoolError(f"pool.path: cannot read {key!r} under {url!r}: {exc}") from None
+    labels = [k.split("/", 1)[0] if "/" in k else None for k in keys]
+    return root, keys, labels
+
+
+def load_image_pool(cfg: PoolConfig) -> Pool:
+    """A folder of images (local directory or S3 prefix); see the module docstring."""
+    path = str(cfg.path or "")
+    if path.startswith("s3://"):
+        root, rel, labels = _fetch_s3(path, cfg.max_items)
+    else:
+        root = Path(path)
+        rel, labels = _scan_local(root)
+        keep = _subset(len(rel), cfg.max_items)
+        rel, labels = [rel[i] for i in keep], [labels[i] for i in keep]
+    if not rel:
+        raise PoolError(f"pool.path: no {'/'.join(s.lstrip('.') for s in IMAGE_SUFFIXES)} images under {path!r}")
+    files = [str((root / r).resolve()) for r in rel]
+    first = decode(files[0], mode=cfg.image_mode, size=cfg.image_size)
+    X = np.empty((len(files), first.size), dtype=np.float32)
+    X[0] = first.reshape(-1)
+    for i, f in enumerate(files[1:], start=1):
+        img = decode(f, mode=cfg.image_mode, size=cfg.image_size)
+        if img.shape != first.shape:
+            raise PoolError(f"pool.image_size: image {rel[i]!r} is {img.shape[2]}×{img.shape[1]} but {rel[0]!r} is "
+                            f"{first.shape[2]}×{first.shape[1]}; set image_size to resize all images to one square size")
+        X[i] = img.reshape(-1)
+    ids = np.array(rel, dtype=object)
+    y = None if all(v is None for v in labels) else np.array(labels, dtype=object)
+    return _finish(ids, X, y, cfg, (), content_kind="image", content=np.array(files, dtype=object))
+
+
+def fashion_mnist_root(source: str | Path | None = None) -> Path:
+    """A torchvision ``FashionMNIST`` root in the cache, its ``raw/`` files taken from ``source``
+    (default: Debian's ``/usr/share/datasets/fashion-mnist``; ``.gz`` files are decompressed)."""
+    src = Path(source) if source else FASHION_MNIST_DIR
+    root = cache_dir() / "fashion-mnist" / hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:12]
+    raw = root / "FashionMNIST" / "raw"
+    for name in _FASHION_FILES:
+        target = raw / name
+        if target.is_file():
+            continue
+        plain, packed = src / name, src / f"{name}.gz"
+        if plain.is_file():
+            raw.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
+            shutil.copyfile(plain, tmp)
+            os.replace(tmp, target)
+        elif packed.is_file():
+            with gzip.open(packed, "rb") as fh:
+                _atomic_write(target, fh.read())
+        else:
+            raise PoolError(f"pool.path: {name}[.gz] not found in {str(src)!r}; install Debian's dataset-fashion-mnist "
+                            "(apt-get install dataset-fashion-mnist) or point pool.path at the idx files")
+    return root
+
+
+def load_fashion_mnist_pool(cfg: PoolConfig) -> Pool:
+    """Fashion-MNIST through torchvision's reader (``download=False``): 28×28 grayscale pixels."""
+    from torchvision.datasets import FashionMNIST
+
+    root = fashion_mnist_root(cfg.path)
+    parts = []
+    for train in ([True] if cfg.split == "train" else [False] if cfg.split == "test" else [True, False]):
+        try:
+            ds = FashionMNIST(str(root), train=train, download=False)
+        except RuntimeError as exc:
+            raise PoolError(f"pool.path: cannot read Fashion-MNIST from {str(root)!r}: {str(exc).splitlines()[0]}") from None
+        prefix = "train" if train else "test"
+        parts.append((prefix, ds.data.numpy(), ds.targets.numpy()))
+    ids = np.array([f"fmnist-{p}-{i:05d}" for p, data, _ in parts for i in range(len(data))], dtype=object)
+    X = np.concatenate([data.reshape(len(data), -1) for _, data, _ in parts]).astype(np.float32)
+    codes = np.concatenate([t for _, _, t in parts])
+    keep = _subset(len(ids), cfg.max_items)
+    y = np.array([FASHION_MNIST_CLASSES[c] for c in codes[keep]], dtype=object)
+    if cfg.classes is None:  # keep the official class order rather than the alphabetical one
+        cfg = cfg.model_copy(update={"classes": list(FASHION_MNIST_CLASSES)})
+    return _finish(ids[keep], X[keep], y, cfg, (), content_kind="pixels")

@@ -1,0 +1,203 @@
+"""Image pools (local folder, S3 prefix, Fashion-MNIST), the annotation app showing them, and
+one loop round with the CNN through the engine."""
+
+from __future__ import annotations
+
+import gzip
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from crowdloop import engine
+from crowdloop.config import parse_config
+from crowdloop.errors import ConfigError, PoolError
+from crowdloop.models.images import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, load_image_pool
+from crowdloop.vendors.local import item_key
+from crowdloop.vendors.local_app import create_app
+from tests.conftest import small_config
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CROWDLOOP_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _png(value: int, size: int = 6, rgb: bool = False) -> bytes:
+    from torchvision.io import encode_png
+
+    img = torch.full((3 if rgb else 1, size, size), value, dtype=torch.uint8)
+    img[:, 0, 0] = 255 - value  # not constant, so the decode is checked pixel by pixel
+    return encode_png(img).numpy().tobytes()
+
+
+def _folder(root: Path, classes=("cat", "dog"), n=3, size=6) -> Path:
+    for c, cls in enumerate(classes):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            (root / cls / f"{i}.png").write_bytes(_png(40 * c + i, size))
+    return root
+
+
+def _pool_cfg(**pool):
+    return parse_config(small_config(pool=pool)).pool
+
+
+def test_class_subfolders_give_labels_and_files(tmp_path):
+    root = _folder(tmp_path / "imgs")
+    (root / "dog" / "notes.txt").write_text("ignored")
+    pool = load_image_pool(_pool_cfg(source="images", path=str(root), image_mode="gray"))
+    assert pool.ids.tolist() == ["cat/0.png", "cat/1.png", "cat/2.png", "dog/0.png", "dog/1.png", "dog/2.png"]
+    assert pool.y.tolist() == ["cat"] * 3 + ["dog"] * 3 and pool.classes == ("cat", "dog")
+    assert pool.X.shape == (6, 36) and pool.X.dtype == np.float32
+    assert pool.X[4, 0] == 255 - 41 and pool.X[4, 1] == 41
+    assert pool.content_kind == "image" and Path(pool.content[0]).read_bytes() == (root / "cat" / "0.png").read_bytes()
+    rgb = load_image_pool(_pool_cfg(source="images", path=str(root), image_size=4, max_items=4))
+    assert rgb.X.shape == (4, 3 * 4 * 4) and len(set(rgb.ids.tolist())) == 4
+
+
+def test_flat_folder_needs_classes_and_sizes_must_match(tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(4):
+        (flat / f"{i}.png").write_bytes(_png(i * 10))
+    with pytest.raises(PoolError, match="no label_column and no classes given"):
+        load_image_pool(_pool_cfg(source="images", path=str(flat)))
+    pool = load_image_pool(_pool_cfg(source="images", path=str(flat), classes=["a", "b"]))
+    assert pool.y is None and len(pool) == 4
+    (flat / "big.png").write_bytes(_png(5, size=9))
+    with pytest.raises(PoolError, match=r"^pool.image_size: image 'big.png' is 9×9 but '0.png' is 6×6; set image_size"):
+        load_image_pool(_pool_cfg(source="images", path=str(flat), classes=["a", "b"]))
+    assert load_image_pool(_pool_cfg(source="images", path=str(flat), classes=["a", "b"], image_size=6)).X.shape == (5, 108)
+    (flat / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(PoolError, match="cannot decode image"):
+        load_image_pool(_pool_cfg(source="images", path=str(flat), classes=["a", "b"], image_size=6))
+    with pytest.raises(PoolError, match="directory .* not found"):
+        load_image_pool(_pool_cfg(source="images", path=str(tmp_path / "nope")))
+    with pytest.raises(ConfigError, match="path is required for source 'images'"):
+        _pool_cfg(source="images")
+
+
+def test_images_under_an_s3_prefix(tmp_path, s3_endpoint, s3_bucket):
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    for cls, base in (("shirt", 10), ("shoe", 200)):
+        for i in range(3):
+            s3.put_object(Bucket=s3_bucket, Key=f"data/imgs/{cls}/{i}.png", Body=_png(base + i))
+    s3.put_object(Bucket=s3_bucket, Key="data/imgs/readme.md", Body=b"not an image")
+    url = f"s3://{s3_bucket}/data/imgs?endpoint_url={s3_endpoint}"
+    pool = load_image_pool(_pool_cfg(source="images", path=url, image_mode="gray"))
+    assert pool.ids.tolist() == [f"{c}/{i}.png" for c in ("shirt", "shoe") for i in range(3)]
+    assert pool.y.tolist() == ["shirt"] * 3 + ["shoe"] * 3
+    assert pool.X[4, 1] == 201
+    cached = Path(pool.content[4])
+    assert cached.is_file() and str(tmp_path / "cache") in str(cached)
+    assert cached.read_bytes() == _png(201)
+    again = load_image_pool(_pool_cfg(source="images", path=url, image_mode="gray"))  # from the cache
+    assert np.array_equal(again.X, pool.X)
+    with pytest.raises(PoolError, match="no png/jpg/jpeg/gif/webp images under"):
+        load_image_pool(_pool_cfg(source="images", path=f"s3://{s3_bucket}/empty?endpoint_url={s3_endpoint}"))
+
+
+def _write_idx(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    head = struct.pack(">IIII", 0x803, len(images), 28, 28)
+    with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as fh:
+        fh.write(head + images.astype(np.uint8).tobytes())
+    with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as fh:
+        fh.write(struct.pack(">II", 0x801, len(labels)) + labels.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fashion_dir(tmp_path) -> Path:
+    """Debian's dataset-fashion-mnist when installed; else idx files written here (the same
+    format), so the test runs either way."""
+    if (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+        return FASHION_MNIST_DIR
+    rng = np.random.default_rng(0)
+    labels = np.arange(600) % 10
+    images = rng.integers(0, 60, size=(600, 28, 28)) + (labels * 20)[:, None, None]
+    folder = tmp_path / "fashion"
+    _write_idx(folder, "train", images, labels)
+    _write_idx(folder, "t10k", images[:100], labels[:100])
+    return folder
+
+
+def test_fashion_mnist_pool_through_torchvision(fashion_dir):
+    cfg = _pool_cfg(source="fashion_mnist", path=str(fashion_dir), max_items=300)
+    from crowdloop.models.images import load_fashion_mnist_pool
+
+    pool = load_fashion_mnist_pool(cfg)
+    assert len(pool) == 300 and pool.X.shape == (300, 784) and pool.content_kind == "pixels"
+    assert pool.classes == FASHION_MNIST_CLASSES and set(pool.y.tolist()) <= set(FASHION_MNIST_CLASSES)
+    assert 0 <= pool.X.min() and pool.X.max() <= 255 and pool.ids[0].startswith("fmnist-train-")
+    both = load_fashion_mnist_pool(_pool_cfg(source="fashion_mnist", path=str(fashion_dir), split="all"))
+    assert any(i.startswith("fmnist-test-") for i in both.ids.tolist())
+    assert np.array_equal(load_fashion_mnist_pool(cfg).ids, pool.ids)  # the subset is fixed
+
+
+def test_generated_idx_files_and_missing_files(tmp_path):
+    labels = np.arange(40) % 10
+    _write_idx(tmp_path / "f", "train", np.tile(labels[:, None, None] * 10, (1, 28, 28)), labels)
+    _write_idx(tmp_path / "f", "t10k", np.zeros((10, 28, 28)), labels[:10])
+    from crowdloop.models.images import load_fashion_mnist_pool
+
+    pool = load_fashion_mnist_pool(_pool_cfg(source="fashion_mnist", path=str(tmp_path / "f")))
+    assert len(pool) == 40 and pool.X[3, 100] == 30 and pool.y[3] == FASHION_MNIST_CLASSES[3]
+    with pytest.raises(PoolError, match=r"train-images-idx3-ubyte\[.gz\] not found in .*apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist_pool(_pool_cfg(source="fashion_mnist", path=str(tmp_path / "empty")))
+
+
+def test_the_annotation_app_shows_a_fashion_mnist_image(tmp_path, fashion_dir):
+    cfg = parse_config(small_config(**{
+        "pool": {"source": "fashion_mnist", "path": str(fashion_dir), "max_items": 200, "test_size": 0.25},
+        "vendor": {"name": "local", "params": {}}, "sampler.initial_size": 3}))
+    p = engine.Project.prepare(cfg, str(tmp_path / "project"))
+    engine.dispatch(p, 0)
+    v = p.vendor
+    token = v.add_annotator("ann")
+    client = TestClient(create_app(v), base_url="http://testserver", follow_redirects=False)
+    client.get(f"/?token={token}")
+    page = client.get("/").text
+    assert "T-shirt/top" in page and "Ankle boot" in page  # the class buttons
+    src = re.search(r'<img class="item" id="item-image" alt="[^"]*" src="([^"]+)"', page).group(1)
+    img = client.get(src)
+    assert img.status_code == 200 and img.headers["content-type"] == "image/png"
+    width, height = struct.unpack(">II", img.content[16:24])
+    assert (width, height) == (28, 28)
+    from torchvision.io import ImageReadMode, decode_png
+
+    shown = decode_png(torch.frombuffer(bytearray(img.content), dtype=torch.uint8), mode=ImageReadMode.GRAY)[0].numpy()
+    item = re.search(r'data-item="([^"]+)"', page).group(1)
+    pixels = p.pool.X[p._index_of[item]].reshape(28, 28)
+    expected = 255 - np.round(255 * pixels / pixels.max())  # dark ink on white, like the digits
+    assert np.abs(shown.astype(int) - expected.astype(int)).max() <= 1
+    assert client.get(f"/image/{src.split('/')[2]}/{item_key('fmnist-train-99999')}").status_code == 404
+
+
+def test_loop_rounds_with_the_cnn_through_the_engine(tmp_path, fashion_dir):
+    cfg = parse_config(small_config(**{
+        "pool": {"source": "fashion_mnist", "path": str(fashion_dir), "max_items": 300, "test_size": 0.2},
+        "model": {"estimator": "crowdloop.models.torch.TorchClassifier", "scale": False,
+                  "params": {"width": 8, "epochs": 15, "batch_size": 16, "warm_start": True, "warm_epochs": 5, "random_state": 0,
+                             "num_threads": 1}},
+        "sampler": {"name": "bald", "batch_size": 20, "initial_size": 60, "params": {"n_samples": 5}},
+        "stopping.max_rounds": 2}))
+    p = engine.run_in_process(engine.Project.prepare(cfg, str(tmp_path / "project")))
+    metrics = p.metrics()
+    assert [m["n_labeled"] for m in metrics] == [0, 60, 80]
+    assert metrics[1]["accuracy"] is not None and metrics[2]["accuracy"] > 0.3  # 10 classes: chance is 0.1
+    assert engine.select(p, 1)["strategy"] == "bald"
+    from crowdloop.storage import read_json
+
+    assert "warm_from_round" not in read_json(p.store, engine.round_key(1, "train.json"))
+    assert read_json(p.store, engine.round_key(2, "train.json"))["warm_from_round"] == 1
+    model = p.load_model(2)
+    assert model.warm_started_ and model.embed(p.pool.X[:3]).shape == (3, 128)
