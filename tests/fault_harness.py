@@ -63,6 +63,8 @@ def harness_config(vendor: str, *, max_rounds: int = 2, mturk_url: str | None = 
         "vendor": {"name": vendor, "params": params},
         "consensus": {"method": "majority_vote", "redundancy": 3},
         "collect": {"poll_interval_s": 0.2},
+        # below every vendor's measured task time, so each round also pays a top-up bonus
+        "pay": {"pilot_seconds_per_task": 4.0},
         "stopping": {"max_rounds": max_rounds},
     }
 

@@ -68,7 +68,7 @@ def test_kills_at_random_points_resume_exactly(vendor: str, store: str, tmp_path
         assert result["killed"] and result["mismatches"] == [], result
 
 
-@pytest.mark.parametrize("vendor,store", [("simulated", "s3"), ("manifest", "local"), ("mturk", "local")])
+@pytest.mark.parametrize("vendor,store", [("simulated", "s3"), ("mturk", "local")])
 def test_transient_faults_change_nothing(vendor: str, store: str, tmp_path_factory, s3) -> None:
     s = scenario(vendor, store, tmp_path_factory, s3)
     first, rerun, got = s.faulty_run(transient=TRANSIENT, name=f"transient-{vendor}")
