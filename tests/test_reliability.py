@@ -110,6 +110,19 @@ def test_a_missing_bucket_is_one_line_and_creating_it_lets_the_run_complete(tmp_
     assert compare(outcome(location), s.clean) == []
 
 
+def test_the_cli_reports_a_permanent_fault_in_one_line_and_resumes(tmp_path_factory, s3, prefect_api_url: str) -> None:
+    """Through `crowdloop run` (Prefect flow): revoked MTurk credentials end the run with exactly one
+    line on stderr and exit 2; the rerun finishes equal to the engine's uninterrupted run."""
+    s = scenario("mturk", "local", tmp_path_factory, s3)
+    cli = Scenario("mturk", "local", s.workdir / "cli", prefect_api_url, max_rounds=1, mode="cli")
+    cli.clean = s.clean
+    first, rerun, got = cli.faulty_run(permanent="mturk:3", name="permanent-cli")
+    assert first.returncode == 2 and first.stderr.count("\n") == 1, first.stderr[-2000:]
+    assert first.stderr.startswith("error: vendor 'mturk': create_hit failed: UnrecognizedClientException")
+    assert rerun is not None and rerun.returncode == 0, rerun.stderr[-2000:]
+    assert compare(got, s.clean) == []
+
+
 def test_an_answer_polled_before_a_failure_is_not_lost_to_the_retry(tmp_path: Path) -> None:
     """Regression: poll() hands each answer out once per vendor object; if the collect step failed
     after polling, a retry in the same process never saw those answers again (lost, unpaid)."""
