@@ -125,6 +125,9 @@ def run(
         # The temporary API server logs event-flush cancellations when it shuts down after the
         # run; they are noise on the console (the run's own logs stay in the Prefect UI).
         os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+        # A failed task's traceback goes to the Prefect UI, not the console: a permanent fault
+        # (bad credentials, missing bucket) ends the run with the one-line error below.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     from crowdloop.flows.loop import with_task_runner
 
     active_learning_loop = with_task_runner(cfg)

@@ -795,9 +795,16 @@ def collect(p: Project, r: int, *, wait: bool = True, sleep: Callable[[float], N
     wanted = sum(expected.values())
     deadline = sent.get("dispatched_at", time.time()) + p.config.collect.timeout_s
     while True:
-        new = p.vendor.poll(refs)
-        good, error = _validate_new(p, intent, new)
-        append_segment(p, r, good)
+        try:
+            new = p.vendor.poll(refs)
+            good, error = _validate_new(p, intent, new)
+            append_segment(p, r, good)
+        except Exception:
+            # A vendor object returns each answer once; answers it handed out that never reached
+            # the log would be lost to a retry in this process. A fresh vendor object polls again
+            # from the store and the vendor, and the log de-duplicates.
+            p.__dict__.pop("vendor", None)
+            raise
         fault_point("collect:after_segment", r)
         if error is not None:
             raise error

@@ -167,7 +167,16 @@ class S3Store:
         """Probe once whether the server honours ``If-None-Match: *`` on PUT."""
         if self._conditional is None:
             probe = self._key(f"{_INTERNAL}/probe-{uuid.uuid4().hex}", internal=True)
-            self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"1", IfNoneMatch="*")
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"1", IfNoneMatch="*")
+            except ClientError as exc:
+                if _code(exc) not in ("PreconditionFailed", "412"):
+                    raise
+                # A retry after a lost answer found our own first PUT: only a server that
+                # honours the condition refuses a fresh, unique key like this one.
+                self._conditional = True
+                self.client.delete_object(Bucket=self.bucket, Key=probe)
+                return True
             try:
                 self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"2", IfNoneMatch="*")
                 self._conditional = False
@@ -239,6 +248,8 @@ class S3Store:
                 except ClientError:
                     continue  # released between our write and read: try again
                 expires, _, holder = body.partition(" ")
+                if holder == owner:
+                    return  # our own PUT landed but its answer was lost; botocore's retry found it
                 left = float(expires) - time.time()
                 if left > 0:
                     raise ProjectLockedError(

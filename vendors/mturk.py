@@ -126,6 +126,10 @@ class MTurkParams(BaseModel):
     max_requests_per_second: float = Field(5.0, gt=0, le=100, description="client-side rate limit")
     max_attempts: int = Field(8, ge=1, le=20, description="botocore attempts per call (throttling, 5xx)")
     frame_height: int = Field(0, ge=0, le=5000, description="HTMLQuestion frame height; 0 = fit")
+    endpoint_url: str | None = Field(
+        None, pattern=r"^https?://[^\s/]+(/\S*)?$",
+        description="another MTurk API endpoint (a VPC proxy or a test double); default: sandbox or production by `sandbox`",
+    )
 
 
 def fee_for(reward: float, n_assignments_per_hit: int) -> float:
@@ -139,6 +143,8 @@ def fee_for(reward: float, n_assignments_per_hit: int) -> float:
 
 
 def endpoint_for(params: MTurkParams) -> str:
+    if params.endpoint_url:
+        return params.endpoint_url
     template = SANDBOX_ENDPOINT if params.sandbox else PRODUCTION_ENDPOINT
     return template.format(region=params.region)
 

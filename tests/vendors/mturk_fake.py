@@ -83,10 +83,7 @@ class FakeMTurk:
         if self.throttle.get(op, 0) > 0:
             self.throttle[op] -= 1
             return self._error(400, "ThrottlingException", "Rate exceeded")
-        try:
-            status, out = 200, getattr(self, f"op_{op}")(body)
-        except _Fail as fail:
-            status, out = fail.status, {"__type": fail.code, "Message": fail.message, **fail.extra}
+        status, out = self.respond(op, body)
         if op in self.crash_after:
             self.crash_after[op] -= 1
             if self.crash_after[op] == 0:
@@ -94,6 +91,13 @@ class FakeMTurk:
                 raise SimulatedCrash(f"process died after {op}")
         return AWSResponse(request.url, status, {"x-amzn-requestid": f"req-{len(self.calls)}"},
                            _Raw(json.dumps(out).encode()))
+
+    def respond(self, op: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """One MTurk operation: (HTTP status, JSON body) as the JSON 1.1 protocol answers."""
+        try:
+            return 200, getattr(self, f"op_{op}")(body)
+        except _Fail as fail:
+            return fail.status, {"__type": fail.code, "Message": fail.message, **fail.extra}
 
     @staticmethod
     def _error(status: int, code: str, message: str) -> AWSResponse:

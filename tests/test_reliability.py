@@ -1,0 +1,148 @@
+"""Crash anywhere, faulty vendors and storage (issue 9), within a CI time budget.
+
+Every step boundary is killed for the simulated vendor on the local store, and a few seeded
+random points (the n-th store write or vendor call) for each other vendor/store pair. These
+tests run the engine's steps in a forked child (milliseconds to start), killed with SIGKILL;
+``benchmarks/crash_harness.py`` runs the full matrix through the real ``crowdloop run`` (and
+tests/test_cli_e2e.py kills the CLI itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from crowdloop import engine
+from crowdloop.config import parse_config
+from crowdloop.engine import Project
+from tests.conftest import small_config
+from tests.fault_harness import STORES, VENDORS, Scenario, compare, moto_s3
+
+pytestmark = pytest.mark.slow
+
+SEED = 20261124
+TRANSIENT = f"p=0.2,seed={SEED % 1000}"
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[tuple[str, str]]:
+    with moto_s3() as endpoint_bucket:
+        yield endpoint_bucket
+
+
+_scenarios: dict[tuple[str, str], Scenario] = {}
+
+
+def scenario(vendor: str, store: str, tmp_path_factory, s3, prefect_url: str = "http://127.0.0.1:9") -> Scenario:
+    """A prepared (uninterrupted-run-known) scenario, one per vendor/store for the module."""
+    key = (vendor, store)
+    if key not in _scenarios:
+        endpoint, bucket = s3 if store == "s3" else (None, None)
+        s = Scenario(vendor, store, tmp_path_factory.mktemp(f"{vendor}-{store}"), prefect_url, endpoint, bucket,
+                     max_rounds=1, mode="fork", backoff_scale=0.05)
+        s.prepare()
+        assert s.clean["n_log"] > 0 and s.clean["paid"] > 0 and len(s.clean["labels"]) > 0
+        _scenarios[key] = s
+    return _scenarios[key]
+
+
+def test_a_kill_at_every_step_boundary_resumes_exactly(tmp_path_factory, s3) -> None:
+    s = scenario("simulated", "local", tmp_path_factory, s3)
+    expected = {f"{step}:done@0" for step in ("reference", "train", "evaluate", "stop_reason", "select", "dispatch",
+                                              "collect", "aggregate", "pay")}
+    expected |= {"dispatch:before_submit@0", "dispatch:after_submit@0", "collect:after_segment@0",
+                 "train:done@1", "evaluate:done@1", "stop_reason:done@1"}
+    assert set(s.boundaries) == expected
+    results = [s.kill_and_resume(point) for point in s.boundaries]
+    assert all(r["killed"] for r in results), [r["point"] for r in results if not r["killed"]]
+    assert [r for r in results if r["mismatches"]] == []
+
+
+@pytest.mark.parametrize("vendor,store", [(v, s) for v in VENDORS for s in STORES if (v, s) != ("simulated", "local")])
+def test_kills_at_random_points_resume_exactly(vendor: str, store: str, tmp_path_factory, s3) -> None:
+    s = scenario(vendor, store, tmp_path_factory, s3)
+    for point in s.random_points(1, SEED):
+        result = s.kill_and_resume(point)
+        assert result["killed"] and result["mismatches"] == [], result
+
+
+@pytest.mark.parametrize("vendor,store", [("simulated", "s3"), ("mturk", "local")])
+def test_transient_faults_change_nothing(vendor: str, store: str, tmp_path_factory, s3) -> None:
+    s = scenario(vendor, store, tmp_path_factory, s3)
+    first, rerun, got = s.faulty_run(transient=TRANSIENT, name=f"transient-{vendor}")
+    assert first.returncode == 0 and rerun is None, first.stderr
+    trace = (s.workdir / f"transient-{vendor}" / "trace.txt").read_text()
+    assert trace.count("\nfault ") + trace.startswith("fault ") > 0  # faults were really injected
+    assert compare(got, s.clean) == []
+
+
+@pytest.mark.parametrize("vendor,store,fault,message", [
+    ("simulated", "s3", "s3:40", "access denied"),
+    ("mturk", "local", "mturk:3", "security token"),
+])
+def test_a_permanent_fault_is_one_line_and_a_rerun_completes(vendor: str, store: str, fault: str, message: str,
+                                                             tmp_path_factory, s3) -> None:
+    s = scenario(vendor, store, tmp_path_factory, s3)
+    first, rerun, got = s.faulty_run(permanent=fault, name=f"permanent-{vendor}")
+    assert first.returncode == 2, first.stderr
+    line = first.stderr.strip()
+    assert "\n" not in line and line.startswith("error: ") and message in line, line
+    assert rerun is not None and rerun.returncode == 0, rerun.stderr
+    assert compare(got, s.clean) == []
+
+
+def test_a_missing_bucket_is_one_line_and_creating_it_lets_the_run_complete(tmp_path_factory, s3) -> None:
+    import boto3
+
+    s = scenario("simulated", "s3", tmp_path_factory, s3)
+    endpoint, _ = s3
+    gone = Scenario("simulated", "s3", s.workdir / "gone", s.prefect_api_url, endpoint, "crowdloop-not-created",
+                    max_rounds=1, mode="fork")
+    location = gone.location("p")
+    first = gone.run("p", location, None, gone.env())
+    assert first.returncode == 2 and "bucket 'crowdloop-not-created' not found" in first.stderr, first.stderr
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="crowdloop-not-created")
+    assert gone.run("p", location, None, gone.env()).returncode == 0
+    from tests.fault_harness import outcome
+
+    assert compare(outcome(location), s.clean) == []
+
+
+def test_the_cli_reports_a_permanent_fault_in_one_line_and_resumes(tmp_path_factory, s3, prefect_api_url: str) -> None:
+    """Through `crowdloop run` (Prefect flow): revoked MTurk credentials end the run with exactly one
+    line on stderr and exit 2; the rerun finishes equal to the engine's uninterrupted run."""
+    s = scenario("mturk", "local", tmp_path_factory, s3)
+    cli = Scenario("mturk", "local", s.workdir / "cli", prefect_api_url, max_rounds=1, mode="cli")
+    cli.clean = s.clean
+    first, rerun, got = cli.faulty_run(permanent="mturk:3", name="permanent-cli")
+    assert first.returncode == 2 and first.stderr.count("\n") == 1, first.stderr[-2000:]
+    assert first.stderr.startswith("error: vendor 'mturk': create_hit failed: UnrecognizedClientException")
+    assert rerun is not None and rerun.returncode == 0, rerun.stderr[-2000:]
+    assert compare(got, s.clean) == []
+
+
+def test_an_answer_polled_before_a_failure_is_not_lost_to_the_retry(tmp_path: Path) -> None:
+    """Regression: poll() hands each answer out once per vendor object; if the collect step failed
+    after polling, a retry in the same process never saw those answers again (lost, unpaid)."""
+    p = Project.prepare(parse_config(small_config(**{"collect.timeout_s": 0.5})), str(tmp_path / "p"))
+    engine.train(p, 0)
+    engine.select(p, 0)
+    engine.dispatch(p, 0)
+    real_poll = p.vendor.poll
+
+    failed: list[bool] = []
+
+    def poll_then_fail(refs):  # the first time, the answers arrive and then the connection drops
+        answers = real_poll(refs)
+        if not failed:
+            failed.append(True)
+            raise ConnectionError("connection reset after the answers were sent")
+        return answers
+
+    p.vendor.poll = poll_then_fail
+    with pytest.raises(ConnectionError):
+        engine.collect(p, 0, sleep=lambda s: None)
+    result = engine.collect(p, 0, sleep=lambda s: None)
+    assert result["complete"] and result["n_annotations"] == p.vendor.ledger()["assignments"] == 30 * 3
