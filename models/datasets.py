@@ -148,22 +148,24 @@ def _label_str(value: object) -> str:
 
 
 def item_payload(pool: Pool, i: int) -> dict:
-    """What an annotator sees for item ``i``: its features as a table, plus text or an image.
+    """What an annotator sees for item ``i``: text, an image, or else its features as a table.
 
-    ``kind`` is ``tabular``, ``text`` (``text``), or ``image`` with either ``path`` (a file named
-    by the pool, never by a request) or ``pixels`` (a square grayscale grid, e.g. digits).
+    ``kind`` is ``text`` (``text``), ``image`` with either ``path`` (a file named by the pool,
+    never by a request) or ``pixels`` (a square grayscale grid, e.g. digits), or ``tabular``
+    (``columns`` and ``values``).
     """
-    row = pool.X[i]
-    payload: dict = {"kind": "tabular", "columns": list(pool.feature_names), "values": row.tolist()}
     if pool.content_kind == "text" and pool.content is not None:
-        payload.update(kind="text", text=str(pool.content[i]))
-    elif pool.content_kind == "image" and pool.content is not None:
-        payload.update(kind="image", path=str(pool.content[i]))
-    elif pool.content_kind == "pixels":
+        return {"kind": "text", "text": str(pool.content[i])}
+    if pool.content_kind == "image" and pool.content is not None:
+        return {"kind": "image", "path": str(pool.content[i])}
+    row = pool.X[i]
+    if pool.content_kind == "pixels":
         side = int(round(len(row) ** 0.5))
         if side * side == len(row):
-            payload.update(kind="image", pixels=row.reshape(side, side).tolist())
-    return payload
+            return {"kind": "image", "pixels": row.reshape(side, side).tolist()}
+    # Only a tabular item shows its features: for text and images they are model inputs
+    # (embeddings, thousands of pixels) that would bloat every stored task and HIT.
+    return {"kind": "tabular", "columns": list(pool.feature_names), "values": row.tolist()}
 
 
 def split_pool(pool: Pool, test_size: float, seed: int) -> tuple[Pool, Pool | None]:
