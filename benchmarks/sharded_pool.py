@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 CHILD = r"""
-import json, os, pickle, resource, sys, time
+import json, os, pickle, sys, time
 import numpy as np
 mode, url, model_path, batch, out = sys.argv[1:6]
 from crowdloop.config import PoolConfig
@@ -63,10 +63,11 @@ json.dump({"mode": mode, "open_seconds": round(loaded, 3), "select_seconds": rou
 
 
 def main() -> None:
-    from moto.server import ThreadedMotoServer
+    import boto3
     from sklearn.linear_model import LogisticRegression
 
     from crowdloop.models.sharded import write_sharded_pool
+    from crowdloop.storage.testing import local_s3_server
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -75,40 +76,31 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server._server.server_address
-    endpoint = f"http://{host}:{port}"
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
-    url = f"s3://bench/pool?endpoint_url={endpoint}"
-    rng = np.random.default_rng(0)
-    centers = rng.normal(size=(10, 64)).astype(np.float32)
-    labels = rng.integers(0, 10, size=args.rows)
-    X = (centers[labels] + rng.normal(scale=2.0, size=(args.rows, 64))).astype(np.float32)
-    ids = np.array([f"r{i:07d}" for i in range(args.rows)], dtype=object)
-    t = time.perf_counter()
-    manifest = write_sharded_pool(url, X, ids, labels.astype(str).astype(object), classes=tuple(str(i) for i in range(10)),
-                                  rows_per_shard=args.rows_per_shard)
-    write_seconds = time.perf_counter() - t
-    model = LogisticRegression(max_iter=300).fit(X[:2000], labels[:2000].astype(str))
-    del X
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        model_path = str(Path(tmp) / "model.pkl")
-        pickle.dump(model, open(model_path, "wb"))
-        cache = str(Path(tmp) / "cache")
-        for mode in ("s3-cold", "s3-warm", "in-memory", "floor"):
-            out = str(Path(tmp) / f"{mode}.json")
-            env = dict(os.environ, CROWDLOOP_CACHE_DIR=cache, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-            subprocess.run([sys.executable, "-c", CHILD, mode, url, model_path, str(args.batch), out], env=env, check=True)
-            results.append(json.loads(Path(out).read_text()))
-            print({k: v for k, v in results[-1].items() if k != "picked"}, flush=True)
-    server.stop()
+    with local_s3_server() as endpoint:
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
+        url = f"s3://bench/pool?endpoint_url={endpoint}"
+        rng = np.random.default_rng(0)
+        centers = rng.normal(size=(10, 64)).astype(np.float32)
+        labels = rng.integers(0, 10, size=args.rows)
+        X = (centers[labels] + rng.normal(scale=2.0, size=(args.rows, 64))).astype(np.float32)
+        ids = np.array([f"r{i:07d}" for i in range(args.rows)], dtype=object)
+        t = time.perf_counter()
+        manifest = write_sharded_pool(url, X, ids, labels.astype(str).astype(object), classes=tuple(str(i) for i in range(10)),
+                                      rows_per_shard=args.rows_per_shard)
+        write_seconds = time.perf_counter() - t
+        model = LogisticRegression(max_iter=300).fit(X[:2000], labels[:2000].astype(str))
+        del X
+        results = []
+        with tempfile.TemporaryDirectory() as tmp:
+            model_path = str(Path(tmp) / "model.pkl")
+            pickle.dump(model, open(model_path, "wb"))
+            cache = str(Path(tmp) / "cache")
+            for mode in ("s3-cold", "s3-warm", "in-memory", "floor"):
+                out = str(Path(tmp) / f"{mode}.json")
+                env = dict(os.environ, CROWDLOOP_CACHE_DIR=cache, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+                subprocess.run([sys.executable, "-c", CHILD, mode, url, model_path, str(args.batch), out], env=env, check=True)
+                results.append(json.loads(Path(out).read_text()))
+                print({k: v for k, v in results[-1].items() if k != "picked"}, flush=True)
     same = results[0]["picked"] == results[1]["picked"] == results[2]["picked"]
     report = {"rows": args.rows, "features": 64, "rows_per_shard": args.rows_per_shard, "shards": len(manifest["shards"]),
               "batch": args.batch, "write_seconds": round(write_seconds, 2), "same_picks": same,

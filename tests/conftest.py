@@ -66,18 +66,10 @@ def small_config(**overrides) -> dict:
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A real local S3-compatible server (moto's standalone server) on 127.0.0.1, random port."""
-    from moto.server import ThreadedMotoServer
+    from crowdloop.storage.testing import local_s3_server
 
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server._server.server_address
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with local_s3_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

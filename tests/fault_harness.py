@@ -18,7 +18,6 @@ answering thread plays the manifest vendor's workers.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -359,23 +358,14 @@ def compare(got: dict[str, Any], clean: dict[str, Any]) -> list[str]:
 def moto_s3() -> Iterator[tuple[str, str]]:
     """moto's S3 server on 127.0.0.1 (random port) with one bucket: (endpoint, bucket)."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                        ("AWS_DEFAULT_REGION", "us-east-1")):
-        os.environ.setdefault(name, value)  # this process reads the store too (outcome, answerer)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server._server.server_address
-    endpoint = f"http://{host}:{port}"
-    bucket = f"crash-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                 region_name="us-east-1").create_bucket(Bucket=bucket)
-    try:
+    from crowdloop.storage.testing import local_s3_server
+
+    with local_s3_server() as endpoint:  # this process reads the store too (outcome, answerer)
+        bucket = f"crash-{uuid.uuid4().hex[:10]}"
+        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                     region_name="us-east-1").create_bucket(Bucket=bucket)
         yield endpoint, bucket
-    finally:
-        server.stop()
 
 
 # -- fork mode: the engine's steps in a forked child ---------------------------------------
