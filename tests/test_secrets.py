@@ -137,7 +137,7 @@ def test_local_annotation_run_leaks_no_tokens(cli_env: dict, tmp_path: Path) -> 
     """A Prefect run with the local vendor while annotators work in `crowdloop annotate`."""
     from crowdloop import engine
     from crowdloop.config import parse_config
-    from tests.vendors.test_local_browser import _free_port
+    from tests.vendors.app_server import free_port
 
     config = small_config(project="tokenleak", **{
         "vendor": {"name": "local", "params": {"undo_window_s": 0}}, "stopping.max_rounds": 2,
@@ -149,7 +149,7 @@ def test_local_annotation_run_leaks_no_tokens(cli_env: dict, tmp_path: Path) -> 
     tokens = {name: p.vendor.add_annotator(name) for name in ("alice", "bob")}
     env = _isolated_env(cli_env, tmp_path, AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET,
                         LABEL_STUDIO_API_KEY=LS_KEY)
-    port = _free_port()
+    port = free_port()
     app_log = tmp_path / "annotate.log"
     with open(app_log, "w") as log:
         app = subprocess.Popen(crowdloop_cmd() + ["annotate", str(project_dir), "--port", str(port)], env=env,

@@ -16,12 +16,17 @@ import uvicorn
 from fastapi import FastAPI
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for servers started as subprocesses)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @contextmanager
 def running(app: FastAPI) -> Iterator[str]:
     """Serve ``app`` until the block ends; yields the base URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

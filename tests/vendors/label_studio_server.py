@@ -14,13 +14,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.vendors.app_server import free_port
 
 LS_VERSION = "1.23.2"
 LS_VENV = Path(os.environ.get("CROWDLOOP_LS_VENV", "/work/ls-venv"))
@@ -49,12 +50,6 @@ class Server:
                 self.process.wait(timeout=10)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON", "PREFECT", "LABEL_STUDIO"))}
     env.update(LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true", DJANGO_DB="sqlite", LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
@@ -64,7 +59,7 @@ def _env(data_dir: Path) -> dict[str, str]:
 
 def start(data_dir: Path, *, timeout_s: float) -> Server:
     """Start Label Studio on 127.0.0.1 (``--internal-host``: never on all interfaces)."""
-    port = _free_port()
+    port = free_port()
     log = data_dir.parent / f"{data_dir.name}.log"
     with open(log, "ab") as out:
         process = subprocess.Popen(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import html
 import json
 import re
-import time
 from collections.abc import Callable
 from typing import Any
 from xml.sax.saxutils import escape

@@ -109,18 +109,6 @@ def test_hostile_answer_xml_is_refused_with_a_reason(xml: str, reason: str) -> N
         mturk.parse_answers(xml)
 
 
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch):
-    from tests.vendors.mturk_fake import FakeMTurk
-
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    fake = FakeMTurk()
-    monkeypatch.setattr(mturk, "_session_factory", fake.session)
-    return fake
-
-
 def _mturk_vendor(root: Path, items_per_hit: int = 1):
     ctx = VendorContext(project="hostile", name="mturk", seed=0, classes=CLASSES,
                         store=PrefixedStore(LocalStore(root), "vendor/mturk"),

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -21,34 +20,12 @@ from crowdloop.config import parse_config
 from crowdloop.records import Annotation
 
 from tests.conftest import REPO, small_config
+from tests.vendors.app_server import free_port
+from tests.vendors.browser import needs_chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)"),
-]
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
-        "--no-first-run", "--disable-component-update", "--disable-sync"]
+pytestmark = [pytest.mark.slow, needs_chromium]
 SCREENSHOT = REPO / "docs" / "images" / "annotate.png"
 XSS = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -57,7 +34,7 @@ def serve(tmp_path) -> Iterator:
     procs: list[subprocess.Popen] = []
 
     def start(project_dir: str) -> str:
-        port = _free_port()
+        port = free_port()
         log = open(tmp_path / f"annotate-{port}.log", "w")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen([sys.executable, "-m", "crowdloop.cli", "annotate", project_dir, "--port", str(port)],

@@ -21,16 +21,6 @@ from tests.vendors.mturk_fake import FakeMTurk, SimulatedCrash, answer_xml  # no
 CLASSES = ("cat", "dog", "bird")
 
 
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> FakeMTurk:
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    fake = FakeMTurk()
-    monkeypatch.setattr(mturk, "_session_factory", fake.session)
-    return fake
-
-
 def make(tmp_path: Path, **params) -> mturk.MTurkVendor:
     params.setdefault("max_requests_per_second", 100)
     ctx = VendorContext(project="proj", name="mturk", seed=0, classes=CLASSES,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -24,14 +23,9 @@ from crowdloop.vendors.local import LocalVendor
 from crowdloop.vendors.local_app import create_app
 
 from tests.vendors.app_server import running
+from tests.vendors.browser import needs_chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)"),
-]
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
-        "--no-first-run", "--disable-component-update", "--disable-sync"]
+pytestmark = [pytest.mark.slow, needs_chromium]
 
 PAYLOADS = [
     "<script>window.__pwned = 1; document.title = 'pwned'</script>",
@@ -53,18 +47,6 @@ PAYLOADS = [
     "{{ 7 * 7 }} ${7 * 7} {% raw %}&lt;&amp;&#x3c;script&#x3e;",
 ]
 TITLE = "crowdloop · xss<script>window.__pwned = 'title'</script>"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def _watch(page) -> list[str]:
