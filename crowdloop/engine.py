@@ -995,11 +995,9 @@ def autolabel(p: Project, r: int) -> dict[str, Any]:
             cut = ok[-1]
             threshold = float(conf[order[cut]])
             info.update(threshold=round(threshold, 6), estimated_accuracy=round(float(cum[cut]), 4))
-            taken = p.dispatched_items(before_round=r + 1) | set(selection["item_ids"]) | set(p.gold_set)
-            index_of = p._index_of
-            free = np.ones(len(p.pool), dtype=bool)
-            free[np.asarray([index_of[i] for i in taken if i in index_of], dtype=np.int64)] = False
-            cand = np.flatnonzero(free).astype(np.int64)
+            taken = _excluded(p, r + 1)  # dispatched up to this round, or gold; plus this round's picks
+            taken[np.asarray([p._index_of[i] for i in selection["item_ids"]], dtype=np.int64)] = True
+            cand = np.flatnonzero(~taken).astype(np.int64)
             if len(cand):
                 step = p.config.sampler.chunk_size  # bounded memory on large pools
                 pr = np.concatenate([model.predict_proba(p.pool.X[cand[i:i + step]]) for i in range(0, len(cand), step)])
