@@ -239,6 +239,18 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
                            notice=messages.get(notice or ""))
         return security_headers(HTMLResponse(html), nonce)
 
+    async def locked(action: Callable[[], Any]) -> Any:
+        """Run a vendor call under the app's lock in a worker thread: the lock and the store's
+        I/O must not stall the event loop."""
+        def call() -> Any:
+            with lock:
+                return action()
+
+        return await run_in_threadpool(call)
+
+    def bad_request(exc: CrowdloopError) -> Response:
+        return security_headers(HTMLResponse(f"<p>400: {_escape(str(exc))}</p>", status_code=400))
+
     @app.post("/answer")
     async def answer(request: Request) -> Response:
         checked = await checked_post(request)
@@ -249,15 +261,11 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
             client_ms = float(form.get("client_ms") or "nan")
         except ValueError:
             client_ms = float("nan")
-        def store_answer() -> None:
-            with lock:
-                vendor.answer(name, form.get("batch_id", ""), form.get("item_id", ""), form.get("label", ""),
-                              client_seconds=None if client_ms != client_ms else client_ms / 1000.0)
-
-        try:  # in a worker thread: the lock and the store's I/O must not stall the event loop
-            await run_in_threadpool(store_answer)
+        try:
+            await locked(lambda: vendor.answer(name, form.get("batch_id", ""), form.get("item_id", ""), form.get("label", ""),
+                                               client_seconds=None if client_ms != client_ms else client_ms / 1000.0))
         except CrowdloopError as exc:
-            return security_headers(HTMLResponse(f"<p>400: {_escape(str(exc))}</p>", status_code=400))
+            return bad_request(exc)
         return back()
 
     @app.post("/skip")
@@ -266,14 +274,10 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
         if isinstance(checked, Response):
             return checked
         name, form = checked
-        def store_skip() -> None:
-            with lock:
-                vendor.skip(name, form.get("batch_id", ""), form.get("item_id", ""))
-
         try:
-            await run_in_threadpool(store_skip)
+            await locked(lambda: vendor.skip(name, form.get("batch_id", ""), form.get("item_id", "")))
         except CrowdloopError as exc:
-            return security_headers(HTMLResponse(f"<p>400: {_escape(str(exc))}</p>", status_code=400))
+            return bad_request(exc)
         return back("skipped")
 
     @app.post("/undo")
@@ -282,12 +286,7 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
         if isinstance(checked, Response):
             return checked
         name, _ = checked
-
-        def take_back() -> Task | None:
-            with lock:
-                return vendor.undo(name)
-
-        undone = await run_in_threadpool(take_back)
+        undone = await locked(lambda: vendor.undo(name))
         return back("undone" if undone else "too-late")
 
     @app.get("/image/{batch_id}/{key}")
