@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,9 @@ import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the app-starting helper lives under tests/
+
+from tests.vendors.app_server import start_annotate  # noqa: E402
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "annotation_load.json"
 
 _FIELD = re.compile(r'<input type="hidden" name="(csrf|batch_id|item_id)" value="([^"]*)">')
@@ -66,31 +68,6 @@ def prepare(project_dir: str, *, items: int, replicas: int, annotators: int, see
     engine.dispatch(project, 0)
     tokens = {f"ann{k:03d}": project.vendor.add_annotator(f"ann{k:03d}") for k in range(annotators)}
     return project, tokens
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve(project_dir: str, log_path: Path) -> tuple[str, subprocess.Popen]:
-    """``crowdloop annotate PROJECT`` on a free port of 127.0.0.1; returns (base URL, process)."""
-    port = _free_port()
-    log = open(log_path, "w")  # noqa: SIM115 - the child writes to it until it ends
-    proc = subprocess.Popen([sys.executable, "-m", "crowdloop.cli", "annotate", project_dir, "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"crowdloop annotate exited: {log_path.read_text()[-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return f"http://127.0.0.1:{port}", proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("crowdloop annotate did not start within 60 s")
 
 
 @dataclass
@@ -184,7 +161,7 @@ def run(*, annotators: int, submissions: int, replicas: int = 2, double_every: i
         project_dir = str(Path(tmp) / "project")
         project, tokens = prepare(project_dir, items=submissions // replicas, replicas=replicas, annotators=annotators,
                                   seed=seed)
-        base, proc = serve(project_dir, Path(tmp) / "annotate.log")
+        base, proc = start_annotate(project_dir, Path(tmp) / "annotate.log")
         tally = Tally(limit=submissions)
         rng = np.random.default_rng(seed)
         deadline = time.monotonic() + max_seconds

@@ -137,7 +137,7 @@ def test_local_annotation_run_leaks_no_tokens(cli_env: dict, tmp_path: Path) -> 
     """A Prefect run with the local vendor while annotators work in `crowdloop annotate`."""
     from crowdloop import engine
     from crowdloop.config import parse_config
-    from tests.vendors.app_server import free_port
+    from tests.vendors.app_server import start_annotate
 
     config = small_config(project="tokenleak", **{
         "vendor": {"name": "local", "params": {"undo_window_s": 0}}, "stopping.max_rounds": 2,
@@ -149,22 +149,10 @@ def test_local_annotation_run_leaks_no_tokens(cli_env: dict, tmp_path: Path) -> 
     tokens = {name: p.vendor.add_annotator(name) for name in ("alice", "bob")}
     env = _isolated_env(cli_env, tmp_path, AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET,
                         LABEL_STUDIO_API_KEY=LS_KEY)
-    port = free_port()
     app_log = tmp_path / "annotate.log"
-    with open(app_log, "w") as log:
-        app = subprocess.Popen(crowdloop_cmd() + ["annotate", str(project_dir), "--port", str(port)], env=env,
-                               stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    base, app = start_annotate(str(project_dir), app_log, env=env, cwd=tmp_path)
     done, errors = threading.Event(), []
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(base + "/", timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and app.poll() is None, app_log.read_text()
-                time.sleep(0.2)
         workers = threading.Thread(target=_annotate_until, args=(base, tokens, done, errors), daemon=True)
         workers.start()
         run = subprocess.run(crowdloop_cmd() + ["run", str(tmp_path / "c.yaml"), "--project-dir", str(project_dir),

@@ -6,9 +6,13 @@ path-traversal tests need; the browser tests load it like a user's Chromium woul
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -21,6 +25,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_annotate(project_dir: str, log_path: Path, *, env: dict[str, str] | None = None,
+                   cwd: Path | None = None, timeout_s: float = 60) -> tuple[str, subprocess.Popen]:
+    """``crowdloop annotate PROJECT`` in a subprocess on a free port of 127.0.0.1, as a user
+    starts it; returns (base URL, process) once it accepts connections. The caller stops it."""
+    port = free_port()
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "w") as log:  # the child keeps its own handle
+        proc = subprocess.Popen([sys.executable, "-m", "crowdloop.cli", "annotate", str(project_dir), "--port", str(port)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"crowdloop annotate exited: {log_path.read_text()[-2000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return f"http://127.0.0.1:{port}", proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"crowdloop annotate did not start within {timeout_s:g} s")
 
 
 @contextmanager

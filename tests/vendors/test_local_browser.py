@@ -6,11 +6,7 @@ Run against ``crowdloop annotate`` started as a subprocess, like a user would. C
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -20,7 +16,7 @@ from crowdloop.config import parse_config
 from crowdloop.records import Annotation
 
 from tests.conftest import REPO, small_config
-from tests.vendors.app_server import free_port
+from tests.vendors.app_server import start_annotate
 from tests.vendors.browser import needs_chromium
 
 pytestmark = [pytest.mark.slow, needs_chromium]
@@ -34,22 +30,9 @@ def serve(tmp_path) -> Iterator:
     procs: list[subprocess.Popen] = []
 
     def start(project_dir: str) -> str:
-        port = free_port()
-        log = open(tmp_path / f"annotate-{port}.log", "w")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "crowdloop.cli", "annotate", project_dir, "--port", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        base, proc = start_annotate(project_dir, tmp_path / f"annotate-{len(procs)}.log")
         procs.append(proc)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"crowdloop annotate exited: {(tmp_path / f'annotate-{port}.log').read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                return f"http://127.0.0.1:{port}"
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError("crowdloop annotate did not start within 60 s")
+        return base
 
     yield start
     for proc in procs:
