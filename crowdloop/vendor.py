@@ -21,9 +21,9 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from pydantic import BaseModel, ValidationError
 
 from crowdloop.config import format_validation_error
-from crowdloop.errors import ConfigError
-from crowdloop.records import Annotation, Task
-from crowdloop.storage import Store
+from crowdloop.errors import ConfigError, RecordExistsError
+from crowdloop.records import Annotation, Task, content_hash, dumps
+from crowdloop.storage import Store, read_json, write_json
 
 Ref = dict[str, Any]
 
@@ -63,3 +63,32 @@ def parse_params(model: type[M], params: dict[str, Any], *, vendor: str) -> M:
     except ValidationError as exc:
         message = format_validation_error(exc, source=f"vendor {vendor!r}")
         raise ConfigError(message.replace(f"vendor {vendor!r}: ", f"vendor.params.", 1)) from None
+
+
+# -- the decision ledger: acks/<hash of the assignment ids>.json, written once -----------------
+def record_decision(store: Store, assignments: Sequence[Annotation], /, *, accept: bool, reason: str | None,
+                    **extra: Any) -> list[str]:
+    """Write one approve/reject decision for ``assignments`` under ``acks/``, create-only.
+
+    The key is a hash of the sorted assignment ids, so a retried acknowledge finds the first
+    decision and never pays twice. The record holds the ids, the decision, the reason, what
+    was paid (rewards when accepted) and any vendor-specific ``extra`` fields. Returns the ids
+    (empty: nothing to record).
+    """
+    ids = sorted(a.assignment_id for a in assignments)
+    if ids:
+        record = {"assignment_ids": ids, "accept": accept, "reason": reason,
+                  "paid": round(sum(a.reward for a in assignments), 2) if accept else 0.0, **extra}
+        try:
+            write_json(store, f"acks/{content_hash(dumps(ids))}.json", record, create_only=True)
+        except RecordExistsError:
+            pass  # decided before: a retry never pays twice
+    return ids
+
+
+def acknowledged(store: Store) -> set[str]:
+    """Assignment ids with a recorded decision (see ``record_decision``)."""
+    done: set[str] = set()
+    for key in store.list("acks/"):
+        done.update(read_json(store, key)["assignment_ids"])
+    return done

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from crowdloop.errors import RecordExistsError, VendorError
 from crowdloop.records import Annotation, Task, content_hash, dumps, utcnow
 from crowdloop.storage import read_json, write_json
-from crowdloop.vendor import Ref, VendorContext, parse_params
+from crowdloop.vendor import Ref, VendorContext, acknowledged, parse_params
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ class LabelStudioVendor:
 
     def poll(self, refs: Sequence[Ref]) -> list[Annotation]:
         """Submitted annotations of the batches' tasks not returned or acknowledged before."""
-        acked = self._acknowledged()
+        acked = acknowledged(self.store)
         out: list[Annotation] = []
         for ref in refs:
             record = read_json(self.store, f"batches/{ref['batch_id']}.json")
@@ -354,12 +354,6 @@ class LabelStudioVendor:
         log.warning("label_studio: skipping annotation %s: %s", aid, problem)
         self._returned.add(aid)
         return None
-
-    def _acknowledged(self) -> set[str]:
-        done: set[str] = set()
-        for key in self.store.list("acks/"):
-            done.update(read_json(self.store, key)["assignment_ids"])
-        return done
 
 
 def _redact(text: str) -> str:

@@ -35,9 +35,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from crowdloop.errors import CrowdloopError, RecordExistsError, VendorDataError, VendorError
-from crowdloop.records import Annotation, Task, content_hash, dumps
+from crowdloop.records import Annotation, Task
 from crowdloop.storage import KeyNotFoundError, read_json, write_json
-from crowdloop.vendor import Ref, VendorContext, parse_params
+from crowdloop.vendor import Ref, VendorContext, acknowledged, parse_params, record_decision
 
 ANNOTATOR_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 UNDO_MARGIN_S = 2.0  # poll waits this much longer than the undo window (clock and request skew)
@@ -91,7 +91,7 @@ class LocalVendor:
         """Answers older than the undo window, not returned before and not yet paid."""
         window = self.params.undo_window_s
         cutoff = self.clock() - (window + UNDO_MARGIN_S if window > 0 else 0.0)
-        acked = self._acknowledged()
+        acked = acknowledged(self.store)
         new: list[Annotation] = []
         for batch in sorted({str(r["batch_id"]) for r in refs}):
             keys = [k for k in self.store.list(f"answers/{batch}/") if k not in self._returned_keys]
@@ -109,16 +109,9 @@ class LocalVendor:
     def acknowledge(self, assignments: Sequence[Annotation], *, accept: bool, reason: str | None = None) -> None:
         if not accept and not reason:
             raise VendorError("vendor 'local': a rejection needs a reason the annotator can read")
-        ids = sorted(a.assignment_id for a in assignments)
-        if not ids:
+        if not record_decision(self.store, assignments, accept=accept, reason=reason,
+                               per_annotator=_sum_by_worker(assignments) if accept else {}):
             return
-        record = {"assignment_ids": ids, "accept": accept, "reason": reason,
-                  "paid": round(sum(a.reward for a in assignments), 2) if accept else 0.0,
-                  "per_annotator": _sum_by_worker(assignments) if accept else {}}
-        try:
-            write_json(self.store, f"acks/{content_hash(dumps(ids))}.json", record, create_only=True)
-        except RecordExistsError:
-            pass  # decided before: never pay twice
         for batch in sorted({a.batch_id for a in assignments}):
             if not self.store.exists(f"closed/{batch}.json"):
                 write_json(self.store, f"closed/{batch}.json", {"batch_id": batch})
@@ -376,12 +369,6 @@ class LocalVendor:
             except KeyNotFoundError:
                 continue  # undone between list and read
         return out
-
-    def _acknowledged(self) -> set[str]:
-        done: set[str] = set()
-        for key in self.store.list("acks/"):
-            done.update(read_json(self.store, key)["assignment_ids"])
-        return done
 
 
 def _sum_by_worker(assignments: Sequence[Annotation]) -> dict[str, Any]:

@@ -35,9 +35,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from crowdloop.errors import RecordExistsError, StoreError, VendorError
-from crowdloop.records import Annotation, Task, content_hash, dumps, to_jsonl, utcnow
+from crowdloop.records import Annotation, Task, dumps, to_jsonl, utcnow
 from crowdloop.storage import Store, open_store, read_json, validate_key, write_json
-from crowdloop.vendor import Ref, VendorContext, parse_params
+from crowdloop.vendor import Ref, VendorContext, acknowledged, parse_params, record_decision
 
 MAX_REJECT_CONTENT = 500
 
@@ -116,7 +116,7 @@ class ManifestVendor:
     def poll(self, refs: Sequence[Ref]) -> list[Annotation]:
         """Ingest result files not seen before, then return new answers of the refs' batches."""
         self.ingest()
-        acked = self._acknowledged()
+        acked = acknowledged(self.exchange)
         new: list[Annotation] = []
         for batch in sorted({str(r["batch_id"]) for r in refs}):
             for key in self.state.list(f"answers/{batch}/"):
@@ -137,17 +137,10 @@ class ManifestVendor:
         """Write the payment decision where the vendor reads it: ``acks/<hash>.json``."""
         if not accept and not reason:
             raise VendorError("vendor 'manifest': a rejection needs a reason the worker can read")
-        ids = sorted(a.assignment_id for a in assignments)
-        if not ids:
+        if not record_decision(self.exchange, assignments, accept=accept, reason=reason, assignments=[
+                {"assignment-id": a.assignment_id, "item-id": a.item_id, "worker-id": a.worker_id, "batch-id": a.batch_id}
+                for a in sorted(assignments, key=lambda a: a.assignment_id)]):
             return
-        record = {"assignments": [{"assignment-id": a.assignment_id, "item-id": a.item_id, "worker-id": a.worker_id,
-                                   "batch-id": a.batch_id} for a in sorted(assignments, key=lambda a: a.assignment_id)],
-                  "assignment_ids": ids, "accept": accept, "reason": reason,
-                  "paid": round(sum(a.reward for a in assignments), 2) if accept else 0.0}
-        try:
-            write_json(self.exchange, f"acks/{content_hash(dumps(ids))}.json", record, create_only=True)
-        except RecordExistsError:
-            pass  # already decided: a retry never pays twice
 
     def bonus(self, assignments: Sequence[Annotation], *, amount: float, reason: str, token: str) -> None:
         record = {"assignment_ids": sorted(a.assignment_id for a in assignments), "amount": amount, "reason": reason,
@@ -292,12 +285,6 @@ class ManifestVendor:
         line.update({"item-id": task.item_id, "batch-id": task.batch_id, "class-list": list(self.context.classes),
                      "replicas": task.replicas, "reward": task.reward})
         return line
-
-    def _acknowledged(self) -> set[str]:
-        done: set[str] = set()
-        for key in self.exchange.list("acks/"):
-            done.update(read_json(self.exchange, key)["assignment_ids"])
-        return done
 
     def ledger(self) -> dict[str, float | int]:
         """Tasks sent, manifests written, answers ingested, money approved and bonused."""

@@ -18,9 +18,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from crowdloop.errors import RecordExistsError, VendorError
-from crowdloop.records import Annotation, Task, content_hash, dumps, utcnow
+from crowdloop.records import Annotation, Task, utcnow
 from crowdloop.storage import read_json, write_json
-from crowdloop.vendor import Ref, VendorContext, parse_params
+from crowdloop.vendor import Ref, VendorContext, acknowledged, parse_params, record_decision
 
 
 class SimulatedCrowdParams(BaseModel):
@@ -108,7 +108,7 @@ class SimulatedCrowd:
         return [{"batch_id": batch_id}]
 
     def poll(self, refs: Sequence[Ref]) -> list[Annotation]:
-        acked = self._acknowledged()
+        acked = acknowledged(self.store)
         new: list[Annotation] = []
         for ref in refs:
             batch = read_json(self.store, f"batches/{ref['batch_id']}.json")
@@ -124,15 +124,7 @@ class SimulatedCrowd:
     def acknowledge(self, assignments: Sequence[Annotation], *, accept: bool, reason: str | None = None) -> None:
         if not accept and not reason:
             raise VendorError("a rejection needs a reason the worker can read")
-        ids = sorted(a.assignment_id for a in assignments)
-        if not ids:
-            return
-        record = {"assignment_ids": ids, "accept": accept, "reason": reason,
-                  "paid": round(sum(a.reward for a in assignments), 2) if accept else 0.0}
-        try:
-            write_json(self.store, f"acks/{content_hash(dumps(ids))}.json", record, create_only=True)
-        except RecordExistsError:
-            pass  # already acknowledged: a retry must not pay twice
+        record_decision(self.store, assignments, accept=accept, reason=reason)
 
     def bonus(self, assignments: Sequence[Annotation], *, amount: float, reason: str, token: str) -> None:
         record = {"assignment_ids": sorted(a.assignment_id for a in assignments), "amount": amount, "reason": reason}
@@ -164,12 +156,6 @@ class SimulatedCrowd:
         bonuses = sum(read_json(self.store, k)["amount"] * len(read_json(self.store, k)["assignment_ids"])
                       for k in self.store.list("bonuses/"))
         return {"tasks": tasks, "assignments": assignments, "paid": round(paid, 2), "bonuses": round(bonuses, 2)}
-
-    def _acknowledged(self) -> set[str]:
-        done: set[str] = set()
-        for key in self.store.list("acks/"):
-            done.update(read_json(self.store, key)["assignment_ids"])
-        return done
 
     def _answer(self, tasks: Sequence[Task], batch_id: str) -> list[Annotation]:
         p = self.params
