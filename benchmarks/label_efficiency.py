@@ -219,7 +219,13 @@ def run_one(dataset: str, spec: str, seed: int) -> dict[str, Any]:
     # "<strategy>+st": self-training experiment; the model also learns from pool rows it predicts with
     # probability >= 0.95 (machine labels, never counted as human labels in the x axis)
     self_train = spec.endswith("+st")
-    query = strategy(spec[:-3] if self_train else spec)
+    spread = spec.endswith("+ls")  # label spreading (kNN graph over the pool) supplies the machine labels
+    query = strategy(spec[:-3] if self_train or spread else spec)
+    if spread:
+        from sklearn.preprocessing import StandardScaler
+        from sklearn.semi_supervised import LabelSpreading
+
+        Z = StandardScaler().fit_transform(s.X_pool)
     init_rng = np.random.default_rng([seed, 1])  # same initial set for every strategy
     labeled = np.zeros(len(s.X_pool), dtype=bool)
     # the initial set holds at least two classes so the first model can be fitted
@@ -239,6 +245,16 @@ def run_one(dataset: str, spec: str, seed: int) -> dict[str, Any]:
             if sure.any():
                 X_fit = np.vstack([s.X_pool[labeled], s.X_pool[rest[sure]]])
                 y_fit = np.concatenate([s.y_pool[labeled], model.classes_[proba[sure].argmax(axis=1)]])
+                model = make_model().fit(X_fit, y_fit)
+        if spread:
+            rest = np.flatnonzero(~labeled)
+            ls = LabelSpreading(kernel="knn", n_neighbors=10, alpha=0.2, max_iter=50)
+            ls.fit(Z, np.where(labeled, s.y_pool, -1))
+            dist = ls.label_distributions_[rest]
+            sure = dist.max(axis=1) >= 0.9
+            if sure.any():
+                X_fit = np.vstack([s.X_pool[labeled], s.X_pool[rest[sure]]])
+                y_fit = np.concatenate([s.y_pool[labeled], ls.classes_[dist[sure].argmax(axis=1)]])
                 model = make_model().fit(X_fit, y_fit)
         sizes.append(int(labeled.sum()))
         accs.append(float(model.score(s.X_test, s.y_test)))

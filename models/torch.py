@@ -14,7 +14,7 @@ On top of that it offers what deep active learning needs:
   head is sampled (``n_samples`` passes cost about one);
 * ``warm_start=True``: a second ``fit`` continues from the current weights (the engine hands a
   warm-starting model the previous round's fitted model);
-* early stopping on a stratified validation split, deterministic seeding from
+* optional early stopping on a stratified validation split, deterministic seeding from
   ``random_state``, ``num_threads`` CPU threads (default 1: on a shared machine more threads
   are often slower), ``device`` ``cpu``/``cuda``/``auto``, mixed precision on GPU only.
 
@@ -140,7 +140,10 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
     dropout: rate of the dropout in front of the final layer (also the MC-dropout rate).
     augment: random ±2 px shifts and horizontal flips of training images.
     validation_fraction, patience: early stopping on the validation loss of a stratified split
-        (no split below ``min_validation`` items: then all ``epochs`` run).
+        (no split below ``min_validation`` items: then all ``epochs`` run). Off by default
+        (``patience=None``: every fit runs ``epochs`` on all labels): on Fashion-MNIST with
+        400–2,000 labels, stopping on a 10 % split's loss ended training 2–5 accuracy points
+        early (the loss turns up while accuracy still climbs, and the split costs labels).
     warm_start: a second ``fit`` starts from the current weights instead of a fresh network.
     mc_samples: default number of MC-dropout passes of ``predict_proba_mc``.
     weights_path: a local state-dict file (``torch.save(model.state_dict())``) loaded before
@@ -157,7 +160,7 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
         arch: str = "cnn",
         input_shape: tuple[int, int, int] | list[int] | None = None,
         width: int = 32,
-        epochs: int = 30,
+        epochs: int = 40,
         warm_epochs: int | None = None,
         batch_size: int = 64,
         lr: float = 1e-3,
@@ -165,7 +168,7 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
         dropout: float = 0.25,
         augment: bool = False,
         validation_fraction: float = 0.1,
-        patience: int | None = 5,
+        patience: int | None = None,
         min_validation: int = 20,
         warm_start: bool = False,
         mc_samples: int = 20,

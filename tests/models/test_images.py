@@ -3,7 +3,6 @@ one loop round with the CNN through the engine."""
 
 from __future__ import annotations
 
-import gzip
 import re
 import struct
 from pathlib import Path
@@ -16,10 +15,11 @@ from fastapi.testclient import TestClient
 from crowdloop import engine
 from crowdloop.config import parse_config
 from crowdloop.errors import ConfigError, PoolError
-from crowdloop.models.images import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, load_image_pool
+from crowdloop.models.images import FASHION_MNIST_CLASSES, load_image_pool
 from crowdloop.vendors.local import item_key
 from crowdloop.vendors.local_app import create_app
 from tests.conftest import small_config
+from tests.models.conftest import write_idx
 
 torch.set_num_threads(1)
 
@@ -106,30 +106,6 @@ def test_images_under_an_s3_prefix(tmp_path, s3_endpoint, s3_bucket):
         load_image_pool(_pool_cfg(source="images", path=f"s3://{s3_bucket}/empty?endpoint_url={s3_endpoint}"))
 
 
-def _write_idx(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    head = struct.pack(">IIII", 0x803, len(images), 28, 28)
-    with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as fh:
-        fh.write(head + images.astype(np.uint8).tobytes())
-    with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as fh:
-        fh.write(struct.pack(">II", 0x801, len(labels)) + labels.astype(np.uint8).tobytes())
-
-
-@pytest.fixture
-def fashion_dir(tmp_path) -> Path:
-    """Debian's dataset-fashion-mnist when installed; else idx files written here (the same
-    format), so the test runs either way."""
-    if (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
-        return FASHION_MNIST_DIR
-    rng = np.random.default_rng(0)
-    labels = np.arange(600) % 10
-    images = rng.integers(0, 60, size=(600, 28, 28)) + (labels * 20)[:, None, None]
-    folder = tmp_path / "fashion"
-    _write_idx(folder, "train", images, labels)
-    _write_idx(folder, "t10k", images[:100], labels[:100])
-    return folder
-
-
 def test_fashion_mnist_pool_through_torchvision(fashion_dir):
     cfg = _pool_cfg(source="fashion_mnist", path=str(fashion_dir), max_items=300)
     from crowdloop.models.images import load_fashion_mnist_pool
@@ -145,8 +121,8 @@ def test_fashion_mnist_pool_through_torchvision(fashion_dir):
 
 def test_generated_idx_files_and_missing_files(tmp_path):
     labels = np.arange(40) % 10
-    _write_idx(tmp_path / "f", "train", np.tile(labels[:, None, None] * 10, (1, 28, 28)), labels)
-    _write_idx(tmp_path / "f", "t10k", np.zeros((10, 28, 28)), labels[:10])
+    write_idx(tmp_path / "f", "train", np.tile(labels[:, None, None] * 10, (1, 28, 28)), labels)
+    write_idx(tmp_path / "f", "t10k", np.zeros((10, 28, 28)), labels[:10])
     from crowdloop.models.images import load_fashion_mnist_pool
 
     pool = load_fashion_mnist_pool(_pool_cfg(source="fashion_mnist", path=str(tmp_path / "f")))

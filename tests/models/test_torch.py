@@ -206,3 +206,16 @@ def test_warm_start_continues_from_the_current_weights_and_adapts_to_new_classes
     cold.fit(X, y)
     assert not cold.warm_started_
     assert head_before.shape == (3, 128)
+
+
+def test_epochs_run_in_full_by_default_and_early_stopping_restores_the_best_epoch(digits):
+    X, y = digits
+    plain = small(epochs=6).fit(X, y)
+    assert plain.patience is None and plain.n_epochs_ == 6 and plain.best_epoch_ == 6  # no split, every epoch
+    # a model that overfits at once (high lr, no dropout, 300 labels) stops long before 60 epochs
+    stopped = small(epochs=60, patience=2, min_validation=10, lr=0.05, dropout=0.0).fit(X, y)
+    assert stopped.n_epochs_ < 60
+    assert stopped.best_epoch_ == stopped.n_epochs_ - 2  # two epochs without a better validation loss
+    # the restored weights are the best epoch's, not the last: a run that ends there predicts the same
+    again = small(epochs=stopped.best_epoch_, patience=2, min_validation=10, lr=0.05, dropout=0.0).fit(X, y)
+    assert np.allclose(again.predict_proba(X[:20]), stopped.predict_proba(X[:20]), atol=1e-6)
