@@ -218,14 +218,12 @@ def run_one(dataset: str, spec: str, seed: int) -> dict[str, Any]:
     full = float(make_model().fit(s.X_pool, s.y_pool).score(s.X_test, s.y_test))
     # "<strategy>+st": self-training experiment; the model also learns from pool rows it predicts with
     # probability >= 0.95 (machine labels, never counted as human labels in the x axis)
+    # "<strategy>+ls": machine labels from label spreading over the pool (crowdloop.models.semi, what
+    # `semi_supervised.method: label_spreading` does in the loop). `crowdloop:best` is the recommended
+    # configuration for true-label pools: the `best` sampler plus label spreading.
     self_train = spec.endswith("+st")
-    spread = spec.endswith("+ls")  # label spreading (kNN graph over the pool) supplies the machine labels
-    query = strategy(spec[:-3] if self_train or spread else spec)
-    if spread:
-        from sklearn.preprocessing import StandardScaler
-        from sklearn.semi_supervised import LabelSpreading
-
-        Z = StandardScaler().fit_transform(s.X_pool)
+    spread = spec.endswith("+ls") or spec == "crowdloop:best"
+    query = strategy(spec[:-3] if self_train or spec.endswith("+ls") else spec)
     init_rng = np.random.default_rng([seed, 1])  # same initial set for every strategy
     labeled = np.zeros(len(s.X_pool), dtype=bool)
     # the initial set holds at least two classes so the first model can be fitted
@@ -247,14 +245,13 @@ def run_one(dataset: str, spec: str, seed: int) -> dict[str, Any]:
                 y_fit = np.concatenate([s.y_pool[labeled], model.classes_[proba[sure].argmax(axis=1)]])
                 model = make_model().fit(X_fit, y_fit)
         if spread:
-            rest = np.flatnonzero(~labeled)
-            ls = LabelSpreading(kernel="knn", n_neighbors=10, alpha=0.2, max_iter=50)
-            ls.fit(Z, np.where(labeled, s.y_pool, -1))
-            dist = ls.label_distributions_[rest]
-            sure = dist.max(axis=1) >= 0.9
-            if sure.any():
-                X_fit = np.vstack([s.X_pool[labeled], s.X_pool[rest[sure]]])
-                y_fit = np.concatenate([s.y_pool[labeled], ls.classes_[dist[sure].argmax(axis=1)]])
+            from crowdloop.models.semi import spread_labels
+
+            human = np.flatnonzero(labeled)
+            found = spread_labels(s.X_pool, human, s.y_pool[human], rng=np.random.default_rng([seed, 3]))
+            if len(found.index):
+                X_fit = np.vstack([s.X_pool[human], s.X_pool[found.index]])
+                y_fit = np.concatenate([s.y_pool[human], found.labels.astype(s.y_pool.dtype)])
                 model = make_model().fit(X_fit, y_fit)
         sizes.append(int(labeled.sum()))
         accs.append(float(model.score(s.X_test, s.y_test)))

@@ -164,6 +164,22 @@ class AutolabelConfig(_Strict):
     use_in_training: bool = Field(False, description="train on machine labels too (human labels win on overlap)")
 
 
+class SemiSupervisedConfig(_Strict):
+    """Machine labels from the unlabeled pool (label spreading), used in training only."""
+
+    method: Literal["none", "label_spreading"] = Field(
+        "none", description="label_spreading: human labels spread over a k-NN graph of the pool; confident ones train the model"
+    )
+    n_neighbors: int = Field(10, ge=1, description="neighbours per row in the graph")
+    alpha: float = Field(0.2, gt=0, lt=1, description="how far a label may drift from its human seed (LabelSpreading's alpha)")
+    min_confidence: float = Field(0.9, gt=0, le=1, description="spread label probability needed to train on it")
+    max_items: int = Field(50_000, ge=2, description="rows in the graph: all human-labeled ones plus a seeded sample of the rest")
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+
 class CollectConfig(_Strict):
     mode: Literal["wait", "defer"] = Field(
         "wait",
@@ -245,6 +261,7 @@ class LoopConfig(_Strict):
     consensus: ConsensusConfig = ConsensusConfig()
     gold: GoldConfig = GoldConfig()
     autolabel: AutolabelConfig = AutolabelConfig()
+    semi_supervised: SemiSupervisedConfig = SemiSupervisedConfig()
     collect: CollectConfig = CollectConfig()
     pay: PayConfig = PayConfig()
     stopping: StoppingConfig = StoppingConfig()

@@ -379,6 +379,13 @@ def train(p: Project, r: int) -> dict[str, Any]:
         machine = [l for l in p.machine_labels(before_round=r) if l.item_id not in human]
         info["n_machine"] = len(machine)
         labels = labels + machine
+    if p.config.semi_supervised.enabled:
+        spread = _spread_labels(p, r, labels)
+        info.update(n_spread=len(spread))
+        if spread and p.pool.has_ground_truth:  # simulation / evaluation only
+            truth = p.pool.y[np.array([p._index_of[l.item_id] for l in spread])].astype(str)
+            info["spread_true_accuracy"] = round(float(np.mean(truth == np.array([l.label for l in spread]))), 4)
+        labels = labels + spread
     if len({l.label for l in labels}) >= 2:
         labels = sorted(labels, key=lambda l: l.item_id)
         idx = np.array([p._index_of[l.item_id] for l in labels])
@@ -396,6 +403,32 @@ def train(p: Project, r: int) -> dict[str, Any]:
         p._models.pop(r, None)
     _write_once(p.store, key, info)
     return info
+
+
+def _spread_labels(p: Project, r: int, labels: list[AggregatedLabel]) -> list[AggregatedLabel]:
+    """Round ``r``'s label-spreading machine labels for pool items without a label in ``labels``
+    (written once to ``spread_labels.jsonl``, so a rerun trains on the same set)."""
+    key = round_key(r, "spread_labels.jsonl")
+    if p.store.exists(key):
+        return [AggregatedLabel.model_validate_json(l) for l in p.store.read_bytes(key).splitlines() if l.strip()]
+    from crowdloop.models.semi import spread_labels
+
+    cfg = p.config.semi_supervised
+    given = {l.item_id: l.label for l in labels}
+    out: list[AggregatedLabel] = []
+    if len(set(given.values())) >= 2:
+        idx = np.array([p._index_of[i] for i in given], dtype=np.int64)
+        found = spread_labels(p.pool.X, idx, np.array(list(given.values()), dtype=object),
+                              rng=np.random.default_rng([p.config.seed, r, 0x5EED]), n_neighbors=cfg.n_neighbors,
+                              alpha=cfg.alpha, min_confidence=cfg.min_confidence, max_items=cfg.max_items)
+        out = [AggregatedLabel(item_id=str(p.pool.ids[i]), label=str(lab), confidence=round(float(c), 6), n_annotations=0,
+                               method="label_spreading", source="machine", round=r)
+               for i, lab, c in zip(found.index, found.labels, found.confidence)]
+    try:
+        p.store.write_bytes(key, to_jsonl(out), create_only=True)
+    except RecordExistsError:  # another process got there first: train on what it wrote
+        return _spread_labels(p, r, labels)
+    return out
 
 
 def _warm_model(p: Project, r: int) -> tuple[Any, int | None]:
