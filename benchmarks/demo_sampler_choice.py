@@ -1,10 +1,13 @@
-"""The demo config with its simulated crowd: plain margin against k-means-margin, over seeds.
+"""The demo config with its simulated crowd: plain margin against k-means-margin (and margin
+with label-spreading machine labels), over seeds.
 
 The label-efficiency benchmark uses true labels; this one asks whether the sampler that wins
 there also wins once the labels come from the demo's noisy crowd (3 judgments, one-coin
 Dawid-Skene, 480-label budget). In-process engine, no Prefect.
 
     python benchmarks/demo_sampler_choice.py --seeds 5 --out benchmarks/results/demo_sampler_crowd.json
+    python benchmarks/demo_sampler_choice.py --seeds 5 --variants margin margin+label_spreading \
+        --out benchmarks/results/demo_semi_supervised_crowd.json
 """
 
 from __future__ import annotations
@@ -22,20 +25,27 @@ from crowdloop.config import parse_config
 from crowdloop.engine import Project
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLERS = {"margin": {}, "kmeans_margin": {"measure": "margin", "candidates_factor": 10}}
+# variant -> (sampler, sampler params, other config sections merged in)
+VARIANTS = {
+    "margin": ("margin", {}, {}),
+    "kmeans_margin": ("kmeans_margin", {"measure": "margin", "candidates_factor": 10}, {}),
+    "margin+label_spreading": ("margin", {}, {"semi_supervised": {"method": "label_spreading"}}),
+}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = ap.parse_args()
     base = yaml.safe_load((REPO / "configs" / "digits.yaml").read_text())
     rows = []
     for seed in range(args.seeds):
-        for name, params in SAMPLERS.items():
-            cfg = json.loads(json.dumps(base)) | {"seed": seed}
-            cfg["sampler"] |= {"name": name, "params": params}
+        for name in args.variants:
+            sampler, params, extra = VARIANTS[name]
+            cfg = json.loads(json.dumps(base)) | {"seed": seed} | extra
+            cfg["sampler"] |= {"name": sampler, "params": params}
             cfg.pop("baseline", None)
             with tempfile.TemporaryDirectory() as tmp:
                 p = Project.prepare(parse_config(cfg, source="benchmark"), f"{tmp}/p")

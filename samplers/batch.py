@@ -613,9 +613,10 @@ def best_sampling(
     rng: np.random.Generator,
     chunk_size: int = 8192,
 ) -> np.ndarray:
-    """crowdloop's default (``crowdloop:best`` in BENCHMARKS.md): margin-weighted k-means over
-    the 10·k lowest-margin rows (:func:`kmeans_uncertain_sampling`), the strategy that needed
-    the fewest labels across the benchmark sets; see BENCHMARKS.md for the table. Cost: one
+    """crowdloop's default sampler: margin-weighted k-means over the 10·k lowest-margin rows
+    (:func:`kmeans_uncertain_sampling`), the sampler that needed the fewest labels across the
+    benchmark sets; ``crowdloop:best`` in BENCHMARKS.md is this sampler plus
+    ``semi_supervised.method: label_spreading``. Cost: one
     streaming ``predict_proba`` pass, O(n), plus k-means on 10·k candidates, O(10·k²·d·iters),
     so it scales to million-row pools."""
     return kmeans_uncertain_sampling(model, X, batch_size=batch_size, rng=rng, measure="margin",
