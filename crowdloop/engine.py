@@ -380,7 +380,7 @@ def train(p: Project, r: int) -> dict[str, Any]:
         info["n_machine"] = len(machine)
         labels = labels + machine
     if p.config.semi_supervised.enabled:
-        spread = _spread_labels(p, r, labels)
+        spread = _spread_labels(p, r, p.human_labels(before_round=r), skip={l.item_id for l in labels})
         info.update(n_spread=len(spread))
         if spread and p.pool.has_ground_truth:  # simulation / evaluation only
             truth = p.pool.y[np.array([p._index_of[l.item_id] for l in spread])].astype(str)
@@ -405,9 +405,10 @@ def train(p: Project, r: int) -> dict[str, Any]:
     return info
 
 
-def _spread_labels(p: Project, r: int, labels: list[AggregatedLabel]) -> list[AggregatedLabel]:
-    """Round ``r``'s label-spreading machine labels for pool items without a label in ``labels``
-    (written once to ``spread_labels.jsonl``, so a rerun trains on the same set)."""
+def _spread_labels(p: Project, r: int, labels: list[AggregatedLabel], skip: set[str]) -> list[AggregatedLabel]:
+    """Round ``r``'s label-spreading machine labels, spread from the human ``labels``, for pool
+    items not in ``skip`` (items that already have a label: human, or auto-labeled when those
+    train too). Written once to ``spread_labels.jsonl``, so a rerun trains on the same set."""
     key = round_key(r, "spread_labels.jsonl")
     if p.store.exists(key):
         return [AggregatedLabel.model_validate_json(l) for l in p.store.read_bytes(key).splitlines() if l.strip()]
@@ -423,11 +424,11 @@ def _spread_labels(p: Project, r: int, labels: list[AggregatedLabel]) -> list[Ag
                               alpha=cfg.alpha, min_confidence=cfg.min_confidence, max_items=cfg.max_items)
         out = [AggregatedLabel(item_id=str(p.pool.ids[i]), label=str(lab), confidence=round(float(c), 6), n_annotations=0,
                                method="label_spreading", source="machine", round=r)
-               for i, lab, c in zip(found.index, found.labels, found.confidence)]
+               for i, lab, c in zip(found.index, found.labels, found.confidence) if str(p.pool.ids[i]) not in skip]
     try:
         p.store.write_bytes(key, to_jsonl(out), create_only=True)
     except RecordExistsError:  # another process got there first: train on what it wrote
-        return _spread_labels(p, r, labels)
+        return _spread_labels(p, r, labels, skip)
     return out
 
 

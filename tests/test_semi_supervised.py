@@ -99,3 +99,21 @@ def test_the_loop_trains_on_spread_labels_but_counts_only_human_ones(tmp_path):
     # a rerun of a finished step reads what was written: same spread labels, same train record
     again = engine.train(p, p.rounds()[-1])
     assert again == engine.read_json(p.store, engine.round_key(p.rounds()[-1], "train.json"))
+
+
+def test_with_auto_labels_in_training_spread_labels_never_overwrite_them(tmp_path):
+    both = {**SEMI, "autolabel.enabled": True, "autolabel.use_in_training": True, "autolabel.target_accuracy": 0.9,
+            "autolabel.min_validation": 40, "stopping.max_rounds": 5}
+    p = run_engine(small_config(**both), str(tmp_path / "both"))
+    checked = 0
+    for r in p.rounds():
+        info = engine.read_json(p.store, engine.round_key(r, "train.json"))
+        if not info["trained"]:
+            continue
+        auto = {l.item_id for l in p.machine_labels(before_round=r)}
+        spread = {engine.AggregatedLabel.model_validate_json(line).item_id for line in
+                  p.store.read_bytes(engine.round_key(r, "spread_labels.jsonl")).splitlines() if line.strip()}
+        assert info["n_spread"] == len(spread) > 0
+        assert not spread & auto  # an item the auto-labeler already labeled keeps that label
+        checked += bool(auto)
+    assert checked >= 1  # at least one round trained on both kinds
