@@ -4,8 +4,8 @@ Averaging a few independently initialised networks is the cheapest reliable gain
 labeled set (Lakshminarayanan et al. 2017), and their averaged probabilities rank uncertain
 items better than one network's (Beluch et al. 2018, "The power of ensembles for active
 learning"). On the Fashion-MNIST benchmark (BENCHMARKS.md, "Deep models") three small CNNs with
-margin sampling reached 85 % test accuracy with fewer human labels than any single-model
-strategy. The cost is ``n_members`` times the training and scoring time.
+margin sampling reached 85 % test accuracy with 800 human labels, against 1,200 for the best
+single-CNN strategy and 2,000 for random (median of 5 seeds). The cost is ``n_members`` times the training and scoring time.
 
 ``SeedEnsemble`` keeps the contract the engine and the samplers rely on: ``fit``,
 ``predict_proba`` (the members' mean, columns in ``classes_`` order), ``predict``, ``score``,
