@@ -288,11 +288,18 @@ class Project:
         """The latest machine labels (auto-labeling) written before ``before_round``."""
         return self._latest_labels("machine_labels.jsonl", before_round)
 
+    def round_labels(self, r: int, name: str) -> list[AggregatedLabel] | None:
+        """The label records round ``r`` wrote to ``name`` (e.g. ``spread_labels.jsonl``); None if none."""
+        key = round_key(r, name)
+        if not self.store.exists(key):
+            return None
+        return [AggregatedLabel.model_validate_json(l) for l in self.store.read_bytes(key).splitlines() if l.strip()]
+
     def _latest_labels(self, name: str, before_round: int) -> list[AggregatedLabel]:
         for r in range(before_round - 1, -1, -1):
-            key = round_key(r, name)
-            if self.store.exists(key):
-                return [AggregatedLabel.model_validate_json(l) for l in self.store.read_bytes(key).splitlines() if l.strip()]
+            found = self.round_labels(r, name)
+            if found is not None:
+                return found
         return []
 
     def spent(self, before_round: int) -> float:
@@ -409,9 +416,9 @@ def _spread_labels(p: Project, r: int, labels: list[AggregatedLabel], skip: set[
     """Round ``r``'s label-spreading machine labels, spread from the human ``labels``, for pool
     items not in ``skip`` (items that already have a label: human, or auto-labeled when those
     train too). Written once to ``spread_labels.jsonl``, so a rerun trains on the same set."""
-    key = round_key(r, "spread_labels.jsonl")
-    if p.store.exists(key):
-        return [AggregatedLabel.model_validate_json(l) for l in p.store.read_bytes(key).splitlines() if l.strip()]
+    done = p.round_labels(r, "spread_labels.jsonl")
+    if done is not None:
+        return done
     from crowdloop.models.semi import spread_labels
 
     cfg = p.config.semi_supervised
@@ -426,7 +433,7 @@ def _spread_labels(p: Project, r: int, labels: list[AggregatedLabel], skip: set[
                                method="label_spreading", source="machine", round=r)
                for i, lab, c in zip(found.index, found.labels, found.confidence) if str(p.pool.ids[i]) not in skip]
     try:
-        p.store.write_bytes(key, to_jsonl(out), create_only=True)
+        p.store.write_bytes(round_key(r, "spread_labels.jsonl"), to_jsonl(out), create_only=True)
     except RecordExistsError:  # another process got there first: train on what it wrote
         return _spread_labels(p, r, labels, skip)
     return out

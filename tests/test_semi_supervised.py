@@ -81,8 +81,7 @@ def test_the_loop_trains_on_spread_labels_but_counts_only_human_ones(tmp_path):
             continue
         trained += 1
         human = {l.item_id for l in p.human_labels(before_round=r)}
-        spread = [engine.AggregatedLabel.model_validate_json(line) for line in
-                  p.store.read_bytes(engine.round_key(r, "spread_labels.jsonl")).splitlines() if line.strip()]
+        spread = p.round_labels(r, "spread_labels.jsonl")
         assert info["n_spread"] == len(spread) > 0
         assert info["spread_true_accuracy"] > 0.8
         for m in spread:
@@ -111,8 +110,7 @@ def test_with_auto_labels_in_training_spread_labels_never_overwrite_them(tmp_pat
         if not info["trained"]:
             continue
         auto = {l.item_id for l in p.machine_labels(before_round=r)}
-        spread = {engine.AggregatedLabel.model_validate_json(line).item_id for line in
-                  p.store.read_bytes(engine.round_key(r, "spread_labels.jsonl")).splitlines() if line.strip()}
+        spread = {l.item_id for l in p.round_labels(r, "spread_labels.jsonl")}
         assert info["n_spread"] == len(spread) > 0
         assert not spread & auto  # an item the auto-labeler already labeled keeps that label
         checked += bool(auto)
