@@ -311,8 +311,34 @@ class AutoDawidSkene(ShrunkDawidSkene):
     worker lands on or above the better of the two on every simulated crowd
     (``benchmarks/consensus_choice.py``, BENCHMARKS.md). ``chosen_`` says what the workers'
     strengths amount to: ``one_coin`` when every worker's prior is at the grid's top,
-    ``full_confusion`` when every one is at its bottom, else ``mixed``.
+    ``full_confusion`` when every one is at its bottom, else ``mixed``. Rings of workers who
+    share their answers item by item are counted as one voice (``rings_``; see
+    :mod:`crowdloop.consensus.collusion`).
     """
+
+    def __init__(self, rings: bool = True, grid: tuple[float, ...] = (0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256),
+                 n_iter: int = 100, tol: float = 1e-5, classes: list | None = None) -> None:
+        super().__init__(strength="learned", grid=grid, n_iter=n_iter, tol=tol, classes=classes)
+        self.rings = rings
+
+    def fit(self, data: pd.DataFrame, true_labels: pd.Series | None = None) -> "AutoDawidSkene":
+        """Fit; then, with ``rings``, look for rings of colluders (``consensus.collusion``) and,
+        if there are any, fit again with each ring answering as one voice. ``rings_`` lists
+        them; a member's skill is their ring's."""
+        from crowdloop.consensus.collusion import find_rings, one_voice
+
+        super().fit(data, true_labels)
+        self.rings_ = []
+        if self.rings and len(self.labels_):
+            rings = find_rings(data, model=self)
+            if rings:
+                super().fit(one_voice(data, rings), true_labels)
+                ring_of = {w: r.name for r in rings for w in r.workers}
+                workers = pd.Index(pd.unique(data["worker"]), name="worker")
+                self.skills_ = pd.Series([float(self.skills_[ring_of.get(w, w)]) for w in workers], index=workers,
+                                         name="skill")
+                self.rings_ = rings
+        return self
 
     def _fit_posteriors(self, enc: _Encoded, gold_rows: np.ndarray, gold_cols: np.ndarray) -> np.ndarray:
         post = super()._fit_posteriors(enc, gold_rows, gold_cols)
