@@ -11,12 +11,11 @@ the queried items. Here, per batch:
   items (and a random initial set) are the **audit**: an unbiased sample of the pool with
   labels, the only items on which accuracy estimates are not bent by the strategies' choices
   — the role ALBL's importance weights play, where uniform picks carry all the weight.
-* Evidence per arm: a clone of the model is fitted on the common base (labeled items no arm
-  picked, e.g. a kmeans cold start) plus the same number ``m`` of items **that arm** picked
-  (a seeded subsample; ``m`` is the smallest count among arms with at least ``min_items``),
-  and scored on the audit items it did not train on (random's own model is cross-fitted on
-  two halves of the audit). Equal ``m`` makes arms comparable: it estimates each arm's
-  learning curve at the same size, the counterfactual a bandit otherwise has to wait for.
+* Evidence per arm (:func:`arm_evidence`): half of the audit is a common random base; a clone
+  of the model is fitted on the base plus the same number ``m`` of items **that arm** picked
+  and scored on audit items none of the models trained on (the same items for every arm: a
+  paired comparison). Equal ``m`` makes arms comparable — each arm's value on top of a random
+  base at the same size, the counterfactual a bandit otherwise waits many rounds for.
 * Allocation: arms that have fewer than ``min_items`` picks get slots first (exploration);
   then the rest of the batch goes by probabilities ``p ∝ exp((acc_a − acc_best) / (temperature·se))``
   with ``se`` the audit's standard error, each at least ``floor``: a clear winner takes
@@ -80,36 +79,37 @@ def _fit(template: Any, X: np.ndarray, y: np.ndarray) -> Any | None:
 
 
 def arm_evidence(model: Any, X_labeled: np.ndarray, y_labeled: np.ndarray, labeled_arm: Sequence[str | None],
-                 arms: Sequence[str], *, rng: np.random.Generator, min_items: int) -> dict[str, Any]:
-    """Audit accuracy of a model trained on each arm's own picks (equal counts), see the module doc."""
+                 arms: Sequence[str], *, rng: np.random.Generator, min_items: int, repeats: int = 3) -> dict[str, Any]:
+    """Audit accuracy of a model trained on a random base plus ``m`` picks of each arm.
+
+    The audit (labeled items the random arm picked) is shuffled and halved: the first half is
+    the common base every arm's model trains on; from the second half, ``m`` items play the
+    random arm's picks and the rest is the test set, the same for every arm (a paired
+    comparison). Each other arm's model trains on the base plus ``m`` of its own picks (a seeded
+    sample), so all models have the same size and differ only in who chose the extra items.
+    """
     arm_of = np.array([a or "" for a in labeled_arm], dtype=object)
     y = np.asarray(y_labeled).astype(str)
     audit = np.flatnonzero(arm_of == "random")
-    base = np.flatnonzero(~np.isin(arm_of, list(arms)))
+    others = np.flatnonzero(~np.isin(arm_of, list(arms)))  # e.g. a k-means cold start: in every base
     counts = {a: int((arm_of == a).sum()) for a in arms}
-    ready = [a for a in arms if counts[a] >= min_items]
-    out: dict[str, Any] = {"n_audit": int(len(audit)), "counts": counts, "m": None, "accuracy": {}}
-    if len(ready) < 2 or len(audit) < 2 * min_items:
+    out: dict[str, Any] = {"n_audit": int(len(audit)), "counts": counts, "m": None, "n_test": 0, "accuracy": {}}
+    half = len(audit) - len(audit) // 2
+    ready = [a for a in arms if a != "random" and counts[a] >= min_items]
+    m = min([counts[a] for a in ready] + [half // 2])
+    if not ready or m < min_items:
         return out
-    m = min(counts[a] for a in ready)
-    out["m"] = m
-    halves = np.array_split(rng.permutation(audit), 2)
-    for a in ready:
-        own = np.flatnonzero(arm_of == a)
-        if a == "random":  # cross-fitted: trained on one half of the audit, scored on the other
-            right = total = 0
-            for train_half, test_half in ((halves[0], halves[1]), (halves[1], halves[0])):
-                take = train_half[: min(len(train_half), m)]
-                fitted = _fit(model, X_labeled[np.r_[base, take]], y[np.r_[base, take]])
-                if fitted is None:
-                    continue
-                right += _accuracy(fitted, X_labeled[test_half], y[test_half]) * len(test_half)
-                total += len(test_half)
-            out["accuracy"][a] = round(right / total, 4) if total else None
-        else:
-            take = np.sort(rng.choice(own, size=m, replace=False))
-            fitted = _fit(model, X_labeled[np.r_[base, take]], y[np.r_[base, take]])
-            out["accuracy"][a] = None if fitted is None else round(_accuracy(fitted, X_labeled[audit], y[audit]), 4)
+    out.update(m=int(m), n_test=int(repeats * (half - m)))
+    right = {a: 0 for a in ["random", *ready]}
+    for _ in range(repeats):  # several random splits of the audit: the estimate's noise shrinks
+        shuffled = rng.permutation(audit)
+        base, random_picks, test = shuffled[half:], shuffled[:m], shuffled[m:half]
+        base = np.r_[others, base]
+        for a in right:
+            extra = random_picks if a == "random" else rng.choice(np.flatnonzero(arm_of == a), size=m, replace=False)
+            fitted = _fit(model, X_labeled[np.r_[base, extra]], y[np.r_[base, extra]])
+            right[a] += 0 if fitted is None else int(round(_accuracy(fitted, X_labeled[test], y[test]) * len(test)))
+    out["accuracy"] = {a: round(v / out["n_test"], 4) for a, v in right.items()}
     return out
 
 
@@ -118,19 +118,19 @@ def allocate(evidence: Mapping[str, Any], arms: Sequence[str], n_slots: int, *, 
     """Slots per arm for ``n_slots`` items: under-explored arms first, then by the evidence."""
     slots = {a: 0 for a in arms}
     counts = evidence["counts"]
-    short = [a for a in arms if counts[a] < min_items]
+    short = [a for a in arms if a != "random" and counts[a] < min_items]
     left = n_slots
-    # exploration: arms without enough picks to be judged get slots, round-robin, the shortest first
-    for a in sorted(short, key=lambda a: (counts[a], arms.index(a))):
-        give = min(left, max(1, math.ceil((min_items - counts[a]) / 2)))
-        slots[a] += give
-        left -= give
-        if left == 0:
-            break
+    # exploration: arms without enough picks to be judged share the slots first, the shortest first
+    while left and short:
+        for a in sorted(short, key=lambda a: (counts[a] + slots[a], arms.index(a))):
+            if left and counts[a] + slots[a] < min_items:
+                slots[a] += 1
+                left -= 1
+        short = [a for a in short if counts[a] + slots[a] < min_items]
     acc = {a: v for a, v in evidence["accuracy"].items() if v is not None}
     if acc:
         best = max(acc.values())
-        n = max(evidence["n_audit"], 1)
+        n = max(evidence.get("n_test", 0), 1)
         se = math.sqrt(max(best * (1 - best), 0.05) / n)
         raw = {a: math.exp((acc[a] - best) / (temperature * se)) if a in acc else 0.0 for a in arms}
     else:
@@ -184,7 +184,7 @@ def decide(
     if labeled_arm is not None and have_labels and len(labeled_arm) != len(X_labeled):
         raise SamplerError(f"labeled_arm has {len(labeled_arm)} entries but X_labeled has {len(X_labeled)} rows: expected one per row")
     if model is None or not have_labels:
-        evidence: dict[str, Any] = {"n_audit": 0, "counts": {a: 0 for a in arms}, "m": None, "accuracy": {}}
+        evidence: dict[str, Any] = {"n_audit": 0, "counts": {a: 0 for a in arms}, "m": None, "n_test": 0, "accuracy": {}}
     else:
         history = list(labeled_arm) if labeled_arm is not None else [None] * len(X_labeled)
         evidence = arm_evidence(model, np.asarray(X_labeled), np.asarray(y_labeled), history, arms,
@@ -218,6 +218,7 @@ def decide(
         "n_audit": evidence["n_audit"],
         "picks_so_far": evidence["counts"],
         "compared_at": evidence["m"],
+        "n_test": evidence["n_test"],
         "audit_accuracy": evidence["accuracy"],
         "probabilities": prob,
         "slots": {a: len(picked_by[a]) for a in arms},
