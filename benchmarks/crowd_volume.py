@@ -132,7 +132,7 @@ def measure(p: Project, dataset: str, crowd: str, method: str, seed: int, second
     labels = p.human_labels(before_round=rounds[-1] + 1)
     index = p._index_of
     truth = p.pool.y.astype(str)
-    label_acc = float(np.mean([l.label == truth[index[l.item_id]] for l in labels])) if labels else None
+    label_acc = float(np.mean([lab.label == truth[index[lab.item_id]] for lab in labels])) if labels else None
     n_judgments = len(p.annotations())
     metrics = p.metrics()
     accounts = worker_accounts(p)

@@ -22,7 +22,7 @@ class _Encoded:
     classes: np.ndarray
     t: np.ndarray
     w: np.ndarray
-    l: np.ndarray
+    y: np.ndarray
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -47,8 +47,8 @@ def _encode(data: pd.DataFrame, classes: list | None, extra_labels: list | None 
         class_index = pd.Index(list(classes))
     else:
         class_index = pd.Index(sorted(seen.tolist(), key=str))
-    l = class_index.get_indexer(data["label"])
-    return _Encoded(np.asarray(tasks), np.asarray(workers), np.asarray(class_index), t, w, l)
+    y = class_index.get_indexer(data["label"])
+    return _Encoded(np.asarray(tasks), np.asarray(workers), np.asarray(class_index), t, w, y)
 
 
 class _Aggregator:
@@ -62,7 +62,7 @@ class _Aggregator:
     def __init__(self, classes: list | None = None) -> None:
         self.classes = classes
 
-    def fit(self, data: pd.DataFrame, true_labels: pd.Series | None = None) -> "_Aggregator":
+    def fit(self, data: pd.DataFrame, true_labels: pd.Series | None = None) -> _Aggregator:
         """Aggregate; ``true_labels`` (task → label, e.g. gold answers) are held fixed."""
         gold = None if true_labels is None else pd.Series(true_labels)
         enc = _encode(data, self.classes, None if gold is None else gold.tolist())
@@ -79,7 +79,7 @@ class _Aggregator:
         self.labels_ = pd.Series(enc.classes[best] if T else [], index=self.probas_.index, name="agg_label", dtype=object)
         self.confidence_ = pd.Series(post.max(axis=1) if T else [], index=self.probas_.index, name="confidence", dtype=float)
         # Skill: expected share of a worker's answers that match the posterior truth.
-        agree = post[enc.t, enc.l] if T else np.empty(0)
+        agree = post[enc.t, enc.y] if T else np.empty(0)
         n = np.bincount(enc.w, minlength=W)
         skill = np.bincount(enc.w, weights=agree, minlength=W) / np.maximum(n, 1)
         self.skills_ = pd.Series(skill, index=pd.Index(enc.workers, name="worker"), name="skill")
@@ -97,7 +97,7 @@ class _Aggregator:
 
 def _vote_proba(enc: _Encoded) -> np.ndarray:
     T, _, K = enc.shape
-    counts = np.bincount(enc.t * K + enc.l, minlength=T * K).reshape(T, K).astype(np.float64)
+    counts = np.bincount(enc.t * K + enc.y, minlength=T * K).reshape(T, K).astype(np.float64)
     return counts / counts.sum(axis=1, keepdims=True)
 
 
@@ -143,10 +143,10 @@ class WeightedMajorityVote(_Aggregator):
             else:
                 hard = np.zeros_like(post)
                 hard[np.arange(T), post.argmax(axis=1)] = 1.0
-                skill = (np.bincount(enc.w, weights=hard[enc.t, enc.l], minlength=W) + 1.0) / (n + 2.0)
+                skill = (np.bincount(enc.w, weights=hard[enc.t, enc.y], minlength=W) + 1.0) / (n + 2.0)
             skill = np.clip(skill, 1e-3, 1 - 1e-3)
             weight = np.log(skill) - np.log((1 - skill) / max(K - 1, 1))
-            score = np.bincount(enc.t * K + enc.l, weights=weight[enc.w], minlength=T * K).reshape(T, K)
+            score = np.bincount(enc.t * K + enc.y, weights=weight[enc.w], minlength=T * K).reshape(T, K)
             score -= score.max(axis=1, keepdims=True)
             post = np.exp(score)
             post /= post.sum(axis=1, keepdims=True)
@@ -155,13 +155,13 @@ class WeightedMajorityVote(_Aggregator):
         return post
 
 
-def _judgment_matrix(enc: _Encoded) -> "sparse.csr_matrix":
+def _judgment_matrix(enc: _Encoded) -> sparse.csr_matrix:
     """Sparse (worker·K + label) × task count matrix: one EM half-step is one product with it."""
     from scipy import sparse
 
     T, W, K = enc.shape
     data = np.ones(len(enc.t), dtype=np.float64)
-    return sparse.csr_matrix((data, (enc.w * K + enc.l, enc.t)), shape=(W * K, T))
+    return sparse.csr_matrix((data, (enc.w * K + enc.y, enc.t)), shape=(W * K, T))
 
 
 class DawidSkene(_Aggregator):
@@ -230,7 +230,7 @@ class OneCoinDawidSkene(DawidSkene):
     """
 
     def _prepare(self, enc: _Encoded) -> None:
-        self._flat = enc.t * enc.shape[2] + enc.l
+        self._flat = enc.t * enc.shape[2] + enc.y
 
     def _task_loglik(self, enc: _Encoded, post: np.ndarray) -> np.ndarray:
         T, W, K = enc.shape

@@ -31,7 +31,7 @@ class Pool:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def subset(self, index: np.ndarray) -> "Pool":
+    def subset(self, index: np.ndarray) -> Pool:
         return Pool(
             ids=self.ids[index],
             X=self.X.take_view(index) if hasattr(self.X, "take_view") else self.X[index],

@@ -335,7 +335,7 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
         return X
 
     # -- fit ------------------------------------------------------------------------------
-    def fit(self, X: Any, y: Any) -> "TorchClassifier":
+    def fit(self, X: Any, y: Any) -> TorchClassifier:
         """Train (from scratch, or from the current weights when ``warm_start`` and fitted)."""
         self._check_params()
         X = np.asarray(X)

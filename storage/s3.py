@@ -78,7 +78,7 @@ class S3Store:
         self._check_bucket(create)
 
     @classmethod
-    def from_url(cls, url: str, *, create: bool = True) -> "S3Store":
+    def from_url(cls, url: str, *, create: bool = True) -> S3Store:
         parsed = urlparse(url)
         if parsed.scheme != "s3":
             raise StoreError(f"storage.url {url!r}: expected s3://bucket/prefix")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from tests.conftest import small_config
-from tests.crowd_helpers import run_engine
 
 from crowdloop import engine
+from tests.conftest import small_config
+from tests.crowd_helpers import run_engine
 
 AUTO = {"autolabel.enabled": True, "autolabel.target_accuracy": 0.9, "autolabel.min_validation": 40,
         "stopping.max_rounds": 4, "vendor.params": {"n_workers": 12, "accuracy": [0.9, 0.98], "spammer_fraction": 0.0}}
@@ -28,7 +28,7 @@ def test_machine_labels_are_calibrated_and_kept_apart(auto_project):
         assert info["estimated_accuracy"] >= 0.9
         machine = p.machine_labels(before_round=r + 1)
         assert len(machine) == info["n_machine"] > 0
-        human = {l.item_id for l in p.human_labels(before_round=r + 1)}
+        human = {lab.item_id for lab in p.human_labels(before_round=r + 1)}
         selected = set(engine.read_json(p.store, engine.round_key(r, "selection.json"))["item_ids"])
         for m in machine:
             assert m.source == "machine" and m.n_annotations == 0 and m.confidence >= info["threshold"]

@@ -72,11 +72,11 @@ CRASH_CONFIG = small_config(project="crash", **{"stopping.max_rounds": 4})
 def outcome(project_dir: Path) -> dict:
     """What must not depend on crashes: labels, per-round metrics, vendor-side effects, money."""
     p = Project.open(str(project_dir))
-    labels = {l["item-id"]: l["label-metadata"]["class-name"]
-              for l in map(json.loads, (project_dir / "labels.jsonl").read_text().splitlines())}
+    labels = {rec["item-id"]: rec["label-metadata"]["class-name"]
+              for rec in map(json.loads, (project_dir / "labels.jsonl").read_text().splitlines())}
     batches = [read_json(p.vendor.store, k) for k in p.vendor.store.list("batches/")]
     vendor_items = [t["item_id"] for b in batches for t in b["tasks"]]
-    log = [json.loads(l) for l in (project_dir / "annotations.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (project_dir / "annotations.jsonl").read_text().splitlines()]
     pay_total = sum(read_json(p.store, round_key(r, "pay.json"))["total"] for r in p.rounds()
                     if p.store.exists(round_key(r, "pay.json")))
     ledger = p.vendor.ledger()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.conftest import small_config
-from tests.crowd_helpers import run_engine
 from typer.testing import CliRunner
 
 from crowdloop import engine
@@ -14,6 +12,8 @@ from crowdloop.cli import app
 from crowdloop.config import PayConfig, VendorFee, load_config
 from crowdloop.pay import fees_for, vendor_fee
 from crowdloop.workers import worker_accounts
+from tests.conftest import small_config
+from tests.crowd_helpers import run_engine
 
 
 def test_mturk_fee_is_20_percent_plus_20_at_ten_assignments():

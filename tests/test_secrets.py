@@ -71,7 +71,7 @@ async def _prefect_texts(prefix: str) -> list[str]:
             logs += page
             offset += len(page)
     assert arts, "the run left no artifacts to search"  # (the loop itself logs little; whatever there is, is searched)
-    return [f"{a.key} {a.data} {a.description}" for a in arts] + [f"{l.name} {l.message}" for l in logs]
+    return [f"{a.key} {a.data} {a.description}" for a in arts] + [f"{log.name} {log.message}" for log in logs]
 
 
 def _isolated_env(cli_env: dict, tmp_path: Path, **extra: str) -> dict[str, str]:

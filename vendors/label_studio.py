@@ -23,7 +23,7 @@ import logging
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
-from datetime import timezone
+from datetime import UTC
 from typing import Any, Literal
 from urllib.parse import urlsplit
 from xml.sax.saxutils import quoteattr
@@ -347,7 +347,7 @@ class LabelStudioVendor:
                                  submitted_at=submitted, duration_s=round(float(lead), 3),
                                  reward=record["rewards"][item], is_gold=bool(record["is_gold"][item]))
                 if out.submitted_at.tzinfo is None:  # Label Studio speaks UTC; never mix naive and aware times
-                    out = out.model_copy(update={"submitted_at": out.submitted_at.replace(tzinfo=timezone.utc)})
+                    out = out.model_copy(update={"submitted_at": out.submitted_at.replace(tzinfo=UTC)})
                 return out
             except ValidationError as exc:
                 problem = f"unusable fields: {exc.errors()[0]['loc']} {exc.errors()[0]['msg']}"

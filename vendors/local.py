@@ -29,7 +29,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -312,7 +312,7 @@ class LocalVendor:
             raise VendorDataError(f"annotator {worker!r}: expected 1-40 lowercase letters, digits, '_' or '-'")
 
     def _now(self, stamp: float | None = None) -> datetime:
-        return datetime.fromtimestamp(self.clock() if stamp is None else stamp, timezone.utc)
+        return datetime.fromtimestamp(self.clock() if stamp is None else stamp, UTC)
 
     def _batch_tasks(self, batch_id: str) -> list[Task]:
         """A batch's tasks, parsed once per process: batch records are create-only, never rewritten.

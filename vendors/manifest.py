@@ -21,7 +21,7 @@ are create-only records in the vendor's state, so a crash half-way redoes the sa
 
 The exchange files live in the vendor's own prefix of the project store, or in the store
 named by ``params.url`` (a directory shared with the vendor, later ``s3://bucket/prefix``).
-"""
+"""  # noqa: E501 - JSON Lines examples are one record per line
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -74,7 +74,7 @@ def _parse_time(value: Any, name: str) -> datetime:
         stamp = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
     except ValueError:
         raise ValueError(f"{name}: {value!r} is not an ISO 8601 timestamp") from None
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
 
 class ManifestVendor:
@@ -290,7 +290,7 @@ class ManifestVendor:
         """Tasks sent, manifests written, answers ingested, money approved and bonused."""
         tasks = sum(len(read_json(self.state, k)["tasks"]) for k in self.state.list("batches/"))
         manifests = len(self.exchange.list(self.params.requests_prefix))
-        answers = sum(len([l for l in self.state.read_bytes(k).splitlines() if l.strip()])
+        answers = sum(len([line for line in self.state.read_bytes(k).splitlines() if line.strip()])
                       for k in self.state.list("answers/"))
         paid = sum(read_json(self.exchange, k)["paid"] for k in self.exchange.list("acks/"))
         bonuses = sum(read_json(self.exchange, k)["amount"] * len(read_json(self.exchange, k)["assignment_ids"])

@@ -34,7 +34,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -71,7 +71,7 @@ MAX_ANSWER_CHARS = 1_000_000  # a classification answer is a few hundred bytes; 
 
 # Sessions are built through this name so tests can hand in a session with a fake wired into
 # botocore's ``before-send`` event (every request is still validated by the real model).
-_session_factory: Callable[[], "boto3.session.Session"] = boto3.session.Session
+_session_factory: Callable[[], boto3.session.Session] = boto3.session.Session
 
 
 class QualificationTest(BaseModel):
@@ -93,7 +93,7 @@ class Qualifications(BaseModel):
     test: QualificationTest | None = None
 
     @model_validator(mode="after")
-    def _paired(self) -> "Qualifications":
+    def _paired(self) -> Qualifications:
         # A 99% approval rate means nothing for a worker with 3 HITs: MTurk reports 100% for
         # new workers until they have 100 HITs, so the rate is only a filter with a count.
         if (self.min_approval_rate is None) != (self.min_approved_hits is None):
@@ -354,7 +354,7 @@ class MTurkVendor:
                 continue
             hit_id = read_json(self.store, key)["hit_id"]
             try:  # a time in the past expires the HIT at once
-                self._call("update_expiration_for_hit", HITId=hit_id, ExpireAt=datetime(2015, 1, 1, tzinfo=timezone.utc))
+                self._call("update_expiration_for_hit", HITId=hit_id, ExpireAt=datetime(2015, 1, 1, tzinfo=UTC))
             except ClientError as exc:
                 raise VendorError(f"vendor 'mturk': cannot expire HIT {hit_id}: {_error_message(exc)}") from exc
             expired.append(hit_id)
@@ -723,4 +723,4 @@ img.item{{max-width:100%}}fieldset{{margin-bottom:1em}}p.text{{white-space:pre-w
 document.getElementById("assignmentId").value=a;var to=q.get("turkSubmitTo");
 if(to&&/^https:\\/\\/(www|workersandbox)\\.mturk\\.com$/.test(to)){{document.getElementById("f").action=to+"/mturk/externalSubmit";}}
 if(!a||a==="ASSIGNMENT_ID_NOT_AVAILABLE"){{var b=document.getElementById("submit");b.disabled=true;b.textContent="Accept the HIT to answer";}}}})();
-</script></body></html>"""
+</script></body></html>"""  # noqa: E501 - an HTML/JS template, not code

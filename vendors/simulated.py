@@ -38,7 +38,7 @@ class SimulatedCrowdParams(BaseModel):
     latency_s: float = Field(0.0, ge=0, description="answers trickle in over this many wall-clock seconds")
 
     @model_validator(mode="after")
-    def _check_range(self) -> "SimulatedCrowdParams":
+    def _check_range(self) -> SimulatedCrowdParams:
         low, high = self.accuracy
         if not 0 <= low <= high <= 1:
             raise ValueError(f"accuracy={list(self.accuracy)}: expected [low, high] with 0 <= low <= high <= 1")
@@ -82,12 +82,15 @@ class SimulatedCrowd:
         if n_conf or n_coll:
             honest = np.flatnonzero(~self.is_spammer)
             if n_conf + n_coll > len(honest):
-                raise VendorError(f"vendor 'simulated': {n_conf + n_coll} adversarial workers but only {len(honest)} non-spammers")
-            kinds = np.random.default_rng([context.seed, _stable_int("adversaries")]).choice(honest, n_conf + n_coll, replace=False)
+                raise VendorError(
+                    f"vendor 'simulated': {n_conf + n_coll} adversarial workers but only {len(honest)} non-spammers")
+            rng = np.random.default_rng([context.seed, _stable_int("adversaries")])
+            kinds = rng.choice(honest, n_conf + n_coll, replace=False)
             self.is_confuser[kinds[:n_conf]] = True
             self.is_colluder[kinds[n_conf:]] = True
         if p.colluder_class >= len(context.classes):
-            raise VendorError(f"vendor 'simulated': colluder_class={p.colluder_class} but there are only {len(context.classes)} classes")
+            raise VendorError(f"vendor 'simulated': colluder_class={p.colluder_class} "
+                              f"but there are only {len(context.classes)} classes")
 
     # -- vendor protocol -------------------------------------------------------------
     def submit(self, tasks: Sequence[Task], *, batch_id: str) -> list[Ref]:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from tests.conftest import small_config
-from tests.crowd_helpers import intents, run_engine
 
 from crowdloop import engine
 from crowdloop.workers import worker_accounts
+from tests.conftest import small_config
+from tests.crowd_helpers import intents, run_engine
 
 # A crowd where a third answer at random: gold must find them.
 GOLD = {"gold.share": 0.3, "gold.n_items": 40, "gold.min_answers": 4, "gold.min_accuracy": 0.4,
@@ -33,7 +33,7 @@ def test_gold_set_is_fixed_by_seed_and_never_selected_or_labeled(gold_project, t
             else:
                 selected.add(t["item_id"])
     assert not selected & set(gold)
-    labeled = {l.item_id for l in p.human_labels(before_round=p.rounds()[-1] + 1)}
+    labeled = {lab.item_id for lab in p.human_labels(before_round=p.rounds()[-1] + 1)}
     assert labeled and not labeled & set(gold)
     from crowdloop.config import parse_config
     from crowdloop.engine import Project
@@ -59,7 +59,8 @@ def test_spammers_are_blocked_and_get_no_more_tasks(gold_project):
     spammers = {vendor.worker_ids[i] for i, s in enumerate(vendor.is_spammer) if s}
     blocked_when: dict[str, int] = {}
     for r in p.rounds():
-        summary = p.store.exists(engine.round_key(r, "aggregate.json")) and engine.read_json(p.store, engine.round_key(r, "aggregate.json"))
+        key = engine.round_key(r, "aggregate.json")
+        summary = p.store.exists(key) and engine.read_json(p.store, key)
         for w in (summary or {}).get("blocked_workers", []):
             blocked_when.setdefault(w, r)
     assert blocked_when, "no worker was blocked"

@@ -43,7 +43,7 @@ def test_flow_runs_rounds_writes_outputs_and_artifacts(prefect_api_url: str, tmp
     assert json.loads((out / "metrics.json").read_text())["rounds"] == rounds
     assert (out / "metrics.csv").read_text().splitlines()[0] == "round,n_labeled,n_judgments,cost,accuracy"
     assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    labels = [json.loads(l) for l in (out / "labels.jsonl").read_text().splitlines()]
+    labels = [json.loads(line) for line in (out / "labels.jsonl").read_text().splitlines()]
     assert len(labels) == 70 and {"source", "label", "label-metadata"} <= set(labels[0])
     assert {"class-name", "confidence", "human-annotated", "creation-date", "type"} <= set(labels[0]["label-metadata"])
     assert len((out / "annotations.jsonl").read_text().splitlines()) == 210

@@ -113,7 +113,7 @@ def test_fashion_mnist_pool_through_torchvision(fashion_dir):
     pool = load_fashion_mnist_pool(cfg)
     assert len(pool) == 300 and pool.X.shape == (300, 784) and pool.content_kind == "pixels"
     assert pool.classes == FASHION_MNIST_CLASSES and set(pool.y.tolist()) <= set(FASHION_MNIST_CLASSES)
-    assert 0 <= pool.X.min() and pool.X.max() <= 255 and pool.ids[0].startswith("fmnist-train-")
+    assert pool.X.min() >= 0 and pool.X.max() <= 255 and pool.ids[0].startswith("fmnist-train-")
     both = load_fashion_mnist_pool(_pool_cfg(source="fashion_mnist", path=str(fashion_dir), split="all"))
     assert any(i.startswith("fmnist-test-") for i in both.ids.tolist())
     assert np.array_equal(load_fashion_mnist_pool(cfg).ids, pool.ids)  # the subset is fixed

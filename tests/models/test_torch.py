@@ -9,7 +9,6 @@ import pickle
 
 import numpy as np
 import pytest
-
 import torch  # crowdloop[torch] is part of the test extra: these tests never skip
 from sklearn.base import clone
 from sklearn.datasets import load_digits

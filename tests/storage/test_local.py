@@ -113,9 +113,8 @@ def test_lock_is_exclusive_across_processes_and_released_on_death(store: LocalSt
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(ProjectLockedError, match=f"pid {holder.pid}"):
-            with store.lock("project"):
-                pass
+        with pytest.raises(ProjectLockedError, match=f"pid {holder.pid}"), store.lock("project"):
+            pass
     finally:
         holder.kill()
         holder.wait()

@@ -49,9 +49,8 @@ def test_lock_of_a_dead_holder_expires(s3_endpoint: str, s3_bucket: str) -> None
     # a lease written by a holder that died without releasing it
     first.client.put_object(Bucket=s3_bucket, Key="lock/.crowdloop/locks/project.lock",
                             Body=f"{time.time() + 1.0:.3f} pid 1 on elsewhere".encode())
-    with pytest.raises(ProjectLockedError, match=r"pid 1 on elsewhere.*rerun in \d+ s"):
-        with first.lock("project"):
-            pass
+    with pytest.raises(ProjectLockedError, match=r"pid 1 on elsewhere.*rerun in \d+ s"), first.lock("project"):
+        pass
     time.sleep(1.2)
     with first.lock("project"):  # expired: taken over
         with pytest.raises(ProjectLockedError):
@@ -63,9 +62,8 @@ def test_lock_is_renewed_while_held(s3_endpoint: str, s3_bucket: str) -> None:
     store = S3Store(s3_bucket, "renew", endpoint_url=s3_endpoint, lock_ttl_s=0.6)
     with store.lock("project"):
         time.sleep(1.5)  # longer than the TTL: renewals keep it
-        with pytest.raises(ProjectLockedError):
-            with S3Store(s3_bucket, "renew", endpoint_url=s3_endpoint).lock("project"):
-                pass
+        with pytest.raises(ProjectLockedError), S3Store(s3_bucket, "renew", endpoint_url=s3_endpoint).lock("project"):
+            pass
 
 
 def test_throttling_is_retried(s3_endpoint: str, s3_bucket: str) -> None:

@@ -27,7 +27,7 @@ def browser() -> Iterator:
 
 
 @pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> "FakeMTurk":
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeMTurk:
     """Mechanical Turk faked behind boto3's real client, with dummy credentials."""
     from crowdloop.vendors import mturk
     from tests.vendors.mturk_fake import FakeMTurk

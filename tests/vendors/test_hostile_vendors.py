@@ -161,7 +161,8 @@ class _Client:
 
 _json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-3, 2**63), st.floats(allow_nan=False, allow_infinity=False),
                          st.text(max_size=10))
-_json = st.recursive(_json_scalar, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+_json = st.recursive(_json_scalar,
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
                      max_leaves=8)
 
 

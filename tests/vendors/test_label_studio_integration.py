@@ -14,12 +14,12 @@ import pytest
 
 pytest.importorskip("label_studio_sdk")
 
-from crowdloop import engine  # noqa: E402
-from crowdloop.config import parse_config  # noqa: E402
-from crowdloop.engine import Project, round_key  # noqa: E402
-from crowdloop.storage import read_json  # noqa: E402
-from tests.conftest import small_config  # noqa: E402
-from tests.vendors import label_studio_server as lss  # noqa: E402
+from crowdloop import engine
+from crowdloop.config import parse_config
+from crowdloop.engine import Project, round_key
+from crowdloop.storage import read_json
+from tests.conftest import small_config
+from tests.vendors import label_studio_server as lss
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +79,7 @@ def test_two_rounds_with_label_studio(tmp_path: Path, label_studio: lss.Server, 
     assert {a.worker_id for a in anns} == {f"ls-user-{u.id}" for u in annotators}
     assert sorted({a.duration_s for a in anns}) == [5.0, 6.0]
     labels = p.human_labels(before_round=2)
-    assert len(labels) == 10 and all(l.label == truth[l.item_id] for l in labels)
+    assert len(labels) == 10 and all(lab.label == truth[lab.item_id] for lab in labels)
     assert read_json(p.store, round_key(1, "collected.json"))["complete"] is True
     tasks = list(ls.tasks.list(project=project_id, fields="all"))
     assert len(tasks) == 10  # nothing imported twice

@@ -14,7 +14,6 @@ import pytest
 from crowdloop import engine
 from crowdloop.config import parse_config
 from crowdloop.records import Annotation
-
 from tests.conftest import REPO, small_config
 from tests.vendors.app_server import start_annotate
 from tests.vendors.browser import needs_chromium

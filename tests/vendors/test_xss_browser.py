@@ -21,7 +21,6 @@ from crowdloop.testing import make_context
 from crowdloop.vendor import VendorContext
 from crowdloop.vendors.local import LocalVendor
 from crowdloop.vendors.local_app import create_app
-
 from tests.vendors.app_server import running
 from tests.vendors.browser import needs_chromium
 
