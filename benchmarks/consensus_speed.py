@@ -48,7 +48,7 @@ def main() -> int:
     import scipy.sparse  # noqa: F401 - import cost is not the aggregator's
 
     for cls in (DawidSkene, OneCoinDawidSkene, AutoDawidSkene, WeightedMajorityVote):
-        record(f"crowdloop.{cls.__name__}", lambda: cls().fit(data).labels_)
+        record(f"crowdloop.{cls.__name__}", lambda cls=cls: cls().fit(data).labels_)
     import crowdkit.aggregation as ca
 
     with warnings.catch_warnings():

@@ -59,7 +59,7 @@ def synthetic_pool(directory: Path, seed: int = 0) -> str:
         X, y = make_classification(n_samples=3000, n_features=20, n_informative=12, n_redundant=2, n_classes=10,
                                    n_clusters_per_class=1, class_sep=1.6, random_state=seed)
         header = ",".join([f"f{i}" for i in range(X.shape[1])] + ["label"])
-        rows = [",".join([f"{v:.6f}" for v in x] + [str(int(c))]) for x, c in zip(X, y)]
+        rows = [",".join([f"{v:.6f}" for v in x] + [str(int(c))]) for x, c in zip(X, y, strict=True)]
         path.write_text(header + "\n" + "\n".join(rows) + "\n")
     return str(path)
 
@@ -181,7 +181,7 @@ def summarize(paths: list[str]) -> str:
                 "| rejections w/o gold | judgments to 98% |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for method, rs in by.items():
-            def mean(key: str, digits: int = 3) -> str:
+            def mean(key: str, digits: int = 3, rs: list = rs) -> str:
                 vals = [r[key] for r in rs if r.get(key) is not None]
                 return f"{statistics.mean(vals):.{digits}f}" if vals else "–"
             j98 = "–"

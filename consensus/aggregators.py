@@ -187,7 +187,7 @@ class DawidSkene(_Aggregator):
 
     def _task_loglik(self, enc: _Encoded, post: np.ndarray) -> np.ndarray:
         """M-step then the likelihood part of the E-step: sum of log P(answers | class k), (T, K)."""
-        T, W, K = enc.shape
+        _T, W, K = enc.shape
         conf = (self._A @ post).reshape(W, K, K).transpose(0, 2, 1)  # [worker, true k, observed l]
         conf = conf + self.smoothing
         np.clip(conf, _EPS, None, out=conf)
@@ -197,7 +197,7 @@ class DawidSkene(_Aggregator):
         return np.asarray(self._AT @ logc)
 
     def _fit_posteriors(self, enc: _Encoded, gold_rows: np.ndarray, gold_cols: np.ndarray) -> np.ndarray:
-        T, _, K = enc.shape
+        _T, _, _K = enc.shape
         self._prepare(enc)
         post = _fix_gold(_vote_proba(enc), gold_rows, gold_cols)
         previous = -np.inf

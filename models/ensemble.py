@@ -178,7 +178,7 @@ class SeedEnsemble(ClassifierMixin, BaseEstimator):
             raise _fail("random_state", random_state, "an integer, a numpy.random.Generator or None")
         k = len(self.members_)
         shares = [int(T) // k + (1 if j < int(T) % k else 0) for j in range(k)]
-        parts = [m.predict_proba_mc(X, n_samples=s, random_state=rng) for m, s in zip(self.members_, shares) if s]
+        parts = [m.predict_proba_mc(X, n_samples=s, random_state=rng) for m, s in zip(self.members_, shares, strict=True) if s]
         return np.concatenate(parts, axis=1)
 
     def __sklearn_is_fitted__(self) -> bool:

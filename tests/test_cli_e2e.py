@@ -82,7 +82,7 @@ def outcome(project_dir: Path) -> dict:
     ledger = p.vendor.ledger()
     return {
         "labels": labels,
-        "rounds": [{k: v for k, v in r.items()} for r in p.metrics()],
+        "rounds": [dict(r.items()) for r in p.metrics()],
         "vendor_items": sorted(vendor_items),
         "vendor_items_unique": len(set(vendor_items)) == len(vendor_items),
         "log_ids": sorted(a["assignment_id"] for a in log),

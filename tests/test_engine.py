@@ -134,8 +134,8 @@ class _BadLabelVendor:
 
     def poll(self, refs):
         t = self.tasks[0]
-        common = dict(item_id=t.item_id, vendor=self.name, batch_id=t.batch_id, round=t.round,
-                      submitted_at=utcnow(), duration_s=5.0, reward=t.reward)
+        common = {"item_id": t.item_id, "vendor": self.name, "batch_id": t.batch_id, "round": t.round,
+                  "submitted_at": utcnow(), "duration_s": 5.0, "reward": t.reward}
         return [Annotation(worker_id="w1", label=self.context.classes[0], assignment_id="ok-1", **common),
                 Annotation(worker_id="w2", label="not-a-class", assignment_id="bad-1", **common)]
 

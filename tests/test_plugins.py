@@ -92,7 +92,8 @@ def _iris_context(tmp_path: Path):
     iris = load_iris()
     rows = {f"item-{i:04d}": iris.data[i * 37] for i in range(4)}
     ctx = make_context(LocalStore(tmp_path), name="rulebook", classes=list(iris.target_names))
-    payload = lambda item: {"kind": "tabular", "columns": list(iris.feature_names), "values": rows[item].tolist()}
+    def payload(item):
+        return {"kind": "tabular", "columns": list(iris.feature_names), "values": rows[item].tolist()}
     return type(ctx)(**{**ctx.__dict__, "item_payload": payload, "ground_truth": None})
 
 
@@ -122,7 +123,7 @@ def test_the_loop_runs_with_the_installed_plugin(plugin, tmp_path):
     assert r == 3
     anns = p.annotations()
     assert len(anns) == 27 * 2 and {a.vendor for a in anns} == {"rulebook"}
-    truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist()))
+    truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True))
     labels = p.human_labels(before_round=3)
     agreement = sum(lab.label == truth[lab.item_id] for lab in labels) / len(labels)
     assert len(labels) == 27 and agreement >= 0.85  # the rule of thumb is ~95% right on iris

@@ -89,10 +89,10 @@ def test_run_on_s3_leaks_no_credentials(cli_env: dict, s3_endpoint: str, s3_buck
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     env = _isolated_env(cli_env, tmp_path, AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET,
                         LABEL_STUDIO_API_KEY=LS_KEY)
-    run = subprocess.run(crowdloop_cmd() + ["run", str(tmp_path / "c.yaml"), "--verbose"], env=env,
+    run = subprocess.run([*crowdloop_cmd(), "run", str(tmp_path / "c.yaml"), "--verbose"], env=env,
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
-    status = subprocess.run(crowdloop_cmd() + ["status", f"s3://{s3_bucket}/leak?endpoint_url={s3_endpoint}", "--json"],
+    status = subprocess.run([*crowdloop_cmd(), "status", f"s3://{s3_bucket}/leak?endpoint_url={s3_endpoint}", "--json"],
                             env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert status.returncode == 0
 
@@ -155,9 +155,8 @@ def test_local_annotation_run_leaks_no_tokens(cli_env: dict, tmp_path: Path) -> 
     try:
         workers = threading.Thread(target=_annotate_until, args=(base, tokens, done, errors), daemon=True)
         workers.start()
-        run = subprocess.run(crowdloop_cmd() + ["run", str(tmp_path / "c.yaml"), "--project-dir", str(project_dir),
-                                                "--verbose"], env=env, capture_output=True, text=True, timeout=300,
-                             cwd=tmp_path)
+        run = subprocess.run([*crowdloop_cmd(), "run", str(tmp_path / "c.yaml"), "--project-dir", str(project_dir),
+                              "--verbose"], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     finally:
         done.set()
         app.terminate()

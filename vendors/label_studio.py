@@ -19,6 +19,7 @@ talks to it over HTTP. Connection settings come from the environment, never from
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import xml.etree.ElementTree as ET
@@ -106,7 +107,7 @@ def task_data(payload: dict[str, Any], data_type: str) -> Any:
         return str(payload.get("text", ""))
     if data_type == "image":
         return _pixels_data_url(payload["pixels"]) if kind == "image" else str(payload["url"])
-    return {str(c): v for c, v in zip(payload.get("columns", []), payload.get("values", []))}
+    return {str(c): v for c, v in zip(payload.get("columns", []), payload.get("values", []), strict=True)}
 
 
 class LabelStudioVendor:
@@ -376,7 +377,5 @@ def _int_id(value: Any) -> int | None:
 
 
 def _write_once(store, key: str, obj: Any) -> None:
-    try:
+    with contextlib.suppress(RecordExistsError):
         write_json(store, key, obj, create_only=True)
-    except RecordExistsError:
-        pass

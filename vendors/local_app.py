@@ -127,7 +127,7 @@ def png_from_pixels(pixels: list[list[float]], *, scale: int = 1) -> bytes:
     top = max((max(r) for r in rows if r), default=0.0) or 1.0
     raw = bytearray()
     for row in rows:
-        line = bytes(255 - int(round(255 * min(max(v, 0.0), top) / top)) for v in row for _ in range(scale))
+        line = bytes(255 - round(255 * min(max(v, 0.0), top) / top) for v in row for _ in range(scale))
         for _ in range(scale):
             raw += b"\x00" + line
     width, height = len(rows[0]) * scale if rows else 0, len(rows) * scale
@@ -234,7 +234,8 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
                     "too-late": "Nothing to undo: answers can be taken back only shortly after you give them.",
                     "skipped": "Skipped.", "saved": None}
         html = PAGE.render(project=title, annotator=name, task=task, payload=payload,
-                           buttons=key_bindings(vendor.context.classes), progress=progress, csrf=csrf_for(raw), nonce=nonce, suggestion=suggestion,
+                           buttons=key_bindings(vendor.context.classes), progress=progress, csrf=csrf_for(raw),
+                           nonce=nonce, suggestion=suggestion,
                            image_url=f"/image/{task.batch_id}/{item_key(task.item_id)}" if task else "",
                            notice=messages.get(notice or ""))
         return security_headers(HTMLResponse(html), nonce)

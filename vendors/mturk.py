@@ -25,6 +25,7 @@ the fee of one assignment for pay accounting.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import html
 import logging
@@ -557,7 +558,7 @@ class MTurkVendor:
                        assignment_id=aid if len(items) == 1 else f"{aid}:{k}", batch_id=record["batch_id"],
                        round=record["round"], submitted_at=submitted or utcnow(), duration_s=round(per_item, 3),
                        reward=record["rewards"][k], is_gold=bool(record.get("is_gold", [False] * len(items))[k]))
-            for k, (item, label) in enumerate(zip(items, labels))
+            for k, (item, label) in enumerate(zip(items, labels, strict=True))
         ]
 
     def _report_bad(self, assignment: dict[str, Any], record: dict[str, Any], problem: str) -> None:
@@ -565,13 +566,11 @@ class MTurkVendor:
         log.warning("mturk: skipping assignment %s of HIT %s (worker %s): %s", aid, record["hit_id"],
                     assignment.get("WorkerId"), problem)
         self._returned.add(aid)
-        try:
+        with contextlib.suppress(RecordExistsError):
             write_json(self.store, f"bad/{aid}.json", {"assignment_id": aid, "hit_id": record["hit_id"],
                                                        "worker_id": assignment.get("WorkerId"), "problem": problem,
                                                        "answer": str(assignment.get("Answer", ""))[:4000]},
                        create_only=True)
-        except RecordExistsError:
-            pass
 
     def bad_assignments(self) -> list[dict[str, Any]]:
         """Assignments skipped because their answers could not be used (for review)."""
@@ -596,11 +595,9 @@ class MTurkVendor:
         except ClientError as exc:
             if not _is_duplicate_token(exc):
                 raise VendorError(f"vendor 'mturk': send_bonus for {aid} failed: {_error_message(exc)}") from exc
-        try:
+        with contextlib.suppress(RecordExistsError):
             write_json(self.store, key, {"assignment_id": aid, "worker_id": worker_id, "amount": amount,
                                          "reason": reason, "token": token, "fee": fee_for(amount, 1)}, create_only=True)
-        except RecordExistsError:
-            pass
 
     def _pay_qualification_test(self, aid: str, worker_id: str) -> None:
         test = self.params.qualifications.test
@@ -628,7 +625,7 @@ def render_payload(payload: dict[str, Any]) -> str:
     if kind == "tabular":
         rows = "".join(
             f"<tr><th>{html.escape(str(c))}</th><td>{html.escape(_fmt_value(v))}</td></tr>"
-            for c, v in zip(payload.get("columns", []), payload.get("values", []))
+            for c, v in zip(payload.get("columns", []), payload.get("values", []), strict=True)
         )
         return f'<table class="row">{rows}</table>'
     if kind == "text":
@@ -655,7 +652,7 @@ def _render_pixels(pixels: list[list[float]]) -> str:
     cells = "".join(
         "<tr>" + "".join(
             f'<td style="width:24px;height:24px;background:rgb({g},{g},{g})"></td>'
-            for g in (int(round(255 * (1 - float(v) / top))) for v in row)
+            for g in (round(255 * (1 - float(v) / top)) for v in row)
         ) + "</tr>"
         for row in pixels
     )

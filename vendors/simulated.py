@@ -8,6 +8,7 @@ project seed and the batch id.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 import zlib
@@ -70,15 +71,15 @@ class SimulatedCrowd:
         rng = np.random.default_rng([context.seed, _stable_int("population")])
         self.worker_ids = [f"sim-w{i:03d}" for i in range(p.n_workers)]
         self.worker_accuracy = rng.uniform(p.accuracy[0], p.accuracy[1], size=p.n_workers)
-        n_spam = int(round(p.spammer_fraction * p.n_workers))
+        n_spam = round(p.spammer_fraction * p.n_workers)
         self.is_spammer = np.zeros(p.n_workers, dtype=bool)
         self.is_spammer[rng.choice(p.n_workers, size=n_spam, replace=False)] = True
         self.worker_speed = rng.lognormal(0.0, 0.25, size=p.n_workers)
         # Adversarial kinds are drawn after the original population so plain crowds stay unchanged.
         self.is_confuser = np.zeros(p.n_workers, dtype=bool)
         self.is_colluder = np.zeros(p.n_workers, dtype=bool)
-        n_conf = int(round(p.confuser_fraction * p.n_workers))
-        n_coll = int(round(p.colluder_fraction * p.n_workers))
+        n_conf = round(p.confuser_fraction * p.n_workers)
+        n_coll = round(p.colluder_fraction * p.n_workers)
         if n_conf or n_coll:
             honest = np.flatnonzero(~self.is_spammer)
             if n_conf + n_coll > len(honest):
@@ -104,10 +105,8 @@ class SimulatedCrowd:
         record = {"batch_id": batch_id, "tasks": [t.model_dump(mode="json") for t in tasks],
                   "assignments": [a.model_dump(mode="json") for a in answers],
                   "available_at": [now + float(d) for d in delays]}
-        try:
+        with contextlib.suppress(RecordExistsError):  # a concurrent retry created it first; the content is deterministic
             write_json(self.store, key, record, create_only=True)
-        except RecordExistsError:
-            pass  # a concurrent retry created it first; the content is deterministic
         return [{"batch_id": batch_id}]
 
     def poll(self, refs: Sequence[Ref]) -> list[Annotation]:
@@ -116,7 +115,7 @@ class SimulatedCrowd:
         for ref in refs:
             batch = read_json(self.store, f"batches/{ref['batch_id']}.json")
             now = time.time()
-            for raw, available_at in zip(batch["assignments"], batch["available_at"]):
+            for raw, available_at in zip(batch["assignments"], batch["available_at"], strict=True):
                 aid = raw["assignment_id"]
                 if aid in self._returned or aid in acked or available_at > now:
                     continue
@@ -131,18 +130,14 @@ class SimulatedCrowd:
 
     def bonus(self, assignments: Sequence[Annotation], *, amount: float, reason: str, token: str) -> None:
         record = {"assignment_ids": sorted(a.assignment_id for a in assignments), "amount": amount, "reason": reason}
-        try:
+        with contextlib.suppress(RecordExistsError):  # the token makes bonuses idempotent
             write_json(self.store, f"bonuses/{hashlib.sha256(token.encode()).hexdigest()[:24]}.json", record, create_only=True)
-        except RecordExistsError:
-            pass  # the token makes bonuses idempotent
 
     def block_workers(self, worker_ids: Sequence[str], *, reason: str) -> None:
         """Stop giving tasks to these workers (MTurk: CreateWorkerBlock). Idempotent per worker."""
         for worker in sorted(set(worker_ids)):
-            try:
+            with contextlib.suppress(RecordExistsError):
                 write_json(self.store, f"blocks/{worker}.json", {"worker_id": worker, "reason": reason}, create_only=True)
-            except RecordExistsError:
-                pass
 
     def blocked_workers(self) -> set[str]:
         return {read_json(self.store, k)["worker_id"] for k in self.store.list("blocks/")}
@@ -170,7 +165,7 @@ class SimulatedCrowd:
         index = {w: i for i, w in enumerate(self.worker_ids)}
         start = utcnow()
         out: list[Annotation] = []
-        for task, true_label in zip(tasks, truth):
+        for task, true_label in zip(tasks, truth, strict=True):
             if true_label is None:
                 raise VendorError(f"vendor 'simulated': item {task.item_id!r} has no ground truth to answer from")
             excluded = blocked.union(task.exclude_workers)

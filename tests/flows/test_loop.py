@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def test_flow_runs_rounds_writes_outputs_and_artifacts(prefect_api_url: str, tmp
     assert [r["n_labeled"] for r in rounds] == [0, 30, 50, 70]
     assert [r["n_judgments"] for r in rounds] == [0, 90, 150, 210]
     assert rounds[0]["accuracy"] is None and all(0 < r["accuracy"] <= 1 for r in rounds[1:])
-    assert all(b["cost"] > a["cost"] for a, b in zip(rounds[1:], rounds[2:]))
+    assert all(b["cost"] > a["cost"] for a, b in itertools.pairwise(rounds[1:]))
     assert state["reference_accuracy"] > 0.9
     assert state["stop_reason"] == "max_rounds=3 reached"
     assert [r["n_labeled"] for r in state["baseline"]["rounds"]][-1] == 70

@@ -77,7 +77,7 @@ def test_warm_start_continues_every_member(digits):
     cold = SeedEnsemble(params=CNN, n_members=2, random_state=0).fit(X[:200], y[:200])
     first = list(cold.members_)
     cold.fit(X, y)
-    assert all(a is not b for a, b in zip(first, cold.members_))  # without warm start, fresh members
+    assert all(a is not b for a, b in zip(first, cold.members_, strict=True))  # without warm start, fresh members
 
 
 @pytest.mark.parametrize(("params", "fragment"), [

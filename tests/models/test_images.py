@@ -78,7 +78,7 @@ def test_flat_folder_needs_classes_and_sizes_must_match(tmp_path):
     (flat / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(PoolError, match="cannot decode image"):
         load_image_pool(_pool_cfg(source="images", path=str(flat), classes=["a", "b"], image_size=6))
-    with pytest.raises(PoolError, match="directory .* not found"):
+    with pytest.raises(PoolError, match=r"directory .* not found"):
         load_image_pool(_pool_cfg(source="images", path=str(tmp_path / "nope")))
     with pytest.raises(ConfigError, match="path is required for source 'images'"):
         _pool_cfg(source="images")

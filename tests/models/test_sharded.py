@@ -66,14 +66,14 @@ def test_damaged_or_missing_pools_are_one_line_errors(tmp_path: Path, cache: Pat
     write_digits(url)
     with pytest.raises(PoolError, match="already exists"):
         write_digits(url)
-    with pytest.raises(PoolError, match="no sharded pool at .*crowdloop pool shard"):
+    with pytest.raises(PoolError, match=r"no sharded pool at .*crowdloop pool shard"):
         load_sharded_pool(PoolConfig(source="sharded", path=str(tmp_path / "nowhere")))
     shard = tmp_path / "pool" / "part-00002.npy"
     data = bytearray(shard.read_bytes())
     data[-1] ^= 0xFF
     shard.write_bytes(bytes(data))
     pool = load_sharded_pool(PoolConfig(source="sharded", path=url))
-    with pytest.raises(PoolError, match="part-00002.npy.*checksum") as info:
+    with pytest.raises(PoolError, match=r"part-00002\.npy.*checksum") as info:
         pool.X[900]
     assert "\n" not in str(info.value)
     with pytest.raises(PoolError, match="rows_per_shard=0"):
@@ -96,8 +96,8 @@ def test_loop_over_an_s3_pool_scores_shard_by_shard(s3_endpoint: str, s3_bucket:
         largest: list[int] = []
         original_rows = type(p.pool.X._source).rows
 
-        def rows(self, global_rows, _orig=original_rows, **kwargs):
-            largest.append(len(global_rows))
+        def rows(self, global_rows, _orig=original_rows, _largest=largest, **kwargs):
+            _largest.append(len(global_rows))
             return _orig(self, global_rows, **kwargs)
 
         for r in range(3):

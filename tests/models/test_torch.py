@@ -26,7 +26,7 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def small(**kw) -> TorchClassifier:
-    params = dict(epochs=4, width=8, random_state=0, batch_size=32)
+    params = {"epochs": 4, "width": 8, "random_state": 0, "batch_size": 32}
     params.update(kw)
     return TorchClassifier(**params)
 

@@ -51,7 +51,7 @@ def _xml_escape(text: str) -> str:
 
 
 _xml_chars = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
-_values = st.one_of(st.sampled_from(CLASSES + ("item0", "item1", "CAT", " cat", "cat\n", "")),
+_values = st.one_of(st.sampled_from((*CLASSES, "item0", "item1", "CAT", " cat", "cat\n", "")),
                     st.text(_xml_chars, max_size=12), st.just("x" * 100_000))
 _qids = st.one_of(st.sampled_from(["label-0", "item-0", "label-1", "label-00", "LABEL-0", ""]), st.text(_xml_chars, max_size=8))
 
@@ -172,7 +172,7 @@ def _maybe(strategy):
 
 _choice_result = st.fixed_dictionaries({
     "from_name": _maybe(st.just("label")), "type": _maybe(st.just("choices")), "to_name": st.just("item"),
-    "value": _maybe(st.fixed_dictionaries({"choices": _maybe(st.lists(_maybe(st.sampled_from(CLASSES + ("horse",))),
+    "value": _maybe(st.fixed_dictionaries({"choices": _maybe(st.lists(_maybe(st.sampled_from((*CLASSES, "horse"))),
                                                                       max_size=2))})),
 })
 _annotation = st.fixed_dictionaries(

@@ -50,7 +50,7 @@ def test_two_rounds_with_label_studio(tmp_path: Path, label_studio: lss.Server, 
         "collect.poll_interval_s": 0.2, "collect.timeout_s": 60, "stopping.max_rounds": 2,
     })
     p = Project.prepare(parse_config(config), str(tmp_path / "p"))
-    truth = {item: str(label) for item, label in zip(p.pool.ids.tolist(), p.pool.y.tolist())}
+    truth = {item: str(label) for item, label in zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True)}
     ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
     annotators = [ls.users.create(username=f"annotator{k}", email=f"annotator{k}@example.com",
                                   password=f"annotator-{k}-password") for k in range(2)]

@@ -235,7 +235,7 @@ def test_a_round_collects_what_annotators_answered(text_project):
     p = text_project
     v = p.vendor
     refs = engine.dispatch(p, 0)["refs"]
-    truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist()))
+    truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True))
     while (found := v.next_task("ann")) is not None:
         v.answer("ann", found[0].batch_id, found[0].item_id, truth[found[0].item_id], client_seconds=3)
     collected = engine.collect(p, 0)
@@ -261,7 +261,7 @@ def test_image_files_named_by_the_pool_are_served_and_nothing_else(tmp_path):
         "vendor": {"name": "local", "params": {}}, "sampler.batch_size": 2, "sampler.initial_size": 2}))
     p = engine.Project.prepare(cfg, str(tmp_path / "project"))
     v = p.vendor
-    by_kind = {Path(path).name: item for item, path in zip(p.pool.ids.tolist(), p.pool.content.tolist())}
+    by_kind = {Path(path).name: item for item, path in zip(p.pool.ids.tolist(), p.pool.content.tolist(), strict=True)}
     assert sorted(by_kind) == ["a.png", "missing.png", "secret.txt"]  # 4 of each, 3 held out
     v.submit([Task(item_id=i, round=0, batch_id="b", replicas=1, reward=0.01) for i in by_kind.values()], batch_id="b")
     token = v.add_annotator("ann")

@@ -62,7 +62,7 @@ def test_label_with_the_keyboard_undo_and_collect(browser, serve, tmp_path):
         "model.params": {"C": 1.0, "max_iter": 1000}, "consensus.redundancy": 1,
         "consensus.method": "majority_vote", "collect.timeout_s": 2, "collect.poll_interval_s": 0.05}))
     p = engine.Project.prepare(cfg, str(tmp_path / "digits"))
-    truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist()))
+    truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True))
     desk = p.vendor
     # round 0 answered directly, so round 1 has a model and its suggestions
     engine.dispatch(p, 0)

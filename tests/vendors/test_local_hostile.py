@@ -210,7 +210,7 @@ TRAVERSAL = [
 @pytest.mark.parametrize("target", TRAVERSAL)
 def test_image_routes_refuse_traversal(image_server, target):
     base, cookie, root = image_server
-    status, headers, body = raw_request(base, "GET", target.replace("{root}", str(root)), headers=cookie)
+    status, _headers, body = raw_request(base, "GET", target.replace("{root}", str(root)), headers=cookie)
     assert status in (400, 403, 404), (status, body[:100])
     assert b"SECRET" not in body and b"root:" not in body
 
@@ -236,7 +236,7 @@ def test_answers_beyond_the_replicas_or_after_payment_are_refused(tmp_path):
     with pytest.raises(VendorDataError, match="already has its 2 answer"):
         vendor.answer("eve", "b0", ITEMS[0], "dog")
     assert vendor.answer("bob", "b0", ITEMS[0], "dog").label == "cat"  # a repeat returns the first answer
-    anns = [a for a in LocalVendor({"undo_window_s": 0}, vendor.context).poll(refs)]
+    anns = list(LocalVendor({"undo_window_s": 0}, vendor.context).poll(refs))
     assert sorted(a.worker_id for a in anns) == ["ann", "bob"]
     vendor.acknowledge(anns, accept=True)  # the loop paid: the batch is closed
     with pytest.raises(VendorDataError, match="batch 'b0' is closed"):

@@ -136,7 +136,7 @@ def test_a_crash_between_answers_and_marker_replays_to_the_same_records(tmp_path
     refs = v.submit([Task(item_id="i0", round=0, batch_id="b0", replicas=2, reward=0.02)], batch_id="b0")
     drop(v.exchange, "a.jsonl", [answer("i0", "w1", "cat"), answer("i0", "w2", "dog")])
     v.ingest()
-    marker = [k for k in v.state.list("processed/")]
+    marker = list(v.state.list("processed/"))
     assert len(marker) == 1
     v.state.delete(marker[0])  # as if killed after writing the answers but before the marker
     restarted = ManifestVendor({}, v.context)
@@ -165,7 +165,7 @@ def test_the_loop_runs_rounds_through_a_shared_drop_box(tmp_path):
         "collect.timeout_s": 5, "collect.poll_interval_s": 0.01}))
     p = engine.Project.prepare(cfg, str(tmp_path / "project"))
     outside = LocalStore(shared)
-    truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist()))
+    truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True))
     for r in range(2):
         engine.train(p, r)
         engine.evaluate(p, r)
@@ -173,7 +173,7 @@ def test_the_loop_runs_rounds_through_a_shared_drop_box(tmp_path):
         manifest = [json.loads(line) for line in outside.read_bytes(refs[0]["manifest"]).splitlines()]
         assert len(manifest) == 6 and all(json.loads(rec["source"]) for rec in manifest)
         lines = [answer(rec["item-id"], f"w{k}", truth[rec["item-id"]]) for rec in manifest for k in range(2)]
-        drop(outside, f"round-{r}.jsonl", lines + [answer("ghost", "w1", "setosa")])
+        drop(outside, f"round-{r}.jsonl", [*lines, answer("ghost", "w1", "setosa")])
         collected = engine.collect(p, r)
         assert collected["complete"] and collected["n_annotations"] == 12
         engine.aggregate(p, r)

@@ -231,7 +231,7 @@ def test_config_errors_are_one_line(tmp_path: Path, fake: FakeMTurk) -> None:
         make(tmp_path, qualifications={"min_approval_rate": 95})
     with pytest.raises(ConfigError, match=r"vendor\.params\.bogus: unknown field"):
         make(tmp_path, bogus=1)
-    with pytest.raises(ConfigError, match="consensus.redundancy=10"):
+    with pytest.raises(ConfigError, match=r"consensus\.redundancy=10"):
         make(tmp_path).submit(tasks(1, replicas=10), batch_id="b")
     assert fake.calls == []
     make(tmp_path, allow_ten_or_more_assignments=True).submit(tasks(1, replicas=10), batch_id="b")

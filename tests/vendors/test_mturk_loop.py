@@ -38,7 +38,7 @@ def test_three_rounds_through_the_engine(tmp_path: Path, fake: FakeMTurk) -> Non
         "pay.fee_rate": 0.2, "collect.poll_interval_s": 0.01, "stopping.max_rounds": 3,
     })
     p = Project.prepare(parse_config(config), str(tmp_path / "p"))
-    truth = {item: str(label) for item, label in zip(p.pool.ids.tolist(), p.pool.y.tolist())}
+    truth = {item: str(label) for item, label in zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True)}
     wrong = {c: p.classes[(p.classes.index(c) + 1) % len(p.classes)] for c in p.classes}
     # two careful workers and one who errs on every fourth item
     fake.answer = lambda item, replica: wrong[truth[item]] if replica == 2 and zlib.crc32(item.encode()) % 4 == 0 else truth[item]
@@ -51,7 +51,7 @@ def test_three_rounds_through_the_engine(tmp_path: Path, fake: FakeMTurk) -> Non
     anns = p.annotations()
     assert len(anns) == 3 * 70 and {a.vendor for a in anns} == {"mturk"}
     assert all(a.duration_s == pytest.approx(14.0) for a in anns)
-    labels = [lab for lab in p.human_labels(before_round=3)]
+    labels = list(p.human_labels(before_round=3))
     assert len(labels) == 70 and all(lab.label == truth[lab.item_id] for lab in labels)
     statuses = {a["AssignmentStatus"] for rows in fake.assignments.values() for a in rows}
     assert statuses == {"Approved"} and fake.calls.count("ApproveAssignment") == 210
