@@ -225,7 +225,6 @@ class _EchoHandler(http.server.BaseHTTPRequestHandler):
 
 
 def test_label_studio_errors_never_carry_the_api_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("label_studio_sdk")
     from crowdloop.errors import VendorError
     from crowdloop.records import Task
     from crowdloop.storage import PrefixedStore

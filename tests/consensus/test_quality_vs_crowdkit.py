@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import crowdkit.aggregation as ca
 import numpy as np
 import pandas as pd
 import pytest
 
 from crowdloop import registry
 from crowdloop.consensus import AutoDawidSkene, DawidSkene, MajorityVote, OneCoinDawidSkene, WeightedMajorityVote
-
-ca = pytest.importorskip("crowdkit.aggregation")
 
 
 def crowd(seed: int, *, n_items: int = 600, n_workers: int = 30, k: int = 5, per_item: int = 3,

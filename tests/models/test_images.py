@@ -19,7 +19,7 @@ from crowdloop.models.images import FASHION_MNIST_CLASSES, load_image_pool
 from crowdloop.vendors.local import item_key
 from crowdloop.vendors.local_app import create_app
 from tests.conftest import small_config
-from tests.models.conftest import write_idx
+from tests.models.conftest import majority_share, write_idx
 
 torch.set_num_threads(1)
 
@@ -169,7 +169,8 @@ def test_loop_rounds_with_the_cnn_through_the_engine(tmp_path, fashion_dir):
     p = engine.run_in_process(engine.Project.prepare(cfg, str(tmp_path / "project")))
     metrics = p.metrics()
     assert [m["n_labeled"] for m in metrics] == [0, 60, 80]
-    assert metrics[1]["accuracy"] is not None and metrics[2]["accuracy"] > 0.3  # 10 classes: chance is 0.1
+    # Far above the same split's chance baseline (0.133 here): seeds 0-2 gave 0.60-0.62, the bar is 0.40.
+    assert metrics[1]["accuracy"] is not None and metrics[2]["accuracy"] >= 3 * majority_share(p.test.y)
     assert engine.select(p, 1)["strategy"] == "bald"
     from crowdloop.storage import read_json
 

@@ -24,6 +24,8 @@ from crowdloop.records import Annotation, Task
 from crowdloop.storage import PrefixedStore, write_json
 from crowdloop.storage.local import LocalStore
 from crowdloop.vendor import VendorContext
+from crowdloop.vendors import label_studio as ls
+from crowdloop.vendors import mturk
 
 CLASSES = ("cat", "dog", "bird")
 FUZZ = settings(max_examples=60, deadline=None,
@@ -41,8 +43,6 @@ def _check_records(got: list[Annotation], items: set[str]) -> None:
 
 
 # -- MTurk: QuestionFormAnswers -------------------------------------------------------------------
-mturk = pytest.importorskip("crowdloop.vendors.mturk")
-
 QFA_NS = "http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2005-10-01/QuestionFormAnswers.xsd"
 
 
@@ -143,9 +143,6 @@ def test_mturk_poll_keeps_only_well_formed_answers(fake, answers: list, items_pe
 
 
 # -- Label Studio: task and annotation JSON ------------------------------------------------------
-ls = pytest.importorskip("crowdloop.vendors.label_studio")
-
-
 class _Tasks:
     def __init__(self, pages: list[dict[str, Any]]) -> None:
         self.pages = pages

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("label_studio_sdk")
-
 from crowdloop.errors import ConfigError, VendorError
 from crowdloop.storage import PrefixedStore
 from crowdloop.storage.local import LocalStore

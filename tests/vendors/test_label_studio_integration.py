@@ -1,7 +1,8 @@
 """Two rounds of the engine against a real Label Studio server; the test plays the annotators.
 
-Slow tier: the server runs from its own venv (see label_studio_server.SETUP_HINT); the first
-run on a machine migrates a template data directory (minutes), later runs copy it.
+Slow tier: the server runs from its own venv (see label_studio_server.SETUP_HINT; missing, the
+test fails with the command that creates it); the first run on a machine migrates a template
+data directory (minutes), later runs copy it.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("label_studio_sdk")
 
 from crowdloop import engine
 from crowdloop.config import parse_config
@@ -27,7 +26,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[lss.Server]:
     if not lss.LS_BIN.exists():
-        pytest.skip(lss.SETUP_HINT)
+        pytest.fail(lss.SETUP_HINT, pytrace=False)
     server = lss.start_copy(tmp_path_factory.mktemp("label-studio"))
     try:
         yield server

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("boto3")
-
 from crowdloop.errors import ConfigError, VendorError
 from crowdloop.records import Task
 from crowdloop.storage import PrefixedStore

@@ -6,9 +6,6 @@ import zlib
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("boto3")
-
 from typer.testing import CliRunner
 
 from crowdloop import engine
