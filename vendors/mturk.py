@@ -3,7 +3,7 @@
 Install with ``pip install 'crowdloop[mturk]'``. Credentials come only from boto3's credential
 chain (environment, shared config, instance role), never from the YAML config.
 
-Reliability (DESIGN.md, "Reliability rules"):
+Reliability (the rules of docs/reliability.md, "Guarantees"):
 
 * every HIT is created with a deterministic ``UniqueRequestToken`` derived from (project,
   batch, items, replicas) and a ``RequesterAnnotation`` that carries project/round/items;
