@@ -39,7 +39,7 @@ LS_BIN = LS_VENV / "bin" / "label-studio"
 USERNAME = "crowdloop-admin@example.com"
 PASSWORD = "crowdloop-test-password"
 TOKEN = "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00"  # 40 characters, test-only
-SETUP_HINT = (f"Label Studio server venv not found at {LS_VENV}; run bash scripts/test.sh (it creates .ls-venv), "
+SETUP_HINT = (f"Label Studio server venv not found at {LS_VENV}; run bash scripts/test.sh (it creates it), "
               f"or create it with: python3 -m venv {LS_VENV} && {LS_VENV}/bin/pip install label-studio=={LS_VERSION} "
               "(or set CROWDLOOP_LS_VENV)")
 
