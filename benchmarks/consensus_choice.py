@@ -25,14 +25,14 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crowd_volume import CROWDS  # noqa: E402  (one definition of the crowds)
+from crowd_volume import CROWDS
 
-from crowdloop import registry  # noqa: E402
-from crowdloop.records import Task  # noqa: E402
-from crowdloop.storage import PrefixedStore  # noqa: E402
-from crowdloop.storage.local import LocalStore  # noqa: E402
-from crowdloop.vendor import VendorContext  # noqa: E402
-from crowdloop.vendors.simulated import SimulatedCrowd  # noqa: E402
+from crowdloop import registry
+from crowdloop.records import Task
+from crowdloop.storage import PrefixedStore
+from crowdloop.storage.local import LocalStore
+from crowdloop.vendor import VendorContext
+from crowdloop.vendors.simulated import SimulatedCrowd
 
 AGGREGATORS = ("majority_vote", "one_coin_dawid_skene", "dawid_skene", "auto")
 

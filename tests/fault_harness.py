@@ -27,18 +27,18 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from crowdloop.config import LoopConfig
 from crowdloop import keys
+from crowdloop.config import LoopConfig
 from crowdloop.engine import Project
-from crowdloop.export import export_labels_manifest
 from crowdloop.errors import RecordExistsError
+from crowdloop.export import export_labels_manifest
 from crowdloop.storage import PrefixedStore, open_store
 from tests.faults import BACKOFF_ENV, KILL_ENV, LOCK_TTL_ENV, PERMANENT_ENV, TRACE_ENV, TRANSIENT_ENV, unit_hash
 
@@ -99,7 +99,7 @@ class ManifestAnswerer:
         self._thread = threading.Thread(target=self._loop, name="manifest-answerer", daemon=True)
         self.errors: list[str] = []
 
-    def __enter__(self) -> "ManifestAnswerer":
+    def __enter__(self) -> ManifestAnswerer:
         self._thread.start()
         return self
 
@@ -118,7 +118,7 @@ class ManifestAnswerer:
                 self.errors.append(f"{type(exc).__name__}: {exc}")
 
     def answer_all(self, exchange: Any) -> None:
-        base = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        base = datetime(2026, 1, 1, tzinfo=UTC)
         for key in exchange.list("requests/"):
             batch = key[len("requests/"):].split(".manifest.jsonl")[0]
             out = f"results/{batch}.jsonl"
@@ -428,7 +428,7 @@ def _io(step: Any) -> Any:
     for attempt in range(IO_RETRIES + 1):
         try:
             return step()
-        except Exception as exc:  # noqa: BLE001 - classified: only transient failures are retried
+        except Exception as exc:
             if attempt == IO_RETRIES or not is_transient(exc):
                 raise
             time.sleep(0.05)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from tests.conftest import small_config
-from tests.crowd_helpers import run_engine
 
+from crowdloop import keys
 from crowdloop.export import export_labels_manifest
 from crowdloop.storage import read_json
-from crowdloop import keys
-from crowdloop import engine
+from tests.conftest import small_config
+from tests.crowd_helpers import run_engine
 
 AUTO = {"autolabel.enabled": True, "autolabel.target_accuracy": 0.9, "autolabel.min_validation": 40,
         "stopping.max_rounds": 4, "vendor.params": {"n_workers": 12, "accuracy": [0.9, 0.98], "spammer_fraction": 0.0}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import crowdkit.aggregation as ca
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,8 +16,6 @@ from crowdloop.consensus import (
     ShrunkDawidSkene,
     WeightedMajorityVote,
 )
-
-ca = pytest.importorskip("crowdkit.aggregation")
 
 
 def crowd(seed: int, *, n_items: int = 600, n_workers: int = 30, k: int = 5, per_item: int = 3,
