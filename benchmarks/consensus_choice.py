@@ -95,7 +95,7 @@ def summarize(rows: list[dict[str, Any]]) -> str:
         gap = med["auto"] - better if "auto" in med else float("nan")
         vs_mv = med["auto"] - med["majority_vote"] if "auto" in med and "majority_vote" in med else float("nan")
         per_seed = [a - max(o, d) for a, o, d in zip(accs.get("auto", []), accs.get("one_coin_dawid_skene", []),
-                                                       accs.get("dawid_skene", []))]
+                                                       accs.get("dawid_skene", []), strict=False)]
         worst = f"{100 * min(per_seed):+.1f}" if per_seed else "–"
         picks = ", ".join(f"{c}×{chosen[(crowd, j)].count(c)}" for c in sorted(set(chosen[(crowd, j)])))
         out.append(f"| {crowd} | {j} | {len(accs[names[0]])} | " + " | ".join(f"{med[a]:.3f}" for a in names)

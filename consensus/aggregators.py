@@ -272,7 +272,7 @@ class ShrunkDawidSkene(DawidSkene):
         self.strength, self.grid = strength, tuple(float(g) for g in grid)
 
     def _task_loglik(self, enc: _Encoded, post: np.ndarray) -> np.ndarray:
-        T, W, K = enc.shape
+        _T, W, K = enc.shape
         counts = (self._A @ post).reshape(W, K, K).transpose(0, 2, 1)  # [worker, true k, observed l]
         n = counts.sum(axis=(1, 2))
         skill = np.clip(np.trace(counts, axis1=1, axis2=2) / np.maximum(n, _EPS), _EPS, 1 - _EPS)

@@ -108,7 +108,7 @@ def arm_evidence(model: Any, X_labeled: np.ndarray, y_labeled: np.ndarray, label
         for a in right:
             extra = random_picks if a == "random" else rng.choice(np.flatnonzero(arm_of == a), size=m, replace=False)
             fitted = _fit(model, X_labeled[np.r_[base, extra]], y[np.r_[base, extra]])
-            right[a] += 0 if fitted is None else int(round(_accuracy(fitted, X_labeled[test], y[test]) * len(test)))
+            right[a] += 0 if fitted is None else round(_accuracy(fitted, X_labeled[test], y[test]) * len(test))
     out["accuracy"] = {a: round(v / out["n_test"], 4) for a, v in right.items()}
     return out
 
@@ -143,7 +143,7 @@ def allocate(evidence: Mapping[str, Any], arms: Sequence[str], n_slots: int, *, 
     prob = {a: prob[a] / total for a in arms}
     if left > 0:
         draws = rng.multinomial(left, [prob[a] for a in arms])
-        for a, d in zip(arms, draws):
+        for a, d in zip(arms, draws, strict=True):
             slots[a] += int(d)
     return slots, {a: round(p, 4) for a, p in prob.items()}
 
@@ -189,7 +189,7 @@ def decide(
         history = list(labeled_arm) if labeled_arm is not None else [None] * len(X_labeled)
         evidence = arm_evidence(model, np.asarray(X_labeled), np.asarray(y_labeled), history, arms,
                                 rng=np.random.default_rng(rng.integers(2**63)), min_items=min_items)
-    n_audit = min(k, max(1, int(round(float(random_share) * k)))) if random_share > 0 else 0
+    n_audit = min(k, max(1, round(float(random_share) * k))) if random_share > 0 else 0
     slots, prob = allocate(evidence, arms, k - n_audit, rng=rng, min_items=min_items, temperature=temperature,
                            floor=floor)
     slots["random"] += n_audit

@@ -30,7 +30,7 @@ def test_machine_labels_are_calibrated_and_kept_apart(auto_project):
         assert info["estimated_accuracy"] >= 0.9
         machine = p.machine_labels(before_round=r + 1)
         assert len(machine) == info["n_machine"] > 0
-        human = {l.item_id for l in p.human_labels(before_round=r + 1)}
+        human = {item.item_id for item in p.human_labels(before_round=r + 1)}
         selected = set(read_json(p.store, keys.round_key(r, keys.SELECTION))["item_ids"])
         for m in machine:
             assert m.source == "machine" and m.n_annotations == 0 and m.confidence >= info["threshold"]

@@ -78,7 +78,7 @@ def outcome(project_dir: Path) -> dict:
               for rec in map(json.loads, (project_dir / "labels.jsonl").read_text().splitlines())}
     batches = [read_json(p.vendor.store, k) for k in p.vendor.store.list("batches/")]
     vendor_items = [t["item_id"] for b in batches for t in b["tasks"]]
-    log = [json.loads(l) for l in (project_dir / "annotations.jsonl").read_text().splitlines()]
+    log = [json.loads(item) for item in (project_dir / "annotations.jsonl").read_text().splitlines()]
     pay_total = sum(read_json(p.store, keys.round_key(r, keys.PAY))["total"] for r in p.rounds()
                     if p.store.exists(keys.round_key(r, keys.PAY)))
     ledger = p.vendor.ledger()

@@ -89,9 +89,9 @@ def test_the_loop_trains_on_spread_labels_but_counts_only_human_ones(tmp_path):
             assert m.source == "machine" and m.method == "label_spreading" and m.n_annotations == 0
             assert m.item_id not in human and m.item_id not in test_ids
         # the stored model is exactly the estimator fitted on human + spread labels
-        rows = sorted(p.human_labels(before_round=r) + spread, key=lambda l: l.item_id)
-        idx = np.array([p.index_of[l.item_id] for l in rows])
-        ref = clone(p.model_template).fit(p.pool.X[idx], np.array([l.label for l in rows], dtype=object))
+        rows = sorted(p.human_labels(before_round=r) + spread, key=lambda item: item.item_id)
+        idx = np.array([p.index_of[item.item_id] for item in rows])
+        ref = clone(p.model_template).fit(p.pool.X[idx], np.array([item.label for item in rows], dtype=object))
         assert np.allclose(ref.predict_proba(p.test.X), p.load_model(r).predict_proba(p.test.X))
         if r == 1:  # same human labels as the plain project in round 1, different model
             assert not np.allclose(plain.load_model(1).predict_proba(p.test.X), p.load_model(1).predict_proba(p.test.X))

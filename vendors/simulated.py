@@ -103,8 +103,8 @@ class SimulatedCrowd:
         self.is_pair_confuser = np.zeros(p.n_workers, dtype=bool)
         self.in_ring = np.zeros(p.n_workers, dtype=bool)
         self.pair_of: dict[int, int] = {}
-        n_pair = int(round(p.pair_confuser_fraction * p.n_workers))
-        n_ring = int(round(p.ring_fraction * p.n_workers))
+        n_pair = round(p.pair_confuser_fraction * p.n_workers)
+        n_ring = round(p.ring_fraction * p.n_workers)
         if n_pair or n_ring:
             free = np.flatnonzero(~(self.is_spammer | self.is_confuser | self.is_colluder))
             if n_pair + n_ring > len(free):
@@ -117,7 +117,7 @@ class SimulatedCrowd:
             K = len(context.classes)
             if n_pair and K >= 2:  # disjoint pairs of classes, drawn once per crowd
                 order = structured.permutation(K)
-                for a, b in zip(order[0:2 * p.confused_pairs:2], order[1:2 * p.confused_pairs:2]):
+                for a, b in zip(order[0:2 * p.confused_pairs:2], order[1:2 * p.confused_pairs:2], strict=False):  # an odd class left over pairs with nobody
                     self.pair_of[int(a)], self.pair_of[int(b)] = int(b), int(a)
         if p.colluder_class >= len(context.classes):
             raise VendorError(f"vendor 'simulated': colluder_class={p.colluder_class} "

@@ -14,7 +14,7 @@ import os
 import pickle
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -46,18 +46,14 @@ class MissingRecordError(StoreError):
 
 def write_once(store: Store, key: str, obj: Any) -> None:
     """Create-only JSON write that tolerates an identical replay (a crash after the write)."""
-    try:
+    with suppress(RecordExistsError):
         write_json(store, key, obj, create_only=True)
-    except RecordExistsError:
-        pass
 
 
 def write_once_bytes(store: Store, key: str, data: bytes) -> None:
     """Create-only write of raw bytes; a replay after a crash finds the first version and keeps it."""
-    try:
+    with suppress(RecordExistsError):
         store.write_bytes(key, data, create_only=True)
-    except RecordExistsError:
-        pass
 
 
 def default_location(config: LoopConfig, project_dir: str | None = None) -> str:

@@ -124,7 +124,7 @@ def test_auto_is_never_worse_than_majority_vote():
 
 @pytest.mark.parametrize("strength", [0.0, 1e6])
 def test_shrinkage_ends_are_full_confusion_and_one_coin(strength):
-    data, truth = pair_confuser_crowd(2, n_items=300, per_item=3)
+    data, _truth = pair_confuser_crowd(2, n_items=300, per_item=3)
     ends = {0.0: DawidSkene(), 1e6: OneCoinDawidSkene()}
     shrunk = ShrunkDawidSkene(strength=strength).fit(data)
     assert (shrunk.labels_ == ends[strength].fit(data).labels_.reindex(shrunk.labels_.index)).mean() >= 0.99

@@ -76,7 +76,7 @@ def test_two_rounds_with_label_studio(tmp_path: Path, label_studio: lss.Server, 
     assert {a.worker_id for a in anns} == {f"ls-user-{u.id}" for u in annotators}
     assert sorted({a.duration_s for a in anns}) == [5.0, 6.0]
     labels = p.human_labels(before_round=2)
-    assert len(labels) == 10 and all(l.label == truth[l.item_id] for l in labels)
+    assert len(labels) == 10 and all(item.label == truth[item.item_id] for item in labels)
     assert read_json(p.store, keys.round_key(1, keys.COLLECTED))["complete"] is True
     tasks = list(ls.tasks.list(project=project_id, fields="all"))
     assert len(tasks) == 10  # nothing imported twice
