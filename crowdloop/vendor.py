@@ -89,7 +89,8 @@ def parse_params(model: type[M], params: dict[str, Any], *, vendor: str) -> M:
         return model.model_validate(params)
     except ValidationError as exc:
         message = format_validation_error(exc, source=f"vendor {vendor!r}", model=model)
-        raise ConfigError(message.replace(f"vendor {vendor!r}: ", f"vendor.params.", 1)) from None
+        message = message.replace(f"vendor {vendor!r}: <top level>: ", "vendor.params: ", 1)
+        raise ConfigError(message.replace(f"vendor {vendor!r}: ", "vendor.params.", 1)) from None
 
 
 # -- the decision ledger: acks/<hash of the assignment ids>.json, written once -----------------
