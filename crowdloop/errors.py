@@ -57,11 +57,12 @@ class VendorDataError(VendorError, ValueError):
     """A vendor returned an annotation that is not valid for the task (e.g. unknown label)."""
 
 
-class TransientError(CrowdloopError):
-    """An outside failure worth a retry: network down, throttled, a 5xx answer, a timeout.
+class TransientError(Exception):
+    """An outside failure worth a retry that says so itself (throttled, 5xx, timed out).
 
-    Raise it (or a subclass) where a vendor or store says so itself; errors of the HTTP and
-    AWS libraries are recognised by ``is_transient`` without this wrapper.
+    Not a ``CrowdloopError``: nothing about the input is wrong. Vendors raise it (or a
+    subclass) for failures their service reports as temporary; errors of the HTTP and AWS
+    libraries are recognised by ``is_transient`` without this wrapper.
     """
 
     exit_code = 3

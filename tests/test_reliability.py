@@ -127,9 +127,7 @@ def test_an_answer_polled_before_a_failure_is_not_lost_to_the_retry(tmp_path: Pa
     """Regression: poll() hands each answer out once per vendor object; if the collect step failed
     after polling, a retry in the same process never saw those answers again (lost, unpaid)."""
     p = Project.prepare(parse_config(small_config(**{"collect.timeout_s": 0.5})), str(tmp_path / "p"))
-    engine.train(p, 0)
-    engine.select(p, 0)
-    engine.dispatch(p, 0)
+    engine.run_round(p, 0, until="dispatch")
     real_poll = p.vendor.poll
 
     failed: list[bool] = []
