@@ -73,9 +73,22 @@ def default_location(config: LoopConfig, project_dir: str | None = None) -> str:
     return url or f"projects/{config.project}"
 
 
-@functools.lru_cache(maxsize=4)
 def _load_split(pool_json: str, seed: int):
-    """Load and split a pool once per process (a project, its baseline twin and every task share it)."""
+    """The pool and its test split, loaded once per process: a project, its baseline twin and
+    every task share it. A local pool file that changed on disk (size or mtime) is loaded again."""
+    path = PoolConfig.model_validate_json(pool_json).path
+    stamp = None
+    if path and "://" not in path:
+        try:
+            st = os.stat(path)
+            stamp = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            stamp = None  # the loader names the missing file
+    return _load_split_cached(pool_json, seed, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_split_cached(pool_json: str, seed: int, stamp: tuple[int, int] | None):
     from crowdloop.models.datasets import split_pool
 
     cfg = PoolConfig.model_validate_json(pool_json)

@@ -96,7 +96,8 @@ def run_round(p: Project, r: int, *, call: StepRunner = run_step, after: AfterSt
         if not step.enabled(p.config):
             continue
         out = call(step, p, r)
-        reason = step.halts(out) or (after(step, r, out) if after else None)
+        extra = after(step, r, out) if after else None  # sees every step, the halting one too
+        reason = step.halts(out) or extra
         if reason:
             return reason
         if step.name == until:
