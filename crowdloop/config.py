@@ -7,6 +7,7 @@ the file, the field path, the bad value and what was expected.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from crowdloop.errors import ConfigError
 
 SKLEARN_POOLS = ("digits", "iris", "wine", "breast_cancer")
+# Built-in pool sources (crowdloop.pools entry points in pyproject.toml); any other registered
+# pool plug-in is accepted too, and its name is checked against the registry by ``crowdloop check``.
+BUILTIN_POOL_SOURCES = ("sklearn", "csv", "parquet", "sharded", "images", "fashion_mnist")
+_PATH_SOURCES = ("csv", "parquet", "sharded", "images")
+PLUGIN_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
 
 class _Strict(BaseModel):
@@ -25,7 +31,10 @@ class _Strict(BaseModel):
 class PoolConfig(_Strict):
     """Where the unlabeled items come from, and how the held-out test split is drawn."""
 
-    source: Literal["sklearn", "csv", "parquet", "sharded", "images", "fashion_mnist"] = "sklearn"
+    source: str = Field(
+        "sklearn", pattern=PLUGIN_NAME,
+        description="pool plug-in (crowdloop.pools): sklearn, csv, parquet, sharded, images, fashion_mnist or an installed one",
+    )
     name: str | None = Field(None, description="scikit-learn bundled set: digits, iris, wine, breast_cancer")
     path: str | None = Field(
         None, description="CSV/Parquet file; a sharded pool's folder or s3:// URL; an image folder or s3://bucket/prefix "
@@ -50,7 +59,7 @@ class PoolConfig(_Strict):
         if self.source == "sklearn":
             if self.name not in SKLEARN_POOLS:
                 raise ValueError(f"name={self.name!r}: expected one of {', '.join(SKLEARN_POOLS)} for source 'sklearn'")
-        elif not self.path and self.source != "fashion_mnist":
+        elif self.source in _PATH_SOURCES and not self.path:
             raise ValueError(f"path is required for source {self.source!r}")
         if self.text_column and self.image_column:
             raise ValueError("text_column and image_column: expected at most one content column per pool")
@@ -58,7 +67,8 @@ class PoolConfig(_Strict):
             given = [f for f in ("feature_columns", "label_column", "id_column", "text_column", "image_column")
                      if getattr(self, f) is not None]
             if given:
-                raise ValueError(f"{', '.join(given)}: not used by source 'sharded' (its manifest names ids, labels and features)")
+                raise ValueError(f"{', '.join(given)}: not used by source 'sharded' "
+                                 "(its manifest names ids, labels and features)")
         if (self.text_column or self.image_column) and self.source == "sklearn":
             raise ValueError("text_column/image_column: expected a csv or parquet pool, not source 'sklearn'")
         if self.classes is not None and len(set(self.classes)) < 2:
@@ -202,7 +212,8 @@ class VendorFee(_Strict):
 class PayConfig(_Strict):
     hourly_wage: float = Field(12.0, gt=0, description="target wage in currency units per hour")
     pilot_seconds_per_task: float = Field(10.0, gt=0, description="expected seconds per task before measurements")
-    fee_rate: float = Field(0.0, ge=0, le=1, description="vendor fee as a share of rewards and bonuses (vendors without a fee rule)")
+    fee_rate: float = Field(0.0, ge=0, le=1,
+                            description="vendor fee as a share of rewards and bonuses (vendors without a fee rule)")
     vendor_fees: dict[str, VendorFee] = Field(
         default_factory=dict, description="fee rule per vendor name; built in: mturk 20% (+20% at >= 10 assignments per task)"
     )
@@ -243,8 +254,9 @@ class StorageConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_url(self) -> StorageConfig:
-        if self.url and "://" in self.url and not self.url.startswith(("s3://", "file://")):
-            raise ValueError(f"url={self.url!r}: expected a directory, file:// or s3://bucket/prefix")
+        # Any scheme may name a store plug-in (crowdloop.stores); ``crowdloop check`` looks it up.
+        if self.url and "://" in self.url and not re.match(r"^[a-z][a-z0-9+.-]*://", self.url):
+            raise ValueError(f"url={self.url!r}: expected a directory, file://, s3://bucket/prefix or another store scheme")
         if self.endpoint_url and not (self.url or "").startswith("s3://"):
             raise ValueError("endpoint_url is only valid with an s3:// url")
         return self
@@ -276,14 +288,18 @@ class LoopConfig(_Strict):
 RESUMABLE_SECTIONS = ("stopping", "collect", "baseline", "scale")
 
 
-def format_validation_error(exc: ValidationError, *, source: str) -> str:
-    """One line: ``source: field.path: problem (got value)``, plus a count of further errors."""
+def format_validation_error(exc: ValidationError, *, source: str, model: type[BaseModel] | None = None) -> str:
+    """One line: ``source: field.path: problem (got value)``, plus a count of further errors.
+
+    ``model`` is the model that was validated (default ``LoopConfig``): an unknown field lists
+    the fields of the section it was found in.
+    """
     errors = exc.errors(include_url=False)
     first = errors[0]
     loc = ".".join(_loc_part(p) for p in first["loc"]) or "<top level>"
     if first["type"] == "extra_forbidden":
         problem = "unknown field"
-        allowed = _allowed_fields(exc.title, first["loc"])
+        allowed = _allowed_fields(model or LoopConfig, first["loc"])
         if allowed:
             problem += f"; expected one of: {', '.join(allowed)}"
     else:
@@ -302,8 +318,7 @@ def _loc_part(part: object) -> str:
     return text if text.replace("_", "").replace("-", "").isalnum() else repr(text)
 
 
-def _allowed_fields(title: str, loc: tuple) -> list[str]:
-    model: type[BaseModel] = LoopConfig
+def _allowed_fields(model: type[BaseModel], loc: tuple) -> list[str]:
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)
@@ -357,6 +372,32 @@ def _check_size(data: Any, source: str) -> None:
             stack.extend((v, depth + 1) for v in value)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key written twice in one mapping.
+
+    Plain YAML keeps the last value silently, so a second ``sampler:`` block would quietly
+    replace the first. Keys merged in with ``<<`` may still be overridden: that is what merging
+    is for.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            first_seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node)
+                if key in first_seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None,
+                        f"duplicate key {key!r} (first at line {first_seen[key].start_mark.line + 1}); "
+                        "expected each key once in a mapping",
+                        key_node.start_mark,
+                    )
+                first_seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path) -> LoopConfig:
     """Read and validate a YAML config file."""
     path = Path(path)
@@ -367,7 +408,7 @@ def load_config(path: str | Path) -> LoopConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except RecursionError:
         raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:

@@ -118,9 +118,13 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
     if non_numeric:
         raise PoolError(f"pool.feature_columns: column(s) {non_numeric} in {path.name} are not numeric")
     X = frame[features].to_numpy(dtype=np.float64)
-    if np.isnan(X).any():
-        bad = [c for c in features if frame[c].isna().any()]
-        raise PoolError(f"pool.feature_columns: column(s) {bad} in {path.name} have missing values")
+    if not np.isfinite(X).all():
+        missing = [c for c in features if frame[c].isna().any()]
+        if missing:
+            raise PoolError(f"pool.feature_columns: column(s) {missing} in {path.name} have missing values")
+        infinite = [c for c in features if not np.isfinite(frame[c].to_numpy(dtype=np.float64)).all()]
+        raise PoolError(f"pool.feature_columns: column(s) {infinite} in {path.name} hold infinite values; "
+                        "expected finite numbers")
     if cfg.id_column:
         ids = np.array([str(v) for v in frame[cfg.id_column].tolist()], dtype=object)
     else:
@@ -174,13 +178,21 @@ def split_pool(pool: Pool, test_size: float, seed: int) -> tuple[Pool, Pool | No
     The split depends only on ``seed``, so every round and every rerun evaluates on the same
     items. Without ground truth there is no test split.
     """
+    train_idx, test_idx = split_indices(pool, test_size, seed)
+    if test_idx is None:
+        return pool, None
+    return pool.subset(train_idx), pool.subset(test_idx)
+
+
+def split_indices(pool: Pool, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Row numbers of the labeling pool and of the test split (None: no test split), copying no rows."""
     from sklearn.model_selection import train_test_split
 
     if pool.y is None:
-        return pool, None
+        return np.arange(len(pool)), None
     known = np.flatnonzero(np.array([v is not None for v in pool.y]))
     if len(known) < 4:
-        return pool, None
+        return np.arange(len(pool)), None
     labels = pool.y[known].astype(str)
     _, counts = np.unique(labels, return_counts=True)
     stratify = labels if counts.min() >= 2 else None
@@ -190,4 +202,4 @@ def split_pool(pool: Pool, test_size: float, seed: int) -> tuple[Pool, Pool | No
         _, test_idx = train_test_split(known, test_size=test_size, random_state=seed)
     mask = np.ones(len(pool), dtype=bool)
     mask[test_idx] = False
-    return pool.subset(np.flatnonzero(mask)), pool.subset(np.sort(test_idx))
+    return np.flatnonzero(mask), np.sort(test_idx)

@@ -171,7 +171,8 @@ def decide(
     k = check_batch_size(batch_size, n)
     arms = list(dict.fromkeys(arms))
     if "random" not in arms:
-        raise SamplerError(f"arms={arms!r}: 'random' must be one of the arms (where uncertainty chases noise the policy drifts to it)")
+        raise SamplerError(f"arms={arms!r}: 'random' must be one of the arms "
+                           "(where uncertainty chases noise the policy drifts to it)")
     if not 0.0 <= float(random_share) <= 1.0:
         raise SamplerError(f"random_share={random_share!r}: expected a number in [0, 1]")
     if isinstance(min_items, bool) or not isinstance(min_items, (int, np.integer)) or min_items < 1:
@@ -182,7 +183,8 @@ def decide(
     fns = {a: _arm_fn(a) for a in arms}
     have_labels = X_labeled is not None and y_labeled is not None and len(X_labeled) > 0
     if labeled_arm is not None and have_labels and len(labeled_arm) != len(X_labeled):
-        raise SamplerError(f"labeled_arm has {len(labeled_arm)} entries but X_labeled has {len(X_labeled)} rows: expected one per row")
+        raise SamplerError(f"labeled_arm has {len(labeled_arm)} entries but X_labeled has {len(X_labeled)} rows: "
+                           "expected one per row")
     if model is None or not have_labels:
         evidence: dict[str, Any] = {"n_audit": 0, "counts": dict.fromkeys(arms, 0), "m": None, "n_test": 0, "accuracy": {}}
     else:

@@ -34,10 +34,10 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from crowdloop.errors import RecordExistsError, VendorError
+from crowdloop.errors import ConfigError, RecordExistsError, VendorError
 from crowdloop.records import Annotation, Task, content_hash, dumps, utcnow
 from crowdloop.storage import read_json, write_json
-from crowdloop.vendor import Ref, VendorContext, acknowledged, parse_params
+from crowdloop.vendor import Ref, VendorContext, VendorPlan, acknowledged, parse_params
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,18 @@ class LabelStudioVendor:
     """Label Studio projects as the workforce: your own annotators, overlap for redundancy."""
 
     name = "label_studio"
+
+    @classmethod
+    def check_params(cls, params: dict, plan: VendorPlan) -> LabelStudioParams:
+        """Offline check of ``params`` (nothing is contacted or written) and of one redundancy per batch."""
+        parsed = parse_params(LabelStudioParams, params, vendor=cls.name)
+        if len(set(plan.replicas_per_task)) > 1:
+            raise ConfigError(
+                f"{plan.replicas_field}: batches would mix {sorted(set(plan.replicas_per_task))} judgments per task, "
+                "but a Label Studio project has one overlap per batch; expected consensus.min_judgments: 1 "
+                "(re-asks ask one more judgment) or a fixed redundancy"
+            )
+        return parsed
 
     def __init__(self, params: dict, context: VendorContext) -> None:
         self.params = parse_params(LabelStudioParams, params, vendor=self.name)

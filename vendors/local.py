@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from crowdloop.errors import CrowdloopError, RecordExistsError, VendorDataError, VendorError
 from crowdloop.records import Annotation, Task
 from crowdloop.storage import KeyNotFoundError, read_json, write_json
-from crowdloop.vendor import Ref, VendorContext, acknowledged, parse_params, record_decision
+from crowdloop.vendor import Ref, VendorContext, VendorPlan, acknowledged, parse_params, record_decision
 
 ANNOTATOR_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 UNDO_MARGIN_S = 2.0  # poll waits this much longer than the undo window (clock and request skew)
@@ -66,6 +66,11 @@ class LocalVendor:
     """Tasks for in-house annotators; the web app (``crowdloop.vendors.local_app``) is their desk."""
 
     name = "local"
+
+    @classmethod
+    def check_params(cls, params: dict, plan: VendorPlan) -> LocalParams:
+        """Offline check of ``params`` (nothing is contacted or written)."""
+        return parse_params(LocalParams, params, vendor=cls.name)
 
     def __init__(self, params: dict, context: VendorContext, *, clock: Callable[[], float] = time.time) -> None:
         self.params = parse_params(LocalParams, params, vendor="local")

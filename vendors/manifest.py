@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from crowdloop.errors import RecordExistsError, StoreError, VendorError
 from crowdloop.records import Annotation, Task, dumps, to_jsonl, utcnow
 from crowdloop.storage import Store, open_store, read_json, validate_key, write_json
-from crowdloop.vendor import Ref, VendorContext, acknowledged, parse_params, record_decision
+from crowdloop.vendor import Ref, VendorContext, VendorPlan, acknowledged, parse_params, record_decision
 
 MAX_REJECT_CONTENT = 500
 
@@ -82,6 +82,11 @@ class ManifestVendor:
     """Writes Ground Truth input manifests; reads answers from dropped result files."""
 
     name = "manifest"
+
+    @classmethod
+    def check_params(cls, params: dict, plan: VendorPlan) -> ManifestParams:
+        """Offline check of ``params`` (nothing is contacted or written)."""
+        return parse_params(ManifestParams, params, vendor=cls.name)
 
     def __init__(self, params: dict, context: VendorContext) -> None:
         self.params = parse_params(ManifestParams, params, vendor="manifest")

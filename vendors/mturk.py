@@ -47,7 +47,7 @@ from crowdloop.errors import ConfigError, RecordExistsError, VendorError
 from crowdloop.records import Annotation, Task, utcnow
 from crowdloop.redact import protect_loggers
 from crowdloop.storage import read_json, write_json
-from crowdloop.vendor import Ref, VendorContext, parse_params
+from crowdloop.vendor import Ref, VendorContext, VendorPlan, parse_params
 
 log = logging.getLogger(__name__)
 protect_loggers()  # botocore logs request headers (the access key id) at DEBUG
@@ -141,6 +141,15 @@ def fee_for(reward: float, n_assignments_per_hit: int) -> float:
         )
     rate = COMMISSION + (LARGE_HIT_SURCHARGE if n_assignments_per_hit >= LARGE_HIT_ASSIGNMENTS else 0.0)
     return max(MIN_FEE, math.ceil(round(reward * rate * 100, 6)) / 100)
+
+
+def check_assignments(params: MTurkParams, replicas: int, *, field: str = "consensus.redundancy") -> None:
+    """Refuse 10+ assignments per HIT unless the 20% surcharge was allowed explicitly."""
+    if replicas >= LARGE_HIT_ASSIGNMENTS and not params.allow_ten_or_more_assignments:
+        raise ConfigError(
+            f"{field}={replicas}: MTurk charges an extra 20% on HITs with 10 or more assignments; "
+            "use at most 9 or set vendor.params.allow_ten_or_more_assignments: true"
+        )
 
 
 def endpoint_for(params: MTurkParams) -> str:
@@ -374,11 +383,14 @@ class MTurkVendor:
                 yield group
 
     def _check_assignments(self, replicas: int) -> None:
-        if replicas >= LARGE_HIT_ASSIGNMENTS and not self.params.allow_ten_or_more_assignments:
-            raise ConfigError(
-                f"consensus.redundancy={replicas}: MTurk charges an extra 20% on HITs with 10 or more assignments; "
-                "use at most 9 or set vendor.params.allow_ten_or_more_assignments: true"
-            )
+        check_assignments(self.params, replicas)
+
+    @classmethod
+    def check_params(cls, params: dict, plan: VendorPlan) -> MTurkParams:
+        """Offline check (no client is built, nothing is sent): the params and HIT size."""
+        parsed = parse_params(MTurkParams, params, vendor=cls.name)
+        check_assignments(parsed, max(plan.replicas_per_task, default=1), field=plan.replicas_field)
+        return parsed
 
     @staticmethod
     def _hit_key(batch_id: str, group: str) -> str:
