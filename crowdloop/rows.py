@@ -51,6 +51,13 @@ def take(X: Any, index: Any) -> Any:
     return np.asarray(X[index])
 
 
+def row_range(X: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` as a model takes them: sparse and text rows stay what they are."""
+    if is_sparse(X) or hasattr(X, "dense"):
+        return X[start:stop]
+    return np.asarray(X[start:stop])
+
+
 def feature_rows(X: Any) -> Any:
     """What an estimator is fitted on: the features themselves (sparse stays sparse)."""
     if hasattr(X, "features"):

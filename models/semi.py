@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from crowdloop.errors import ConfigError
+from crowdloop.rows import dense_rows, n_rows, take
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def spread_labels(
            "a number in (0, 1]")
     labeled = np.asarray(labeled, dtype=np.int64)
     y = np.asarray(y, dtype=object)
-    n = len(X)
+    n = n_rows(X)
     _check("max_items", max_items, isinstance(max_items, (int, np.integer)) and max_items > len(labeled),
            f"an integer above the {len(labeled)} human-labeled rows")
     if len(labeled) != len(y):
@@ -80,7 +81,7 @@ def spread_labels(
     classes, codes = np.unique(y.astype(str), return_inverse=True)
     originals = {str(v): v for v in y.tolist()}
     target = np.concatenate([codes, np.full(len(others), -1)])
-    Z = StandardScaler().fit_transform(np.asarray(X[rows], dtype=np.float64))
+    Z = StandardScaler().fit_transform(dense_rows(take(X, rows)))
     k = int(min(n_neighbors, len(rows) - 1))
     model = LabelSpreading(kernel="knn", n_neighbors=k, alpha=float(alpha), max_iter=int(max_iter))
     dist = model.fit(Z, target).label_distributions_[len(labeled):]
