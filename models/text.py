@@ -279,10 +279,13 @@ ST_HINT = ("python -c \"from sentence_transformers import SentenceTransformer; "
 def _backend_of(path: Path, backend: str) -> str:
     if backend != "auto":
         return backend
-    if (path / "modules.json").is_file() or (path / "config_sentence_transformers.json").is_file():
+    # model2vec saves a modules.json too (so sentence-transformers can read it): look at its weights first
+    if (path / "config_sentence_transformers.json").is_file():
         return "sentence_transformers"
-    if (path / "tokenizer.json").is_file() and any((path / n).is_file() for n in ("model.safetensors", "embeddings.safetensors")):
+    if (path / "tokenizer.json").is_file() and (path / "model.safetensors").is_file():
         return "model2vec"
+    if (path / "modules.json").is_file():
+        return "sentence_transformers"
     raise ConfigError(f"model.features.model_path: {str(path)!r} holds neither a sentence-transformers model "
                       "(modules.json) nor a model2vec model (tokenizer.json + model.safetensors); set "
                       "model.features.backend or point model_path at a saved model")
