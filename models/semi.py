@@ -2,7 +2,7 @@
 
 Active learning picks which items humans label; the rest of the pool still says where the
 classes lie. Label spreading (Zhou et al. 2004; scikit-learn's ``LabelSpreading`` over a k-nearest
-neighbour graph of the standardised features) carries the human labels along that graph, and
+neighbour graph of the standardised features, or of a text pool's dense view as it is) carries the human labels along that graph, and
 the pool items it labels with confidence ``>= min_confidence`` join the training set as
 *machine* labels: recorded as such, never counted as human labels, and always overruled by a
 human label of the same item. Its errors differ from the model's own (a graph over the pool
@@ -81,7 +81,11 @@ def spread_labels(
     classes, codes = np.unique(y.astype(str), return_inverse=True)
     originals = {str(v): v for v in y.tolist()}
     target = np.concatenate([codes, np.full(len(others), -1)])
-    Z = StandardScaler().fit_transform(dense_rows(take(X, rows)))
+    picked = take(X, rows)
+    if hasattr(picked, "dense"):  # text rows: their dense view (unit-length SVD or embedding) is the metric already
+        Z = dense_rows(picked)
+    else:
+        Z = StandardScaler().fit_transform(dense_rows(picked))
     k = int(min(n_neighbors, len(rows) - 1))
     model = LabelSpreading(kernel="knn", n_neighbors=k, alpha=float(alpha), max_iter=int(max_iter))
     dist = model.fit(Z, target).label_distributions_[len(labeled):]
