@@ -69,7 +69,6 @@ LARGE_HIT_ASSIGNMENTS = 10
 MIN_FEE = 0.01
 MAX_ANSWER_CHARS = 1_000_000  # a classification answer is a few hundred bytes; refuse megabytes unparsed
 MAX_QUESTION_BYTES = 65_535  # CreateHIT: "The XML question data must not be larger than 64 kilobytes"
-TEXT_BYTES_PER_HIT = 48_000  # escaped item text per HIT, leaving room for the form, classes and title
 
 # Sessions are built through this name so tests can hand in a session with a fake wired into
 # botocore's ``before-send`` event (every request is still validated by the real model).
@@ -500,24 +499,31 @@ class MTurkVendor:
 
     # -- the form -------------------------------------------------------------------------
     def question_xml(self, group: Sequence[Task]) -> str:
-        """``HTMLQuestion`` with every item's content HTML-escaped (no markup from data)."""
-        blocks = [self._item_html(k, t.item_id) for k, t in enumerate(group)]
-        page = _FORM.format(title=html.escape(self.params.title), description=html.escape(self.params.description),
-                            items="\n".join(blocks))
-        if "]]>" in page:  # cannot happen with escaped content; refuse rather than break the CDATA
-            raise VendorError("vendor 'mturk': the rendered form contains ']]>'")
-        xml = (f'<HTMLQuestion xmlns="{HTML_QUESTION_NS}"><HTMLContent><![CDATA[{page}]]></HTMLContent>'
-               f"<FrameHeight>{self.params.frame_height}</FrameHeight></HTMLQuestion>")
+        """``HTMLQuestion`` with every item's content HTML-escaped (no markup from data).
+
+        Item texts share what MTurk's 64 KB limit leaves after the form itself (measured by
+        rendering it with empty texts), so many long items in one HIT are cut, not refused."""
+        payloads = [self.context.item_payload(t.item_id) for t in group]
+        skeleton = self._page(group, payloads, text_bytes=0)
+        spare = MAX_QUESTION_BYTES - len(skeleton.encode("utf-8")) - 32 * len(group)  # the notes' numbers grow a little
+        xml = self._page(group, payloads, text_bytes=max(spare // max(len(group), 1), 0))
         size = len(xml.encode("utf-8"))
         if size > MAX_QUESTION_BYTES:
             raise VendorError(f"vendor 'mturk': the question for items {[t.item_id for t in group][:3]} is {size:,} bytes; "
                               f"MTurk accepts at most {MAX_QUESTION_BYTES:,}: lower items_per_hit or max_text_chars")
         return xml
 
-    def _item_html(self, k: int, item_id: str) -> str:
-        payload = self.context.item_payload(item_id)
-        byte_budget = TEXT_BYTES_PER_HIT // self.params.items_per_hit
-        body = render_payload(payload, max_text_chars=self.params.max_text_chars, max_text_bytes=byte_budget)
+    def _page(self, group: Sequence[Task], payloads: list[dict[str, Any]], *, text_bytes: int) -> str:
+        blocks = [self._item_html(k, t.item_id, payload, text_bytes) for k, (t, payload) in enumerate(zip(group, payloads))]
+        page = _FORM.format(title=html.escape(self.params.title), description=html.escape(self.params.description),
+                            items="\n".join(blocks))
+        if "]]>" in page:  # cannot happen with escaped content; refuse rather than break the CDATA
+            raise VendorError("vendor 'mturk': the rendered form contains ']]>'")
+        return (f'<HTMLQuestion xmlns="{HTML_QUESTION_NS}"><HTMLContent><![CDATA[{page}]]></HTMLContent>'
+                f"<FrameHeight>{self.params.frame_height}</FrameHeight></HTMLQuestion>")
+
+    def _item_html(self, k: int, item_id: str, payload: dict[str, Any], text_bytes: int) -> str:
+        body = render_payload(payload, max_text_chars=self.params.max_text_chars, max_text_bytes=text_bytes)
         choices = "\n".join(
             f'<label><input type="radio" name="label-{k}" value="{html.escape(c, quote=True)}" required> '
             f"{html.escape(c)}</label><br>"
@@ -649,7 +655,7 @@ def shorten_text(text: str, *, max_chars: int, max_bytes: int) -> str:
     return cut[:lo]
 
 
-def render_payload(payload: dict[str, Any], *, max_text_chars: int = 4000, max_text_bytes: int = TEXT_BYTES_PER_HIT) -> str:
+def render_payload(payload: dict[str, Any], *, max_text_chars: int = 4000, max_text_bytes: int = MAX_QUESTION_BYTES) -> str:
     """HTML for one item: tabular rows, text or an image URL; every value escaped. A text longer
     than the caps is cut, with a note that tells the worker so."""
     kind = payload.get("kind")
