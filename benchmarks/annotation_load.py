@@ -65,7 +65,7 @@ def prepare(project_dir: str, *, items: int, replicas: int, annotators: int, see
         "stopping": {"max_rounds": 1},
     }
     project = engine.Project.prepare(parse_config(config), project_dir)
-    engine.dispatch(project, 0)
+    engine.run_round(project, 0, until="dispatch")
     tokens = {f"ann{k:03d}": project.vendor.add_annotator(f"ann{k:03d}") for k in range(annotators)}
     return project, tokens
 
@@ -210,10 +210,10 @@ def run(*, annotators: int, submissions: int, replicas: int = 2, double_every: i
 
 
 def read_batch_id(project: Any) -> str:
-    from crowdloop.engine import round_key
+    from crowdloop import keys
     from crowdloop.storage import read_json
 
-    return read_json(project.store, round_key(0, "dispatch.json"))["batch_id"]
+    return read_json(project.store, keys.round_key(0, keys.DISPATCH))["batch_id"]
 
 
 def main() -> None:

@@ -31,7 +31,8 @@ import numpy as np
 
 from crowdloop import engine
 from crowdloop.config import parse_config
-from crowdloop.engine import Project, round_key
+from crowdloop import keys
+from crowdloop.engine import Project
 from crowdloop.storage import read_json
 from crowdloop.workers import worker_accounts
 
@@ -117,7 +118,7 @@ def rejections_without_gold(p: Project) -> int:
     gold = p.gold_set
     anns = p.annotations()
     for r in p.rounds():
-        pay = read_json(p.store, round_key(r, "pay.json"), default=None) or {}
+        pay = read_json(p.store, keys.round_key(r, keys.PAY), default=None) or {}
         for rej in pay.get("rejections", []):
             batch = f"{p.config.project}-r{r:04d}"
             missed = {a.item_id for a in anns if a.batch_id == batch and a.worker_id == rej["worker_id"]
@@ -130,7 +131,7 @@ def rejections_without_gold(p: Project) -> int:
 def measure(p: Project, dataset: str, crowd: str, method: str, seed: int, seconds: float) -> dict[str, Any]:
     rounds = p.rounds()
     labels = p.human_labels(before_round=rounds[-1] + 1)
-    index = p._index_of
+    index = p.index_of
     truth = p.pool.y.astype(str)
     label_acc = float(np.mean([l.label == truth[index[l.item_id]] for l in labels])) if labels else None
     n_judgments = len(p.annotations())
@@ -150,12 +151,12 @@ def measure(p: Project, dataset: str, crowd: str, method: str, seed: int, second
         "seconds": round(seconds, 2),
     }
     if method in LOOP_METHODS:
-        ref = read_json(p.store, engine.REFERENCE_KEY)["accuracy"]
+        ref = read_json(p.store, keys.REFERENCE)["accuracy"]
         target = 0.98 * ref
         hit = next((m for m in metrics if m["accuracy"] is not None and m["accuracy"] >= target), None)
         row["judgments_to_98"] = None if hit is None else hit["n_judgments"]
         row["reference_accuracy"] = round(ref, 4)
-        auto = [read_json(p.store, round_key(r, "autolabel.json"), default=None) for r in rounds]
+        auto = [read_json(p.store, keys.round_key(r, keys.AUTOLABEL), default=None) for r in rounds]
         auto = [a for a in auto if a]
         if auto:
             row["machine_labels"] = auto[-1]["n_machine"]

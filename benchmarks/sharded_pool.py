@@ -62,12 +62,16 @@ json.dump({"mode": mode, "open_seconds": round(loaded, 3), "select_seconds": rou
 """
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def main() -> None:
+    sys.path.insert(0, str(ROOT))  # the local S3 test server lives under tests/
     import boto3
     from sklearn.linear_model import LogisticRegression
 
     from crowdloop.models.sharded import write_sharded_pool
-    from crowdloop.storage.testing import local_s3_server
+    from tests.s3_server import local_s3_server
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)

@@ -65,28 +65,14 @@ def _rounds_table(state: dict[str, Any], title: str) -> Table:
     return table
 
 
-def _phase(project) -> str:
-    from crowdloop.engine import round_key
-
-    rounds = project.rounds()
-    if not rounds:
-        return "starting"
-    r = rounds[-1]
-    for key, label in (("pay.json", "paid"), ("aggregate.json", "aggregated"), ("collected.json", "collected"),
-                       ("refs.json", "collecting answers"), ("dispatch.json", "dispatching"),
-                       ("selection.json", "selected"), ("metrics.json", "evaluated"), ("train.json", "trained")):
-        if project.store.exists(round_key(r, key)):
-            return f"round {r}: {label}"
-    return f"round {r}: training"
-
-
 def _live_view(project) -> Callable[[], Any]:
+    from crowdloop.engine import phase as phase_of
     from crowdloop.report import status
 
     def render() -> Any:
         try:
             state = status(project)
-            phase = _phase(project)
+            phase = phase_of(project)
         except (CrowdloopError, OSError, ValueError) as exc:  # a record being written; show the last good view
             return Text(f"reading progress… ({exc.__class__.__name__})")
         last = state["rounds"][-1] if state["rounds"] else None
@@ -141,7 +127,7 @@ def run(
             failure.append(exc)
 
     worker = threading.Thread(target=target, name="crowdloop-flow", daemon=True)
-    view = _live_view(Project.open(location))
+    view = _live_view(project)  # the project prepared above: one per process, the pool loaded once
     with Live(get_renderable=view, console=console, refresh_per_second=2, transient=console.is_terminal):
         worker.start()
         while worker.is_alive():

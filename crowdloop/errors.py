@@ -51,3 +51,45 @@ class VendorError(CrowdloopError):
 
 class VendorDataError(VendorError, ValueError):
     """A vendor returned an annotation that is not valid for the task (e.g. unknown label)."""
+
+
+class TransientError(Exception):
+    """An outside failure worth a retry that says so itself (throttled, 5xx, timed out).
+
+    Not a ``CrowdloopError``: nothing about the input is wrong. Vendors raise it (or a
+    subclass) for failures their service reports as temporary.
+    """
+
+    exit_code = 3
+
+
+# Error codes services use for "try again later" (AWS: throttling; HTTP: 408, 429, 5xx).
+_TRANSIENT_CODES = {"Throttling", "ThrottlingException", "TooManyRequestsException", "RequestLimitExceeded",
+                    "SlowDown", "ServiceUnavailable", "ServiceUnavailableException", "InternalError",
+                    "InternalServerError", "InternalFailure", "RequestTimeout", "RequestTimeoutException"}
+_TRANSIENT_NAMES = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+                    "ProxyConnectionError", "TransportError", "TimeoutException", "NetworkError", "ConnectError",
+                    "ReadTimeout", "ConnectTimeout", "RemoteProtocolError"}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is an outside failure worth a retry: network, throttling, 5xx, timeouts.
+
+    Input errors (``CrowdloopError``) and programming errors (``TypeError``, ...) are not: a
+    retry would fail the same way. Client libraries are recognised by their exception names and
+    attributes, so this module imports none of them.
+    """
+    if isinstance(exc, CrowdloopError):
+        return False
+    if isinstance(exc, (TransientError, ConnectionError, TimeoutError)):
+        return True
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & _TRANSIENT_NAMES:
+        return True
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):  # botocore's ClientError
+        error = response.get("Error", {}) or {}
+        status = (response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode")
+        return error.get("Code") in _TRANSIENT_CODES or (isinstance(status, int) and (status >= 500 or status in (408, 429)))
+    status = getattr(response, "status_code", None) or getattr(exc, "status_code", None)
+    return isinstance(status, int) and (status >= 500 or status in (408, 429))

@@ -1,4 +1,4 @@
-"""Record types written to the project store (see DESIGN.md, "Records").
+"""Record types written to the project store (``docs/architecture.md`` shows where each lives).
 
 Records are pydantic models so that anything a vendor returns is validated before it is
 stored, and so that the JSON on disk is the documented format.

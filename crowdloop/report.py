@@ -12,7 +12,9 @@ import io
 import json
 from typing import Any
 
-from crowdloop.engine import REFERENCE_KEY, STOP_KEY, Project, export_labels_manifest, round_key
+from crowdloop import keys
+from crowdloop.engine.project import Project
+from crowdloop.export import export_labels_manifest
 from crowdloop.pay import hourly_wage
 from crowdloop.records import to_jsonl
 from crowdloop.storage import read_json
@@ -28,7 +30,7 @@ def totals(p: Project) -> dict[str, Any]:
     rounds = p.rounds()
     paid = work = 0.0
     for r in rounds:
-        pay = read_json(p.store, round_key(r, "pay.json"), default=None)
+        pay = p.record(r, keys.PAY, default=None)
         if pay:
             paid += pay["rewards"] + pay["bonuses"]
             work += pay["work_seconds"]
@@ -45,12 +47,12 @@ def totals(p: Project) -> dict[str, Any]:
 
 def status(p: Project) -> dict[str, Any]:
     """The project's state as one JSON-ready dict (see the module docstring for the schema)."""
-    ref = read_json(p.store, REFERENCE_KEY, default={}) or {}
-    stop = read_json(p.store, STOP_KEY, default=None)
+    ref = read_json(p.store, keys.REFERENCE, default={}) or {}
+    stop = read_json(p.store, keys.STOP, default=None)
     baseline = None
     if p.config.baseline.random:
         twin = p.baseline()
-        if twin.store.exists("rounds/0000/metrics.json"):
+        if twin.store.exists(keys.round_key(0, keys.METRICS)):
             baseline = {"strategy": "random", "rounds": _rounds(twin)}
     return {
         "project": p.config.project,
@@ -75,7 +77,7 @@ def round_table(p: Project) -> list[dict[str, Any]]:
     """Per-round rows for dashboards: the status fields plus that round's workers' wage."""
     rows = []
     for row in _rounds(p):
-        pay = read_json(p.store, round_key(row["round"] - 1, "pay.json"), default=None) if row["round"] else None
+        pay = p.record(row["round"] - 1, keys.PAY, default=None) if row["round"] else None
         wage = None
         if pay and pay["work_seconds"] > 0:
             wage = round(hourly_wage(pay["rewards"] + pay["bonuses"], pay["work_seconds"]), 2)
@@ -88,7 +90,7 @@ def _machine_labels(p: Project) -> dict[str, Any] | None:
     """Auto-labeling per round (threshold, count, estimated accuracy), reported apart from human labels."""
     if not p.config.autolabel.enabled:
         return None
-    rows = [a for r in p.rounds() if (a := read_json(p.store, round_key(r, "autolabel.json"), default=None))]
+    rows = [a for r in p.rounds() if (a := p.record(r, keys.AUTOLABEL, default=None))]
     return {"target_accuracy": p.config.autolabel.target_accuracy, "used_in_training": p.config.autolabel.use_in_training,
             "n_machine_labeled": rows[-1]["n_machine"] if rows else 0, "rounds": rows}
 
@@ -143,9 +145,9 @@ def learning_curve_png(state: dict[str, Any]) -> bytes:
 def write_outputs(p: Project) -> dict[str, Any]:
     """Write the human-readable outputs next to the records; returns the status."""
     state = status(p)
-    p.store.write_bytes("metrics.json", json.dumps(state, indent=1).encode())
-    p.store.write_bytes("metrics.csv", metrics_csv(state["rounds"]))
-    p.store.write_bytes("learning_curve.png", learning_curve_png(state))
-    p.store.write_bytes("labels.jsonl", export_labels_manifest(p))
-    p.store.write_bytes("annotations.jsonl", to_jsonl(p.annotations()))
+    p.store.write_bytes(keys.OUT_METRICS, json.dumps(state, indent=1).encode())
+    p.store.write_bytes(keys.OUT_METRICS_CSV, metrics_csv(state["rounds"]))
+    p.store.write_bytes(keys.OUT_LEARNING_CURVE, learning_curve_png(state))
+    p.store.write_bytes(keys.OUT_LABELS, export_labels_manifest(p))
+    p.store.write_bytes(keys.OUT_ANNOTATIONS, to_jsonl(p.annotations()))
     return state

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from crowdloop.engine import Project, round_key
+from crowdloop import keys
+from crowdloop.engine.project import Project
 from crowdloop.pay import hourly_wage
-from crowdloop.storage import read_json
 
 WORKER_FIELDS = ("worker_id", "judgments", "gold_answers", "gold_accuracy", "skill", "approved", "rejected",
                  "paid", "work_seconds", "hourly_wage", "blocked")
@@ -27,13 +27,13 @@ def worker_accounts(p: Project, *, through_round: int | None = None) -> dict[str
     skills: dict[str, float] = {}
     blocked: set[str] = set()
     for r in rounds:
-        pay = read_json(p.store, round_key(r, "pay.json"), default=None)
+        pay = p.record(r, keys.PAY, default=None)
         if pay is not None:
             paid_rounds.add(r)
-            bonus_of_batch[f"{p.config.project}-r{r:04d}"] = pay.get("bonus_per_assignment", 0.0)
+            bonus_of_batch[p.batch_id(r)] = pay.get("bonus_per_assignment", 0.0)
             for rej in pay.get("rejections", []):
                 rejected.update(rej["assignment_ids"])
-        agg = read_json(p.store, round_key(r, "aggregate.json"), default=None)
+        agg = p.record(r, keys.AGGREGATE, default=None)
         if agg is not None:
             skills = agg.get("worker_skill", skills)
             blocked = set(agg.get("blocked_workers", [])) | set(agg.get("blocked_on_agreement", {}))

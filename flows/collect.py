@@ -15,26 +15,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
+from prefect import flow, task
 from prefect.artifacts import create_progress_artifact
+from prefect.cache_policies import NO_CACHE
 
-from crowdloop import engine
-from crowdloop.engine import Project, round_key
+from crowdloop import keys
+from crowdloop.engine import Project, collect, first_open_round
 from crowdloop.errors import ProjectLockedError
-from crowdloop.flows.loop import _artifact_key, active_learning_loop, collect_task
+from crowdloop.flows.loop import _artifact_key, _retry_transient, active_learning_loop
+
+
+@task(name="poll", cache_policy=NO_CACHE, task_run_name="poll · r{round_}", retries=3, retry_delay_seconds=[2, 10, 30],
+      retry_condition_fn=_retry_transient)
+def poll_task(url: str, round_: int) -> dict[str, Any]:
+    """Poll the vendor once for round ``round_``'s answers (never waits)."""
+    return collect(Project.shared(url), round_, wait=False)
 
 
 @flow(name="crowdloop-collect")
 def collect_answers(project_dir: str, loop_deployment: str | None = None) -> dict[str, Any]:
     """Poll the open round of ``project_dir`` once; continue the loop when its answers are in."""
-    project = Project.open(project_dir)
+    project = Project.open(project_dir).register()
     url = project.store.url
     try:
         with project.running():
-            r = engine.first_open_round(project)
-            if not project.store.exists(round_key(r, "refs.json")):
+            r = first_open_round(project)
+            if not project.has(r, keys.REFS):
                 return {"status": "idle", "round": r}
-            result = collect_task(url, r, wait=False)
+            result = poll_task(url, r)
             have, wanted = result["n_annotations"], result["expected"]
             create_progress_artifact(
                 progress=100.0 * have / max(wanted, 1),

@@ -1,8 +1,10 @@
 """``active_learning_loop``: the whole active-learning loop as one Prefect flow.
 
-Each step of a round is a small task over (store URL, round); the store is the source of
-truth, so a rerun of the flow continues where the last one stopped. Only steps that talk to
-the outside (dispatch, collect, pay) retry, and never on permanent errors.
+The flow walks the engine's table of steps (``ROUND_STEPS`` in ``crowdloop/engine/rounds.py``)
+and runs each step as a small Prefect task over (store URL, round); the store is the source of
+truth, so a rerun of the flow continues where the last one stopped. Only the steps that talk to
+a vendor retry, and only on transient failures (``crowdloop.errors.is_transient``): a bad
+config, bad data or a bug fails the task at once.
 """
 
 from __future__ import annotations
@@ -13,89 +15,56 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from crowdloop import engine, report
+from crowdloop import keys, report
 from crowdloop.config import LoopConfig
-from crowdloop.engine import PROJECT_KEY, Project
-from crowdloop.errors import CrowdloopError
+from crowdloop.engine import REFERENCE_STEP, ROUND_STEPS, Project, Step, default_location, run_rounds, run_step
+from crowdloop.errors import CrowdloopError, is_transient
 from crowdloop.storage import read_json, write_json
 
-_open_projects: dict[str, Project] = {}
-
-
-def _project(url: str) -> Project:
-    """One Project object per store in this process, so tasks share caches (pool, models)."""
-    if url not in _open_projects:
-        _open_projects[url] = Project.open(url)
-    return _open_projects[url]
+_STEPS: dict[str, Step] = {s.name: s for s in (REFERENCE_STEP, *ROUND_STEPS)}
 
 
 def _retry_transient(task_, task_run, state) -> bool:
-    """Retry I/O failures, but not CrowdloopErrors: those are permanent (bad data, bad config)."""
+    """Retry network trouble, throttling, 5xx and timeouts; never a bad input or a bug."""
     try:
         state.result()
-    except CrowdloopError:
-        return False
-    except Exception:  # noqa: BLE001 - anything else (network, throttling, 5xx) is worth a retry
-        return True
-    return True
+    except Exception as exc:  # noqa: BLE001 - classified below; anything not transient fails the task
+        return is_transient(exc)
+    return False
 
 
-_IO = dict(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_transient, cache_policy=NO_CACHE)
+def _step_task(step: Step):
+    """A Prefect task that runs ``step`` for (store URL, round) in this process's project."""
+    options: dict[str, Any] = dict(name=step.name, cache_policy=NO_CACHE, task_run_name=f"{step.name} · r{{round_}}")
+    if step.outside:
+        options.update(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_transient)
+
+    def run(url: str, round_: int) -> dict[str, Any]:
+        return run_step(step, Project.shared(url), round_)
+
+    run.__name__ = run.__qualname__ = f"{step.name}_step"
+    return task(**options)(run)
 
 
-@task(name="reference", cache_policy=NO_CACHE)
-def reference_task(url: str) -> dict[str, Any]:
-    return engine.reference(_project(url))
+# One task per step; looked up at call time, so a test harness may swap one (shorter retry delays).
+STEP_TASKS = {name: _step_task(step) for name, step in _STEPS.items()}
 
 
-@task(name="train", cache_policy=NO_CACHE)
-def train_task(url: str, round_: int) -> dict[str, Any]:
-    return engine.train(_project(url), round_)
+@task(name="part", cache_policy=NO_CACHE, task_run_name="{step} part {part} · r{round_}")
+def part_task(url: str, step: str, round_: int, part: int) -> dict[str, Any]:
+    """One part of a step that fans out (e.g. scoring one shard of the pool before ``select``)."""
+    return _STEPS[step].part(Project.shared(url), round_, part)
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(url: str, round_: int) -> dict[str, Any]:
-    return engine.evaluate(_project(url), round_)
-
-
-@task(name="stop-check", cache_policy=NO_CACHE)
-def stop_task(url: str, round_: int, metrics: dict[str, Any]) -> str | None:
-    return engine.stop_reason(_project(url), round_, metrics)
-
-
-@task(name="score-shard", cache_policy=NO_CACHE)
-def score_shard_task(url: str, round_: int, shard: int) -> int:
-    return len(engine.score_shard(_project(url), round_, shard)["item_ids"])
-
-
-@task(name="select", cache_policy=NO_CACHE)
-def select_task(url: str, round_: int) -> dict[str, Any]:
-    return engine.select(_project(url), round_)
-
-
-@task(name="autolabel", cache_policy=NO_CACHE)
-def autolabel_task(url: str, round_: int) -> dict[str, Any]:
-    return engine.autolabel(_project(url), round_)
-
-
-@task(name="dispatch", **_IO)
-def dispatch_task(url: str, round_: int) -> dict[str, Any]:
-    return engine.dispatch(_project(url), round_)
-
-
-@task(name="collect", **_IO)
-def collect_task(url: str, round_: int, wait: bool = True) -> dict[str, Any]:
-    return engine.collect(_project(url), round_, wait=wait)
-
-
-@task(name="aggregate", cache_policy=NO_CACHE)
-def aggregate_task(url: str, round_: int) -> dict[str, Any]:
-    return engine.aggregate(_project(url), round_)
-
-
-@task(name="pay", **_IO)
-def pay_task(url: str, round_: int) -> dict[str, Any]:
-    return engine.pay(_project(url), round_)
+def _run_as_task(step: Step, p: Project, r: int) -> dict[str, Any]:
+    """The flow's step runner: fan out the step's parts as parallel tasks, then run the step's task."""
+    if step.parts is not None and step.part is not None:
+        n_parts = step.parts(p, r)
+        if n_parts > 1:  # threads by default, Dask workers with scale.dask_*
+            futures = [part_task.submit(p.store.url, step.name, r, k) for k in range(n_parts)]
+            for future in futures:
+                future.result()
+    return STEP_TASKS[step.name](p.store.url, r)
 
 
 def _artifact_key(project: str, what: str) -> str:
@@ -148,36 +117,16 @@ def _summary_markdown(state: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_rounds(url: str, *, label: str = "main") -> str:
-    """Run rounds from the first unfinished one until a stopping rule holds; return the reason."""
-    p = _project(url)
-    r = engine.first_open_round(p)
-    while True:
-        train_task(url, r)
-        metrics = evaluate_task(url, r)
-        reason = stop_task(url, r, metrics)
-        _publish_round(p, label)
-        if reason:
-            return reason
-        n_shards = engine.sharded_scoring(p, r)
-        if n_shards > 1 and not p.store.exists(engine.round_key(r, "selection.json")):
-            # Shards are scored as parallel tasks: threads by default, Dask workers with scale.dask_*.
-            futures = [score_shard_task.submit(url, r, s) for s in range(n_shards)]
-            for future in futures:
-                future.result()
-        select_task(url, r)
-        if p.config.autolabel.enabled:
-            autolabel_task(url, r)
-        dispatch_task(url, r)
-        collected = collect_task(url, r, wait=p.config.collect.mode == "wait")
-        if collected.get("pending"):
-            # collect.mode=defer: no process sleeps through human hours; the scheduled collect
-            # flow (flows/collect.py) polls and starts the next round when answers are in.
-            return f"waiting for answers in round {r}"
-        aggregate_task(url, r)
-        pay_task(url, r)
-        _publish_workers(p, label, r)
-        r += 1
+def run_project_rounds(p: Project, *, label: str = "main") -> str:
+    """Run ``p``'s rounds as Prefect tasks until one halts; publish the round and worker tables."""
+
+    def publish(step: Step, r: int, out: dict[str, Any]) -> None:
+        if step.name == "stop":
+            _publish_round(p, label)
+        elif step.name == "pay":
+            _publish_workers(p, label, r)
+
+    return run_rounds(p, call=_run_as_task, after=publish)
 
 
 def with_task_runner(config: LoopConfig):
@@ -203,23 +152,17 @@ def active_learning_loop(config: LoopConfig, project_dir: str | None = None) -> 
     ``project_dir`` (or ``config.storage.url``) is the project store; rerunning on the same
     store resumes. Returns the project status (see ``crowdloop status --json``).
     """
-    location = engine.default_location(config, project_dir)
-    project = Project.prepare(config, location)
-    _open_projects.clear()
-    url = project.store.url
+    project = Project.prepare(config, default_location(config, project_dir))
     with project.running():
-        reference_task(url)
-        outcome = run_rounds(url)
+        outcome = run_project_rounds(project)
         if config.baseline.random and not outcome.startswith("waiting"):
-            main = _project(url)
-            twin = main.baseline()
-            if read_json(twin.store, PROJECT_KEY, default=None) is None:
-                write_json(twin.store, PROJECT_KEY, {"config": twin.config.model_dump(mode="json"), "format": 1})
-            reference = read_json(main.store, engine.REFERENCE_KEY)
-            if not twin.store.exists(engine.REFERENCE_KEY):
-                write_json(twin.store, engine.REFERENCE_KEY, reference)
-            run_rounds(twin.store.url, label="baseline")
-        state = report.write_outputs(_project(url))
+            twin = project.baseline()
+            if read_json(twin.store, keys.PROJECT, default=None) is None:
+                write_json(twin.store, keys.PROJECT, {"config": twin.config.model_dump(mode="json"), "format": 1})
+            if not twin.store.exists(keys.REFERENCE):
+                write_json(twin.store, keys.REFERENCE, read_json(project.store, keys.REFERENCE))
+            run_project_rounds(Project.open(twin.store.url).register(), label="baseline")
+        state = report.write_outputs(project)
     create_markdown_artifact(key=_artifact_key(config.project, "summary"), markdown=_summary_markdown(state),
                              description="crowdloop run summary")
     return state

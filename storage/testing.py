@@ -7,10 +7,7 @@ is checked too. Raises ``AssertionError`` naming the broken promise.
 
 from __future__ import annotations
 
-import logging
-import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from crowdloop.errors import InvalidKeyError, RecordExistsError
 from crowdloop.storage import KeyNotFoundError, PrefixedStore, Store, open_store
@@ -98,25 +95,3 @@ def check_store(factory: Callable[[], Store], *, n_listed: int = 30, large_objec
         _expect(ProjectLockedError, lambda: factory().lock("project").__enter__(), "taking a held lock")
     with factory().lock("project"):
         pass
-
-
-@contextmanager
-def local_s3_server() -> Iterator[str]:
-    """A real local S3-compatible server (moto's standalone server) on 127.0.0.1, random port.
-
-    Yields its endpoint URL. Sets dummy ``AWS_*`` credentials and region where none are set
-    (moto accepts any), and quiets werkzeug's one log line per request. Needs ``moto[server]``.
-    """
-    from moto.server import ThreadedMotoServer
-
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                        ("AWS_DEFAULT_REGION", "us-east-1")):
-        os.environ.setdefault(name, value)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server._server.server_address
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()

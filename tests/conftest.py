@@ -66,7 +66,7 @@ def small_config(**overrides) -> dict:
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A real local S3-compatible server (moto's standalone server) on 127.0.0.1, random port."""
-    from crowdloop.storage.testing import local_s3_server
+    from tests.s3_server import local_s3_server
 
     with local_s3_server() as endpoint:
         yield endpoint

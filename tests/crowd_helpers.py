@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from crowdloop import keys
 from crowdloop import engine
 from crowdloop.config import parse_config
 from crowdloop.engine import Project
@@ -18,4 +19,4 @@ def run_engine(config: dict[str, Any], location: str) -> Project:
 def intents(p: Project) -> list[dict[str, Any]]:
     from crowdloop.storage import read_json
 
-    return [d for r in p.rounds() if (d := read_json(p.store, engine.round_key(r, "dispatch.json"), default=None))]
+    return [d for r in p.rounds() if (d := read_json(p.store, keys.round_key(r, keys.DISPATCH), default=None))]

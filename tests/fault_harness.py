@@ -2,7 +2,7 @@
 
 One *scenario* is a (vendor, store) pair: simulated / manifest / mturk on the local directory
 store or S3 (moto's server). For each kill point the harness starts a fresh project, runs the
-loop under ``crowdloop.testing_faults`` until the point kills it, reruns it to completion and
+loop under ``tests.faults`` until the point kills it, reruns it to completion and
 checks against an uninterrupted run with the same seed:
 
 * no item dispatched twice on the vendor (the vendor's own record of tasks / HITs / manifests),
@@ -35,11 +35,14 @@ import numpy as np
 import yaml
 
 from crowdloop.config import LoopConfig
-from crowdloop.engine import Project, export_labels_manifest, round_key, SEGMENTS
+from crowdloop import keys
+from crowdloop.engine import Project
+from crowdloop.export import export_labels_manifest
 from crowdloop.errors import RecordExistsError
 from crowdloop.storage import PrefixedStore, open_store
-from crowdloop.testing_faults import BACKOFF_ENV, KILL_ENV, LOCK_TTL_ENV, PERMANENT_ENV, TRACE_ENV, TRANSIENT_ENV, unit_hash
+from tests.faults import BACKOFF_ENV, KILL_ENV, LOCK_TTL_ENV, PERMANENT_ENV, TRACE_ENV, TRANSIENT_ENV, unit_hash
 
+REPO = Path(__file__).resolve().parents[1]
 VENDORS = ("simulated", "manifest", "mturk")
 STORES = ("local", "s3")
 LOCK_TTL_S = 2.0
@@ -61,6 +64,8 @@ def harness_config(vendor: str, *, max_rounds: int = 2, mturk_url: str | None = 
         "sampler": {"name": "margin", "batch_size": 12, "initial_size": 16},
         "vendor": {"name": vendor, "params": params},
         "consensus": {"method": "majority_vote", "redundancy": 3},
+        # every optional step runs, so every kill point the engine declares is reached
+        "autolabel": {"enabled": True},
         "collect": {"poll_interval_s": 0.2},
         # below every vendor's measured task time, so each round also pays a top-up bonus
         "pay": {"pilot_seconds_per_task": 4.0},
@@ -192,12 +197,12 @@ class Scenario:
         path = self.workdir / name / "config.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(cfg))
-        cmd = [sys.executable, "-m", "crowdloop.testing_faults", "run", str(path), "--project-dir", location]
+        cmd = [sys.executable, "-m", "tests.faults", "run", str(path), "--project-dir", location]
         answering = ManifestAnswerer(location, self.truth) if self.vendor == "manifest" and answerer else nullcontext()
         with answering:
             if self.mode == "fork":
                 return fork_run(cfg, location, env, timeout)
-            return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+            return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
     # -- the uninterrupted run ------------------------------------------------------------
     def prepare(self) -> None:
@@ -283,9 +288,9 @@ def outcome(location: str, server: Any = None) -> dict[str, Any]:
     p = Project.open(location)
     labels = {json.loads(l)["item-id"]: json.loads(l)["label-metadata"]["class-name"]
               for l in export_labels_manifest(p).decode().splitlines()}
-    raw_lines = sum(1 for k in p.store.list(SEGMENTS) for l in p.store.read_bytes(k).splitlines() if l.strip())
+    raw_lines = sum(1 for k in p.store.list(keys.SEGMENTS) for l in p.store.read_bytes(k).splitlines() if l.strip())
     log = p.annotations()
-    pays = [json_or_none(p, round_key(r, "pay.json")) for r in p.rounds()]
+    pays = [p.record(r, keys.PAY, default=None) for r in p.rounds()]
     paid = round(sum(x["rewards"] for x in pays if x), 2)
     bonuses = round(sum(x["bonuses"] for x in pays if x), 2)
     vendor = p.config.vendor.name
@@ -324,10 +329,6 @@ def outcome(location: str, server: Any = None) -> dict[str, Any]:
     }
 
 
-def json_or_none(p: Project, key: str) -> dict | None:
-    return json.loads(p.store.read_bytes(key)) if p.store.exists(key) else None
-
-
 def compare(got: dict[str, Any], clean: dict[str, Any]) -> list[str]:
     """Every way ``got`` breaks a guarantee or differs from the uninterrupted run (empty: none)."""
     out = []
@@ -359,7 +360,7 @@ def moto_s3() -> Iterator[tuple[str, str]]:
     """moto's S3 server on 127.0.0.1 (random port) with one bucket: (endpoint, bucket)."""
     import boto3
 
-    from crowdloop.storage.testing import local_s3_server
+    from tests.s3_server import local_s3_server
 
     with local_s3_server() as endpoint:  # this process reads the store too (outcome, answerer)
         bucket = f"crash-{uuid.uuid4().hex[:10]}"
@@ -394,30 +395,23 @@ def fork_run(config: dict[str, Any], location: str, env: dict[str, str], timeout
 def _child(config: dict[str, Any], location: str, env: dict[str, str], errors: Any) -> None:
     import traceback
 
-    from crowdloop import engine, testing_faults
+    from crowdloop.engine import run_rounds, run_step
     from crowdloop.errors import CrowdloopError
+    from tests import faults
 
     os.environ.update({k: v for k, v in env.items() if k.startswith(("CROWDLOOP_", "AWS_"))})
     for name in [k for k in os.environ if k.startswith("CROWDLOOP_") and k not in env]:
         del os.environ[name]
-    testing_faults._state = None
-    testing_faults.install()
+    faults._state = None
+    faults.install()
+
+    def call(step: Any, p: Project, r: int) -> Any:  # the flow's retry rule for the steps that talk to vendors
+        return _io(lambda: run_step(step, p, r)) if step.outside else run_step(step, p, r)
+
     try:
         p = Project.prepare(LoopConfig.model_validate(config), location)
         with p.running():
-            engine.reference(p)
-            r = engine.first_open_round(p)
-            while True:
-                engine.train(p, r)
-                metrics = engine.evaluate(p, r)
-                if engine.stop_reason(p, r, metrics):
-                    break
-                engine.select(p, r)
-                _io(lambda: engine.dispatch(p, r))
-                _io(lambda: engine.collect(p, r, wait=True))
-                engine.aggregate(p, r)
-                _io(lambda: engine.pay(p, r))
-                r += 1
+            run_rounds(p, call=call)
     except CrowdloopError as exc:
         errors.put("error: " + " ".join(str(exc).split()))
         os._exit(2)
@@ -428,15 +422,13 @@ def _child(config: dict[str, Any], location: str, env: dict[str, str], errors: A
 
 
 def _io(step: Any) -> Any:
-    """The flow's retry rule for dispatch/collect/pay: retry anything but a CrowdloopError."""
-    from crowdloop.errors import CrowdloopError
+    """The flow's retry rule for the steps that talk to vendors: retry transient failures only."""
+    from crowdloop.errors import is_transient
 
     for attempt in range(IO_RETRIES + 1):
         try:
             return step()
-        except CrowdloopError:
-            raise
-        except Exception:  # noqa: BLE001 - transient: network, throttling, 5xx
-            if attempt == IO_RETRIES:
+        except Exception as exc:  # noqa: BLE001 - classified: only transient failures are retried
+            if attempt == IO_RETRIES or not is_transient(exc):
                 raise
             time.sleep(0.05)

@@ -6,6 +6,9 @@ import pytest
 from tests.conftest import small_config
 from tests.crowd_helpers import run_engine
 
+from crowdloop.export import export_labels_manifest
+from crowdloop.storage import read_json
+from crowdloop import keys
 from crowdloop import engine
 
 AUTO = {"autolabel.enabled": True, "autolabel.target_accuracy": 0.9, "autolabel.min_validation": 40,
@@ -19,7 +22,7 @@ def auto_project(tmp_path_factory):
 
 def test_machine_labels_are_calibrated_and_kept_apart(auto_project):
     p = auto_project
-    infos = [engine.read_json(p.store, engine.round_key(r, "autolabel.json"), default=None) for r in p.rounds()]
+    infos = [read_json(p.store, keys.round_key(r, keys.AUTOLABEL), default=None) for r in p.rounds()]
     infos = [i for i in infos if i and i["threshold"] is not None]
     assert infos, "no round calibrated a threshold"
     test_ids = set(p.test.ids.tolist())
@@ -29,7 +32,7 @@ def test_machine_labels_are_calibrated_and_kept_apart(auto_project):
         machine = p.machine_labels(before_round=r + 1)
         assert len(machine) == info["n_machine"] > 0
         human = {l.item_id for l in p.human_labels(before_round=r + 1)}
-        selected = set(engine.read_json(p.store, engine.round_key(r, "selection.json"))["item_ids"])
+        selected = set(read_json(p.store, keys.round_key(r, keys.SELECTION))["item_ids"])
         for m in machine:
             assert m.source == "machine" and m.n_annotations == 0 and m.confidence >= info["threshold"]
             assert m.item_id not in test_ids and m.item_id not in human and m.item_id not in selected
@@ -42,9 +45,9 @@ def test_machine_labels_stay_out_of_training_and_counts_unless_enabled(auto_proj
     p = auto_project
     for m in p.metrics():  # n_labeled keeps meaning human-labeled items
         assert m["n_labeled"] == len(p.human_labels(before_round=m["round"]))
-        assert "n_machine" not in engine.read_json(p.store, engine.round_key(m["round"], "train.json"))
+        assert "n_machine" not in read_json(p.store, keys.round_key(m["round"], keys.TRAIN))
     used = run_engine(small_config(**AUTO, **{"autolabel.use_in_training": True}), str(tmp_path / "used"))
-    trains = [engine.read_json(used.store, engine.round_key(r, "train.json")) for r in used.rounds()]
+    trains = [read_json(used.store, keys.round_key(r, keys.TRAIN)) for r in used.rounds()]
     assert any(t.get("n_machine", 0) > 0 for t in trains)
     assert [m["n_labeled"] for m in used.metrics()] == [m["n_labeled"] for m in p.metrics()]
 
@@ -52,7 +55,7 @@ def test_machine_labels_stay_out_of_training_and_counts_unless_enabled(auto_proj
 def test_export_marks_machine_labels_as_not_human_annotated(auto_project):
     import json
 
-    rows = [json.loads(line) for line in engine.export_labels_manifest(auto_project).splitlines()]
+    rows = [json.loads(line) for line in export_labels_manifest(auto_project).splitlines()]
     machine = [r for r in rows if r["label-metadata"]["source"] == "machine"]
     human = [r for r in rows if r["label-metadata"]["source"] == "human"]
     assert machine and human

@@ -7,16 +7,18 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from crowdloop.engine import Project, round_key
+from crowdloop import keys
+from crowdloop.engine import Project
 from crowdloop.storage import read_json
 from crowdloop.storage.local import LocalStore
-from tests.conftest import CONFIGS, crowdloop_cmd, small_config
+from tests.conftest import CONFIGS, REPO, crowdloop_cmd, small_config
 
 pytestmark = pytest.mark.slow
 
@@ -77,8 +79,8 @@ def outcome(project_dir: Path) -> dict:
     batches = [read_json(p.vendor.store, k) for k in p.vendor.store.list("batches/")]
     vendor_items = [t["item_id"] for b in batches for t in b["tasks"]]
     log = [json.loads(l) for l in (project_dir / "annotations.jsonl").read_text().splitlines()]
-    pay_total = sum(read_json(p.store, round_key(r, "pay.json"))["total"] for r in p.rounds()
-                    if p.store.exists(round_key(r, "pay.json")))
+    pay_total = sum(read_json(p.store, keys.round_key(r, keys.PAY))["total"] for r in p.rounds()
+                    if p.store.exists(keys.round_key(r, keys.PAY)))
     ledger = p.vendor.ledger()
     return {
         "labels": labels,
@@ -118,7 +120,9 @@ def check_same_as_uninterrupted(project_dir: Path, expected: dict) -> None:
 def test_sigkill_at_a_step_boundary_then_resume(fault: str, cli_env: dict, uninterrupted: dict, tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(CRASH_CONFIG))
     args = ["run", str(tmp_path / "c.yaml"), "--project-dir", str(tmp_path / "p")]
-    killed = run_cli(args, {**cli_env, "CROWDLOOP_FAULT_AT": fault})
+    launcher = [sys.executable, "-m", "tests.faults"]  # `crowdloop` with the test harness's kill points
+    killed = subprocess.run(launcher + args, env={**cli_env, "CROWDLOOP_FAULT_AT": fault}, capture_output=True,
+                            text=True, timeout=300, cwd=REPO)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (tmp_path / "p" / "labels.jsonl").exists()  # it really died mid-run
     resumed = run_cli(args, cli_env)

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from crowdloop.pay import reward_for
 from crowdloop import engine, registry
 from crowdloop.config import parse_config
-from crowdloop.engine import Project, round_key
+from crowdloop import keys
+from crowdloop.engine import Project
 from crowdloop.errors import ConfigError, VendorDataError
 from crowdloop.records import Annotation, utcnow
 from crowdloop.storage import read_json
@@ -20,22 +22,16 @@ def project(tmp_path: Path, **overrides) -> Project:
 
 
 def finish_round(p: Project, r: int) -> None:
-    """Steps of one labeling round, in the flow's order."""
-    engine.train(p, r)
-    engine.evaluate(p, r)
-    engine.select(p, r)
-    engine.dispatch(p, r)
-    engine.collect(p, r)
-    engine.aggregate(p, r)
-    engine.pay(p, r)
+    """One labeling round, walked by the engine's own table of steps."""
+    assert engine.run_round(p, r) is None
 
 
 def test_round_zero_is_a_cold_start_and_round_one_trains(tmp_path: Path) -> None:
     p = project(tmp_path)
     finish_round(p, 0)
-    assert read_json(p.store, round_key(0, "train.json"))["trained"] is False
-    assert read_json(p.store, round_key(0, "metrics.json"))["accuracy"] is None
-    assert read_json(p.store, round_key(0, "selection.json"))["strategy"] == "cold_start:random"
+    assert read_json(p.store, keys.round_key(0, keys.TRAIN))["trained"] is False
+    assert read_json(p.store, keys.round_key(0, keys.METRICS))["accuracy"] is None
+    assert read_json(p.store, keys.round_key(0, keys.SELECTION))["strategy"] == "cold_start:random"
     assert len(p.annotations()) == 30 * 3
     engine.train(p, 1)
     metrics = engine.evaluate(p, 1)
@@ -46,7 +42,7 @@ def test_round_zero_is_a_cold_start_and_round_one_trains(tmp_path: Path) -> None
 
 def test_kmeans_cold_start(tmp_path: Path) -> None:
     p = project(tmp_path, **{"sampler.cold_start": "kmeans"})
-    engine.train(p, 0)
+    engine.run_round(p, 0, until="select")
     picked = engine.select(p, 0)
     assert picked["strategy"] == "cold_start:kmeans" and len(set(picked["item_ids"])) == 30
 
@@ -55,7 +51,7 @@ def test_items_are_never_dispatched_twice(tmp_path: Path) -> None:
     p = project(tmp_path)
     for r in range(3):
         finish_round(p, r)
-    batches = [read_json(p.store, round_key(r, "dispatch.json"))["tasks"] for r in range(3)]
+    batches = [read_json(p.store, keys.round_key(r, keys.DISPATCH))["tasks"] for r in range(3)]
     items = [t["item_id"] for batch in batches for t in batch]
     assert len(items) == len(set(items)) == 70
 
@@ -91,9 +87,9 @@ def test_money_budget(tmp_path: Path) -> None:
     p = project(tmp_path, **{"stopping.money_budget": 5.0, "pay.hourly_wage": 12.0, "pay.pilot_seconds_per_task": 10})
     finish_round(p, 0)
     spent = p.spent(1)
-    assert spent == pytest.approx(read_json(p.store, round_key(0, "pay.json"))["total"])
+    assert spent == pytest.approx(read_json(p.store, keys.round_key(0, keys.PAY))["total"])
     size, why = engine.next_batch_size(p, 1)
-    per_item = engine.reward_for(engine._expected_seconds(p, 1), 12.0) * 3
+    per_item = reward_for(engine.expected_task_seconds(p, 1), 12.0) * 3
     assert size == min(20, int((5.0 - spent) // per_item)) and why is None
 
 
@@ -103,20 +99,20 @@ def test_target_accuracy_stops_and_is_recorded(tmp_path: Path) -> None:
     engine.train(p, 1)
     reason = engine.stop_reason(p, 1, engine.evaluate(p, 1))
     assert reason and reason.startswith("target_accuracy=0.2 reached")
-    assert read_json(p.store, engine.STOP_KEY)["round"] == 1
+    assert read_json(p.store, keys.STOP)["round"] == 1
 
 
 def test_pay_meets_the_target_wage(tmp_path: Path) -> None:
     p = project(tmp_path, **{"pay.hourly_wage": 15.0, "pay.pilot_seconds_per_task": 4.0})
     finish_round(p, 0)
-    record = read_json(p.store, round_key(0, "pay.json"))
+    record = read_json(p.store, keys.round_key(0, keys.PAY))
     paid = record["rewards"] + record["bonuses"]
     # pilot estimate too low (4 s vs ~8 s measured): the top-up restores the wage at the median duration
     assert record["bonuses"] > 0
     assert paid / (record["n_approved"] * record["median_seconds"] / 3600) >= 15.0
     assert p.vendor.ledger()["paid"] + p.vendor.ledger()["bonuses"] == pytest.approx(paid)
     finish_round(p, 1)
-    later = read_json(p.store, round_key(1, "dispatch.json"))
+    later = read_json(p.store, keys.round_key(1, keys.DISPATCH))
     assert later["estimated_seconds"] == pytest.approx(record["median_seconds"], abs=1e-3)
 
 
@@ -147,13 +143,11 @@ def test_label_outside_class_list_is_a_clear_error_and_good_answers_are_kept(tmp
     registry.vendors.register("badlabel", _BadLabelVendor)
     try:
         p = project(tmp_path, **{"vendor.name": "badlabel", "vendor.params": {}})
-        engine.train(p, 0)
-        engine.evaluate(p, 0)
-        engine.dispatch(p, 0)
+        engine.run_round(p, 0, until="dispatch")
         with pytest.raises(VendorDataError, match=r"label 'not-a-class' .* not one of the classes"):
             engine.collect(p, 0)
         assert [a.assignment_id for a in p.annotations()] == ["ok-1"]
-        assert not p.store.exists(round_key(0, "collected.json"))
+        assert not p.store.exists(keys.round_key(0, keys.COLLECTED))
     finally:
         registry.vendors._overrides.pop("badlabel", None)
 
@@ -169,8 +163,8 @@ def test_resuming_with_a_different_config_names_the_field(tmp_path: Path) -> Non
 def test_tasks_carry_the_models_prediction_once_a_model_exists(tmp_path: Path) -> None:
     p = project(tmp_path)
     finish_round(p, 0)
-    assert all("prediction" not in t["payload"] for t in read_json(p.store, round_key(0, "dispatch.json"))["tasks"])
+    assert all("prediction" not in t["payload"] for t in read_json(p.store, keys.round_key(0, keys.DISPATCH))["tasks"])
     finish_round(p, 1)
-    tasks = read_json(p.store, round_key(1, "dispatch.json"))["tasks"]
+    tasks = read_json(p.store, keys.round_key(1, keys.DISPATCH))["tasks"]
     assert tasks and all(t["payload"]["prediction"]["label"] in p.classes for t in tasks)
     assert all(0 < t["payload"]["prediction"]["score"] <= 1 for t in tasks)

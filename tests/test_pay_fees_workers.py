@@ -9,6 +9,8 @@ from tests.conftest import small_config
 from tests.crowd_helpers import run_engine
 from typer.testing import CliRunner
 
+from crowdloop.storage import read_json
+from crowdloop import keys
 from crowdloop import engine
 from crowdloop.cli import app
 from crowdloop.config import PayConfig, VendorFee, load_config
@@ -39,7 +41,7 @@ def paid_project(tmp_path_factory):
 def test_fees_are_accounted_per_vendor_rule(paid_project):
     p = paid_project
     for r in p.rounds()[:-1]:
-        pay = engine.read_json(p.store, engine.round_key(r, "pay.json"))
+        pay = read_json(p.store, keys.round_key(r, keys.PAY))
         # redundancy 3 >= bulk_min_assignments 3: 40% on rewards, 20% on bonuses
         assert pay["fees"] == pytest.approx(round(0.4 * pay["rewards"] + 0.2 * pay["bonuses"], 2), abs=0.011)
         assert pay["total"] == pytest.approx(pay["rewards"] + pay["bonuses"] + pay["fees"], abs=0.011)
@@ -49,7 +51,7 @@ def test_fees_are_accounted_per_vendor_rule(paid_project):
 def test_worker_accounts_add_up_to_what_was_paid(paid_project):
     p = paid_project
     acc = worker_accounts(p)
-    pays = [engine.read_json(p.store, engine.round_key(r, "pay.json")) for r in p.rounds()[:-1]]
+    pays = [read_json(p.store, keys.round_key(r, keys.PAY)) for r in p.rounds()[:-1]]
     assert sum(w["judgments"] for w in acc["workers"]) == len(p.annotations())
     assert sum(w["paid"] for w in acc["workers"]) == pytest.approx(sum(x["rewards"] + x["bonuses"] for x in pays), abs=0.05)
     assert acc["median_wage"] >= acc["target_wage"]

@@ -116,9 +116,7 @@ def test_the_loop_runs_with_the_installed_plugin(plugin, tmp_path):
         "consensus.method": "majority_vote", "consensus.redundancy": 2, "collect.timeout_s": 5}))
     p = engine.Project.prepare(cfg, str(tmp_path / "project"))
     r = 0
-    while engine.stop_reason(p, r, engine.evaluate(p, r)) is None:
-        for step in (engine.select, engine.dispatch, engine.collect, engine.aggregate, engine.pay):
-            step(p, r)
+    while engine.run_round(p, r) is None:
         r += 1
     assert r == 3
     anns = p.annotations()

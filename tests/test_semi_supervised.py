@@ -11,6 +11,8 @@ from sklearn.datasets import load_digits
 from tests.conftest import small_config
 from tests.crowd_helpers import run_engine
 
+from crowdloop.storage import read_json
+from crowdloop import keys
 from crowdloop import engine
 from crowdloop.config import parse_config
 from crowdloop.errors import ConfigError
@@ -76,7 +78,7 @@ def test_the_loop_trains_on_spread_labels_but_counts_only_human_ones(tmp_path):
     test_ids = set(p.test.ids.tolist())
     trained = 0
     for r in p.rounds():
-        info = engine.read_json(p.store, engine.round_key(r, "train.json"))
+        info = read_json(p.store, keys.round_key(r, keys.TRAIN))
         if not info["trained"]:
             continue
         trained += 1
@@ -89,7 +91,7 @@ def test_the_loop_trains_on_spread_labels_but_counts_only_human_ones(tmp_path):
             assert m.item_id not in human and m.item_id not in test_ids
         # the stored model is exactly the estimator fitted on human + spread labels
         rows = sorted(p.human_labels(before_round=r) + spread, key=lambda l: l.item_id)
-        idx = np.array([p._index_of[l.item_id] for l in rows])
+        idx = np.array([p.index_of[l.item_id] for l in rows])
         ref = clone(p.model_template).fit(p.pool.X[idx], np.array([l.label for l in rows], dtype=object))
         assert np.allclose(ref.predict_proba(p.test.X), p.load_model(r).predict_proba(p.test.X))
         if r == 1:  # same human labels as the plain project in round 1, different model
@@ -97,7 +99,7 @@ def test_the_loop_trains_on_spread_labels_but_counts_only_human_ones(tmp_path):
     assert trained >= 2
     # a rerun of a finished step reads what was written: same spread labels, same train record
     again = engine.train(p, p.rounds()[-1])
-    assert again == engine.read_json(p.store, engine.round_key(p.rounds()[-1], "train.json"))
+    assert again == read_json(p.store, keys.round_key(p.rounds()[-1], keys.TRAIN))
 
 
 def test_with_auto_labels_in_training_spread_labels_never_overwrite_them(tmp_path):
@@ -106,7 +108,7 @@ def test_with_auto_labels_in_training_spread_labels_never_overwrite_them(tmp_pat
     p = run_engine(small_config(**both), str(tmp_path / "both"))
     checked = 0
     for r in p.rounds():
-        info = engine.read_json(p.store, engine.round_key(r, "train.json"))
+        info = read_json(p.store, keys.round_key(r, keys.TRAIN))
         if not info["trained"]:
             continue
         auto = {l.item_id for l in p.machine_labels(before_round=r)}

@@ -329,7 +329,7 @@ def project_suggester(project: Any) -> Suggest:
 
     def suggest(task: Task) -> tuple[str, float] | None:
         model = project.load_model(task.round)
-        index = project._index_of.get(task.item_id)
+        index = project.index_of.get(task.item_id)
         if model is None or index is None:
             return None
         proba = model.predict_proba(project.pool.X[index: index + 1])[0]

@@ -177,17 +177,18 @@ def account_balance(*, sandbox: bool = True, region: str = "us-east-1") -> float
 
 def expire_round(location: str, round_: int) -> list[str]:
     """Expire the open HITs of one round of the project at ``location``; returns their ids."""
-    from crowdloop.engine import Project, round_key
+    from crowdloop import keys
+    from crowdloop.engine.project import Project
     from crowdloop.storage import PrefixedStore
 
     project = Project.open(location)
     if project.config.vendor.name != "mturk":
         raise ConfigError(f"project {location}: vendor.name is {project.config.vendor.name!r}, expected 'mturk'")
-    intent = read_json(project.store, round_key(round_, "dispatch.json"), default=None)
+    intent = project.record(round_, keys.DISPATCH, default=None)
     if intent is None:
-        raise VendorError(f"project {location}: round {round_} was never dispatched (no {round_key(round_, 'dispatch.json')})")
+        raise VendorError(f"project {location}: round {round_} was never dispatched (no {keys.round_key(round_, keys.DISPATCH)})")
     context = VendorContext(project=project.config.project, name="mturk", seed=project.config.seed, classes=(),
-                            store=PrefixedStore(project.store, "vendor/mturk"), item_payload=_no_payload)
+                            store=PrefixedStore(project.store, keys.vendor_prefix("mturk")), item_payload=_no_payload)
     return MTurkVendor(dict(project.config.vendor.params), context).expire_batch(intent["batch_id"])
 
 

@@ -6,6 +6,8 @@ import pytest
 from tests.conftest import small_config
 from tests.crowd_helpers import intents, run_engine
 
+from crowdloop.storage import read_json
+from crowdloop import keys
 from crowdloop import engine
 from crowdloop.workers import worker_accounts
 
@@ -59,7 +61,7 @@ def test_spammers_are_blocked_and_get_no_more_tasks(gold_project):
     spammers = {vendor.worker_ids[i] for i, s in enumerate(vendor.is_spammer) if s}
     blocked_when: dict[str, int] = {}
     for r in p.rounds():
-        summary = p.store.exists(engine.round_key(r, "aggregate.json")) and engine.read_json(p.store, engine.round_key(r, "aggregate.json"))
+        summary = p.store.exists(keys.round_key(r, keys.AGGREGATE)) and read_json(p.store, keys.round_key(r, keys.AGGREGATE))
         for w in (summary or {}).get("blocked_workers", []):
             blocked_when.setdefault(w, r)
     assert blocked_when, "no worker was blocked"
@@ -78,7 +80,7 @@ def test_spammers_are_blocked_and_get_no_more_tasks(gold_project):
 
 def test_gold_answers_feed_worker_skill(gold_project):
     p = gold_project
-    last = engine.read_json(p.store, engine.round_key(p.rounds()[-2], "aggregate.json"))
+    last = read_json(p.store, keys.round_key(p.rounds()[-2], keys.AGGREGATE))
     spammers = {p.vendor.worker_ids[i] for i, s in enumerate(p.vendor.is_spammer) if s}
     skill = last["worker_skill"]
     assert max(skill[w] for w in spammers if w in skill) < min(skill[w] for w in skill if w not in spammers)
@@ -90,7 +92,7 @@ def test_rejections_only_with_missed_gold_named_in_the_reason(gold_project):
     anns = {a.assignment_id: a for a in p.annotations()}
     n = 0
     for r in p.rounds():
-        pay = engine.read_json(p.store, engine.round_key(r, "pay.json"), default=None) or {}
+        pay = read_json(p.store, keys.round_key(r, keys.PAY), default=None) or {}
         for rej in pay.get("rejections", []):
             n += 1
             assert rej["missed_gold"]
@@ -101,7 +103,7 @@ def test_rejections_only_with_missed_gold_named_in_the_reason(gold_project):
             assert set(rej["missed_gold"]) == missed
             assert pay["n_rejected"] >= len(rej["assignment_ids"])
     assert n > 0, "the spammy crowd should have produced evidence-backed rejections"
-    acks = [engine.read_json(p.vendor.store, k) for k in p.vendor.store.list("acks/")]
+    acks = [read_json(p.vendor.store, k) for k in p.vendor.store.list("acks/")]
     for ack in acks:
         if not ack["accept"]:
             assert ack["paid"] == 0.0 and "known answer" in ack["reason"]
@@ -144,7 +146,7 @@ def test_low_agreement_workers_are_blocked_without_gold_and_still_paid(tmp_path)
     spammers = {vendor.worker_ids[i] for i, s in enumerate(vendor.is_spammer) if s}
     blocked_when: dict[str, int] = {}
     for r in p.rounds():
-        summary = engine.read_json(p.store, engine.round_key(r, "aggregate.json"), default=None) or {}
+        summary = read_json(p.store, keys.round_key(r, keys.AGGREGATE), default=None) or {}
         assert "blocked_workers" not in summary  # gold is off: nobody is blocked on gold evidence
         for w, agreement in summary.get("blocked_on_agreement", {}).items():
             assert agreement < 0.4
@@ -154,7 +156,7 @@ def test_low_agreement_workers_are_blocked_without_gold_and_still_paid(tmp_path)
     for a in p.annotations():  # no work after the block reached the vendor (the next dispatch)
         if a.worker_id in blocked_when:
             assert a.round <= blocked_when[a.worker_id]
-    reasons = {engine.read_json(vendor.store, k)["reason"] for k in vendor.store.list("blocks/")}
+    reasons = {read_json(vendor.store, k)["reason"] for k in vendor.store.list("blocks/")}
     assert reasons and all("consensus" in r and "paid for all approved work" in r for r in reasons)
     accounts = {w["worker_id"]: w for w in worker_accounts(p)["workers"]}
     for w in blocked_when:

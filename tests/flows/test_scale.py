@@ -8,7 +8,8 @@ import pytest
 
 from crowdloop import engine
 from crowdloop.config import parse_config
-from crowdloop.engine import Project, round_key
+from crowdloop import keys
+from crowdloop.engine import Project
 from crowdloop.storage import read_json
 from tests.conftest import small_config
 from tests.test_engine import finish_round
@@ -27,13 +28,13 @@ def test_sharded_selection_equals_whole_pool_selection(tmp_path: Path) -> None:
     sharded = _selection_after_one_round(tmp_path, "four", 4)
     assert sorted(sharded) == sorted(whole)  # top-k is decomposable: same items, any order
     p = Project.open(str(tmp_path / "four"))
-    assert len(p.store.list(round_key(1, "shards/"))) == 4
-    assert read_json(p.store, round_key(1, "selection.json"))["shards"] == 4
+    assert len(p.store.list(keys.round_key(1, "shards/"))) == 4
+    assert read_json(p.store, keys.round_key(1, keys.SELECTION))["shards"] == 4
 
 
 def test_cold_start_and_diversity_are_not_sharded(tmp_path: Path) -> None:
     p = Project.prepare(parse_config(small_config(**{"scale.shards": 4})), str(tmp_path / "p"))
-    assert engine.sharded_scoring(p, 0) == 1  # no model yet
+    assert engine.shard_count(p, 0) == 1  # no model yet
 
 
 @pytest.mark.slow
@@ -47,5 +48,5 @@ def test_flow_scores_shards_on_a_local_dask_cluster(prefect_api_url: str, tmp_pa
     state = flow(config, str(tmp_path / "p"))
     assert [r["n_labeled"] for r in state["rounds"]] == [0, 30, 50]
     p = Project.open(str(tmp_path / "p"))
-    assert read_json(p.store, round_key(1, "selection.json"))["shards"] == 4
-    assert len(p.store.list(round_key(1, "shards/"))) == 4
+    assert read_json(p.store, keys.round_key(1, keys.SELECTION))["shards"] == 4
+    assert len(p.store.list(keys.round_key(1, "shards/"))) == 4

@@ -11,6 +11,7 @@ import torch
 from sklearn.base import clone
 from sklearn.datasets import load_digits
 
+from crowdloop import keys
 from crowdloop import engine
 from crowdloop.config import parse_config
 from crowdloop.errors import ConfigError
@@ -108,7 +109,7 @@ def test_an_ensemble_runs_the_loop_and_warm_starts_between_rounds(tmp_path, fash
         "stopping.max_rounds": 2}))
     p = engine.run_in_process(engine.Project.prepare(cfg, str(tmp_path / "project")))
     assert [m["n_labeled"] for m in p.metrics()] == [0, 60, 80]
-    assert read_json(p.store, engine.round_key(2, "train.json"))["warm_from_round"] == 1
+    assert read_json(p.store, keys.round_key(2, keys.TRAIN))["warm_from_round"] == 1
     model = p.load_model(2)
     assert isinstance(model, SeedEnsemble) and len(model.members_) == 2
     assert all(m.warm_started_ for m in model.members_)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from crowdloop import keys
 from crowdloop import engine
 from crowdloop.config import parse_config
 from crowdloop.errors import ConfigError, PoolError
@@ -136,7 +137,7 @@ def test_the_annotation_app_shows_a_fashion_mnist_image(tmp_path, fashion_dir):
         "pool": {"source": "fashion_mnist", "path": str(fashion_dir), "max_items": 200, "test_size": 0.25},
         "vendor": {"name": "local", "params": {}}, "sampler.initial_size": 3}))
     p = engine.Project.prepare(cfg, str(tmp_path / "project"))
-    engine.dispatch(p, 0)
+    engine.run_round(p, 0, until="dispatch")
     v = p.vendor
     token = v.add_annotator("ann")
     client = TestClient(create_app(v), base_url="http://testserver", follow_redirects=False)
@@ -152,7 +153,7 @@ def test_the_annotation_app_shows_a_fashion_mnist_image(tmp_path, fashion_dir):
 
     shown = decode_png(torch.frombuffer(bytearray(img.content), dtype=torch.uint8), mode=ImageReadMode.GRAY)[0].numpy()
     item = re.search(r'data-item="([^"]+)"', page).group(1)
-    pixels = p.pool.X[p._index_of[item]].reshape(28, 28)
+    pixels = p.pool.X[p.index_of[item]].reshape(28, 28)
     expected = 255 - np.round(255 * pixels / pixels.max())  # dark ink on white, like the digits
     assert np.abs(shown.astype(int) - expected.astype(int)).max() <= 1
     assert client.get(f"/image/{src.split('/')[2]}/{item_key('fmnist-train-99999')}").status_code == 404
@@ -173,7 +174,7 @@ def test_loop_rounds_with_the_cnn_through_the_engine(tmp_path, fashion_dir):
     assert engine.select(p, 1)["strategy"] == "bald"
     from crowdloop.storage import read_json
 
-    assert "warm_from_round" not in read_json(p.store, engine.round_key(1, "train.json"))
-    assert read_json(p.store, engine.round_key(2, "train.json"))["warm_from_round"] == 1
+    assert "warm_from_round" not in read_json(p.store, keys.round_key(1, keys.TRAIN))
+    assert read_json(p.store, keys.round_key(2, keys.TRAIN))["warm_from_round"] == 1
     model = p.load_model(2)
     assert model.warm_started_ and model.embed(p.pool.X[:3]).shape == (3, 128)

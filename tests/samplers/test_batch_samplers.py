@@ -145,8 +145,7 @@ def test_engine_passes_labeled_set_only_to_samplers_that_ask(tmp_path):
         p = engine.Project.prepare(cfg, str(tmp_path / "proj"))
         for step in (engine.train, engine.evaluate, engine.select, engine.dispatch, engine.collect, engine.aggregate):
             step(p, 0)
-        engine.train(p, 1)
-        engine.select(p, 1)
+        engine.run_round(p, 1, until="select")
     finally:
         registry.samplers._overrides.pop("spy_labeled", None)
     n_labeled = len(p.human_labels(before_round=1))
@@ -161,8 +160,9 @@ def test_engine_typiclust_cold_start_spreads_round_zero(tmp_path):
 
     cfg = LoopConfig.model_validate(small_config(**{"sampler.cold_start": "typiclust", "sampler.initial_size": 20}))
     p = engine.Project.prepare(cfg, str(tmp_path / "proj"))
+    engine.run_round(p, 0, until="select")
     first = engine.select(p, 0)
     assert first["strategy"] == "cold_start:typiclust" and len(set(first["item_ids"])) == 20
     assert engine.select(p, 0) == first  # a retried step picks the same items
-    rows = [p._index_of[i] for i in first["item_ids"]]
+    rows = [p.index_of[i] for i in first["item_ids"]]
     assert len(np.unique(p.pool.y[rows])) >= 7  # typical items of 20 clusters cover most digits

@@ -16,7 +16,8 @@ pytest.importorskip("label_studio_sdk")
 
 from crowdloop import engine  # noqa: E402
 from crowdloop.config import parse_config  # noqa: E402
-from crowdloop.engine import Project, round_key  # noqa: E402
+from crowdloop import keys
+from crowdloop.engine import Project# noqa: E402
 from crowdloop.storage import read_json  # noqa: E402
 from tests.conftest import small_config  # noqa: E402
 from tests.vendors import label_studio_server as lss  # noqa: E402
@@ -56,9 +57,7 @@ def test_two_rounds_with_label_studio(tmp_path: Path, label_studio: lss.Server, 
                                   password=f"annotator-{k}-password") for k in range(2)]
 
     for r in range(2):
-        engine.train(p, r)
-        engine.evaluate(p, r)
-        engine.select(p, r)
+        engine.run_round(p, r, until="dispatch")
         dispatched = engine.dispatch(p, r)
         batch = read_json(p.vendor.store, f"batches/{dispatched['batch_id']}.json")
         project_id = batch["project_id"]
@@ -80,11 +79,11 @@ def test_two_rounds_with_label_studio(tmp_path: Path, label_studio: lss.Server, 
     assert sorted({a.duration_s for a in anns}) == [5.0, 6.0]
     labels = p.human_labels(before_round=2)
     assert len(labels) == 10 and all(l.label == truth[l.item_id] for l in labels)
-    assert read_json(p.store, round_key(1, "collected.json"))["complete"] is True
+    assert read_json(p.store, keys.round_key(1, keys.COLLECTED))["complete"] is True
     tasks = list(ls.tasks.list(project=project_id, fields="all"))
     assert len(tasks) == 10  # nothing imported twice
     # a resubmission of a batch creates nothing new
-    intent = read_json(p.store, round_key(1, "dispatch.json"))
+    intent = read_json(p.store, keys.round_key(1, keys.DISPATCH))
     from crowdloop.records import Task
 
     p.vendor.submit([Task.model_validate(t) for t in intent["tasks"]], batch_id=intent["batch_id"])

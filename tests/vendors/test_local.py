@@ -139,7 +139,7 @@ def _client(v: LocalVendor) -> TestClient:
 
 def test_the_app_serves_nothing_without_a_valid_token(text_project):
     v = text_project.vendor
-    engine.dispatch(text_project, 0)
+    engine.run_round(text_project, 0, until="dispatch")
     token = v.add_annotator("alice")
     client = _client(v)
     for url in ("/", "/?token=wrong", "/image/x/y", "/static/../../etc/passwd", "/docs", "/openapi.json"):
@@ -198,7 +198,7 @@ def test_suggestions_are_shown_when_enabled_but_never_for_gold(text_project):
 def test_image_routes_serve_only_pool_items(tmp_path):
     cfg = parse_config(small_config(**{"vendor": {"name": "local", "params": {}}, "sampler.initial_size": 3}))
     p = engine.Project.prepare(cfg, str(tmp_path / "digits"))
-    engine.dispatch(p, 0)
+    engine.run_round(p, 0, until="dispatch")
     v = p.vendor
     token = v.add_annotator("ann")
     client = _client(v)
@@ -234,6 +234,7 @@ def test_cli_refuses_projects_of_other_vendors(tmp_path):
 def test_a_round_collects_what_annotators_answered(text_project):
     p = text_project
     v = p.vendor
+    engine.run_round(p, 0, until="dispatch")
     refs = engine.dispatch(p, 0)["refs"]
     truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist()))
     while (found := v.next_task("ann")) is not None:

@@ -66,14 +66,14 @@ def test_label_with_the_keyboard_undo_and_collect(browser, serve, tmp_path):
     truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist()))
     desk = p.vendor
     # round 0 answered directly, so round 1 has a model and its suggestions
-    engine.dispatch(p, 0)
+    engine.run_round(p, 0, until="dispatch")
     while (found := desk.next_task("warmup")) is not None:
         desk.answer("warmup", found[0].batch_id, found[0].item_id, truth[found[0].item_id], client_seconds=4)
     real_clock = desk.clock
     desk.clock = lambda: real_clock() + 3600  # past the undo window
     for step in (engine.collect, engine.aggregate, engine.pay):
         step(p, 0)
-    engine.evaluate(p, 1)
+    engine.run_round(p, 1, until="dispatch")
     batch = engine.dispatch(p, 1)["batch_id"]
     token = desk.add_annotator("alice")
     base = serve(p.store.url)
@@ -130,7 +130,7 @@ def xss_project(tmp_path) -> engine.Project:
         "vendor": {"name": "local", "params": {}}, "sampler.initial_size": 2, "sampler.batch_size": 2,
         "consensus.redundancy": 1}))
     p = engine.Project.prepare(cfg, str(tmp_path / "xss"))
-    engine.dispatch(p, 0)
+    engine.run_round(p, 0, until="dispatch")
     return p
 
 

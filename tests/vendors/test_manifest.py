@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from crowdloop import keys
 from crowdloop import engine
 from crowdloop.config import parse_config
 from crowdloop.records import Task
@@ -168,8 +169,7 @@ def test_the_loop_runs_rounds_through_a_shared_drop_box(tmp_path):
     outside = LocalStore(shared)
     truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist()))
     for r in range(2):
-        engine.train(p, r)
-        engine.evaluate(p, r)
+        engine.run_round(p, r, until="dispatch")
         refs = engine.dispatch(p, r)["refs"]
         manifest = [json.loads(l) for l in outside.read_bytes(refs[0]["manifest"]).splitlines()]
         assert len(manifest) == 6 and all(json.loads(l["source"]) for l in manifest)
@@ -182,7 +182,7 @@ def test_the_loop_runs_rounds_through_a_shared_drop_box(tmp_path):
         assert all(labels[i] == truth[i] for i in labels) and len(labels) == 6 * (r + 1)
         assert engine.pay(p, r)["n_approved"] == 12
     assert len(outside.list("acks/")) == 2 and len(outside.list("rejects/")) == 2
-    assert read_json(p.store, engine.round_key(1, "collected.json"))["complete"]
+    assert read_json(p.store, keys.round_key(1, keys.COLLECTED))["complete"]
 
 
 def test_the_drop_box_can_be_an_s3_bucket(tmp_path, s3_endpoint, s3_bucket):

@@ -14,7 +14,8 @@ from typer.testing import CliRunner  # noqa: E402
 from crowdloop import engine  # noqa: E402
 from crowdloop.cli import app  # noqa: E402
 from crowdloop.config import parse_config  # noqa: E402
-from crowdloop.engine import Project, round_key  # noqa: E402
+from crowdloop import keys
+from crowdloop.engine import Project# noqa: E402
 from crowdloop.storage import read_json  # noqa: E402
 from crowdloop.vendors import mturk  # noqa: E402
 from tests.conftest import small_config  # noqa: E402
@@ -55,15 +56,15 @@ def test_three_rounds_through_the_engine(tmp_path: Path, fake: FakeMTurk) -> Non
     assert len(labels) == 70 and all(l.label == truth[l.item_id] for l in labels)
     statuses = {a["AssignmentStatus"] for rows in fake.assignments.values() for a in rows}
     assert statuses == {"Approved"} and fake.calls.count("ApproveAssignment") == 210
-    pay0 = read_json(p.store, round_key(0, "pay.json"))
+    pay0 = read_json(p.store, keys.round_key(0, keys.PAY))
     # pilot estimate 10 s, measured 14 s: every assignment of round 0 got a top-up bonus, once
     assert pay0["bonus_per_assignment"] > 0
     bonuses_r0 = [b for b in fake.bonuses if b["AssignmentId"] in {a.assignment_id for a in anns if a.round == 0}]
     assert len(bonuses_r0) == 90 and {b["BonusAmount"] for b in bonuses_r0} == {f"{pay0['bonus_per_assignment']:.2f}"}
-    later = read_json(p.store, round_key(1, "dispatch.json"))
+    later = read_json(p.store, keys.round_key(1, keys.DISPATCH))
     assert later["estimated_seconds"] == pytest.approx(14.0)
     rewards = {h["Reward"] for h in fake.hits.values()}
-    assert rewards == {f"{read_json(p.store, round_key(r, 'dispatch.json'))['reward']:.2f}" for r in range(3)}
+    assert rewards == {f"{read_json(p.store, keys.round_key(r, keys.DISPATCH))['reward']:.2f}" for r in range(3)}
     engine.train(p, 3)
     metrics = engine.evaluate(p, 3)
     assert metrics["n_labeled"] == 70 and metrics["accuracy"] > 0.5
@@ -73,7 +74,7 @@ def test_three_rounds_through_the_engine(tmp_path: Path, fake: FakeMTurk) -> Non
     out = runner.invoke(app, ["mturk", "expire-round", str(tmp_path / "p"), "2"])
     assert out.exit_code == 0, out.output
     assert "expired 20 HIT(s)" in out.output
-    round2 = {r["hit_id"] for r in read_json(p.store, round_key(2, "refs.json"))["refs"]}
+    round2 = {r["hit_id"] for r in read_json(p.store, keys.round_key(2, keys.REFS))["refs"]}
     assert {h["HITId"] for h in fake.hits.values() if h["HITStatus"] == "Unassignable"} == round2
     out = runner.invoke(app, ["mturk", "balance"])
     assert out.exit_code == 0 and "sandbox balance: 10000.00 USD" in out.output

@@ -1,17 +1,17 @@
 """Fault injection inside a loop process, for the crash and faulty-service tests.
 
-Run the loop through this launcher instead of ``crowdloop``::
+Run the loop through this launcher instead of ``crowdloop`` (from the repository root)::
 
-    python -m crowdloop.testing_faults run CONFIG --project-dir DIR
+    python -m tests.faults run CONFIG --project-dir DIR
 
 It behaves exactly like ``crowdloop run`` and, driven by environment variables, adds:
 
 ``CROWDLOOP_FAULT_AT``
     comma-separated kill points; the process SIGKILLs itself (like an OOM kill) on reaching one:
-    ``<step>:done@<round>`` after an engine step returns (steps: reference, train, evaluate,
-    stop_reason, select, autolabel, dispatch, collect, aggregate, pay), the engine's own points
-    (``dispatch:before_submit@1``, ...), or ``call:<n>``: just before the n-th store write or
-    delete, or just after the n-th vendor API call's response arrived (MTurk).
+    any point the engine declares (``crowdloop.engine.declared_points()``: ``<step>:done@<round>``
+    after each step of ``ROUND_STEPS`` and ``reference``, and the points inside steps such as
+    ``dispatch:before_submit@1``), or ``call:<n>``: just before the n-th store write or delete,
+    or just after the n-th vendor API call's response arrived (MTurk).
 ``CROWDLOOP_FAULT_TRACE``
     a file to which every point reached and every counted call is appended, one per line, so
     a harness learns the points of an uninterrupted run (and how many calls it made).
@@ -33,7 +33,8 @@ It behaves exactly like ``crowdloop run`` and, driven by environment variables, 
 
 Decisions are a hash of (seed, call signature, how often that signature was seen), never a
 shared random stream, so background threads (the S3 lock's renewals) cannot shift them.
-Nothing here is imported by a normal run.
+Nothing here ships in the package: a normal run has no kill switch at all. The only hook it
+needs is ``crowdloop.engine.hooks.point``, which this launcher replaces.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from typing import Any
 
 KILL_ENV = "CROWDLOOP_FAULT_AT"
@@ -54,8 +54,6 @@ PERMANENT_ENV = "CROWDLOOP_PERMANENT_FAULT"
 LOCK_TTL_ENV = "CROWDLOOP_TEST_S3_LOCK_TTL_S"
 BACKOFF_ENV = "CROWDLOOP_TEST_BACKOFF_SCALE"
 
-STEPS = ("reference", "train", "evaluate", "stop_reason", "select", "autolabel", "dispatch", "collect",
-         "aggregate", "pay")
 TRANSIENT_KINDS = ("throttle", "5xx", "timeout_before", "timeout_after")
 
 
@@ -161,7 +159,7 @@ def install(env: dict[str, str] | None = None) -> _Injector:
     if _state is not None:
         return _state
     inj = _state = _Injector(dict(os.environ if env is None else env))
-    _patch_steps(inj)
+    _patch_points(inj)
     _patch_stores(inj)
     _patch_boto(inj)
     _patch_vendors(inj)
@@ -169,21 +167,12 @@ def install(env: dict[str, str] | None = None) -> _Injector:
     return inj
 
 
-def _patch_steps(inj: _Injector) -> None:
-    from crowdloop import engine
+def _patch_points(inj: _Injector) -> None:
+    """Every named point of the engine (step boundaries and the points inside steps) goes
+    through ``hooks.point``; replacing it reaches all of them, wherever the step lives."""
+    from crowdloop.engine import hooks
 
-    def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        def step(p: Any, *args: Any, **kwargs: Any) -> Any:
-            out = fn(p, *args, **kwargs)
-            inj.point(f"{name}:done", int(args[0]) if args else 0)
-            return out
-
-        return step
-
-    for name in STEPS:
-        setattr(engine, name, wrap(name, getattr(engine, name)))
-    engine.fault_point = inj.point  # the engine's own points inside dispatch and collect
+    hooks.point = inj.point
 
 
 def _patch_stores(inj: _Injector) -> None:
@@ -373,14 +362,16 @@ def _patch_flow_retries(inj: _Injector) -> None:
     """Keep the flow's retry path but with short delays, so transient-fault tests stay fast."""
     if inj.transient is None:
         return
+    from crowdloop.engine import ROUND_STEPS
     from crowdloop.flows import loop
 
-    for name in ("dispatch_task", "collect_task", "pay_task"):
-        setattr(loop, name, getattr(loop, name).with_options(retries=8, retry_delay_seconds=0.2))
+    for step in ROUND_STEPS:
+        if step.outside:
+            loop.STEP_TASKS[step.name] = loop.STEP_TASKS[step.name].with_options(retries=8, retry_delay_seconds=0.2)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m crowdloop.testing_faults <crowdloop args>``: the CLI with faults installed."""
+    """``python -m tests.faults <crowdloop args>``: the CLI with faults installed."""
     install()
     from crowdloop.cli import app
 

@@ -1,0 +1,57 @@
+"""Step ``aggregate``: every human judgment so far into one label per item (a snapshot per round).
+
+Gold items measure workers and are never labels. Besides the labels, the round's summary
+records each worker's skill, gold accuracy and the workers the quality policy stops sending
+tasks to (on gold evidence or low agreement); the next dispatch reads them from here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from crowdloop import keys
+from crowdloop.consensus.adaptive import gold_stats, low_agreement_workers, workers_to_block
+from crowdloop.engine.project import Project, write_once, write_once_bytes
+from crowdloop.engine.quality import annotation_table
+from crowdloop.records import AggregatedLabel, to_jsonl
+
+
+def aggregate(p: Project, r: int) -> dict[str, Any]:
+    """Aggregate the label log up to round ``r``; ``labels.jsonl`` and ``aggregate.json``."""
+    done = p.record(r, keys.AGGREGATE, default=None)
+    if done is not None and p.has(r, keys.LABELS):
+        return done
+    p.require(r, keys.COLLECTED, step="aggregate")
+    anns = [a for a in p.annotations() if a.round <= r]
+    method = p.config.consensus.method
+    labels: list[AggregatedLabel] = []
+    skills: dict[str, float] = {}
+    gold = p.gold_set
+    extra: dict[str, Any] = {}
+    if anns:
+        table = annotation_table(anns)
+        truths = pd.Series({i: gold[i] for i in table["task"].unique() if i in gold}, dtype=object) if gold else None
+        agg = p.aggregator().fit(table, true_labels=truths if truths is not None and len(truths) else None)
+        counts = table["task"].value_counts()
+        labels = [
+            AggregatedLabel(item_id=str(item), label=str(label), confidence=round(float(agg.confidence_[item]), 6),
+                            n_annotations=int(counts[item]), method=method, source="human", round=r)
+            for item, label in agg.labels_.items() if item not in gold  # gold measures workers; it is not a label
+        ]
+        skills = {str(w): round(float(s), 4) for w, s in agg.skills_.items()}
+        if gold:
+            stats = gold_stats(table, gold)
+            g = p.config.gold
+            extra["gold"] = {str(w): {"n_gold": int(row.n_gold), "n_correct": int(row.n_correct)} for w, row in stats.iterrows()}
+            extra["blocked_workers"] = workers_to_block(stats, min_answers=g.min_answers, min_accuracy=g.min_accuracy)
+        c = p.config.consensus
+        if c.block_below_agreement is not None:
+            low = low_agreement_workers(table, agg.probas_, min_judgments=c.block_min_judgments,
+                                        min_agreement=c.block_below_agreement)
+            extra["blocked_on_agreement"] = {w: v for w, v in sorted(low.items()) if w not in extra.get("blocked_workers", [])}
+    write_once_bytes(p.store, keys.round_key(r, keys.LABELS), to_jsonl(labels))
+    summary = {"round": r, "n_items": len(labels), "method": method, "worker_skill": skills, **extra}
+    write_once(p.store, keys.round_key(r, keys.AGGREGATE), summary)
+    return summary

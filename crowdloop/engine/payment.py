@@ -1,0 +1,64 @@
+"""Step ``pay``: approve round ``r``'s work, top up slow tasks to the target wage, account the money.
+
+The pay policy itself lives in ``crowdloop/pay.py``; rejections only ever come with gold
+evidence (``consensus/policy.py``). Vendor calls are idempotent (decisions and bonuses are
+keyed by assignment ids and a token), and ``pay.json`` is written last, so a crash anywhere
+in between re-runs the step without paying twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crowdloop import keys
+from crowdloop.engine.project import Project, write_once
+from crowdloop.engine.quality import gold_rejections
+from crowdloop.pay import fees_for, settle_batch, vendor_fee
+from crowdloop.records import utcnow
+
+
+def pay(p: Project, r: int) -> dict[str, Any]:
+    """Approve round ``r``'s assignments, top up when work took longer than paid for, account money."""
+    done = p.record(r, keys.PAY, default=None)
+    if done is not None:
+        return done
+    intent = p.require(r, keys.DISPATCH, step="pay")
+    p.require(r, keys.COLLECTED, step="pay")
+    batch = [a for a in p.annotations() if a.batch_id == intent["batch_id"]]
+    rejections = gold_rejections(p, r, batch)
+    rejected_ids = {aid for rej in rejections for aid in rej["assignment_ids"]}
+    mine = [a for a in batch if a.assignment_id not in rejected_ids]
+    settled = settle_batch(p.config.pay, reward=intent["reward"], estimated_seconds=intent["estimated_seconds"],
+                           durations=[a.duration_s for a in mine])
+    vendor = p.vendor
+    vendor.acknowledge(mine, accept=True)
+    for rej in rejections:  # only ever with gold evidence, and the reason names the missed gold items
+        vendor.acknowledge([a for a in batch if a.assignment_id in set(rej["assignment_ids"])], accept=False,
+                           reason=rej["reason"])
+    bonus_paid = 0.0
+    if settled.bonus_per_assignment > 0 and hasattr(vendor, "bonus"):
+        vendor.bonus(
+            mine, amount=settled.bonus_per_assignment, token=f"{intent['batch_id']}-topup",
+            reason=(f"Top-up: these tasks took a median {settled.median_seconds:.0f}s, more than the "
+                    f"{settled.estimated_seconds:.0f}s we paid for; this brings your pay to the target wage."),
+        )
+        bonus_paid = settled.bonuses
+    replicas = {t["item_id"]: t["replicas"] for t in intent["tasks"]}
+    fee_rule = vendor_fee(p.config.pay, intent["vendor"])
+    fees = fees_for(fee_rule, [(a.reward, replicas.get(a.item_id, 1)) for a in mine], bonus_paid)
+    deadline_s = p.config.pay.approval_deadline_h * 3600.0
+    now = utcnow()
+    record = {
+        "round": r, "n_approved": len(mine), "n_rejected": len(rejected_ids), "reward": intent["reward"],
+        "rewards": settled.rewards, "bonus_per_assignment": settled.bonus_per_assignment if bonus_paid else 0.0,
+        "bonuses": bonus_paid, "fees": fees, "total": round(settled.rewards + bonus_paid + fees, 2),
+        "median_seconds": round(settled.median_seconds, 3), "estimated_seconds": settled.estimated_seconds,
+        "work_seconds": round(sum(a.duration_s for a in mine), 3),
+        "approval_deadline_h": p.config.pay.approval_deadline_h,
+        "n_late": sum(1 for a in batch if (now - a.submitted_at).total_seconds() > deadline_s),
+        "fee_rule": fee_rule.model_dump(mode="json"),
+    }
+    if rejections:
+        record["rejections"] = rejections
+    write_once(p.store, keys.round_key(r, keys.PAY), record)
+    return record

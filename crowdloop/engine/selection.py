@@ -1,0 +1,175 @@
+"""Step ``select``: pick round ``r``'s batch from items never dispatched before.
+
+Selection depends only on (seed, r, store contents), so a redone selection picks the same
+items. The batch holds new items (by the cold-start rule before any model exists, else by the
+configured sampler), re-asks of unsure items (adaptive redundancy) and gold questions.
+Decomposable samplers (those with a ``proba_score``) can be scored in shards — one Prefect
+task each — whose per-shard top-k merge into the same items a single pass would pick.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any
+
+import numpy as np
+
+from crowdloop import keys, registry
+from crowdloop.engine.budget import next_batch_size
+from crowdloop.engine.project import STREAM_COLD_START, STREAM_SELECT, Project, write_once
+from crowdloop.engine.quality import gold_plan, reask_plan
+from crowdloop.errors import CrowdloopError
+from crowdloop.storage import read_json
+
+
+def excluded(p: Project, r: int) -> np.ndarray:
+    """Boolean mask over pool rows a sampler must never pick: dispatched before round ``r`` or gold.
+
+    Built from the (small) excluded set, so it costs O(dispatched), not a pass over a
+    million pool ids.
+    """
+    mask = np.zeros(len(p.pool), dtype=bool)
+    index_of = p.index_of
+    rows = [index_of[item] for item in p.dispatched_items(before_round=r) | set(p.gold_set) if item in index_of]
+    mask[np.asarray(rows, dtype=np.int64)] = True
+    return mask
+
+
+def _rows(X: Any, rows: np.ndarray) -> Any:
+    """``X[rows]``, but a lazy view for a sharded pool (read only if the sampler reads it)."""
+    return X.take_view(rows) if hasattr(X, "take_view") else X[rows]
+
+
+def _row_range(X: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of a pool's features without copying (a view, or a lazy sharded view)."""
+    return X.take_view(np.arange(start, stop)) if hasattr(X, "take_view") else X[start:stop]
+
+
+def _batch_size(p: Project, r: int) -> int:
+    """Round ``r``'s batch size; selecting when a stopping rule holds is a caller's bug."""
+    size, reason = next_batch_size(p, r)
+    if size == 0:
+        raise CrowdloopError(f"round {r}: nothing to select ({reason})")
+    return size
+
+
+def shard_count(p: Project, r: int) -> int:
+    """Number of shards round ``r``'s selection is scored in (1: not sharded).
+
+    Only samplers with a ``proba_score`` (decomposable top-k) are sharded, and only once a
+    model exists; diversity samplers and cold starts see the whole candidate set.
+    """
+    shards = p.config.scale.shards
+    if shards <= 1 or p.load_model(r) is None or p.has(r, keys.SELECTION):
+        return 1
+    return shards if getattr(registry.samplers.load(p.config.sampler.name), "proba_score", None) else 1
+
+
+def score_shard(p: Project, r: int, shard: int) -> dict[str, Any]:
+    """Top candidates of one contiguous shard of the pool, with scores and tie-break keys."""
+    n_shards = p.config.scale.shards
+    key = keys.shard_key(r, shard, n_shards)
+    done = read_json(p.store, key, default=None)
+    if done is not None:
+        return done
+    from crowdloop.samplers.scoring import stream_top_k
+
+    size = _batch_size(p, r)
+    bounds = np.linspace(0, len(p.pool), n_shards + 1).astype(np.int64)  # contiguous row ranges
+    start, stop = int(bounds[shard]), int(bounds[shard + 1])
+    skip = excluded(p, r)[start:stop]
+    model = p.load_model(r)
+    score = registry.samplers.load(p.config.sampler.name).proba_score
+    rng = np.random.default_rng([p.config.seed, r, STREAM_SELECT, shard])
+    result: dict[str, Any] = {"shard": shard, "item_ids": [], "scores": [], "keys": []}
+    n_free = int((~skip).sum())
+    if n_free:
+        picked = stream_top_k(model, _row_range(p.pool.X, start, stop), score, batch_size=min(size, n_free), rng=rng,
+                              chunk_size=p.config.sampler.chunk_size, exclude=skip)
+        rows = start + picked
+        result = {"shard": shard, "item_ids": p.pool.ids[rows].tolist(),
+                  "scores": [float(v) for v in score(model.predict_proba(p.pool.X[rows]))],
+                  "keys": rng.random(len(rows)).tolist()}
+    write_once(p.store, key, result)
+    return result
+
+
+def select(p: Project, r: int) -> dict[str, Any]:
+    """Pick round ``r``'s batch; recorded in ``selection.json``."""
+    done = p.record(r, keys.SELECTION, default=None)
+    if done is not None:
+        return done
+    p.require(r, keys.METRICS, step="select")
+    size, reason = next_batch_size(p, r)
+    reasks = reask_plan(p, r) if p.config.consensus.adaptive and r > 0 else []
+    if size == 0 and not reasks:
+        raise CrowdloopError(f"round {r}: nothing to select ({reason})")
+    start = time.perf_counter()
+    n_shards = shard_count(p, r) if size else 1
+    if n_shards > 1:  # merge per-shard top-k (scored in parallel by the flow, or here if missing)
+        strategy = p.config.sampler.name
+        parts = [score_shard(p, r, s) for s in range(n_shards)]
+        rows = [(-sc, k, item) for part in parts for item, sc, k in zip(part["item_ids"], part["scores"], part["keys"])]
+        item_ids = [item for _, _, item in sorted(rows)[:size]]
+    else:
+        strategy, item_ids = _pick(p, r, size)
+    selection: dict[str, Any] = {
+        "round": r,
+        "strategy": strategy,
+        "item_ids": item_ids,
+        "seconds": round(time.perf_counter() - start, 4),
+    }
+    if n_shards > 1:
+        selection["shards"] = n_shards
+    if p.config.consensus.adaptive:
+        selection["reask"] = reasks
+    if p.config.gold.enabled:
+        selection["gold"] = gold_plan(p, r, len(item_ids) + len(reasks))
+    write_once(p.store, keys.round_key(r, keys.SELECTION), selection)
+    return p.record(r, keys.SELECTION)
+
+
+def _pick(p: Project, r: int, size: int) -> tuple[str, list[str]]:
+    """``size`` new items by the cold-start rule (no model yet) or the configured sampler."""
+    if size == 0:
+        return "re-ask only", []
+    model = p.load_model(r)
+    strategy = p.config.sampler.name
+    score = getattr(registry.samplers.load(strategy), "proba_score", None)
+    if model is not None and score is not None and not p.config.sampler.params:
+        # Uncertainty samplers stream the whole pool with an exclude mask: no copy of the
+        # candidate rows, memory bounded by one chunk (a sharded pool is read shard by shard).
+        from crowdloop.samplers.scoring import stream_top_k
+
+        picked = stream_top_k(model, p.pool.X, score, batch_size=size, rng=p.rng(r, STREAM_SELECT),
+                              chunk_size=p.config.sampler.chunk_size, exclude=excluded(p, r))
+        return strategy, p.pool.ids[picked].tolist()
+    candidates = np.flatnonzero(~excluded(p, r)).astype(np.int64)
+    if model is None:
+        strategy = f"cold_start:{p.config.sampler.cold_start}"
+        rng = p.rng(r, STREAM_COLD_START)
+        if p.config.sampler.cold_start == "kmeans":
+            from crowdloop.samplers.uncertainty import kmeans_cold_start
+
+            picked = kmeans_cold_start(_rows(p.pool.X, candidates), batch_size=size, rng=rng)
+        else:
+            rule = "typiclust" if p.config.sampler.cold_start == "typiclust" else "random"
+            picked = registry.samplers.load(rule)(None, _rows(p.pool.X, candidates), batch_size=size, rng=rng)
+    else:
+        sampler = registry.samplers.load(strategy)
+        params = dict(p.config.sampler.params)
+        if strategy != "random":
+            params.setdefault("chunk_size", p.config.sampler.chunk_size)
+        accepts = inspect.signature(sampler).parameters  # the labeled set only for samplers that ask for it
+        if "X_labeled" in accepts or "y_labeled" in accepts:
+            labels = sorted(p.human_labels(before_round=r), key=lambda label: label.item_id)
+            if "X_labeled" in accepts:
+                params.setdefault("X_labeled", p.pool.X[p.rows_of([label.item_id for label in labels])])
+            if "y_labeled" in accepts:
+                params.setdefault("y_labeled", np.array([label.label for label in labels], dtype=object))
+        picked = sampler(model, _rows(p.pool.X, candidates), batch_size=size, rng=p.rng(r, STREAM_SELECT), **params)
+    picked = np.asarray(picked, dtype=np.int64)
+    if len(picked) != size or len(np.unique(picked)) != size or picked.min() < 0 or picked.max() >= len(candidates):
+        raise CrowdloopError(f"sampler {strategy!r} broke its contract: expected {size} unique indices into {len(candidates)} candidates")
+    return strategy, p.pool.ids[candidates[picked]].tolist()
