@@ -19,7 +19,7 @@ samplers that measure distances (k-means, core-set, BADGE, TypiClust) and for la
 so no one densifies a TF-IDF matrix. :class:`TextClassifier` wraps the configured estimator so
 it accepts these rows and exposes the dense view as ``embed``.
 
-The engine calls :func:`features_for` once per process, right after loading the pool.
+The engine calls :func:`featurized_split` (load, :func:`features_for`, split) once per process.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
-from crowdloop.config import FeaturesConfig, ModelConfig
+from crowdloop.config import FeaturesConfig, ModelConfig, PoolConfig
 from crowdloop.errors import ConfigError, PoolError, RecordExistsError
 from crowdloop.rows import dense_rows, feature_rows, is_sparse
 
@@ -374,6 +374,25 @@ def features_for(pool: Any, cfg: FeaturesConfig, store: Any = None) -> Any:
                           "fortunes); this pool has no texts")
     fitted = fit_text_features(pool.content.tolist(), cfg, store)
     return dataclasses.replace(pool, X=TextRows(fitted), feature_names=())
+
+
+_SPLITS: dict[tuple, Any] = {}  # (store URL, pool, seed, file stamp, features) -> featurized (pool, test)
+
+
+def featurized_split(pool_cfg: PoolConfig, seed: int, stamp: Any, cfg: FeaturesConfig, store: Any) -> tuple[Any, Any]:
+    """The engine's text pool: loaded, featurized with the project's stored featurizer, then split
+    (``models.datasets.split_pool``); once per process for a project and its baseline twin
+    (``stamp`` is the pool file's size and mtime, so a changed file is loaded again)."""
+    from crowdloop import registry
+    from crowdloop.models.datasets import split_pool
+
+    key = (getattr(store, "url", None), pool_cfg.model_dump_json(), seed, stamp, cfg.model_dump_json())
+    if key not in _SPLITS:
+        pool = features_for(registry.pools.load(pool_cfg.source)(pool_cfg), cfg, store)
+        if len(_SPLITS) >= 4:  # a process serves a handful of projects at most
+            _SPLITS.clear()
+        _SPLITS[key] = split_pool(pool, pool_cfg.test_size, seed)
+    return _SPLITS[key]
 
 
 def check_text_setup(pool: Any, cfg: ModelConfig) -> None:

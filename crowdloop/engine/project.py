@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 import numpy as np
 
 from crowdloop import keys, registry
-from crowdloop.config import RESUMABLE_SECTIONS, LoopConfig, PoolConfig
+from crowdloop.config import RESUMABLE_SECTIONS, FeaturesConfig, LoopConfig, PoolConfig
 from crowdloop.errors import ConfigError, CrowdloopError, RecordExistsError, RegistryError, StoreError
 from crowdloop.records import AggregatedLabel, Annotation
 from crowdloop.storage import PrefixedStore, Store, open_store, read_json, write_json
@@ -73,9 +73,12 @@ def default_location(config: LoopConfig, project_dir: str | None = None) -> str:
     return url or f"projects/{config.project}"
 
 
-def _load_split(pool_json: str, seed: int):
+def _load_split(pool_json: str, seed: int, features: FeaturesConfig | None = None, store: Store | None = None):
     """The pool and its test split, loaded once per process: a project, its baseline twin and
-    every task share it. A local pool file that changed on disk (size or mtime) is loaded again."""
+    every task share it. A local pool file that changed on disk (size or mtime) is loaded again.
+
+    A text pool with ``model.features`` is featurized before the split, once per process, with
+    the featurizer the project's (root) store holds (``crowdloop.models.text.features_for``)."""
     path = PoolConfig.model_validate_json(pool_json).path
     stamp = None
     if path and "://" not in path:
@@ -84,7 +87,25 @@ def _load_split(pool_json: str, seed: int):
             stamp = (st.st_size, st.st_mtime_ns)
         except OSError:
             stamp = None  # the loader names the missing file
-    return _load_split_cached(pool_json, seed, stamp)
+    if features is None:
+        return _load_split_cached(pool_json, seed, stamp)
+    from crowdloop.models.text import featurized_split
+
+    return featurized_split(PoolConfig.model_validate_json(pool_json), seed, stamp, features, store)
+
+
+def _features_store(store: Store) -> Store:
+    """Where a project keeps its text featurizer: its own store, and for the random baseline twin
+    (a ``PrefixedStore`` view, or reopened by its URL ``<project>/baseline`` in a flow) the store
+    of the project it shadows, so both rank the same features and embeddings are computed once."""
+    while isinstance(store, PrefixedStore):
+        store = store.parent
+    base, sep, query = store.url.partition("?")
+    if base.rstrip("/").endswith("/" + keys.BASELINE):
+        parent = open_store(base.rstrip("/")[: -len(keys.BASELINE) - 1] + sep + query, create=False)
+        if parent.exists(keys.PROJECT):
+            return parent
+    return store
 
 
 @functools.lru_cache(maxsize=4)
@@ -172,6 +193,9 @@ class Project:
             except RegistryError as exc:
                 raise ConfigError(f"{field_path}: {exc}") from None
         _ = self.model_template
+        from crowdloop.models.text import check_text_setup
+
+        check_text_setup(self.pool, self.config.model)
         if len(self.pool) < 1:
             raise ConfigError("pool: no items left for labeling after the test split")
         sizes = [("sampler.batch_size", self.config.sampler.batch_size)]
@@ -202,7 +226,9 @@ class Project:
     # -- components -------------------------------------------------------------------
     @cached_property
     def _split(self):
-        return _load_split(self.config.pool.model_dump_json(), self.config.seed)
+        features = self.config.model.features
+        return _load_split(self.config.pool.model_dump_json(), self.config.seed, features,
+                           _features_store(self.store) if features is not None else None)
 
     @property
     def pool(self):
