@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from selection_scaling import _reset_peak, _status_mb  # noqa: E402 - one copy of the RSS probes
+from selection_scaling import _reset_peak, _status_mb, measure, save  # noqa: E402 - one copy of the probes and runner
 
 CATEGORIES = ["computers", "definitions", "linux", "politics", "science", "songs-poems", "startrek", "work"]
 STRATEGIES = ["floor:predict_proba", "crowdloop:margin", "crowdloop:entropy", "crowdloop:least_confident",
@@ -140,27 +139,10 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 rec: dict[str, Any] = {"pool_size": n, "batch_size": args.batch, "strategy": strategy, "seconds": None,
                                        "extra_peak_mb": None, "error": None}
-                runs = []
-                for _ in range(args.repeat):
-                    try:
-                        proc = subprocess.run([sys.executable, __file__, "--child", str(path), strategy, str(args.batch)],
-                                              capture_output=True, text=True, timeout=args.timeout, env=env)
-                    except subprocess.TimeoutExpired:
-                        rec["error"] = f"timeout after {args.timeout:g} s"
-                        break
-                    if proc.returncode != 0:
-                        rec["error"] = (proc.stderr.strip().splitlines() or ["failed"])[-1][:300]
-                        break
-                    runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-                if runs and rec["error"] is None:
-                    rec.update(seconds=float(np.median([r["seconds"] for r in runs])),
-                               cpu_seconds=float(np.median([r["cpu_seconds"] for r in runs])),
-                               extra_peak_mb=max(r["extra_peak_mb"] for r in runs),
-                               rss_before_mb=max(r["rss_before_mb"] for r in runs), runs=len(runs))
-                results.append(rec)
-                args.out.write_text(json.dumps(results, indent=1))
-                print(f"{n:>8} {strategy:<48} {rec['seconds']} s (cpu {rec.get('cpu_seconds')} s) +{rec['extra_peak_mb']} MB "
-                      f"{rec['error'] or ''}", flush=True)
+                measure(rec, [sys.executable, __file__, "--child", str(path), strategy, str(args.batch)],
+                        repeat=args.repeat, timeout=args.timeout, env=env)
+                save(results, rec, args.out, f"{n:>8} {strategy:<48} wall {rec['seconds']} s, cpu {rec.get('cpu_seconds')} s, "
+                                             f"+{rec['extra_peak_mb']} MB {rec['error'] or ''}")
     return 0
 
 
