@@ -89,7 +89,7 @@ def _plot(dataset: str, strategies: dict[str, list[dict[str, Any]]], plots: Path
                                           "crowdloop:badge", "skal:Badge",
                                           "skal:CoreSet", "modal:margin_sampling",
                                           "modal:uncertainty_batch_sampling", "skal:TypiClust",
-                                          "crowdloop:kmeans_margin", "smalltext:LeastConfidence",
+                                          "smalltext:LeastConfidence",
                                           "smalltext:EmbeddingKMeans")]
     for s in sorted(show):
         rows = strategies[s]

@@ -19,12 +19,12 @@ import sys
 t=open('benchmarks/build/bench_scaling_targets.md').read().replace('REPEAT_TABLE', sys.argv[1])
 open('benchmarks/build/.samplers_section.md','a').write(t)
 PYEOF
-$PY benchmarks/build/replace_section.py samplers benchmarks/build/.samplers_section.md
+$PY - <<'PYEOF'
+text = open('BENCHMARKS.md').read()
+section = open('benchmarks/build/.samplers_section.md').read()
+start, end = '<!-- samplers:start -->', '<!-- samplers:end -->'
+head, _, rest = text.partition(start)
+_, _, tail = rest.partition(end)
+open('BENCHMARKS.md', 'w').write(f"{head}{start}\n{section}{end}{tail}")
+PYEOF
 rm -f benchmarks/build/.samplers_section.md
-# The text section (between the text:start/end markers), from the fortunes results.
-$PY benchmarks/report.py --label-efficiency benchmarks/results/label_efficiency_fortunes.json --plots benchmarks/results \
-    > benchmarks/build/.text_le.md
-$PY benchmarks/report.py --text-scaling benchmarks/results/text_selection_scaling.json > benchmarks/build/.text_scaling.md
-$PY benchmarks/build/replace_section.py text benchmarks/build/bench_text.md TEXT_LE_TABLE=benchmarks/build/.text_le.md \
-    TEXT_SCALING_TABLE=benchmarks/build/.text_scaling.md TEXT_SCALING_VERDICT=benchmarks/build/bench_text_verdict.md
-rm -f benchmarks/build/.text_le.md benchmarks/build/.text_scaling.md
