@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import pickle
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -308,10 +309,8 @@ def load_embedding_model(cfg: FeaturesConfig) -> tuple[Callable[[list[str]], np.
             raise ConfigError("model.features.backend: model2vec is not installed (pip install 'crowdloop[text]')") from None
         model = StaticModel.from_pretrained(str(path))
         return (lambda texts: np.asarray(model.encode(texts, **params), dtype=np.float32)), model_id
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder only: never reach for the hub
     try:
-        import os
-
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder only: never reach for the hub
         from sentence_transformers import SentenceTransformer
     except ImportError:
         raise ConfigError("model.features.backend: sentence-transformers is not installed "
