@@ -70,3 +70,69 @@ def test_rerun_of_a_finished_project_dispatches_nothing_and_raised_limits_resume
     extended = active_learning_loop(more, location)
     assert extended["rounds"][:3] == first["rounds"] and len(extended["rounds"]) == 4
     assert Project.open(location).vendor.ledger()["tasks"] == 70
+
+
+def test_a_cli_run_loads_the_pool_once_and_builds_one_project(prefect_api_url: str, tmp_path: Path, monkeypatch) -> None:
+    """One `crowdloop run` (CLI checks, flow, every task) prepares one Project and reads the pool once."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from crowdloop import registry
+    from crowdloop.cli import app
+    from crowdloop.engine import project as project_module
+    from crowdloop.models.datasets import load_sklearn_pool
+
+    loads: list[str] = []
+
+    def counting_loader(cfg):
+        loads.append(cfg.name)
+        return load_sklearn_pool(cfg)
+
+    built: list[str] = []
+    real_init = project_module.Project.__init__
+
+    def counting_init(self, store, config, *args, **kwargs):
+        built.append(getattr(store, "url", None))
+        real_init(self, store, config, *args, **kwargs)
+
+    monkeypatch.setitem(registry.pools._overrides, "sklearn", counting_loader)
+    monkeypatch.setattr(project_module.Project, "__init__", counting_init)
+    project_module._load_split_cached.cache_clear()
+    cfg = small_config(project="once", **{"pool.name": "wine", "sampler.initial_size": 9, "sampler.batch_size": 9,
+                                          "stopping.max_rounds": 2})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "c.yaml"), "--project-dir", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    assert loads == ["wine"]
+    assert len(built) == 1 and built[0].endswith("/p")
+
+
+@pytest.mark.parametrize("failure, submits, raised", [
+    (TypeError("a bug in the vendor"), 1, TypeError),             # a bug fails the task at once
+    (ConnectionError("connection reset by peer"), 3, None),      # the network is retried, then the run goes on
+])
+def test_only_transient_failures_are_retried(failure, submits, raised, prefect_api_url: str, tmp_path: Path,
+                                             monkeypatch) -> None:
+    from crowdloop.flows import loop
+    from crowdloop.flows.loop import active_learning_loop
+    from crowdloop.vendors.simulated import SimulatedCrowd
+
+    monkeypatch.setitem(loop.STEP_TASKS, "dispatch", loop.STEP_TASKS["dispatch"].with_options(retry_delay_seconds=0))
+    calls: list[str] = []
+    real_submit = SimulatedCrowd.submit
+
+    def failing_submit(self, tasks, *, batch_id):
+        calls.append(batch_id)
+        if isinstance(failure, TypeError) or len(calls) < 3:
+            raise failure
+        return real_submit(self, tasks, batch_id=batch_id)
+
+    monkeypatch.setattr(SimulatedCrowd, "submit", failing_submit)
+    config = parse_config(small_config(project=f"retry-{type(failure).__name__.lower()}", **{"stopping.max_rounds": 1}))
+    if raised is None:
+        state = active_learning_loop(config, str(tmp_path / "p"))
+        assert state["totals"]["n_judgments"] == 90
+    else:
+        with pytest.raises(raised):
+            active_learning_loop(config, str(tmp_path / "p"))
+    assert calls == [f"{config.project}-r0000"] * submits
