@@ -127,7 +127,7 @@ def spreading_helps(template: Any, X: Any, labeled: np.ndarray, y: np.ndarray, a
         right["without"] += int((np.asarray(plain.predict(X[labeled[test]])).astype(str) == truth).sum())
         found = spread_labels(X, labeled[train], y[train], rng=rng, **spread_params)
         if len(found.index):
-            X_fit = np.vstack([X[labeled[train]], X[found.index]])
+            X_fit = X[np.concatenate([labeled[train], found.index])]  # one pool: rows by index (dense, sparse or text)
             y_fit = np.concatenate([y[train], found.labels.astype(str)])
             spread = clone(template).fit(X_fit, y_fit)
         else:
