@@ -20,7 +20,7 @@ SKLEARN_POOLS = ("digits", "iris", "wine", "breast_cancer")
 # Built-in pool sources (crowdloop.pools entry points in pyproject.toml); any other registered
 # pool plug-in is accepted too, and its name is checked against the registry by ``crowdloop check``.
 BUILTIN_POOL_SOURCES = ("sklearn", "csv", "parquet", "sharded", "images", "fashion_mnist")
-_PATH_SOURCES = ("csv", "parquet", "sharded", "images")
+_PATH_SOURCES = ("csv", "parquet", "sharded", "images", "text_folder")
 PLUGIN_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
 
@@ -38,11 +38,13 @@ class PoolConfig(_Strict):
     name: str | None = Field(None, description="scikit-learn bundled set: digits, iris, wine, breast_cancer")
     path: str | None = Field(
         None, description="CSV/Parquet file; a sharded pool's folder or s3:// URL; an image folder or s3://bucket/prefix "
-        "(images); an idx folder (fashion_mnist); relative paths resolve against the config file")
+        "(images); an idx folder (fashion_mnist); a folder of text files, optionally in class subfolders (text_folder); "
+        "the fortunes folder (fortunes, default /usr/share/games/fortunes); relative paths resolve against the config file")
     feature_columns: list[str] | None = Field(None, description="default: every column but id and label")
     label_column: str | None = Field(None, description="ground truth, used only for evaluation and simulation")
     id_column: str | None = Field(None, description="stable item ids; default: the row number")
-    classes: list[str] | None = Field(None, description="class list; default: the ground truth's classes")
+    classes: list[str] | None = Field(
+        None, description="class list; default: the ground truth's classes (fortunes: the category files to read)")
     text_column: str | None = Field(None, description="text shown to annotators (not a feature)")
     image_column: str | None = Field(
         None, description="image file shown to annotators (not a feature); relative paths resolve against the pool file"
@@ -52,7 +54,12 @@ class PoolConfig(_Strict):
     image_size: int | None = Field(None, ge=4, le=4096, description="images: resize to this square side; default: native size")
     image_mode: Literal["gray", "rgb"] = Field("rgb", description="images: decode as grayscale or RGB")
     split: Literal["train", "test", "all"] = Field("train", description="fashion_mnist: which official split forms the pool")
-    max_items: int | None = Field(None, ge=2, description="images/fashion_mnist: a fixed random subset of this many items")
+    max_items: int | None = Field(
+        None, ge=2, description="images/fashion_mnist/text_folder/fortunes: a fixed random subset of this many items")
+    # Text pools (text_column, text_folder, fortunes; crowdloop.models.text).
+    max_text_chars: int = Field(
+        100_000, ge=1, le=10_000_000,
+        description="longest item text accepted; a longer one fails the load with one line naming the item")
 
     @model_validator(mode="after")
     def _check_source(self) -> PoolConfig:
@@ -69,10 +76,38 @@ class PoolConfig(_Strict):
             if given:
                 raise ValueError(f"{', '.join(given)}: not used by source 'sharded' "
                                  "(its manifest names ids, labels and features)")
-        if (self.text_column or self.image_column) and self.source == "sklearn":
-            raise ValueError("text_column/image_column: expected a csv or parquet pool, not source 'sklearn'")
+        if (self.text_column or self.image_column) and self.source not in ("csv", "parquet"):
+            raise ValueError(f"text_column/image_column: expected a csv or parquet pool, not source {self.source!r}")
         if self.classes is not None and len(set(self.classes)) < 2:
             raise ValueError(f"classes={self.classes!r}: expected at least two distinct classes")
+        return self
+
+
+class FeaturesConfig(_Strict):
+    """How a text pool's items become model inputs (crowdloop.models.text)."""
+
+    kind: Literal["tfidf", "hashing", "embedding"] = Field(
+        description="tfidf: TfidfVectorizer fitted once on the pool and stored with the project; hashing: "
+        "HashingVectorizer, stateless, rows featurized chunk by chunk; embedding: a sentence-embedding model "
+        "from a local folder, embeddings cached in the store")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of TfidfVectorizer / HashingVectorizer (e.g. ngram_range, "
+        "min_df, n_features); embedding: of the model's encode()")
+    model_path: str | None = Field(
+        None, description="embedding: a local folder with a sentence-transformers or model2vec model; nothing is "
+        "downloaded; relative paths resolve against the config file")
+    backend: Literal["auto", "sentence_transformers", "model2vec"] = Field(
+        "auto", description="embedding: which library loads model_path; auto: from the folder's files")
+    dense_dim: int = Field(
+        100, ge=2, le=2048, description="dense view for distance-based samplers and label spreading: TruncatedSVD "
+        "components (tfidf) or a sparse random projection (hashing); embeddings are their own dense view")
+
+    @model_validator(mode="after")
+    def _check_model_path(self) -> FeaturesConfig:
+        if self.kind == "embedding" and not self.model_path:
+            raise ValueError("model_path is required for kind 'embedding' (a local model folder; nothing is downloaded)")
+        if self.kind != "embedding" and (self.model_path or self.backend != "auto"):
+            raise ValueError(f"model_path/backend: only used by kind 'embedding', not {self.kind!r}")
         return self
 
 
@@ -81,7 +116,11 @@ class ModelConfig(_Strict):
 
     estimator: str = "sklearn.linear_model.LogisticRegression"
     params: dict[str, Any] = Field(default_factory=dict)
-    scale: bool = Field(True, description="standardize features in a Pipeline before the estimator")
+    scale: bool = Field(
+        True, description="standardize features in a Pipeline before the estimator (dense features only: "
+        "tfidf/hashing rows are already unit length and stay sparse)")
+    features: FeaturesConfig | None = Field(
+        None, description="text pools: turn each item's text into features (tfidf, hashing or embedding)")
 
 
 class SamplerConfig(_Strict):
@@ -343,6 +382,12 @@ def parse_config(data: Any, *, source: str = "<config>", base_dir: Path | None =
         if not path.is_absolute():
             path = (base_dir / path).resolve()
         config = config.model_copy(update={"pool": config.pool.model_copy(update={"path": str(path)})})
+    features = config.model.features
+    if base_dir is not None and features is not None and features.model_path:
+        path = Path(features.model_path).expanduser()
+        if not path.is_absolute():
+            features = features.model_copy(update={"model_path": str((base_dir / path).resolve())})
+            config = config.model_copy(update={"model": config.model.model_copy(update={"features": features})})
     return config
 
 

@@ -101,6 +101,11 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
         raise PoolError(f"pool.path: file {str(path)!r} not found")
     try:
         frame = pd.read_parquet(path) if cfg.source == "parquet" else pd.read_csv(path)
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start:exc.start + 1]
+        raise PoolError(f"pool.path: {str(path)!r}: not valid UTF-8 (byte {bad!r}: {exc.reason}); "
+                        "expected UTF-8 "
+                        "text (convert it, e.g. iconv -f latin1 -t utf-8)") from None
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise PoolError(f"pool.path: cannot read {cfg.source} file {str(path)!r}: {str(exc).splitlines()[0]}") from None
     content_column = cfg.text_column or cfg.image_column
@@ -112,12 +117,12 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
         )
     features = list(cfg.feature_columns or [c for c in frame.columns
                                             if c not in (cfg.id_column, cfg.label_column, content_column)])
-    if not features:
+    if not features and not cfg.text_column:  # a text pool's features come from model.features
         raise PoolError(f"pool.feature_columns: no feature columns left in {path.name}")
     non_numeric = [c for c in features if not pd.api.types.is_numeric_dtype(frame[c])]
     if non_numeric:
         raise PoolError(f"pool.feature_columns: column(s) {non_numeric} in {path.name} are not numeric")
-    X = frame[features].to_numpy(dtype=np.float64)
+    X = frame[features].to_numpy(dtype=np.float64) if features else np.zeros((len(frame), 0))
     if not np.isfinite(X).all():
         missing = [c for c in features if frame[c].isna().any()]
         if missing:
@@ -135,7 +140,10 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
     kind = content = None
     if cfg.text_column:
         kind = "text"
-        content = np.array(["" if pd.isna(v) else str(v) for v in frame[cfg.text_column].tolist()], dtype=object)
+        from crowdloop.models.text_pools import clean_text
+
+        content = np.array([clean_text("" if pd.isna(v) else str(v), item=str(i), max_chars=cfg.max_text_chars)
+                            for i, v in zip(ids.tolist(), frame[cfg.text_column].tolist(), strict=True)], dtype=object)
     elif cfg.image_column:
         kind = "image"
         base = path.resolve().parent

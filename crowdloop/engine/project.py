@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 import numpy as np
 
 from crowdloop import keys, registry
-from crowdloop.config import RESUMABLE_SECTIONS, LoopConfig, PoolConfig
+from crowdloop.config import RESUMABLE_SECTIONS, FeaturesConfig, LoopConfig, PoolConfig
 from crowdloop.errors import ConfigError, RecordExistsError, StoreError
 from crowdloop.records import AggregatedLabel, Annotation
 from crowdloop.storage import PrefixedStore, Store, open_store, read_json, write_json
@@ -91,9 +91,32 @@ def _load_pool_cached(pool_json: str, stamp: tuple[int, int] | None):
     return registry.pools.load(cfg.source)(cfg)
 
 
-def _load_split(pool_json: str, seed: int):
-    """The pool and its test split, once per process: a project, its baseline twin and every task share it."""
-    return _load_split_cached(pool_json, seed, _stamp(PoolConfig.model_validate_json(pool_json)))
+def _load_split(pool_json: str, seed: int, features: FeaturesConfig | None = None, store: Store | None = None):
+    """The pool and its test split, once per process: a project, its baseline twin and every task share it.
+
+    A text pool with ``model.features`` is featurized before the split, once per process, with
+    the featurizer the project's (root) store holds (``crowdloop.models.text.features_for``)."""
+    cfg = PoolConfig.model_validate_json(pool_json)
+    stamp = _stamp(cfg)
+    if features is None:
+        return _load_split_cached(pool_json, seed, stamp)
+    from crowdloop.models.text import featurized_split
+
+    return featurized_split(cfg, seed, stamp, features, store, raw=load_pool(cfg))
+
+
+def _features_store(store: Store) -> Store:
+    """Where a project keeps its text featurizer: its own store, and for the random baseline twin
+    (a ``PrefixedStore`` view, or reopened by its URL ``<project>/baseline`` in a flow) the store
+    of the project it shadows, so both rank the same features and embeddings are computed once."""
+    while isinstance(store, PrefixedStore):
+        store = store.parent
+    base, sep, query = store.url.partition("?")
+    if base.rstrip("/").endswith("/" + keys.BASELINE):
+        parent = open_store(base.rstrip("/")[: -len(keys.BASELINE) - 1] + sep + query, create=False)
+        if parent.exists(keys.PROJECT):
+            return parent
+    return store
 
 
 @functools.lru_cache(maxsize=4)
@@ -131,8 +154,14 @@ class Project:
         if known is not None and known.config == config and known.store.exists(keys.PROJECT):
             return known
         from crowdloop.checks import check_config
+        from crowdloop.models.text import check_text_setup
 
-        check_config(config, source=source, location=location, pool=load_pool(config.pool))
+        pool = load_pool(config.pool)
+        check_config(config, source=source, location=location, pool=pool)
+        try:
+            check_text_setup(pool, config.model)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
         store = open_store(location)
         existing = read_json(store, keys.PROJECT, default=None)
         if existing is not None:
@@ -173,8 +202,11 @@ class Project:
     def check(self) -> None:
         """Every offline check of ``crowdloop check`` on this project's config and pool."""
         from crowdloop.checks import check_config
+        from crowdloop.models.text import check_text_setup
 
-        check_config(self.config, pool=load_pool(self.config.pool))
+        pool = load_pool(self.config.pool)
+        check_config(self.config, pool=pool)
+        check_text_setup(pool, self.config.model)
 
     @contextmanager
     def running(self) -> Iterator[None]:
@@ -185,7 +217,9 @@ class Project:
     # -- components -------------------------------------------------------------------
     @cached_property
     def _split(self):
-        return _load_split(self.config.pool.model_dump_json(), self.config.seed)
+        features = self.config.model.features
+        return _load_split(self.config.pool.model_dump_json(), self.config.seed, features,
+                           _features_store(self.store) if features is not None else None)
 
     @property
     def pool(self):
