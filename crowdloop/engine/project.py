@@ -154,14 +154,7 @@ class Project:
         if known is not None and known.config == config and known.store.exists(keys.PROJECT):
             return known
         from crowdloop.checks import check_config
-        from crowdloop.models.text import check_text_setup
-
-        pool = load_pool(config.pool)
-        check_config(config, source=source, location=location, pool=pool)
-        try:
-            check_text_setup(pool, config.model)
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
+        check_config(config, source=source, location=location, pool=load_pool(config.pool))
         store = open_store(location)
         existing = read_json(store, keys.PROJECT, default=None)
         if existing is not None:
@@ -202,11 +195,8 @@ class Project:
     def check(self) -> None:
         """Every offline check of ``crowdloop check`` on this project's config and pool."""
         from crowdloop.checks import check_config
-        from crowdloop.models.text import check_text_setup
 
-        pool = load_pool(self.config.pool)
-        check_config(self.config, pool=pool)
-        check_text_setup(pool, self.config.model)
+        check_config(self.config, pool=load_pool(self.config.pool))
 
     @contextmanager
     def running(self) -> Iterator[None]:
