@@ -232,9 +232,18 @@ def workers(
 @_one_line_errors
 def check(config: Path = typer.Argument(..., help="YAML config to validate")) -> None:
     """Validate CONFIG (fields, plug-in names, pool columns) without running anything."""
+    from crowdloop import registry
     from crowdloop.config import load_config
+    from crowdloop.errors import RegistryError
+    from crowdloop.vendor import check_capabilities
 
-    load_config(config)
+    cfg = load_config(config)
+    try:
+        vendor_cls = registry.vendors.load(cfg.vendor.name)
+        check_capabilities(vendor_cls, cfg)  # blocking, re-asks ... that the vendor cannot do
+    except (ConfigError, RegistryError) as exc:
+        field = "" if str(exc).startswith("vendor.name") else "vendor.name: "
+        raise ConfigError(f"{config}: {field}{exc}") from None
     console.print(f"{config}: ok")
 
 

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from crowdloop.errors import RecordExistsError, VendorError
 from crowdloop.records import Annotation, Task, utcnow
 from crowdloop.storage import read_json, write_json
-from crowdloop.vendor import Ref, VendorContext, acknowledged, parse_params, record_decision
+from crowdloop.vendor import (BLOCKS_WORKERS, EXCLUDES_WORKERS_PER_ITEM, NEEDS_GROUND_TRUTH, Ref, VendorContext,
+                              acknowledged, blocked_workers, parse_params, record_block, record_decision)
 
 
 class SimulatedCrowdParams(BaseModel):
@@ -68,6 +69,7 @@ class SimulatedCrowd:
     """Workers with accuracies from a range, a share of spammers and optional class confusion."""
 
     name = "simulated"
+    capabilities = frozenset({BLOCKS_WORKERS, EXCLUDES_WORKERS_PER_ITEM, NEEDS_GROUND_TRUTH})
 
     def __init__(self, params: dict, context: VendorContext) -> None:
         if context.ground_truth is None:
@@ -166,13 +168,10 @@ class SimulatedCrowd:
     def block_workers(self, worker_ids: Sequence[str], *, reason: str) -> None:
         """Stop giving tasks to these workers (MTurk: CreateWorkerBlock). Idempotent per worker."""
         for worker in sorted(set(worker_ids)):
-            try:
-                write_json(self.store, f"blocks/{worker}.json", {"worker_id": worker, "reason": reason}, create_only=True)
-            except RecordExistsError:
-                pass
+            record_block(self.store, worker, reason=reason)
 
     def blocked_workers(self) -> set[str]:
-        return {read_json(self.store, k)["worker_id"] for k in self.store.list("blocks/")}
+        return set(blocked_workers(self.store))
 
     # -- helpers ----------------------------------------------------------------------
     def ledger(self) -> dict[str, float | int]:

@@ -27,7 +27,8 @@ from crowdloop.config import RESUMABLE_SECTIONS, LoopConfig, PoolConfig
 from crowdloop.errors import ConfigError, CrowdloopError, RecordExistsError, RegistryError, StoreError
 from crowdloop.records import AggregatedLabel, Annotation
 from crowdloop.storage import PrefixedStore, Store, open_store, read_json, write_json
-from crowdloop.vendor import VendorContext
+from crowdloop.pay import FeeFor, fee_function
+from crowdloop.vendor import IMAGES_BY_URL, NEEDS_GROUND_TRUTH, VendorContext, capabilities_of, check_capabilities
 
 # Random streams: one per purpose so adding draws in one step never shifts another.
 STREAM_SELECT = 1
@@ -171,6 +172,7 @@ class Project:
                 reg.load(name)
             except RegistryError as exc:
                 raise ConfigError(f"{field_path}: {exc}") from None
+        check_capabilities(self.vendor_class, self.config)  # before anything is built or sent
         _ = self.model_template
         if len(self.pool) < 1:
             raise ConfigError("pool: no items left for labeling after the test split")
@@ -183,6 +185,10 @@ class Project:
                     f"{name}={size} is larger than the pool of {len(self.pool)} items "
                     f"(after holding out {self.config.pool.test_size:.0%} for testing)"
                 )
+        if IMAGES_BY_URL in self.capabilities:
+            from crowdloop.media import check_reachable
+
+            check_reachable(self.config.pool, self.store, self.pool.content_kind, self.config.vendor.name)
         _ = self.vendor
         self.aggregator()
         if self.config.gold.enabled and not self.pool.has_ground_truth:
@@ -233,8 +239,23 @@ class Project:
         return build_model(self.config.model)
 
     @cached_property
+    def vendor_class(self) -> Any:
+        return registry.vendors.load(self.config.vendor.name)
+
+    @cached_property
+    def capabilities(self) -> frozenset[str]:
+        """What the vendor can do with its params (``crowdloop.vendor``): the engine plans by these."""
+        return capabilities_of(self.vendor_class, self.config.vendor.params)
+
+    @cached_property
+    def fee_for(self) -> FeeFor:
+        """The vendor's one fee rule (``crowdloop.pay.fee_function``): ledger, budget and vendor agree."""
+        return fee_function(self.config.pay, self.config.vendor.name, self.vendor_class)[0]
+
+    @cached_property
     def vendor(self):
-        cls = registry.vendors.load(self.config.vendor.name)
+        cls = self.vendor_class
+        caps = self.capabilities
         pool = self.pool
         index = self.index_of
 
@@ -248,6 +269,11 @@ class Project:
 
             return payload_of(pool, index[item_id])
 
+        image_url = None
+        if IMAGES_BY_URL in caps:
+            from crowdloop.media import ImageURLs
+
+            image_url = ImageURLs(self.config.pool, self.store, item_payload)
         context = VendorContext(
             project=self.config.project,
             name=self.config.vendor.name,
@@ -255,7 +281,9 @@ class Project:
             classes=self.classes,
             store=PrefixedStore(self.store, keys.vendor_prefix(self.config.vendor.name)),
             item_payload=item_payload,
-            ground_truth=ground_truth if self.config.vendor.name == "simulated" else None,
+            ground_truth=ground_truth if NEEDS_GROUND_TRUTH in caps else None,
+            image_url=image_url,
+            collect_timeout_s=self.config.collect.timeout_s,
         )
         return cls(dict(self.config.vendor.params), context)
 

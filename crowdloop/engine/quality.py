@@ -14,6 +14,7 @@ import pandas as pd
 
 from crowdloop import keys
 from crowdloop.consensus.adaptive import answered_by, gold_stats
+from crowdloop.consensus.policy import agreement_block_reason, gold_block_reason
 from crowdloop.consensus.policy import gold_rejections as rejections_for
 from crowdloop.consensus.policy import plan_gold, reask_items
 from crowdloop.engine.project import STREAM_CV, STREAM_GOLD, Project
@@ -34,6 +35,29 @@ def blocked_workers(p: Project, r: int, *, on: str = "blocked_workers") -> list[
         if summary is not None:
             return sorted(summary.get(on, []))
     return []
+
+
+def block_decisions(p: Project, r: int) -> dict[str, str]:
+    """Workers to block before round ``r`` is sent, each with the reason they are told: the
+    evidence from the last aggregation (their gold answers, or their agreement with the consensus)."""
+    summary: dict[str, Any] = {}
+    for q in range(r - 1, -1, -1):
+        found = p.record(q, keys.AGGREGATE, default=None)
+        if found is not None:
+            summary = found
+            break
+    out: dict[str, str] = {}
+    if p.config.gold.enabled:
+        gold = summary.get("gold", {})
+        for worker in sorted(summary.get("blocked_workers", [])):
+            stats = gold.get(worker, {})
+            out[worker] = gold_block_reason(p.config.gold.min_accuracy, n_gold=stats.get("n_gold"),
+                                            n_correct=stats.get("n_correct"))
+    threshold = p.config.consensus.block_below_agreement
+    if threshold is not None:
+        for worker, agreement in sorted(summary.get("blocked_on_agreement", {}).items()):
+            out.setdefault(worker, agreement_block_reason(threshold, agreement=agreement))
+    return out
 
 
 def gold_plan(p: Project, r: int, n_tasks: int) -> list[dict[str, Any]]:
