@@ -306,3 +306,19 @@ def test_a_restarted_app_or_loop_picks_up_from_the_store(tmp_path):
     clock.now += 5 + UNDO_MARGIN_S + 1
     assert [a.label for a in restarted.poll(refs)] == ["cat"]
     assert v.submit(tasks(3, replicas=1), batch_id="b0") == refs and len(v.store.list("batches/")) == 1
+
+
+def test_removing_an_annotator_releases_the_item_on_their_screen(tmp_path):
+    """Issue 19.11: a removed annotator's lease kept their item from everybody else for lease_s."""
+    clock = Clock()
+    v = desk(tmp_path, clock, lease_s=600)
+    v.submit(tasks(2, replicas=1), batch_id="b0")
+    for name in ("ann", "bob"):
+        v.add_annotator(name)
+    assert v.next_task("ann")[0].item_id == "item-0"
+    assert v.next_task("bob")[0].item_id == "item-1"  # item-0 is on ann's screen
+    v.remove_annotator("ann")  # what `crowdloop annotators remove ann` runs
+    clock.now += 1  # long before ann's lease would have run out
+    v.skip("bob", "b0", "item-1")
+    assert v.next_task("bob")[0].item_id == "item-0"  # released with ann's link
+    assert v.next_task("cat")[0].item_id == "item-1"
