@@ -43,9 +43,9 @@ def tasks(n: int, replicas: int = 1, batch: str = "b0") -> list[Task]:
 
 def test_local_vendor_honours_the_contract(tmp_path):
     def respond(v, tasks_, batch_id):
-        for t in tasks_:
-            for r in range(t.replicas):
-                v.answer(f"ann-{r}", batch_id, t.item_id, v.context.classes[r % 2], client_seconds=4.0)
+        for r in range(max(t.replicas for t in tasks_)):  # each annotator works through the desk
+            while (shown := v.next_task(f"ann-{r}")) is not None:
+                v.answer(f"ann-{r}", batch_id, shown[0].item_id, v.context.classes[r % 2], client_seconds=4.0)
 
     report = check_vendor(LocalVendor, params={"undo_window_s": 0}, respond=respond,
                           context=make_context(LocalStore(tmp_path), name="local"), n_items=3, replicas=2)
@@ -78,6 +78,7 @@ def test_answers_wait_out_the_undo_window_and_undo_restores_the_item(tmp_path):
 def test_double_submit_is_idempotent_and_labels_are_checked(tmp_path):
     v = desk(tmp_path, undo_window_s=0)
     refs = v.submit(tasks(1), batch_id="b0")
+    v.next_task("ann")
     a = v.answer("ann", "b0", "item-0", "bird")
     b = v.answer("ann", "b0", "item-0", "cat")  # a second click arrives late: first answer wins
     assert a == b and len(v.store.list("answers/")) == 1
@@ -185,7 +186,7 @@ def test_suggestions_are_shown_when_enabled_but_never_for_gold(text_project):
     token = v.add_annotator("alice")
     client = TestClient(create_app(v, suggest=lambda task: ("pos", 0.83)), follow_redirects=False)
     client.get(f"/?token={token}")
-    assert "Model suggests <b>pos</b> (83%)" in client.get("/").text
+    assert "Model suggests <b>pos</b> (83%)" in client.get("/").text  # first is on alice's screen
     v.answer("alice", "a", first, "pos")
     page = client.get("/").text
     assert f'data-item="{gold}"' in page and "Model suggests" not in page
