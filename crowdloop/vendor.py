@@ -211,3 +211,12 @@ def blocked_workers(store: Store) -> dict[str, str]:
         if record:
             out[str(record["worker_id"])] = str(record.get("reason", ""))
     return out
+
+
+def image_payload(context: VendorContext, item_id: str, expires_s: float) -> dict[str, Any]:
+    """``item_id``'s payload, an image file replaced by an http(s) URL valid for ``expires_s``
+    (``{"kind": "image_url", "url": ...}``) when the engine gives the vendor ``image_url``."""
+    payload = context.item_payload(item_id)
+    if payload.get("kind") == "image" and payload.get("path") and context.image_url is not None:
+        return {"kind": "image_url", "url": context.image_url(item_id, expires_s)}
+    return payload

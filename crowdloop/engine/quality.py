@@ -66,6 +66,10 @@ def gold_plan(p: Project, r: int, n_tasks: int) -> list[dict[str, Any]]:
     items = sorted(p.gold_set)
     anns = [a for a in p.annotations() if a.round < r and a.item_id in p.gold_set]
     answered = answered_by(annotation_table(anns), items) if anns else {}
+    limit = getattr(p.vendor, "max_judgments_per_item", None)  # MTurk: a HIT is never extended to 10 assignments
+    if limit is not None:
+        first = p.config.consensus.first_judgments
+        items = [i for i in items if len(answered.get(i, ())) + first <= limit]
     return plan_gold(items, answered, n_tasks=n_tasks, share=p.config.gold.share, rng=rng)
 
 
