@@ -156,17 +156,19 @@ def parse_params(model: type[M], params: dict[str, Any], *, vendor: str) -> M:
 # -- the decision ledger: acks/<hash of the assignment ids>.json, written once -----------------
 def record_decision(store: Store, assignments: Sequence[Annotation], /, *, accept: bool, reason: str | None,
                     **extra: Any) -> list[str]:
-    """Write one approve/reject decision for ``assignments`` under ``acks/``, create-only.
+    """Write one approve/reject decision for the ``assignments`` not decided before, under ``acks/``.
 
-    The key is a hash of the sorted assignment ids, so a retried acknowledge finds the first
-    decision and never pays twice. The record holds the ids, the decision, the reason, what
-    was paid (rewards when accepted) and any vendor-specific ``extra`` fields. Returns the ids
-    (empty: nothing to record).
+    The key is a hash of the sorted assignment ids, written create-only, and assignments with a
+    decision already are left out: a retried acknowledge (or one that regroups assignments) never
+    pays twice. The record holds the ids, the decision, the reason, what was paid (rewards when
+    accepted) and any vendor-specific ``extra`` fields. Returns the ids decided now.
     """
-    ids = sorted(a.assignment_id for a in assignments)
+    done = acknowledged(store)
+    fresh = [a for a in assignments if a.assignment_id not in done]
+    ids = sorted(a.assignment_id for a in fresh)
     if ids:
         record = {"assignment_ids": ids, "accept": accept, "reason": reason,
-                  "paid": round(sum(a.reward for a in assignments), 2) if accept else 0.0, **extra}
+                  "paid": round(sum(a.reward for a in fresh), 2) if accept else 0.0, **extra}
         try:
             write_json(store, f"acks/{content_hash(dumps(ids))}.json", record, create_only=True)
         except RecordExistsError:

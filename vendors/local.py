@@ -121,10 +121,9 @@ class LocalVendor:
     def acknowledge(self, assignments: Sequence[Annotation], *, accept: bool, reason: str | None = None) -> None:
         if not accept and not reason:
             raise VendorError("vendor 'local': a rejection needs a reason the annotator can read")
-        if not record_decision(self.store, assignments, accept=accept, reason=reason,
-                               per_annotator=_sum_by_worker(assignments) if accept else {}):
-            return
-        for batch in sorted({a.batch_id for a in assignments}):
+        record_decision(self.store, assignments, accept=accept, reason=reason,
+                        per_annotator=_sum_by_worker(assignments) if accept else {})
+        for batch in sorted({a.batch_id for a in assignments}):  # (again after a crash: closing is idempotent)
             if not self.store.exists(f"closed/{batch}.json"):
                 write_json(self.store, f"closed/{batch}.json", {"batch_id": batch})
 

@@ -153,10 +153,9 @@ class ManifestVendor:
         """Write the payment decision where the vendor reads it: ``acks/<hash>.json``."""
         if not accept and not reason:
             raise VendorError("vendor 'manifest': a rejection needs a reason the worker can read")
-        if not record_decision(self.exchange, assignments, accept=accept, reason=reason, assignments=[
-                {"assignment-id": a.assignment_id, "item-id": a.item_id, "worker-id": a.worker_id, "batch-id": a.batch_id}
-                for a in sorted(assignments, key=lambda a: a.assignment_id)]):
-            return
+        record_decision(self.exchange, assignments, accept=accept, reason=reason, assignments=[
+            {"assignment-id": a.assignment_id, "item-id": a.item_id, "worker-id": a.worker_id, "batch-id": a.batch_id}
+            for a in sorted(assignments, key=lambda a: a.assignment_id)])
 
     def bonus(self, assignments: Sequence[Annotation], *, amount: float, reason: str, token: str) -> None:
         record = {"assignment_ids": sorted(a.assignment_id for a in assignments), "amount": amount, "reason": reason,

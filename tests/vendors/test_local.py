@@ -42,14 +42,17 @@ def tasks(n: int, replicas: int = 1, batch: str = "b0") -> list[Task]:
 
 
 def test_local_vendor_honours_the_contract(tmp_path):
-    def respond(v, tasks_, batch_id):
-        for r in range(max(t.replicas for t in tasks_)):  # each annotator works through the desk
-            while (shown := v.next_task(f"ann-{r}")) is not None:
-                v.answer(f"ann-{r}", batch_id, shown[0].item_id, v.context.classes[r % 2], client_seconds=4.0)
+    workers = [f"ann-{r}" for r in range(4)]
 
-    report = check_vendor(LocalVendor, params={"undo_window_s": 0}, respond=respond,
+    def respond(v, tasks_, batch_id):
+        for r, worker in enumerate(workers):  # each annotator works through what the desk shows them
+            while (shown := v.next_task(worker)) is not None:
+                v.answer(worker, batch_id, shown[0].item_id, v.context.classes[r % 2], client_seconds=4.0)
+
+    report = check_vendor(LocalVendor, params={"undo_window_s": 0}, respond=respond, workers=workers,
                           context=make_context(LocalStore(tmp_path), name="local"), n_items=3, replicas=2)
-    assert report.n_annotations == 6 and not report.skipped
+    assert report.n_annotations == 6 + 3 + 6 and not report.skipped
+    assert sum(c.startswith(("blocks_workers", "excludes_workers_per_item")) for c in report.checks) == 2
 
 
 def test_answers_wait_out_the_undo_window_and_undo_restores_the_item(tmp_path):

@@ -360,3 +360,20 @@ def test_returned_or_abandoned_assignments_are_reposted_within_the_deadline(tmp_
     late.clock = lambda: time.time() + 5.0
     late.poll(refs)
     assert len(late.reposts()) == 1  # only the first batch's re-post
+
+
+def test_mturk_vendor_honours_the_contract_with_its_capabilities(tmp_path: Path, fake: FakeMTurk) -> None:
+    from crowdloop.testing import check_vendor
+
+    crowd = ["AW1", "AW2", "AW3", "AW4", "AW5"]
+    crowd_fake(fake, crowd)
+    vendor = make(tmp_path)
+    report = check_vendor(mturk.MTurkVendor, params={"max_requests_per_second": 100}, context=vendor.context,
+                          n_items=4, replicas=2, workers=crowd)
+    assert not report.skipped and report.n_annotations == 8 + 4 + 8
+    assert fake.blocked == {"AW1": "contract check: 0 of 4 known-answer questions right"}
+    assert len(fake.hits) == 4 + 4  # re-asks were added to the first batch's HITs, not new HITs
+    ledger = vendor.ledger()
+    approved = [a for rows in fake.assignments.values() for a in rows if a["AssignmentStatus"] == "Approved"]
+    assert ledger["approved"] == len(approved) and ledger["paid"] == round(0.05 * len(approved), 2)
+    assert ledger["fees"] == round(0.01 * len(approved) + 0.01 * len(fake.bonuses), 2)  # 20% of $0.05: the $0.01 minimum
