@@ -1,0 +1,116 @@
+"""Image pools reach vendors whose workers open images by URL (issue 17, images by URL).
+
+S3 image pools become presigned URLs of their own objects; local image folders are uploaded
+once, content-addressed, to the project's S3 store, or refused with one line when the store is
+local. MTurk's HTML carries the URL, checked by botocore's model (the fake answers after
+botocore validated and serialized the request); fetching it gives the image back.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import urllib.request
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import boto3
+import pytest
+
+from crowdloop import engine, keys
+from crowdloop.config import parse_config
+from crowdloop.engine import Project
+from crowdloop.errors import ConfigError
+from crowdloop.storage import read_json
+from tests.conftest import small_config
+from tests.models.test_images import _folder, _png
+from tests.vendors.mturk_fake import FakeMTurk
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CROWDLOOP_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def image_config(pool_path: str, **overrides) -> dict:
+    return small_config(**{
+        "project": "pics", "pool": {"source": "images", "path": pool_path, "image_mode": "gray", "test_size": 0.25},
+        "sampler.initial_size": 4, "sampler.batch_size": 2, "consensus.redundancy": 1,
+        "vendor": {"name": "mturk", "params": {"max_requests_per_second": 100, "image_url_expiry_s": 5 * 86400,
+                                               "lifetime_s": 86400}},
+        **overrides})
+
+
+def urls_in_hits(fake: FakeMTurk) -> list[str]:
+    questions = [body["Question"] for op, body in fake.requests if op == "CreateHIT"]
+    return [html.unescape(u) for q in questions for u in re.findall(r'<img class="item" src="([^"]+)"', q)]
+
+
+def fetch(url: str) -> tuple[bytes, str]:
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        return resp.read(), resp.headers.get("Content-Type", "")
+
+
+def test_an_s3_image_pool_reaches_mturk_as_presigned_urls(tmp_path, fake, s3_endpoint, s3_bucket):
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    originals = {}
+    for c, cls in enumerate(("cat", "dog")):
+        for i in range(6):
+            originals[f"{cls}/{i}.png"] = _png(40 * c + i)
+            s3.put_object(Bucket=s3_bucket, Key=f"imgs/{cls}/{i}.png", Body=originals[f"{cls}/{i}.png"])
+    p = Project.prepare(parse_config(image_config(f"s3://{s3_bucket}/imgs?endpoint_url={s3_endpoint}")),
+                        str(tmp_path / "p"))
+    engine.run_round(p, 0, until="dispatch")
+    engine.dispatch(p, 0)
+    urls = urls_in_hits(fake)
+    items = [t["item_id"] for t in read_json(p.store, keys.round_key(0, keys.DISPATCH))["tasks"]]
+    assert len(urls) == len(items) == 4
+    for item, url in zip(items, urls):
+        parsed = urlparse(url)
+        assert parsed.path == f"/{s3_bucket}/imgs/{item}" and parse_qs(parsed.query)["X-Amz-Expires"] == [str(5 * 86400)]
+        body, content_type = fetch(url)
+        assert body == originals[item] and content_type == "image/png"
+    assert not p.store.list(keys.MEDIA)  # the pool's own objects: nothing uploaded
+
+
+def test_a_local_image_folder_is_uploaded_once_content_addressed_to_an_s3_store(tmp_path, fake, s3_endpoint, s3_bucket):
+    root = _folder(tmp_path / "imgs", n=6)
+    (root / "dog" / "copy.png").write_bytes((root / "cat" / "0.png").read_bytes())  # the same content twice
+    location = f"s3://{s3_bucket}/projects/pics?endpoint_url={s3_endpoint}"
+    p = Project.prepare(parse_config(image_config(str(root), **{"sampler.initial_size": 9})), location)
+    engine.run_round(p, 0, until="dispatch")
+    engine.dispatch(p, 0)
+    items = [t["item_id"] for t in read_json(p.store, keys.round_key(0, keys.DISPATCH))["tasks"]]
+    urls = urls_in_hits(fake)
+    assert len(urls) == len(items) == 9
+    uploaded = p.store.list(keys.MEDIA)
+    files = {item: (root / item).read_bytes() for item in items}
+    assert len(uploaded) == len(set(files.values())) <= 9  # one object per distinct content
+    import hashlib
+
+    for item, url in zip(items, urls):
+        digest = hashlib.sha256(files[item]).hexdigest()
+        assert urlparse(url).path == f"/{s3_bucket}/projects/pics/{keys.MEDIA}{digest}.png"
+        assert fetch(url)[0] == files[item]
+    before = sorted(uploaded)
+    again = p.vendor.context.image_url(items[0], 3600)  # asked again: presigned again, never uploaded again
+    assert sorted(p.store.list(keys.MEDIA)) == before and fetch(again)[0] == files[items[0]]
+
+
+def test_a_local_image_folder_with_a_local_store_is_refused_before_round_0(tmp_path):
+    root = _folder(tmp_path / "imgs", n=3)
+    with pytest.raises(ConfigError) as caught:
+        Project.prepare(parse_config(image_config(str(root))), str(tmp_path / "p"))
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1 and message.startswith("pool.path: vendor 'mturk' shows images by URL")
+    assert "is not on S3" in message and not (tmp_path / "p").exists()
+    # the local annotation app serves the files itself: no URL needed
+    Project.prepare(parse_config(image_config(str(root), vendor={"name": "local", "params": {}})), str(tmp_path / "l"))
+
+
+def test_image_url_expiry_must_outlive_the_hit():
+    with pytest.raises(ConfigError, match="image_url_expiry_s=3600: expected more than lifetime_s"):
+        from crowdloop.vendors.mturk import MTurkParams
+        from crowdloop.vendor import parse_params
+
+        parse_params(MTurkParams, {"image_url_expiry_s": 3600, "lifetime_s": 3600}, vendor="mturk")
