@@ -323,7 +323,7 @@ class ManifestVendor:
     def ledger(self) -> dict[str, float | int]:
         """Tasks sent, manifests written, answers ingested, money approved and bonused."""
         tasks = sum(len(read_json(self.state, k)["tasks"]) for k in self.state.list("batches/"))
-        manifests = len(self.exchange.list(self.params.requests_prefix))
+        manifests = sum(1 for k in self.exchange.list(self.params.requests_prefix) if k.endswith(".manifest.jsonl"))
         answers = sum(len([l for l in self.state.read_bytes(k).splitlines() if l.strip()])
                       for k in self.state.list("answers/"))
         paid = sum(read_json(self.exchange, k)["paid"] for k in self.exchange.list("acks/"))

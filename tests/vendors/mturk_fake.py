@@ -77,6 +77,7 @@ class FakeMTurk:
         self.abandoners: dict[str, int] = {}  # worker -> how many HITs they accept and abandon
         self.abandoned: list[tuple[str, str]] = []  # (HIT, worker)
         self.extension_tokens: set[str] = set()
+        self.assigned_at_call: dict[str, int] = {}  # assignment id -> how many calls had been made then
         self._turn = 0
 
     # -- wiring -------------------------------------------------------------------------
@@ -250,6 +251,7 @@ class FakeMTurk:
             answers = {**{f"item-{k}": item for k, item in enumerate(items)}, **answers}
             answers = answer_xml(answers)
         aid = self._id("3ASG")
+        self.assigned_at_call[aid] = len(self.calls)
         n = len(self.assignments[hit_id])
         self.assignments[hit_id].append({
             "AssignmentId": aid, "WorkerId": worker or f"AWORKER{n:03d}", "HITId": hit_id, "AssignmentStatus": "Submitted",
