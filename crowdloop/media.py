@@ -17,6 +17,7 @@ validity when they expire.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mimetypes
 import threading
@@ -71,10 +72,7 @@ class ImageURLs:
         path = payload.get("path") if payload.get("kind") == "image" else None
         if not path:
             raise StoreError(f"item {item_id!r} is not an image file (payload kind {payload.get('kind')!r}); it has no URL")
-        if pool_on_s3(self.pool):
-            source = join_url(str(self.pool.path), item_id)
-        else:
-            source = self._upload(Path(path))
+        source = join_url(str(self.pool.path), item_id) if pool_on_s3(self.pool) else self._upload(Path(path))
         return presign(source, expires_s, content_type=mimetypes.guess_type(str(path))[0])
 
     def _upload(self, path: Path) -> str:
@@ -92,10 +90,8 @@ class ImageURLs:
             raise StoreError(f"pool.path: cannot read image {str(path)!r}: {exc.strerror or exc}") from None
         key = f"{keys.MEDIA}{hashlib.sha256(data).hexdigest()}{path.suffix.lower()}"
         if not self.store.exists(key):
-            try:
+            with contextlib.suppress(RecordExistsError):  # the same content, stored by a concurrent or crashed attempt
                 self.store.write_bytes(key, data, create_only=True)
-            except RecordExistsError:
-                pass  # the same content, stored by a concurrent or crashed attempt
         url = join_url(self.store.url, key)
         with self._lock:
             self._uploaded[str(path)] = url

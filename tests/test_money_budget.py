@@ -13,6 +13,7 @@ from crowdloop.storage import read_json
 from tests.conftest import small_config
 from tests.crowd_helpers import run_engine
 
+
 def test_the_top_up_bonus_is_capped_at_a_share_of_the_reward():
     """Issue 19.1: nine answers booked at 600 s each used to get a $2.50 top-up each on a $0.02 reward."""
     from crowdloop.pay import settle_batch

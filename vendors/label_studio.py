@@ -33,12 +33,13 @@ Quality controls:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
-from datetime import timezone
-from typing import Any, Literal
+from datetime import UTC
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 from xml.sax.saxutils import quoteattr
 
@@ -50,8 +51,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from crowdloop.errors import RecordExistsError, VendorError
 from crowdloop.records import Annotation, Task, content_hash, utcnow
 from crowdloop.storage import read_json, write_json
-from crowdloop.vendor import (BLOCKS_WORKERS, EXCLUDES_WORKERS_PER_ITEM, IMAGES_BY_URL, Ref, VendorContext,
-                              acknowledged, block_of, image_payload, parse_params, record_block, record_decision)
+from crowdloop.vendor import (
+    BLOCKS_WORKERS,
+    EXCLUDES_WORKERS_PER_ITEM,
+    IMAGES_BY_URL,
+    Ref,
+    VendorContext,
+    acknowledged,
+    block_of,
+    image_payload,
+    parse_params,
+    record_block,
+    record_decision,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +137,7 @@ def task_data(payload: dict[str, Any], data_type: str) -> Any:
         return str(payload.get("text", ""))
     if data_type == "image":
         return _pixels_data_url(payload["pixels"]) if kind == "image" else str(payload["url"])
-    return {str(c): v for c, v in zip(payload.get("columns", []), payload.get("values", []))}
+    return {str(c): v for c, v in zip(payload.get("columns", []), payload.get("values", []), strict=True)}
 
 
 class LabelStudioVendor:
@@ -133,8 +145,9 @@ class LabelStudioVendor:
 
     name = "label_studio"
     capabilities = frozenset({BLOCKS_WORKERS, EXCLUDES_WORKERS_PER_ITEM, IMAGES_BY_URL})
-    capability_hints = {BLOCKS_WORKERS: "Label Studio Community blocks only by removing an annotator from the "
-                                        "organization: set vendor.params.block_removes_membership: true to allow it"}
+    capability_hints: ClassVar[dict[str, str]] = {  # the hint in the one-line error
+        BLOCKS_WORKERS: "Label Studio Community blocks only by removing an annotator from the organization: "
+                        "set vendor.params.block_removes_membership: true to allow it"}
 
     @classmethod
     def capabilities_for(cls, params: dict[str, Any]) -> frozenset[str]:
@@ -450,7 +463,7 @@ class LabelStudioVendor:
                                  submitted_at=submitted, duration_s=round(float(lead), 3),
                                  reward=record["rewards"][item], is_gold=bool(record["is_gold"][item]))
                 if out.submitted_at.tzinfo is None:  # Label Studio speaks UTC; never mix naive and aware times
-                    out = out.model_copy(update={"submitted_at": out.submitted_at.replace(tzinfo=timezone.utc)})
+                    out = out.model_copy(update={"submitted_at": out.submitted_at.replace(tzinfo=UTC)})
                 return out
             except ValidationError as exc:
                 problem = f"unusable fields: {exc.errors()[0]['loc']} {exc.errors()[0]['msg']}"
@@ -479,7 +492,5 @@ def _int_id(value: Any) -> int | None:
 
 
 def _write_once(store, key: str, obj: Any) -> None:
-    try:
+    with contextlib.suppress(RecordExistsError):
         write_json(store, key, obj, create_only=True)
-    except RecordExistsError:
-        pass

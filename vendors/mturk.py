@@ -3,7 +3,7 @@
 Install with ``pip install 'crowdloop[mturk]'``. Credentials come only from boto3's credential
 chain (environment, shared config, instance role), never from the YAML config.
 
-Reliability (DESIGN.md, "Reliability rules"):
+Reliability (the rules of docs/reliability.md, "Guarantees"):
 
 * every HIT is created with a deterministic ``UniqueRequestToken`` derived from (project,
   batch, items, replicas) and a ``RequesterAnnotation`` that carries project/round/items;
@@ -43,6 +43,7 @@ rule; the loop's ledger and budget use it too, so ``ledger()`` and the project's
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import html
 import logging
@@ -52,8 +53,8 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timezone
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, ClassVar
 
 import boto3
 from botocore.config import Config
@@ -64,8 +65,18 @@ from crowdloop.errors import ConfigError, RecordExistsError, VendorError
 from crowdloop.records import Annotation, Task, utcnow
 from crowdloop.redact import protect_loggers
 from crowdloop.storage import read_json, write_json
-from crowdloop.vendor import (BLOCKS_WORKERS, EXCLUDES_WORKERS_PER_ITEM, IMAGES_BY_URL, PAYS, Ref, VendorContext,
-                              block_of, image_payload, parse_params, record_block)
+from crowdloop.vendor import (
+    BLOCKS_WORKERS,
+    EXCLUDES_WORKERS_PER_ITEM,
+    IMAGES_BY_URL,
+    PAYS,
+    Ref,
+    VendorContext,
+    block_of,
+    image_payload,
+    parse_params,
+    record_block,
+)
 
 log = logging.getLogger(__name__)
 protect_loggers()  # botocore logs request headers (the access key id) at DEBUG
@@ -90,7 +101,7 @@ MAX_ANSWER_CHARS = 1_000_000  # a classification answer is a few hundred bytes; 
 
 # Sessions are built through this name so tests can hand in a session with a fake wired into
 # botocore's ``before-send`` event (every request is still validated by the real model).
-_session_factory: Callable[[], "boto3.session.Session"] = boto3.session.Session
+_session_factory: Callable[[], boto3.session.Session] = boto3.session.Session
 
 
 class QualificationTest(BaseModel):
@@ -112,7 +123,7 @@ class Qualifications(BaseModel):
     test: QualificationTest | None = None
 
     @model_validator(mode="after")
-    def _paired(self) -> "Qualifications":
+    def _paired(self) -> Qualifications:
         # A 99% approval rate means nothing for a worker with 3 HITs: MTurk reports 100% for
         # new workers until they have 100 HITs, so the rate is only a filter with a count.
         if (self.min_approval_rate is None) != (self.min_approved_hits is None):
@@ -156,7 +167,7 @@ class MTurkParams(BaseModel):
         300.0, gt=0, description="how often poll looks for expired HITs whose returned/abandoned assignments need re-posting")
 
     @model_validator(mode="after")
-    def _urls_outlive_the_hit(self) -> "MTurkParams":
+    def _urls_outlive_the_hit(self) -> MTurkParams:
         if self.image_url_expiry_s <= self.lifetime_s + self.assignment_duration_s:
             raise ValueError(
                 f"image_url_expiry_s={self.image_url_expiry_s}: expected more than lifetime_s + assignment_duration_s = "
@@ -272,8 +283,9 @@ class MTurkVendor:
 
     name = "mturk"
     capabilities = frozenset({BLOCKS_WORKERS, EXCLUDES_WORKERS_PER_ITEM, IMAGES_BY_URL, PAYS})
-    capability_hints = {EXCLUDES_WORKERS_PER_ITEM: "only with vendor.params.items_per_hit: 1 (a re-ask adds "
-                                                   "assignments to the item's own HIT)"}
+    capability_hints: ClassVar[dict[str, str]] = {  # the hint in the one-line error
+        EXCLUDES_WORKERS_PER_ITEM: "only with vendor.params.items_per_hit: 1 (a re-ask adds assignments to the "
+                                   "item's own HIT)"}
 
     @classmethod
     def capabilities_for(cls, params: dict[str, Any]) -> frozenset[str]:
@@ -445,7 +457,7 @@ class MTurkVendor:
         if until <= now + 60:
             return
         try:
-            self._call("update_expiration_for_hit", HITId=hit_id, ExpireAt=datetime.fromtimestamp(until, timezone.utc))
+            self._call("update_expiration_for_hit", HITId=hit_id, ExpireAt=datetime.fromtimestamp(until, UTC))
         except ClientError as exc:
             raise VendorError(f"vendor 'mturk': cannot re-post HIT {hit_id}: {_error_message(exc)}") from exc
         write_json(self.store, f"reposts/{hit_id}-{int(now)}.json",
@@ -470,7 +482,7 @@ class MTurkVendor:
                 continue
             hit_id = read_json(self.store, key)["hit_id"]
             try:  # a time in the past expires the HIT at once
-                self._call("update_expiration_for_hit", HITId=hit_id, ExpireAt=datetime(2015, 1, 1, tzinfo=timezone.utc))
+                self._call("update_expiration_for_hit", HITId=hit_id, ExpireAt=datetime(2015, 1, 1, tzinfo=UTC))
             except ClientError as exc:
                 raise VendorError(f"vendor 'mturk': cannot expire HIT {hit_id}: {_error_message(exc)}") from exc
             expired.append(hit_id)
@@ -543,7 +555,7 @@ class MTurkVendor:
             until = self.clock() + self.params.lifetime_s
             if intent.get("url_expires_at") is not None:
                 until = min(until, intent["url_expires_at"] - self.params.assignment_duration_s)
-            self._call("update_expiration_for_hit", HITId=hit_id, ExpireAt=datetime.fromtimestamp(until, timezone.utc))
+            self._call("update_expiration_for_hit", HITId=hit_id, ExpireAt=datetime.fromtimestamp(until, UTC))
         record = {**intent, "created_at": utcnow().isoformat(), "sandbox": self.params.sandbox}
         try:
             write_json(self.store, hit_key, record, create_only=True)
@@ -744,7 +756,7 @@ class MTurkVendor:
                        assignment_id=aid if len(items) == 1 else f"{aid}:{k}", batch_id=record["batch_id"],
                        round=record["round"], submitted_at=submitted or utcnow(), duration_s=round(per_item, 3),
                        reward=record["rewards"][k], is_gold=bool(record.get("is_gold", [False] * len(items))[k]))
-            for k, (item, label) in enumerate(zip(items, labels))
+            for k, (item, label) in enumerate(zip(items, labels, strict=True))
         ]
 
     def _report_bad(self, assignment: dict[str, Any], record: dict[str, Any], problem: str) -> None:
@@ -752,13 +764,11 @@ class MTurkVendor:
         log.warning("mturk: skipping assignment %s of HIT %s (worker %s): %s", aid, record["hit_id"],
                     assignment.get("WorkerId"), problem)
         self._returned.add(aid)
-        try:
+        with contextlib.suppress(RecordExistsError):
             write_json(self.store, f"bad/{aid}.json", {"assignment_id": aid, "hit_id": record["hit_id"],
                                                        "worker_id": assignment.get("WorkerId"), "problem": problem,
                                                        "answer": str(assignment.get("Answer", ""))[:4000]},
                        create_only=True)
-        except RecordExistsError:
-            pass
 
     def bad_assignments(self) -> list[dict[str, Any]]:
         """Assignments skipped because their answers could not be used (for review)."""
@@ -783,11 +793,9 @@ class MTurkVendor:
         except ClientError as exc:
             if not _is_duplicate_token(exc):
                 raise VendorError(f"vendor 'mturk': send_bonus for {aid} failed: {_error_message(exc)}") from exc
-        try:
+        with contextlib.suppress(RecordExistsError):
             write_json(self.store, key, {"assignment_id": aid, "worker_id": worker_id, "amount": amount,
                                          "reason": reason, "token": token, "fee": fee_for(amount, 1)}, create_only=True)
-        except RecordExistsError:
-            pass
 
     def _pay_qualification_test(self, aid: str, worker_id: str) -> None:
         test = self.params.qualifications.test
@@ -799,7 +807,8 @@ class MTurkVendor:
 
     def ledger(self) -> dict[str, float | int]:
         """Money and HITs as recorded in the vendor's store: for reconciliation and reports."""
-        hits = [h for k in self.store.list("hits/") if k.endswith(".hit.json") and not (h := read_json(self.store, k)).get("base")]
+        records = [read_json(self.store, k) for k in self.store.list("hits/") if k.endswith(".hit.json")]
+        hits = [h for h in records if not h.get("base")]  # a re-ask's extension of an earlier HIT is no HIT of its own
         acks = [read_json(self.store, k) for k in self.store.list("acks/")]
         bonuses = [read_json(self.store, k) for k in self.store.list("bonuses/")]
         approved = [a for a in acks if a["status"] == "Approved"]
@@ -818,7 +827,7 @@ def render_payload(payload: dict[str, Any]) -> str:
     if kind == "tabular":
         rows = "".join(
             f"<tr><th>{html.escape(str(c))}</th><td>{html.escape(_fmt_value(v))}</td></tr>"
-            for c, v in zip(payload.get("columns", []), payload.get("values", []))
+            for c, v in zip(payload.get("columns", []), payload.get("values", []), strict=True)
         )
         return f'<table class="row">{rows}</table>'
     if kind == "text":
@@ -845,7 +854,7 @@ def _render_pixels(pixels: list[list[float]]) -> str:
     cells = "".join(
         "<tr>" + "".join(
             f'<td style="width:24px;height:24px;background:rgb({g},{g},{g})"></td>'
-            for g in (int(round(255 * (1 - float(v) / top))) for v in row)
+            for g in (round(255 * (1 - float(v) / top)) for v in row)
         ) + "</tr>"
         for row in pixels
     )
@@ -913,4 +922,4 @@ img.item{{max-width:100%}}fieldset{{margin-bottom:1em}}p.text{{white-space:pre-w
 document.getElementById("assignmentId").value=a;var to=q.get("turkSubmitTo");
 if(to&&/^https:\\/\\/(www|workersandbox)\\.mturk\\.com$/.test(to)){{document.getElementById("f").action=to+"/mturk/externalSubmit";}}
 if(!a||a==="ASSIGNMENT_ID_NOT_AVAILABLE"){{var b=document.getElementById("submit");b.disabled=true;b.textContent="Accept the HIT to answer";}}}})();
-</script></body></html>"""
+</script></body></html>"""  # noqa: E501 - an HTML/JS template, not code

@@ -14,9 +14,8 @@ import pandas as pd
 
 from crowdloop import keys
 from crowdloop.consensus.adaptive import answered_by, gold_stats
-from crowdloop.consensus.policy import agreement_block_reason, gold_block_reason
+from crowdloop.consensus.policy import agreement_block_reason, gold_block_reason, plan_gold, reask_items
 from crowdloop.consensus.policy import gold_rejections as rejections_for
-from crowdloop.consensus.policy import plan_gold, reask_items
 from crowdloop.engine.project import STREAM_CV, STREAM_GOLD, Project
 from crowdloop.records import Annotation
 

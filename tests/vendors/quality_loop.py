@@ -28,7 +28,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ class Crowd:
     """Who answers what: the truth, except the spammer, who answers the next class."""
 
     def __init__(self, p: Project, honest: list[str], spammer: str) -> None:
-        self.truth = {str(i): str(y) for i, y in zip(p.pool.ids.tolist(), p.pool.y.tolist())}
+        self.truth = {str(i): str(y) for i, y in zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True)}
         self.classes = list(p.classes)
         self.honest, self.spammer = honest, spammer
         self.workers = [spammer, *honest]  # the spammer is first in line
@@ -167,7 +167,8 @@ def run_local(root: Path) -> dict[str, Any]:
     p = Project.prepare(parse_config(cfg), str(root / "local"))
     crowd = Crowd(p, ["honest1", "honest2", "honest3"], "spammer")
     tokens = {w: p.vendor.add_annotator(w) for w in crowd.workers}
-    desk = LocalVendor(dict(cfg["vendor"]["params"]), p.vendor.context)  # the app's own vendor object, as `crowdloop annotate` has
+    # the app's own vendor object, as `crowdloop annotate` has in its own process
+    desk = LocalVendor(dict(cfg["vendor"]["params"]), p.vendor.context)
     stop = threading.Event()
     seen: dict[str, Any] = {"blocked_page": None, "spammer_items_after_block": 0, "errors": []}
 
@@ -208,7 +209,7 @@ def run_local(root: Path) -> dict[str, Any]:
 
 
 # -- the manifest drop-box ----------------------------------------------------------------------
-T0 = datetime(2026, 5, 1, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 5, 1, 10, 0, tzinfo=UTC)
 
 
 def run_manifest(root: Path) -> dict[str, Any]:

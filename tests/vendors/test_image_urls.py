@@ -11,7 +11,6 @@ from __future__ import annotations
 import html
 import re
 import urllib.request
-from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import boto3
@@ -65,7 +64,7 @@ def test_an_s3_image_pool_reaches_mturk_as_presigned_urls(tmp_path, fake, s3_end
     urls = urls_in_hits(fake)
     items = [t["item_id"] for t in read_json(p.store, keys.round_key(0, keys.DISPATCH))["tasks"]]
     assert len(urls) == len(items) == 4
-    for item, url in zip(items, urls):
+    for item, url in zip(items, urls, strict=True):
         parsed = urlparse(url)
         assert parsed.path == f"/{s3_bucket}/imgs/{item}" and parse_qs(parsed.query)["X-Amz-Expires"] == [str(5 * 86400)]
         body, content_type = fetch(url)
@@ -88,7 +87,7 @@ def test_a_local_image_folder_is_uploaded_once_content_addressed_to_an_s3_store(
     assert len(uploaded) == len(set(files.values())) <= 9  # one object per distinct content
     import hashlib
 
-    for item, url in zip(items, urls):
+    for item, url in zip(items, urls, strict=True):
         digest = hashlib.sha256(files[item]).hexdigest()
         assert urlparse(url).path == f"/{s3_bucket}/projects/pics/{keys.MEDIA}{digest}.png"
         assert fetch(url)[0] == files[item]
@@ -110,7 +109,7 @@ def test_a_local_image_folder_with_a_local_store_is_refused_before_round_0(tmp_p
 
 def test_image_url_expiry_must_outlive_the_hit():
     with pytest.raises(ConfigError, match="image_url_expiry_s=3600: expected more than lifetime_s"):
-        from crowdloop.vendors.mturk import MTurkParams
         from crowdloop.vendor import parse_params
+        from crowdloop.vendors.mturk import MTurkParams
 
         parse_params(MTurkParams, {"image_url_expiry_s": 3600, "lifetime_s": 3600}, vendor="mturk")

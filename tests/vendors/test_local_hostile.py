@@ -21,7 +21,6 @@ from crowdloop.testing import make_context
 from crowdloop.vendor import VendorContext
 from crowdloop.vendors.local import LocalVendor, item_key
 from crowdloop.vendors.local_app import COOKIE, MAX_FORM_BYTES, create_app, csrf_for, png_from_pixels
-
 from tests.vendors.app_server import raw_request, running
 
 CLASSES = ("cat", "dog", "bird")
@@ -88,7 +87,7 @@ def test_fuzzed_posts_answer_303_400_403_or_413_and_store_nothing_bad(fuzz_desk,
     else:
         r = client.post(route, content=raw, headers={**headers, "Content-Type": "application/octet-stream"})
     assert r.status_code in (303, 400, 403, 413), r.text[:300]
-    assert "Traceback" not in r.text and len(r.text.splitlines()) <= 1 or r.status_code == 403
+    assert ("Traceback" not in r.text and len(r.text.splitlines()) <= 1) or r.status_code == 403
     if r.status_code == 303:
         assert same_origin and encoding in ("form", "repeated") and fields.get("csrf") == csrf_for(token)
     assert_store_is_clean(vendor, {"alice"})
@@ -213,7 +212,7 @@ TRAVERSAL = [
 @pytest.mark.parametrize("target", TRAVERSAL)
 def test_image_routes_refuse_traversal(image_server, target):
     base, cookie, root = image_server
-    status, headers, body = raw_request(base, "GET", target.replace("{root}", str(root)), headers=cookie)
+    status, _headers, body = raw_request(base, "GET", target.replace("{root}", str(root)), headers=cookie)
     assert status in (400, 403, 404), (status, body[:100])
     assert b"SECRET" not in body and b"root:" not in body
 
@@ -235,11 +234,11 @@ def test_answers_for_items_not_on_screen_beyond_the_replicas_or_after_payment_ar
     vendor.submit([Task(item_id=i, round=0, batch_id="b0", replicas=2, reward=0.02) for i in ITEMS], batch_id="b0")
     refs = [{"batch_id": "b0"}]
     assert vendor.next_task("ann")[0].item_id == ITEMS[0]  # item-0 is on ann's screen
-    with pytest.raises(VendorDataError, match="not on annotator 'bob'.s screen"):
+    with pytest.raises(VendorDataError, match=r"not on annotator 'bob'.s screen"):
         vendor.answer("bob", "b0", ITEMS[0], "cat")  # a post by hand: never shown to bob
     assert vendor.next_task("bob")[0].item_id == ITEMS[0]  # the second slot of item-0
     assert vendor.next_task("eve")[0].item_id == ITEMS[1]  # item-0's slots are on screens
-    with pytest.raises(VendorDataError, match="not on annotator 'eve'.s screen"):
+    with pytest.raises(VendorDataError, match=r"not on annotator 'eve'.s screen"):
         vendor.answer("eve", "b0", ITEMS[0], "dog")
     clock["now"] += 5
     vendor.answer("ann", "b0", ITEMS[0], "bird")
@@ -253,7 +252,7 @@ def test_answers_for_items_not_on_screen_beyond_the_replicas_or_after_payment_ar
     with pytest.raises(VendorDataError, match=r"item 'item-1' already has its 2 answer\(s\)"):
         vendor.answer("eve", "b0", ITEMS[1], "dog")
     clock["now"] += 40
-    anns = [a for a in LocalVendor({"undo_window_s": 0}, vendor.context, clock=lambda: clock["now"]).poll(refs)]
+    anns = LocalVendor({"undo_window_s": 0}, vendor.context, clock=lambda: clock["now"]).poll(refs)
     assert sorted(a.worker_id for a in anns) == ["ann", "bob", "fay", "gus"]
     vendor.acknowledge(anns, accept=True)  # the loop paid: the batch is closed
     with pytest.raises(VendorDataError, match="batch 'b0' is closed"):
