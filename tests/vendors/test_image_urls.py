@@ -113,3 +113,54 @@ def test_image_url_expiry_must_outlive_the_hit():
         from crowdloop.vendors.mturk import MTurkParams
 
         parse_params(MTurkParams, {"image_url_expiry_s": 3600, "lifetime_s": 3600}, vendor="mturk")
+
+
+def login(page, base: str) -> None:
+    from tests.vendors import label_studio_server as lss
+
+    page.goto(f"{base}/user/login/")
+    page.fill("input[name=email]", lss.USERNAME)
+    page.fill("input[name=password]", lss.PASSWORD)
+    with page.expect_navigation():
+        page.click("button[type=submit], input[type=submit]")
+
+
+@pytest.mark.slow
+def test_an_s3_image_pool_renders_in_label_studio_in_chromium(tmp_path, label_studio, browser, s3_endpoint, s3_bucket,
+                                                              monkeypatch):
+    """The labeling page of a real Label Studio, in real Chromium, shows the image from its
+    presigned URL, served by the local S3 test server."""
+    from label_studio_sdk import LabelStudio
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    for c, cls in enumerate(("cat", "dog")):
+        for i in range(5):
+            s3.put_object(Bucket=s3_bucket, Key=f"photos/{cls}/{i}.png", Body=_png(40 * c + i, size=48))
+    cfg = image_config(f"s3://{s3_bucket}/photos?endpoint_url={s3_endpoint}", project="lsimages",
+                       vendor={"name": "label_studio", "params": {"image_url_expiry_s": 2 * 86400}},
+                       **{"sampler.initial_size": 2})
+    p = Project.prepare(parse_config(cfg), str(tmp_path / "p"))
+    engine.run_round(p, 0, until="dispatch")
+    batch = read_json(p.vendor.store, f"batches/{p.batch_id(0)}.json")
+    ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    item, task_id = sorted(batch["tasks"].items())[0]
+    url = ls.tasks.get(str(task_id)).data["image"]
+    query = parse_qs(urlparse(url).query)
+    assert url.startswith(f"{s3_endpoint}/{s3_bucket}/photos/{item}?") and query["X-Amz-Expires"] == [str(2 * 86400)]
+    assert "X-Amz-Signature" in query
+    page = browser.new_page()
+    served = []
+    page.on("response", lambda r: served.append((r.url, r.status)) if r.url == url else None)
+    login(page, label_studio.url)
+    page.goto(f"{label_studio.url}/projects/{batch['project_id']}/data?task={task_id}")
+    # the labeling editor's image (the task list shows a small thumbnail of it too): loaded and drawn large
+    found = page.wait_for_function(
+        """url => { const i = Array.from(document.querySelectorAll('img')).find(i => i.src === url && i.complete
+                        && i.naturalWidth > 0 && i.getBoundingClientRect().width > 200);
+                    return i && [i.naturalWidth, Math.round(i.getBoundingClientRect().width)]; }""",
+        arg=url, timeout=120_000).json_value()
+    assert found[0] == 48 and (url, 200) in served  # the original 48 px image, from the S3 server, by its URL
+    page.screenshot(path=str(tmp_path / "label_studio_image.png"))
+    page.close()

@@ -8,7 +8,6 @@ data directory (minutes), later runs copy it.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,17 +20,6 @@ from tests.conftest import small_config
 from tests.vendors import label_studio_server as lss
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[lss.Server]:
-    if not lss.LS_BIN.exists():
-        pytest.fail(lss.SETUP_HINT, pytrace=False)
-    server = lss.start_copy(tmp_path_factory.mktemp("label-studio"))
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _choice(label: str) -> list[dict]:

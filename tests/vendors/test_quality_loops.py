@@ -9,7 +9,6 @@ fake's approved assignments and bonuses by MTurk's published rule, $0.03 rewards
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,17 +54,6 @@ def test_manifest_drop_box(tmp_path: Path) -> None:
     out = q.run_manifest(tmp_path)
     assert_quality_controls_held(out)
     assert out["spammer_lines_rejected"] > 0 and out["block_reason"] in out["reject_reason"]
-
-
-@pytest.fixture(scope="module")
-def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[lss.Server]:
-    if not lss.LS_BIN.exists():
-        raise RuntimeError(lss.SETUP_HINT)  # tests never skip: a missing server venv names its install command
-    server = lss.start_copy(tmp_path_factory.mktemp("label-studio-quality"))
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.slow
