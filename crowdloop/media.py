@@ -39,17 +39,18 @@ def pool_on_s3(pool: PoolConfig) -> bool:
     return pool.source == "images" and str(pool.path or "").startswith("s3://")
 
 
-def store_on_s3(store: Store) -> bool:
-    return store.url.startswith("s3://")
+def store_on_s3(store: Store | str) -> bool:
+    """Whether a project store (or its URL) is on S3."""
+    return (store if isinstance(store, str) else store.url).startswith("s3://")
 
 
-def check_reachable(pool: PoolConfig, store: Store, content_kind: str | None, vendor: str) -> None:
+def check_reachable(pool: PoolConfig, store_url: str, content_kind: str | None, vendor: str) -> None:
     """One line if image items would have no URL: image files neither on S3 nor uploadable to it."""
-    if content_kind != "image" or pool_on_s3(pool) or store_on_s3(store):
+    if content_kind != "image" or pool_on_s3(pool) or store_on_s3(store_url):
         return
     raise ConfigError(
         f"pool.path: vendor {vendor!r} shows images by URL, but the images of {pool.path!r} are local files and the "
-        f"project store {store.url} is not on S3; put the images under s3://bucket/prefix (pool.path) or use an "
+        f"project store {store_url} is not on S3; put the images under s3://bucket/prefix (pool.path) or use an "
         "s3:// project store (storage.url), where they are uploaded once, content-addressed")
 
 

@@ -31,6 +31,12 @@ Fees: a vendor that charges by its own rule defines ``fee_for(reward, n_assignme
 (a staticmethod: the fee of one assignment paid ``reward``, or of one bonus with ``1``); the
 ledger, the budget planner and the vendor's own accounting use that one function
 (``crowdloop.pay.fee_function``).
+
+An optional classmethod lets ``crowdloop check`` (``crowdloop.checks``) find a bad setting
+before anything is sent or paid: ``check_params(params, plan)`` validates ``params`` against the
+vendor's own model and against the ``VendorPlan`` (judgments per item, classes), raising a
+one-line ``ConfigError``; it must contact no service and write nothing. (A class attribute
+``needs_ground_truth = True`` still counts as the capability of that name.)
 """
 
 from __future__ import annotations
@@ -101,6 +107,8 @@ def capabilities_of(vendor_cls: Any, params: dict[str, Any] | None = None) -> fr
     else its ``capabilities`` (none declared: nothing beyond the four promises)."""
     by_params = getattr(vendor_cls, "capabilities_for", None)
     found = by_params(dict(params or {})) if callable(by_params) else getattr(vendor_cls, "capabilities", frozenset())
+    if getattr(vendor_cls, "needs_ground_truth", False) is True:  # the earlier spelling of that capability
+        found = frozenset(found) | {NEEDS_GROUND_TRUTH}
     unknown = sorted(set(found) - set(CAPABILITIES))
     if unknown:
         raise ConfigError(f"vendor.name: vendor {getattr(vendor_cls, 'name', vendor_cls)!r} declares unknown "
@@ -142,6 +150,24 @@ def _params_hint(vendor_cls: Any, capability: str) -> str:
     return f"; {hint}" if hint else ""
 
 
+@dataclass(frozen=True)
+class VendorPlan:
+    """What the loop will ask of a vendor, known before anything is sent (see ``check_params``)."""
+
+    judgments_per_item: int  # the most judgments one item gets over all rounds, each by another worker
+    judgments_field: str = "consensus.redundancy"  # the config field that sets it, for messages
+    replicas_per_task: tuple[int, ...] = ()  # the replica counts one batch's tasks can hold (several with re-asks)
+    replicas_field: str = "consensus.redundancy"
+    classes: tuple[str, ...] = ()  # the class list; empty when the pool was not loaded
+
+
+def check_vendor_params(vendor_cls: type, params: dict[str, Any], plan: VendorPlan) -> None:
+    """Run the vendor's ``check_params`` if it has one (offline, writes nothing)."""
+    check = getattr(vendor_cls, "check_params", None)
+    if check is not None:
+        check(dict(params), plan)
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -150,7 +176,8 @@ def parse_params(model: type[M], params: dict[str, Any], *, vendor: str) -> M:
     try:
         return model.model_validate(params)
     except ValidationError as exc:
-        message = format_validation_error(exc, source=f"vendor {vendor!r}")
+        message = format_validation_error(exc, source=f"vendor {vendor!r}", model=model)
+        message = message.replace(f"vendor {vendor!r}: <top level>: ", "vendor.params: ", 1)
         raise ConfigError(message.replace(f"vendor {vendor!r}: ", "vendor.params.", 1)) from None
 
 

@@ -57,6 +57,7 @@ from crowdloop.vendor import (
     IMAGES_BY_URL,
     Ref,
     VendorContext,
+    VendorPlan,
     acknowledged,
     block_of,
     image_payload,
@@ -155,6 +156,16 @@ class LabelStudioVendor:
         if params.get("block_removes_membership") is True:
             return cls.capabilities
         return cls.capabilities - {BLOCKS_WORKERS}
+
+    @classmethod
+    def check_params(cls, params: dict, plan: VendorPlan) -> LabelStudioParams:
+        """Offline check of ``params`` (nothing is contacted or written).
+
+        A batch imports new items with one redundancy (the project's overlap); re-asks and gold
+        asked again raise the overlap of the item's own earlier task instead of importing it
+        (``_reask``), so adaptive redundancy with any ``consensus.min_judgments`` fits.
+        """
+        return parse_params(LabelStudioParams, params, vendor=cls.name)
 
     def __init__(self, params: dict, context: VendorContext) -> None:
         self.params = parse_params(LabelStudioParams, params, vendor=self.name)

@@ -53,6 +53,7 @@ from crowdloop.vendor import (
     EXCLUDES_WORKERS_PER_ITEM,
     Ref,
     VendorContext,
+    VendorPlan,
     acknowledged,
     block_of,
     parse_params,
@@ -87,6 +88,11 @@ class LocalVendor:
 
     name = "local"
     capabilities = frozenset({BLOCKS_WORKERS, EXCLUDES_WORKERS_PER_ITEM})
+
+    @classmethod
+    def check_params(cls, params: dict, plan: VendorPlan) -> LocalParams:
+        """Offline check of ``params`` (nothing is contacted or written)."""
+        return parse_params(LocalParams, params, vendor=cls.name)
 
     def __init__(self, params: dict, context: VendorContext, *, clock: Callable[[], float] = time.time) -> None:
         self.params = parse_params(LocalParams, params, vendor="local")

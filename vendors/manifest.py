@@ -48,6 +48,7 @@ from crowdloop.vendor import (
     EXCLUDES_WORKERS_PER_ITEM,
     Ref,
     VendorContext,
+    VendorPlan,
     acknowledged,
     blocked_workers,
     parse_params,
@@ -98,6 +99,11 @@ class ManifestVendor:
 
     name = "manifest"
     capabilities = frozenset({BLOCKS_WORKERS, EXCLUDES_WORKERS_PER_ITEM})
+
+    @classmethod
+    def check_params(cls, params: dict, plan: VendorPlan) -> ManifestParams:
+        """Offline check of ``params`` (nothing is contacted or written)."""
+        return parse_params(ManifestParams, params, vendor=cls.name)
 
     def __init__(self, params: dict, context: VendorContext) -> None:
         self.params = parse_params(ManifestParams, params, vendor="manifest")

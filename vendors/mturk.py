@@ -72,6 +72,7 @@ from crowdloop.vendor import (
     PAYS,
     Ref,
     VendorContext,
+    VendorPlan,
     block_of,
     image_payload,
     parse_params,
@@ -98,6 +99,7 @@ LARGE_HIT_SURCHARGE = 0.20
 LARGE_HIT_ASSIGNMENTS = 10
 MIN_FEE = 0.01
 MAX_ANSWER_CHARS = 1_000_000  # a classification answer is a few hundred bytes; refuse megabytes unparsed
+MAX_QUESTION_BYTES = 65_535  # CreateHIT: "The XML question data must not be larger than 64 kilobytes"
 
 # Sessions are built through this name so tests can hand in a session with a fake wired into
 # botocore's ``before-send`` event (every request is still validated by the real model).
@@ -146,6 +148,9 @@ class MTurkParams(BaseModel):
     description: str = Field("Choose the class that fits the item best.", min_length=1, max_length=2000)
     keywords: str = Field("classification, labeling", max_length=1000)
     items_per_hit: int = Field(1, ge=1, le=50, description="items shown in one HIT (one assignment answers all)")
+    max_text_chars: int = Field(
+        4000, ge=100, le=48_000, description="longest item text shown in a HIT; longer texts are cut with a note "
+        "saying so (the whole question must stay under MTurk's 64 KB)")
     assignment_duration_s: int = Field(600, ge=30, le=365 * 86400, description="time a worker has after accepting")
     lifetime_s: int = Field(3 * 86400, ge=60, le=365 * 86400, description="how long the HIT is listed")
     auto_approval_delay_s: int = Field(86400, ge=0, le=30 * 86400, description="MTurk approves on its own after this")
@@ -183,6 +188,15 @@ def fee_for(reward: float, n_assignments_per_hit: int) -> float:
         )
     rate = COMMISSION + (LARGE_HIT_SURCHARGE if n_assignments_per_hit >= LARGE_HIT_ASSIGNMENTS else 0.0)
     return max(MIN_FEE, math.ceil(round(reward * rate * 100, 6)) / 100)
+
+
+def check_assignments(params: MTurkParams, replicas: int, *, field: str = "consensus.redundancy") -> None:
+    """Refuse 10+ assignments per HIT unless the 20% surcharge was allowed explicitly."""
+    if replicas >= LARGE_HIT_ASSIGNMENTS and not params.allow_ten_or_more_assignments:
+        raise ConfigError(
+            f"{field}={replicas}: MTurk charges an extra 20% on HITs with 10 or more assignments; "
+            "use at most 9 or set vendor.params.allow_ten_or_more_assignments: true"
+        )
 
 
 def endpoint_for(params: MTurkParams) -> str:
@@ -500,11 +514,16 @@ class MTurkVendor:
                 yield group
 
     def _check_assignments(self, replicas: int) -> None:
-        if replicas >= LARGE_HIT_ASSIGNMENTS and not self.params.allow_ten_or_more_assignments:
-            raise ConfigError(
-                f"consensus.redundancy={replicas}: MTurk charges an extra 20% on HITs with 10 or more assignments; "
-                "use at most 9 or set vendor.params.allow_ten_or_more_assignments: true"
-            )
+        check_assignments(self.params, replicas)
+
+    @classmethod
+    def check_params(cls, params: dict, plan: VendorPlan) -> MTurkParams:
+        """Offline check (no client is built, nothing is sent): the params and HIT size."""
+        parsed = parse_params(MTurkParams, params, vendor=cls.name)
+        check_assignments(parsed, max(plan.replicas_per_task, default=1), field=plan.replicas_field)
+        if parsed.items_per_hit == 1:  # re-asks add assignments to the item's HIT: it grows to every judgment of it
+            check_assignments(parsed, plan.judgments_per_item, field=plan.judgments_field)
+        return parsed
 
     @staticmethod
     def _hit_key(batch_id: str, group: str) -> str:
@@ -694,8 +713,23 @@ class MTurkVendor:
 
     # -- the form -------------------------------------------------------------------------
     def question_xml(self, group: Sequence[Task]) -> str:
-        """``HTMLQuestion`` with every item's content HTML-escaped (no markup from data)."""
-        blocks = [self._item_html(k, t.item_id) for k, t in enumerate(group)]
+        """``HTMLQuestion`` with every item's content HTML-escaped (no markup from data).
+
+        Item texts share what MTurk's 64 KB limit leaves after the form itself (measured by
+        rendering it with empty texts), so many long items in one HIT are cut, not refused."""
+        payloads = [image_payload(self.context, t.item_id, self.params.image_url_expiry_s) for t in group]
+        skeleton = self._page(group, payloads, text_bytes=0)
+        spare = MAX_QUESTION_BYTES - len(skeleton.encode("utf-8")) - 32 * len(group)  # the notes' numbers grow a little
+        xml = self._page(group, payloads, text_bytes=max(spare // max(len(group), 1), 0))
+        size = len(xml.encode("utf-8"))
+        if size > MAX_QUESTION_BYTES:
+            raise VendorError(f"vendor 'mturk': the question for items {[t.item_id for t in group][:3]} is {size:,} bytes; "
+                              f"MTurk accepts at most {MAX_QUESTION_BYTES:,}: lower items_per_hit or max_text_chars")
+        return xml
+
+    def _page(self, group: Sequence[Task], payloads: list[dict[str, Any]], *, text_bytes: int) -> str:
+        blocks = [self._item_html(k, t.item_id, payload, text_bytes)
+                  for k, (t, payload) in enumerate(zip(group, payloads, strict=True))]
         page = _FORM.format(title=html.escape(self.params.title), description=html.escape(self.params.description),
                             items="\n".join(blocks))
         if "]]>" in page:  # cannot happen with escaped content; refuse rather than break the CDATA
@@ -703,9 +737,8 @@ class MTurkVendor:
         return (f'<HTMLQuestion xmlns="{HTML_QUESTION_NS}"><HTMLContent><![CDATA[{page}]]></HTMLContent>'
                 f"<FrameHeight>{self.params.frame_height}</FrameHeight></HTMLQuestion>")
 
-    def _item_html(self, k: int, item_id: str) -> str:
-        payload = image_payload(self.context, item_id, self.params.image_url_expiry_s)
-        body = render_payload(payload)
+    def _item_html(self, k: int, item_id: str, payload: dict[str, Any], text_bytes: int) -> str:
+        body = render_payload(payload, max_text_chars=self.params.max_text_chars, max_text_bytes=text_bytes)
         choices = "\n".join(
             f'<label><input type="radio" name="label-{k}" value="{html.escape(c, quote=True)}" required> '
             f"{html.escape(c)}</label><br>"
@@ -821,8 +854,25 @@ class MTurkVendor:
 
 
 # -- rendering and parsing (pure functions, tested directly) ---------------------------------
-def render_payload(payload: dict[str, Any]) -> str:
-    """HTML for one item: tabular rows, text or an image URL; every value escaped."""
+def shorten_text(text: str, *, max_chars: int, max_bytes: int) -> str:
+    """The longest prefix of ``text`` within ``max_chars`` characters whose escaped UTF-8 form fits
+    ``max_bytes`` (escaping can grow ``<`` to four bytes, a character may take four)."""
+    cut = text[:max_chars]
+    if len(html.escape(cut).encode("utf-8")) <= max_bytes:
+        return cut
+    lo, hi = 0, len(cut)
+    while lo < hi:  # binary search on the prefix length
+        mid = (lo + hi + 1) // 2
+        if len(html.escape(cut[:mid]).encode("utf-8")) <= max_bytes:
+            lo = mid
+        else:
+            hi = mid - 1
+    return cut[:lo]
+
+
+def render_payload(payload: dict[str, Any], *, max_text_chars: int = 4000, max_text_bytes: int = MAX_QUESTION_BYTES) -> str:
+    """HTML for one item: tabular rows, text or an image URL; every value escaped. A text longer
+    than the caps is cut, with a note that tells the worker so."""
     kind = payload.get("kind")
     if kind == "tabular":
         rows = "".join(
@@ -831,7 +881,11 @@ def render_payload(payload: dict[str, Any]) -> str:
         )
         return f'<table class="row">{rows}</table>'
     if kind == "text":
-        return f'<p class="text">{html.escape(str(payload.get("text", "")))}</p>'
+        text = str(payload.get("text", ""))
+        shown = shorten_text(text, max_chars=max_text_chars, max_bytes=max_text_bytes)
+        note = ("" if shown == text else f'<p class="cut">Shortened for this form: showing the first {len(shown):,} '
+                f"of {len(text):,} characters.</p>")
+        return f'<p class="text" dir="auto">{html.escape(shown)}</p>{note}'
     if kind == "image_url":
         url = str(payload.get("url", ""))
         if not re.match(r"^https?://", url, flags=re.IGNORECASE):
@@ -910,7 +964,8 @@ def _local(tag: str) -> str:
 _FORM = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;max-width:46em;margin:1em auto}}table.row td,table.row th{{padding:2px 8px;text-align:left}}
-img.item{{max-width:100%}}fieldset{{margin-bottom:1em}}p.text{{white-space:pre-wrap}}</style></head>
+img.item{{max-width:100%}}fieldset{{margin-bottom:1em}}p.text{{white-space:pre-wrap;overflow-wrap:anywhere;unicode-bidi:isolate}}
+p.cut{{color:#555;font-size:.85em;font-style:italic}}</style></head>
 <body><h3>{title}</h3><p>{description}</p>
 <form id="f" method="post" action="https://www.mturk.com/mturk/externalSubmit">
 <input type="hidden" id="assignmentId" name="assignmentId" value="">

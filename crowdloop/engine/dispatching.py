@@ -45,7 +45,8 @@ def dispatch(p: Project, r: int) -> dict[str, Any]:
     tasks = [Task.model_validate(t) for t in intent["tasks"]]
     refs = vendor.submit(tasks, batch_id=intent["batch_id"])
     hooks.point("dispatch:after_submit", r)
-    write_once(p.store, keys.round_key(r, keys.REFS), {"batch_id": intent["batch_id"], "refs": refs, "dispatched_at": time.time()})
+    sent = {"batch_id": intent["batch_id"], "refs": refs, "dispatched_at": time.time()}
+    write_once(p.store, keys.round_key(r, keys.REFS), sent)
     return p.record(r, keys.REFS)
 
 

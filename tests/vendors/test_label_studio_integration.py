@@ -97,3 +97,42 @@ def test_two_rounds_with_label_studio(tmp_path: Path, label_studio: lss.Server, 
     imported = [t.data.get("crowdloop_item") for t in ls.tasks.list(project=project_id)
                 if t.data.get("crowdloop_batch") == "lsloop-crash"]
     assert sorted(imported) == sorted(fresh)
+
+
+def test_a_text_round_with_label_studio(tmp_path: Path, label_studio: lss.Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A text pool (the fortunes sample, TF-IDF) on Label Studio: a Text + Choices project whose
+    tasks carry the texts verbatim (markup included: Label Studio shows it as text)."""
+    from label_studio_sdk import LabelStudio
+
+    from tests.conftest import REPO
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
+    classes = ["computers", "politics", "startrek"]
+    config = small_config(**{
+        "project": "lstext", "vendor": {"name": "label_studio", "params": {"instructions": "Which fortune file?"}},
+        "pool": {"source": "fortunes", "path": str(REPO / "tests" / "data" / "fortunes"), "classes": classes,
+                 "test_size": 0.3},
+        "model": {"estimator": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500},
+                  "features": {"kind": "tfidf", "dense_dim": 16}},
+        "sampler.initial_size": 5, "consensus.redundancy": 1, "consensus.method": "majority_vote",
+        "collect.poll_interval_s": 0.2, "collect.timeout_s": 60, "stopping.max_rounds": 1,
+    })
+    p = Project.prepare(parse_config(config), str(tmp_path / "p"))
+    texts = dict(zip(p.pool.ids.tolist(), p.pool.content.tolist(), strict=True))
+    truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True))
+    ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    engine.run_round(p, 0, until="dispatch")
+    dispatched = engine.dispatch(p, 0)
+    batch = read_json(p.vendor.store, f"batches/{dispatched['batch_id']}.json")
+    label_config = ls.projects.get(batch["project_id"]).label_config
+    assert '<Text name="item" value="$text"/>' in label_config and '<Choices name="label" toName="item"' in label_config
+    assert all(f'<Choice value="{c}"/>' in label_config for c in classes)
+    for item, task_id in batch["tasks"].items():
+        assert ls.tasks.get(str(task_id)).data["text"] == texts[item]
+        ls.annotations.create(task_id, result=_choice(truth[item]), lead_time=4.0)
+    engine.collect(p, 0)
+    engine.aggregate(p, 0)
+    labels = p.human_labels(before_round=1)
+    assert sorted(item.item_id for item in labels) == sorted(batch["tasks"])
+    assert all(item.label == truth[item.item_id] for item in labels)
