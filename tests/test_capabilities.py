@@ -84,15 +84,19 @@ def test_ground_truth_goes_by_capability_not_by_name(tmp_path: Path):
         name = "simulated"
 
     registry.vendors.register("oracle", Oracle)
+    plain_registered = False
     try:
         p = Project.prepare(parse_config(small_config(vendor={"name": "oracle", "params": {"n_workers": 6}})),
                             str(tmp_path / "oracle"))
         assert NEEDS_GROUND_TRUTH in p.capabilities and p.vendor.context.ground_truth is not None
         engine.run_round(p, 0, until="dispatch")
         assert engine.dispatch(p, 0)["refs"]
-        registry.vendors.register("simulated", Plain)
+        registry.vendors.register("simulated", Plain, replace=True)
+        plain_registered = True
         q = Project.prepare(parse_config(small_config(vendor={"name": "simulated", "params": {}}, project="plain")),
                             str(tmp_path / "plain"))
         assert q.vendor.context.ground_truth is None
     finally:
-        registry.vendors._overrides.clear()
+        registry.vendors.unregister("oracle")
+        if plain_registered:
+            registry.vendors.unregister("simulated")
