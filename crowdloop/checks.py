@@ -90,6 +90,9 @@ def _check(config: LoopConfig, source: str | None, location: str | None, pool: A
     else:
         _name("pool.source", registry.pools, config.pool.source)
     _check_features(config, pool)
+    from crowdloop.models.text import check_text_setup  # raw text needs a featurizer; a local model must exist
+
+    check_text_setup(pool, config.model)
     _check_ground_truth(config, pool, capabilities)
     if IMAGES_BY_URL in capabilities and location is not None:
         check_reachable(config.pool, location, getattr(pool, "content_kind", None), config.vendor.name)

@@ -292,13 +292,19 @@ def _backend_of(path: Path, backend: str) -> str:
                       "model.features.backend or point model_path at a saved model")
 
 
-def load_embedding_model(cfg: FeaturesConfig) -> tuple[Callable[[list[str]], np.ndarray], str]:
-    """(encode, model id) for the local model folder; never downloads anything."""
+def embedding_model_folder(cfg: FeaturesConfig) -> Path:
+    """The local model folder of an ``embedding`` featurizer, or a one-line error saying how to get one."""
     path = Path(cfg.model_path or "")
     if not path.is_dir():
         raise ConfigError(f"model.features.model_path: model folder {str(path)!r} not found; crowdloop never downloads "
                           f"models at run time: save one there on a machine with network access, e.g. "
                           f"{MODEL2VEC_HINT.format(path=path)}, and copy the folder here")
+    return path
+
+
+def load_embedding_model(cfg: FeaturesConfig) -> tuple[Callable[[list[str]], np.ndarray], str]:
+    """(encode, model id) for the local model folder; never downloads anything."""
+    path = embedding_model_folder(cfg)
     backend = _backend_of(path, cfg.backend)
     model_id = _model_digest(path, backend)
     params = dict(cfg.params)
@@ -401,3 +407,5 @@ def check_text_setup(pool: Any, cfg: ModelConfig) -> None:
     if cfg.features is None and getattr(pool.X, "shape", (0, 1))[1] == 0:
         raise ConfigError("model.features: the pool has no numeric feature columns; for raw text set "
                           "model.features: {kind: tfidf} (or hashing / embedding)")
+    if cfg.features is not None and cfg.features.kind == "embedding":
+        _backend_of(embedding_model_folder(cfg.features), cfg.features.backend)

@@ -155,14 +155,7 @@ class Project:
         if known is not None and known.config == config and known.store.exists(keys.PROJECT):
             return known
         from crowdloop.checks import check_config
-        from crowdloop.models.text import check_text_setup
-
-        pool = load_pool(config.pool)
-        check_config(config, source=source, location=location, pool=pool)
-        try:
-            check_text_setup(pool, config.model)
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
+        check_config(config, source=source, location=location, pool=load_pool(config.pool))
         store = open_store(location)
         existing = read_json(store, keys.PROJECT, default=None)
         if existing is not None:
@@ -203,7 +196,6 @@ class Project:
     def check(self) -> None:
         """Every offline check of ``crowdloop check`` on this project's config and pool."""
         from crowdloop.checks import check_config
-        from crowdloop.models.text import check_text_setup
 
         pool = load_pool(self.config.pool)
         check_config(self.config, pool=pool)
@@ -211,7 +203,6 @@ class Project:
             from crowdloop.media import check_reachable
 
             check_reachable(self.config.pool, self.store.url, pool.content_kind, self.config.vendor.name)
-        check_text_setup(pool, self.config.model)
 
     @contextmanager
     def running(self) -> Iterator[None]:
