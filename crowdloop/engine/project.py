@@ -10,6 +10,7 @@ crash sees exactly what the crashed process saw.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import pickle
 import time
@@ -371,10 +372,38 @@ class Project:
         return round(total, 2)
 
     def load_model(self, round_: int):
+        """Round ``round_``'s fitted model (None if it trained none), unpickled only once its bytes
+        match the sha256 that round's training record wrote down (``model_bytes``)."""
         if round_ not in self._models:
-            key = keys.round_key(round_, keys.MODEL)
-            self._models[round_] = pickle.loads(self.store.read_bytes(key)) if self.store.exists(key) else None
+            data = self.model_bytes(round_)
+            self._models[round_] = None if data is None else pickle.loads(data)
         return self._models[round_]
+
+    def model_bytes(self, round_: int) -> bytes | None:
+        """The stored model file of round ``round_``, checked against ``train.json``'s ``model_sha256``.
+
+        Unpickling runs code, and anyone who can write to the store (a shared folder, a bucket)
+        could plant a model file; the create-only training record says which bytes the loop
+        wrote. A file that differs, or that no record names, is refused with one line. Records
+        written before the digest existed (no ``model_sha256``) are taken as they are.
+        """
+        key = keys.round_key(round_, keys.MODEL)
+        trained = self.record(round_, keys.TRAIN, default=None)
+        if not self.store.exists(key):
+            if trained is not None and trained.get("model_sha256"):
+                raise MissingRecordError(f"{self.store.url}: {key} is missing, but {keys.round_key(round_, keys.TRAIN)} "
+                                         "recorded it (restore it, or start a new project)")
+            return None
+        if trained is None or not trained.get("trained"):
+            raise StoreError(f"{self.store.url}: {key} is not recorded by {keys.round_key(round_, keys.TRAIN)}; "
+                             "refusing to unpickle a model file the loop did not write")
+        data = self.store.read_bytes(key)
+        expected = trained.get("model_sha256")
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+            raise StoreError(f"{self.store.url}: {key} has sha256 {hashlib.sha256(data).hexdigest()[:16]}…, not the "
+                             f"{expected[:16]}… recorded in {keys.round_key(round_, keys.TRAIN)}; refusing to unpickle a "
+                             "model file that changed after training (restore it, or start a new project)")
+        return data
 
     def forget_model(self, round_: int) -> None:
         self._models.pop(round_, None)
