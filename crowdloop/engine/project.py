@@ -25,7 +25,7 @@ import numpy as np
 
 from crowdloop import keys, registry
 from crowdloop.config import RESUMABLE_SECTIONS, LoopConfig, PoolConfig
-from crowdloop.errors import ConfigError, CrowdloopError, RecordExistsError, RegistryError, StoreError
+from crowdloop.errors import ConfigError, CrowdloopError, PoolError, RecordExistsError, RegistryError, StoreError
 from crowdloop.records import AggregatedLabel, Annotation
 from crowdloop.storage import PrefixedStore, Store, open_store, read_json, write_json
 from crowdloop.vendor import VendorContext
@@ -127,16 +127,20 @@ class Project:
                 _check_same_config(LoopConfig.model_validate(existing["config"]), config, store.url)
             project = cls(store, config)
             project.check()
+            pool = _same_pool(config, existing, store.url)
         except CrowdloopError:
             if fresh:  # leave no empty project directory behind a rejected config
                 _remove_empty_dir(location)
             raise
-        record = {"config": config.model_dump(mode="json"), "format": 1}
+        record: dict[str, Any] = {"config": config.model_dump(mode="json"), "format": 1}
+        if pool is not None:
+            record["pool"] = pool
         if existing is None:
             write_once(store, keys.PROJECT, record)
-        elif existing["config"] != record["config"]:
-            # Only resumable sections (stopping, collect, baseline, scale) can differ here: keep
-            # the old version for the record and make the new limits the project's own.
+        elif existing != record:
+            # Only resumable sections (stopping, collect, baseline, scale) can differ here, or a
+            # project from before pool digests gets its digest: keep the old version for the
+            # record and make the new limits the project's own.
             write_json(store, f"{keys.CONFIG_HISTORY}{_utc_stamp()}.json", existing)
             write_json(store, keys.PROJECT, record)
         _PREPARED[project.store.url] = project
@@ -441,6 +445,22 @@ def _remove_empty_dir(location: str) -> None:
         os.rmdir(location)
     except OSError:
         pass  # not empty (or already gone): keep whatever is there
+
+
+def _same_pool(config: LoopConfig, existing: dict[str, Any] | None, url: str) -> dict[str, str] | None:
+    """The pool digest to record; on resume, a one-line ``PoolError`` if the pool is not the one
+    the project was created with (``models/digest.py`` says what is hashed for each source)."""
+    from crowdloop.models.digest import pool_digest
+
+    digest = pool_digest(config.pool)
+    recorded = (existing or {}).get("pool")
+    if recorded is None or digest is None:
+        return digest.as_record() if digest is not None else recorded
+    if recorded["sha256"] != digest.sha256:
+        raise PoolError(f"pool.path: {digest.what} is not the pool project {url} was created with ({digest.how}: "
+                        f"{digest.sha256[:12]}… now, {recorded['sha256'][:12]}… then); restore the original pool, "
+                        "or start a new project (--project-dir)")
+    return recorded
 
 
 def _check_same_config(stored: LoopConfig, given: LoopConfig, url: str) -> None:
