@@ -230,6 +230,30 @@ def workers(
 
 @app.command()
 @_one_line_errors
+def verify(
+    project_dir: str = typer.Argument(..., help="project store (directory or s3://bucket/prefix)"),
+) -> None:
+    """Check that every record the project's records vouch for is there and unchanged.
+
+    One line per problem on stdout (a missing record, a label-log segment gone, a model or label
+    file that changed, a different pool), then exit 2; exit 0 when there is none.
+    """
+    from crowdloop.engine import Project
+    from crowdloop.engine.verify import problems
+    from crowdloop.errors import StoreError
+
+    project = Project.open(project_dir)
+    found = problems(project, deep=True)
+    for problem in found:
+        sys.stdout.write(f"{problem}\n")
+    if found:
+        raise StoreError(f"{project.store.url}: {len(found)} problem(s) found; a run would stop on them")
+    sys.stdout.write(f"ok: {len(project.rounds())} rounds, {len(project.annotations())} answers in the label log, "
+                     "every record the others vouch for is there and unchanged\n")
+
+
+@app.command()
+@_one_line_errors
 def check(config: Path = typer.Argument(..., help="YAML config to validate")) -> None:
     """Validate CONFIG (fields, plug-in names, pool columns) without running anything."""
     from crowdloop.config import load_config

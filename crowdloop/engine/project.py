@@ -61,6 +61,16 @@ def write_once_bytes(store: Store, key: str, data: bytes) -> None:
         pass
 
 
+def write_once_digest(store: Store, key: str, data: bytes) -> str:
+    """Create-only write of raw bytes; the sha256 of what the store holds under ``key`` (this
+    write's bytes, or a first version a replay found), for the record that vouches for it."""
+    try:
+        store.write_bytes(key, data, create_only=True)
+    except RecordExistsError:
+        data = store.read_bytes(key)
+    return hashlib.sha256(data).hexdigest()
+
+
 def default_location(config: LoopConfig, project_dir: str | None = None) -> str:
     """Where a project lives: ``--project-dir``, else ``storage.url``, else ``projects/<name>``.
 
@@ -123,11 +133,17 @@ class Project:
             return known
         existing = read_json(store, keys.PROJECT, default=None)
         try:
+            if existing is None:
+                _check_empty(store)
             if existing is not None:
                 _check_same_config(LoopConfig.model_validate(existing["config"]), config, store.url)
             project = cls(store, config)
             project.check()
-            pool = _same_pool(config, existing, store.url)
+            pool = checked_pool_record(config, existing, store.url)
+            if existing is not None:  # a resume: every record the run builds on must be there
+                from crowdloop.engine.verify import check_resumable
+
+                check_resumable(project)
         except CrowdloopError:
             if fresh:  # leave no empty project directory behind a rejected config
                 _remove_empty_dir(location)
@@ -432,6 +448,19 @@ class Project:
         return Project(PrefixedStore(self.store, keys.BASELINE), twin)
 
 
+def _check_empty(store: Store) -> None:
+    """A new project starts only in an empty folder (or S3 prefix): a folder holding someone
+    else's files is refused before anything is written, so no file of theirs is replaced and no
+    project record lands among them. A local folder is listed whole (hidden files too), apart
+    from what crowdloop itself leaves there (its lock folder, a temporary file of a killed write)."""
+    entries = getattr(store, "entries", None)  # a local folder: every name in it, hidden ones too
+    other = entries() if entries is not None else store.list("")
+    if other:
+        shown = ", ".join(repr(name) for name in other[:3]) + (", …" if len(other) > 3 else "")
+        raise StoreError(f"project directory {store.url}: holds other files ({shown}) but no {keys.PROJECT}; "
+                         "expected an empty folder or an existing crowdloop project (use a new --project-dir)")
+
+
 def _utc_stamp() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{time.time_ns() % 1_000_000_000:09d}"
 
@@ -447,7 +476,7 @@ def _remove_empty_dir(location: str) -> None:
         pass  # not empty (or already gone): keep whatever is there
 
 
-def _same_pool(config: LoopConfig, existing: dict[str, Any] | None, url: str) -> dict[str, str] | None:
+def checked_pool_record(config: LoopConfig, existing: dict[str, Any] | None, url: str) -> dict[str, str] | None:
     """The pool digest to record; on resume, a one-line ``PoolError`` if the pool is not the one
     the project was created with (``models/digest.py`` says what is hashed for each source)."""
     from crowdloop.models.digest import pool_digest

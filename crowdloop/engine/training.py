@@ -37,7 +37,8 @@ def train(p: Project, r: int) -> dict[str, Any]:
         labels = labels + machine
     if p.config.semi_supervised.enabled:
         spread = spread_labels(p, r, p.human_labels(before_round=r), skip={label.item_id for label in labels})
-        info.update(n_spread=len(spread))
+        info.update(n_spread=len(spread),
+                    spread_sha256=hashlib.sha256(p.store.read_bytes(keys.round_key(r, keys.SPREAD_LABELS))).hexdigest())
         if spread and p.pool.has_ground_truth:  # simulation / evaluation only
             truth = p.pool.y[p.rows_of([label.item_id for label in spread])].astype(str)
             info["spread_true_accuracy"] = round(float(np.mean(truth == np.array([label.label for label in spread]))), 4)
