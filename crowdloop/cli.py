@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -98,6 +99,7 @@ def run(
     from crowdloop.config import load_config
     from crowdloop.engine import Project, default_location
 
+    _stop_on_sigterm()
     cfg = load_config(config)
     location = default_location(cfg, project_dir)
     try:
@@ -135,6 +137,23 @@ def run(
     if failure:
         raise failure[0]
     _print_summary(result, location)
+
+
+def _stop_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, systemd, Docker, a CI runner) end a run the way Ctrl-C does.
+
+    Python's default for SIGTERM is to die on the spot, skipping ``atexit``, so the temporary
+    Prefect API server (a uvicorn child process the flow starts) was left running under init.
+    As a KeyboardInterrupt in the main thread, the run unwinds and the server is stopped; the
+    store needs nothing more, a rerun resumes where the run was stopped.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers belong to the main thread (a test calling the command in a thread)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _print_summary(state: dict[str, Any], location: str) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,12 @@ class PoolDigest:
         return {"what": self.what, "how": self.how, "sha256": self.sha256}
 
 
-def pool_digest(cfg: PoolConfig) -> PoolDigest | None:
-    """The digest of the pool ``cfg`` names (None: its source offers none)."""
+def pool_digest(cfg: PoolConfig, loaded: Callable[[], Sequence[Any]] | None = None) -> PoolDigest | None:
+    """The digest of the pool ``cfg`` names (None: its source offers none).
+
+    ``loaded`` returns the pool's parts as already loaded (the project's pool and test split),
+    so that a source hashed by content (``sklearn``) is not loaded a second time.
+    """
     source = cfg.source
     path = cfg.path or ""
     if source in ("csv", "parquet"):
@@ -61,8 +66,11 @@ def pool_digest(cfg: PoolConfig) -> PoolDigest | None:
         folder = cfg.path or str(FASHION_MNIST_DIR)
         return PoolDigest(folder, "sha256 of the folder listing", _listing_sha256(folder))
     if source == "sklearn":
-        pool = registry.pools.load(source)(cfg)
-        return PoolDigest(f"scikit-learn's {cfg.name} set", "sha256 of the loaded set", arrays_sha256(pool))
+        parts = loaded() if loaded is not None else (registry.pools.load(source)(cfg),)
+        h = hashlib.sha256()
+        for part in parts:
+            h.update(b"-" if part is None else arrays_sha256(part).encode())
+        return PoolDigest(f"scikit-learn's {cfg.name} set", "sha256 of the loaded set", h.hexdigest())
     digest = getattr(registry.pools.load(source), "digest", None)
     if digest is None:
         return None

@@ -139,7 +139,7 @@ class Project:
                 _check_same_config(LoopConfig.model_validate(existing["config"]), config, store.url)
             project = cls(store, config)
             project.check()
-            pool = checked_pool_record(config, existing, store.url)
+            pool = checked_pool_record(project, existing)
             if existing is not None:  # a resume: every record the run builds on must be there
                 from crowdloop.engine.verify import check_resumable
 
@@ -476,12 +476,13 @@ def _remove_empty_dir(location: str) -> None:
         pass  # not empty (or already gone): keep whatever is there
 
 
-def checked_pool_record(config: LoopConfig, existing: dict[str, Any] | None, url: str) -> dict[str, str] | None:
+def checked_pool_record(project: "Project", existing: dict[str, Any] | None) -> dict[str, str] | None:
     """The pool digest to record; on resume, a one-line ``PoolError`` if the pool is not the one
     the project was created with (``models/digest.py`` says what is hashed for each source)."""
     from crowdloop.models.digest import pool_digest
 
-    digest = pool_digest(config.pool)
+    config, url = project.config, project.store.url
+    digest = pool_digest(config.pool, loaded=lambda: (project.pool, project.test))
     recorded = (existing or {}).get("pool")
     if recorded is None or digest is None:
         return digest.as_record() if digest is not None else recorded

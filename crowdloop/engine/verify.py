@@ -144,7 +144,7 @@ class ProjectCheck:
         from crowdloop.storage import read_json
 
         try:
-            checked_pool_record(self.p.config, read_json(self.p.store, keys.PROJECT, default=None), self.p.store.url)
+            checked_pool_record(self.p, read_json(self.p.store, keys.PROJECT, default=None))
         except PoolError as exc:  # a changed or unreadable pool: reported with the rest
             self.found.append(Problem("pool", " ".join(str(exc).split()), missing=False))
 
