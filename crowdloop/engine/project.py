@@ -192,7 +192,7 @@ class Project:
                 reg.load(name)
             except RegistryError as exc:
                 raise ConfigError(f"{field_path}: {exc}") from None
-        _ = self.model_template
+        self._check_model_fits_sampler()
         if len(self.pool) < 1:
             raise ConfigError("pool: no items left for labeling after the test split")
         sizes = [("sampler.batch_size", self.config.sampler.batch_size)]
@@ -213,6 +213,23 @@ class Project:
                 f"gold.n_items={self.config.gold.n_items} leaves fewer than sampler.initial_size items of the "
                 f"{len(self.pool)}-item pool for labeling"
             )
+
+    def _check_model_fits_sampler(self) -> None:
+        """A sampler that needs something of the model (``model_needs``: BALD's MC-dropout passes)
+        gets it, else one line: without MC-dropout BALD ranks by entropy under BALD's name."""
+        name = self.config.sampler.name
+        needs = getattr(registry.samplers.load(name), "model_needs", ())
+        template, estimator = self.model_template, self.config.model.estimator
+        for method in needs:
+            rate = _dropout_rate(template)
+            if not hasattr(template, method) or rate == 0:
+                why = f"{estimator} with dropout 0" if hasattr(template, method) else (
+                    f"{estimator} in a scaling Pipeline (model.scale: true)" if hasattr(template, "steps") and hasattr(
+                        template.steps[-1][1], method) else estimator)
+                raise ConfigError(
+                    f"sampler.name: {name!r} needs a model with MC-dropout passes ({method}), and {why} has none, so it "
+                    f"would rank by predictive entropy while the records say {name!r}; expected a model with dropout "
+                    "such as crowdloop.models.torch.TorchClassifier (model.scale: false), or sampler 'entropy'")
 
     @contextmanager
     def running(self) -> Iterator[None]:
@@ -459,6 +476,16 @@ def _check_empty(store: Store) -> None:
         shown = ", ".join(repr(name) for name in other[:3]) + (", …" if len(other) > 3 else "")
         raise StoreError(f"project directory {store.url}: holds other files ({shown}) but no {keys.PROJECT}; "
                          "expected an empty folder or an existing crowdloop project (use a new --project-dir)")
+
+
+def _dropout_rate(model: Any) -> float | None:
+    """The dropout rate a model (or a ``SeedEnsemble``'s members) was configured with, if it says."""
+    try:
+        params = model.get_params(deep=False)
+    except (AttributeError, TypeError):
+        return None
+    rate = params.get("dropout", (params.get("params") or {}).get("dropout") if isinstance(params.get("params"), dict) else None)
+    return float(rate) if isinstance(rate, (int, float)) and not isinstance(rate, bool) else None
 
 
 def _utc_stamp() -> str:
