@@ -19,7 +19,6 @@ import yaml
 from crowdloop import engine, keys
 from crowdloop.config import parse_config
 from crowdloop.engine import MissingRecordError, Project, project as project_module
-from crowdloop.engine.verify import problems
 from crowdloop.errors import StoreError
 from tests.conftest import crowdloop_cmd, small_config
 
@@ -157,6 +156,8 @@ def test_verify_a_project_that_is_not_one(tmp_path: Path) -> None:
 
 
 def test_problems_are_named_for_the_random_baseline_too(tmp_path: Path) -> None:
+    from crowdloop.engine.verify import problems
+
     p, _ = _finished(tmp_path, **{"baseline.random": True})
     twin = p.baseline()
     engine.run_in_process(twin)

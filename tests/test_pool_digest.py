@@ -6,6 +6,7 @@ for CSV/Parquet, the manifest and index for a sharded pool, a listing of an imag
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -54,10 +55,15 @@ def started(tmp_path: Path) -> tuple[Path, pd.DataFrame, str]:
     location = str(tmp_path / "project")
     p = Project.prepare(parse_config(_csv_config(pool)), location)
     engine.run_round(p, 0)
-    recorded = read_json(p.store, keys.PROJECT)["pool"]
-    assert recorded["what"] == str(pool) and len(recorded["sha256"]) == 64
     _new_process()
     return pool, frame, location
+
+
+def test_the_digest_is_recorded_at_creation(started) -> None:
+    pool, _, location = started
+    recorded = read_json(Project.open(location).store, keys.PROJECT)["pool"]
+    assert recorded == {"what": str(pool), "how": "sha256 of the file",
+                        "sha256": hashlib.sha256(pool.read_bytes()).hexdigest()}
 
 
 def test_features_swapped_under_the_same_ids_are_refused(started) -> None:
