@@ -61,7 +61,8 @@ def estimator_class(path: str, *, field: str = "model.estimator") -> type:
 
 
 def build_model(cfg: ModelConfig) -> ClassifierMixin | Pipeline:
-    """Instantiate ``cfg.estimator`` with ``cfg.params`` (and a scaler in front if asked)."""
+    """Instantiate ``cfg.estimator`` with ``cfg.params`` (and a scaler in front if asked; wrapped in
+    ``TextClassifier`` for text features)."""
     cls = estimator_class(cfg.estimator)
     try:
         estimator = cls(**cfg.params)
@@ -72,11 +73,8 @@ def build_model(cfg: ModelConfig) -> ClassifierMixin | Pipeline:
             f"model.estimator: {cfg.estimator!r} is not a classifier with predict_proba; "
             "expected e.g. 'sklearn.linear_model.LogisticRegression'"
         )
-    if isinstance(getattr(estimator, "_parameter_constraints", None), dict) and hasattr(estimator, "_validate_params"):
-        try:  # scikit-learn's declared constraints (and a SeedEnsemble's member class), checked without data
-            estimator._validate_params()
-        except ConfigError:
-            raise
-        except (ValueError, TypeError) as exc:  # InvalidParameterError is both
-            raise ConfigError(f"model.params: {' '.join(str(exc).split())}") from None
+    if cfg.features is not None:  # text pools: rows are crowdloop.models.text.TextRows
+        from crowdloop.models.text import build_text_model
+
+        return build_text_model(estimator, cfg)
     return make_pipeline(StandardScaler(), estimator) if cfg.scale else estimator

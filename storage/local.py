@@ -47,7 +47,7 @@ class LocalStore:
             raise StoreError(f"project directory {self.root}: not readable by this user")
 
     @classmethod
-    def from_url(cls, url: str, *, create: bool = True) -> "LocalStore":
+    def from_url(cls, url: str, *, create: bool = True) -> LocalStore:
         parsed = urlparse(url)
         return cls(parsed.path if parsed.scheme == "file" else url, create=create)
 
@@ -86,11 +86,6 @@ class LocalStore:
             if isinstance(exc, RecordExistsError):
                 raise
             raise StoreError(f"cannot write {key!r} in {self.url}: {exc.strerror}") from None
-
-    def entries(self) -> list[str]:
-        """Every name directly in the folder, hidden ones too, but the store's own (its lock folder,
-        a temporary file of a killed write): what decides whether a folder is empty."""
-        return sorted(n for n in os.listdir(self.root) if n != _LOCK_DIR and not n.startswith(_TMP_PREFIX))
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

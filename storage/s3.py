@@ -20,6 +20,7 @@ S3-compatible services (MinIO, moto, Ceph). Credentials come only from boto3's c
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -89,7 +90,7 @@ class S3Store:
         self._check_bucket(create)
 
     @classmethod
-    def from_url(cls, url: str, *, create: bool = True) -> "S3Store":
+    def from_url(cls, url: str, *, create: bool = True) -> S3Store:
         parsed = urlparse(url)
         if parsed.scheme != "s3":
             raise StoreError(f"storage.url {url!r}: expected s3://bucket/prefix")
@@ -379,15 +380,13 @@ class S3Store:
 
     def _release(self, lease: _Lease) -> None:
         """Delete our lease (conditionally: never a successor's); it expires on its own if this fails."""
-        try:
+        with contextlib.suppress(ClientError, BotoCoreError):
             if self._supports_if_match():
                 self.client.delete_object(Bucket=self.bucket, Key=lease.key, IfMatch=lease.etag or "*")
             else:
                 found = self._read_lease(lease.key)
                 if found is not None and found[1] == lease.owner:
                     self.client.delete_object(Bucket=self.bucket, Key=lease.key)
-        except (ClientError, BotoCoreError):
-            pass
 
     def _check_leases(self, action: str, key: str) -> None:
         """Refuse to write while a lock this store holds was lost or ran out (the holder must stop)."""

@@ -79,7 +79,7 @@ def test_an_s3_prefix_with_other_objects_is_refused(s3_endpoint: str, s3_bucket:
     import boto3
 
     boto3.client("s3", endpoint_url=s3_endpoint).put_object(Bucket=s3_bucket, Key="shared/report.csv", Body=b"x")
-    with pytest.raises(StoreError, match=r"holds other files \('report.csv'\) but no project.json"):
+    with pytest.raises(StoreError, match=r"holds records but no project.json"):
         Project.prepare(parse_config(small_config()), f"s3://{s3_bucket}/shared?endpoint_url={s3_endpoint}")
 
 
