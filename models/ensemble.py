@@ -30,7 +30,7 @@ Configured like any model::
 from __future__ import annotations
 
 from numbers import Integral
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone, is_classifier
@@ -83,7 +83,7 @@ class SeedEnsemble(ClassifierMixin, BaseEstimator):
 
     # scikit-learn's hook for checking parameters without data (``build_model`` calls it before a
     # run starts): ours, and the member's class under the trust rule of ``model.estimator``.
-    _parameter_constraints: dict = {}
+    _parameter_constraints: ClassVar[dict] = {}
 
     def _validate_params(self) -> None:
         self._check_params()

@@ -33,7 +33,7 @@ def _atomic_conditional_writes() -> None:
         original = getattr(S3Response, name)
 
         @functools.wraps(original)
-        def serialized(self, _original=original):  # noqa: ANN001, ANN202
+        def serialized(self, _original=original):
             with _WRITE_LOCK:
                 return _original(self)
 

@@ -18,7 +18,8 @@ import yaml
 
 from crowdloop import engine, keys
 from crowdloop.config import parse_config
-from crowdloop.engine import MissingRecordError, Project, project as project_module
+from crowdloop.engine import MissingRecordError, Project
+from crowdloop.engine import project as project_module
 from crowdloop.errors import StoreError
 from tests.conftest import crowdloop_cmd, small_config
 

@@ -20,7 +20,8 @@ from sklearn.datasets import load_digits
 
 from crowdloop import engine, keys
 from crowdloop.config import parse_config
-from crowdloop.engine import Project, project as project_module
+from crowdloop.engine import Project
+from crowdloop.engine import project as project_module
 from crowdloop.errors import PoolError
 from crowdloop.storage import read_json
 from tests.conftest import crowdloop_cmd, small_config
@@ -88,7 +89,7 @@ def test_rows_removed_are_refused_before_anything_runs(started) -> None:
 
 
 def test_the_same_content_rewritten_resumes(started) -> None:
-    pool, frame, location = started
+    pool, _, location = started
     data = pool.read_bytes()
     pool.unlink()
     pool.write_bytes(data)  # a copy: new inode and mtime, same bytes

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -32,7 +31,7 @@ class _RunsACommand:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return os.system, (f"touch {self.marker}",)
 
 
@@ -101,7 +100,7 @@ def test_a_nested_estimator_of_an_ensemble_is_held_to_the_same_rule(tmp_path: Pa
     marker = tmp_path / "ran"
     model = {"estimator": "crowdloop.models.ensemble.SeedEnsemble", "scale": False,
              "params": {"estimator": "os.system", "params": {"command": f"touch {marker}"}, "n_members": 2}}
-    with pytest.raises(ConfigError, match="SeedEnsemble.estimator: 'os.system'"):
+    with pytest.raises(ConfigError, match=r"SeedEnsemble\.estimator: 'os\.system'"):
         Project.prepare(parse_config(small_config(model=model)), str(tmp_path / "p"))
     assert not marker.exists()
 

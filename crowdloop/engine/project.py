@@ -171,7 +171,10 @@ class Project:
         if existing is not None:
             _check_same_config(LoopConfig.model_validate(existing["config"]), config, store.url)
         project = cls(store, config)
-        pool = checked_pool_record(project, existing)
+        try:
+            pool = checked_pool_record(project, existing)
+        except PoolError as exc:  # named like the other pool errors: after the config file
+            raise PoolError(f"{source}: {exc}" if source else str(exc)) from None
         if existing is not None:  # a resume: every record the run builds on must be there
             from crowdloop.engine.verify import check_resumable
 

@@ -115,7 +115,7 @@ def test_a_holder_that_stalled_past_its_lease_stops_and_never_overwrites_its_suc
 
 def _ignore_if_match(store: S3Store) -> None:
     """Make ``store``'s client behave as against a server that ignores ``If-Match`` (the header never leaves)."""
-    def strip(params, **_):  # noqa: ANN001
+    def strip(params, **_):
         params.pop("IfMatch", None)
 
     for op in ("PutObject", "DeleteObject"):
@@ -132,12 +132,10 @@ def test_if_match_support_is_probed_and_the_fallback_says_it_is_best_effort(s3_e
     assert ignoring.list() == [] and honest.list() == []  # probe objects are cleaned up
     ignoring.client.put_object(Bucket=s3_bucket, Key="fallback/.crowdloop/locks/project.lock",
                                Body=f"{time.time() - 5:.3f} pid 1 on gone".encode())
-    with caplog.at_level("WARNING", logger="crowdloop.storage.s3"):
-        with ignoring.lock("project"):  # taken over, best effort
-            ignoring.write_bytes("a.json", b"1")
-            with pytest.raises(ProjectLockedError):
-                with S3Store(s3_bucket, "fallback", endpoint_url=s3_endpoint).lock("project"):
-                    pass
+    with caplog.at_level("WARNING", logger="crowdloop.storage.s3"), ignoring.lock("project"):  # taken over, best effort
+        ignoring.write_bytes("a.json", b"1")
+        with pytest.raises(ProjectLockedError), S3Store(s3_bucket, "fallback", endpoint_url=s3_endpoint).lock("project"):
+            pass
     assert "ignores If-Match" in caplog.text and "best effort" in caplog.text
     assert not ignoring._exists("fallback/.crowdloop/locks/project.lock")  # released
 
@@ -149,7 +147,7 @@ def test_a_lease_that_could_not_be_renewed_in_time_stops_writes(s3_endpoint: str
         store.write_bytes("a.json", b"1")
         from botocore.exceptions import EndpointConnectionError
 
-        def network_down(lease) -> None:  # noqa: ANN001
+        def network_down(lease) -> None:
             raise EndpointConnectionError(endpoint_url=s3_endpoint)
 
         store._renew = network_down  # type: ignore[method-assign]
