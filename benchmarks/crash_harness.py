@@ -48,34 +48,33 @@ def run_matrix(args: argparse.Namespace, prefect_url: str) -> dict[str, Any]:
     combos: list[dict[str, Any]] = []
     work = Path(tempfile.mkdtemp(prefix="crash-harness-"))
     with moto_s3() as (endpoint, bucket):
-        for vendor in args.vendors:
-            for store in args.stores:
-                started = time.monotonic()
-                s = Scenario(vendor, store, work / f"{vendor}-{store}", prefect_url, endpoint, bucket,
-                             max_rounds=args.max_rounds, mode=args.mode,
-                             backoff_scale=args.backoff_scale)
-                s.prepare()
-                points = s.boundaries + s.random_points(args.random, args.seed)
-                print(f"{vendor}/{store}: {len(s.boundaries)} boundaries, {s.n_calls} calls, "
-                      f"{len(points)} kill points", flush=True)
-                mine = []
-                for point in points:
-                    r = s.kill_and_resume(point)
-                    r["kind"] = "random" if point.startswith("call:") else "boundary"
-                    mine.append(r)
-                    flag = "ok" if not r["mismatches"] else f"MISMATCH {r['mismatches']}"
-                    print(f"  {point:32s} killed={r['killed']} {r.get('seconds', '-')}s {flag}", flush=True)
-                results.extend(mine)
-                if args.faults:
-                    faulty.extend(faulty_runs(s, vendor, store, args))
-                if args.deletions:
-                    deleted.extend(deletion_runs(s))
-                combos.append({"vendor": vendor, "store": store, "boundaries": len(s.boundaries),
-                               "random": args.random, "calls_in_clean_run": s.n_calls,
-                               "kills": sum(r["killed"] for r in mine), "points": len(mine),
-                               "reruns_ok": sum(r.get("rerun_rc") == 0 for r in mine),
-                               "mismatches": sum(bool(r["mismatches"]) for r in mine),
-                               "seconds": round(time.monotonic() - started, 1)})
+        for vendor, store in args.combos:
+            started = time.monotonic()
+            s = Scenario(vendor, store, work / f"{vendor}-{store}", prefect_url, endpoint, bucket,
+                         max_rounds=args.max_rounds, mode=args.mode,
+                         backoff_scale=args.backoff_scale)
+            s.prepare()
+            points = s.boundaries + s.random_points(args.random, args.seed)
+            print(f"{vendor}/{store}: {len(s.boundaries)} boundaries, {s.n_calls} calls, "
+                  f"{len(points)} kill points", flush=True)
+            mine = []
+            for point in points:
+                r = s.kill_and_resume(point)
+                r["kind"] = "random" if point.startswith("call:") else "boundary"
+                mine.append(r)
+                flag = "ok" if not r["mismatches"] else f"MISMATCH {r['mismatches']}"
+                print(f"  {point:32s} killed={r['killed']} {r.get('seconds', '-')}s {flag}", flush=True)
+            results.extend(mine)
+            if args.faults:
+                faulty.extend(faulty_runs(s, vendor, store, args))
+            if args.deletions:
+                deleted.extend(deletion_runs(s))
+            combos.append({"vendor": vendor, "store": store, "boundaries": len(s.boundaries),
+                           "random": args.random, "calls_in_clean_run": s.n_calls,
+                           "kills": sum(r["killed"] for r in mine), "points": len(mine),
+                           "reruns_ok": sum(r.get("rerun_rc") == 0 for r in mine),
+                           "mismatches": sum(bool(r["mismatches"]) for r in mine),
+                           "seconds": round(time.monotonic() - started, 1)})
     return {"results": results, "faulty": faulty, "deleted": deleted, "combos": combos}
 
 
@@ -154,6 +153,8 @@ def main() -> None:
     ap.add_argument("--mode", choices=("cli", "fork"), default="cli")
     ap.add_argument("--vendors", default=",".join(VENDORS))
     ap.add_argument("--stores", default=",".join(STORES))
+    ap.add_argument("--combos", default=None,
+                    help="vendor/store pairs instead of vendors x stores, e.g. simulated/local,mturk/s3")
     ap.add_argument("--random", type=int, default=20, help="random kill points per vendor/store")
     ap.add_argument("--seed", type=int, default=9)
     ap.add_argument("--max-rounds", type=int, default=1, help="rounds with a dispatch (the run also trains round N)")
@@ -165,6 +166,8 @@ def main() -> None:
     args = ap.parse_args()
     args.vendors = [v for v in args.vendors.split(",") if v]
     args.stores = [s for s in args.stores.split(",") if s]
+    args.combos = ([tuple(c.split("/")) for c in args.combos.split(",") if c] if args.combos
+                   else [(v, s) for v in args.vendors for s in args.stores])
     out = args.out or ROOT / "benchmarks" / "results" / f"crash_harness_{args.mode}.json"
     started = time.monotonic()
     if args.mode == "cli":
