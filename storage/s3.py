@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlencode, urlparse
 
 import boto3
@@ -363,6 +363,12 @@ class S3Store:
 
     def _renew(self, lease: _Lease) -> None:
         """Extend our lease, only if it is still ours (``If-Match`` on its ETag); else mark it lost."""
+        with lease.guard:  # the renewal thread and a writer that found the lease run out (_check_leases)
+            self._renew_once(lease)
+
+    def _renew_once(self, lease: _Lease) -> None:
+        if lease.lost is not None:
+            return
         try:
             if self._supports_if_match():
                 self._put_lease(lease, IfMatch=lease.etag or "*")
@@ -391,6 +397,12 @@ class S3Store:
     def _check_leases(self, action: str, key: str) -> None:
         """Refuse to write while a lock this store holds was lost or ran out (the holder must stop)."""
         for lease in self._leases:
+            if lease.lost is None and time.monotonic() > lease.valid_until and self._supports_if_match():
+                # The renewal thread fell behind (a loaded machine, a slow request). A renewal on
+                # our lease's ETag succeeds only if nobody wrote the lease since our last write —
+                # no takeover, no release — so the lease is still ours, and exclusively.
+                with contextlib.suppress(ClientError, BotoCoreError):
+                    self._renew(lease)
             reason = lease.lost
             if reason is None and time.monotonic() > lease.valid_until:
                 reason = f"its lease could not be renewed for {self.lock_ttl_s * _LEASE_MARGIN:.0f} s"
@@ -412,6 +424,7 @@ class _Lease:
     etag: str | None = None
     valid_until: float = 0.0  # time.monotonic() after which we may no longer rely on it
     lost: str | None = None  # why it is no longer ours (None: held)
+    guard: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one renewal at a time
 
 
 class _LeaseTaken(Exception):

@@ -154,3 +154,22 @@ def test_a_lease_that_could_not_be_renewed_in_time_stops_writes(s3_endpoint: str
         time.sleep(0.8)
         with pytest.raises(ProjectLockedError, match="could not be renewed"):
             store.write_bytes("b.json", b"2")
+
+
+def test_a_renewal_that_fell_behind_is_caught_up_before_a_write_if_nobody_took_the_lease(s3_endpoint: str,
+                                                                                         s3_bucket: str) -> None:
+    """A starved renewal thread (a loaded machine) is not a lost lease: the write renews on the
+    lease's ETag first, which succeeds only if nobody wrote the lease since; a rival's lease stops it."""
+    store = S3Store(s3_bucket, "behind", endpoint_url=s3_endpoint, lock_ttl_s=30.0)
+    with store.lock("project"):
+        lease = store._leases[0]
+        lease.valid_until = 0.0  # as if no renewal got through for longer than the lease
+        store.write_bytes("a.json", b"1")  # renewed on the spot: still ours
+        assert lease.valid_until > time.monotonic() and lease.lost is None
+        store.client.put_object(Bucket=s3_bucket, Key="behind/.crowdloop/locks/project.lock",
+                                Body=f"{time.time() + 30:.3f} pid 2 on rival".encode())  # a rival's takeover
+        lease.valid_until = 0.0
+        with pytest.raises(ProjectLockedError, match="taken over by pid 2 on rival"):
+            store.write_bytes("b.json", b"2")
+    assert not store.exists("b.json")
+    assert b"rival" in store.client.get_object(Bucket=s3_bucket, Key="behind/.crowdloop/locks/project.lock")["Body"].read()
