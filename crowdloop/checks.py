@@ -28,7 +28,8 @@ import numpy as np
 from crowdloop import registry
 from crowdloop.config import LoopConfig, ModelConfig
 from crowdloop.errors import ConfigError, CrowdloopError, PoolError, RegistryError, StoreError
-from crowdloop.vendor import VendorPlan, check_vendor_params
+from crowdloop.media import check_reachable
+from crowdloop.vendor import IMAGES_BY_URL, NEEDS_GROUND_TRUTH, VendorPlan, check_capabilities, check_vendor_params
 
 PROJECT_KEY = "project.json"  # the record that makes a folder a crowdloop project
 # What the loop itself passes to every sampler call; a config cannot set these.
@@ -79,6 +80,7 @@ def _check(config: LoopConfig, source: str | None, location: str | None, pool: A
     vendor_cls = _plugin("vendor.name", registry.vendors, config.vendor.name)
     plan = vendor_plan(config)
     check_vendor_params(vendor_cls, config.vendor.params, plan)  # again below, once the classes are known
+    capabilities = check_capabilities(vendor_cls, config)  # blocking, re-asks ... the vendor cannot do
     check_model(config.model)
     check_sampler_fits_model(config.sampler.name, sampler, config.model)
     _check_pool_settings(config)
@@ -92,7 +94,9 @@ def _check(config: LoopConfig, source: str | None, location: str | None, pool: A
     from crowdloop.models.text import check_text_setup  # raw text needs a featurizer; a local model must exist
 
     check_text_setup(pool, config.model)
-    _check_ground_truth(config, pool, vendor_cls)
+    _check_ground_truth(config, pool, capabilities)
+    if IMAGES_BY_URL in capabilities and location is not None:
+        check_reachable(config.pool, location, getattr(pool, "content_kind", None), config.vendor.name)
     n_selectable, n_test = _check_sizes(config, pool)
     classes = tuple(pool.classes)
     aggregator_cls(classes=list(classes))
@@ -332,10 +336,10 @@ def _check_features(config: LoopConfig, pool: Any) -> None:
                     f"(first at item {str(pool.ids[bad_rows[0]])!r}); expected finite numbers")
 
 
-def _check_ground_truth(config: LoopConfig, pool: Any, vendor_cls: type) -> None:
+def _check_ground_truth(config: LoopConfig, pool: Any, capabilities: frozenset[str]) -> None:
     """A vendor that answers from the ground truth, and gold questions, need a label on every item."""
     needs = []
-    if getattr(vendor_cls, "needs_ground_truth", False):
+    if NEEDS_GROUND_TRUTH in capabilities:
         needs.append(f"vendor {config.vendor.name!r} answers from it")
     if config.gold.enabled:
         needs.append("gold questions (gold.share) are drawn from it")

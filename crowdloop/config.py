@@ -254,11 +254,15 @@ class PayConfig(_Strict):
     fee_rate: float = Field(0.0, ge=0, le=1,
                             description="vendor fee as a share of rewards and bonuses (vendors without a fee rule)")
     vendor_fees: dict[str, VendorFee] = Field(
-        default_factory=dict, description="fee rule per vendor name; built in: mturk 20% (+20% at >= 10 assignments per task)"
-    )
+        default_factory=dict,
+        description="fee rule per vendor name, overriding the vendor's own rule (mturk: 20%, +20% at >= 10 assignments "
+                    "per task, $0.01 minimum per assignment) and fee_rate")
     approval_deadline_h: float = Field(72.0, gt=0, description="assignments are approved (or rejected) within this many hours")
     currency: str = "USD"
     top_up_bonus: bool = Field(True, description="bonus when the measured median time exceeds the estimate")
+    max_top_up: float = Field(
+        1.0, ge=0, le=10,
+        description="the top-up bonus per task is at most this share of its reward (what money_budget reserves)")
 
 
 class StoppingConfig(_Strict):

@@ -119,9 +119,11 @@ def test_a_plugin_sampler_without_chunk_size_is_refused_before_round_1(tmp_path)
     ({"vendor": {"name": "mturk", "params": {}}, "consensus.redundancy": 10},
      ["consensus.redundancy=10: MTurk charges an extra 20%", "allow_ten_or_more_assignments"]),
     ({"vendor": {"name": "mturk", "params": {"sandbox": "maybe"}}}, ["vendor.params.sandbox", "maybe"]),
-    ({"vendor": {"name": "label_studio", "params": {}},
+    ({"vendor": {"name": "label_studio", "params": {}}, "gold": {"share": 0.2, "n_items": 10}},
+     ["vendor.name: vendor 'label_studio' cannot block workers", "block_removes_membership: true"]),
+    ({"vendor": {"name": "mturk", "params": {"items_per_hit": 4}},
       "consensus": {"method": "dawid_skene", "confidence_threshold": 0.9, "min_judgments": 2}},
-     ["consensus.min_judgments: batches would mix [1, 2] judgments per task"]),
+     ["lacks the capability 'excludes_workers_per_item'", "items_per_hit: 1"]),
     ({"vendor": {"name": "local", "params": {"lease": 5}}}, ["vendor.params.lease: unknown field", "lease_s"]),
     ({"vendor": {"name": "manifest", "params": {"results_prefix": "../x"}}}, ["vendor.params.results_prefix"]),
 ])

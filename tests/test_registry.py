@@ -105,4 +105,4 @@ def test_a_pool_plugin_can_be_selected_and_an_unknown_one_lists_the_known(plugin
     with pytest.raises(ConfigError) as info:
         check_config(parse_config(doc), source="cfg.yaml", location=str(tmp_path / "q"))
     assert str(info.value).startswith("cfg.yaml: pool.source: unknown pool source 'clplug_irsi'; known pool sources: "
-                                      "clplug_iris, csv, fashion_mnist, images, parquet, sharded, sklearn")
+                                      "clplug_iris, csv, fashion_mnist, fortunes, images, parquet, sharded, sklearn, text_folder")

@@ -21,7 +21,19 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from crowdloop.errors import ConfigError, RecordExistsError, VendorError
 from crowdloop.records import Annotation, Task, utcnow
 from crowdloop.storage import read_json, write_json
-from crowdloop.vendor import Ref, VendorContext, VendorPlan, acknowledged, parse_params, record_decision
+from crowdloop.vendor import (
+    BLOCKS_WORKERS,
+    EXCLUDES_WORKERS_PER_ITEM,
+    NEEDS_GROUND_TRUTH,
+    Ref,
+    VendorContext,
+    VendorPlan,
+    acknowledged,
+    blocked_workers,
+    parse_params,
+    record_block,
+    record_decision,
+)
 
 
 class SimulatedCrowdParams(BaseModel):
@@ -89,7 +101,7 @@ class SimulatedCrowd:
     """Workers with accuracies from a range, a share of spammers and optional class confusion."""
 
     name = "simulated"
-    needs_ground_truth = True  # answers come from the pool's labels (crowdloop.vendor)
+    capabilities = frozenset({BLOCKS_WORKERS, EXCLUDES_WORKERS_PER_ITEM, NEEDS_GROUND_TRUTH})
 
     def __init__(self, params: dict, context: VendorContext) -> None:
         if context.ground_truth is None:
@@ -192,11 +204,10 @@ class SimulatedCrowd:
     def block_workers(self, worker_ids: Sequence[str], *, reason: str) -> None:
         """Stop giving tasks to these workers (MTurk: CreateWorkerBlock). Idempotent per worker."""
         for worker in sorted(set(worker_ids)):
-            with contextlib.suppress(RecordExistsError):
-                write_json(self.store, f"blocks/{worker}.json", {"worker_id": worker, "reason": reason}, create_only=True)
+            record_block(self.store, worker, reason=reason)
 
     def blocked_workers(self) -> set[str]:
-        return {read_json(self.store, k)["worker_id"] for k in self.store.list("blocks/")}
+        return set(blocked_workers(self.store))
 
     # -- helpers ----------------------------------------------------------------------
     def ledger(self) -> dict[str, float | int]:

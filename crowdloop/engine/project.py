@@ -26,9 +26,10 @@ import numpy as np
 from crowdloop import keys, registry
 from crowdloop.config import RESUMABLE_SECTIONS, FeaturesConfig, LoopConfig, PoolConfig
 from crowdloop.errors import ConfigError, PoolError, RecordExistsError, StoreError
+from crowdloop.pay import FeeFor, fee_function
 from crowdloop.records import AggregatedLabel, Annotation
 from crowdloop.storage import PrefixedStore, Store, open_store, read_json, write_json
-from crowdloop.vendor import VendorContext
+from crowdloop.vendor import IMAGES_BY_URL, NEEDS_GROUND_TRUTH, VendorContext, capabilities_of
 
 # Random streams: one per purpose so adding draws in one step never shifts another.
 STREAM_SELECT = 1
@@ -218,7 +219,12 @@ class Project:
         """Every offline check of ``crowdloop check`` on this project's config and pool."""
         from crowdloop.checks import check_config
 
-        check_config(self.config, pool=load_pool(self.config.pool))
+        pool = load_pool(self.config.pool)
+        check_config(self.config, pool=pool)
+        if IMAGES_BY_URL in self.capabilities:  # (crowdloop check does this with the store it is given)
+            from crowdloop.media import check_reachable
+
+            check_reachable(self.config.pool, self.store.url, pool.content_kind, self.config.vendor.name)
 
     @contextmanager
     def running(self) -> Iterator[None]:
@@ -262,8 +268,23 @@ class Project:
         return build_model(self.config.model)
 
     @cached_property
+    def vendor_class(self) -> Any:
+        return registry.vendors.load(self.config.vendor.name)
+
+    @cached_property
+    def capabilities(self) -> frozenset[str]:
+        """What the vendor can do with its params (``crowdloop.vendor``): the engine plans by these."""
+        return capabilities_of(self.vendor_class, self.config.vendor.params)
+
+    @cached_property
+    def fee_for(self) -> FeeFor:
+        """The vendor's one fee rule (``crowdloop.pay.fee_function``): ledger, budget and vendor agree."""
+        return fee_function(self.config.pay, self.config.vendor.name, self.vendor_class)[0]
+
+    @cached_property
     def vendor(self):
-        cls = registry.vendors.load(self.config.vendor.name)
+        cls = self.vendor_class
+        caps = self.capabilities
         pool = self.pool
         index = self.index_of
 
@@ -277,6 +298,11 @@ class Project:
 
             return payload_of(pool, index[item_id])
 
+        image_url = None
+        if IMAGES_BY_URL in caps:
+            from crowdloop.media import ImageURLs
+
+            image_url = ImageURLs(self.config.pool, self.store, item_payload)
         context = VendorContext(
             project=self.config.project,
             name=self.config.vendor.name,
@@ -284,7 +310,9 @@ class Project:
             classes=self.classes,
             store=PrefixedStore(self.store, keys.vendor_prefix(self.config.vendor.name)),
             item_payload=item_payload,
-            ground_truth=ground_truth if getattr(cls, "needs_ground_truth", False) else None,
+            ground_truth=ground_truth if NEEDS_GROUND_TRUTH in caps else None,
+            image_url=image_url,
+            collect_timeout_s=self.config.collect.timeout_s,
         )
         return cls(dict(self.config.vendor.params), context)
 

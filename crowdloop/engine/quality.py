@@ -14,8 +14,8 @@ import pandas as pd
 
 from crowdloop import keys
 from crowdloop.consensus.adaptive import answered_by, gold_stats
+from crowdloop.consensus.policy import agreement_block_reason, gold_block_reason, plan_gold, reask_items
 from crowdloop.consensus.policy import gold_rejections as rejections_for
-from crowdloop.consensus.policy import plan_gold, reask_items
 from crowdloop.engine.project import STREAM_CV, STREAM_GOLD, Project
 from crowdloop.records import Annotation
 
@@ -36,12 +36,39 @@ def blocked_workers(p: Project, r: int, *, on: str = "blocked_workers") -> list[
     return []
 
 
+def block_decisions(p: Project, r: int) -> dict[str, str]:
+    """Workers to block before round ``r`` is sent, each with the reason they are told: the
+    evidence from the last aggregation (their gold answers, or their agreement with the consensus)."""
+    summary: dict[str, Any] = {}
+    for q in range(r - 1, -1, -1):
+        found = p.record(q, keys.AGGREGATE, default=None)
+        if found is not None:
+            summary = found
+            break
+    out: dict[str, str] = {}
+    if p.config.gold.enabled:
+        gold = summary.get("gold", {})
+        for worker in sorted(summary.get("blocked_workers", [])):
+            stats = gold.get(worker, {})
+            out[worker] = gold_block_reason(p.config.gold.min_accuracy, n_gold=stats.get("n_gold"),
+                                            n_correct=stats.get("n_correct"))
+    threshold = p.config.consensus.block_below_agreement
+    if threshold is not None:
+        for worker, agreement in sorted(summary.get("blocked_on_agreement", {}).items()):
+            out.setdefault(worker, agreement_block_reason(threshold, agreement=agreement))
+    return out
+
+
 def gold_plan(p: Project, r: int, n_tasks: int) -> list[dict[str, Any]]:
     """Round ``r``'s gold tasks for a batch of ``n_tasks`` other tasks."""
     rng = p.rng(r, STREAM_GOLD)
     items = sorted(p.gold_set)
     anns = [a for a in p.annotations() if a.round < r and a.item_id in p.gold_set]
     answered = answered_by(annotation_table(anns), items) if anns else {}
+    limit = getattr(p.vendor, "max_judgments_per_item", None)  # MTurk: a HIT is never extended to 10 assignments
+    if limit is not None:
+        first = p.config.consensus.first_judgments
+        items = [i for i in items if len(answered.get(i, ())) + first <= limit]
     return plan_gold(items, answered, n_tasks=n_tasks, share=p.config.gold.share, rng=rng)
 
 

@@ -8,7 +8,6 @@ data directory (minutes), later runs copy it.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,17 +20,6 @@ from tests.conftest import small_config
 from tests.vendors import label_studio_server as lss
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[lss.Server]:
-    if not lss.LS_BIN.exists():
-        pytest.fail(lss.SETUP_HINT, pytrace=False)
-    server = lss.start_copy(tmp_path_factory.mktemp("label-studio"))
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _choice(label: str) -> list[dict]:
@@ -148,3 +136,42 @@ def test_a_text_round_with_label_studio(tmp_path: Path, label_studio: lss.Server
     labels = p.human_labels(before_round=1)
     assert sorted(item.item_id for item in labels) == sorted(batch["tasks"])
     assert all(item.label == truth[item.item_id] for item in labels)
+
+
+def test_label_studio_honours_the_contract_with_its_capabilities(tmp_path: Path, label_studio: lss.Server,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """check_vendor on the real server: a blocked annotator's labeling stream answers 403, and a
+    re-ask (a raised overlap on the item's own task) never reaches an annotator who annotated it."""
+    import httpx
+
+    from crowdloop.storage.local import LocalStore
+    from crowdloop.testing import check_vendor, make_context
+    from crowdloop.vendors.label_studio import LabelStudioVendor
+    from tests.vendors.quality_loop import sign_up
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
+    tokens = {}
+    for k in range(4):
+        uid, token = sign_up(label_studio.url, f"contract{k}@example.com", f"Contract-{k}-pass!")
+        tokens[f"ls-user-{uid}"] = token
+    refused = []
+
+    def annotators(vendor, tasks, batch_id):
+        pid = vendor.project_id()
+        for worker, token in tokens.items():  # each works through what the labeling stream gives them
+            headers = {"Authorization": f"Token {token}"}
+            stream = f"{label_studio.url}/api/projects/{pid}/next/"
+            while (nxt := httpx.get(stream, headers=headers, timeout=60)).status_code == 200:
+                result = [{"from_name": "label", "to_name": "item", "type": "choices",
+                           "value": {"choices": [vendor.context.classes[0]]}}]
+                httpx.post(f"{label_studio.url}/api/tasks/{nxt.json()['id']}/annotations/", headers=headers, timeout=60,
+                           json={"result": result, "lead_time": 4.0}).raise_for_status()
+            if nxt.status_code == 403:
+                refused.append(worker)
+
+    context = make_context(LocalStore(tmp_path), name="label_studio", project="lscontract")
+    report = check_vendor(LabelStudioVendor, params={"block_removes_membership": True}, context=context,
+                          respond=annotators, n_items=3, replicas=2, workers=list(tokens), timeout_s=60)
+    assert not report.skipped and report.n_annotations == 6 + 3 + 6
+    assert refused == [next(iter(tokens))]  # the blocked annotator, and only in the second batch
