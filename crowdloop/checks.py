@@ -82,6 +82,7 @@ def _check(config: LoopConfig, source: str | None, location: str | None, pool: A
     check_vendor_params(vendor_cls, config.vendor.params, plan)  # again below, once the classes are known
     capabilities = check_capabilities(vendor_cls, config)  # blocking, re-asks ... the vendor cannot do
     check_model(config.model)
+    check_sampler_fits_model(config.sampler.name, sampler, config.model)
     _check_pool_settings(config)
     state = check_store(location) if location is not None else None
     if pool is None:
@@ -191,18 +192,12 @@ def vendor_plan(config: LoopConfig) -> VendorPlan:
 def check_model(cfg: ModelConfig) -> None:
     """The estimator's import path, that it is a class, its params, and scikit-learn's constraints.
 
-    Only a class is ever called: a dotted name of a function (``os.system``) is refused before
-    anything runs. Nothing is fitted.
+    Only a class from a trusted module is ever imported (``crowdloop.models.sklearn.estimator_class``):
+    a dotted name like ``os.system`` is refused before anything runs. Nothing is fitted.
     """
-    from crowdloop.models.sklearn import build_model
+    from crowdloop.models.sklearn import build_model, estimator_class
 
-    try:
-        cls = registry.import_object(cfg.estimator, what="model.estimator")
-    except RegistryError as exc:
-        raise ConfigError(str(exc)) from None
-    if not isinstance(cls, type):
-        raise ConfigError(f"model.estimator: {cfg.estimator!r} is a {type(cls).__name__}, not a class; expected a "
-                          "scikit-learn classifier class like 'sklearn.linear_model.LogisticRegression'")
+    cls = estimator_class(cfg.estimator)  # trusted modules only, checked before the import; a classifier class
     try:
         parameters = inspect.signature(cls).parameters
     except (TypeError, ValueError):
@@ -217,9 +212,48 @@ def check_model(cfg: ModelConfig) -> None:
     estimator = model.steps[-1][1] if hasattr(model, "steps") else model
     if isinstance(getattr(estimator, "_parameter_constraints", None), dict) and hasattr(estimator, "_validate_params"):
         try:
-            estimator._validate_params()  # scikit-learn's declared constraints, checked without data
+            estimator._validate_params()  # scikit-learn's declared constraints (a SeedEnsemble's member class too)
+        except ConfigError:
+            raise
         except (ValueError, TypeError) as exc:  # InvalidParameterError is both
             raise ConfigError(f"model.params: {' '.join(str(exc).split())}") from None
+
+
+def check_sampler_fits_model(name: str, sampler: Any, cfg: ModelConfig) -> None:
+    """What a sampler needs of the model (``model_needs``, e.g. BALD's MC-dropout passes), the model has.
+
+    Without stochastic passes ``bald``/``batchbald`` rank by predictive entropy while every
+    record says ``bald``; a torch model inside the scaling ``Pipeline`` (``model.scale: true``)
+    hides its passes, and dropout 0 makes them all alike.
+    """
+    from crowdloop.models.sklearn import build_model
+
+    needs = getattr(sampler, "model_needs", ())
+    if not needs:
+        return
+    model = build_model(cfg)
+    final = model.steps[-1][1] if hasattr(model, "steps") else model
+    for method in needs:
+        if hasattr(model, method) and _dropout_rate(model) != 0:
+            continue
+        why = (f"{cfg.estimator} with dropout 0" if hasattr(model, method)
+               else f"{cfg.estimator} in a scaling Pipeline (model.scale: true)" if hasattr(final, method)
+               else cfg.estimator)
+        raise ConfigError(
+            f"sampler.name: {name!r} needs a model with MC-dropout passes ({method}), and {why} has none, so it "
+            f"would rank by predictive entropy while the records say {name!r}; expected a model with dropout "
+            "such as crowdloop.models.torch.TorchClassifier (model.scale: false), or sampler 'entropy'")
+
+
+def _dropout_rate(model: Any) -> float | None:
+    """The dropout rate a model (or a ``SeedEnsemble``'s members) was configured with, if it says."""
+    try:
+        params = model.get_params(deep=False)
+    except (AttributeError, TypeError):
+        return None
+    nested = params.get("params") if isinstance(params.get("params"), dict) else {}
+    rate = params.get("dropout", nested.get("dropout"))
+    return float(rate) if isinstance(rate, (int, float)) and not isinstance(rate, bool) else None
 
 
 # -- the store --------------------------------------------------------------------------------

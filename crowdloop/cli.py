@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -163,6 +164,7 @@ def run(
     from crowdloop.config import load_config
     from crowdloop.engine import Project, default_location
 
+    _stop_on_sigterm()
     cfg = load_config(config)
     location = default_location(cfg, project_dir)
     project = Project.prepare(cfg, location, source=str(config))  # one-line errors name the config file
@@ -197,6 +199,23 @@ def run(
     if failure:
         raise failure[0]
     _print_summary(result, location)
+
+
+def _stop_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, systemd, Docker, a CI runner) end a run the way Ctrl-C does.
+
+    Python's default for SIGTERM is to die on the spot, skipping ``atexit``, so the temporary
+    Prefect API server (a uvicorn child process the flow starts) was left running under init.
+    As a KeyboardInterrupt in the main thread, the run unwinds and the server is stopped; the
+    store needs nothing more, a rerun resumes where the run was stopped.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers belong to the main thread (a test calling the command in a thread)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _print_summary(state: dict[str, Any], location: str) -> None:
@@ -289,6 +308,31 @@ def workers(
     console.print(table)
     console.print(f"median effective wage: {_fmt(state['median_wage'], 2)} {cur}/h (target {state['target_wage']:g}); "
                   f"workers {state['n_workers']}, blocked {state['n_blocked']}, rejected assignments {state['n_rejected']}")
+
+
+@app.command()
+@_one_line_errors
+def verify(
+    directory: str | None = typer.Argument(None, metavar="DIR", help="project store (shorthand for --project-dir)"),
+    project_dir: str | None = _project_option(),
+) -> None:
+    """Check that every record the project's records vouch for is there and unchanged.
+
+    One line per problem on stdout (a missing record, a label-log segment gone, a model or label
+    file that changed, a different pool), then exit 2; exit 0 when there is none.
+    """
+    from crowdloop.engine import Project
+    from crowdloop.engine.verify import problems
+    from crowdloop.errors import StoreError
+
+    project = Project.open(_project_dir(directory, project_dir))
+    found = problems(project, deep=True)
+    for problem in found:
+        sys.stdout.write(f"{problem}\n")
+    if found:
+        raise StoreError(f"{project.store.url}: {len(found)} problem(s) found; a run would stop on them")
+    sys.stdout.write(f"ok: {len(project.rounds())} rounds, {len(project.annotations())} answers in the label log, "
+                     "every record the others vouch for is there and unchanged\n")
 
 
 @app.command()

@@ -44,6 +44,7 @@ AGGREGATE = "aggregate.json"  # aggregation summary: worker skill, gold, blocked
 PAY = "pay.json"  # money of round r: rewards, bonuses, fees, rejections
 
 _ROUND_DIR = re.compile(r"^rounds/(\d{4,})/")
+_SEGMENT = re.compile("^" + re.escape(SEGMENTS) + r"(\d{4,})-[^/]+\.jsonl$")
 
 
 def round_key(round_: int, name: str) -> str:
@@ -59,6 +60,12 @@ def shard_key(round_: int, shard: int, n_shards: int) -> str:
 def segment_key(round_: int, digest: str) -> str:
     """A label-log segment collected in round ``round_``, named by the hash of its content."""
     return f"{SEGMENTS}{round_:04d}-{digest}.jsonl"
+
+
+def round_of_segment(key: str) -> int | None:
+    """The round a label-log segment was collected in (None for any other key)."""
+    m = _SEGMENT.match(key)
+    return int(m.group(1)) if m else None
 
 
 def round_of(key: str) -> int | None:

@@ -30,15 +30,14 @@ Configured like any model::
 from __future__ import annotations
 
 from numbers import Integral
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone, is_classifier
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
-from crowdloop.errors import ConfigError, RegistryError
-from crowdloop.registry import import_object
+from crowdloop.errors import ConfigError
 
 
 def _fail(name: str, value: Any, expected: str) -> ConfigError:
@@ -82,6 +81,14 @@ class SeedEnsemble(ClassifierMixin, BaseEstimator):
         self.warm_start = warm_start
         self.random_state = random_state
 
+    # scikit-learn's hook for checking parameters without data (``build_model`` calls it before a
+    # run starts): ours, and the member's class under the trust rule of ``model.estimator``.
+    _parameter_constraints: ClassVar[dict] = {}
+
+    def _validate_params(self) -> None:
+        self._check_params()
+        self._template()
+
     # -- building members -----------------------------------------------------------------
     def _check_params(self) -> None:
         n = self.n_members
@@ -100,10 +107,9 @@ class SeedEnsemble(ClassifierMixin, BaseEstimator):
     def _template(self) -> Any:
         """One unfitted member (seed not yet set)."""
         if isinstance(self.estimator, str):
-            try:
-                cls = import_object(self.estimator, what="SeedEnsemble.estimator")
-            except RegistryError as exc:
-                raise ConfigError(str(exc)) from None
+            from crowdloop.models.sklearn import estimator_class  # the same trust rule as model.estimator
+
+            cls = estimator_class(self.estimator, field="SeedEnsemble.estimator")
             try:
                 member = cls(**(self.params or {}))
             except TypeError as exc:

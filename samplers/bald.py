@@ -145,3 +145,10 @@ def batchbald_sampling(
             keep = w_new > 0
             post, weight = post_new[keep], w_new[keep] / w_new[keep].sum()
     return cand[np.asarray(chosen, dtype=np.int64)]
+
+
+# What these samplers need from the model to be what their name says: a loop checks it before
+# it starts (``Project.check``), so a configured ``bald`` never quietly ranks by entropy while
+# its records say ``bald``. Called directly on a deterministic model, they still fall back.
+bald_sampling.model_needs = ("predict_proba_mc",)  # type: ignore[attr-defined]
+batchbald_sampling.model_needs = ("predict_proba_mc",)  # type: ignore[attr-defined]

@@ -38,8 +38,13 @@ class LocalStore:
             raise StoreError(f"project directory {self.root}: cannot create it ({exc.strerror})") from None
         if not self.root.is_dir():
             raise StoreError(f"project directory {self.root}: not a directory")
-        if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
+        # A store opened to create or run a project must be writable; one opened as it is
+        # (``create=False``: status, workers, verify) need only be readable, and a write to a
+        # read-only one fails later, in one line, naming the record.
+        if create and not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
             raise StoreError(f"project directory {self.root}: not readable and writable by this user")
+        if not create and not os.access(self.root, os.R_OK | os.X_OK):
+            raise StoreError(f"project directory {self.root}: not readable by this user")
 
     @classmethod
     def from_url(cls, url: str, *, create: bool = True) -> LocalStore:
@@ -62,12 +67,12 @@ class LocalStore:
 
     def write_bytes(self, key: str, data: bytes, *, create_only: bool = False) -> None:
         path = self._path(key)
+        tmp = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-            try:
+            try:  # the temporary file goes whatever fails: a full disk, a quota, a link refused
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
                 if create_only:
                     try:
                         os.link(tmp, path)
@@ -76,8 +81,7 @@ class LocalStore:
                 else:
                     os.replace(tmp, path)
             finally:
-                if tmp.exists():
-                    tmp.unlink()
+                tmp.unlink(missing_ok=True)
         except OSError as exc:
             if isinstance(exc, RecordExistsError):
                 raise

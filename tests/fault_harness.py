@@ -152,6 +152,7 @@ class Scenario:
     mode: str = "cli"  # "cli": `crowdloop run` in a subprocess; "fork": the engine's steps in a forked child
     backoff_scale: float | None = None  # shorten botocore's retry back-off (tests with many injected faults)
     clean: dict[str, Any] | None = None
+    clean_next: dict[str, Any] | None = None  # the uninterrupted run with one more round
     boundaries: list[str] = field(default_factory=list)
     n_calls: int = 0
     _truth: Truth | None = None
@@ -189,9 +190,10 @@ class Scenario:
             yield None
 
     def run(self, name: str, location: str, server: Any, env: dict[str, str], timeout: float = 300,
-            answerer: bool = True) -> subprocess.CompletedProcess:
+            answerer: bool = True, max_rounds: int | None = None) -> subprocess.CompletedProcess:
         """``crowdloop run`` (under the fault launcher) on ``location``."""
-        cfg = harness_config(self.vendor, max_rounds=self.max_rounds, mturk_url=server.url if server else None)
+        rounds = self.max_rounds if max_rounds is None else max_rounds
+        cfg = harness_config(self.vendor, max_rounds=rounds, mturk_url=server.url if server else None)
         path = self.workdir / name / "config.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(cfg))
@@ -253,6 +255,73 @@ class Scenario:
         result["mismatches"] = compare(got, self.clean)
         result["seconds"] = round(time.monotonic() - started, 2)
         return result
+
+    # -- a record deleted between runs ------------------------------------------------------
+    def prepare_deletions(self) -> list[tuple[str, str]]:
+        """One more uninterrupted run, with one more round (what a resume that raises the limit
+        must equal), and every kind of record the first run left: ``(kind, key)`` pairs, e.g.
+        ``("dispatch.json@0", "rounds/0000/dispatch.json")``, one segment of the label log per round."""
+        location = self.location("clean-next")
+        with self.services() as server:
+            done = self.run("clean-next", location, server, self.env(), max_rounds=self.max_rounds + 1)
+            if done.returncode != 0:
+                raise RuntimeError(f"{self.vendor}/{self.store}: uninterrupted run with one more round failed:\n"
+                                   f"{done.stderr[-3000:]}")
+            self.clean_next = outcome(location, server)
+        kinds: dict[str, str] = {}
+        for key in open_store(self.location("clean"), create=False).list(""):
+            r = keys.round_of(key)
+            if key.startswith(f"{keys.VENDOR}/"):
+                continue  # the vendor's own state stands for the vendor's side, not the project's records
+            if r is not None:
+                kind = f"{key.split('/', 2)[2].split('/')[0]}@{r}"
+            elif keys.round_of_segment(key) is not None:
+                kind = f"segment@{keys.round_of_segment(key)}"
+            else:
+                kind = key.split("/")[0]
+            kinds.setdefault(kind, key)
+        return sorted(kinds.items())
+
+    def delete_and_resume(self, kind: str, key: str) -> dict[str, Any]:
+        """Run to the end, delete ``key``, rerun with one more round: it must either resume exactly
+        (equal to the uninterrupted longer run) or stop in one line naming the record, having sent
+        and paid nothing (the vendor's side unchanged)."""
+        assert self.clean_next is not None, "prepare_deletions() first"
+        name = f"delete-{kind.replace('@', '-r').replace('.', '_')}"
+        location = self.location(name)
+        started = time.monotonic()
+        result: dict[str, Any] = {"vendor": self.vendor, "store": self.store, "kind": kind, "key": key}
+        with self.services() as server:
+            first = self.run(name, location, server, self.env())
+            if first.returncode != 0:
+                return {**result, "verdict": "mismatch", "mismatches": [f"first run failed: {_tail(first.stderr)}"]}
+            store = open_store(location, create=False)
+            listing = store.list("")
+            if kind.startswith("segment@"):  # segments are named by their content: this run's own
+                r = int(kind.split("@")[1])
+                key = result["key"] = next(k for k in listing if keys.round_of_segment(k) == r)
+            saved = store.read_bytes(key)
+            before = vendor_side(location, server)
+            store.delete(key)
+            rerun = self.run(name, location, server, self.env(), max_rounds=self.max_rounds + 1)
+            result.update(rerun_rc=rerun.returncode, seconds=round(time.monotonic() - started, 2))
+            if rerun.returncode == 0:
+                mismatches = compare(outcome(location, server), self.clean_next)
+                return {**result, "verdict": "resumed exactly" if not mismatches else "mismatch", "mismatches": mismatches}
+            message = rerun.stderr.strip()
+            store.write_bytes(key, saved)  # put it back: the refused rerun must have written nothing at all
+            after = vendor_side(location, server)
+            mismatches = []
+            if store.list("") != listing:
+                mismatches.append(f"the refused rerun wrote {sorted(set(store.list('')) - set(listing))[:5]}")
+            if rerun.returncode != 2 or "\n" in message or not message.startswith("error: "):
+                mismatches.append(f"rerun failed with {rerun.returncode}, not one line: {_tail(rerun.stderr)}")
+            elif key.rsplit("/", 1)[-1] not in message:
+                mismatches.append(f"the one line does not name {key}: {message}")
+            if after != before:
+                mismatches.append(f"the refused rerun changed the vendor's side: {before} -> {after}")
+        return {**result, "message": message[:400], "mismatches": mismatches,
+                "verdict": "stopped with one line" if not mismatches else "mismatch"}
 
     def faulty_run(self, *, transient: str | None = None, permanent: str | None = None,
                    name: str = "faulty") -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess | None, dict | None]:
@@ -325,6 +394,17 @@ def outcome(location: str, server: Any = None) -> dict[str, Any]:
         "vendor_paid": round(float(ledger["paid"]), 2),
         "vendor_bonuses": round(float(ledger["bonuses"]), 2),
     }
+
+
+def vendor_side(location: str, server: Any = None) -> dict[str, Any]:
+    """What the vendor was asked for and paid: item replicas dispatched, answers, money and bonuses
+    (the MTurk fake server's ledger, or the simulated/manifest vendor's state in the store)."""
+    if server is not None:
+        ledger = server.ledger()
+        return {"dispatched": ledger["item_replicas"], "answers": len(ledger["assignments"]),
+                "paid": round(float(ledger["paid"]), 2), "bonuses": round(float(ledger["bonuses"]), 2)}
+    got = outcome(location)
+    return {k: got[k] for k in ("dispatched", "n_vendor_answers", "vendor_paid", "vendor_bonuses")}
 
 
 def compare(got: dict[str, Any], clean: dict[str, Any]) -> list[str]:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from crowdloop import keys
 from crowdloop.consensus.adaptive import gold_stats, low_agreement_workers, workers_to_block
-from crowdloop.engine.project import Project, write_once, write_once_bytes
+from crowdloop.engine.project import Project, write_once, write_once_digest
 from crowdloop.engine.quality import annotation_table
 from crowdloop.records import AggregatedLabel, to_jsonl
 
@@ -51,7 +51,9 @@ def aggregate(p: Project, r: int) -> dict[str, Any]:
             low = low_agreement_workers(table, agg.probas_, min_judgments=c.block_min_judgments,
                                         min_agreement=c.block_below_agreement)
             extra["blocked_on_agreement"] = {w: v for w, v in sorted(low.items()) if w not in extra.get("blocked_workers", [])}
-    write_once_bytes(p.store, keys.round_key(r, keys.LABELS), to_jsonl(labels))
-    summary = {"round": r, "n_items": len(labels), "method": method, "worker_skill": skills, **extra}
+    digest = write_once_digest(p.store, keys.round_key(r, keys.LABELS), to_jsonl(labels))
+    # what this snapshot vouches for: the label log held n_judgments answers up to round r
+    summary = {"round": r, "n_items": len(labels), "method": method, "worker_skill": skills,
+               "n_judgments": len(anns), "labels_sha256": digest, **extra}
     write_once(p.store, keys.round_key(r, keys.AGGREGATE), summary)
     return summary

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from crowdloop import keys
-from crowdloop.engine.project import Project, write_once, write_once_bytes
+from crowdloop.engine.project import Project, write_once, write_once_digest
 from crowdloop.engine.quality import oof_proba
 from crowdloop.engine.selection import excluded
 from crowdloop.records import AggregatedLabel, to_jsonl
@@ -50,7 +50,7 @@ def autolabel(p: Project, r: int) -> dict[str, Any]:
             if machine and p.pool.has_ground_truth:  # simulation / evaluation only
                 truth = p.pool.y[p.rows_of([m.item_id for m in machine])].astype(str)
                 info["true_accuracy"] = round(float(np.mean(truth == np.array([m.label for m in machine]))), 4)
-    write_once_bytes(p.store, keys.round_key(r, keys.MACHINE_LABELS), to_jsonl(machine))
+    info["machine_labels_sha256"] = write_once_digest(p.store, keys.round_key(r, keys.MACHINE_LABELS), to_jsonl(machine))
     write_once(p.store, keys.round_key(r, keys.AUTOLABEL), info)
     return info
 

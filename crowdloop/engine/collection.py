@@ -64,8 +64,10 @@ def collect(p: Project, r: int, *, wait: bool | None = None, sleep: Callable[[fl
     mine = [a for a in p.annotations() if a.batch_id == intent["batch_id"]]
     per_item = pd.Series([a.item_id for a in mine]).value_counts() if mine else pd.Series(dtype=int)
     missing = sorted(i for i, n in expected.items() if per_item.get(i, 0) < n)
+    # ``segments``: the part of the label log these answers are in, so a segment lost later is named
     result = {"round": r, "n_annotations": len(mine), "expected": wanted, "complete": not missing,
-              "incomplete_items": missing[:100], "n_incomplete": len(missing)}
+              "incomplete_items": missing[:100], "n_incomplete": len(missing),
+              "segments": [k for k in p.store.list(keys.SEGMENTS) if keys.round_of_segment(k) == r]}
     write_once(p.store, keys.round_key(r, keys.COLLECTED), result)
     return result
 

@@ -10,6 +10,7 @@ crash sees exactly what the crashed process saw.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import pickle
 import time
@@ -24,7 +25,7 @@ import numpy as np
 
 from crowdloop import keys, registry
 from crowdloop.config import RESUMABLE_SECTIONS, FeaturesConfig, LoopConfig, PoolConfig
-from crowdloop.errors import ConfigError, RecordExistsError, StoreError
+from crowdloop.errors import ConfigError, PoolError, RecordExistsError, StoreError
 from crowdloop.pay import FeeFor, fee_function
 from crowdloop.records import AggregatedLabel, Annotation
 from crowdloop.storage import PrefixedStore, Store, open_store, read_json, write_json
@@ -55,6 +56,16 @@ def write_once_bytes(store: Store, key: str, data: bytes) -> None:
     """Create-only write of raw bytes; a replay after a crash finds the first version and keeps it."""
     with suppress(RecordExistsError):
         store.write_bytes(key, data, create_only=True)
+
+
+def write_once_digest(store: Store, key: str, data: bytes) -> str:
+    """Create-only write of raw bytes; the sha256 of what the store holds under ``key`` (this
+    write's bytes, or a first version a replay found), for the record that vouches for it."""
+    try:
+        store.write_bytes(key, data, create_only=True)
+    except RecordExistsError:
+        data = store.read_bytes(key)
+    return hashlib.sha256(data).hexdigest()
 
 
 def default_location(config: LoopConfig, project_dir: str | None = None) -> str:
@@ -161,12 +172,23 @@ class Project:
         if existing is not None:
             _check_same_config(LoopConfig.model_validate(existing["config"]), config, store.url)
         project = cls(store, config)
-        record = {"config": config.model_dump(mode="json"), "format": 1}
+        try:
+            pool = checked_pool_record(project, existing)
+        except PoolError as exc:  # named like the other pool errors: after the config file
+            raise PoolError(f"{source}: {exc}" if source else str(exc)) from None
+        if existing is not None:  # a resume: every record the run builds on must be there
+            from crowdloop.engine.verify import check_resumable
+
+            check_resumable(project)
+        record: dict[str, Any] = {"config": config.model_dump(mode="json"), "format": 1}
+        if pool is not None:
+            record["pool"] = pool
         if existing is None:
             write_once(store, keys.PROJECT, record)
-        elif existing["config"] != record["config"]:
-            # Only resumable sections (stopping, collect, baseline, scale) can differ here: keep
-            # the old version for the record and make the new limits the project's own.
+        elif existing != record:
+            # Only resumable sections (stopping, collect, baseline, scale) can differ here, or a
+            # project from before pool digests gets its digest: keep the old version for the
+            # record and make the new limits the project's own.
             write_json(store, f"{keys.CONFIG_HISTORY}{_utc_stamp()}.json", existing)
             write_json(store, keys.PROJECT, record)
         _PREPARED[location] = _PREPARED[project.store.url] = project
@@ -406,10 +428,38 @@ class Project:
         return round(total, 2)
 
     def load_model(self, round_: int):
+        """Round ``round_``'s fitted model (None if it trained none), unpickled only once its bytes
+        match the sha256 that round's training record wrote down (``model_bytes``)."""
         if round_ not in self._models:
-            key = keys.round_key(round_, keys.MODEL)
-            self._models[round_] = pickle.loads(self.store.read_bytes(key)) if self.store.exists(key) else None
+            data = self.model_bytes(round_)
+            self._models[round_] = None if data is None else pickle.loads(data)
         return self._models[round_]
+
+    def model_bytes(self, round_: int) -> bytes | None:
+        """The stored model file of round ``round_``, checked against ``train.json``'s ``model_sha256``.
+
+        Unpickling runs code, and anyone who can write to the store (a shared folder, a bucket)
+        could plant a model file; the create-only training record says which bytes the loop
+        wrote. A file that differs, or that no record names, is refused with one line. Records
+        written before the digest existed (no ``model_sha256``) are taken as they are.
+        """
+        key = keys.round_key(round_, keys.MODEL)
+        trained = self.record(round_, keys.TRAIN, default=None)
+        if not self.store.exists(key):
+            if trained is not None and trained.get("model_sha256"):
+                raise MissingRecordError(f"{self.store.url}: {key} is missing, but {keys.round_key(round_, keys.TRAIN)} "
+                                         "recorded it (restore it, or start a new project)")
+            return None
+        if trained is None or not trained.get("trained"):
+            raise StoreError(f"{self.store.url}: {key} is not recorded by {keys.round_key(round_, keys.TRAIN)}; "
+                             "refusing to unpickle a model file the loop did not write")
+        data = self.store.read_bytes(key)
+        expected = trained.get("model_sha256")
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+            raise StoreError(f"{self.store.url}: {key} has sha256 {hashlib.sha256(data).hexdigest()[:16]}…, not the "
+                             f"{expected[:16]}… recorded in {keys.round_key(round_, keys.TRAIN)}; refusing to unpickle a "
+                             "model file that changed after training (restore it, or start a new project)")
+        return data
 
     def forget_model(self, round_: int) -> None:
         self._models.pop(round_, None)
@@ -436,6 +486,23 @@ class Project:
 
 def _utc_stamp() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{time.time_ns() % 1_000_000_000:09d}"
+
+
+def checked_pool_record(project: Project, existing: dict[str, Any] | None) -> dict[str, str] | None:
+    """The pool digest to record; on resume, a one-line ``PoolError`` if the pool is not the one
+    the project was created with (``models/digest.py`` says what is hashed for each source)."""
+    from crowdloop.models.digest import pool_digest
+
+    config, url = project.config, project.store.url
+    digest = pool_digest(config.pool, loaded=lambda: (project.pool, project.test))
+    recorded = (existing or {}).get("pool")
+    if recorded is None or digest is None:
+        return digest.as_record() if digest is not None else recorded
+    if recorded["sha256"] != digest.sha256:
+        raise PoolError(f"pool.path: {digest.what} is not the pool project {url} was created with ({digest.how}: "
+                        f"{digest.sha256[:12]}… now, {recorded['sha256'][:12]}… then); restore the original pool, "
+                        "or start a new project (--project-dir)")
+    return recorded
 
 
 def _check_same_config(stored: LoopConfig, given: LoopConfig, url: str) -> None:

@@ -71,6 +71,51 @@ ROUND_STEPS: tuple[Step, ...] = (
 
 STEP_NAMES = tuple(s.name for s in ROUND_STEPS)
 
+
+# -- what each record vouches for -------------------------------------------------------------
+# A record deleted between runs must be noticed, not redone (a missing dispatch.json would send
+# and pay its items again) nor skipped (a missing label-log segment would drop answers). The
+# order above is the first promise: a step's record implies the record of every earlier step of
+# its round, and a round before the last one is complete (it has pay.json). The tables below are
+# the rest: records a step writes before its own record, and what its record counted or hashed.
+# ``engine/verify.py`` checks a project against them when a run resumes and in `crowdloop verify`.
+
+@dataclass(frozen=True)
+class Needs:
+    """While ``record`` of a round exists, ``needs`` (same round) must exist too — only when the
+    record's field ``when`` is set, if given — and, with ``digest``, have the sha256 in that field."""
+
+    record: str
+    needs: str
+    when: str | None = None
+    digest: str | None = None
+
+
+@dataclass(frozen=True)
+class LogCount:
+    """``record`` counted ``field`` answers in the label log: those of its round's batch
+    (``scope="batch"``) or of every round up to its own (``"through"``); the log must still hold
+    them, and every segment the record lists in ``listed`` must exist."""
+
+    record: str
+    field: str
+    scope: str
+    listed: str | None = None
+
+
+RECORD_NEEDS: tuple[Needs, ...] = (
+    Needs(keys.TRAIN, keys.SPREAD_LABELS, when="n_spread", digest="spread_sha256"),
+    Needs(keys.TRAIN, keys.MODEL, when="trained", digest="model_sha256"),
+    Needs(keys.AUTOLABEL, keys.MACHINE_LABELS, digest="machine_labels_sha256"),
+    Needs(keys.REFS, keys.DISPATCH),  # the intent is written before the vendor is called
+    Needs(keys.AGGREGATE, keys.LABELS, digest="labels_sha256"),
+)
+
+LOG_COUNTS: tuple[LogCount, ...] = (
+    LogCount(keys.COLLECTED, "n_annotations", "batch", listed="segments"),
+    LogCount(keys.AGGREGATE, "n_judgments", "through"),
+)
+
 StepRunner = Callable[[Step, Project, int], Output]
 AfterStep = Callable[[Step, int, Output], str | None]
 

@@ -8,6 +8,7 @@ records, so a rerun finds them and a warm-started model continues from the store
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import time
 from typing import Any
@@ -36,7 +37,8 @@ def train(p: Project, r: int) -> dict[str, Any]:
         labels = labels + machine
     if p.config.semi_supervised.enabled:
         spread = spread_labels(p, r, p.human_labels(before_round=r), skip={label.item_id for label in labels})
-        info.update(n_spread=len(spread))
+        info.update(n_spread=len(spread),
+                    spread_sha256=hashlib.sha256(p.store.read_bytes(keys.round_key(r, keys.SPREAD_LABELS))).hexdigest())
         if spread and p.pool.has_ground_truth:  # simulation / evaluation only
             truth = p.pool.y[p.rows_of([label.item_id for label in spread])].astype(str)
             info["spread_true_accuracy"] = round(float(np.mean(truth == np.array([label.label for label in spread]))), 4)
@@ -51,10 +53,24 @@ def train(p: Project, r: int) -> dict[str, Any]:
         info.update(trained=True, seconds=round(time.perf_counter() - start, 4))
         if warm_from is not None:
             info["warm_from_round"] = warm_from
-        write_once_bytes(p.store, keys.round_key(r, keys.MODEL), pickle.dumps(model))
+        info["model_sha256"] = _store_model(p, r, pickle.dumps(model))
         p.forget_model(r)
     write_once(p.store, keys.round_key(r, keys.TRAIN), info)
     return info
+
+
+def _store_model(p: Project, r: int, data: bytes) -> str:
+    """Write round ``r``'s model file and return its sha256, which ``train.json`` records.
+
+    A model file without a training record is what a crash between the two writes leaves; its
+    bytes were never recorded (nor checked), so it is replaced by this attempt's, whose digest
+    is the one recorded: the record names exactly the bytes this process wrote.
+    """
+    key = keys.round_key(r, keys.MODEL)
+    if p.store.exists(key):
+        p.store.delete(key)
+    p.store.write_bytes(key, data, create_only=True)
+    return hashlib.sha256(data).hexdigest()
 
 
 def spread_labels(p: Project, r: int, labels: list[AggregatedLabel], skip: set[str]) -> list[AggregatedLabel]:
@@ -89,9 +105,9 @@ def _model_to_fit(p: Project, r: int) -> tuple[Any, int | None]:
     template = p.model_template
     if getattr(template, "warm_start", False) is True:
         for prev in range(r - 1, -1, -1):
-            key = keys.round_key(prev, keys.MODEL)
-            if p.store.exists(key):
-                model = pickle.loads(p.store.read_bytes(key))  # a private copy: the cached one stays as stored
+            data = p.model_bytes(prev)  # checked against that round's training record before unpickling
+            if data is not None:
+                model = pickle.loads(data)  # a private copy: the cached one stays as stored
                 if type(model) is type(template):
                     model.set_params(**template.get_params())
                     return model, prev

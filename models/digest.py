@@ -1,0 +1,139 @@
+"""A digest of the pool a project was started with, cheap enough to recompute on every resume.
+
+A project's records name items by id and its models were fitted on the pool's features; a
+pool file that changed between runs would be used silently (features swapped under the same
+ids) or break later (rows removed). ``Project.prepare`` records this digest in
+``project.json`` when it creates a project and compares it on every resume.
+
+What is hashed depends on the source, so that a large pool costs a streaming read at most:
+
+* ``csv`` / ``parquet``: the file itself (streaming sha256, 1 MiB at a time);
+* ``sharded``: the manifest (which holds every shard's sha256) and the id/label index;
+* ``images``, ``fashion_mnist``: a listing of the folder (relative names and sizes; for an S3
+  prefix, the key names), not every image's bytes;
+* ``sklearn``: the bundled set as loaded (small by nature);
+* a pool source from a plug-in: its loader's ``digest(cfg)`` if it has one, else nothing is
+  recorded and nothing is checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crowdloop import registry
+from crowdloop.config import PoolConfig
+from crowdloop.errors import PoolError
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class PoolDigest:
+    """What was hashed (``what``: a file, folder or URL), how, and the sha256."""
+
+    what: str
+    how: str
+    sha256: str
+
+    def as_record(self) -> dict[str, str]:
+        return {"what": self.what, "how": self.how, "sha256": self.sha256}
+
+
+def pool_digest(cfg: PoolConfig, loaded: Callable[[], Sequence[Any]] | None = None) -> PoolDigest | None:
+    """The digest of the pool ``cfg`` names (None: its source offers none).
+
+    ``loaded`` returns the pool's parts as already loaded (the project's pool and test split),
+    so that a source hashed by content (``sklearn``) is not loaded a second time.
+    """
+    source = cfg.source
+    path = cfg.path or ""
+    if source in ("csv", "parquet"):
+        return PoolDigest(path, "sha256 of the file", file_sha256(Path(path)))
+    if source == "sharded":
+        return PoolDigest(path, "sha256 of the manifest and index", _sharded_sha256(path))
+    if source == "images":
+        return PoolDigest(path, "sha256 of the folder listing", _listing_sha256(path))
+    if source == "fashion_mnist":
+        from crowdloop.models.images import FASHION_MNIST_DIR
+
+        folder = cfg.path or str(FASHION_MNIST_DIR)
+        return PoolDigest(folder, "sha256 of the folder listing", _listing_sha256(folder))
+    if source == "sklearn":
+        parts = loaded() if loaded is not None else (registry.pools.load(source)(cfg),)
+        h = hashlib.sha256()
+        for part in parts:
+            h.update(b"-" if part is None else arrays_sha256(part).encode())
+        return PoolDigest(f"scikit-learn's {cfg.name} set", "sha256 of the loaded set", h.hexdigest())
+    digest = getattr(registry.pools.load(source), "digest", None)
+    if digest is None:
+        return None
+    return PoolDigest(path or source, f"the {source!r} pool source's digest", str(digest(cfg)))
+
+
+def file_sha256(path: Path) -> str:
+    """Streaming sha256 of one file (memory: one chunk)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                h.update(chunk)
+    except OSError as exc:
+        raise PoolError(f"pool.path: cannot read {str(path)!r}: {exc.strerror}") from None
+    return h.hexdigest()
+
+
+def arrays_sha256(pool: Any) -> str:
+    """sha256 over a loaded pool's ids, ground truth and features (for small, in-memory sets)."""
+    h = hashlib.sha256()
+    for part in (np.asarray(pool.ids).astype(str), None if pool.y is None else np.asarray(pool.y).astype(str)):
+        h.update(b"\0".join(v.encode() for v in part.tolist()) if part is not None else b"-")
+        h.update(b"\1")
+    h.update(np.ascontiguousarray(pool.X).tobytes())
+    return h.hexdigest()
+
+
+def _sharded_sha256(url: str) -> str:
+    from crowdloop.models.sharded import INDEX, MANIFEST, _open
+    from crowdloop.storage import KeyNotFoundError
+
+    store = _open(url, create=False)
+    h = hashlib.sha256()
+    for key in (MANIFEST, INDEX):
+        try:
+            h.update(hashlib.sha256(store.read_bytes(key)).digest())
+        except KeyNotFoundError:
+            raise PoolError(f"pool.path: no sharded pool at {url!r} (missing {key})") from None
+    return h.hexdigest()
+
+
+def _listing_sha256(path: str) -> str:
+    """Names (and, for a local folder, sizes) of every file under ``path``, sorted."""
+    h = hashlib.sha256()
+    if path.startswith("s3://"):
+        from crowdloop.storage import StoreError, open_store
+
+        try:
+            names = [(key, "") for key in open_store(path, create=False).list("")]
+        except StoreError as exc:
+            raise PoolError(f"pool.path: cannot list {path!r}: {exc}") from None
+    else:
+        root = Path(path)
+        if not root.is_dir():
+            raise PoolError(f"pool.path: directory {path!r} not found")
+        names = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                if not name.startswith("."):
+                    full = Path(dirpath) / name
+                    names.append((full.relative_to(root).as_posix(), str(full.stat().st_size)))
+    for name, size in sorted(names):
+        h.update(f"{name}\0{size}\n".encode())
+    return h.hexdigest()

@@ -1,0 +1,147 @@
+"""A pool that changed between runs is refused in one line naming it (issue 19, point 5).
+
+``project.json`` records a digest of the pool when the project is created: the file's sha256
+for CSV/Parquet, the manifest and index for a sharded pool, a listing of an image folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sklearn.datasets import load_digits
+
+from crowdloop import engine, keys
+from crowdloop.config import parse_config
+from crowdloop.engine import Project
+from crowdloop.engine import project as project_module
+from crowdloop.errors import PoolError
+from crowdloop.storage import read_json
+from tests.conftest import crowdloop_cmd, small_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _digits_csv(path: Path) -> pd.DataFrame:
+    X, y = load_digits(return_X_y=True)
+    frame = pd.DataFrame(X, columns=[f"px{i}" for i in range(X.shape[1])])
+    frame.insert(0, "uid", [f"d{i:04d}" for i in range(len(frame))])
+    frame["target"] = y
+    frame.to_csv(path, index=False)
+    return frame
+
+
+def _csv_config(path: Path, **overrides) -> dict:
+    return small_config(pool={"source": "csv", "path": str(path), "id_column": "uid", "label_column": "target",
+                              "test_size": 0.3}, **overrides)
+
+
+def _new_process() -> None:
+    """What a second `crowdloop run` starts with: no project prepared in this process yet."""
+    project_module._PREPARED.clear()
+
+
+@pytest.fixture
+def started(tmp_path: Path) -> tuple[Path, pd.DataFrame, str]:
+    """A CSV pool and a project that finished its first round on it."""
+    pool = tmp_path / "pool.csv"
+    frame = _digits_csv(pool)
+    location = str(tmp_path / "project")
+    p = Project.prepare(parse_config(_csv_config(pool)), location)
+    engine.run_round(p, 0)
+    _new_process()
+    return pool, frame, location
+
+
+def test_the_digest_is_recorded_at_creation(started) -> None:
+    pool, _, location = started
+    recorded = read_json(Project.open(location).store, keys.PROJECT)["pool"]
+    assert recorded == {"what": str(pool), "how": "sha256 of the file",
+                        "sha256": hashlib.sha256(pool.read_bytes()).hexdigest()}
+
+
+def test_features_swapped_under_the_same_ids_are_refused(started) -> None:
+    pool, frame, location = started
+    swapped = frame.copy()
+    features = [c for c in frame.columns if c.startswith("px")]
+    swapped.loc[[0, 1], features] = frame.loc[[1, 0], features].to_numpy()  # same ids, other pixels
+    swapped.to_csv(pool, index=False)
+    with pytest.raises(PoolError) as info:
+        Project.prepare(parse_config(_csv_config(pool)), location)
+    message = str(info.value)
+    assert "\n" not in message and str(pool) in message and "not the pool project" in message, message
+
+
+def test_rows_removed_are_refused_before_anything_runs(started) -> None:
+    pool, frame, location = started
+    frame.iloc[:-40].to_csv(pool, index=False)
+    before = sorted(p.name for p in Path(location).rglob("*"))
+    with pytest.raises(PoolError, match=r"pool.path: .*pool.csv is not the pool project"):
+        Project.prepare(parse_config(_csv_config(pool)), location)
+    assert sorted(p.name for p in Path(location).rglob("*")) == before  # nothing written
+
+
+def test_the_same_content_rewritten_resumes(started) -> None:
+    pool, _, location = started
+    data = pool.read_bytes()
+    pool.unlink()
+    pool.write_bytes(data)  # a copy: new inode and mtime, same bytes
+    p = Project.prepare(parse_config(_csv_config(pool)), location)
+    engine.run_round(p, 1, until="select")
+    assert p.has(1, keys.SELECTION)
+
+
+def test_the_cli_names_the_changed_file_in_one_line(started, tmp_path: Path) -> None:
+    pool, frame, location = started
+    frame.assign(px5=frame["px5"] + 1.0).to_csv(pool, index=False)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(_csv_config(pool)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CROWDLOOP_")}
+    done = subprocess.run([*crowdloop_cmd(), "run", str(config), "--project-dir", location], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"error: {config}: pool.path: {pool} is not the pool project"), done.stderr
+
+
+def test_a_rewritten_sharded_pool_is_refused(tmp_path: Path) -> None:
+    from crowdloop.models.sharded import write_sharded_pool
+
+    X, y = load_digits(return_X_y=True)
+    ids = np.array([f"d{i}" for i in range(len(X))], dtype=object)
+    classes = tuple(str(c) for c in range(10))
+    shards = tmp_path / "shards"
+    write_sharded_pool(str(shards), X, ids, y.astype(str).astype(object), classes=classes, rows_per_shard=500)
+    cfg = parse_config(small_config(pool={"source": "sharded", "path": str(shards), "test_size": 0.3}))
+    Project.prepare(cfg, str(tmp_path / "p"))
+    _new_process()
+    shutil.rmtree(shards)
+    X[:, 10] += 1.0
+    write_sharded_pool(str(shards), X, ids, y.astype(str).astype(object), classes=classes, rows_per_shard=500)
+    with pytest.raises(PoolError, match=r"shards is not the pool project .*manifest and index"):
+        Project.prepare(cfg, str(tmp_path / "p"))
+
+
+def test_an_image_folder_with_other_files_is_refused(tmp_path: Path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for label in ("cat", "dog"):
+        (folder / label).mkdir(parents=True)
+        for i in range(40):
+            Image.fromarray(rng.integers(0, 255, (6, 6), dtype=np.uint8)).save(folder / label / f"{i}.png")
+    cfg = parse_config(small_config(pool={"source": "images", "path": str(folder), "image_mode": "gray",
+                                          "test_size": 0.3},
+                                    sampler={"name": "margin", "batch_size": 5, "initial_size": 10}))
+    Project.prepare(cfg, str(tmp_path / "p"))
+    _new_process()
+    Image.fromarray(np.zeros((6, 6), dtype=np.uint8)).save(folder / "dog" / "extra.png")
+    with pytest.raises(PoolError, match=r"images is not the pool project .*folder listing"):
+        Project.prepare(cfg, str(tmp_path / "p"))
