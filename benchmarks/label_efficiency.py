@@ -292,6 +292,8 @@ def run_one(dataset: str, spec: str, seed: int) -> dict[str, Any]:
     auto = spec.startswith("crowdloop:auto")
     query = None if auto else strategy(spec[:-3] if self_train or spec.endswith("+ls") else spec)
     auto_params = json.loads(spec.partition("?")[2] or "{}") if auto else {}
+    # "spread_<name>" parameters go to the label-spreading check (spreading_helps), the rest to the policy
+    spread_params = {k[len("spread_"):]: auto_params.pop(k) for k in list(auto_params) if k.startswith("spread_")}
     arm_of: dict[int, str] = {}
     records: list[dict[str, Any]] = []
     init_rng = np.random.default_rng([seed, 1])  # same initial set for every strategy
@@ -322,7 +324,8 @@ def run_one(dataset: str, spec: str, seed: int) -> dict[str, Any]:
             human = np.flatnonzero(labeled)
             audit = np.flatnonzero([arm_of.get(int(i)) == "random" for i in human])
             use_spread, ls_record = spreading_helps(make_model(), s.X_pool, human, s.y_pool[human], audit,
-                                                    rng=np.random.default_rng([seed, 4, int(labeled.sum())]))
+                                                    rng=np.random.default_rng([seed, 4, int(labeled.sum())]),
+                                                    **spread_params)
             records.append({"labels": int(labeled.sum()), "label_spreading": use_spread, "spread_evidence": ls_record})
         if use_spread:
             from crowdloop.models.semi import spread_labels

@@ -1,6 +1,6 @@
 """Step ``dispatch``: send round ``r``'s batch to the vendor, exactly once.
 
-The intent (``dispatch.json``: tasks, reward, workers to block) is written before the vendor
+The intent (``dispatch.json``: tasks, reward, workers to block and why) is written before the vendor
 is called and the vendor's references (``refs.json``) after. The vendor call is idempotent
 per batch id, so a crash between the two resends the same intent and never creates a second
 task; a rerun that finds ``refs.json`` does nothing.
@@ -12,11 +12,12 @@ import time
 from typing import Any
 
 from crowdloop import keys
+from crowdloop.consensus.collusion import Ring, ring_reason
 from crowdloop.consensus.policy import agreement_block_reason, gold_block_reason
 from crowdloop.engine import hooks
 from crowdloop.engine.budget import expected_task_seconds
 from crowdloop.engine.project import STREAM_MIX, Project, write_once
-from crowdloop.engine.quality import blocked_workers
+from crowdloop.engine.quality import blocked_workers, rings_found
 from crowdloop.pay import reward_for
 from crowdloop.records import Task
 
@@ -37,6 +38,8 @@ def dispatch(p: Project, r: int) -> dict[str, Any]:
     if intent.get("blocked_on_agreement") and hasattr(vendor, "block_workers"):
         vendor.block_workers(intent["blocked_on_agreement"],
                              reason=agreement_block_reason(p.config.consensus.block_below_agreement))
+    for ring in intent.get("blocked_rings", []) if hasattr(vendor, "block_workers") else []:
+        vendor.block_workers(ring["workers"], reason=ring_reason(Ring.from_record(ring)))  # each told its ring's evidence
     tasks = [Task.model_validate(t) for t in intent["tasks"]]
     refs = vendor.submit(tasks, batch_id=intent["batch_id"])
     hooks.point("dispatch:after_submit", r)
@@ -64,6 +67,8 @@ def _intent(p: Project, r: int, selection: dict[str, Any]) -> dict[str, Any]:
         record["blocked_workers"] = blocked_workers(p, r)
     if p.config.consensus.block_below_agreement is not None:
         record["blocked_on_agreement"] = blocked_workers(p, r, on="blocked_on_agreement")
+    if p.config.consensus.block_rings:
+        record["blocked_rings"] = rings_found(p, r)
     record["tasks"] = [t.model_dump(mode="json") for t in _with_predictions(p, r, tasks)]
     return record
 

@@ -26,14 +26,25 @@ def annotation_table(anns: list[Annotation]) -> pd.DataFrame:
                          "label": [a.label for a in anns]})
 
 
-def blocked_workers(p: Project, r: int, *, on: str = "blocked_workers") -> list[str]:
-    """Workers blocked as of the last aggregation before round ``r``: on gold evidence
-    (``blocked_workers``) or on low agreement with the aggregated truth (``blocked_on_agreement``)."""
+def last_aggregate(p: Project, r: int) -> dict[str, Any]:
+    """The summary of the last aggregation before round ``r`` (empty before the first)."""
     for q in range(r - 1, -1, -1):
         summary = p.record(q, keys.AGGREGATE, default=None)
         if summary is not None:
-            return sorted(summary.get(on, []))
-    return []
+            return summary
+    return {}
+
+
+def blocked_workers(p: Project, r: int, *, on: str = "blocked_workers") -> list[str]:
+    """Workers blocked as of the last aggregation before round ``r``: on gold evidence
+    (``blocked_workers``) or on low agreement with the aggregated truth (``blocked_on_agreement``)."""
+    return sorted(last_aggregate(p, r).get(on, []))
+
+
+def rings_found(p: Project, r: int) -> list[dict[str, Any]]:
+    """Rings of colluders the last aggregation before round ``r`` found, as evidence records
+    (members, shared items, agreements, the agreements the model predicted)."""
+    return list(last_aggregate(p, r).get("rings", []))
 
 
 def gold_plan(p: Project, r: int, n_tasks: int) -> list[dict[str, Any]]:
