@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def save():
         tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=1))
+        tmp.write_text(json.dumps(results, separators=(",", ":")))  # compact: curves and policy records are long
         tmp.replace(args.out)
 
     with ProcessPoolExecutor(max_workers=args.jobs) as ex:

@@ -101,3 +101,31 @@ def test_block_rings_with_an_aggregator_that_has_no_ring_model(tmp_path):
     ring = ring_members(p)
     assert any(s.get("blocked_in_rings") for s in summaries(p).values())
     assert p.vendor.blocked_workers() == ring
+
+
+def test_the_dispatch_step_blocks_before_it_submits_and_a_redo_changes_nothing(tmp_path):
+    from crowdloop import engine
+    from crowdloop.config import parse_config
+    from crowdloop.engine import Project
+
+    cfg = small_config(**RING_CROWD, consensus={"method": "auto", "redundancy": 3, "block_rings": True})
+    p = Project.prepare(parse_config(cfg, source="test"), str(tmp_path / "p"))
+    engine.run_step(engine.REFERENCE_STEP, p, 0)
+    r = 0
+    while True:  # whole rounds until an aggregation finds the ring
+        assert engine.run_round(p, r) is None and r < 5, "the ring was never found"
+        r += 1
+        if p.record(r - 1, keys.AGGREGATE).get("rings"):
+            break
+    ring = ring_members(p)
+    assert p.vendor.blocked_workers() == set()
+    engine.run_round(p, r, until="dispatch")
+    intent = read_json(p.store, keys.round_key(r, keys.DISPATCH))
+    assert [set(x["workers"]) for x in intent["blocked_rings"]] == [ring]
+    assert p.vendor.blocked_workers() == ring and not p.has(r, keys.COLLECTED)
+    blocks = {k: read_json(p.vendor.store, k) for k in p.vendor.store.list("blocks/")}
+    refs = read_json(p.store, keys.round_key(r, keys.REFS))
+    assert engine.dispatch(p, r) == refs  # a redone step finds its record: no second block, no second task
+    assert {k: read_json(p.vendor.store, k) for k in p.vendor.store.list("blocks/")} == blocks
+    engine.run_round(p, r)
+    assert not [a for a in p.annotations() if a.round == r and a.worker_id in ring]
