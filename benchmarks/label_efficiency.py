@@ -22,10 +22,11 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -361,7 +362,7 @@ def run_one(dataset: str, spec: str, seed: int) -> dict[str, Any]:
         labeled[picked] = True
     labels_to = {}
     for level in LEVELS:
-        hit = [n for n, a in zip(sizes, accs) if a >= float(level) * full]
+        hit = [n for n, a in zip(sizes, accs, strict=True) if a >= float(level) * full]
         labels_to[level] = hit[0] if hit else None
     x = np.asarray(sizes, dtype=float)
     aulc = float(np.trapezoid(accs, x) / (x[-1] - x[0])) if len(x) > 1 else accs[0]
@@ -400,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp.replace(args.out)
 
     with ProcessPoolExecutor(max_workers=args.jobs) as ex:
-        for job, res in zip(todo, ex.map(_run, todo)):
+        for job, res in zip(todo, ex.map(_run, todo), strict=True):
             if "error" in res:
                 print(f"{job[0]:>13} {job[1]:<42} seed={job[2]} FAILED {res['error']}", flush=True)
                 continue

@@ -12,7 +12,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console, Group
@@ -91,7 +91,7 @@ def _live_view(project) -> Callable[[], Any]:
 @_one_line_errors
 def run(
     config: Path = typer.Argument(..., help="YAML config, e.g. configs/digits.yaml"),
-    project_dir: Optional[str] = typer.Option(None, "--project-dir", help="project store; default projects/<project>"),
+    project_dir: str | None = typer.Option(None, "--project-dir", help="project store; default projects/<project>"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show Prefect's logs on the console"),
 ) -> None:
     """Run (or resume) the active-learning loop of CONFIG until its stopping rule holds."""
@@ -162,8 +162,8 @@ def _print_summary(state: dict[str, Any], location: str) -> None:
 @_one_line_errors
 def serve(
     config: Path = typer.Argument(..., help="YAML config of the project to serve"),
-    project_dir: Optional[str] = typer.Option(None, "--project-dir", help="project store; default projects/<project>"),
-    cron: Optional[str] = typer.Option(None, "--cron", help="schedule for the loop, e.g. '0 6 * * *'"),
+    project_dir: str | None = typer.Option(None, "--project-dir", help="project store; default projects/<project>"),
+    cron: str | None = typer.Option(None, "--cron", help="schedule for the loop, e.g. '0 6 * * *'"),
     collect_every: float = typer.Option(300.0, "--collect-every", min=1.0, help="seconds between collect runs"),
 ) -> None:
     """Serve the loop and collect deployments to the Prefect API (run and schedule them from the UI)."""

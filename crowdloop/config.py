@@ -46,7 +46,7 @@ class PoolConfig(_Strict):
     max_items: int | None = Field(None, ge=2, description="images/fashion_mnist: a fixed random subset of this many items")
 
     @model_validator(mode="after")
-    def _check_source(self) -> "PoolConfig":
+    def _check_source(self) -> PoolConfig:
         if self.source == "sklearn":
             if self.name not in SKLEARN_POOLS:
                 raise ValueError(f"name={self.name!r}: expected one of {', '.join(SKLEARN_POOLS)} for source 'sklearn'")
@@ -135,7 +135,7 @@ class ConsensusConfig(_Strict):
         return (self.max_judgments or self.redundancy) if self.adaptive else self.redundancy
 
     @model_validator(mode="after")
-    def _check_adaptive(self) -> "ConsensusConfig":
+    def _check_adaptive(self) -> ConsensusConfig:
         if self.adaptive and self.first_judgments > self.most_judgments:
             raise ValueError(
                 f"min_judgments={self.first_judgments} is larger than max_judgments={self.most_judgments}; expected min <= max"
@@ -235,7 +235,7 @@ class ScaleConfig(_Strict):
     dask_address: str | None = Field(None, description="or use this Dask scheduler, e.g. tcp://10.0.0.5:8786")
 
     @model_validator(mode="after")
-    def _one_cluster(self) -> "ScaleConfig":
+    def _one_cluster(self) -> ScaleConfig:
         if self.dask_workers and self.dask_address:
             raise ValueError("set dask_workers (local cluster) or dask_address (existing cluster), not both")
         return self
@@ -250,7 +250,7 @@ class StorageConfig(_Strict):
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); credentials from boto3's chain")
 
     @model_validator(mode="after")
-    def _check_url(self) -> "StorageConfig":
+    def _check_url(self) -> StorageConfig:
         if self.url and "://" in self.url and not self.url.startswith(("s3://", "file://")):
             raise ValueError(f"url={self.url!r}: expected a directory, file:// or s3://bucket/prefix")
         if self.endpoint_url and not (self.url or "").startswith("s3://"):

@@ -65,7 +65,7 @@ class Registry:
             raise RegistryError(
                 f"{self.kind} {name!r} needs the missing package {missing!r}: {hint}"
             ) from exc
-        except Exception as exc:  # noqa: BLE001 - a broken plug-in fails alone, in one line
+        except Exception as exc:
             reason = " ".join(str(exc).split()) or exc.__class__.__name__
             raise RegistryError(
                 f"{self.kind} {name!r} ({ep.value}) failed to load: {exc.__class__.__name__}: {reason}"

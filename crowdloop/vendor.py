@@ -14,6 +14,7 @@ A vendor is a class registered in the ``crowdloop.vendors`` entry-point group an
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -62,7 +63,7 @@ def parse_params(model: type[M], params: dict[str, Any], *, vendor: str) -> M:
         return model.model_validate(params)
     except ValidationError as exc:
         message = format_validation_error(exc, source=f"vendor {vendor!r}")
-        raise ConfigError(message.replace(f"vendor {vendor!r}: ", f"vendor.params.", 1)) from None
+        raise ConfigError(message.replace(f"vendor {vendor!r}: ", "vendor.params.", 1)) from None
 
 
 # -- the decision ledger: acks/<hash of the assignment ids>.json, written once -----------------
@@ -79,10 +80,8 @@ def record_decision(store: Store, assignments: Sequence[Annotation], /, *, accep
     if ids:
         record = {"assignment_ids": ids, "accept": accept, "reason": reason,
                   "paid": round(sum(a.reward for a in assignments), 2) if accept else 0.0, **extra}
-        try:
+        with contextlib.suppress(RecordExistsError):  # decided before: a retry never pays twice
             write_json(store, f"acks/{content_hash(dumps(ids))}.json", record, create_only=True)
-        except RecordExistsError:
-            pass  # decided before: a retry never pays twice
     return ids
 
 

@@ -31,7 +31,7 @@ class Pool:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def subset(self, index: np.ndarray) -> "Pool":
+    def subset(self, index: np.ndarray) -> Pool:
         return Pool(
             ids=self.ids[index],
             X=self.X.take_view(index) if hasattr(self.X, "take_view") else self.X[index],
@@ -160,7 +160,7 @@ def item_payload(pool: Pool, i: int) -> dict:
         return {"kind": "image", "path": str(pool.content[i])}
     row = pool.X[i]
     if pool.content_kind == "pixels":
-        side = int(round(len(row) ** 0.5))
+        side = round(len(row) ** 0.5)
         if side * side == len(row):
             return {"kind": "image", "pixels": row.reshape(side, side).tolist()}
     # Only a tabular item shows its features: for text and images they are model inputs

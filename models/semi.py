@@ -113,7 +113,7 @@ def spreading_helps(template: Any, X: Any, labeled: np.ndarray, y: np.ndarray, a
     labeled = np.asarray(labeled, dtype=np.int64)
     y = np.asarray(y).astype(str)  # one label type for fits, spread labels and comparisons
     audit = np.asarray(audit, dtype=np.int64)
-    record: dict[str, Any] = {"n_audit": int(len(audit)), "without": None, "with": None}
+    record: dict[str, Any] = {"n_audit": len(audit), "without": None, "with": None}
     if len(audit) < 4:
         return on_tie, record
     right = {"without": 0, "with": 0}

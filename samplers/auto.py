@@ -93,14 +93,14 @@ def arm_evidence(model: Any, X_labeled: np.ndarray, y_labeled: np.ndarray, label
     audit = np.flatnonzero(arm_of == "random")
     others = np.flatnonzero(~np.isin(arm_of, list(arms)))  # e.g. a k-means cold start: in every base
     counts = {a: int((arm_of == a).sum()) for a in arms}
-    out: dict[str, Any] = {"n_audit": int(len(audit)), "counts": counts, "m": None, "n_test": 0, "accuracy": {}}
+    out: dict[str, Any] = {"n_audit": len(audit), "counts": counts, "m": None, "n_test": 0, "accuracy": {}}
     half = len(audit) - len(audit) // 2
     ready = [a for a in arms if a != "random" and counts[a] >= min_items]
     m = min([counts[a] for a in ready] + [half // 2])
     if not ready or m < min_items:
         return out
     out.update(m=int(m), n_test=int(repeats * (half - m)))
-    right = {a: 0 for a in ["random", *ready]}
+    right = dict.fromkeys(["random", *ready], 0)
     for _ in range(repeats):  # several random splits of the audit: the estimate's noise shrinks
         shuffled = rng.permutation(audit)
         base, random_picks, test = shuffled[half:], shuffled[:m], shuffled[m:half]
@@ -108,7 +108,7 @@ def arm_evidence(model: Any, X_labeled: np.ndarray, y_labeled: np.ndarray, label
         for a in right:
             extra = random_picks if a == "random" else rng.choice(np.flatnonzero(arm_of == a), size=m, replace=False)
             fitted = _fit(model, X_labeled[np.r_[base, extra]], y[np.r_[base, extra]])
-            right[a] += 0 if fitted is None else int(round(_accuracy(fitted, X_labeled[test], y[test]) * len(test)))
+            right[a] += 0 if fitted is None else round(_accuracy(fitted, X_labeled[test], y[test]) * len(test))
     out["accuracy"] = {a: round(v / out["n_test"], 4) for a, v in right.items()}
     return out
 
@@ -116,7 +116,7 @@ def arm_evidence(model: Any, X_labeled: np.ndarray, y_labeled: np.ndarray, label
 def allocate(evidence: Mapping[str, Any], arms: Sequence[str], n_slots: int, *, rng: np.random.Generator,
              min_items: int, temperature: float, floor: float) -> tuple[dict[str, int], dict[str, float]]:
     """Slots per arm for ``n_slots`` items: under-explored arms first, then by the evidence."""
-    slots = {a: 0 for a in arms}
+    slots = dict.fromkeys(arms, 0)
     counts = evidence["counts"]
     short = [a for a in arms if a != "random" and counts[a] < min_items]
     left = n_slots
@@ -134,7 +134,7 @@ def allocate(evidence: Mapping[str, Any], arms: Sequence[str], n_slots: int, *, 
         se = math.sqrt(max(best * (1 - best), 0.05) / n)
         raw = {a: math.exp((acc[a] - best) / (temperature * se)) if a in acc else 0.0 for a in arms}
     else:
-        raw = {a: 1.0 for a in arms if a not in short} or {a: 1.0 for a in arms}
+        raw = {a: 1.0 for a in arms if a not in short} or dict.fromkeys(arms, 1.0)
     total = sum(raw.values()) or 1.0
     prob = {a: raw.get(a, 0.0) / total for a in arms}
     judged = [a for a in arms if prob[a] > 0]
@@ -143,7 +143,7 @@ def allocate(evidence: Mapping[str, Any], arms: Sequence[str], n_slots: int, *, 
     prob = {a: prob[a] / total for a in arms}
     if left > 0:
         draws = rng.multinomial(left, [prob[a] for a in arms])
-        for a, d in zip(arms, draws):
+        for a, d in zip(arms, draws, strict=True):
             slots[a] += int(d)
     return slots, {a: round(p, 4) for a, p in prob.items()}
 
@@ -184,12 +184,12 @@ def decide(
     if labeled_arm is not None and have_labels and len(labeled_arm) != len(X_labeled):
         raise SamplerError(f"labeled_arm has {len(labeled_arm)} entries but X_labeled has {len(X_labeled)} rows: expected one per row")
     if model is None or not have_labels:
-        evidence: dict[str, Any] = {"n_audit": 0, "counts": {a: 0 for a in arms}, "m": None, "n_test": 0, "accuracy": {}}
+        evidence: dict[str, Any] = {"n_audit": 0, "counts": dict.fromkeys(arms, 0), "m": None, "n_test": 0, "accuracy": {}}
     else:
         history = list(labeled_arm) if labeled_arm is not None else [None] * len(X_labeled)
         evidence = arm_evidence(model, np.asarray(X_labeled), np.asarray(y_labeled), history, arms,
                                 rng=np.random.default_rng(rng.integers(2**63)), min_items=min_items)
-    n_audit = min(k, max(1, int(round(float(random_share) * k)))) if random_share > 0 else 0
+    n_audit = min(k, max(1, round(float(random_share) * k))) if random_share > 0 else 0
     slots, prob = allocate(evidence, arms, k - n_audit, rng=rng, min_items=min_items, temperature=temperature,
                            floor=floor)
     slots["random"] += n_audit

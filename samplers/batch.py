@@ -341,10 +341,8 @@ def badge_sampling(
     while len(chosen) < k:
         w = np.where(available, d, 0.0)
         total = w.sum()
-        if total > 0:
-            i = int(rng.choice(n, p=w / total))
-        else:  # every remaining row duplicates a centre: any of them
-            i = int(rng.choice(np.flatnonzero(available)))
+        # when every remaining row duplicates a centre (total 0), any of them
+        i = int(rng.choice(n, p=w / total)) if total > 0 else int(rng.choice(np.flatnonzero(available)))
         chosen.append(i)
         available[i] = False
         d = np.minimum(d, sq_dist(i))
@@ -593,7 +591,7 @@ def mixed_sampling(
     k = check_batch_size(batch_size, n)
     if not 0.0 <= float(random_fraction) <= 1.0:
         raise SamplerError(f"random_fraction={random_fraction!r}: expected a number in [0, 1]")
-    n_random = int(round(float(random_fraction) * k))
+    n_random = round(float(random_fraction) * k)
     rand = rng.choice(n, size=n_random, replace=False) if n_random else np.empty(0, dtype=np.int64)
     if n_random == k:
         return np.asarray(rand, dtype=np.int64)

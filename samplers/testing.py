@@ -87,7 +87,7 @@ def check_sampler(
         X = data.normal(scale=3.0, size=(n, 4))
         if duplicates:  # repeated rows: ties everywhere, distances of zero
             X = X[data.integers(0, max(1, n // 3), size=n)]
-        k = max(1, int(round(frac * n)))
+        k = max(1, round(frac * n))
         a = _call(sampler, model, X, k, np.random.default_rng(seed), X_l, y_l, params)
         b = _call(sampler, model, X, k, np.random.default_rng(seed), X_l, y_l, params)
         assert a.ndim == 1 and len(a) == k, f"expected exactly batch_size={k} indices, got shape {a.shape}"

@@ -15,6 +15,7 @@ S3-compatible services (MinIO, moto, Ceph). Credentials come only from boto3's c
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
@@ -78,7 +79,7 @@ class S3Store:
         self._check_bucket(create)
 
     @classmethod
-    def from_url(cls, url: str, *, create: bool = True) -> "S3Store":
+    def from_url(cls, url: str, *, create: bool = True) -> S3Store:
         parsed = urlparse(url)
         if parsed.scheme != "s3":
             raise StoreError(f"storage.url {url!r}: expected s3://bucket/prefix")
@@ -229,10 +230,8 @@ class S3Store:
         finally:
             stop.set()
             thread.join()
-            try:
+            with contextlib.suppress(ClientError, BotoCoreError):  # the lease expires on its own
                 self.client.delete_object(Bucket=self.bucket, Key=full_key)
-            except (ClientError, BotoCoreError):
-                pass  # the lease expires on its own
 
     def _lease(self, owner: str) -> bytes:
         return f"{time.time() + self.lock_ttl_s:.3f} {owner}".encode()

@@ -194,11 +194,11 @@ def _patch_stores(inj: _Injector) -> None:
     for cls in classes:
         write, delete = cls.write_bytes, cls.delete
 
-        def write_bytes(self, key, data, *, create_only=False, _write=write):  # noqa: ANN001
+        def write_bytes(self, key, data, *, create_only=False, _write=write):
             inj.call(f"write {key}")
             return _write(self, key, data, create_only=create_only)
 
-        def delete_(self, key, _delete=delete):  # noqa: ANN001
+        def delete_(self, key, _delete=delete):
             inj.call(f"delete {key}")
             return _delete(self, key)
 
@@ -217,14 +217,14 @@ def _patch_boto(inj: _Injector) -> None:
 
         delay = standard.ExponentialBackoff.delay_amount
 
-        def scaled(self, context, _delay=delay, _scale=float(scale)):  # noqa: ANN001
+        def scaled(self, context, _delay=delay, _scale=float(scale)):
             return _delay(self, context) * _scale
 
         standard.ExponentialBackoff.delay_amount = scaled
     original = boto3.session.Session.client
 
     @functools.wraps(original)
-    def client(self, *args: Any, **kwargs: Any):  # noqa: ANN202
+    def client(self, *args: Any, **kwargs: Any):
         c = original(self, *args, **kwargs)
         service = c.meta.service_model.service_name
         if service in ("s3", "mturk"):
@@ -337,7 +337,7 @@ def _patch_vendors(inj: _Injector) -> None:
             if fn is None:
                 continue
 
-            def call(self, *args: Any, _fn=fn, _name=f"{cls.__name__}.{method}", **kwargs: Any) -> Any:  # noqa: ANN001
+            def call(self, *args: Any, _fn=fn, _name=f"{cls.__name__}.{method}", **kwargs: Any) -> Any:
                 kind = inj.decide(f"vendor {_name} {_describe(args, kwargs)}")
                 if kind in ("throttle", "5xx", "timeout_before"):
                     raise InjectedTransientError(f"{_name}: injected {kind}")

@@ -96,7 +96,7 @@ def test_cli_run_reports_bad_input_in_one_line_exit_2(tmp_path: Path, override: 
     project_dir = tmp_path / "project"
     result = CliRunner().invoke(app, ["run", str(path), "--project-dir", str(project_dir)])
     assert result.exit_code == 2, result.output
-    lines = [l for l in result.output.splitlines() if l.strip()]
+    lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     assert "Traceback" not in result.output
     for fragment in fragments:

@@ -71,7 +71,7 @@ async def _prefect_texts(prefix: str) -> list[str]:
             logs += page
             offset += len(page)
     assert arts, "the run left no artifacts to search"  # (the loop itself logs little; whatever there is, is searched)
-    return [f"{a.key} {a.data} {a.description}" for a in arts] + [f"{l.name} {l.message}" for l in logs]
+    return [f"{a.key} {a.data} {a.description}" for a in arts] + [f"{log.name} {log.message}" for log in logs]
 
 
 def _isolated_env(cli_env: dict, tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -89,10 +89,10 @@ def test_run_on_s3_leaks_no_credentials(cli_env: dict, s3_endpoint: str, s3_buck
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     env = _isolated_env(cli_env, tmp_path, AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET,
                         LABEL_STUDIO_API_KEY=LS_KEY)
-    run = subprocess.run(crowdloop_cmd() + ["run", str(tmp_path / "c.yaml"), "--verbose"], env=env,
+    run = subprocess.run([*crowdloop_cmd(), "run", str(tmp_path / "c.yaml"), "--verbose"], env=env,
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
-    status = subprocess.run(crowdloop_cmd() + ["status", f"s3://{s3_bucket}/leak?endpoint_url={s3_endpoint}", "--json"],
+    status = subprocess.run([*crowdloop_cmd(), "status", f"s3://{s3_bucket}/leak?endpoint_url={s3_endpoint}", "--json"],
                             env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert status.returncode == 0
 
@@ -155,9 +155,8 @@ def test_local_annotation_run_leaks_no_tokens(cli_env: dict, tmp_path: Path) -> 
     try:
         workers = threading.Thread(target=_annotate_until, args=(base, tokens, done, errors), daemon=True)
         workers.start()
-        run = subprocess.run(crowdloop_cmd() + ["run", str(tmp_path / "c.yaml"), "--project-dir", str(project_dir),
-                                                "--verbose"], env=env, capture_output=True, text=True, timeout=300,
-                             cwd=tmp_path)
+        run = subprocess.run([*crowdloop_cmd(), "run", str(tmp_path / "c.yaml"), "--project-dir", str(project_dir),
+                              "--verbose"], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     finally:
         done.set()
         app.terminate()
@@ -226,7 +225,6 @@ class _EchoHandler(http.server.BaseHTTPRequestHandler):
 
 
 def test_label_studio_errors_never_carry_the_api_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("label_studio_sdk")
     from crowdloop.errors import VendorError
     from crowdloop.records import Task
     from crowdloop.storage import PrefixedStore

@@ -19,11 +19,12 @@ talks to it over HTTP. Connection settings come from the environment, never from
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
-from datetime import timezone
+from datetime import UTC
 from typing import Any, Literal
 from urllib.parse import urlsplit
 from xml.sax.saxutils import quoteattr
@@ -106,7 +107,7 @@ def task_data(payload: dict[str, Any], data_type: str) -> Any:
         return str(payload.get("text", ""))
     if data_type == "image":
         return _pixels_data_url(payload["pixels"]) if kind == "image" else str(payload["url"])
-    return {str(c): v for c, v in zip(payload.get("columns", []), payload.get("values", []))}
+    return {str(c): v for c, v in zip(payload.get("columns", []), payload.get("values", []), strict=True)}
 
 
 class LabelStudioVendor:
@@ -347,7 +348,7 @@ class LabelStudioVendor:
                                  submitted_at=submitted, duration_s=round(float(lead), 3),
                                  reward=record["rewards"][item], is_gold=bool(record["is_gold"][item]))
                 if out.submitted_at.tzinfo is None:  # Label Studio speaks UTC; never mix naive and aware times
-                    out = out.model_copy(update={"submitted_at": out.submitted_at.replace(tzinfo=timezone.utc)})
+                    out = out.model_copy(update={"submitted_at": out.submitted_at.replace(tzinfo=UTC)})
                 return out
             except ValidationError as exc:
                 problem = f"unusable fields: {exc.errors()[0]['loc']} {exc.errors()[0]['msg']}"
@@ -376,7 +377,5 @@ def _int_id(value: Any) -> int | None:
 
 
 def _write_once(store, key: str, obj: Any) -> None:
-    try:
+    with contextlib.suppress(RecordExistsError):
         write_json(store, key, obj, create_only=True)
-    except RecordExistsError:
-        pass

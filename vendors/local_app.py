@@ -29,8 +29,8 @@ from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from starlette.concurrency import run_in_threadpool
 from jinja2 import Environment
+from starlette.concurrency import run_in_threadpool
 
 from crowdloop.errors import CrowdloopError
 from crowdloop.records import Task
@@ -114,7 +114,7 @@ kbd{font-size:.75rem;background:#eef0f3;border:1px solid #c9ced6;border-radius:.
 })();
 </script>
 </body></html>
-""")
+""")  # noqa: E501 - an HTML template: its lines are the page, not code
 
 FORBIDDEN = ("<!doctype html><title>403</title><h1>403 Forbidden</h1>"
              "<p>A valid annotator link is needed. Ask the project owner for yours "
@@ -127,7 +127,7 @@ def png_from_pixels(pixels: list[list[float]], *, scale: int = 1) -> bytes:
     top = max((max(r) for r in rows if r), default=0.0) or 1.0
     raw = bytearray()
     for row in rows:
-        line = bytes(255 - int(round(255 * min(max(v, 0.0), top) / top)) for v in row for _ in range(scale))
+        line = bytes(255 - round(255 * min(max(v, 0.0), top) / top) for v in row for _ in range(scale))
         for _ in range(scale):
             raw += b"\x00" + line
     width, height = len(rows[0]) * scale if rows else 0, len(rows) * scale
@@ -233,8 +233,9 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
         messages = {"undone": "Your last answer was taken back; answer again.",
                     "too-late": "Nothing to undo: answers can be taken back only shortly after you give them.",
                     "skipped": "Skipped.", "saved": None}
-        html = PAGE.render(project=title, annotator=name, task=task, payload=payload, buttons=key_bindings(vendor.context.classes),
-                           progress=progress, csrf=csrf_for(raw), nonce=nonce, suggestion=suggestion,
+        html = PAGE.render(project=title, annotator=name, task=task, payload=payload,
+                           buttons=key_bindings(vendor.context.classes), progress=progress, csrf=csrf_for(raw),
+                           nonce=nonce, suggestion=suggestion,
                            image_url=f"/image/{task.batch_id}/{item_key(task.item_id)}" if task else "",
                            notice=messages.get(notice or ""))
         return security_headers(HTMLResponse(html), nonce)

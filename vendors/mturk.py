@@ -3,7 +3,7 @@
 Install with ``pip install 'crowdloop[mturk]'``. Credentials come only from boto3's credential
 chain (environment, shared config, instance role), never from the YAML config.
 
-Reliability (DESIGN.md, "Reliability rules"):
+Reliability (the rules of docs/reliability.md, "Guarantees"):
 
 * every HIT is created with a deterministic ``UniqueRequestToken`` derived from (project,
   batch, items, replicas) and a ``RequesterAnnotation`` that carries project/round/items;
@@ -25,6 +25,7 @@ the fee of one assignment for pay accounting.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import html
 import logging
@@ -34,7 +35,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -71,7 +72,7 @@ MAX_ANSWER_CHARS = 1_000_000  # a classification answer is a few hundred bytes; 
 
 # Sessions are built through this name so tests can hand in a session with a fake wired into
 # botocore's ``before-send`` event (every request is still validated by the real model).
-_session_factory: Callable[[], "boto3.session.Session"] = boto3.session.Session
+_session_factory: Callable[[], boto3.session.Session] = boto3.session.Session
 
 
 class QualificationTest(BaseModel):
@@ -93,7 +94,7 @@ class Qualifications(BaseModel):
     test: QualificationTest | None = None
 
     @model_validator(mode="after")
-    def _paired(self) -> "Qualifications":
+    def _paired(self) -> Qualifications:
         # A 99% approval rate means nothing for a worker with 3 HITs: MTurk reports 100% for
         # new workers until they have 100 HITs, so the rate is only a filter with a count.
         if (self.min_approval_rate is None) != (self.min_approved_hits is None):
@@ -355,7 +356,7 @@ class MTurkVendor:
                 continue
             hit_id = read_json(self.store, key)["hit_id"]
             try:  # a time in the past expires the HIT at once
-                self._call("update_expiration_for_hit", HITId=hit_id, ExpireAt=datetime(2015, 1, 1, tzinfo=timezone.utc))
+                self._call("update_expiration_for_hit", HITId=hit_id, ExpireAt=datetime(2015, 1, 1, tzinfo=UTC))
             except ClientError as exc:
                 raise VendorError(f"vendor 'mturk': cannot expire HIT {hit_id}: {_error_message(exc)}") from exc
             expired.append(hit_id)
@@ -558,7 +559,7 @@ class MTurkVendor:
                        assignment_id=aid if len(items) == 1 else f"{aid}:{k}", batch_id=record["batch_id"],
                        round=record["round"], submitted_at=submitted or utcnow(), duration_s=round(per_item, 3),
                        reward=record["rewards"][k], is_gold=bool(record.get("is_gold", [False] * len(items))[k]))
-            for k, (item, label) in enumerate(zip(items, labels))
+            for k, (item, label) in enumerate(zip(items, labels, strict=True))
         ]
 
     def _report_bad(self, assignment: dict[str, Any], record: dict[str, Any], problem: str) -> None:
@@ -566,13 +567,11 @@ class MTurkVendor:
         log.warning("mturk: skipping assignment %s of HIT %s (worker %s): %s", aid, record["hit_id"],
                     assignment.get("WorkerId"), problem)
         self._returned.add(aid)
-        try:
+        with contextlib.suppress(RecordExistsError):
             write_json(self.store, f"bad/{aid}.json", {"assignment_id": aid, "hit_id": record["hit_id"],
                                                        "worker_id": assignment.get("WorkerId"), "problem": problem,
                                                        "answer": str(assignment.get("Answer", ""))[:4000]},
                        create_only=True)
-        except RecordExistsError:
-            pass
 
     def bad_assignments(self) -> list[dict[str, Any]]:
         """Assignments skipped because their answers could not be used (for review)."""
@@ -597,11 +596,9 @@ class MTurkVendor:
         except ClientError as exc:
             if not _is_duplicate_token(exc):
                 raise VendorError(f"vendor 'mturk': send_bonus for {aid} failed: {_error_message(exc)}") from exc
-        try:
+        with contextlib.suppress(RecordExistsError):
             write_json(self.store, key, {"assignment_id": aid, "worker_id": worker_id, "amount": amount,
                                          "reason": reason, "token": token, "fee": fee_for(amount, 1)}, create_only=True)
-        except RecordExistsError:
-            pass
 
     def _pay_qualification_test(self, aid: str, worker_id: str) -> None:
         test = self.params.qualifications.test
@@ -629,7 +626,7 @@ def render_payload(payload: dict[str, Any]) -> str:
     if kind == "tabular":
         rows = "".join(
             f"<tr><th>{html.escape(str(c))}</th><td>{html.escape(_fmt_value(v))}</td></tr>"
-            for c, v in zip(payload.get("columns", []), payload.get("values", []))
+            for c, v in zip(payload.get("columns", []), payload.get("values", []), strict=True)
         )
         return f'<table class="row">{rows}</table>'
     if kind == "text":
@@ -656,7 +653,7 @@ def _render_pixels(pixels: list[list[float]]) -> str:
     cells = "".join(
         "<tr>" + "".join(
             f'<td style="width:24px;height:24px;background:rgb({g},{g},{g})"></td>'
-            for g in (int(round(255 * (1 - float(v) / top))) for v in row)
+            for g in (round(255 * (1 - float(v) / top)) for v in row)
         ) + "</tr>"
         for row in pixels
     )
@@ -724,4 +721,4 @@ img.item{{max-width:100%}}fieldset{{margin-bottom:1em}}p.text{{white-space:pre-w
 document.getElementById("assignmentId").value=a;var to=q.get("turkSubmitTo");
 if(to&&/^https:\\/\\/(www|workersandbox)\\.mturk\\.com$/.test(to)){{document.getElementById("f").action=to+"/mturk/externalSubmit";}}
 if(!a||a==="ASSIGNMENT_ID_NOT_AVAILABLE"){{var b=document.getElementById("submit");b.disabled=true;b.textContent="Accept the HIT to answer";}}}})();
-</script></body></html>"""
+</script></body></html>"""  # noqa: E501 - an HTML/JS template, not code

@@ -84,4 +84,4 @@ def _with_predictions(p: Project, r: int, tasks: list[Task]) -> list[Task]:
     best = proba.argmax(axis=1)
     return [t.model_copy(update={"payload": {**t.payload, "prediction": {
                 "label": str(model.classes_[b]), "score": round(float(row[b]), 4)}}})
-            for t, b, row in zip(tasks, best, proba)]
+            for t, b, row in zip(tasks, best, proba, strict=True)]

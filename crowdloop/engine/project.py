@@ -14,7 +14,7 @@ import os
 import pickle
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -37,7 +37,7 @@ STREAM_GOLD = 4
 STREAM_MIX = 5
 STREAM_CV = 6
 
-_PREPARED: dict[str, "Project"] = {}  # store URL -> the project prepared for a run in this process
+_PREPARED: dict[str, Project] = {}  # store URL -> the project prepared for a run in this process
 
 
 class MissingRecordError(StoreError):
@@ -46,18 +46,14 @@ class MissingRecordError(StoreError):
 
 def write_once(store: Store, key: str, obj: Any) -> None:
     """Create-only JSON write that tolerates an identical replay (a crash after the write)."""
-    try:
+    with suppress(RecordExistsError):
         write_json(store, key, obj, create_only=True)
-    except RecordExistsError:
-        pass
 
 
 def write_once_bytes(store: Store, key: str, data: bytes) -> None:
     """Create-only write of raw bytes; a replay after a crash finds the first version and keeps it."""
-    try:
+    with suppress(RecordExistsError):
         store.write_bytes(key, data, create_only=True)
-    except RecordExistsError:
-        pass
 
 
 def default_location(config: LoopConfig, project_dir: str | None = None) -> str:
@@ -107,7 +103,7 @@ class Project:
 
     # -- opening ----------------------------------------------------------------------
     @classmethod
-    def prepare(cls, config: LoopConfig, location: str) -> "Project":
+    def prepare(cls, config: LoopConfig, location: str) -> Project:
         """Open or create the project at ``location`` for a run and check everything it needs.
 
         Fails fast (before any Prefect start-up or vendor call) on unknown plug-in names, bad
@@ -142,7 +138,7 @@ class Project:
         return project
 
     @classmethod
-    def open(cls, location: str | Store) -> "Project":
+    def open(cls, location: str | Store) -> Project:
         """Open an existing project (the config comes from the store); a fresh object."""
         store = location if not isinstance(location, str) else open_store(location, create=False)
         data = read_json(store, keys.PROJECT, default=None)
@@ -150,13 +146,13 @@ class Project:
             raise StoreError(f"{store.url}: not a crowdloop project (no {keys.PROJECT})")
         return cls(store, LoopConfig.model_validate(data["config"]))
 
-    def register(self) -> "Project":
+    def register(self) -> Project:
         """Make this object the one ``Project.shared`` returns for its store in this process."""
         _PREPARED[self.store.url] = self
         return self
 
     @classmethod
-    def shared(cls, url: str) -> "Project":
+    def shared(cls, url: str) -> Project:
         """The project this process prepared for ``url`` (Prefect tasks of a run), else opened once."""
         if url not in _PREPARED:
             _PREPARED[url] = cls.open(url)
@@ -387,7 +383,7 @@ class Project:
                 rows.append(m)
         return rows
 
-    def baseline(self) -> "Project":
+    def baseline(self) -> Project:
         """The random-sampling twin of this project, stored under ``baseline/``."""
         cfg = self.config
         final = self.metrics()[-1]["n_labeled"] if self.metrics() else None

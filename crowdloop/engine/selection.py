@@ -110,7 +110,7 @@ def select(p: Project, r: int) -> dict[str, Any]:
     if n_shards > 1:  # merge per-shard top-k (scored in parallel by the flow, or here if missing)
         strategy = p.config.sampler.name
         parts = [score_shard(p, r, s) for s in range(n_shards)]
-        rows = [(-sc, k, item) for part in parts for item, sc, k in zip(part["item_ids"], part["scores"], part["keys"])]
+        rows = [(-sc, k, item) for part in parts for item, sc, k in zip(part["item_ids"], part["scores"], part["keys"], strict=True)]
         item_ids = [item for _, _, item in sorted(rows)[:size]]
     else:
         strategy, item_ids, policy = _pick(p, r, size)

@@ -1,7 +1,8 @@
 """Two rounds of the engine against a real Label Studio server; the test plays the annotators.
 
-Slow tier: the server runs from its own venv (see label_studio_server.SETUP_HINT); the first
-run on a machine migrates a template data directory (minutes), later runs copy it.
+Slow tier: the server runs from its own venv (see label_studio_server.SETUP_HINT; missing, the
+test fails with the command that creates it); the first run on a machine migrates a template
+data directory (minutes), later runs copy it.
 """
 
 from __future__ import annotations
@@ -12,15 +13,12 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("label_studio_sdk")
-
-from crowdloop import engine  # noqa: E402
-from crowdloop.config import parse_config  # noqa: E402
-from crowdloop import keys
-from crowdloop.engine import Project# noqa: E402
-from crowdloop.storage import read_json  # noqa: E402
-from tests.conftest import small_config  # noqa: E402
-from tests.vendors import label_studio_server as lss  # noqa: E402
+from crowdloop import engine, keys
+from crowdloop.config import parse_config
+from crowdloop.engine import Project
+from crowdloop.storage import read_json
+from tests.conftest import small_config
+from tests.vendors import label_studio_server as lss
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +26,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[lss.Server]:
     if not lss.LS_BIN.exists():
-        pytest.skip(lss.SETUP_HINT)
+        pytest.fail(lss.SETUP_HINT, pytrace=False)
     server = lss.start_copy(tmp_path_factory.mktemp("label-studio"))
     try:
         yield server
@@ -51,7 +49,7 @@ def test_two_rounds_with_label_studio(tmp_path: Path, label_studio: lss.Server, 
         "collect.poll_interval_s": 0.2, "collect.timeout_s": 60, "stopping.max_rounds": 2,
     })
     p = Project.prepare(parse_config(config), str(tmp_path / "p"))
-    truth = {item: str(label) for item, label in zip(p.pool.ids.tolist(), p.pool.y.tolist())}
+    truth = {item: str(label) for item, label in zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True)}
     ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
     annotators = [ls.users.create(username=f"annotator{k}", email=f"annotator{k}@example.com",
                                   password=f"annotator-{k}-password") for k in range(2)]
@@ -78,7 +76,7 @@ def test_two_rounds_with_label_studio(tmp_path: Path, label_studio: lss.Server, 
     assert {a.worker_id for a in anns} == {f"ls-user-{u.id}" for u in annotators}
     assert sorted({a.duration_s for a in anns}) == [5.0, 6.0]
     labels = p.human_labels(before_round=2)
-    assert len(labels) == 10 and all(l.label == truth[l.item_id] for l in labels)
+    assert len(labels) == 10 and all(item.label == truth[item.item_id] for item in labels)
     assert read_json(p.store, keys.round_key(1, keys.COLLECTED))["complete"] is True
     tasks = list(ls.tasks.list(project=project_id, fields="all"))
     assert len(tasks) == 10  # nothing imported twice

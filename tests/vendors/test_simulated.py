@@ -94,7 +94,7 @@ def test_bad_parameters_and_impossible_tasks(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"vendor.params.*unknown field"):
         make(tmp_path, workers=3)
     crowd = make(tmp_path, n_workers=2)
-    with pytest.raises(VendorError, match="replicas=3 .* exceeds n_workers=2"):
+    with pytest.raises(VendorError, match=r"replicas=3 .* exceeds n_workers=2"):
         crowd.submit(tasks(1, replicas=3), batch_id="b1")
     crowd = make(tmp_path, {"i0": None})
     with pytest.raises(VendorError, match="no ground truth"):
