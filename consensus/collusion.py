@@ -42,7 +42,7 @@ class Ring:
                 "expected": round(self.expected, 2)}
 
     @classmethod
-    def from_record(cls, record: dict[str, object]) -> "Ring":
+    def from_record(cls, record: dict[str, object]) -> Ring:
         """The ring an :meth:`as_record` dict (e.g. from ``aggregate.json``) describes."""
         return cls(workers=tuple(str(w) for w in record["workers"]), n_shared=int(record["n_shared"]),  # type: ignore[arg-type]
                    n_agreed=int(record["n_agreed"]), expected=float(record["expected"]))  # type: ignore[arg-type]

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.conftest import small_config
-from tests.crowd_helpers import intents, run_engine
 
 from crowdloop import keys
 from crowdloop.storage import read_json
 from crowdloop.workers import worker_accounts
+from tests.conftest import small_config
+from tests.crowd_helpers import intents, run_engine
 
 # 10 workers, 3 of them a ring sharing one answer per item (right 30 % of the time).
 RING_CROWD = {"vendor.params": {"n_workers": 10, "accuracy": [0.75, 0.95], "spammer_fraction": 0.0, "ring_fraction": 0.3},
@@ -47,7 +47,7 @@ def late_label_accuracy(p, first_round: int) -> float:
     asked: dict[str, int] = {}
     for a in p.annotations():
         asked.setdefault(a.item_id, a.round)
-    truth = dict(zip(p.pool.ids.astype(str), p.pool.y.astype(str)))
+    truth = dict(zip(p.pool.ids.astype(str), p.pool.y.astype(str), strict=True))
     labels = [lab for lab in p.human_labels(before_round=p.rounds()[-1] + 1) if asked[lab.item_id] >= first_round]
     return float(np.mean([truth[lab.item_id] == lab.label for lab in labels]))
 
