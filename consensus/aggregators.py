@@ -265,7 +265,8 @@ class ShrunkDawidSkene(DawidSkene):
     def __init__(self, strength: float | str = "learned", grid: tuple[float, ...] = (0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256),
                  n_iter: int = 100, tol: float = 1e-5, classes: list | None = None) -> None:
         super().__init__(n_iter=n_iter, tol=tol, classes=classes)
-        if strength != "learned" and not (isinstance(strength, (int, float)) and not isinstance(strength, bool) and strength >= 0):
+        is_number = isinstance(strength, (int, float)) and not isinstance(strength, bool)
+        if strength != "learned" and not (is_number and strength >= 0):
             raise ValueError(f"strength={strength!r}: expected a non-negative number or 'learned'")
         if not grid or any(not g > 0 for g in grid):
             raise ValueError(f"grid={grid!r}: expected positive strengths")

@@ -77,13 +77,19 @@ def gold_rejections(batch: Sequence[Annotation], overall: pd.DataFrame, gold: Ma
     return out
 
 
-def gold_block_reason(min_accuracy: float) -> str:
-    """What a worker blocked on gold evidence is told."""
-    return (f"Your accuracy on known-answer questions was below {min_accuracy:.0%}; "
-            "you were paid for all approved work.")
+def gold_block_reason(min_accuracy: float, *, n_gold: int | None = None, n_correct: int | None = None) -> str:
+    """What a worker blocked on gold evidence is told: the evidence, the bar, and that earlier work is paid."""
+    evidence = ""
+    if n_gold:
+        evidence = (f"You answered {n_correct or 0} of {n_gold} known-answer questions correctly "
+                    f"({(n_correct or 0) / n_gold:.0%}). ")
+    return (f"{evidence}Your accuracy on known-answer questions was below {min_accuracy:.0%}, so you will get no "
+            "further tasks from this project; you were paid for all approved work.")
 
 
-def agreement_block_reason(min_agreement: float) -> str:
+def agreement_block_reason(min_agreement: float, *, agreement: float | None = None) -> str:
     """What a worker blocked for low agreement with the consensus is told."""
+    evidence = "" if agreement is None else f" (yours: {agreement:.0%})"
     return (f"Your answers agreed with the other workers' consensus on fewer than {min_agreement:.0%} "
-            "of the items several people labeled; you were paid for all approved work.")
+            f"of the items several people labeled{evidence}, so you will get no further tasks from this project; "
+            "you were paid for all approved work.")

@@ -18,6 +18,7 @@ STOP = "stop.json"  # why the loop stopped (deleted when a resume raises a limit
 SEGMENTS = "labels/segments/"  # the append-only label log: one content-addressed segment per collect batch
 BASELINE = "baseline"  # prefix of the random-sampling twin project
 VENDOR = "vendor"  # prefix of each vendor's own state: vendor/<name>/...
+MEDIA = "media/"  # image files uploaded for vendors that show images by URL: media/<sha256><.ext>, content-addressed
 
 # -- human-readable outputs, rewritten at the end of every run ---------------------------------
 OUT_METRICS = "metrics.json"

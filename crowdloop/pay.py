@@ -4,24 +4,27 @@ Reward per task = hourly wage × expected seconds per task / 3600, rounded *up* 
 so rounding never pushes the wage below target. The expectation is a pilot estimate until
 durations have been measured, then the median measured duration of previous rounds. When a
 batch's measured median exceeds the estimate it was paid for, every assignment of the batch
-gets a top-up bonus for the difference (Fair Work style).
+gets a top-up bonus for the difference (Fair Work style), capped at ``pay.max_top_up`` times
+the reward so that no time measurement, however inflated, can make pay unbounded.
+
+Fees: one function per vendor (``fee_function``): the project's own rule for the vendor
+(``pay.vendor_fees``), else the vendor's published rule (its ``fee_for``, e.g. MTurk's 20% with a
+$0.01 minimum per assignment), else ``pay.fee_rate``. The round ledger, the budget planner and
+the vendor's own accounting all use it, so they agree to the cent.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from crowdloop.config import PayConfig, VendorFee
 
-# Published vendor commissions; a project's ``pay.vendor_fees`` overrides them.
-# MTurk: 20% on rewards and bonuses, plus 20% on tasks (HITs) with 10 or more assignments.
-BUILTIN_FEES: dict[str, VendorFee] = {
-    "mturk": VendorFee(rate=0.20, bulk_rate=0.20, bulk_min_assignments=10),
-}
+FeeFor = Callable[[float, int], float]  # (reward of one assignment or bonus, assignments of its task) -> fee
 
 
 def ceil_cents(amount: float) -> float:
@@ -62,16 +65,28 @@ class BatchPay:
         return round(self.rewards + self.bonuses + self.fees, 2)
 
 
-def settle_batch(cfg: PayConfig, *, reward: float, estimated_seconds: float, durations: list[float]) -> BatchPay:
-    """Money for one collected batch: rewards, top-up bonus and vendor fees."""
+def max_bonus(cfg: PayConfig, reward: float) -> float:
+    """The largest top-up one assignment paid ``reward`` can get (what the budget reserves)."""
+    return math.floor(round(reward * cfg.max_top_up * 100, 5)) / 100 if cfg.top_up_bonus else 0.0
+
+
+def settle_batch(cfg: PayConfig, *, reward: float, estimated_seconds: float, durations: list[float],
+                 assignments: list[tuple[float, int]] | None = None, fee_for: FeeFor | None = None) -> BatchPay:
+    """Money for one collected batch: rewards, the (capped) top-up bonus and vendor fees.
+
+    ``assignments`` gives each approved assignment's ``(reward, assignments of its task)`` (default:
+    ``reward`` each, one per task), ``fee_for`` the vendor's fee rule (default ``pay.fee_rate``);
+    ``reward`` is the batch's planned reward, which the bonus cap is a share of.
+    """
     n = len(durations)
     median = float(np.median(durations)) if n else 0.0
     bonus = 0.0
     if cfg.top_up_bonus and n and median > estimated_seconds:
-        bonus = ceil_cents(cfg.hourly_wage * (median - estimated_seconds) / 3600.0)
-    rewards = round(reward * n, 2)
+        bonus = min(ceil_cents(cfg.hourly_wage * (median - estimated_seconds) / 3600.0), max_bonus(cfg, reward))
+    paid = assignments if assignments is not None else [(reward, 1)] * n
+    rewards = round(sum(r for r, _ in paid), 2)
     bonuses = round(bonus * n, 2)
-    fees = round(cfg.fee_rate * (rewards + bonuses), 2)
+    fees = fees_due(fee_for or rate_fee(cfg.fee_rate), paid, [bonus] * n if bonus else [])
     return BatchPay(n, rewards, bonus, bonuses, fees, median, estimated_seconds)
 
 
@@ -80,21 +95,38 @@ def hourly_wage(paid: float, seconds: float) -> float | None:
     return None if seconds <= 0 else paid * 3600.0 / seconds
 
 
-def vendor_fee(cfg: PayConfig, vendor: str) -> VendorFee:
-    """The fee rule for ``vendor``: the project's own, else the built-in one, else ``fee_rate``."""
-    if vendor in cfg.vendor_fees:
-        return cfg.vendor_fees[vendor]
-    if vendor in BUILTIN_FEES:
-        return BUILTIN_FEES[vendor]
-    return VendorFee(rate=cfg.fee_rate)
-
-
-def fees_for(rule: VendorFee, rewards: Iterable[tuple[float, int]], bonuses: float) -> float:
-    """Vendor fees for approved assignments given as ``(reward, assignments of its task)`` and bonuses."""
-    total = 0.0
-    for reward, n_assignments in rewards:
+def rule_fee(rule: VendorFee) -> FeeFor:
+    """``fee_for`` of a configured rule: ``rate`` (+ ``bulk_rate`` from ``bulk_min_assignments``), no minimum."""
+    def fee_for(reward: float, n_assignments_per_task: int) -> float:
         rate = rule.rate
-        if rule.bulk_min_assignments is not None and n_assignments >= rule.bulk_min_assignments:
+        if rule.bulk_min_assignments is not None and n_assignments_per_task >= rule.bulk_min_assignments:
             rate += rule.bulk_rate
-        total += reward * rate
-    return round(total + bonuses * rule.rate, 2)
+        return reward * rate
+
+    return fee_for
+
+
+def rate_fee(rate: float) -> FeeFor:
+    """``fee_for`` of a flat share of rewards and bonuses (``pay.fee_rate``)."""
+    return rule_fee(VendorFee(rate=rate))
+
+
+def fee_function(cfg: PayConfig, vendor_name: str, vendor_cls: Any = None) -> tuple[FeeFor, str]:
+    """The one fee rule of a project's vendor and where it comes from.
+
+    The project's own rule for the vendor (``pay.vendor_fees``: a negotiated contract) wins;
+    else the vendor's published rule (its ``fee_for``); else ``pay.fee_rate``.
+    """
+    if vendor_name in cfg.vendor_fees:
+        return rule_fee(cfg.vendor_fees[vendor_name]), f"pay.vendor_fees.{vendor_name}"
+    own = getattr(vendor_cls, "fee_for", None)
+    if callable(own):
+        return own, f"vendor {vendor_name!r}"
+    return rate_fee(cfg.fee_rate), "pay.fee_rate"
+
+
+def fees_due(fee_for: FeeFor, rewards: Iterable[tuple[float, int]], bonuses: Iterable[float] = ()) -> float:
+    """Fees for assignments given as ``(reward, assignments of its task)`` and for bonus payments
+    (each a separate payment: a per-payment minimum applies to each), rounded to the cent once."""
+    total = sum(fee_for(reward, n) for reward, n in rewards) + sum(fee_for(amount, 1) for amount in bonuses)
+    return round(total + 1e-9, 2)

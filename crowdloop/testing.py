@@ -10,7 +10,19 @@
 * ``acknowledge`` accepts approvals (twice, as a retry would) and refuses a rejection
   without a reason;
 * optional ``bonus`` accepts a repeated token; with a ``ledger()`` method, repeated
-  submits, acknowledgements and bonuses must leave the vendor's accounting unchanged.
+  submits, acknowledgements and bonuses must leave the vendor's accounting unchanged, and its
+  ``paid`` (when it keeps one) grows by exactly the rewards approved.
+
+The promises a vendor declares in ``capabilities`` (``crowdloop.vendor``) are checked with a
+second batch, played by the same ``respond`` (if any) by the worker ids in ``workers``:
+
+* ``blocks_workers``: ``workers[0]`` is blocked (twice: idempotent) after the first batch; the
+  second batch gets no answer from them, and their first-batch answers are still approved;
+* ``excludes_workers_per_item``: the second batch re-asks every first-batch item of somebody
+  else (``exclude_workers`` = who answered it); no re-ask comes back from an excluded worker.
+
+``respond`` must let every worker it plays try every task (a blocked or excluded worker too): a
+vendor that cannot stop them then fails the check.
 
 Vendors whose answers come from people get them through ``respond(vendor, tasks, batch_id)``,
 a callback that plays the workers (drops a result file, posts to the annotation app, ...).
@@ -34,7 +46,7 @@ from typing import Any
 from crowdloop.errors import CrowdloopError
 from crowdloop.records import Annotation, Task
 from crowdloop.storage import PrefixedStore, Store
-from crowdloop.vendor import VendorContext
+from crowdloop.vendor import BLOCKS_WORKERS, EXCLUDES_WORKERS_PER_ITEM, VendorContext, capabilities_of
 
 Respond = Callable[[Any, Sequence[Task], str], None]
 
@@ -92,13 +104,15 @@ def check_vendor(
     poll_interval_s: float = 0.05,
     max_poll_s: float = 5.0,
     batch_id: str = "contract-r0000",
+    workers: Sequence[str] | None = None,
 ) -> ContractReport:
     """Run the vendor contract against ``vendor`` and return what was checked.
 
     ``vendor`` is either an instance, or a factory called as ``vendor(params, context)``
     (a vendor class is such a factory). With a factory, a second instance built from the same
     context plays a restarted loop process. Without ``context`` a temporary local store is
-    used and every item's ground truth is the first class.
+    used and every item's ground truth is the first class. ``workers`` names the worker ids
+    ``respond`` plays; it is needed to check declared capabilities (at least ``replicas + 2``).
     """
     if n_items < 1 or replicas < 1:
         raise ValueError(f"n_items={n_items}, replicas={replicas}: expected positive integers")
@@ -111,9 +125,9 @@ def check_vendor(
             tmp = tempfile.TemporaryDirectory(prefix="crowdloop-contract-")
             name = getattr(vendor, "name", "vendor")
             context = make_context(LocalStore(Path(tmp.name)), name=name,
-                                   truth={f"item-{i:04d}": DEFAULT_CLASSES[0] for i in range(n_items)})
+                                   truth={f"item-{i:04d}": DEFAULT_CLASSES[0] for i in range(2 * n_items)})
         return _run(vendor, params or {}, context, is_instance, respond, n_items, replicas, reward, timeout_s,
-                    poll_interval_s, max_poll_s, batch_id)
+                    poll_interval_s, max_poll_s, batch_id, tuple(workers or ()))
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -121,7 +135,7 @@ def check_vendor(
 
 def _run(factory: Any, params: dict[str, Any], context: VendorContext | None, is_instance: bool,
          respond: Respond | None, n_items: int, replicas: int, reward: float, timeout_s: float,
-         poll_interval_s: float, max_poll_s: float, batch_id: str) -> ContractReport:
+         poll_interval_s: float, max_poll_s: float, batch_id: str, workers: tuple[str, ...]) -> ContractReport:
     def build() -> Any:
         return factory(dict(params), context)
 
@@ -246,4 +260,67 @@ def _run(factory: Any, params: dict[str, Any], context: VendorContext | None, is
         report.skipped.append("bonus (optional, not implemented)")
     if not callable(ledger):
         report.skipped.append("ledger() checks (optional, not implemented)")
+    caps = capabilities_of(type(v), params)
+    if caps & {BLOCKS_WORKERS, EXCLUDES_WORKERS_PER_ITEM}:
+        if len(workers) < replicas + 2:
+            report.skipped.append(f"capabilities {sorted(caps)} (need workers=: at least replicas + 2 worker ids)")
+        else:
+            _check_capabilities(v, caps, report, answers, respond, workers, n_items, replicas, reward, timeout_s,
+                                poll_interval_s, batch_id, timed_poll_of=timed_poll)
     return report
+
+
+def _check_capabilities(v: Any, caps: frozenset[str], report: ContractReport, answers: list[Annotation],
+                        respond: Respond | None, workers: tuple[str, ...], n_items: int, replicas: int, reward: float,
+                        timeout_s: float, poll_interval_s: float, batch_id: str, *, timed_poll_of: Any) -> None:
+    """The second batch: a blocked worker gets nothing, a re-ask never reaches who answered the item."""
+    name = report.vendor
+    ledger = getattr(v, "ledger", None)
+    blocked = workers[0] if BLOCKS_WORKERS in caps else None
+    if blocked is not None:
+        v.block_workers([blocked], reason="contract check: 0 of 4 known-answer questions right")
+        v.block_workers([blocked], reason="contract check: 0 of 4 known-answer questions right")
+    # work done before the block is still approved and paid, once
+    before = ledger() if callable(ledger) else None
+    v.acknowledge(answers, accept=True)
+    after = ledger() if callable(ledger) else None
+    if before is not None and "paid" in before:
+        newly = sum(a.reward for a in answers[1:])  # answers[0] was approved above; answers[1] was never decided
+        if round(after["paid"] - before["paid"], 2) != round(newly, 2):
+            raise _fail("ledger", f"approving {len(answers) - 1} more answers at {newly:.2f} moved 'paid' by "
+                                  f"{after['paid'] - before['paid']:.2f}")
+    answered: dict[str, set[str]] = {}
+    for a in answers:
+        answered.setdefault(a.item_id, set()).add(a.worker_id)
+    second = f"{batch_id}-second"
+    tasks: list[Task] = []
+    if EXCLUDES_WORKERS_PER_ITEM in caps:
+        tasks += [Task(item_id=item, round=1, batch_id=second, replicas=1, reward=reward,
+                       exclude_workers=tuple(sorted(who))) for item, who in sorted(answered.items())]
+    if blocked is not None:
+        tasks += [Task(item_id=f"item-{n_items + i:04d}", round=1, batch_id=second, replicas=replicas, reward=reward)
+                  for i in range(n_items)]
+    refs = v.submit(tasks, batch_id=second)
+    if respond is not None:
+        respond(v, tasks, second)
+    expected = sum(t.replicas for t in tasks)
+    got: list[Annotation] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < expected and time.monotonic() < deadline:
+        got += v.poll(refs)
+        if len(got) < expected:
+            time.sleep(poll_interval_s)
+    excluded = {t.item_id: set(t.exclude_workers) for t in tasks if t.exclude_workers}
+    for a in got:
+        if blocked is not None and a.worker_id == blocked:
+            raise _fail("blocks_workers", f"blocked worker {blocked!r} answered {a.item_id!r} in a later batch")
+        if a.worker_id in excluded.get(a.item_id, ()):
+            raise _fail("excludes_workers_per_item", f"item {a.item_id!r} was re-asked of {a.worker_id!r}, who had answered it")
+    if len(got) != expected:
+        raise _fail("poll", f"expected {expected} answers in the second batch ({name}), got {len(got)}")
+    if blocked is not None:
+        report.checks.append(f"blocks_workers: {blocked!r} got nothing of the next batch; their earlier work was paid")
+    if excluded:
+        report.checks.append(f"excludes_workers_per_item: {len(excluded)} re-asks answered by somebody else")
+    v.acknowledge(got, accept=True)
+    report.n_annotations += len(got)

@@ -43,6 +43,7 @@ import numpy as np
 
 from crowdloop._validation import check_batch_size
 from crowdloop.errors import SamplerError
+from crowdloop.rows import is_sparse, n_rows, take
 from crowdloop.samplers.batch import _accepted
 from crowdloop.samplers.scoring import check_rng
 
@@ -167,11 +168,12 @@ def decide(
 ) -> Decision:
     """The auto policy's decision for one batch: picks, which arm made each, and the record."""
     rng = check_rng(rng)
-    n = len(X)
+    n = n_rows(X)
     k = check_batch_size(batch_size, n)
     arms = list(dict.fromkeys(arms))
     if "random" not in arms:
-        raise SamplerError(f"arms={arms!r}: 'random' must be one of the arms (where uncertainty chases noise the policy drifts to it)")
+        raise SamplerError(f"arms={arms!r}: 'random' must be one of the arms "
+                           "(where uncertainty chases noise the policy drifts to it)")
     if not 0.0 <= float(random_share) <= 1.0:
         raise SamplerError(f"random_share={random_share!r}: expected a number in [0, 1]")
     if isinstance(min_items, bool) or not isinstance(min_items, (int, np.integer)) or min_items < 1:
@@ -180,14 +182,16 @@ def decide(
         raise SamplerError(f"temperature={temperature!r}, floor={floor!r}: expected temperature > 0 and 0 <= floor < 1/len(arms)")
     params = {**DEFAULT_ARM_PARAMS, **{a: dict(v) for a, v in (arm_params or {}).items()}}
     fns = {a: _arm_fn(a) for a in arms}
-    have_labels = X_labeled is not None and y_labeled is not None and len(X_labeled) > 0
-    if labeled_arm is not None and have_labels and len(labeled_arm) != len(X_labeled):
-        raise SamplerError(f"labeled_arm has {len(labeled_arm)} entries but X_labeled has {len(X_labeled)} rows: expected one per row")
+    have_labels = X_labeled is not None and y_labeled is not None and n_rows(X_labeled) > 0
+    if labeled_arm is not None and have_labels and len(labeled_arm) != n_rows(X_labeled):
+        raise SamplerError(f"labeled_arm has {len(labeled_arm)} entries but X_labeled has {n_rows(X_labeled)} rows: "
+                           "expected one per row")
     if model is None or not have_labels:
         evidence: dict[str, Any] = {"n_audit": 0, "counts": dict.fromkeys(arms, 0), "m": None, "n_test": 0, "accuracy": {}}
     else:
-        history = list(labeled_arm) if labeled_arm is not None else [None] * len(X_labeled)
-        evidence = arm_evidence(model, np.asarray(X_labeled), np.asarray(y_labeled), history, arms,
+        history = list(labeled_arm) if labeled_arm is not None else [None] * n_rows(X_labeled)
+        rows = X_labeled if is_sparse(X_labeled) or hasattr(X_labeled, "dense") else np.asarray(X_labeled)  # text stays sparse
+        evidence = arm_evidence(model, rows, np.asarray(y_labeled), history, arms,
                                 rng=np.random.default_rng(rng.integers(2**63)), min_items=min_items)
     n_audit = min(k, max(1, round(float(random_share) * k))) if random_share > 0 else 0
     slots, prob = allocate(evidence, arms, k - n_audit, rng=rng, min_items=min_items, temperature=temperature,
@@ -207,7 +211,7 @@ def decide(
                             **params.get(a, {})})
         if model is None and a not in ("random", "typiclust"):
             fn, kw = fns["random"], {}
-        got = np.asarray(fn(model, X[rest], batch_size=min(want, len(rest)), rng=rng, **kw), dtype=np.int64)
+        got = np.asarray(fn(model, take(X, rest), batch_size=min(want, len(rest)), rng=rng, **kw), dtype=np.int64)
         chosen = rest[got]
         available[chosen] = False
         picked_by[a] = chosen.tolist()

@@ -344,7 +344,8 @@ def compare(got: dict[str, Any], clean: dict[str, Any]) -> list[str]:
         out.append(f"money: accounted {got['paid']}+{got['bonuses']} bonus, vendor ledger "
                    f"{got['vendor_paid']}+{got['vendor_bonuses']} bonus")
     if (got["paid"], got["bonuses"]) != (clean["paid"], clean["bonuses"]):
-        out.append(f"money differs from the uninterrupted run: {got['paid']}+{got['bonuses']} vs {clean['paid']}+{clean['bonuses']}")
+        out.append(f"money differs from the uninterrupted run: {got['paid']}+{got['bonuses']} "
+                   f"vs {clean['paid']}+{clean['bonuses']}")
     if got["labels"] != clean["labels"]:
         diff = sum(1 for k in set(got["labels"]) | set(clean["labels"]) if got["labels"].get(k) != clean["labels"].get(k))
         out.append(f"final labels differ from the uninterrupted run on {diff} item(s)")

@@ -116,5 +116,5 @@ def test_project_dir_that_is_a_file_is_one_line_exit_2(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     result = CliRunner().invoke(app, ["run", str(path), "--project-dir", str(blocker)])
     assert result.exit_code == 2
-    assert result.output.startswith("error: project directory") and result.output.count("\n") == 1
+    assert result.output.startswith(f"error: {path}: project directory") and result.output.count("\n") == 1
     assert blocker.read_text() == "not a directory"

@@ -10,7 +10,7 @@ from crowdloop import engine, keys, registry
 from crowdloop.config import parse_config
 from crowdloop.engine import Project
 from crowdloop.errors import ConfigError, VendorDataError
-from crowdloop.pay import reward_for
+from crowdloop.pay import max_bonus, reward_for
 from crowdloop.records import Annotation, utcnow
 from crowdloop.storage import read_json
 from tests.conftest import small_config
@@ -88,8 +88,9 @@ def test_money_budget(tmp_path: Path) -> None:
     spent = p.spent(1)
     assert spent == pytest.approx(read_json(p.store, keys.round_key(0, keys.PAY))["total"])
     size, why = engine.next_batch_size(p, 1)
-    per_item = reward_for(engine.expected_task_seconds(p, 1), 12.0) * 3
-    assert size == min(20, int((5.0 - spent) // per_item)) and why is None
+    reward = reward_for(engine.expected_task_seconds(p, 1), 12.0)
+    per_item = (reward + max_bonus(p.config.pay, reward)) * 3  # the worst case: every judgment topped up in full
+    assert size == min(20, int((5.0 - spent - 0.01) // per_item)) and why is None
 
 
 def test_target_accuracy_stops_and_is_recorded(tmp_path: Path) -> None:

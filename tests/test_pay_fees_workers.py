@@ -10,24 +10,31 @@ from typer.testing import CliRunner
 from crowdloop import keys
 from crowdloop.cli import app
 from crowdloop.config import PayConfig, VendorFee, load_config
-from crowdloop.pay import fees_for, vendor_fee
+from crowdloop.pay import fee_function, fees_due
 from crowdloop.storage import read_json
+from crowdloop.vendors.mturk import MTurkVendor
+from crowdloop.vendors.simulated import SimulatedCrowd
 from crowdloop.workers import worker_accounts
 from tests.conftest import small_config
 from tests.crowd_helpers import run_engine
 
 
-def test_mturk_fee_is_20_percent_plus_20_at_ten_assignments():
-    rule = vendor_fee(PayConfig(), "mturk")
-    assert fees_for(rule, [(0.10, 3)] * 10, 0.0) == pytest.approx(0.20)
-    assert fees_for(rule, [(0.10, 10)] * 10, 0.0) == pytest.approx(0.40)
-    assert fees_for(rule, [], 1.00) == pytest.approx(0.20)  # bonuses carry the base fee
+def test_mturk_fee_is_its_own_rule_20_percent_plus_20_at_ten_assignments_and_a_cent_at_least():
+    rule, source = fee_function(PayConfig(fee_rate=0.5), "mturk", MTurkVendor)
+    assert source == "vendor 'mturk'"  # the vendor's rule, not pay.fee_rate
+    assert fees_due(rule, [(0.10, 3)] * 10) == pytest.approx(0.20)
+    assert fees_due(rule, [(0.10, 10)] * 10) == pytest.approx(0.40)
+    assert fees_due(rule, [], [1.00]) == pytest.approx(0.20)  # bonuses carry the base fee
+    # $0.03 rewards: 20% would be $0.006, MTurk charges $0.01 per assignment and per bonus
+    assert fees_due(rule, [(0.03, 3)] * 10, [0.01] * 10) == pytest.approx(0.20)
 
 
 def test_project_fee_rules_override_and_fall_back_to_fee_rate():
     cfg = PayConfig(fee_rate=0.05, vendor_fees={"mturk": VendorFee(rate=0.1)})
-    assert vendor_fee(cfg, "mturk").rate == 0.1
-    assert vendor_fee(cfg, "simulated").rate == 0.05
+    rule, source = fee_function(cfg, "mturk", MTurkVendor)
+    assert source == "pay.vendor_fees.mturk" and rule(0.03, 1) == pytest.approx(0.003)  # a contract: no minimum
+    rule, source = fee_function(cfg, "simulated", SimulatedCrowd)
+    assert source == "pay.fee_rate" and rule(0.10, 3) == pytest.approx(0.005)
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +87,4 @@ def test_adaptive_config_file_loads():
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "digits-adaptive.yaml")
     assert cfg.consensus.adaptive and cfg.gold.enabled and cfg.autolabel.enabled
+

@@ -67,8 +67,9 @@ def test_a_good_vendor_passes(context):
 
 
 def test_the_simulated_crowd_passes_with_a_restart():
-    report = check_vendor(SimulatedCrowd, params={"n_workers": 5}, n_items=5, replicas=3)
-    assert report.n_annotations == 15
+    report = check_vendor(SimulatedCrowd, params={"n_workers": 5}, n_items=5, replicas=3,
+                          workers=[f"sim-w{i:03d}" for i in range(5)])
+    assert report.n_annotations == 15 + 5 + 15 and not report.skipped  # + the re-asks and the batch after a block
     assert "also after a restart" in report.checks[0]
 
 
@@ -139,3 +140,46 @@ def test_answers_that_never_come_fail_with_counts(context):
 def test_arguments_are_checked(context):
     with pytest.raises(ValueError, match=r"n_items=0, replicas=2: expected positive integers"):
         check_vendor(GoodVendor({}, context), context=context, n_items=0)
+
+
+class ClaimsToBlock(GoodVendor):
+    """Declares the quality controls but its workers w0, w1, ... answer everything regardless."""
+
+    capabilities = frozenset({"blocks_workers", "excludes_workers_per_item"})
+
+    def block_workers(self, worker_ids, *, reason):
+        pass  # forgets the block
+
+
+class ExcludesOnly(ClaimsToBlock):
+    capabilities = frozenset({"excludes_workers_per_item"})
+
+
+class Pays2x(GoodVendor):
+    def acknowledge(self, assignments, *, accept, reason=None):
+        super().acknowledge(assignments, accept=accept, reason=reason)
+        for a in assignments:  # pays what was already paid once more when assignments are regrouped
+            self.paid[a.assignment_id + "-again"] = a.reward if accept and len(assignments) > 1 else 0.0
+
+
+@pytest.mark.parametrize("vendor_cls, promise", [(ClaimsToBlock, "blocks_workers"),
+                                                 (ExcludesOnly, "excludes_workers_per_item")])
+def test_declared_capabilities_are_checked(context, vendor_cls, promise):
+    with pytest.raises(VendorContractError, match=f"vendor contract, {promise}:"):
+        check_vendor(vendor_cls({}, context), context=context, replicas=2, workers=["w0", "w1", "w2", "w3"])
+
+
+def test_the_ledger_must_grow_by_what_was_approved(context):
+    class Blocks(Pays2x):
+        capabilities = frozenset({"blocks_workers"})
+
+        def block_workers(self, worker_ids, *, reason):
+            pass
+
+    with pytest.raises(VendorContractError, match="vendor contract, ledger: approving"):
+        check_vendor(Blocks({}, context), context=context, replicas=2, workers=["w0", "w1", "w2", "w3"])
+
+
+def test_capabilities_need_workers_to_be_checked(context):
+    report = check_vendor(ClaimsToBlock({}, context), context=context, replicas=2)
+    assert report.skipped and "need workers=" in report.skipped[-1]

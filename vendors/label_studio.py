@@ -15,6 +15,20 @@ talks to it over HTTP. Connection settings come from the environment, never from
 * Import has no idempotency key, so every task carries ``crowdloop_batch``/``crowdloop_item``
   in its data: the intent is written before the import and a rerun that finds an intent
   without a result imports only the items the project does not hold yet.
+
+Quality controls:
+
+* "ask somebody else" (``excludes_workers_per_item``): a re-ask raises the overlap of the item's
+  own earlier Label Studio task by one (an absolute value, so a rerun sets the same); Label
+  Studio's labeling stream never gives a task to an annotator who annotated it, so the new
+  judgment is somebody else's. Annotations present when the re-ask was made belong to earlier
+  batches;
+* blocking (``blocks_workers``) exists only with ``block_removes_membership: true``: Label Studio
+  Community has no per-project membership, so a blocked annotator's organization membership is
+  soft-deleted (they lose every project of the organization; invite them again to undo). Their
+  earlier annotations stay and are approved with their batch;
+* images (``images_by_url``): an image file becomes an S3 presigned URL valid for
+  ``image_url_expiry_s`` (``context.image_url``); Label Studio's browser loads it directly.
 """
 
 from __future__ import annotations
@@ -25,7 +39,7 @@ import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from datetime import UTC
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 from xml.sax.saxutils import quoteattr
 
@@ -35,9 +49,22 @@ from label_studio_sdk.core.api_error import ApiError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from crowdloop.errors import RecordExistsError, VendorError
-from crowdloop.records import Annotation, Task, content_hash, dumps, utcnow
+from crowdloop.records import Annotation, Task, content_hash, utcnow
 from crowdloop.storage import read_json, write_json
-from crowdloop.vendor import Ref, VendorContext, acknowledged, parse_params
+from crowdloop.vendor import (
+    BLOCKS_WORKERS,
+    EXCLUDES_WORKERS_PER_ITEM,
+    IMAGES_BY_URL,
+    Ref,
+    VendorContext,
+    VendorPlan,
+    acknowledged,
+    block_of,
+    image_payload,
+    parse_params,
+    record_block,
+    record_decision,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +113,10 @@ class LabelStudioParams(BaseModel):
     instructions: str = Field("", max_length=10000, description="shown to annotators before labeling")
     page_size: int = Field(100, ge=1, le=1000, description="tasks per page when reading annotations")
     timeout_s: float = Field(60.0, gt=0, description="HTTP timeout per request")
+    block_removes_membership: bool = Field(
+        False, description="let crowdloop block annotators by soft-deleting their organization membership "
+                           "(Label Studio Community's only way; they lose every project of the organization)")
+    image_url_expiry_s: int = Field(7 * 86400, ge=60, le=7 * 86400, description="presigned image URLs stay valid this long")
 
 
 def labeling_config(classes: Sequence[str], data_type: str) -> str:
@@ -114,6 +145,27 @@ class LabelStudioVendor:
     """Label Studio projects as the workforce: your own annotators, overlap for redundancy."""
 
     name = "label_studio"
+    capabilities = frozenset({BLOCKS_WORKERS, EXCLUDES_WORKERS_PER_ITEM, IMAGES_BY_URL})
+    capability_hints: ClassVar[dict[str, str]] = {  # the hint in the one-line error
+        BLOCKS_WORKERS: "Label Studio Community blocks only by removing an annotator from the organization: "
+                        "set vendor.params.block_removes_membership: true to allow it"}
+
+    @classmethod
+    def capabilities_for(cls, params: dict[str, Any]) -> frozenset[str]:
+        """Blocking only where the user allowed its only form (removal from the organization)."""
+        if params.get("block_removes_membership") is True:
+            return cls.capabilities
+        return cls.capabilities - {BLOCKS_WORKERS}
+
+    @classmethod
+    def check_params(cls, params: dict, plan: VendorPlan) -> LabelStudioParams:
+        """Offline check of ``params`` (nothing is contacted or written).
+
+        A batch imports new items with one redundancy (the project's overlap); re-asks and gold
+        asked again raise the overlap of the item's own earlier task instead of importing it
+        (``_reask``), so adaptive redundancy with any ``consensus.min_judgments`` fits.
+        """
+        return parse_params(LabelStudioParams, params, vendor=cls.name)
 
     def __init__(self, params: dict, context: VendorContext) -> None:
         self.params = parse_params(LabelStudioParams, params, vendor=self.name)
@@ -202,34 +254,41 @@ class LabelStudioVendor:
             return [{"batch_id": batch_id, "project_id": done["project_id"]}]
         if not tasks:
             return []
-        payloads = {t.item_id: self.context.item_payload(t.item_id) for t in tasks}
+        earlier = self._earlier_tasks(batch_id)
+        reasks = [t for t in tasks if t.exclude_workers and t.item_id in earlier]
+        fresh = [t for t in tasks if not (t.exclude_workers and t.item_id in earlier)]
+        expiry = self.params.image_url_expiry_s
+        payloads = {t.item_id: image_payload(self.context, t.item_id, expiry) for t in fresh}
         data_type = self.params.data_type
-        if data_type == "auto":
+        if data_type == "auto" and payloads:
             first = next(iter(payloads.values()))
             data_type = _payload_type(first)
             if data_type is None:
                 raise VendorError(f"vendor 'label_studio': item payload kind {first.get('kind')!r}: "
                                   "expected text, image, image_url or tabular")
-        pid = self.project_id(data_type)
-        replicas = {t.replicas for t in tasks}
-        if len(replicas) != 1:
+        pid = self.project_id(data_type if payloads else None)
+        replicas = {t.replicas for t in fresh}
+        if len(replicas) > 1:
             raise VendorError(f"vendor 'label_studio': one batch needs one redundancy, got {sorted(replicas)}")
-        self._set_overlap(pid, replicas.pop())
+        if replicas:
+            self._set_overlap(pid, replicas.pop())
         _write_once(self.store, f"batches/{batch_id}.intent.json",
                     {"batch_id": batch_id, "project_id": pid, "item_ids": [t.item_id for t in tasks]})
-        present = self._batch_tasks(pid, batch_id)  # after a crash mid-import: what arrived already
-        missing = [t for t in tasks if t.item_id not in present]
+        reasked = {t.item_id: self._reask(pid, t, earlier[t.item_id], batch_id) for t in reasks}
+        present = self._batch_tasks(pid, batch_id) if fresh else {}  # after a crash mid-import: what arrived already
+        missing = [t for t in fresh if t.item_id not in present]
         if missing:
             field = DATA_FIELD[data_type]
             body = [self._import_row(t, payloads[t.item_id], field, batch_id) for t in missing]
             self._api("projects.import_tasks", self.client.projects.import_tasks, pid, request=body,
                       return_task_ids=True)
             present = self._batch_tasks(pid, batch_id)
-        lost = [t.item_id for t in tasks if t.item_id not in present]
+        lost = [t.item_id for t in fresh if t.item_id not in present]
         if lost:
             raise VendorError(f"vendor 'label_studio': project {pid} did not keep {len(lost)} imported task(s), e.g. {lost[0]!r}")
         record = {"batch_id": batch_id, "project_id": pid, "round": tasks[0].round,
-                  "tasks": {item: present[item] for item in (t.item_id for t in tasks)},
+                  "tasks": {t.item_id: present[t.item_id] for t in fresh},
+                  "reasks": reasked,  # item -> {task_id, known: annotation ids of earlier batches}
                   "rewards": {t.item_id: t.reward for t in tasks}, "is_gold": {t.item_id: t.is_gold for t in tasks}}
         _write_once(self.store, f"batches/{batch_id}.json", record)
         return [{"batch_id": batch_id, "project_id": pid}]
@@ -241,15 +300,20 @@ class LabelStudioVendor:
         for ref in refs:
             record = read_json(self.store, f"batches/{ref['batch_id']}.json")
             item_of = {int(tid): item for item, tid in record["tasks"].items()}
+            known: dict[int, set[int]] = {}  # re-asked task -> annotations that belong to earlier batches
+            for item, reask in record.get("reasks", {}).items():
+                item_of[int(reask["task_id"])] = item
+                known[int(reask["task_id"])] = set(reask["known"])
             for task in self._tasks(record["project_id"], with_annotations=True):
-                item = item_of.get(_int_id(task.get("id")))
+                task_id = _int_id(task.get("id"))
+                item = item_of.get(task_id)
                 if item is None:
                     continue  # not one of ours (or no usable id): never guess
                 annotations = task.get("annotations") or []
                 for ann in annotations if isinstance(annotations, list) else []:
                     ann_id = _int_id(ann.get("id")) if isinstance(ann, dict) else None
-                    if ann_id is None:
-                        continue  # cannot be de-duplicated, so it can never be counted
+                    if ann_id is None or ann_id in known.get(task_id, ()):
+                        continue  # cannot be de-duplicated (so never counted), or an earlier batch's
                     aid = f"ls{record['project_id']}-{ann_id}"
                     if aid in self._returned or aid in acked:
                         continue
@@ -263,16 +327,78 @@ class LabelStudioVendor:
         """Record the decision (Label Studio has no payments; pay your annotators from this record)."""
         if not accept and not (reason and reason.strip()):
             raise VendorError("vendor 'label_studio': a rejection needs a reason the annotator can read")
-        ids = sorted(a.assignment_id for a in assignments)
-        if ids:
-            _write_once(self.store, f"acks/{content_hash(dumps(ids))}.json",
-                        {"assignment_ids": ids, "accept": accept, "reason": reason, "at": utcnow().isoformat()})
+        record_decision(self.store, assignments, accept=accept, reason=reason, at=utcnow().isoformat())
 
     def bonus(self, assignments: Sequence[Annotation], *, amount: float, reason: str, token: str) -> None:
         """Record a top-up once per token, for the team's own payroll."""
         _write_once(self.store, f"bonuses/{content_hash(token.encode(), 24)}.json",
                     {"assignment_ids": sorted(a.assignment_id for a in assignments), "amount": amount,
                      "reason": reason, "workers": sorted({a.worker_id for a in assignments})})
+
+    def block_workers(self, worker_ids: Sequence[str], *, reason: str) -> None:
+        """Soft-delete the annotators' organization membership (only with ``block_removes_membership``);
+        recorded after Label Studio accepted it, so a crash before repeats it (a repeat finds no member)."""
+        if not self.params.block_removes_membership:
+            raise VendorError("vendor 'label_studio': blocking needs vendor.params.block_removes_membership: true")
+        for worker in sorted(set(worker_ids)):
+            if block_of(self.store, worker) is not None:
+                continue
+            user = _int_id(worker.removeprefix("ls-user-"))
+            if user is None or not worker.startswith("ls-user-"):
+                raise VendorError(f"vendor 'label_studio': worker {worker[:60]!r} is not a Label Studio user of this vendor")
+            organization = self._organization()
+            try:
+                self.client.organizations.members.delete(id=organization, user_pk=user)
+            except ApiError as exc:
+                if exc.status_code != 404:  # 404: no (longer a) member, e.g. the rerun after a crash
+                    raise VendorError(f"vendor 'label_studio': cannot remove user {user} from organization "
+                                      f"{organization}: HTTP {exc.status_code}: {_redact(str(exc.body)[:200])}") from None
+            except (OSError, httpx.HTTPError) as exc:
+                raise VendorError(f"vendor 'label_studio': removing user {user} failed: {_redact(str(exc))}") from exc
+            record_block(self.store, worker, reason=reason, user_id=user, organization=organization,
+                         at=utcnow().isoformat())
+
+    def _organization(self) -> int:
+        record = read_json(self.store, "project.json", default=None)
+        if record is not None:
+            organization = self._api("projects.get", self.client.projects.get, int(record["id"])).organization
+            if organization is not None:
+                return int(organization)
+        return int(self._api("users.whoami", self.client.users.whoami).active_organization)
+
+    def _earlier_tasks(self, batch_id: str) -> dict[str, int]:
+        """Item -> its Label Studio task, for items imported by earlier batches (first import wins)."""
+        out: dict[str, int] = {}
+        for key in sorted(self.store.list("batches/")):
+            if key.endswith(".intent.json") or key == f"batches/{batch_id}.json":
+                continue
+            for item, task_id in read_json(self.store, key)["tasks"].items():
+                out.setdefault(item, int(task_id))
+        return out
+
+    def _reask(self, pid: int, task: Task, task_id: int, batch_id: str) -> dict[str, Any]:
+        """``task.replicas`` more annotations on the item's own task, from annotators who have not annotated it."""
+        key = f"reasks/{batch_id}/{content_hash(task.item_id.encode(), 24)}.json"
+        intent = read_json(self.store, key, default=None)
+        if intent is None:
+            current = self._api("tasks.get", self.client.tasks.get, str(task_id)).model_dump()
+            annotations = [a for a in current.get("annotations") or [] if isinstance(a, dict)]
+            known = sorted({i for a in annotations if (i := _int_id(a.get("id"))) is not None})
+            done = sum(1 for a in annotations if not a.get("was_cancelled"))
+            # exactly ``replicas`` more than are there: an absolute value, so a rerun sets the same
+            _write_once(self.store, key, {"task_id": task_id, "known": known, "overlap": done + task.replicas})
+            intent = read_json(self.store, key)
+        self._api("tasks.update", self.client.tasks.update, str(task_id), overlap=intent["overlap"], is_labeled=False)
+        return {"task_id": task_id, "known": intent["known"]}
+
+    def ledger(self) -> dict[str, float | int]:
+        """What was decided for the team's payroll: tasks imported, answers approved, money approved and bonused."""
+        acks = [read_json(self.store, k) for k in self.store.list("acks/")]
+        bonuses = [read_json(self.store, k) for k in self.store.list("bonuses/")]
+        tasks = sum(len(read_json(self.store, k)["tasks"]) for k in self.store.list("batches/") if not k.endswith(".intent.json"))
+        return {"tasks": tasks, "approved": sum(len(a["assignment_ids"]) for a in acks if a["accept"]),
+                "paid": round(sum(a.get("paid", 0.0) for a in acks), 2),
+                "bonuses": round(sum(b["amount"] * len(b["assignment_ids"]) for b in bonuses), 2)}
 
     # -- helpers -----------------------------------------------------------------------------
     def _import_row(self, task: Task, payload: dict[str, Any], field: str, batch_id: str) -> dict[str, Any]:

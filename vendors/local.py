@@ -6,6 +6,15 @@ annotators add NAME``); every answer is written to the store at once (create-onl
 double submit is harmless); ``poll`` reads them. Nothing lives only in memory: the loop and
 the app are separate processes sharing the store.
 
+Quality controls (capabilities ``blocks_workers`` and ``excludes_workers_per_item``): a blocked
+annotator sees no new item and a sentence saying why; a task never reaches an annotator named
+in its ``exclude_workers`` (who answered the item before), so a re-ask comes from somebody else.
+
+Pay time is what the server saw: an answer counts only for the item leased to that annotator
+(on their screen), and its time runs from the lease to the answer, capped at ``lease_s``; the
+page's own timer may only lower it. An answer for an item never shown to the annotator is
+refused, so nobody can post answers (and claim time) for items they never saw.
+
 Undo: an annotator may take back their last answer within ``undo_window_s`` seconds. So
 that the loop never sees an answer that is later taken back, ``poll`` returns an answer
 only once it is older than the window plus a safety margin.
@@ -17,6 +26,7 @@ Store layout (under ``vendor/local/``)::
     answers/<batch_id>/<item>.<annotator>.json   one Annotation (create-only); <item> is a digest
     skips/<batch_id>/<item>.<annotator>.json     an item the annotator skipped
     leases/<annotator>.json                      the item on the annotator's screen, since when
+    blocks/<digest>.json                         a blocked annotator and the reason they are shown
     closed/<batch_id>.json                       written when the loop pays the batch
 """
 
@@ -38,7 +48,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from crowdloop.errors import CrowdloopError, RecordExistsError, VendorDataError, VendorError
 from crowdloop.records import Annotation, Task
 from crowdloop.storage import KeyNotFoundError, read_json, write_json
-from crowdloop.vendor import Ref, VendorContext, acknowledged, parse_params, record_decision
+from crowdloop.vendor import (
+    BLOCKS_WORKERS,
+    EXCLUDES_WORKERS_PER_ITEM,
+    Ref,
+    VendorContext,
+    VendorPlan,
+    acknowledged,
+    block_of,
+    parse_params,
+    record_block,
+    record_decision,
+)
 
 ANNOTATOR_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 UNDO_MARGIN_S = 2.0  # poll waits this much longer than the undo window (clock and request skew)
@@ -66,6 +87,12 @@ class LocalVendor:
     """Tasks for in-house annotators; the web app (``crowdloop.vendors.local_app``) is their desk."""
 
     name = "local"
+    capabilities = frozenset({BLOCKS_WORKERS, EXCLUDES_WORKERS_PER_ITEM})
+
+    @classmethod
+    def check_params(cls, params: dict, plan: VendorPlan) -> LocalParams:
+        """Offline check of ``params`` (nothing is contacted or written)."""
+        return parse_params(LocalParams, params, vendor=cls.name)
 
     def __init__(self, params: dict, context: VendorContext, *, clock: Callable[[], float] = time.time) -> None:
         self.params = parse_params(LocalParams, params, vendor="local")
@@ -108,10 +135,9 @@ class LocalVendor:
     def acknowledge(self, assignments: Sequence[Annotation], *, accept: bool, reason: str | None = None) -> None:
         if not accept and not reason:
             raise VendorError("vendor 'local': a rejection needs a reason the annotator can read")
-        if not record_decision(self.store, assignments, accept=accept, reason=reason,
-                               per_annotator=_sum_by_worker(assignments) if accept else {}):
-            return
-        for batch in sorted({a.batch_id for a in assignments}):
+        record_decision(self.store, assignments, accept=accept, reason=reason,
+                        per_annotator=_sum_by_worker(assignments) if accept else {})
+        for batch in sorted({a.batch_id for a in assignments}):  # (again after a crash: closing is idempotent)
             if not self.store.exists(f"closed/{batch}.json"):
                 write_json(self.store, f"closed/{batch}.json", {"batch_id": batch})
 
@@ -120,6 +146,22 @@ class LocalVendor:
         with contextlib.suppress(RecordExistsError):
             write_json(self.store, f"bonuses/{hashlib.sha256(token.encode()).hexdigest()[:24]}.json", record,
                        create_only=True)
+
+    def block_workers(self, worker_ids: Sequence[str], *, reason: str) -> None:
+        """From now on these annotators get no new item and see ``reason`` (idempotent per annotator).
+
+        Their current lease is released, so the item goes to somebody else; their answers so far
+        stay, and are paid with their batch.
+        """
+        for worker in sorted(set(worker_ids)):
+            self._check_worker(worker)
+            record_block(self.store, worker, reason=reason, at=self._now().isoformat())
+            self.store.delete(f"leases/{worker}.json")
+
+    def block_reason(self, worker: str) -> str | None:
+        """Why ``worker`` gets no new items (None: not blocked)."""
+        record = block_of(self.store, worker)
+        return None if record is None else str(record["reason"])
 
     def ledger(self) -> dict[str, float | int]:
         tasks = sum(len(read_json(self.store, k)["tasks"]) for k in self.store.list("batches/"))
@@ -144,9 +186,11 @@ class LocalVendor:
         return token
 
     def remove_annotator(self, name: str) -> None:
+        """Revoke ``name``'s link and release the item on their screen (their answers stay)."""
         if not ANNOTATOR_NAME.match(name) or not self.store.exists(f"annotators/{name}.json"):
             raise CrowdloopError(f"annotator {name!r}: not found; known: {', '.join(self.annotators()) or 'none'}")
         self.store.delete(f"annotators/{name}.json")
+        self.store.delete(f"leases/{name}.json")  # else the item stays held for them for lease_s
 
     def annotators(self) -> list[str]:
         return [k.split("/")[-1][: -len(".json")] for k in self.store.list("annotators/")]
@@ -195,6 +239,9 @@ class LocalVendor:
 
     def _next(self, worker: str, tasks: list[Task], index: dict) -> tuple[Task, float] | None:
         self._check_worker(worker)
+        if self.block_reason(worker) is not None:
+            self.store.delete(f"leases/{worker}.json")
+            return None
         now = self.clock()
         lease = read_json(self.store, f"leases/{worker}.json", default=None)
         leases = self._leases(now)
@@ -226,17 +273,23 @@ class LocalVendor:
             return Annotation.model_validate(existing)
         if self.store.exists(f"closed/{batch_id}.json"):
             raise VendorDataError(f"batch {batch_id!r} is closed (paid); its items take no more answers")
+        blocked = self.block_reason(worker)
+        if blocked is not None:
+            raise VendorDataError(f"annotator {worker!r} gets no new items: {blocked}")
+        if worker in task.exclude_workers:
+            raise VendorDataError(f"item {item_id!r} is asked of somebody else: annotator {worker!r} answered it before")
         now = self.clock()
         lease = read_json(self.store, f"leases/{worker}.json", default=None)
-        on_screen = None
-        if lease and (lease["batch_id"], lease["item_id"]) == (batch_id, item_id):
-            on_screen = max(0.0, now - lease["shown_at"])
-        if on_screen is None or on_screen >= self.params.lease_s:
-            self._check_open_slot(worker, task, now)
-        seconds = on_screen if on_screen is not None else self.params.lease_s
+        if not lease or (lease["batch_id"], lease["item_id"]) != (batch_id, item_id):
+            # Time is what the server saw on this annotator's screen; an item never shown has none.
+            raise VendorDataError(f"item {item_id!r} is not on annotator {worker!r}'s screen (never shown to them, "
+                                  "or replaced by another item); reload the page")
+        on_screen = max(0.0, now - lease["shown_at"])
+        if on_screen >= self.params.lease_s:
+            self._check_open_slot(worker, task, now)  # the lease ran out: the slot may have gone to someone else
+        seconds = min(on_screen, self.params.lease_s)
         if client_seconds is not None and client_seconds >= 0:
             seconds = min(seconds, client_seconds)  # the page's timer, never more than the server saw
-        seconds = min(seconds, self.params.lease_s)
         ann = Annotation(item_id=item_id, worker_id=worker, label=label, vendor=self.name,
                          assignment_id=hashlib.sha256(f"{batch_id}|{item_id}|{worker}".encode()).hexdigest()[:20],
                          batch_id=batch_id, round=task.round, submitted_at=self._now(now),
@@ -249,10 +302,9 @@ class LocalVendor:
         return ann
 
     def _check_open_slot(self, worker: str, task: Task, now: float) -> None:
-        """An answer to an item not on the worker's screen needs a free replica slot.
+        """An answer after the worker's lease ran out needs a free replica slot.
 
-        Otherwise a post crafted by hand (or a stale tab) could add answers nobody asked for,
-        and each would be paid.
+        Otherwise a stale tab could add answers nobody asked for, and each would be paid.
         """
         digest = item_key(task.item_id)
         answered = sum(1 for k in self.store.list(f"answers/{task.batch_id}/")
@@ -348,7 +400,8 @@ class LocalVendor:
                   index: dict[str, dict[tuple[str, str], set[str]]]) -> bool:
         key = (t.batch_id, item_key(t.item_id))
         answered = index["answers"].get(key, set())
-        if len(answered) >= t.replicas or worker in answered or worker in index["skips"].get(key, set()):
+        if (len(answered) >= t.replicas or worker in answered or worker in index["skips"].get(key, set())
+                or worker in t.exclude_workers):
             return False  # (cheap checks first: most of a long batch is done when a page asks)
         held = sum(1 for w, held_item in leases.items() if w != worker and held_item == (t.batch_id, t.item_id))
         return len(answered) + held < t.replicas

@@ -9,9 +9,14 @@ Security model, in short:
   foreign ``Origin`` (or, without one, a foreign ``Referer``) or ``Sec-Fetch-Site`` other than
   same-origin is refused;
 * item content is escaped by Jinja2's autoescaping, scripts run only with a per-response CSP
-  nonce, so an item whose text is ``<script>...`` shows as text;
+  nonce, so an item whose text is ``<script>...`` shows as text; item text sits in a
+  direction-isolated box (``dir="auto"``), so right-to-left overrides in it cannot reorder
+  anything outside it, and a long text scrolls inside that box of readable width;
 * ``/image/<batch>/<item digest>`` serves only items of dispatched batches, from the path the
-  pool names (png, jpeg, gif, webp) or from the item's pixels; never a path from the request.
+  pool names (png, jpeg, gif, webp) or from the item's pixels; never a path from the request;
+* a post larger than ``MAX_FORM_BYTES`` is refused by its ``Content-Length`` before the body is
+  read, and a body without one is read only up to the limit (413 either way), so a huge post
+  costs the server no memory.
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ body{font-family:system-ui,sans-serif;max-width:52rem;margin:1.5rem auto;padding
 header{display:flex;justify-content:space-between;align-items:baseline;border-bottom:1px solid #d8dce3;margin-bottom:1rem}
 h1{font-size:1.2rem;margin:.4rem 0}.who{color:#5a6270;font-size:.9rem}
 .card{background:#fff;border:1px solid #d8dce3;border-radius:.6rem;padding:1.2rem;margin-bottom:1rem}
-.text{white-space:pre-wrap;font-size:1.15rem;line-height:1.5;overflow-wrap:anywhere}
+.text{white-space:pre-wrap;font-size:1.15rem;line-height:1.5;overflow-wrap:anywhere;max-width:70ch;max-height:60vh;overflow-y:auto;unicode-bidi:isolate}
+.text:focus{outline:2px solid #9ab8ee}.long{color:#5a6270;font-size:.85rem;margin:.3rem 0 0}
 img.item{display:block;margin:0 auto;max-width:100%;max-height:24rem;image-rendering:pixelated;min-width:12rem}
 table{border-collapse:collapse;font-size:.9rem}td,th{border:1px solid #e3e6eb;padding:.2rem .5rem;text-align:right}
 th{background:#f0f2f5;text-align:left}.classes{display:flex;flex-wrap:wrap;gap:.5rem}
@@ -70,7 +76,8 @@ kbd{font-size:.75rem;background:#eef0f3;border:1px solid #c9ced6;border-radius:.
 {% if task %}
 <div class="card" id="item" data-item="{{ task.item_id }}" data-kind="{{ payload.kind }}">
 {% if suggestion %}<div class="suggestion" id="suggestion">Model suggests <b>{{ suggestion[0] }}</b> ({{ "%.0f"|format(suggestion[1] * 100) }}%)</div>{% endif %}
-{% if payload.kind == "text" %}<div class="text" id="item-text">{{ payload.text }}</div>
+{% if payload.kind == "text" %}<div class="text" id="item-text" dir="auto" tabindex="0">{{ payload.text }}</div>
+{% if payload.text|length > 1500 %}<p class="long" id="item-long">Long text ({{ "{:,}".format(payload.text|length) }} characters): scroll inside the box; the keys below still answer.</p>{% endif %}
 {% elif payload.kind == "image" %}<img class="item" id="item-image" alt="item {{ task.item_id }}" src="{{ image_url }}">
 {% endif %}
 {% if payload.kind == "tabular" %}
@@ -90,6 +97,8 @@ kbd{font-size:.75rem;background:#eef0f3;border:1px solid #c9ced6;border-radius:.
 <form method="post" action="/undo" id="undo-form"><input type="hidden" name="csrf" value="{{ csrf }}">
 <button type="submit" id="undo"><kbd>U</kbd>undo last answer</button></form>
 </div>
+{% elif blocked %}
+<div class="card" id="blocked"><p><b>You will not receive new items from this project.</b></p><p id="blocked-reason">{{ blocked }}</p></div>
 {% else %}
 <div class="card" id="done"><p><b>Nothing to label right now.</b> New items appear when the loop dispatches its next batch; this page checks every 15 seconds.</p></div>
 <form method="post" action="/undo" id="undo-form"><input type="hidden" name="csrf" value="{{ csrf }}">
@@ -110,7 +119,7 @@ kbd{font-size:.75rem;background:#eef0f3;border:1px solid #c9ced6;border-radius:.
     else if (e.key === "u" || e.key === "U") { target = document.getElementById("undo"); }
     if (target) { e.preventDefault(); target.click(); }
   });
-  {% if not task %}setTimeout(function () { location.reload(); }, 15000);{% endif %}
+  {% if not task and not blocked %}setTimeout(function () { location.reload(); }, 15000);{% endif %}
 })();
 </script>
 </body></html>
@@ -119,6 +128,12 @@ kbd{font-size:.75rem;background:#eef0f3;border:1px solid #c9ced6;border-radius:.
 FORBIDDEN = ("<!doctype html><title>403</title><h1>403 Forbidden</h1>"
              "<p>A valid annotator link is needed. Ask the project owner for yours "
              "(<code>crowdloop annotators add NAME</code>).</p>")
+TOO_LARGE = ("<!doctype html><title>413</title><h1>413 Payload Too Large</h1>"
+             f"<p>This form is larger than the {MAX_FORM_BYTES} bytes an answer needs; nothing was saved.</p>")
+
+
+class _TooLarge(Exception):
+    """A post body beyond ``MAX_FORM_BYTES``."""
 
 
 def png_from_pixels(pixels: list[list[float]], *, scale: int = 1) -> bytes:
@@ -186,20 +201,37 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
         return origin == ours  # "null" (an opaque origin) is never ours
 
     async def form_of(request: Request) -> dict[str, str] | None:
-        body = await request.body()
-        if len(body) > MAX_FORM_BYTES:
-            return None
+        """The posted form, read at most ``MAX_FORM_BYTES`` deep (``_TooLarge`` beyond)."""
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_FORM_BYTES):
+            raise _TooLarge  # refused before a byte of the body is read
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_FORM_BYTES:
+                raise _TooLarge  # no (or a lying) Content-Length: stop reading at the limit
+            chunks.append(chunk)
+        body = b"".join(chunks)
         try:
             parsed = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=20)
         except (UnicodeDecodeError, ValueError):
             return None
         return {k: v[0] for k, v in parsed.items()}
 
+    def too_large() -> Response:
+        response = security_headers(HTMLResponse(TOO_LARGE, status_code=413))
+        response.headers["Connection"] = "close"  # the unread rest of the body is never read
+        return response
+
     async def checked_post(request: Request) -> tuple[str, dict[str, str]] | Response:
         who = annotator(request)
         if who is None or not same_site(request):
             return forbidden()
-        form = await form_of(request)
+        try:
+            form = await form_of(request)
+        except _TooLarge:
+            return too_large()
         # bytes: compare_digest raises TypeError on non-ASCII str, which a forged form may carry
         if form is None or not hmac.compare_digest(form.get("csrf", "").encode(), csrf_for(who[1]).encode()):
             return forbidden()
@@ -233,9 +265,10 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
         messages = {"undone": "Your last answer was taken back; answer again.",
                     "too-late": "Nothing to undo: answers can be taken back only shortly after you give them.",
                     "skipped": "Skipped.", "saved": None}
+        blocked = None if task else vendor.block_reason(name)
         html = PAGE.render(project=title, annotator=name, task=task, payload=payload,
                            buttons=key_bindings(vendor.context.classes), progress=progress, csrf=csrf_for(raw),
-                           nonce=nonce, suggestion=suggestion,
+                           nonce=nonce, suggestion=suggestion, blocked=blocked,
                            image_url=f"/image/{task.batch_id}/{item_key(task.item_id)}" if task else "",
                            notice=messages.get(notice or ""))
         return security_headers(HTMLResponse(html), nonce)

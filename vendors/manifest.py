@@ -8,14 +8,19 @@ For any outside vendor (Appen, Scale, an in-house tool) that works with files.
     {"source-ref": "/data/images/0001.png", "item-id": "...", ...}
 
 (``source-ref`` for items that are files, ``source`` for inline text; a tabular row is inline
-JSON). The vendor drops result files under ``results/`` (any name, never rewritten), one line
-per worker answer::
+JSON). Two more fields carry the quality controls (capabilities ``blocks_workers`` and
+``excludes_workers_per_item``): ``exclude-workers`` lists the workers who answered the item before
+(a re-ask must go to somebody else), ``blocked-workers`` lists every worker blocked when the batch
+was sent; neither may work on the line. ``requests/<batch_id>.blocked.json`` gives each blocked
+worker's reason, for the vendor to pass on. The vendor drops result files under ``results/`` (any
+name, never rewritten), one line per worker answer::
 
     {"item-id": "...", "worker-id": "w17", "label": "dog", "started-at": "2026-05-01T10:00:00Z", "submitted-at": "2026-05-01T10:00:09Z"}
 
 (``duration-s`` may replace ``started-at``; ``batch-id`` is optional). ``poll`` takes every
 good line and writes the bad ones (unknown item ids, labels outside the class list,
-duplicates, malformed lines) to ``rejects/<file>.rejects.jsonl`` with the reason, and never
+duplicates, answers from a blocked or an excluded worker, malformed lines) to
+``rejects/<file>.rejects.jsonl`` with the reason, and never
 crashes the loop. Each result file is ingested once: its answers and a ``processed`` marker
 are create-only records in the vendor's state, so a crash half-way redoes the same records.
 
@@ -38,7 +43,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from crowdloop.errors import RecordExistsError, StoreError, VendorError
 from crowdloop.records import Annotation, Task, dumps, to_jsonl, utcnow
 from crowdloop.storage import Store, open_store, read_json, validate_key, write_json
-from crowdloop.vendor import Ref, VendorContext, acknowledged, parse_params, record_decision
+from crowdloop.vendor import (
+    BLOCKS_WORKERS,
+    EXCLUDES_WORKERS_PER_ITEM,
+    Ref,
+    VendorContext,
+    VendorPlan,
+    acknowledged,
+    blocked_workers,
+    parse_params,
+    record_block,
+    record_decision,
+)
 
 MAX_REJECT_CONTENT = 500
 
@@ -82,6 +98,12 @@ class ManifestVendor:
     """Writes Ground Truth input manifests; reads answers from dropped result files."""
 
     name = "manifest"
+    capabilities = frozenset({BLOCKS_WORKERS, EXCLUDES_WORKERS_PER_ITEM})
+
+    @classmethod
+    def check_params(cls, params: dict, plan: VendorPlan) -> ManifestParams:
+        """Offline check of ``params`` (nothing is contacted or written)."""
+        return parse_params(ManifestParams, params, vendor=cls.name)
 
     def __init__(self, params: dict, context: VendorContext) -> None:
         self.params = parse_params(ManifestParams, params, vendor="manifest")
@@ -92,6 +114,7 @@ class ManifestVendor:
         self._returned: set[str] = set()
         self._done_segments: set[str] = set()
         self._processed: set[str] = set()
+        self._blocked_in: dict[str, dict[str, str]] = {}  # batch id -> workers blocked when it was sent
 
     # -- vendor protocol -------------------------------------------------------------
     def submit(self, tasks: Sequence[Task], *, batch_id: str) -> list[Ref]:
@@ -99,16 +122,26 @@ class ManifestVendor:
         manifest_key = f"{self.params.requests_prefix}{batch_id}.manifest.jsonl"
         batch_key = f"batches/{batch_id}.json"
         if not self.state.exists(batch_key):
-            with contextlib.suppress(RecordExistsError):
+            with contextlib.suppress(RecordExistsError):  # the block list as of now travels with the batch
                 write_json(self.state, batch_key, {"batch_id": batch_id, "manifest": manifest_key,
-                                                   "tasks": [t.model_dump(mode="json") for t in tasks]},
-                           create_only=True)
-        recorded = [Task.model_validate(t) for t in read_json(self.state, batch_key)["tasks"]]
+                                                   "tasks": [t.model_dump(mode="json") for t in tasks],
+                                                   "blocked": blocked_workers(self.state)}, create_only=True)
+        record = read_json(self.state, batch_key)
+        recorded = [Task.model_validate(t) for t in record["tasks"]]
+        blocked = record.get("blocked", {})
+        blocked_key = f"{self.params.requests_prefix}{batch_id}.blocked.json"
+        if blocked and not self.exchange.exists(blocked_key):
+            self._create(self.exchange, blocked_key, dumps({"batch-id": batch_id, "blocked-workers": blocked}))
         if not self.exchange.exists(manifest_key):
-            lines = b"".join(dumps(self._manifest_line(t)) + b"\n" for t in recorded)
-            with contextlib.suppress(RecordExistsError):
-                self.exchange.write_bytes(manifest_key, lines, create_only=True)
+            lines = b"".join(dumps(self._manifest_line(t, blocked)) + b"\n" for t in recorded)
+            self._create(self.exchange, manifest_key, lines)
         return [{"batch_id": batch_id, "manifest": manifest_key}]
+
+    def block_workers(self, worker_ids: Sequence[str], *, reason: str) -> None:
+        """Block these workers for every batch sent from now on (idempotent per worker): the list and
+        the reasons travel in the next manifests, and their answers to those batches are rejected."""
+        for worker in sorted(set(worker_ids)):
+            record_block(self.state, worker, reason=reason, at=utcnow().isoformat())
 
     def poll(self, refs: Sequence[Ref]) -> list[Annotation]:
         """Ingest result files not seen before, then return new answers of the refs' batches."""
@@ -134,10 +167,9 @@ class ManifestVendor:
         """Write the payment decision where the vendor reads it: ``acks/<hash>.json``."""
         if not accept and not reason:
             raise VendorError("vendor 'manifest': a rejection needs a reason the worker can read")
-        if not record_decision(self.exchange, assignments, accept=accept, reason=reason, assignments=[
-                {"assignment-id": a.assignment_id, "item-id": a.item_id, "worker-id": a.worker_id, "batch-id": a.batch_id}
-                for a in sorted(assignments, key=lambda a: a.assignment_id)]):
-            return
+        record_decision(self.exchange, assignments, accept=accept, reason=reason, assignments=[
+            {"assignment-id": a.assignment_id, "item-id": a.item_id, "worker-id": a.worker_id, "batch-id": a.batch_id}
+            for a in sorted(assignments, key=lambda a: a.assignment_id)])
 
     def bonus(self, assignments: Sequence[Annotation], *, amount: float, reason: str, token: str) -> None:
         record = {"assignment_ids": sorted(a.assignment_id for a in assignments), "amount": amount, "reason": reason,
@@ -184,11 +216,16 @@ class ManifestVendor:
         with contextlib.suppress(RecordExistsError):  # a replay after a crash: the content is derived from the same file
             store.write_bytes(key, data, create_only=True)
 
-    def _tasks(self) -> dict[str, Task]:
-        out: dict[str, Task] = {}
-        for key in self.state.list("batches/"):
-            for raw in read_json(self.state, key)["tasks"]:
+    def _tasks(self) -> dict[str | tuple[str, str], Task]:
+        """Tasks by ``(batch, item)``, and by item alone for the latest batch that holds it (an item
+        re-asked in a later batch is in two batches; a result line without batch-id means the latest)."""
+        out: dict[str | tuple[str, str], Task] = {}
+        for key in sorted(self.state.list("batches/")):
+            record = read_json(self.state, key)
+            self._blocked_in[record["batch_id"]] = record.get("blocked", {})
+            for raw in record["tasks"]:
                 t = Task.model_validate(raw)
+                out[(t.batch_id, t.item_id)] = t
                 out[t.item_id] = t
         return out
 
@@ -243,10 +280,20 @@ class ManifestVendor:
         if not isinstance(item, str) or item not in tasks:
             raise ValueError(f"unknown item-id {item!r}: it was not submitted to this vendor")
         task = tasks[item]
-        if "batch-id" in obj and obj["batch-id"] != task.batch_id:
-            raise ValueError(f"batch-id {obj['batch-id']!r} does not match item {item!r}'s batch {task.batch_id!r}")
+        if "batch-id" in obj:
+            batch = obj["batch-id"]
+            if not isinstance(batch, str) or (batch, item) not in tasks:
+                raise ValueError(f"batch-id {batch!r} does not match item {item!r}'s batch {task.batch_id!r}")
+            task = tasks[(batch, item)]
         if not isinstance(worker, str) or not worker.strip() or len(worker) > 128:
             raise ValueError(f"worker-id {worker!r}: expected a non-empty string of at most 128 characters")
+        blocked = self._blocked_in.get(task.batch_id, {})
+        if worker in blocked:
+            raise ValueError(f"worker {worker!r} was blocked before batch {task.batch_id!r} was sent "
+                             f"(blocked-workers): {blocked[worker]}")
+        if worker in task.exclude_workers:
+            raise ValueError(f"worker {worker!r} answered item {item!r} before; this task was for somebody else "
+                             "(exclude-workers)")
         if not isinstance(label, str) or label not in self.context.classes:
             raise ValueError(f"label {label!r} is not one of the classes {list(self.context.classes)}")
         submitted = _parse_time(obj["submitted-at"], "submitted-at")
@@ -264,7 +311,7 @@ class ManifestVendor:
                           reward=task.reward, is_gold=task.is_gold)
 
     # -- helpers ----------------------------------------------------------------------
-    def _manifest_line(self, task: Task) -> dict[str, Any]:
+    def _manifest_line(self, task: Task, blocked: dict[str, str]) -> dict[str, Any]:
         payload = self.context.item_payload(task.item_id)
         line: dict[str, Any] = {}
         if payload.get("kind") == "image" and payload.get("path"):
@@ -277,12 +324,16 @@ class ManifestVendor:
             line["source"] = json.dumps(dict(zip(payload.get("columns", []), payload.get("values", []), strict=True)))
         line.update({"item-id": task.item_id, "batch-id": task.batch_id, "class-list": list(self.context.classes),
                      "replicas": task.replicas, "reward": task.reward})
+        if task.exclude_workers:
+            line["exclude-workers"] = sorted(task.exclude_workers)
+        if blocked:
+            line["blocked-workers"] = sorted(blocked)  # the reasons: requests/<batch>.blocked.json
         return line
 
     def ledger(self) -> dict[str, float | int]:
         """Tasks sent, manifests written, answers ingested, money approved and bonused."""
         tasks = sum(len(read_json(self.state, k)["tasks"]) for k in self.state.list("batches/"))
-        manifests = len(self.exchange.list(self.params.requests_prefix))
+        manifests = sum(1 for k in self.exchange.list(self.params.requests_prefix) if k.endswith(".manifest.jsonl"))
         answers = sum(len([line for line in self.state.read_bytes(k).splitlines() if line.strip()])
                       for k in self.state.list("answers/"))
         paid = sum(read_json(self.exchange, k)["paid"] for k in self.exchange.list("acks/"))

@@ -17,10 +17,28 @@ Reliability (the rules of docs/reliability.md, "Guarantees"):
 * answers are parsed from ``QuestionFormAnswers`` XML; a malformed answer is logged and
   skipped (never a crash), and it is never returned as a label.
 
+Quality controls (capabilities ``blocks_workers``, ``excludes_workers_per_item``):
+
+* a blocked worker gets ``CreateWorkerBlock`` with a reason naming the evidence (MTurk keeps it
+  for the requester; the worker does not see it): no HIT of this requester reaches them again.
+  The call is idempotent and recorded after it succeeds, so a crash between the engine's
+  decision and the call repeats it on the rerun; work done before stays approved and paid;
+* a re-ask (a task with ``exclude_workers``) adds assignments to the item's own earlier HIT
+  (``CreateAdditionalAssignmentsForHIT``, with a request token and a ``GetHIT`` check after a
+  crash): MTurk never gives one worker the same HIT twice, so the new judgment is somebody
+  else's. It keeps that HIT's reward. This needs ``items_per_hit: 1``;
+* assignments a worker returned or abandoned go back on offer by themselves while the HIT is
+  listed; when the HIT expired with such slots open, ``poll`` lists it again (a later expiry, never
+  past the batch's collect deadline or its image URLs), so items reach their judgments and
+  nothing is paid twice (the HIT's assignments are the same).
+
+Images (capability ``images_by_url``): an image item is shown from an S3 presigned URL
+(``context.image_url``) valid for ``image_url_expiry_s``, longer than the HIT can be worked on.
+
 Money: MTurk charges a 20% commission on rewards and bonuses (minimum $0.01 per assignment
 or bonus) and another 20% on HITs with 10 or more assignments, so ``max_assignments`` is
-capped at 9 unless ``allow_ten_or_more_assignments`` is set. ``MTurkVendor.fee_for`` gives
-the fee of one assignment for pay accounting.
+capped at 9 unless ``allow_ten_or_more_assignments`` is set. ``MTurkVendor.fee_for`` is that
+rule; the loop's ledger and budget use it too, so ``ledger()`` and the project's money agree.
 """
 
 from __future__ import annotations
@@ -36,7 +54,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import boto3
 from botocore.config import Config
@@ -47,7 +65,19 @@ from crowdloop.errors import ConfigError, RecordExistsError, VendorError
 from crowdloop.records import Annotation, Task, utcnow
 from crowdloop.redact import protect_loggers
 from crowdloop.storage import read_json, write_json
-from crowdloop.vendor import Ref, VendorContext, parse_params
+from crowdloop.vendor import (
+    BLOCKS_WORKERS,
+    EXCLUDES_WORKERS_PER_ITEM,
+    IMAGES_BY_URL,
+    PAYS,
+    Ref,
+    VendorContext,
+    VendorPlan,
+    block_of,
+    image_payload,
+    parse_params,
+    record_block,
+)
 
 log = logging.getLogger(__name__)
 protect_loggers()  # botocore logs request headers (the access key id) at DEBUG
@@ -69,6 +99,7 @@ LARGE_HIT_SURCHARGE = 0.20
 LARGE_HIT_ASSIGNMENTS = 10
 MIN_FEE = 0.01
 MAX_ANSWER_CHARS = 1_000_000  # a classification answer is a few hundred bytes; refuse megabytes unparsed
+MAX_QUESTION_BYTES = 65_535  # CreateHIT: "The XML question data must not be larger than 64 kilobytes"
 
 # Sessions are built through this name so tests can hand in a session with a fake wired into
 # botocore's ``before-send`` event (every request is still validated by the real model).
@@ -117,6 +148,9 @@ class MTurkParams(BaseModel):
     description: str = Field("Choose the class that fits the item best.", min_length=1, max_length=2000)
     keywords: str = Field("classification, labeling", max_length=1000)
     items_per_hit: int = Field(1, ge=1, le=50, description="items shown in one HIT (one assignment answers all)")
+    max_text_chars: int = Field(
+        4000, ge=100, le=48_000, description="longest item text shown in a HIT; longer texts are cut with a note "
+        "saying so (the whole question must stay under MTurk's 64 KB)")
     assignment_duration_s: int = Field(600, ge=30, le=365 * 86400, description="time a worker has after accepting")
     lifetime_s: int = Field(3 * 86400, ge=60, le=365 * 86400, description="how long the HIT is listed")
     auto_approval_delay_s: int = Field(86400, ge=0, le=30 * 86400, description="MTurk approves on its own after this")
@@ -131,6 +165,19 @@ class MTurkParams(BaseModel):
         None, pattern=r"^https?://[^\s/]+(/\S*)?$",
         description="another MTurk API endpoint (a VPC proxy or a test double); default: sandbox or production by `sandbox`",
     )
+    image_url_expiry_s: int = Field(
+        7 * 86400, ge=60, le=7 * 86400,
+        description="presigned image URLs stay valid this long; more than lifetime_s + assignment_duration_s")
+    repost_check_s: float = Field(
+        300.0, gt=0, description="how often poll looks for expired HITs whose returned/abandoned assignments need re-posting")
+
+    @model_validator(mode="after")
+    def _urls_outlive_the_hit(self) -> MTurkParams:
+        if self.image_url_expiry_s <= self.lifetime_s + self.assignment_duration_s:
+            raise ValueError(
+                f"image_url_expiry_s={self.image_url_expiry_s}: expected more than lifetime_s + assignment_duration_s = "
+                f"{self.lifetime_s + self.assignment_duration_s}, or images would vanish from listed HITs")
+        return self
 
 
 def fee_for(reward: float, n_assignments_per_hit: int) -> float:
@@ -141,6 +188,15 @@ def fee_for(reward: float, n_assignments_per_hit: int) -> float:
         )
     rate = COMMISSION + (LARGE_HIT_SURCHARGE if n_assignments_per_hit >= LARGE_HIT_ASSIGNMENTS else 0.0)
     return max(MIN_FEE, math.ceil(round(reward * rate * 100, 6)) / 100)
+
+
+def check_assignments(params: MTurkParams, replicas: int, *, field: str = "consensus.redundancy") -> None:
+    """Refuse 10+ assignments per HIT unless the 20% surcharge was allowed explicitly."""
+    if replicas >= LARGE_HIT_ASSIGNMENTS and not params.allow_ten_or_more_assignments:
+        raise ConfigError(
+            f"{field}={replicas}: MTurk charges an extra 20% on HITs with 10 or more assignments; "
+            "use at most 9 or set vendor.params.allow_ten_or_more_assignments: true"
+        )
 
 
 def endpoint_for(params: MTurkParams) -> str:
@@ -240,16 +296,30 @@ class MTurkVendor:
     """Mechanical Turk HITs built from crowdloop tasks; state under the vendor's store prefix."""
 
     name = "mturk"
+    capabilities = frozenset({BLOCKS_WORKERS, EXCLUDES_WORKERS_PER_ITEM, IMAGES_BY_URL, PAYS})
+    capability_hints: ClassVar[dict[str, str]] = {  # the hint in the one-line error
+        EXCLUDES_WORKERS_PER_ITEM: "only with vendor.params.items_per_hit: 1 (a re-ask adds assignments to the "
+                                   "item's own HIT)"}
+
+    @classmethod
+    def capabilities_for(cls, params: dict[str, Any]) -> frozenset[str]:
+        """A re-ask goes to somebody else only if the item has a HIT of its own to extend."""
+        if int(params.get("items_per_hit", 1)) != 1:
+            return cls.capabilities - {EXCLUDES_WORKERS_PER_ITEM}
+        return cls.capabilities
 
     def __init__(self, params: dict, context: VendorContext) -> None:
         self.params = parse_params(MTurkParams, params, vendor=self.name)
         self.context = context
         self.store = context.store
         self._returned: set[str] = set()
-        self._complete_hits: set[str] = set()
+        self._complete_hits: set[tuple[str, str]] = set()
         self._limiter = RateLimiter(self.params.max_requests_per_second)
         self._client = None
         self.clock: Callable[[], float] = time.time  # wall clock, for the token's 24 h validity
+        self._repost_checked: dict[str, float] = {}  # HIT id -> when poll last asked whether it needs re-posting
+        # MTurk refuses to extend a HIT from fewer than 10 assignments to 10 or more.
+        self.max_judgments_per_item = None if self.params.allow_ten_or_more_assignments else LARGE_HIT_ASSIGNMENTS - 1
 
     # -- client -------------------------------------------------------------------------
     @property
@@ -282,11 +352,16 @@ class MTurkVendor:
         return refs
 
     def poll(self, refs: Sequence[Ref]) -> list[Annotation]:
-        """New submitted (or already approved) assignments of the given HITs; never blocks."""
+        """New submitted (or already approved) assignments of the given HITs; never blocks.
+
+        For a re-ask added to an earlier HIT, the assignments not paid with an earlier batch are
+        this batch's (each from a worker who never had the HIT). A HIT that expired short of its
+        assignments (some were returned or abandoned) is listed again within the batch's deadline.
+        """
         skip = self._acknowledged() | {k[len("bad/"):-len(".json")] for k in self.store.list("bad/")}
         out: list[Annotation] = []
         for ref in refs:
-            if ref["hit_id"] in self._complete_hits:
+            if (ref["batch_id"], ref["hit_id"]) in self._complete_hits:
                 continue  # every assignment already seen: no need to ask MTurk again
             record = read_json(self.store, self._hit_key(ref["batch_id"], ref["group"]))
             seen = 0
@@ -298,8 +373,10 @@ class MTurkVendor:
                 anns = self._to_annotations(assignment, record)
                 self._returned.add(aid)
                 out.extend(anns)
-            if seen >= record["replicas"]:
-                self._complete_hits.add(ref["hit_id"])
+            if seen >= record.get("base", 0) + record["replicas"]:
+                self._complete_hits.add((ref["batch_id"], ref["hit_id"]))
+            else:
+                self._repost_if_expired(record, seen)
         return out
 
     def acknowledge(self, assignments: Sequence[Annotation], *, accept: bool, reason: str | None = None) -> None:
@@ -331,8 +408,11 @@ class MTurkVendor:
                     raise VendorError(
                         f"vendor 'mturk': cannot mark assignment {aid} {status.lower()} (it is {current}): {_error_message(exc)}"
                     ) from exc
+            reward = round(sum(a.reward for a in anns), 2)
             write_json(self.store, key, {"assignment_id": aid, "status": status, "reason": reason,
-                                         "worker_id": anns[0].worker_id, "at": utcnow().isoformat()})
+                                         "worker_id": anns[0].worker_id, "at": utcnow().isoformat(),
+                                         "reward": reward if accept else 0.0,
+                                         "fee": fee_for(reward, self._assignments_of_hit(anns[0])) if accept else 0.0})
             if accept:
                 self._pay_qualification_test(aid, anns[0].worker_id)
 
@@ -346,6 +426,66 @@ class MTurkVendor:
         for aid, anns in sorted(by_assignment.items()):
             total = round(amount * len(anns), 2)
             self._send_bonus(aid, anns[0].worker_id, total, reason, f"{token}|{aid}")
+
+    def block_workers(self, worker_ids: Sequence[str], *, reason: str) -> None:
+        """``CreateWorkerBlock`` for each worker not blocked before; ``reason`` (the evidence) is kept
+        by MTurk for the requester. Recorded after the call, so a crash before it repeats the call."""
+        if len(reason) > 1024:
+            reason = reason[:1021] + "..."
+        for worker in sorted(set(worker_ids)):
+            if block_of(self.store, worker) is not None:
+                continue  # blocked before (the record is written only after MTurk accepted the block)
+            try:
+                self._call("create_worker_block", WorkerId=worker, Reason=reason)
+            except ClientError as exc:
+                raise VendorError(f"vendor 'mturk': create_worker_block for {worker} failed: {_error_message(exc)}") from exc
+            record_block(self.store, worker, reason=reason, at=utcnow().isoformat())
+
+    def _repost_if_expired(self, record: dict[str, Any], seen: int) -> None:
+        """List a HIT again when it expired while returned or abandoned assignments left it short.
+
+        Only until the batch's collect deadline (and never past its image URLs); the HIT keeps its
+        assignments, so nothing is paid twice. Asked at most every ``repost_check_s`` per HIT.
+        """
+        now = self.clock()
+        hit_id = record["hit_id"]
+        if now - self._repost_checked.get(hit_id, float("-inf")) < self.params.repost_check_s:
+            return
+        self._repost_checked[hit_id] = now
+        deadline = self._deadline(record)
+        if deadline is not None and now >= deadline:
+            return
+        try:
+            hit = self._call("get_hit", HITId=hit_id)["HIT"]
+        except ClientError as exc:
+            raise VendorError(f"vendor 'mturk': get_hit {hit_id} failed: {_error_message(exc)}") from exc
+        missing = hit["MaxAssignments"] - hit.get("NumberOfAssignmentsCompleted", seen) - hit.get("NumberOfAssignmentsPending", 0)
+        if hit.get("HITStatus") not in ("Reviewable", "Unassignable") or missing <= 0 or hit.get("NumberOfAssignmentsPending", 0):
+            return  # still listed (returned work is offered again by MTurk itself), or nothing lost
+        limits = [now + self.params.lifetime_s]
+        if deadline is not None:
+            limits.append(deadline)
+        if record.get("url_expires_at") is not None:  # a worker needs the image until they submit
+            limits.append(record["url_expires_at"] - self.params.assignment_duration_s)
+        until = min(limits)
+        if until <= now + 60:
+            return
+        try:
+            self._call("update_expiration_for_hit", HITId=hit_id, ExpireAt=datetime.fromtimestamp(until, UTC))
+        except ClientError as exc:
+            raise VendorError(f"vendor 'mturk': cannot re-post HIT {hit_id}: {_error_message(exc)}") from exc
+        write_json(self.store, f"reposts/{hit_id}-{int(now)}.json",
+                   {"hit_id": hit_id, "batch_id": record["batch_id"], "missing": missing, "until": until, "at": now})
+        log.info("mturk: HIT %s expired %d assignment(s) short; listed again until %s", hit_id, missing, until)
+
+    def _deadline(self, record: dict[str, Any]) -> float | None:
+        """When the loop stops waiting for this batch (collect.timeout_s after the HIT was sent)."""
+        timeout = self.context.collect_timeout_s
+        return None if timeout is None else float(record.get("at", self.clock())) + timeout
+
+    def reposts(self) -> list[dict[str, Any]]:
+        """Every time a HIT was listed again (for reports and tests)."""
+        return [read_json(self.store, k) for k in sorted(self.store.list("reposts/"))]
 
     # -- operations beyond the protocol -------------------------------------------------
     def expire_batch(self, batch_id: str) -> list[str]:
@@ -374,20 +514,82 @@ class MTurkVendor:
                 yield group
 
     def _check_assignments(self, replicas: int) -> None:
-        if replicas >= LARGE_HIT_ASSIGNMENTS and not self.params.allow_ten_or_more_assignments:
-            raise ConfigError(
-                f"consensus.redundancy={replicas}: MTurk charges an extra 20% on HITs with 10 or more assignments; "
-                "use at most 9 or set vendor.params.allow_ten_or_more_assignments: true"
-            )
+        check_assignments(self.params, replicas)
+
+    @classmethod
+    def check_params(cls, params: dict, plan: VendorPlan) -> MTurkParams:
+        """Offline check (no client is built, nothing is sent): the params and HIT size."""
+        parsed = parse_params(MTurkParams, params, vendor=cls.name)
+        check_assignments(parsed, max(plan.replicas_per_task, default=1), field=plan.replicas_field)
+        if parsed.items_per_hit == 1:  # re-asks add assignments to the item's HIT: it grows to every judgment of it
+            check_assignments(parsed, plan.judgments_per_item, field=plan.judgments_field)
+        return parsed
 
     @staticmethod
     def _hit_key(batch_id: str, group: str) -> str:
         return f"hits/{batch_id}/{group}.hit.json"
 
+    def _earlier_hit(self, item_id: str, batch_id: str) -> dict[str, Any] | None:
+        """The first HIT of another batch that holds only ``item_id`` (a re-ask extends it)."""
+        gkey = _digest(item_id, n=24)
+        found = sorted(k for k in self.store.list("hits/") if k.endswith(f"/{gkey}.hit.json")
+                       and not k.startswith(f"hits/{batch_id}/"))
+        for key in found:
+            record = read_json(self.store, key)
+            if record["item_ids"] == [item_id] and not record.get("base"):
+                return record
+        return None
+
+    def _extend_hit(self, task: Task, earlier: dict[str, Any], batch_id: str) -> Ref:
+        """A re-ask of ``task.item_id``: ``task.replicas`` more assignments on its earlier HIT."""
+        gkey = earlier["group"]
+        hit_key = self._hit_key(batch_id, gkey)
+        done = read_json(self.store, hit_key, default=None)
+        if done is not None:
+            return self._ref(done)
+        hit_id = earlier["hit_id"]
+        intent_key = f"hits/{batch_id}/{gkey}.intent.json"
+        intent = read_json(self.store, intent_key, default=None)
+        current = self._call("get_hit", HITId=hit_id)["HIT"]
+        if intent is None:
+            base = int(current["MaxAssignments"])
+            self._check_assignments(base + task.replicas)
+            intent = {**{k: earlier[k] for k in ("group", "item_ids", "rewards", "reward", "hit_id")},
+                      "batch_id": batch_id, "round": task.round, "replicas": task.replicas, "base": base,
+                      "is_gold": [task.is_gold], "extends": earlier["batch_id"], "at": self.clock(),
+                      "token": f"cla-{_digest(self.context.project, batch_id, hit_id, task.replicas, n=56)}",
+                      "url_expires_at": earlier.get("url_expires_at")}
+            try:
+                write_json(self.store, intent_key, intent, create_only=True)
+            except RecordExistsError:
+                intent = read_json(self.store, intent_key)
+        if int(current["MaxAssignments"]) < intent["base"] + intent["replicas"]:  # not extended yet (or lost in a crash)
+            try:
+                self._call("create_additional_assignments_for_hit", HITId=hit_id,
+                           NumberOfAdditionalAssignments=intent["replicas"], UniqueRequestToken=intent["token"])
+            except ClientError as exc:
+                if not _is_duplicate_token(exc):
+                    raise VendorError(f"vendor 'mturk': cannot add assignments to HIT {hit_id}: {_error_message(exc)}") from exc
+        if current.get("HITStatus") not in ("Assignable", "Unassignable"):  # expired: list it again for the re-ask
+            until = self.clock() + self.params.lifetime_s
+            if intent.get("url_expires_at") is not None:
+                until = min(until, intent["url_expires_at"] - self.params.assignment_duration_s)
+            self._call("update_expiration_for_hit", HITId=hit_id, ExpireAt=datetime.fromtimestamp(until, UTC))
+        record = {**intent, "created_at": utcnow().isoformat(), "sandbox": self.params.sandbox}
+        try:
+            write_json(self.store, hit_key, record, create_only=True)
+        except RecordExistsError:
+            record = read_json(self.store, hit_key)
+        return self._ref(record)
+
     def _submit_group(self, group: list[Task], batch_id: str) -> Ref:
         ctx = self.context
         items = [t.item_id for t in group]
         replicas = group[0].replicas
+        if len(group) == 1 and group[0].exclude_workers:
+            earlier = self._earlier_hit(items[0], batch_id)
+            if earlier is not None:  # ask somebody else: MTurk never gives a worker the same HIT twice
+                return self._extend_hit(group[0], earlier, batch_id)
         self._check_assignments(replicas)
         token = request_token(ctx.project, batch_id, items, replicas)
         gkey = _digest(*items, n=24)
@@ -405,6 +607,8 @@ class MTurkVendor:
             intent = {"token": token, "annotation": annotation, "batch_id": batch_id, "round": round_,
                       "group": gkey, "item_ids": items, "replicas": replicas, "rewards": [t.reward for t in group],
                       "is_gold": [t.is_gold for t in group], "reward": reward, "at": self.clock()}
+            if any(self._is_image_file(t.item_id) for t in group):
+                intent["url_expires_at"] = intent["at"] + self.params.image_url_expiry_s
             try:
                 write_json(self.store, intent_key, intent, create_only=True)
             except RecordExistsError:
@@ -426,6 +630,18 @@ class MTurkVendor:
         except RecordExistsError:
             record = read_json(self.store, hit_key)
         return self._ref(record)
+
+    def _is_image_file(self, item_id: str) -> bool:
+        payload = self.context.item_payload(item_id)
+        return payload.get("kind") == "image" and bool(payload.get("path"))
+
+    def _assignments_of_hit(self, a: Annotation) -> int:
+        """Assignments of the HIT an annotation came from (for MTurk's 10+ surcharge)."""
+        gkey = _digest(a.item_id, n=24)
+        record = read_json(self.store, self._hit_key(a.batch_id, gkey), default=None)
+        if record is None:
+            return 1
+        return int(record.get("base", 0)) + int(record["replicas"])
 
     @staticmethod
     def _ref(record: dict[str, Any]) -> Ref:
@@ -497,8 +713,23 @@ class MTurkVendor:
 
     # -- the form -------------------------------------------------------------------------
     def question_xml(self, group: Sequence[Task]) -> str:
-        """``HTMLQuestion`` with every item's content HTML-escaped (no markup from data)."""
-        blocks = [self._item_html(k, t.item_id) for k, t in enumerate(group)]
+        """``HTMLQuestion`` with every item's content HTML-escaped (no markup from data).
+
+        Item texts share what MTurk's 64 KB limit leaves after the form itself (measured by
+        rendering it with empty texts), so many long items in one HIT are cut, not refused."""
+        payloads = [image_payload(self.context, t.item_id, self.params.image_url_expiry_s) for t in group]
+        skeleton = self._page(group, payloads, text_bytes=0)
+        spare = MAX_QUESTION_BYTES - len(skeleton.encode("utf-8")) - 32 * len(group)  # the notes' numbers grow a little
+        xml = self._page(group, payloads, text_bytes=max(spare // max(len(group), 1), 0))
+        size = len(xml.encode("utf-8"))
+        if size > MAX_QUESTION_BYTES:
+            raise VendorError(f"vendor 'mturk': the question for items {[t.item_id for t in group][:3]} is {size:,} bytes; "
+                              f"MTurk accepts at most {MAX_QUESTION_BYTES:,}: lower items_per_hit or max_text_chars")
+        return xml
+
+    def _page(self, group: Sequence[Task], payloads: list[dict[str, Any]], *, text_bytes: int) -> str:
+        blocks = [self._item_html(k, t.item_id, payload, text_bytes)
+                  for k, (t, payload) in enumerate(zip(group, payloads, strict=True))]
         page = _FORM.format(title=html.escape(self.params.title), description=html.escape(self.params.description),
                             items="\n".join(blocks))
         if "]]>" in page:  # cannot happen with escaped content; refuse rather than break the CDATA
@@ -506,9 +737,8 @@ class MTurkVendor:
         return (f'<HTMLQuestion xmlns="{HTML_QUESTION_NS}"><HTMLContent><![CDATA[{page}]]></HTMLContent>'
                 f"<FrameHeight>{self.params.frame_height}</FrameHeight></HTMLQuestion>")
 
-    def _item_html(self, k: int, item_id: str) -> str:
-        payload = self.context.item_payload(item_id)
-        body = render_payload(payload)
+    def _item_html(self, k: int, item_id: str, payload: dict[str, Any], text_bytes: int) -> str:
+        body = render_payload(payload, max_text_chars=self.params.max_text_chars, max_text_bytes=text_bytes)
         choices = "\n".join(
             f'<label><input type="radio" name="label-{k}" value="{html.escape(c, quote=True)}" required> '
             f"{html.escape(c)}</label><br>"
@@ -610,18 +840,39 @@ class MTurkVendor:
 
     def ledger(self) -> dict[str, float | int]:
         """Money and HITs as recorded in the vendor's store: for reconciliation and reports."""
-        hits = [read_json(self.store, k) for k in self.store.list("hits/") if k.endswith(".hit.json")]
+        records = [read_json(self.store, k) for k in self.store.list("hits/") if k.endswith(".hit.json")]
+        hits = [h for h in records if not h.get("base")]  # a re-ask's extension of an earlier HIT is no HIT of its own
         acks = [read_json(self.store, k) for k in self.store.list("acks/")]
         bonuses = [read_json(self.store, k) for k in self.store.list("bonuses/")]
-        return {"hits": len(hits), "approved": sum(a["status"] == "Approved" for a in acks),
-                "rejected": sum(a["status"] == "Rejected" for a in acks),
-                "bonuses": round(sum(b["amount"] for b in bonuses), 2),
-                "bonus_fees": round(sum(b["fee"] for b in bonuses), 2)}
+        approved = [a for a in acks if a["status"] == "Approved"]
+        paid = round(sum(a.get("reward", 0.0) for a in approved), 2)
+        fees = round(sum(a.get("fee", 0.0) for a in approved) + sum(b["fee"] for b in bonuses), 2)
+        return {"hits": len(hits), "approved": len(approved), "rejected": sum(a["status"] == "Rejected" for a in acks),
+                "paid": paid, "bonuses": round(sum(b["amount"] for b in bonuses), 2),
+                "bonus_fees": round(sum(b["fee"] for b in bonuses), 2), "fees": fees,
+                "total": round(paid + sum(b["amount"] for b in bonuses) + fees, 2)}
 
 
 # -- rendering and parsing (pure functions, tested directly) ---------------------------------
-def render_payload(payload: dict[str, Any]) -> str:
-    """HTML for one item: tabular rows, text or an image URL; every value escaped."""
+def shorten_text(text: str, *, max_chars: int, max_bytes: int) -> str:
+    """The longest prefix of ``text`` within ``max_chars`` characters whose escaped UTF-8 form fits
+    ``max_bytes`` (escaping can grow ``<`` to four bytes, a character may take four)."""
+    cut = text[:max_chars]
+    if len(html.escape(cut).encode("utf-8")) <= max_bytes:
+        return cut
+    lo, hi = 0, len(cut)
+    while lo < hi:  # binary search on the prefix length
+        mid = (lo + hi + 1) // 2
+        if len(html.escape(cut[:mid]).encode("utf-8")) <= max_bytes:
+            lo = mid
+        else:
+            hi = mid - 1
+    return cut[:lo]
+
+
+def render_payload(payload: dict[str, Any], *, max_text_chars: int = 4000, max_text_bytes: int = MAX_QUESTION_BYTES) -> str:
+    """HTML for one item: tabular rows, text or an image URL; every value escaped. A text longer
+    than the caps is cut, with a note that tells the worker so."""
     kind = payload.get("kind")
     if kind == "tabular":
         rows = "".join(
@@ -630,7 +881,11 @@ def render_payload(payload: dict[str, Any]) -> str:
         )
         return f'<table class="row">{rows}</table>'
     if kind == "text":
-        return f'<p class="text">{html.escape(str(payload.get("text", "")))}</p>'
+        text = str(payload.get("text", ""))
+        shown = shorten_text(text, max_chars=max_text_chars, max_bytes=max_text_bytes)
+        note = ("" if shown == text else f'<p class="cut">Shortened for this form: showing the first {len(shown):,} '
+                f"of {len(text):,} characters.</p>")
+        return f'<p class="text" dir="auto">{html.escape(shown)}</p>{note}'
     if kind == "image_url":
         url = str(payload.get("url", ""))
         if not re.match(r"^https?://", url, flags=re.IGNORECASE):
@@ -709,7 +964,8 @@ def _local(tag: str) -> str:
 _FORM = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;max-width:46em;margin:1em auto}}table.row td,table.row th{{padding:2px 8px;text-align:left}}
-img.item{{max-width:100%}}fieldset{{margin-bottom:1em}}p.text{{white-space:pre-wrap}}</style></head>
+img.item{{max-width:100%}}fieldset{{margin-bottom:1em}}p.text{{white-space:pre-wrap;overflow-wrap:anywhere;unicode-bidi:isolate}}
+p.cut{{color:#555;font-size:.85em;font-style:italic}}</style></head>
 <body><h3>{title}</h3><p>{description}</p>
 <form id="f" method="post" action="https://www.mturk.com/mturk/externalSubmit">
 <input type="hidden" id="assignmentId" name="assignmentId" value="">

@@ -18,10 +18,22 @@ from datetime import timedelta
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from crowdloop.errors import RecordExistsError, VendorError
+from crowdloop.errors import ConfigError, RecordExistsError, VendorError
 from crowdloop.records import Annotation, Task, utcnow
 from crowdloop.storage import read_json, write_json
-from crowdloop.vendor import Ref, VendorContext, acknowledged, parse_params, record_decision
+from crowdloop.vendor import (
+    BLOCKS_WORKERS,
+    EXCLUDES_WORKERS_PER_ITEM,
+    NEEDS_GROUND_TRUTH,
+    Ref,
+    VendorContext,
+    VendorPlan,
+    acknowledged,
+    blocked_workers,
+    parse_params,
+    record_block,
+    record_decision,
+)
 
 
 class SimulatedCrowdParams(BaseModel):
@@ -61,6 +73,26 @@ class SimulatedCrowdParams(BaseModel):
         return self
 
 
+def _adversaries(p: SimulatedCrowdParams) -> tuple[int, int]:
+    """How many confusers and colluders the population holds."""
+    return round(p.confuser_fraction * p.n_workers), round(p.colluder_fraction * p.n_workers)
+
+
+def _check_population(p: SimulatedCrowdParams, classes: Sequence[str]) -> None:
+    """The population the params describe can be drawn (checked offline and when building the crowd)."""
+    n_conf, n_coll = _adversaries(p)
+    honest = p.n_workers - round(p.spammer_fraction * p.n_workers)
+    if n_conf + n_coll > honest:
+        raise VendorError(f"vendor 'simulated': {n_conf + n_coll} adversarial workers but only {honest} non-spammers")
+    n_pair, n_ring = round(p.pair_confuser_fraction * p.n_workers), round(p.ring_fraction * p.n_workers)
+    free = honest - n_conf - n_coll
+    if n_pair + n_ring > free:
+        raise VendorError(f"vendor 'simulated': {n_pair + n_ring} pair confusers and ring members but only "
+                          f"{free} honest workers")
+    if p.colluder_class >= len(classes):
+        raise VendorError(f"vendor 'simulated': colluder_class={p.colluder_class} but there are only {len(classes)} classes")
+
+
 def _stable_int(text: str) -> int:
     return zlib.crc32(text.encode())
 
@@ -69,6 +101,7 @@ class SimulatedCrowd:
     """Workers with accuracies from a range, a share of spammers and optional class confusion."""
 
     name = "simulated"
+    capabilities = frozenset({BLOCKS_WORKERS, EXCLUDES_WORKERS_PER_ITEM, NEEDS_GROUND_TRUTH})
 
     def __init__(self, params: dict, context: VendorContext) -> None:
         if context.ground_truth is None:
@@ -88,13 +121,10 @@ class SimulatedCrowd:
         # Adversarial kinds are drawn after the original population so plain crowds stay unchanged.
         self.is_confuser = np.zeros(p.n_workers, dtype=bool)
         self.is_colluder = np.zeros(p.n_workers, dtype=bool)
-        n_conf = round(p.confuser_fraction * p.n_workers)
-        n_coll = round(p.colluder_fraction * p.n_workers)
+        n_conf, n_coll = _adversaries(p)
+        _check_population(p, context.classes)
         if n_conf or n_coll:
             honest = np.flatnonzero(~self.is_spammer)
-            if n_conf + n_coll > len(honest):
-                raise VendorError(
-                    f"vendor 'simulated': {n_conf + n_coll} adversarial workers but only {len(honest)} non-spammers")
             rng = np.random.default_rng([context.seed, _stable_int("adversaries")])
             kinds = rng.choice(honest, n_conf + n_coll, replace=False)
             self.is_confuser[kinds[:n_conf]] = True
@@ -107,9 +137,6 @@ class SimulatedCrowd:
         n_ring = round(p.ring_fraction * p.n_workers)
         if n_pair or n_ring:
             free = np.flatnonzero(~(self.is_spammer | self.is_confuser | self.is_colluder))
-            if n_pair + n_ring > len(free):
-                raise VendorError(f"vendor 'simulated': {n_pair + n_ring} pair confusers and ring members but only "
-                                  f"{len(free)} honest workers")
             structured = np.random.default_rng([context.seed, _stable_int("structured")])
             chosen = structured.choice(free, n_pair + n_ring, replace=False)
             self.is_pair_confuser[chosen[:n_pair]] = True
@@ -117,11 +144,22 @@ class SimulatedCrowd:
             K = len(context.classes)
             if n_pair and K >= 2:  # disjoint pairs of classes, drawn once per crowd
                 order = structured.permutation(K)
-                for a, b in zip(order[0:2 * p.confused_pairs:2], order[1:2 * p.confused_pairs:2], strict=False):  # an odd class left over pairs with nobody
+                for a, b in zip(order[0:2 * p.confused_pairs:2], order[1:2 * p.confused_pairs:2],
+                                strict=False):  # an odd class left over pairs with nobody
                     self.pair_of[int(a)], self.pair_of[int(b)] = int(b), int(a)
-        if p.colluder_class >= len(context.classes):
-            raise VendorError(f"vendor 'simulated': colluder_class={p.colluder_class} "
-                              f"but there are only {len(context.classes)} classes")
+
+    @classmethod
+    def check_params(cls, params: dict, plan: VendorPlan) -> SimulatedCrowdParams:
+        """Offline check of ``params`` against the plan: enough workers for each item's judgments."""
+        p = parse_params(SimulatedCrowdParams, params, vendor=cls.name)
+        if plan.judgments_per_item > p.n_workers:
+            raise ConfigError(
+                f"{plan.judgments_field}={plan.judgments_per_item} is above vendor.params.n_workers={p.n_workers}: "
+                "each judgment of an item comes from a different worker; expected at most n_workers"
+            )
+        if plan.classes:
+            _check_population(p, plan.classes)
+        return p
 
     # -- vendor protocol -------------------------------------------------------------
     def submit(self, tasks: Sequence[Task], *, batch_id: str) -> list[Ref]:
@@ -166,11 +204,10 @@ class SimulatedCrowd:
     def block_workers(self, worker_ids: Sequence[str], *, reason: str) -> None:
         """Stop giving tasks to these workers (MTurk: CreateWorkerBlock). Idempotent per worker."""
         for worker in sorted(set(worker_ids)):
-            with contextlib.suppress(RecordExistsError):
-                write_json(self.store, f"blocks/{worker}.json", {"worker_id": worker, "reason": reason}, create_only=True)
+            record_block(self.store, worker, reason=reason)
 
     def blocked_workers(self) -> set[str]:
-        return {read_json(self.store, k)["worker_id"] for k in self.store.list("blocks/")}
+        return set(blocked_workers(self.store))
 
     # -- helpers ----------------------------------------------------------------------
     def ledger(self) -> dict[str, float | int]:

@@ -3,17 +3,25 @@
 The stop check runs after ``evaluate`` and is the only step that may end a run. Its answer
 depends only on the config's ``stopping`` section and the store, so a resumed run with raised
 limits goes on where the old limits stopped it.
+
+``money_budget`` is never exceeded: a batch is planned at its worst case — every judgment at its
+reward plus the largest top-up bonus (``pay.max_top_up``), the vendor's real fee on both (its own
+``fee_for``, minimums included), the gold questions mixed in, and a cent for rounding — so the
+last batch shrinks instead of overrunning.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from crowdloop import keys
 from crowdloop.engine.project import Project
 from crowdloop.engine.quality import reask_plan
-from crowdloop.pay import expected_seconds, reward_for, vendor_fee
+from crowdloop.pay import expected_seconds, max_bonus, reward_for
 from crowdloop.storage import write_json
+
+ROUNDING_SLACK = 0.01  # a round's fees are rounded to the cent once: at most half a cent more
 
 
 def expected_task_seconds(p: Project, r: int) -> float:
@@ -51,13 +59,50 @@ def next_batch_size(p: Project, r: int) -> tuple[int, str | None]:
             return 0, f"judgment_budget={stop.judgment_budget} reached"
         size = min(size, max(left, 0) // redundancy)
     if stop.money_budget is not None:
-        fee = vendor_fee(cfg.pay, cfg.vendor.name)
-        per_judgment = reward_for(expected_task_seconds(p, r), cfg.pay.hourly_wage) * (1 + fee.rate)
-        left = stop.money_budget - p.spent(r) - reasks * per_judgment
-        if left < per_judgment * redundancy and (size > 0 or not reasks or left < 0):
+        left = stop.money_budget - p.spent(r)
+        affordable = _affordable_items(p, r, size, reasks, left)
+        if affordable is None or (affordable == 0 and (size > 0 or not reasks)):
             return 0, f"money_budget={stop.money_budget:g} {cfg.pay.currency} reached"
-        size = min(size, max(int(left // (per_judgment * redundancy)), 0))
+        size = affordable
     return size, None
+
+
+def worst_judgment_cost(p: Project, reward: float, n_assignments_per_task: int) -> float:
+    """The most one judgment paid ``reward`` can cost: the reward, the largest top-up bonus and the
+    vendor's fee on each (its own rule: MTurk charges at least $0.01 per assignment and per bonus)."""
+    bonus = max_bonus(p.config.pay, reward)
+    return reward + p.fee_for(reward, n_assignments_per_task) + (bonus + p.fee_for(bonus, 1) if bonus else 0.0)
+
+
+def _gold_tasks(p: Project, n_tasks: int) -> int:
+    """The most gold tasks ``plan_gold`` mixes into a batch of ``n_tasks`` other tasks."""
+    share = p.config.gold.share
+    if share <= 0 or n_tasks == 0:
+        return 0
+    return min(len(p.gold_set), math.ceil(share * n_tasks / (1 - share)))
+
+
+def _affordable_items(p: Project, r: int, size: int, reasks: int, left: float) -> int | None:
+    """The most new items (at most ``size``) round ``r`` can send with ``reasks`` re-asks without
+    spending more than ``left`` at worst; None when the re-asks alone do not fit."""
+    cfg = p.config
+    first = cfg.consensus.first_judgments
+    reward = reward_for(expected_task_seconds(p, r), cfg.pay.hourly_wage)
+    new_cost = worst_judgment_cost(p, reward, first)
+    # A re-ask may be added to the item's earlier task (MTurk: more assignments on its HIT) and be paid that task's reward.
+    earlier = [d["reward"] for q in range(r) if (d := p.record(q, keys.DISPATCH, default=None))]
+    reask_cost = worst_judgment_cost(p, max([reward, *earlier]), 1)
+
+    def cost(n_items: int) -> float:
+        return (n_items * first * new_cost + reasks * reask_cost + _gold_tasks(p, n_items + reasks) * first * new_cost
+                + ROUNDING_SLACK)
+
+    if cost(0) > left and reasks:
+        return None
+    n = size
+    while n > 0 and cost(n) > left:
+        n -= 1
+    return n
 
 
 def stop_reason(p: Project, r: int, metrics: dict[str, Any]) -> str | None:

@@ -1,9 +1,11 @@
 """Step ``dispatch``: send round ``r``'s batch to the vendor, exactly once.
 
-The intent (``dispatch.json``: tasks, reward, workers to block and why) is written before the vendor
-is called and the vendor's references (``refs.json``) after. The vendor call is idempotent
-per batch id, so a crash between the two resends the same intent and never creates a second
-task; a rerun that finds ``refs.json`` does nothing.
+The intent (``dispatch.json``: tasks, reward, workers to block and why) is written before the
+vendor is called and the vendor's references (``refs.json``) after. Blocks and the submit are
+idempotent (per worker, per batch id), so a crash anywhere between the two — also between a
+block decision and its call — resends the same intent and never creates a second task; a rerun
+that finds ``refs.json`` does nothing. Blocking is planned by the vendor's capabilities
+(``crowdloop.vendor``); a config that needs it on a vendor without it never gets here.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ import time
 from typing import Any
 
 from crowdloop import keys
-from crowdloop.consensus.collusion import Ring, ring_reason
 from crowdloop.consensus.policy import agreement_block_reason, gold_block_reason
 from crowdloop.engine import hooks
 from crowdloop.engine.budget import expected_task_seconds
 from crowdloop.engine.project import STREAM_MIX, Project, write_once
-from crowdloop.engine.quality import blocked_workers, rings_found
+from crowdloop.engine.quality import block_decisions, blocked_workers, rings_found
+from crowdloop.errors import ConfigError
 from crowdloop.pay import reward_for
 from crowdloop.records import Task
+from crowdloop.vendor import BLOCKS_WORKERS
 
 
 def dispatch(p: Project, r: int) -> dict[str, Any]:
@@ -33,17 +36,17 @@ def dispatch(p: Project, r: int) -> dict[str, Any]:
         intent = p.record(r, keys.DISPATCH)
     hooks.point("dispatch:before_submit", r)
     vendor = p.vendor
-    if intent.get("blocked_workers") and hasattr(vendor, "block_workers"):
-        vendor.block_workers(intent["blocked_workers"], reason=gold_block_reason(p.config.gold.min_accuracy))
-    if intent.get("blocked_on_agreement") and hasattr(vendor, "block_workers"):
-        vendor.block_workers(intent["blocked_on_agreement"],
-                             reason=agreement_block_reason(p.config.consensus.block_below_agreement))
-    for ring in intent.get("blocked_rings", []) if hasattr(vendor, "block_workers") else []:
-        vendor.block_workers(ring["workers"], reason=ring_reason(Ring.from_record(ring)))  # each told its ring's evidence
+    reasons = _block_reasons(p, intent)
+    if reasons and BLOCKS_WORKERS not in p.capabilities:  # check_capabilities refuses such a config before round 0
+        raise ConfigError(f"vendor.name: vendor {p.config.vendor.name!r} cannot block workers, but round {r} "
+                          f"must block {len(reasons)}")
+    for worker, reason in sorted(reasons.items()):  # idempotent per worker: a rerun after a crash repeats them
+        vendor.block_workers([worker], reason=reason)
     tasks = [Task.model_validate(t) for t in intent["tasks"]]
     refs = vendor.submit(tasks, batch_id=intent["batch_id"])
     hooks.point("dispatch:after_submit", r)
-    write_once(p.store, keys.round_key(r, keys.REFS), {"batch_id": intent["batch_id"], "refs": refs, "dispatched_at": time.time()})
+    sent = {"batch_id": intent["batch_id"], "refs": refs, "dispatched_at": time.time()}
+    write_once(p.store, keys.round_key(r, keys.REFS), sent)
     return p.record(r, keys.REFS)
 
 
@@ -67,10 +70,21 @@ def _intent(p: Project, r: int, selection: dict[str, Any]) -> dict[str, Any]:
         record["blocked_workers"] = blocked_workers(p, r)
     if p.config.consensus.block_below_agreement is not None:
         record["blocked_on_agreement"] = blocked_workers(p, r, on="blocked_on_agreement")
-    if p.config.consensus.block_rings:
+    if p.config.consensus.block_rings:  # the evidence behind ring members' block_reasons
         record["blocked_rings"] = rings_found(p, r)
+    record["block_reasons"] = block_decisions(p, r)
     record["tasks"] = [t.model_dump(mode="json") for t in _with_predictions(p, r, tasks)]
     return record
+
+
+def _block_reasons(p: Project, intent: dict[str, Any]) -> dict[str, str]:
+    """Worker -> reason of the intent (an intent written before reasons were recorded: the bare rule)."""
+    if "block_reasons" in intent:
+        return dict(intent["block_reasons"])
+    out = {w: gold_block_reason(p.config.gold.min_accuracy) for w in intent.get("blocked_workers", [])}
+    for w in intent.get("blocked_on_agreement", []):
+        out.setdefault(w, agreement_block_reason(p.config.consensus.block_below_agreement or 0.0))
+    return out
 
 
 def _with_predictions(p: Project, r: int, tasks: list[Task]) -> list[Task]:

@@ -13,7 +13,7 @@ from typing import Any
 from crowdloop import keys
 from crowdloop.engine.project import Project, write_once
 from crowdloop.engine.quality import gold_rejections
-from crowdloop.pay import fees_for, settle_batch, vendor_fee
+from crowdloop.pay import fee_function, fees_due, settle_batch
 from crowdloop.records import utcnow
 
 
@@ -28,24 +28,27 @@ def pay(p: Project, r: int) -> dict[str, Any]:
     rejections = gold_rejections(p, r, batch)
     rejected_ids = {aid for rej in rejections for aid in rej["assignment_ids"]}
     mine = [a for a in batch if a.assignment_id not in rejected_ids]
+    replicas = {t["item_id"]: t["replicas"] for t in intent["tasks"]}
+    fee_for, fee_source = fee_function(p.config.pay, intent["vendor"], p.vendor_class)
+    # Each assignment at the reward it carries (a re-ask added to an earlier task keeps that task's reward).
+    paid = [(a.reward, replicas.get(a.item_id, 1)) for a in mine]
     settled = settle_batch(p.config.pay, reward=intent["reward"], estimated_seconds=intent["estimated_seconds"],
-                           durations=[a.duration_s for a in mine])
+                           durations=[a.duration_s for a in mine], fee_for=fee_for, assignments=paid)
     vendor = p.vendor
     vendor.acknowledge(mine, accept=True)
     for rej in rejections:  # only ever with gold evidence, and the reason names the missed gold items
         vendor.acknowledge([a for a in batch if a.assignment_id in set(rej["assignment_ids"])], accept=False,
                            reason=rej["reason"])
     bonus_paid = 0.0
-    if settled.bonus_per_assignment > 0 and hasattr(vendor, "bonus"):
+    if settled.bonus_per_assignment > 0 and callable(getattr(vendor, "bonus", None)):
         vendor.bonus(
             mine, amount=settled.bonus_per_assignment, token=f"{intent['batch_id']}-topup",
             reason=(f"Top-up: these tasks took a median {settled.median_seconds:.0f}s, more than the "
                     f"{settled.estimated_seconds:.0f}s we paid for; this brings your pay to the target wage."),
         )
         bonus_paid = settled.bonuses
-    replicas = {t["item_id"]: t["replicas"] for t in intent["tasks"]}
-    fee_rule = vendor_fee(p.config.pay, intent["vendor"])
-    fees = fees_for(fee_rule, [(a.reward, replicas.get(a.item_id, 1)) for a in mine], bonus_paid)
+    # One fee per assignment and one per bonus payment, by the vendor's own rule (MTurk: $0.01 at least).
+    fees = fees_due(fee_for, paid, [settled.bonus_per_assignment] * len(mine) if bonus_paid else [])
     deadline_s = p.config.pay.approval_deadline_h * 3600.0
     now = utcnow()
     record = {
@@ -56,7 +59,7 @@ def pay(p: Project, r: int) -> dict[str, Any]:
         "work_seconds": round(sum(a.duration_s for a in mine), 3),
         "approval_deadline_h": p.config.pay.approval_deadline_h,
         "n_late": sum(1 for a in batch if (now - a.submitted_at).total_seconds() > deadline_s),
-        "fee_rule": fee_rule.model_dump(mode="json"),
+        "fee_rule": fee_source,
     }
     if rejections:
         record["rejections"] = rejections

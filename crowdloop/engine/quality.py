@@ -14,8 +14,9 @@ import pandas as pd
 
 from crowdloop import keys
 from crowdloop.consensus.adaptive import answered_by, gold_stats
+from crowdloop.consensus.collusion import Ring, ring_reason
+from crowdloop.consensus.policy import agreement_block_reason, gold_block_reason, plan_gold, reask_items
 from crowdloop.consensus.policy import gold_rejections as rejections_for
-from crowdloop.consensus.policy import plan_gold, reask_items
 from crowdloop.engine.project import STREAM_CV, STREAM_GOLD, Project
 from crowdloop.records import Annotation
 
@@ -47,12 +48,40 @@ def rings_found(p: Project, r: int) -> list[dict[str, Any]]:
     return list(last_aggregate(p, r).get("rings", []))
 
 
+def block_decisions(p: Project, r: int) -> dict[str, str]:
+    """Workers to block before round ``r`` is sent, each with the reason they are told: the
+    evidence from the last aggregation (their gold answers, their agreement with the consensus,
+    or — with ``consensus.block_rings`` — their ring's agreements against the model's prediction)."""
+    summary = last_aggregate(p, r)
+    out: dict[str, str] = {}
+    if p.config.gold.enabled:
+        gold = summary.get("gold", {})
+        for worker in sorted(summary.get("blocked_workers", [])):
+            stats = gold.get(worker, {})
+            out[worker] = gold_block_reason(p.config.gold.min_accuracy, n_gold=stats.get("n_gold"),
+                                            n_correct=stats.get("n_correct"))
+    threshold = p.config.consensus.block_below_agreement
+    if threshold is not None:
+        for worker, agreement in sorted(summary.get("blocked_on_agreement", {}).items()):
+            out.setdefault(worker, agreement_block_reason(threshold, agreement=agreement))
+    if p.config.consensus.block_rings:
+        for ring in summary.get("rings", []):
+            reason = ring_reason(Ring.from_record(ring))
+            for worker in ring["workers"]:
+                out.setdefault(worker, reason)
+    return out
+
+
 def gold_plan(p: Project, r: int, n_tasks: int) -> list[dict[str, Any]]:
     """Round ``r``'s gold tasks for a batch of ``n_tasks`` other tasks."""
     rng = p.rng(r, STREAM_GOLD)
     items = sorted(p.gold_set)
     anns = [a for a in p.annotations() if a.round < r and a.item_id in p.gold_set]
     answered = answered_by(annotation_table(anns), items) if anns else {}
+    limit = getattr(p.vendor, "max_judgments_per_item", None)  # MTurk: a HIT is never extended to 10 assignments
+    if limit is not None:
+        first = p.config.consensus.first_judgments
+        items = [i for i in items if len(answered.get(i, ())) + first <= limit]
     return plan_gold(items, answered, n_tasks=n_tasks, share=p.config.gold.share, rng=rng)
 
 

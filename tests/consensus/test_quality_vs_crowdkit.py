@@ -87,7 +87,8 @@ def pair_confuser_crowd(seed: int, *, n_items: int = 1200, k: int = 10, per_item
             else:
                 label = c if rng.random() < acc[w] else (c + 1 + rng.integers(k - 1)) % k
             rows.append((f"t{t}", f"w{w}", f"c{label}"))
-    return pd.DataFrame(rows, columns=["task", "worker", "label"]), pd.Series([f"c{x}" for x in truth], index=[f"t{t}" for t in range(n_items)])
+    truth_series = pd.Series([f"c{x}" for x in truth], index=[f"t{t}" for t in range(n_items)])
+    return pd.DataFrame(rows, columns=["task", "worker", "label"]), truth_series
 
 
 @pytest.mark.parametrize("seed", [0, 1])

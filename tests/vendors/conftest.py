@@ -27,6 +27,20 @@ def browser() -> Iterator:
             b.close()
 
 
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """One real Label Studio server for the session (its own venv; see label_studio_server.py)."""
+    from tests.vendors import label_studio_server as lss
+
+    if not lss.LS_BIN.exists():
+        pytest.fail(lss.SETUP_HINT, pytrace=False)
+    server = lss.start_copy(tmp_path_factory.mktemp("label-studio"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeMTurk:
     """Mechanical Turk faked behind boto3's real client, with dummy credentials."""

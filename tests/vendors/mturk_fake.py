@@ -47,10 +47,17 @@ def items_in_question(question: str) -> list[str]:
 
 
 class FakeMTurk:
-    """The MTurk operations crowdloop uses, with tokens, pagination and assignments."""
+    """The MTurk operations crowdloop uses, with tokens, pagination and assignments.
 
-    def __init__(self, *, answer: Callable[[str, int], str] | None = None, duration_s: float = 12.0,
-                 duplicate_message_has_id: bool = True) -> None:
+    Workers: with ``answer(item, replica)`` every HIT is answered at once by ``AWORKER000``...
+    (one per replica). With a ``crowd`` (worker ids) ``answer(item, worker)`` plays those workers
+    as MTurk would let them: a slot on offer goes to the next worker in turn who is not blocked
+    (``CreateWorkerBlock``) and never had an assignment of that HIT; workers in ``abandoners``
+    accept and abandon, and the HIT then expires short (the case ``poll`` must re-post).
+    """
+
+    def __init__(self, *, answer: Callable[[str, Any], str] | None = None, duration_s: float = 12.0,
+                 duplicate_message_has_id: bool = True, crowd: list[str] | None = None) -> None:
         self.hits: dict[str, dict[str, Any]] = {}
         self.tokens: dict[str, tuple[str, float]] = {}
         self.bonus_tokens: set[str] = set()
@@ -65,6 +72,13 @@ class FakeMTurk:
         self.duplicate_message_has_id = duplicate_message_has_id
         self.now = 1_700_000_000.0
         self._n = 0
+        self.crowd = list(crowd) if crowd is not None else None
+        self.blocked: dict[str, str] = {}  # worker -> reason (CreateWorkerBlock)
+        self.abandoners: dict[str, int] = {}  # worker -> how many HITs they accept and abandon
+        self.abandoned: list[tuple[str, str]] = []  # (HIT, worker)
+        self.extension_tokens: set[str] = set()
+        self.assigned_at_call: dict[str, int] = {}  # assignment id -> how many calls had been made then
+        self._turn = 0
 
     # -- wiring -------------------------------------------------------------------------
     def session(self) -> boto3.session.Session:
@@ -130,18 +144,66 @@ class FakeMTurk:
         if token:
             self.tokens[token] = (hit_id, self.now)
         self.assignments[hit_id] = []
-        if self.answer is not None:
+        if self.answer is not None and self.crowd is None:
             for replica in range(body["MaxAssignments"]):
                 self.work(hit_id, {f"label-{k}": self.answer(item, replica)
                                    for k, item in enumerate(items_in_question(body["Question"]))},
                           worker=f"AWORKER{replica:03d}")
-        return {"HIT": hit}
+        self._fill(hit_id)
+        return {"HIT": self._public(hit)}
+
+    def _public(self, hit: dict) -> dict:
+        """A HIT as MTurk returns it, with its assignment counts."""
+        done = sum(1 for a in self.assignments[hit["HITId"]] if a["AssignmentStatus"] in ("Submitted", "Approved", "Rejected"))
+        available = hit["MaxAssignments"] - done if hit["HITStatus"] == "Assignable" else 0
+        return {**hit, "NumberOfAssignmentsCompleted": done, "NumberOfAssignmentsPending": 0,
+                "NumberOfAssignmentsAvailable": max(available, 0)}
+
+    def _fill(self, hit_id: str) -> None:
+        """Workers of the crowd take the HIT's open slots (see the class docstring)."""
+        if self.crowd is None or self.answer is None:
+            return
+        hit = self.hits[hit_id]
+        items = items_in_question(hit["Question"])
+        while hit["HITStatus"] == "Assignable":
+            had = {a["WorkerId"] for a in self.assignments[hit_id]} | {w for h, w in self.abandoned if h == hit_id}
+            open_slots = hit["MaxAssignments"] - len(self.assignments[hit_id])
+            eligible = [w for w in self.crowd if w not in had and w not in self.blocked]
+            if open_slots <= 0 or not eligible:
+                return
+            worker = min(eligible, key=lambda w: (self.crowd.index(w) - self._turn) % len(self.crowd))
+            self._turn = (self.crowd.index(worker) + 1) % len(self.crowd)
+            if self.abandoners.get(worker, 0) > 0:  # accepts, keeps it past the HIT's expiry, abandons
+                self.abandoners[worker] -= 1
+                self.abandoned.append((hit_id, worker))
+                hit["HITStatus"] = "Reviewable"
+                hit["Expiration"] = self.now
+                return
+            self.work(hit_id, {f"label-{k}": self.answer(item, worker) for k, item in enumerate(items)}, worker=worker)
 
     def op_ListHITs(self, body: dict) -> dict:
         return self._page(list(self.hits.values()), body, "HITs")
 
     def op_GetHIT(self, body: dict) -> dict:
-        return {"HIT": self._hit(body["HITId"])}
+        return {"HIT": self._public(self._hit(body["HITId"]))}
+
+    def op_CreateWorkerBlock(self, body: dict) -> dict:
+        self.blocked[body["WorkerId"]] = body["Reason"]
+        return {}
+
+    def op_CreateAdditionalAssignmentsForHIT(self, body: dict) -> dict:
+        hit = self._hit(body["HITId"])
+        token = body.get("UniqueRequestToken")
+        if token and token in self.extension_tokens:
+            raise _Fail(400, "RequestError", f'The idempotency token "{token}" has already been processed.')
+        total = hit["MaxAssignments"] + body["NumberOfAdditionalAssignments"]
+        if hit["MaxAssignments"] < 10 <= total:
+            raise _Fail(400, "RequestError", "AWS.MechanicalTurk.InvalidMaximumAssignmentsIncrease")
+        if token:
+            self.extension_tokens.add(token)
+        hit["MaxAssignments"] = total
+        self._fill(body["HITId"])
+        return {}
 
     def op_ListAssignmentsForHIT(self, body: dict) -> dict:
         self._hit(body["HITId"])
@@ -173,7 +235,11 @@ class FakeMTurk:
     def op_UpdateExpirationForHIT(self, body: dict) -> dict:
         hit = self._hit(body["HITId"])
         hit["Expiration"] = body["ExpireAt"]
-        hit["HITStatus"] = "Unassignable" if body["ExpireAt"] <= self.now else hit["HITStatus"]
+        if body["ExpireAt"] <= self.now:
+            hit["HITStatus"] = "Unassignable"
+        elif hit["HITStatus"] in ("Reviewable", "Unassignable"):
+            hit["HITStatus"] = "Assignable"  # listed again: open slots go back on offer
+            self._fill(body["HITId"])
         return {}
 
     # -- test helpers -------------------------------------------------------------------
@@ -185,6 +251,7 @@ class FakeMTurk:
             answers = {**{f"item-{k}": item for k, item in enumerate(items)}, **answers}
             answers = answer_xml(answers)
         aid = self._id("3ASG")
+        self.assigned_at_call[aid] = len(self.calls)
         n = len(self.assignments[hit_id])
         self.assignments[hit_id].append({
             "AssignmentId": aid, "WorkerId": worker or f"AWORKER{n:03d}", "HITId": hit_id, "AssignmentStatus": "Submitted",

@@ -8,7 +8,6 @@ data directory (minutes), later runs copy it.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,17 +20,6 @@ from tests.conftest import small_config
 from tests.vendors import label_studio_server as lss
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[lss.Server]:
-    if not lss.LS_BIN.exists():
-        pytest.fail(lss.SETUP_HINT, pytrace=False)
-    server = lss.start_copy(tmp_path_factory.mktemp("label-studio"))
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _choice(label: str) -> list[dict]:
@@ -109,3 +97,81 @@ def test_two_rounds_with_label_studio(tmp_path: Path, label_studio: lss.Server, 
     imported = [t.data.get("crowdloop_item") for t in ls.tasks.list(project=project_id)
                 if t.data.get("crowdloop_batch") == "lsloop-crash"]
     assert sorted(imported) == sorted(fresh)
+
+
+def test_a_text_round_with_label_studio(tmp_path: Path, label_studio: lss.Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A text pool (the fortunes sample, TF-IDF) on Label Studio: a Text + Choices project whose
+    tasks carry the texts verbatim (markup included: Label Studio shows it as text)."""
+    from label_studio_sdk import LabelStudio
+
+    from tests.conftest import REPO
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
+    classes = ["computers", "politics", "startrek"]
+    config = small_config(**{
+        "project": "lstext", "vendor": {"name": "label_studio", "params": {"instructions": "Which fortune file?"}},
+        "pool": {"source": "fortunes", "path": str(REPO / "tests" / "data" / "fortunes"), "classes": classes,
+                 "test_size": 0.3},
+        "model": {"estimator": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500},
+                  "features": {"kind": "tfidf", "dense_dim": 16}},
+        "sampler.initial_size": 5, "consensus.redundancy": 1, "consensus.method": "majority_vote",
+        "collect.poll_interval_s": 0.2, "collect.timeout_s": 60, "stopping.max_rounds": 1,
+    })
+    p = Project.prepare(parse_config(config), str(tmp_path / "p"))
+    texts = dict(zip(p.pool.ids.tolist(), p.pool.content.tolist(), strict=True))
+    truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True))
+    ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    engine.run_round(p, 0, until="dispatch")
+    dispatched = engine.dispatch(p, 0)
+    batch = read_json(p.vendor.store, f"batches/{dispatched['batch_id']}.json")
+    label_config = ls.projects.get(batch["project_id"]).label_config
+    assert '<Text name="item" value="$text"/>' in label_config and '<Choices name="label" toName="item"' in label_config
+    assert all(f'<Choice value="{c}"/>' in label_config for c in classes)
+    for item, task_id in batch["tasks"].items():
+        assert ls.tasks.get(str(task_id)).data["text"] == texts[item]
+        ls.annotations.create(task_id, result=_choice(truth[item]), lead_time=4.0)
+    engine.collect(p, 0)
+    engine.aggregate(p, 0)
+    labels = p.human_labels(before_round=1)
+    assert sorted(item.item_id for item in labels) == sorted(batch["tasks"])
+    assert all(item.label == truth[item.item_id] for item in labels)
+
+
+def test_label_studio_honours_the_contract_with_its_capabilities(tmp_path: Path, label_studio: lss.Server,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """check_vendor on the real server: a blocked annotator's labeling stream answers 403, and a
+    re-ask (a raised overlap on the item's own task) never reaches an annotator who annotated it."""
+    import httpx
+
+    from crowdloop.storage.local import LocalStore
+    from crowdloop.testing import check_vendor, make_context
+    from crowdloop.vendors.label_studio import LabelStudioVendor
+    from tests.vendors.quality_loop import sign_up
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
+    tokens = {}
+    for k in range(4):
+        uid, token = sign_up(label_studio.url, f"contract{k}@example.com", f"Contract-{k}-pass!")
+        tokens[f"ls-user-{uid}"] = token
+    refused = []
+
+    def annotators(vendor, tasks, batch_id):
+        pid = vendor.project_id()
+        for worker, token in tokens.items():  # each works through what the labeling stream gives them
+            headers = {"Authorization": f"Token {token}"}
+            stream = f"{label_studio.url}/api/projects/{pid}/next/"
+            while (nxt := httpx.get(stream, headers=headers, timeout=60)).status_code == 200:
+                result = [{"from_name": "label", "to_name": "item", "type": "choices",
+                           "value": {"choices": [vendor.context.classes[0]]}}]
+                httpx.post(f"{label_studio.url}/api/tasks/{nxt.json()['id']}/annotations/", headers=headers, timeout=60,
+                           json={"result": result, "lead_time": 4.0}).raise_for_status()
+            if nxt.status_code == 403:
+                refused.append(worker)
+
+    context = make_context(LocalStore(tmp_path), name="label_studio", project="lscontract")
+    report = check_vendor(LabelStudioVendor, params={"block_removes_membership": True}, context=context,
+                          respond=annotators, n_items=3, replicas=2, workers=list(tokens), timeout_s=60)
+    assert not report.skipped and report.n_annotations == 6 + 3 + 6
+    assert refused == [next(iter(tokens))]  # the blocked annotator, and only in the second batch

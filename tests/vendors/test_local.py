@@ -41,14 +41,17 @@ def tasks(n: int, replicas: int = 1, batch: str = "b0") -> list[Task]:
 
 
 def test_local_vendor_honours_the_contract(tmp_path):
-    def respond(v, tasks_, batch_id):
-        for t in tasks_:
-            for r in range(t.replicas):
-                v.answer(f"ann-{r}", batch_id, t.item_id, v.context.classes[r % 2], client_seconds=4.0)
+    workers = [f"ann-{r}" for r in range(4)]
 
-    report = check_vendor(LocalVendor, params={"undo_window_s": 0}, respond=respond,
+    def respond(v, tasks_, batch_id):
+        for r, worker in enumerate(workers):  # each annotator works through what the desk shows them
+            while (shown := v.next_task(worker)) is not None:
+                v.answer(worker, batch_id, shown[0].item_id, v.context.classes[r % 2], client_seconds=4.0)
+
+    report = check_vendor(LocalVendor, params={"undo_window_s": 0}, respond=respond, workers=workers,
                           context=make_context(LocalStore(tmp_path), name="local"), n_items=3, replicas=2)
-    assert report.n_annotations == 6 and not report.skipped
+    assert report.n_annotations == 6 + 3 + 6 and not report.skipped
+    assert sum(c.startswith(("blocks_workers", "excludes_workers_per_item")) for c in report.checks) == 2
 
 
 def test_answers_wait_out_the_undo_window_and_undo_restores_the_item(tmp_path):
@@ -77,6 +80,7 @@ def test_answers_wait_out_the_undo_window_and_undo_restores_the_item(tmp_path):
 def test_double_submit_is_idempotent_and_labels_are_checked(tmp_path):
     v = desk(tmp_path, undo_window_s=0)
     refs = v.submit(tasks(1), batch_id="b0")
+    v.next_task("ann")
     a = v.answer("ann", "b0", "item-0", "bird")
     b = v.answer("ann", "b0", "item-0", "cat")  # a second click arrives late: first answer wins
     assert a == b and len(v.store.list("answers/")) == 1
@@ -184,7 +188,7 @@ def test_suggestions_are_shown_when_enabled_but_never_for_gold(text_project):
     token = v.add_annotator("alice")
     client = TestClient(create_app(v, suggest=lambda task: ("pos", 0.83)), follow_redirects=False)
     client.get(f"/?token={token}")
-    assert "Model suggests <b>pos</b> (83%)" in client.get("/").text
+    assert "Model suggests <b>pos</b> (83%)" in client.get("/").text  # first is on alice's screen
     v.answer("alice", "a", first, "pos")
     page = client.get("/").text
     assert f'data-item="{gold}"' in page and "Model suggests" not in page
@@ -305,3 +309,19 @@ def test_a_restarted_app_or_loop_picks_up_from_the_store(tmp_path):
     clock.now += 5 + UNDO_MARGIN_S + 1
     assert [a.label for a in restarted.poll(refs)] == ["cat"]
     assert v.submit(tasks(3, replicas=1), batch_id="b0") == refs and len(v.store.list("batches/")) == 1
+
+
+def test_removing_an_annotator_releases_the_item_on_their_screen(tmp_path):
+    """Issue 19.11: a removed annotator's lease kept their item from everybody else for lease_s."""
+    clock = Clock()
+    v = desk(tmp_path, clock, lease_s=600)
+    v.submit(tasks(2, replicas=1), batch_id="b0")
+    for name in ("ann", "bob"):
+        v.add_annotator(name)
+    assert v.next_task("ann")[0].item_id == "item-0"
+    assert v.next_task("bob")[0].item_id == "item-1"  # item-0 is on ann's screen
+    v.remove_annotator("ann")  # what `crowdloop annotators remove ann` runs
+    clock.now += 1  # long before ann's lease would have run out
+    v.skip("bob", "b0", "item-1")
+    assert v.next_task("bob")[0].item_id == "item-0"  # released with ann's link
+    assert v.next_task("cat")[0].item_id == "item-1"

@@ -69,7 +69,7 @@ _fields = st.fixed_dictionaries({}, optional={
 @given(route=st.sampled_from(["/answer", "/skip", "/undo"]), fields=_fields,
        encoding=st.sampled_from(["form", "json", "multipart", "raw", "repeated"]),
        raw=st.binary(max_size=300), same_origin=st.booleans())
-def test_fuzzed_posts_answer_303_400_or_403_and_store_nothing_bad(fuzz_desk, route, fields, encoding, raw, same_origin):
+def test_fuzzed_posts_answer_303_400_403_or_413_and_store_nothing_bad(fuzz_desk, route, fields, encoding, raw, same_origin):
     vendor, client, token = fuzz_desk
     fields = {k: (csrf_for(token) if v == "VALID" else v) for k, v in fields.items()}
     headers = {"Origin": "http://testserver" if same_origin else "http://evil.example"}
@@ -86,7 +86,7 @@ def test_fuzzed_posts_answer_303_400_or_403_and_store_nothing_bad(fuzz_desk, rou
             **headers, "Content-Type": "application/x-www-form-urlencoded"})
     else:
         r = client.post(route, content=raw, headers={**headers, "Content-Type": "application/octet-stream"})
-    assert r.status_code in (303, 400, 403), r.text[:300]
+    assert r.status_code in (303, 400, 403, 413), r.text[:300]
     assert ("Traceback" not in r.text and len(r.text.splitlines()) <= 1) or r.status_code == 403
     if r.status_code == 303:
         assert same_origin and encoding in ("form", "repeated") and fields.get("csrf") == csrf_for(token)
@@ -97,7 +97,8 @@ def test_oversized_and_undecodable_forms_are_refused(fuzz_desk):
     vendor, client, token = fuzz_desk
     form = {"csrf": csrf_for(token), "batch_id": "b0", "item_id": ITEMS[0], "label": "cat"}
     big = {**form, "pad": "x" * MAX_FORM_BYTES}
-    assert client.post("/answer", data=big).status_code == 403
+    too_large = client.post("/answer", data=big)
+    assert too_large.status_code == 413 and f"larger than the {MAX_FORM_BYTES} bytes" in too_large.text
     assert client.post("/answer", content=b"csrf=\xff\xfe", headers={"Content-Type": "application/x-www-form-urlencoded"}
                        ).status_code == 403
     many = "&".join(f"f{n}=1" for n in range(50)) + "&" + "&".join(f"{k}={v}" for k, v in form.items())
@@ -165,6 +166,7 @@ ORIGIN_CASES = [  # (Origin, Referer, Sec-Fetch-Site, allowed)
 def test_posts_need_this_site_and_the_annotators_csrf_token(desk_client, origin, referer, fetch_site, allowed, csrf):
     vendor, client, tokens = desk_client
     assert client.get(f"/?token={tokens['alice']}").status_code == 303
+    assert f'data-item="{ITEMS[0]}"' in client.get("/").text  # on alice's screen now
     form = {"batch_id": "b0", "item_id": ITEMS[0], "label": "dog"}
     if csrf != "missing":
         form["csrf"] = {"own": csrf_for(tokens["alice"]), "other annotator's": csrf_for(tokens["bob"]),
@@ -223,22 +225,130 @@ def test_the_named_image_is_still_served(image_server):
     assert raw_request(base, "GET", f"/image/b0/{_KEY}")[0] == 403  # the same URL without the cookie
 
 
-def test_answers_beyond_the_replicas_or_after_payment_are_refused(tmp_path):
+def test_answers_for_items_not_on_screen_beyond_the_replicas_or_after_payment_are_refused(tmp_path):
     from crowdloop.errors import VendorDataError
 
-    vendor = _desk(tmp_path)  # 4 items x 2 replicas
+    clock = {"now": 1_800_000_000.0}
+    vendor = LocalVendor({"undo_window_s": 30, "lease_s": 60},
+                         make_context(LocalStore(tmp_path), name="local", classes=CLASSES), clock=lambda: clock["now"])
+    vendor.submit([Task(item_id=i, round=0, batch_id="b0", replicas=2, reward=0.02) for i in ITEMS], batch_id="b0")
     refs = [{"batch_id": "b0"}]
     assert vendor.next_task("ann")[0].item_id == ITEMS[0]  # item-0 is on ann's screen
-    vendor.answer("bob", "b0", ITEMS[0], "cat")  # a post by hand, for a slot still free
-    with pytest.raises(VendorDataError, match=r"item 'item-0' already has its 2 answer\(s\) or they are on other"):
-        vendor.answer("eve", "b0", ITEMS[0], "dog")  # the second slot is ann's
-    vendor.answer("ann", "b0", ITEMS[0], "bird")  # ann keeps her slot
-    with pytest.raises(VendorDataError, match="already has its 2 answer"):
+    with pytest.raises(VendorDataError, match=r"not on annotator 'bob'.s screen"):
+        vendor.answer("bob", "b0", ITEMS[0], "cat")  # a post by hand: never shown to bob
+    assert vendor.next_task("bob")[0].item_id == ITEMS[0]  # the second slot of item-0
+    assert vendor.next_task("eve")[0].item_id == ITEMS[1]  # item-0's slots are on screens
+    with pytest.raises(VendorDataError, match=r"not on annotator 'eve'.s screen"):
         vendor.answer("eve", "b0", ITEMS[0], "dog")
+    clock["now"] += 5
+    vendor.answer("ann", "b0", ITEMS[0], "bird")
+    assert vendor.answer("bob", "b0", ITEMS[0], "cat").duration_s == 5.0
     assert vendor.answer("bob", "b0", ITEMS[0], "dog").label == "cat"  # a repeat returns the first answer
-    anns = list(LocalVendor({"undo_window_s": 0}, vendor.context).poll(refs))
-    assert sorted(a.worker_id for a in anns) == ["ann", "bob"]
+    # eve's lease on item-1 runs out while two others take both its slots: her late answer is refused
+    clock["now"] += 61
+    for other in ("fay", "gus"):
+        assert vendor.next_task(other)[0].item_id == ITEMS[1]
+        vendor.answer(other, "b0", ITEMS[1], "cat")
+    with pytest.raises(VendorDataError, match=r"item 'item-1' already has its 2 answer\(s\)"):
+        vendor.answer("eve", "b0", ITEMS[1], "dog")
+    clock["now"] += 40
+    anns = LocalVendor({"undo_window_s": 0}, vendor.context, clock=lambda: clock["now"]).poll(refs)
+    assert sorted(a.worker_id for a in anns) == ["ann", "bob", "fay", "gus"]
     vendor.acknowledge(anns, accept=True)  # the loop paid: the batch is closed
     with pytest.raises(VendorDataError, match="batch 'b0' is closed"):
-        vendor.answer("carl", "b0", ITEMS[1], "cat")
-    assert_store_is_clean(vendor, {"ann", "bob"})
+        vendor.answer("carl", "b0", ITEMS[2], "cat")
+    assert_store_is_clean(vendor, {"ann", "bob", "fay", "gus"})
+
+
+# -- issue 19, points 1 and 10: time is what the server saw; huge posts are refused unread ------------
+def test_posts_for_items_never_shown_pay_nothing_and_time_is_what_the_server_saw(tmp_path):
+    """Issue 19.1: answers posted without the item on screen (and without the page's timer) used
+    to be booked at the full lease (600 s) each, and the top-up bonus paid for it."""
+    import time
+
+    import httpx
+
+    vendor = _desk(tmp_path)  # lease_s 600 by default
+    token = vendor.add_annotator("mallory")
+    with running(create_app(vendor)) as base, httpx.Client(base_url=base, follow_redirects=False) as client:
+        assert client.get(f"/?token={token}").status_code == 303
+        headers = {"Origin": base}
+        for item in ITEMS:  # never shown to mallory, no client_ms
+            r = client.post("/answer", data={"csrf": csrf_for(token), "batch_id": "b0", "item_id": item, "label": "cat"},
+                            headers=headers)
+            assert r.status_code == 400 and "not on annotator" in r.text
+        assert vendor.store.list("answers/") == []
+        page = client.get("/")  # the honest way: the item is leased to mallory now
+        shown = page.text.split('data-item="')[1].split('"')[0]
+        time.sleep(0.3)
+        r = client.post("/answer", data={"csrf": csrf_for(token), "batch_id": "b0", "item_id": shown, "label": "dog"},
+                        headers=headers)
+        assert r.status_code == 303
+    (key,) = vendor.store.list("answers/")
+    seconds = Annotation.model_validate_json(vendor.store.read_bytes(key)).duration_s
+    assert 0.3 <= seconds < 5.0  # from the lease to the answer, not the 600 s lease
+
+
+def _annotate_server(tmp_path: Path):
+    """``crowdloop annotate`` as a subprocess over a local-vendor project with one annotator."""
+    from crowdloop.config import parse_config
+    from crowdloop.engine import Project
+    from tests.conftest import small_config
+    from tests.vendors.app_server import start_annotate
+
+    project = Project.prepare(parse_config(small_config(vendor={"name": "local", "params": {}})), str(tmp_path / "p"))
+    token = project.vendor.add_annotator("mallory")
+    base, proc = start_annotate(str(tmp_path / "p"), tmp_path / "annotate.log")
+    return base, proc, token
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def _http_post(base: str, head: list[str], body_chunks, *, timeout: float = 20.0) -> tuple[int, bytes]:
+    """A POST over a raw socket: headers, then ``body_chunks`` as long as the server reads them; the reply."""
+    import socket
+
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as conn:
+        conn.sendall(("\r\n".join(["POST /answer HTTP/1.1", f"Host: {host}:{port}", *head]) + "\r\n\r\n").encode())
+        try:
+            for chunk in body_chunks:
+                conn.sendall(chunk)
+        except OSError:
+            pass  # the server stopped reading and closed: what a refused upload looks like
+        data = b""
+        try:
+            while chunk := conn.recv(65536):
+                data += chunk
+        except OSError:
+            pass
+    status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/") else 0
+    return status, data
+
+
+def test_huge_posts_are_refused_by_content_length_and_by_a_streamed_limit(tmp_path):
+    """Issue 19.10: a 200 MB post used to be read whole into memory and then answered 403
+    ("a valid annotator link is needed")."""
+    base, proc, token = _annotate_server(tmp_path)
+    try:
+        cookie = f"Cookie: {COOKIE}={token}"
+        common = [cookie, f"Origin: {base}", "Content-Type: application/x-www-form-urlencoded", "Connection: close"]
+        before = _rss_mb(proc.pid)
+        # declared 200 MB: refused from the headers, before a byte of the body is sent
+        status, reply = _http_post(base, [*common, f"Content-Length: {200 * 1024 * 1024}"], [])
+        assert status == 413 and b"larger than the 4096 bytes" in reply and b"valid annotator link" not in reply
+        # no Content-Length (chunked): read up to the limit, then refused; 64 MB offered
+        chunk = b"10000\r\n" + b"a" * 0x10000 + b"\r\n"
+        status, reply = _http_post(base, [*common, "Transfer-Encoding: chunked"], (chunk for _ in range(1024)))
+        assert status == 413 and b"larger than the 4096 bytes" in reply
+        grown = _rss_mb(proc.pid) - before
+        assert grown < 16, f"the server grew by {grown:.0f} MB for posts it refused"
+        assert proc.poll() is None  # still serving
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -41,15 +41,54 @@ def vendor_at(tmp_path: Path, **params) -> ManifestVendor:
     return ManifestVendor(params, ctx)
 
 
-def test_manifest_vendor_honours_the_contract(tmp_path):
-    def respond(v, tasks, batch_id):
-        drop(v.exchange, "answers-1.jsonl",
-             [answer(t.item_id, f"w{r}", "dog") for t in tasks for r in range(t.replicas)])
+WORKERS = ["w0", "w1", "w2", "w3"]
 
+
+def careless_vendor_tool(v, tasks, batch_id):
+    """An outside tool that reads the manifest, but also lets every blocked or excluded worker
+    answer once: crowdloop must reject those lines (with the reason) and take only the others."""
+    lines = []
+    for raw in v.exchange.read_bytes(f"requests/{batch_id}.manifest.jsonl").splitlines():
+        task = json.loads(raw)
+        barred = set(task.get("blocked-workers", [])) | set(task.get("exclude-workers", []))
+        lines += [answer(task["item-id"], w, "dog", **{"batch-id": batch_id}) for w in sorted(barred)]
+        allowed = [w for w in WORKERS if w not in barred][:task["replicas"]]
+        lines += [answer(task["item-id"], w, "dog", **{"batch-id": batch_id}) for w in allowed]
+    drop(v.exchange, f"answers-{batch_id}.jsonl", lines)
+
+
+def test_manifest_vendor_honours_the_contract(tmp_path):
     report = check_vendor(ManifestVendor, context=make_context(LocalStore(tmp_path), name="manifest"),
-                          respond=respond, n_items=3, replicas=2)
-    assert report.n_annotations == 6
+                          respond=careless_vendor_tool, n_items=3, replicas=2, workers=WORKERS)
+    assert report.n_annotations == 6 + 3 + 6  # the first batch, the re-asks, the batch after the block
     assert not report.skipped
+    assert any(c.startswith("blocks_workers") for c in report.checks)
+    assert any(c.startswith("excludes_workers_per_item") for c in report.checks)
+
+
+def test_blocked_and_excluded_workers_go_to_the_rejects_file_with_the_reason(tmp_path):
+    v = vendor_at(tmp_path)
+    refs0 = v.submit([Task(item_id="i0", round=0, batch_id="b0", replicas=2, reward=0.03)], batch_id="b0")
+    drop(v.exchange, "r0.jsonl", [answer("i0", "w0", "dog"), answer("i0", "spam", "cat")])
+    first = v.poll(refs0)
+    v.block_workers(["spam"], reason="You answered 0 of 5 known-answer questions correctly (0%).")
+    v.acknowledge(first, accept=True)  # the spammer is paid for the work before the block
+    tasks = [Task(item_id="i0", round=1, batch_id="b1", replicas=1, reward=0.03, exclude_workers=("spam", "w0")),
+             Task(item_id="i1", round=1, batch_id="b1", replicas=1, reward=0.03)]
+    refs1 = v.submit(tasks, batch_id="b1")
+    lines = [json.loads(x) for x in v.exchange.read_bytes("requests/b1.manifest.jsonl").splitlines()]
+    assert lines[0]["exclude-workers"] == ["spam", "w0"] and all(x["blocked-workers"] == ["spam"] for x in lines)
+    blocked = json.loads(v.exchange.read_bytes("requests/b1.blocked.json"))["blocked-workers"]
+    assert blocked == {"spam": "You answered 0 of 5 known-answer questions correctly (0%)."}
+    drop(v.exchange, "r1.jsonl", [answer("i0", "w0", "cat", **{"batch-id": "b1"}), answer("i1", "spam", "cat"),
+                                  answer("i0", "w1", "dog", **{"batch-id": "b1"}), answer("i1", "w2", "dog")])
+    got = v.poll(refs1)
+    assert sorted((a.item_id, a.worker_id, a.batch_id) for a in got) == [("i0", "w1", "b1"), ("i1", "w2", "b1")]
+    rejects = [json.loads(x) for x in v.exchange.read_bytes("rejects/r1.jsonl.rejects.jsonl").splitlines()]
+    assert [r["line"] for r in rejects] == [1, 2]
+    assert "answered item 'i0' before" in rejects[0]["reason"]
+    assert "worker 'spam' was blocked before batch 'b1'" in rejects[1]["reason"] and "0 of 5" in rejects[1]["reason"]
+    assert v.ledger()["paid"] == 0.06  # both first-batch answers, the spammer's included
 
 
 def test_submit_writes_a_ground_truth_manifest_once(tmp_path):

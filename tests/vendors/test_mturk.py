@@ -290,3 +290,89 @@ def test_pixel_images_render_inline_and_local_files_are_refused() -> None:
     assert grid.count("<td") == 4 and "rgb(0,0,0)" in grid and "rgb(255,255,255)" in grid
     with pytest.raises(VendorError, match="local file that workers cannot open"):
         mturk.render_payload({"kind": "image", "path": "/data/img/1.png"})
+
+
+# -- issue 17: blocking, asking somebody else, re-posting returned work -----------------------------
+def crowd_fake(fake: FakeMTurk, workers: list[str]) -> None:
+    fake.crowd = workers
+    fake.answer = lambda item, worker: CLASSES[0]
+
+
+def test_blocking_is_create_worker_block_once_per_worker_and_survives_a_crash(tmp_path: Path, fake: FakeMTurk) -> None:
+    crowd_fake(fake, ["AW1", "AW2", "AW3", "ASPAM"])
+    vendor = make(tmp_path)
+    vendor.submit(tasks(2, replicas=2), batch_id="proj-r0000")
+    reason = "You answered 1 of 6 known-answer questions correctly (17%)."
+    fake.crash_after["CreateWorkerBlock"] = 1  # MTurk blocked the worker, the process died before recording it
+    with pytest.raises(SimulatedCrash):
+        vendor.block_workers(["ASPAM"], reason=reason)
+    restarted = make(tmp_path)
+    restarted.block_workers(["ASPAM"], reason=reason)  # the rerun repeats the call: MTurk's block is idempotent
+    restarted.block_workers(["ASPAM"], reason=reason)  # recorded now: not called again
+    assert fake.calls.count("CreateWorkerBlock") == 2 and fake.blocked == {"ASPAM": reason}
+    refs = restarted.submit(tasks(8, replicas=3, batch="proj-r0001", round_=1), batch_id="proj-r0001")
+    workers = {a.worker_id for a in restarted.poll(refs)}
+    assert workers == {"AW1", "AW2", "AW3"}  # the blocked worker got none of the new HITs
+
+
+def test_a_reask_adds_assignments_to_the_items_own_hit_and_goes_to_somebody_else(tmp_path: Path, fake: FakeMTurk) -> None:
+    crowd_fake(fake, ["AW1", "AW2", "AW3", "AW4"])
+    vendor = make(tmp_path)
+    refs0 = vendor.submit(tasks(1, replicas=2), batch_id="proj-r0000")
+    first = vendor.poll(refs0)
+    vendor.acknowledge(first, accept=True)  # round 0 is paid before round 1 is sent
+    answered = tuple(sorted(a.worker_id for a in first))
+    reask = Task(item_id="item0", round=1, batch_id="proj-r0001", replicas=1, reward=0.07, exclude_workers=answered)
+    fake.crash_after["CreateAdditionalAssignmentsForHIT"] = 1  # extended, then the process died
+    with pytest.raises(SimulatedCrash):
+        vendor.submit([reask], batch_id="proj-r0001")
+    restarted = make(tmp_path)
+    refs1 = restarted.submit([reask], batch_id="proj-r0001")
+    assert restarted.submit([reask], batch_id="proj-r0001") == refs1
+    assert len(fake.hits) == 1 and fake.calls.count("CreateAdditionalAssignmentsForHIT") == 1
+    (hit,) = fake.hits.values()
+    assert hit["MaxAssignments"] == 3 and refs1[0]["hit_id"] == refs0[0]["hit_id"]
+    (again,) = restarted.poll(refs1)
+    assert again.worker_id not in answered and again.batch_id == "proj-r0001" and again.round == 1
+    assert again.reward == 0.05  # the HIT's reward: MTurk pays extra assignments at the HIT's own reward
+    assert restarted.poll(refs1) == [] and make(tmp_path).poll(refs1) == [again]  # returned once per process
+
+
+def test_returned_or_abandoned_assignments_are_reposted_within_the_deadline(tmp_path: Path, fake: FakeMTurk) -> None:
+    crowd_fake(fake, ["AW1", "AW2", "AW3", "AW4"])
+    fake.abandoners = {"AW2": 1}  # accepts the HIT, keeps it until it expires, abandons it
+    vendor = make(tmp_path, repost_check_s=0.01)
+    refs = vendor.submit(tasks(1, replicas=3), batch_id="proj-r0000")
+    got = vendor.poll(refs)  # AW1 answered; AW2 held the HIT until it expired two short, and abandoned it
+    assert [a.worker_id for a in got] == ["AW1"] and "UpdateExpirationForHIT" in fake.calls
+    time.sleep(0.02)
+    got += vendor.poll(refs)
+    assert sorted(a.worker_id for a in got) == ["AW1", "AW3", "AW4"]
+    (hit,) = fake.hits.values()
+    assert hit["MaxAssignments"] == 3 and len(fake.assignments[hit["HITId"]]) == 3  # the same slots: nothing paid twice
+    assert len(vendor.reposts()) == 1
+    # past the batch's collect deadline a HIT is left expired
+    late = mturk.MTurkVendor({"max_requests_per_second": 100, "repost_check_s": 0.01},
+                             VendorContext(**{**vendor.context.__dict__, "collect_timeout_s": 1.0}))
+    fake.abandoners = {"AW1": 1}
+    refs = late.submit(tasks(1, replicas=2, batch="proj-r0001", round_=1), batch_id="proj-r0001")
+    late.clock = lambda: time.time() + 5.0
+    late.poll(refs)
+    assert len(late.reposts()) == 1  # only the first batch's re-post
+
+
+def test_mturk_vendor_honours_the_contract_with_its_capabilities(tmp_path: Path, fake: FakeMTurk) -> None:
+    from crowdloop.testing import check_vendor
+
+    crowd = ["AW1", "AW2", "AW3", "AW4", "AW5"]
+    crowd_fake(fake, crowd)
+    vendor = make(tmp_path)
+    report = check_vendor(mturk.MTurkVendor, params={"max_requests_per_second": 100}, context=vendor.context,
+                          n_items=4, replicas=2, workers=crowd)
+    assert not report.skipped and report.n_annotations == 8 + 4 + 8
+    assert fake.blocked == {"AW1": "contract check: 0 of 4 known-answer questions right"}
+    assert len(fake.hits) == 4 + 4  # re-asks were added to the first batch's HITs, not new HITs
+    ledger = vendor.ledger()
+    approved = [a for rows in fake.assignments.values() for a in rows if a["AssignmentStatus"] == "Approved"]
+    assert ledger["approved"] == len(approved) and ledger["paid"] == round(0.05 * len(approved), 2)
+    assert ledger["fees"] == round(0.01 * len(approved) + 0.01 * len(fake.bonuses), 2)  # 20% of $0.05: the $0.01 minimum

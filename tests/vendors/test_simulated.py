@@ -139,5 +139,5 @@ def test_structured_kinds_leave_earlier_crowds_unchanged_and_check_their_sizes(t
     one = plain.poll(plain.submit(tasks(30), batch_id="b0"))
     two = with_zero.poll(with_zero.submit(tasks(30), batch_id="b0"))
     assert [(a.worker_id, a.label) for a in one] == [(a.worker_id, a.label) for a in two]
-    with pytest.raises(ConfigError, match="ring_fraction = 1.2: expected at most 1"):
+    with pytest.raises(ConfigError, match=r"ring_fraction = 1\.2: expected at most 1"):
         make(tmp_path / "c", spammer_fraction=0.2, ring_fraction=0.5, pair_confuser_fraction=0.5)

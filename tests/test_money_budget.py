@@ -1,0 +1,48 @@
+"""Issue 19, points 1 and 2: the top-up bonus is capped, and ``money_budget`` is never exceeded.
+
+These tests use only what ``main`` had before the fix (they fail there and pass here).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from crowdloop import keys
+from crowdloop.config import PayConfig
+from crowdloop.storage import read_json
+from tests.conftest import small_config
+from tests.crowd_helpers import run_engine
+
+
+def test_the_top_up_bonus_is_capped_at_a_share_of_the_reward():
+    """Issue 19.1: nine answers booked at 600 s each used to get a $2.50 top-up each on a $0.02 reward."""
+    from crowdloop.pay import settle_batch
+
+    settled = settle_batch(PayConfig(), reward=0.02, estimated_seconds=5.0, durations=[600.0] * 9)
+    assert settled.bonus_per_assignment == pytest.approx(0.02)  # pay.max_top_up = 1: at most the reward again
+    assert settled.total <= 9 * 0.02 * 2 + 1e-9
+    none = settle_batch(PayConfig(max_top_up=0), reward=0.02, estimated_seconds=5.0, durations=[600.0] * 9)
+    assert none.bonus_per_assignment == 0
+
+
+@pytest.mark.parametrize("budget", [0.50, 2.00])
+def test_money_budget_is_never_exceeded_with_top_ups_fees_and_gold(tmp_path, budget):
+    """Issue 19.2: the planner ignored top-up bonuses (budget 0.50 -> spent 1.35; 2.00 -> 2.10).
+
+    A slow crowd (median 20 s against a 10 s pilot estimate: every batch is topped up), a 20% fee
+    and gold questions mixed in: the total spent, as the status JSON reports it, stays within.
+    """
+    from crowdloop.report import status
+
+    cfg = small_config(**{"stopping.money_budget": budget, "stopping.max_rounds": 12, "pay.fee_rate": 0.2,
+                          "pay.pilot_seconds_per_task": 10, "sampler.initial_size": 10, "sampler.batch_size": 10,
+                          "vendor.params.median_seconds": 20.0, "consensus.redundancy": 2,
+                          "gold.share": 0.2, "gold.n_items": 20})
+    p = run_engine(cfg, str(tmp_path / "p"))
+    state = status(p)
+    spent = state["totals"]["cost"]
+    assert 0 < spent <= budget, f"spent {spent} of a {budget} budget"
+    assert state["stop_reason"].startswith(f"money_budget={budget:g}")
+    pays = [read_json(p.store, keys.round_key(r, keys.PAY)) for r in p.rounds() if p.has(r, keys.PAY)]
+    assert any(x["bonuses"] > 0 for x in pays)  # the top-ups that used to overrun the budget were paid
+    assert spent == pytest.approx(sum(x["total"] for x in pays))

@@ -1,0 +1,65 @@
+"""Issue 17's acceptance: three rounds with one spammer on MTurk (botocore-validated fake), the
+local app (real HTTP, several annotators), the manifest drop-box and Label Studio (real server).
+
+The spammer is blocked after the gold evidence, receives no further task, and is paid for the
+work before; every re-ask is answered by somebody who had not answered the item; the money in
+the status JSON equals the vendor's own accounting (MTurk: also MTurk's bill, computed from the
+fake's approved assignments and bonuses by MTurk's published rule, $0.03 rewards).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.vendors import label_studio_server as lss
+from tests.vendors import quality_loop as q
+
+
+def assert_quality_controls_held(out: dict) -> None:
+    assert out["rounds"] == q.ROUNDS
+    assert out["blocked_before_round"] is not None and "known-answer questions correctly" in out["block_reason"]
+    assert out["spammer_judgments_before_block"] > 0 and out["spammer_judgments_after_block"] == 0
+    assert out["spammer_paid_judgments"] == out["spammer_judgments_before_block"] and out["spammer_paid"] > 0
+    assert out["reask_answers"] == out["reask_tasks"] > 0
+    assert out["reasks_by_a_repeat_worker"] == 0 and out["same_worker_twice_on_an_item"] == 0
+    ledger = out["vendor_ledger"]
+    assert round(ledger["paid"] + ledger["bonuses"], 2) == out["paid_to_workers"]
+
+
+def test_mturk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    out = q.run_mturk(tmp_path)
+    assert_quality_controls_held(out)
+    assert out["spammer_assignments_after_block"] == 0 and out["worker_blocks"] == {"ASPAMMER": out["block_reason"]}
+    assert out["spammer_assignments_by_status"] == {"Approved": out["spammer_judgments_before_block"]}
+    assert out["extensions"] == out["reask_tasks"]  # each re-ask: more assignments on the item's own HIT
+    # the ledger to the cent: status JSON = the vendor's accounting = MTurk's bill ($0.01 minimum fee at $0.03)
+    assert out["status_cost"] == out["vendor_ledger"]["total"] == out["mturk_bill"]["total"]
+    # no top-ups here (9 s as estimated): every $0.03 assignment costs the $0.01 minimum fee, not 20% = $0.006
+    assert out["mturk_bill"]["bonuses"] == 0 and out["mturk_bill"]["fees"] == round(0.01 * out["judgments"], 2)
+
+
+def test_local_app_over_http(tmp_path: Path) -> None:
+    out = q.run_local(tmp_path)
+    assert_quality_controls_held(out)
+    assert out["spammer_items_shown_after_block"] == 0 and out["app_errors"] == []
+    assert out["blocked_page"].startswith("You will not receive new items from this project.")
+    assert out["block_reason"] in out["blocked_page"]
+
+
+def test_manifest_drop_box(tmp_path: Path) -> None:
+    out = q.run_manifest(tmp_path)
+    assert_quality_controls_held(out)
+    assert out["spammer_lines_rejected"] > 0 and out["block_reason"] in out["reject_reason"]
+
+
+@pytest.mark.slow
+def test_label_studio_real_server(tmp_path: Path, label_studio: lss.Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)  # restored after the test
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
+    out = q.run_label_studio(tmp_path, label_studio.url, label_studio.token)
+    assert_quality_controls_held(out)
+    assert out["spammer_refused_by_the_stream_in_rounds"] == list(range(out["blocked_before_round"], q.ROUNDS))
