@@ -9,6 +9,7 @@ import pytest
 
 from crowdloop import keys
 from crowdloop.storage import read_json
+from crowdloop.vendor import block_of
 from crowdloop.workers import worker_accounts
 from tests.conftest import small_config
 from tests.crowd_helpers import intents, run_engine
@@ -70,7 +71,7 @@ def test_the_ring_is_found_blocked_at_the_next_dispatch_and_told_why(blocking):
     vendor = p.vendor
     assert vendor.blocked_workers() == ring
     for w in ring:
-        reason = read_json(vendor.store, f"blocks/{w}.json")["reason"]
+        reason = block_of(vendor.store, w)["reason"]
         assert "matched those of 2 other workers" in reason and "paid for all approved work" in reason
     assert not [a for a in p.annotations() if a.worker_id in ring and a.round > first]  # no work once blocked
     assert [a for a in p.annotations() if a.worker_id in ring and a.round <= first]
