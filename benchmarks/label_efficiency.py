@@ -378,6 +378,8 @@ def run_one(dataset: str, spec: str, seed: int) -> dict[str, Any]:
     auto = spec.startswith("crowdloop:auto")
     query = None if auto else strategy(spec[:-3] if self_train or spec.endswith("+ls") else spec, s)
     auto_params = json.loads(spec.partition("?")[2] or "{}") if auto else {}
+    # "spread_<name>" parameters go to the label-spreading check (spreading_helps), the rest to the policy
+    spread_params = {k[len("spread_"):]: auto_params.pop(k) for k in list(auto_params) if k.startswith("spread_")}
     arm_of: dict[int, str] = {}
     records: list[dict[str, Any]] = []
     # crowdloop's samplers see the text rows with their dense view; peers see the TF-IDF matrix
@@ -409,8 +411,9 @@ def run_one(dataset: str, spec: str, seed: int) -> dict[str, Any]:
 
             human = np.flatnonzero(labeled)
             audit = np.flatnonzero([arm_of.get(int(i)) == "random" for i in human])
-            use_spread, ls_record = spreading_helps(make_model(dataset), s.X_pool, human, s.y_pool[human], audit,
-                                                    rng=np.random.default_rng([seed, 4, int(labeled.sum())]))
+            use_spread, ls_record = spreading_helps(make_model(dataset), X_query, human, s.y_pool[human], audit,
+                                                    rng=np.random.default_rng([seed, 4, int(labeled.sum())]),
+                                                    **spread_params)
             records.append({"labels": int(labeled.sum()), "label_spreading": use_spread, "spread_evidence": ls_record})
         if use_spread:
             from crowdloop.models.semi import spread_labels
@@ -433,7 +436,7 @@ def run_one(dataset: str, spec: str, seed: int) -> dict[str, Any]:
 
             human = np.flatnonzero(labeled)
             cand = np.flatnonzero(~labeled)
-            decision = decide(model, s.X_pool[cand], batch_size=batch, rng=rng, X_labeled=s.X_pool[human],
+            decision = decide(model, X_query[cand], batch_size=batch, rng=rng, X_labeled=X_query[human],
                               y_labeled=s.y_pool[human], labeled_arm=[arm_of.get(int(i)) for i in human], **auto_params)
             picked = cand[decision.indices]
             for arm, pos in decision.picked_by.items():
@@ -482,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def save():
         tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=1))
+        tmp.write_text(json.dumps(results, separators=(",", ":")))  # compact: curves and policy records are long
         tmp.replace(args.out)
 
     with ProcessPoolExecutor(max_workers=args.jobs) as ex:

@@ -109,6 +109,35 @@ def _plot(dataset: str, strategies: dict[str, list[dict[str, Any]]], plots: Path
     return f"![{dataset} learning curves](benchmarks/results/{path.name})\n"
 
 
+def versus_random_table(results: list[dict[str, Any]], strategy: str, seeds: int | None = None) -> str:
+    """One row per dataset: ``strategy`` against random (and the strongest other strategy in the
+    files) by mean AULC and median labels to each level, over the seeds both have (the first
+    ``seeds`` of them when given), and where ``strategy`` is below random. A later file's run of
+    the same (dataset, strategy, seed) replaces an earlier one's."""
+    runs: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for r in results:
+        runs[(r["dataset"], r["strategy"], r["seed"])] = r
+    out = [f"| set | seeds | random: AULC · labels to 95/98/99 % | {strategy} | verdict |", "|---|---:|---|---|---|"]
+    for dataset in sorted({d for d, _, _ in runs}):
+        mine = {s: r for (d, st, s), r in runs.items() if d == dataset and st == strategy}
+        rand = {s: r for (d, st, s), r in runs.items() if d == dataset and st == "crowdloop:random"}
+        common = sorted(set(mine) & set(rand))[:seeds]
+        if not common:
+            continue
+        cells, verdict = [], []
+        for rows in ([rand[s] for s in common], [mine[s] for s in common]):
+            aulc = float(np.mean([r["aulc"] for r in rows]))
+            levels = [_median_labels(rows, lv) for lv in LEVELS]
+            cells.append((aulc, levels))
+        (ra, rl), (ma, ml) = cells
+        verdict = [f"{int(float(lv) * 100)} %" for lv, a, b in zip(LEVELS, ml, rl, strict=True) if a > b]
+        verdict += ["AULC"] if ma < ra else []
+        text = "below at " + ", ".join(verdict) if verdict else "not below"
+        fmt = [f"{a:.4f} · " + "/".join(_fmt(v) for v in lv) for a, lv in cells]
+        out.append(f"| {dataset} | {len(common)} | {fmt[0]} | {fmt[1]} | {text} |")
+    return "\n".join(out)
+
+
 def selection_scaling_table(results: list[dict[str, Any]]) -> str:
     out = ["| pool rows | batch | strategy | seconds | × predict_proba | extra peak RSS (MB) | note |",
            "|---|---|---|---|---|---|---|"]
@@ -147,9 +176,15 @@ def main() -> None:
     ap.add_argument("--label-efficiency", nargs="*", type=Path, default=[])
     ap.add_argument("--selection-scaling", type=Path)
     ap.add_argument("--plots", type=Path)
+    ap.add_argument("--versus-random", metavar="STRATEGY",
+                    help="with --label-efficiency: one row per set, STRATEGY against random (issue 18's target)")
+    ap.add_argument("--seeds", type=int, help="with --versus-random: the first SEEDS seeds only")
     ap.add_argument("--text-scaling", type=Path)
     args = ap.parse_args()
-    if args.label_efficiency:
+    if args.label_efficiency and args.versus_random:
+        results = [r for p in args.label_efficiency for r in json.loads(p.read_text())]
+        print(versus_random_table(results, args.versus_random, args.seeds))
+    elif args.label_efficiency:
         results = [r for p in args.label_efficiency for r in json.loads(p.read_text())]
         print(label_efficiency_tables(results, args.plots))
     if args.selection_scaling:

@@ -100,6 +100,11 @@ def child(pool_path: str, strategy: str, batch: int) -> dict[str, Any]:
         accepts = inspect.signature(fn).parameters
         if "X_labeled" in accepts:
             params["X_labeled"] = X[train]
+        if "y_labeled" in accepts:
+            params["y_labeled"] = centres_y
+        if "labeled_arm" in accepts:  # a self-measuring policy mid-run: half a random audit, the rest by each arm
+            arms = list(params.get("arms", ("random", "margin", "kmeans_margin", "typiclust")))
+            params["labeled_arm"] = ["random" if i % 2 == 0 else arms[(i // 2) % len(arms)] for i in range(len(train))]
     elif lib == "modal":
         import modAL.batch
         import modAL.uncertainty

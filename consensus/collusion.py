@@ -41,6 +41,12 @@ class Ring:
         return {"workers": list(self.workers), "n_shared": self.n_shared, "n_agreed": self.n_agreed,
                 "expected": round(self.expected, 2)}
 
+    @classmethod
+    def from_record(cls, record: dict[str, object]) -> Ring:
+        """The ring an :meth:`as_record` dict (e.g. from ``aggregate.json``) describes."""
+        return cls(workers=tuple(str(w) for w in record["workers"]), n_shared=int(record["n_shared"]),  # type: ignore[arg-type]
+                   n_agreed=int(record["n_agreed"]), expected=float(record["expected"]))  # type: ignore[arg-type]
+
 
 def pair_agreement(table: pd.DataFrame, model: object | None = None) -> pd.DataFrame:
     """Per pair of workers who answered common items: shared items, agreements, and the

@@ -163,6 +163,12 @@ class ConsensusConfig(_Strict):
                     "truth less than this (they are still paid); None = never",
     )
     block_min_judgments: int = Field(10, ge=1, description="multiply-judged answers a worker needs before that check")
+    block_rings: bool = Field(
+        False,
+        description="stop sending tasks to members of rings of colluders (workers who agree with each other far above "
+                    "what the consensus model predicts, consensus/collusion.py); each is told the ring's evidence and "
+                    "is still paid",
+    )
 
     @property
     def adaptive(self) -> bool:
@@ -217,8 +223,10 @@ class AutolabelConfig(_Strict):
 class SemiSupervisedConfig(_Strict):
     """Machine labels from the unlabeled pool (label spreading), used in training only."""
 
-    method: Literal["none", "label_spreading"] = Field(
-        "none", description="label_spreading: human labels spread over a k-NN graph of the pool; confident ones train the model"
+    method: Literal["none", "label_spreading", "auto"] = Field(
+        "none", description="label_spreading: human labels spread over a k-NN graph of the pool; confident ones train the "
+                            "model; auto: label spreading only in rounds where it makes the model more accurate on the "
+                            "random audit (uniformly picked human-labeled items; models.semi.spreading_helps)"
     )
     n_neighbors: int = Field(10, ge=1, description="neighbours per row in the graph")
     alpha: float = Field(0.2, gt=0, lt=1, description="how far a label may drift from its human seed (LabelSpreading's alpha)")

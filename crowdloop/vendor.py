@@ -124,6 +124,8 @@ def required_capabilities(config: Any) -> dict[str, str]:
         need[BLOCKS_WORKERS] = f"gold.share={gold.share:g} (workers below gold.min_accuracy={gold.min_accuracy:g} are blocked)"
     elif consensus.block_below_agreement is not None:
         need[BLOCKS_WORKERS] = f"consensus.block_below_agreement={consensus.block_below_agreement:g}"
+    elif consensus.block_rings:
+        need[BLOCKS_WORKERS] = "consensus.block_rings=true (members of rings of colluders are blocked)"
     if consensus.adaptive:
         need[EXCLUDES_WORKERS_PER_ITEM] = (f"consensus.confidence_threshold={consensus.confidence_threshold:g} "
                                            "(adaptive re-asks go to somebody else)")

@@ -36,7 +36,8 @@ def worker_accounts(p: Project, *, through_round: int | None = None) -> dict[str
         agg = p.record(r, keys.AGGREGATE, default=None)
         if agg is not None:
             skills = agg.get("worker_skill", skills)
-            blocked = set(agg.get("blocked_workers", [])) | set(agg.get("blocked_on_agreement", {}))
+            blocked = (set(agg.get("blocked_workers", [])) | set(agg.get("blocked_on_agreement", {}))
+                       | set(agg.get("blocked_in_rings", [])))
     gold = p.gold_set
     rows: dict[str, dict[str, Any]] = {}
     for a in p.annotations():

@@ -98,14 +98,19 @@ def spread_labels(
 
 
 def spreading_helps(template: Any, X: Any, labeled: np.ndarray, y: np.ndarray, audit: np.ndarray, *,
-                    rng: np.random.Generator, **spread_params: Any) -> tuple[bool, dict[str, Any]]:
+                    rng: np.random.Generator, on_tie: bool = False, z: float = 0.0,
+                    **spread_params: Any) -> tuple[bool, dict[str, Any]]:
     """Whether machine labels from :func:`spread_labels` make ``template`` more accurate, judged on
     the audit: ``audit`` (positions into ``labeled``) are uniformly drawn human-labeled rows. Each
     half of the audit is scored by a model trained without it, once on the other human labels
-    alone and once with the labels spread from them too. Ties keep spreading (it needs most
-    labels where it helps, at the start). Label spreading helps on clustered pools (digits,
-    Fashion-MNIST) and hurts on small noisy tables; this check lets the data say which.
-    Returns (use it?, evidence record). Cost: 2 spreads and 4 fits.
+    alone and once with the labels spread from them too; the two are compared item by item
+    (wins: audit items only the spread model gets right; losses: the reverse). Spreading is used
+    when wins − losses > ``z``·√(wins + losses) — ``z`` = 0: more wins than losses; a larger
+    ``z`` asks for a one-sided sign-test margin. A tie (or an audit under 4 items) returns
+    ``on_tie``, off by default: spreading must earn its place. Keeping it on at ties cost
+    penguins up to 11 points at the first rounds (BENCHMARKS.md, issue 18). Label spreading helps on
+    clustered pools (digits, Fashion-MNIST) and hurts on small noisy tables; this check lets the
+    data say which. Returns (use it?, evidence record). Cost: 2 spreads and 4 fits.
     """
     from sklearn.base import clone
 
@@ -114,23 +119,30 @@ def spreading_helps(template: Any, X: Any, labeled: np.ndarray, y: np.ndarray, a
     audit = np.asarray(audit, dtype=np.int64)
     record: dict[str, Any] = {"n_audit": len(audit), "without": None, "with": None}
     if len(audit) < 4:
-        return True, record
+        return on_tie, record
     right = {"without": 0, "with": 0}
+    wins = losses = 0
     halves = np.array_split(rng.permutation(audit), 2)
     for test in halves:
         train = np.setdiff1d(np.arange(len(labeled)), test)
         if len(set(y[train].tolist())) < 2:
-            return True, record
+            return on_tie, record
         truth = y[test].astype(str)
         plain = clone(template).fit(X[labeled[train]], y[train])
-        right["without"] += int((np.asarray(plain.predict(X[labeled[test]])).astype(str) == truth).sum())
+        ok_plain = np.asarray(plain.predict(X[labeled[test]])).astype(str) == truth
         found = spread_labels(X, labeled[train], y[train], rng=rng, **spread_params)
         if len(found.index):
             X_fit = X[np.concatenate([labeled[train], found.index])]  # one pool: rows by index (dense, sparse or text)
             y_fit = np.concatenate([y[train], found.labels.astype(str)])
-            spread = clone(template).fit(X_fit, y_fit)
+            ok_spread = np.asarray(clone(template).fit(X_fit, y_fit).predict(X[labeled[test]])).astype(str) == truth
         else:
-            spread = plain
-        right["with"] += int((np.asarray(spread.predict(X[labeled[test]])).astype(str) == truth).sum())
+            ok_spread = ok_plain
+        right["without"] += int(ok_plain.sum())
+        right["with"] += int(ok_spread.sum())
+        wins += int((ok_spread & ~ok_plain).sum())
+        losses += int((ok_plain & ~ok_spread).sum())
     record.update({k: round(v / len(audit), 4) for k, v in right.items()})
-    return right["with"] >= right["without"], record
+    record.update(wins=wins, losses=losses)
+    if wins == losses:
+        return on_tie, record
+    return bool(wins - losses > z * np.sqrt(wins + losses)), record

@@ -30,6 +30,7 @@ ADAPTIVE = {"consensus.confidence_threshold": 0.8, "consensus.min_judgments": 1}
 
 REFUSED = [  # (vendor section, quality settings, the missing capability)
     ({"name": "label_studio", "params": {}}, GOLD, "blocks_workers"),
+    ({"name": "label_studio", "params": {}}, {"consensus.block_rings": True}, "blocks_workers"),  # rings of colluders
     ({"name": "mturk", "params": {"items_per_hit": 5}}, ADAPTIVE, "excludes_workers_per_item"),
     ({"name": "mturk", "params": {"items_per_hit": 5}}, GOLD, "excludes_workers_per_item"),
 ]

@@ -116,3 +116,48 @@ def test_with_auto_labels_in_training_spread_labels_never_overwrite_them(tmp_pat
         assert not spread & auto  # an item the auto-labeler already labeled keeps that label
         checked += bool(auto)
     assert checked >= 1  # at least one round trained on both kinds
+
+
+AUTO = {**SEMI, "semi_supervised.method": "auto", "stopping.max_rounds": 4,
+        "vendor.params": {"n_workers": 12, "accuracy": [0.9, 0.98], "spammer_fraction": 0.0}}
+
+
+def test_auto_spreads_only_where_the_random_audit_says_it_helps_and_records_why(tmp_path):
+    from crowdloop.engine.selection import arm_history
+    from crowdloop.engine.training import spreading_check
+
+    p = run_engine(small_config(**AUTO, **{"sampler.name": "auto", "sampler.params": {"min_items": 4}}), str(tmp_path / "auto"))
+    used = []
+    for r in p.rounds():
+        info = read_json(p.store, keys.round_key(r, keys.TRAIN))
+        if not info["trained"]:
+            continue
+        human = p.human_labels(before_round=r)
+        evidence = info["spreading"]
+        arms = arm_history(p, r, sorted(label.item_id for label in human))
+        assert evidence["n_audit"] == arms.count("random") >= 30  # the random cold start, then the random arm's picks
+        assert evidence["wins"] + evidence["losses"] <= evidence["n_audit"]
+        assert evidence["used"] == (evidence["wins"] > evidence["losses"])  # a tie keeps spreading off
+        assert (evidence["used"], {k: v for k, v in evidence.items() if k != "used"}) == spreading_check(p, r, human)
+        spread = p.round_labels(r, keys.SPREAD_LABELS)
+        rows = sorted(human + (spread or []), key=lambda label: label.item_id)
+        if evidence["used"]:
+            assert info["n_spread"] == len(spread) > 0
+        else:  # off: no machine labels; the model is the one fitted on human labels alone
+            assert spread is None and "n_spread" not in info
+        idx = np.array([p.index_of[label.item_id] for label in rows])
+        ref = clone(p.model_template).fit(p.pool.X[idx], np.array([label.label for label in rows], dtype=object))
+        assert np.allclose(ref.predict_proba(p.test.X), p.load_model(r).predict_proba(p.test.X))
+        used.append(evidence["used"])
+    assert len(used) >= 3 and any(used)  # digits cluster: spreading wins on the audit at least once
+    again = engine.train(p, p.rounds()[-1])
+    assert again == read_json(p.store, keys.round_key(p.rounds()[-1], keys.TRAIN))
+
+
+def test_auto_without_a_random_audit_keeps_spreading_off(tmp_path):
+    """A k-means cold start and margin sampling leave no uniformly drawn labels to judge on."""
+    p = run_engine(small_config(**{**AUTO, "sampler.cold_start": "kmeans", "stopping.max_rounds": 2}), str(tmp_path / "p"))
+    infos = [read_json(p.store, keys.round_key(r, keys.TRAIN)) for r in p.rounds()]
+    trained = [i for i in infos if i["trained"]]
+    assert trained and all(i["spreading"] == {"used": False, "n_audit": 0, "without": None, "with": None} for i in trained)
+    assert all(p.round_labels(r, keys.SPREAD_LABELS) is None for r in p.rounds())

@@ -1,8 +1,10 @@
 """Step ``aggregate``: every human judgment so far into one label per item (a snapshot per round).
 
 Gold items measure workers and are never labels. Besides the labels, the round's summary
-records each worker's skill, gold accuracy and the workers the quality policy stops sending
-tasks to (on gold evidence or low agreement); the next dispatch reads them from here.
+records each worker's skill, gold accuracy, the rings of colluders the consensus model found
+(with their evidence) and the workers the quality policy stops sending tasks to (on gold
+evidence, low agreement, or ring membership with ``consensus.block_rings``); the next dispatch
+reads them from here.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pandas as pd
 
 from crowdloop import keys
 from crowdloop.consensus.adaptive import gold_stats, low_agreement_workers, workers_to_block
+from crowdloop.consensus.collusion import find_rings
 from crowdloop.engine.project import Project, write_once, write_once_digest
 from crowdloop.engine.quality import annotation_table
 from crowdloop.records import AggregatedLabel, to_jsonl
@@ -51,6 +54,13 @@ def aggregate(p: Project, r: int) -> dict[str, Any]:
             low = low_agreement_workers(table, agg.probas_, min_judgments=c.block_min_judgments,
                                         min_agreement=c.block_below_agreement)
             extra["blocked_on_agreement"] = {w: v for w, v in sorted(low.items()) if w not in extra.get("blocked_workers", [])}
+        rings = getattr(agg, "rings_", None)
+        if rings is None and c.block_rings:  # an aggregator without ring detection: look with the default model
+            rings = find_rings(table)
+        if rings:  # the evidence, always; blocking on it only when asked
+            extra["rings"] = [ring.as_record() for ring in rings]
+            if c.block_rings:
+                extra["blocked_in_rings"] = sorted(w for ring in rings for w in ring.workers)
     digest = write_once_digest(p.store, keys.round_key(r, keys.LABELS), to_jsonl(labels))
     # what this snapshot vouches for: the label log held n_judgments answers up to round r
     summary = {"round": r, "n_items": len(labels), "method": method, "worker_skill": skills,

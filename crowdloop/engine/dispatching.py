@@ -18,7 +18,7 @@ from crowdloop.consensus.policy import agreement_block_reason, gold_block_reason
 from crowdloop.engine import hooks
 from crowdloop.engine.budget import expected_task_seconds
 from crowdloop.engine.project import STREAM_MIX, Project, write_once
-from crowdloop.engine.quality import block_decisions, blocked_workers
+from crowdloop.engine.quality import block_decisions, blocked_workers, rings_found
 from crowdloop.errors import ConfigError
 from crowdloop.pay import reward_for
 from crowdloop.records import Task
@@ -70,6 +70,8 @@ def _intent(p: Project, r: int, selection: dict[str, Any]) -> dict[str, Any]:
         record["blocked_workers"] = blocked_workers(p, r)
     if p.config.consensus.block_below_agreement is not None:
         record["blocked_on_agreement"] = blocked_workers(p, r, on="blocked_on_agreement")
+    if p.config.consensus.block_rings:  # the evidence behind ring members' block_reasons
+        record["blocked_rings"] = rings_found(p, r)
     record["block_reasons"] = block_decisions(p, r)
     record["tasks"] = [t.model_dump(mode="json") for t in _with_predictions(p, r, tasks)]
     return record

@@ -14,6 +14,7 @@ import pandas as pd
 
 from crowdloop import keys
 from crowdloop.consensus.adaptive import answered_by, gold_stats
+from crowdloop.consensus.collusion import Ring, ring_reason
 from crowdloop.consensus.policy import agreement_block_reason, gold_block_reason, plan_gold, reask_items
 from crowdloop.consensus.policy import gold_rejections as rejections_for
 from crowdloop.engine.project import STREAM_CV, STREAM_GOLD, Project
@@ -26,25 +27,32 @@ def annotation_table(anns: list[Annotation]) -> pd.DataFrame:
                          "label": [a.label for a in anns]})
 
 
-def blocked_workers(p: Project, r: int, *, on: str = "blocked_workers") -> list[str]:
-    """Workers blocked as of the last aggregation before round ``r``: on gold evidence
-    (``blocked_workers``) or on low agreement with the aggregated truth (``blocked_on_agreement``)."""
+def last_aggregate(p: Project, r: int) -> dict[str, Any]:
+    """The summary of the last aggregation before round ``r`` (empty before the first)."""
     for q in range(r - 1, -1, -1):
         summary = p.record(q, keys.AGGREGATE, default=None)
         if summary is not None:
-            return sorted(summary.get(on, []))
-    return []
+            return summary
+    return {}
+
+
+def blocked_workers(p: Project, r: int, *, on: str = "blocked_workers") -> list[str]:
+    """Workers blocked as of the last aggregation before round ``r``: on gold evidence
+    (``blocked_workers``) or on low agreement with the aggregated truth (``blocked_on_agreement``)."""
+    return sorted(last_aggregate(p, r).get(on, []))
+
+
+def rings_found(p: Project, r: int) -> list[dict[str, Any]]:
+    """Rings of colluders the last aggregation before round ``r`` found, as evidence records
+    (members, shared items, agreements, the agreements the model predicted)."""
+    return list(last_aggregate(p, r).get("rings", []))
 
 
 def block_decisions(p: Project, r: int) -> dict[str, str]:
     """Workers to block before round ``r`` is sent, each with the reason they are told: the
-    evidence from the last aggregation (their gold answers, or their agreement with the consensus)."""
-    summary: dict[str, Any] = {}
-    for q in range(r - 1, -1, -1):
-        found = p.record(q, keys.AGGREGATE, default=None)
-        if found is not None:
-            summary = found
-            break
+    evidence from the last aggregation (their gold answers, their agreement with the consensus,
+    or — with ``consensus.block_rings`` — their ring's agreements against the model's prediction)."""
+    summary = last_aggregate(p, r)
     out: dict[str, str] = {}
     if p.config.gold.enabled:
         gold = summary.get("gold", {})
@@ -56,6 +64,11 @@ def block_decisions(p: Project, r: int) -> dict[str, str]:
     if threshold is not None:
         for worker, agreement in sorted(summary.get("blocked_on_agreement", {}).items()):
             out.setdefault(worker, agreement_block_reason(threshold, agreement=agreement))
+    if p.config.consensus.block_rings:
+        for ring in summary.get("rings", []):
+            reason = ring_reason(Ring.from_record(ring))
+            for worker in ring["workers"]:
+                out.setdefault(worker, reason)
     return out
 
 

@@ -1,8 +1,9 @@
 """Step ``train``: fit round ``r``'s model on the labels aggregated before it.
 
 Human labels always train; machine labels join when the config asks for them (auto-labels
-with ``autolabel.use_in_training``, label-spreading labels with ``semi_supervised``), never
-over an item a human labeled. The fitted model and what it was trained on are create-only
+with ``autolabel.use_in_training``, label-spreading labels with ``semi_supervised``; with
+``semi_supervised.method: auto`` only in rounds where the random audit says they help, the
+evidence in ``train.json``), never over an item a human labeled. The fitted model and what it was trained on are create-only
 records, so a rerun finds them and a warm-started model continues from the stored weights.
 """
 
@@ -20,6 +21,7 @@ from crowdloop.engine.project import Project, write_once, write_once_bytes
 from crowdloop.records import AggregatedLabel, to_jsonl
 
 _STREAM_SPREAD = 0x5EED
+_STREAM_SPREAD_CHECK = 0x5EEC
 
 
 def train(p: Project, r: int) -> dict[str, Any]:
@@ -35,7 +37,11 @@ def train(p: Project, r: int) -> dict[str, Any]:
         machine = [label for label in p.machine_labels(before_round=r) if label.item_id not in human]
         info["n_machine"] = len(machine)
         labels = labels + machine
-    if p.config.semi_supervised.enabled:
+    use_spread = p.config.semi_supervised.enabled
+    if p.config.semi_supervised.method == "auto":
+        use_spread, evidence = spreading_check(p, r, p.human_labels(before_round=r))
+        info["spreading"] = {"used": use_spread, **evidence}
+    if use_spread:
         spread = spread_labels(p, r, p.human_labels(before_round=r), skip={label.item_id for label in labels})
         info.update(n_spread=len(spread),
                     spread_sha256=hashlib.sha256(p.store.read_bytes(keys.round_key(r, keys.SPREAD_LABELS))).hexdigest())
@@ -94,6 +100,25 @@ def spread_labels(p: Project, r: int, labels: list[AggregatedLabel], skip: set[s
                for i, lab, c in zip(found.index, found.labels, found.confidence, strict=True) if str(p.pool.ids[i]) not in skip]
     write_once_bytes(p.store, keys.round_key(r, keys.SPREAD_LABELS), to_jsonl(out))
     return p.round_labels(r, keys.SPREAD_LABELS) or []  # what is stored: another process may have got there first
+
+
+def spreading_check(p: Project, r: int, labels: list[AggregatedLabel]) -> tuple[bool, dict[str, Any]]:
+    """``semi_supervised.method: auto``: whether label spreading makes round ``r``'s model more
+    accurate, judged on the audit — the human-labeled items picked uniformly at random (a
+    random cold start, the random arm of ``sampler: auto``; ``selection.arm_history``). Spreading
+    must win on the audit to be used (a tie or an audit of fewer than 4 items keeps it off): it
+    helps on clustered pools and hurts on small noisy tables. Deterministic from (seed, r, store)."""
+    from crowdloop.engine.selection import arm_history
+    from crowdloop.models.semi import spreading_helps
+
+    labels = sorted(labels, key=lambda label: label.item_id)
+    ids = [label.item_id for label in labels]
+    audit = np.flatnonzero([arm == "random" for arm in arm_history(p, r, ids)])
+    cfg = p.config.semi_supervised
+    return spreading_helps(p.model_template, p.pool.X, p.rows_of(ids), np.array([label.label for label in labels], dtype=object),
+                           audit, rng=np.random.default_rng([p.config.seed, r, _STREAM_SPREAD_CHECK]),
+                           n_neighbors=cfg.n_neighbors, alpha=cfg.alpha, min_confidence=cfg.min_confidence,
+                           max_items=cfg.max_items)
 
 
 def _model_to_fit(p: Project, r: int) -> tuple[Any, int | None]:
