@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 Z95 = 1.959963984540054  # two-sided 95 %
+MIN_ERRORS = 10  # errors among the draws before their sample variance is trusted on its own
 
 
 @dataclass(frozen=True)
@@ -83,21 +84,21 @@ def proposal(expected_loss: np.ndarray, uniform_share: float) -> np.ndarray:
 
 
 def importance_estimate(loss: np.ndarray, items: np.ndarray, proposals: list[tuple[np.ndarray, int]], *,
-                        n_labels: int, expected_loss: np.ndarray | None = None) -> Estimate | None:
+                        n_labels: int) -> Estimate | None:
     """Accuracy from draws over a reserve of ``N`` items, made in rounds with different proposals.
 
     ``loss[m]`` in [0, 1] is the current model's loss on draw ``m``, ``items[m]`` the reserve index
     drawn; ``proposals`` holds each round's proposal vector (length ``N``) and how many of the
     draws it made. All draws are weighted by the mixture of the proposals (``q̄ = Σ m_r q_r / M``,
-    the balance heuristic of multiple importance sampling, Veach & Guibas 1995), which stays
-    unbiased and keeps a draw made for an earlier model from weighing much when the current
-    model errs where that model was sure.
+    the balance heuristic of multiple importance sampling, Veach & Guibas 1995), which keeps a
+    draw made for an earlier model from weighing much when the current model errs where that
+    model was sure.
 
-    The variance is the larger of the draws' sample variance and the variance the current
-    model's own ``expected_loss`` over the reserve predicts for this mixture: the sample
-    variance is 0 until an error is drawn, which would make the interval a point. The reserve
-    is itself a sample of the pool, so its own spread, ``e(1-e)/N``, is added: the interval is
-    for the accuracy on new items, as the ``random`` audit's is.
+    The variance is the draws' sample variance; while fewer than ``MIN_ERRORS`` draws show an
+    error it is not trusted (it is 0 until the first error), and the variance a uniform sample
+    of as many draws would have at the Laplace-smoothed error rate is used when larger. The
+    reserve is itself a sample of the pool, so its own spread, ``e(1-e)/N``, is added: the
+    interval is for the accuracy on new items, as the ``random`` audit's is.
     """
     loss = np.asarray(loss, dtype=float)
     m = len(loss)
@@ -106,16 +107,32 @@ def importance_estimate(loss: np.ndarray, items: np.ndarray, proposals: list[tup
     n_reserve = len(proposals[0][0])
     mixture = sum(k * np.asarray(q, dtype=float) for q, k in proposals) / sum(k for _, k in proposals)
     z = loss / (n_reserve * mixture[np.asarray(items, dtype=np.int64)])
-    error = float(z.mean())
+    error = min(max(float(z.mean()), 0.0), 1.0)
     var = float(z.var(ddof=1)) / m if m > 1 else np.inf
-    if expected_loss is not None:
-        pi = np.clip(np.asarray(expected_loss, dtype=float), 0.0, 1.0)
-        var = max(var, (float(np.sum(pi / (n_reserve**2 * mixture))) - float(pi.mean()) ** 2) / m)
-    clipped = min(max(error, 0.0), 1.0)
-    var += clipped * (1 - clipped) / n_reserve
+    if int(np.count_nonzero(loss)) < MIN_ERRORS:
+        smoothed = (float(loss.sum()) + 1) / (m + 2)
+        var = max(var, smoothed * (1 - smoothed) / m)
+    var += error * (1 - error) / n_reserve
     half = Z95 * float(np.sqrt(var)) if np.isfinite(var) else 1.0
-    accuracy = 1.0 - clipped
+    accuracy = 1.0 - error
     return Estimate(accuracy, max(accuracy - half, 0.0), min(accuracy + half, 1.0), n_labels, m)
+
+
+def calibrated(raw: np.ndarray, fit_raw: np.ndarray, fit_loss: np.ndarray) -> np.ndarray:
+    """Platt scaling of a loss probability: ``raw`` mapped through a logistic fit of the observed
+    losses ``fit_loss`` on ``logit(fit_raw)``; ``raw`` unchanged with fewer than 3 of either outcome."""
+    from sklearn.linear_model import LogisticRegression
+
+    fit_loss = np.asarray(fit_loss) > 0.5
+    if min(int(fit_loss.sum()), int((~fit_loss).sum())) < 3:
+        return np.asarray(raw, dtype=float)
+
+    def logit(v: np.ndarray) -> np.ndarray:
+        v = np.clip(np.asarray(v, dtype=float), 1e-4, 1 - 1e-4)
+        return np.log(v / (1 - v)).reshape(-1, 1)
+
+    fit = LogisticRegression(C=10.0).fit(logit(fit_raw), fit_loss.astype(int))
+    return fit.predict_proba(logit(raw))[:, 1]
 
 
 def draw(q: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

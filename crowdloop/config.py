@@ -274,6 +274,11 @@ class EvaluationConfig(_Strict):
         "(random) or 3 x max_items (active), at most half the pool")
     uniform_share: float = Field(
         0.2, gt=0, le=1, description="active: share of uniform sampling mixed into the proposal (bounds the weights)")
+    surrogate: ModelConfig = Field(
+        default_factory=lambda: ModelConfig(estimator="sklearn.ensemble.ExtraTreesClassifier",
+                                            params={"n_estimators": 200}, scale=False),
+        description="active: the model whose disagreement with the project's model predicts its errors (trained on the "
+                    "training labels only; it shapes which audit items are drawn, never the estimate's expectation)")
 
     @property
     def enabled(self) -> bool:

@@ -169,7 +169,7 @@ def _read_table(path: Path, fmt: str, id_column: str, label_column: str) -> list
 
 def _read_manifest(path: Path, text: str, cfg: LabelFileConfig) -> list[LabelRow]:
     """A Ground Truth output manifest: ``{"source-ref"|"source": ..., "<attr>": k, "<attr>-metadata": {"class-name": ...}}``."""
-    rows = []
+    lines: list[tuple[int, dict[str, Any]]] = []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -179,9 +179,14 @@ def _read_manifest(path: Path, text: str, cfg: LabelFileConfig) -> list[LabelRow
             raise LabelFileError(f"{path}: line {n}: not JSON ({exc.msg})") from None
         if not isinstance(obj, dict):
             raise LabelFileError(f"{path}: line {n}: expected a JSON object")
-        attribute = cfg.label_attribute or _label_attribute(obj)
-        if attribute is None:
-            raise LabelFileError(f"{path}: line {n}: no label attribute with a '-metadata' twin; set label_attribute")
+        lines.append((n, obj))
+    # one job wrote the file: its label attribute is the one a labeled line pairs with "-metadata"
+    attribute = cfg.label_attribute or next((a for _, obj in lines if (a := _label_attribute(obj))), None)
+    if attribute is None:
+        raise LabelFileError(f"{path}: line {lines[0][0] if lines else 1}: no label attribute with a '-metadata' twin; "
+                             "set label_attribute")
+    rows = []
+    for n, obj in lines:
         if attribute not in obj:
             continue  # an object the job did not label (Ground Truth writes a failure-reason instead)
         meta = obj.get(f"{attribute}-metadata")

@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 
 from crowdloop import keys
-from crowdloop.audit import Estimate, draw, importance_estimate, proposal, random_estimate
+from crowdloop.audit import Estimate, calibrated, draw, importance_estimate, proposal, random_estimate
 from crowdloop.engine.project import Project, write_once
 from crowdloop.records import AuditLabel
 
 STREAM_AUDIT_DRAW = 0xA0D1
+STREAM_SURROGATE = 0xA0D2
 
 
 def audit(p: Project, r: int) -> dict[str, Any]:
@@ -50,7 +51,7 @@ def audit(p: Project, r: int) -> dict[str, Any]:
             record.update(draws=new, item_ids=new)
         else:
             model = p.load_model(r)
-            pi = expected_loss(model, p, reserve) if model is not None else np.zeros(len(reserve))
+            pi = loss_probability(p, r, model, reserve) if model is not None else np.zeros(len(reserve))
             q = proposal(pi, ev.uniform_share)
             picked = draw(q, n, p.rng(r, STREAM_AUDIT_DRAW))
             draws = [reserve[k] for k in picked]
@@ -83,9 +84,35 @@ def audit_labels(p: Project, before_round: int) -> dict[str, AuditLabel]:
     return {}
 
 
-def expected_loss(model: Any, p: Project, items: list[str]) -> np.ndarray:
-    """The model's own expected 0-1 loss on ``items``: one minus its top class probability."""
-    return 1.0 - model.predict_proba(p.pool.X[p.rows_of(items)]).max(axis=1)
+def loss_probability(p: Project, r: int, model: Any, reserve: list[str]) -> np.ndarray:
+    """How likely round ``r``'s model is wrong on each reserve item, as the active audit's proposal sees it.
+
+    A surrogate (``evaluation.surrogate``, trained on the training labels only) gives the
+    probability that the model's prediction is not the true class; Platt scaling on the audit
+    labels bought so far calibrates it. A model's own confidence ranks its errors poorly (it is
+    badly calibrated with few labels, and blind where it is confidently wrong); a different
+    model's disagreement, calibrated on real outcomes, ranks them better. Without a surrogate
+    (fewer than two classes labeled) the model's own ``1 - max probability`` is used.
+    """
+    X = p.pool.X[p.rows_of(reserve)]
+    predicted = model.predict(X).astype(str)
+    raw = 1.0 - model.predict_proba(X).max(axis=1)
+    labels = sorted(p.known_labels(before_round=r), key=lambda label: label.item_id)
+    if len({label.label for label in labels}) >= 2:
+        from crowdloop.models.sklearn import build_model
+
+        surrogate = build_model(p.config.evaluation.surrogate)
+        if "random_state" in surrogate.get_params():
+            surrogate.set_params(random_state=int(p.rng(r, STREAM_SURROGATE).integers(2**31)))
+        surrogate.fit(p.pool.X[p.rows_of([label.item_id for label in labels])],
+                      np.array([label.label for label in labels], dtype=object))
+        proba = surrogate.predict_proba(X)
+        column = {str(c): k for k, c in enumerate(surrogate.classes_)}
+        raw = np.array([1.0 - (proba[k, column[c]] if c in column else 0.0) for k, c in enumerate(predicted)])
+    found = audit_labels(p, r)
+    fit = [k for k, item in enumerate(reserve) if item in found]
+    observed = np.array([float(predicted[k] != found[reserve[k]].label) for k in fit])
+    return calibrated(raw, raw[fit], observed) if fit else raw
 
 
 def estimate(p: Project, r: int, model: Any) -> Estimate | None:
@@ -116,8 +143,7 @@ def estimate(p: Project, r: int, model: Any) -> Estimate | None:
         return None
     proposals = [(np.asarray(rec["proposal"]), sum(1 for d in rec["draws"] if d in right)) for rec in records]
     return importance_estimate(np.array([1.0 - right[item] for item in drawn]), np.array([position[i] for i in drawn]),
-                               [(q, k) for q, k in proposals if k], n_labels=len(set(drawn)),
-                               expected_loss=expected_loss(model, p, reserve))
+                               [(q, k) for q, k in proposals if k], n_labels=len(set(drawn)))
 
 
 def audit_spend(p: Project, before_round: int) -> tuple[int, float]:
