@@ -18,50 +18,14 @@ from crowdloop.config import parse_config
 from crowdloop.engine import Project
 from crowdloop.errors import ConfigError, LabelFileError
 from crowdloop.report import metrics_csv, status
-from tests.crowd_helpers import intents, register_keyed_crowd
+from tests.crowd_helpers import blind_config, intents, write_blind_digits
 
 N_SEEDS = 60
 
 
 @pytest.fixture(scope="module")
-def blind_digits(tmp_path_factory) -> dict[str, Path]:
-    """digits as ``pool.csv`` (id + 64 pixel columns, no labels) and ``answers.csv`` (id,label)."""
-    from sklearn.datasets import load_digits
-
-    root = tmp_path_factory.mktemp("blind")
-    X, y = load_digits(return_X_y=True)
-    ids = [f"d{i:04d}" for i in range(len(X))]
-    frame = pd.DataFrame(X, columns=[f"px{i}" for i in range(X.shape[1])])
-    frame.insert(0, "id", ids)
-    frame.to_csv(root / "pool.csv", index=False)
-    pd.DataFrame({"id": ids, "label": y.astype(str)}).to_csv(root / "answers.csv", index=False)
-    seeded = frame.copy()
-    seeded["old_label"] = ""
-    seeded.loc[: N_SEEDS - 1, "old_label"] = y[:N_SEEDS].astype(str)
-    seeded.to_csv(root / "pool_with_seeds.csv", index=False)
-    return {"root": root, "pool": root / "pool.csv", "answers": root / "answers.csv",
-            "seeded": root / "pool_with_seeds.csv", "truth": dict(zip(ids, y.astype(str)))}
-
-
-def blind_config(data: dict[str, Path], **overrides) -> dict:
-    register_keyed_crowd()
-    config = {
-        "project": "blind", "seed": 3,
-        "pool": {"source": "csv", "path": str(data["pool"]), "id_column": "id", "classes": [str(d) for d in range(10)]},
-        "model": {"estimator": "sklearn.linear_model.LogisticRegression", "params": {"C": 0.1, "max_iter": 500}},
-        "sampler": {"name": "margin", "batch_size": 20, "initial_size": 20},
-        "vendor": {"name": "keyed_crowd", "params": {"answer_key": str(data["answers"]), "n_workers": 12,
-                                                     "accuracy": [0.8, 0.98], "spammer_fraction": 0.0}},
-        "consensus": {"method": "one_coin_dawid_skene", "redundancy": 3},
-        "stopping": {"max_rounds": 3},
-    }
-    for dotted, value in overrides.items():
-        node = config
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return config
+def blind_digits(tmp_path_factory) -> dict:
+    return write_blind_digits(tmp_path_factory.mktemp("blind"), n_seeds=N_SEEDS)
 
 
 def test_seed_labels_train_from_round_zero_are_counted_apart_and_never_dispatched(blind_digits, tmp_path):
