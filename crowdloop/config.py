@@ -269,6 +269,10 @@ class EvaluationConfig(_Strict):
     target_half_width: float = Field(0.03, gt=0, lt=0.5, description="grow the sample until the 95% interval is this narrow")
     max_items: int = Field(300, ge=2, description="most pool items labeled for the audit")
     batch_size: int = Field(30, ge=1, description="audit draws added in a round while the interval is wider than the target")
+    redundancy: int | None = Field(
+        None, ge=1, le=50, description="judgments per audit item, aggregated with the same consensus; default: 5, or more "
+        "if an item may get more (consensus.redundancy, max_judgments). A wrong audit label counts a right prediction "
+        "as wrong, so the estimate sits below the truth by about the audit labels' error rate")
     reserve: int | None = Field(
         None, ge=2, description="pool items set aside for the audit (never trained on, never selected); default max_items "
         "(random) or 3 x max_items (active), at most half the pool")

@@ -99,7 +99,7 @@ def test_audit_items_are_labeled_apart_never_trained_on_nor_selected(audited):
     assert set(audit_labels(p, p.rounds()[-1] + 1)) == set(sent)
     tasks = [t for d in intents(p) for t in d["tasks"] if t["item_id"] in reserve]
     assert tasks and not any("prediction" in t["payload"] for t in tasks)  # no suggestion pulls an audit label
-    assert all(t["replicas"] == p.config.consensus.redundancy for t in tasks)  # the same consensus as any item
+    assert all(t["replicas"] == 5 for t in tasks)  # the audit's yardstick gets 5 judgments by default
 
 
 def test_every_round_reports_an_estimate_with_its_interval_and_the_audit_cost_apart(audited, blind_digits):
@@ -109,7 +109,7 @@ def test_every_round_reports_an_estimate_with_its_interval_and_the_audit_cost_ap
     assert len(estimated) >= len(rounds) - 2  # from the first round with a model and audit labels
     for r in estimated:
         assert 0 <= r["ci_low"] <= r["estimated_accuracy"] <= r["ci_high"] <= 1 and r["n_eval_labels"] > 0
-        assert 0 < r["audit_cost"] < r["cost"] and r["audit_judgments"] == 3 * r["n_eval_labels"]
+        assert 0 < r["audit_cost"] < r["cost"] and r["audit_judgments"] == 5 * r["n_eval_labels"]
     ev = p.config.evaluation
     for r in range(1, p.rounds()[-1]):  # the audit grows only while the interval is too wide
         half = (p.record(r, keys.METRICS)["ci_high"] - p.record(r, keys.METRICS)["ci_low"]) / 2

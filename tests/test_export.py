@@ -43,7 +43,9 @@ def test_table_formats_carry_source_confidence_judgments_and_the_pool_columns(se
     by_source = csv.groupby("source").size().to_dict()
     assert by_source == {"imported": 60, "human": 40 + 30}  # two rounds of 20, the 30 audit items
     human = csv[csv.source == "human"]
-    assert (human.n_judgments == 3).all() and human.confidence.between(0, 1).all()
+    audit = human.item_id.isin(set(p.audit_reserve))
+    assert audit.sum() == 30 and (human[audit].n_judgments == 5).all() and (human[~audit].n_judgments == 3).all()
+    assert human.confidence.between(0, 1).all()
     assert (csv[csv.source == "imported"].n_judgments == 0).all()
     truth = data["truth"]
     assert np.mean([truth[i] == lab for i, lab in zip(human.item_id, human.label)]) > 0.9

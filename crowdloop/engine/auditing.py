@@ -18,6 +18,7 @@ import numpy as np
 
 from crowdloop import keys
 from crowdloop.audit import Estimate, calibrated, draw, importance_estimate, proposal, random_estimate
+from crowdloop.config import LoopConfig
 from crowdloop.engine.project import Project, write_once
 from crowdloop.records import AuditLabel
 
@@ -62,6 +63,20 @@ def audit(p: Project, r: int) -> dict[str, Any]:
                             else f"interval half-width {half:.4f} > target {ev.target_half_width}")
     write_once(p.store, keys.round_key(r, keys.AUDIT), record)
     return p.record(r, keys.AUDIT)
+
+
+AUDIT_JUDGMENTS = 5
+
+
+def audit_redundancy(config: LoopConfig) -> int:
+    """Judgments per audit item: ``evaluation.redundancy``, else 5 or the most any item may get.
+
+    An audit label is the yardstick the model is measured with: each wrong one turns a right
+    prediction into an error, so the estimate sits below the truth by about the labels' error
+    rate. On the benchmark's crowd, 3 judgments left 3 % of audit labels wrong and the estimate
+    3 points low; 5 left almost none (``BENCHMARKS.md``).
+    """
+    return config.evaluation.redundancy or max(AUDIT_JUDGMENTS, config.consensus.most_judgments)
 
 
 def audit_items(p: Project, before_round: int) -> set[str]:

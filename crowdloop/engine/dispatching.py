@@ -14,6 +14,7 @@ from typing import Any
 from crowdloop import keys
 from crowdloop.consensus.policy import agreement_block_reason, gold_block_reason
 from crowdloop.engine import hooks
+from crowdloop.engine.auditing import audit_redundancy
 from crowdloop.engine.budget import expected_task_seconds
 from crowdloop.engine.project import STREAM_MIX, Project, write_once
 from crowdloop.engine.quality import blocked_workers
@@ -57,7 +58,8 @@ def _intent(p: Project, r: int, selection: dict[str, Any]) -> dict[str, Any]:
                    exclude_workers=tuple(t["exclude_workers"])) for t in selection.get("gold", [])]
     audit = p.record(r, keys.AUDIT, default=None) if p.config.evaluation.enabled else None
     if audit:  # the accuracy audit rides in the batch, labeled like any item (engine/auditing.py)
-        tasks += [Task(item_id=item, round=r, batch_id=bid, replicas=first, reward=reward) for item in audit["item_ids"]]
+        tasks += [Task(item_id=item, round=r, batch_id=bid, replicas=audit_redundancy(p.config), reward=reward)
+                  for item in audit["item_ids"]]
     record: dict[str, Any] = {"batch_id": bid, "vendor": p.config.vendor.name, "reward": reward,
                               "estimated_seconds": seconds}
     if len(tasks) > len(selection["item_ids"]):  # gold or re-asks: mix them in unmarked (order never reveals gold)
