@@ -341,8 +341,8 @@ def _check_ground_truth(config: LoopConfig, pool: Any, capabilities: frozenset[s
     needs = []
     if NEEDS_GROUND_TRUTH in capabilities:
         needs.append(f"vendor {config.vendor.name!r} answers from it")
-    if config.gold.enabled:
-        needs.append("gold questions (gold.share) are drawn from it")
+    if config.gold.enabled and not config.gold.path:
+        needs.append("gold questions (gold.share) are drawn from it (or give their answers in gold.path)")
     if not needs:
         return
     why = " and ".join(needs)
@@ -374,7 +374,7 @@ def _check_sizes(config: LoopConfig, pool: Any) -> tuple[int, int]:
         if size > n:
             raise ConfigError(f"{field}={size} is larger than the pool of {n} items ({held_out}); expected at most {n}")
     initial = sampler.initial_size or sampler.batch_size
-    if config.gold.enabled and config.gold.n_items > n - initial:
+    if config.gold.enabled and not config.gold.path and config.gold.n_items > n - initial:
         raise ConfigError(f"gold.n_items={config.gold.n_items} leaves fewer than sampler.initial_size={initial} items "
                           f"of the {n}-item pool for labeling; expected at most {n - initial}")
     return n, 0 if test is None else len(test)

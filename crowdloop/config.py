@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -26,6 +26,38 @@ PLUGIN_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LabelFileConfig(_Strict):
+    """A file of labels the team already has, and how to read it (``crowdloop/seeds.py``)."""
+
+    path: str | None = Field(
+        None, description="id,label CSV or Parquet; a SageMaker Ground Truth output manifest (.manifest, .jsonl); a "
+        "Label Studio JSON export (.json); relative paths resolve against the config file")
+    format: Literal["auto", "csv", "parquet", "gt-manifest", "label-studio"] = Field(
+        "auto", description="auto: by the file's extension")
+    id_column: str | None = Field(
+        None, description="csv/parquet: the id column (default 'id'); manifest/Label Studio: the field naming the pool "
+        "item id (default: item-id, id or crowdloop_item; else matched by source-ref/source, image or text)")
+    label_column: str | None = Field(None, description="csv/parquet: the label column (default 'label')")
+    label_attribute: str | None = Field(
+        None, description="Ground Truth manifest: the label attribute (default: the one attribute with a -metadata twin)")
+
+
+class SeedLabelsConfig(LabelFileConfig):
+    """Labels the team already has: they train from round 0, are recorded as ``imported`` and
+    counted apart from bought labels, and their items are never sent to anyone."""
+
+    column: str | None = Field(None, description="a column of the pool file holding partial labels (empty = unlabeled)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SeedLabelsConfig:
+        if (self.column is None) == (self.path is None):
+            raise ValueError("expected exactly one of column (a column of the pool file) or path (a label file)")
+        if self.column is not None and (self.format != "auto" or self.id_column or self.label_column
+                                        or self.label_attribute):
+            raise ValueError("column: format, id_column, label_column and label_attribute are for a label file (path)")
+        return self
 
 
 class PoolConfig(_Strict):
@@ -60,6 +92,9 @@ class PoolConfig(_Strict):
     max_text_chars: int = Field(
         100_000, ge=1, le=10_000_000,
         description="longest item text accepted; a longer one fails the load with one line naming the item")
+    seed_labels: SeedLabelsConfig | None = Field(
+        None, description="labels you already have: {column: NAME} of the pool file, or {path: FILE} (id,label CSV/Parquet, "
+        "Ground Truth output manifest, Label Studio JSON export)")
 
     @model_validator(mode="after")
     def _check_source(self) -> PoolConfig:
@@ -80,6 +115,14 @@ class PoolConfig(_Strict):
             raise ValueError(f"text_column/image_column: expected a csv or parquet pool, not source {self.source!r}")
         if self.classes is not None and len(set(self.classes)) < 2:
             raise ValueError(f"classes={self.classes!r}: expected at least two distinct classes")
+        seed_column = self.seed_labels.column if self.seed_labels else None
+        if seed_column is not None:
+            if self.source not in ("csv", "parquet"):
+                raise ValueError(f"seed_labels.column: expected a csv or parquet pool, not source {self.source!r} "
+                                 "(use seed_labels.path with an id,label file)")
+            if seed_column in (self.label_column, self.id_column, self.text_column, self.image_column) \
+                    or seed_column in (self.feature_columns or []):
+                raise ValueError(f"seed_labels.column={seed_column!r} is also used as another pool column")
         return self
 
 
@@ -192,11 +235,15 @@ class ConsensusConfig(_Strict):
         return self
 
 
-class GoldConfig(_Strict):
-    """Known-answer items mixed unmarked into every batch; they measure workers, never labels."""
+class GoldConfig(LabelFileConfig):
+    """Known-answer items mixed unmarked into every batch; they measure workers, never labels.
+
+    The gold set is ``path`` (pool item ids with their answers, read like ``pool.seed_labels``)
+    or, without it, ``n_items`` drawn by seed from pool items with ground truth.
+    """
 
     share: float = Field(0.0, ge=0, lt=1, description="share of each batch's tasks that are gold; 0 = no gold")
-    n_items: int = Field(50, ge=1, description="gold set size, drawn by seed from pool items with ground truth")
+    n_items: int = Field(50, ge=1, description="gold set size when drawn from the ground truth (no path)")
     min_answers: int = Field(4, ge=1, description="gold answers a worker needs before being judged on them")
     min_accuracy: float = Field(0.5, ge=0, le=1, description="workers below this gold accuracy stop receiving tasks")
     reject_below: float | None = Field(
@@ -273,12 +320,60 @@ class PayConfig(_Strict):
         description="the top-up bonus per task is at most this share of its reward (what money_budget reserves)")
 
 
+class EvaluationConfig(_Strict):
+    """Accuracy estimated from human labels: an audit sample of the pool, labeled by the same
+    vendor with the same consensus, never used for training or selection, its cost reported apart
+    (``crowdloop/audit.py`` holds the estimators, ``engine/audit.py`` the step)."""
+
+    method: Literal["none", "random", "active"] = Field(
+        "none", description="random: a uniform sample grown in batches; active: items drawn towards the model's expected "
+        "loss with an importance-weighted unbiased estimate (Kossen et al. 2021); none: no audit")
+    target_half_width: float = Field(0.03, gt=0, lt=0.5, description="grow the sample until the 95% interval is this narrow")
+    max_items: int = Field(300, ge=2, description="most pool items labeled for the audit")
+    batch_size: int = Field(30, ge=1, description="audit draws added in a round while the interval is wider than the target")
+    redundancy: int | None = Field(
+        None, ge=1, le=50, description="judgments per audit item, aggregated with the same consensus; default: 5, or more "
+        "if an item may get more (consensus.redundancy, max_judgments). A wrong audit label counts a right prediction "
+        "as wrong, so the estimate sits below the truth by about the audit labels' error rate")
+    reserve: int | None = Field(
+        None, ge=2, description="pool items set aside for the audit (never trained on, never selected); default max_items "
+        "(random) or 3 x max_items (active), at most half the pool")
+    uniform_share: float = Field(
+        0.2, gt=0, le=1, description="active: share of uniform sampling mixed into the proposal (bounds the weights)")
+    surrogate: ModelConfig = Field(
+        default_factory=lambda: ModelConfig(estimator="sklearn.ensemble.ExtraTreesClassifier",
+                                            params={"n_estimators": 200}, scale=False),
+        description="active: the model whose disagreement with the project's model predicts its errors (trained on the "
+                    "training labels only; it shapes which audit items are drawn, never the estimate's expectation)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+    @model_validator(mode="after")
+    def _check_reserve(self) -> EvaluationConfig:
+        if self.reserve is not None and self.reserve < self.max_items and self.method == "random":
+            raise ValueError(f"reserve={self.reserve} is smaller than max_items={self.max_items}; expected reserve >= max_items")
+        return self
+
+
+class StabilizingPredictions(_Strict):
+    """Stop when consecutive models agree on a fixed unlabeled stop set (Bloodgood & Vijay-Shanker, 2009)."""
+
+    agreement: float = Field(0.99, gt=0, le=1, description="Cohen's kappa between consecutive models' predictions, at least")
+    rounds: int = Field(3, ge=1, description="for this many consecutive rounds")
+    stop_set: int = Field(2000, ge=10, description="pool items in the stop set (drawn once by seed; no labels needed)")
+
+
 class StoppingConfig(_Strict):
     max_rounds: int | None = Field(20, ge=1, description="labeling rounds")
     label_budget: int | None = Field(None, ge=1, description="human-labeled items")
     judgment_budget: int | None = Field(None, ge=1, description="human judgments")
     money_budget: float | None = Field(None, gt=0, description="money incl. fees")
-    target_accuracy: float | None = Field(None, gt=0, le=1, description="test accuracy")
+    target_accuracy: float | None = Field(
+        None, gt=0, le=1, description="test accuracy; without ground truth, the lower bound of the estimated accuracy")
+    stabilizing_predictions: StabilizingPredictions | None = Field(
+        None, description="{agreement, rounds, stop_set}: stop when consecutive models' predictions stop changing")
 
 
 class ScaleConfig(_Strict):
@@ -324,6 +419,7 @@ class LoopConfig(_Strict):
     vendor: VendorConfig = VendorConfig()
     consensus: ConsensusConfig = ConsensusConfig()
     gold: GoldConfig = GoldConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     autolabel: AutolabelConfig = AutolabelConfig()
     semi_supervised: SemiSupervisedConfig = SemiSupervisedConfig()
     collect: CollectConfig = CollectConfig()
@@ -373,10 +469,11 @@ def _allowed_fields(model: type[BaseModel], loc: tuple) -> list[str]:
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
-        else:
+        # an optional section (``X | None``) names its fields like a plain one
+        found = [a for a in (annotation, *get_args(annotation)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not found:
             return []
+        model = found[0]
     return sorted(model.model_fields)
 
 
@@ -389,18 +486,30 @@ def parse_config(data: Any, *, source: str = "<config>", base_dir: Path | None =
         config = LoopConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source=source)) from None
-    if base_dir is not None and config.pool.path and "://" not in config.pool.path:
-        path = Path(config.pool.path).expanduser()
-        if not path.is_absolute():
-            path = (base_dir / path).resolve()
-        config = config.model_copy(update={"pool": config.pool.model_copy(update={"path": str(path)})})
-    features = config.model.features
-    if base_dir is not None and features is not None and features.model_path:
-        path = Path(features.model_path).expanduser()
-        if not path.is_absolute():
-            features = features.model_copy(update={"model_path": str((base_dir / path).resolve())})
-            config = config.model_copy(update={"model": config.model.model_copy(update={"features": features})})
+    if base_dir is not None:
+        pool = config.pool
+        seeds = pool.seed_labels
+        if seeds is not None and seeds.path:
+            pool = pool.model_copy(update={"seed_labels": seeds.model_copy(update={"path": _resolve(seeds.path, base_dir)})})
+        if pool.path:
+            pool = pool.model_copy(update={"path": _resolve(pool.path, base_dir)})
+        gold = config.gold
+        if gold.path:
+            gold = gold.model_copy(update={"path": _resolve(gold.path, base_dir)})
+        model = config.model
+        if model.features is not None and model.features.model_path:
+            model = model.model_copy(update={"features": model.features.model_copy(
+                update={"model_path": _resolve(model.features.model_path, base_dir)})})
+        config = config.model_copy(update={"pool": pool, "gold": gold, "model": model})
     return config
+
+
+def _resolve(path: str, base_dir: Path) -> str:
+    """A local path relative to the config file's folder, made absolute (URLs stay as they are)."""
+    if "://" in path:
+        return path
+    found = Path(path).expanduser()
+    return str(found if found.is_absolute() else (base_dir / found).resolve())
 
 
 MAX_CONFIG_VALUES = 100_000

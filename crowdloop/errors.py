@@ -45,6 +45,10 @@ class PoolError(CrowdloopError, ValueError):
     """The pool data cannot be loaded or does not match its configuration."""
 
 
+class LabelFileError(CrowdloopError, ValueError):
+    """A file of labels (seed labels, gold answers) has a bad row; nothing from it is used."""
+
+
 class SamplerError(CrowdloopError, ValueError):
     """A sampler was called with arguments it cannot honour (e.g. batch larger than pool)."""
 

@@ -1,32 +1,48 @@
-"""Labels out of a project: SageMaker Ground Truth output-manifest style JSON Lines.
+"""Labels out of a project: ``labels.jsonl`` and ``crowdloop export``.
 
 ``labels.jsonl`` in a project (written by ``crowdloop.report.write_outputs``) holds the
-latest aggregated human labels and, with auto-labeling, the machine labels of the latest
-model for items no human labeled; each line says which it is.
+latest aggregated human labels, the imported seed labels and, with auto-labeling, the machine
+labels of the latest model for items no human labeled; each line says which it is.
+
+``crowdloop export`` writes one row per labeled pool item — item id, label, source (``human``,
+``imported``, ``machine``), confidence, number of judgments and the pool's own columns — as
+CSV, Parquet, JSON Lines, or a SageMaker Ground Truth output manifest: a label attribute named
+after the job holding the class index, its ``<attribute>-metadata`` (class-name, confidence,
+type, job-name, human-annotated, creation-date), ``source-ref`` for images in files and
+``source`` for texts, the task type by pool kind. It exports the last *finished* round (one
+whose pay record exists), so exporting a running project never shows half a round.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
+
+from crowdloop import keys
 from crowdloop.engine.project import Project
+from crowdloop.errors import CrowdloopError
+from crowdloop.records import AggregatedLabel
+
+FORMATS = ("csv", "parquet", "jsonl", "gt-manifest")
+EXTENSIONS = {"csv": "csv", "parquet": "parquet", "jsonl": "jsonl", "gt-manifest": "manifest"}
+FIXED_COLUMNS = ("item_id", "label", "source", "confidence", "n_judgments")
 
 
 def export_labels_manifest(p: Project) -> bytes:
     """Aggregated labels as JSON Lines in SageMaker Ground Truth output-manifest form."""
     rounds = p.rounds()
     after_last = (rounds[-1] + 1) if rounds else 0
-    labels = p.human_labels(before_round=after_last)
+    labels = p.known_labels(before_round=after_last)
     if p.config.autolabel.enabled:  # machine labels of the latest model, for items no human labeled
         human = {label.item_id for label in labels}
         labels = labels + [label for label in p.machine_labels(before_round=after_last) if label.item_id not in human]
     class_index = {c: i for i, c in enumerate(p.classes)}
-    last_answer: dict[str, str] = {}
-    for a in p.annotations():
-        stamp = a.submitted_at.isoformat()
-        if stamp > last_answer.get(a.item_id, ""):
-            last_answer[a.item_id] = stamp
+    last_answer = _last_answers(p)
     buf = io.StringIO()
     for label in labels:
         buf.write(json.dumps({
@@ -42,3 +58,198 @@ def export_labels_manifest(p: Project) -> bytes:
             },
         }) + "\n")
     return buf.getvalue().encode()
+
+
+@dataclass(frozen=True)
+class Export:
+    """What ``export_labels`` produced."""
+
+    data: bytes
+    n_rows: int
+    by_source: dict[str, int]
+    finished_round: int | None  # the last round whose labels are in it (None: no round finished yet)
+
+
+def last_finished_round(p: Project) -> int | None:
+    """The last round that has paid (its labels are final), or None."""
+    done = [r for r in p.rounds() if p.has(r, keys.PAY)]
+    return done[-1] if done else None
+
+
+def export_labels(p: Project, fmt: str, *, machine: bool = False) -> Export:
+    """The project's labels as of the last finished round, in ``fmt`` (one of ``FORMATS``).
+
+    Human labels (training and audit items), imported seed labels and, with ``machine``, a
+    machine label for every other pool item: the auto-label where auto-labeling gave one, else
+    the prediction of the latest model trained on these labels, with its probability as the
+    confidence. Gold items are never exported: their answers are the team's own file.
+    """
+    if fmt not in FORMATS:
+        raise CrowdloopError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    finished = last_finished_round(p)
+    after = -1 if finished is None else finished
+    rows: dict[str, dict[str, Any]] = {}
+    for label in p.seed_labels:
+        rows[label.item_id] = _row(label.item_id, label.label, "imported", label.confidence, label.n_annotations)
+    if finished is not None:
+        for label in p.round_labels(finished, keys.LABELS) or []:
+            rows[label.item_id] = _row(label.item_id, label.label, "human", label.confidence, label.n_annotations)
+        from crowdloop.engine.auditing import audit_labels
+
+        for a in audit_labels(p, finished + 1).values():
+            rows[a.item_id] = _row(a.item_id, a.label, "human", max(a.proba.values(), default=1.0), a.n_annotations)
+    if machine:
+        for label in _machine_labels(p, after, skip=set(rows) | set(p.gold_set)):
+            rows[label.item_id] = _row(label.item_id, label.label, "machine", label.confidence, 0)
+    order = p.index_of
+    ordered = sorted(rows.values(), key=lambda row: order.get(row["item_id"], -1))
+    extra = _pool_columns(p, [row["item_id"] for row in ordered])
+    for row, more in zip(ordered, extra, strict=True):
+        row.update(more)
+    by_source: dict[str, int] = {}
+    for row in ordered:
+        by_source[row["source"]] = by_source.get(row["source"], 0) + 1
+    data = _encode(p, ordered, fmt)
+    return Export(data, len(ordered), by_source, finished)
+
+
+def write_export(p: Project, out: str, fmt: str, *, machine: bool = False) -> Export:
+    """Export to ``out`` (a local path or a store URL such as ``s3://bucket/labels.csv``) in one
+    atomic write: a reader sees the old file or the whole new one, never a part."""
+    from crowdloop.storage import open_store
+
+    done = export_labels(p, fmt, machine=machine)
+    parent, _, name = out.rstrip("/").rpartition("/")
+    if not name:
+        raise CrowdloopError(f"--out {out!r}: expected a file name")
+    open_store(parent or ".").write_bytes(name, done.data)
+    return done
+
+
+def default_export_name(p: Project, fmt: str) -> str:
+    return f"{p.config.project}-labels.{EXTENSIONS[fmt]}"
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _row(item: str, label: str, source: str, confidence: float, n: int) -> dict[str, Any]:
+    return {"item_id": item, "label": label, "source": source, "confidence": round(float(confidence), 6), "n_judgments": n}
+
+
+def _machine_labels(p: Project, finished: int, skip: set[str]) -> list[AggregatedLabel]:
+    """A label for every pool item not in ``skip``: auto-labels of the finished rounds first, then
+    the latest model's predictions (trained on the exported labels or fewer)."""
+    out = [label for label in p.machine_labels(before_round=finished + 1) if label.item_id not in skip]
+    skip = skip | {label.item_id for label in out}
+    model_round = next((r for r in range(finished + 1, -1, -1) if p.load_model(r) is not None), None)
+    if model_round is None:
+        return out
+    model = p.load_model(model_round)
+    rows = np.array([i for i, item in enumerate(p.pool.ids.tolist()) if item not in skip], dtype=np.int64)
+    classes = [str(c) for c in model.classes_]
+    chunk = p.config.sampler.chunk_size
+    for start in range(0, len(rows), chunk):
+        part = rows[start:start + chunk]
+        proba = model.predict_proba(p.pool.X[part])
+        best = proba.argmax(axis=1)
+        out += [AggregatedLabel(item_id=str(p.pool.ids[i]), label=classes[b], confidence=round(float(row[b]), 6),
+                                n_annotations=0, method=f"model of round {model_round}", source="machine", round=model_round)
+                for i, b, row in zip(part, best, proba, strict=True)]
+    return out
+
+
+def _pool_columns(p: Project, items: list[str]) -> list[dict[str, Any]]:
+    """Each item's own columns: the pool file's row (CSV/Parquet pools), else its text or image
+    path, or its features for a tabular pool. Pool columns named like an export column get ``pool_``."""
+    cfg = p.config.pool
+    if cfg.source in ("csv", "parquet"):
+        import pandas as pd
+
+        frame = pd.read_parquet(cfg.path) if cfg.source == "parquet" else pd.read_csv(cfg.path)
+        ids = frame[cfg.id_column].astype(str) if cfg.id_column else pd.Series([f"row-{i:07d}" for i in range(len(frame))])
+        frame = frame.drop(columns=[cfg.id_column]) if cfg.id_column else frame
+        frame.index = ids.tolist()
+        frame.columns = [f"pool_{c}" if c in FIXED_COLUMNS else str(c) for c in frame.columns]
+        records = frame.to_dict(orient="index")
+        return [{k: _plain(v) for k, v in records.get(item, {}).items()} for item in items]
+    rows = p.rows_of(items) if items else np.zeros(0, dtype=np.int64)
+    pool = p.pool
+    if pool.content_kind in ("text", "image") and pool.content is not None:
+        return [{pool.content_kind: str(pool.content[i])} for i in rows]
+    if pool.content_kind is None and len(pool.feature_names) <= 200:
+        names = [f"pool_{n}" if n in FIXED_COLUMNS else n for n in pool.feature_names]
+        return [dict(zip(names, (float(v) for v in pool.X[i]), strict=True)) for i in rows]
+    return [{} for _ in rows]
+
+
+def _plain(value: Any) -> Any:
+    """Numpy scalars as Python ones; NaN as None (JSON has no NaN)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _encode(p: Project, rows: list[dict[str, Any]], fmt: str) -> bytes:
+    if fmt == "jsonl":
+        return b"".join(json.dumps(row).encode() + b"\n" for row in rows)
+    if fmt == "gt-manifest":
+        return _gt_manifest(p, rows)
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=list(dict.fromkeys([*FIXED_COLUMNS, *(k for row in rows for k in row)])))
+    if fmt == "csv":
+        return frame.to_csv(index=False).encode()
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def _gt_manifest(p: Project, rows: list[dict[str, Any]]) -> bytes:
+    """SageMaker Ground Truth output manifest lines (image classification for image pools, text
+    classification for text pools; tabular pools, which Ground Truth has no task type for, say
+    ``crowdloop/tabular-classification``). Fields crowdloop adds ride as extra keys, as Ground
+    Truth passes any key of the input manifest through."""
+    attribute = p.config.project
+    if attribute.endswith(("-ref", "-metadata")):
+        attribute += "-label"
+    kind = p.pool.content_kind
+    task = {"image": "image-classification", "pixels": "image-classification",
+            "text": "text-classification"}.get(kind or "")
+    task_type = f"groundtruth/{task}" if task else "crowdloop/tabular-classification"
+    class_index = {c: i for i, c in enumerate(p.classes)}
+    stamps = _last_answers(p)
+    fixed = set(FIXED_COLUMNS) | {"text", "image"}
+    buf = io.StringIO()
+    for row in rows:
+        item = row["item_id"]
+        line: dict[str, Any] = {}
+        content = p.pool.content[p.index_of[item]] if p.pool.content is not None and item in p.index_of else None
+        if kind == "image" and content:
+            line["source-ref"] = str(content)  # the image file or s3:// object the pool names
+        else:
+            line["source"] = str(content) if kind == "text" and content is not None else item
+        line["item-id"] = item
+        line[attribute] = class_index[row["label"]]
+        line[f"{attribute}-metadata"] = {
+            "class-name": row["label"], "confidence": row["confidence"], "type": task_type,
+            "job-name": f"labeling-job/{attribute}", "human-annotated": "no" if row["source"] == "machine" else "yes",
+            "creation-date": stamps.get(item),
+        }
+        line["crowdloop-source"] = row["source"]
+        line["crowdloop-judgments"] = row["n_judgments"]
+        line.update({k: v for k, v in row.items() if k not in fixed and k not in line})
+        buf.write(json.dumps(line) + "\n")
+    return buf.getvalue().encode()
+
+
+def _last_answers(p: Project) -> dict[str, str]:
+    """Each item's latest answer time (ISO 8601), as Ground Truth's creation-date."""
+    last: dict[str, str] = {}
+    for a in p.annotations():
+        stamp = a.submitted_at.isoformat()
+        if stamp > last.get(a.item_id, ""):
+            last[a.item_id] = stamp
+    return last

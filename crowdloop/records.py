@@ -62,7 +62,18 @@ class AggregatedLabel(_Record):
     confidence: float = Field(ge=0, le=1)
     n_annotations: int = Field(ge=0)
     method: str
-    source: Literal["human", "machine", "gold"] = "human"
+    source: Literal["human", "machine", "gold", "imported"] = "human"  # imported: pool.seed_labels, never bought
+    round: int = Field(ge=0)
+
+
+class AuditLabel(_Record):
+    """An audit item's aggregated label with the consensus posterior over every class: the
+    accuracy estimate counts a prediction right with the posterior's probability of its class."""
+
+    item_id: str
+    label: str
+    proba: dict[str, float]
+    n_annotations: int = Field(ge=0)
     round: int = Field(ge=0)
 
 

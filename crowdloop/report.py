@@ -3,6 +3,10 @@
 ``status()`` is read by scripts and checks, so its keys are stable (documented in the
 README): ``rounds`` is a list of ``{round, n_labeled, n_judgments, cost, accuracy}`` and
 ``reference_accuracy`` is the accuracy of the same model on the whole pool with true labels.
+Rounds also carry ``n_imported`` (seed labels, never bought), ``estimated_accuracy``,
+``ci_low``, ``ci_high``, ``n_eval_labels`` and ``audit_cost`` (the accuracy audit of
+``evaluation``, its cost apart from the labels bought for training) and ``stability_kappa``
+(``stopping.stabilizing_predictions``); each is null where the project does not use it.
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ from crowdloop.records import to_jsonl
 from crowdloop.storage import read_json
 
 ROUND_FIELDS = ("round", "n_labeled", "n_judgments", "cost", "accuracy")
+# Added by issue 15 (your own data): imported seed labels, the accuracy audit, prediction stability.
+OWN_DATA_FIELDS = ("n_imported", "estimated_accuracy", "ci_low", "ci_high", "n_eval_labels", "audit_judgments",
+                   "audit_cost", "stability_kappa")
 
 
 def _rounds(p: Project) -> list[dict[str, Any]]:
-    return [{k: m.get(k) for k in ROUND_FIELDS} for m in p.metrics()]
+    return [{k: m.get(k) for k in (*ROUND_FIELDS, *OWN_DATA_FIELDS)} for m in p.metrics()]
 
 
 def totals(p: Project) -> dict[str, Any]:
@@ -34,9 +41,14 @@ def totals(p: Project) -> dict[str, Any]:
         if pay:
             paid += pay["rewards"] + pay["bonuses"]
             work += pay["work_seconds"]
-    labels = p.human_labels(before_round=(rounds[-1] + 1) if rounds else 0)
+    after = (rounds[-1] + 1) if rounds else 0
+    labels = p.human_labels(before_round=after)
+    audit_judgments, audit_cost = _audit_spend(p, after)
     return {
         "n_labeled": len(labels),
+        "n_imported": len(p.seed_labels),
+        "audit_judgments": audit_judgments,
+        "audit_cost": audit_cost,
         "n_judgments": len(p.annotations()),
         "cost": p.spent(rounds[-1] + 1) if rounds else 0.0,
         "paid_to_workers": round(paid, 2),
@@ -76,16 +88,39 @@ def status(p: Project) -> dict[str, Any]:
 
 
 def round_table(p: Project) -> list[dict[str, Any]]:
-    """Per-round rows for dashboards: the status fields plus that round's workers' wage."""
+    """Per-round rows for dashboards: the status fields plus that round's workers' wage. Columns
+    of features the project does not use (seed labels, the audit, prediction stability) are left out."""
+    used = _used_fields(p)
     rows = []
     for row in _rounds(p):
         pay = p.record(row["round"] - 1, keys.PAY, default=None) if row["round"] else None
         wage = None
         if pay and pay["work_seconds"] > 0:
             wage = round(hourly_wage(pay["rewards"] + pay["bonuses"], pay["work_seconds"]), 2)
-        accuracy = None if row["accuracy"] is None else round(row["accuracy"], 4)
-        rows.append({**row, "accuracy": accuracy, "wage_per_hour": wage, **_selection_summary(p, row["round"])})
+        shown = {k: v for k, v in row.items() if k in ROUND_FIELDS or k in used}
+        for k in ("accuracy", "estimated_accuracy", "ci_low", "ci_high", "stability_kappa"):
+            if shown.get(k) is not None:
+                shown[k] = round(shown[k], 4)
+        rows.append({**shown, "wage_per_hour": wage, **_selection_summary(p, row["round"])})
     return rows
+
+
+def _used_fields(p: Project) -> set[str]:
+    """The issue-15 round fields this project fills in."""
+    used: set[str] = set()
+    if p.config.pool.seed_labels is not None:
+        used.add("n_imported")
+    if p.config.evaluation.enabled:
+        used.update(("estimated_accuracy", "ci_low", "ci_high", "n_eval_labels", "audit_judgments", "audit_cost"))
+    if p.config.stopping.stabilizing_predictions is not None:
+        used.add("stability_kappa")
+    return used
+
+
+def _audit_spend(p: Project, before_round: int) -> tuple[int, float]:
+    from crowdloop.engine.auditing import audit_spend
+
+    return audit_spend(p, before_round) if p.config.evaluation.enabled else (0, 0.0)
 
 
 def _selection_summary(p: Project, r: int) -> dict[str, Any]:
@@ -128,11 +163,13 @@ def _workers_summary(p: Project) -> dict[str, Any]:
 
 
 def metrics_csv(rows: list[dict[str, Any]]) -> bytes:
+    """The rounds as CSV: the stable fields, then every issue-15 field some round fills in."""
+    fields = list(ROUND_FIELDS) + [k for k in OWN_DATA_FIELDS if any(row.get(k) is not None for row in rows)]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(ROUND_FIELDS))
+    writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in ROUND_FIELDS})
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in fields})
     return buf.getvalue().encode()
 
 
@@ -151,12 +188,20 @@ def learning_curve_png(state: dict[str, Any]) -> bytes:
             ax.plot(*zip(*pts, strict=True), style, label=label, markersize=4)
 
     plot(state["rounds"], f"crowdloop ({state['sampler']})", "o-")
+    estimated = [r for r in state["rounds"] if r.get("estimated_accuracy") is not None]
+    if estimated:  # the audit's estimate and its 95 % interval (issue 15)
+        x = [r["n_labeled"] for r in estimated]
+        ax.fill_between(x, [r["ci_low"] for r in estimated], [r["ci_high"] for r in estimated], alpha=0.2,
+                        color="tab:green", label="95% interval (audit)")
+        ax.plot(x, [r["estimated_accuracy"] for r in estimated], "^-", color="tab:green", markersize=4,
+                label="estimated from human audit labels")
     if state.get("baseline"):
         plot(state["baseline"]["rounds"], "random sampling (same crowd)", "s--")
     if state.get("reference_accuracy") is not None:
         ax.axhline(state["reference_accuracy"], color="grey", linestyle=":", label="whole pool, true labels")
-    ax.set_xlabel("human-labeled items")
-    ax.set_ylabel("test accuracy")
+    imported = (state.get("totals") or {}).get("n_imported") or 0
+    ax.set_xlabel("human-labeled items bought" + (f" (plus {imported} imported seed labels)" if imported else ""))
+    ax.set_ylabel("accuracy" if estimated else "test accuracy")
     ax.set_title(f"{state['project']}: learning curve")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")

@@ -109,14 +109,15 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise PoolError(f"pool.path: cannot read {cfg.source} file {str(path)!r}: {str(exc).splitlines()[0]}") from None
     content_column = cfg.text_column or cfg.image_column
-    named = [c for c in [cfg.id_column, cfg.label_column, content_column] if c] + list(cfg.feature_columns or [])
+    seed_column = cfg.seed_labels.column if cfg.seed_labels else None  # labels, never features (crowdloop/seeds.py)
+    named = [c for c in [cfg.id_column, cfg.label_column, content_column, seed_column] if c] + list(cfg.feature_columns or [])
     missing = [c for c in named if c not in frame.columns]
     if missing:
         raise PoolError(
             f"pool: column(s) {missing} not found in {path.name}; available columns: {list(map(str, frame.columns))}"
         )
     features = list(cfg.feature_columns or [c for c in frame.columns
-                                            if c not in (cfg.id_column, cfg.label_column, content_column)])
+                                            if c not in (cfg.id_column, cfg.label_column, content_column, seed_column)])
     if not features and not cfg.text_column:  # a text pool's features come from model.features
         raise PoolError(f"pool.feature_columns: no feature columns left in {path.name}")
     non_numeric = [c for c in features if not pd.api.types.is_numeric_dtype(frame[c])]

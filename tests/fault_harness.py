@@ -66,6 +66,7 @@ def harness_config(vendor: str, *, max_rounds: int = 2, mturk_url: str | None = 
         "consensus": {"method": "majority_vote", "redundancy": 3},
         # every optional step runs, so every kill point the engine declares is reached
         "autolabel": {"enabled": True},
+        "evaluation": {"method": "active", "max_items": 24, "batch_size": 8},
         "collect": {"poll_interval_s": 0.2},
         # below every vendor's measured task time, so each round also pays a top-up bonus
         "pay": {"pilot_seconds_per_task": 4.0},

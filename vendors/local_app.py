@@ -355,12 +355,14 @@ def _escape(text: str) -> str:
 
 
 def project_suggester(project: Any) -> Suggest:
-    """Suggestions from the model the loop trained for the task's round (None before one exists)."""
+    """Suggestions from the model the loop trained for the task's round (None before one exists,
+    and never for an accuracy-audit item: a suggestion would pull its label towards the model it measures)."""
+    audit = set(project.audit_reserve)
 
     def suggest(task: Task) -> tuple[str, float] | None:
         model = project.load_model(task.round)
         index = project.index_of.get(task.item_id)
-        if model is None or index is None:
+        if model is None or index is None or task.item_id in audit:
             return None
         proba = model.predict_proba(project.pool.X[index: index + 1])[0]
         best = int(proba.argmax())

@@ -1,7 +1,7 @@
 """The round engine: each step of a round as a function of (project, round) over the store.
 
 A round is the table ``ROUND_STEPS`` in ``rounds.py``: train → evaluate → stop? → select →
-(autolabel) → dispatch → collect → aggregate → pay, one module per step. Every step first
+(audit) → (autolabel) → dispatch → collect → aggregate → pay, one module per step. Every step first
 looks in the store for its own record and returns it if present, so a rerun after a crash
 skips finished steps and redoes only the interrupted one; a step reads the records of the
 steps before it and never calls them. Side effects on vendors are bracketed: the intent is
@@ -13,6 +13,7 @@ Nothing here imports Prefect: ``crowdloop.flows`` runs the same table as Prefect
 """
 
 from crowdloop.engine.aggregation import aggregate
+from crowdloop.engine.auditing import audit
 from crowdloop.engine.autolabeling import autolabel
 from crowdloop.engine.budget import check_stop, expected_task_seconds, next_batch_size, stop_reason
 from crowdloop.engine.collection import append_segment, collect
@@ -38,7 +39,7 @@ from crowdloop.engine.training import train
 
 __all__ = [
     "REFERENCE_STEP", "ROUND_STEPS", "STEP_NAMES", "MissingRecordError", "Project", "Step",
-    "aggregate", "append_segment", "autolabel", "check_stop", "collect", "declared_points", "default_location",
+    "aggregate", "append_segment", "audit", "autolabel", "check_stop", "collect", "declared_points", "default_location",
     "dispatch", "evaluate", "expected_task_seconds", "first_open_round", "next_batch_size", "pay", "phase",
     "reference", "run_in_process", "run_round", "run_rounds", "run_step", "score_shard", "select", "shard_count",
     "stop_reason", "train",

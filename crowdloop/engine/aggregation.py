@@ -1,10 +1,11 @@
 """Step ``aggregate``: every human judgment so far into one label per item (a snapshot per round).
 
-Gold items measure workers and are never labels. Besides the labels, the round's summary
-records each worker's skill, gold accuracy, the rings of colluders the consensus model found
-(with their evidence) and the workers the quality policy stops sending tasks to (on gold
-evidence, low agreement, or ring membership with ``consensus.block_rings``); the next dispatch
-reads them from here.
+Gold items measure workers and are never labels; audit items (``evaluation``) measure models
+and are written apart, with their posteriors, to ``audit_labels.jsonl``. Besides the labels, the
+round's summary records each worker's skill, gold accuracy, the rings of colluders the consensus
+model found (with their evidence) and the workers the quality policy stops sending tasks to (on
+gold evidence, low agreement, or ring membership with ``consensus.block_rings``); the next
+dispatch reads them from here.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import pandas as pd
 from crowdloop import keys
 from crowdloop.consensus.adaptive import gold_stats, low_agreement_workers, workers_to_block
 from crowdloop.consensus.collusion import find_rings
-from crowdloop.engine.project import Project, write_once, write_once_digest
+from crowdloop.engine.project import Project, write_once, write_once_bytes, write_once_digest
 from crowdloop.engine.quality import annotation_table
-from crowdloop.records import AggregatedLabel, to_jsonl
+from crowdloop.records import AggregatedLabel, AuditLabel, to_jsonl
 
 
 def aggregate(p: Project, r: int) -> dict[str, Any]:
@@ -38,11 +39,18 @@ def aggregate(p: Project, r: int) -> dict[str, Any]:
         truths = pd.Series({i: gold[i] for i in table["task"].unique() if i in gold}, dtype=object) if gold else None
         agg = p.aggregator().fit(table, true_labels=truths if truths is not None and len(truths) else None)
         counts = table["task"].value_counts()
+        audit = set(p.audit_reserve)
         labels = [
             AggregatedLabel(item_id=str(item), label=str(label), confidence=round(float(agg.confidence_[item]), 6),
                             n_annotations=int(counts[item]), method=method, source="human", round=r)
-            for item, label in agg.labels_.items() if item not in gold  # gold measures workers; it is not a label
+            # gold measures workers; audit items measure models (audit_labels.jsonl): neither trains
+            for item, label in agg.labels_.items() if item not in gold and item not in audit
         ]
+        if p.config.evaluation.enabled:
+            audited = [AuditLabel(item_id=str(item), label=str(agg.labels_[item]), n_annotations=int(counts[item]), round=r,
+                                  proba={str(c): round(float(v), 6) for c, v in agg.probas_.loc[item].items()})
+                       for item in agg.labels_.index if item in audit]
+            write_once_bytes(p.store, keys.round_key(r, keys.AUDIT_LABELS), to_jsonl(audited))
         skills = {str(w): round(float(s), 4) for w, s in agg.skills_.items()}
         if gold:
             stats = gold_stats(table, gold)

@@ -35,8 +35,9 @@ def next_batch_size(p: Project, r: int) -> tuple[int, str | None]:
     stop = cfg.stopping
     if stop.max_rounds is not None and r >= stop.max_rounds:
         return 0, f"max_rounds={stop.max_rounds} reached"
-    n_dispatched = len(p.dispatched_items(before_round=r))
-    remaining_pool = len(p.pool) - len(p.gold_set) - n_dispatched
+    dispatched = p.dispatched_items(before_round=r)
+    n_dispatched = len(dispatched)
+    remaining_pool = len(p.pool) - len(dispatched | p.reserved_items())
     size = min(p.initial_size if r == 0 else cfg.sampler.batch_size, remaining_pool)
     # Adaptive redundancy: re-asks of earlier items go on after the item budget is spent.
     reasks = len(reask_plan(p, r)) if cfg.consensus.adaptive and r > 0 else 0
@@ -106,15 +107,13 @@ def _affordable_items(p: Project, r: int, size: int, reasks: int, left: float) -
 
 
 def stop_reason(p: Project, r: int, metrics: dict[str, Any]) -> str | None:
-    """Why the loop stops after evaluating round ``r`` with ``metrics`` (None: go on).
+    """Why the loop stops after evaluating round ``r`` with ``metrics`` (None: go on); the reason
+    names the rule and its figure.
 
     Recorded in ``stop.json``; a resumed run whose raised limits let it go on deletes it.
     """
-    target = p.config.stopping.target_accuracy
-    reason = None
-    if target is not None and metrics.get("accuracy") is not None and metrics["accuracy"] >= target:
-        reason = f"target_accuracy={target} reached ({metrics['accuracy']:.4f})"
-    else:
+    reason = target_reached(p, metrics) or predictions_stable(p, r)
+    if reason is None:
         _, reason = next_batch_size(p, r)
     if reason:
         write_json(p.store, keys.STOP, {"round": r, "reason": reason})
@@ -127,3 +126,36 @@ def check_stop(p: Project, r: int) -> dict[str, Any]:
     """The stop step: reads round ``r``'s metrics record; ``{"round", "stop_reason"}``."""
     metrics = p.require(r, keys.METRICS, step="stop")
     return {"round": r, "stop_reason": stop_reason(p, r, metrics)}
+
+
+def target_reached(p: Project, metrics: dict[str, Any]) -> str | None:
+    """``stopping.target_accuracy`` on the test accuracy, or, when the pool has no ground truth,
+    on the lower bound of the accuracy estimated from the audit (``evaluation``)."""
+    target = p.config.stopping.target_accuracy
+    if target is None:
+        return None
+    if metrics.get("accuracy") is not None:
+        if metrics["accuracy"] >= target:
+            return f"target_accuracy={target} reached ({metrics['accuracy']:.4f})"
+        return None
+    low = metrics.get("ci_low")
+    if low is not None and low >= target:
+        return (f"target_accuracy={target} reached by the estimate's lower bound: {low:.4f} "
+                f"(estimated accuracy {metrics['estimated_accuracy']:.4f}, 95% interval {low:.4f}-"
+                f"{metrics['ci_high']:.4f}, {metrics['n_eval_labels']} audit labels)")
+    return None
+
+
+def predictions_stable(p: Project, r: int) -> str | None:
+    """``stopping.stabilizing_predictions``: Cohen's kappa between consecutive models on the stop
+    set at least ``agreement`` in each of the last ``rounds`` rounds (Bloodgood & Vijay-Shanker,
+    2009). Reads the kappas the evaluate step recorded."""
+    rule = p.config.stopping.stabilizing_predictions
+    if rule is None or r + 1 < rule.rounds:
+        return None
+    kappas = [(p.record(q, keys.METRICS, default=None) or {}).get("stability_kappa") for q in range(r - rule.rounds + 1, r + 1)]
+    if any(k is None or k < rule.agreement for k in kappas):
+        return None
+    shown = ", ".join(f"{k:.4f}" for k in kappas)
+    return (f"stabilizing_predictions: Cohen's kappa between consecutive models {shown} >= {rule.agreement} "
+            f"for {rule.rounds} rounds on a {len(p.stop_set_rows)}-item stop set")

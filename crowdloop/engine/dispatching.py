@@ -16,6 +16,7 @@ from typing import Any
 from crowdloop import keys
 from crowdloop.consensus.policy import agreement_block_reason, gold_block_reason
 from crowdloop.engine import hooks
+from crowdloop.engine.auditing import audit_redundancy
 from crowdloop.engine.budget import expected_task_seconds
 from crowdloop.engine.project import STREAM_MIX, Project, write_once
 from crowdloop.engine.quality import block_decisions, blocked_workers, rings_found
@@ -51,7 +52,7 @@ def dispatch(p: Project, r: int) -> dict[str, Any]:
 
 
 def _intent(p: Project, r: int, selection: dict[str, Any]) -> dict[str, Any]:
-    """The dispatch record: every task of the batch (new items, re-asks, gold mixed in unmarked)."""
+    """The dispatch record: every task of the batch (new items, re-asks, gold and audit items mixed in unmarked)."""
     seconds = expected_task_seconds(p, r)
     reward = reward_for(seconds, p.config.pay.hourly_wage)
     bid = p.batch_id(r)
@@ -61,6 +62,10 @@ def _intent(p: Project, r: int, selection: dict[str, Any]) -> dict[str, Any]:
                    exclude_workers=tuple(t["exclude_workers"])) for t in selection.get("reask", [])]
     tasks += [Task(item_id=t["item_id"], round=r, batch_id=bid, replicas=first, reward=reward, is_gold=True,
                    exclude_workers=tuple(t["exclude_workers"])) for t in selection.get("gold", [])]
+    audit = p.record(r, keys.AUDIT, default=None) if p.config.evaluation.enabled else None
+    if audit:  # the accuracy audit rides in the batch, labeled like any item (engine/auditing.py)
+        tasks += [Task(item_id=item, round=r, batch_id=bid, replicas=audit_redundancy(p.config), reward=reward)
+                  for item in audit["item_ids"]]
     record: dict[str, Any] = {"batch_id": bid, "vendor": p.config.vendor.name, "reward": reward,
                               "estimated_seconds": seconds}
     if len(tasks) > len(selection["item_ids"]):  # gold or re-asks: mix them in unmarked (order never reveals gold)
@@ -90,12 +95,14 @@ def _block_reasons(p: Project, intent: dict[str, Any]) -> dict[str, str]:
 def _with_predictions(p: Project, r: int, tasks: list[Task]) -> list[Task]:
     """Attach round ``r``'s model prediction (label, score) to every task, for vendors that
     pre-annotate (Label Studio) or suggest (the local app, never on gold items). Every task gets
-    one, gold included, so its presence never tells a worker which items are gold."""
+    one, gold included, so its presence never tells a worker which items are gold; accuracy-audit
+    items get none, as a suggestion would pull their labels towards the model they measure."""
     model = p.load_model(r)
     if model is None or not tasks:
         return tasks
+    audit = set(p.audit_reserve)
     proba = model.predict_proba(p.pool.X[p.rows_of([t.item_id for t in tasks])])
     best = proba.argmax(axis=1)
-    return [t.model_copy(update={"payload": {**t.payload, "prediction": {
+    return [t if t.item_id in audit else t.model_copy(update={"payload": {**t.payload, "prediction": {
                 "label": str(model.classes_[b]), "score": round(float(row[b]), 4)}}})
             for t, b, row in zip(tasks, best, proba, strict=True)]

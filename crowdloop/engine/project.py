@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -25,9 +26,9 @@ import numpy as np
 
 from crowdloop import keys, registry
 from crowdloop.config import RESUMABLE_SECTIONS, FeaturesConfig, LoopConfig, PoolConfig
-from crowdloop.errors import ConfigError, PoolError, RecordExistsError, StoreError
+from crowdloop.errors import ConfigError, CrowdloopError, PoolError, RecordExistsError, StoreError
 from crowdloop.pay import FeeFor, fee_function
-from crowdloop.records import AggregatedLabel, Annotation
+from crowdloop.records import AggregatedLabel, Annotation, to_jsonl
 from crowdloop.storage import PrefixedStore, Store, open_store, read_json, write_json
 from crowdloop.vendor import IMAGES_BY_URL, NEEDS_GROUND_TRUTH, VendorContext, capabilities_of
 
@@ -38,12 +39,23 @@ STREAM_GOLD_SET = 3
 STREAM_GOLD = 4
 STREAM_MIX = 5
 STREAM_CV = 6
+STREAM_AUDIT = 7
+STREAM_STOP_SET = 8
 
 _PREPARED: dict[str, Project] = {}  # store URL -> the project prepared for a run in this process
 
 
 class MissingRecordError(StoreError):
     """A step found the record of the step before it missing: the round's order was broken."""
+
+
+def _remove_if_empty(location: str) -> None:
+    """Remove a local project folder that a refused ``prepare`` created and left empty."""
+    if "://" in location and not location.startswith("file://"):
+        return
+    folder = Path(location.removeprefix("file://")).expanduser()
+    with suppress(OSError):  # not empty, or already gone: keep what is there
+        folder.rmdir()
 
 
 def write_once(store: Store, key: str, obj: Any) -> None:
@@ -180,6 +192,12 @@ class Project:
             from crowdloop.engine.verify import check_resumable
 
             check_resumable(project)
+        try:
+            project.check_own_data()  # seed labels, gold file, audit reserve: before anything is written
+        except CrowdloopError:
+            if existing is None:  # leave no empty project folder behind a refused config
+                _remove_if_empty(location)
+            raise
         record: dict[str, Any] = {"config": config.model_dump(mode="json"), "format": 1}
         if pool is not None:
             record["pool"] = pool
@@ -191,6 +209,7 @@ class Project:
             # record and make the new limits the project's own.
             write_json(store, f"{keys.CONFIG_HISTORY}{_utc_stamp()}.json", existing)
             write_json(store, keys.PROJECT, record)
+        project.import_labels()
         _PREPARED[location] = _PREPARED[project.store.url] = project
         return project
 
@@ -216,7 +235,8 @@ class Project:
         return _PREPARED[url]
 
     def check(self) -> None:
-        """Every offline check of ``crowdloop check`` on this project's config and pool."""
+        """Every offline check of ``crowdloop check`` on this project's config and pool, and the
+        checks that need the project (seed labels, the gold file, the audit reserve)."""
         from crowdloop.checks import check_config
 
         pool = load_pool(self.config.pool)
@@ -225,6 +245,25 @@ class Project:
             from crowdloop.media import check_reachable
 
             check_reachable(self.config.pool, self.store.url, pool.content_kind, self.config.vendor.name)
+        self.check_own_data()
+
+    def check_own_data(self) -> None:
+        """What a pool without answers needs: a gold set with answers, readable seed and gold
+        files (a bad row fails with one line naming the file and line), a way to measure accuracy
+        for ``target_accuracy``, and items left to label after everything set aside."""
+        gold = self.config.gold
+        if gold.path and not gold.enabled:
+            raise ConfigError(f"gold.path={gold.path!r}: set gold.share > 0 to mix the gold items into batches")
+        for key, what in ((keys.SEED_LABELS, "seed"), (keys.GOLD_SET, "gold")):
+            if not self.store.exists(key):  # read once; a resumed project keeps what it imported
+                self._read_label_file(what)
+        if self.test is None and self.config.stopping.target_accuracy is not None and not self.config.evaluation.enabled:
+            raise ConfigError("stopping.target_accuracy: the pool has no ground truth (pool.label_column) to test on; set "
+                              "evaluation.method: random or active to estimate accuracy from human labels")
+        free = len(self.pool) - len(self.reserved_items())
+        if free < self.initial_size:
+            raise ConfigError(f"the pool has {free} items left for labeling after seed labels, gold and the audit reserve; "
+                              f"expected at least sampler.initial_size={self.initial_size}")
 
     @contextmanager
     def running(self) -> Iterator[None]:
@@ -326,13 +365,115 @@ class Project:
 
     @cached_property
     def gold_set(self) -> dict[str, str]:
-        """Gold items (item id → known answer): drawn once from the pool by seed, never selected."""
+        """Gold items (item id → known answer): read from ``gold.path`` or drawn once from the pool
+        by seed; never selected."""
         gold = self.config.gold
         if not gold.enabled:
             return {}
+        if gold.path:
+            return {label.item_id: label.label for label in self._imported(keys.GOLD_SET, "gold")}
         rng = np.random.default_rng([self.config.seed, STREAM_GOLD_SET])
         picked = np.sort(rng.choice(len(self.pool), size=min(gold.n_items, len(self.pool)), replace=False))
         return {str(self.pool.ids[i]): str(self.pool.y[i]) for i in picked}
+
+    # -- labels from files, the audit reserve, the stop set ------------------------------
+    @cached_property
+    def seed_labels(self) -> list[AggregatedLabel]:
+        """Labels imported from ``pool.seed_labels`` (``source: imported``): they train from round 0
+        and their items are never dispatched. Read from the file once, then from the store."""
+        if self.config.pool.seed_labels is None:
+            return []
+        return self._imported(keys.SEED_LABELS, "seed")
+
+    def import_labels(self) -> None:
+        """Store the seed labels and the gold file's answers (create-only, when a run is
+        prepared), so every later round and every other process reads the same ones even if the
+        files change."""
+        for key, what in ((keys.SEED_LABELS, "seed"), (keys.GOLD_SET, "gold")):
+            if not self.store.exists(key) and self._label_file_configured(what):
+                write_once_bytes(self.store, key, to_jsonl(self._read_label_file(what)))
+        for name in ("seed_labels", "gold_set", "audit_reserve"):
+            self.__dict__.pop(name, None)  # from the store from now on
+
+    def _imported(self, key: str, what: str) -> list[AggregatedLabel]:
+        """What was imported into ``key``; before the import (checking a config), the file itself."""
+        if not self.store.exists(key):
+            return self._read_label_file(what)
+        return [AggregatedLabel.model_validate_json(line) for line in self.store.read_bytes(key).splitlines() if line.strip()]
+
+    def _label_file_configured(self, what: str) -> bool:
+        if what == "seed":
+            return self.config.pool.seed_labels is not None
+        return bool(self.config.gold.enabled and self.config.gold.path)
+
+    def _read_label_file(self, what: str) -> list[AggregatedLabel]:
+        """The seed labels or gold answers as the config names them, checked against the pool
+        (``crowdloop/label_files.py``); a bad row fails with one line naming the file and line.
+        Read once per object."""
+        if ("label_file", what) not in self.cache:
+            self.cache[("label_file", what)] = self._parse_label_file(what)
+        return self.cache[("label_file", what)]
+
+    def _parse_label_file(self, what: str) -> list[AggregatedLabel]:
+        from crowdloop import label_files
+
+        if what == "seed":
+            cfg = self.config.pool.seed_labels
+            if cfg is None:
+                return []
+            rows = label_files.read_pool_column(self.config.pool) if cfg.column else label_files.read_label_file(cfg)
+            source = f"pool.seed_labels: {(cfg.column and self.config.pool.path) or cfg.path}"
+            fmt = "column" if cfg.column else label_files.file_format(cfg)
+        else:
+            cfg = self.config.gold
+            if not (cfg.enabled and cfg.path):
+                return []
+            rows, source, fmt = label_files.read_label_file(cfg), f"gold.path: {cfg.path}", label_files.file_format(cfg)
+        ids = self.pool.ids.tolist()
+        held_out = set() if self.test is None else set(self.test.ids.tolist())
+        content = label_files.content_index(ids, None if self.pool.content is None else self.pool.content.tolist())
+        found = label_files.resolve(rows, source=source, pool_ids=ids, held_out=held_out, classes=self.classes,
+                                    content=content)
+        if what == "gold" and found.n_held_out:
+            raise ConfigError(f"{source}: {found.n_held_out} gold item(s) are in the held-out test split; gold items "
+                              "must be pool items (lower pool.test_size or pick other items)")
+        return [AggregatedLabel(item_id=item, label=row.label, confidence=row.confidence, n_annotations=row.n_annotations,
+                                method=f"imported:{fmt}", source="imported" if what == "seed" else "gold", round=0)
+                for item, row in sorted(found.labels.items())]
+
+    @cached_property
+    def audit_reserve(self) -> tuple[str, ...]:
+        """Pool items set aside for the accuracy audit (``evaluation``), in a seeded random order
+        (the order the ``random`` audit labels them in): never trained on, never selected, so the
+        audit is a sample of the pool that no model has seen. Empty without an audit."""
+        ev = self.config.evaluation
+        if not ev.enabled:
+            return ()
+        taken = {label.item_id for label in self.seed_labels} | set(self.gold_set)
+        free = [i for i, item in enumerate(self.pool.ids.tolist()) if item not in taken]
+        default = ev.max_items if ev.method == "random" else 3 * ev.max_items
+        size = min(ev.reserve or min(default, len(free) // 2), len(free))
+        order = np.random.default_rng([self.config.seed, STREAM_AUDIT]).permutation(len(free))[:size]
+        return tuple(str(self.pool.ids[free[k]]) for k in order)
+
+    @cached_property
+    def stop_set_rows(self) -> np.ndarray:
+        """Pool rows of the stop set of ``stopping.stabilizing_predictions`` (drawn once by seed; no labels needed)."""
+        rule = self.config.stopping.stabilizing_predictions
+        size = min(rule.stop_set if rule else 0, len(self.pool))
+        rng = np.random.default_rng([self.config.seed, STREAM_STOP_SET])
+        return np.sort(rng.choice(len(self.pool), size=size, replace=False)).astype(np.int64)
+
+    def reserved_items(self) -> set[str]:
+        """Items no sampler may pick: seed-labeled, gold, and the audit reserve."""
+        return {label.item_id for label in self.seed_labels} | set(self.gold_set) | set(self.audit_reserve)
+
+    def known_labels(self, before_round: int) -> list[AggregatedLabel]:
+        """The labels a model of round ``before_round`` trains on: imported seed labels and the
+        human labels aggregated before it (a human label wins if an item has both)."""
+        human = self.human_labels(before_round)
+        have = {label.item_id for label in human}
+        return [label for label in self.seed_labels if label.item_id not in have] + human
 
     @property
     def initial_size(self) -> int:
@@ -395,7 +536,7 @@ class Project:
             intent = self.record(r, keys.DISPATCH, default=None)
             if intent:
                 items.update(t["item_id"] for t in intent["tasks"] if not t.get("is_gold"))
-        return items
+        return items - set(self.audit_reserve)  # audit items are labeled, but never for training
 
     def human_labels(self, before_round: int) -> list[AggregatedLabel]:
         """The latest aggregated labels written before ``before_round``."""

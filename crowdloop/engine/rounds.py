@@ -17,6 +17,7 @@ from crowdloop import keys
 from crowdloop.config import LoopConfig
 from crowdloop.engine import hooks
 from crowdloop.engine.aggregation import aggregate
+from crowdloop.engine.auditing import audit
 from crowdloop.engine.autolabeling import autolabel
 from crowdloop.engine.budget import check_stop
 from crowdloop.engine.collection import collect
@@ -61,6 +62,7 @@ ROUND_STEPS: tuple[Step, ...] = (
     Step("evaluate", evaluate, keys.METRICS, "evaluated"),
     Step("stop", check_stop, None, "stop rules checked", halts=lambda out: out["stop_reason"]),
     Step("select", select, keys.SELECTION, "selected", parts=shard_count, part=score_shard),
+    Step("audit", audit, keys.AUDIT, "audit drawn", enabled=lambda cfg: cfg.evaluation.enabled),
     Step("autolabel", autolabel, keys.AUTOLABEL, "auto-labeled", enabled=lambda cfg: cfg.autolabel.enabled),
     Step("dispatch", dispatch, keys.REFS, "dispatched, collecting answers", outside=True),
     Step("collect", collect, keys.COLLECTED, "collected", outside=True,

@@ -24,14 +24,15 @@ from crowdloop.storage import read_json
 
 
 def excluded(p: Project, r: int) -> np.ndarray:
-    """Boolean mask over pool rows a sampler must never pick: dispatched before round ``r`` or gold.
+    """Boolean mask over pool rows a sampler must never pick: dispatched before round ``r``, gold,
+    seed-labeled, or set aside for the accuracy audit (``Project.reserved_items``).
 
     Built from the (small) excluded set, so it costs O(dispatched), not a pass over a
     million pool ids.
     """
     mask = np.zeros(len(p.pool), dtype=bool)
     index_of = p.index_of
-    rows = [index_of[item] for item in p.dispatched_items(before_round=r) | set(p.gold_set) if item in index_of]
+    rows = [index_of[item] for item in p.dispatched_items(before_round=r) | p.reserved_items() if item in index_of]
     mask[np.asarray(rows, dtype=np.int64)] = True
     return mask
 
@@ -185,7 +186,7 @@ def _pick(p: Project, r: int, size: int) -> tuple[str, list[str], dict[str, Any]
             params.setdefault("chunk_size", p.config.sampler.chunk_size)
         accepts = inspect.signature(sampler).parameters  # the labeled set only for samplers that ask for it
         if "X_labeled" in accepts or "y_labeled" in accepts:
-            labels = sorted(p.human_labels(before_round=r), key=lambda label: label.item_id)
+            labels = sorted(p.known_labels(before_round=r), key=lambda label: label.item_id)
             if "X_labeled" in accepts:
                 params.setdefault("X_labeled", p.pool.X[p.rows_of([label.item_id for label in labels])])
             if "y_labeled" in accepts:

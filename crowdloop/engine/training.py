@@ -26,12 +26,16 @@ _STREAM_SPREAD_CHECK = 0x5EEC
 
 def train(p: Project, r: int) -> dict[str, Any]:
     """Fit a clone of the model (or, with ``warm_start``, the previous round's model) on the
-    human labels aggregated before round ``r``; record it in ``train.json`` and ``model.pkl``."""
+    human labels aggregated before round ``r`` and the imported seed labels; record it in
+    ``train.json`` and ``model.pkl``."""
     done = p.record(r, keys.TRAIN, default=None)
     if done is not None:
         return done
-    labels = p.human_labels(before_round=r)
-    info: dict[str, Any] = {"round": r, "n_labeled": len(labels), "trained": False, "seconds": 0.0}
+    human = p.human_labels(before_round=r)
+    labels = p.known_labels(before_round=r)  # imported seed labels train from round 0, counted apart
+    info: dict[str, Any] = {"round": r, "n_labeled": len(human), "trained": False, "seconds": 0.0}
+    if p.seed_labels:
+        info["n_imported"] = len(labels) - len(human)
     if p.config.autolabel.enabled and p.config.autolabel.use_in_training:
         human = {label.item_id for label in labels}
         machine = [label for label in p.machine_labels(before_round=r) if label.item_id not in human]
@@ -39,10 +43,10 @@ def train(p: Project, r: int) -> dict[str, Any]:
         labels = labels + machine
     use_spread = p.config.semi_supervised.enabled
     if p.config.semi_supervised.method == "auto":
-        use_spread, evidence = spreading_check(p, r, p.human_labels(before_round=r))
+        use_spread, evidence = spreading_check(p, r, p.known_labels(before_round=r))
         info["spreading"] = {"used": use_spread, **evidence}
     if use_spread:
-        spread = spread_labels(p, r, p.human_labels(before_round=r), skip={label.item_id for label in labels})
+        spread = spread_labels(p, r, p.known_labels(before_round=r), skip={label.item_id for label in labels})
         info.update(n_spread=len(spread),
                     spread_sha256=hashlib.sha256(p.store.read_bytes(keys.round_key(r, keys.SPREAD_LABELS))).hexdigest())
         if spread and p.pool.has_ground_truth:  # simulation / evaluation only

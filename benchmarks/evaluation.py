@@ -1,0 +1,235 @@
+"""Your own data, no answers known: the loop runs blind and this benchmark keeps the truth.
+
+Each (dataset, seed, audit method) runs the real loop in process over a pool written as a CSV
+*without* labels; a simulated crowd answers from an answer key the loop never sees, and the
+benchmark holds out a test split the loop never sees either. The loop estimates its accuracy
+from a human-labeled audit (``evaluation.method``: random or active) and stops by
+``stopping.stabilizing_predictions``; the benchmark then lets the same project go on (the
+stopping section is resumable) to find the oracle: the labels at which the true test accuracy
+first reached 98 % of full-data accuracy.
+
+    python benchmarks/evaluation.py --datasets digits breast_cancer synthetic fashion_mnist --seeds 20 --out FILE
+
+``--out`` gets a JSON list of rows ``{dataset, seed, audit, coverage,
+judgments_to_half_width_0.03, stop_labels, oracle_labels_98, stop_accuracy_share}``:
+``coverage`` is the share of rounds whose 95 % interval holds the true test accuracy,
+``judgments_to_half_width_0.03`` the audit's human judgments when its interval first got that
+narrow (null: never), ``stop_labels`` the bought labels when the loop stopped,
+``oracle_labels_98`` the bought labels at the first round at 98 % of full-data accuracy (null:
+never reached), ``stop_accuracy_share`` the stopped model's test accuracy over full-data
+accuracy. ``--details`` (default ``<out>_details.json``) gets each run's rounds and where
+small-text 1.4.1's stopping criteria (``KappaAverage``, ``DeltaFScore``,
+``ClassificationChange``) stop on the same models' predictions over the same stop set.
+
+Needs the ``bench`` extra (small-text) and, for ``fashion_mnist``, Debian's
+``dataset-fashion-mnist``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the keyed crowd lives under tests/
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from label_efficiency import load_dataset  # noqa: E402  (the same splits as the label-efficiency benchmark)
+
+DATASETS = ("digits", "breast_cancer", "synthetic", "fashion_mnist")
+HALF_WIDTH = 0.03
+RULE = {"agreement": 0.99, "rounds": 3, "stop_set": 2000}
+# per set: initial and batch of the loop, audit batch and most audit items, rounds the oracle may take
+SIZES: dict[str, dict[str, int]] = {
+    "digits": {"initial": 20, "batch": 10, "audit_batch": 20, "audit_max": 300, "max_rounds": 60},
+    "breast_cancer": {"initial": 20, "batch": 10, "audit_batch": 20, "audit_max": 150, "max_rounds": 25},
+    "synthetic": {"initial": 20, "batch": 20, "audit_batch": 20, "audit_max": 400, "max_rounds": 70},
+    "fashion_mnist": {"initial": 40, "batch": 40, "audit_batch": 20, "audit_max": 400, "max_rounds": 45},
+}
+CROWD = {"n_workers": 40, "accuracy": [0.85, 0.99], "spammer_fraction": 0.05}
+
+
+def write_blind(setting, root: Path) -> tuple[Path, Path, list[str]]:
+    """The pool as a CSV with no label column, and the crowd's answer key."""
+    import pandas as pd
+
+    ids = [f"i{i:06d}" for i in range(len(setting.X_pool))]
+    frame = pd.DataFrame(setting.X_pool, columns=[f"x{k}" for k in range(setting.X_pool.shape[1])])
+    frame.insert(0, "id", ids)
+    frame.to_csv(root / "pool.csv", index=False)
+    pd.DataFrame({"id": ids, "label": [str(v) for v in setting.y_pool]}).to_csv(root / "key.csv", index=False)
+    return root / "pool.csv", root / "key.csv", ids
+
+
+def config(dataset: str, seed: int, method: str, pool: Path, key: Path, classes: list[str], n_pool: int,
+           stop_rule: bool) -> dict[str, Any]:
+    size = SIZES[dataset]
+    stopping: dict[str, Any] = {"max_rounds": size["max_rounds"]}
+    if stop_rule:
+        stopping["stabilizing_predictions"] = RULE
+    return {
+        "project": f"eval-{dataset.replace('_', '-')}", "seed": seed,
+        "pool": {"source": "csv", "path": str(pool), "id_column": "id", "classes": classes},
+        "model": {"estimator": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 1000}},
+        "sampler": {"name": "margin", "batch_size": size["batch"], "initial_size": size["initial"]},
+        "vendor": {"name": "keyed_crowd", "params": {"answer_key": str(key), **CROWD}},
+        "consensus": {"method": "auto", "redundancy": 3},
+        # the same reserve for both methods, so they audit the same models
+        "evaluation": {"method": method, "target_half_width": HALF_WIDTH, "max_items": size["audit_max"],
+                       "batch_size": size["audit_batch"], "reserve": min(3 * size["audit_max"], n_pool // 3)},
+        "stopping": stopping,
+        "collect": {"poll_interval_s": 0.01},
+    }
+
+
+def full_data_accuracy(setting) -> float:
+    from sklearn.base import clone
+
+    from crowdloop.config import ModelConfig
+    from crowdloop.models.sklearn import build_model
+
+    model = clone(build_model(ModelConfig(params={"max_iter": 1000}))).fit(setting.X_pool, setting.y_pool.astype(str))
+    return float(model.score(setting.X_test, setting.y_test.astype(str)))
+
+
+def small_text_stops(predictions: list[np.ndarray | None], classes: list[str]) -> dict[str, int | None]:
+    """The first round at which each small-text 1.4.1 criterion says stop, fed the same stop-set predictions."""
+    from small_text.stopping_criteria import ClassificationChange, DeltaFScore, KappaAverage
+
+    index = {c: k for k, c in enumerate(classes)}
+    criteria: dict[str, Any] = {"small-text KappaAverage(0.99, window 3)": KappaAverage(len(classes), window_size=3, kappa=0.99),
+                                "small-text ClassificationChange(0.0)": ClassificationChange(len(classes), threshold=0.0)}
+    if len(classes) == 2:
+        criteria["small-text DeltaFScore(0.05, window 3)"] = DeltaFScore(2, window_size=3, threshold=0.05)
+    stops: dict[str, int | None] = dict.fromkeys(criteria)
+    for r, pred in enumerate(predictions):
+        if pred is None:
+            continue
+        encoded = np.array([index[c] for c in pred])
+        for name, criterion in criteria.items():
+            if stops[name] is None and criterion.stop(predictions=encoded):
+                stops[name] = r
+    return stops
+
+
+def ours_stop(kappas: list[float | None]) -> int | None:
+    """Where ``stabilizing_predictions`` fires on a kappa sequence (the loop's rule, recomputed)."""
+    k, need = RULE["agreement"], RULE["rounds"]
+    for r in range(need - 1, len(kappas)):
+        window = kappas[r - need + 1:r + 1]
+        if all(v is not None and v >= k for v in window):
+            return r
+    return None
+
+
+def run_one(dataset: str, seed: int, method: str, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    from sklearn.metrics import cohen_kappa_score
+
+    from crowdloop import engine, keys
+    from crowdloop.config import parse_config
+    from crowdloop.engine import Project
+    from crowdloop.storage import read_json
+    from tests.crowd_helpers import register_keyed_crowd
+
+    register_keyed_crowd()
+    setting = load_dataset(dataset, seed)
+    classes = sorted({str(v) for v in setting.y_pool})
+    pool, key, _ = write_blind(setting, workdir)
+    location = str(workdir / "project")
+    started = time.perf_counter()
+    # 1. the loop as a user runs it: blind, stopping by itself
+    blind = parse_config(config(dataset, seed, method, pool, key, classes, len(setting.X_pool), stop_rule=True))
+    p = engine.run_in_process(Project.prepare(blind, location))
+    stop_rows = p.pool.X[p.stop_set_rows]  # the loop's own stop set, for every criterion below
+    stop = read_json(p.store, keys.STOP)
+    stopped_by_rule = stop["reason"].startswith("stabilizing_predictions")
+    stop_round = stop["round"]
+    # 2. the benchmark lets it go on (stopping is resumable) to find the oracle on the same curve
+    cfg = config(dataset, seed, method, pool, key, classes, len(setting.X_pool), stop_rule=False)
+    p = engine.run_in_process(Project.prepare(parse_config(cfg), location))
+    full = full_data_accuracy(setting)
+    y_test = setting.y_test.astype(str)
+    rounds, predictions, kappas = [], [], []
+    previous = None
+    for m in p.metrics():
+        r = m["round"]
+        model = p.load_model(r)
+        acc = None if model is None else float(model.score(setting.X_test, y_test))
+        pred = None if model is None else model.predict(stop_rows).astype(str)
+        kappa = None
+        if pred is not None and previous is not None:
+            kappa = 1.0 if np.array_equal(pred, previous) else float(cohen_kappa_score(pred, previous, labels=classes))
+        previous = pred if pred is not None else previous
+        predictions.append(pred)
+        kappas.append(kappa)
+        rounds.append({"round": r, "n_labeled": m["n_labeled"], "true_accuracy": acc,
+                       "estimated_accuracy": m.get("estimated_accuracy"), "ci_low": m.get("ci_low"),
+                       "ci_high": m.get("ci_high"), "n_eval_labels": m.get("n_eval_labels"),
+                       "audit_judgments": m.get("audit_judgments"), "kappa": None if kappa is None else round(kappa, 6)})
+    with_ci = [r for r in rounds if r["ci_low"] is not None and r["true_accuracy"] is not None]
+    coverage = float(np.mean([r["ci_low"] <= r["true_accuracy"] <= r["ci_high"] for r in with_ci])) if with_ci else None
+    narrow = next((r["audit_judgments"] for r in with_ci if (r["ci_high"] - r["ci_low"]) / 2 <= HALF_WIDTH), None)
+    oracle = next((r for r in rounds if r["true_accuracy"] is not None and r["true_accuracy"] >= 0.98 * full), None)
+    stop_at = rounds[stop_round]
+    recomputed = ours_stop(kappas)
+    criteria = {"crowdloop stabilizing_predictions(0.99, 3 rounds)": recomputed, **small_text_stops(predictions, classes)}
+    row = {
+        "dataset": dataset, "seed": seed, "audit": method,
+        "coverage": None if coverage is None else round(coverage, 4),
+        "judgments_to_half_width_0.03": narrow,
+        "stop_labels": stop_at["n_labeled"],
+        "oracle_labels_98": None if oracle is None else oracle["n_labeled"],
+        "stop_accuracy_share": None if stop_at["true_accuracy"] is None else round(stop_at["true_accuracy"] / full, 4),
+    }
+    detail = {**row, "full_data_accuracy": round(full, 4), "stop_round": stop_round, "stop_reason": stop["reason"],
+              "stopped_by_rule": stopped_by_rule, "seconds": round(time.perf_counter() - started, 1),
+              "stops": {name: None if r is None else {"round": r, "labels": rounds[r]["n_labeled"],
+                                                      "accuracy_share": round(rounds[r]["true_accuracy"] / full, 4)}
+                        for name, r in criteria.items()},
+              "rounds": rounds}
+    return row, detail
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--audits", nargs="+", default=["random", "active"], choices=["random", "active"])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--details", default=None, help="per-run rounds and stop points (default <out>_details.json)")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    out = Path(args.out)
+    details_path = Path(args.details) if args.details else out.with_name(out.stem + "_details.json")
+    rows: list[dict[str, Any]] = json.loads(out.read_text()) if out.exists() else []
+    details: list[dict[str, Any]] = json.loads(details_path.read_text()) if details_path.exists() else []
+    done = {(r["dataset"], r["seed"], r["audit"]) for r in rows}
+    for dataset in args.datasets:
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            for method in args.audits:
+                if (dataset, seed, method) in done:
+                    continue
+                workdir = Path(tempfile.mkdtemp(prefix=f"eval-{dataset}-{seed}-{method}-"))
+                try:
+                    row, detail = run_one(dataset, seed, method, workdir)
+                finally:
+                    shutil.rmtree(workdir, ignore_errors=True)
+                rows.append(row)
+                details.append(detail)
+                out.write_text(json.dumps(rows, indent=1) + "\n")  # after every run: a long job can be resumed
+                details_path.write_text(json.dumps(details) + "\n")
+                print(json.dumps({k: detail[k] for k in (*row, "stop_reason", "seconds")}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Accuracy from human labels: the estimators behind ``evaluation`` (pure functions).
+
+A model's accuracy is estimated on an *audit*: pool items set aside before round 0 (never
+trained on, never selected), labeled by the same vendor with the same consensus. A prediction
+counts as right when it agrees with the consensus label, so the estimate is accuracy against
+what the crowd says: a crowd whose labels are right 98 % of the time pulls it down by up to
+two points (``BENCHMARKS.md`` measures how much).
+
+Two ways to draw the audit:
+
+* ``random``: items in a seeded random order. The labeled items are a uniform sample of the
+  pool, so the mean is unbiased and the Wilson score interval is the interval for the
+  accuracy on new items from the pool's distribution.
+* ``active``: items drawn with replacement from the reserve with probability tilted towards
+  the model's expected loss (Active Testing, Kossen et al., ICML 2021), estimated with the
+  importance-weighted mean ``1/M Σ loss/(N q)`` (Hansen–Hurwitz): a draw's weighted loss has
+  the reserve's mean loss as expectation whatever the proposal ``q`` was, so draws made for
+  earlier models still serve later ones (``importance_estimate`` weights them by the mixture of
+  all rounds' proposals, exactly unbiased when proposals do not depend on earlier labels; ours
+  do, through calibration, and the benchmark's coverage checks the result). We sample with replacement rather than LURE's
+  without-replacement correction (Farquhar et al., 2021) because a round's draws are fixed
+  before any is labeled; a drawn item labeled before costs nothing. The proposal is
+  ``q ∝ π`` (Kossen et al.'s choice) for a calibrated loss probability ``π`` from a surrogate
+  model (``engine/auditing.py``), mixed with a uniform share that bounds every weight by
+  ``1/share``. (``q ∝ sqrt(π)`` minimizes the variance when ``π`` is exact; with estimated ``π``
+  the stronger tilt needed 10-15 % fewer labels on digits.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+Z95 = 1.959963984540054  # two-sided 95 %
+MIN_ERRORS = 10  # errors among the draws before their sample variance is trusted on its own
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """An accuracy estimate with its 95 % interval."""
+
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    n_labels: int  # distinct human-labeled audit items it rests on
+    n_draws: int  # draws (active: with repetitions; random: = n_labels)
+
+    @property
+    def half_width(self) -> float:
+        return (self.ci_high - self.ci_low) / 2
+
+
+def wilson(p_hat: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a proportion ``p_hat`` seen on ``n`` items (well-behaved at 0 and 1)."""
+    if n <= 0:
+        return 0.0, 1.0
+    denom = 1 + z * z / n
+    centre = (p_hat + z * z / (2 * n)) / denom
+    spread = z * np.sqrt(max(p_hat * (1 - p_hat), 0.0) / n + z * z / (4 * n * n)) / denom
+    return float(max(centre - spread, 0.0)), float(min(centre + spread, 1.0))
+
+
+def random_estimate(correct: np.ndarray) -> Estimate | None:
+    """Accuracy from a uniform audit sample; ``correct[i]`` in [0, 1] (1: the prediction agrees with the label)."""
+    correct = np.asarray(correct, dtype=float)
+    if len(correct) == 0:
+        return None
+    p_hat = float(correct.mean())
+    low, high = wilson(p_hat, len(correct))
+    return Estimate(p_hat, low, high, len(correct), len(correct))
+
+
+def proposal(expected_loss: np.ndarray, uniform_share: float) -> np.ndarray:
+    """Draw probabilities over the reserve: proportional to the expected loss, mixed with
+    ``uniform_share`` of uniform. Rounded to 8 significant digits and renormalized, so the
+    stored vector is exactly the one drawn from."""
+    pi = np.clip(np.asarray(expected_loss, dtype=float), 0.0, 1.0)
+    n = len(pi)
+    tilted = pi / pi.sum() if pi.sum() > 0 else np.full(n, 1.0 / n)
+    q = (1 - uniform_share) * tilted + uniform_share / n
+    q = np.array([float(f"{v:.8g}") for v in q])
+    return q / q.sum()
+
+
+def importance_estimate(loss: np.ndarray, items: np.ndarray, proposals: list[tuple[np.ndarray, int]], *,
+                        n_labels: int) -> Estimate | None:
+    """Accuracy from draws over a reserve of ``N`` items, made in rounds with different proposals.
+
+    ``loss[m]`` in [0, 1] is the current model's loss on draw ``m``, ``items[m]`` the reserve index
+    drawn; ``proposals`` holds each round's proposal vector (length ``N``) and how many of the
+    draws it made. All draws are weighted by the mixture of the proposals (``q̄ = Σ m_r q_r / M``,
+    the balance heuristic of multiple importance sampling, Veach & Guibas 1995), which keeps a
+    draw made for an earlier model from weighing much when the current model errs where that
+    model was sure.
+
+    The variance is the draws' sample variance plus the reserve's own spread, ``e(1-e)/N`` (the
+    reserve is itself a sample of the pool, so the interval is for the accuracy on new items, as
+    the ``random`` audit's is). The interval is Wilson's at the effective sample size
+    ``e(1-e)/variance``; while fewer than ``MIN_ERRORS`` draws show an error their spread is not
+    trusted (it is 0 until the first error) and the effective size is at most the draws.
+    """
+    loss = np.asarray(loss, dtype=float)
+    m = len(loss)
+    if m == 0 or not proposals:
+        return None
+    n_reserve = len(proposals[0][0])
+    mixture = sum(k * np.asarray(q, dtype=float) for q, k in proposals) / sum(k for _, k in proposals)
+    z = loss / (n_reserve * mixture[np.asarray(items, dtype=np.int64)])
+    error = min(max(float(z.mean()), 0.0), 1.0)
+    var = (float(z.var(ddof=1)) / m if m > 1 else np.inf) + error * (1 - error) / n_reserve
+    # A Wilson interval at the effective sample size ``e(1-e)/var``: the weighted mean is skewed
+    # like a proportion (few errors drawn -> too high), which a symmetric normal interval misses.
+    n_eff = error * (1 - error) / var if var > 0 and 0 < error < 1 else float(m)
+    if int(np.count_nonzero(loss)) < MIN_ERRORS:  # too few errors to trust their spread:
+        n_eff = min(n_eff, float(m))  # no narrower than a uniform sample of m draws
+    low, high = wilson(error, n_eff)
+    return Estimate(1.0 - error, 1.0 - high, 1.0 - low, n_labels, m)
+
+
+def calibrated(raw: np.ndarray, fit_raw: np.ndarray, fit_loss: np.ndarray) -> np.ndarray:
+    """Platt scaling of a loss probability: ``raw`` mapped through a logistic fit of the observed
+    losses ``fit_loss`` on ``logit(fit_raw)``; ``raw`` unchanged with fewer than 3 of either outcome."""
+    from sklearn.linear_model import LogisticRegression
+
+    fit_loss = np.asarray(fit_loss) > 0.5
+    if min(int(fit_loss.sum()), int((~fit_loss).sum())) < 3:
+        return np.asarray(raw, dtype=float)
+
+    def logit(v: np.ndarray) -> np.ndarray:
+        v = np.clip(np.asarray(v, dtype=float), 1e-4, 1 - 1e-4)
+        return np.log(v / (1 - v)).reshape(-1, 1)
+
+    fit = LogisticRegression(C=10.0).fit(logit(fit_raw), fit_loss.astype(int))
+    return fit.predict_proba(logit(raw))[:, 1]
+
+
+def draw(q: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` draws with replacement (indices into ``q``)."""
+    return rng.choice(len(q), size=n, replace=True, p=q)

@@ -1,0 +1,145 @@
+"""Accuracy estimated from human labels (``evaluation``): the estimators, and the audit as a step.
+
+The estimators are checked by simulation against the quantity they estimate; the step on a
+pool without ground truth (digits as a CSV, a crowd answering from a key the loop never sees).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from crowdloop import engine, keys
+from crowdloop.audit import MIN_ERRORS, importance_estimate, proposal, random_estimate, wilson
+from crowdloop.config import parse_config
+from crowdloop.engine import Project
+from crowdloop.engine.auditing import audit_labels
+from crowdloop.report import round_table, status
+from tests.conftest import small_config
+from tests.crowd_helpers import blind_config, intents, write_blind_digits
+
+# -- the estimators ------------------------------------------------------------------------------
+
+
+def test_wilson_interval_covers_a_proportion_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    for p_true, n in ((0.9, 100), (0.97, 150), (0.5, 40)):
+        hits = [lo <= p_true <= hi for lo, hi in (wilson(rng.binomial(n, p_true) / n, n) for _ in range(4000))]
+        assert 0.93 <= np.mean(hits) <= 0.98, (p_true, n, np.mean(hits))
+
+
+def _reserve(rng: np.random.Generator, n: int = 4000) -> tuple[np.ndarray, np.ndarray]:
+    """A reserve whose errors concentrate where a (noisy) loss predictor says they do."""
+    pi = rng.beta(0.3, 3.0, size=n)
+    loss = (rng.random(n) < pi).astype(float)
+    noisy = np.clip(pi * rng.lognormal(0, 0.5, size=n), 0, 1)
+    return loss, noisy
+
+
+def test_importance_estimate_is_unbiased_and_narrower_than_random_at_equal_draws():
+    rng = np.random.default_rng(1)
+    loss, predicted = _reserve(rng)
+    N = len(loss)
+    truth = 1 - loss.mean()
+    q1, q2 = proposal(np.full(N, 0.5), 0.2), proposal(predicted, 0.2)  # a uniform round, then a tilted one
+    active, uniform = [], []
+    for _ in range(3000):
+        d1, d2 = rng.choice(N, 40, p=q1), rng.choice(N, 80, p=q2)
+        items = np.r_[d1, d2]
+        est = importance_estimate(loss[items], items, [(q1, 40), (q2, 80)], n_labels=len(set(items)))
+        active.append((est.accuracy, est.ci_low, est.ci_high))
+        flat = rng.choice(N, 120, replace=False)
+        uniform.append(random_estimate(1 - loss[flat]).half_width)
+    acc = np.array(active)
+    assert abs(acc[:, 0].mean() - truth) < 0.003  # unbiased: the mean of 3000 estimates hits the reserve's accuracy
+    assert np.mean((acc[:, 1] <= truth) & (truth <= acc[:, 2])) >= 0.93  # nominal 95 %; 3000 runs: +-0.004
+    # the same 120 labels drawn uniformly give a wider interval (both are for the accuracy on new items)
+    assert np.mean((acc[:, 2] - acc[:, 1]) / 2) < 0.85 * np.mean(uniform)
+
+
+def test_an_audit_that_found_no_error_yet_is_not_a_point():
+    q = proposal(np.linspace(0, 0.3, 500), 0.2)
+    items = np.arange(0, 500, 10)
+    est = importance_estimate(np.zeros(len(items)), items, [(q, len(items))], n_labels=len(items))
+    assert est.accuracy == 1.0 and est.ci_low <= wilson(1.0, len(items))[0]  # as wide as a uniform sample's
+    assert MIN_ERRORS >= 5
+
+
+def test_proposal_bounds_every_weight_by_the_uniform_share():
+    q = proposal(np.r_[np.zeros(99), 1.0], 0.2)
+    assert abs(q.sum() - 1) < 1e-12 and q.min() >= 0.2 / 100 * (1 - 1e-6)
+
+
+# -- the audit step on a pool without ground truth -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def blind_digits(tmp_path_factory) -> dict:
+    return write_blind_digits(tmp_path_factory.mktemp("blind"))
+
+
+@pytest.fixture(scope="module", params=["random", "active"])
+def audited(request, blind_digits, tmp_path_factory) -> Project:
+    cfg = blind_config(blind_digits, evaluation={"method": request.param, "max_items": 120, "batch_size": 40,
+                                                 "target_half_width": 0.05},
+                       **{"stopping.max_rounds": 6})
+    return engine.run_in_process(Project.prepare(parse_config(cfg), str(tmp_path_factory.mktemp(request.param))))
+
+
+def test_audit_items_are_labeled_apart_never_trained_on_nor_selected(audited):
+    p = audited
+    reserve = set(p.audit_reserve)
+    sent = [item for r in p.rounds() if p.has(r, keys.AUDIT) for item in p.record(r, keys.AUDIT)["item_ids"]]
+    assert sent and set(sent) <= reserve and len(sent) == len(set(sent))  # each audit item is bought once
+    for r in p.rounds():
+        selection = p.record(r, keys.SELECTION, default=None)
+        assert not selection or not set(selection["item_ids"]) & reserve
+        assert not {label.item_id for label in p.round_labels(r, keys.LABELS) or []} & reserve
+    assert set(audit_labels(p, p.rounds()[-1] + 1)) == set(sent)
+    tasks = [t for d in intents(p) for t in d["tasks"] if t["item_id"] in reserve]
+    assert tasks and not any("prediction" in t["payload"] for t in tasks)  # no suggestion pulls an audit label
+    assert all(t["replicas"] == 5 for t in tasks)  # the audit's yardstick gets 5 judgments by default
+
+
+def test_every_round_reports_an_estimate_with_its_interval_and_the_audit_cost_apart(audited, blind_digits):
+    p = audited
+    rounds = status(p)["rounds"]
+    estimated = [r for r in rounds if r["estimated_accuracy"] is not None]
+    assert len(estimated) >= len(rounds) - 2  # from the first round with a model and audit labels
+    for r in estimated:
+        assert 0 <= r["ci_low"] <= r["estimated_accuracy"] <= r["ci_high"] <= 1 and r["n_eval_labels"] > 0
+        assert 0 < r["audit_cost"] < r["cost"] and r["audit_judgments"] == 5 * r["n_eval_labels"]
+    ev = p.config.evaluation
+    for r in range(1, p.rounds()[-1]):  # the audit grows only while the interval is too wide
+        half = (p.record(r, keys.METRICS)["ci_high"] - p.record(r, keys.METRICS)["ci_low"]) / 2
+        grew = bool(p.record(r, keys.AUDIT)["item_ids"])
+        if half <= ev.target_half_width or rounds[r]["n_eval_labels"] >= ev.max_items:
+            assert not grew
+    assert {"estimated_accuracy", "ci_low", "ci_high", "n_eval_labels", "audit_cost"} <= set(round_table(p)[-1])
+    # the last interval holds the model's true accuracy on the reserve, a uniform sample of the pool no model saw
+    last = p.rounds()[-1]
+    reserve = list(p.audit_reserve)
+    truth = np.array([blind_digits["truth"][i] for i in reserve])
+    true_accuracy = np.mean(p.load_model(last).predict(p.pool.X[p.rows_of(reserve)]).astype(str) == truth)
+    m = p.record(last, keys.METRICS)
+    assert m["ci_low"] <= true_accuracy <= m["ci_high"], (m, true_accuracy)
+
+
+def test_a_redone_audit_step_draws_the_same_items(blind_digits, tmp_path):
+    cfg = parse_config(blind_config(blind_digits, evaluation={"method": "active", "max_items": 80, "batch_size": 30}))
+    p = Project.prepare(cfg, str(tmp_path / "p"))
+    for r in (0, 1):
+        engine.run_round(p, r)
+    engine.run_round(p, 2, until="audit")
+    first = p.record(2, keys.AUDIT)
+    p.store.delete(keys.round_key(2, keys.AUDIT))  # a crash before the record reached the store
+    again = engine.audit(Project.open(p.store.url), 2)
+    assert again == first and first["draws"] and len(first["proposal"]) == len(p.audit_reserve)
+
+
+def test_with_ground_truth_the_report_shows_both(tmp_path):
+    cfg = small_config(evaluation={"method": "random", "max_items": 60, "batch_size": 30}, **{"stopping.max_rounds": 3})
+    p = engine.run_in_process(Project.prepare(parse_config(cfg), str(tmp_path / "p")))
+    last = status(p)["rounds"][-1]
+    assert last["accuracy"] is not None and last["estimated_accuracy"] is not None
+    assert not set(p.audit_reserve) & set(p.test.ids.tolist())  # the audit is drawn from the pool, not the test split

@@ -1,0 +1,184 @@
+"""Seed labels (``pool.seed_labels``) and gold from a file (``gold.path``) on a pool without ground truth.
+
+The pool is digits written as a CSV with no label column; a simulated crowd answers from an
+answer key the loop never sees (``tests/crowd_helpers.KeyedCrowd``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from crowdloop import engine, keys
+from crowdloop.config import parse_config
+from crowdloop.engine import Project
+from crowdloop.errors import LabelFileError, PoolError
+from crowdloop.report import metrics_csv, status
+from tests.crowd_helpers import blind_config, intents, write_blind_digits
+
+N_SEEDS = 60
+
+
+@pytest.fixture(scope="module")
+def blind_digits(tmp_path_factory) -> dict:
+    return write_blind_digits(tmp_path_factory.mktemp("blind"), n_seeds=N_SEEDS)
+
+
+def test_seed_labels_train_from_round_zero_are_counted_apart_and_never_dispatched(blind_digits, tmp_path):
+    cfg = blind_config(blind_digits, **{"pool.path": str(blind_digits["seeded"]), "pool.seed_labels": {"column": "old_label"}})
+    p = engine.run_in_process(Project.prepare(parse_config(cfg), str(tmp_path / "p")))
+    seeds = {label.item_id: label.label for label in p.seed_labels}
+    assert len(seeds) == N_SEEDS and all(blind_digits["truth"][i] == lab for i, lab in seeds.items())
+    assert all(label.source == "imported" for label in p.seed_labels)
+    assert "old_label" not in p.pool.feature_names  # labels are never features
+    train0 = p.record(0, keys.TRAIN)
+    assert train0["trained"] and train0["n_imported"] == N_SEEDS and train0["n_labeled"] == 0
+    assert p.record(0, keys.SELECTION)["strategy"] == "margin"  # a model from round 0: no cold start
+    dispatched = {t["item_id"] for d in intents(p) for t in d["tasks"]}
+    assert dispatched and not dispatched & set(seeds)
+    state = status(p)
+    assert [r["n_imported"] for r in state["rounds"]] == [N_SEEDS] * len(state["rounds"])
+    assert [r["n_labeled"] for r in state["rounds"]] == [0, 20, 40, 60]  # bought labels only
+    assert state["totals"]["n_imported"] == N_SEEDS and state["totals"]["n_labeled"] == 60
+    assert "n_imported" in metrics_csv(state["rounds"]).decode().splitlines()[0].split(",")
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _seed_file(kind: str, root: Path, truth: dict[str, str]) -> tuple[Path, dict[str, str]]:
+    """A file of seed labels in one of the four shapes, and what it should import."""
+    items = sorted(truth)[:12]
+    expected = {i: truth[i] for i in items}
+    if kind == "csv":
+        lines = ["item,answer"] + [f"{i},{truth[i]}" for i in items]
+        return _write(root / "seeds.csv", "\n".join(lines) + "\n"), expected
+    if kind == "parquet":
+        pd.DataFrame({"item": items, "answer": [int(truth[i]) for i in items]}).to_parquet(root / "seeds.parquet")
+        return root / "seeds.parquet", expected
+    if kind == "gt-manifest":
+        rows = [{"source-ref": f"s3://bucket/{i}.png", "item-id": i, "old-job": int(truth[i]),
+                 "old-job-metadata": {"class-name": truth[i], "confidence": 0.93, "type": "groundtruth/image-classification",
+                                      "job-name": "labeling-job/old-job", "human-annotated": "yes"}} for i in items]
+        rows.append({"source-ref": "s3://bucket/unlabeled.png", "item-id": "d1700"})  # an object the job did not label
+        return _write(root / "seeds.manifest", "\n".join(json.dumps(r) for r in rows) + "\n"), expected
+    # Label Studio JSON export, pretty-printed like the app writes it: several annotations per task
+    tasks = []
+    for k, i in enumerate(items):
+        wrong = str((int(truth[i]) + 1) % 10)
+        anns = [{"result": [{"from_name": "label", "to_name": "item", "type": "choices", "value": {"choices": [truth[i]]}}],
+                 "was_cancelled": False} for _ in range(2)]
+        anns.append({"result": [{"from_name": "label", "to_name": "item", "type": "choices", "value": {"choices": [wrong]}}],
+                     "was_cancelled": False})
+        anns.append({"result": [], "was_cancelled": True})  # skipped: no vote
+        tasks.append({"id": 100 + k, "data": {"crowdloop_item": i}, "annotations": anns})
+    tasks.append({"id": 999, "data": {"crowdloop_item": "d1701"}, "annotations": []})  # nobody answered it
+    return _write(root / "seeds.json", json.dumps(tasks, indent=2)), expected
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet", "gt-manifest", "label-studio"])
+def test_each_shape_of_seed_file_imports_the_same_labels(kind, blind_digits, tmp_path):
+    path, expected = _seed_file(kind, tmp_path, blind_digits["truth"])
+    seeds: dict = {"path": str(path)}
+    if kind in ("csv", "parquet"):
+        seeds.update(id_column="item", label_column="answer")
+    p = Project.prepare(parse_config(blind_config(blind_digits, **{"pool.seed_labels": seeds})), str(tmp_path / "p"))
+    assert {label.item_id: label.label for label in p.seed_labels} == expected
+    stored = [json.loads(line) for line in p.store.read_bytes(keys.SEED_LABELS).splitlines()]
+    assert {r["item_id"] for r in stored} == set(expected) and {r["source"] for r in stored} == {"imported"}
+    if kind == "label-studio":  # two of three votes, the skip left out
+        assert {r["n_annotations"] for r in stored} == {3} and {r["confidence"] for r in stored} == {round(2 / 3, 6)}
+    if kind == "gt-manifest":
+        assert {r["confidence"] for r in stored} == {0.93}
+
+
+def test_a_file_with_a_bad_row_imports_nothing_and_names_file_and_line(blind_digits, tmp_path):
+    truth = blind_digits["truth"]
+    good = [f"{i},{truth[i]}" for i in sorted(truth)[:5]]
+    cases = {
+        "unknown id": ([*good, "nope-17,3"], "line 7", "unknown item id 'nope-17'"),
+        "unknown class": ([*good[:2], "d0005,eleven", *good[2:]], "line 4", "unknown class 'eleven'"),
+        "conflict": ([*good, f"d0001,{(int(truth['d0001']) + 1) % 10}"], "line 7", "at line 3"),
+    }
+    for name, (rows, line, words) in cases.items():
+        path = _write(tmp_path / f"{name.replace(' ', '_')}.csv", "\n".join(["id,label", *rows]) + "\n")
+        location = tmp_path / f"p-{name.replace(' ', '_')}"
+        cfg = parse_config(blind_config(blind_digits, **{"pool.seed_labels": {"path": str(path)}}))
+        with pytest.raises(LabelFileError) as err:
+            Project.prepare(cfg, str(location))
+        message = str(err.value)
+        assert "\n" not in message and str(path) in message and line in message and words in message, (name, message)
+        assert not location.exists()  # nothing imported, no project left behind
+
+
+def test_label_studio_export_line_numbers_and_a_tie_is_refused(blind_digits, tmp_path):
+    tasks = [{"id": 1, "data": {"crowdloop_item": "d0000"},
+              "annotations": [{"result": [{"type": "choices", "value": {"choices": [c]}}]} for c in ("0", "1")]}]
+    path = _write(tmp_path / "tie.json", "[\n" + json.dumps(tasks[0]) + "\n]\n")
+    cfg = parse_config(blind_config(blind_digits, **{"pool.seed_labels": {"path": str(path)}}))
+    with pytest.raises(LabelFileError, match=r"tie\.json: line 2: the annotations of task 1 tie"):
+        Project.prepare(cfg, str(tmp_path / "p"))
+
+
+def test_manifest_and_label_studio_rows_match_pool_items_by_content(tmp_path):
+    """Without an id, a manifest's ``source`` (text) or ``source-ref`` (image file name) and a
+    Label Studio task's ``text``/``image`` find the pool item."""
+    texts = [f"review number {i} says {'good' if i % 2 else 'bad'}" for i in range(40)]
+    pool = pd.DataFrame({"id": [f"t{i}" for i in range(40)], "text": texts, "f": np.arange(40.0)})
+    pool.to_csv(tmp_path / "pool.csv", index=False)
+    manifest = [{"source": texts[i], "sent": 0, "sent-metadata": {"class-name": "good" if i % 2 else "bad"}} for i in range(6)]
+    _write(tmp_path / "seeds.manifest", "\n".join(json.dumps(r) for r in manifest) + "\n")
+    cfg = {"project": "texts", "pool": {"source": "csv", "path": str(tmp_path / "pool.csv"), "id_column": "id",
+                                        "text_column": "text", "classes": ["bad", "good"],
+                                        "seed_labels": {"path": str(tmp_path / "seeds.manifest")}},
+           "vendor": {"name": "local"}, "sampler": {"batch_size": 4}}
+    p = Project.prepare(parse_config(cfg), str(tmp_path / "p"))
+    assert {s.item_id: s.label for s in p.seed_labels} == {f"t{i}": "good" if i % 2 else "bad" for i in range(6)}
+    ls = [{"id": i, "data": {"text": texts[i]},
+           "annotations": [{"result": [{"type": "choices", "value": {"choices": ["good" if i % 2 else "bad"]}}]}]}
+          for i in range(6, 10)]
+    _write(tmp_path / "seeds.json", json.dumps(ls))
+    cfg["pool"]["seed_labels"] = {"path": str(tmp_path / "seeds.json")}
+    p = Project.prepare(parse_config(cfg), str(tmp_path / "p2"))
+    assert {s.item_id for s in p.seed_labels} == {f"t{i}" for i in range(6, 10)}
+
+
+def test_seed_labels_of_test_items_are_left_out(tmp_path):
+    """With ground truth there is a test split; seed labels of its items never train."""
+    from sklearn.datasets import load_iris
+
+    X, y = load_iris(return_X_y=True)
+    frame = pd.DataFrame(X, columns=list("abcd"))
+    frame.insert(0, "id", [f"i{k}" for k in range(len(X))])
+    frame["truth"] = y.astype(str)
+    frame.to_csv(tmp_path / "pool.csv", index=False)
+    _write(tmp_path / "seeds.csv", "id,label\n" + "".join(f"i{k},{y[k]}\n" for k in range(0, len(X), 2)))
+    cfg = {"project": "iris", "pool": {"source": "csv", "path": str(tmp_path / "pool.csv"), "id_column": "id",
+                                       "label_column": "truth", "seed_labels": {"path": str(tmp_path / "seeds.csv")}},
+           "sampler": {"batch_size": 4}}
+    p = Project.prepare(parse_config(cfg), str(tmp_path / "p"))
+    imported = {s.item_id for s in p.seed_labels}
+    assert imported == {f"i{k}" for k in range(0, len(X), 2)} - set(p.test.ids.tolist())
+    assert imported and not imported & set(p.test.ids.tolist())
+
+
+def test_gold_from_a_file_needs_no_ground_truth(blind_digits, tmp_path):
+    truth = blind_digits["truth"]
+    gold_items = sorted(truth)[100:120]
+    _write(tmp_path / "gold.csv", "id,label\n" + "".join(f"{i},{truth[i]}\n" for i in gold_items))
+    cfg = blind_config(blind_digits, gold={"share": 0.2, "path": str(tmp_path / "gold.csv"), "min_answers": 2})
+    p = engine.run_in_process(Project.prepare(parse_config(cfg), str(tmp_path / "p")))
+    assert p.gold_set == {i: truth[i] for i in gold_items}
+    tasks = [t for d in intents(p) for t in d["tasks"]]
+    asked = {t["item_id"] for t in tasks if t["is_gold"]}
+    assert asked and asked <= set(gold_items)
+    assert not {t["item_id"] for t in tasks if not t["is_gold"]} & set(gold_items)  # gold is never selected
+    assert p.record(2, keys.AGGREGATE)["gold"]  # workers were measured on it
+    with pytest.raises(PoolError, match=r"has no ground truth, but gold questions \(gold.share\).*gold.path"):
+        Project.prepare(parse_config(blind_config(blind_digits, gold={"share": 0.2})), str(tmp_path / "q"))

@@ -1,0 +1,51 @@
+"""Stopping without ground truth: stabilizing predictions and the estimated accuracy's lower bound."""
+
+from __future__ import annotations
+
+import pytest
+
+from crowdloop import engine, keys
+from crowdloop.config import parse_config
+from crowdloop.engine import Project
+from crowdloop.errors import ConfigError
+from crowdloop.storage import read_json
+from tests.crowd_helpers import blind_config, write_blind_digits
+
+
+@pytest.fixture(scope="module")
+def blind_digits(tmp_path_factory) -> dict:
+    return write_blind_digits(tmp_path_factory.mktemp("blind"))
+
+
+def test_stops_when_consecutive_models_agree_on_the_stop_set(blind_digits, tmp_path):
+    rule = {"agreement": 0.95, "rounds": 2, "stop_set": 400}
+    cfg = blind_config(blind_digits, stopping={"max_rounds": 30, "stabilizing_predictions": rule})
+    p = engine.run_in_process(Project.prepare(parse_config(cfg), str(tmp_path / "p")))
+    stop = read_json(p.store, keys.STOP)
+    kappas = [m.get("stability_kappa") for m in p.metrics()]
+    r = stop["round"]
+    assert r < 29 and stop["reason"].startswith("stabilizing_predictions: Cohen's kappa between consecutive models")
+    assert f"{kappas[r - 1]:.4f}, {kappas[r]:.4f} >= 0.95 for 2 rounds on a 400-item stop set" in stop["reason"]
+    # it fired at the first round where the rule held, not later and not earlier
+    held = [q for q in range(1, r + 1) if all(k is not None and k >= 0.95 for k in kappas[q - 1:q + 1])]
+    assert held == [r]
+    assert len(p.stop_set_rows) == 400 and p.record(r, keys.METRICS)["stop_set_size"] == 400
+
+
+def test_target_accuracy_without_ground_truth_works_on_the_lower_bound(blind_digits, tmp_path):
+    cfg = blind_config(blind_digits, evaluation={"method": "random", "max_items": 200, "batch_size": 50},
+                       stopping={"max_rounds": 30, "target_accuracy": 0.8})
+    p = engine.run_in_process(Project.prepare(parse_config(cfg), str(tmp_path / "p")))
+    stop = read_json(p.store, keys.STOP)
+    m = p.record(stop["round"], keys.METRICS)
+    assert m["accuracy"] is None and m["ci_low"] >= 0.8
+    assert stop["reason"].startswith(f"target_accuracy=0.8 reached by the estimate's lower bound: {m['ci_low']:.4f}")
+    earlier = [p.record(r, keys.METRICS)["ci_low"] for r in range(stop["round"])]
+    assert all(low is None or low < 0.8 for low in earlier)  # an estimate above 0.8 alone did not stop it
+
+
+def test_target_accuracy_needs_ground_truth_or_an_audit(blind_digits, tmp_path):
+    cfg = blind_config(blind_digits, stopping={"target_accuracy": 0.9})
+    with pytest.raises(ConfigError, match=r"stopping.target_accuracy: the pool has no ground truth.*evaluation.method"):
+        Project.prepare(parse_config(cfg), str(tmp_path / "p"))
+    assert not (tmp_path / "p").exists()
