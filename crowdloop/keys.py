@@ -18,6 +18,7 @@ STOP = "stop.json"  # why the loop stopped (deleted when a resume raises a limit
 SEGMENTS = "labels/segments/"  # the append-only label log: one content-addressed segment per collect batch
 BASELINE = "baseline"  # prefix of the random-sampling twin project
 VENDOR = "vendor"  # prefix of each vendor's own state: vendor/<name>/...
+APPROVALS = "approvals/"  # approved money budgets of a real-money vendor, one create-only record each
 
 # -- human-readable outputs, rewritten at the end of every run ---------------------------------
 OUT_METRICS = "metrics.json"

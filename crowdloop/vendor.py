@@ -21,6 +21,8 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from pydantic import BaseModel, ValidationError
 
 from crowdloop.config import format_validation_error
+from crowdloop.credentials import DEFAULT as DEFAULT_CREDENTIALS
+from crowdloop.credentials import Credentials
 from crowdloop.errors import ConfigError, RecordExistsError
 from crowdloop.records import Annotation, Task, content_hash, dumps
 from crowdloop.storage import Store, read_json, write_json
@@ -40,6 +42,8 @@ class VendorContext:
     item_payload: Callable[[str], dict[str, Any]]
     # Only the simulated crowd may read ground truth; real vendors get None.
     ground_truth: Callable[[Sequence[str]], list[str | None]] | None = None
+    # Where the vendor's credentials come from (named secret blocks, else the default chain).
+    credentials: Credentials = DEFAULT_CREDENTIALS
 
 
 @runtime_checkable

@@ -1,7 +1,8 @@
 """Amazon Mechanical Turk as an annotation vendor (boto3 is imported only here).
 
-Install with ``pip install 'crowdloop[mturk]'``. Credentials come only from boto3's credential
-chain (environment, shared config, instance role), never from the YAML config.
+Install with ``pip install 'crowdloop[mturk]'``. Credentials come from the Prefect Secret block
+the config names (``credentials.aws``), else from boto3's credential chain (environment,
+shared config, instance role); never from the YAML config itself.
 
 Reliability (DESIGN.md, "Reliability rules"):
 
@@ -42,6 +43,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from crowdloop.credentials import DEFAULT as DEFAULT_CREDENTIALS
+from crowdloop.credentials import Credentials
 from crowdloop.errors import ConfigError, RecordExistsError, VendorError
 from crowdloop.records import Annotation, Task, utcnow
 from crowdloop.redact import protect_loggers
@@ -149,11 +152,12 @@ def endpoint_for(params: MTurkParams) -> str:
     return template.format(region=params.region)
 
 
-def make_client(params: MTurkParams):
-    """A boto3 ``mturk`` client: credentials from boto3's chain, adaptive retries on throttling."""
+def make_client(params: MTurkParams, credentials: Credentials = DEFAULT_CREDENTIALS):
+    """A boto3 ``mturk`` client: credentials from the named secret block, else boto3's chain;
+    adaptive retries on throttling."""
     config = Config(retries={"mode": "adaptive", "max_attempts": params.max_attempts}, user_agent_extra="crowdloop")
     try:
-        return _session_factory().client("mturk", region_name=params.region, endpoint_url=endpoint_for(params),
+        return credentials.aws_session(_session_factory).client("mturk", region_name=params.region, endpoint_url=endpoint_for(params),
                                          config=config)
     except BotoCoreError as exc:
         raise VendorError(f"vendor 'mturk': cannot create the MTurk client: {exc}") from exc
@@ -250,12 +254,17 @@ class MTurkVendor:
         self._client = None
         self.clock: Callable[[], float] = time.time  # wall clock, for the token's 24 h validity
 
+    @property
+    def real_money(self) -> bool:
+        """Production spends real money (a run waits for an approval first); the sandbox does not."""
+        return not self.params.sandbox
+
     # -- client -------------------------------------------------------------------------
     @property
     def client(self):
         """The boto3 ``mturk`` client, built on first use (no network until then)."""
         if self._client is None:
-            self._client = make_client(self.params)
+            self._client = make_client(self.params, self.context.credentials)
         return self._client
 
     def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import numpy as np
 
 from crowdloop import keys, registry
 from crowdloop.config import RESUMABLE_SECTIONS, LoopConfig, PoolConfig
+from crowdloop.credentials import Credentials
 from crowdloop.errors import ConfigError, CrowdloopError, RecordExistsError, RegistryError, StoreError
 from crowdloop.records import AggregatedLabel, Annotation
 from crowdloop.storage import PrefixedStore, Store, open_store, read_json, write_json
@@ -63,13 +64,18 @@ def write_once_bytes(store: Store, key: str, data: bytes) -> None:
 def default_location(config: LoopConfig, project_dir: str | None = None) -> str:
     """Where a project lives: ``--project-dir``, else ``storage.url``, else ``projects/<name>``.
 
-    An S3 ``endpoint_url`` travels in the URL's query so other processes can reopen the store.
+    An S3 ``endpoint_url`` and the name of the secret block with the AWS keys
+    (``credentials.aws``) travel in the URL's query so other processes can reopen the store.
     """
-    if project_dir:
-        return project_dir
-    url = config.storage.url
-    if url and config.storage.endpoint_url and "endpoint_url=" not in url:
-        url += ("&" if "?" in url else "?") + urlencode({"endpoint_url": config.storage.endpoint_url})
+    url = project_dir or config.storage.url
+    if url and url.startswith("s3://"):
+        extra = {}
+        if not project_dir and config.storage.endpoint_url and "endpoint_url=" not in url:
+            extra["endpoint_url"] = config.storage.endpoint_url
+        if config.credentials.aws and "credentials=" not in url:
+            extra["credentials"] = config.credentials.aws
+        if extra:
+            url += ("&" if "?" in url else "?") + urlencode(extra)
     return url or f"projects/{config.project}"
 
 
@@ -183,6 +189,7 @@ class Project:
                     f"{name}={size} is larger than the pool of {len(self.pool)} items "
                     f"(after holding out {self.config.pool.test_size:.0%} for testing)"
                 )
+        self.credentials.check()  # a named secret block that is missing fails here, before any call
         _ = self.vendor
         self.aggregator()
         if self.config.gold.enabled and not self.pool.has_ground_truth:
@@ -256,8 +263,13 @@ class Project:
             store=PrefixedStore(self.store, keys.vendor_prefix(self.config.vendor.name)),
             item_payload=item_payload,
             ground_truth=ground_truth if self.config.vendor.name == "simulated" else None,
+            credentials=self.credentials,
         )
         return cls(dict(self.config.vendor.params), context)
+
+    @cached_property
+    def credentials(self) -> Credentials:
+        return Credentials.from_config(self.config)
 
     def forget_vendor(self) -> None:
         """Drop the vendor object, so the next use builds a fresh one from the store (after a failed poll)."""
@@ -424,7 +436,7 @@ def _check_same_config(stored: LoopConfig, given: LoopConfig, url: str) -> None:
                 if a[section][key] != b[section].get(key):
                     raise ConfigError(
                         f"{section}.{key}: {b[section].get(key)!r} differs from {a[section][key]!r} that project {url} "
-                        "was started with; only stopping/collect/baseline/scale may change on resume (use a new --project-dir)"
+                        "was started with; only stopping/collect/baseline/scale/credentials may change on resume (use a new --project-dir)"
                     )
         raise ConfigError(
             f"{section}: {b.get(section)!r} differs from {a[section]!r} that project {url} was started with; "
