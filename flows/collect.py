@@ -30,7 +30,7 @@ from prefect.cache_policies import NO_CACHE
 
 from crowdloop import keys
 from crowdloop.engine import Project, collect, first_open_round
-from crowdloop.errors import ProjectLockedError
+from crowdloop.errors import CrowdloopError, ProjectLockedError
 from crowdloop.flows.logs import send_logs_to_prefect, step_summary
 from crowdloop.flows.loop import _artifact_key, _retry_transient, active_learning_loop
 
@@ -48,12 +48,32 @@ def poll_task(url: str, round_: int) -> dict[str, Any]:
 
 
 def collect_run_name() -> str:
-    """``<project> · collect · <two random words>`` (the project is the store folder's name)."""
+    """``<project> · collect · <two random words>``: the project as its store names it."""
     from prefect.runtime import flow_run
     from prefect.utilities.names import generate_slug
 
-    where = str(flow_run.parameters.get("project_dir") or "crowdloop").split("?")[0].rstrip("/")
-    return f"{where.rsplit('/', 1)[-1]} · collect · {generate_slug(2)}"
+    where = str(flow_run.parameters.get("project_dir") or "crowdloop")
+    try:
+        project = Project.open(where).config.project
+    except CrowdloopError:  # not a project (yet): the run itself reports that; name it by its folder
+        project = where.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+    return f"{project} · collect · {generate_slug(2)}"
+
+
+def _next_round_pending(loop_deployment: str) -> bool:
+    """Whether the loop deployment already has a run waiting or running (started by another collect run)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
+                                                FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+
+    busy = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(loop_deployment)
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+                                     flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                                         type=FlowRunFilterStateType(any_=busy))), limit=1)
+    return bool(runs)
 
 
 @flow(name="crowdloop-collect", flow_run_name=collect_run_name, validate_parameters=True)
@@ -89,6 +109,8 @@ def collect_answers(project_dir: str, loop_deployment: str | None = None, wait_s
     if loop_deployment:
         from prefect.deployments import run_deployment
 
+        if _next_round_pending(loop_deployment):  # two answer events, two collect runs: one next round
+            return {"status": "next round already started", "round": r}
         # The deployment's own config (its defaults, as edited in the UI) drives the next round.
         run = run_deployment(loop_deployment, parameters={"project_dir": project_dir}, timeout=0)
         return {"status": "next round started", "round": r, "flow_run_id": str(run.id)}
