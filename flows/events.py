@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from fastapi import FastAPI, Request, Response
 from prefect.events import DeploymentEventTrigger, emit_event
 
 log = logging.getLogger("crowdloop.flows.events")
@@ -78,7 +79,7 @@ def answer_emitter(project: str, vendor: Any) -> Callable[[Any], None]:
 
 
 # -- Label Studio's webhook ------------------------------------------------------------------------
-def label_studio_receiver(project: str, *, secret: str) -> Any:
+def label_studio_receiver(project: str, *, secret: str) -> FastAPI:
     """A web app taking Label Studio's ``ANNOTATION_CREATED`` webhooks for ``project``.
 
     Register ``http://<host>:<port>/label-studio`` as the webhook of the Label Studio project
@@ -86,8 +87,6 @@ def label_studio_receiver(project: str, *, secret: str) -> Any:
     settings). A batch may be complete when Label Studio counts every task of the project as
     finished (each has its overlap of annotations).
     """
-    from fastapi import FastAPI, Request, Response
-
     app = FastAPI(title="crowdloop webhook receiver", docs_url=None, redoc_url=None, openapi_url=None)
     expected = f"Bearer {secret}".encode()
 

@@ -120,7 +120,9 @@ def test_answers_in_the_local_app_trigger_collection_and_the_next_round(cli_env:
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[lss.Server]:
     if not lss.LS_BIN.exists():
         raise RuntimeError(lss.SETUP_HINT)
-    server = lss.start_copy(tmp_path_factory.mktemp("label-studio"))
+    # The receiver listens on 127.0.0.1, which Label Studio's SSRF guard refuses as a webhook target
+    # by default; a team running both on a private network sets the same.
+    server = lss.start_copy(tmp_path_factory.mktemp("label-studio"), env={"SSRF_PROTECTION_ENABLED": "false"})
     try:
         yield server
     finally:
@@ -149,7 +151,8 @@ def test_label_studio_webhook_becomes_prefect_events(cli_env: dict, label_studio
     receiver = subprocess.Popen(crowdloop_cmd() + ["webhook", "-p", str(tmp_path / "p"), "--port", str(port)], env=env,
                                 stdout=open(tmp_path / "webhook.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for(lambda: _healthy(f"http://127.0.0.1:{port}/health"), timeout=60, what="the webhook receiver")
+        wait_for(lambda: _healthy(f"http://127.0.0.1:{port}/health", receiver, tmp_path / "webhook.log"), timeout=60,
+                 what="the webhook receiver")
         # strangers are refused; a post without the secret emits nothing
         assert httpx.post(f"http://127.0.0.1:{port}/label-studio", json={"action": "ANNOTATION_CREATED"}).status_code == 403
         ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
@@ -173,7 +176,9 @@ def test_label_studio_webhook_becomes_prefect_events(cli_env: dict, label_studio
     assert "hook-secret-for-the-test" not in (tmp_path / "webhook.log").read_text()
 
 
-def _healthy(url: str) -> bool:
+def _healthy(url: str, proc: subprocess.Popen, log: Path) -> bool:
+    if proc.poll() is not None:
+        raise AssertionError(f"crowdloop webhook exited: {log.read_text()[-3000:]}")
     try:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
