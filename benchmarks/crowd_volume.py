@@ -41,6 +41,14 @@ CROWDS: dict[str, dict[str, Any]] = {
     "mixed": {"n_workers": 50, "accuracy": [0.5, 0.95], "spammer_fraction": 0.2},
     "adversarial": {"n_workers": 50, "accuracy": [0.5, 0.95], "spammer_fraction": 0.1,
                     "confuser_fraction": 0.1, "colluder_fraction": 0.1},
+    # Structured errors (issue 18): workers who mix up the same class pairs, spammers, and a ring
+    # who share one answer per item (right 30% of the time, else the same wrong class).
+    "structured": {"n_workers": 50, "accuracy": [0.6, 0.95], "spammer_fraction": 0.1,
+                   "pair_confuser_fraction": 0.4, "confused_pairs": 3, "pair_confusion": 0.7,
+                   "ring_fraction": 0.1, "ring_accuracy": 0.3},
+    # A ring alone beside honest workers: the ring's shared answers outvote singles.
+    "ring": {"n_workers": 50, "accuracy": [0.6, 0.95], "spammer_fraction": 0.0,
+             "ring_fraction": 0.2, "ring_accuracy": 0.2},
 }
 LABEL_METHODS = ("mv3", "mv5", "ds3", "adaptive")
 LOOP_METHODS = ("pipeline", "random+mv3")

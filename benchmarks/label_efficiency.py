@@ -89,7 +89,71 @@ def load_dataset(name: str, seed: int, fashion_pool: int = 10000) -> Setting:
         budget = int(os.environ.get("BENCH_FASHION_BUDGET", "1000"))
         return Setting(pca.transform(Xtr[pool]), ytr[pool], pca.transform(Xte[test]), yte[test], 20,
                        int(os.environ.get("BENCH_FASHION_BATCH", "10")), budget)
-    raise SystemExit(f"--datasets: unknown dataset {name!r}; expected digits, breast_cancer, wine, synthetic, fashion_mnist")
+    if name in PUBLIC:
+        X, y, (initial, batch, budget) = PUBLIC[name]()
+        Xp, Xt, yp, yt = train_test_split(X, y, test_size=0.25, stratify=y, random_state=seed)
+        return Setting(Xp, yp, Xt, yt, initial, batch, budget)
+    raise SystemExit(f"--datasets: unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+
+
+# -- sets nobody tuned for (issue 18): shipped by packages on the index, or synthetic with noise and imbalance --
+
+
+def _penguins() -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
+    """palmerpenguins: species (3, 44/36/20 %) from bill, flipper, mass, island, sex; rows with gaps dropped."""
+    import pandas as pd
+    from palmerpenguins import load_penguins
+
+    df = load_penguins().dropna()
+    X = pd.get_dummies(df.drop(columns=["species"]), columns=["island", "sex"], dtype=float).to_numpy(dtype=float)
+    return X, pd.factorize(df["species"], sort=True)[0], (10, 5, 120)
+
+
+def _anes96() -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
+    """statsmodels anes96: party identification (7 classes, 4–21 %) of 944 US voters in 1996 — real, noisy."""
+    import statsmodels.api as sm
+
+    df = sm.datasets.anes96.load_pandas().data
+    return df.drop(columns=["PID"]).to_numpy(dtype=float), df["PID"].to_numpy(dtype=np.int64), (20, 10, 500)
+
+
+def _modechoice() -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
+    """statsmodels modechoice: travel mode chosen (air/train/bus/car) by 210 travellers, from each
+    mode's times and costs (one row per traveller, 4×4 mode attributes + income + party size)."""
+    import statsmodels.api as sm
+
+    df = sm.datasets.modechoice.load_pandas().data
+    wide = df.pivot(index="individual", columns="mode", values=["ttme", "invc", "invt", "gc"])
+    first = df.groupby("individual")[["hinc", "psize"]].first()
+    chosen = df[df["choice"] == 1].set_index("individual")["mode"]
+    X = np.hstack([wide.to_numpy(dtype=float), first.loc[wide.index].to_numpy(dtype=float)])
+    return X, (chosen.loc[wide.index].to_numpy() - 1).astype(np.int64), (10, 5, 120)
+
+
+def _noisy_imbalanced() -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
+    """4 classes with one at ≈ 83 % of labels, 15 % of labels replaced at random (≈ 11 % wrong)."""
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(n_samples=4000, n_features=20, n_informative=8, n_redundant=4, n_classes=4,
+                               n_clusters_per_class=2, weights=[0.93, 0.03, 0.02, 0.02], class_sep=1.5, flip_y=0.15,
+                               random_state=18)
+    return X, y, (20, 10, 600)
+
+
+def _noisy() -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
+    """5 balanced classes, 30 % of labels replaced at random (≈ 24 % wrong): uncertainty chases noise here."""
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(n_samples=4000, n_features=20, n_informative=10, n_redundant=4, n_classes=5,
+                               n_clusters_per_class=2, class_sep=1.2, flip_y=0.3, random_state=18)
+    return X, y, (20, 10, 600)
+
+
+PUBLIC: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, tuple[int, int, int]]]] = {
+    "penguins": _penguins, "anes96": _anes96, "modechoice": _modechoice,
+    "noisy_imbalanced": _noisy_imbalanced, "noisy": _noisy,
+}
+DATASETS = ("digits", "breast_cancer", "wine", "synthetic", "fashion_mnist", *PUBLIC)
 
 
 def make_model():
@@ -223,7 +287,13 @@ def run_one(dataset: str, spec: str, seed: int) -> dict[str, Any]:
     # configuration for true-label pools: the `best` sampler plus label spreading.
     self_train = spec.endswith("+st")
     spread = spec.endswith("+ls") or spec == "crowdloop:best"
-    query = strategy(spec[:-3] if self_train or spec.endswith("+ls") else spec)
+    # "crowdloop:auto[?params]": the self-measuring policy (samplers/auto.py) with its history of which arm
+    # picked each label, plus label spreading only while the audit says it helps (models.semi.spreading_helps)
+    auto = spec.startswith("crowdloop:auto")
+    query = None if auto else strategy(spec[:-3] if self_train or spec.endswith("+ls") else spec)
+    auto_params = json.loads(spec.partition("?")[2] or "{}") if auto else {}
+    arm_of: dict[int, str] = {}
+    records: list[dict[str, Any]] = []
     init_rng = np.random.default_rng([seed, 1])  # same initial set for every strategy
     labeled = np.zeros(len(s.X_pool), dtype=bool)
     # the initial set holds at least two classes so the first model can be fitted
@@ -232,6 +302,7 @@ def run_one(dataset: str, spec: str, seed: int) -> dict[str, Any]:
         if len(np.unique(s.y_pool[first])) >= 2:
             break
     labeled[first] = True
+    arm_of.update({int(i): "random" for i in first})  # a random initial set is the first audit
     rng = np.random.default_rng([seed, 2])
     sizes, accs, seconds = [], [], []
     while True:
@@ -244,7 +315,16 @@ def run_one(dataset: str, spec: str, seed: int) -> dict[str, Any]:
                 X_fit = np.vstack([s.X_pool[labeled], s.X_pool[rest[sure]]])
                 y_fit = np.concatenate([s.y_pool[labeled], model.classes_[proba[sure].argmax(axis=1)]])
                 model = make_model().fit(X_fit, y_fit)
-        if spread:
+        use_spread = spread
+        if auto:
+            from crowdloop.models.semi import spreading_helps
+
+            human = np.flatnonzero(labeled)
+            audit = np.flatnonzero([arm_of.get(int(i)) == "random" for i in human])
+            use_spread, ls_record = spreading_helps(make_model(), s.X_pool, human, s.y_pool[human], audit,
+                                                    rng=np.random.default_rng([seed, 4, int(labeled.sum())]))
+            records.append({"labels": int(labeled.sum()), "label_spreading": use_spread, "spread_evidence": ls_record})
+        if use_spread:
             from crowdloop.models.semi import spread_labels
 
             human = np.flatnonzero(labeled)
@@ -259,7 +339,19 @@ def run_one(dataset: str, spec: str, seed: int) -> dict[str, Any]:
             break
         batch = int(min(s.batch, s.budget - labeled.sum(), (~labeled).sum()))
         start = time.perf_counter()
-        picked = np.asarray(query(model, s.X_pool, labeled, s.y_pool, batch, rng), dtype=np.int64)
+        if auto:
+            from crowdloop.samplers.auto import decide
+
+            human = np.flatnonzero(labeled)
+            cand = np.flatnonzero(~labeled)
+            decision = decide(model, s.X_pool[cand], batch_size=batch, rng=rng, X_labeled=s.X_pool[human],
+                              y_labeled=s.y_pool[human], labeled_arm=[arm_of.get(int(i)) for i in human], **auto_params)
+            picked = cand[decision.indices]
+            for arm, pos in decision.picked_by.items():
+                arm_of.update({int(i): arm for i in cand[pos]})
+            records[-1].update(decision.record)
+        else:
+            picked = np.asarray(query(model, s.X_pool, labeled, s.y_pool, batch, rng), dtype=np.int64)
         seconds.append(time.perf_counter() - start)
         if len(np.unique(picked)) != batch or labeled[picked].any():
             raise RuntimeError(f"{spec} returned {len(np.unique(picked))} unique / already-labeled rows")
@@ -272,7 +364,8 @@ def run_one(dataset: str, spec: str, seed: int) -> dict[str, Any]:
     aulc = float(np.trapezoid(accs, x) / (x[-1] - x[0])) if len(x) > 1 else accs[0]
     return {"dataset": dataset, "strategy": spec, "seed": seed, "labels_to": labels_to, "aulc": round(aulc, 4),
             "query_seconds": round(float(np.mean(seconds)) if seconds else 0.0, 5),
-            "full_accuracy": round(full, 4), "curve": {"labels": sizes, "accuracy": [round(a, 4) for a in accs]}}
+            "full_accuracy": round(full, 4), "curve": {"labels": sizes, "accuracy": [round(a, 4) for a in accs]},
+            **({"policy": records} if auto else {})}
 
 
 def _run(args: tuple[str, str, int]) -> dict[str, Any]:

@@ -11,7 +11,9 @@ from crowdloop.consensus.aggregators import (
     DawidSkene,
     MajorityVote,
     OneCoinDawidSkene,
+    ShrunkDawidSkene,
     WeightedMajorityVote,
 )
 
-__all__ = ["AutoDawidSkene", "DawidSkene", "MajorityVote", "OneCoinDawidSkene", "WeightedMajorityVote"]
+__all__ = ["AutoDawidSkene", "DawidSkene", "MajorityVote", "OneCoinDawidSkene", "ShrunkDawidSkene",
+           "WeightedMajorityVote"]

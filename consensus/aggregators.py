@@ -98,7 +98,9 @@ class _Aggregator:
 def _vote_proba(enc: _Encoded) -> np.ndarray:
     T, _, K = enc.shape
     counts = np.bincount(enc.t * K + enc.l, minlength=T * K).reshape(T, K).astype(np.float64)
-    return counts / counts.sum(axis=1, keepdims=True)
+    total = counts.sum(axis=1, keepdims=True)
+    # A task without answers (only in a cross-validation fold) starts uniform.
+    return np.where(total > 0, counts / np.maximum(total, 1.0), 1.0 / max(K, 1))
 
 
 def _fix_gold(post: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -246,28 +248,105 @@ class OneCoinDawidSkene(DawidSkene):
         return diff + base[:, None]
 
 
-class AutoDawidSkene(_Aggregator):
-    """Full-confusion Dawid-Skene when workers have answered enough, one-coin otherwise.
+class ShrunkDawidSkene(DawidSkene):
+    """Dawid-Skene whose confusion rows shrink towards the worker's one-coin matrix.
 
-    A full confusion matrix has K² cells per worker; with fewer than ``min_per_cell`` · K²
-    judgments for the median worker its estimate is mostly noise (on 50 workers × ~110
-    answers, K=10, full DS is no better than majority vote while one-coin gains 6 points),
-    so the one-parameter model is used. ``chosen_`` names the model that was fitted.
+    Each row of a worker's confusion matrix gets ``strength`` pseudo-answers spread like the
+    worker's one-coin model (their accuracy on the diagonal, the rest evenly off it): strength
+    0 is full-confusion Dawid-Skene, a large one is one-coin. With ``strength="learned"`` each
+    worker's strength is chosen on ``grid`` at every M-step by type-II maximum likelihood (the
+    Dirichlet-multinomial marginal likelihood of their soft confusion counts), so a worker whose
+    errors look like one-coin noise keeps the one-parameter shape and a worker with systematic
+    confusions (a↔b, always one class) gets their own matrix — cf. Kim & Ghahramani (2012),
+    Bayesian classifier combination, with the prior centred on one-coin. ``strength_`` holds
+    the strengths of the last M-step (per worker when learned).
     """
 
-    def __init__(self, min_per_cell: float = 5.0, n_iter: int = 100, tol: float = 1e-5, classes: list | None = None) -> None:
-        super().__init__(classes)
-        if min_per_cell <= 0:
-            raise ValueError(f"min_per_cell={min_per_cell}: expected a positive number")
-        self.min_per_cell, self.n_iter, self.tol = min_per_cell, n_iter, tol
+    def __init__(self, strength: float | str = "learned", grid: tuple[float, ...] = (0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256),
+                 n_iter: int = 100, tol: float = 1e-5, classes: list | None = None) -> None:
+        super().__init__(n_iter=n_iter, tol=tol, classes=classes)
+        if strength != "learned" and not (isinstance(strength, (int, float)) and not isinstance(strength, bool) and strength >= 0):
+            raise ValueError(f"strength={strength!r}: expected a non-negative number or 'learned'")
+        if not grid or any(not g > 0 for g in grid):
+            raise ValueError(f"grid={grid!r}: expected positive strengths")
+        self.strength, self.grid = strength, tuple(float(g) for g in grid)
+
+    def _task_loglik(self, enc: _Encoded, post: np.ndarray) -> np.ndarray:
+        T, W, K = enc.shape
+        counts = (self._A @ post).reshape(W, K, K).transpose(0, 2, 1)  # [worker, true k, observed l]
+        n = counts.sum(axis=(1, 2))
+        skill = np.clip(np.trace(counts, axis1=1, axis2=2) / np.maximum(n, _EPS), _EPS, 1 - _EPS)
+        self.worker_accuracy_ = skill
+        target = np.broadcast_to(((1 - skill) / max(K - 1, 1))[:, None, None], (W, K, K)).copy()
+        target[:, np.arange(K), np.arange(K)] = skill[:, None]
+        strength = self._learned_strength(counts, target) if self.strength == "learned" else np.full(W, float(self.strength))
+        self.strength_ = strength
+        conf = counts + strength[:, None, None] * target
+        np.clip(conf, _EPS, None, out=conf)
+        conf /= conf.sum(axis=2, keepdims=True)
+        self.errors_ = conf
+        logc = np.log(conf).transpose(0, 2, 1).reshape(W * K, K)
+        return np.asarray(self._AT @ logc)
+
+    def _learned_strength(self, counts: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Per worker, the grid strength that maximises Σ_rows log DirMult(counts | strength·target)."""
+        from scipy.special import gammaln
+
+        grid = np.asarray(self.grid)
+        g = grid[:, None, None]  # [grid, worker, true]
+        n_row = counts.sum(axis=2)[None]
+        a = g[..., None] * target[None]  # [grid, worker, true, observed]
+        ll = (gammaln(g) - gammaln(g + n_row) + (gammaln(a + counts[None]) - gammaln(a)).sum(axis=3)).sum(axis=2)
+        return grid[ll.argmax(axis=0)]
+
+
+class AutoDawidSkene(ShrunkDawidSkene):
+    """crowdloop's default consensus model: Dawid-Skene with each worker's confusion matrix
+    shrunk towards one-coin by a strength learned from the data (:class:`ShrunkDawidSkene`).
+
+    It replaces a count rule (full confusion when the median worker had answered ≥ 5·K² items,
+    else one-coin) that could not know whether errors have structure: on a crowd of pair
+    confusers, spammers and a ring it chose one-coin and lost 8–10 points to full confusion,
+    while on small plain-noise crowds one-coin is 6–9 points better. Learning the strength per
+    worker lands on or above the better of the two on every simulated crowd
+    (``benchmarks/consensus_choice.py``, BENCHMARKS.md). ``chosen_`` says what the workers'
+    strengths amount to: ``one_coin`` when every worker's prior is at the grid's top,
+    ``full_confusion`` when every one is at its bottom, else ``mixed``. Rings of workers who
+    share their answers item by item are counted as one voice (``rings_``; see
+    :mod:`crowdloop.consensus.collusion`).
+    """
+
+    def __init__(self, rings: bool = True, grid: tuple[float, ...] = (0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256),
+                 n_iter: int = 100, tol: float = 1e-5, classes: list | None = None) -> None:
+        super().__init__(strength="learned", grid=grid, n_iter=n_iter, tol=tol, classes=classes)
+        self.rings = rings
+
+    def fit(self, data: pd.DataFrame, true_labels: pd.Series | None = None) -> "AutoDawidSkene":
+        """Fit; then, with ``rings``, look for rings of colluders (``consensus.collusion``) and,
+        if there are any, fit again with each ring answering as one voice. ``rings_`` lists
+        them; a member's skill is their ring's."""
+        from crowdloop.consensus.collusion import find_rings, one_voice
+
+        super().fit(data, true_labels)
+        self.rings_ = []
+        if self.rings and len(self.labels_):
+            rings = find_rings(data, model=self)
+            if rings:
+                super().fit(one_voice(data, rings), true_labels)
+                ring_of = {w: r.name for r in rings for w in r.workers}
+                workers = pd.Index(pd.unique(data["worker"]), name="worker")
+                self.skills_ = pd.Series([float(self.skills_[ring_of.get(w, w)]) for w in workers], index=workers,
+                                         name="skill")
+                self.rings_ = rings
+        return self
 
     def _fit_posteriors(self, enc: _Encoded, gold_rows: np.ndarray, gold_cols: np.ndarray) -> np.ndarray:
-        _, W, K = enc.shape
-        per_worker = float(np.median(np.bincount(enc.w, minlength=W))) if W else 0.0
-        full = per_worker >= self.min_per_cell * K * K
-        cls = DawidSkene if full else OneCoinDawidSkene
-        self.chosen_ = "dawid_skene" if full else "one_coin_dawid_skene"
-        model = cls(n_iter=self.n_iter, tol=self.tol, classes=self.classes)
-        post = model._fit_posteriors(enc, gold_rows, gold_cols)
-        self.n_iter_ = model.n_iter_
+        post = super()._fit_posteriors(enc, gold_rows, gold_cols)
+        strength = getattr(self, "strength_", np.empty(0))
+        if len(strength) and (strength == max(self.grid)).all():
+            self.chosen_ = "one_coin"
+        elif len(strength) and (strength == min(self.grid)).all():
+            self.chosen_ = "full_confusion"
+        else:
+            self.chosen_ = "mixed"
         return post

@@ -92,8 +92,9 @@ class VendorConfig(_Strict):
 
 class ConsensusConfig(_Strict):
     method: str = Field(
-        "dawid_skene",
-        description="aggregator name: majority_vote, weighted_majority_vote, dawid_skene, one_coin_dawid_skene, auto",
+        "auto",
+        description="aggregator name: auto (Dawid-Skene shrunk towards one-coin by a learned strength), majority_vote, "
+                    "weighted_majority_vote, dawid_skene, one_coin_dawid_skene, shrunk_dawid_skene",
     )
     redundancy: int = Field(3, ge=1, le=50, description="judgments requested per item (fixed redundancy)")
     # Adaptive redundancy: on when confidence_threshold is set.

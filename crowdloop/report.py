@@ -70,6 +70,8 @@ def status(p: Project) -> dict[str, Any]:
         # Added by crowd-quality features; ``rounds`` keeps counting human-labeled items only.
         "machine_labels": _machine_labels(p),
         "workers": _workers_summary(p),
+        # Added by the self-measuring sampler (``sampler.name: auto``): each round's split and its evidence.
+        "selection_policy": _selection_policy(p),
     }
 
 
@@ -82,8 +84,31 @@ def round_table(p: Project) -> list[dict[str, Any]]:
         if pay and pay["work_seconds"] > 0:
             wage = round(hourly_wage(pay["rewards"] + pay["bonuses"], pay["work_seconds"]), 2)
         accuracy = None if row["accuracy"] is None else round(row["accuracy"], 4)
-        rows.append({**row, "accuracy": accuracy, "wage_per_hour": wage})
+        rows.append({**row, "accuracy": accuracy, "wage_per_hour": wage, **_selection_summary(p, row["round"])})
     return rows
+
+
+def _selection_summary(p: Project, r: int) -> dict[str, Any]:
+    """How round ``r`` chose its items: the strategy and, for a self-measuring sampler, items per
+    arm and the evidence behind the split (audit accuracy of each arm's picks)."""
+    sel = p.record(r, keys.SELECTION, default=None)
+    out: dict[str, Any] = {"strategy": None if sel is None else sel["strategy"]}
+    policy = (sel or {}).get("policy")
+    if policy is not None or p.config.sampler.name == "auto":  # a table keeps one set of columns
+        out["arms"] = out["arm_evidence"] = None
+    if policy:  # plain text: the round table is shown as a table (Prefect artifact, CSV)
+        out["arms"] = ", ".join(f"{a} {n}" for a, n in policy["slots"].items() if n)
+        acc = ", ".join(f"{a} {v:.3f}" for a, v in policy["audit_accuracy"].items() if v is not None)
+        out["arm_evidence"] = (f"audit of {policy['n_audit']}: {acc} at {policy['compared_at']} picks each" if acc
+                               else f"audit of {policy['n_audit']}: exploring")
+    return out
+
+
+def _selection_policy(p: Project) -> list[dict[str, Any]] | None:
+    """Every round's decision of a self-measuring sampler (None for fixed samplers)."""
+    rows = [{"round": r, **sel["policy"], "picked": {a: len(ids) for a, ids in sel.get("picked_by", {}).items()}}
+            for r in p.rounds() if (sel := p.record(r, keys.SELECTION, default=None)) and sel.get("policy")]
+    return rows or None
 
 
 def _machine_labels(p: Project) -> dict[str, Any] | None:

@@ -33,6 +33,14 @@ class SimulatedCrowdParams(BaseModel):
     confuser_fraction: float = Field(0.0, ge=0, le=1, description="workers who systematically answer a wrong class (true+1)")
     colluder_fraction: float = Field(0.0, ge=0, le=1, description="colluding spammers who always answer the same class")
     colluder_class: int = Field(0, ge=0, description="index of the class colluders always answer")
+    pair_confuser_fraction: float = Field(
+        0.0, ge=0, le=1, description="workers who mix up the crowd's confused class pairs (a↔b) with probability pair_confusion")
+    confused_pairs: int = Field(2, ge=1, description="class pairs (drawn once per crowd) that pair confusers mix up")
+    pair_confusion: float = Field(0.7, ge=0, le=1, description="how often a pair confuser answers the other class of a pair")
+    ring_fraction: float = Field(
+        0.0, ge=0, le=1, description="a ring of workers who share one answer per item (right with ring_accuracy, "
+                                     "else the same wrong class for every member)")
+    ring_accuracy: float = Field(0.3, ge=0, le=1, description="how often the ring's shared answer is right")
     median_seconds: float = Field(8.0, gt=0, description="median task duration")
     duration_sigma: float = Field(0.5, ge=0, description="log-normal spread of durations")
     latency_s: float = Field(0.0, ge=0, description="answers trickle in over this many wall-clock seconds")
@@ -42,10 +50,12 @@ class SimulatedCrowdParams(BaseModel):
         low, high = self.accuracy
         if not 0 <= low <= high <= 1:
             raise ValueError(f"accuracy={list(self.accuracy)}: expected [low, high] with 0 <= low <= high <= 1")
-        if self.spammer_fraction + self.confuser_fraction + self.colluder_fraction > 1:
+        kinds = (self.spammer_fraction + self.confuser_fraction + self.colluder_fraction
+                 + self.pair_confuser_fraction + self.ring_fraction)
+        if kinds > 1:
             raise ValueError(
-                f"spammer_fraction + confuser_fraction + colluder_fraction = "
-                f"{self.spammer_fraction + self.confuser_fraction + self.colluder_fraction:g}: expected at most 1"
+                f"spammer_fraction + confuser_fraction + colluder_fraction + pair_confuser_fraction + ring_fraction = "
+                f"{kinds:g}: expected at most 1"
             )
         return self
 
@@ -86,6 +96,26 @@ class SimulatedCrowd:
             kinds = np.random.default_rng([context.seed, _stable_int("adversaries")]).choice(honest, n_conf + n_coll, replace=False)
             self.is_confuser[kinds[:n_conf]] = True
             self.is_colluder[kinds[n_conf:]] = True
+        # Structured kinds come last, from their own stream, so every earlier crowd stays unchanged.
+        self.is_pair_confuser = np.zeros(p.n_workers, dtype=bool)
+        self.in_ring = np.zeros(p.n_workers, dtype=bool)
+        self.pair_of: dict[int, int] = {}
+        n_pair = int(round(p.pair_confuser_fraction * p.n_workers))
+        n_ring = int(round(p.ring_fraction * p.n_workers))
+        if n_pair or n_ring:
+            free = np.flatnonzero(~(self.is_spammer | self.is_confuser | self.is_colluder))
+            if n_pair + n_ring > len(free):
+                raise VendorError(f"vendor 'simulated': {n_pair + n_ring} pair confusers and ring members but only "
+                                  f"{len(free)} honest workers")
+            structured = np.random.default_rng([context.seed, _stable_int("structured")])
+            chosen = structured.choice(free, n_pair + n_ring, replace=False)
+            self.is_pair_confuser[chosen[:n_pair]] = True
+            self.in_ring[chosen[n_pair:]] = True
+            K = len(context.classes)
+            if n_pair and K >= 2:  # disjoint pairs of classes, drawn once per crowd
+                order = structured.permutation(K)
+                for a, b in zip(order[0:2 * p.confused_pairs:2], order[1:2 * p.confused_pairs:2]):
+                    self.pair_of[int(a)], self.pair_of[int(b)] = int(b), int(a)
         if p.colluder_class >= len(context.classes):
             raise VendorError(f"vendor 'simulated': colluder_class={p.colluder_class} but there are only {len(context.classes)} classes")
 
@@ -157,6 +187,13 @@ class SimulatedCrowd:
                       for k in self.store.list("bonuses/"))
         return {"tasks": tasks, "assignments": assignments, "paid": round(paid, 2), "bonuses": round(bonuses, 2)}
 
+    def _ring_answer(self, item_id: str, true_idx: int, K: int) -> int:
+        """The ring's one answer for an item: every member gives it, whichever batch asks."""
+        shared = np.random.default_rng([self.context.seed, _stable_int("ring"), _stable_int(item_id)])
+        if shared.random() < self.params.ring_accuracy:
+            return true_idx
+        return (true_idx + 1 + int(shared.integers(K - 1))) % K
+
     def _answer(self, tasks: Sequence[Task], batch_id: str) -> list[Annotation]:
         p = self.params
         classes = self.context.classes
@@ -188,7 +225,11 @@ class SimulatedCrowd:
                 workers = allowed[rng.choice(available, size=task.replicas, replace=False)]
             true_idx = classes.index(true_label)
             for replica, w in enumerate(workers):
-                if self.is_colluder[w]:
+                if self.in_ring[w]:
+                    answer = self._ring_answer(task.item_id, true_idx, K)
+                elif self.is_pair_confuser[w] and true_idx in self.pair_of:
+                    answer = self.pair_of[true_idx] if rng.random() < p.pair_confusion else true_idx
+                elif self.is_colluder[w]:
                     answer = p.colluder_class
                 elif self.is_confuser[w]:
                     answer = (true_idx + 1) % K if rng.random() < 0.8 else true_idx

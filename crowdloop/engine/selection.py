@@ -113,12 +113,13 @@ def select(p: Project, r: int) -> dict[str, Any]:
         rows = [(-sc, k, item) for part in parts for item, sc, k in zip(part["item_ids"], part["scores"], part["keys"])]
         item_ids = [item for _, _, item in sorted(rows)[:size]]
     else:
-        strategy, item_ids = _pick(p, r, size)
+        strategy, item_ids, policy = _pick(p, r, size)
     selection: dict[str, Any] = {
         "round": r,
         "strategy": strategy,
         "item_ids": item_ids,
         "seconds": round(time.perf_counter() - start, 4),
+        **policy,  # a self-measuring sampler's picked_by and evidence record (samplers/auto.py)
     }
     if n_shards > 1:
         selection["shards"] = n_shards
@@ -130,10 +131,28 @@ def select(p: Project, r: int) -> dict[str, Any]:
     return p.record(r, keys.SELECTION)
 
 
-def _pick(p: Project, r: int, size: int) -> tuple[str, list[str]]:
-    """``size`` new items by the cold-start rule (no model yet) or the configured sampler."""
+def arm_history(p: Project, r: int, item_ids: list[str]) -> list[str | None]:
+    """Which arm of a self-measuring sampler picked each item, from rounds before ``r``: the
+    ``picked_by`` of their selection records; a random cold start counts as ``random`` (an
+    unbiased audit); anything else (a k-means cold start, another sampler) as None."""
+    arm: dict[str, str] = {}
+    for q in range(r):
+        sel = p.record(q, keys.SELECTION, default=None)
+        if not sel:
+            continue
+        if sel.get("picked_by"):
+            for name, ids in sel["picked_by"].items():
+                arm.update(dict.fromkeys(ids, name))
+        elif sel.get("strategy") == "cold_start:random":
+            arm.update(dict.fromkeys(sel["item_ids"], "random"))
+    return [arm.get(i) for i in item_ids]
+
+
+def _pick(p: Project, r: int, size: int) -> tuple[str, list[str], dict[str, Any]]:
+    """``size`` new items by the cold-start rule (no model yet) or the configured sampler, and
+    for a self-measuring sampler (one with ``decide``) which arm picked each and why."""
     if size == 0:
-        return "re-ask only", []
+        return "re-ask only", [], {}
     model = p.load_model(r)
     strategy = p.config.sampler.name
     score = getattr(registry.samplers.load(strategy), "proba_score", None)
@@ -144,8 +163,9 @@ def _pick(p: Project, r: int, size: int) -> tuple[str, list[str]]:
 
         picked = stream_top_k(model, p.pool.X, score, batch_size=size, rng=p.rng(r, STREAM_SELECT),
                               chunk_size=p.config.sampler.chunk_size, exclude=excluded(p, r))
-        return strategy, p.pool.ids[picked].tolist()
+        return strategy, p.pool.ids[picked].tolist(), {}
     candidates = np.flatnonzero(~excluded(p, r)).astype(np.int64)
+    policy: dict[str, Any] = {}
     if model is None:
         strategy = f"cold_start:{p.config.sampler.cold_start}"
         rng = p.rng(r, STREAM_COLD_START)
@@ -168,8 +188,18 @@ def _pick(p: Project, r: int, size: int) -> tuple[str, list[str]]:
                 params.setdefault("X_labeled", p.pool.X[p.rows_of([label.item_id for label in labels])])
             if "y_labeled" in accepts:
                 params.setdefault("y_labeled", np.array([label.label for label in labels], dtype=object))
-        picked = sampler(model, _rows(p.pool.X, candidates), batch_size=size, rng=p.rng(r, STREAM_SELECT), **params)
+            if "labeled_arm" in accepts:  # the policy's history: who picked each labeled item
+                params.setdefault("labeled_arm", arm_history(p, r, [label.item_id for label in labels]))
+        decide = getattr(sampler, "decide", None)
+        if decide is not None:
+            decision = decide(model, _rows(p.pool.X, candidates), batch_size=size, rng=p.rng(r, STREAM_SELECT), **params)
+            picked = np.asarray(decision.indices, dtype=np.int64)
+            policy = {"picked_by": {arm: p.pool.ids[candidates[np.asarray(pos, dtype=np.int64)]].tolist()
+                                    for arm, pos in decision.picked_by.items()},
+                      "policy": decision.record}
+        else:
+            picked = sampler(model, _rows(p.pool.X, candidates), batch_size=size, rng=p.rng(r, STREAM_SELECT), **params)
     picked = np.asarray(picked, dtype=np.int64)
     if len(picked) != size or len(np.unique(picked)) != size or picked.min() < 0 or picked.max() >= len(candidates):
         raise CrowdloopError(f"sampler {strategy!r} broke its contract: expected {size} unique indices into {len(candidates)} candidates")
-    return strategy, p.pool.ids[candidates[picked]].tolist()
+    return strategy, p.pool.ids[candidates[picked]].tolist(), policy

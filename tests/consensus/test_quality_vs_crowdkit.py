@@ -7,7 +7,14 @@ import pandas as pd
 import pytest
 
 from crowdloop import registry
-from crowdloop.consensus import AutoDawidSkene, DawidSkene, MajorityVote, OneCoinDawidSkene, WeightedMajorityVote
+from crowdloop.consensus import (
+    AutoDawidSkene,
+    DawidSkene,
+    MajorityVote,
+    OneCoinDawidSkene,
+    ShrunkDawidSkene,
+    WeightedMajorityVote,
+)
 
 ca = pytest.importorskip("crowdkit.aggregation")
 
@@ -63,19 +70,76 @@ def test_majority_vote_matches_a_plain_pandas_vote(seed):
     assert accuracy(WeightedMajorityVote().fit(data).labels_, truth) >= accuracy(mine, truth)
 
 
-def test_one_coin_beats_full_confusion_when_workers_answer_little():
-    data, truth = crowd(3, n_items=400, k=10, n_workers=40)
+def pair_confuser_crowd(seed: int, *, n_items: int = 1200, k: int = 10, per_item: int = 5) -> tuple[pd.DataFrame, pd.Series]:
+    """Errors with structure: 20 honest workers (0.6–0.95), 20 who answer b for a (and a for b)
+    on three class pairs 70% of the time, 5 uniform spammers."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(k, size=n_items)
+    pair = {0: 1, 1: 0, 2: 3, 3: 2, 4: 5, 5: 4}
+    acc = rng.uniform(0.6, 0.95, 40)
+    rows = []
+    for t in range(n_items):
+        for w in rng.choice(45, size=per_item, replace=False):
+            c = truth[t]
+            if w >= 40:
+                label = rng.integers(k)
+            elif w >= 20 and c in pair:
+                label = pair[c] if rng.random() < 0.7 else c
+            else:
+                label = c if rng.random() < acc[w] else (c + 1 + rng.integers(k - 1)) % k
+            rows.append((f"t{t}", f"w{w}", f"c{label}"))
+    return pd.DataFrame(rows, columns=["task", "worker", "label"]), pd.Series([f"c{x}" for x in truth], index=[f"t{t}" for t in range(n_items)])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_auto_matches_the_better_of_one_coin_and_full_confusion_on_plain_noise_with_little_data(seed):
+    # the case the old count rule was right about: 40 workers × ~30 answers, K = 10, errors without structure
+    data, truth = crowd(seed + 3, n_items=400, k=10, n_workers=40)
+    auto = accuracy(AutoDawidSkene().fit(data).labels_, truth)
+    better = max(accuracy(ca.OneCoinDawidSkene(n_iter=100).fit_predict(data), truth),
+                 accuracy(ca.DawidSkene(n_iter=100).fit_predict(data), truth))
+    assert auto >= better - 0.01, f"auto {auto:.4f} vs the better crowd-kit model {better:.4f}"
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_auto_matches_the_better_model_when_errors_have_structure(seed):
+    # the case the count rule got wrong: pair confusers make full confusion the better model
+    data, truth = pair_confuser_crowd(seed)
     auto = AutoDawidSkene().fit(data)
-    assert auto.chosen_ == "one_coin_dawid_skene"
-    assert accuracy(auto.labels_, truth) >= accuracy(DawidSkene().fit(data).labels_, truth)
+    one_coin = accuracy(ca.OneCoinDawidSkene(n_iter=100).fit_predict(data), truth)
+    full = accuracy(ca.DawidSkene(n_iter=100).fit_predict(data), truth)
+    assert full > one_coin + 0.02  # the crowd is what it claims to be
+    assert accuracy(auto.labels_, truth) >= full - 0.01
+    # the learned priors say why: pair confusers get weak priors (their own matrix), honest workers strong ones
+    strength = pd.Series(auto.strength_, index=auto.skills_.index)
+    confusers = strength[[f"w{w}" for w in range(20, 40)]]
+    honest = strength[[f"w{w}" for w in range(20)]]
+    assert confusers.median() < honest.median()
+    assert auto.chosen_ == "mixed"
 
 
-def test_auto_picks_full_confusion_with_many_answers_per_worker():
-    data, _ = crowd(4, n_items=3000, k=3, n_workers=8, spammers=1, per_item=3)
-    assert AutoDawidSkene().fit(data).chosen_ == "dawid_skene"
+def test_auto_is_never_worse_than_majority_vote():
+    for data, truth in (crowd(8, n_items=300), pair_confuser_crowd(9, n_items=400, per_item=3)):
+        assert accuracy(AutoDawidSkene().fit(data).labels_, truth) >= accuracy(MajorityVote().fit(data).labels_, truth)
 
 
-@pytest.mark.parametrize("cls", [MajorityVote, WeightedMajorityVote, DawidSkene, OneCoinDawidSkene, AutoDawidSkene])
+@pytest.mark.parametrize("strength", [0.0, 1e6])
+def test_shrinkage_ends_are_full_confusion_and_one_coin(strength):
+    data, truth = pair_confuser_crowd(2, n_items=300, per_item=3)
+    ends = {0.0: DawidSkene(), 1e6: OneCoinDawidSkene()}
+    shrunk = ShrunkDawidSkene(strength=strength).fit(data)
+    assert (shrunk.labels_ == ends[strength].fit(data).labels_.reindex(shrunk.labels_.index)).mean() >= 0.99
+
+
+def test_shrunk_dawid_skene_rejects_bad_strengths():
+    with pytest.raises(ValueError, match="strength=-1"):
+        ShrunkDawidSkene(strength=-1)
+    with pytest.raises(ValueError, match="grid="):
+        ShrunkDawidSkene(grid=(0.0, 1.0))
+
+
+@pytest.mark.parametrize("cls", [MajorityVote, WeightedMajorityVote, DawidSkene, OneCoinDawidSkene, ShrunkDawidSkene,
+                                 AutoDawidSkene])
 def test_every_aggregator_returns_labels_confidence_and_skills(cls):
     data, truth = crowd(5, n_items=200)
     agg = cls().fit(data)
@@ -108,7 +172,7 @@ def test_given_weights_steer_the_weighted_vote():
     assert MajorityVote(classes=["x", "y"]).fit(data).labels_["a"] == "y"
 
 
-@pytest.mark.parametrize("name", ["weighted_majority_vote", "auto"])
+@pytest.mark.parametrize("name", ["weighted_majority_vote", "auto", "shrunk_dawid_skene"])
 def test_new_aggregators_are_registered(name):
     cls = registry.aggregators.load(name)
     data, truth = crowd(7, n_items=100)

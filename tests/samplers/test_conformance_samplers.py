@@ -15,6 +15,9 @@ VARIANTS = {
     "qbc": [{"disagreement": "consensus_entropy", "n_members": 2}, {"disagreement": "kl_max", "n_members": 2}],
     "prefiltered": [{"candidates": 8, "base": "coreset"}, {"candidates": 8, "prefilter": "random", "base": "typiclust"}],
     "mixed": [{"random_fraction": 1.0}, {"random_fraction": 0.5, "base": "badge"}],
+    # the suite's labeled set has 40 rows: with a history, the arms' evidence is computed and used
+    "auto": [{"labeled_arm": ["random"] * 20 + ["margin"] * 10 + ["kmeans_margin"] * 10, "min_items": 5,
+              "arms": ["random", "margin", "kmeans_margin"]}],
 }
 
 

@@ -99,3 +99,45 @@ def test_bad_parameters_and_impossible_tasks(tmp_path: Path) -> None:
     crowd = make(tmp_path, {"i0": None})
     with pytest.raises(VendorError, match="no ground truth"):
         crowd.submit(tasks(1), batch_id="b2")
+
+
+def test_pair_confusers_mix_up_the_same_class_pairs(tmp_path: Path) -> None:
+    truth = {f"i{n}": CLASSES[n % 4] for n in range(400)}
+    crowd = make(tmp_path, truth, n_workers=10, accuracy=[1.0, 1.0], spammer_fraction=0.0,
+                 pair_confuser_fraction=1.0, confused_pairs=1, pair_confusion=1.0)
+    answers = crowd.poll(crowd.submit(tasks(400, replicas=2), batch_id="b0"))
+    pair = crowd.pair_of  # one pair of classes, drawn once for the crowd
+    assert len(pair) == 2 and all(pair[pair[a]] == a for a in pair)
+    for a in answers:
+        true = CLASSES.index(truth[a.item_id])
+        assert CLASSES.index(a.label) == pair.get(true, true)
+
+
+def test_a_ring_shares_one_answer_per_item_across_batches(tmp_path: Path) -> None:
+    truth = {f"i{n}": CLASSES[n % 4] for n in range(400)}
+    crowd = make(tmp_path, truth, n_workers=6, accuracy=[1.0, 1.0], spammer_fraction=0.0,
+                 ring_fraction=0.5, ring_accuracy=0.25)
+    ring = {crowd.worker_ids[w] for w in np.flatnonzero(crowd.in_ring)}
+    assert len(ring) == 3
+    answers = crowd.poll(crowd.submit(tasks(400, replicas=6), batch_id="b0"))
+    answers += crowd.poll(crowd.submit(tasks(400, replicas=1), batch_id="b1"))
+    by_item: dict[str, set[str]] = {}
+    for a in answers:
+        if a.worker_id in ring:
+            by_item.setdefault(a.item_id, set()).add(a.label)
+    assert all(len(labels) == 1 for labels in by_item.values())  # one voice, whichever batch asked
+    right = np.mean([next(iter(v)) == truth[i] for i, v in by_item.items()])
+    assert 0.15 < right < 0.35
+    honest = [a for a in answers if a.worker_id not in ring]
+    assert all(a.label == truth[a.item_id] for a in honest)
+
+
+def test_structured_kinds_leave_earlier_crowds_unchanged_and_check_their_sizes(tmp_path: Path) -> None:
+    plain = make(tmp_path / "a", confuser_fraction=0.1, colluder_fraction=0.1)
+    with_zero = make(tmp_path / "b", confuser_fraction=0.1, colluder_fraction=0.1, ring_fraction=0.0,
+                     pair_confuser_fraction=0.0)
+    one = plain.poll(plain.submit(tasks(30), batch_id="b0"))
+    two = with_zero.poll(with_zero.submit(tasks(30), batch_id="b0"))
+    assert [(a.worker_id, a.label) for a in one] == [(a.worker_id, a.label) for a in two]
+    with pytest.raises(ConfigError, match="ring_fraction = 1.2: expected at most 1"):
+        make(tmp_path / "c", spammer_fraction=0.2, ring_fraction=0.5, pair_confuser_fraction=0.5)
