@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from prefect import flow, task
@@ -61,19 +62,24 @@ def collect_run_name() -> str:
 
 
 def _next_round_pending(loop_deployment: str) -> bool:
-    """Whether the loop deployment already has a run waiting or running (started by another collect run)."""
+    """Whether the loop deployment has a run about to start or running (another collect run's).
+
+    A run its schedule (``--cron``) placed later in the future does not count.
+    """
     from prefect import get_client
     from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
                                                 FlowRunFilterState, FlowRunFilterStateType)
     from prefect.client.schemas.objects import StateType
 
     busy = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
+    soon = datetime.now(timezone.utc) + timedelta(seconds=60)
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name(loop_deployment)
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
                                      flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-                                         type=FlowRunFilterStateType(any_=busy))), limit=1)
-    return bool(runs)
+                                         type=FlowRunFilterStateType(any_=busy))), limit=50)
+    return any(not (run.state and run.state.is_scheduled() and run.expected_start_time
+                    and run.expected_start_time > soon) for run in runs)
 
 
 @flow(name="crowdloop-collect", flow_run_name=collect_run_name, validate_parameters=True)
@@ -110,9 +116,11 @@ def collect_answers(project_dir: str, loop_deployment: str | None = None, wait_s
         from prefect.deployments import run_deployment
 
         if _next_round_pending(loop_deployment):  # two answer events, two collect runs: one next round
+            log.info(f"round {r} collected; the next round was started already")
             return {"status": "next round already started", "round": r}
         # The deployment's own config (its defaults, as edited in the UI) drives the next round.
         run = run_deployment(loop_deployment, parameters={"project_dir": project_dir}, timeout=0)
+        log.info(f"round {r} collected; next round started: flow run {run.name!r}")
         return {"status": "next round started", "round": r, "flow_run_id": str(run.id)}
     state = active_learning_loop(project.config, project_dir)
     return {"status": "advanced", "round": r, "stop_reason": state["stop_reason"]}
