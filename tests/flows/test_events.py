@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -118,15 +117,10 @@ def test_answers_in_the_local_app_trigger_collection_and_the_next_round(cli_env:
 # -- Label Studio ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[lss.Server]:
-    if not lss.LS_BIN.exists():
-        raise RuntimeError(lss.SETUP_HINT)
     # The receiver listens on 127.0.0.1, which Label Studio's SSRF guard refuses as a webhook target
     # by default; a team running both on a private network sets the same.
-    server = lss.start_copy(tmp_path_factory.mktemp("label-studio"), env={"SSRF_PROTECTION_ENABLED": "false"})
-    try:
+    with lss.running_copy(tmp_path_factory.mktemp("label-studio"), env={"SSRF_PROTECTION_ENABLED": "false"}) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _choice(label: str) -> list[dict]:
@@ -160,7 +154,7 @@ def test_label_studio_webhook_becomes_prefect_events(cli_env: dict, label_studio
         assert len(hooks) == 1 and hooks[0].actions == ["ANNOTATION_CREATED"]
         users = [ls.users.create(username=f"hook{k}", email=f"hook{k}@example.com", password=f"hook-{k}-password")
                  for k in range(2)]
-        truth = {item: str(label) for item, label in zip(p.pool.ids.tolist(), p.pool.y.tolist())}
+        truth = {item: str(label) for item, label in zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True)}
         for item, task_id in batch["tasks"].items():
             for user in users:
                 ls.annotations.create(task_id, result=_choice(truth[item]), completed_by=user.id, lead_time=4.0)

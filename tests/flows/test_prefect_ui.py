@@ -143,7 +143,7 @@ def test_deployment_approval_triggered_logs_and_round_table_in_the_ui(tmp_path: 
 
                 # 3. the workers answer (one sends a broken form); the vendor says the batch is answered
                 pool = Project.open(str(project_dir)).pool
-                truth = {str(i): str(y) for i, y in zip(pool.ids.tolist(), pool.y.tolist())}
+                truth = {str(i): str(y) for i, y in zip(pool.ids.tolist(), pool.y.tolist(), strict=True)}
                 with mturk._lock:
                     for hit_id in hits:
                         [item] = items_in_question(mturk.fake.hits[hit_id]["Question"])

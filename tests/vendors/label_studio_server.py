@@ -18,6 +18,8 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +98,18 @@ def template_dir() -> Path:
     server.stop()
     (template / ".ready").write_text(LS_VERSION)
     return template
+
+
+@contextmanager
+def running_copy(workdir: Path, *, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """A fresh server on a copy of the template for the block (a missing venv fails with the setup hint)."""
+    if not LS_BIN.exists():
+        raise RuntimeError(SETUP_HINT)
+    server = start_copy(workdir, env=env)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def start_copy(workdir: Path, *, env: dict[str, str] | None = None) -> Server:
