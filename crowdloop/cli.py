@@ -136,6 +136,7 @@ def run(
     from crowdloop.config import load_config
     from crowdloop.engine import Project, default_location
 
+    _prefect_process_defaults()  # before anything may reach Prefect (a named secret block is read in prepare)
     cfg = load_config(config)
     location = default_location(cfg, project_dir)
     try:
@@ -145,7 +146,6 @@ def run(
     with project.running():  # fail fast, before Prefect starts, if another run holds the project
         pass
     _approve_real_money(project, yes=yes)  # the flow would pause for the Prefect UI; here the terminal answers
-    _prefect_process_defaults()
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         # The temporary API server logs event-flush cancellations when it shuts down after the
@@ -202,6 +202,7 @@ def _prepared_for_deployments(config: Path, project_dir: str | None):
     from crowdloop.config import load_config
     from crowdloop.engine import Project, default_location
 
+    _prefect_process_defaults()
     cfg = load_config(config)
     location = default_location(cfg, project_dir)
     if "://" not in location:
@@ -224,7 +225,6 @@ def serve(
 ) -> None:
     """Serve the loop and collect deployments to the Prefect API (run and schedule them from the UI)."""
     cfg, location = _prepared_for_deployments(config, project_dir)
-    _prefect_process_defaults()
     from crowdloop.flows.serve import serve_project
 
     serve_project(cfg, location, cron=cron, collect_every_s=collect_every)
