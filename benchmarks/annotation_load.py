@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the app-starting helper lives under tests/
 
 from tests.vendors.app_server import start_annotate  # noqa: E402
+
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "annotation_load.json"
 
 _FIELD = re.compile(r'<input type="hidden" name="(csrf|batch_id|item_id)" value="([^"]*)">')
@@ -201,7 +202,7 @@ def run(*, annotators: int, submissions: int, replicas: int = 2, double_every: i
         "errors": tally.errors[:20], "n_errors": len(tally.errors),
         "wall_s": round(wall, 2), "throughput_answers_per_s": round(len(tally.accepted) / wall, 1) if wall else None,
         "answer_post_ms": percentiles(tally.post_ms), "page_get_ms": percentiles(tally.page_ms),
-        "server_log_lines": len([l for l in server_log.splitlines() if l.strip()]),
+        "server_log_lines": len([line for line in server_log.splitlines() if line.strip()]),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
                     "load_average_1m_before": load_before, "load_average_1m_after": round(os.getloadavg()[0], 2)},
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -15,7 +15,7 @@ import platform
 import statistics
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ from crowdloop.vendors.manifest import ManifestVendor
 from crowdloop.vendors.simulated import SimulatedCrowd
 
 ROOT = Path(__file__).resolve().parents[1]
-T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 5, 1, tzinfo=UTC)
 
 
 def bench_manifest(tmp: Path, n_lines: int, rng: np.random.Generator) -> dict:
@@ -166,7 +166,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         result = {
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+            "date": datetime.now(UTC).strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
             "manifest": bench_manifest(Path(tmp), args.lines, rng),
             "local_app": bench_local_app(Path(tmp), args.items),

@@ -26,7 +26,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ from crowdloop import keys  # noqa: E402
 from crowdloop.config import parse_config  # noqa: E402
 from crowdloop.engine import Project  # noqa: E402
 from tests.conftest import crowdloop_cmd, small_config  # noqa: E402
-from tests.flows.prefect_helpers import deployment_ids, real_prefect_server, stop, wait_for  # noqa: E402
+from tests.flows.prefect_helpers import deployment_ids, real_prefect_server, spawn, stop, wait_for  # noqa: E402
 from tests.vendors.app_server import start_annotate  # noqa: E402
 
 
@@ -78,9 +77,8 @@ def measure(mode: str, rounds: int, undo_window_s: float, workdir: Path, api: st
     token = p.vendor.add_annotator("bot")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_API_URL=api, PREFECT_LOGGING_LEVEL="WARNING")
-    served = subprocess.Popen(crowdloop_cmd() + ["serve", str(path), "-p", str(project_dir), "--collect-every", "300"],
-                              env=env, stdout=open(workdir / f"{project}-serve.log", "w"), stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    served = spawn([*crowdloop_cmd(), "serve", str(path), "-p", str(project_dir), "--collect-every", "300"], env=env,
+                   log_path=workdir / f"{project}-serve.log")
     # `crowdloop annotate` emits events when a Prefect API is configured (polling: none is)
     app_env = env if mode == "events" else {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
     base, app = start_annotate(str(project_dir), workdir / f"{project}-annotate.log", env=app_env)

@@ -25,14 +25,14 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crowd_volume import CROWDS  # noqa: E402  (one definition of the crowds)
+from crowd_volume import CROWDS
 
-from crowdloop import registry  # noqa: E402
-from crowdloop.records import Task  # noqa: E402
-from crowdloop.storage import PrefixedStore  # noqa: E402
-from crowdloop.storage.local import LocalStore  # noqa: E402
-from crowdloop.vendor import VendorContext  # noqa: E402
-from crowdloop.vendors.simulated import SimulatedCrowd  # noqa: E402
+from crowdloop import registry
+from crowdloop.records import Task
+from crowdloop.storage import PrefixedStore
+from crowdloop.storage.local import LocalStore
+from crowdloop.vendor import VendorContext
+from crowdloop.vendors.simulated import SimulatedCrowd
 
 AGGREGATORS = ("majority_vote", "one_coin_dawid_skene", "dawid_skene", "auto")
 
@@ -95,7 +95,7 @@ def summarize(rows: list[dict[str, Any]]) -> str:
         gap = med["auto"] - better if "auto" in med else float("nan")
         vs_mv = med["auto"] - med["majority_vote"] if "auto" in med and "majority_vote" in med else float("nan")
         per_seed = [a - max(o, d) for a, o, d in zip(accs.get("auto", []), accs.get("one_coin_dawid_skene", []),
-                                                       accs.get("dawid_skene", []))]
+                                                       accs.get("dawid_skene", []), strict=False)]
         worst = f"{100 * min(per_seed):+.1f}" if per_seed else "–"
         picks = ", ".join(f"{c}×{chosen[(crowd, j)].count(c)}" for c in sorted(set(chosen[(crowd, j)])))
         out.append(f"| {crowd} | {j} | {len(accs[names[0]])} | " + " | ".join(f"{med[a]:.3f}" for a in names)

@@ -48,7 +48,7 @@ def main() -> int:
     import scipy.sparse  # noqa: F401 - import cost is not the aggregator's
 
     for cls in (DawidSkene, OneCoinDawidSkene, AutoDawidSkene, WeightedMajorityVote):
-        record(f"crowdloop.{cls.__name__}", lambda: cls().fit(data).labels_)
+        record(f"crowdloop.{cls.__name__}", lambda cls=cls: cls().fit(data).labels_)
     import crowdkit.aggregation as ca
 
     with warnings.catch_warnings():
@@ -59,7 +59,8 @@ def main() -> int:
     for r in rows:
         r["speedup_vs_crowdkit_ds"] = round(ck / r["seconds"], 2)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"items": args.items, "judgments_per_item": 3, "classes": 10, "rows": rows}, indent=1) + "\n")
+    result = {"items": args.items, "judgments_per_item": 3, "classes": 10, "rows": rows}
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 

@@ -29,9 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from crowdloop import engine
+from crowdloop import engine, keys
 from crowdloop.config import parse_config
-from crowdloop import keys
 from crowdloop.engine import Project
 from crowdloop.storage import read_json
 from crowdloop.workers import worker_accounts
@@ -68,7 +67,7 @@ def synthetic_pool(directory: Path, seed: int = 0) -> str:
         X, y = make_classification(n_samples=3000, n_features=20, n_informative=12, n_redundant=2, n_classes=10,
                                    n_clusters_per_class=1, class_sep=1.6, random_state=seed)
         header = ",".join([f"f{i}" for i in range(X.shape[1])] + ["label"])
-        rows = [",".join([f"{v:.6f}" for v in x] + [str(int(c))]) for x, c in zip(X, y)]
+        rows = [",".join([f"{v:.6f}" for v in x] + [str(int(c))]) for x, c in zip(X, y, strict=True)]
         path.write_text(header + "\n" + "\n".join(rows) + "\n")
     return str(path)
 
@@ -141,7 +140,7 @@ def measure(p: Project, dataset: str, crowd: str, method: str, seed: int, second
     labels = p.human_labels(before_round=rounds[-1] + 1)
     index = p.index_of
     truth = p.pool.y.astype(str)
-    label_acc = float(np.mean([l.label == truth[index[l.item_id]] for l in labels])) if labels else None
+    label_acc = float(np.mean([lab.label == truth[index[lab.item_id]] for lab in labels])) if labels else None
     n_judgments = len(p.annotations())
     metrics = p.metrics()
     accounts = worker_accounts(p)
@@ -190,7 +189,7 @@ def summarize(paths: list[str]) -> str:
                 "| rejections w/o gold | judgments to 98% |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for method, rs in by.items():
-            def mean(key: str, digits: int = 3) -> str:
+            def mean(key: str, digits: int = 3, rs: list = rs) -> str:
                 vals = [r[key] for r in rs if r.get(key) is not None]
                 return f"{statistics.mean(vals):.{digits}f}" if vals else "–"
             j98 = "–"

@@ -70,7 +70,7 @@ def run_once(n_workers: int, pool_dir: Path, workdir: Path, pool: str, env: dict
         }
         path = workdir / f"{project}.yaml"
         path.write_text(yaml.safe_dump(config))
-        subprocess.run(crowdloop_cmd() + ["deploy", str(path), "--pool", pool, "-p", str(project_dir)], env=env,
+        subprocess.run([*crowdloop_cmd(), "deploy", str(path), "--pool", pool, "-p", str(project_dir)], env=env,
                        check=True, capture_output=True, text=True, timeout=900)
         write_json(open_store(str(project_dir)), keys.REFERENCE, {"accuracy": None, "reason": "skipped by the benchmark"})
         with worker(pool, env, workdir / f"{project}-worker.log"):

@@ -10,6 +10,7 @@ merges the per-shard top-k, as ``engine.select`` does for sharded rounds.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 import time
@@ -61,9 +62,9 @@ def main() -> None:
                 for rep in range(args.repeats):
                     start = time.perf_counter()
                     futures = [client.submit(score_shard, path, int(a), int(b), remote_model, args.batch, rep, pure=False)
-                               for a, b in zip(bounds[:-1], bounds[1:])]
+                               for a, b in itertools.pairwise(bounds)]
                     parts = client.gather(futures)
-                    rows = [(s, i) for idx, sc in parts for i, s in zip(idx, sc)]
+                    rows = [(s, i) for idx, sc in parts for i, s in zip(idx, sc, strict=True)]
                     chosen = [i for s, i in sorted(rows, reverse=True)[: args.batch]]
                     times.append(time.perf_counter() - start)
                     assert len(set(chosen)) == args.batch

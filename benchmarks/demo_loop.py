@@ -57,7 +57,8 @@ def main() -> None:
     for r in rows:
         gap = 100 * (r["reference_accuracy"] - r["accuracy"])
         print(f"| {r['seed']} | {r['wall_seconds']} | {r['accuracy']:.4f} | {r['reference_accuracy']:.4f} | {gap:.1f} | "
-              f"{r['baseline_accuracy']:.4f} | {r['n_labeled']} | {r['n_judgments']} | {r['cost']:.2f} | {r['effective_hourly_wage']:.2f} |")
+              f"{r['baseline_accuracy']:.4f} | {r['n_labeled']} | {r['n_judgments']} | {r['cost']:.2f} | "
+              f"{r['effective_hourly_wage']:.2f} |")
     gaps = [100 * (r["reference_accuracy"] - r["accuracy"]) for r in rows]
     print(f"\nmedian wall {statistics.median(r['wall_seconds'] for r in rows):.1f} s, "
           f"median gap {statistics.median(gaps):.1f} points, max gap {max(gaps):.1f} points")

@@ -56,7 +56,8 @@ def main() -> None:
                 curve = [m["accuracy"] for m in metrics if m["accuracy"] is not None]
                 row = {"seed": seed, "sampler": name, "final": metrics[-1]["accuracy"], "reference": ref,
                        "mean_curve": sum(curve) / len(curve), "labels": metrics[-1]["n_labeled"],
-                       "labels_to_98": next((m["n_labeled"] for m in metrics if m["accuracy"] and m["accuracy"] >= 0.98 * ref), None),
+                       "labels_to_98": next((m["n_labeled"] for m in metrics
+                                             if m["accuracy"] and m["accuracy"] >= 0.98 * ref), None),
                        "seconds": round(time.perf_counter() - start, 1)}
             print(json.dumps(row), flush=True)
             rows.append(row)

@@ -143,7 +143,7 @@ def run_one(strategy: str, seed: int, warm: bool, args: argparse.Namespace) -> d
     x = np.asarray(sizes, dtype=float)
     return {
         "dataset": "fashion_mnist", "strategy": strategy, "seed": seed,
-        "labels_to": {lv: next((n for n, a in zip(sizes, accs) if a >= float(lv)), None) for lv in LEVELS},
+        "labels_to": {lv: next((n for n, a in zip(sizes, accs, strict=True) if a >= float(lv)), None) for lv in LEVELS},
         "aulc": round(float(np.trapezoid(accs, x) / (x[-1] - x[0])), 4),
         "query_seconds": round(float(np.mean(q_sec)), 4),
         "round_seconds": round(float(np.mean(round_sec)), 3),

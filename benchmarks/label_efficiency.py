@@ -1,15 +1,17 @@
 """Label-efficiency benchmark: human labels needed to reach 95/98/99 % of full-data accuracy.
 
-Every strategy (crowdloop's samplers, modAL's functions, scikit-activeml's query strategies)
-sees the same split, model, initial set, batch size and seeds. Output: a JSON list of
+Every strategy (crowdloop's samplers, modAL's functions, scikit-activeml's query strategies,
+small-text's query strategies on the ``fortunes`` text set) sees the same split, model, initial
+set, batch size and seeds. Output: a JSON list of
 ``{dataset, strategy, seed, labels_to: {"0.95": n, "0.98": n, "0.99": n}, aulc,
 query_seconds}`` (``null`` where a level is not reached), plus the learning curve.
 
     python benchmarks/label_efficiency.py --datasets digits --seeds 5 --out results.json
     python benchmarks/label_efficiency.py --datasets digits wine --strategies crowdloop:best modal:margin_sampling
 
-Needs the ``bench`` extra (scikit-activeml) for ``skal:`` peers and the Debian package
-``dataset-fashion-mnist`` for ``fashion_mnist``.
+Needs the ``bench`` extra (scikit-activeml, small-text) for ``skal:`` and ``smalltext:`` peers,
+the Debian package ``dataset-fashion-mnist`` for ``fashion_mnist`` and ``fortunes`` for
+``fortunes`` (TF-IDF features, a linear model for everyone).
 """
 
 from __future__ import annotations
@@ -22,15 +24,18 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 LEVELS = ("0.95", "0.98", "0.99")
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+# Six fortunes categories with 200-1,200 items each (3,808 texts after dropping cross-category repeats).
+FORTUNE_CATEGORIES = ["definitions", "linux", "politics", "science", "songs-poems", "startrek"]
 
 
 @dataclass
@@ -44,6 +49,11 @@ class Setting:
     initial: int
     batch: int
     budget: int
+    # Text sets: the pool's rows with their dense view (crowdloop.models.text.TextRows) for
+    # crowdloop's samplers and label spreading, and the view itself (features -> dense) for
+    # small-text's embedding strategies. X_pool/X_test are the TF-IDF CSR matrices everyone fits on.
+    X_rows: Any = None
+    dense_view: Any = None
 
 
 # -- datasets ---------------------------------------------------------------------------
@@ -89,6 +99,19 @@ def load_dataset(name: str, seed: int, fashion_pool: int = 10000) -> Setting:
         budget = int(os.environ.get("BENCH_FASHION_BUDGET", "1000"))
         return Setting(pca.transform(Xtr[pool]), ytr[pool], pca.transform(Xte[test]), yte[test], 20,
                        int(os.environ.get("BENCH_FASHION_BATCH", "10")), budget)
+    if name == "fortunes":
+        from crowdloop.config import FeaturesConfig, PoolConfig
+        from crowdloop.models.text import TextRows, fit_text_features
+        from crowdloop.models.text_pools import load_fortunes_pool
+
+        pool = load_fortunes_pool(PoolConfig(source="fortunes", classes=FORTUNE_CATEGORIES))
+        texts, y = pool.content, pool.y.astype(str)
+        tp, tt, yp, yt = train_test_split(texts, y, test_size=0.25, stratify=y, random_state=seed)
+        fitted = fit_text_features(tp.tolist(), FeaturesConfig(kind="tfidf"))  # fitted on the pool only
+        budget = int(os.environ.get("BENCH_FORTUNES_BUDGET", "2000"))
+        return Setting(fitted.matrix, yp, fitted.transform(tt.tolist()).tocsr(), yt, 20,
+                       int(os.environ.get("BENCH_FORTUNES_BATCH", "20")), budget, X_rows=TextRows(fitted),
+                       dense_view=fitted.project)
     if name in PUBLIC:
         X, y, (initial, batch, budget) = PUBLIC[name]()
         Xp, Xt, yp, yt = train_test_split(X, y, test_size=0.25, stratify=y, random_state=seed)
@@ -153,15 +176,32 @@ PUBLIC: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, tuple[int, int, int
     "penguins": _penguins, "anes96": _anes96, "modechoice": _modechoice,
     "noisy_imbalanced": _noisy_imbalanced, "noisy": _noisy,
 }
-DATASETS = ("digits", "breast_cancer", "wine", "synthetic", "fashion_mnist", *PUBLIC)
+DATASETS = ("digits", "breast_cancer", "wine", "synthetic", "fashion_mnist", "fortunes", *PUBLIC)
 
 
-def make_model():
+def make_model(dataset: str = ""):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    if dataset == "fortunes":  # TF-IDF rows are unit length and sparse: no scaler (crowdloop's text model)
+        from crowdloop.models.text import TextClassifier
+
+        return TextClassifier(text_estimator())
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+
+
+def text_estimator():
+    """The linear model every strategy uses on TF-IDF (newton-cg: same optimum as lbfgs, 50x faster here)."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=10, solver="newton-cg", max_iter=1000)
+
+
+def _stack(A: Any, B: Any) -> Any:
+    import scipy.sparse as sp
+
+    return sp.vstack([A, B]).tocsr() if sp.issparse(A) else np.vstack([A, B])
 
 
 # -- strategies -------------------------------------------------------------------------
@@ -217,6 +257,7 @@ def modal_query(fn_name: str) -> Query:
 def skal_query(spec: str) -> Query:
     import skactiveml.pool as pool
     from skactiveml.classifier import SklearnClassifier
+    from sklearn.base import clone
 
     cls_name, _, method = spec.partition(".")
     cls = getattr(pool, cls_name)
@@ -227,11 +268,14 @@ def skal_query(spec: str) -> Query:
         if method:
             kwargs["method"] = method
         qs = cls(**kwargs)
-        y_sk = np.full(len(X), np.nan)
-        y_sk[labeled] = y[labeled]
-        clf = SklearnClassifier(make_model(), classes=np.unique(y), random_state=seed)
+        if hasattr(X, "toarray"):  # skactiveml's input validation refuses sparse matrices: densify (text sets)
+            X = X.toarray()
+        classes, codes = np.unique(y, return_inverse=True)  # skactiveml wants numbers (NaN = unlabeled)
+        y_sk = np.full(X.shape[0], np.nan)
+        y_sk[labeled] = codes[labeled]
+        clf = SklearnClassifier(clone(model), classes=np.arange(len(classes)), random_state=seed)
         clf.estimator_ = model  # reuse the already fitted model: same one every strategy sees
-        clf.fit(X[labeled], y[labeled])
+        clf.fit(X[labeled], codes[labeled])
         params = inspect.signature(qs.query).parameters
         kw: dict[str, Any] = {"batch_size": batch}
         for name in ("clf", "estimator"):
@@ -245,7 +289,47 @@ def skal_query(spec: str) -> Query:
     return query
 
 
-def strategy(spec: str) -> Query:
+def smalltext_query(name: str, dense_view: Any) -> Query:
+    """small-text 1.4.1's own loop per query: ``PoolBasedActiveLearner`` over an ``SklearnDataset``
+    of the pool, ``initialize_data`` with the labeled set (small-text fits its classifier, a clone
+    of the same linear model on the same rows), then ``query``. The embedding strategies
+    (``EmbeddingKMeans``, ``ContrastiveActiveLearning``) call ``clf.embed``, which small-text's
+    scikit-learn adapter lacks; it gets the same dense view crowdloop's samplers use (the
+    TF-IDF's TruncatedSVD, rows of unit length) and, for CAL, the class probabilities."""
+    import small_text
+    from small_text import PoolBasedActiveLearner, SklearnClassifier, SklearnClassifierFactory
+    from small_text.data import SklearnDataset
+
+    class EmbeddingSklearnClassifier(SklearnClassifier):
+        def embed(self, dataset, return_proba=False, pbar=None, **_):
+            emb = np.asarray(dense_view(dataset.x))
+            return (emb, self.predict_proba(dataset)) if return_proba else emb
+
+    class Factory(SklearnClassifierFactory):
+        def new(self):
+            from sklearn.base import clone
+
+            return EmbeddingSklearnClassifier(clone(self.base_estimator), self.num_classes, **self.kwargs)
+
+    def make_strategy():
+        if name == "ContrastiveActiveLearning":
+            return small_text.ContrastiveActiveLearning(k=10, pbar=None)
+        return getattr(small_text, name)()
+
+    def query(model, X, labeled, y, batch, rng):
+        classes, codes = np.unique(y, return_inverse=True)
+        train = SklearnDataset(X, np.full(X.shape[0], small_text.base.LABEL_UNLABELED))
+        learner = PoolBasedActiveLearner(Factory(text_estimator(), len(classes)), make_strategy(), train)
+        # EmbeddingKMeans runs scikit-learn's KMeans with no random_state: it draws from NumPy's
+        # global generator, seeded here from the run's rng so the peer is reproducible.
+        np.random.seed(int(rng.integers(2**31 - 1)))
+        learner.initialize_data(np.flatnonzero(labeled), codes[labeled])
+        return np.asarray(learner.query(num_samples=batch), dtype=np.int64)
+
+    return query
+
+
+def strategy(spec: str, setting: Setting | None = None) -> Query:
     lib, _, name = spec.partition(":")
     if lib == "crowdloop":  # crowdloop:<name>?{"param": value} passes sampler parameters
         name, _, raw = name.partition("?")
@@ -254,7 +338,9 @@ def strategy(spec: str) -> Query:
         return modal_query(name)
     if lib == "skal":
         return skal_query(name)
-    raise SystemExit(f"--strategies: {spec!r}: expected crowdloop:<name>, modal:<fn> or skal:<class>")
+    if lib == "smalltext":
+        return smalltext_query(name, setting.dense_view if setting is not None else None)
+    raise SystemExit(f"--strategies: {spec!r}: expected crowdloop:<name>, modal:<fn>, skal:<class> or smalltext:<Strategy>")
 
 
 DEFAULT_STRATEGIES = [
@@ -273,13 +359,13 @@ DEFAULT_STRATEGIES = [
 
 def full_accuracy(dataset: str, seed: int) -> float:
     s = load_dataset(dataset, seed)
-    return float(make_model().fit(s.X_pool, s.y_pool).score(s.X_test, s.y_test))
+    return float(make_model(dataset).fit(s.X_pool, s.y_pool).score(s.X_test, s.y_test))
 
 
 def run_one(dataset: str, spec: str, seed: int) -> dict[str, Any]:
     warnings.filterwarnings("ignore")
     s = load_dataset(dataset, seed)
-    full = float(make_model().fit(s.X_pool, s.y_pool).score(s.X_test, s.y_test))
+    full = float(make_model(dataset).fit(s.X_pool, s.y_pool).score(s.X_test, s.y_test))
     # "<strategy>+st": self-training experiment; the model also learns from pool rows it predicts with
     # probability >= 0.95 (machine labels, never counted as human labels in the x axis)
     # "<strategy>+ls": machine labels from label spreading over the pool (crowdloop.models.semi, what
@@ -290,15 +376,17 @@ def run_one(dataset: str, spec: str, seed: int) -> dict[str, Any]:
     # "crowdloop:auto[?params]": the self-measuring policy (samplers/auto.py) with its history of which arm
     # picked each label, plus label spreading only while the audit says it helps (models.semi.spreading_helps)
     auto = spec.startswith("crowdloop:auto")
-    query = None if auto else strategy(spec[:-3] if self_train or spec.endswith("+ls") else spec)
+    query = None if auto else strategy(spec[:-3] if self_train or spec.endswith("+ls") else spec, s)
     auto_params = json.loads(spec.partition("?")[2] or "{}") if auto else {}
     arm_of: dict[int, str] = {}
     records: list[dict[str, Any]] = []
+    # crowdloop's samplers see the text rows with their dense view; peers see the TF-IDF matrix
+    X_query = s.X_rows if s.X_rows is not None and spec.startswith("crowdloop:") else s.X_pool
     init_rng = np.random.default_rng([seed, 1])  # same initial set for every strategy
-    labeled = np.zeros(len(s.X_pool), dtype=bool)
+    labeled = np.zeros(s.X_pool.shape[0], dtype=bool)
     # the initial set holds at least two classes so the first model can be fitted
     while True:
-        first = init_rng.choice(len(s.X_pool), size=s.initial, replace=False)
+        first = init_rng.choice(s.X_pool.shape[0], size=s.initial, replace=False)
         if len(np.unique(s.y_pool[first])) >= 2:
             break
     labeled[first] = True
@@ -306,36 +394,37 @@ def run_one(dataset: str, spec: str, seed: int) -> dict[str, Any]:
     rng = np.random.default_rng([seed, 2])
     sizes, accs, seconds = [], [], []
     while True:
-        model = make_model().fit(s.X_pool[labeled], s.y_pool[labeled])
+        model = make_model(dataset).fit(s.X_pool[labeled], s.y_pool[labeled])
         if self_train:
             rest = np.flatnonzero(~labeled)
             proba = model.predict_proba(s.X_pool[rest])
             sure = proba.max(axis=1) >= 0.95
             if sure.any():
-                X_fit = np.vstack([s.X_pool[labeled], s.X_pool[rest[sure]]])
+                X_fit = _stack(s.X_pool[labeled], s.X_pool[rest[sure]])
                 y_fit = np.concatenate([s.y_pool[labeled], model.classes_[proba[sure].argmax(axis=1)]])
-                model = make_model().fit(X_fit, y_fit)
+                model = make_model(dataset).fit(X_fit, y_fit)
         use_spread = spread
         if auto:
             from crowdloop.models.semi import spreading_helps
 
             human = np.flatnonzero(labeled)
             audit = np.flatnonzero([arm_of.get(int(i)) == "random" for i in human])
-            use_spread, ls_record = spreading_helps(make_model(), s.X_pool, human, s.y_pool[human], audit,
+            use_spread, ls_record = spreading_helps(make_model(dataset), s.X_pool, human, s.y_pool[human], audit,
                                                     rng=np.random.default_rng([seed, 4, int(labeled.sum())]))
             records.append({"labels": int(labeled.sum()), "label_spreading": use_spread, "spread_evidence": ls_record})
         if use_spread:
             from crowdloop.models.semi import spread_labels
 
             human = np.flatnonzero(labeled)
-            found = spread_labels(s.X_pool, human, s.y_pool[human], rng=np.random.default_rng([seed, 3]))
+            found = spread_labels(s.X_rows if s.X_rows is not None else s.X_pool, human, s.y_pool[human],
+                                  rng=np.random.default_rng([seed, 3]))
             if len(found.index):
-                X_fit = np.vstack([s.X_pool[human], s.X_pool[found.index]])
+                X_fit = _stack(s.X_pool[human], s.X_pool[found.index])
                 y_fit = np.concatenate([s.y_pool[human], found.labels.astype(s.y_pool.dtype)])
-                model = make_model().fit(X_fit, y_fit)
+                model = make_model(dataset).fit(X_fit, y_fit)
         sizes.append(int(labeled.sum()))
         accs.append(float(model.score(s.X_test, s.y_test)))
-        if labeled.sum() >= min(s.budget, len(s.X_pool)):
+        if labeled.sum() >= min(s.budget, s.X_pool.shape[0]):
             break
         batch = int(min(s.batch, s.budget - labeled.sum(), (~labeled).sum()))
         start = time.perf_counter()
@@ -351,14 +440,14 @@ def run_one(dataset: str, spec: str, seed: int) -> dict[str, Any]:
                 arm_of.update({int(i): arm for i in cand[pos]})
             records[-1].update(decision.record)
         else:
-            picked = np.asarray(query(model, s.X_pool, labeled, s.y_pool, batch, rng), dtype=np.int64)
+            picked = np.asarray(query(model, X_query, labeled, s.y_pool, batch, rng), dtype=np.int64)
         seconds.append(time.perf_counter() - start)
         if len(np.unique(picked)) != batch or labeled[picked].any():
             raise RuntimeError(f"{spec} returned {len(np.unique(picked))} unique / already-labeled rows")
         labeled[picked] = True
     labels_to = {}
     for level in LEVELS:
-        hit = [n for n, a in zip(sizes, accs) if a >= float(level) * full]
+        hit = [n for n, a in zip(sizes, accs, strict=True) if a >= float(level) * full]
         labels_to[level] = hit[0] if hit else None
     x = np.asarray(sizes, dtype=float)
     aulc = float(np.trapezoid(accs, x) / (x[-1] - x[0])) if len(x) > 1 else accs[0]
@@ -397,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp.replace(args.out)
 
     with ProcessPoolExecutor(max_workers=args.jobs) as ex:
-        for job, res in zip(todo, ex.map(_run, todo)):
+        for job, res in zip(todo, ex.map(_run, todo), strict=True):
             if "error" in res:
                 print(f"{job[0]:>13} {job[1]:<42} seed={job[2]} FAILED {res['error']}", flush=True)
                 continue

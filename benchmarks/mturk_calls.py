@@ -45,7 +45,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         p = engine.Project.prepare(cfg, str(Path(tmp) / "p"))
-        truth = {i: str(y) for i, y in zip(p.pool.ids.tolist(), p.pool.y.tolist())}
+        truth = {i: str(y) for i, y in zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True)}
         fake.answer = lambda item, replica: truth[item]
         for r in range(args.rounds):
             before = len(fake.calls)

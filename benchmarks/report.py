@@ -58,7 +58,7 @@ def label_efficiency_tables(results: list[dict[str, Any]], plots: Path | None) -
 def _target_line(strategies: dict[str, list[dict[str, Any]]]) -> str:
     if "crowdloop:best" not in strategies:
         return ""
-    peers = {s: rows for s, rows in strategies.items() if s.startswith(("modal:", "skal:"))}
+    peers = {s: rows for s, rows in strategies.items() if s.startswith(("modal:", "skal:", "smalltext:"))}
     best = strategies["crowdloop:best"]
     parts = []
     for level in LEVELS:
@@ -88,7 +88,9 @@ def _plot(dataset: str, strategies: dict[str, list[dict[str, Any]]], plots: Path
     show = [s for s in strategies if s in ("crowdloop:best", "crowdloop:random", "crowdloop:margin",
                                           "crowdloop:badge", "skal:Badge",
                                           "skal:CoreSet", "modal:margin_sampling",
-                                          "modal:uncertainty_batch_sampling", "skal:TypiClust")]
+                                          "modal:uncertainty_batch_sampling", "skal:TypiClust",
+                                          "smalltext:LeastConfidence",
+                                          "smalltext:EmbeddingKMeans")]
     for s in sorted(show):
         rows = strategies[s]
         n = min(len(r["curve"]["labels"]) for r in rows)
@@ -121,17 +123,39 @@ def selection_scaling_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def text_scaling_table(results: list[dict[str, Any]]) -> str:
+    """benchmarks/text_selection_scaling.py: wall and CPU seconds against the chunked predict_proba pass."""
+    out = ["| pool texts | batch | strategy | seconds (wall) | CPU seconds | × predict_proba (CPU) | extra peak RSS (MB) "
+           "| runs |",
+           "|---|---|---|---|---|---|---|---|"]
+    floor = {r["pool_size"]: r.get("cpu_seconds") for r in results if r["strategy"] == "floor:predict_proba"}
+
+    def num(v: float | None, fmt: str) -> str:
+        return "—" if v is None else format(v, fmt)
+
+    for r in sorted(results, key=lambda r: r["pool_size"]):
+        f, cpu = floor.get(r["pool_size"]), r.get("cpu_seconds")
+        ratio = f"{cpu / f:.2f}" if cpu is not None and f else "—"
+        out.append(f"| {r['pool_size']:,} | {r['batch_size']} | `{r['strategy']}` | {num(r['seconds'], '.1f')} | "
+                   f"{num(cpu, '.1f')} | {ratio} | {num(r['extra_peak_mb'], '.0f')} | "
+                   f"{r.get('runs', '')} {r.get('error') or ''} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--label-efficiency", nargs="*", type=Path, default=[])
     ap.add_argument("--selection-scaling", type=Path)
     ap.add_argument("--plots", type=Path)
+    ap.add_argument("--text-scaling", type=Path)
     args = ap.parse_args()
     if args.label_efficiency:
         results = [r for p in args.label_efficiency for r in json.loads(p.read_text())]
         print(label_efficiency_tables(results, args.plots))
     if args.selection_scaling:
         print(selection_scaling_table(json.loads(args.selection_scaling.read_text())))
+    if args.text_scaling:
+        print(text_scaling_table(json.loads(args.text_scaling.read_text())))
 
 
 if __name__ == "__main__":

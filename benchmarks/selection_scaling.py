@@ -151,6 +151,40 @@ def child(pool_path: str, strategy: str, batch: int) -> dict[str, Any]:
     return {"seconds": round(seconds, 4), "extra_peak_mb": round(max(0.0, peak - base), 1)}
 
 
+def measure(rec: dict[str, Any], cmd: list[str], *, repeat: int, timeout: float, env: dict[str, str]) -> None:
+    """Run the measurement ``cmd`` (a ``--child`` call) ``repeat`` times, each in a fresh
+    subprocess, into ``rec``: median times and max memory (:func:`summarize`), or the first
+    error (a timeout, or stderr's last line)."""
+    runs: list[dict[str, Any]] = []
+    for _ in range(repeat):
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            rec["error"] = f"timeout after {timeout:g} s"
+            return
+        if proc.returncode != 0:
+            rec["error"] = (proc.stderr.strip().splitlines() or ["failed"])[-1][:300]
+            return
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    rec.update(summarize(runs))
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median times and the largest memory figures over repeated runs."""
+    out: dict[str, Any] = {"runs": len(runs)}
+    for key in runs[0]:
+        values = [r[key] for r in runs]
+        out[key] = float(np.median(values)) if key.endswith("seconds") else max(values)
+    return out
+
+
+def save(results: list[dict[str, Any]], rec: dict[str, Any], out: Path, line: str) -> None:
+    """Append ``rec``, rewrite the results file (a killed run keeps what it measured), print ``line``."""
+    results.append(rec)
+    out.write_text(json.dumps(results, indent=1))
+    print(line, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000, 1_000_000])
@@ -180,27 +214,10 @@ def main(argv: list[str] | None = None) -> int:
                     if n > SLOW_PEER_LIMIT.get(strategy, n):
                         rec["error"] = f"skipped: whole-pool peer, run only up to {SLOW_PEER_LIMIT[strategy]} rows"
                     else:
-                        runs = []
-                        for _ in range(args.repeat):  # one fresh subprocess per run; median time, max memory
-                            try:
-                                proc = subprocess.run([sys.executable, __file__, "--child", str(path), strategy,
-                                                       str(batch)], capture_output=True, text=True,
-                                                      timeout=args.timeout, env=env)
-                            except subprocess.TimeoutExpired:
-                                rec["error"] = f"timeout after {args.timeout:g} s"
-                                break
-                            if proc.returncode != 0:
-                                rec["error"] = (proc.stderr.strip().splitlines() or ["failed"])[-1][:300]
-                                break
-                            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-                        if runs and rec["error"] is None:
-                            rec["seconds"] = float(np.median([r["seconds"] for r in runs]))
-                            rec["extra_peak_mb"] = max(r["extra_peak_mb"] for r in runs)
-                            rec["runs"] = len(runs)
-                    results.append(rec)
-                    args.out.write_text(json.dumps(results, indent=1))
-                    print(f"{n:>8} {batch:>5} {strategy:<60} {rec['seconds']} s {rec['extra_peak_mb']} MB "
-                          f"{rec['error'] or ''}", flush=True)
+                        measure(rec, [sys.executable, __file__, "--child", str(path), strategy, str(batch)],
+                                repeat=args.repeat, timeout=args.timeout, env=env)
+                    save(results, rec, args.out, f"{n:>8} {batch:>5} {strategy:<60} {rec['seconds']} s "
+                                                 f"{rec['extra_peak_mb']} MB {rec['error'] or ''}")
     return 0
 
 

@@ -97,7 +97,7 @@ def main() -> None:
         results = []
         with tempfile.TemporaryDirectory() as tmp:
             model_path = str(Path(tmp) / "model.pkl")
-            pickle.dump(model, open(model_path, "wb"))
+            Path(model_path).write_bytes(pickle.dumps(model))
             cache = str(Path(tmp) / "cache")
             for mode in ("s3-cold", "s3-warm", "in-memory", "floor"):
                 out = str(Path(tmp) / f"{mode}.json")

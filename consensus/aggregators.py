@@ -22,7 +22,7 @@ class _Encoded:
     classes: np.ndarray
     t: np.ndarray
     w: np.ndarray
-    l: np.ndarray
+    y: np.ndarray
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -47,8 +47,8 @@ def _encode(data: pd.DataFrame, classes: list | None, extra_labels: list | None 
         class_index = pd.Index(list(classes))
     else:
         class_index = pd.Index(sorted(seen.tolist(), key=str))
-    l = class_index.get_indexer(data["label"])
-    return _Encoded(np.asarray(tasks), np.asarray(workers), np.asarray(class_index), t, w, l)
+    y = class_index.get_indexer(data["label"])
+    return _Encoded(np.asarray(tasks), np.asarray(workers), np.asarray(class_index), t, w, y)
 
 
 class _Aggregator:
@@ -62,7 +62,7 @@ class _Aggregator:
     def __init__(self, classes: list | None = None) -> None:
         self.classes = classes
 
-    def fit(self, data: pd.DataFrame, true_labels: pd.Series | None = None) -> "_Aggregator":
+    def fit(self, data: pd.DataFrame, true_labels: pd.Series | None = None) -> _Aggregator:
         """Aggregate; ``true_labels`` (task → label, e.g. gold answers) are held fixed."""
         gold = None if true_labels is None else pd.Series(true_labels)
         enc = _encode(data, self.classes, None if gold is None else gold.tolist())
@@ -79,7 +79,7 @@ class _Aggregator:
         self.labels_ = pd.Series(enc.classes[best] if T else [], index=self.probas_.index, name="agg_label", dtype=object)
         self.confidence_ = pd.Series(post.max(axis=1) if T else [], index=self.probas_.index, name="confidence", dtype=float)
         # Skill: expected share of a worker's answers that match the posterior truth.
-        agree = post[enc.t, enc.l] if T else np.empty(0)
+        agree = post[enc.t, enc.y] if T else np.empty(0)
         n = np.bincount(enc.w, minlength=W)
         skill = np.bincount(enc.w, weights=agree, minlength=W) / np.maximum(n, 1)
         self.skills_ = pd.Series(skill, index=pd.Index(enc.workers, name="worker"), name="skill")
@@ -97,7 +97,7 @@ class _Aggregator:
 
 def _vote_proba(enc: _Encoded) -> np.ndarray:
     T, _, K = enc.shape
-    counts = np.bincount(enc.t * K + enc.l, minlength=T * K).reshape(T, K).astype(np.float64)
+    counts = np.bincount(enc.t * K + enc.y, minlength=T * K).reshape(T, K).astype(np.float64)
     total = counts.sum(axis=1, keepdims=True)
     # A task without answers (only in a cross-validation fold) starts uniform.
     return np.where(total > 0, counts / np.maximum(total, 1.0), 1.0 / max(K, 1))
@@ -145,10 +145,10 @@ class WeightedMajorityVote(_Aggregator):
             else:
                 hard = np.zeros_like(post)
                 hard[np.arange(T), post.argmax(axis=1)] = 1.0
-                skill = (np.bincount(enc.w, weights=hard[enc.t, enc.l], minlength=W) + 1.0) / (n + 2.0)
+                skill = (np.bincount(enc.w, weights=hard[enc.t, enc.y], minlength=W) + 1.0) / (n + 2.0)
             skill = np.clip(skill, 1e-3, 1 - 1e-3)
             weight = np.log(skill) - np.log((1 - skill) / max(K - 1, 1))
-            score = np.bincount(enc.t * K + enc.l, weights=weight[enc.w], minlength=T * K).reshape(T, K)
+            score = np.bincount(enc.t * K + enc.y, weights=weight[enc.w], minlength=T * K).reshape(T, K)
             score -= score.max(axis=1, keepdims=True)
             post = np.exp(score)
             post /= post.sum(axis=1, keepdims=True)
@@ -157,13 +157,13 @@ class WeightedMajorityVote(_Aggregator):
         return post
 
 
-def _judgment_matrix(enc: _Encoded) -> "sparse.csr_matrix":
+def _judgment_matrix(enc: _Encoded) -> sparse.csr_matrix:
     """Sparse (worker·K + label) × task count matrix: one EM half-step is one product with it."""
     from scipy import sparse
 
     T, W, K = enc.shape
     data = np.ones(len(enc.t), dtype=np.float64)
-    return sparse.csr_matrix((data, (enc.w * K + enc.l, enc.t)), shape=(W * K, T))
+    return sparse.csr_matrix((data, (enc.w * K + enc.y, enc.t)), shape=(W * K, T))
 
 
 class DawidSkene(_Aggregator):
@@ -189,7 +189,7 @@ class DawidSkene(_Aggregator):
 
     def _task_loglik(self, enc: _Encoded, post: np.ndarray) -> np.ndarray:
         """M-step then the likelihood part of the E-step: sum of log P(answers | class k), (T, K)."""
-        T, W, K = enc.shape
+        _T, W, K = enc.shape
         conf = (self._A @ post).reshape(W, K, K).transpose(0, 2, 1)  # [worker, true k, observed l]
         conf = conf + self.smoothing
         np.clip(conf, _EPS, None, out=conf)
@@ -199,7 +199,7 @@ class DawidSkene(_Aggregator):
         return np.asarray(self._AT @ logc)
 
     def _fit_posteriors(self, enc: _Encoded, gold_rows: np.ndarray, gold_cols: np.ndarray) -> np.ndarray:
-        T, _, K = enc.shape
+        _T, _, _K = enc.shape
         self._prepare(enc)
         post = _fix_gold(_vote_proba(enc), gold_rows, gold_cols)
         previous = -np.inf
@@ -232,7 +232,7 @@ class OneCoinDawidSkene(DawidSkene):
     """
 
     def _prepare(self, enc: _Encoded) -> None:
-        self._flat = enc.t * enc.shape[2] + enc.l
+        self._flat = enc.t * enc.shape[2] + enc.y
 
     def _task_loglik(self, enc: _Encoded, post: np.ndarray) -> np.ndarray:
         T, W, K = enc.shape
@@ -265,14 +265,15 @@ class ShrunkDawidSkene(DawidSkene):
     def __init__(self, strength: float | str = "learned", grid: tuple[float, ...] = (0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256),
                  n_iter: int = 100, tol: float = 1e-5, classes: list | None = None) -> None:
         super().__init__(n_iter=n_iter, tol=tol, classes=classes)
-        if strength != "learned" and not (isinstance(strength, (int, float)) and not isinstance(strength, bool) and strength >= 0):
+        is_number = isinstance(strength, (int, float)) and not isinstance(strength, bool)
+        if strength != "learned" and not (is_number and strength >= 0):
             raise ValueError(f"strength={strength!r}: expected a non-negative number or 'learned'")
         if not grid or any(not g > 0 for g in grid):
             raise ValueError(f"grid={grid!r}: expected positive strengths")
         self.strength, self.grid = strength, tuple(float(g) for g in grid)
 
     def _task_loglik(self, enc: _Encoded, post: np.ndarray) -> np.ndarray:
-        T, W, K = enc.shape
+        _T, W, K = enc.shape
         counts = (self._A @ post).reshape(W, K, K).transpose(0, 2, 1)  # [worker, true k, observed l]
         n = counts.sum(axis=(1, 2))
         skill = np.clip(np.trace(counts, axis1=1, axis2=2) / np.maximum(n, _EPS), _EPS, 1 - _EPS)
@@ -321,7 +322,7 @@ class AutoDawidSkene(ShrunkDawidSkene):
         super().__init__(strength="learned", grid=grid, n_iter=n_iter, tol=tol, classes=classes)
         self.rings = rings
 
-    def fit(self, data: pd.DataFrame, true_labels: pd.Series | None = None) -> "AutoDawidSkene":
+    def fit(self, data: pd.DataFrame, true_labels: pd.Series | None = None) -> AutoDawidSkene:
         """Fit; then, with ``rings``, look for rings of colluders (``consensus.collusion``) and,
         if there are any, fit again with each ring answering as one voice. ``rings_`` lists
         them; a member's skill is their ring's."""

@@ -66,12 +66,12 @@ def pair_agreement(table: pd.DataFrame, model: object | None = None) -> pd.DataF
     task_index = pd.Index(table["task"].unique())
     t = task_index.get_indexer(table["task"])
     w = workers.get_indexer(table["worker"])
-    l = classes.get_indexer(table["label"])
+    lab = classes.get_indexer(table["label"])
     order = np.argsort(t, kind="stable")
-    t, w, l = t[order], w[order], l[order]
+    t, w, lab = t[order], w[order], lab[order]
     starts = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
     sizes = np.diff(np.r_[starts, len(t)])
-    # every pair of judgments on the same item, as index pairs (i < j) into the sorted arrays
+    # every pair of judgments on the same lab, as index pairs (i < j) into the sorted arrays
     first, second = [], []
     for size in np.unique(sizes[sizes >= 2]):
         base = starts[sizes == size]
@@ -83,12 +83,12 @@ def pair_agreement(table: pd.DataFrame, model: object | None = None) -> pd.DataF
     i, j = np.concatenate(first), np.concatenate(second)
     i, j = i[w[i] != w[j]], j[w[i] != w[j]]
     # posterior of the item without the pair's two answers
-    q = post[t[i]] / np.clip(conf[w[i], :, l[i]] * conf[w[j], :, l[j]], _EPS, None)
+    q = post[t[i]] / np.clip(conf[w[i], :, lab[i]] * conf[w[j], :, lab[j]], _EPS, None)
     q /= np.clip(q.sum(axis=1, keepdims=True), _EPS, None)
     same = np.einsum("nkl,nkl->nk", conf[w[i]], conf[w[j]])  # P(both answer l | true k), summed over l
     p = np.clip(np.einsum("nk,nk->n", q, same), 0.0, 1.0)
     lo, hi = np.minimum(w[i], w[j]), np.maximum(w[i], w[j])
-    frame = pd.DataFrame({"a": lo, "b": hi, "agree": (l[i] == l[j]).astype(np.int64), "p": p, "v": p * (1 - p)})
+    frame = pd.DataFrame({"a": lo, "b": hi, "agree": (lab[i] == lab[j]).astype(np.int64), "p": p, "v": p * (1 - p)})
     g = frame.groupby(["a", "b"], sort=True)
     out = pd.DataFrame({"n_shared": g.size(), "n_agreed": g["agree"].sum(), "expected": g["p"].sum(),
                         "variance": g["v"].sum()}).reset_index()
@@ -131,7 +131,7 @@ def find_rings(table: pd.DataFrame, *, model: object | None = None, min_excess: 
             x = parent[x]
         return x
 
-    for a, b in zip(flagged["worker_a"], flagged["worker_b"]):
+    for a, b in zip(flagged["worker_a"], flagged["worker_b"], strict=True):
         ra, rb = root(a), root(b)
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)

@@ -49,7 +49,7 @@ def reask_items(item_ids: Sequence[str], confidence: np.ndarray, n_judgments: np
     if model_weight > 0 and model_proba_of_label is not None:
         conf = combine_with_model(conf, model_proba_of_label, n_classes=n_classes, weight=model_weight)
     mask = needs_more(conf, n_judgments, threshold=threshold, max_judgments=max_judgments)
-    return [i for i, more in zip(item_ids, mask) if more]
+    return [i for i, more in zip(item_ids, mask, strict=True) if more]
 
 
 def gold_rejections(batch: Sequence[Annotation], overall: pd.DataFrame, gold: Mapping[str, str], *,

@@ -5,4 +5,4 @@ round engine, pay policy, reports and the CLI. It never imports Prefect, boto3, 
 SDKs or torch at module level: those live in the outer packages and are loaded lazily.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the only place the version is written (pyproject.toml reads it)

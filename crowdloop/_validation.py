@@ -10,7 +10,7 @@ from crowdloop.errors import SamplerError
 
 def check_batch_size(batch_size: Any, n_candidates: int, *, error: type[Exception] = SamplerError) -> int:
     """Validate ``batch_size`` against the number of candidates; return it as ``int``."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int,)) and not hasattr(batch_size, "__index__"):
+    if isinstance(batch_size, bool) or (not isinstance(batch_size, (int,)) and not hasattr(batch_size, "__index__")):
         raise error(f"batch_size={batch_size!r}: expected a positive integer")
     batch_size = int(batch_size)
     if batch_size < 1:

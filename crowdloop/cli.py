@@ -1,6 +1,9 @@
-"""The ``crowdloop`` command line (typer + rich).
+"""The ``crowdloop`` command line (typer + rich). Reference: docs/cli.md.
 
-Errors caused by input (``CrowdloopError``) print one line, ``error: ...``, and exit 2.
+Exit codes: 0 ok; 2 bad input (a ``CrowdloopError``: one line, ``error: ...``); 3 an outside
+failure worth a retry (network down, throttled, 5xx, timeout: ``crowdloop.errors.is_transient``);
+130 interrupted (Ctrl-C); 1 a bug (the traceback is printed). Every command that touches a
+project takes it as ``--project-dir/-p DIR``; commands that always took a positional DIR still do.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console, Group
@@ -20,7 +23,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from crowdloop.errors import ConfigError, CrowdloopError, PoolError
+from crowdloop.errors import ConfigError, CrowdloopError, is_transient
 
 app = typer.Typer(
     name="crowdloop",
@@ -35,17 +38,78 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+EXIT_OK, EXIT_BUG, EXIT_BAD_INPUT, EXIT_RETRY, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _print_error(message: str) -> None:
+    err_console.print(Text(f"error: {' '.join(message.split())}", style="bold red"), soft_wrap=True)
+
+
 def _one_line_errors(fn: F) -> F:
+    """Map failures to the documented exit codes; only a bug (exit 1) keeps its traceback."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except CrowdloopError as exc:
-            message = " ".join(str(exc).split())
-            err_console.print(Text(f"error: {message}", style="bold red"), soft_wrap=True)
+            if is_transient(exc):
+                _print_error(f"{exc} (an outside failure: worth a retry)")
+                raise typer.Exit(EXIT_RETRY) from None
+            _print_error(str(exc))
             raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted; the project resumes where it stopped on the next run")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as exc:
+            if not is_transient(exc):
+                raise  # a bug: exit 1 with the traceback
+            _print_error(f"{type(exc).__name__}: {exc} (an outside failure: worth a retry)")
+            raise typer.Exit(EXIT_RETRY) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("crowdloop")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            found = "unknown (not installed; run: pip install -e .)"
+        sys.stdout.write(f"crowdloop {found}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the installed version and exit."),
+) -> None:
+    """Active-learning labeling: fewer human labels, better labels, fair pay.
+
+    Exit codes: 0 ok, 2 bad input, 3 an outside failure worth a retry, 130 interrupted, 1 a bug.
+    See docs/cli.md.
+    """
+
+
+PROJECT_DIR_HELP = "project store: a directory or s3://bucket/prefix"
+
+
+def _project_option(help: str = PROJECT_DIR_HELP) -> Any:
+    return typer.Option(None, "--project-dir", "-p", help=help)
+
+
+def _project_dir(positional: str | None, option: str | None) -> str:
+    """The project directory from ``--project-dir/-p`` or the positional shorthand (not both)."""
+    if positional and option and positional != option:
+        raise ConfigError(f"project directory given twice ({positional!r} and --project-dir {option!r}); "
+                          "expected it once")
+    found = option or positional
+    if not found:
+        raise ConfigError("missing project directory; expected --project-dir DIR (or -p DIR)")
+    return found
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -100,9 +164,9 @@ def _prefect_process_defaults() -> None:
 
 def _approve_real_money(project, *, yes: bool) -> None:
     """Before a run on a vendor that spends real money: the forecast, and a yes (``--yes`` or the terminal)."""
+    from crowdloop import keys
     from crowdloop.engine import first_open_round
     from crowdloop.engine.approval import covered, forecast_spend, record_approval, spends_real_money
-    from crowdloop import keys
 
     if not spends_real_money(project) or covered(project):
         return
@@ -127,7 +191,8 @@ def _approve_real_money(project, *, yes: bool) -> None:
 @_one_line_errors
 def run(
     config: Path = typer.Argument(..., help="YAML config, e.g. configs/digits.yaml"),
-    project_dir: Optional[str] = typer.Option(None, "--project-dir", "-p", help="project store; default projects/<project>"),
+    project_dir: str | None = typer.Option(None, "--project-dir", "-p",
+                                              help="project store; default storage.url, else projects/<project>"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show Prefect's logs on the console"),
     yes: bool = typer.Option(False, "--yes", "-y",
                              help="approve the money budget of a vendor that spends real money (MTurk production)"),
@@ -139,10 +204,7 @@ def run(
     _prefect_process_defaults()  # before anything may reach Prefect (a named secret block is read in prepare)
     cfg = load_config(config)
     location = default_location(cfg, project_dir)
-    try:
-        project = Project.prepare(cfg, location)
-    except (ConfigError, PoolError) as exc:  # name the file the bad value came from
-        raise type(exc)(f"{config}: {exc}") from None
+    project = Project.prepare(cfg, location, source=str(config))  # one-line errors name the config file
     with project.running():  # fail fast, before Prefect starts, if another run holds the project
         pass
     _approve_real_money(project, yes=yes)  # the flow would pause for the Prefect UI; here the terminal answers
@@ -207,10 +269,7 @@ def _prepared_for_deployments(config: Path, project_dir: str | None):
     location = default_location(cfg, project_dir)
     if "://" not in location:
         location = str(Path(location).absolute())  # runs start in their own working directory
-    try:
-        Project.prepare(cfg, location)
-    except (ConfigError, PoolError) as exc:
-        raise type(exc)(f"{config}: {exc}") from None
+    Project.prepare(cfg, location, source=str(config))  # one-line errors name the config file
     return cfg, location
 
 
@@ -218,8 +277,9 @@ def _prepared_for_deployments(config: Path, project_dir: str | None):
 @_one_line_errors
 def serve(
     config: Path = typer.Argument(..., help="YAML config of the project to serve"),
-    project_dir: Optional[str] = typer.Option(None, "--project-dir", "-p", help="project store; default projects/<project>"),
-    cron: Optional[str] = typer.Option(None, "--cron", help="schedule for the loop, e.g. '0 6 * * *'"),
+    project_dir: str | None = typer.Option(None, "--project-dir", "-p",
+                                           help="project store; default storage.url, else projects/<project>"),
+    cron: str | None = typer.Option(None, "--cron", help="schedule for the loop, e.g. '0 6 * * *'"),
     collect_every: float = typer.Option(300.0, "--collect-every", min=1.0,
                                         help="seconds between collect runs (the fallback of answer events)"),
 ) -> None:
@@ -235,9 +295,9 @@ def serve(
 def deploy(
     config: Path = typer.Argument(..., help="YAML config of the project to deploy"),
     pool: str = typer.Option(..., "--pool", help="Prefect work pool whose workers run the flows"),
-    project_dir: Optional[str] = typer.Option(None, "--project-dir", "-p",
+    project_dir: str | None = typer.Option(None, "--project-dir", "-p",
                                               help="project store as the workers see it; default projects/<project>"),
-    cron: Optional[str] = typer.Option(None, "--cron", help="schedule for the loop, e.g. '0 6 * * *'"),
+    cron: str | None = typer.Option(None, "--cron", help="schedule for the loop, e.g. '0 6 * * *'"),
     collect_every: float = typer.Option(300.0, "--collect-every", min=1.0,
                                         help="seconds between collect runs (the fallback of answer events)"),
     by_path: bool = typer.Option(False, "--config-by-path",
@@ -266,14 +326,15 @@ def deploy(
 @app.command()
 @_one_line_errors
 def status(
-    project_dir: str = typer.Argument(..., help="project store (directory)"),
+    directory: str | None = typer.Argument(None, metavar="DIR", help="project store (shorthand for --project-dir)"),
+    project_dir: str | None = _project_option(),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (stable keys, see README)"),
 ) -> None:
     """Show a project's rounds, spending and accuracy."""
     from crowdloop.engine import Project
     from crowdloop.report import status as project_status
 
-    state = project_status(Project.open(project_dir))
+    state = project_status(Project.open(_project_dir(directory, project_dir)))
     if as_json:
         sys.stdout.write(json.dumps(state) + "\n")
         return
@@ -284,20 +345,22 @@ def status(
 @app.command()
 @_one_line_errors
 def workers(
-    project_dir: str = typer.Argument(..., help="project store (directory)"),
+    directory: str | None = typer.Argument(None, metavar="DIR", help="project store (shorthand for --project-dir)"),
+    project_dir: str | None = _project_option(),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Per worker: judgments, gold accuracy, skill, approved/rejected, paid, effective hourly wage."""
     from crowdloop.engine import Project
     from crowdloop.workers import worker_accounts
 
-    state = worker_accounts(Project.open(project_dir))
+    state = worker_accounts(Project.open(_project_dir(directory, project_dir)))
     if as_json:
         sys.stdout.write(json.dumps(state) + "\n")
         return
     cur = state["currency"]
     table = Table(title=f"crowdloop {state['project']}: workers", title_justify="left")
-    for name in ("worker", "judgments", "gold", "gold acc.", "skill", "approved", "rejected", f"paid ({cur})", f"{cur}/h", "blocked"):
+    for name in ("worker", "judgments", "gold", "gold acc.", "skill", "approved", "rejected", f"paid ({cur})", f"{cur}/h",
+                 "blocked"):
         table.add_column(name, justify="left" if name == "worker" else "right", no_wrap=name == "worker")
     for w in state["workers"]:
         table.add_row(w["worker_id"], str(w["judgments"]), str(w["gold_answers"]), _fmt(w["gold_accuracy"], 2),
@@ -310,12 +373,23 @@ def workers(
 
 @app.command()
 @_one_line_errors
-def check(config: Path = typer.Argument(..., help="YAML config to validate")) -> None:
-    """Validate CONFIG (fields, plug-in names, pool columns) without running anything."""
-    from crowdloop.config import load_config
+def check(
+    config: Path = typer.Argument(..., help="YAML config to check"),
+    project_dir: str | None = _project_option("project store to check; default storage.url, else projects/<project>"),
+) -> None:
+    """Check CONFIG without spending or writing anything: one line and exit 2 on the first problem.
 
-    load_config(config)
-    console.print(f"{config}: ok")
+    Checks the fields; plug-in names (sampler, aggregator, vendor, pool source, store scheme);
+    sampler, vendor and model parameters against their signatures and models; the pool file,
+    its columns, values and row counts; and that the project store is reachable and usable.
+    """
+    from crowdloop.checks import check_config
+    from crowdloop.config import load_config
+    from crowdloop.engine import default_location
+
+    cfg = load_config(config)
+    report = check_config(cfg, source=str(config), location=default_location(cfg, project_dir))
+    console.print(f"{config}: ok; {report.summary()}", soft_wrap=True)
 
 
 annotators_app = typer.Typer(help="Annotators of the local annotation app (vendor 'local').", no_args_is_help=True)
@@ -345,18 +419,20 @@ def _prefect_api_configured() -> bool:
 @app.command()
 @_one_line_errors
 def annotate(
-    project_dir: str = typer.Argument(..., help="project store (directory) whose vendor is 'local'"),
+    directory: str | None = typer.Argument(None, metavar="DIR",
+                                              help="project store whose vendor is 'local' (shorthand for --project-dir)"),
+    project_dir: str | None = _project_option("project store whose vendor is 'local'"),
     host: str = typer.Option("127.0.0.1", "--host", help="interface to listen on (keep 127.0.0.1 unless behind a proxy)"),
-    port: int = typer.Option(8000, "--port", min=1, max=65535),
-    events: Optional[bool] = typer.Option(None, "--events/--no-events",
-                                          help="emit a Prefect event on each answer (default: when PREFECT_API_URL is set)"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port to listen on"),
+    events: bool | None = typer.Option(None, "--events/--no-events",
+                                       help="emit a Prefect event on each answer (default: when PREFECT_API_URL is set)"),
 ) -> None:
-    """Serve the annotation web app for PROJECT_DIR's dispatched tasks."""
+    """Serve the annotation web app for the project's dispatched tasks."""
     import uvicorn
 
     from crowdloop.vendors.local_app import create_app, project_suggester
 
-    project, vendor = _local_desk(project_dir)
+    project, vendor = _local_desk(_project_dir(directory, project_dir))
     on_answer = None
     if events or (events is None and _prefect_api_configured()):
         from crowdloop.flows.events import answer_emitter
@@ -374,11 +450,11 @@ def annotate(
 @app.command()
 @_one_line_errors
 def webhook(
-    project_dir: str = typer.Option(..., "--project-dir", "-p", help="project store whose vendor is 'label_studio'"),
+    project_dir: str | None = _project_option("project store whose vendor is 'label_studio'"),
     host: str = typer.Option("127.0.0.1", "--host", help="interface to listen on"),
-    port: int = typer.Option(8787, "--port", min=1, max=65535),
-    public_url: Optional[str] = typer.Option(None, "--public-url",
-                                             help="where Label Studio reaches this receiver; default http://HOST:PORT"),
+    port: int = typer.Option(8787, "--port", min=1, max=65535, help="TCP port to listen on"),
+    public_url: str | None = typer.Option(None, "--public-url",
+                                          help="where Label Studio reaches this receiver; default http://HOST:PORT"),
     register: bool = typer.Option(True, "--register/--no-register",
                                   help="create (or update) the webhook on the project's Label Studio project"),
 ) -> None:
@@ -392,6 +468,7 @@ def webhook(
 
     from crowdloop.engine import Project
 
+    project_dir = _project_dir(None, project_dir)
     project = Project.open(project_dir)
     if project.config.vendor.name != "label_studio":
         raise ConfigError(f"project {project_dir}: vendor.name is {project.config.vendor.name!r}; "
@@ -413,11 +490,11 @@ def webhook(
 @_one_line_errors
 def annotators_add(
     name: str = typer.Argument(..., help="annotator name: lowercase letters, digits, '_' or '-'"),
-    project_dir: str = typer.Option(..., "--project-dir", help="project store (directory) whose vendor is 'local'"),
+    project_dir: str | None = _project_option("project store whose vendor is 'local'"),
     url: str = typer.Option("http://127.0.0.1:8000", "--url", help="where `crowdloop annotate` is reachable"),
 ) -> None:
     """Create annotator NAME and print their personal link (shown once; only a hash is stored)."""
-    _, vendor = _local_desk(project_dir)
+    _, vendor = _local_desk(_project_dir(None, project_dir))
     token = vendor.add_annotator(name)
     err_console.print(f"personal link for {name} (shown once, keep it private):")
     sys.stdout.write(f"{url.rstrip('/')}/?token={token}\n")
@@ -426,20 +503,22 @@ def annotators_add(
 @annotators_app.command("remove")
 @_one_line_errors
 def annotators_remove(
-    name: str = typer.Argument(...),
-    project_dir: str = typer.Option(..., "--project-dir"),
+    name: str = typer.Argument(..., help="annotator name to revoke"),
+    project_dir: str | None = _project_option("project store whose vendor is 'local'"),
 ) -> None:
     """Revoke annotator NAME's link (their answers stay)."""
-    _, vendor = _local_desk(project_dir)
+    _, vendor = _local_desk(_project_dir(None, project_dir))
     vendor.remove_annotator(name)
     console.print(f"removed {name}")
 
 
 @annotators_app.command("list")
 @_one_line_errors
-def annotators_list(project_dir: str = typer.Option(..., "--project-dir")) -> None:
+def annotators_list(
+    project_dir: str | None = _project_option("project store whose vendor is 'local'"),
+) -> None:
     """List annotator names."""
-    _, vendor = _local_desk(project_dir)
+    _, vendor = _local_desk(_project_dir(None, project_dir))
     for name in vendor.annotators():
         sys.stdout.write(name + "\n")
 
@@ -463,7 +542,7 @@ def _mturk_module():
 @_one_line_errors
 def mturk_balance(
     production: bool = typer.Option(False, "--production", help="the real marketplace (default: the sandbox)"),
-    region: str = typer.Option("us-east-1", "--region"),
+    region: str = typer.Option("us-east-1", "--region", help="AWS region of the MTurk endpoint"),
 ) -> None:
     """Show the requester account's available balance (credentials from boto3's chain)."""
     amount = _mturk_module().account_balance(sandbox=not production, region=region)
@@ -473,11 +552,21 @@ def mturk_balance(
 @mturk_app.command("expire-round")
 @_one_line_errors
 def mturk_expire_round(
-    project_dir: str = typer.Argument(..., help="project store (directory)"),
-    round_: int = typer.Argument(..., metavar="ROUND", min=0, help="round whose open HITs to expire"),
+    directory: str | None = typer.Argument(None, metavar="DIR",
+                                              help="project store (shorthand for --project-dir; then ROUND follows)"),
+    round_text: str | None = typer.Argument(None, metavar="ROUND", help="round whose open HITs to expire"),
+    project_dir: str | None = _project_option(),
 ) -> None:
-    """Expire the open HITs of ROUND (workers can no longer accept them; submitted work stays)."""
-    hits = _mturk_module().expire_round(project_dir, round_)
+    """Expire the open HITs of ROUND (workers can no longer accept them; submitted work stays).
+
+    Written `expire-round DIR ROUND` or `expire-round -p DIR ROUND`.
+    """
+    if round_text is None:  # one positional: it is ROUND, the project comes from --project-dir
+        directory, round_text = None, directory
+    if round_text is None or not round_text.isdigit():
+        raise ConfigError(f"ROUND: expected a round number >= 0, got {round_text!r}")
+    round_ = int(round_text)
+    hits = _mturk_module().expire_round(_project_dir(directory, project_dir), round_)
     console.print(f"round {round_}: expired {len(hits)} HIT(s)")
 
 
@@ -492,7 +581,7 @@ app.add_typer(pool_app, name="pool")
 def pool_shard(
     config: Path = typer.Argument(..., help="YAML config whose `pool` section names the source"),
     url: str = typer.Argument(..., help="destination: a folder or s3://bucket/prefix[?endpoint_url=...]"),
-    rows_per_shard: int = typer.Option(100_000, "--rows-per-shard", help="rows per .npy shard"),
+    rows_per_shard: int = typer.Option(100_000, "--rows-per-shard", min=1, help="rows per .npy shard"),
 ) -> None:
     """Write CONFIG's pool as float32 .npy shards plus an id/label index, for `pool.source: sharded`.
 

@@ -7,6 +7,7 @@ the file, the field path, the bad value and what was expected.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from crowdloop.errors import ConfigError
 
 SKLEARN_POOLS = ("digits", "iris", "wine", "breast_cancer")
+# Built-in pool sources (crowdloop.pools entry points in pyproject.toml); any other registered
+# pool plug-in is accepted too, and its name is checked against the registry by ``crowdloop check``.
+BUILTIN_POOL_SOURCES = ("sklearn", "csv", "parquet", "sharded", "images", "fashion_mnist")
+_PATH_SOURCES = ("csv", "parquet", "sharded", "images", "text_folder")
+PLUGIN_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
 
 class _Strict(BaseModel):
@@ -25,15 +31,20 @@ class _Strict(BaseModel):
 class PoolConfig(_Strict):
     """Where the unlabeled items come from, and how the held-out test split is drawn."""
 
-    source: Literal["sklearn", "csv", "parquet", "sharded", "images", "fashion_mnist"] = "sklearn"
+    source: str = Field(
+        "sklearn", pattern=PLUGIN_NAME,
+        description="pool plug-in (crowdloop.pools): sklearn, csv, parquet, sharded, images, fashion_mnist or an installed one",
+    )
     name: str | None = Field(None, description="scikit-learn bundled set: digits, iris, wine, breast_cancer")
     path: str | None = Field(
         None, description="CSV/Parquet file; a sharded pool's folder or s3:// URL; an image folder or s3://bucket/prefix "
-        "(images); an idx folder (fashion_mnist); relative paths resolve against the config file")
+        "(images); an idx folder (fashion_mnist); a folder of text files, optionally in class subfolders (text_folder); "
+        "the fortunes folder (fortunes, default /usr/share/games/fortunes); relative paths resolve against the config file")
     feature_columns: list[str] | None = Field(None, description="default: every column but id and label")
     label_column: str | None = Field(None, description="ground truth, used only for evaluation and simulation")
     id_column: str | None = Field(None, description="stable item ids; default: the row number")
-    classes: list[str] | None = Field(None, description="class list; default: the ground truth's classes")
+    classes: list[str] | None = Field(
+        None, description="class list; default: the ground truth's classes (fortunes: the category files to read)")
     text_column: str | None = Field(None, description="text shown to annotators (not a feature)")
     image_column: str | None = Field(
         None, description="image file shown to annotators (not a feature); relative paths resolve against the pool file"
@@ -43,14 +54,19 @@ class PoolConfig(_Strict):
     image_size: int | None = Field(None, ge=4, le=4096, description="images: resize to this square side; default: native size")
     image_mode: Literal["gray", "rgb"] = Field("rgb", description="images: decode as grayscale or RGB")
     split: Literal["train", "test", "all"] = Field("train", description="fashion_mnist: which official split forms the pool")
-    max_items: int | None = Field(None, ge=2, description="images/fashion_mnist: a fixed random subset of this many items")
+    max_items: int | None = Field(
+        None, ge=2, description="images/fashion_mnist/text_folder/fortunes: a fixed random subset of this many items")
+    # Text pools (text_column, text_folder, fortunes; crowdloop.models.text).
+    max_text_chars: int = Field(
+        100_000, ge=1, le=10_000_000,
+        description="longest item text accepted; a longer one fails the load with one line naming the item")
 
     @model_validator(mode="after")
-    def _check_source(self) -> "PoolConfig":
+    def _check_source(self) -> PoolConfig:
         if self.source == "sklearn":
             if self.name not in SKLEARN_POOLS:
                 raise ValueError(f"name={self.name!r}: expected one of {', '.join(SKLEARN_POOLS)} for source 'sklearn'")
-        elif not self.path and self.source != "fashion_mnist":
+        elif self.source in _PATH_SOURCES and not self.path:
             raise ValueError(f"path is required for source {self.source!r}")
         if self.text_column and self.image_column:
             raise ValueError("text_column and image_column: expected at most one content column per pool")
@@ -58,11 +74,40 @@ class PoolConfig(_Strict):
             given = [f for f in ("feature_columns", "label_column", "id_column", "text_column", "image_column")
                      if getattr(self, f) is not None]
             if given:
-                raise ValueError(f"{', '.join(given)}: not used by source 'sharded' (its manifest names ids, labels and features)")
-        if (self.text_column or self.image_column) and self.source == "sklearn":
-            raise ValueError("text_column/image_column: expected a csv or parquet pool, not source 'sklearn'")
+                raise ValueError(f"{', '.join(given)}: not used by source 'sharded' "
+                                 "(its manifest names ids, labels and features)")
+        if (self.text_column or self.image_column) and self.source not in ("csv", "parquet"):
+            raise ValueError(f"text_column/image_column: expected a csv or parquet pool, not source {self.source!r}")
         if self.classes is not None and len(set(self.classes)) < 2:
             raise ValueError(f"classes={self.classes!r}: expected at least two distinct classes")
+        return self
+
+
+class FeaturesConfig(_Strict):
+    """How a text pool's items become model inputs (crowdloop.models.text)."""
+
+    kind: Literal["tfidf", "hashing", "embedding"] = Field(
+        description="tfidf: TfidfVectorizer fitted once on the pool and stored with the project; hashing: "
+        "HashingVectorizer, stateless, rows featurized chunk by chunk; embedding: a sentence-embedding model "
+        "from a local folder, embeddings cached in the store")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of TfidfVectorizer / HashingVectorizer (e.g. ngram_range, "
+        "min_df, n_features); embedding: of the model's encode()")
+    model_path: str | None = Field(
+        None, description="embedding: a local folder with a sentence-transformers or model2vec model; nothing is "
+        "downloaded; relative paths resolve against the config file")
+    backend: Literal["auto", "sentence_transformers", "model2vec"] = Field(
+        "auto", description="embedding: which library loads model_path; auto: from the folder's files")
+    dense_dim: int = Field(
+        100, ge=2, le=2048, description="dense view for distance-based samplers and label spreading: TruncatedSVD "
+        "components (tfidf) or a sparse random projection (hashing); embeddings are their own dense view")
+
+    @model_validator(mode="after")
+    def _check_model_path(self) -> FeaturesConfig:
+        if self.kind == "embedding" and not self.model_path:
+            raise ValueError("model_path is required for kind 'embedding' (a local model folder; nothing is downloaded)")
+        if self.kind != "embedding" and (self.model_path or self.backend != "auto"):
+            raise ValueError(f"model_path/backend: only used by kind 'embedding', not {self.kind!r}")
         return self
 
 
@@ -71,7 +116,11 @@ class ModelConfig(_Strict):
 
     estimator: str = "sklearn.linear_model.LogisticRegression"
     params: dict[str, Any] = Field(default_factory=dict)
-    scale: bool = Field(True, description="standardize features in a Pipeline before the estimator")
+    scale: bool = Field(
+        True, description="standardize features in a Pipeline before the estimator (dense features only: "
+        "tfidf/hashing rows are already unit length and stay sparse)")
+    features: FeaturesConfig | None = Field(
+        None, description="text pools: turn each item's text into features (tfidf, hashing or embedding)")
 
 
 class SamplerConfig(_Strict):
@@ -129,7 +178,7 @@ class ConsensusConfig(_Strict):
         return (self.max_judgments or self.redundancy) if self.adaptive else self.redundancy
 
     @model_validator(mode="after")
-    def _check_adaptive(self) -> "ConsensusConfig":
+    def _check_adaptive(self) -> ConsensusConfig:
         if self.adaptive and self.first_judgments > self.most_judgments:
             raise ValueError(
                 f"min_judgments={self.first_judgments} is larger than max_judgments={self.most_judgments}; expected min <= max"
@@ -202,7 +251,8 @@ class VendorFee(_Strict):
 class PayConfig(_Strict):
     hourly_wage: float = Field(12.0, gt=0, description="target wage in currency units per hour")
     pilot_seconds_per_task: float = Field(10.0, gt=0, description="expected seconds per task before measurements")
-    fee_rate: float = Field(0.0, ge=0, le=1, description="vendor fee as a share of rewards and bonuses (vendors without a fee rule)")
+    fee_rate: float = Field(0.0, ge=0, le=1,
+                            description="vendor fee as a share of rewards and bonuses (vendors without a fee rule)")
     vendor_fees: dict[str, VendorFee] = Field(
         default_factory=dict, description="fee rule per vendor name; built in: mturk 20% (+20% at >= 10 assignments per task)"
     )
@@ -227,7 +277,7 @@ class ScaleConfig(_Strict):
     dask_address: str | None = Field(None, description="or use this Dask scheduler, e.g. tcp://10.0.0.5:8786")
 
     @model_validator(mode="after")
-    def _one_cluster(self) -> "ScaleConfig":
+    def _one_cluster(self) -> ScaleConfig:
         if self.dask_workers and self.dask_address:
             raise ValueError("set dask_workers (local cluster) or dask_address (existing cluster), not both")
         return self
@@ -242,9 +292,10 @@ class StorageConfig(_Strict):
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); credentials from boto3's chain")
 
     @model_validator(mode="after")
-    def _check_url(self) -> "StorageConfig":
-        if self.url and "://" in self.url and not self.url.startswith(("s3://", "file://")):
-            raise ValueError(f"url={self.url!r}: expected a directory, file:// or s3://bucket/prefix")
+    def _check_url(self) -> StorageConfig:
+        # Any scheme may name a store plug-in (crowdloop.stores); ``crowdloop check`` looks it up.
+        if self.url and "://" in self.url and not re.match(r"^[a-z][a-z0-9+.-]*://", self.url):
+            raise ValueError(f"url={self.url!r}: expected a directory, file://, s3://bucket/prefix or another store scheme")
         if self.endpoint_url and not (self.url or "").startswith("s3://"):
             raise ValueError("endpoint_url is only valid with an s3:// url")
         return self
@@ -290,14 +341,18 @@ class LoopConfig(_Strict):
 RESUMABLE_SECTIONS = ("stopping", "collect", "baseline", "scale", "credentials")
 
 
-def format_validation_error(exc: ValidationError, *, source: str) -> str:
-    """One line: ``source: field.path: problem (got value)``, plus a count of further errors."""
+def format_validation_error(exc: ValidationError, *, source: str, model: type[BaseModel] | None = None) -> str:
+    """One line: ``source: field.path: problem (got value)``, plus a count of further errors.
+
+    ``model`` is the model that was validated (default ``LoopConfig``): an unknown field lists
+    the fields of the section it was found in.
+    """
     errors = exc.errors(include_url=False)
     first = errors[0]
     loc = ".".join(_loc_part(p) for p in first["loc"]) or "<top level>"
     if first["type"] == "extra_forbidden":
         problem = "unknown field"
-        allowed = _allowed_fields(exc.title, first["loc"])
+        allowed = _allowed_fields(model or LoopConfig, first["loc"])
         if allowed:
             problem += f"; expected one of: {', '.join(allowed)}"
     else:
@@ -316,8 +371,7 @@ def _loc_part(part: object) -> str:
     return text if text.replace("_", "").replace("-", "").isalnum() else repr(text)
 
 
-def _allowed_fields(title: str, loc: tuple) -> list[str]:
-    model: type[BaseModel] = LoopConfig
+def _allowed_fields(model: type[BaseModel], loc: tuple) -> list[str]:
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)
@@ -342,6 +396,12 @@ def parse_config(data: Any, *, source: str = "<config>", base_dir: Path | None =
         if not path.is_absolute():
             path = (base_dir / path).resolve()
         config = config.model_copy(update={"pool": config.pool.model_copy(update={"path": str(path)})})
+    features = config.model.features
+    if base_dir is not None and features is not None and features.model_path:
+        path = Path(features.model_path).expanduser()
+        if not path.is_absolute():
+            features = features.model_copy(update={"model_path": str((base_dir / path).resolve())})
+            config = config.model_copy(update={"model": config.model.model_copy(update={"features": features})})
     return config
 
 
@@ -371,6 +431,32 @@ def _check_size(data: Any, source: str) -> None:
             stack.extend((v, depth + 1) for v in value)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key written twice in one mapping.
+
+    Plain YAML keeps the last value silently, so a second ``sampler:`` block would quietly
+    replace the first. Keys merged in with ``<<`` may still be overridden: that is what merging
+    is for.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            first_seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node)
+                if key in first_seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None,
+                        f"duplicate key {key!r} (first at line {first_seen[key].start_mark.line + 1}); "
+                        "expected each key once in a mapping",
+                        key_node.start_mark,
+                    )
+                first_seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path) -> LoopConfig:
     """Read and validate a YAML config file."""
     path = Path(path)
@@ -381,7 +467,7 @@ def load_config(path: str | Path) -> LoopConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except RecursionError:
         raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:

@@ -50,7 +50,7 @@ class Credentials:
     source: str = "prefect"
 
     @classmethod
-    def from_config(cls, config: Any) -> "Credentials":
+    def from_config(cls, config: Any) -> Credentials:
         """From a ``LoopConfig`` (its ``credentials`` section)."""
         section = config.credentials
         return cls(aws=section.aws, label_studio_api_key=section.label_studio_api_key, source=section.source)

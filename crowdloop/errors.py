@@ -1,10 +1,14 @@
 """Typed errors. Every user-facing failure is a ``CrowdloopError`` with a one-line message.
 
-The CLI prints ``error: <message>`` and exits with code 2 for these; anything else is a bug
-and keeps its traceback.
+The CLI prints ``error: <message>`` and exits with code 2 for these (3 when ``is_transient``
+says an outside failure is worth a retry); anything else is a bug and keeps its traceback.
+See docs/cli.md for the exit codes.
 """
 
 from __future__ import annotations
+
+import errno
+import socket
 
 
 class CrowdloopError(Exception):
@@ -57,39 +61,92 @@ class TransientError(Exception):
     """An outside failure worth a retry that says so itself (throttled, 5xx, timed out).
 
     Not a ``CrowdloopError``: nothing about the input is wrong. Vendors raise it (or a
-    subclass) for failures their service reports as temporary.
+    subclass) for failures their service reports as temporary; errors of the HTTP and AWS
+    libraries are recognised by ``is_transient`` without this wrapper.
     """
 
     exit_code = 3
 
 
-# Error codes services use for "try again later" (AWS: throttling; HTTP: 408, 429, 5xx).
-_TRANSIENT_CODES = {"Throttling", "ThrottlingException", "TooManyRequestsException", "RequestLimitExceeded",
-                    "SlowDown", "ServiceUnavailable", "ServiceUnavailableException", "InternalError",
-                    "InternalServerError", "InternalFailure", "RequestTimeout", "RequestTimeoutException"}
-_TRANSIENT_NAMES = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
-                    "ProxyConnectionError", "TransportError", "TimeoutException", "NetworkError", "ConnectError",
-                    "ReadTimeout", "ConnectTimeout", "RemoteProtocolError"}
+# -- which outside failures are worth a retry ----------------------------------------------
+# Recognised by class name and module along the MRO, so this module imports none of botocore,
+# httpx, requests or urllib3 (they are optional, and slow to import).
+_TRANSIENT_CLASSES: dict[str, frozenset[str]] = {
+    "botocore": frozenset({"ConnectionError", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+                           "ConnectionClosedError", "HTTPClientError", "IncompleteReadError", "ResponseStreamingError",
+                           "ProxyConnectionError"}),
+    "httpx": frozenset({"TimeoutException", "NetworkError", "RemoteProtocolError"}),
+    "requests": frozenset({"ConnectionError", "Timeout", "ChunkedEncodingError"}),
+    "urllib3": frozenset({"TimeoutError", "NewConnectionError", "ProtocolError"}),
+}
+# A certificate or TLS setup problem does not heal by waiting, although the libraries file it
+# under connection errors.
+_NEVER_TRANSIENT = frozenset({"SSLError", "SSLCertVerificationError", "CertificateError"})
+_TRANSIENT_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled", "RequestThrottledException",
+    "TooManyRequestsException", "RequestLimitExceeded", "SlowDown", "ProvisionedThroughputExceededException",
+    "ServiceUnavailable", "ServiceUnavailableException", "InternalError", "InternalFailure", "InternalServerError",
+    "RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete", "ServiceFault",
+})
+_TRANSIENT_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT,
+                               errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.EPIPE})
+
+
+def _transient_status(status: object) -> bool:
+    """408/429 and 5xx, except the 5xx answers that say a request can never work (501, 505)."""
+    return isinstance(status, int) and (status in (408, 429) or (500 <= status <= 599 and status not in (501, 505)))
+
+
+def _status_of(exc: BaseException) -> object:
+    status = getattr(exc, "status_code", None)  # label-studio-sdk's ApiError
+    if status is None:
+        response = getattr(exc, "response", None)
+        if isinstance(response, dict):  # botocore's ClientError
+            error = response.get("Error") or {}
+            if str(error.get("Code", "")) in _TRANSIENT_CODES:
+                return 503
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        else:  # httpx.HTTPStatusError, requests.HTTPError
+            status = getattr(response, "status_code", None)
+    return status
+
+
+def _is_transient_itself(exc: BaseException) -> bool:
+    mro = type(exc).__mro__
+    if any(cls.__name__ in _NEVER_TRANSIENT for cls in mro):
+        return False
+    if isinstance(exc, TransientError):
+        return True
+    for cls in mro:
+        library = cls.__module__.partition(".")[0]
+        if cls.__name__ in _TRANSIENT_CLASSES.get(library, ()):
+            return True
+    if isinstance(exc, socket.gaierror):  # DNS: "try again" is the network, "unknown name" is a typo
+        return exc.errno == socket.EAI_AGAIN
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+        return True
+    return _transient_status(_status_of(exc))
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` is an outside failure worth a retry: network, throttling, 5xx, timeouts.
+    """True if ``exc`` is an outside failure worth retrying: network down, throttled, 5xx, timeout.
 
-    Input errors (``CrowdloopError``) and programming errors (``TypeError``, ...) are not: a
-    retry would fail the same way. Client libraries are recognised by their exception names and
-    attributes, so this module imports none of them.
+    A ``CrowdloopError`` that wraps such a failure (raised ``from`` it, or ``from None`` while
+    handling it) counts too: the store and vendor modules keep their messages to one line that
+    way. Any other exception is judged by itself only, so a bug raised while handling a network
+    error still fails at once. Used for the CLI's exit code 3 and for task retries.
     """
-    if isinstance(exc, CrowdloopError):
+    if _is_transient_itself(exc):
+        return True
+    if not isinstance(exc, CrowdloopError):
         return False
-    if isinstance(exc, (TransientError, ConnectionError, TimeoutError)):
-        return True
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    if names & _TRANSIENT_NAMES:
-        return True
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):  # botocore's ClientError
-        error = response.get("Error", {}) or {}
-        status = (response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode")
-        return error.get("Code") in _TRANSIENT_CODES or (isinstance(status, int) and (status >= 500 or status in (408, 429)))
-    status = getattr(response, "status_code", None) or getattr(exc, "status_code", None)
-    return isinstance(status, int) and (status >= 500 or status in (408, 429))
+    seen: set[int] = {id(exc)}
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        if _is_transient_itself(cause):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False

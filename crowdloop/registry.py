@@ -22,6 +22,13 @@ BUILTIN_EXTRAS: dict[tuple[str, str], str] = {
 }
 
 
+def _source(ep: EntryPoint) -> str:
+    """Where an entry point comes from: ``distribution version (module:attr)``."""
+    dist = getattr(ep, "dist", None)
+    owner = f"{dist.name} {dist.version}" if dist is not None else "an unnamed distribution"
+    return f"{owner} ({ep.value})"
+
+
 @dataclass
 class Registry:
     """Named plug-ins of one kind (``group`` is the entry-point group)."""
@@ -31,18 +38,62 @@ class Registry:
     _overrides: dict[str, Any] = field(default_factory=dict)
     _cache: dict[str, Any] = field(default_factory=dict)
 
-    def _entry_points(self) -> dict[str, EntryPoint]:
+    def _all_entry_points(self) -> dict[str, list[EntryPoint]]:
         # Metadata is read on every call (cheap) so a plug-in installed while the process runs
-        # is found; a module is imported only by ``load``.
-        return {ep.name: ep for ep in entry_points(group=self.group)}
+        # is found; a module is imported only by ``load``. importlib.metadata already keeps one
+        # copy of each distribution, so two entries under one name are two distributions.
+        found: dict[str, list[EntryPoint]] = {}
+        for ep in entry_points(group=self.group):
+            found.setdefault(ep.name, []).append(ep)
+        return found
+
+    def _entry_points(self) -> dict[str, EntryPoint]:
+        return {name: eps[0] for name, eps in self._all_entry_points().items()}
+
+    def _refuse_duplicate(self, name: str) -> None:
+        """Two distributions claiming one name: which one runs would depend on install order."""
+        candidates = self._all_entry_points().get(name, [])
+        if len(candidates) > 1:
+            sources = " and by ".join(_source(ep) for ep in candidates)
+            raise RegistryError(f"{self.kind} {name!r} is registered twice (entry-point group {self.group!r}), "
+                                f"by {sources}; uninstall one of them")
 
     def names(self) -> list[str]:
         """All registered names, sorted; loading none of them."""
         return sorted(set(self._entry_points()) | set(self._overrides))
 
-    def register(self, name: str, obj: Any) -> None:
-        """Register an object in-process (tests, notebooks); entry points stay the normal way."""
+    def known(self) -> str:
+        """The known names for an error message."""
+        return ", ".join(self.names()) or "none (is crowdloop installed? run: pip install -e .)"
+
+    def check_name(self, name: str) -> None:
+        """Raise the one-line unknown-name error unless ``name`` is registered; imports nothing."""
+        if name in self._overrides:
+            return
+        if name not in self._entry_points():
+            raise RegistryError(f"unknown {self.kind} {name!r}; known {self.kind}s: {self.known()}")
+        self._refuse_duplicate(name)
+
+    def register(self, name: str, obj: Any, *, replace: bool = False) -> None:
+        """Register an object in-process (tests, notebooks); entry points stay the normal way.
+
+        A name that is already registered is refused (naming who holds it), unless
+        ``replace=True``: silently shadowing a plug-in would run something the user did not pick.
+        """
+        if not replace:
+            if name in self._overrides:
+                raise RegistryError(f"{self.kind} {name!r} is already registered in this process "
+                                    f"({_describe(self._overrides[name])}); pass replace=True to replace it")
+            eps = self._all_entry_points().get(name)
+            if eps:
+                raise RegistryError(f"{self.kind} {name!r} is already registered by {_source(eps[0])}; "
+                                    "pass replace=True to replace it")
         self._overrides[name] = obj
+        self._cache.pop(name, None)
+
+    def unregister(self, name: str) -> None:
+        """Forget an in-process registration (entry points are untouched)."""
+        self._overrides.pop(name, None)
         self._cache.pop(name, None)
 
     def load(self, name: str) -> Any:
@@ -53,8 +104,8 @@ class Registry:
             return self._cache[name]
         eps = self._entry_points()
         if name not in eps:
-            known = ", ".join(self.names()) or "none (is crowdloop installed? run: pip install -e .)"
-            raise RegistryError(f"unknown {self.kind} {name!r}; known {self.kind}s: {known}")
+            raise RegistryError(f"unknown {self.kind} {name!r}; known {self.kind}s: {self.known()}")
+        self._refuse_duplicate(name)
         ep = eps[name]
         try:
             obj = ep.load()
@@ -65,13 +116,17 @@ class Registry:
             raise RegistryError(
                 f"{self.kind} {name!r} needs the missing package {missing!r}: {hint}"
             ) from exc
-        except Exception as exc:  # noqa: BLE001 - a broken plug-in fails alone, in one line
+        except Exception as exc:
             reason = " ".join(str(exc).split()) or exc.__class__.__name__
             raise RegistryError(
                 f"{self.kind} {name!r} ({ep.value}) failed to load: {exc.__class__.__name__}: {reason}"
             ) from exc
         self._cache[name] = obj
         return obj
+
+
+def _describe(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
 
 
 vendors = Registry("crowdloop.vendors", "vendor")

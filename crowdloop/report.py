@@ -148,7 +148,7 @@ def learning_curve_png(state: dict[str, Any]) -> bytes:
     def plot(rows, label, style):
         pts = [(r["n_labeled"], r["accuracy"]) for r in rows if r["accuracy"] is not None]
         if pts:
-            ax.plot(*zip(*pts), style, label=label, markersize=4)
+            ax.plot(*zip(*pts, strict=True), style, label=label, markersize=4)
 
     plot(state["rounds"], f"crowdloop ({state['sampler']})", "o-")
     if state.get("baseline"):

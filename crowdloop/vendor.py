@@ -10,10 +10,20 @@ A vendor is a class registered in the ``crowdloop.vendors`` entry-point group an
 * ``acknowledge(assignments, accept=..., reason=...)`` records the payment decision; a
   rejection always carries a reason the worker sees.
 * optional ``bonus(assignments, amount=..., reason=..., token=...)`` pays a top-up once per token.
+
+Two optional class-level conventions let ``crowdloop check`` (``crowdloop.checks``) find a bad
+setting before anything is sent or paid:
+
+* ``check_params(params, plan)`` (a classmethod): validate ``params`` against the vendor's own
+  model and against the ``VendorPlan`` (judgments per item, classes), raising a one-line
+  ``ConfigError``. It must contact no service and write nothing.
+* ``needs_ground_truth = True``: the vendor answers from the pool's ground truth (the simulated
+  crowd), so every pool item needs a label.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -57,6 +67,24 @@ class Vendor(Protocol):
     def acknowledge(self, assignments: Sequence[Annotation], *, accept: bool, reason: str | None = None) -> None: ...
 
 
+@dataclass(frozen=True)
+class VendorPlan:
+    """What the loop will ask of a vendor, known before anything is sent (see ``check_params``)."""
+
+    judgments_per_item: int  # the most judgments one item gets over all rounds, each by another worker
+    judgments_field: str = "consensus.redundancy"  # the config field that sets it, for messages
+    replicas_per_task: tuple[int, ...] = ()  # the replica counts one batch's tasks can hold (several with re-asks)
+    replicas_field: str = "consensus.redundancy"
+    classes: tuple[str, ...] = ()  # the class list; empty when the pool was not loaded
+
+
+def check_vendor_params(vendor_cls: type, params: dict[str, Any], plan: VendorPlan) -> None:
+    """Run the vendor's ``check_params`` if it has one (offline, writes nothing)."""
+    check = getattr(vendor_cls, "check_params", None)
+    if check is not None:
+        check(dict(params), plan)
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -65,8 +93,9 @@ def parse_params(model: type[M], params: dict[str, Any], *, vendor: str) -> M:
     try:
         return model.model_validate(params)
     except ValidationError as exc:
-        message = format_validation_error(exc, source=f"vendor {vendor!r}")
-        raise ConfigError(message.replace(f"vendor {vendor!r}: ", f"vendor.params.", 1)) from None
+        message = format_validation_error(exc, source=f"vendor {vendor!r}", model=model)
+        message = message.replace(f"vendor {vendor!r}: <top level>: ", "vendor.params: ", 1)
+        raise ConfigError(message.replace(f"vendor {vendor!r}: ", "vendor.params.", 1)) from None
 
 
 # -- the decision ledger: acks/<hash of the assignment ids>.json, written once -----------------
@@ -83,10 +112,8 @@ def record_decision(store: Store, assignments: Sequence[Annotation], /, *, accep
     if ids:
         record = {"assignment_ids": ids, "accept": accept, "reason": reason,
                   "paid": round(sum(a.reward for a in assignments), 2) if accept else 0.0, **extra}
-        try:
+        with contextlib.suppress(RecordExistsError):  # decided before: a retry never pays twice
             write_json(store, f"acks/{content_hash(dumps(ids))}.json", record, create_only=True)
-        except RecordExistsError:
-            pass  # decided before: a retry never pays twice
     return ids
 
 

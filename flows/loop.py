@@ -40,7 +40,7 @@ def _retry_transient(task_, task_run, state) -> bool:
 
 def _step_task(step: Step):
     """A Prefect task that runs ``step`` for (store URL, round) in this process's project."""
-    options: dict[str, Any] = dict(name=step.name, cache_policy=NO_CACHE, task_run_name=f"{step.name} · r{{round_}}")
+    options: dict[str, Any] = {"name": step.name, "cache_policy": NO_CACHE, "task_run_name": f"{step.name} · r{{round_}}"}
     if step.outside:
         options.update(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_transient)
 

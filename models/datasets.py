@@ -31,7 +31,7 @@ class Pool:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def subset(self, index: np.ndarray) -> "Pool":
+    def subset(self, index: np.ndarray) -> Pool:
         return Pool(
             ids=self.ids[index],
             X=self.X.take_view(index) if hasattr(self.X, "take_view") else self.X[index],
@@ -101,6 +101,11 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
         raise PoolError(f"pool.path: file {str(path)!r} not found")
     try:
         frame = pd.read_parquet(path) if cfg.source == "parquet" else pd.read_csv(path)
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start:exc.start + 1]
+        raise PoolError(f"pool.path: {str(path)!r}: not valid UTF-8 (byte {bad!r}: {exc.reason}); "
+                        "expected UTF-8 "
+                        "text (convert it, e.g. iconv -f latin1 -t utf-8)") from None
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise PoolError(f"pool.path: cannot read {cfg.source} file {str(path)!r}: {str(exc).splitlines()[0]}") from None
     content_column = cfg.text_column or cfg.image_column
@@ -112,15 +117,19 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
         )
     features = list(cfg.feature_columns or [c for c in frame.columns
                                             if c not in (cfg.id_column, cfg.label_column, content_column)])
-    if not features:
+    if not features and not cfg.text_column:  # a text pool's features come from model.features
         raise PoolError(f"pool.feature_columns: no feature columns left in {path.name}")
     non_numeric = [c for c in features if not pd.api.types.is_numeric_dtype(frame[c])]
     if non_numeric:
         raise PoolError(f"pool.feature_columns: column(s) {non_numeric} in {path.name} are not numeric")
-    X = frame[features].to_numpy(dtype=np.float64)
-    if np.isnan(X).any():
-        bad = [c for c in features if frame[c].isna().any()]
-        raise PoolError(f"pool.feature_columns: column(s) {bad} in {path.name} have missing values")
+    X = frame[features].to_numpy(dtype=np.float64) if features else np.zeros((len(frame), 0))
+    if not np.isfinite(X).all():
+        missing = [c for c in features if frame[c].isna().any()]
+        if missing:
+            raise PoolError(f"pool.feature_columns: column(s) {missing} in {path.name} have missing values")
+        infinite = [c for c in features if not np.isfinite(frame[c].to_numpy(dtype=np.float64)).all()]
+        raise PoolError(f"pool.feature_columns: column(s) {infinite} in {path.name} hold infinite values; "
+                        "expected finite numbers")
     if cfg.id_column:
         ids = np.array([str(v) for v in frame[cfg.id_column].tolist()], dtype=object)
     else:
@@ -131,7 +140,10 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
     kind = content = None
     if cfg.text_column:
         kind = "text"
-        content = np.array(["" if pd.isna(v) else str(v) for v in frame[cfg.text_column].tolist()], dtype=object)
+        from crowdloop.models.text_pools import clean_text
+
+        content = np.array([clean_text("" if pd.isna(v) else str(v), item=str(i), max_chars=cfg.max_text_chars)
+                            for i, v in zip(ids.tolist(), frame[cfg.text_column].tolist(), strict=True)], dtype=object)
     elif cfg.image_column:
         kind = "image"
         base = path.resolve().parent
@@ -160,7 +172,7 @@ def item_payload(pool: Pool, i: int) -> dict:
         return {"kind": "image", "path": str(pool.content[i])}
     row = pool.X[i]
     if pool.content_kind == "pixels":
-        side = int(round(len(row) ** 0.5))
+        side = round(len(row) ** 0.5)
         if side * side == len(row):
             return {"kind": "image", "pixels": row.reshape(side, side).tolist()}
     # Only a tabular item shows its features: for text and images they are model inputs
@@ -174,13 +186,21 @@ def split_pool(pool: Pool, test_size: float, seed: int) -> tuple[Pool, Pool | No
     The split depends only on ``seed``, so every round and every rerun evaluates on the same
     items. Without ground truth there is no test split.
     """
+    train_idx, test_idx = split_indices(pool, test_size, seed)
+    if test_idx is None:
+        return pool, None
+    return pool.subset(train_idx), pool.subset(test_idx)
+
+
+def split_indices(pool: Pool, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Row numbers of the labeling pool and of the test split (None: no test split), copying no rows."""
     from sklearn.model_selection import train_test_split
 
     if pool.y is None:
-        return pool, None
+        return np.arange(len(pool)), None
     known = np.flatnonzero(np.array([v is not None for v in pool.y]))
     if len(known) < 4:
-        return pool, None
+        return np.arange(len(pool)), None
     labels = pool.y[known].astype(str)
     _, counts = np.unique(labels, return_counts=True)
     stratify = labels if counts.min() >= 2 else None
@@ -190,4 +210,4 @@ def split_pool(pool: Pool, test_size: float, seed: int) -> tuple[Pool, Pool | No
         _, test_idx = train_test_split(known, test_size=test_size, random_state=seed)
     mask = np.ones(len(pool), dtype=bool)
     mask[test_idx] = False
-    return pool.subset(np.flatnonzero(mask)), pool.subset(np.sort(test_idx))
+    return np.flatnonzero(mask), np.sort(test_idx)

@@ -48,7 +48,7 @@ def _fail(name: str, value: Any, expected: str) -> ConfigError:
 def _members_have(method: str):  # type: ignore[no-untyped-def]
     """``available_if`` check: the ensemble offers ``method`` only when its members do."""
 
-    def check(self: "SeedEnsemble") -> bool:
+    def check(self: SeedEnsemble) -> bool:
         members = getattr(self, "members_", None)
         probe = members[0] if members else self._template()
         return hasattr(probe, method)
@@ -111,7 +111,8 @@ class SeedEnsemble(ClassifierMixin, BaseEstimator):
         else:
             member = clone(self.estimator)
         if not is_classifier(member) or not hasattr(member, "predict_proba"):
-            raise _fail("estimator", self.estimator, "a classifier with predict_proba, e.g. 'crowdloop.models.torch.TorchClassifier'")
+            raise _fail("estimator", self.estimator,
+                        "a classifier with predict_proba, e.g. 'crowdloop.models.torch.TorchClassifier'")
         return member
 
     def _member(self, k: int, seed: int | None) -> Any:
@@ -124,7 +125,7 @@ class SeedEnsemble(ClassifierMixin, BaseEstimator):
         return member
 
     # -- the classifier contract ------------------------------------------------------------
-    def fit(self, X: Any, y: Any) -> "SeedEnsemble":
+    def fit(self, X: Any, y: Any) -> SeedEnsemble:
         """Fit every member on the same data (continuing them when ``warm_start``)."""
         self._check_params()
         n = int(self.n_members)
@@ -177,7 +178,7 @@ class SeedEnsemble(ClassifierMixin, BaseEstimator):
             raise _fail("random_state", random_state, "an integer, a numpy.random.Generator or None")
         k = len(self.members_)
         shares = [int(T) // k + (1 if j < int(T) % k else 0) for j in range(k)]
-        parts = [m.predict_proba_mc(X, n_samples=s, random_state=rng) for m, s in zip(self.members_, shares) if s]
+        parts = [m.predict_proba_mc(X, n_samples=s, random_state=rng) for m, s in zip(self.members_, shares, strict=True) if s]
         return np.concatenate(parts, axis=1)
 
     def __sklearn_is_fitted__(self) -> bool:

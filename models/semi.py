@@ -2,7 +2,8 @@
 
 Active learning picks which items humans label; the rest of the pool still says where the
 classes lie. Label spreading (Zhou et al. 2004; scikit-learn's ``LabelSpreading`` over a k-nearest
-neighbour graph of the standardised features) carries the human labels along that graph, and
+neighbour graph of the standardised features, or of a text pool's dense view as it is) carries the
+human labels along that graph, and
 the pool items it labels with confidence ``>= min_confidence`` join the training set as
 *machine* labels: recorded as such, never counted as human labels, and always overruled by a
 human label of the same item. Its errors differ from the model's own (a graph over the pool
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from crowdloop.errors import ConfigError
+from crowdloop.rows import dense_rows, n_rows, take
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ def spread_labels(
            "a number in (0, 1]")
     labeled = np.asarray(labeled, dtype=np.int64)
     y = np.asarray(y, dtype=object)
-    n = len(X)
+    n = n_rows(X)
     _check("max_items", max_items, isinstance(max_items, (int, np.integer)) and max_items > len(labeled),
            f"an integer above the {len(labeled)} human-labeled rows")
     if len(labeled) != len(y):
@@ -80,7 +82,9 @@ def spread_labels(
     classes, codes = np.unique(y.astype(str), return_inverse=True)
     originals = {str(v): v for v in y.tolist()}
     target = np.concatenate([codes, np.full(len(others), -1)])
-    Z = StandardScaler().fit_transform(np.asarray(X[rows], dtype=np.float64))
+    picked = take(X, rows)
+    # text rows: their dense view (unit-length SVD or embedding) is the metric already
+    Z = dense_rows(picked) if hasattr(picked, "dense") else StandardScaler().fit_transform(dense_rows(picked))
     k = int(min(n_neighbors, len(rows) - 1))
     model = LabelSpreading(kernel="knn", n_neighbors=k, alpha=float(alpha), max_iter=int(max_iter))
     dist = model.fit(Z, target).label_distributions_[len(labeled):]
@@ -108,7 +112,7 @@ def spreading_helps(template: Any, X: Any, labeled: np.ndarray, y: np.ndarray, a
     labeled = np.asarray(labeled, dtype=np.int64)
     y = np.asarray(y).astype(str)  # one label type for fits, spread labels and comparisons
     audit = np.asarray(audit, dtype=np.int64)
-    record: dict[str, Any] = {"n_audit": int(len(audit)), "without": None, "with": None}
+    record: dict[str, Any] = {"n_audit": len(audit), "without": None, "with": None}
     if len(audit) < 4:
         return True, record
     right = {"without": 0, "with": 0}
@@ -122,7 +126,7 @@ def spreading_helps(template: Any, X: Any, labeled: np.ndarray, y: np.ndarray, a
         right["without"] += int((np.asarray(plain.predict(X[labeled[test]])).astype(str) == truth).sum())
         found = spread_labels(X, labeled[train], y[train], rng=rng, **spread_params)
         if len(found.index):
-            X_fit = np.vstack([X[labeled[train]], X[found.index]])
+            X_fit = X[np.concatenate([labeled[train], found.index])]  # one pool: rows by index (dense, sparse or text)
             y_fit = np.concatenate([y[train], found.labels.astype(str)])
             spread = clone(template).fit(X_fit, y_fit)
         else:

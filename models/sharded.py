@@ -96,7 +96,7 @@ def write_sharded_pool(
     buf = io.BytesIO()
     pq.write_table(table, buf)
     put(INDEX, buf.getvalue())
-    manifest = {"format": FORMAT, "rows": int(len(X)), "features": list(feature_names) or [f"x{i}" for i in range(X.shape[1])],
+    manifest = {"format": FORMAT, "rows": len(X), "features": list(feature_names) or [f"x{i}" for i in range(X.shape[1])],
                 "classes": list(classes), "shards": shards}
     put(MANIFEST, json.dumps(manifest, indent=1).encode())
     return manifest
@@ -110,7 +110,7 @@ class ShardedRows:
     whole-pool fit asks for). ``take_view`` narrows the view without reading anything.
     """
 
-    def __init__(self, source: "_ShardSource", index: np.ndarray | None = None) -> None:
+    def __init__(self, source: _ShardSource, index: np.ndarray | None = None) -> None:
         self._source = source
         self._index = np.arange(source.n_rows, dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
 
@@ -124,7 +124,7 @@ class ShardedRows:
     def __len__(self) -> int:
         return len(self._index)
 
-    def take_view(self, index: np.ndarray) -> "ShardedRows":
+    def take_view(self, index: np.ndarray) -> ShardedRows:
         return ShardedRows(self._source, self._index[np.asarray(index)])
 
     def __getitem__(self, key):
@@ -250,12 +250,13 @@ def load_sharded_pool(cfg: PoolConfig):
     try:
         manifest = json.loads(store.read_bytes(MANIFEST))
     except KeyNotFoundError:
-        raise PoolError(f"pool.path: no sharded pool at {url!r} (missing {MANIFEST}; write one with `crowdloop pool shard`)") from None
+        raise PoolError(f"pool.path: no sharded pool at {url!r} (missing {MANIFEST}; "
+                        "write one with `crowdloop pool shard`)") from None
     except json.JSONDecodeError as exc:
         raise PoolError(f"pool.path: {MANIFEST} at {url!r} is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise PoolError(f"pool.path: {MANIFEST} at {url!r} has format {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
-                        f"expected {FORMAT!r}")
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise PoolError(f"pool.path: {MANIFEST} at {url!r} has format {found!r}, expected {FORMAT!r}")
     try:
         index = pq.read_table(io.BytesIO(store.read_bytes(INDEX)))
     except (KeyNotFoundError, pa.ArrowException) as exc:

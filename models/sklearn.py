@@ -12,7 +12,8 @@ from crowdloop.registry import import_object
 
 
 def build_model(cfg: ModelConfig) -> ClassifierMixin | Pipeline:
-    """Instantiate ``cfg.estimator`` with ``cfg.params`` (and a scaler in front if asked)."""
+    """Instantiate ``cfg.estimator`` with ``cfg.params`` (and a scaler in front if asked; wrapped in
+    ``TextClassifier`` for text features)."""
     try:
         cls = import_object(cfg.estimator, what="model.estimator")
     except RegistryError as exc:
@@ -26,4 +27,8 @@ def build_model(cfg: ModelConfig) -> ClassifierMixin | Pipeline:
             f"model.estimator: {cfg.estimator!r} is not a classifier with predict_proba; "
             "expected e.g. 'sklearn.linear_model.LogisticRegression'"
         )
+    if cfg.features is not None:  # text pools: rows are crowdloop.models.text.TextRows
+        from crowdloop.models.text import build_text_model
+
+        return build_text_model(estimator, cfg)
     return make_pipeline(StandardScaler(), estimator) if cfg.scale else estimator

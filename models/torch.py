@@ -335,7 +335,7 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
         return X
 
     # -- fit ------------------------------------------------------------------------------
-    def fit(self, X: Any, y: Any) -> "TorchClassifier":
+    def fit(self, X: Any, y: Any) -> TorchClassifier:
         """Train (from scratch, or from the current weights when ``warm_start`` and fitted)."""
         self._check_params()
         X = np.asarray(X)
@@ -399,13 +399,13 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
 
     def _split(self, codes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         n = len(codes)
-        n_val = int(round(self.validation_fraction * n))
+        n_val = round(self.validation_fraction * n)
         if self.patience is None or n_val < self.min_validation:
             return np.arange(n), np.empty(0, dtype=np.int64)
         val = []
         for c in np.unique(codes):  # stratified: each class gives its share
             rows = rng.permutation(np.flatnonzero(codes == c))
-            take = int(round(self.validation_fraction * len(rows)))
+            take = round(self.validation_fraction * len(rows))
             if len(rows) - take >= 1:
                 val.extend(rows[:take].tolist())
         val = np.sort(np.asarray(val, dtype=np.int64))

@@ -43,6 +43,7 @@ import numpy as np
 
 from crowdloop._validation import check_batch_size
 from crowdloop.errors import SamplerError
+from crowdloop.rows import is_sparse, n_rows, take
 from crowdloop.samplers.batch import _accepted
 from crowdloop.samplers.scoring import check_rng
 
@@ -93,14 +94,14 @@ def arm_evidence(model: Any, X_labeled: np.ndarray, y_labeled: np.ndarray, label
     audit = np.flatnonzero(arm_of == "random")
     others = np.flatnonzero(~np.isin(arm_of, list(arms)))  # e.g. a k-means cold start: in every base
     counts = {a: int((arm_of == a).sum()) for a in arms}
-    out: dict[str, Any] = {"n_audit": int(len(audit)), "counts": counts, "m": None, "n_test": 0, "accuracy": {}}
+    out: dict[str, Any] = {"n_audit": len(audit), "counts": counts, "m": None, "n_test": 0, "accuracy": {}}
     half = len(audit) - len(audit) // 2
     ready = [a for a in arms if a != "random" and counts[a] >= min_items]
     m = min([counts[a] for a in ready] + [half // 2])
     if not ready or m < min_items:
         return out
     out.update(m=int(m), n_test=int(repeats * (half - m)))
-    right = {a: 0 for a in ["random", *ready]}
+    right = dict.fromkeys(["random", *ready], 0)
     for _ in range(repeats):  # several random splits of the audit: the estimate's noise shrinks
         shuffled = rng.permutation(audit)
         base, random_picks, test = shuffled[half:], shuffled[:m], shuffled[m:half]
@@ -108,7 +109,7 @@ def arm_evidence(model: Any, X_labeled: np.ndarray, y_labeled: np.ndarray, label
         for a in right:
             extra = random_picks if a == "random" else rng.choice(np.flatnonzero(arm_of == a), size=m, replace=False)
             fitted = _fit(model, X_labeled[np.r_[base, extra]], y[np.r_[base, extra]])
-            right[a] += 0 if fitted is None else int(round(_accuracy(fitted, X_labeled[test], y[test]) * len(test)))
+            right[a] += 0 if fitted is None else round(_accuracy(fitted, X_labeled[test], y[test]) * len(test))
     out["accuracy"] = {a: round(v / out["n_test"], 4) for a, v in right.items()}
     return out
 
@@ -116,7 +117,7 @@ def arm_evidence(model: Any, X_labeled: np.ndarray, y_labeled: np.ndarray, label
 def allocate(evidence: Mapping[str, Any], arms: Sequence[str], n_slots: int, *, rng: np.random.Generator,
              min_items: int, temperature: float, floor: float) -> tuple[dict[str, int], dict[str, float]]:
     """Slots per arm for ``n_slots`` items: under-explored arms first, then by the evidence."""
-    slots = {a: 0 for a in arms}
+    slots = dict.fromkeys(arms, 0)
     counts = evidence["counts"]
     short = [a for a in arms if a != "random" and counts[a] < min_items]
     left = n_slots
@@ -134,7 +135,7 @@ def allocate(evidence: Mapping[str, Any], arms: Sequence[str], n_slots: int, *, 
         se = math.sqrt(max(best * (1 - best), 0.05) / n)
         raw = {a: math.exp((acc[a] - best) / (temperature * se)) if a in acc else 0.0 for a in arms}
     else:
-        raw = {a: 1.0 for a in arms if a not in short} or {a: 1.0 for a in arms}
+        raw = {a: 1.0 for a in arms if a not in short} or dict.fromkeys(arms, 1.0)
     total = sum(raw.values()) or 1.0
     prob = {a: raw.get(a, 0.0) / total for a in arms}
     judged = [a for a in arms if prob[a] > 0]
@@ -143,7 +144,7 @@ def allocate(evidence: Mapping[str, Any], arms: Sequence[str], n_slots: int, *, 
     prob = {a: prob[a] / total for a in arms}
     if left > 0:
         draws = rng.multinomial(left, [prob[a] for a in arms])
-        for a, d in zip(arms, draws):
+        for a, d in zip(arms, draws, strict=True):
             slots[a] += int(d)
     return slots, {a: round(p, 4) for a, p in prob.items()}
 
@@ -167,11 +168,12 @@ def decide(
 ) -> Decision:
     """The auto policy's decision for one batch: picks, which arm made each, and the record."""
     rng = check_rng(rng)
-    n = len(X)
+    n = n_rows(X)
     k = check_batch_size(batch_size, n)
     arms = list(dict.fromkeys(arms))
     if "random" not in arms:
-        raise SamplerError(f"arms={arms!r}: 'random' must be one of the arms (where uncertainty chases noise the policy drifts to it)")
+        raise SamplerError(f"arms={arms!r}: 'random' must be one of the arms "
+                           "(where uncertainty chases noise the policy drifts to it)")
     if not 0.0 <= float(random_share) <= 1.0:
         raise SamplerError(f"random_share={random_share!r}: expected a number in [0, 1]")
     if isinstance(min_items, bool) or not isinstance(min_items, (int, np.integer)) or min_items < 1:
@@ -180,16 +182,18 @@ def decide(
         raise SamplerError(f"temperature={temperature!r}, floor={floor!r}: expected temperature > 0 and 0 <= floor < 1/len(arms)")
     params = {**DEFAULT_ARM_PARAMS, **{a: dict(v) for a, v in (arm_params or {}).items()}}
     fns = {a: _arm_fn(a) for a in arms}
-    have_labels = X_labeled is not None and y_labeled is not None and len(X_labeled) > 0
-    if labeled_arm is not None and have_labels and len(labeled_arm) != len(X_labeled):
-        raise SamplerError(f"labeled_arm has {len(labeled_arm)} entries but X_labeled has {len(X_labeled)} rows: expected one per row")
+    have_labels = X_labeled is not None and y_labeled is not None and n_rows(X_labeled) > 0
+    if labeled_arm is not None and have_labels and len(labeled_arm) != n_rows(X_labeled):
+        raise SamplerError(f"labeled_arm has {len(labeled_arm)} entries but X_labeled has {n_rows(X_labeled)} rows: "
+                           "expected one per row")
     if model is None or not have_labels:
-        evidence: dict[str, Any] = {"n_audit": 0, "counts": {a: 0 for a in arms}, "m": None, "n_test": 0, "accuracy": {}}
+        evidence: dict[str, Any] = {"n_audit": 0, "counts": dict.fromkeys(arms, 0), "m": None, "n_test": 0, "accuracy": {}}
     else:
-        history = list(labeled_arm) if labeled_arm is not None else [None] * len(X_labeled)
-        evidence = arm_evidence(model, np.asarray(X_labeled), np.asarray(y_labeled), history, arms,
+        history = list(labeled_arm) if labeled_arm is not None else [None] * n_rows(X_labeled)
+        rows = X_labeled if is_sparse(X_labeled) or hasattr(X_labeled, "dense") else np.asarray(X_labeled)  # text stays sparse
+        evidence = arm_evidence(model, rows, np.asarray(y_labeled), history, arms,
                                 rng=np.random.default_rng(rng.integers(2**63)), min_items=min_items)
-    n_audit = min(k, max(1, int(round(float(random_share) * k)))) if random_share > 0 else 0
+    n_audit = min(k, max(1, round(float(random_share) * k))) if random_share > 0 else 0
     slots, prob = allocate(evidence, arms, k - n_audit, rng=rng, min_items=min_items, temperature=temperature,
                            floor=floor)
     slots["random"] += n_audit
@@ -207,7 +211,7 @@ def decide(
                             **params.get(a, {})})
         if model is None and a not in ("random", "typiclust"):
             fn, kw = fns["random"], {}
-        got = np.asarray(fn(model, X[rest], batch_size=min(want, len(rest)), rng=rng, **kw), dtype=np.int64)
+        got = np.asarray(fn(model, take(X, rest), batch_size=min(want, len(rest)), rng=rng, **kw), dtype=np.int64)
         chosen = rest[got]
         available[chosen] = False
         picked_by[a] = chosen.tolist()

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from crowdloop._validation import check_batch_size
+from crowdloop.rows import n_rows, row_range
 from crowdloop.samplers.scoring import check_rng, score_top_k
 
 
@@ -61,7 +62,7 @@ def bald_sampling(
     diversity). One streaming pass: time O(n·(cost(body) + T·cost(head))), memory O(chunk·T·C + k).
     """
     rng = check_rng(rng)
-    check_batch_size(batch_size, len(X))
+    check_batch_size(batch_size, n_rows(X))
     T = _positive_int("n_samples", n_samples)
     base = int(rng.integers(2**62))
     calls = [0]
@@ -97,14 +98,14 @@ def batchbald_sampling(
     time O(n·cost(MC) + k·S·T·M·C), memory O(M·T·C + S·M·C per chunk).
     """
     rng = check_rng(rng)
-    n = len(X)
+    n = n_rows(X)
     k = check_batch_size(batch_size, n)
     T = _positive_int("n_samples", n_samples)
     S = _positive_int("max_configs", max_configs)
     m = max(5 * k, 500) if candidates is None else _positive_int("candidates", candidates)
     m = min(max(m, k), n)
     seed = int(rng.integers(2**62))
-    P = np.concatenate([mc_proba(model, np.asarray(X[s : s + chunk_size]), T, seed + i)
+    P = np.concatenate([mc_proba(model, row_range(X, s, s + chunk_size), T, seed + i)
                         for i, s in enumerate(range(0, n, chunk_size))]) if n else np.empty((0, T, 1))
     keys = rng.random(n)
     bald = bald_scores(P)

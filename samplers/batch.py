@@ -24,6 +24,7 @@ from modAL.uncertainty import _proba_entropy, _proba_margin, _proba_uncertainty
 
 from crowdloop._validation import check_batch_size
 from crowdloop.errors import SamplerError
+from crowdloop.rows import dense_rows, is_sparse, n_columns, n_rows, row_range, take
 from crowdloop.samplers.scoring import check_rng, score_top_k
 
 # Uncertainty measures by name (higher = more informative), shared by several strategies.
@@ -47,23 +48,26 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 def embed(model: object, X: np.ndarray, *, chunk_size: int = 8192) -> np.ndarray:
-    """Feature space for distances: ``model.embed`` when the model has one (penultimate layer),
-    the input of the final estimator for a scikit-learn ``Pipeline`` (e.g. scaled features),
-    else ``X`` itself. Computed in chunks; returns float64 (n, d)."""
+    """Feature space for distances: ``model.embed`` when the model has one (penultimate layer,
+    or a text pool's dense view), a text pool's dense view, the input of the final estimator
+    for a scikit-learn ``Pipeline`` (e.g. scaled features), else ``X`` itself; sparse rows are
+    made dense by ``crowdloop.rows.dense_rows`` (a fixed projection when wide). Computed in
+    chunks; returns float64 (n, d)."""
     from sklearn.pipeline import Pipeline
 
+    n = n_rows(X)
     if model is not None and hasattr(model, "embed"):
-        fn: Callable[[np.ndarray], np.ndarray] = model.embed
-    elif isinstance(model, Pipeline) and len(model.steps) > 1:
+        fn: Callable[[Any], Any] = model.embed
+    elif isinstance(model, Pipeline) and len(model.steps) > 1 and not hasattr(X, "dense"):
         fn = model[:-1].transform
     else:
-        return np.asarray(X, dtype=np.float64).reshape(len(X), -1)
-    parts = [np.asarray(fn(np.asarray(X[s : s + chunk_size])), dtype=np.float64) for s in range(0, len(X), chunk_size)]
-    return np.concatenate(parts).reshape(len(X), -1) if parts else np.empty((0, 0))
+        fn = lambda rows: rows  # noqa: E731 - the rows themselves (their dense view)
+    parts = [dense_rows(fn(row_range(X, s, s + chunk_size))) for s in range(0, n, chunk_size)]
+    return np.concatenate(parts).reshape(n, -1) if parts else np.empty((0, 0))
 
 
 def _predict_proba(model: object, X: np.ndarray, chunk_size: int) -> np.ndarray:
-    parts = [np.asarray(model.predict_proba(np.asarray(X[s : s + chunk_size]))) for s in range(0, len(X), chunk_size)]
+    parts = [np.asarray(model.predict_proba(row_range(X, s, s + chunk_size))) for s in range(0, n_rows(X), chunk_size)]
     return np.concatenate(parts)
 
 
@@ -89,13 +93,16 @@ def _argmax_tiebreak(scores: np.ndarray, keys: np.ndarray) -> int:
     return int(top[np.argmin(keys[top])]) if len(top) > 1 else int(top[0])
 
 
-def _check_labeled(X_labeled: Any, n_features: int) -> np.ndarray | None:
+def _check_labeled(X_labeled: Any, n_features: int) -> Any:
+    """The labeled rows (array, sparse or text rows) when there are any, else None."""
     if X_labeled is None:
         return None
-    X_labeled = np.asarray(X_labeled)
-    if X_labeled.ndim != 2 or (len(X_labeled) and X_labeled.shape[1] != n_features):
-        raise SamplerError(f"X_labeled has shape {X_labeled.shape}: expected (n_labeled, {n_features})")
-    return X_labeled if len(X_labeled) else None
+    if not (is_sparse(X_labeled) or hasattr(X_labeled, "dense")):
+        X_labeled = np.asarray(X_labeled)
+    shape = tuple(X_labeled.shape)
+    if len(shape) != 2 or (shape[0] and shape[1] != n_features):
+        raise SamplerError(f"X_labeled has shape {shape}: expected (n_labeled, {n_features})")
+    return X_labeled if shape[0] else None
 
 
 # -- query by committee -------------------------------------------------------------------
@@ -134,7 +141,7 @@ class BaggingCommittee:
 
     def vote_proba(self, X: np.ndarray) -> np.ndarray:
         """(n, n_members, n_classes) probabilities, columns in ``classes_`` order."""
-        out = np.zeros((len(X), len(self.members), len(self.classes_)))
+        out = np.zeros((n_rows(X), len(self.members), len(self.classes_)))
         for j, member in enumerate(self.members):
             cols = np.searchsorted(self.classes_, member.classes_)
             out[:, j, cols] = member.predict_proba(X)
@@ -183,16 +190,17 @@ def qbc_sampling(
     O(chunk_size · n_members · C + k).
     """
     rng = check_rng(rng)
-    check_batch_size(batch_size, len(X))
+    check_batch_size(batch_size, n_rows(X))
     n_members = _positive_int("n_members", n_members)
     if disagreement not in DISAGREEMENTS:
         raise SamplerError(f"disagreement={disagreement!r}: expected one of {sorted(DISAGREEMENTS)}")
-    if X_labeled is None or y_labeled is None or len(X_labeled) == 0:
+    if X_labeled is None or y_labeled is None or n_rows(X_labeled) == 0:
         raise SamplerError("qbc needs the labeled set: pass X_labeled= and y_labeled= (engine.select does)")
-    X_labeled = np.asarray(X_labeled)
+    if not (is_sparse(X_labeled) or hasattr(X_labeled, "dense")):
+        X_labeled = np.asarray(X_labeled)
     y_labeled = np.asarray(y_labeled)
-    if len(X_labeled) != len(y_labeled):
-        raise SamplerError(f"X_labeled has {len(X_labeled)} rows but y_labeled has {len(y_labeled)}: expected equal")
+    if n_rows(X_labeled) != len(y_labeled):
+        raise SamplerError(f"X_labeled has {n_rows(X_labeled)} rows but y_labeled has {len(y_labeled)}: expected equal")
     committee = BaggingCommittee(model, X_labeled, y_labeled, n_members=n_members, rng=rng)
     measure = DISAGREEMENTS[disagreement]
 
@@ -227,19 +235,19 @@ def ranked_batch_sampling(
     O(n·d) through the centroid identity.
     """
     rng = check_rng(rng)
-    n = len(X)
+    n = n_rows(X)
     k = check_batch_size(batch_size, n)
     unc = _measure(measure)
     proba = _predict_proba(model, X, chunk_size)
     uncertainty = np.asarray(unc(proba), dtype=np.float64)
     F = embed(model, X, chunk_size=chunk_size)
     sq = np.einsum("ij,ij->i", F, F)
-    L = _check_labeled(X_labeled, np.asarray(X).reshape(n, -1).shape[1] if n else 0)
+    L = _check_labeled(X_labeled, n_columns(X) if n else 0)
     keys = rng.random(n)
     chosen: list[int] = []
     if L is not None:
         d_min = np.sqrt(_min_sq_dist(F, sq, embed(model, L, chunk_size=chunk_size)))
-        n_labeled = len(L)
+        n_labeled = n_rows(L)
     else:  # modAL's cold start: the row closest on average to all others (squared distances)
         mean_sq = sq - 2.0 * F @ F.mean(axis=0) + sq.mean()
         first = _argmax_tiebreak(-mean_sq, keys)
@@ -277,12 +285,12 @@ def coreset_sampling(
     centre is random. Time O(n·(L + k)·d), memory O(n·d) for the embedding.
     """
     rng = check_rng(rng)
-    n = len(X)
+    n = n_rows(X)
     k = check_batch_size(batch_size, n)
     F = embed(model, X, chunk_size=chunk_size)
     sq = np.einsum("ij,ij->i", F, F)
     keys = rng.random(n)
-    L = _check_labeled(X_labeled, np.asarray(X).reshape(n, -1).shape[1] if n else 0)
+    L = _check_labeled(X_labeled, n_columns(X) if n else 0)
     chosen: list[int] = []
     if L is not None:
         d = _min_sq_dist(F, sq, embed(model, L, chunk_size=chunk_size))
@@ -318,7 +326,7 @@ def badge_sampling(
     Time O(n·k·(C + d)), memory O(n·(C + d)).
     """
     rng = check_rng(rng)
-    n = len(X)
+    n = n_rows(X)
     k = check_batch_size(batch_size, n)
     P = _predict_proba(model, X, chunk_size)
     A = P.copy()
@@ -341,10 +349,8 @@ def badge_sampling(
     while len(chosen) < k:
         w = np.where(available, d, 0.0)
         total = w.sum()
-        if total > 0:
-            i = int(rng.choice(n, p=w / total))
-        else:  # every remaining row duplicates a centre: any of them
-            i = int(rng.choice(np.flatnonzero(available)))
+        # when every remaining row duplicates a centre (total 0), any of them
+        i = int(rng.choice(n, p=w / total)) if total > 0 else int(rng.choice(np.flatnonzero(available)))
         chosen.append(i)
         available[i] = False
         d = np.minimum(d, sq_dist(i))
@@ -372,7 +378,7 @@ def cluster_margin_sampling(
     from sklearn.cluster import AgglomerativeClustering
 
     rng = check_rng(rng)
-    n = len(X)
+    n = n_rows(X)
     k = check_batch_size(batch_size, n)
     m = min(n, _positive_int("candidates_factor", candidates_factor) * k)
     cand = score_top_k(model, X, MEASURES["margin"], batch_size=m, rng=rng, chunk_size=chunk_size)
@@ -380,7 +386,7 @@ def cluster_margin_sampling(
         return cand
     n_clusters = k if n_clusters is None else min(_positive_int("n_clusters", n_clusters), m)
     cand = np.sort(cand)
-    F = embed(model, np.asarray(X[cand]), chunk_size=chunk_size)
+    F = embed(model, take(X, cand), chunk_size=chunk_size)
     labels = AgglomerativeClustering(n_clusters=n_clusters, linkage="average").fit_predict(F)
     queues = [list(rng.permutation(np.flatnonzero(labels == c))) for c in range(n_clusters)]
     queues.sort(key=len)
@@ -409,14 +415,14 @@ def kmeans_uncertain_sampling(
     from sklearn.cluster import KMeans
 
     rng = check_rng(rng)
-    n = len(X)
+    n = n_rows(X)
     k = check_batch_size(batch_size, n)
     score = _measure(measure)
     m = min(n, _positive_int("candidates_factor", candidates_factor) * k)
     cand = np.sort(score_top_k(model, X, score, batch_size=m, rng=rng, chunk_size=chunk_size))
     if m == k:
         return cand
-    Xc = np.asarray(X[cand])
+    Xc = take(X, cand)
     s = np.asarray(score(np.asarray(model.predict_proba(Xc))), dtype=np.float64)
     w = np.maximum(s + 1.0 if measure == "margin" else s, 1e-6)  # margin score is −margin: weight 1 − margin
     F = embed(model, Xc, chunk_size=chunk_size)
@@ -456,15 +462,15 @@ def typiclust_sampling(
     from sklearn.preprocessing import StandardScaler
 
     rng = check_rng(rng)
-    n = len(X)
+    n = n_rows(X)
     k = check_batch_size(batch_size, n)
     n_neighbors = _positive_int("n_neighbors", n_neighbors)
     max_clusters = _positive_int("max_clusters", max_clusters)
-    L = _check_labeled(X_labeled, np.asarray(X).reshape(n, -1).shape[1] if n else 0)
+    L = _check_labeled(X_labeled, n_columns(X) if n else 0)
     if model is None:
-        scaler = StandardScaler().fit(np.asarray(X, dtype=np.float64))
-        F = scaler.transform(np.asarray(X, dtype=np.float64))
-        FL = scaler.transform(np.asarray(L, dtype=np.float64)) if L is not None else None
+        scaler = StandardScaler().fit(dense_rows(X))
+        F = scaler.transform(dense_rows(X))
+        FL = scaler.transform(dense_rows(L)) if L is not None else None
     else:
         F = embed(model, X, chunk_size=chunk_size)
         FL = embed(model, L, chunk_size=chunk_size) if L is not None else None
@@ -551,7 +557,7 @@ def prefiltered_sampling(
     Time O(n·cost(predict_proba)) + cost(base on M); memory O(chunk_size + M·d).
     """
     rng = check_rng(rng)
-    n = len(X)
+    n = n_rows(X)
     k = check_batch_size(batch_size, n)
     if prefilter not in ("uncertain", "random"):
         raise SamplerError(f"prefilter={prefilter!r}: expected 'uncertain' or 'random'")
@@ -566,7 +572,7 @@ def prefiltered_sampling(
         cand = np.sort(score_top_k(model, X, _measure(measure), batch_size=m, rng=rng, chunk_size=chunk_size))
     else:
         cand = np.sort(rng.choice(n, size=m, replace=False))
-    picked = np.asarray(fn(model, np.asarray(X[cand]), batch_size=k, rng=rng, **params), dtype=np.int64)
+    picked = np.asarray(fn(model, take(X, cand), batch_size=k, rng=rng, **params), dtype=np.int64)
     return cand[picked]
 
 
@@ -589,11 +595,11 @@ def mixed_sampling(
     than random by more than the base's share). Cost: that of ``base`` plus O(n).
     """
     rng = check_rng(rng)
-    n = len(X)
+    n = n_rows(X)
     k = check_batch_size(batch_size, n)
     if not 0.0 <= float(random_fraction) <= 1.0:
         raise SamplerError(f"random_fraction={random_fraction!r}: expected a number in [0, 1]")
-    n_random = int(round(float(random_fraction) * k))
+    n_random = round(float(random_fraction) * k)
     rand = rng.choice(n, size=n_random, replace=False) if n_random else np.empty(0, dtype=np.int64)
     if n_random == k:
         return np.asarray(rand, dtype=np.int64)
@@ -601,7 +607,7 @@ def mixed_sampling(
     fn = _load(base)
     params = _accepted(fn, {"chunk_size": chunk_size, "X_labeled": X_labeled, "y_labeled": y_labeled,
                             **(base_params or {})})
-    picked = np.asarray(fn(model, X[rest], batch_size=k - n_random, rng=rng, **params), dtype=np.int64)
+    picked = np.asarray(fn(model, take(X, rest), batch_size=k - n_random, rng=rng, **params), dtype=np.int64)
     return np.concatenate([rest[picked], rand]).astype(np.int64)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from crowdloop._validation import check_batch_size
 from crowdloop.errors import SamplerError
+from crowdloop.rows import is_sparse, n_rows, row_range
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 
@@ -51,9 +52,10 @@ def score_top_k(
 
 
 class RowSource:
-    """Rows of a pool read ``chunk_size`` at a time: an array (or ``np.memmap``), a ``.npy`` file
-    (memory-mapped, never loaded whole), a Parquet file (read one row group / batch at a time)
-    or any object with its own ``chunks(chunk_size)`` (a sharded pool's rows).
+    """Rows of a pool read ``chunk_size`` at a time: an array (or ``np.memmap``), a SciPy sparse
+    matrix (CSR row slices, never densified), a ``.npy`` file (memory-mapped, never loaded
+    whole), a Parquet file (read one row group / batch at a time) or any object with its own
+    ``chunks(chunk_size)`` (a sharded pool's rows; a text pool's rows, featurized per chunk).
 
     Parquet rows are the numeric ``columns`` (default: all) stacked as float32 features.
     """
@@ -73,7 +75,9 @@ class RowSource:
                 self._array = None
             else:
                 raise SamplerError(f"source={path!r}: expected a .npy or .parquet file, or an array")
-        elif hasattr(source, "chunks") and hasattr(source, "__len__"):  # e.g. a sharded pool's rows
+        elif is_sparse(source):
+            self._array = source.tocsr()
+        elif hasattr(source, "chunks") and hasattr(source, "__len__"):  # e.g. a sharded or text pool's rows
             self._array = source
             self._chunked = source
         elif hasattr(source, "__len__") and hasattr(source, "__getitem__"):
@@ -84,7 +88,7 @@ class RowSource:
     def __len__(self) -> int:
         if self._parquet is not None:
             return int(self._parquet.metadata.num_rows)
-        return len(self._array)
+        return n_rows(self._array)
 
     def chunks(self, chunk_size: int) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start_row, rows)``; at most ``chunk_size`` rows (one Parquet batch) in memory."""
@@ -98,9 +102,9 @@ class RowSource:
         if self._chunked is not None:
             yield from self._chunked.chunks(int(chunk_size))
             return
-        n = len(self._array)
+        n = n_rows(self._array)
         for start in range(0, n, int(chunk_size)):
-            yield start, np.asarray(self._array[start : min(n, start + int(chunk_size))])
+            yield start, row_range(self._array, start, min(n, start + int(chunk_size)))
 
 
 def stream_top_k(
@@ -145,7 +149,7 @@ def stream_top_k(
     best_keys = np.empty(0)
     best_index = np.empty(0, dtype=np.int64)
     for start, chunk in rows.chunks(int(chunk_size)):
-        stop = start + len(chunk)
+        stop = start + n_rows(chunk)
         keys = rng.random(stop - start)
         index = np.arange(start, stop, dtype=np.int64)
         if mask is not None:
@@ -155,8 +159,8 @@ def stream_top_k(
             chunk, keys, index = chunk[keep], keys[keep], index[keep]
         proba = np.asarray(model.predict_proba(chunk))
         scores = np.asarray(score_fn(proba), dtype=np.float64)
-        if scores.shape != (len(chunk),):
-            raise SamplerError(f"score function returned shape {scores.shape}, expected ({len(chunk)},)")
+        if scores.shape != (n_rows(chunk),):
+            raise SamplerError(f"score function returned shape {scores.shape}, expected ({n_rows(chunk)},)")
         best_scores, best_keys, best_index = _top_k(
             np.concatenate([best_scores, scores]),
             np.concatenate([best_keys, keys]),

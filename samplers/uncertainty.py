@@ -11,14 +11,15 @@ import numpy as np
 from modAL.uncertainty import _proba_entropy, _proba_margin, _proba_uncertainty
 
 from crowdloop._validation import check_batch_size
+from crowdloop.rows import dense_rows, n_rows
 from crowdloop.samplers.scoring import check_rng, score_top_k
 
 
 def random_sampling(model: object, X: np.ndarray, *, batch_size: int, rng: np.random.Generator, **_: object) -> np.ndarray:
     """Uniform random batch; ignores the model (it may be ``None``). O(n) time."""
     rng = check_rng(rng)
-    k = check_batch_size(batch_size, len(X))
-    return np.sort(rng.choice(len(X), size=k, replace=False)).astype(np.int64)
+    k = check_batch_size(batch_size, n_rows(X))
+    return np.sort(rng.choice(n_rows(X), size=k, replace=False)).astype(np.int64)
 
 
 def least_confident_sampling(
@@ -51,8 +52,8 @@ def kmeans_cold_start(X: np.ndarray, *, batch_size: int, rng: np.random.Generato
     from sklearn.preprocessing import StandardScaler
 
     rng = check_rng(rng)
-    k = check_batch_size(batch_size, len(X))
-    Z = StandardScaler().fit_transform(np.asarray(X, dtype=np.float64))
+    k = check_batch_size(batch_size, n_rows(X))
+    Z = StandardScaler().fit_transform(dense_rows(X))
     km = MiniBatchKMeans(n_clusters=k, random_state=int(rng.integers(2**31 - 1)), n_init=3).fit(Z)
     dist = ((Z[:, None, :] - km.cluster_centers_[None, :, :]) ** 2).sum(-1) if len(Z) * k <= 4_000_000 else None
     chosen: list[int] = []

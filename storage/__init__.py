@@ -18,15 +18,15 @@ from crowdloop import registry
 from crowdloop.errors import InvalidKeyError, RecordExistsError, StoreError
 
 __all__ = [
-    "Store",
     "KeyNotFoundError",
     "PrefixedStore",
-    "open_store",
-    "validate_key",
-    "join_url",
-    "read_json",
-    "write_json",
     "RecordExistsError",
+    "Store",
+    "join_url",
+    "open_store",
+    "read_json",
+    "validate_key",
+    "write_json",
 ]
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+@-]*$")

@@ -42,7 +42,7 @@ class LocalStore:
             raise StoreError(f"project directory {self.root}: not readable and writable by this user")
 
     @classmethod
-    def from_url(cls, url: str, *, create: bool = True) -> "LocalStore":
+    def from_url(cls, url: str, *, create: bool = True) -> LocalStore:
         parsed = urlparse(url)
         return cls(parsed.path if parsed.scheme == "file" else url, create=create)
 

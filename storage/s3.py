@@ -16,6 +16,7 @@ shared config, instance role), or from the secret block named by ``?credentials=
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
@@ -30,8 +31,8 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from crowdloop.errors import ProjectLockedError, RecordExistsError, StoreError
 from crowdloop.credentials import Credentials
+from crowdloop.errors import ProjectLockedError, RecordExistsError, StoreError
 from crowdloop.redact import protect_loggers
 from crowdloop.storage import KeyNotFoundError, validate_key
 
@@ -82,7 +83,7 @@ class S3Store:
         self._check_bucket(create)
 
     @classmethod
-    def from_url(cls, url: str, *, create: bool = True) -> "S3Store":
+    def from_url(cls, url: str, *, create: bool = True) -> S3Store:
         parsed = urlparse(url)
         if parsed.scheme != "s3":
             raise StoreError(f"storage.url {url!r}: expected s3://bucket/prefix")
@@ -234,10 +235,8 @@ class S3Store:
         finally:
             stop.set()
             thread.join()
-            try:
+            with contextlib.suppress(ClientError, BotoCoreError):  # the lease expires on its own
                 self.client.delete_object(Bucket=self.bucket, Key=full_key)
-            except (ClientError, BotoCoreError):
-                pass  # the lease expires on its own
 
     def _lease(self, owner: str) -> bytes:
         return f"{time.time() + self.lock_ttl_s:.3f} {owner}".encode()

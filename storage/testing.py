@@ -18,7 +18,7 @@ def _expect(exc_type: type[BaseException], fn: Callable[[], object], promise: st
         fn()
     except exc_type:
         return
-    except Exception as exc:  # noqa: BLE001 - report the wrong type, with the promise it broke
+    except Exception as exc:
         raise AssertionError(f"{promise}: raised {type(exc).__name__}: {exc}, expected {exc_type.__name__}") from exc
     raise AssertionError(f"{promise}: no {exc_type.__name__} raised")
 

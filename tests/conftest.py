@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# tests.no_skips: any skip fails the run; pytester: the test of that guard.
+pytest_plugins = ["tests.no_skips", "pytester"]
+
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 

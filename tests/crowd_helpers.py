@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from crowdloop import keys
-from crowdloop import engine
+from crowdloop import engine, keys
 from crowdloop.config import parse_config
 from crowdloop.engine import Project
 

@@ -25,20 +25,20 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from crowdloop.config import LoopConfig
 from crowdloop import keys
+from crowdloop.config import LoopConfig
 from crowdloop.engine import Project
-from crowdloop.export import export_labels_manifest
 from crowdloop.errors import RecordExistsError
+from crowdloop.export import export_labels_manifest
 from crowdloop.storage import PrefixedStore, open_store
 from tests.faults import BACKOFF_ENV, KILL_ENV, LOCK_TTL_ENV, PERMANENT_ENV, TRACE_ENV, TRANSIENT_ENV, unit_hash
 
@@ -78,7 +78,7 @@ class Truth:
 
     def __init__(self, config: dict[str, Any]) -> None:
         p = Project(store=None, config=LoopConfig.model_validate(config))  # type: ignore[arg-type]
-        self.labels = dict(zip(p.pool.ids.astype(str).tolist(), p.pool.y.astype(str).tolist()))
+        self.labels = dict(zip(p.pool.ids.astype(str).tolist(), p.pool.y.astype(str).tolist(), strict=True))
         self.classes = list(p.classes)
         self.seed = config["seed"]
 
@@ -99,7 +99,7 @@ class ManifestAnswerer:
         self._thread = threading.Thread(target=self._loop, name="manifest-answerer", daemon=True)
         self.errors: list[str] = []
 
-    def __enter__(self) -> "ManifestAnswerer":
+    def __enter__(self) -> ManifestAnswerer:
         self._thread.start()
         return self
 
@@ -118,7 +118,7 @@ class ManifestAnswerer:
                 self.errors.append(f"{type(exc).__name__}: {exc}")
 
     def answer_all(self, exchange: Any) -> None:
-        base = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        base = datetime(2026, 1, 1, tzinfo=UTC)
         for key in exchange.list("requests/"):
             batch = key[len("requests/"):].split(".manifest.jsonl")[0]
             out = f"results/{batch}.jsonl"
@@ -134,10 +134,8 @@ class ManifestAnswerer:
                     done = base + timedelta(seconds=1000 * unit_hash("when", item, r))
                     lines.append(json.dumps({"item-id": item, "worker-id": worker, "label": self.truth.answer(item, r),
                                              "submitted-at": done.isoformat(), "duration-s": round(seconds, 3)}))
-            try:
+            with suppress(RecordExistsError):
                 exchange.write_bytes(out, ("\n".join(lines) + "\n").encode(), create_only=True)
-            except RecordExistsError:
-                pass
 
 
 @dataclass
@@ -286,9 +284,9 @@ def _tail(text: str, n: int = 1500) -> str:
 def outcome(location: str, server: Any = None) -> dict[str, Any]:
     """What a crash must not change, read from the project store and the vendor's side."""
     p = Project.open(location)
-    labels = {json.loads(l)["item-id"]: json.loads(l)["label-metadata"]["class-name"]
-              for l in export_labels_manifest(p).decode().splitlines()}
-    raw_lines = sum(1 for k in p.store.list(keys.SEGMENTS) for l in p.store.read_bytes(k).splitlines() if l.strip())
+    labels = {json.loads(item)["item-id"]: json.loads(item)["label-metadata"]["class-name"]
+              for item in export_labels_manifest(p).decode().splitlines()}
+    raw_lines = sum(1 for k in p.store.list(keys.SEGMENTS) for item in p.store.read_bytes(k).splitlines() if item.strip())
     log = p.annotations()
     pays = [p.record(r, keys.PAY, default=None) for r in p.rounds()]
     paid = round(sum(x["rewards"] for x in pays if x), 2)
@@ -309,13 +307,13 @@ def outcome(location: str, server: Any = None) -> dict[str, Any]:
         n_vendor_answers = ledger["assignments"] if vendor == "simulated" else ledger["answers"]
         duplicate_tasks = len(tasks) - len({(t["batch_id"], t["item_id"]) for t in tasks})
         if vendor == "manifest":  # the vendor's view: lines of the input manifests it was sent
-            lines = [json.loads(l) for k in v.exchange.list("requests/") for l in v.exchange.read_bytes(k).splitlines()]
-            duplicate_tasks += len(lines) - len({(l["batch-id"], l["item-id"]) for l in lines})
-            dispatched_files = sorted(l["item-id"] for l in lines for _ in range(l["replicas"]))
+            lines = [json.loads(item) for k in v.exchange.list("requests/") for item in v.exchange.read_bytes(k).splitlines()]
+            duplicate_tasks += len(lines) - len({(item["batch-id"], item["item-id"]) for item in lines})
+            dispatched_files = sorted(item["item-id"] for item in lines for _ in range(item["replicas"]))
             duplicate_tasks += int(dispatched_files != dispatched)
     return {
         "labels": labels,
-        "metrics": [{k: v for k, v in m.items()} for m in p.metrics()],
+        "metrics": [dict(m.items()) for m in p.metrics()],
         "dispatched": dispatched,
         "duplicate_tasks": duplicate_tasks,
         "n_log": len(log),
@@ -346,7 +344,8 @@ def compare(got: dict[str, Any], clean: dict[str, Any]) -> list[str]:
         out.append(f"money: accounted {got['paid']}+{got['bonuses']} bonus, vendor ledger "
                    f"{got['vendor_paid']}+{got['vendor_bonuses']} bonus")
     if (got["paid"], got["bonuses"]) != (clean["paid"], clean["bonuses"]):
-        out.append(f"money differs from the uninterrupted run: {got['paid']}+{got['bonuses']} vs {clean['paid']}+{clean['bonuses']}")
+        out.append(f"money differs from the uninterrupted run: {got['paid']}+{got['bonuses']} "
+                   f"vs {clean['paid']}+{clean['bonuses']}")
     if got["labels"] != clean["labels"]:
         diff = sum(1 for k in set(got["labels"]) | set(clean["labels"]) if got["labels"].get(k) != clean["labels"].get(k))
         out.append(f"final labels differ from the uninterrupted run on {diff} item(s)")
@@ -428,7 +427,7 @@ def _io(step: Any) -> Any:
     for attempt in range(IO_RETRIES + 1):
         try:
             return step()
-        except Exception as exc:  # noqa: BLE001 - classified: only transient failures are retried
+        except Exception as exc:
             if attempt == IO_RETRIES or not is_transient(exc):
                 raise
             time.sleep(0.05)

@@ -39,6 +39,7 @@ needs is ``crowdloop.engine.hooks.point``, which this launcher replaces.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -194,11 +195,11 @@ def _patch_stores(inj: _Injector) -> None:
     for cls in classes:
         write, delete = cls.write_bytes, cls.delete
 
-        def write_bytes(self, key, data, *, create_only=False, _write=write):  # noqa: ANN001
+        def write_bytes(self, key, data, *, create_only=False, _write=write):
             inj.call(f"write {key}")
             return _write(self, key, data, create_only=create_only)
 
-        def delete_(self, key, _delete=delete):  # noqa: ANN001
+        def delete_(self, key, _delete=delete):
             inj.call(f"delete {key}")
             return _delete(self, key)
 
@@ -217,14 +218,14 @@ def _patch_boto(inj: _Injector) -> None:
 
         delay = standard.ExponentialBackoff.delay_amount
 
-        def scaled(self, context, _delay=delay, _scale=float(scale)):  # noqa: ANN001
+        def scaled(self, context, _delay=delay, _scale=float(scale)):
             return _delay(self, context) * _scale
 
         standard.ExponentialBackoff.delay_amount = scaled
     original = boto3.session.Session.client
 
     @functools.wraps(original)
-    def client(self, *args: Any, **kwargs: Any):  # noqa: ANN202
+    def client(self, *args: Any, **kwargs: Any):
         c = original(self, *args, **kwargs)
         service = c.meta.service_model.service_name
         if service in ("s3", "mturk"):
@@ -268,7 +269,8 @@ def _instrument(inj: _Injector, client: Any, service: str) -> None:
     def before_send(request: Any, **_: Any) -> AWSResponse | None:
         if inj.refused(service):
             if service == "s3":
-                return error(request, 403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.")
+                return error(request, 403, "InvalidAccessKeyId",
+                             "The AWS Access Key Id you provided does not exist in our records.")
             return error(request, 400, "UnrecognizedClientException", "The security token included in the request is invalid.")
         sig = signature(request)
         if "/.crowdloop/locks/" in sig:
@@ -318,10 +320,8 @@ def _send_for_real(request: Any) -> None:
         request.reset_stream()
     headers = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in request.headers.items()}
     http = urllib3.PoolManager()
-    try:
+    with contextlib.suppress(urllib3.exceptions.HTTPError):  # it may or may not have arrived: what a timeout leaves open
         http.request(request.method, request.url, body=data, headers=headers, retries=False, timeout=30)
-    except urllib3.exceptions.HTTPError:
-        pass  # the request may or may not have arrived: exactly what a timeout leaves open
 
 
 def _patch_vendors(inj: _Injector) -> None:
@@ -337,7 +337,7 @@ def _patch_vendors(inj: _Injector) -> None:
             if fn is None:
                 continue
 
-            def call(self, *args: Any, _fn=fn, _name=f"{cls.__name__}.{method}", **kwargs: Any) -> Any:  # noqa: ANN001
+            def call(self, *args: Any, _fn=fn, _name=f"{cls.__name__}.{method}", **kwargs: Any) -> Any:
                 kind = inj.decide(f"vendor {_name} {_describe(args, kwargs)}")
                 if kind in ("throttle", "5xx", "timeout_before"):
                     raise InjectedTransientError(f"{_name}: injected {kind}")
@@ -354,7 +354,8 @@ def _describe(args: tuple, kwargs: dict) -> str:
     parts = [str(kwargs.get("batch_id", "")), str(kwargs.get("token", ""))]
     for a in args:
         if isinstance(a, (list, tuple)):
-            parts.append(",".join(sorted(str(getattr(x, "assignment_id", None) or getattr(x, "item_id", None) or x) for x in a))[:200])
+            ids = (str(getattr(x, "assignment_id", None) or getattr(x, "item_id", None) or x) for x in a)
+            parts.append(",".join(sorted(ids))[:200])
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 

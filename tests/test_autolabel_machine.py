@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from tests.conftest import small_config
-from tests.crowd_helpers import run_engine
 
+from crowdloop import keys
 from crowdloop.export import export_labels_manifest
 from crowdloop.storage import read_json
-from crowdloop import keys
-from crowdloop import engine
+from tests.conftest import small_config
+from tests.crowd_helpers import run_engine
 
 AUTO = {"autolabel.enabled": True, "autolabel.target_accuracy": 0.9, "autolabel.min_validation": 40,
         "stopping.max_rounds": 4, "vendor.params": {"n_workers": 12, "accuracy": [0.9, 0.98], "spammer_fraction": 0.0}}
@@ -31,7 +30,7 @@ def test_machine_labels_are_calibrated_and_kept_apart(auto_project):
         assert info["estimated_accuracy"] >= 0.9
         machine = p.machine_labels(before_round=r + 1)
         assert len(machine) == info["n_machine"] > 0
-        human = {l.item_id for l in p.human_labels(before_round=r + 1)}
+        human = {item.item_id for item in p.human_labels(before_round=r + 1)}
         selected = set(read_json(p.store, keys.round_key(r, keys.SELECTION))["item_ids"])
         for m in machine:
             assert m.source == "machine" and m.n_annotations == 0 and m.confidence >= info["threshold"]

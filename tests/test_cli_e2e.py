@@ -74,17 +74,17 @@ CRASH_CONFIG = small_config(project="crash", **{"stopping.max_rounds": 4})
 def outcome(project_dir: Path) -> dict:
     """What must not depend on crashes: labels, per-round metrics, vendor-side effects, money."""
     p = Project.open(str(project_dir))
-    labels = {l["item-id"]: l["label-metadata"]["class-name"]
-              for l in map(json.loads, (project_dir / "labels.jsonl").read_text().splitlines())}
+    labels = {rec["item-id"]: rec["label-metadata"]["class-name"]
+              for rec in map(json.loads, (project_dir / "labels.jsonl").read_text().splitlines())}
     batches = [read_json(p.vendor.store, k) for k in p.vendor.store.list("batches/")]
     vendor_items = [t["item_id"] for b in batches for t in b["tasks"]]
-    log = [json.loads(l) for l in (project_dir / "annotations.jsonl").read_text().splitlines()]
+    log = [json.loads(item) for item in (project_dir / "annotations.jsonl").read_text().splitlines()]
     pay_total = sum(read_json(p.store, keys.round_key(r, keys.PAY))["total"] for r in p.rounds()
                     if p.store.exists(keys.round_key(r, keys.PAY)))
     ledger = p.vendor.ledger()
     return {
         "labels": labels,
-        "rounds": [{k: v for k, v in r.items()} for r in p.metrics()],
+        "rounds": [dict(r.items()) for r in p.metrics()],
         "vendor_items": sorted(vendor_items),
         "vendor_items_unique": len(set(vendor_items)) == len(vendor_items),
         "log_ids": sorted(a["assignment_id"] for a in log),

@@ -96,7 +96,7 @@ def test_cli_run_reports_bad_input_in_one_line_exit_2(tmp_path: Path, override: 
     project_dir = tmp_path / "project"
     result = CliRunner().invoke(app, ["run", str(path), "--project-dir", str(project_dir)])
     assert result.exit_code == 2, result.output
-    lines = [l for l in result.output.splitlines() if l.strip()]
+    lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     assert "Traceback" not in result.output
     for fragment in fragments:
@@ -116,5 +116,5 @@ def test_project_dir_that_is_a_file_is_one_line_exit_2(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     result = CliRunner().invoke(app, ["run", str(path), "--project-dir", str(blocker)])
     assert result.exit_code == 2
-    assert result.output.startswith("error: project directory") and result.output.count("\n") == 1
+    assert result.output.startswith(f"error: {path}: project directory") and result.output.count("\n") == 1
     assert blocker.read_text() == "not a directory"

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from crowdloop.pay import reward_for
-from crowdloop import engine, registry
+from crowdloop import engine, keys, registry
 from crowdloop.config import parse_config
-from crowdloop import keys
 from crowdloop.engine import Project
 from crowdloop.errors import ConfigError, VendorDataError
+from crowdloop.pay import reward_for
 from crowdloop.records import Annotation, utcnow
 from crowdloop.storage import read_json
 from tests.conftest import small_config
@@ -130,8 +129,8 @@ class _BadLabelVendor:
 
     def poll(self, refs):
         t = self.tasks[0]
-        common = dict(item_id=t.item_id, vendor=self.name, batch_id=t.batch_id, round=t.round,
-                      submitted_at=utcnow(), duration_s=5.0, reward=t.reward)
+        common = {"item_id": t.item_id, "vendor": self.name, "batch_id": t.batch_id, "round": t.round,
+                  "submitted_at": utcnow(), "duration_s": 5.0, "reward": t.reward}
         return [Annotation(worker_id="w1", label=self.context.classes[0], assignment_id="ok-1", **common),
                 Annotation(worker_id="w2", label="not-a-class", assignment_id="bad-1", **common)]
 

@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.conftest import small_config
-from tests.crowd_helpers import run_engine
 from typer.testing import CliRunner
 
-from crowdloop.storage import read_json
 from crowdloop import keys
-from crowdloop import engine
 from crowdloop.cli import app
 from crowdloop.config import PayConfig, VendorFee, load_config
 from crowdloop.pay import fees_for, vendor_fee
+from crowdloop.storage import read_json
 from crowdloop.workers import worker_accounts
+from tests.conftest import small_config
+from tests.crowd_helpers import run_engine
 
 
 def test_mturk_fee_is_20_percent_plus_20_at_ten_assignments():

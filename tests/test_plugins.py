@@ -17,7 +17,6 @@ from crowdloop.config import parse_config
 from crowdloop.errors import ConfigError, RegistryError
 from crowdloop.storage.local import LocalStore
 from crowdloop.testing import check_vendor, make_context
-
 from tests.conftest import REPO, small_config
 
 EXAMPLE = REPO / "docs" / "examples" / "rulebook"
@@ -93,7 +92,8 @@ def _iris_context(tmp_path: Path):
     iris = load_iris()
     rows = {f"item-{i:04d}": iris.data[i * 37] for i in range(4)}
     ctx = make_context(LocalStore(tmp_path), name="rulebook", classes=list(iris.target_names))
-    payload = lambda item: {"kind": "tabular", "columns": list(iris.feature_names), "values": rows[item].tolist()}
+    def payload(item):
+        return {"kind": "tabular", "columns": list(iris.feature_names), "values": rows[item].tolist()}
     return type(ctx)(**{**ctx.__dict__, "item_payload": payload, "ground_truth": None})
 
 
@@ -104,7 +104,7 @@ def test_the_plugin_passes_the_vendor_contract(plugin, tmp_path):
 
 
 def test_a_project_configured_with_a_bad_plugin_fails_before_running(plugin, tmp_path):
-    cfg = parse_config(small_config(**{"vendor": {"name": "broken", "params": {}}}))
+    cfg = parse_config(small_config(vendor={"name": "broken", "params": {}}))
     with pytest.raises(ConfigError, match=r"^vendor.name: vendor 'broken' .* failed to load: RuntimeError"):
         engine.Project.prepare(cfg, str(tmp_path / "p"))
 
@@ -121,9 +121,9 @@ def test_the_loop_runs_with_the_installed_plugin(plugin, tmp_path):
     assert r == 3
     anns = p.annotations()
     assert len(anns) == 27 * 2 and {a.vendor for a in anns} == {"rulebook"}
-    truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist()))
+    truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True))
     labels = p.human_labels(before_round=3)
-    agreement = sum(l.label == truth[l.item_id] for l in labels) / len(labels)
+    agreement = sum(lab.label == truth[lab.item_id] for lab in labels) / len(labels)
     assert len(labels) == 27 and agreement >= 0.85  # the rule of thumb is ~95% right on iris
     assert p.metrics()[-1]["n_labeled"] == 27 and p.metrics()[-1]["accuracy"] > 0.6  # chance is 1/3
     assert all(read["complete"] for read in (engine.collect(p, i) for i in range(3)))

@@ -74,7 +74,7 @@ async def _prefect_texts(prefix: str) -> list[str]:
             logs += page
             offset += len(page)
     assert arts, "the run left no artifacts to search"  # (the loop itself logs little; whatever there is, is searched)
-    return [f"{a.key} {a.data} {a.description}" for a in arts] + [f"{l.name} {l.message}" for l in logs]
+    return [f"{a.key} {a.data} {a.description}" for a in arts] + [f"{log.name} {log.message}" for log in logs]
 
 
 @pytest.fixture
@@ -114,10 +114,10 @@ def test_run_on_s3_leaks_no_credentials(cli_env: dict, s3_endpoint: str, s3_buck
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     env = _isolated_env(cli_env, tmp_path, AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET,
                         LABEL_STUDIO_API_KEY=LS_KEY)
-    run = subprocess.run(crowdloop_cmd() + ["run", str(tmp_path / "c.yaml"), "--verbose"], env=env,
+    run = subprocess.run([*crowdloop_cmd(), "run", str(tmp_path / "c.yaml"), "--verbose"], env=env,
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
-    status = subprocess.run(crowdloop_cmd() + ["status", f"s3://{s3_bucket}/leak?endpoint_url={s3_endpoint}", "--json"],
+    status = subprocess.run([*crowdloop_cmd(), "status", f"s3://{s3_bucket}/leak?endpoint_url={s3_endpoint}", "--json"],
                             env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert status.returncode == 0
 
@@ -137,11 +137,11 @@ def test_run_on_s3_with_keys_from_secret_blocks_leaks_nothing(cli_env: dict, s3_
                                                   "storage.endpoint_url": s3_endpoint, "credentials": canary_blocks})
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     env = _without_aws(_isolated_env(cli_env, tmp_path), tmp_path)
-    run = subprocess.run(crowdloop_cmd() + ["run", str(tmp_path / "c.yaml"), "--verbose"], env=env,
+    run = subprocess.run([*crowdloop_cmd(), "run", str(tmp_path / "c.yaml"), "--verbose"], env=env,
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     url = f"s3://{s3_bucket}/blocks?endpoint_url={s3_endpoint}&credentials={canary_blocks['aws']}"
-    status = subprocess.run(crowdloop_cmd() + ["status", url, "--json"], env=env, capture_output=True, text=True,
+    status = subprocess.run([*crowdloop_cmd(), "status", url, "--json"], env=env, capture_output=True, text=True,
                             timeout=120, cwd=tmp_path)
     assert status.returncode == 0, status.stderr[-2000:]
     assert json.loads(status.stdout)["rounds"][-1]["n_labeled"] == 50
@@ -150,7 +150,7 @@ def test_run_on_s3_with_keys_from_secret_blocks_leaks_nothing(cli_env: dict, s3_
     bare = {k: v for k, v in config.items() if k != "credentials"} | {"project": "nokeys",
                                                                        "storage": {**config["storage"], "url": f"s3://{s3_bucket}/none"}}
     (tmp_path / "bare.yaml").write_text(yaml.safe_dump(bare))
-    refused = subprocess.run(crowdloop_cmd() + ["run", str(tmp_path / "bare.yaml")], env=env, capture_output=True,
+    refused = subprocess.run([*crowdloop_cmd(), "run", str(tmp_path / "bare.yaml")], env=env, capture_output=True,
                              text=True, timeout=120, cwd=tmp_path)
     assert refused.returncode == 2 and "no AWS credentials found" in refused.stderr, refused.stderr[-1000:]
 
@@ -224,9 +224,8 @@ def test_local_annotation_run_leaks_no_tokens(cli_env: dict, tmp_path: Path) -> 
     try:
         workers = threading.Thread(target=_annotate_until, args=(base, tokens, done, errors), daemon=True)
         workers.start()
-        run = subprocess.run(crowdloop_cmd() + ["run", str(tmp_path / "c.yaml"), "--project-dir", str(project_dir),
-                                                "--verbose"], env=env, capture_output=True, text=True, timeout=300,
-                             cwd=tmp_path)
+        run = subprocess.run([*crowdloop_cmd(), "run", str(tmp_path / "c.yaml"), "--project-dir", str(project_dir),
+                              "--verbose"], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     finally:
         done.set()
         app.terminate()

@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.datasets import load_digits
-from tests.conftest import small_config
-from tests.crowd_helpers import run_engine
 
-from crowdloop.storage import read_json
-from crowdloop import keys
-from crowdloop import engine
+from crowdloop import engine, keys
 from crowdloop.config import parse_config
 from crowdloop.errors import ConfigError
 from crowdloop.models.semi import spread_labels
+from crowdloop.storage import read_json
+from tests.conftest import small_config
+from tests.crowd_helpers import run_engine
 
 SEMI = {"semi_supervised.method": "label_spreading", "stopping.max_rounds": 3,
         "vendor.params": {"n_workers": 12, "accuracy": [0.9, 0.98], "spammer_fraction": 0.0}}
@@ -82,7 +81,7 @@ def test_the_loop_trains_on_spread_labels_but_counts_only_human_ones(tmp_path):
         if not info["trained"]:
             continue
         trained += 1
-        human = {l.item_id for l in p.human_labels(before_round=r)}
+        human = {lab.item_id for lab in p.human_labels(before_round=r)}
         spread = p.round_labels(r, "spread_labels.jsonl")
         assert info["n_spread"] == len(spread) > 0
         assert info["spread_true_accuracy"] > 0.8
@@ -90,9 +89,9 @@ def test_the_loop_trains_on_spread_labels_but_counts_only_human_ones(tmp_path):
             assert m.source == "machine" and m.method == "label_spreading" and m.n_annotations == 0
             assert m.item_id not in human and m.item_id not in test_ids
         # the stored model is exactly the estimator fitted on human + spread labels
-        rows = sorted(p.human_labels(before_round=r) + spread, key=lambda l: l.item_id)
-        idx = np.array([p.index_of[l.item_id] for l in rows])
-        ref = clone(p.model_template).fit(p.pool.X[idx], np.array([l.label for l in rows], dtype=object))
+        rows = sorted(p.human_labels(before_round=r) + spread, key=lambda item: item.item_id)
+        idx = np.array([p.index_of[item.item_id] for item in rows])
+        ref = clone(p.model_template).fit(p.pool.X[idx], np.array([item.label for item in rows], dtype=object))
         assert np.allclose(ref.predict_proba(p.test.X), p.load_model(r).predict_proba(p.test.X))
         if r == 1:  # same human labels as the plain project in round 1, different model
             assert not np.allclose(plain.load_model(1).predict_proba(p.test.X), p.load_model(1).predict_proba(p.test.X))
@@ -111,8 +110,8 @@ def test_with_auto_labels_in_training_spread_labels_never_overwrite_them(tmp_pat
         info = read_json(p.store, keys.round_key(r, keys.TRAIN))
         if not info["trained"]:
             continue
-        auto = {l.item_id for l in p.machine_labels(before_round=r)}
-        spread = {l.item_id for l in p.round_labels(r, "spread_labels.jsonl")}
+        auto = {lab.item_id for lab in p.machine_labels(before_round=r)}
+        spread = {lab.item_id for lab in p.round_labels(r, "spread_labels.jsonl")}
         assert info["n_spread"] == len(spread) > 0
         assert not spread & auto  # an item the auto-labeler already labeled keeps that label
         checked += bool(auto)

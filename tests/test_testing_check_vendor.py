@@ -74,7 +74,8 @@ def test_the_simulated_crowd_passes_with_a_restart():
 
 class DoubleSubmit(GoodVendor):
     def submit(self, tasks, *, batch_id):
-        self.batches[batch_id] = self.batches.get(batch_id, []) + self._answers(tasks, batch_id + str(len(self.batches.get(batch_id, []))))
+        earlier = self.batches.get(batch_id, [])
+        self.batches[batch_id] = earlier + self._answers(tasks, batch_id + str(len(earlier)))
         return [{"batch_id": batch_id}]
 
 

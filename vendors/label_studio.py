@@ -21,11 +21,12 @@ the key may instead live in the Prefect Secret block the config names
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
-from datetime import timezone
+from datetime import UTC
 from typing import Any, Literal
 from urllib.parse import urlsplit
 from xml.sax.saxutils import quoteattr
@@ -35,10 +36,10 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from crowdloop.errors import RecordExistsError, VendorError
+from crowdloop.errors import ConfigError, RecordExistsError, VendorError
 from crowdloop.records import Annotation, Task, content_hash, dumps, utcnow
 from crowdloop.storage import read_json, write_json
-from crowdloop.vendor import Ref, VendorContext, acknowledged, parse_params
+from crowdloop.vendor import Ref, VendorContext, VendorPlan, acknowledged, parse_params
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +109,25 @@ def task_data(payload: dict[str, Any], data_type: str) -> Any:
         return str(payload.get("text", ""))
     if data_type == "image":
         return _pixels_data_url(payload["pixels"]) if kind == "image" else str(payload["url"])
-    return {str(c): v for c, v in zip(payload.get("columns", []), payload.get("values", []))}
+    return {str(c): v for c, v in zip(payload.get("columns", []), payload.get("values", []), strict=True)}
 
 
 class LabelStudioVendor:
     """Label Studio projects as the workforce: your own annotators, overlap for redundancy."""
 
     name = "label_studio"
+
+    @classmethod
+    def check_params(cls, params: dict, plan: VendorPlan) -> LabelStudioParams:
+        """Offline check of ``params`` (nothing is contacted or written) and of one redundancy per batch."""
+        parsed = parse_params(LabelStudioParams, params, vendor=cls.name)
+        if len(set(plan.replicas_per_task)) > 1:
+            raise ConfigError(
+                f"{plan.replicas_field}: batches would mix {sorted(set(plan.replicas_per_task))} judgments per task, "
+                "but a Label Studio project has one overlap per batch; expected consensus.min_judgments: 1 "
+                "(re-asks ask one more judgment) or a fixed redundancy"
+            )
+        return parsed
 
     def __init__(self, params: dict, context: VendorContext) -> None:
         self.params = parse_params(LabelStudioParams, params, vendor=self.name)
@@ -365,7 +378,7 @@ class LabelStudioVendor:
                                  submitted_at=submitted, duration_s=round(float(lead), 3),
                                  reward=record["rewards"][item], is_gold=bool(record["is_gold"][item]))
                 if out.submitted_at.tzinfo is None:  # Label Studio speaks UTC; never mix naive and aware times
-                    out = out.model_copy(update={"submitted_at": out.submitted_at.replace(tzinfo=timezone.utc)})
+                    out = out.model_copy(update={"submitted_at": out.submitted_at.replace(tzinfo=UTC)})
                 return out
             except ValidationError as exc:
                 problem = f"unusable fields: {exc.errors()[0]['loc']} {exc.errors()[0]['msg']}"
@@ -394,7 +407,5 @@ def _int_id(value: Any) -> int | None:
 
 
 def _write_once(store, key: str, obj: Any) -> None:
-    try:
+    with contextlib.suppress(RecordExistsError):
         write_json(store, key, obj, create_only=True)
-    except RecordExistsError:
-        pass

@@ -22,6 +22,7 @@ Store layout (under ``vendor/local/``)::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -29,7 +30,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from crowdloop.errors import CrowdloopError, RecordExistsError, VendorDataError, VendorError
 from crowdloop.records import Annotation, Task
 from crowdloop.storage import KeyNotFoundError, read_json, write_json
-from crowdloop.vendor import Ref, VendorContext, acknowledged, parse_params, record_decision
+from crowdloop.vendor import Ref, VendorContext, VendorPlan, acknowledged, parse_params, record_decision
 
 ANNOTATOR_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 UNDO_MARGIN_S = 2.0  # poll waits this much longer than the undo window (clock and request skew)
@@ -66,6 +67,11 @@ class LocalVendor:
 
     name = "local"
 
+    @classmethod
+    def check_params(cls, params: dict, plan: VendorPlan) -> LocalParams:
+        """Offline check of ``params`` (nothing is contacted or written)."""
+        return parse_params(LocalParams, params, vendor=cls.name)
+
     def __init__(self, params: dict, context: VendorContext, *, clock: Callable[[], float] = time.time) -> None:
         self.params = parse_params(LocalParams, params, vendor="local")
         self.context = context
@@ -80,11 +86,9 @@ class LocalVendor:
     def submit(self, tasks: Sequence[Task], *, batch_id: str) -> list[Ref]:
         key = f"batches/{batch_id}.json"
         if not self.store.exists(key):
-            try:
+            with contextlib.suppress(RecordExistsError):  # a concurrent retry wrote the same batch
                 write_json(self.store, key, {"batch_id": batch_id, "tasks": [t.model_dump(mode="json") for t in tasks]},
                            create_only=True)
-            except RecordExistsError:
-                pass  # a concurrent retry wrote the same batch
         return [{"batch_id": batch_id}]
 
     def poll(self, refs: Sequence[Ref]) -> list[Annotation]:
@@ -118,11 +122,9 @@ class LocalVendor:
 
     def bonus(self, assignments: Sequence[Annotation], *, amount: float, reason: str, token: str) -> None:
         record = {"assignment_ids": sorted(a.assignment_id for a in assignments), "amount": amount, "reason": reason}
-        try:
+        with contextlib.suppress(RecordExistsError):
             write_json(self.store, f"bonuses/{hashlib.sha256(token.encode()).hexdigest()[:24]}.json", record,
                        create_only=True)
-        except RecordExistsError:
-            pass
 
     def ledger(self) -> dict[str, float | int]:
         tasks = sum(len(read_json(self.store, k)["tasks"]) for k in self.store.list("batches/"))
@@ -269,11 +271,9 @@ class LocalVendor:
         self._check_worker(worker)
         if self.task(batch_id, item_id) is None:
             raise VendorDataError(f"item {item_id!r} is not part of batch {batch_id!r}")
-        try:
+        with contextlib.suppress(RecordExistsError):
             write_json(self.store, f"skips/{batch_id}/{item_key(item_id)}.{worker}.json",
                        {"at": self._now().isoformat()}, create_only=True)
-        except RecordExistsError:
-            pass
         self.store.delete(f"leases/{worker}.json")
 
     def undo(self, worker: str) -> Task | None:
@@ -312,7 +312,7 @@ class LocalVendor:
             raise VendorDataError(f"annotator {worker!r}: expected 1-40 lowercase letters, digits, '_' or '-'")
 
     def _now(self, stamp: float | None = None) -> datetime:
-        return datetime.fromtimestamp(self.clock() if stamp is None else stamp, timezone.utc)
+        return datetime.fromtimestamp(self.clock() if stamp is None else stamp, UTC)
 
     def _batch_tasks(self, batch_id: str) -> list[Task]:
         """A batch's tasks, parsed once per process: batch records are create-only, never rewritten.

@@ -9,7 +9,9 @@ Security model, in short:
   foreign ``Origin`` (or, without one, a foreign ``Referer``) or ``Sec-Fetch-Site`` other than
   same-origin is refused;
 * item content is escaped by Jinja2's autoescaping, scripts run only with a per-response CSP
-  nonce, so an item whose text is ``<script>...`` shows as text;
+  nonce, so an item whose text is ``<script>...`` shows as text; item text sits in a
+  direction-isolated box (``dir="auto"``), so right-to-left overrides in it cannot reorder
+  anything outside it, and a long text scrolls inside that box of readable width;
 * ``/image/<batch>/<item digest>`` serves only items of dispatched batches, from the path the
   pool names (png, jpeg, gif, webp) or from the item's pixels; never a path from the request.
 """
@@ -30,8 +32,8 @@ from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from starlette.concurrency import run_in_threadpool
 from jinja2 import Environment
+from starlette.concurrency import run_in_threadpool
 
 from crowdloop.errors import CrowdloopError
 from crowdloop.records import Annotation, Task
@@ -56,7 +58,8 @@ body{font-family:system-ui,sans-serif;max-width:52rem;margin:1.5rem auto;padding
 header{display:flex;justify-content:space-between;align-items:baseline;border-bottom:1px solid #d8dce3;margin-bottom:1rem}
 h1{font-size:1.2rem;margin:.4rem 0}.who{color:#5a6270;font-size:.9rem}
 .card{background:#fff;border:1px solid #d8dce3;border-radius:.6rem;padding:1.2rem;margin-bottom:1rem}
-.text{white-space:pre-wrap;font-size:1.15rem;line-height:1.5;overflow-wrap:anywhere}
+.text{white-space:pre-wrap;font-size:1.15rem;line-height:1.5;overflow-wrap:anywhere;max-width:70ch;max-height:60vh;overflow-y:auto;unicode-bidi:isolate}
+.text:focus{outline:2px solid #9ab8ee}.long{color:#5a6270;font-size:.85rem;margin:.3rem 0 0}
 img.item{display:block;margin:0 auto;max-width:100%;max-height:24rem;image-rendering:pixelated;min-width:12rem}
 table{border-collapse:collapse;font-size:.9rem}td,th{border:1px solid #e3e6eb;padding:.2rem .5rem;text-align:right}
 th{background:#f0f2f5;text-align:left}.classes{display:flex;flex-wrap:wrap;gap:.5rem}
@@ -73,7 +76,8 @@ kbd{font-size:.75rem;background:#eef0f3;border:1px solid #c9ced6;border-radius:.
 {% if task %}
 <div class="card" id="item" data-item="{{ task.item_id }}" data-kind="{{ payload.kind }}">
 {% if suggestion %}<div class="suggestion" id="suggestion">Model suggests <b>{{ suggestion[0] }}</b> ({{ "%.0f"|format(suggestion[1] * 100) }}%)</div>{% endif %}
-{% if payload.kind == "text" %}<div class="text" id="item-text">{{ payload.text }}</div>
+{% if payload.kind == "text" %}<div class="text" id="item-text" dir="auto" tabindex="0">{{ payload.text }}</div>
+{% if payload.text|length > 1500 %}<p class="long" id="item-long">Long text ({{ "{:,}".format(payload.text|length) }} characters): scroll inside the box; the keys below still answer.</p>{% endif %}
 {% elif payload.kind == "image" %}<img class="item" id="item-image" alt="item {{ task.item_id }}" src="{{ image_url }}">
 {% endif %}
 {% if payload.kind == "tabular" %}
@@ -117,7 +121,7 @@ kbd{font-size:.75rem;background:#eef0f3;border:1px solid #c9ced6;border-radius:.
 })();
 </script>
 </body></html>
-""")
+""")  # noqa: E501 - an HTML template: its lines are the page, not code
 
 FORBIDDEN = ("<!doctype html><title>403</title><h1>403 Forbidden</h1>"
              "<p>A valid annotator link is needed. Ask the project owner for yours "
@@ -130,7 +134,7 @@ def png_from_pixels(pixels: list[list[float]], *, scale: int = 1) -> bytes:
     top = max((max(r) for r in rows if r), default=0.0) or 1.0
     raw = bytearray()
     for row in rows:
-        line = bytes(255 - int(round(255 * min(max(v, 0.0), top) / top)) for v in row for _ in range(scale))
+        line = bytes(255 - round(255 * min(max(v, 0.0), top) / top) for v in row for _ in range(scale))
         for _ in range(scale):
             raw += b"\x00" + line
     width, height = len(rows[0]) * scale if rows else 0, len(rows) * scale
@@ -239,8 +243,9 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
         messages = {"undone": "Your last answer was taken back; answer again.",
                     "too-late": "Nothing to undo: answers can be taken back only shortly after you give them.",
                     "skipped": "Skipped.", "saved": None}
-        html = PAGE.render(project=title, annotator=name, task=task, payload=payload, buttons=key_bindings(vendor.context.classes),
-                           progress=progress, csrf=csrf_for(raw), nonce=nonce, suggestion=suggestion,
+        html = PAGE.render(project=title, annotator=name, task=task, payload=payload,
+                           buttons=key_bindings(vendor.context.classes), progress=progress, csrf=csrf_for(raw),
+                           nonce=nonce, suggestion=suggestion,
                            image_url=f"/image/{task.batch_id}/{item_key(task.item_id)}" if task else "",
                            notice=messages.get(notice or ""))
         return security_headers(HTMLResponse(html), nonce)
@@ -276,7 +281,7 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
         if on_answer is not None:
             try:
                 await run_in_threadpool(on_answer, stored)
-            except Exception:  # noqa: BLE001 - a lost notification costs a poll; the answer is stored
+            except Exception:  # a lost notification costs a poll; the answer is stored
                 log.exception("on_answer hook failed")
         return back()
 

@@ -21,15 +21,16 @@ are create-only records in the vendor's state, so a crash half-way redoes the sa
 
 The exchange files live in the vendor's own prefix of the project store, or in the store
 named by ``params.url`` (a directory shared with the vendor, later ``s3://bucket/prefix``).
-"""
+"""  # noqa: E501 - JSON Lines examples are one record per line
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -37,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from crowdloop.errors import RecordExistsError, StoreError, VendorError
 from crowdloop.records import Annotation, Task, dumps, to_jsonl, utcnow
 from crowdloop.storage import Store, open_store, read_json, validate_key, write_json
-from crowdloop.vendor import Ref, VendorContext, acknowledged, parse_params, record_decision
+from crowdloop.vendor import Ref, VendorContext, VendorPlan, acknowledged, parse_params, record_decision
 
 MAX_REJECT_CONTENT = 500
 
@@ -74,13 +75,18 @@ def _parse_time(value: Any, name: str) -> datetime:
         stamp = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
     except ValueError:
         raise ValueError(f"{name}: {value!r} is not an ISO 8601 timestamp") from None
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
 
 class ManifestVendor:
     """Writes Ground Truth input manifests; reads answers from dropped result files."""
 
     name = "manifest"
+
+    @classmethod
+    def check_params(cls, params: dict, plan: VendorPlan) -> ManifestParams:
+        """Offline check of ``params`` (nothing is contacted or written)."""
+        return parse_params(ManifestParams, params, vendor=cls.name)
 
     def __init__(self, params: dict, context: VendorContext) -> None:
         self.params = parse_params(ManifestParams, params, vendor="manifest")
@@ -98,19 +104,15 @@ class ManifestVendor:
         manifest_key = f"{self.params.requests_prefix}{batch_id}.manifest.jsonl"
         batch_key = f"batches/{batch_id}.json"
         if not self.state.exists(batch_key):
-            try:
+            with contextlib.suppress(RecordExistsError):
                 write_json(self.state, batch_key, {"batch_id": batch_id, "manifest": manifest_key,
                                                    "tasks": [t.model_dump(mode="json") for t in tasks]},
                            create_only=True)
-            except RecordExistsError:
-                pass
         recorded = [Task.model_validate(t) for t in read_json(self.state, batch_key)["tasks"]]
         if not self.exchange.exists(manifest_key):
             lines = b"".join(dumps(self._manifest_line(t)) + b"\n" for t in recorded)
-            try:
+            with contextlib.suppress(RecordExistsError):
                 self.exchange.write_bytes(manifest_key, lines, create_only=True)
-            except RecordExistsError:
-                pass
         return [{"batch_id": batch_id, "manifest": manifest_key}]
 
     def poll(self, refs: Sequence[Ref]) -> list[Annotation]:
@@ -145,10 +147,8 @@ class ManifestVendor:
     def bonus(self, assignments: Sequence[Annotation], *, amount: float, reason: str, token: str) -> None:
         record = {"assignment_ids": sorted(a.assignment_id for a in assignments), "amount": amount, "reason": reason,
                   "workers": sorted({a.worker_id for a in assignments})}
-        try:
+        with contextlib.suppress(RecordExistsError):  # the token makes bonuses idempotent
             write_json(self.exchange, f"bonuses/{_digest(token)}.json", record, create_only=True)
-        except RecordExistsError:
-            pass  # the token makes bonuses idempotent
 
     # -- ingesting result files -------------------------------------------------------
     def ingest(self) -> dict[str, int]:
@@ -186,10 +186,8 @@ class ManifestVendor:
 
     @staticmethod
     def _create(store: Store, key: str, data: bytes) -> None:
-        try:
+        with contextlib.suppress(RecordExistsError):  # a replay after a crash: the content is derived from the same file
             store.write_bytes(key, data, create_only=True)
-        except RecordExistsError:
-            pass  # a replay after a crash: the content is derived from the same file
 
     def _tasks(self) -> dict[str, Task]:
         out: dict[str, Task] = {}
@@ -281,7 +279,7 @@ class ManifestVendor:
         elif payload.get("kind") == "image" and "pixels" in payload:
             line["source"] = json.dumps({"pixels": payload["pixels"]})
         else:
-            line["source"] = json.dumps(dict(zip(payload.get("columns", []), payload.get("values", []))))
+            line["source"] = json.dumps(dict(zip(payload.get("columns", []), payload.get("values", []), strict=True)))
         line.update({"item-id": task.item_id, "batch-id": task.batch_id, "class-list": list(self.context.classes),
                      "replicas": task.replicas, "reward": task.reward})
         return line
@@ -290,7 +288,7 @@ class ManifestVendor:
         """Tasks sent, manifests written, answers ingested, money approved and bonused."""
         tasks = sum(len(read_json(self.state, k)["tasks"]) for k in self.state.list("batches/"))
         manifests = len(self.exchange.list(self.params.requests_prefix))
-        answers = sum(len([l for l in self.state.read_bytes(k).splitlines() if l.strip()])
+        answers = sum(len([line for line in self.state.read_bytes(k).splitlines() if line.strip()])
                       for k in self.state.list("answers/"))
         paid = sum(read_json(self.exchange, k)["paid"] for k in self.exchange.list("acks/"))
         bonuses = sum(read_json(self.exchange, k)["amount"] * len(read_json(self.exchange, k)["assignment_ids"])

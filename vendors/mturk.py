@@ -4,7 +4,7 @@ Install with ``pip install 'crowdloop[mturk]'``. Credentials come from the Prefe
 the config names (``credentials.aws``), else from boto3's credential chain (environment,
 shared config, instance role); never from the YAML config itself.
 
-Reliability (DESIGN.md, "Reliability rules"):
+Reliability (the rules of docs/reliability.md, "Guarantees"):
 
 * every HIT is created with a deterministic ``UniqueRequestToken`` derived from (project,
   batch, items, replicas) and a ``RequesterAnnotation`` that carries project/round/items;
@@ -26,6 +26,7 @@ the fee of one assignment for pay accounting.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import html
 import logging
@@ -35,7 +36,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -49,7 +50,7 @@ from crowdloop.errors import ConfigError, RecordExistsError, VendorError
 from crowdloop.records import Annotation, Task, utcnow
 from crowdloop.redact import protect_loggers
 from crowdloop.storage import read_json, write_json
-from crowdloop.vendor import Ref, VendorContext, parse_params
+from crowdloop.vendor import Ref, VendorContext, VendorPlan, parse_params
 
 log = logging.getLogger(__name__)
 protect_loggers()  # botocore logs request headers (the access key id) at DEBUG
@@ -71,10 +72,11 @@ LARGE_HIT_SURCHARGE = 0.20
 LARGE_HIT_ASSIGNMENTS = 10
 MIN_FEE = 0.01
 MAX_ANSWER_CHARS = 1_000_000  # a classification answer is a few hundred bytes; refuse megabytes unparsed
+MAX_QUESTION_BYTES = 65_535  # CreateHIT: "The XML question data must not be larger than 64 kilobytes"
 
 # Sessions are built through this name so tests can hand in a session with a fake wired into
 # botocore's ``before-send`` event (every request is still validated by the real model).
-_session_factory: Callable[[], "boto3.session.Session"] = boto3.session.Session
+_session_factory: Callable[[], boto3.session.Session] = boto3.session.Session
 
 
 class QualificationTest(BaseModel):
@@ -96,7 +98,7 @@ class Qualifications(BaseModel):
     test: QualificationTest | None = None
 
     @model_validator(mode="after")
-    def _paired(self) -> "Qualifications":
+    def _paired(self) -> Qualifications:
         # A 99% approval rate means nothing for a worker with 3 HITs: MTurk reports 100% for
         # new workers until they have 100 HITs, so the rate is only a filter with a count.
         if (self.min_approval_rate is None) != (self.min_approved_hits is None):
@@ -119,6 +121,9 @@ class MTurkParams(BaseModel):
     description: str = Field("Choose the class that fits the item best.", min_length=1, max_length=2000)
     keywords: str = Field("classification, labeling", max_length=1000)
     items_per_hit: int = Field(1, ge=1, le=50, description="items shown in one HIT (one assignment answers all)")
+    max_text_chars: int = Field(
+        4000, ge=100, le=48_000, description="longest item text shown in a HIT; longer texts are cut with a note "
+        "saying so (the whole question must stay under MTurk's 64 KB)")
     assignment_duration_s: int = Field(600, ge=30, le=365 * 86400, description="time a worker has after accepting")
     lifetime_s: int = Field(3 * 86400, ge=60, le=365 * 86400, description="how long the HIT is listed")
     auto_approval_delay_s: int = Field(86400, ge=0, le=30 * 86400, description="MTurk approves on its own after this")
@@ -145,6 +150,15 @@ def fee_for(reward: float, n_assignments_per_hit: int) -> float:
     return max(MIN_FEE, math.ceil(round(reward * rate * 100, 6)) / 100)
 
 
+def check_assignments(params: MTurkParams, replicas: int, *, field: str = "consensus.redundancy") -> None:
+    """Refuse 10+ assignments per HIT unless the 20% surcharge was allowed explicitly."""
+    if replicas >= LARGE_HIT_ASSIGNMENTS and not params.allow_ten_or_more_assignments:
+        raise ConfigError(
+            f"{field}={replicas}: MTurk charges an extra 20% on HITs with 10 or more assignments; "
+            "use at most 9 or set vendor.params.allow_ten_or_more_assignments: true"
+        )
+
+
 def endpoint_for(params: MTurkParams) -> str:
     if params.endpoint_url:
         return params.endpoint_url
@@ -157,8 +171,8 @@ def make_client(params: MTurkParams, credentials: Credentials = DEFAULT_CREDENTI
     adaptive retries on throttling."""
     config = Config(retries={"mode": "adaptive", "max_attempts": params.max_attempts}, user_agent_extra="crowdloop")
     try:
-        return credentials.aws_session(_session_factory).client("mturk", region_name=params.region, endpoint_url=endpoint_for(params),
-                                         config=config)
+        return credentials.aws_session(_session_factory).client("mturk", region_name=params.region,
+                                                                endpoint_url=endpoint_for(params), config=config)
     except BotoCoreError as exc:
         raise VendorError(f"vendor 'mturk': cannot create the MTurk client: {exc}") from exc
 
@@ -364,7 +378,7 @@ class MTurkVendor:
                 continue
             hit_id = read_json(self.store, key)["hit_id"]
             try:  # a time in the past expires the HIT at once
-                self._call("update_expiration_for_hit", HITId=hit_id, ExpireAt=datetime(2015, 1, 1, tzinfo=timezone.utc))
+                self._call("update_expiration_for_hit", HITId=hit_id, ExpireAt=datetime(2015, 1, 1, tzinfo=UTC))
             except ClientError as exc:
                 raise VendorError(f"vendor 'mturk': cannot expire HIT {hit_id}: {_error_message(exc)}") from exc
             expired.append(hit_id)
@@ -382,11 +396,14 @@ class MTurkVendor:
                 yield group
 
     def _check_assignments(self, replicas: int) -> None:
-        if replicas >= LARGE_HIT_ASSIGNMENTS and not self.params.allow_ten_or_more_assignments:
-            raise ConfigError(
-                f"consensus.redundancy={replicas}: MTurk charges an extra 20% on HITs with 10 or more assignments; "
-                "use at most 9 or set vendor.params.allow_ten_or_more_assignments: true"
-            )
+        check_assignments(self.params, replicas)
+
+    @classmethod
+    def check_params(cls, params: dict, plan: VendorPlan) -> MTurkParams:
+        """Offline check (no client is built, nothing is sent): the params and HIT size."""
+        parsed = parse_params(MTurkParams, params, vendor=cls.name)
+        check_assignments(parsed, max(plan.replicas_per_task, default=1), field=plan.replicas_field)
+        return parsed
 
     @staticmethod
     def _hit_key(batch_id: str, group: str) -> str:
@@ -505,8 +522,23 @@ class MTurkVendor:
 
     # -- the form -------------------------------------------------------------------------
     def question_xml(self, group: Sequence[Task]) -> str:
-        """``HTMLQuestion`` with every item's content HTML-escaped (no markup from data)."""
-        blocks = [self._item_html(k, t.item_id) for k, t in enumerate(group)]
+        """``HTMLQuestion`` with every item's content HTML-escaped (no markup from data).
+
+        Item texts share what MTurk's 64 KB limit leaves after the form itself (measured by
+        rendering it with empty texts), so many long items in one HIT are cut, not refused."""
+        payloads = [self.context.item_payload(t.item_id) for t in group]
+        skeleton = self._page(group, payloads, text_bytes=0)
+        spare = MAX_QUESTION_BYTES - len(skeleton.encode("utf-8")) - 32 * len(group)  # the notes' numbers grow a little
+        xml = self._page(group, payloads, text_bytes=max(spare // max(len(group), 1), 0))
+        size = len(xml.encode("utf-8"))
+        if size > MAX_QUESTION_BYTES:
+            raise VendorError(f"vendor 'mturk': the question for items {[t.item_id for t in group][:3]} is {size:,} bytes; "
+                              f"MTurk accepts at most {MAX_QUESTION_BYTES:,}: lower items_per_hit or max_text_chars")
+        return xml
+
+    def _page(self, group: Sequence[Task], payloads: list[dict[str, Any]], *, text_bytes: int) -> str:
+        blocks = [self._item_html(k, t.item_id, payload, text_bytes)
+                  for k, (t, payload) in enumerate(zip(group, payloads, strict=True))]
         page = _FORM.format(title=html.escape(self.params.title), description=html.escape(self.params.description),
                             items="\n".join(blocks))
         if "]]>" in page:  # cannot happen with escaped content; refuse rather than break the CDATA
@@ -514,9 +546,8 @@ class MTurkVendor:
         return (f'<HTMLQuestion xmlns="{HTML_QUESTION_NS}"><HTMLContent><![CDATA[{page}]]></HTMLContent>'
                 f"<FrameHeight>{self.params.frame_height}</FrameHeight></HTMLQuestion>")
 
-    def _item_html(self, k: int, item_id: str) -> str:
-        payload = self.context.item_payload(item_id)
-        body = render_payload(payload)
+    def _item_html(self, k: int, item_id: str, payload: dict[str, Any], text_bytes: int) -> str:
+        body = render_payload(payload, max_text_chars=self.params.max_text_chars, max_text_bytes=text_bytes)
         choices = "\n".join(
             f'<label><input type="radio" name="label-{k}" value="{html.escape(c, quote=True)}" required> '
             f"{html.escape(c)}</label><br>"
@@ -567,7 +598,7 @@ class MTurkVendor:
                        assignment_id=aid if len(items) == 1 else f"{aid}:{k}", batch_id=record["batch_id"],
                        round=record["round"], submitted_at=submitted or utcnow(), duration_s=round(per_item, 3),
                        reward=record["rewards"][k], is_gold=bool(record.get("is_gold", [False] * len(items))[k]))
-            for k, (item, label) in enumerate(zip(items, labels))
+            for k, (item, label) in enumerate(zip(items, labels, strict=True))
         ]
 
     def _report_bad(self, assignment: dict[str, Any], record: dict[str, Any], problem: str) -> None:
@@ -575,13 +606,11 @@ class MTurkVendor:
         log.warning("mturk: skipping assignment %s of HIT %s (worker %s): %s", aid, record["hit_id"],
                     assignment.get("WorkerId"), problem)
         self._returned.add(aid)
-        try:
+        with contextlib.suppress(RecordExistsError):
             write_json(self.store, f"bad/{aid}.json", {"assignment_id": aid, "hit_id": record["hit_id"],
                                                        "worker_id": assignment.get("WorkerId"), "problem": problem,
                                                        "answer": str(assignment.get("Answer", ""))[:4000]},
                        create_only=True)
-        except RecordExistsError:
-            pass
 
     def bad_assignments(self) -> list[dict[str, Any]]:
         """Assignments skipped because their answers could not be used (for review)."""
@@ -606,11 +635,9 @@ class MTurkVendor:
         except ClientError as exc:
             if not _is_duplicate_token(exc):
                 raise VendorError(f"vendor 'mturk': send_bonus for {aid} failed: {_error_message(exc)}") from exc
-        try:
+        with contextlib.suppress(RecordExistsError):
             write_json(self.store, key, {"assignment_id": aid, "worker_id": worker_id, "amount": amount,
                                          "reason": reason, "token": token, "fee": fee_for(amount, 1)}, create_only=True)
-        except RecordExistsError:
-            pass
 
     def _pay_qualification_test(self, aid: str, worker_id: str) -> None:
         test = self.params.qualifications.test
@@ -632,17 +659,38 @@ class MTurkVendor:
 
 
 # -- rendering and parsing (pure functions, tested directly) ---------------------------------
-def render_payload(payload: dict[str, Any]) -> str:
-    """HTML for one item: tabular rows, text or an image URL; every value escaped."""
+def shorten_text(text: str, *, max_chars: int, max_bytes: int) -> str:
+    """The longest prefix of ``text`` within ``max_chars`` characters whose escaped UTF-8 form fits
+    ``max_bytes`` (escaping can grow ``<`` to four bytes, a character may take four)."""
+    cut = text[:max_chars]
+    if len(html.escape(cut).encode("utf-8")) <= max_bytes:
+        return cut
+    lo, hi = 0, len(cut)
+    while lo < hi:  # binary search on the prefix length
+        mid = (lo + hi + 1) // 2
+        if len(html.escape(cut[:mid]).encode("utf-8")) <= max_bytes:
+            lo = mid
+        else:
+            hi = mid - 1
+    return cut[:lo]
+
+
+def render_payload(payload: dict[str, Any], *, max_text_chars: int = 4000, max_text_bytes: int = MAX_QUESTION_BYTES) -> str:
+    """HTML for one item: tabular rows, text or an image URL; every value escaped. A text longer
+    than the caps is cut, with a note that tells the worker so."""
     kind = payload.get("kind")
     if kind == "tabular":
         rows = "".join(
             f"<tr><th>{html.escape(str(c))}</th><td>{html.escape(_fmt_value(v))}</td></tr>"
-            for c, v in zip(payload.get("columns", []), payload.get("values", []))
+            for c, v in zip(payload.get("columns", []), payload.get("values", []), strict=True)
         )
         return f'<table class="row">{rows}</table>'
     if kind == "text":
-        return f'<p class="text">{html.escape(str(payload.get("text", "")))}</p>'
+        text = str(payload.get("text", ""))
+        shown = shorten_text(text, max_chars=max_text_chars, max_bytes=max_text_bytes)
+        note = ("" if shown == text else f'<p class="cut">Shortened for this form: showing the first {len(shown):,} '
+                f"of {len(text):,} characters.</p>")
+        return f'<p class="text" dir="auto">{html.escape(shown)}</p>{note}'
     if kind == "image_url":
         url = str(payload.get("url", ""))
         if not re.match(r"^https?://", url, flags=re.IGNORECASE):
@@ -665,7 +713,7 @@ def _render_pixels(pixels: list[list[float]]) -> str:
     cells = "".join(
         "<tr>" + "".join(
             f'<td style="width:24px;height:24px;background:rgb({g},{g},{g})"></td>'
-            for g in (int(round(255 * (1 - float(v) / top))) for v in row)
+            for g in (round(255 * (1 - float(v) / top)) for v in row)
         ) + "</tr>"
         for row in pixels
     )
@@ -721,7 +769,8 @@ def _local(tag: str) -> str:
 _FORM = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;max-width:46em;margin:1em auto}}table.row td,table.row th{{padding:2px 8px;text-align:left}}
-img.item{{max-width:100%}}fieldset{{margin-bottom:1em}}p.text{{white-space:pre-wrap}}</style></head>
+img.item{{max-width:100%}}fieldset{{margin-bottom:1em}}p.text{{white-space:pre-wrap;overflow-wrap:anywhere;unicode-bidi:isolate}}
+p.cut{{color:#555;font-size:.85em;font-style:italic}}</style></head>
 <body><h3>{title}</h3><p>{description}</p>
 <form id="f" method="post" action="https://www.mturk.com/mturk/externalSubmit">
 <input type="hidden" id="assignmentId" name="assignmentId" value="">
@@ -733,4 +782,4 @@ img.item{{max-width:100%}}fieldset{{margin-bottom:1em}}p.text{{white-space:pre-w
 document.getElementById("assignmentId").value=a;var to=q.get("turkSubmitTo");
 if(to&&/^https:\\/\\/(www|workersandbox)\\.mturk\\.com$/.test(to)){{document.getElementById("f").action=to+"/mturk/externalSubmit";}}
 if(!a||a==="ASSIGNMENT_ID_NOT_AVAILABLE"){{var b=document.getElementById("submit");b.disabled=true;b.textContent="Accept the HIT to answer";}}}})();
-</script></body></html>"""
+</script></body></html>"""  # noqa: E501 - an HTML/JS template, not code

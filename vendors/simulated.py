@@ -8,6 +8,7 @@ project seed and the batch id.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 import zlib
@@ -17,10 +18,10 @@ from datetime import timedelta
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from crowdloop.errors import RecordExistsError, VendorError
+from crowdloop.errors import ConfigError, RecordExistsError, VendorError
 from crowdloop.records import Annotation, Task, utcnow
 from crowdloop.storage import read_json, write_json
-from crowdloop.vendor import Ref, VendorContext, acknowledged, parse_params, record_decision
+from crowdloop.vendor import Ref, VendorContext, VendorPlan, acknowledged, parse_params, record_decision
 
 
 class SimulatedCrowdParams(BaseModel):
@@ -46,7 +47,7 @@ class SimulatedCrowdParams(BaseModel):
     latency_s: float = Field(0.0, ge=0, description="answers trickle in over this many wall-clock seconds")
 
     @model_validator(mode="after")
-    def _check_range(self) -> "SimulatedCrowdParams":
+    def _check_range(self) -> SimulatedCrowdParams:
         low, high = self.accuracy
         if not 0 <= low <= high <= 1:
             raise ValueError(f"accuracy={list(self.accuracy)}: expected [low, high] with 0 <= low <= high <= 1")
@@ -60,6 +61,26 @@ class SimulatedCrowdParams(BaseModel):
         return self
 
 
+def _adversaries(p: SimulatedCrowdParams) -> tuple[int, int]:
+    """How many confusers and colluders the population holds."""
+    return round(p.confuser_fraction * p.n_workers), round(p.colluder_fraction * p.n_workers)
+
+
+def _check_population(p: SimulatedCrowdParams, classes: Sequence[str]) -> None:
+    """The population the params describe can be drawn (checked offline and when building the crowd)."""
+    n_conf, n_coll = _adversaries(p)
+    honest = p.n_workers - round(p.spammer_fraction * p.n_workers)
+    if n_conf + n_coll > honest:
+        raise VendorError(f"vendor 'simulated': {n_conf + n_coll} adversarial workers but only {honest} non-spammers")
+    n_pair, n_ring = round(p.pair_confuser_fraction * p.n_workers), round(p.ring_fraction * p.n_workers)
+    free = honest - n_conf - n_coll
+    if n_pair + n_ring > free:
+        raise VendorError(f"vendor 'simulated': {n_pair + n_ring} pair confusers and ring members but only "
+                          f"{free} honest workers")
+    if p.colluder_class >= len(classes):
+        raise VendorError(f"vendor 'simulated': colluder_class={p.colluder_class} but there are only {len(classes)} classes")
+
+
 def _stable_int(text: str) -> int:
     return zlib.crc32(text.encode())
 
@@ -68,6 +89,7 @@ class SimulatedCrowd:
     """Workers with accuracies from a range, a share of spammers and optional class confusion."""
 
     name = "simulated"
+    needs_ground_truth = True  # answers come from the pool's labels (crowdloop.vendor)
 
     def __init__(self, params: dict, context: VendorContext) -> None:
         if context.ground_truth is None:
@@ -80,33 +102,29 @@ class SimulatedCrowd:
         rng = np.random.default_rng([context.seed, _stable_int("population")])
         self.worker_ids = [f"sim-w{i:03d}" for i in range(p.n_workers)]
         self.worker_accuracy = rng.uniform(p.accuracy[0], p.accuracy[1], size=p.n_workers)
-        n_spam = int(round(p.spammer_fraction * p.n_workers))
+        n_spam = round(p.spammer_fraction * p.n_workers)
         self.is_spammer = np.zeros(p.n_workers, dtype=bool)
         self.is_spammer[rng.choice(p.n_workers, size=n_spam, replace=False)] = True
         self.worker_speed = rng.lognormal(0.0, 0.25, size=p.n_workers)
         # Adversarial kinds are drawn after the original population so plain crowds stay unchanged.
         self.is_confuser = np.zeros(p.n_workers, dtype=bool)
         self.is_colluder = np.zeros(p.n_workers, dtype=bool)
-        n_conf = int(round(p.confuser_fraction * p.n_workers))
-        n_coll = int(round(p.colluder_fraction * p.n_workers))
+        n_conf, n_coll = _adversaries(p)
+        _check_population(p, context.classes)
         if n_conf or n_coll:
             honest = np.flatnonzero(~self.is_spammer)
-            if n_conf + n_coll > len(honest):
-                raise VendorError(f"vendor 'simulated': {n_conf + n_coll} adversarial workers but only {len(honest)} non-spammers")
-            kinds = np.random.default_rng([context.seed, _stable_int("adversaries")]).choice(honest, n_conf + n_coll, replace=False)
+            rng = np.random.default_rng([context.seed, _stable_int("adversaries")])
+            kinds = rng.choice(honest, n_conf + n_coll, replace=False)
             self.is_confuser[kinds[:n_conf]] = True
             self.is_colluder[kinds[n_conf:]] = True
         # Structured kinds come last, from their own stream, so every earlier crowd stays unchanged.
         self.is_pair_confuser = np.zeros(p.n_workers, dtype=bool)
         self.in_ring = np.zeros(p.n_workers, dtype=bool)
         self.pair_of: dict[int, int] = {}
-        n_pair = int(round(p.pair_confuser_fraction * p.n_workers))
-        n_ring = int(round(p.ring_fraction * p.n_workers))
+        n_pair = round(p.pair_confuser_fraction * p.n_workers)
+        n_ring = round(p.ring_fraction * p.n_workers)
         if n_pair or n_ring:
             free = np.flatnonzero(~(self.is_spammer | self.is_confuser | self.is_colluder))
-            if n_pair + n_ring > len(free):
-                raise VendorError(f"vendor 'simulated': {n_pair + n_ring} pair confusers and ring members but only "
-                                  f"{len(free)} honest workers")
             structured = np.random.default_rng([context.seed, _stable_int("structured")])
             chosen = structured.choice(free, n_pair + n_ring, replace=False)
             self.is_pair_confuser[chosen[:n_pair]] = True
@@ -114,10 +132,22 @@ class SimulatedCrowd:
             K = len(context.classes)
             if n_pair and K >= 2:  # disjoint pairs of classes, drawn once per crowd
                 order = structured.permutation(K)
-                for a, b in zip(order[0:2 * p.confused_pairs:2], order[1:2 * p.confused_pairs:2]):
+                for a, b in zip(order[0:2 * p.confused_pairs:2], order[1:2 * p.confused_pairs:2],
+                                strict=False):  # an odd class left over pairs with nobody
                     self.pair_of[int(a)], self.pair_of[int(b)] = int(b), int(a)
-        if p.colluder_class >= len(context.classes):
-            raise VendorError(f"vendor 'simulated': colluder_class={p.colluder_class} but there are only {len(context.classes)} classes")
+
+    @classmethod
+    def check_params(cls, params: dict, plan: VendorPlan) -> SimulatedCrowdParams:
+        """Offline check of ``params`` against the plan: enough workers for each item's judgments."""
+        p = parse_params(SimulatedCrowdParams, params, vendor=cls.name)
+        if plan.judgments_per_item > p.n_workers:
+            raise ConfigError(
+                f"{plan.judgments_field}={plan.judgments_per_item} is above vendor.params.n_workers={p.n_workers}: "
+                "each judgment of an item comes from a different worker; expected at most n_workers"
+            )
+        if plan.classes:
+            _check_population(p, plan.classes)
+        return p
 
     # -- vendor protocol -------------------------------------------------------------
     def submit(self, tasks: Sequence[Task], *, batch_id: str) -> list[Ref]:
@@ -131,10 +161,8 @@ class SimulatedCrowd:
         record = {"batch_id": batch_id, "tasks": [t.model_dump(mode="json") for t in tasks],
                   "assignments": [a.model_dump(mode="json") for a in answers],
                   "available_at": [now + float(d) for d in delays]}
-        try:
+        with contextlib.suppress(RecordExistsError):  # a concurrent retry created it first; the content is deterministic
             write_json(self.store, key, record, create_only=True)
-        except RecordExistsError:
-            pass  # a concurrent retry created it first; the content is deterministic
         return [{"batch_id": batch_id}]
 
     def poll(self, refs: Sequence[Ref]) -> list[Annotation]:
@@ -143,7 +171,7 @@ class SimulatedCrowd:
         for ref in refs:
             batch = read_json(self.store, f"batches/{ref['batch_id']}.json")
             now = time.time()
-            for raw, available_at in zip(batch["assignments"], batch["available_at"]):
+            for raw, available_at in zip(batch["assignments"], batch["available_at"], strict=True):
                 aid = raw["assignment_id"]
                 if aid in self._returned or aid in acked or available_at > now:
                     continue
@@ -158,18 +186,14 @@ class SimulatedCrowd:
 
     def bonus(self, assignments: Sequence[Annotation], *, amount: float, reason: str, token: str) -> None:
         record = {"assignment_ids": sorted(a.assignment_id for a in assignments), "amount": amount, "reason": reason}
-        try:
+        with contextlib.suppress(RecordExistsError):  # the token makes bonuses idempotent
             write_json(self.store, f"bonuses/{hashlib.sha256(token.encode()).hexdigest()[:24]}.json", record, create_only=True)
-        except RecordExistsError:
-            pass  # the token makes bonuses idempotent
 
     def block_workers(self, worker_ids: Sequence[str], *, reason: str) -> None:
         """Stop giving tasks to these workers (MTurk: CreateWorkerBlock). Idempotent per worker."""
         for worker in sorted(set(worker_ids)):
-            try:
+            with contextlib.suppress(RecordExistsError):
                 write_json(self.store, f"blocks/{worker}.json", {"worker_id": worker, "reason": reason}, create_only=True)
-            except RecordExistsError:
-                pass
 
     def blocked_workers(self) -> set[str]:
         return {read_json(self.store, k)["worker_id"] for k in self.store.list("blocks/")}
@@ -204,7 +228,7 @@ class SimulatedCrowd:
         index = {w: i for i, w in enumerate(self.worker_ids)}
         start = utcnow()
         out: list[Annotation] = []
-        for task, true_label in zip(tasks, truth):
+        for task, true_label in zip(tasks, truth, strict=True):
             if true_label is None:
                 raise VendorError(f"vendor 'simulated': item {task.item_id!r} has no ground truth to answer from")
             excluded = blocked.union(task.exclude_workers)

@@ -36,7 +36,7 @@ def autolabel(p: Project, r: int) -> dict[str, Any]:
         ids, proba, classes = oof
         given = {label.item_id: label.label for label in p.human_labels(before_round=r)}
         conf = proba.max(axis=1)
-        right = np.array([classes[k] == given[i] for i, k in zip(ids, proba.argmax(axis=1))])
+        right = np.array([classes[k] == given[i] for i, k in zip(ids, proba.argmax(axis=1), strict=True)])
         order = np.argsort(-conf, kind="stable")
         cum = np.cumsum(right[order]) / np.arange(1, len(order) + 1)
         ok = np.flatnonzero((cum >= cfg.target_accuracy) & (np.arange(1, len(order) + 1) >= cfg.min_support))
@@ -71,4 +71,4 @@ def _label_confident(p: Project, r: int, model: Any, threshold: float, selected:
     name = f"model:{p.config.model.estimator.rsplit('.', 1)[-1]}"
     return [AggregatedLabel(item_id=str(p.pool.ids[i]), label=model_classes[b], confidence=round(float(c), 6),
                             n_annotations=0, method=name, source="machine", round=r)
-            for i, b, c in zip(cand[keep], best[keep], top[keep])]
+            for i, b, c in zip(cand[keep], best[keep], top[keep], strict=True)]

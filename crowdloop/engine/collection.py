@@ -86,7 +86,8 @@ def _validated(p: Project, intent: dict[str, Any], anns: list[Annotation]) -> tu
         elif a.vendor != intent["vendor"]:
             problem = f"annotation claims vendor {a.vendor!r}, expected {intent['vendor']!r}"
         if problem:
-            return good, VendorDataError(f"vendor {intent['vendor']!r} returned a bad answer (assignment {a.assignment_id!r}): {problem}")
+            return good, VendorDataError(
+                f"vendor {intent['vendor']!r} returned a bad answer (assignment {a.assignment_id!r}): {problem}")
         good.append(a)
     return good, None
 

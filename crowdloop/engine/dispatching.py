@@ -40,7 +40,8 @@ def dispatch(p: Project, r: int) -> dict[str, Any]:
     tasks = [Task.model_validate(t) for t in intent["tasks"]]
     refs = vendor.submit(tasks, batch_id=intent["batch_id"])
     hooks.point("dispatch:after_submit", r)
-    write_once(p.store, keys.round_key(r, keys.REFS), {"batch_id": intent["batch_id"], "refs": refs, "dispatched_at": time.time()})
+    sent = {"batch_id": intent["batch_id"], "refs": refs, "dispatched_at": time.time()}
+    write_once(p.store, keys.round_key(r, keys.REFS), sent)
     return p.record(r, keys.REFS)
 
 
@@ -79,4 +80,4 @@ def _with_predictions(p: Project, r: int, tasks: list[Task]) -> list[Task]:
     best = proba.argmax(axis=1)
     return [t.model_copy(update={"payload": {**t.payload, "prediction": {
                 "label": str(model.classes_[b]), "score": round(float(row[b]), 4)}}})
-            for t, b, row in zip(tasks, best, proba)]
+            for t, b, row in zip(tasks, best, proba, strict=True)]

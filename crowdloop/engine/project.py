@@ -14,7 +14,7 @@ import os
 import pickle
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -23,9 +23,9 @@ from urllib.parse import urlencode
 import numpy as np
 
 from crowdloop import keys, registry
-from crowdloop.config import RESUMABLE_SECTIONS, LoopConfig, PoolConfig
+from crowdloop.config import RESUMABLE_SECTIONS, FeaturesConfig, LoopConfig, PoolConfig
 from crowdloop.credentials import Credentials
-from crowdloop.errors import ConfigError, CrowdloopError, RecordExistsError, RegistryError, StoreError
+from crowdloop.errors import ConfigError, RecordExistsError, StoreError
 from crowdloop.records import AggregatedLabel, Annotation
 from crowdloop.storage import PrefixedStore, Store, open_store, read_json, write_json
 from crowdloop.vendor import VendorContext
@@ -38,7 +38,7 @@ STREAM_GOLD = 4
 STREAM_MIX = 5
 STREAM_CV = 6
 
-_PREPARED: dict[str, "Project"] = {}  # store URL -> the project prepared for a run in this process
+_PREPARED: dict[str, Project] = {}  # store URL -> the project prepared for a run in this process
 
 
 class MissingRecordError(StoreError):
@@ -47,18 +47,14 @@ class MissingRecordError(StoreError):
 
 def write_once(store: Store, key: str, obj: Any) -> None:
     """Create-only JSON write that tolerates an identical replay (a crash after the write)."""
-    try:
+    with suppress(RecordExistsError):
         write_json(store, key, obj, create_only=True)
-    except RecordExistsError:
-        pass
 
 
 def write_once_bytes(store: Store, key: str, data: bytes) -> None:
     """Create-only write of raw bytes; a replay after a crash finds the first version and keeps it."""
-    try:
+    with suppress(RecordExistsError):
         store.write_bytes(key, data, create_only=True)
-    except RecordExistsError:
-        pass
 
 
 def default_location(config: LoopConfig, project_dir: str | None = None) -> str:
@@ -79,18 +75,54 @@ def default_location(config: LoopConfig, project_dir: str | None = None) -> str:
     return url or f"projects/{config.project}"
 
 
-def _load_split(pool_json: str, seed: int):
-    """The pool and its test split, loaded once per process: a project, its baseline twin and
-    every task share it. A local pool file that changed on disk (size or mtime) is loaded again."""
-    path = PoolConfig.model_validate_json(pool_json).path
-    stamp = None
-    if path and "://" not in path:
-        try:
-            st = os.stat(path)
-            stamp = (st.st_size, st.st_mtime_ns)
-        except OSError:
-            stamp = None  # the loader names the missing file
-    return _load_split_cached(pool_json, seed, stamp)
+def _stamp(cfg: PoolConfig) -> tuple[int, int] | None:
+    """Size and mtime of a local pool file, so a file changed on disk is loaded again."""
+    if not cfg.path or "://" in cfg.path:
+        return None
+    try:
+        st = os.stat(cfg.path)
+    except OSError:
+        return None  # the loader names the missing file
+    return (st.st_size, st.st_mtime_ns)
+
+
+def load_pool(cfg: PoolConfig):
+    """The pool as its ``pool.source`` loader returns it (before the test split), once per process."""
+    return _load_pool_cached(cfg.model_dump_json(), _stamp(cfg))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_pool_cached(pool_json: str, stamp: tuple[int, int] | None):
+    cfg = PoolConfig.model_validate_json(pool_json)
+    return registry.pools.load(cfg.source)(cfg)
+
+
+def _load_split(pool_json: str, seed: int, features: FeaturesConfig | None = None, store: Store | None = None):
+    """The pool and its test split, once per process: a project, its baseline twin and every task share it.
+
+    A text pool with ``model.features`` is featurized before the split, once per process, with
+    the featurizer the project's (root) store holds (``crowdloop.models.text.features_for``)."""
+    cfg = PoolConfig.model_validate_json(pool_json)
+    stamp = _stamp(cfg)
+    if features is None:
+        return _load_split_cached(pool_json, seed, stamp)
+    from crowdloop.models.text import featurized_split
+
+    return featurized_split(cfg, seed, stamp, features, store, raw=load_pool(cfg))
+
+
+def _features_store(store: Store) -> Store:
+    """Where a project keeps its text featurizer: its own store, and for the random baseline twin
+    (a ``PrefixedStore`` view, or reopened by its URL ``<project>/baseline`` in a flow) the store
+    of the project it shadows, so both rank the same features and embeddings are computed once."""
+    while isinstance(store, PrefixedStore):
+        store = store.parent
+    base, sep, query = store.url.partition("?")
+    if base.rstrip("/").endswith("/" + keys.BASELINE):
+        parent = open_store(base.rstrip("/")[: -len(keys.BASELINE) - 1] + sep + query, create=False)
+        if parent.exists(keys.PROJECT):
+            return parent
+    return store
 
 
 @functools.lru_cache(maxsize=4)
@@ -98,7 +130,7 @@ def _load_split_cached(pool_json: str, seed: int, stamp: tuple[int, int] | None)
     from crowdloop.models.datasets import split_pool
 
     cfg = PoolConfig.model_validate_json(pool_json)
-    return split_pool(registry.pools.load(cfg.source)(cfg), cfg.test_size, seed)
+    return split_pool(_load_pool_cached(pool_json, stamp), cfg.test_size, seed)
 
 
 @dataclass
@@ -113,29 +145,27 @@ class Project:
 
     # -- opening ----------------------------------------------------------------------
     @classmethod
-    def prepare(cls, config: LoopConfig, location: str) -> "Project":
+    def prepare(cls, config: LoopConfig, location: str, *, source: str | None = None) -> Project:
         """Open or create the project at ``location`` for a run and check everything it needs.
 
-        Fails fast (before any Prefect start-up or vendor call) on unknown plug-in names, bad
-        pool columns, a batch larger than the pool, or a config that differs from the one
-        the project was started with in more than stopping/collect settings. Within one
-        process a second call for the same store and config returns the same object.
+        Runs every offline check of ``crowdloop check`` (``crowdloop/checks.py``: plug-ins and
+        their parameters, the model, the pool's file, columns, values and sizes, the store) and
+        fails fast, before anything is written or spent, with one line (starting with ``source``, the
+        config file, when given);
+        then refuses a config that differs from the one the project was started with in more
+        than the resumable sections. Within one process a second call for the same location and
+        config returns the same object (the CLI prepares, then the flow does).
         """
-        fresh = _is_missing_dir(location)
-        store = open_store(location)
-        known = _PREPARED.get(store.url)
-        if known is not None and known.config == config and store.exists(keys.PROJECT):
+        known = _PREPARED.get(location)
+        if known is not None and known.config == config and known.store.exists(keys.PROJECT):
             return known
+        from crowdloop.checks import check_config
+        check_config(config, source=source, location=location, pool=load_pool(config.pool))
+        store = open_store(location)
         existing = read_json(store, keys.PROJECT, default=None)
-        try:
-            if existing is not None:
-                _check_same_config(LoopConfig.model_validate(existing["config"]), config, store.url)
-            project = cls(store, config)
-            project.check()
-        except CrowdloopError:
-            if fresh:  # leave no empty project directory behind a rejected config
-                _remove_empty_dir(location)
-            raise
+        if existing is not None:
+            _check_same_config(LoopConfig.model_validate(existing["config"]), config, store.url)
+        project = cls(store, config)
         record = {"config": config.model_dump(mode="json"), "format": 1}
         if existing is None:
             write_once(store, keys.PROJECT, record)
@@ -144,11 +174,11 @@ class Project:
             # the old version for the record and make the new limits the project's own.
             write_json(store, f"{keys.CONFIG_HISTORY}{_utc_stamp()}.json", existing)
             write_json(store, keys.PROJECT, record)
-        _PREPARED[project.store.url] = project
+        _PREPARED[location] = _PREPARED[project.store.url] = project
         return project
 
     @classmethod
-    def open(cls, location: str | Store) -> "Project":
+    def open(cls, location: str | Store) -> Project:
         """Open an existing project (the config comes from the store); a fresh object."""
         store = location if not isinstance(location, str) else open_store(location, create=False)
         data = read_json(store, keys.PROJECT, default=None)
@@ -156,49 +186,24 @@ class Project:
             raise StoreError(f"{store.url}: not a crowdloop project (no {keys.PROJECT})")
         return cls(store, LoopConfig.model_validate(data["config"]))
 
-    def register(self) -> "Project":
+    def register(self) -> Project:
         """Make this object the one ``Project.shared`` returns for its store in this process."""
         _PREPARED[self.store.url] = self
         return self
 
     @classmethod
-    def shared(cls, url: str) -> "Project":
+    def shared(cls, url: str) -> Project:
         """The project this process prepared for ``url`` (Prefect tasks of a run), else opened once."""
         if url not in _PREPARED:
             _PREPARED[url] = cls.open(url)
         return _PREPARED[url]
 
     def check(self) -> None:
-        """Resolve every component once so a bad name or value fails before the run starts."""
-        for field_path, reg, name in (("sampler.name", registry.samplers, self.config.sampler.name),
-                                      ("consensus.method", registry.aggregators, self.config.consensus.method),
-                                      ("vendor.name", registry.vendors, self.config.vendor.name)):
-            try:
-                reg.load(name)
-            except RegistryError as exc:
-                raise ConfigError(f"{field_path}: {exc}") from None
-        _ = self.model_template
-        if len(self.pool) < 1:
-            raise ConfigError("pool: no items left for labeling after the test split")
-        sizes = [("sampler.batch_size", self.config.sampler.batch_size)]
-        if self.config.sampler.initial_size is not None:
-            sizes.append(("sampler.initial_size", self.config.sampler.initial_size))
-        for name, size in sizes:
-            if size > len(self.pool):
-                raise ConfigError(
-                    f"{name}={size} is larger than the pool of {len(self.pool)} items "
-                    f"(after holding out {self.config.pool.test_size:.0%} for testing)"
-                )
+        """Every offline check of ``crowdloop check`` on this project's config and pool, then the named secret blocks."""
+        from crowdloop.checks import check_config
+
+        check_config(self.config, pool=load_pool(self.config.pool))
         self.credentials.check()  # a named secret block that is missing fails here, before any call
-        _ = self.vendor
-        self.aggregator()
-        if self.config.gold.enabled and not self.pool.has_ground_truth:
-            raise ConfigError("gold.share: gold questions need a pool with ground truth (pool.label_column) to draw the gold set from")
-        if self.config.gold.enabled and self.config.gold.n_items > len(self.pool) - self.initial_size:
-            raise ConfigError(
-                f"gold.n_items={self.config.gold.n_items} leaves fewer than sampler.initial_size items of the "
-                f"{len(self.pool)}-item pool for labeling"
-            )
 
     @contextmanager
     def running(self) -> Iterator[None]:
@@ -209,7 +214,9 @@ class Project:
     # -- components -------------------------------------------------------------------
     @cached_property
     def _split(self):
-        return _load_split(self.config.pool.model_dump_json(), self.config.seed)
+        features = self.config.model.features
+        return _load_split(self.config.pool.model_dump_json(), self.config.seed, features,
+                           _features_store(self.store) if features is not None else None)
 
     @property
     def pool(self):
@@ -262,7 +269,7 @@ class Project:
             classes=self.classes,
             store=PrefixedStore(self.store, keys.vendor_prefix(self.config.vendor.name)),
             item_payload=item_payload,
-            ground_truth=ground_truth if self.config.vendor.name == "simulated" else None,
+            ground_truth=ground_truth if getattr(cls, "needs_ground_truth", False) else None,
             credentials=self.credentials,
         )
         return cls(dict(self.config.vendor.params), context)
@@ -399,7 +406,7 @@ class Project:
                 rows.append(m)
         return rows
 
-    def baseline(self) -> "Project":
+    def baseline(self) -> Project:
         """The random-sampling twin of this project, stored under ``baseline/``."""
         cfg = self.config
         final = self.metrics()[-1]["n_labeled"] if self.metrics() else None
@@ -415,17 +422,6 @@ def _utc_stamp() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{time.time_ns() % 1_000_000_000:09d}"
 
 
-def _is_missing_dir(location: str) -> bool:
-    return "://" not in location and not os.path.exists(location)
-
-
-def _remove_empty_dir(location: str) -> None:
-    try:
-        os.rmdir(location)
-    except OSError:
-        pass  # not empty (or already gone): keep whatever is there
-
-
 def _check_same_config(stored: LoopConfig, given: LoopConfig, url: str) -> None:
     a, b = stored.model_dump(mode="json"), given.model_dump(mode="json")
     for section in a:
@@ -436,7 +432,8 @@ def _check_same_config(stored: LoopConfig, given: LoopConfig, url: str) -> None:
                 if a[section][key] != b[section].get(key):
                     raise ConfigError(
                         f"{section}.{key}: {b[section].get(key)!r} differs from {a[section][key]!r} that project {url} "
-                        "was started with; only stopping/collect/baseline/scale/credentials may change on resume (use a new --project-dir)"
+                        "was started with; only stopping/collect/baseline/scale/credentials may change on resume "
+                        "(use a new --project-dir)"
                     )
         raise ConfigError(
             f"{section}: {b.get(section)!r} differs from {a[section]!r} that project {url} was started with; "

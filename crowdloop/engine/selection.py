@@ -110,7 +110,8 @@ def select(p: Project, r: int) -> dict[str, Any]:
     if n_shards > 1:  # merge per-shard top-k (scored in parallel by the flow, or here if missing)
         strategy = p.config.sampler.name
         parts = [score_shard(p, r, s) for s in range(n_shards)]
-        rows = [(-sc, k, item) for part in parts for item, sc, k in zip(part["item_ids"], part["scores"], part["keys"])]
+        rows = [(-sc, k, item) for part in parts
+                for item, sc, k in zip(part["item_ids"], part["scores"], part["keys"], strict=True)]
         item_ids = [item for _, _, item in sorted(rows)[:size]]
     else:
         strategy, item_ids, policy = _pick(p, r, size)
@@ -201,5 +202,6 @@ def _pick(p: Project, r: int, size: int) -> tuple[str, list[str], dict[str, Any]
             picked = sampler(model, _rows(p.pool.X, candidates), batch_size=size, rng=p.rng(r, STREAM_SELECT), **params)
     picked = np.asarray(picked, dtype=np.int64)
     if len(picked) != size or len(np.unique(picked)) != size or picked.min() < 0 or picked.max() >= len(candidates):
-        raise CrowdloopError(f"sampler {strategy!r} broke its contract: expected {size} unique indices into {len(candidates)} candidates")
+        raise CrowdloopError(f"sampler {strategy!r} broke its contract: "
+                             f"expected {size} unique indices into {len(candidates)} candidates")
     return strategy, p.pool.ids[candidates[picked]].tolist(), policy

@@ -75,7 +75,7 @@ def spread_labels(p: Project, r: int, labels: list[AggregatedLabel], skip: set[s
                        alpha=cfg.alpha, min_confidence=cfg.min_confidence, max_items=cfg.max_items)
         out = [AggregatedLabel(item_id=str(p.pool.ids[i]), label=str(lab), confidence=round(float(c), 6), n_annotations=0,
                                method="label_spreading", source="machine", round=r)
-               for i, lab, c in zip(found.index, found.labels, found.confidence) if str(p.pool.ids[i]) not in skip]
+               for i, lab, c in zip(found.index, found.labels, found.confidence, strict=True) if str(p.pool.ids[i]) not in skip]
     write_once_bytes(p.store, keys.round_key(r, keys.SPREAD_LABELS), to_jsonl(out))
     return p.round_labels(r, keys.SPREAD_LABELS) or []  # what is stored: another process may have got there first
 

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import collections
-import json
 
 import numpy as np
 import pandas as pd
 import pytest
-from tests.conftest import small_config
-from tests.crowd_helpers import intents, run_engine
 
 from crowdloop.config import parse_config
 from crowdloop.consensus.adaptive import answered_by, combine_with_model, needs_more
 from crowdloop.errors import ConfigError
+from tests.conftest import small_config
+from tests.crowd_helpers import intents, run_engine
 
 ADAPTIVE = {"consensus.method": "auto", "consensus.confidence_threshold": 0.9, "consensus.min_judgments": 1,
             "consensus.max_judgments": 4, "consensus.model_weight": 1.0, "stopping.max_rounds": 5,

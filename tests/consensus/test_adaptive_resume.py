@@ -3,12 +3,11 @@ between steps and resumed ends with exactly the records of an uninterrupted run.
 
 from __future__ import annotations
 
-from tests.conftest import small_config
-from tests.crowd_helpers import intents, run_engine
-
 from crowdloop import engine
 from crowdloop.config import parse_config
 from crowdloop.engine import Project
+from tests.conftest import small_config
+from tests.crowd_helpers import intents, run_engine
 
 ALL = {"consensus.method": "auto", "consensus.confidence_threshold": 0.9, "consensus.min_judgments": 1,
        "consensus.max_judgments": 3, "consensus.model_weight": 1.0, "gold.share": 0.2, "gold.n_items": 30,

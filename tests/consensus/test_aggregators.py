@@ -74,7 +74,7 @@ def test_one_coin_beats_full_confusion_with_few_labels_per_worker(crowd) -> None
 
 @pytest.mark.parametrize("cls", [MajorityVote, DawidSkene, OneCoinDawidSkene])
 def test_results_shapes_confidence_and_skills(crowd, cls) -> None:
-    data, truth = crowd
+    data, _truth = crowd
     agg = cls().fit(data)
     assert set(agg.labels_.index) == set(data["task"])
     np.testing.assert_allclose(agg.probas_.sum(axis=1), 1.0)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pytest
+
+from crowdloop import keys
+from crowdloop.storage import read_json
+from crowdloop.workers import worker_accounts
 from tests.conftest import small_config
 from tests.crowd_helpers import intents, run_engine
-
-from crowdloop.storage import read_json
-from crowdloop import keys
-from crowdloop import engine
-from crowdloop.workers import worker_accounts
 
 # A crowd where a third answer at random: gold must find them.
 GOLD = {"gold.share": 0.3, "gold.n_items": 40, "gold.min_answers": 4, "gold.min_accuracy": 0.4,
@@ -35,7 +34,7 @@ def test_gold_set_is_fixed_by_seed_and_never_selected_or_labeled(gold_project, t
             else:
                 selected.add(t["item_id"])
     assert not selected & set(gold)
-    labeled = {l.item_id for l in p.human_labels(before_round=p.rounds()[-1] + 1)}
+    labeled = {lab.item_id for lab in p.human_labels(before_round=p.rounds()[-1] + 1)}
     assert labeled and not labeled & set(gold)
     from crowdloop.config import parse_config
     from crowdloop.engine import Project

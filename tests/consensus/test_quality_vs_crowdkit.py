@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import crowdkit.aggregation as ca
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,8 +16,6 @@ from crowdloop.consensus import (
     ShrunkDawidSkene,
     WeightedMajorityVote,
 )
-
-ca = pytest.importorskip("crowdkit.aggregation")
 
 
 def crowd(seed: int, *, n_items: int = 600, n_workers: int = 30, k: int = 5, per_item: int = 3,
@@ -88,7 +87,8 @@ def pair_confuser_crowd(seed: int, *, n_items: int = 1200, k: int = 10, per_item
             else:
                 label = c if rng.random() < acc[w] else (c + 1 + rng.integers(k - 1)) % k
             rows.append((f"t{t}", f"w{w}", f"c{label}"))
-    return pd.DataFrame(rows, columns=["task", "worker", "label"]), pd.Series([f"c{x}" for x in truth], index=[f"t{t}" for t in range(n_items)])
+    truth_series = pd.Series([f"c{x}" for x in truth], index=[f"t{t}" for t in range(n_items)])
+    return pd.DataFrame(rows, columns=["task", "worker", "label"]), truth_series
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -125,7 +125,7 @@ def test_auto_is_never_worse_than_majority_vote():
 
 @pytest.mark.parametrize("strength", [0.0, 1e6])
 def test_shrinkage_ends_are_full_confusion_and_one_coin(strength):
-    data, truth = pair_confuser_crowd(2, n_items=300, per_item=3)
+    data, _truth = pair_confuser_crowd(2, n_items=300, per_item=3)
     ends = {0.0: DawidSkene(), 1e6: OneCoinDawidSkene()}
     shrunk = ShrunkDawidSkene(strength=strength).fit(data)
     assert (shrunk.labels_ == ends[strength].fit(data).labels_.reindex(shrunk.labels_.index)).mean() >= 0.99

@@ -31,6 +31,12 @@ def prefect_cli(*args: str, env: dict[str, str], timeout: float = 120) -> subpro
     return out
 
 
+def spawn(args: list[str], *, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """A background process in its own session, its output in ``log_path``; stop it with ``stop``."""
+    with open(log_path, "w") as log:  # the child keeps its own handle
+        return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def create_process_pool(name: str, env: dict[str, str]) -> None:
     prefect_cli("work-pool", "create", name, "--type", "process", "--overwrite", env=env)
 
@@ -39,9 +45,8 @@ def create_process_pool(name: str, env: dict[str, str]) -> None:
 def worker(pool: str, env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
     """``prefect worker start --pool POOL`` polling every second; stopped (SIGINT, then kill) after the block."""
     env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = spawn([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"],
+                 env=env, log_path=log_path)
     try:
         yield proc
     finally:
@@ -131,9 +136,7 @@ def real_prefect_server(home: Path, log_path: Path) -> Iterator[str]:
                PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port),
                PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api", PYTHONUNBUFFERED="1")
     prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = spawn([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env, log_path=log_path)
     url = f"http://127.0.0.1:{port}/api"
     try:
         def healthy() -> bool:

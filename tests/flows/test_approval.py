@@ -36,8 +36,13 @@ def mturk_config(project: str, url: str, *, sandbox: bool, **overrides: Any) -> 
 
 async def _paused_run(flow_name: str, timeout: float) -> Any:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState, \
-        FlowRunFilterStateType
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
 
     deadline = time.monotonic() + timeout
@@ -132,13 +137,13 @@ def test_cli_needs_yes_for_real_money_and_records_the_approval(cli_env: dict, tm
         cfg = mturk_config("cliyes", server.url, sandbox=False, **{"stopping.money_budget": 2.0, "stopping.max_rounds": 2})
         (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
         env = {**cli_env, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-        command = crowdloop_cmd() + ["run", str(tmp_path / "c.yaml"), "-p", str(tmp_path / "p")]
+        command = [*crowdloop_cmd(), "run", str(tmp_path / "c.yaml"), "-p", str(tmp_path / "p")]
         refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
         assert refused.returncode == 2, refused.stderr[-2000:]
         assert refused.stderr.startswith("error: vendor 'mturk' spends real money: forecast ")
         assert "rerun with --yes" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
         assert server.ledger()["n_hits"] == 0
-        approved = subprocess.run(command + ["--yes"], env=env, capture_output=True, text=True, timeout=300,
+        approved = subprocess.run([*command, "--yes"], env=env, capture_output=True, text=True, timeout=300,
                                   stdin=subprocess.DEVNULL)
         assert approved.returncode == 0, approved.stderr[-2000:]
         assert server.ledger()["n_hits"] == 10

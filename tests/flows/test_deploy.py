@@ -43,8 +43,8 @@ def test_deploy_creates_both_deployments_and_a_worker_completes_the_rounds_on_da
         config = small_config(project="deployed", **{"stopping.max_rounds": 2, "scale.shards": 4,
                                                      "scale.dask_address": cluster.scheduler_address})
         (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-        deployed = subprocess.run(crowdloop_cmd() + ["deploy", str(tmp_path / "c.yaml"), "--pool", pool,
-                                                     "-p", str(project_dir), "--cron", "0 6 * * *"],
+        deployed = subprocess.run([*crowdloop_cmd(), "deploy", str(tmp_path / "c.yaml"), "--pool", pool,
+                                   "-p", str(project_dir), "--cron", "0 6 * * *"],
                                   env=cli_env, capture_output=True, text=True, timeout=180)
         assert deployed.returncode == 0, deployed.stderr[-2000:]
         assert "crowdloop-active-learning/deployed" in deployed.stdout and "crowdloop-collect/deployed-collect" in deployed.stdout

@@ -26,7 +26,7 @@ from crowdloop.config import parse_config
 from crowdloop.engine import Project
 from crowdloop.storage import read_json
 from tests.conftest import crowdloop_cmd, small_config
-from tests.flows.prefect_helpers import deployment_ids, flow_runs_of, stop, wait_for
+from tests.flows.prefect_helpers import deployment_ids, flow_runs_of, spawn, stop, wait_for
 from tests.vendors import label_studio_server as lss
 from tests.vendors.app_server import free_port, start_annotate
 
@@ -82,9 +82,8 @@ def test_answers_in_the_local_app_trigger_collection_and_the_next_round(cli_env:
     project_dir = tmp_path / "p"
     p = Project.prepare(parse_config(config), str(project_dir))
     tokens = {name: p.vendor.add_annotator(name) for name in ("ana", "ben")}
-    served = subprocess.Popen(crowdloop_cmd() + ["serve", str(tmp_path / "c.yaml"), "-p", str(project_dir)],
-                              env=cli_env, stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    served = spawn([*crowdloop_cmd(), "serve", str(tmp_path / "c.yaml"), "-p", str(project_dir)], env=cli_env,
+                   log_path=tmp_path / "serve.log")
     base, app = start_annotate(str(project_dir), tmp_path / "annotate.log", env=cli_env)
     done, errors = threading.Event(), []
     try:
@@ -142,8 +141,8 @@ def test_label_studio_webhook_becomes_prefect_events(cli_env: dict, label_studio
     port = free_port()
     env = {**cli_env, "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
            "CROWDLOOP_WEBHOOK_SECRET": "hook-secret-for-the-test"}
-    receiver = subprocess.Popen(crowdloop_cmd() + ["webhook", "-p", str(tmp_path / "p"), "--port", str(port)], env=env,
-                                stdout=open(tmp_path / "webhook.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    receiver = spawn([*crowdloop_cmd(), "webhook", "-p", str(tmp_path / "p"), "--port", str(port)], env=env,
+                     log_path=tmp_path / "webhook.log")
     try:
         wait_for(lambda: _healthy(f"http://127.0.0.1:{port}/health", receiver, tmp_path / "webhook.log"), timeout=60,
                  what="the webhook receiver")

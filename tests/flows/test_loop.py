@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def test_flow_runs_rounds_writes_outputs_and_artifacts(prefect_api_url: str, tmp
     assert [r["n_labeled"] for r in rounds] == [0, 30, 50, 70]
     assert [r["n_judgments"] for r in rounds] == [0, 90, 150, 210]
     assert rounds[0]["accuracy"] is None and all(0 < r["accuracy"] <= 1 for r in rounds[1:])
-    assert all(b["cost"] > a["cost"] for a, b in zip(rounds[1:], rounds[2:]))
+    assert all(b["cost"] > a["cost"] for a, b in itertools.pairwise(rounds[1:]))
     assert state["reference_accuracy"] > 0.9
     assert state["stop_reason"] == "max_rounds=3 reached"
     assert [r["n_labeled"] for r in state["baseline"]["rounds"]][-1] == 70
@@ -43,7 +44,7 @@ def test_flow_runs_rounds_writes_outputs_and_artifacts(prefect_api_url: str, tmp
     assert json.loads((out / "metrics.json").read_text())["rounds"] == rounds
     assert (out / "metrics.csv").read_text().splitlines()[0] == "round,n_labeled,n_judgments,cost,accuracy"
     assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    labels = [json.loads(l) for l in (out / "labels.jsonl").read_text().splitlines()]
+    labels = [json.loads(line) for line in (out / "labels.jsonl").read_text().splitlines()]
     assert len(labels) == 70 and {"source", "label", "label-metadata"} <= set(labels[0])
     assert {"class-name", "confidence", "human-annotated", "creation-date", "type"} <= set(labels[0]["label-metadata"])
     assert len((out / "annotations.jsonl").read_text().splitlines()) == 210

@@ -28,7 +28,7 @@ from crowdloop import keys
 from crowdloop.engine import Project
 from crowdloop.engine.approval import latest_approval
 from tests.conftest import crowdloop_cmd, small_config
-from tests.flows.prefect_helpers import deployment_ids, real_prefect_server, stop, wait_for
+from tests.flows.prefect_helpers import deployment_ids, real_prefect_server, spawn, stop, wait_for
 from tests.vendors.browser import ARGS, CHROMIUM, needs_chromium
 from tests.vendors.mturk_fake import items_in_question
 from tests.vendors.mturk_server import FakeMTurkServer
@@ -99,10 +99,8 @@ def test_deployment_approval_triggered_logs_and_round_table_in_the_ui(tmp_path: 
         env.update(PREFECT_API_URL=api, PREFECT_LOGGING_LEVEL="INFO", PREFECT_RUNNER_POLL_FREQUENCY="2",
                    PREFECT_HOME=str(tmp_path / "prefect-home"), AWS_EC2_METADATA_DISABLED="true",
                    AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_CONFIG_FILE=str(tmp_path / "none"))
-        served = subprocess.Popen(crowdloop_cmd() + ["serve", str(tmp_path / "c.yaml"), "-p", str(project_dir),
-                                                     "--cron", "0 6 * * 1-5"],
-                                  env=env, stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+        served = spawn([*crowdloop_cmd(), "serve", str(tmp_path / "c.yaml"), "-p", str(project_dir),
+                        "--cron", "0 6 * * 1-5"], env=env, log_path=tmp_path / "serve.log")
         try:
             names = ["crowdloop-active-learning/ui-demo", "crowdloop-collect/ui-demo-collect"]
             ids = asyncio.run(deployment_ids(names, timeout=180))
@@ -134,7 +132,7 @@ def test_deployment_approval_triggered_logs_and_round_table_in_the_ui(tmp_path: 
                 budget.fill("2.5")
                 page.screenshot(path=str(shots / "prefect-approval.png"))
                 dialog.get_by_role("button", name="Submit").click()
-                done = wait_for(lambda: (s := _state(run.id)).state.is_final() and s or None, timeout=300,
+                done = wait_for(lambda: ((s := _state(run.id)).state.is_final() and s) or None, timeout=300,
                                 what="the approved run to dispatch and finish")
                 assert done.state.is_completed(), done.state
                 assert latest_approval(Project.open(str(project_dir)))["money_budget"] == 2.5

@@ -50,5 +50,5 @@ def test_collect_runs_on_the_same_trigger_and_schedule_as_crowdloop_deploy() -> 
     [declared] = COLLECT["triggers"]
     built = batch_answered_trigger(LOOP["name"], COLLECT["parameters"])
     assert set(declared["expect"]) == built.expect
-    assert declared["match"] == {k: v for k, v in built.match.model_dump().items()}
+    assert declared["match"] == dict(built.match.model_dump().items())
     assert declared["parameters"] == built.parameters

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from crowdloop import engine
+from crowdloop import engine, keys
 from crowdloop.config import parse_config
-from crowdloop import keys
 from crowdloop.engine import Project
 from crowdloop.storage import read_json
 from tests.conftest import small_config

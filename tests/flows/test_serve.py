@@ -40,7 +40,7 @@ def test_serve_trigger_and_deferred_collection(cli_env: dict, tmp_path: Path) ->
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     project_dir = tmp_path / "p"
     server = subprocess.Popen(
-        crowdloop_cmd() + ["serve", str(tmp_path / "c.yaml"), "--project-dir", str(project_dir), "--collect-every", "3"],
+        [*crowdloop_cmd(), "serve", str(tmp_path / "c.yaml"), "--project-dir", str(project_dir), "--collect-every", "3"],
         env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:

@@ -81,7 +81,7 @@ def test_duplicate_ids_and_labels_outside_classes(tmp_path: Path, table: pd.Data
 
 def test_pool_without_ground_truth_needs_classes(tmp_path: Path, table: pd.DataFrame) -> None:
     table[["a", "b"]].to_csv(tmp_path / "pool.csv", index=False)
-    with pytest.raises(PoolError, match="set pool.classes"):
+    with pytest.raises(PoolError, match=r"set pool\.classes"):
         load_table_pool(PoolConfig(source="csv", path=str(tmp_path / "pool.csv")))
     pool = load_table_pool(PoolConfig(source="csv", path=str(tmp_path / "pool.csv"), classes=["x", "y"]))
     assert pool.y is None and split_pool(pool, 0.25, 0)[1] is None

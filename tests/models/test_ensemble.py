@@ -11,14 +11,14 @@ import torch
 from sklearn.base import clone
 from sklearn.datasets import load_digits
 
-from crowdloop import keys
-from crowdloop import engine
+from crowdloop import engine, keys
 from crowdloop.config import parse_config
 from crowdloop.errors import ConfigError
 from crowdloop.models.ensemble import SeedEnsemble
 from crowdloop.models.torch import TorchClassifier
 from crowdloop.storage import read_json
 from tests.conftest import small_config
+from tests.models.conftest import majority_share
 
 torch.set_num_threads(1)
 
@@ -78,7 +78,7 @@ def test_warm_start_continues_every_member(digits):
     cold = SeedEnsemble(params=CNN, n_members=2, random_state=0).fit(X[:200], y[:200])
     first = list(cold.members_)
     cold.fit(X, y)
-    assert all(a is not b for a, b in zip(first, cold.members_))  # without warm start, fresh members
+    assert all(a is not b for a, b in zip(first, cold.members_, strict=True))  # without warm start, fresh members
 
 
 @pytest.mark.parametrize(("params", "fragment"), [
@@ -113,4 +113,5 @@ def test_an_ensemble_runs_the_loop_and_warm_starts_between_rounds(tmp_path, fash
     model = p.load_model(2)
     assert isinstance(model, SeedEnsemble) and len(model.members_) == 2
     assert all(m.warm_started_ for m in model.members_)
-    assert p.metrics()[2]["accuracy"] > 0.3  # 10 classes: chance is 0.1
+    # Far above the same split's chance baseline (0.146 here): seeds 0-2 gave 0.63-0.67, the bar is 0.44.
+    assert p.metrics()[2]["accuracy"] >= 3 * majority_share(p.test.y)

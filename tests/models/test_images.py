@@ -12,15 +12,14 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from crowdloop import keys
-from crowdloop import engine
+from crowdloop import engine, keys
 from crowdloop.config import parse_config
 from crowdloop.errors import ConfigError, PoolError
 from crowdloop.models.images import FASHION_MNIST_CLASSES, load_image_pool
 from crowdloop.vendors.local import item_key
 from crowdloop.vendors.local_app import create_app
 from tests.conftest import small_config
-from tests.models.conftest import write_idx
+from tests.models.conftest import majority_share, write_idx
 
 torch.set_num_threads(1)
 
@@ -79,7 +78,7 @@ def test_flat_folder_needs_classes_and_sizes_must_match(tmp_path):
     (flat / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(PoolError, match="cannot decode image"):
         load_image_pool(_pool_cfg(source="images", path=str(flat), classes=["a", "b"], image_size=6))
-    with pytest.raises(PoolError, match="directory .* not found"):
+    with pytest.raises(PoolError, match=r"directory .* not found"):
         load_image_pool(_pool_cfg(source="images", path=str(tmp_path / "nope")))
     with pytest.raises(ConfigError, match="path is required for source 'images'"):
         _pool_cfg(source="images")
@@ -114,7 +113,7 @@ def test_fashion_mnist_pool_through_torchvision(fashion_dir):
     pool = load_fashion_mnist_pool(cfg)
     assert len(pool) == 300 and pool.X.shape == (300, 784) and pool.content_kind == "pixels"
     assert pool.classes == FASHION_MNIST_CLASSES and set(pool.y.tolist()) <= set(FASHION_MNIST_CLASSES)
-    assert 0 <= pool.X.min() and pool.X.max() <= 255 and pool.ids[0].startswith("fmnist-train-")
+    assert pool.X.min() >= 0 and pool.X.max() <= 255 and pool.ids[0].startswith("fmnist-train-")
     both = load_fashion_mnist_pool(_pool_cfg(source="fashion_mnist", path=str(fashion_dir), split="all"))
     assert any(i.startswith("fmnist-test-") for i in both.ids.tolist())
     assert np.array_equal(load_fashion_mnist_pool(cfg).ids, pool.ids)  # the subset is fixed
@@ -170,7 +169,8 @@ def test_loop_rounds_with_the_cnn_through_the_engine(tmp_path, fashion_dir):
     p = engine.run_in_process(engine.Project.prepare(cfg, str(tmp_path / "project")))
     metrics = p.metrics()
     assert [m["n_labeled"] for m in metrics] == [0, 60, 80]
-    assert metrics[1]["accuracy"] is not None and metrics[2]["accuracy"] > 0.3  # 10 classes: chance is 0.1
+    # Far above the same split's chance baseline (0.133 here): seeds 0-2 gave 0.60-0.62, the bar is 0.40.
+    assert metrics[1]["accuracy"] is not None and metrics[2]["accuracy"] >= 3 * majority_share(p.test.y)
     assert engine.select(p, 1)["strategy"] == "bald"
     from crowdloop.storage import read_json
 

@@ -40,7 +40,8 @@ def test_s3_pool_round_trips_and_fetches_each_shard_once(s3_endpoint: str, s3_bu
     manifest = write_digits(url)
     assert [s["rows"] for s in manifest["shards"]] == [400, 400, 400, 400, 197]
     keys = {o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=s3_bucket)["Contents"]}
-    assert keys == {f"pools/digits/{n}" for n in ("pool.json", "index.parquet")} | {f"pools/digits/part-{i:05d}.npy" for i in range(5)}
+    shards = {f"pools/digits/part-{i:05d}.npy" for i in range(5)}
+    assert keys == {f"pools/digits/{n}" for n in ("pool.json", "index.parquet")} | shards
 
     pool = load_sharded_pool(PoolConfig(source="sharded", path=url))
     base = digits()
@@ -65,21 +66,21 @@ def test_damaged_or_missing_pools_are_one_line_errors(tmp_path: Path, cache: Pat
     write_digits(url)
     with pytest.raises(PoolError, match="already exists"):
         write_digits(url)
-    with pytest.raises(PoolError, match="no sharded pool at .*crowdloop pool shard"):
+    with pytest.raises(PoolError, match=r"no sharded pool at .*crowdloop pool shard"):
         load_sharded_pool(PoolConfig(source="sharded", path=str(tmp_path / "nowhere")))
     shard = tmp_path / "pool" / "part-00002.npy"
     data = bytearray(shard.read_bytes())
     data[-1] ^= 0xFF
     shard.write_bytes(bytes(data))
     pool = load_sharded_pool(PoolConfig(source="sharded", path=url))
-    with pytest.raises(PoolError, match="part-00002.npy.*checksum") as info:
+    with pytest.raises(PoolError, match=r"part-00002\.npy.*checksum") as info:
         pool.X[900]
     assert "\n" not in str(info.value)
     with pytest.raises(PoolError, match="rows_per_shard=0"):
         write_sharded_pool(str(tmp_path / "other"), np.zeros((3, 2)), np.array(["a", "b", "c"], dtype=object), None,
                            classes=("x", "y"), rows_per_shard=0)
     with pytest.raises(ConfigError, match="label_column: not used by source 'sharded'"):
-        parse_config(small_config(**{"pool": {"source": "sharded", "path": url, "label_column": "y"}}))
+        parse_config(small_config(pool={"source": "sharded", "path": url, "label_column": "y"}))
 
 
 def test_loop_over_an_s3_pool_scores_shard_by_shard(s3_endpoint: str, s3_bucket: str, cache: Path, tmp_path: Path) -> None:
@@ -95,8 +96,8 @@ def test_loop_over_an_s3_pool_scores_shard_by_shard(s3_endpoint: str, s3_bucket:
         largest: list[int] = []
         original_rows = type(p.pool.X._source).rows
 
-        def rows(self, global_rows, _orig=original_rows, **kwargs):
-            largest.append(len(global_rows))
+        def rows(self, global_rows, _orig=original_rows, _largest=largest, **kwargs):
+            _largest.append(len(global_rows))
             return _orig(self, global_rows, **kwargs)
 
         for r in range(3):

@@ -9,7 +9,6 @@ import pickle
 
 import numpy as np
 import pytest
-
 import torch  # crowdloop[torch] is part of the test extra: these tests never skip
 from sklearn.base import clone
 from sklearn.datasets import load_digits
@@ -27,7 +26,7 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def small(**kw) -> TorchClassifier:
-    params = dict(epochs=4, width=8, random_state=0, batch_size=32)
+    params = {"epochs": 4, "width": 8, "random_state": 0, "batch_size": 32}
     params.update(kw)
     return TorchClassifier(**params)
 

@@ -57,8 +57,8 @@ def test_the_decision_is_a_small_json_record_that_explains_the_split():
 def test_same_inputs_same_decision_and_the_plain_sampler_agrees():
     X, y = make_blobs(n_samples=300, centers=3, random_state=1)
     model = model_template().fit(X[:40], y[:40])
-    kw = dict(X_labeled=X[:40], y_labeled=y[:40], labeled_arm=["random"] * 20 + ["margin"] * 10 + ["kmeans_margin"] * 10,
-              min_items=5)
+    kw = {"X_labeled": X[:40], "y_labeled": y[:40], "labeled_arm": ["random"] * 20 + ["margin"] * 10 + ["kmeans_margin"] * 10,
+              "min_items": 5}
     a = decide(model, X[40:], batch_size=12, rng=np.random.default_rng(3), **kw)
     b = decide(model, X[40:], batch_size=12, rng=np.random.default_rng(3), **kw)
     assert a.record == b.record and np.array_equal(a.indices, b.indices)

@@ -8,8 +8,6 @@ from modAL.batch import uncertainty_batch_sampling
 from modAL.disagreement import vote_entropy as modal_vote_entropy
 from sklearn.datasets import load_digits, make_blobs
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from crowdloop import registry
 from crowdloop.errors import SamplerError

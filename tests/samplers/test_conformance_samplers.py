@@ -32,13 +32,24 @@ def test_registered_sampler_conforms(name: str) -> None:
 
 def test_suite_catches_a_broken_sampler() -> None:
     def truncating(model, X, *, batch_size, rng, **_):  # the silent cut the contract forbids
-        return np.arange(min(batch_size, len(X)))
+        return np.arange(min(batch_size, X.shape[0]))
 
     with pytest.raises(AssertionError, match="did not raise"):
         check_sampler(truncating, max_examples=5)
 
     def nondeterministic(model, X, *, batch_size, rng, **_):
-        return np.random.default_rng().choice(len(X), size=batch_size, replace=False)
+        return np.random.default_rng().choice(X.shape[0], size=batch_size, replace=False)
 
     with pytest.raises((AssertionError, Flaky), match="different picks"):
         check_sampler(nondeterministic, max_examples=20)
+
+
+def test_suite_feeds_sparse_rows() -> None:
+    """A sampler that only works on dense arrays (len() of a SciPy matrix raises) fails the suite."""
+    def dense_only(model, X, *, batch_size, rng, **_):
+        if len(X) < batch_size:
+            raise SamplerError("batch too large")
+        return rng.choice(len(X), size=batch_size, replace=False)
+
+    with pytest.raises(TypeError, match="sparse array length is ambiguous"):
+        check_sampler(dense_only, error=SamplerError, max_examples=3)

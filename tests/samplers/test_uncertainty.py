@@ -46,7 +46,7 @@ def test_batch_larger_than_pool_is_an_error(sampler, fitted) -> None:
 @pytest.mark.parametrize("sampler", SAMPLERS, ids=lambda f: f.__name__)
 def test_rng_must_be_a_generator(sampler, fitted) -> None:
     model, X = fitted
-    with pytest.raises(SamplerError, match="numpy.random.Generator"):
+    with pytest.raises(SamplerError, match=r"numpy\.random\.Generator"):
         sampler(model, X, batch_size=5, rng=42)
 
 

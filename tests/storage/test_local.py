@@ -76,7 +76,7 @@ def test_json_helpers_and_bad_json(store: LocalStore) -> None:
     assert read_json(store, "a.json") == {"x": [1, 2]}
     assert read_json(store, "missing.json", default=None) is None
     store.write_bytes("broken.json", b"{not json")
-    with pytest.raises(StoreError, match="broken.json"):
+    with pytest.raises(StoreError, match=r"broken\.json"):
         read_json(store, "broken.json")
 
 
@@ -99,7 +99,7 @@ def test_open_without_create_refuses_missing_dir(tmp_path: Path) -> None:
 def test_unwritable_directory_is_a_clear_error(tmp_path: Path) -> None:
     target = tmp_path / "file-not-dir"
     target.write_text("x")
-    with pytest.raises(StoreError, match="not a directory|cannot create"):
+    with pytest.raises(StoreError, match=r"not a directory|cannot create"):
         LocalStore(target)
 
 
@@ -113,9 +113,8 @@ def test_lock_is_exclusive_across_processes_and_released_on_death(store: LocalSt
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(ProjectLockedError, match=f"pid {holder.pid}"):
-            with store.lock("project"):
-                pass
+        with pytest.raises(ProjectLockedError, match=f"pid {holder.pid}"), store.lock("project"):
+            pass
     finally:
         holder.kill()
         holder.wait()

@@ -49,23 +49,21 @@ def test_lock_of_a_dead_holder_expires(s3_endpoint: str, s3_bucket: str) -> None
     # a lease written by a holder that died without releasing it
     first.client.put_object(Bucket=s3_bucket, Key="lock/.crowdloop/locks/project.lock",
                             Body=f"{time.time() + 1.0:.3f} pid 1 on elsewhere".encode())
-    with pytest.raises(ProjectLockedError, match=r"pid 1 on elsewhere.*rerun in \d+ s"):
-        with first.lock("project"):
-            pass
+    with pytest.raises(ProjectLockedError, match=r"pid 1 on elsewhere.*rerun in \d+ s"), first.lock("project"):
+        pass
     time.sleep(1.2)
-    with first.lock("project"):  # expired: taken over
-        with pytest.raises(ProjectLockedError):
-            with S3Store(s3_bucket, "lock", endpoint_url=s3_endpoint).lock("project"):
-                pass
+    with (first.lock("project"),  # expired: taken over, then held
+          pytest.raises(ProjectLockedError),
+          S3Store(s3_bucket, "lock", endpoint_url=s3_endpoint).lock("project")):
+        pass
 
 
 def test_lock_is_renewed_while_held(s3_endpoint: str, s3_bucket: str) -> None:
     store = S3Store(s3_bucket, "renew", endpoint_url=s3_endpoint, lock_ttl_s=0.6)
     with store.lock("project"):
         time.sleep(1.5)  # longer than the TTL: renewals keep it
-        with pytest.raises(ProjectLockedError):
-            with S3Store(s3_bucket, "renew", endpoint_url=s3_endpoint).lock("project"):
-                pass
+        with pytest.raises(ProjectLockedError), S3Store(s3_bucket, "renew", endpoint_url=s3_endpoint).lock("project"):
+            pass
 
 
 def test_throttling_is_retried(s3_endpoint: str, s3_bucket: str) -> None:
@@ -104,5 +102,5 @@ def test_access_denied_is_a_store_error(s3_bucket: str) -> None:
         stub.add_response("head_bucket", {}, {"Bucket": s3_bucket})
         stub.add_client_error("get_object", service_error_code="AccessDenied", http_status_code=403)
         store = S3Store(s3_bucket, "x", client=client)
-        with pytest.raises(StoreError, match="access denied when trying to read 'a.json'"):
+        with pytest.raises(StoreError, match=r"access denied when trying to read 'a\.json'"):
             store.read_bytes("a.json")

@@ -1,8 +1,8 @@
 """Real Chromium for the browser tests: Debian's /usr/bin/chromium driven by Playwright.
 
-Playwright never downloads a browser here; CI installs ``chromium`` with apt. Test modules
-set ``pytestmark = [pytest.mark.slow, needs_chromium]``; the ``browser`` fixture is in
-``tests/vendors/conftest.py``.
+Playwright never downloads a browser here; ``bash scripts/test.sh`` installs ``chromium`` with
+apt. The ``browser`` fixture (``tests/vendors/conftest.py``) fails with the install command when
+it is missing: the browser tests never skip.
 """
 
 from __future__ import annotations
@@ -16,5 +16,10 @@ CHROMIUM = Path("/usr/bin/chromium")
 # machine's closed network refuses.
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
         "--no-first-run", "--disable-component-update", "--disable-sync"]
-needs_chromium = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)")
+
+
+def require_chromium() -> None:
+    """Fail (never skip) with the install command when Debian's Chromium is missing."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"needs Debian's chromium at {CHROMIUM}: apt-get install -y chromium "
+                    "(or run bash scripts/test.sh, which installs it)", pytrace=False)

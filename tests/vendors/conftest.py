@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.vendors.browser import ARGS, CHROMIUM
+from tests.vendors.browser import ARGS, CHROMIUM, require_chromium
 
 if TYPE_CHECKING:  # the fake needs boto3, imported only when a test asks for it
     from tests.vendors.mturk_fake import FakeMTurk
@@ -18,6 +18,7 @@ def browser() -> Iterator:
     """One headless Chromium per test module (see ``tests/vendors/browser.py``)."""
     from playwright.sync_api import sync_playwright
 
+    require_chromium()
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
         try:
@@ -27,7 +28,7 @@ def browser() -> Iterator:
 
 
 @pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> "FakeMTurk":
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeMTurk:
     """Mechanical Turk faked behind boto3's real client, with dummy credentials."""
     from crowdloop.vendors import mturk
     from tests.vendors.mturk_fake import FakeMTurk

@@ -1,9 +1,10 @@
 """Run a real Label Studio server from its own virtual environment, bound to loopback only.
 
-The server's pins conflict with Prefect, so it lives in a separate venv (``CROWDLOOP_LS_VENV``,
-default ``/work/ls-venv``), created with::
+The server's pins conflict with Prefect, so it lives in a separate venv: ``CROWDLOOP_LS_VENV``,
+else the checkout's ``.ls-venv`` (what ``bash scripts/test.sh`` creates), else
+``/work/ls-venv`` (the shared one on the development machine). By hand::
 
-    python3 -m venv /work/ls-venv && /work/ls-venv/bin/pip install label-studio==1.23.2
+    python3 -m venv .ls-venv && .ls-venv/bin/pip install label-studio==1.23.2
 
 The first start on an empty data directory runs the migrations (minutes); they run once into
 a template directory (kept between sessions, keyed by version) that every test copies.
@@ -25,14 +26,24 @@ from pathlib import Path
 
 from tests.vendors.app_server import free_port
 
-LS_VERSION = "1.23.2"
-LS_VENV = Path(os.environ.get("CROWDLOOP_LS_VENV", "/work/ls-venv"))
+LS_VERSION = "1.23.2"  # scripts/test.sh reads it from here
+
+
+def _ls_venv() -> Path:
+    if os.environ.get("CROWDLOOP_LS_VENV"):
+        return Path(os.environ["CROWDLOOP_LS_VENV"])
+    in_checkout = Path(__file__).resolve().parents[2] / ".ls-venv"
+    return in_checkout if in_checkout.exists() else Path("/work/ls-venv")
+
+
+LS_VENV = _ls_venv()
 LS_BIN = LS_VENV / "bin" / "label-studio"
 USERNAME = "crowdloop-admin@example.com"
 PASSWORD = "crowdloop-test-password"
 TOKEN = "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00"  # 40 characters, test-only
-SETUP_HINT = (f"Label Studio server venv not found at {LS_VENV}; create it with: python3 -m venv {LS_VENV} && "
-              f"{LS_VENV}/bin/pip install label-studio=={LS_VERSION} (or set CROWDLOOP_LS_VENV)")
+SETUP_HINT = (f"Label Studio server venv not found at {LS_VENV}; run bash scripts/test.sh (it creates it), "
+              f"or create it with: python3 -m venv {LS_VENV} && {LS_VENV}/bin/pip install label-studio=={LS_VERSION} "
+              "(or set CROWDLOOP_LS_VENV)")
 
 
 @dataclass

@@ -30,7 +30,7 @@ class FakeMTurkServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 op = (self.headers.get("X-Amz-Target") or "").rsplit(".", 1)[-1]
@@ -58,7 +58,7 @@ class FakeMTurkServer:
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-mturk", daemon=True)
 
-    def __enter__(self) -> "FakeMTurkServer":
+    def __enter__(self) -> FakeMTurkServer:
         self._thread.start()
         return self
 

@@ -24,6 +24,8 @@ from crowdloop.records import Annotation, Task
 from crowdloop.storage import PrefixedStore, write_json
 from crowdloop.storage.local import LocalStore
 from crowdloop.vendor import VendorContext
+from crowdloop.vendors import label_studio as ls
+from crowdloop.vendors import mturk
 
 CLASSES = ("cat", "dog", "bird")
 FUZZ = settings(max_examples=60, deadline=None,
@@ -41,8 +43,6 @@ def _check_records(got: list[Annotation], items: set[str]) -> None:
 
 
 # -- MTurk: QuestionFormAnswers -------------------------------------------------------------------
-mturk = pytest.importorskip("crowdloop.vendors.mturk")
-
 QFA_NS = "http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2005-10-01/QuestionFormAnswers.xsd"
 
 
@@ -51,7 +51,7 @@ def _xml_escape(text: str) -> str:
 
 
 _xml_chars = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
-_values = st.one_of(st.sampled_from(CLASSES + ("item0", "item1", "CAT", " cat", "cat\n", "")),
+_values = st.one_of(st.sampled_from((*CLASSES, "item0", "item1", "CAT", " cat", "cat\n", "")),
                     st.text(_xml_chars, max_size=12), st.just("x" * 100_000))
 _qids = st.one_of(st.sampled_from(["label-0", "item-0", "label-1", "label-00", "LABEL-0", ""]), st.text(_xml_chars, max_size=8))
 
@@ -143,9 +143,6 @@ def test_mturk_poll_keeps_only_well_formed_answers(fake, answers: list, items_pe
 
 
 # -- Label Studio: task and annotation JSON ------------------------------------------------------
-ls = pytest.importorskip("crowdloop.vendors.label_studio")
-
-
 class _Tasks:
     def __init__(self, pages: list[dict[str, Any]]) -> None:
         self.pages = pages
@@ -161,7 +158,8 @@ class _Client:
 
 _json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-3, 2**63), st.floats(allow_nan=False, allow_infinity=False),
                          st.text(max_size=10))
-_json = st.recursive(_json_scalar, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+_json = st.recursive(_json_scalar,
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
                      max_leaves=8)
 
 
@@ -171,7 +169,7 @@ def _maybe(strategy):
 
 _choice_result = st.fixed_dictionaries({
     "from_name": _maybe(st.just("label")), "type": _maybe(st.just("choices")), "to_name": st.just("item"),
-    "value": _maybe(st.fixed_dictionaries({"choices": _maybe(st.lists(_maybe(st.sampled_from(CLASSES + ("horse",))),
+    "value": _maybe(st.fixed_dictionaries({"choices": _maybe(st.lists(_maybe(st.sampled_from((*CLASSES, "horse"))),
                                                                       max_size=2))})),
 })
 _annotation = st.fixed_dictionaries(

@@ -7,13 +7,11 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("label_studio_sdk")
-
-from crowdloop.errors import ConfigError, VendorError  # noqa: E402
-from crowdloop.storage import PrefixedStore  # noqa: E402
-from crowdloop.storage.local import LocalStore  # noqa: E402
-from crowdloop.vendor import VendorContext  # noqa: E402
-from crowdloop.vendors import label_studio as lsv  # noqa: E402
+from crowdloop.errors import ConfigError, VendorError
+from crowdloop.storage import PrefixedStore
+from crowdloop.storage.local import LocalStore
+from crowdloop.vendor import VendorContext
+from crowdloop.vendors import label_studio as lsv
 
 
 @pytest.mark.parametrize("data_type, tag, field", [("text", "Text", "$text"), ("image", "Image", "$image"),

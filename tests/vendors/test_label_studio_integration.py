@@ -1,7 +1,8 @@
 """Two rounds of the engine against a real Label Studio server; the test plays the annotators.
 
-Slow tier: the server runs from its own venv (see label_studio_server.SETUP_HINT); the first
-run on a machine migrates a template data directory (minutes), later runs copy it.
+Slow tier: the server runs from its own venv (see label_studio_server.SETUP_HINT; missing, the
+test fails with the command that creates it); the first run on a machine migrates a template
+data directory (minutes), later runs copy it.
 """
 
 from __future__ import annotations
@@ -12,15 +13,12 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("label_studio_sdk")
-
-from crowdloop import engine  # noqa: E402
-from crowdloop.config import parse_config  # noqa: E402
-from crowdloop import keys
-from crowdloop.engine import Project# noqa: E402
-from crowdloop.storage import read_json  # noqa: E402
-from tests.conftest import small_config  # noqa: E402
-from tests.vendors import label_studio_server as lss  # noqa: E402
+from crowdloop import engine, keys
+from crowdloop.config import parse_config
+from crowdloop.engine import Project
+from crowdloop.storage import read_json
+from tests.conftest import small_config
+from tests.vendors import label_studio_server as lss
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +26,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[lss.Server]:
     if not lss.LS_BIN.exists():
-        pytest.skip(lss.SETUP_HINT)
+        pytest.fail(lss.SETUP_HINT, pytrace=False)
     server = lss.start_copy(tmp_path_factory.mktemp("label-studio"))
     try:
         yield server
@@ -51,7 +49,7 @@ def test_two_rounds_with_label_studio(tmp_path: Path, label_studio: lss.Server, 
         "collect.poll_interval_s": 0.2, "collect.timeout_s": 60, "stopping.max_rounds": 2,
     })
     p = Project.prepare(parse_config(config), str(tmp_path / "p"))
-    truth = {item: str(label) for item, label in zip(p.pool.ids.tolist(), p.pool.y.tolist())}
+    truth = {item: str(label) for item, label in zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True)}
     ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
     annotators = [ls.users.create(username=f"annotator{k}", email=f"annotator{k}@example.com",
                                   password=f"annotator-{k}-password") for k in range(2)]
@@ -78,7 +76,7 @@ def test_two_rounds_with_label_studio(tmp_path: Path, label_studio: lss.Server, 
     assert {a.worker_id for a in anns} == {f"ls-user-{u.id}" for u in annotators}
     assert sorted({a.duration_s for a in anns}) == [5.0, 6.0]
     labels = p.human_labels(before_round=2)
-    assert len(labels) == 10 and all(l.label == truth[l.item_id] for l in labels)
+    assert len(labels) == 10 and all(item.label == truth[item.item_id] for item in labels)
     assert read_json(p.store, keys.round_key(1, keys.COLLECTED))["complete"] is True
     tasks = list(ls.tasks.list(project=project_id, fields="all"))
     assert len(tasks) == 10  # nothing imported twice
@@ -111,3 +109,42 @@ def test_two_rounds_with_label_studio(tmp_path: Path, label_studio: lss.Server, 
     imported = [t.data.get("crowdloop_item") for t in ls.tasks.list(project=project_id)
                 if t.data.get("crowdloop_batch") == "lsloop-crash"]
     assert sorted(imported) == sorted(fresh)
+
+
+def test_a_text_round_with_label_studio(tmp_path: Path, label_studio: lss.Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A text pool (the fortunes sample, TF-IDF) on Label Studio: a Text + Choices project whose
+    tasks carry the texts verbatim (markup included: Label Studio shows it as text)."""
+    from label_studio_sdk import LabelStudio
+
+    from tests.conftest import REPO
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
+    classes = ["computers", "politics", "startrek"]
+    config = small_config(**{
+        "project": "lstext", "vendor": {"name": "label_studio", "params": {"instructions": "Which fortune file?"}},
+        "pool": {"source": "fortunes", "path": str(REPO / "tests" / "data" / "fortunes"), "classes": classes,
+                 "test_size": 0.3},
+        "model": {"estimator": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500},
+                  "features": {"kind": "tfidf", "dense_dim": 16}},
+        "sampler.initial_size": 5, "consensus.redundancy": 1, "consensus.method": "majority_vote",
+        "collect.poll_interval_s": 0.2, "collect.timeout_s": 60, "stopping.max_rounds": 1,
+    })
+    p = Project.prepare(parse_config(config), str(tmp_path / "p"))
+    texts = dict(zip(p.pool.ids.tolist(), p.pool.content.tolist(), strict=True))
+    truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True))
+    ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    engine.run_round(p, 0, until="dispatch")
+    dispatched = engine.dispatch(p, 0)
+    batch = read_json(p.vendor.store, f"batches/{dispatched['batch_id']}.json")
+    label_config = ls.projects.get(batch["project_id"]).label_config
+    assert '<Text name="item" value="$text"/>' in label_config and '<Choices name="label" toName="item"' in label_config
+    assert all(f'<Choice value="{c}"/>' in label_config for c in classes)
+    for item, task_id in batch["tasks"].items():
+        assert ls.tasks.get(str(task_id)).data["text"] == texts[item]
+        ls.annotations.create(task_id, result=_choice(truth[item]), lead_time=4.0)
+    engine.collect(p, 0)
+    engine.aggregate(p, 0)
+    labels = p.human_labels(before_round=1)
+    assert sorted(item.item_id for item in labels) == sorted(batch["tasks"])
+    assert all(item.label == truth[item.item_id] for item in labels)

@@ -18,7 +18,6 @@ from crowdloop.storage.local import LocalStore
 from crowdloop.testing import check_vendor, make_context
 from crowdloop.vendors.local import UNDO_MARGIN_S, LocalVendor, item_key
 from crowdloop.vendors.local_app import create_app, csrf_for
-
 from tests.conftest import small_config
 
 XSS = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
@@ -228,7 +227,8 @@ def test_cli_adds_annotators_and_prints_a_link(text_project, tmp_path):
 def test_cli_refuses_projects_of_other_vendors(tmp_path):
     p = engine.Project.prepare(parse_config(small_config()), str(tmp_path / "sim"))
     r = CliRunner().invoke(cli_app, ["annotators", "add", "alice", "--project-dir", p.store.url])
-    assert r.exit_code == 2 and "vendor.name is 'simulated'; the annotation app serves projects whose vendor is 'local'" in r.output
+    assert r.exit_code == 2
+    assert "vendor.name is 'simulated'; the annotation app serves projects whose vendor is 'local'" in r.output
 
 
 def test_a_round_collects_what_annotators_answered(text_project):
@@ -236,7 +236,7 @@ def test_a_round_collects_what_annotators_answered(text_project):
     v = p.vendor
     engine.run_round(p, 0, until="dispatch")
     refs = engine.dispatch(p, 0)["refs"]
-    truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist()))
+    truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True))
     while (found := v.next_task("ann")) is not None:
         v.answer("ann", found[0].batch_id, found[0].item_id, truth[found[0].item_id], client_seconds=3)
     collected = engine.collect(p, 0)
@@ -262,7 +262,7 @@ def test_image_files_named_by_the_pool_are_served_and_nothing_else(tmp_path):
         "vendor": {"name": "local", "params": {}}, "sampler.batch_size": 2, "sampler.initial_size": 2}))
     p = engine.Project.prepare(cfg, str(tmp_path / "project"))
     v = p.vendor
-    by_kind = {Path(path).name: item for item, path in zip(p.pool.ids.tolist(), p.pool.content.tolist())}
+    by_kind = {Path(path).name: item for item, path in zip(p.pool.ids.tolist(), p.pool.content.tolist(), strict=True)}
     assert sorted(by_kind) == ["a.png", "missing.png", "secret.txt"]  # 4 of each, 3 held out
     v.submit([Task(item_id=i, round=0, batch_id="b", replicas=1, reward=0.01) for i in by_kind.values()], batch_id="b")
     token = v.add_annotator("ann")
@@ -277,14 +277,13 @@ def test_image_files_named_by_the_pool_are_served_and_nothing_else(tmp_path):
 
 def test_content_columns_are_validated():
     with pytest.raises(ConfigError, match="text_column and image_column: expected at most one content column"):
-        parse_config(small_config(**{"pool": {"source": "csv", "path": "x.csv", "text_column": "t", "image_column": "i"}}))
+        parse_config(small_config(pool={"source": "csv", "path": "x.csv", "text_column": "t", "image_column": "i"}))
     with pytest.raises(ConfigError, match="text_column/image_column: expected a csv or parquet pool"):
         parse_config(small_config(**{"pool.text_column": "t"}))
 
 
 def test_the_example_config_opens_a_local_project(tmp_path):
     from crowdloop.config import load_config
-
     from tests.conftest import CONFIGS
 
     cfg = load_config(CONFIGS / "digits-local.yaml")

@@ -1,7 +1,8 @@
 """The annotation app in a real Chromium (Debian's /usr/bin/chromium driven by Playwright).
 
-Run against ``crowdloop annotate`` started as a subprocess, like a user would. CI needs
-``apt-get install -y chromium``; the tests skip, saying so, when /usr/bin/chromium is missing.
+Run against ``crowdloop annotate`` started as a subprocess, like a user would. Needs
+``apt-get install -y chromium`` (``bash scripts/test.sh`` does it); without it the tests fail
+with that command.
 """
 
 from __future__ import annotations
@@ -14,12 +15,10 @@ import pytest
 from crowdloop import engine
 from crowdloop.config import parse_config
 from crowdloop.records import Annotation
-
 from tests.conftest import REPO, small_config
 from tests.vendors.app_server import start_annotate
-from tests.vendors.browser import needs_chromium
 
-pytestmark = [pytest.mark.slow, needs_chromium]
+pytestmark = pytest.mark.slow
 SCREENSHOT = REPO / "docs" / "images" / "annotate.png"
 XSS = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
 
@@ -63,7 +62,7 @@ def test_label_with_the_keyboard_undo_and_collect(browser, serve, tmp_path):
         "model.params": {"C": 1.0, "max_iter": 1000}, "consensus.redundancy": 1,
         "consensus.method": "majority_vote", "collect.timeout_s": 2, "collect.poll_interval_s": 0.05}))
     p = engine.Project.prepare(cfg, str(tmp_path / "digits"))
-    truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist()))
+    truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True))
     desk = p.vendor
     # round 0 answered directly, so round 1 has a model and its suggestions
     engine.run_round(p, 0, until="dispatch")

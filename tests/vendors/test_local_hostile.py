@@ -21,7 +21,6 @@ from crowdloop.testing import make_context
 from crowdloop.vendor import VendorContext
 from crowdloop.vendors.local import LocalVendor, item_key
 from crowdloop.vendors.local_app import COOKIE, MAX_FORM_BYTES, create_app, csrf_for, png_from_pixels
-
 from tests.vendors.app_server import raw_request, running
 
 CLASSES = ("cat", "dog", "bird")
@@ -88,7 +87,7 @@ def test_fuzzed_posts_answer_303_400_or_403_and_store_nothing_bad(fuzz_desk, rou
     else:
         r = client.post(route, content=raw, headers={**headers, "Content-Type": "application/octet-stream"})
     assert r.status_code in (303, 400, 403), r.text[:300]
-    assert "Traceback" not in r.text and len(r.text.splitlines()) <= 1 or r.status_code == 403
+    assert ("Traceback" not in r.text and len(r.text.splitlines()) <= 1) or r.status_code == 403
     if r.status_code == 303:
         assert same_origin and encoding in ("form", "repeated") and fields.get("csrf") == csrf_for(token)
     assert_store_is_clean(vendor, {"alice"})
@@ -211,7 +210,7 @@ TRAVERSAL = [
 @pytest.mark.parametrize("target", TRAVERSAL)
 def test_image_routes_refuse_traversal(image_server, target):
     base, cookie, root = image_server
-    status, headers, body = raw_request(base, "GET", target.replace("{root}", str(root)), headers=cookie)
+    status, _headers, body = raw_request(base, "GET", target.replace("{root}", str(root)), headers=cookie)
     assert status in (400, 403, 404), (status, body[:100])
     assert b"SECRET" not in body and b"root:" not in body
 
@@ -237,7 +236,7 @@ def test_answers_beyond_the_replicas_or_after_payment_are_refused(tmp_path):
     with pytest.raises(VendorDataError, match="already has its 2 answer"):
         vendor.answer("eve", "b0", ITEMS[0], "dog")
     assert vendor.answer("bob", "b0", ITEMS[0], "dog").label == "cat"  # a repeat returns the first answer
-    anns = [a for a in LocalVendor({"undo_window_s": 0}, vendor.context).poll(refs)]
+    anns = list(LocalVendor({"undo_window_s": 0}, vendor.context).poll(refs))
     assert sorted(a.worker_id for a in anns) == ["ann", "bob"]
     vendor.acknowledge(anns, accept=True)  # the loop paid: the batch is closed
     with pytest.raises(VendorDataError, match="batch 'b0' is closed"):

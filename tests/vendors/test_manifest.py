@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crowdloop import keys
-from crowdloop import engine
+from crowdloop import engine, keys
 from crowdloop.config import parse_config
 from crowdloop.records import Task
 from crowdloop.storage import read_json
 from crowdloop.storage.local import LocalStore
 from crowdloop.testing import check_vendor, make_context
 from crowdloop.vendors.manifest import ManifestVendor
-
 from tests.conftest import small_config
 
-T0 = datetime(2026, 5, 1, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 5, 1, 10, 0, tzinfo=UTC)
 
 
 def answer(item: str, worker: str, label: str, seconds: float = 9.0, **extra) -> dict:
@@ -34,7 +32,7 @@ def answer(item: str, worker: str, label: str, seconds: float = 9.0, **extra) ->
 
 def drop(store, name: str, lines: list) -> None:
     """Play the outside vendor: drop one result file (dicts become JSON lines, bytes stay raw)."""
-    data = b"".join((l if isinstance(l, bytes) else json.dumps(l).encode()) + b"\n" for l in lines)
+    data = b"".join((line if isinstance(line, bytes) else json.dumps(line).encode()) + b"\n" for line in lines)
     store.write_bytes(f"results/{name}", data, create_only=True)
 
 
@@ -60,10 +58,10 @@ def test_submit_writes_a_ground_truth_manifest_once(tmp_path):
     refs = v.submit(tasks, batch_id="b0")
     key = refs[0]["manifest"]
     first = v.exchange.read_bytes(key)
-    lines = [json.loads(l) for l in first.splitlines()]
-    assert [l["item-id"] for l in lines] == ["i0", "i1", "i2"]
-    assert all(l["source"] == f"contract item {l['item-id']}" and l["class-list"] == ["cat", "dog", "bird"]
-               and l["replicas"] == 3 and "source-ref" not in l for l in lines)
+    lines = [json.loads(line) for line in first.splitlines()]
+    assert [rec["item-id"] for rec in lines] == ["i0", "i1", "i2"]
+    assert all(rec["source"] == f"contract item {rec['item-id']}" and rec["class-list"] == ["cat", "dog", "bird"]
+               and rec["replicas"] == 3 and "source-ref" not in rec for rec in lines)
     # a retry, even with a different task list, sends nothing new
     assert v.submit(tasks[:1], batch_id="b0") == refs
     assert v.exchange.read_bytes(key) == first
@@ -102,7 +100,7 @@ def test_bad_result_lines_are_rejected_with_reasons_and_good_ones_kept(tmp_path)
     new = v.poll(refs)
     assert sorted((a.item_id, a.worker_id, a.label) for a in new) == [("i1", "w1", "dog"), ("i2", "w5", "bird")]
     assert all(a.duration_s == 9.0 and a.reward == 0.02 and a.batch_id == "b0" for a in new)
-    rejects = [json.loads(l) for l in v.exchange.read_bytes("rejects/second.jsonl.rejects.jsonl").splitlines()]
+    rejects = [json.loads(line) for line in v.exchange.read_bytes("rejects/second.jsonl.rejects.jsonl").splitlines()]
     reasons = {r["line"]: r["reason"] for r in rejects}
     assert sorted(reasons) == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
     assert "unknown item-id 'nope'" in reasons[2]
@@ -138,7 +136,7 @@ def test_a_crash_between_answers_and_marker_replays_to_the_same_records(tmp_path
     refs = v.submit([Task(item_id="i0", round=0, batch_id="b0", replicas=2, reward=0.02)], batch_id="b0")
     drop(v.exchange, "a.jsonl", [answer("i0", "w1", "cat"), answer("i0", "w2", "dog")])
     v.ingest()
-    marker = [k for k in v.state.list("processed/")]
+    marker = list(v.state.list("processed/"))
     assert len(marker) == 1
     v.state.delete(marker[0])  # as if killed after writing the answers but before the marker
     restarted = ManifestVendor({}, v.context)
@@ -167,18 +165,18 @@ def test_the_loop_runs_rounds_through_a_shared_drop_box(tmp_path):
         "collect.timeout_s": 5, "collect.poll_interval_s": 0.01}))
     p = engine.Project.prepare(cfg, str(tmp_path / "project"))
     outside = LocalStore(shared)
-    truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist()))
+    truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True))
     for r in range(2):
         engine.run_round(p, r, until="dispatch")
         refs = engine.dispatch(p, r)["refs"]
-        manifest = [json.loads(l) for l in outside.read_bytes(refs[0]["manifest"]).splitlines()]
-        assert len(manifest) == 6 and all(json.loads(l["source"]) for l in manifest)
-        lines = [answer(l["item-id"], f"w{k}", truth[l["item-id"]]) for l in manifest for k in range(2)]
-        drop(outside, f"round-{r}.jsonl", lines + [answer("ghost", "w1", "setosa")])
+        manifest = [json.loads(line) for line in outside.read_bytes(refs[0]["manifest"]).splitlines()]
+        assert len(manifest) == 6 and all(json.loads(rec["source"]) for rec in manifest)
+        lines = [answer(rec["item-id"], f"w{k}", truth[rec["item-id"]]) for rec in manifest for k in range(2)]
+        drop(outside, f"round-{r}.jsonl", [*lines, answer("ghost", "w1", "setosa")])
         collected = engine.collect(p, r)
         assert collected["complete"] and collected["n_annotations"] == 12
         engine.aggregate(p, r)
-        labels = {l.item_id: l.label for l in p.human_labels(r + 1)}
+        labels = {lab.item_id: lab.label for lab in p.human_labels(r + 1)}
         assert all(labels[i] == truth[i] for i in labels) and len(labels) == 6 * (r + 1)
         assert engine.pay(p, r)["n_approved"] == 12
     assert len(outside.list("acks/")) == 2 and len(outside.list("rejects/")) == 2
@@ -228,7 +226,7 @@ def test_any_result_file_is_split_into_answers_and_rejects_without_crashing(tmp_
     got = v.poll(refs)
     rejects = v.exchange.list("rejects/")
     n_rejected = len(v.exchange.read_bytes(rejects[0]).splitlines()) if rejects else 0
-    assert len(got) + n_rejected == sum(1 for l in lines if l.strip())
+    assert len(got) + n_rejected == sum(1 for line in lines if line.strip())
     assert all(a.label in ("cat", "dog", "bird") and a.item_id in ("i0", "i1") for a in got)
     assert len({(a.item_id, a.worker_id) for a in got}) == len(got)
     # what the vendor stored is exactly what it returned, as valid records (the label log's format)

@@ -6,21 +6,20 @@ import zlib
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 pytest.importorskip("boto3")
 
-from typer.testing import CliRunner  # noqa: E402
 
-from crowdloop import engine  # noqa: E402
-from crowdloop.cli import app  # noqa: E402
-from crowdloop.config import parse_config  # noqa: E402
-from crowdloop import keys
-from crowdloop.engine import Project# noqa: E402
-from crowdloop.storage import read_json  # noqa: E402
-from crowdloop.vendors import mturk  # noqa: E402
-from tests.conftest import small_config  # noqa: E402
-from tests.test_engine import finish_round  # noqa: E402
-from tests.vendors.mturk_fake import FakeMTurk  # noqa: E402
+from crowdloop import engine, keys
+from crowdloop.cli import app
+from crowdloop.config import parse_config
+from crowdloop.engine import Project
+from crowdloop.storage import read_json
+from crowdloop.vendors import mturk
+from tests.conftest import small_config
+from tests.test_engine import finish_round
+from tests.vendors.mturk_fake import FakeMTurk
 
 
 @pytest.fixture
@@ -39,7 +38,7 @@ def test_three_rounds_through_the_engine(tmp_path: Path, fake: FakeMTurk) -> Non
         "pay.fee_rate": 0.2, "collect.poll_interval_s": 0.01, "stopping.max_rounds": 3,
     })
     p = Project.prepare(parse_config(config), str(tmp_path / "p"))
-    truth = {item: str(label) for item, label in zip(p.pool.ids.tolist(), p.pool.y.tolist())}
+    truth = {item: str(label) for item, label in zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True)}
     wrong = {c: p.classes[(p.classes.index(c) + 1) % len(p.classes)] for c in p.classes}
     # two careful workers and one who errs on every fourth item
     fake.answer = lambda item, replica: wrong[truth[item]] if replica == 2 and zlib.crc32(item.encode()) % 4 == 0 else truth[item]
@@ -52,8 +51,8 @@ def test_three_rounds_through_the_engine(tmp_path: Path, fake: FakeMTurk) -> Non
     anns = p.annotations()
     assert len(anns) == 3 * 70 and {a.vendor for a in anns} == {"mturk"}
     assert all(a.duration_s == pytest.approx(14.0) for a in anns)
-    labels = [l for l in p.human_labels(before_round=3)]
-    assert len(labels) == 70 and all(l.label == truth[l.item_id] for l in labels)
+    labels = list(p.human_labels(before_round=3))
+    assert len(labels) == 70 and all(lab.label == truth[lab.item_id] for lab in labels)
     statuses = {a["AssignmentStatus"] for rows in fake.assignments.values() for a in rows}
     assert statuses == {"Approved"} and fake.calls.count("ApproveAssignment") == 210
     pay0 = read_json(p.store, keys.round_key(0, keys.PAY))

@@ -94,7 +94,7 @@ def test_bad_parameters_and_impossible_tasks(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"vendor.params.*unknown field"):
         make(tmp_path, workers=3)
     crowd = make(tmp_path, n_workers=2)
-    with pytest.raises(VendorError, match="replicas=3 .* exceeds n_workers=2"):
+    with pytest.raises(VendorError, match=r"replicas=3 .* exceeds n_workers=2"):
         crowd.submit(tasks(1, replicas=3), batch_id="b1")
     crowd = make(tmp_path, {"i0": None})
     with pytest.raises(VendorError, match="no ground truth"):
@@ -139,5 +139,5 @@ def test_structured_kinds_leave_earlier_crowds_unchanged_and_check_their_sizes(t
     one = plain.poll(plain.submit(tasks(30), batch_id="b0"))
     two = with_zero.poll(with_zero.submit(tasks(30), batch_id="b0"))
     assert [(a.worker_id, a.label) for a in one] == [(a.worker_id, a.label) for a in two]
-    with pytest.raises(ConfigError, match="ring_fraction = 1.2: expected at most 1"):
+    with pytest.raises(ConfigError, match=r"ring_fraction = 1\.2: expected at most 1"):
         make(tmp_path / "c", spammer_fraction=0.2, ring_fraction=0.5, pair_confuser_fraction=0.5)

@@ -19,13 +19,12 @@ from crowdloop.records import Task
 from crowdloop.storage.local import LocalStore
 from crowdloop.testing import make_context
 from crowdloop.vendor import VendorContext
+from crowdloop.vendors import mturk
 from crowdloop.vendors.local import LocalVendor
 from crowdloop.vendors.local_app import create_app
-
 from tests.vendors.app_server import running
-from tests.vendors.browser import needs_chromium
 
-pytestmark = [pytest.mark.slow, needs_chromium]
+pytestmark = pytest.mark.slow
 
 PAYLOADS = [
     "<script>window.__pwned = 1; document.title = 'pwned'</script>",
@@ -121,9 +120,6 @@ def test_app_pages_show_every_payload_as_text(browser, hostile_desk):
 
 
 # -- the MTurk HTMLQuestion -----------------------------------------------------------------------
-mturk = pytest.importorskip("crowdloop.vendors.mturk")
-
-
 def _question_page(payloads: dict[str, dict], classes: tuple[str, ...], **params) -> str:
     ctx = VendorContext(project="xss", name="mturk", seed=0, classes=classes, store=None,  # type: ignore[arg-type]
                         item_payload=lambda i: payloads[i])

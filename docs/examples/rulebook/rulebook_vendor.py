@@ -7,6 +7,7 @@ that returns each answer once, ``acknowledge`` and an idempotent ``bonus``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Sequence
 
@@ -45,10 +46,8 @@ class RuleBook:
         key = f"batches/{batch_id}.json"
         if not self.store.exists(key):  # idempotent: a retried batch is not created twice
             answers = [self._answer(t, replica) for t in tasks for replica in range(t.replicas)]
-            try:
+            with contextlib.suppress(RecordExistsError):
                 write_json(self.store, key, {"answers": [a.model_dump(mode="json") for a in answers]}, create_only=True)
-            except RecordExistsError:
-                pass
         return [{"batch_id": batch_id}]
 
     def poll(self, refs: Sequence[Ref]) -> list[Annotation]:
@@ -64,19 +63,15 @@ class RuleBook:
         if not accept and not reason:
             raise VendorError("vendor 'rulebook': a rejection needs a reason the worker can read")
         for a in assignments:
-            try:
+            with contextlib.suppress(RecordExistsError):  # decided before: never pay twice
                 write_json(self.store, f"acks/{a.assignment_id}.json", {"accept": accept, "reason": reason,
                                                                         "paid": a.reward if accept else 0.0},
                            create_only=True)
-            except RecordExistsError:
-                pass  # decided before: never pay twice
 
     def bonus(self, assignments: Sequence[Annotation], *, amount: float, reason: str, token: str) -> None:
         key = f"bonuses/{hashlib.sha256(token.encode()).hexdigest()[:24]}.json"
-        try:
+        with contextlib.suppress(RecordExistsError):  # one payment per token
             write_json(self.store, key, {"n": len(assignments), "amount": amount, "reason": reason}, create_only=True)
-        except RecordExistsError:
-            pass  # one payment per token
 
     def ledger(self) -> dict[str, float]:
         """Optional: lets crowdloop.testing.check_vendor verify that retries change nothing."""
@@ -86,7 +81,7 @@ class RuleBook:
 
     def _answer(self, task: Task, replica: int) -> Annotation:
         payload = self.context.item_payload(task.item_id)  # what a human would see
-        label = iris_rule(dict(zip(payload["columns"], payload["values"])))
+        label = iris_rule(dict(zip(payload["columns"], payload["values"], strict=True)))
         aid = hashlib.sha256(f"{task.batch_id}|{task.item_id}|{replica}".encode()).hexdigest()[:20]
         return Annotation(item_id=task.item_id, worker_id=f"rule-{replica}", label=label, vendor=self.name,
                           assignment_id=aid, batch_id=task.batch_id, round=task.round, submitted_at=utcnow(),

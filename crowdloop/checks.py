@@ -1,0 +1,342 @@
+"""Everything about a config that can be checked before anything is spent.
+
+``crowdloop check CONFIG`` and the engine (before round 0 dispatches anything) run the same
+``check_config``. It stops at the first problem with a one-line ``CrowdloopError`` naming the
+file, the field, the value and what was expected, so that a typo never surfaces as a traceback
+after a batch was sent and paid. It contacts no annotation vendor and writes nothing to the
+project or its store; it reads the pool (a pool loader may fill its own download cache, as a
+run would) and, for an S3 store, asks the bucket whether it exists.
+
+The order is cheapest first: plug-in names and parameters, the model, the pool's own settings,
+the store, then the pool's rows and what depends on them (row counts, ground truth, the
+vendor's plan).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from crowdloop import registry
+from crowdloop.config import LoopConfig, ModelConfig
+from crowdloop.errors import ConfigError, CrowdloopError, PoolError, RegistryError, StoreError
+from crowdloop.vendor import VendorPlan, check_vendor_params
+
+PROJECT_KEY = "project.json"  # the record that makes a folder a crowdloop project
+# What the loop itself passes to every sampler call; a config cannot set these.
+SAMPLER_ARGUMENTS = ("model", "X", "batch_size", "rng", "X_labeled", "y_labeled")
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What a passing check found: the pool's size after the test split and the store's state."""
+
+    source: str | None
+    pool: Any  # the loaded pool (crowdloop.models.datasets.Pool, before the test split): reuse it
+    n_items: int
+    n_selectable: int  # items left for labeling after the test split
+    n_test: int
+    classes: tuple[str, ...]
+    location: str | None  # the project store checked (None: not checked)
+    store_state: str | None  # "new", "empty" or "project" (resumable)
+
+    def summary(self) -> str:
+        store = {"new": "will be created", "empty": "empty", "project": "an existing project (resume)"}
+        where = f"; store {self.location}: {store.get(self.store_state or '', 'not checked')}" if self.location else ""
+        return (f"pool of {self.n_items} items ({self.n_selectable} to label, {self.n_test} held out for testing), "
+                f"{len(self.classes)} classes{where}")
+
+
+def check_config(config: LoopConfig, *, source: str | None = None, location: str | None = None,
+                 pool: Any = None) -> CheckReport:
+    """Check ``config`` without spending; raise a one-line error on the first problem.
+
+    ``location`` is the project store (a directory or URL, as ``default_location`` gives it);
+    None skips the store. ``pool`` is an already-loaded pool (as the ``pool.source`` loader
+    returns it, before the test split) so the engine does not load it twice; None loads it.
+    The report carries the pool either way.
+    """
+    try:
+        return _check(config, source, location, pool)
+    except CrowdloopError as exc:
+        if source is None:
+            raise
+        raise type(exc)(f"{source}: {exc}") from exc  # chained: ``is_transient`` still sees the cause
+
+
+def _check(config: LoopConfig, source: str | None, location: str | None, pool: Any) -> CheckReport:
+    sampler = _plugin("sampler.name", registry.samplers, config.sampler.name)
+    check_sampler_params(config.sampler.name, sampler, config.sampler.params)
+    aggregator_cls = _plugin("consensus.method", registry.aggregators, config.consensus.method)
+    vendor_cls = _plugin("vendor.name", registry.vendors, config.vendor.name)
+    plan = vendor_plan(config)
+    check_vendor_params(vendor_cls, config.vendor.params, plan)  # again below, once the classes are known
+    check_model(config.model)
+    _check_pool_settings(config)
+    state = check_store(location) if location is not None else None
+    if pool is None:
+        loader = _plugin("pool.source", registry.pools, config.pool.source)
+        pool = loader(config.pool)
+    else:
+        _name("pool.source", registry.pools, config.pool.source)
+    _check_features(config, pool)
+    from crowdloop.models.text import check_text_setup  # raw text needs a featurizer; a local model must exist
+
+    check_text_setup(pool, config.model)
+    _check_ground_truth(config, pool, vendor_cls)
+    n_selectable, n_test = _check_sizes(config, pool)
+    classes = tuple(pool.classes)
+    aggregator_cls(classes=list(classes))
+    check_vendor_params(vendor_cls, config.vendor.params, dataclasses.replace(plan, classes=classes))
+    return CheckReport(source=source, pool=pool, n_items=len(pool), n_selectable=n_selectable, n_test=n_test,
+                       classes=classes, location=location, store_state=state)
+
+
+# -- plug-ins ---------------------------------------------------------------------------------
+def _name(field: str, reg: registry.Registry, name: str) -> None:
+    try:
+        reg.check_name(name)
+    except RegistryError as exc:
+        raise ConfigError(f"{field}: {exc}") from None
+
+
+def _plugin(field: str, reg: registry.Registry, name: str) -> Any:
+    try:
+        return reg.load(name)
+    except RegistryError as exc:
+        raise ConfigError(f"{field}: {exc}") from None
+
+
+def check_sampler_params(name: str, sampler: Any, params: dict[str, Any]) -> None:
+    """``sampler.params`` against the sampler function's keywords and their type hints.
+
+    The loop calls ``sampler(model, X, batch_size=..., rng=..., chunk_size=..., **params)``; a
+    typo here used to surface as a ``TypeError`` after round 0 was dispatched and paid.
+    """
+    try:
+        signature = inspect.signature(sampler)
+    except (TypeError, ValueError):
+        return  # a builtin or C callable: nothing to compare against
+    accepted = {n: p for n, p in signature.parameters.items()
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n not in SAMPLER_ARGUMENTS}
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    if name != "random" and "chunk_size" not in accepted and not takes_any:
+        raise ConfigError(f"sampler.name: sampler {name!r} takes no chunk_size keyword, which the loop passes to "
+                          "every sampler but 'random'; expected a parameter chunk_size: int = 8192 (or **kwargs)")
+    for key, value in params.items():
+        if key in SAMPLER_ARGUMENTS:
+            raise ConfigError(f"sampler.params.{key}: set by the loop for every call; expected none of "
+                              f"{', '.join(SAMPLER_ARGUMENTS)} in sampler.params")
+        if key not in accepted:
+            if takes_any:
+                continue
+            raise ConfigError(f"sampler.params.{key}: unknown parameter of sampler {name!r} (got {value!r}); "
+                              f"expected one of: {', '.join(sorted(accepted)) or 'none (it takes no parameters)'}")
+        _check_type(f"sampler.params.{key}", value, _hint(sampler, key), f"sampler {name!r}")
+
+
+def _hint(fn: Any, name: str) -> Any:
+    try:
+        return typing.get_type_hints(fn).get(name)
+    except Exception:  # noqa: BLE001 - an unresolvable annotation of a plug-in: skip the type check
+        return None
+
+
+def _check_type(field: str, value: Any, hint: Any, owner: str) -> None:
+    """Strict pydantic validation (``"20"`` is not an int): the value is passed on unconverted."""
+    if hint is None or hint is Any:
+        return
+    from pydantic import ConfigDict, TypeAdapter, ValidationError
+    from pydantic.errors import PydanticSchemaGenerationError
+
+    try:
+        adapter = TypeAdapter(hint, config=ConfigDict(strict=True))
+    except (PydanticSchemaGenerationError, TypeError):
+        return  # e.g. np.ndarray: not a config value anyway
+    try:
+        adapter.validate_python(value)
+    except ValidationError as exc:
+        problem = exc.errors(include_url=False)[0]["msg"]
+        raise ConfigError(f"{field}: {problem} (got {value!r}); {owner} expects {_type_name(hint)}") from None
+
+
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def vendor_plan(config: LoopConfig) -> VendorPlan:
+    """What the loop will ask of the vendor: judgments per item and the replica counts per batch."""
+    c = config.consensus
+    if not c.adaptive:
+        return VendorPlan(judgments_per_item=c.redundancy, replicas_per_task=(c.redundancy,))
+    most = "consensus.max_judgments" if c.max_judgments is not None else "consensus.redundancy"
+    # An adaptive batch holds new items (first_judgments each) and re-asks (one more judgment).
+    return VendorPlan(judgments_per_item=c.most_judgments, judgments_field=most,
+                      replicas_per_task=tuple(sorted({c.first_judgments, 1})), replicas_field="consensus.min_judgments")
+
+
+# -- the model --------------------------------------------------------------------------------
+def check_model(cfg: ModelConfig) -> None:
+    """The estimator's import path, that it is a class, its params, and scikit-learn's constraints.
+
+    Only a class is ever called: a dotted name of a function (``os.system``) is refused before
+    anything runs. Nothing is fitted.
+    """
+    from crowdloop.models.sklearn import build_model
+
+    try:
+        cls = registry.import_object(cfg.estimator, what="model.estimator")
+    except RegistryError as exc:
+        raise ConfigError(str(exc)) from None
+    if not isinstance(cls, type):
+        raise ConfigError(f"model.estimator: {cfg.estimator!r} is a {type(cls).__name__}, not a class; expected a "
+                          "scikit-learn classifier class like 'sklearn.linear_model.LogisticRegression'")
+    try:
+        parameters = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    if parameters and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        known = [n for n, p in parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        for key, value in cfg.params.items():
+            if key not in known:
+                raise ConfigError(f"model.params.{key}: unknown parameter of {cfg.estimator} (got {value!r}); "
+                                  f"expected one of: {', '.join(sorted(known))}")
+    model = build_model(cfg)
+    estimator = model.steps[-1][1] if hasattr(model, "steps") else model
+    if isinstance(getattr(estimator, "_parameter_constraints", None), dict) and hasattr(estimator, "_validate_params"):
+        try:
+            estimator._validate_params()  # scikit-learn's declared constraints, checked without data
+        except (ValueError, TypeError) as exc:  # InvalidParameterError is both
+            raise ConfigError(f"model.params: {' '.join(str(exc).split())}") from None
+
+
+# -- the store --------------------------------------------------------------------------------
+def check_store(location: str) -> str:
+    """Is the project store usable: ``"new"`` (creatable), ``"empty"`` or ``"project"``.
+
+    A local folder must be creatable, or empty, or a crowdloop project: a run never mixes its
+    records with someone else's files. Other schemes are opened through their store plug-in
+    with ``create=False`` (S3: a ``head_bucket``), which writes nothing.
+    """
+    parsed = urlparse(location)
+    scheme = parsed.scheme if len(parsed.scheme) > 1 else "file"  # 'C:' is a drive, not a scheme
+    _name("storage.url", registry.stores, scheme)
+    if scheme == "file":
+        return _check_folder(Path(parsed.path if parsed.scheme == "file" else location).expanduser().absolute())
+    store_cls = _plugin("storage.url", registry.stores, scheme)
+    store = store_cls.from_url(location, create=False)
+    if store.exists(PROJECT_KEY):
+        return "project"
+    if store.list(""):
+        raise StoreError(f"project store {store.url}: holds records but no {PROJECT_KEY}; expected an empty "
+                         "prefix or an existing crowdloop project (use a new --project-dir)")
+    return "empty"
+
+
+def _check_folder(root: Path) -> str:
+    where = f"project directory {root}"
+    if root.exists():
+        if not root.is_dir():
+            raise StoreError(f"{where}: not a directory")
+        if not os.access(root, os.R_OK | os.W_OK | os.X_OK):
+            raise StoreError(f"{where}: not readable and writable by this user")
+        if (root / PROJECT_KEY).is_file():
+            return "project"
+        with os.scandir(root) as entries:
+            other = sorted(e.name for e in entries)
+        if other:
+            raise StoreError(f"{where}: holds other files ({', '.join(map(repr, other[:3]))}"
+                             f"{', …' if len(other) > 3 else ''}) but no {PROJECT_KEY}; expected an empty folder "
+                             "or an existing crowdloop project (use a new --project-dir)")
+        return "empty"
+    parent = root.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise StoreError(f"{where}: cannot be created, {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StoreError(f"{where}: cannot be created, {parent} is not writable by this user")
+    return "new"
+
+
+# -- the pool ---------------------------------------------------------------------------------
+def _pool_file(config: LoopConfig) -> str:
+    cfg = config.pool
+    if cfg.path:
+        return cfg.path
+    return f"scikit-learn's {cfg.name} set" if cfg.source == "sklearn" else f"the {cfg.source} pool"
+
+
+def _check_pool_settings(config: LoopConfig) -> None:
+    """What the pool section alone can get wrong, before the pool is read."""
+    cfg = config.pool
+    if cfg.label_column and cfg.feature_columns and cfg.label_column in cfg.feature_columns:
+        raise ConfigError(f"pool.feature_columns: lists the label column {cfg.label_column!r} (pool.label_column), "
+                          "so the model would learn from the answers; expected only input columns")
+
+
+def _check_features(config: LoopConfig, pool: Any) -> None:
+    """NaN or infinite features break every fit; found here instead of in round 0's training."""
+    X = pool.X
+    if hasattr(X, "take_view") or not isinstance(X, np.ndarray) or X.dtype.kind != "f":
+        return  # lazily read shards (checked when written) or integer features (always finite)
+    finite = np.isfinite(X)
+    if finite.all():
+        return
+    bad_rows, bad_cols = np.nonzero(~finite)
+    names = list(pool.feature_names) or [f"x{i}" for i in range(X.shape[1] if X.ndim > 1 else 1)]
+    columns = sorted({names[c] for c in bad_cols.tolist()}, key=names.index) if X.ndim > 1 else names[:1]
+    raise PoolError(f"pool: feature(s) {columns[:5]} of {_pool_file(config)} hold NaN or infinite values "
+                    f"(first at item {str(pool.ids[bad_rows[0]])!r}); expected finite numbers")
+
+
+def _check_ground_truth(config: LoopConfig, pool: Any, vendor_cls: type) -> None:
+    """A vendor that answers from the ground truth, and gold questions, need a label on every item."""
+    needs = []
+    if getattr(vendor_cls, "needs_ground_truth", False):
+        needs.append(f"vendor {config.vendor.name!r} answers from it")
+    if config.gold.enabled:
+        needs.append("gold questions (gold.share) are drawn from it")
+    if not needs:
+        return
+    why = " and ".join(needs)
+    column = config.pool.label_column
+    if pool.y is None:
+        raise PoolError(f"pool.label_column: {_pool_file(config)} has no ground truth, but {why}; "
+                        "expected pool.label_column naming the column of true labels")
+    missing = [i for i, v in enumerate(pool.y.tolist()) if v is None]
+    if missing:
+        where = f"column {column!r} of {_pool_file(config)}" if column else _pool_file(config)
+        raise PoolError(f"pool.label_column: {len(missing)} of {len(pool)} items have no value in {where} "
+                        f"(first: item {str(pool.ids[missing[0]])!r}), but {why}; expected a label on every row")
+
+
+def _check_sizes(config: LoopConfig, pool: Any) -> tuple[int, int]:
+    """Row counts against the batch sizes and the gold set, after the seeded test split."""
+    from crowdloop.models.datasets import split_indices
+
+    selectable, test = split_indices(pool, config.pool.test_size, config.seed)
+    n = len(selectable)
+    held_out = f"after holding out {config.pool.test_size:.0%} of {len(pool)} items for testing"
+    if n < 1:
+        raise ConfigError(f"pool: no items left for labeling {held_out}")
+    sampler = config.sampler
+    sizes = [("sampler.batch_size", sampler.batch_size)]
+    if sampler.initial_size is not None:
+        sizes.append(("sampler.initial_size", sampler.initial_size))
+    for field, size in sizes:
+        if size > n:
+            raise ConfigError(f"{field}={size} is larger than the pool of {n} items ({held_out}); expected at most {n}")
+    initial = sampler.initial_size or sampler.batch_size
+    if config.gold.enabled and config.gold.n_items > n - initial:
+        raise ConfigError(f"gold.n_items={config.gold.n_items} leaves fewer than sampler.initial_size={initial} items "
+                          f"of the {n}-item pool for labeling; expected at most {n - initial}")
+    return n, 0 if test is None else len(test)

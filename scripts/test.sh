@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# README's test command: install what the tests need, lint, run every test. Nothing may skip
+# (tests/no_skips.py turns a skip into a failure), so green here means every test ran.
+#
+#   bash scripts/test.sh                 # the whole suite
+#   bash scripts/test.sh tests/flows -x  # extra arguments go to pytest
+#
+# It installs, only when missing: the Debian packages the tests use (as root, through apt), the
+# project with its test extra into .venv, and the Label Studio server into its own venv
+# ($CROWDLOOP_LS_VENV, default .ls-venv; its pins conflict with Prefect's), in the background
+# while the project installs. Then ruff, then pytest; the exit status is non-zero when either fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+# -- Debian packages ----------------------------------------------------------------------------
+# chromium: the annotation app's browser tests (Playwright drives /usr/bin/chromium; it never
+# downloads a browser). dataset-fashion-mnist: the image-pool and deep-model tests (idx files under
+# /usr/share/datasets/fashion-mnist/; nothing is downloaded at run time). fortunes, fortunes-min:
+# a real text corpus for text pools.
+apt_packages=(chromium dataset-fashion-mnist fortunes fortunes-min)
+apt_missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || apt_missing+=("$pkg")
+done
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing Debian packages: ${apt_missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
+  else
+    echo "test.sh: missing Debian packages; their tests will fail until you run:" >&2
+    echo "  sudo apt-get update && sudo apt-get install -y ${apt_missing[*]}" >&2
+  fi
+fi
+
+# -- the Label Studio server's venv, in the background ------------------------------------------
+# The version is the one tests/vendors/label_studio_server.py starts.
+ls_version=$(sed -n 's/^LS_VERSION = "\([^"]*\)".*/\1/p' tests/vendors/label_studio_server.py)
+export CROWDLOOP_LS_VENV=${CROWDLOOP_LS_VENV:-$PWD/.ls-venv}
+ls_pid=
+if [ "$("$CROWDLOOP_LS_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("label-studio"))' \
+        2>/dev/null)" != "$ls_version" ]; then
+  echo "test.sh: installing label-studio==$ls_version into $CROWDLOOP_LS_VENV (log: .ls-install.log)"
+  ( "$PYTHON" -m venv "$CROWDLOOP_LS_VENV" && "$CROWDLOOP_LS_VENV/bin/pip" install -q "label-studio==$ls_version" ) \
+    > .ls-install.log 2>&1 &
+  ls_pid=$!
+fi
+
+# -- the project and its test extra -------------------------------------------------------------
+# An existing .venv is reused (also a thin one layered over another venv's site-packages): pip
+# installs only what is missing or too old.
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/pip install -q -e '.[test]'
+
+if [ -n "$ls_pid" ] && ! wait "$ls_pid"; then
+  echo "test.sh: the Label Studio venv failed to install (tail of .ls-install.log below); its test will fail" >&2
+  tail -n 20 .ls-install.log >&2
+fi
+
+# -- lint, then every test ----------------------------------------------------------------------
+status=0
+echo "test.sh: ruff check"
+.venv/bin/ruff check . || { status=1; echo "test.sh: ruff found problems (above); running the tests anyway" >&2; }
+.venv/bin/python -m pytest -q "$@" || status=$?
+[ "$status" = 0 ] || echo "test.sh: failed (exit $status)" >&2
+exit "$status"
