@@ -29,11 +29,11 @@ from crowdloop.engine import Project
 from crowdloop.engine.approval import latest_approval
 from tests.conftest import crowdloop_cmd, small_config
 from tests.flows.prefect_helpers import deployment_ids, real_prefect_server, spawn, stop, wait_for
-from tests.vendors.browser import ARGS, CHROMIUM, needs_chromium
+from tests.vendors.browser import ARGS, CHROMIUM, require_chromium
 from tests.vendors.mturk_fake import items_in_question
 from tests.vendors.mturk_server import FakeMTurkServer
 
-pytestmark = [pytest.mark.slow, needs_chromium]
+pytestmark = pytest.mark.slow
 
 KEY_ID, SECRET = "AKIAUIDEMOFAKEKEY0001", "ui-demo-secret-for-the-fake-mturk"
 
@@ -81,6 +81,7 @@ def test_deployment_approval_triggered_logs_and_round_table_in_the_ui(tmp_path: 
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    require_chromium()
     shots = Path(os.environ.get("CROWDLOOP_SCREENSHOTS") or tmp_path / "shots")
     shots.mkdir(parents=True, exist_ok=True)
     project_dir = tmp_path / "p"
