@@ -161,6 +161,10 @@ class Project:
             return known
         from crowdloop.checks import check_config
         check_config(config, source=source, location=location, pool=load_pool(config.pool))
+        try:  # a named secret block that is missing fails here, before anything is written or called
+            Credentials.from_config(config).check()
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
         store = open_store(location)
         existing = read_json(store, keys.PROJECT, default=None)
         if existing is not None:
@@ -170,7 +174,7 @@ class Project:
         if existing is None:
             write_once(store, keys.PROJECT, record)
         elif existing["config"] != record["config"]:
-            # Only resumable sections (stopping, collect, baseline, scale) can differ here: keep
+            # Only resumable sections (stopping, collect, baseline, scale, credentials) can differ here: keep
             # the old version for the record and make the new limits the project's own.
             write_json(store, f"{keys.CONFIG_HISTORY}{_utc_stamp()}.json", existing)
             write_json(store, keys.PROJECT, record)
