@@ -477,7 +477,11 @@ def webhook(
         raise ConfigError("crowdloop webhook emits Prefect events: set PREFECT_API_URL to the Prefect server")
     from crowdloop.flows.events import label_studio_receiver
 
-    secret = os.environ.get("CROWDLOOP_WEBHOOK_SECRET") or random_secrets.token_urlsafe(32)
+    secret = os.environ.get("CROWDLOOP_WEBHOOK_SECRET")
+    if not secret and not register:
+        raise ConfigError("--no-register: set CROWDLOOP_WEBHOOK_SECRET to the secret of the webhook you register in "
+                          "Label Studio (header Authorization: Bearer <secret>)")
+    secret = secret or random_secrets.token_urlsafe(32)  # registered below, never printed
     url = f"{(public_url or f'http://{host}:{port}').rstrip('/')}/label-studio"
     if register:
         project.vendor.ensure_webhook(url, headers={"Authorization": f"Bearer {secret}"})

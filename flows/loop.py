@@ -5,6 +5,11 @@ and runs each step as a small Prefect task over (store URL, round); the store is
 truth, so a rerun of the flow continues where the last one stopped. Only the steps that talk to
 a vendor retry, and only on transient failures (``crowdloop.errors.is_transient``): a bad
 config, bad data or a bug fails the task at once.
+
+Task runs are named ``<step> · r<round>`` and log a one-line summary of their record; flow runs
+are named after the project. The parts of a step (shard scoring) run where ``config.scale``
+says (``PartsRunner``), whoever started the flow; after ``evaluate``, a vendor that spends real
+money waits for a person's approval (``crowdloop.flows.approval``).
 """
 
 from __future__ import annotations

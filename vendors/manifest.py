@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -39,6 +40,8 @@ from crowdloop.errors import RecordExistsError, StoreError, VendorError
 from crowdloop.records import Annotation, Task, dumps, to_jsonl, utcnow
 from crowdloop.storage import Store, open_store, read_json, validate_key, write_json
 from crowdloop.vendor import Ref, VendorContext, VendorPlan, acknowledged, parse_params, record_decision
+
+log = logging.getLogger(__name__)
 
 MAX_REJECT_CONTENT = 500
 
@@ -176,6 +179,8 @@ class ManifestVendor:
                 name = name or file_id
                 self._create(self.exchange, f"{self.params.rejects_prefix}{name}.rejects.jsonl",
                              b"".join(dumps(b) + b"\n" for b in bad))
+                log.warning("manifest: %d line(s) of %s rejected (first: %s); see %s%s.rejects.jsonl", len(bad), key,
+                            str(bad[0].get("reason", "?"))[:200], self.params.rejects_prefix, name)
             self._create(self.state, marker, dumps({"key": key, "good": len(good), "rejected": len(bad),
                                                     "processed_at": utcnow().isoformat()}))
             self._processed.add(key)

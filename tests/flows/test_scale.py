@@ -66,3 +66,20 @@ def test_flow_scores_shards_on_the_dask_cluster_of_its_config(prefect_api_url: s
     assert len(p.store.list(keys.round_key(1, "shards/"))) == 4
     # round 1's four shard parts ran on the cluster; round 0 (cold start) and the steps ran in the flow
     assert ran_on_dask == {"part_task": 4}, ran_on_dask
+
+
+@pytest.mark.slow
+def test_flow_starts_the_local_dask_cluster_its_config_asks_for(prefect_api_url: str, tmp_path: Path) -> None:
+    import asyncio
+
+    from crowdloop.flows.loop import active_learning_loop
+    from tests.flows.prefect_helpers import flow_run_logs
+
+    config = parse_config(small_config(project="daskw", **{"scale.shards": 3, "scale.dask_workers": 2,
+                                                           "stopping.max_rounds": 2}))
+    state = active_learning_loop(config, str(tmp_path / "p"), return_state=True)
+    assert state.is_completed()
+    logs = [m for _, _, m in asyncio.run(flow_run_logs(state.state_details.flow_run_id))]
+    assert "scale-out: parts run on Dask, a local cluster of 2 worker process(es)" in logs
+    p = Project.open(str(tmp_path / "p"))
+    assert read_json(p.store, keys.round_key(1, keys.SELECTION))["shards"] == 3
