@@ -152,6 +152,42 @@ def _live_view(project) -> Callable[[], Any]:
     return render
 
 
+def _prefect_process_defaults() -> None:
+    """Settings for a command that may start Prefect's temporary API server in this process.
+
+    Set when the command runs, never at import: the temporary server takes 10–30 s to start on a
+    small machine (Prefect's 20 s default is too tight), and usage telemetry cannot leave an
+    offline machine. A user's own values win.
+    """
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _approve_real_money(project, *, yes: bool) -> None:
+    """Before a run on a vendor that spends real money: the forecast, and a yes (``--yes`` or the terminal)."""
+    from crowdloop import keys
+    from crowdloop.engine import first_open_round
+    from crowdloop.engine.approval import covered, forecast_spend, record_approval, spends_real_money
+
+    if not spends_real_money(project) or covered(project):
+        return
+    r = first_open_round(project)
+    if project.has(r, keys.DISPATCH):
+        r += 1
+    forecast = forecast_spend(project, r)
+    cur = forecast["currency"]
+    budget = project.config.stopping.money_budget or forecast["total"]
+    what = (f"vendor {forecast['vendor']!r} spends real money: forecast {forecast['total']:.2f} {cur} over "
+            f"{len(forecast['rounds'])} round(s) from round {r}; money budget {budget:g} {cur}")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ConfigError(f"{what}; rerun with --yes to approve it (or lower stopping.money_budget)")
+        err_console.print(what, soft_wrap=True)
+        if not typer.confirm("Approve this money budget?", default=False, err=True):
+            raise ConfigError("spending not approved; nothing was dispatched")
+    record_approval(project, budget, by="crowdloop run --yes" if yes else "crowdloop run (terminal)", forecast=forecast)
+
+
 @app.command()
 @_one_line_errors
 def run(
@@ -159,17 +195,21 @@ def run(
     project_dir: str | None = typer.Option(None, "--project-dir", "-p",
                                               help="project store; default storage.url, else projects/<project>"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show Prefect's logs on the console"),
+    yes: bool = typer.Option(False, "--yes", "-y",
+                             help="approve the money budget of a vendor that spends real money (MTurk production)"),
 ) -> None:
     """Run (or resume) the active-learning loop of CONFIG until its stopping rule holds."""
     from crowdloop.config import load_config
     from crowdloop.engine import Project, default_location
 
     _stop_on_sigterm()
+    _prefect_process_defaults()  # before anything may reach Prefect (a named secret block is read in prepare)
     cfg = load_config(config)
     location = default_location(cfg, project_dir)
     project = Project.prepare(cfg, location, source=str(config))  # one-line errors name the config file
     with project.running():  # fail fast, before Prefect starts, if another run holds the project
         pass
+    _approve_real_money(project, yes=yes)  # the flow would pause for the Prefect UI; here the terminal answers
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         # The temporary API server logs event-flush cancellations when it shuts down after the
@@ -178,9 +218,8 @@ def run(
         # A failed task's traceback goes to the Prefect UI, not the console: a permanent fault
         # (bad credentials, missing bucket) ends the run with the one-line error below.
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
-    from crowdloop.flows.loop import with_task_runner
+    from crowdloop.flows.loop import active_learning_loop
 
-    active_learning_loop = with_task_runner(cfg)
     result: dict[str, Any] = {}
     failure: list[BaseException] = []
 
@@ -239,27 +278,68 @@ def _print_summary(state: dict[str, Any], location: str) -> None:
     console.print(f"outputs in {location}: metrics.json, metrics.csv, learning_curve.png, labels.jsonl, annotations.jsonl")
 
 
+def _prepared_for_deployments(config: Path, project_dir: str | None):
+    """CONFIG loaded and checked, and the project's location as runs elsewhere will see it."""
+    from crowdloop.config import load_config
+    from crowdloop.engine import Project, default_location
+
+    _prefect_process_defaults()
+    cfg = load_config(config)
+    location = default_location(cfg, project_dir)
+    if "://" not in location:
+        location = str(Path(location).absolute())  # runs start in their own working directory
+    Project.prepare(cfg, location, source=str(config))  # one-line errors name the config file
+    return cfg, location
+
+
 @app.command()
 @_one_line_errors
 def serve(
     config: Path = typer.Argument(..., help="YAML config of the project to serve"),
     project_dir: str | None = typer.Option(None, "--project-dir", "-p",
-                                              help="project store; default storage.url, else projects/<project>"),
+                                           help="project store; default storage.url, else projects/<project>"),
     cron: str | None = typer.Option(None, "--cron", help="schedule for the loop, e.g. '0 6 * * *'"),
-    collect_every: float = typer.Option(300.0, "--collect-every", min=1.0, help="seconds between collect runs"),
+    collect_every: float = typer.Option(300.0, "--collect-every", min=1.0,
+                                        help="seconds between collect runs (the fallback of answer events)"),
 ) -> None:
     """Serve the loop and collect deployments to the Prefect API (run and schedule them from the UI)."""
-    from crowdloop.config import load_config
-    from crowdloop.engine import Project, default_location
-
-    cfg = load_config(config)
-    location = default_location(cfg, project_dir)
-    if "://" not in location:
-        location = str(Path(location).absolute())  # runs start in their own working directory
-    Project.prepare(cfg, location, source=str(config))
+    cfg, location = _prepared_for_deployments(config, project_dir)
     from crowdloop.flows.serve import serve_project
 
     serve_project(cfg, location, cron=cron, collect_every_s=collect_every)
+
+
+@app.command()
+@_one_line_errors
+def deploy(
+    config: Path = typer.Argument(..., help="YAML config of the project to deploy"),
+    pool: str = typer.Option(..., "--pool", help="Prefect work pool whose workers run the flows"),
+    project_dir: str | None = typer.Option(None, "--project-dir", "-p",
+                                              help="project store as the workers see it; default projects/<project>"),
+    cron: str | None = typer.Option(None, "--cron", help="schedule for the loop, e.g. '0 6 * * *'"),
+    collect_every: float = typer.Option(300.0, "--collect-every", min=1.0,
+                                        help="seconds between collect runs (the fallback of answer events)"),
+    by_path: bool = typer.Option(False, "--config-by-path",
+                                 help="store CONFIG's path in the deployment (read at each run) instead of its content"),
+) -> None:
+    """Create the loop and collect deployments of CONFIG on work pool POOL (needs PREFECT_API_URL).
+
+    Start a worker with `prefect worker start --pool POOL` in an environment where crowdloop is
+    installed; runs, schedules and approvals are then in the Prefect UI.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise ConfigError("crowdloop deploy needs a Prefect server: set PREFECT_API_URL "
+                          "(e.g. prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api)")
+    cfg, location = _prepared_for_deployments(config, project_dir)
+    from crowdloop.flows.serve import deploy_project
+
+    names = deploy_project(cfg, location, pool=pool, cron=cron, collect_every_s=collect_every,
+                           source=str(config.absolute()), config_path=str(config.absolute()) if by_path else None)
+    for name in names:
+        console.print(f"deployed {name} on work pool {pool!r}")
+    console.print(f"start a worker: prefect worker start --pool {pool}")
 
 
 @app.command()
@@ -396,6 +476,13 @@ def _local_desk(project_dir: str):
     return project, vendor
 
 
+def _prefect_api_configured() -> bool:
+    """Whether a Prefect server is configured (events go there; none: nothing is sent)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value())
+
+
 @app.command()
 @_one_line_errors
 def annotate(
@@ -404,6 +491,8 @@ def annotate(
     project_dir: str | None = _project_option("project store whose vendor is 'local'"),
     host: str = typer.Option("127.0.0.1", "--host", help="interface to listen on (keep 127.0.0.1 unless behind a proxy)"),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port to listen on"),
+    events: bool | None = typer.Option(None, "--events/--no-events",
+                                       help="emit a Prefect event on each answer (default: when PREFECT_API_URL is set)"),
 ) -> None:
     """Serve the annotation web app for the project's dispatched tasks."""
     import uvicorn
@@ -411,12 +500,61 @@ def annotate(
     from crowdloop.vendors.local_app import create_app, project_suggester
 
     project, vendor = _local_desk(_project_dir(directory, project_dir))
-    web = create_app(vendor, suggest=project_suggester(project), project=project.config.project)
+    on_answer = None
+    if events or (events is None and _prefect_api_configured()):
+        from crowdloop.flows.events import answer_emitter
+
+        on_answer = answer_emitter(project.config.project, vendor)
+    web = create_app(vendor, suggest=project_suggester(project), project=project.config.project, on_answer=on_answer)
     names = vendor.annotators()
     err_console.print(f"crowdloop annotate: http://{host}:{port}/ for project {project.config.project!r}; "
-                      f"annotators: {', '.join(names) or 'none yet (crowdloop annotators add NAME --project-dir ...)'}",
+                      f"annotators: {', '.join(names) or 'none yet (crowdloop annotators add NAME --project-dir ...)'}"
+                      f"{'; answer events to Prefect' if on_answer else ''}",
                       soft_wrap=True)
     uvicorn.run(web, host=host, port=port, log_level="warning")
+
+
+@app.command()
+@_one_line_errors
+def webhook(
+    project_dir: str | None = _project_option("project store whose vendor is 'label_studio'"),
+    host: str = typer.Option("127.0.0.1", "--host", help="interface to listen on"),
+    port: int = typer.Option(8787, "--port", min=1, max=65535, help="TCP port to listen on"),
+    public_url: str | None = typer.Option(None, "--public-url",
+                                          help="where Label Studio reaches this receiver; default http://HOST:PORT"),
+    register: bool = typer.Option(True, "--register/--no-register",
+                                  help="create (or update) the webhook on the project's Label Studio project"),
+) -> None:
+    """Receive Label Studio's annotation webhooks and emit Prefect events (the collect trigger listens).
+
+    The shared secret Label Studio sends is CROWDLOOP_WEBHOOK_SECRET (a fresh one when unset).
+    """
+    import secrets as random_secrets
+
+    import uvicorn
+
+    from crowdloop.engine import Project
+
+    project_dir = _project_dir(None, project_dir)
+    project = Project.open(project_dir)
+    if project.config.vendor.name != "label_studio":
+        raise ConfigError(f"project {project_dir}: vendor.name is {project.config.vendor.name!r}; "
+                          "the webhook receiver serves projects whose vendor is 'label_studio'")
+    if not _prefect_api_configured():
+        raise ConfigError("crowdloop webhook emits Prefect events: set PREFECT_API_URL to the Prefect server")
+    from crowdloop.flows.events import label_studio_receiver
+
+    secret = os.environ.get("CROWDLOOP_WEBHOOK_SECRET")
+    if not secret and not register:
+        raise ConfigError("--no-register: set CROWDLOOP_WEBHOOK_SECRET to the secret of the webhook you register in "
+                          "Label Studio (header Authorization: Bearer <secret>)")
+    secret = secret or random_secrets.token_urlsafe(32)  # registered below, never printed
+    url = f"{(public_url or f'http://{host}:{port}').rstrip('/')}/label-studio"
+    if register:
+        project.vendor.ensure_webhook(url, headers={"Authorization": f"Bearer {secret}"})
+    err_console.print(f"crowdloop webhook: {url} for project {project.config.project!r}"
+                      f"{' (registered on Label Studio)' if register else ''}", soft_wrap=True)
+    uvicorn.run(label_studio_receiver(project.config.project, secret=secret), host=host, port=port, log_level="warning")
 
 
 @annotators_app.command("add")

@@ -408,6 +408,19 @@ class StorageConfig(_Strict):
         return self
 
 
+class CredentialsConfig(_Strict):
+    """Names of secret blocks holding credentials (never the credentials); see ``crowdloop/credentials.py``."""
+
+    aws: str | None = Field(
+        None, min_length=1, max_length=128,
+        description="Prefect Secret block with {aws_access_key_id, aws_secret_access_key[, aws_session_token, region_name]} "
+                    "for the S3 store and MTurk; default: boto3's credential chain")
+    label_studio_api_key: str | None = Field(
+        None, min_length=1, max_length=128,
+        description="Prefect Secret block holding the Label Studio API key; default: LABEL_STUDIO_API_KEY")
+    source: str = Field("prefect", description="secret source plug-in (crowdloop.secrets entry points)")
+
+
 class LoopConfig(_Strict):
     """One active-learning project: pool, model, sampler, vendor, consensus, pay and stopping rules."""
 
@@ -428,11 +441,12 @@ class LoopConfig(_Strict):
     baseline: BaselineConfig = BaselineConfig()
     storage: StorageConfig = StorageConfig()
     scale: ScaleConfig = ScaleConfig()
+    credentials: CredentialsConfig = CredentialsConfig()
 
 
-# Fields a resumed project may change: they steer when to stop or how long to wait, not what
-# was selected or how it was labeled.
-RESUMABLE_SECTIONS = ("stopping", "collect", "baseline", "scale")
+# Fields a resumed project may change: they steer when to stop or how long to wait (or which
+# secret block holds a key), not what was selected or how it was labeled.
+RESUMABLE_SECTIONS = ("stopping", "collect", "baseline", "scale", "credentials")
 
 
 def format_validation_error(exc: ValidationError, *, source: str, model: type[BaseModel] | None = None) -> str:

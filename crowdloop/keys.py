@@ -21,6 +21,7 @@ SEGMENTS = "labels/segments/"  # the append-only label log: one content-addresse
 BASELINE = "baseline"  # prefix of the random-sampling twin project
 VENDOR = "vendor"  # prefix of each vendor's own state: vendor/<name>/...
 MEDIA = "media/"  # image files uploaded for vendors that show images by URL: media/<sha256><.ext>, content-addressed
+APPROVALS = "approvals/"  # approved money budgets of a real-money vendor, one create-only record each
 
 # -- human-readable outputs, rewritten at the end of every run ---------------------------------
 OUT_METRICS = "metrics.json"

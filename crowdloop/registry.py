@@ -134,6 +134,7 @@ samplers = Registry("crowdloop.samplers", "sampler")
 aggregators = Registry("crowdloop.aggregators", "aggregator")
 pools = Registry("crowdloop.pools", "pool source")
 stores = Registry("crowdloop.stores", "store scheme")
+secrets = Registry("crowdloop.secrets", "secret source")
 
 
 def import_object(path: str, *, what: str = "object") -> Any:

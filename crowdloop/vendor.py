@@ -49,6 +49,8 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from pydantic import BaseModel, ValidationError
 
 from crowdloop.config import format_validation_error
+from crowdloop.credentials import DEFAULT as DEFAULT_CREDENTIALS
+from crowdloop.credentials import Credentials
 from crowdloop.errors import ConfigError, RecordExistsError
 from crowdloop.records import Annotation, Task, content_hash, dumps
 from crowdloop.storage import Store, read_json, write_json
@@ -74,6 +76,8 @@ class VendorContext:
     # How long the loop waits for a batch's answers (``collect.timeout_s``): vendors that re-post
     # returned work do so only within it.
     collect_timeout_s: float | None = None
+    # Where the vendor's credentials come from (named secret blocks, else the default chain).
+    credentials: Credentials = DEFAULT_CREDENTIALS
 
 
 @runtime_checkable

@@ -5,23 +5,33 @@ and runs each step as a small Prefect task over (store URL, round); the store is
 truth, so a rerun of the flow continues where the last one stopped. Only the steps that talk to
 a vendor retry, and only on transient failures (``crowdloop.errors.is_transient``): a bad
 config, bad data or a bug fails the task at once.
+
+Task runs are named ``<step> · r<round>`` and log a one-line summary of their record; flow runs
+are named after the project. The parts of a step (shard scoring) run where ``config.scale``
+says (``PartsRunner``), whoever started the flow; after ``evaluate``, a vendor that spends real
+money waits for a person's approval (``crowdloop.flows.approval``).
 """
 
 from __future__ import annotations
 
+import logging
+from contextlib import ExitStack
 from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
 
 from crowdloop import keys, report
-from crowdloop.config import LoopConfig
+from crowdloop.config import LoopConfig, ScaleConfig, load_config
 from crowdloop.engine import REFERENCE_STEP, ROUND_STEPS, Project, Step, default_location, run_rounds, run_step
 from crowdloop.errors import CrowdloopError, is_transient
+from crowdloop.flows.logs import send_logs_to_prefect, step_summary
 from crowdloop.storage import read_json, write_json
 
 _STEPS: dict[str, Step] = {s.name: s for s in (REFERENCE_STEP, *ROUND_STEPS)}
+log = logging.getLogger("crowdloop.flows.loop")
 
 
 def _retry_transient(task_, task_run, state) -> bool:
@@ -40,7 +50,10 @@ def _step_task(step: Step):
         options.update(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_retry_transient)
 
     def run(url: str, round_: int) -> dict[str, Any]:
-        return run_step(step, Project.shared(url), round_)
+        send_logs_to_prefect()
+        out = run_step(step, Project.shared(url), round_)
+        log.info(step_summary(step.name, round_, out))
+        return out
 
     run.__name__ = run.__qualname__ = f"{step.name}_step"
     return task(**options)(run)
@@ -53,18 +66,67 @@ STEP_TASKS = {name: _step_task(step) for name, step in _STEPS.items()}
 @task(name="part", cache_policy=NO_CACHE, task_run_name="{step} part {part} · r{round_}")
 def part_task(url: str, step: str, round_: int, part: int) -> dict[str, Any]:
     """One part of a step that fans out (e.g. scoring one shard of the pool before ``select``)."""
+    send_logs_to_prefect()  # also on a Dask worker
     return _STEPS[step].part(Project.shared(url), round_, part)
 
 
-def _run_as_task(step: Step, p: Project, r: int) -> dict[str, Any]:
-    """The flow's step runner: fan out the step's parts as parallel tasks, then run the step's task."""
-    if step.parts is not None and step.part is not None:
-        n_parts = step.parts(p, r)
-        if n_parts > 1:  # threads by default, Dask workers with scale.dask_*
-            futures = [part_task.submit(p.store.url, step.name, r, k) for k in range(n_parts)]
-            for future in futures:
-                future.result()
-    return STEP_TASKS[step.name](p.store.url, r)
+class PartsRunner:
+    """Where the parts of a step run: the flow's threads, or the Dask cluster ``scale`` names.
+
+    The task runner comes from the project's config inside the flow, not from the flow's
+    decorator, so every way of starting the flow (``crowdloop run``, ``serve``, ``deploy``,
+    ``prefect deploy``, a trigger) scales out the same way. The cluster starts at the first
+    fan-out and closes with the run (``close``); steps themselves run in the flow's process,
+    where the project is already open.
+    """
+
+    def __init__(self, scale: ScaleConfig) -> None:
+        self.scale = scale
+        self._dask: Any = None
+        self._stack = ExitStack()
+
+    @property
+    def on_dask(self) -> bool:
+        return bool(self.scale.dask_workers or self.scale.dask_address)
+
+    def submit(self, task_: Any, **parameters: Any) -> PrefectFuture:
+        if not self.on_dask:
+            return task_.submit(**parameters)
+        if self._dask is None:
+            self._dask = self._stack.enter_context(dask_task_runner(self.scale))
+            where = self.scale.dask_address or f"a local cluster of {self.scale.dask_workers} worker process(es)"
+            log.info(f"scale-out: parts run on Dask, {where}")
+        return self._dask.submit(task_, parameters)
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+def dask_task_runner(scale: ScaleConfig):
+    """The Dask task runner for ``scale``: an existing scheduler, or a local cluster of processes."""
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ModuleNotFoundError as exc:
+        raise CrowdloopError("scale.dask_*: needs the Dask extra: pip install 'crowdloop[dask]'") from exc
+    if scale.dask_address:
+        return DaskTaskRunner(address=scale.dask_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": scale.dask_workers, "threads_per_worker": 1,
+                                          "processes": True, "dashboard_address": None})
+
+
+def _step_runner(parts: PartsRunner):
+    def run_as_task(step: Step, p: Project, r: int) -> dict[str, Any]:
+        """Fan out the step's parts as parallel tasks, then run the step's own task."""
+        if step.parts is not None and step.part is not None:
+            n_parts = step.parts(p, r)
+            if n_parts > 1:
+                futures = [parts.submit(part_task, url=p.store.url, step=step.name, round_=r, part=k)
+                           for k in range(n_parts)]
+                for future in futures:
+                    future.result()
+        return STEP_TASKS[step.name](p.store.url, r)
+
+    return run_as_task
 
 
 def _artifact_key(project: str, what: str) -> str:
@@ -117,52 +179,87 @@ def _summary_markdown(state: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_project_rounds(p: Project, *, label: str = "main") -> str:
-    """Run ``p``'s rounds as Prefect tasks until one halts; publish the round and worker tables."""
+def run_project_rounds(p: Project, *, label: str = "main", parts: PartsRunner | None = None) -> str:
+    """Run ``p``'s rounds as Prefect tasks until one halts; publish the round and worker tables.
 
-    def publish(step: Step, r: int, out: dict[str, Any]) -> None:
+    Before a round's stop check, a vendor that spends real money waits for a person's approval
+    of the forecast spend (``crowdloop.flows.approval``); a refusal ends the run there.
+    """
+    from crowdloop.flows.approval import approve_spending
+
+    runner = parts or PartsRunner(p.config.scale)
+
+    def publish(step: Step, r: int, out: dict[str, Any]) -> str | None:
+        if step.name == "evaluate":
+            return approve_spending(p.store.url, r)
         if step.name == "stop":
-            _publish_round(p, label)
+            _publish_round(Project.shared(p.store.url), label)
         elif step.name == "pay":
-            _publish_workers(p, label, r)
+            _publish_workers(Project.shared(p.store.url), label, r)
+        return None
 
-    return run_rounds(p, call=_run_as_task, after=publish)
-
-
-def with_task_runner(config: LoopConfig):
-    """The loop flow with the task runner ``config.scale`` asks for (Dask when configured)."""
-    if not (config.scale.dask_workers or config.scale.dask_address):
-        return active_learning_loop
     try:
-        from prefect_dask import DaskTaskRunner
-    except ModuleNotFoundError as exc:
-        raise CrowdloopError("scale.dask_*: needs the Dask extra: pip install 'crowdloop[dask]'") from exc
-    if config.scale.dask_address:
-        runner = DaskTaskRunner(address=config.scale.dask_address)
-    else:
-        runner = DaskTaskRunner(cluster_kwargs={"n_workers": config.scale.dask_workers, "threads_per_worker": 1,
-                                                "processes": True, "dashboard_address": None})
-    return active_learning_loop.with_options(task_runner=runner)
+        return run_rounds(p, call=_step_runner(runner), after=publish)
+    finally:
+        if parts is None:
+            runner.close()
 
 
-@flow(name="crowdloop-active-learning", validate_parameters=True)
-def active_learning_loop(config: LoopConfig, project_dir: str | None = None) -> dict[str, Any]:
+def resolve_config(config: LoopConfig | str) -> LoopConfig:
+    """The flow's ``config`` parameter: a config, or the path/URL of a YAML config file."""
+    return config if isinstance(config, LoopConfig) else load_config(config)
+
+
+def _project_of(config: Any) -> str:
+    """The project name in a run's ``config`` parameter, however it was given (for run names)."""
+    if isinstance(config, LoopConfig):
+        return config.project
+    if isinstance(config, dict) and isinstance(config.get("project"), str):
+        return config["project"]
+    if isinstance(config, str):
+        try:
+            return load_config(config).project
+        except CrowdloopError:
+            return config.rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml")
+    return "crowdloop"
+
+
+def loop_run_name() -> str:
+    """``<project> · <two random words>``: the project shows in the runs list of the UI."""
+    from prefect.runtime import flow_run
+    from prefect.utilities.names import generate_slug
+
+    return f"{_project_of(flow_run.parameters.get('config'))} · {generate_slug(2)}"
+
+
+@flow(name="crowdloop-active-learning", flow_run_name=loop_run_name, validate_parameters=True)
+def active_learning_loop(config: LoopConfig | str, project_dir: str | None = None) -> dict[str, Any]:
     """Train → evaluate → select → dispatch → collect → aggregate → pay, round after round.
 
-    ``project_dir`` (or ``config.storage.url``) is the project store; rerunning on the same
-    store resumes. Returns the project status (see ``crowdloop status --json``).
+    ``config`` is a project config or the path/URL of its YAML file; ``project_dir`` (or
+    ``config.storage.url``) is the project store, and rerunning on the same store resumes.
+    Pool scoring scales out as ``config.scale`` says. Returns the project status (see
+    ``crowdloop status --json``).
     """
+    send_logs_to_prefect()
+    config = resolve_config(config)
     project = Project.prepare(config, default_location(config, project_dir))
-    with project.running():
-        outcome = run_project_rounds(project)
-        if config.baseline.random and not outcome.startswith("waiting"):
-            twin = project.baseline()
-            if read_json(twin.store, keys.PROJECT, default=None) is None:
-                write_json(twin.store, keys.PROJECT, {"config": twin.config.model_dump(mode="json"), "format": 1})
-            if not twin.store.exists(keys.REFERENCE):
-                write_json(twin.store, keys.REFERENCE, read_json(project.store, keys.REFERENCE))
-            run_project_rounds(Project.open(twin.store.url).register(), label="baseline")
-        state = report.write_outputs(project)
+    parts = PartsRunner(config.scale)
+    try:
+        with project.running():
+            outcome = run_project_rounds(project, parts=parts)
+            project = Project.shared(project.store.url)  # an approval may have set a new money budget
+            if config.baseline.random and not outcome.startswith("waiting"):
+                twin = project.baseline()
+                if read_json(twin.store, keys.PROJECT, default=None) is None:
+                    write_json(twin.store, keys.PROJECT, {"config": twin.config.model_dump(mode="json"), "format": 1})
+                if not twin.store.exists(keys.REFERENCE):
+                    write_json(twin.store, keys.REFERENCE, read_json(project.store, keys.REFERENCE))
+                run_project_rounds(Project.open(twin.store.url).register(), label="baseline", parts=parts)
+            state = report.write_outputs(project)
+    finally:
+        parts.close()
+    log.info(f"{config.project}: {outcome}")
     create_markdown_artifact(key=_artifact_key(config.project, "summary"), markdown=_summary_markdown(state),
                              description="crowdloop run summary")
     return state

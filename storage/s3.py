@@ -1,8 +1,9 @@
 """The S3 store (boto3): the same ``Store`` contract as the local directory.
 
 URL form: ``s3://bucket/prefix`` with an optional ``?endpoint_url=http://host:port`` for
-S3-compatible services (MinIO, moto, Ceph). Credentials come only from boto3's chain
-(environment, shared config, instance role), never from the URL or a config file.
+S3-compatible services (MinIO, moto, Ceph). Credentials come from boto3's chain (environment,
+shared config, instance role), or from the secret block named by ``?credentials=<block>``
+(config ``credentials.aws``, ``crowdloop/credentials.py``): the URL names the block, never a key.
 
 * Create-only writes use a conditional ``PUT`` (``If-None-Match: *``); on a server that
   ignores the condition (probed once per store), they fall back to check-then-put, which the
@@ -33,11 +34,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlencode, urlparse
 
-import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from crowdloop.credentials import Credentials
 from crowdloop.errors import ProjectLockedError, RecordExistsError, StoreError
 from crowdloop.redact import protect_loggers
 from crowdloop.storage import KeyNotFoundError, validate_key
@@ -63,6 +64,7 @@ class S3Store:
         prefix: str = "",
         *,
         endpoint_url: str | None = None,
+        credentials: str | None = None,
         client=None,
         create: bool = True,
         multipart_threshold: int = 64 * 1024 * 1024,
@@ -75,9 +77,11 @@ class S3Store:
         if self.prefix:
             validate_key(self.prefix)
         self.endpoint_url = endpoint_url
-        query = f"?{urlencode({'endpoint_url': endpoint_url})}" if endpoint_url else ""
+        params = {k: v for k, v in (("endpoint_url", endpoint_url), ("credentials", credentials)) if v}
+        query = f"?{urlencode(params)}" if params else ""
         self.url = f"s3://{bucket}/{self.prefix}{query}" if self.prefix else f"s3://{bucket}{query}"
-        self.client = client or boto3.session.Session().client(  # own session: thread-safe, fresh credentials
+        # Own session (thread-safe, fresh credentials): from the named secret block, else boto3's chain.
+        self.client = client or Credentials(aws=credentials).aws_session().client(
             "s3",
             endpoint_url=endpoint_url,
             config=Config(retries={"max_attempts": 10, "mode": "adaptive"}, connect_timeout=10, read_timeout=60),
@@ -96,7 +100,8 @@ class S3Store:
             raise StoreError(f"storage.url {url!r}: expected s3://bucket/prefix")
         query = parse_qs(parsed.query)
         endpoint = (query.get("endpoint_url") or [None])[0]
-        return cls(parsed.netloc, parsed.path, endpoint_url=endpoint, create=create)
+        credentials = (query.get("credentials") or [None])[0]
+        return cls(parsed.netloc, parsed.path, endpoint_url=endpoint, credentials=credentials, create=create)
 
     # -- helpers ------------------------------------------------------------------------
     def _key(self, key: str, *, internal: bool = False) -> str:

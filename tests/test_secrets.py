@@ -1,15 +1,17 @@
 """Credentials and tokens never land in the store, files, console output, logs, artifacts or errors.
 
 Each run is given canary secrets (fake AWS keys for S3 and MTurk, a Label Studio API key,
-the local app's annotator tokens) and afterwards every file it wrote, everything it printed,
-every Prefect artifact and log line, and every error message is searched for them, as text
-and URL-encoded.
+the local app's annotator tokens) — from the environment, or from Prefect ``Secret`` blocks
+named in the config — and afterwards every file it wrote, everything it printed, every Prefect
+artifact and log line, and every error message is searched for them, as text and URL-encoded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import http.server
+import json
+import os
 import re
 import subprocess
 import threading
@@ -31,6 +33,7 @@ pytestmark = pytest.mark.slow
 KEY_ID = "AKIACROWDLOOPLEAKTEST"
 SECRET = "s3cr3t-Crowdloop-Leak-Canary-0123456789abcdef"
 LS_KEY = "ls-canary-0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+LS_KEY_ENV = "LABEL_STUDIO_API_KEY"
 
 
 def _forms(secret: str) -> set[bytes]:
@@ -74,6 +77,28 @@ async def _prefect_texts(prefix: str) -> list[str]:
     return [f"{a.key} {a.data} {a.description}" for a in arts] + [f"{log.name} {log.message}" for log in logs]
 
 
+@pytest.fixture
+def canary_blocks(prefect_api_url: str) -> dict[str, str]:
+    """Prefect Secret blocks holding the canary AWS keys and Label Studio key; their names."""
+    import uuid
+
+    from prefect.blocks.system import Secret
+
+    suffix = uuid.uuid4().hex[:8]
+    names = {"aws": f"crowdloop-aws-{suffix}", "label_studio_api_key": f"crowdloop-ls-{suffix}"}
+    Secret(value={"aws_access_key_id": KEY_ID, "aws_secret_access_key": SECRET}).save(names["aws"])
+    Secret(value=LS_KEY).save(names["label_studio_api_key"])
+    return names
+
+
+def _without_aws(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """``env`` with no AWS credentials anywhere boto3 looks (env, shared files, instance metadata)."""
+    out = {k: v for k, v in env.items() if not k.startswith("AWS_") and k != LS_KEY_ENV}
+    out.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-credentials"), AWS_CONFIG_FILE=str(tmp_path / "no-config"),
+               AWS_EC2_METADATA_DISABLED="true", AWS_DEFAULT_REGION="us-east-1")
+    return out
+
+
 def _isolated_env(cli_env: dict, tmp_path: Path, **extra: str) -> dict[str, str]:
     """A subprocess env whose Prefect home and temp dir are inside ``tmp_path`` (so they get searched)."""
     home, tmp = tmp_path / "prefect-home", tmp_path / "tmp"
@@ -103,6 +128,50 @@ def test_run_on_s3_leaks_no_credentials(cli_env: dict, s3_endpoint: str, s3_buck
     texts += [s3.get_object(Bucket=s3_bucket, Key=o["Key"])["Body"].read().decode("latin-1") for o in objects]
     texts += asyncio.run(_prefect_texts("crowdloop-leakcheck-%"))
     assert find_leaks([KEY_ID, SECRET, LS_KEY], dirs=[tmp_path], texts=texts) == []
+
+
+def test_run_on_s3_with_keys_from_secret_blocks_leaks_nothing(cli_env: dict, s3_endpoint: str, s3_bucket: str,
+                                                            canary_blocks: dict[str, str], tmp_path: Path) -> None:
+    """No AWS key anywhere but in the Secret block the config names: the run works, and leaks nothing."""
+    config = small_config(project="blockleak", **{"stopping.max_rounds": 2, "storage.url": f"s3://{s3_bucket}/blocks",
+                                                  "storage.endpoint_url": s3_endpoint, "credentials": canary_blocks})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    env = _without_aws(_isolated_env(cli_env, tmp_path), tmp_path)
+    run = subprocess.run([*crowdloop_cmd(), "run", str(tmp_path / "c.yaml"), "--verbose"], env=env,
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    url = f"s3://{s3_bucket}/blocks?endpoint_url={s3_endpoint}&credentials={canary_blocks['aws']}"
+    status = subprocess.run([*crowdloop_cmd(), "status", url, "--json"], env=env, capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert json.loads(status.stdout)["rounds"][-1]["n_labeled"] == 50
+
+    # the control: the same environment without the blocks has no credentials at all
+    bare = {k: v for k, v in config.items() if k != "credentials"} | {"project": "nokeys",
+                                                                       "storage": {**config["storage"], "url": f"s3://{s3_bucket}/none"}}
+    (tmp_path / "bare.yaml").write_text(yaml.safe_dump(bare))
+    refused = subprocess.run([*crowdloop_cmd(), "run", str(tmp_path / "bare.yaml")], env=env, capture_output=True,
+                             text=True, timeout=120, cwd=tmp_path)
+    assert refused.returncode == 2 and "no AWS credentials found" in refused.stderr, refused.stderr[-1000:]
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    objects = s3.list_objects_v2(Bucket=s3_bucket, Prefix="blocks/")["Contents"]
+    texts = [run.stdout, run.stderr, status.stdout, status.stderr, refused.stdout, refused.stderr]
+    texts += [s3.get_object(Bucket=s3_bucket, Key=o["Key"])["Body"].read().decode("latin-1") for o in objects]
+    texts += asyncio.run(_prefect_texts("crowdloop-blockleak-%"))
+    assert find_leaks([KEY_ID, SECRET, LS_KEY], dirs=[tmp_path], texts=texts) == []
+
+
+def test_a_missing_secret_block_is_one_line_before_anything_runs(prefect_api_url: str, tmp_path: Path) -> None:
+    from crowdloop.config import parse_config
+    from crowdloop.engine import Project
+    from crowdloop.errors import ConfigError
+
+    config = parse_config(small_config(project="noblock", **{"credentials.aws": "no-such-block-here"}))
+    with pytest.raises(ConfigError) as info:
+        Project.prepare(config, str(tmp_path / "p"))
+    assert str(info.value).startswith("credentials.aws: no Prefect Secret block named 'no-such-block-here'")
+    assert "\n" not in str(info.value) and not (tmp_path / "p").exists()
 
 
 def _annotate_until(base: str, tokens: dict[str, str], done: threading.Event, errors: list[str]) -> None:
@@ -207,6 +276,32 @@ def test_mturk_run_leaks_no_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert find_leaks([KEY_ID, SECRET], dirs=[tmp_path], texts=texts) == []
 
 
+def test_mturk_run_with_keys_from_a_secret_block_leaks_nothing(canary_blocks: dict[str, str], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch, caplog, capfd) -> None:
+    """MTurk (a fake server that refuses every key but the canary) with the keys only in a Secret block."""
+    from crowdloop import engine
+    from crowdloop.config import parse_config
+    from tests.vendors.mturk_server import FakeMTurkServer
+
+    clean = _without_aws(dict(os.environ), tmp_path)
+    for name in set(os.environ) - set(clean):
+        monkeypatch.delenv(name)
+    for name in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_EC2_METADATA_DISABLED", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(name, clean[name])
+    with FakeMTurkServer(answer=lambda item, replica: "3", access_key=KEY_ID) as server, caplog.at_level("DEBUG"):
+        config = small_config(project="mturkblock", **{
+            "vendor": {"name": "mturk", "params": {"endpoint_url": server.url, "max_requests_per_second": 100}},
+            "credentials": canary_blocks, "stopping.max_rounds": 2, "sampler.initial_size": 6, "sampler.batch_size": 4,
+            "consensus.redundancy": 2, "consensus.method": "majority_vote", "collect.timeout_s": 5,
+            "collect.poll_interval_s": 0.01})
+        p = engine.Project.prepare(parse_config(config), str(tmp_path / "project"))
+        engine.run_in_process(p)
+        assert server.ledger()["n_hits"] == 10 and len(p.annotations()) == 20  # the server took only the canary key
+    out, err = capfd.readouterr()
+    texts = [out, err, *(r.getMessage() for r in caplog.records)]
+    assert find_leaks([KEY_ID, SECRET, LS_KEY], dirs=[tmp_path], texts=texts) == []
+
+
 class _EchoHandler(http.server.BaseHTTPRequestHandler):
     """A hostile or broken server that echoes the request headers in its error body."""
 
@@ -224,7 +319,10 @@ class _EchoHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_label_studio_errors_never_carry_the_api_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("key_from", ["environment", "secret block"])
+def test_label_studio_errors_never_carry_the_api_key(key_from: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     request: pytest.FixtureRequest) -> None:
+    from crowdloop.credentials import Credentials
     from crowdloop.errors import VendorError
     from crowdloop.records import Task
     from crowdloop.storage import PrefixedStore
@@ -237,10 +335,15 @@ def test_label_studio_errors_never_carry_the_api_key(tmp_path: Path, monkeypatch
     try:
         for url in (f"http://127.0.0.1:{server.server_address[1]}", "http://127.0.0.1:9"):  # echoing, refused
             monkeypatch.setenv(lsv.URL_ENV, url)
-            monkeypatch.setenv(lsv.KEY_ENV, LS_KEY)
+            credentials = Credentials()
+            if key_from == "environment":
+                monkeypatch.setenv(lsv.KEY_ENV, LS_KEY)
+            else:
+                monkeypatch.delenv(lsv.KEY_ENV, raising=False)
+                credentials = Credentials(label_studio_api_key=request.getfixturevalue("canary_blocks")["label_studio_api_key"])
             ctx = VendorContext(project="p", name="label_studio", seed=0, classes=("a", "b"),
                                 store=PrefixedStore(LocalStore(tmp_path), "vendor/label_studio"),
-                                item_payload=lambda i: {"kind": "text", "text": i})
+                                item_payload=lambda i: {"kind": "text", "text": i}, credentials=credentials)
             with pytest.raises(VendorError) as info:
                 lsv.LabelStudioVendor({"timeout_s": 5}, ctx).submit(
                     [Task(item_id="i", round=0, batch_id="b", replicas=1, reward=0.01)], batch_id="b")

@@ -3,7 +3,9 @@
 Install with ``pip install 'crowdloop[labelstudio]'``. The Label Studio *server* runs in its
 own virtual environment beside the pipeline (its pins conflict with Prefect); crowdloop only
 talks to it over HTTP. Connection settings come from the environment, never from YAML:
-``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY`` (a legacy token or a personal access token).
+``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY`` (a legacy token or a personal access token);
+the key may instead live in the Prefect Secret block the config names
+(``credentials.label_studio_api_key``).
 
 * The project is created on first use (or reused: ``project_id`` / a stored id) with a
   labeling config generated from the class list and the data type (text, image, tabular).
@@ -173,16 +175,32 @@ class LabelStudioVendor:
         self.store = context.store
         self._returned: set[str] = set()
         self._client: LabelStudio | None = None
+        self._key: str | None = None
 
     @property
     def client(self) -> LabelStudio:
         if self._client is None:
-            url, key = os.environ.get(URL_ENV), os.environ.get(KEY_ENV)
+            url = os.environ.get(URL_ENV)
+            key = self.context.credentials.label_studio_key() or os.environ.get(KEY_ENV)
             if not url or not key:
                 missing = " and ".join(n for n, v in ((URL_ENV, url), (KEY_ENV, key)) if not v)
                 raise VendorError(f"vendor 'label_studio': set {missing} in the environment (never in the config file)")
+            self._key = key
             self._client = LabelStudio(base_url=url.rstrip("/"), api_key=key, timeout=self.params.timeout_s)
         return self._client
+
+    def ensure_webhook(self, url: str, *, headers: dict[str, str]) -> int:
+        """Label Studio calls ``url`` (with ``headers``) when an annotation is created in this
+        project's Label Studio project; an existing webhook to ``url`` is updated. Its id."""
+        pid = self.project_id()
+        for hook in self._api("webhooks.list", self.client.webhooks.list, project=str(pid)):
+            if getattr(hook, "url", None) == url:
+                self._api("webhooks.update", self.client.webhooks.update, hook.id, url=url, headers=headers,
+                          send_payload=True, send_for_all_actions=False, actions=["ANNOTATION_CREATED"], is_active=True)
+                return int(hook.id)
+        hook = self._api("webhooks.create", self.client.webhooks.create, project=pid, url=url, headers=headers,
+                         send_payload=True, send_for_all_actions=False, actions=["ANNOTATION_CREATED"], is_active=True)
+        return int(hook.id)
 
     def _api(self, what: str, fn, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -190,10 +208,10 @@ class LabelStudioVendor:
         except ApiError as exc:
             # The body is the server's; a broken proxy may echo the request, API key included. Only
             # the redacted message travels on (``from None``: the raw error would print the body).
-            body = _redact(str(exc.body)[:300])
+            body = _redact(str(exc.body)[:300], self._key)
             raise VendorError(f"vendor 'label_studio': {what} failed: HTTP {exc.status_code}: {body}") from None
         except (OSError, httpx.HTTPError) as exc:  # connection refused, DNS, timeouts
-            raise VendorError(f"vendor 'label_studio': {what} failed: {_redact(str(exc))}") from exc
+            raise VendorError(f"vendor 'label_studio': {what} failed: {_redact(str(exc), self._key)}") from exc
 
     # -- project --------------------------------------------------------------------------
     @property
@@ -483,9 +501,9 @@ class LabelStudioVendor:
         return None
 
 
-def _redact(text: str) -> str:
-    """``text`` without the API key (nor the URL's password, if it carries one)."""
-    for secret in (os.environ.get(KEY_ENV), urlsplit(os.environ.get(URL_ENV) or "").password):
+def _redact(text: str, key: str | None = None) -> str:
+    """``text`` without the API key in use or in the environment (nor the URL's password)."""
+    for secret in (key, os.environ.get(KEY_ENV), urlsplit(os.environ.get(URL_ENV) or "").password):
         if secret:
             text = text.replace(secret, "***")
     return text

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import struct
 import threading
@@ -38,8 +39,10 @@ from jinja2 import Environment
 from starlette.concurrency import run_in_threadpool
 
 from crowdloop.errors import CrowdloopError
-from crowdloop.records import Task
+from crowdloop.records import Annotation, Task
 from crowdloop.vendors.local import LocalVendor, item_key
+
+log = logging.getLogger(__name__)
 
 COOKIE = "crowdloop_annotator"
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
@@ -165,8 +168,11 @@ def csrf_for(token: str) -> str:
     return hashlib.sha256(f"crowdloop-csrf|{token}".encode()).hexdigest()[:32]
 
 
-def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: str | None = None) -> FastAPI:
-    """The annotation app over ``vendor``'s store. ``suggest(task)`` gives (class, probability)."""
+def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: str | None = None,
+               on_answer: Callable[[Annotation], None] | None = None) -> FastAPI:
+    """The annotation app over ``vendor``'s store. ``suggest(task)`` gives (class, probability);
+    ``on_answer(annotation)`` hears of every stored answer (``crowdloop annotate`` emits a Prefect
+    event there); its failure is logged and never refuses the answer."""
     app = FastAPI(title="crowdloop annotate", docs_url=None, redoc_url=None, openapi_url=None)
     lock = threading.Lock()  # one desk per process: leases and answers are decided one at a time
     title = project or vendor.context.project
@@ -296,10 +302,16 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
         except ValueError:
             client_ms = float("nan")
         try:
-            await locked(lambda: vendor.answer(name, form.get("batch_id", ""), form.get("item_id", ""), form.get("label", ""),
-                                               client_seconds=None if client_ms != client_ms else client_ms / 1000.0))
+            stored = await locked(lambda: vendor.answer(name, form.get("batch_id", ""), form.get("item_id", ""),
+                                                        form.get("label", ""),
+                                                        client_seconds=None if client_ms != client_ms else client_ms / 1000.0))
         except CrowdloopError as exc:
             return bad_request(exc)
+        if on_answer is not None:
+            try:
+                await run_in_threadpool(on_answer, stored)
+            except Exception:  # a lost notification costs a poll; the answer is stored
+                log.exception("on_answer hook failed")
         return back()
 
     @app.post("/skip")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -55,6 +56,8 @@ from crowdloop.vendor import (
     record_block,
     record_decision,
 )
+
+log = logging.getLogger(__name__)
 
 MAX_REJECT_CONTENT = 500
 
@@ -203,6 +206,8 @@ class ManifestVendor:
                 name = name or file_id
                 self._create(self.exchange, f"{self.params.rejects_prefix}{name}.rejects.jsonl",
                              b"".join(dumps(b) + b"\n" for b in bad))
+                log.warning("manifest: %d line(s) of %s rejected (first: %s); see %s%s.rejects.jsonl", len(bad), key,
+                            str(bad[0].get("reason", "?"))[:200], self.params.rejects_prefix, name)
             self._create(self.state, marker, dumps({"key": key, "good": len(good), "rejected": len(bad),
                                                     "processed_at": utcnow().isoformat()}))
             self._processed.add(key)

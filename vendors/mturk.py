@@ -1,7 +1,8 @@
 """Amazon Mechanical Turk as an annotation vendor (boto3 is imported only here).
 
-Install with ``pip install 'crowdloop[mturk]'``. Credentials come only from boto3's credential
-chain (environment, shared config, instance role), never from the YAML config.
+Install with ``pip install 'crowdloop[mturk]'``. Credentials come from the Prefect Secret block
+the config names (``credentials.aws``), else from boto3's credential chain (environment,
+shared config, instance role); never from the YAML config itself.
 
 Reliability (the rules of docs/reliability.md, "Guarantees"):
 
@@ -61,6 +62,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from crowdloop.credentials import DEFAULT as DEFAULT_CREDENTIALS
+from crowdloop.credentials import Credentials
 from crowdloop.errors import ConfigError, RecordExistsError, VendorError
 from crowdloop.records import Annotation, Task, utcnow
 from crowdloop.redact import protect_loggers
@@ -206,12 +209,13 @@ def endpoint_for(params: MTurkParams) -> str:
     return template.format(region=params.region)
 
 
-def make_client(params: MTurkParams):
-    """A boto3 ``mturk`` client: credentials from boto3's chain, adaptive retries on throttling."""
+def make_client(params: MTurkParams, credentials: Credentials = DEFAULT_CREDENTIALS):
+    """A boto3 ``mturk`` client: credentials from the named secret block, else boto3's chain;
+    adaptive retries on throttling."""
     config = Config(retries={"mode": "adaptive", "max_attempts": params.max_attempts}, user_agent_extra="crowdloop")
     try:
-        return _session_factory().client("mturk", region_name=params.region, endpoint_url=endpoint_for(params),
-                                         config=config)
+        return credentials.aws_session(_session_factory).client("mturk", region_name=params.region,
+                                                                endpoint_url=endpoint_for(params), config=config)
     except BotoCoreError as exc:
         raise VendorError(f"vendor 'mturk': cannot create the MTurk client: {exc}") from exc
 
@@ -321,12 +325,17 @@ class MTurkVendor:
         # MTurk refuses to extend a HIT from fewer than 10 assignments to 10 or more.
         self.max_judgments_per_item = None if self.params.allow_ten_or_more_assignments else LARGE_HIT_ASSIGNMENTS - 1
 
+    @property
+    def real_money(self) -> bool:
+        """Production spends real money (a run waits for an approval first); the sandbox does not."""
+        return not self.params.sandbox
+
     # -- client -------------------------------------------------------------------------
     @property
     def client(self):
         """The boto3 ``mturk`` client, built on first use (no network until then)."""
         if self._client is None:
-            self._client = make_client(self.params)
+            self._client = make_client(self.params, self.context.credentials)
         return self._client
 
     def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:

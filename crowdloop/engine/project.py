@@ -26,6 +26,7 @@ import numpy as np
 
 from crowdloop import keys, registry
 from crowdloop.config import RESUMABLE_SECTIONS, FeaturesConfig, LoopConfig, PoolConfig
+from crowdloop.credentials import Credentials
 from crowdloop.errors import ConfigError, CrowdloopError, PoolError, RecordExistsError, StoreError
 from crowdloop.pay import FeeFor, fee_function
 from crowdloop.records import AggregatedLabel, Annotation, to_jsonl
@@ -83,13 +84,18 @@ def write_once_digest(store: Store, key: str, data: bytes) -> str:
 def default_location(config: LoopConfig, project_dir: str | None = None) -> str:
     """Where a project lives: ``--project-dir``, else ``storage.url``, else ``projects/<name>``.
 
-    An S3 ``endpoint_url`` travels in the URL's query so other processes can reopen the store.
+    An S3 ``endpoint_url`` and the name of the secret block with the AWS keys
+    (``credentials.aws``) travel in the URL's query so other processes can reopen the store.
     """
-    if project_dir:
-        return project_dir
-    url = config.storage.url
-    if url and config.storage.endpoint_url and "endpoint_url=" not in url:
-        url += ("&" if "?" in url else "?") + urlencode({"endpoint_url": config.storage.endpoint_url})
+    url = project_dir or config.storage.url
+    if url and url.startswith("s3://"):
+        extra = {}
+        if not project_dir and config.storage.endpoint_url and "endpoint_url=" not in url:
+            extra["endpoint_url"] = config.storage.endpoint_url
+        if config.credentials.aws and "credentials=" not in url:
+            extra["credentials"] = config.credentials.aws
+        if extra:
+            url += ("&" if "?" in url else "?") + urlencode(extra)
     return url or f"projects/{config.project}"
 
 
@@ -179,6 +185,10 @@ class Project:
             return known
         from crowdloop.checks import check_config
         check_config(config, source=source, location=location, pool=load_pool(config.pool))
+        try:  # a named secret block that is missing fails here, before anything is written or called
+            Credentials.from_config(config).check()
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
         store = open_store(location)
         existing = read_json(store, keys.PROJECT, default=None)
         if existing is not None:
@@ -204,7 +214,7 @@ class Project:
         if existing is None:
             write_once(store, keys.PROJECT, record)
         elif existing != record:
-            # Only resumable sections (stopping, collect, baseline, scale) can differ here, or a
+            # Only resumable sections (stopping, collect, baseline, scale, credentials) can differ here, or a
             # project from before pool digests gets its digest: keep the old version for the
             # record and make the new limits the project's own.
             write_json(store, f"{keys.CONFIG_HISTORY}{_utc_stamp()}.json", existing)
@@ -245,6 +255,7 @@ class Project:
             from crowdloop.media import check_reachable
 
             check_reachable(self.config.pool, self.store.url, pool.content_kind, self.config.vendor.name)
+        self.credentials.check()  # a named secret block that is missing fails here, before any call
         self.check_own_data()
 
     def check_own_data(self) -> None:
@@ -352,8 +363,13 @@ class Project:
             ground_truth=ground_truth if NEEDS_GROUND_TRUTH in caps else None,
             image_url=image_url,
             collect_timeout_s=self.config.collect.timeout_s,
+            credentials=self.credentials,
         )
         return cls(dict(self.config.vendor.params), context)
+
+    @cached_property
+    def credentials(self) -> Credentials:
+        return Credentials.from_config(self.config)
 
     def forget_vendor(self) -> None:
         """Drop the vendor object, so the next use builds a fresh one from the store (after a failed poll)."""
@@ -656,7 +672,8 @@ def _check_same_config(stored: LoopConfig, given: LoopConfig, url: str) -> None:
                 if a[section][key] != b[section].get(key):
                     raise ConfigError(
                         f"{section}.{key}: {b[section].get(key)!r} differs from {a[section][key]!r} that project {url} "
-                        "was started with; only stopping/collect/baseline/scale may change on resume (use a new --project-dir)"
+                        "was started with; only stopping/collect/baseline/scale/credentials may change on resume "
+                        "(use a new --project-dir)"
                     )
         raise ConfigError(
             f"{section}: {b.get(section)!r} differs from {a[section]!r} that project {url} was started with; "

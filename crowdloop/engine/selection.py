@@ -110,7 +110,7 @@ def select(p: Project, r: int) -> dict[str, Any]:
     n_shards = shard_count(p, r) if size else 1
     policy: dict[str, Any] = {}  # only a self-measuring sampler has one, and it is never sharded
     if n_shards > 1:  # merge per-shard top-k (scored in parallel by the flow, or here if missing)
-        strategy = p.config.sampler.name
+        strategy, policy = p.config.sampler.name, {}
         parts = [score_shard(p, r, s) for s in range(n_shards)]
         rows = [(-sc, k, item) for part in parts
                 for item, sc, k in zip(part["item_ids"], part["scores"], part["keys"], strict=True)]

@@ -137,3 +137,32 @@ def test_only_transient_failures_are_retried(failure, submits, raised, prefect_a
         with pytest.raises(raised):
             active_learning_loop(config, str(tmp_path / "p"))
     assert calls == [f"{config.project}-r0000"] * submits
+
+
+def test_vendor_warnings_and_step_summaries_reach_the_flow_run_logs(prefect_api_url: str, tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    """The ``crowdloop`` logger tree goes to the run's logs: a vendor's warning under the task run
+    that caused it, and a one-line summary per step; task runs are named by step and round."""
+    from crowdloop.flows.loop import active_learning_loop
+    from tests.flows.prefect_helpers import flow_run_logs, task_run_names
+    from tests.vendors.mturk_server import FakeMTurkServer
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with FakeMTurkServer(answer=lambda item, replica: "3" if replica == 0 else "not-a-digit") as server:
+        config = parse_config(small_config(project="logged", **{
+            "vendor": {"name": "mturk", "params": {"endpoint_url": server.url, "max_requests_per_second": 100}},
+            "stopping.max_rounds": 1, "sampler.initial_size": 4, "consensus.redundancy": 2,
+            "consensus.method": "majority_vote", "collect.timeout_s": 2, "collect.poll_interval_s": 0.2}))
+        state = active_learning_loop(config, str(tmp_path / "p"), return_state=True)
+    assert state.is_completed()
+    run_id = state.state_details.flow_run_id
+    logs = asyncio.run(flow_run_logs(run_id))
+    warnings = [m for name, level, m in logs if name == "crowdloop.vendors.mturk" and level == 30]
+    assert len(warnings) == 4 and all("skipping assignment" in m and "not-a-digit" in m for m in warnings)
+    summaries = [m for name, _, m in logs if name == "crowdloop.flows.loop"]
+    assert [m.split(":")[0] for m in summaries[:9]] == ["reference · r0", "train · r0", "evaluate · r0", "stop · r0",
+                                                        "select · r0", "dispatch · r0", "collect · r0", "aggregate · r0",
+                                                        "pay · r0"]
+    assert "4 of 8 judgments collected, 4 items short" in summaries[6]
+    assert {"dispatch · r0", "collect · r0", "stop · r1"} <= set(asyncio.run(task_run_names(run_id)))

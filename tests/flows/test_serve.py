@@ -15,23 +15,9 @@ import yaml
 
 from crowdloop.engine import Project
 from tests.conftest import crowdloop_cmd, small_config
+from tests.flows.prefect_helpers import deployment_ids
 
 pytestmark = pytest.mark.slow
-
-
-async def _deployment_ids(names: list[str], timeout: float) -> dict[str, str]:
-    from prefect.client.orchestration import get_client
-
-    found: dict[str, str] = {}
-    deadline = time.monotonic() + timeout
-    async with get_client() as client:
-        while len(found) < len(names) and time.monotonic() < deadline:
-            for name in names:
-                try:
-                    found[name] = str((await client.read_deployment_by_name(name)).id)
-                except Exception:  # noqa: BLE001 - not registered yet
-                    await asyncio.sleep(0.5)
-    return found
 
 
 async def _artifact_keys(prefix: str) -> set[str]:
@@ -59,7 +45,7 @@ def test_serve_trigger_and_deferred_collection(cli_env: dict, tmp_path: Path) ->
     )
     try:
         names = ["crowdloop-active-learning/served", "crowdloop-collect/served-collect"]
-        assert len(asyncio.run(_deployment_ids(names, timeout=120))) == 2, "deployments were not served"
+        assert len(asyncio.run(deployment_ids(names, timeout=120))) == 2, "deployments were not served"
 
         run = run_deployment(names[0], timeout=180)
         assert run.state.is_completed(), run.state

@@ -19,6 +19,8 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,14 +63,14 @@ class Server:
                 self.process.wait(timeout=10)
 
 
-def _env(data_dir: Path) -> dict[str, str]:
+def _env(data_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON", "PREFECT", "LABEL_STUDIO"))}
     env.update(LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true", DJANGO_DB="sqlite", LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
                PYTHONUNBUFFERED="1")
-    return env
+    return {**env, **(extra or {})}
 
 
-def start(data_dir: Path, *, timeout_s: float) -> Server:
+def start(data_dir: Path, *, timeout_s: float, env: dict[str, str] | None = None) -> Server:
     """Start Label Studio on 127.0.0.1 (``--internal-host``: never on all interfaces)."""
     port = free_port()
     log = data_dir.parent / f"{data_dir.name}.log"
@@ -77,7 +79,7 @@ def start(data_dir: Path, *, timeout_s: float) -> Server:
             [str(LS_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
              "--host", f"http://127.0.0.1:{port}", "--data-dir", str(data_dir), "--username", USERNAME,
              "--password", PASSWORD, "--user-token", TOKEN, "--enable-legacy-api-token"],
-            cwd=data_dir, env=_env(data_dir), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=data_dir, env=_env(data_dir, env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     server = Server(f"http://127.0.0.1:{port}", TOKEN, process, log)
     deadline = time.monotonic() + timeout_s
@@ -109,7 +111,19 @@ def template_dir() -> Path:
     return template
 
 
-def start_copy(workdir: Path) -> Server:
-    """A fresh server on a copy of the template (15-25 s instead of minutes)."""
+@contextmanager
+def running_copy(workdir: Path, *, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """A fresh server on a copy of the template for the block (a missing venv fails with the setup hint)."""
+    if not LS_BIN.exists():
+        raise RuntimeError(SETUP_HINT)
+    server = start_copy(workdir, env=env)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def start_copy(workdir: Path, *, env: dict[str, str] | None = None) -> Server:
+    """A fresh server on a copy of the template (15-25 s instead of minutes); ``env`` adds settings."""
     shutil.copytree(template_dir() / "data", workdir / "data")
-    return start(workdir / "data", timeout_s=240)
+    return start(workdir / "data", timeout_s=240, env=env)

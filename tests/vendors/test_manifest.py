@@ -115,7 +115,7 @@ def test_image_items_are_sent_by_reference(tmp_path):
     assert line["source-ref"] == "/data/x1.png" and "source" not in line
 
 
-def test_bad_result_lines_are_rejected_with_reasons_and_good_ones_kept(tmp_path):
+def test_bad_result_lines_are_rejected_with_reasons_and_good_ones_kept(tmp_path, caplog):
     v = vendor_at(tmp_path)
     tasks = [Task(item_id=f"i{n}", round=0, batch_id="b0", replicas=2, reward=0.02) for n in range(3)]
     refs = v.submit(tasks, batch_id="b0")
@@ -148,6 +148,9 @@ def test_bad_result_lines_are_rejected_with_reasons_and_good_ones_kept(tmp_path)
     assert "not valid JSON" in reasons[6] and "expected a JSON object" in reasons[7]
     assert "missing field 'worker-id'" in reasons[8] and "not an ISO 8601 timestamp" in reasons[9]
     assert "task time" in reasons[10] and reasons[11] == "not UTF-8 text" and "batch-id 'other'" in reasons[12]
+    # one warning per file (a flow run shows it in its logs: crowdloop.flows.logs)
+    [warning] = [r for r in caplog.records if r.name == "crowdloop.vendors.manifest"]
+    assert warning.levelname == "WARNING" and warning.getMessage().startswith("manifest: 11 line(s) of ")
     assert v.poll(refs) == []
 
 
