@@ -73,6 +73,7 @@ def write_blind(setting, root: Path) -> tuple[Path, Path, list[str]]:
 def config(dataset: str, seed: int, method: str, pool: Path, key: Path, classes: list[str], n_pool: int,
            stop_rule: bool) -> dict[str, Any]:
     size = SIZES[dataset]
+    reserve = min(3 * size["audit_max"], n_pool // 3)
     stopping: dict[str, Any] = {"max_rounds": size["max_rounds"]}
     if stop_rule:
         stopping["stabilizing_predictions"] = RULE
@@ -83,9 +84,10 @@ def config(dataset: str, seed: int, method: str, pool: Path, key: Path, classes:
         "sampler": {"name": "margin", "batch_size": size["batch"], "initial_size": size["initial"]},
         "vendor": {"name": "keyed_crowd", "params": {"answer_key": str(key), **CROWD}},
         "consensus": {"method": "auto", "redundancy": 3},
-        # the same reserve for both methods, so they audit the same models
-        "evaluation": {"method": method, "target_half_width": HALF_WIDTH, "max_items": size["audit_max"],
-                       "batch_size": size["audit_batch"], "reserve": min(3 * size["audit_max"], n_pool // 3)},
+        # the same reserve for both methods, so they audit the same models; a small pool (breast
+        # cancer) caps the audit at its reserve
+        "evaluation": {"method": method, "target_half_width": HALF_WIDTH, "max_items": min(size["audit_max"], reserve),
+                       "batch_size": size["audit_batch"], "reserve": reserve},
         "stopping": stopping,
         "collect": {"poll_interval_s": 0.01},
     }
