@@ -21,6 +21,10 @@ accuracy. ``--details`` (default ``<out>_details.json``) gets each run's rounds 
 small-text 1.4.1's stopping criteria (``KappaAverage``, ``DeltaFScore``,
 ``ClassificationChange``) stop on the same models' predictions over the same stop set.
 
+``python benchmarks/evaluation.py --summarize DETAILS...`` prints BENCHMARKS.md's tables from
+``--details`` files (coverage pooled over every round of every run, the active audit's judgments
+against the random one's seed by seed, and each stopping criterion against the oracle).
+
 Needs the ``bench`` extra (small-text) and, for ``fashion_mnist``, Debian's
 ``dataset-fashion-mnist``.
 """
@@ -201,15 +205,84 @@ def run_one(dataset: str, seed: int, method: str, workdir: Path) -> tuple[dict[s
     return row, detail
 
 
+def _median(values: list[float]) -> float | None:
+    return None if not values else float(np.median(values))
+
+
+def _judgments_or_all(detail: dict[str, Any]) -> int | None:
+    """Judgments to the half-width, else every audit judgment the run made."""
+    found = detail["judgments_to_half_width_0.03"]
+    return found if found is not None else max((r["audit_judgments"] or 0 for r in detail["rounds"]), default=None)
+
+
+def summarize(detail_files: list[Path]) -> str:
+    """BENCHMARKS.md's tables from ``--details`` files: per dataset and audit method, coverage,
+    judgments to a half-width of 0.03 (active against random, seed by seed) and where each
+    stopping criterion stops against the oracle."""
+    details = [d for f in detail_files for d in json.loads(f.read_text())]
+    sets = list(dict.fromkeys(d["dataset"] for d in details))
+    lines = ["| set | audit | runs | coverage: all rounds (runs' min) | runs with coverage >= 0.90 | estimate - truth: "
+             "mean | judgments to ±0.03: median (never) | active / random, median of seeds (max) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in sets:
+        by = {m: {d["seed"]: d for d in details if d["dataset"] == name and d["audit"] == m} for m in ("random", "active")}
+        for method, runs in by.items():
+            if not runs:
+                continue
+            cov = [d["coverage"] for d in runs.values() if d["coverage"] is not None]
+            scored = [r for d in runs.values() for r in d["rounds"]
+                      if r["ci_low"] is not None and r["true_accuracy"] is not None]
+            pooled = float(np.mean([r["ci_low"] <= r["true_accuracy"] <= r["ci_high"] for r in scored]))
+            bias = float(np.mean([r["estimated_accuracy"] - r["true_accuracy"] for r in scored]))
+            judg = [d["judgments_to_half_width_0.03"] for d in runs.values()]
+            reached = [j for j in judg if j is not None]
+            ratio = ""
+            if method == "active":
+                # a random audit that never got there counts with all its judgments (the ratio is then an upper bound)
+                pairs = [(d["judgments_to_half_width_0.03"], _judgments_or_all(by["random"][s]))
+                         for s, d in runs.items() if s in by["random"]]
+                ratios = [a / r for a, r in pairs if a is not None and r]
+                ratio = f"{_median(ratios):.2f} ({max(ratios):.2f})" if ratios else "–"
+            lines.append(f"| {name} | {method} | {len(runs)} | {pooled:.3f} ({min(cov):.3f}) | "
+                         f"{sum(c >= 0.90 for c in cov)}/{len(cov)} | {bias:+.4f} | "
+                         f"{_median(reached) if reached else '–'} ({len(judg) - len(reached)}) | {ratio} |")
+    lines += ["", "| set | criterion | runs stopped | share of full-data accuracy at the stop: min (median) | "
+              "runs stopped before 97 % | labels / oracle's labels to 98 %: median (max) | runs over 1.3x |",
+              "|---|---|---|---|---|---|---|"]
+    for name in sets:
+        runs = [d for d in details if d["dataset"] == name]
+        for criterion in dict.fromkeys(c for d in runs for c in d["stops"]):
+            stops = [(d["stops"].get(criterion), d["oracle_labels_98"]) for d in runs if criterion in d["stops"]]
+            fired = [(s, o) for s, o in stops if s is not None]
+            shares = [s["accuracy_share"] for s, _ in fired]
+            ratios = [s["labels"] / o for s, o in fired if o]
+            if not fired:
+                lines.append(f"| {name} | {criterion} | 0/{len(stops)} | – | – | – | – |")
+                continue
+            lines.append(f"| {name} | {criterion} | {len(fired)}/{len(stops)} | {min(shares):.3f} ({_median(shares):.3f}) | "
+                         f"{sum(v < 0.97 for v in shares)} | "
+                         f"{_median(ratios):.2f} ({max(ratios):.2f}) | {sum(v > 1.3 for v in ratios)} |"
+                         if ratios else f"| {name} | {criterion} | {len(fired)}/{len(stops)} | {min(shares):.3f} | "
+                         f"{sum(v < 0.97 for v in shares)} | – | – |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--audits", nargs="+", default=["random", "active"], choices=["random", "active"])
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", help="results JSON (required unless --summarize)")
     parser.add_argument("--details", default=None, help="per-run rounds and stop points (default <out>_details.json)")
+    parser.add_argument("--summarize", nargs="+", type=Path, default=None, metavar="DETAILS",
+                        help="print BENCHMARKS.md's tables from these --details files and exit (runs nothing)")
     args = parser.parse_args()
+    if args.summarize:
+        print(summarize(args.summarize))
+        return
+    if not args.out:
+        parser.error("--out is required (unless --summarize)")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     out = Path(args.out)
     details_path = Path(args.details) if args.details else out.with_name(out.stem + "_details.json")
