@@ -233,8 +233,10 @@ def summarize(detail_files: list[Path]) -> str:
     """BENCHMARKS.md's tables from ``--details`` files: per dataset and audit method, coverage,
     judgments to a half-width of 0.03 (active against random, seed by seed) and where each
     stopping criterion stops against the oracle."""
-    details = [d for f in detail_files for d in json.loads(f.read_text())]
-    sets = list(dict.fromkeys(d["dataset"] for d in details))
+    # a (dataset, seed, audit) run in two files counts once (runs are deterministic: same rows)
+    details = list({(d["dataset"], d["seed"], d["audit"]): d
+                    for f in reversed(detail_files) for d in json.loads(f.read_text())}.values())
+    sets = sorted({d["dataset"] for d in details}, key=lambda name: DATASETS.index(name) if name in DATASETS else len(DATASETS))
     n_test = {name: len(load_dataset(name, 0).y_test) for name in sets}
     lines = ["| set | audit | runs | coverage: all rounds (runs' min) | runs with coverage >= 0.90 | coverage allowing "
              "for the test split's own noise | estimate - truth: mean | judgments to ±0.03: median (never) | "
