@@ -263,7 +263,7 @@ def summarize(detail_files: list[Path]) -> str:
                 ratio = f"{_median(ratios):.2f} ({max(ratios):.2f})" if ratios else "–"
             lines.append(f"| {name} | {method} | {len(runs)} | {pooled:.3f} ({min(cov):.3f}) | "
                          f"{sum(c >= 0.90 for c in cov)}/{len(cov)} | {loose:.3f} | {bias:+.4f} | "
-                         f"{_median(reached) if reached else '–'} ({len(judg) - len(reached)}) | {ratio} |")
+                         f"{format(_median(reached), 'g') if reached else '–'} ({len(judg) - len(reached)}) | {ratio} |")
     lines += ["", "| set | criterion | runs stopped | share of full-data accuracy at the stop: min (median) | "
               "runs stopped before 97 % | labels / oracle's labels to 98 %: median (max) | runs over 1.3x |",
               "|---|---|---|---|---|---|---|"]
