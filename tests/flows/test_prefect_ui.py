@@ -120,7 +120,8 @@ def test_deployment_approval_triggered_logs_and_round_table_in_the_ui(tmp_path: 
                 page.get_by_text("Every 5 minutes", exact=False).first.wait_for(timeout=60_000)
                 page.screenshot(path=str(shots / "prefect-collect-deployment.png"))
 
-                # 2. a run on a real-money vendor pauses for the approval form; approve a smaller budget
+                # 2. a run on a real-money vendor pauses for the approval form; approve a budget of our own
+                # (above the forecast: the money budget also reserves the worst-case wage top-ups)
                 run = run_deployment(names[0], timeout=0, _sync=True)
                 paused = wait_for(lambda: _state(run.id).state.is_paused() or None, timeout=300,
                                   what="the loop run to pause for approval")
@@ -130,13 +131,13 @@ def test_deployment_approval_triggered_logs_and_round_table_in_the_ui(tmp_path: 
                 dialog = page.get_by_role("dialog")
                 dialog.get_by_text("spends real money", exact=False).wait_for(timeout=60_000)
                 budget = dialog.locator("input[type=number]")
-                budget.fill("2.5")
+                budget.fill("3.5")
                 page.screenshot(path=str(shots / "prefect-approval.png"))
                 dialog.get_by_role("button", name="Submit").click()
                 done = wait_for(lambda: ((s := _state(run.id)).state.is_final() and s) or None, timeout=300,
                                 what="the approved run to dispatch and finish")
                 assert done.state.is_completed(), done.state
-                assert latest_approval(Project.open(str(project_dir)))["money_budget"] == 2.5
+                assert latest_approval(Project.open(str(project_dir)))["money_budget"] == 3.5
                 hits = list(mturk.fake.hits)
                 assert len(hits) == 6
 
@@ -170,7 +171,7 @@ def test_deployment_approval_triggered_logs_and_round_table_in_the_ui(tmp_path: 
             stop(served)
     p = Project.open(str(project_dir))
     assert [m["n_labeled"] for m in p.metrics()] == [0, 6]
-    assert p.config.stopping.money_budget == 2.5
+    assert p.config.stopping.money_budget == 3.5
     for name in ("prefect-deployment", "prefect-collect-deployment", "prefect-approval", "prefect-triggered-run-logs",
                  "prefect-rounds"):
         assert (shots / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
