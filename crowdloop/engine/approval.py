@@ -20,7 +20,7 @@ from typing import Any
 from crowdloop import keys
 from crowdloop.engine.budget import expected_task_seconds, next_batch_size
 from crowdloop.engine.project import Project, _utc_stamp, write_once
-from crowdloop.pay import fee_function, fees_due, reward_for
+from crowdloop.pay import fee_function, reward_for
 from crowdloop.records import utcnow
 from crowdloop.storage import read_json
 
@@ -45,8 +45,9 @@ def forecast_spend(p: Project, r: int) -> dict[str, Any]:
     last = stop.max_rounds if stop.max_rounds is not None else r + HORIZON_ROUNDS
     seconds = expected_task_seconds(p, r)
     reward = reward_for(seconds, cfg.pay.hourly_wage)
-    fee_for, fee_rule = fee_function(cfg.pay, cfg.vendor.name, p.vendor_class)
     replicas = cfg.consensus.first_judgments
+    fee = p.fee_for(reward, replicas)  # the vendor's own rule, minimums included: what the ledger will book
+    fee_rule = fee_function(cfg.pay, cfg.vendor.name, p.vendor_class)[1]
     dispatched = len(p.dispatched_items(before_round=r))
     items_left = len(p.pool) - len(p.gold_set) - dispatched
     if stop.label_budget is not None:
@@ -62,7 +63,7 @@ def forecast_spend(p: Project, r: int) -> dict[str, Any]:
         judgments = size * replicas
         if cfg.gold.enabled:
             judgments = math.ceil(judgments / (1 - cfg.gold.share))
-        money = round(judgments * reward + fees_due(fee_for, [(reward, replicas)] * judgments), 2)
+        money = round(judgments * (reward + fee), 2)
         capped = total + money > money_left
         if capped:
             money = round(max(money_left - total, 0.0), 2)
@@ -72,8 +73,9 @@ def forecast_spend(p: Project, r: int) -> dict[str, Any]:
         if capped:
             break
     return {"round": r, "rounds": rounds, "total": round(total, 2), "reward": reward, "estimated_seconds": seconds,
-            "fee_per_judgment": round(fee_for(reward, replicas), 4), "fee_rule": fee_rule, "spent": spent,
-            "money_budget": stop.money_budget, "currency": cfg.pay.currency, "vendor": cfg.vendor.name}
+            "fee": round(fee, 4), "fee_rule": fee_rule,
+            "spent": spent, "money_budget": stop.money_budget, "currency": cfg.pay.currency,
+            "vendor": cfg.vendor.name}
 
 
 def forecast_markdown(forecast: dict[str, Any]) -> str:
@@ -83,8 +85,8 @@ def forecast_markdown(forecast: dict[str, Any]) -> str:
     lines = [
         f"**Vendor `{forecast['vendor']}` spends real money.** Forecast from round {forecast['round']}: "
         f"**{forecast['total']:.2f} {cur}** (reward {forecast['reward']:.2f} {cur} per judgment for "
-        f"~{forecast['estimated_seconds']:.0f} s of work, fee {forecast['fee_per_judgment']:.2f} {cur} per judgment "
-        f"by {forecast['fee_rule']}; "
+        f"~{forecast['estimated_seconds']:.0f} s of work, fee {forecast['fee']:.3f} {cur} per judgment "
+        f"from {forecast['fee_rule']}; "
         f"spent so far {forecast['spent']:.2f} {cur}; money budget "
         f"{'none' if budget is None else f'{budget:g} {cur}'}).",
         "",

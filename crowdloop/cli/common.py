@@ -1,0 +1,119 @@
+"""What every ``crowdloop`` command shares: the typer app, the consoles, the exit-code
+mapping (docs/cli.md "Exit codes") and the ``--project-dir/-p`` convention."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from crowdloop.errors import ConfigError, CrowdloopError, is_transient
+
+app = typer.Typer(
+    name="crowdloop",
+    help="Active-learning labeling: fewer human labels, better labels, fair pay.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+EXIT_OK, EXIT_BUG, EXIT_BAD_INPUT, EXIT_RETRY, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def print_error(message: str) -> None:
+    err_console.print(Text(f"error: {' '.join(message.split())}", style="bold red"), soft_wrap=True)
+
+
+def one_line_errors(fn: F) -> F:
+    """Map failures to the documented exit codes; only a bug (exit 1) keeps its traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CrowdloopError as exc:
+            if is_transient(exc):
+                print_error(f"{exc} (an outside failure: worth a retry)")
+                raise typer.Exit(EXIT_RETRY) from None
+            print_error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted; the project resumes where it stopped on the next run")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as exc:
+            if not is_transient(exc):
+                raise  # a bug: exit 1 with the traceback
+            print_error(f"{type(exc).__name__}: {exc} (an outside failure: worth a retry)")
+            raise typer.Exit(EXIT_RETRY) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("crowdloop")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            found = "unknown (not installed; run: pip install -e .)"
+        sys.stdout.write(f"crowdloop {found}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the installed version and exit."),
+) -> None:
+    """Active-learning labeling: fewer human labels, better labels, fair pay.
+
+    Exit codes: 0 ok, 2 bad input, 3 an outside failure worth a retry, 130 interrupted, 1 a bug.
+    See docs/cli.md.
+    """
+
+
+PROJECT_DIR_HELP = "project store: a directory or s3://bucket/prefix"
+
+
+def project_option(help: str = PROJECT_DIR_HELP) -> Any:
+    return typer.Option(None, "--project-dir", "-p", help=help)
+
+
+def project_dir_of(positional: str | None, option: str | None) -> str:
+    """The project directory from ``--project-dir/-p`` or the positional shorthand (not both)."""
+    if positional and option and positional != option:
+        raise ConfigError(f"project directory given twice ({positional!r} and --project-dir {option!r}); "
+                          "expected it once")
+    found = option or positional
+    if not found:
+        raise ConfigError("missing project directory; expected --project-dir DIR (or -p DIR)")
+    return found
+
+
+def fmt_value(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def rounds_table(state: dict[str, Any], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for name in ("round", "labeled", "judgments", f"cost ({state['currency']})", "accuracy"):
+        table.add_column(name, justify="right")
+    for r in state["rounds"]:
+        table.add_row(str(r["round"]), str(r["n_labeled"]), str(r["n_judgments"]), f"{r['cost']:.2f}", fmt_value(r["accuracy"]))
+    return table

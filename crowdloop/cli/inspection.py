@@ -1,0 +1,110 @@
+"""``crowdloop status``, ``workers``, ``verify`` and ``export``: reading a project, never
+changing it (they work on a read-only project). Reference: docs/cli.md."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+from rich.table import Table
+
+from crowdloop.cli.common import app, console, fmt_value, one_line_errors, project_dir_of, project_option, rounds_table
+from crowdloop.errors import ConfigError
+
+
+@app.command()
+@one_line_errors
+def status(
+    directory: str | None = typer.Argument(None, metavar="DIR", help="project store (shorthand for --project-dir)"),
+    project_dir: str | None = project_option(),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object (stable keys, see README)"),
+) -> None:
+    """Show a project's rounds, spending and accuracy."""
+    from crowdloop.engine import Project
+    from crowdloop.report import status as project_status
+
+    state = project_status(Project.open(project_dir_of(directory, project_dir)))
+    if as_json:
+        sys.stdout.write(json.dumps(state) + "\n")
+        return
+    console.print(rounds_table(state, f"crowdloop {state['project']}"))
+    console.print(f"reference accuracy: {fmt_value(state['reference_accuracy'])}; stopped: {state['stop_reason']}")
+
+
+@app.command()
+@one_line_errors
+def workers(
+    directory: str | None = typer.Argument(None, metavar="DIR", help="project store (shorthand for --project-dir)"),
+    project_dir: str | None = project_option(),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Per worker: judgments, gold accuracy, skill, approved/rejected, paid, effective hourly wage."""
+    from crowdloop.engine import Project
+    from crowdloop.workers import worker_accounts
+
+    state = worker_accounts(Project.open(project_dir_of(directory, project_dir)))
+    if as_json:
+        sys.stdout.write(json.dumps(state) + "\n")
+        return
+    cur = state["currency"]
+    table = Table(title=f"crowdloop {state['project']}: workers", title_justify="left")
+    for name in ("worker", "judgments", "gold", "gold acc.", "skill", "approved", "rejected", f"paid ({cur})", f"{cur}/h",
+                 "blocked"):
+        table.add_column(name, justify="left" if name == "worker" else "right", no_wrap=name == "worker")
+    for w in state["workers"]:
+        table.add_row(w["worker_id"], str(w["judgments"]), str(w["gold_answers"]), fmt_value(w["gold_accuracy"], 2),
+                      fmt_value(w["skill"], 2), str(w["approved"]), str(w["rejected"]), f"{w['paid']:.2f}",
+                      fmt_value(w["hourly_wage"], 2), "yes" if w["blocked"] else "")
+    console.print(table)
+    console.print(f"median effective wage: {fmt_value(state['median_wage'], 2)} {cur}/h (target {state['target_wage']:g}); "
+                  f"workers {state['n_workers']}, blocked {state['n_blocked']}, rejected assignments {state['n_rejected']}")
+
+
+@app.command()
+@one_line_errors
+def verify(
+    directory: str | None = typer.Argument(None, metavar="DIR", help="project store (shorthand for --project-dir)"),
+    project_dir: str | None = project_option(),
+) -> None:
+    """Check that every record the project's records vouch for is there and unchanged.
+
+    One line per problem on stdout (a missing record, a label-log segment gone, a model or label
+    file that changed, a different pool), then exit 2; exit 0 when there is none.
+    """
+    from crowdloop.engine import Project
+    from crowdloop.engine.verify import problems
+    from crowdloop.errors import StoreError
+
+    project = Project.open(project_dir_of(directory, project_dir))
+    found = problems(project, deep=True)
+    for problem in found:
+        sys.stdout.write(f"{problem}\n")
+    if found:
+        raise StoreError(f"{project.store.url}: {len(found)} problem(s) found; a run would stop on them")
+    sys.stdout.write(f"ok: {len(project.rounds())} rounds, {len(project.annotations())} answers in the label log, "
+                     "every record the others vouch for is there and unchanged\n")
+
+
+
+@app.command()
+@one_line_errors
+def export(
+    directory: str | None = typer.Argument(None, metavar="DIR", help="project store (shorthand for --project-dir)"),
+    project_dir: str | None = project_option(),
+    fmt: str = typer.Option("csv", "--format", "-f", help="csv, parquet, jsonl or gt-manifest (SageMaker Ground Truth)"),
+    machine: bool = typer.Option(False, "--machine", help="also a machine label (the model's) for every other pool item"),
+    out: str | None = typer.Option(None, "--out", "-o", help="file or store URL to write; default ./<project>-labels.<ext>"),
+) -> None:
+    """Write DIR's labels (item id, label, source, confidence, judgments, the pool's columns) as of its last finished round."""
+    from crowdloop.engine import Project
+    from crowdloop.export import FORMATS, default_export_name, write_export
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    project = Project.open(project_dir_of(directory, project_dir))
+    target = out or default_export_name(project, fmt)
+    done = write_export(project, target, fmt, machine=machine)
+    counts = ", ".join(f"{n} {source}" for source, n in sorted(done.by_source.items())) or "no labels yet"
+    when = "no round finished yet" if done.finished_round is None else f"as of round {done.finished_round}"
+    console.print(f"wrote {done.n_rows} labels ({counts}) {when} to {target}", soft_wrap=True)

@@ -1,0 +1,88 @@
+"""``crowdloop mturk`` and ``crowdloop pool``: the requester account and pool preparation.
+Reference: docs/cli.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from crowdloop.cli.common import app, console, one_line_errors, project_dir_of, project_option
+from crowdloop.errors import ConfigError
+
+mturk_app = typer.Typer(help="Amazon Mechanical Turk: account balance, expiring a round's HITs.",
+                        no_args_is_help=True)
+app.add_typer(mturk_app, name="mturk")
+
+
+def _mturk_module():
+    """The MTurk vendor module through the registry, so a missing boto3 names the extra."""
+    import importlib
+
+    from crowdloop import registry
+
+    registry.vendors.load("mturk")
+    return importlib.import_module("crowdloop.vendors.mturk")
+
+
+@mturk_app.command("balance")
+@one_line_errors
+def mturk_balance(
+    production: bool = typer.Option(False, "--production", help="the real marketplace (default: the sandbox)"),
+    region: str = typer.Option("us-east-1", "--region", help="AWS region of the MTurk endpoint"),
+) -> None:
+    """Show the requester account's available balance (credentials from boto3's chain)."""
+    amount = _mturk_module().account_balance(sandbox=not production, region=region)
+    console.print(f"{'production' if production else 'sandbox'} balance: {amount:.2f} USD")
+
+
+@mturk_app.command("expire-round")
+@one_line_errors
+def mturk_expire_round(
+    directory: str | None = typer.Argument(None, metavar="DIR",
+                                              help="project store (shorthand for --project-dir; then ROUND follows)"),
+    round_text: str | None = typer.Argument(None, metavar="ROUND", help="round whose open HITs to expire"),
+    project_dir: str | None = project_option(),
+) -> None:
+    """Expire the open HITs of ROUND (workers can no longer accept them; submitted work stays).
+
+    Written `expire-round DIR ROUND` or `expire-round -p DIR ROUND`.
+    """
+    if round_text is None:  # one positional: it is ROUND, the project comes from --project-dir
+        directory, round_text = None, directory
+    if round_text is None or not round_text.isdigit():
+        raise ConfigError(f"ROUND: expected a round number >= 0, got {round_text!r}")
+    round_ = int(round_text)
+    hits = _mturk_module().expire_round(project_dir_of(directory, project_dir), round_)
+    console.print(f"round {round_}: expired {len(hits)} HIT(s)")
+
+
+
+
+pool_app = typer.Typer(help="Pools: write a configured pool as shards to a folder or an S3 prefix.", no_args_is_help=True)
+app.add_typer(pool_app, name="pool")
+
+
+@pool_app.command("shard")
+@one_line_errors
+def pool_shard(
+    config: Path = typer.Argument(..., help="YAML config whose `pool` section names the source"),
+    url: str = typer.Argument(..., help="destination: a folder or s3://bucket/prefix[?endpoint_url=...]"),
+    rows_per_shard: int = typer.Option(100_000, "--rows-per-shard", min=1, help="rows per .npy shard"),
+) -> None:
+    """Write CONFIG's pool as float32 .npy shards plus an id/label index, for `pool.source: sharded`.
+
+    The test split is drawn later from the sharded pool exactly as from the source, so a loop
+    over the sharded pool picks and evaluates the same items.
+    """
+    from crowdloop import registry
+    from crowdloop.config import load_config
+    from crowdloop.models.sharded import write_sharded_pool
+
+    cfg = load_config(config).pool
+    pool = registry.pools.load(cfg.source)(cfg)
+    import numpy as np
+
+    manifest = write_sharded_pool(url, np.asarray(pool.X), pool.ids, pool.y, classes=pool.classes,
+                                  feature_names=pool.feature_names, rows_per_shard=rows_per_shard)
+    console.print(f"wrote {manifest['rows']} rows in {len(manifest['shards'])} shards to {url}")
