@@ -31,9 +31,10 @@ def state():
             "crowdloop_level": logging.getLogger("crowdloop").level}
 
 before = state()
-import crowdloop.flows
-names = ["crowdloop.flows"] + [m.name for m in pkgutil.walk_packages(crowdloop.flows.__path__, "crowdloop.flows.")]
-for name in names + ["crowdloop.cli"]:
+import crowdloop.cli, crowdloop.flows
+names = [f"{package.__name__}{suffix}" for package in (crowdloop.flows, crowdloop.cli)
+         for suffix in ["", *(f".{m.name}" for m in pkgutil.walk_packages(package.__path__) if m.name != "__main__")]]
+for name in names:
     importlib.import_module(name)
 after = state()
 print(json.dumps({"modules": names, "before": before, "after": after}))
@@ -45,9 +46,10 @@ def test_importing_the_flows_and_the_cli_sets_no_environment_variable_and_no_log
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
-    # every flow module was imported, not just the package
+    # every flow and CLI module was imported, not just the packages
     assert {"crowdloop.flows.loop", "crowdloop.flows.collect", "crowdloop.flows.serve", "crowdloop.flows.events",
-            "crowdloop.flows.approval", "crowdloop.flows.blocks", "crowdloop.flows.logs"} <= set(seen["modules"])
+            "crowdloop.flows.approval", "crowdloop.flows.blocks", "crowdloop.flows.logs",
+            "crowdloop.cli.running"} <= set(seen["modules"])
     before, after = seen["before"], seen["after"]
     added = sorted(after["env"].keys() - before["env"].keys())
     changed = sorted(k for k in before["env"] if after["env"].get(k) != before["env"][k])
