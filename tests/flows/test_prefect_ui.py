@@ -66,6 +66,19 @@ def _latest_artifact(key: str) -> Any:
     return max(found, key=lambda a: a.created)
 
 
+def _shown_after_reload(page: Any, text: str) -> bool:
+    """Reload ``page`` and wait briefly for ``text``: the scheduler service (every 60 s) may not have
+    created a deployment's next run yet when the page first loads."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.reload()
+    try:
+        page.get_by_text(text, exact=False).first.wait_for(timeout=5_000)
+    except PlaywrightTimeout:
+        return False
+    return True
+
+
 def _emit_batch_answered(api: str, project: str, batch: str) -> None:
     """What a notifying vendor's process does when a batch is answered (here: a separate process)."""
     code = ("import sys; from crowdloop.flows.events import emit_answer; "
@@ -114,6 +127,8 @@ def test_deployment_approval_triggered_logs_and_round_table_in_the_ui(tmp_path: 
                 page.goto(f"{ui}/deployments/deployment/{ids[names[0]]}")
                 page.get_by_text("ui-demo", exact=False).first.wait_for(timeout=60_000)
                 page.get_by_text("At 06:00 AM", exact=False).first.wait_for(timeout=60_000)
+                wait_for(lambda: _shown_after_reload(page, "Scheduled for"), timeout=180, interval=0,
+                         what="the deployment's next scheduled run in the UI")
                 page.screenshot(path=str(shots / "prefect-deployment.png"))
                 page.goto(f"{ui}/deployments/deployment/{ids[names[1]]}")  # collect: its trigger and the fallback interval
                 page.get_by_text("collect when a batch may be complete", exact=False).first.wait_for(timeout=60_000)
