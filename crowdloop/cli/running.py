@@ -76,8 +76,9 @@ def _approve_real_money(project, *, yes: bool) -> None:
         r += 1
     forecast = forecast_spend(project, r)
     cur = forecast["currency"]
-    budget = project.config.stopping.money_budget or forecast["total"]
-    what = (f"vendor {forecast['vendor']!r} spends real money: forecast {forecast['total']:.2f} {cur} over "
+    budget = project.config.stopping.money_budget or forecast["worst_case"]  # covers every planned item
+    what = (f"vendor {forecast['vendor']!r} spends real money: forecast {forecast['total']:.2f} {cur} "
+            f"(at most {forecast['worst_case']:.2f} with every top-up bonus) over "
             f"{len(forecast['rounds'])} round(s) from round {r}; money budget {budget:g} {cur}")
     if not yes:
         if not sys.stdin.isatty():
