@@ -14,6 +14,10 @@ The whole-pool reference model (trained once per project, not part of a round) i
 into the store beforehand so it does not dominate the run.
 
     python benchmarks/dask_deployed.py --rows 1000000 --out benchmarks/results/dask_deployed.json
+    python benchmarks/dask_deployed.py --rows 1000000 --workers 2,1 --out benchmarks/results/dask_deployed_2then1.json
+
+Each result records the load average (1, 5, 15 min) before and after its run: on a shared
+machine the other jobs' load decides more than the worker count does.
 """
 
 from __future__ import annotations
@@ -77,9 +81,11 @@ def run_once(n_workers: int, pool_dir: Path, workdir: Path, pool: str, env: dict
                        check=True, capture_output=True, text=True, timeout=900)
         write_json(open_store(str(project_dir)), keys.REFERENCE, {"accuracy": None, "reason": "skipped by the benchmark"})
         with worker(pool, env, workdir / f"{project}-worker.log"):
+            load_before = [round(x, 2) for x in os.getloadavg()]
             start = time.perf_counter()
             run = run_deployment(f"crowdloop-active-learning/{project}", timeout=3600)
             wall = time.perf_counter() - start
+            load_after = [round(x, 2) for x in os.getloadavg()]
     if not run.state.is_completed():
         raise RuntimeError(f"{project}: {run.state}: {(workdir / f'{project}-worker.log').read_text()[-3000:]}")
     with get_client(sync_client=True) as client:
@@ -98,13 +104,17 @@ def run_once(n_workers: int, pool_dir: Path, workdir: Path, pool: str, env: dict
         rounds.append({"round": r, "select_seconds": round((select.end_time - first).total_seconds(), 2),
                        "part_seconds": sorted(round(t.total_run_time.total_seconds(), 2) for t in parts)})
     return {"dask_workers": n_workers, "shards": shards, "rounds": rounds,
-            "flow_run_seconds": round(run.total_run_time.total_seconds(), 2), "run_deployment_wall_seconds": round(wall, 2)}
+            "flow_run_seconds": round(run.total_run_time.total_seconds(), 2), "run_deployment_wall_seconds": round(wall, 2),
+            "load_average_before": load_before, "load_average_after": load_after}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--workers", default="1,2",
+                        help="Dask worker counts in the order run, e.g. 2,1 to check that the order (load drift) "
+                             "does not decide the result")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -119,10 +129,10 @@ def main() -> None:
             env.update(PREFECT_API_URL=api, PREFECT_LOGGING_LEVEL="WARNING")
             create_process_pool("bench", env)
             results = []
-            for n in (1, 2):
+            for n in (int(w) for w in args.workers.split(",")):
                 results.append(run_once(n, work / "pool", work, "bench", env, args.shards))
                 print(json.dumps(results[-1]), flush=True)
-    out = {"rows": args.rows, "features": 64, "results": results,
+    out = {"rows": args.rows, "features": 64, "workers_order": args.workers, "results": results,
            "load_average": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count()}
     print(json.dumps(out, indent=1))
     if args.out:

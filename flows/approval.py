@@ -50,7 +50,7 @@ def approve_spending(url: str, r: int) -> str | None:
     forecast = approval_needed(p, r)
     if forecast is None:
         return None
-    suggested = p.config.stopping.money_budget or max(forecast["total"], 0.01)
+    suggested = p.config.stopping.money_budget or max(forecast["worst_case"], 0.01)  # covers every planned item
     log.warning(f"round {r}: vendor {forecast['vendor']!r} spends real money; forecast {forecast['total']:.2f} "
                 f"{forecast['currency']}; waiting for approval (Resume on this flow run in the Prefect UI)")
     form = BudgetApproval.with_initial_data(description=forecast_markdown(forecast), approve=True, money_budget=suggested)

@@ -57,6 +57,11 @@ def small_config(**overrides) -> dict:
         "consensus": {"method": "one_coin_dawid_skene", "redundancy": 3},
         "stopping": {"max_rounds": 4},
     }
+    return with_overrides(config, overrides)
+
+
+def with_overrides(config: dict, overrides: dict) -> dict:
+    """``config`` with ``{"a.b.c": value}`` overrides set in place (missing sections created)."""
     for dotted, value in overrides.items():
         node = config
         *parents, leaf = dotted.split(".")

@@ -7,6 +7,7 @@ from typing import Any
 from crowdloop import engine, keys
 from crowdloop.config import parse_config
 from crowdloop.engine import Project
+from tests.conftest import with_overrides
 
 
 def run_engine(config: dict[str, Any], location: str) -> Project:
@@ -95,10 +96,4 @@ def blind_config(data: dict, **overrides: Any) -> dict:
         "consensus": {"method": "one_coin_dawid_skene", "redundancy": 3},
         "stopping": {"max_rounds": 3},
     }
-    for dotted, value in overrides.items():
-        node = config
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return config
+    return with_overrides(config, overrides)

@@ -87,8 +87,16 @@ def main(
 PROJECT_DIR_HELP = "project store: a directory or s3://bucket/prefix"
 
 
+CONFIG_PROJECT_DIR_HELP = "project store; default storage.url, else projects/<project>"
+
+
 def project_option(help: str = PROJECT_DIR_HELP) -> Any:
     return typer.Option(None, "--project-dir", "-p", help=help)
+
+
+def directory_argument(help: str = "project store (shorthand for --project-dir)") -> Any:
+    """The positional DIR that commands older than ``--project-dir`` still accept."""
+    return typer.Argument(None, metavar="DIR", help=help)
 
 
 def project_dir_of(positional: str | None, option: str | None) -> str:

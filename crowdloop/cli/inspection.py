@@ -9,14 +9,23 @@ import sys
 import typer
 from rich.table import Table
 
-from crowdloop.cli.common import app, console, fmt_value, one_line_errors, project_dir_of, project_option, rounds_table
+from crowdloop.cli.common import (
+    app,
+    console,
+    directory_argument,
+    fmt_value,
+    one_line_errors,
+    project_dir_of,
+    project_option,
+    rounds_table,
+)
 from crowdloop.errors import ConfigError
 
 
 @app.command()
 @one_line_errors
 def status(
-    directory: str | None = typer.Argument(None, metavar="DIR", help="project store (shorthand for --project-dir)"),
+    directory: str | None = directory_argument(),
     project_dir: str | None = project_option(),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (stable keys, see README)"),
 ) -> None:
@@ -35,7 +44,7 @@ def status(
 @app.command()
 @one_line_errors
 def workers(
-    directory: str | None = typer.Argument(None, metavar="DIR", help="project store (shorthand for --project-dir)"),
+    directory: str | None = directory_argument(),
     project_dir: str | None = project_option(),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
@@ -64,7 +73,7 @@ def workers(
 @app.command()
 @one_line_errors
 def verify(
-    directory: str | None = typer.Argument(None, metavar="DIR", help="project store (shorthand for --project-dir)"),
+    directory: str | None = directory_argument(),
     project_dir: str | None = project_option(),
 ) -> None:
     """Check that every record the project's records vouch for is there and unchanged.
@@ -90,7 +99,7 @@ def verify(
 @app.command()
 @one_line_errors
 def export(
-    directory: str | None = typer.Argument(None, metavar="DIR", help="project store (shorthand for --project-dir)"),
+    directory: str | None = directory_argument(),
     project_dir: str | None = project_option(),
     fmt: str = typer.Option("csv", "--format", "-f", help="csv, parquet, jsonl or gt-manifest (SageMaker Ground Truth)"),
     machine: bool = typer.Option(False, "--machine", help="also a machine label (the model's) for every other pool item"),

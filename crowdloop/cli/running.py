@@ -17,7 +17,16 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from crowdloop.cli.common import app, console, err_console, fmt_value, one_line_errors, project_option, rounds_table
+from crowdloop.cli.common import (
+    CONFIG_PROJECT_DIR_HELP,
+    app,
+    console,
+    err_console,
+    fmt_value,
+    one_line_errors,
+    project_option,
+    rounds_table,
+)
 from crowdloop.errors import ConfigError, CrowdloopError
 
 
@@ -67,8 +76,9 @@ def _approve_real_money(project, *, yes: bool) -> None:
         r += 1
     forecast = forecast_spend(project, r)
     cur = forecast["currency"]
-    budget = project.config.stopping.money_budget or forecast["total"]
-    what = (f"vendor {forecast['vendor']!r} spends real money: forecast {forecast['total']:.2f} {cur} over "
+    budget = project.config.stopping.money_budget or forecast["worst_case"]  # covers every planned item
+    what = (f"vendor {forecast['vendor']!r} spends real money: forecast {forecast['total']:.2f} {cur} "
+            f"(at most {forecast['worst_case']:.2f} with every top-up bonus) over "
             f"{len(forecast['rounds'])} round(s) from round {r}; money budget {budget:g} {cur}")
     if not yes:
         if not sys.stdin.isatty():
@@ -83,8 +93,7 @@ def _approve_real_money(project, *, yes: bool) -> None:
 @one_line_errors
 def run(
     config: Path = typer.Argument(..., help="YAML config, e.g. configs/digits.yaml"),
-    project_dir: str | None = typer.Option(None, "--project-dir", "-p",
-                                              help="project store; default storage.url, else projects/<project>"),
+    project_dir: str | None = project_option(CONFIG_PROJECT_DIR_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show Prefect's logs on the console"),
     yes: bool = typer.Option(False, "--yes", "-y",
                              help="approve the money budget of a vendor that spends real money (MTurk production)"),
@@ -187,8 +196,7 @@ def _prepared_for_deployments(config: Path, project_dir: str | None):
 @one_line_errors
 def serve(
     config: Path = typer.Argument(..., help="YAML config of the project to serve"),
-    project_dir: str | None = typer.Option(None, "--project-dir", "-p",
-                                           help="project store; default storage.url, else projects/<project>"),
+    project_dir: str | None = project_option(CONFIG_PROJECT_DIR_HELP),
     cron: str | None = typer.Option(None, "--cron", help="schedule for the loop, e.g. '0 6 * * *'"),
     collect_every: float = typer.Option(300.0, "--collect-every", min=1.0,
                                         help="seconds between collect runs (the fallback of answer events)"),

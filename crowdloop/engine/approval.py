@@ -18,7 +18,7 @@ import math
 from typing import Any
 
 from crowdloop import keys
-from crowdloop.engine.budget import expected_task_seconds, next_batch_size
+from crowdloop.engine.budget import expected_task_seconds, next_batch_size, worst_judgment_cost
 from crowdloop.engine.project import Project, _utc_stamp, write_once
 from crowdloop.pay import fee_function, reward_for
 from crowdloop.records import utcnow
@@ -56,6 +56,7 @@ def forecast_spend(p: Project, r: int) -> dict[str, Any]:
     money_left = math.inf if stop.money_budget is None else stop.money_budget - spent
     rounds: list[dict[str, Any]] = []
     total = 0.0
+    worst = 0.0  # every judgment with its largest top-up bonus: what the budget planner reserves
     for k in range(r, last):
         size = min(p.initial_size if k == 0 else cfg.sampler.batch_size, items_left)
         if size <= 0:
@@ -69,10 +70,13 @@ def forecast_spend(p: Project, r: int) -> dict[str, Any]:
             money = round(max(money_left - total, 0.0), 2)
         rounds.append({"round": k, "items": size, "judgments": judgments, "money": money, "capped": capped})
         total += money
+        worst += judgments * worst_judgment_cost(p, reward, replicas)
         items_left -= size
         if capped:
             break
-    return {"round": r, "rounds": rounds, "total": round(total, 2), "reward": reward, "estimated_seconds": seconds,
+    worst_case = math.ceil(min(worst, money_left) * 100 - 1e-6) / 100
+    return {"round": r, "rounds": rounds, "total": round(total, 2), "worst_case": worst_case,
+            "reward": reward, "estimated_seconds": seconds,
             "fee": round(fee, 4), "fee_rule": fee_rule,
             "spent": spent, "money_budget": stop.money_budget, "currency": cfg.pay.currency,
             "vendor": cfg.vendor.name}
@@ -84,7 +88,9 @@ def forecast_markdown(forecast: dict[str, Any]) -> str:
     budget = forecast["money_budget"]
     lines = [
         f"**Vendor `{forecast['vendor']}` spends real money.** Forecast from round {forecast['round']}: "
-        f"**{forecast['total']:.2f} {cur}** (reward {forecast['reward']:.2f} {cur} per judgment for "
+        f"**{forecast['total']:.2f} {cur}** expected, at most **{forecast['worst_case']:.2f} {cur}** if every "
+        f"judgment earns its largest top-up bonus (what the money budget reserves: a budget below it sends "
+        f"fewer items) (reward {forecast['reward']:.2f} {cur} per judgment for "
         f"~{forecast['estimated_seconds']:.0f} s of work, fee {forecast['fee']:.3f} {cur} per judgment "
         f"from {forecast['fee_rule']}; "
         f"spent so far {forecast['spent']:.2f} {cur}; money budget "

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from crowdloop import keys
-from crowdloop.engine.project import MissingRecordError, Project, checked_pool_record
+from crowdloop.engine.pools import checked_pool_record
+from crowdloop.engine.project import MissingRecordError, Project
 from crowdloop.engine.rounds import LOG_COUNTS, RECORD_NEEDS, ROUND_STEPS
 from crowdloop.errors import PoolError, StoreError
 

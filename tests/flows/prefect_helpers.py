@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -135,8 +134,9 @@ def real_prefect_server(home: Path, log_path: Path) -> Iterator[str]:
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="true",
                PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port),
                PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api", PYTHONUNBUFFERED="1")
-    prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
-    proc = spawn([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env, log_path=log_path)
+    # ``python -m prefect``: a venv need not have the ``prefect`` script (a thin venv over shared packages)
+    proc = spawn([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                 env=env, log_path=log_path)
     url = f"http://127.0.0.1:{port}/api"
     try:
         def healthy() -> bool:

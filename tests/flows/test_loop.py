@@ -80,6 +80,7 @@ def test_a_cli_run_loads_the_pool_once_and_builds_one_project(prefect_api_url: s
 
     from crowdloop import registry
     from crowdloop.cli import app
+    from crowdloop.engine import pools
     from crowdloop.engine import project as project_module
     from crowdloop.models.datasets import load_sklearn_pool
 
@@ -98,7 +99,7 @@ def test_a_cli_run_loads_the_pool_once_and_builds_one_project(prefect_api_url: s
 
     monkeypatch.setitem(registry.pools._overrides, "sklearn", counting_loader)
     monkeypatch.setattr(project_module.Project, "__init__", counting_init)
-    project_module._load_split_cached.cache_clear()
+    pools._load_split_cached.cache_clear()
     cfg = small_config(project="once", **{"pool.name": "wine", "sampler.initial_size": 9, "sampler.batch_size": 9,
                                           "stopping.max_rounds": 2})
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))

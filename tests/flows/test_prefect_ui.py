@@ -66,6 +66,19 @@ def _latest_artifact(key: str) -> Any:
     return max(found, key=lambda a: a.created)
 
 
+def _shown_after_reload(page: Any, text: str) -> bool:
+    """Reload ``page`` and wait briefly for ``text``: the scheduler service (every 60 s) may not have
+    created a deployment's next run yet when the page first loads."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.reload()
+    try:
+        page.get_by_text(text, exact=False).first.wait_for(timeout=5_000)
+    except PlaywrightTimeout:
+        return False
+    return True
+
+
 def _emit_batch_answered(api: str, project: str, batch: str) -> None:
     """What a notifying vendor's process does when a batch is answered (here: a separate process)."""
     code = ("import sys; from crowdloop.flows.events import emit_answer; "
@@ -114,13 +127,16 @@ def test_deployment_approval_triggered_logs_and_round_table_in_the_ui(tmp_path: 
                 page.goto(f"{ui}/deployments/deployment/{ids[names[0]]}")
                 page.get_by_text("ui-demo", exact=False).first.wait_for(timeout=60_000)
                 page.get_by_text("At 06:00 AM", exact=False).first.wait_for(timeout=60_000)
+                wait_for(lambda: _shown_after_reload(page, "Scheduled for"), timeout=180, interval=0,
+                         what="the deployment's next scheduled run in the UI")
                 page.screenshot(path=str(shots / "prefect-deployment.png"))
                 page.goto(f"{ui}/deployments/deployment/{ids[names[1]]}")  # collect: its trigger and the fallback interval
                 page.get_by_text("collect when a batch may be complete", exact=False).first.wait_for(timeout=60_000)
                 page.get_by_text("Every 5 minutes", exact=False).first.wait_for(timeout=60_000)
                 page.screenshot(path=str(shots / "prefect-collect-deployment.png"))
 
-                # 2. a run on a real-money vendor pauses for the approval form; approve a smaller budget
+                # 2. a run on a real-money vendor pauses for the approval form; approve a budget of our own
+                # (above the forecast: the money budget also reserves the worst-case wage top-ups)
                 run = run_deployment(names[0], timeout=0, _sync=True)
                 paused = wait_for(lambda: _state(run.id).state.is_paused() or None, timeout=300,
                                   what="the loop run to pause for approval")
@@ -130,13 +146,13 @@ def test_deployment_approval_triggered_logs_and_round_table_in_the_ui(tmp_path: 
                 dialog = page.get_by_role("dialog")
                 dialog.get_by_text("spends real money", exact=False).wait_for(timeout=60_000)
                 budget = dialog.locator("input[type=number]")
-                budget.fill("2.5")
+                budget.fill("3.5")
                 page.screenshot(path=str(shots / "prefect-approval.png"))
                 dialog.get_by_role("button", name="Submit").click()
                 done = wait_for(lambda: ((s := _state(run.id)).state.is_final() and s) or None, timeout=300,
                                 what="the approved run to dispatch and finish")
                 assert done.state.is_completed(), done.state
-                assert latest_approval(Project.open(str(project_dir)))["money_budget"] == 2.5
+                assert latest_approval(Project.open(str(project_dir)))["money_budget"] == 3.5
                 hits = list(mturk.fake.hits)
                 assert len(hits) == 6
 
@@ -170,7 +186,7 @@ def test_deployment_approval_triggered_logs_and_round_table_in_the_ui(tmp_path: 
             stop(served)
     p = Project.open(str(project_dir))
     assert [m["n_labeled"] for m in p.metrics()] == [0, 6]
-    assert p.config.stopping.money_budget == 2.5
+    assert p.config.stopping.money_budget == 3.5
     for name in ("prefect-deployment", "prefect-collect-deployment", "prefect-approval", "prefect-triggered-run-logs",
                  "prefect-rounds"):
         assert (shots / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,95 @@
+"""The pool a project labels: loaded once per process, split once, and vouched for by a digest.
+
+A project, its random-baseline twin and every task of a run share one loaded pool (the loaders
+are cached on the pool config and the file's size and mtime, so a file changed on disk is read
+again). ``checked_pool_record`` is the digest recorded at creation and compared on resume.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import TYPE_CHECKING, Any
+
+from crowdloop import keys, registry
+from crowdloop.config import FeaturesConfig, PoolConfig
+from crowdloop.errors import PoolError
+from crowdloop.storage import PrefixedStore, Store, open_store
+
+if TYPE_CHECKING:
+    from crowdloop.engine.project import Project
+
+
+def pool_file_stamp(cfg: PoolConfig) -> tuple[int, int] | None:
+    """Size and mtime of a local pool file, so a file changed on disk is loaded again."""
+    if not cfg.path or "://" in cfg.path:
+        return None
+    try:
+        st = os.stat(cfg.path)
+    except OSError:
+        return None  # the loader names the missing file
+    return (st.st_size, st.st_mtime_ns)
+
+
+def load_pool(cfg: PoolConfig):
+    """The pool as its ``pool.source`` loader returns it (before the test split), once per process."""
+    return _load_pool_cached(cfg.model_dump_json(), pool_file_stamp(cfg))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_pool_cached(pool_json: str, stamp: tuple[int, int] | None):
+    cfg = PoolConfig.model_validate_json(pool_json)
+    return registry.pools.load(cfg.source)(cfg)
+
+
+def load_split(pool_json: str, seed: int, features: FeaturesConfig | None = None, store: Store | None = None):
+    """The pool and its test split, once per process: a project, its baseline twin and every task share it.
+
+    A text pool with ``model.features`` is featurized before the split, once per process, with
+    the featurizer the project's (root) store holds (``crowdloop.models.text.features_for``)."""
+    cfg = PoolConfig.model_validate_json(pool_json)
+    stamp = pool_file_stamp(cfg)
+    if features is None:
+        return _load_split_cached(pool_json, seed, stamp)
+    from crowdloop.models.text import featurized_split
+
+    return featurized_split(cfg, seed, stamp, features, store, raw=load_pool(cfg))
+
+
+def features_store(store: Store) -> Store:
+    """Where a project keeps its text featurizer: its own store, and for the random baseline twin
+    (a ``PrefixedStore`` view, or reopened by its URL ``<project>/baseline`` in a flow) the store
+    of the project it shadows, so both rank the same features and embeddings are computed once."""
+    while isinstance(store, PrefixedStore):
+        store = store.parent
+    base, sep, query = store.url.partition("?")
+    if base.rstrip("/").endswith("/" + keys.BASELINE):
+        parent = open_store(base.rstrip("/")[: -len(keys.BASELINE) - 1] + sep + query, create=False)
+        if parent.exists(keys.PROJECT):
+            return parent
+    return store
+
+
+@functools.lru_cache(maxsize=4)
+def _load_split_cached(pool_json: str, seed: int, stamp: tuple[int, int] | None):
+    from crowdloop.models.datasets import split_pool
+
+    cfg = PoolConfig.model_validate_json(pool_json)
+    return split_pool(_load_pool_cached(pool_json, stamp), cfg.test_size, seed)
+
+
+def checked_pool_record(project: Project, existing: dict[str, Any] | None) -> dict[str, str] | None:
+    """The pool digest to record; on resume, a one-line ``PoolError`` if the pool is not the one
+    the project was created with (``models/digest.py`` says what is hashed for each source)."""
+    from crowdloop.models.digest import pool_digest
+
+    config, url = project.config, project.store.url
+    digest = pool_digest(config.pool, loaded=lambda: (project.pool, project.test))
+    recorded = (existing or {}).get("pool")
+    if recorded is None or digest is None:
+        return digest.as_record() if digest is not None else recorded
+    if recorded["sha256"] != digest.sha256:
+        raise PoolError(f"pool.path: {digest.what} is not the pool project {url} was created with ({digest.how}: "
+                        f"{digest.sha256[:12]}… now, {recorded['sha256'][:12]}… then); restore the original pool, "
+                        "or start a new project (--project-dir)")
+    return recorded
