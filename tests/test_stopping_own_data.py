@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from typer.testing import CliRunner
 
 from crowdloop import engine, keys
+from crowdloop.cli import app
 from crowdloop.config import parse_config
 from crowdloop.engine import Project
 from crowdloop.errors import ConfigError
@@ -42,6 +44,10 @@ def test_target_accuracy_without_ground_truth_works_on_the_lower_bound(blind_dig
     assert stop["reason"].startswith(f"target_accuracy=0.8 reached by the estimate's lower bound: {m['ci_low']:.4f}")
     earlier = [p.record(r, keys.METRICS)["ci_low"] for r in range(stop["round"])]
     assert all(low is None or low < 0.8 for low in earlier)  # an estimate above 0.8 alone did not stop it
+    # without a test split, `crowdloop status` shows the estimate and its interval, not a column of dashes
+    shown = CliRunner().invoke(app, ["status", "-p", p.store.url], terminal_width=200)
+    assert shown.exit_code == 0 and "estimated (95 % CI)" in shown.output
+    assert f"{m['estimated_accuracy']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]" in shown.output
 
 
 def test_target_accuracy_needs_ground_truth_or_an_audit(blind_digits, tmp_path):

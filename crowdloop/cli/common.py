@@ -118,10 +118,24 @@ def fmt_value(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def estimate_text(r: dict[str, Any]) -> str:
+    """A round's accuracy estimated from the human-labeled audit, with its 95 % interval."""
+    if r.get("estimated_accuracy") is None:
+        return "–"
+    return f"{r['estimated_accuracy']:.3f} [{fmt_value(r.get('ci_low'), 3)}, {fmt_value(r.get('ci_high'), 3)}]"
+
+
 def rounds_table(state: dict[str, Any], title: str) -> Table:
+    """One row per round; the audit's estimate and the models' agreement appear when the project has them
+    (a pool without answers has no test accuracy: ``evaluation``, ``stopping.stabilizing_predictions``)."""
+    rounds = state["rounds"]
+    extra = [(name, key) for name, key in (("estimated (95 % CI)", "estimated_accuracy"), ("stability κ", "stability_kappa"))
+             if any(r.get(key) is not None for r in rounds)]
     table = Table(title=title, title_justify="left")
-    for name in ("round", "labeled", "judgments", f"cost ({state['currency']})", "accuracy"):
+    for name in ("round", "labeled", "judgments", f"cost ({state['currency']})", "accuracy", *(n for n, _ in extra)):
         table.add_column(name, justify="right")
-    for r in state["rounds"]:
-        table.add_row(str(r["round"]), str(r["n_labeled"]), str(r["n_judgments"]), f"{r['cost']:.2f}", fmt_value(r["accuracy"]))
+    for r in rounds:
+        cells = [estimate_text(r) if key == "estimated_accuracy" else fmt_value(r.get(key), 3) for _, key in extra]
+        table.add_row(str(r["round"]), str(r["n_labeled"]), str(r["n_judgments"]), f"{r['cost']:.2f}", fmt_value(r["accuracy"]),
+                      *cells)
     return table

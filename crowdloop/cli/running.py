@@ -22,6 +22,7 @@ from crowdloop.cli.common import (
     app,
     console,
     err_console,
+    estimate_text,
     fmt_value,
     one_line_errors,
     project_option,
@@ -45,7 +46,8 @@ def _live_view(project) -> Callable[[], Any]:
         head = Text.assemble(
             ("crowdloop ", "bold"), (state["project"], "bold cyan"), f"  {phase}\n",
             f"labeled {t['n_labeled']}  judgments {t['n_judgments']}  money {t['cost']:.2f} {state['currency']}  "
-            f"accuracy {fmt_value(last['accuracy'] if last else None)}",
+            f"accuracy {fmt_value(last['accuracy'] if last else None)}"
+            + (f"  estimated {estimate_text(last)}" if last and last.get("estimated_accuracy") is not None else ""),
         )
         return Group(head, rounds_table(state, "rounds"))
 
@@ -166,6 +168,9 @@ def _print_summary(state: dict[str, Any], location: str) -> None:
     summary.add_column("value", justify="right")
     summary.add_row("stopped because", str(state["stop_reason"]))
     summary.add_row("final test accuracy", fmt_value(last))
+    final = state["rounds"][-1] if state["rounds"] else {}
+    if final.get("estimated_accuracy") is not None:  # from the human-labeled audit (``evaluation``)
+        summary.add_row("estimated accuracy (95 % CI)", estimate_text(final))
     summary.add_row("whole pool, true labels", fmt_value(state["reference_accuracy"]))
     summary.add_row("human-labeled items", str(t["n_labeled"]))
     summary.add_row("human judgments", str(t["n_judgments"]))
