@@ -17,7 +17,7 @@ import pandas as pd
 from crowdloop import keys
 from crowdloop.consensus.adaptive import gold_stats, low_agreement_workers, workers_to_block
 from crowdloop.consensus.collusion import find_rings
-from crowdloop.engine.project import Project, write_once, write_once_bytes, write_once_digest
+from crowdloop.engine.project import Project, write_once, write_once_digest
 from crowdloop.engine.quality import annotation_table
 from crowdloop.records import AggregatedLabel, AuditLabel, to_jsonl
 
@@ -50,7 +50,7 @@ def aggregate(p: Project, r: int) -> dict[str, Any]:
             audited = [AuditLabel(item_id=str(item), label=str(agg.labels_[item]), n_annotations=int(counts[item]), round=r,
                                   proba={str(c): round(float(v), 6) for c, v in agg.probas_.loc[item].items()})
                        for item in agg.labels_.index if item in audit]
-            write_once_bytes(p.store, keys.round_key(r, keys.AUDIT_LABELS), to_jsonl(audited))
+            extra["audit_labels_sha256"] = write_once_digest(p.store, keys.round_key(r, keys.AUDIT_LABELS), to_jsonl(audited))
         skills = {str(w): round(float(s), 4) for w, s in agg.skills_.items()}
         if gold:
             stats = gold_stats(table, gold)

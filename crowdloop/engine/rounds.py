@@ -111,6 +111,8 @@ RECORD_NEEDS: tuple[Needs, ...] = (
     Needs(keys.AUTOLABEL, keys.MACHINE_LABELS, digest="machine_labels_sha256"),
     Needs(keys.REFS, keys.DISPATCH),  # the intent is written before the vendor is called
     Needs(keys.AGGREGATE, keys.LABELS, digest="labels_sha256"),
+    # the audit's labels: the next rounds' accuracy estimates and audit draws are computed from them
+    Needs(keys.AGGREGATE, keys.AUDIT_LABELS, when="audit_labels_sha256", digest="audit_labels_sha256"),
 )
 
 LOG_COUNTS: tuple[LogCount, ...] = (
