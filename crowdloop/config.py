@@ -596,4 +596,6 @@ def load_config(path: str | Path) -> LoopConfig:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: invalid YAML: {where}{problem}") from None
+    except (ValueError, OverflowError) as exc:  # a scalar YAML resolves but cannot build, e.g. the date 2026-13-45
+        raise ConfigError(f"{path}: invalid YAML value: {exc}; quote it if it is meant as text") from None
     return parse_config(data, source=str(path), base_dir=path.resolve().parent)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from crowdloop.config import LoopConfig, parse_config
@@ -80,6 +80,8 @@ def yaml_texts(draw) -> str:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(yaml_texts())
+@example("2026-13-45")  # a date YAML resolves but cannot build: was a ValueError traceback (found by this test on CI)
+@example("seed: 2026-02-30\n")
 def test_any_yaml_text_is_a_config_or_a_one_line_config_error(tmp_path_factory, text: str) -> None:
     from crowdloop.config import load_config
 
