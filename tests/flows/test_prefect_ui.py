@@ -89,6 +89,7 @@ def _emit_batch_answered(api: str, project: str, batch: str) -> None:
 
 
 def test_deployment_approval_triggered_logs_and_round_table_in_the_ui(tmp_path: Path) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
     from prefect.blocks.system import Secret
     from prefect.deployments import run_deployment
@@ -148,7 +149,16 @@ def test_deployment_approval_triggered_logs_and_round_table_in_the_ui(tmp_path: 
                 budget = dialog.locator("input[type=number]")
                 budget.fill("3.5")
                 page.screenshot(path=str(shots / "prefect-approval.png"))
-                dialog.get_by_role("button", name="Submit").click()
+                # Submit, and see the API take it: on a loaded machine a click on the form can land before
+                # the UI has wired it; the dialog stays open then, and one more click goes through
+                for _ in range(3):
+                    dialog.get_by_role("button", name="Submit").click()
+                    try:
+                        dialog.wait_for(state="hidden", timeout=30_000)
+                        break
+                    except PlaywrightTimeout:
+                        continue
+                wait_for(lambda: not _state(run.id).state.is_paused(), timeout=120, what="the approval to resume the run")
                 done = wait_for(lambda: ((s := _state(run.id)).state.is_final() and s) or None, timeout=300,
                                 what="the approved run to dispatch and finish")
                 assert done.state.is_completed(), done.state

@@ -59,9 +59,10 @@ def test_lock_of_a_dead_holder_expires(s3_endpoint: str, s3_bucket: str) -> None
 
 
 def test_lock_is_renewed_while_held(s3_endpoint: str, s3_bucket: str) -> None:
-    store = S3Store(s3_bucket, "renew", endpoint_url=s3_endpoint, lock_ttl_s=0.6)
+    # a TTL of seconds, not tenths: on a loaded 2-core machine a renewal thread can wait ~1 s for the CPU
+    store = S3Store(s3_bucket, "renew", endpoint_url=s3_endpoint, lock_ttl_s=4.0)
     with store.lock("project"):
-        time.sleep(1.5)  # longer than the TTL: renewals keep it
+        time.sleep(9.0)  # more than twice the TTL: only renewals keep it
         with pytest.raises(ProjectLockedError), S3Store(s3_bucket, "renew", endpoint_url=s3_endpoint).lock("project"):
             pass
 
