@@ -145,7 +145,7 @@ def test_vendor_warnings_and_step_summaries_reach_the_flow_run_logs(prefect_api_
     """The ``crowdloop`` logger tree goes to the run's logs: a vendor's warning under the task run
     that caused it, and a one-line summary per step; task runs are named by step and round."""
     from crowdloop.flows.loop import active_learning_loop
-    from tests.flows.prefect_helpers import flow_run_logs, task_run_names
+    from tests.flows.prefect_helpers import flow_run_logs, task_run_names, wait_for
     from tests.vendors.mturk_server import FakeMTurkServer
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
@@ -158,7 +158,12 @@ def test_vendor_warnings_and_step_summaries_reach_the_flow_run_logs(prefect_api_
         state = active_learning_loop(config, str(tmp_path / "p"), return_state=True)
     assert state.is_completed()
     run_id = state.state_details.flow_run_id
-    logs = asyncio.run(flow_run_logs(run_id))
+
+    def shipped() -> list | None:  # Prefect ships log lines to the API in batches, after the run may have ended
+        found = asyncio.run(flow_run_logs(run_id))
+        return found if sum(name == "crowdloop.flows.loop" for name, _, _ in found) >= 9 else None
+
+    logs = wait_for(shipped, timeout=60, what="the run's step summaries to reach the API")
     warnings = [m for name, level, m in logs if name == "crowdloop.vendors.mturk" and level == 30]
     assert len(warnings) == 4 and all("skipping assignment" in m and "not-a-digit" in m for m in warnings)
     summaries = [m for name, _, m in logs if name == "crowdloop.flows.loop"]
