@@ -1,0 +1,197 @@
+"""Mutation testing of the money and quality core with mutmut 3 (issue 21, point 5).
+
+mutmut names a mutant after its file path (``consensus/policy.py`` -> ``consensus.policy``) and
+only switches a mutant on when that name equals the function's ``__module__``. Our setuptools
+layout maps top-level folders into the package (``consensus/`` is ``crowdloop.consensus``), so a
+plain run would trampoline every function under the wrong name and never activate a mutant.
+This script therefore stages, per module, a tree with the *installed* layout
+(``.mutation/<module>/crowdloop/consensus/policy.py`` ...), plus ``tests/`` and ``configs/``,
+writes a ``[tool.mutmut]`` section into the staged ``pyproject.toml`` and runs ``mutmut run``
+there with only the fast tests that exercise that module. mutmut puts the staged ``mutants/``
+first on ``sys.path``, so ``import crowdloop`` resolves to the mutated copy, not the editable
+install.
+
+Run (not part of CI's test run; two shared cores, so nice and one worker by default)::
+
+    nice -n 10 .venv/bin/python benchmarks/mutation.py                 # every module, the figures
+    nice -n 10 .venv/bin/python benchmarks/mutation.py pay policy       # some modules
+    nice -n 10 .venv/bin/python benchmarks/mutation.py --before pay     # record as the "before" figures
+    .venv/bin/python benchmarks/mutation.py --survivors policy          # list survivors (after a run)
+
+Rows go to ``benchmarks/results/mutation.json``: ``{module, mutants, killed, equivalent, ...}``;
+the score is ``killed / (mutants - equivalent)``. Mutants judged equivalent are listed with a
+one-line reason in ``benchmarks/mutation_equivalents.json`` (by mutmut's mutant name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE = ROOT / ".mutation"
+RESULTS = ROOT / "benchmarks" / "results" / "mutation.json"
+EQUIVALENTS = ROOT / "benchmarks" / "mutation_equivalents.json"
+TARGET = 0.85
+
+
+@dataclass(frozen=True)
+class Module:
+    """One row of the report: the file mutmut mutates, which of its functions count (mutant-name
+    patterns; empty: all) and the fast tests that exercise it."""
+
+    name: str
+    path: str  # inside the installed layout, e.g. crowdloop/consensus/policy.py
+    tests: tuple[str, ...]
+    functions: tuple[str, ...] = field(default=())
+
+
+MODULES = (
+    Module("pay", "crowdloop/pay.py",
+           ("tests/test_pay_fees_workers.py", "tests/test_money_budget.py", "tests/test_pay_mutants.py")),
+    Module("consensus.policy", "crowdloop/consensus/policy.py",
+           ("tests/consensus/test_gold_questions.py", "tests/consensus/test_adaptive_redundancy.py",
+            "tests/consensus/test_policy_mutants.py")),
+    Module("consensus.adaptive", "crowdloop/consensus/adaptive.py",
+           ("tests/consensus/test_gold_questions.py", "tests/consensus/test_adaptive_redundancy.py",
+            "tests/consensus/test_aggregators.py", "tests/consensus/test_policy_mutants.py")),
+    Module("engine.quality", "crowdloop/engine/quality.py",
+           ("tests/consensus/test_gold_questions.py", "tests/consensus/test_adaptive_redundancy.py",
+            "tests/consensus/test_ring_blocking.py", "tests/consensus/test_policy_mutants.py")),
+    Module("consensus.aggregators", "crowdloop/consensus/aggregators.py",
+           ("tests/consensus/test_aggregators.py", "tests/consensus/test_aggregator_mutants.py")),
+    Module("consensus.collusion", "crowdloop/consensus/collusion.py",
+           ("tests/consensus/test_collusion.py", "tests/consensus/test_ring_blocking.py")),
+    Module("engine.budget", "crowdloop/engine/budget.py",
+           ("tests/test_money_budget.py", "tests/test_stopping_own_data.py", "tests/consensus/test_adaptive_redundancy.py",
+            "tests/test_budget_mutants.py")),
+    # Selection eligibility only: the exclusion mask and the sets it is built from.
+    Module("engine.selection eligibility", "crowdloop/engine/selection.py",
+           ("tests/test_selection_policy.py", "tests/consensus/test_gold_questions.py", "tests/test_money_budget.py",
+            "tests/test_eligibility_mutants.py"),
+           ("crowdloop.engine.selection.x_excluded__mutmut_*",)),
+    Module("engine.project eligibility", "crowdloop/engine/project.py",
+           ("tests/test_selection_policy.py", "tests/consensus/test_gold_questions.py", "tests/test_money_budget.py",
+            "tests/test_eligibility_mutants.py"),
+           ("crowdloop.engine.project.xǁProjectǁdispatched_items__mutmut_*",
+            "crowdloop.engine.project.xǁProjectǁreserved_items__mutmut_*",
+            "crowdloop.engine.project.xǁProjectǁaudit_reserve__mutmut_*",
+            "crowdloop.engine.project.xǁProjectǁgold_set__mutmut_*",
+            "crowdloop.engine.project.xǁProjectǁspent__mutmut_*")),
+)
+
+
+def slug(name: str) -> str:
+    return name.replace(" ", "_").replace(".", "_")
+
+
+def stage(module: Module) -> Path:
+    """A fresh tree with the installed package layout, the tests and the mutmut config."""
+    root = STAGE / slug(module.name)
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for package, folder in project["tool"]["setuptools"]["package-dir"].items():
+        shutil.copytree(ROOT / folder, root / package.replace(".", "/"), ignore=ignore)
+    for extra in ("tests", "configs"):
+        shutil.copytree(ROOT / extra, root / extra, ignore=ignore)
+    tests = [t for t in module.tests if (ROOT / t).exists()]
+    cfg = {
+        "source_paths": ["crowdloop"],
+        "only_mutate": [module.path],
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-m", "not slow", "-W", "ignore"],
+        "pytest_add_cli_args_test_selection": tests,
+        "also_copy": ["configs/"],
+        "use_git_change_detection": False,
+    }
+    lines = ["", "[tool.mutmut]"] + [f"{key} = {json.dumps(value)}" for key, value in cfg.items()]
+    (root / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text() + "\n".join(lines) + "\n")
+    return root
+
+
+def statuses(root: Path, module: Module) -> dict[str, int | None]:
+    """mutmut's exit code per mutant of ``module`` (its ``.meta`` file), filtered to the counted functions."""
+    meta = json.loads((root / "mutants" / (module.path + ".meta")).read_text())
+    codes = meta["exit_code_by_key"]
+    if module.functions:
+        codes = {k: v for k, v in codes.items() if any(fnmatch.fnmatch(k, pat) for pat in module.functions)}
+    return codes
+
+
+def run(module: Module, max_children: int) -> tuple[dict[str, int | None], float]:
+    root = stage(module)
+    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *module.functions]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    (root / "mutmut.log").write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise SystemExit(f"{module.name}: mutmut failed ({done.returncode}); see {root / 'mutmut.log'}\n{done.stdout[-2000:]}")
+    return statuses(root, module), seconds
+
+
+def summarize(module: Module, codes: dict[str, int | None], equivalents: dict[str, str]) -> dict[str, object]:
+    killed = sum(1 for c in codes.values() if c in (1, 3))  # 3: pytest internal error, mutmut counts it as killed
+    timeouts = sum(1 for c in codes.values() if c in (-24, 24, 152, 255, 36))  # an endless loop is caught too
+    survived = sorted(k for k, c in codes.items() if c == 0)
+    no_tests = sorted(k for k, c in codes.items() if c in (5, 33))
+    equivalent = sorted(k for k in survived + no_tests if k in equivalents)
+    mutants = len(codes)
+    denominator = mutants - len(equivalent)
+    return {"module": module.name, "file": module.path, "mutants": mutants, "killed": killed + timeouts,
+            "equivalent": len(equivalent), "timeouts": timeouts,
+            "survived": [k for k in survived if k not in equivalents], "no_tests": [k for k in no_tests if k not in equivalents],
+            "score": round((killed + timeouts) / denominator, 4) if denominator else None,
+            "tests": [t for t in module.tests if (ROOT / t).exists()]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", help="module names (default: all): " + ", ".join(m.name for m in MODULES))
+    parser.add_argument("--before", action="store_true", help="record the figures as before_* (the suite as it was)")
+    parser.add_argument("--survivors", action="store_true", help="print the survivors of the last run; run nothing")
+    parser.add_argument("--max-children", type=int, default=1)
+    args = parser.parse_args()
+    chosen = [m for m in MODULES if not args.modules or m.name in args.modules or slug(m.name) in args.modules]
+    equivalents: dict[str, str] = json.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.exists() else {}
+    if args.survivors:
+        for m in chosen:
+            row = summarize(m, statuses(STAGE / slug(m.name), m), equivalents)
+            print(f"{m.name}: {row['killed']}/{row['mutants']} killed, {row['equivalent']} equivalent")
+            for name in row["survived"] + row["no_tests"]:
+                print("   ", name)
+        return
+    rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    by_name = {r["module"]: r for r in rows}
+    for m in chosen:
+        codes, seconds = run(m, args.max_children)
+        row = summarize(m, codes, equivalents)
+        row["seconds"] = round(seconds, 1)
+        old = by_name.get(m.name, {})
+        if args.before:
+            keep = {k: v for k, v in old.items() if not k.startswith("before_")} or {"module": m.name}
+            keep.update({"before_mutants": row["mutants"], "before_killed": row["killed"],
+                         "before_score": round(row["killed"] / row["mutants"], 4) if row["mutants"] else None})
+            by_name[m.name] = keep
+        else:
+            by_name[m.name] = {**row, **{k: v for k, v in old.items() if k.startswith("before_")}}
+        print(f"{m.name}: {row['killed']}/{row['mutants']} killed, {row['equivalent']} equivalent, "
+              f"score {row['score']}, {len(row['survived'])} survived, {len(row['no_tests'])} without tests, {seconds:.0f}s")
+    order = [m.name for m in MODULES]
+    rows = sorted(by_name.values(), key=lambda r: order.index(r["module"]) if r["module"] in order else len(order))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()
