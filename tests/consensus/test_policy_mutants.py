@@ -94,6 +94,11 @@ def test_reask_only_below_the_threshold_and_below_the_most_judgments():
     assert needs_more(conf, n, threshold=0.7, max_judgments=4).tolist() == [True, False, True, False, False]
 
 
+def test_reask_refuses_ids_and_confidences_of_different_lengths():
+    with pytest.raises(ValueError, match="zip"):
+        reask_items(["a", "b"], np.array([0.1, 0.2, 0.3]), np.array([1, 1, 1]), threshold=0.7, max_judgments=4, n_classes=3)
+
+
 def test_the_model_only_enters_with_a_weight_and_its_probabilities():
     ids = ["a", "b"]
     conf = np.array([0.6, 0.6])
@@ -126,6 +131,9 @@ def test_combine_with_model_is_the_product_of_experts():
     assert np.isfinite(sure).all() and sure[0] > 0.999 and sure[1] < 0.001
     assert sure[0] == pytest.approx(0.5 / (0.5 + 0.5 * 1e-6 / 2), rel=1e-9)
     assert sure[1] == pytest.approx(0.5e-6 / (0.5e-6 + 0.5 * (1 - 1e-6) / 2), rel=1e-9)
+    # a crowd that gave its label no chance is still moved by a certain model: clipped, not absorbing
+    crowd_nil = combine_with_model(np.array([0.0]), np.array([1.0]), n_classes=3, weight=1.0)
+    assert crowd_nil[0] == pytest.approx(1e-6 / (1e-6 + (1 - 1e-6) * 1e-6 / 2), rel=1e-9)  # about 2/3
     crowd_sure = combine_with_model(np.array([1.0]), np.array([0.5]), n_classes=2, weight=1.0)
     assert crowd_sure[0] == pytest.approx((1 - 1e-6) * 0.5 / ((1 - 1e-6) * 0.5 + 1e-6 * 0.5), rel=1e-9)
 
@@ -144,6 +152,7 @@ def test_gold_stats_counts_gold_answers_only():
     stats = gold_stats(t, GOLD)
     assert sorted(stats.index) == ["w1", "w2"]
     assert stats.loc["w1", "n_gold"] == 3 and stats.loc["w1", "n_correct"] == 1
+    assert stats["n_gold"].dtype.kind == "i" and stats["n_correct"].dtype.kind == "i"  # counts, told as "1 of 3"
     assert stats.loc["w1", "accuracy"] == pytest.approx(1 / 3)
     assert stats.loc["w1", "missed"] == ["g2", "g4"]
     assert stats.loc["w2", "n_gold"] == 2 and stats.loc["w2", "n_correct"] == 2 and stats.loc["w2", "accuracy"] == 1.0
@@ -169,7 +178,9 @@ def test_low_agreement_counts_only_items_several_people_labeled():
     assert low_agreement_workers(t, probas, min_judgments=2, min_agreement=0.5) == {"w2": 0.15}
     assert low_agreement_workers(t, probas, min_judgments=1, min_agreement=0.86) == {"w1": 0.85, "w2": 0.15, "w3": 0.8}
     assert low_agreement_workers(t, probas, min_judgments=3, min_agreement=0.5) == {}
-    assert low_agreement_workers(t, probas, min_judgments=2, min_agreement=0.15) == {}  # at the bar: not below
+    half = pd.DataFrame({"x": [0.5], "y": [0.5]}, index=["a"])
+    assert low_agreement_workers(table([("w1", "a", "x"), ("w2", "a", "y")]), half, min_judgments=1,
+                                 min_agreement=0.5) == {}  # at the bar: not below
     # a label the aggregator never saw agrees with nothing
     odd = table([("w1", "a", "x"), ("w2", "a", "q")])
     assert low_agreement_workers(odd, probas, min_judgments=1, min_agreement=0.5) == {"w2": 0.0}
