@@ -1,0 +1,206 @@
+"""Batch sizes, budgets and stopping rules at their edges (issue 21: these kill the mutants of
+``crowdloop/engine/budget.py`` that the end-to-end budget tests let through).
+
+One real project runs two rounds (30 + 20 items, 3 judgments each, a simulated crowd); the
+tests then ask the budget step what round 2 may do under other ``stopping`` limits — what a
+resumed run with changed limits does — and check each figure against the rule in the module
+docstring."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from crowdloop import keys
+from crowdloop.config import StoppingConfig
+from crowdloop.engine import Project
+from crowdloop.engine.budget import (
+    ROUNDING_SLACK,
+    _gold_tasks,
+    check_stop,
+    expected_task_seconds,
+    next_batch_size,
+    predictions_stable,
+    stop_reason,
+    target_reached,
+    worst_judgment_cost,
+)
+from crowdloop.storage import read_json, write_json
+from tests.conftest import small_config
+from tests.crowd_helpers import run_engine
+
+REDUNDANCY = 3
+
+
+@pytest.fixture(scope="module")
+def two_rounds(tmp_path_factory) -> Project:
+    cfg = small_config(**{"stopping.max_rounds": 2, "sampler.initial_size": 30, "sampler.batch_size": 20,
+                          "consensus.redundancy": REDUNDANCY, "pay.pilot_seconds_per_task": 10.0,
+                          "pay.hourly_wage": 12.0, "pay.fee_rate": 0.2, "pay.max_top_up": 1.0})
+    return run_engine(cfg, str(tmp_path_factory.mktemp("budget") / "p"))
+
+
+def limits(p: Project, **stopping) -> Project:
+    """The same store under other ``stopping`` limits (a resume with changed limits)."""
+    return Project(p.store, p.config.model_copy(update={"stopping": StoppingConfig(**{"max_rounds": None, **stopping})}))
+
+
+def other(p: Project, section: str, **values) -> Project:
+    part = getattr(p.config, section).model_copy(update=values)
+    return Project(p.store, p.config.model_copy(update={section: part}))
+
+
+def test_the_two_rounds_are_what_the_tests_build_on(two_rounds):
+    p = two_rounds
+    assert len(p.dispatched_items(before_round=2)) == 50
+    assert sum(1 for a in p.annotations() if a.round < 2) == 50 * REDUNDANCY
+    assert read_json(p.store, keys.STOP)["reason"] == "max_rounds=2 reached"
+
+
+def test_max_rounds_stops_at_the_round_not_before(two_rounds):
+    p = two_rounds
+    assert next_batch_size(limits(p, max_rounds=2), 2) == (0, "max_rounds=2 reached")
+    assert next_batch_size(limits(p, max_rounds=2), 5) == (0, "max_rounds=2 reached")
+    assert next_batch_size(limits(p, max_rounds=3), 2) == (20, None)
+
+
+def test_round_zero_takes_the_initial_size_later_rounds_the_batch_size_within_the_pool(two_rounds):
+    p = two_rounds
+    free = len(p.pool) - len(p.dispatched_items(before_round=0) | p.reserved_items())
+    assert next_batch_size(limits(p), 0) == (30, None)
+    assert next_batch_size(limits(p), 1) == (20, None)
+    wide = other(limits(p), "sampler", batch_size=free + 100, initial_size=free + 100)
+    assert next_batch_size(wide, 0) == (free, None)  # never more than the pool has left
+    assert next_batch_size(wide, 2) == (free - 50, None)
+
+
+def test_label_budget_caps_the_batch_at_what_is_left_and_stops_when_spent(two_rounds):
+    p = two_rounds
+    assert next_batch_size(limits(p, label_budget=51), 2) == (1, None)
+    assert next_batch_size(limits(p, label_budget=60), 2) == (10, None)
+    assert next_batch_size(limits(p, label_budget=100), 2) == (20, None)
+    assert next_batch_size(limits(p, label_budget=50), 2) == (0, "label_budget=50 items reached")
+    assert next_batch_size(limits(p, label_budget=40), 2) == (0, "label_budget=40 items reached")
+
+
+def test_judgment_budget_counts_earlier_judgments_and_whole_items(two_rounds):
+    p = two_rounds
+    done = 50 * REDUNDANCY
+    assert next_batch_size(limits(p, judgment_budget=done + 3 * 7 + 2), 2) == (7, None)  # 7 whole items of 3
+    assert next_batch_size(limits(p, judgment_budget=done + 3), 2) == (1, None)
+    assert next_batch_size(limits(p, judgment_budget=done + 2), 2) == (0, f"judgment_budget={done + 2} reached")
+    assert next_batch_size(limits(p, judgment_budget=done), 2) == (0, f"judgment_budget={done} reached")
+    assert next_batch_size(limits(p, judgment_budget=done + 1000), 2) == (20, None)
+
+
+def test_expected_task_seconds_is_the_median_of_earlier_rounds_or_the_pilot(two_rounds):
+    import numpy as np
+
+    p = two_rounds
+    assert expected_task_seconds(p, 0) == 10.0
+    assert expected_task_seconds(p, 1) == float(np.median([a.duration_s for a in p.annotations() if a.round == 0]))
+    assert expected_task_seconds(p, 2) == float(np.median([a.duration_s for a in p.annotations() if a.round < 2]))
+
+
+def test_the_worst_judgment_cost_is_reward_top_up_and_the_fee_on_each(two_rounds):
+    p = two_rounds
+    assert worst_judgment_cost(p, 0.04, 3) == pytest.approx(0.04 + 0.2 * 0.04 + 0.04 + 0.2 * 0.04)
+    assert worst_judgment_cost(other(p, "pay", max_top_up=0.5), 0.10, 3) == pytest.approx(0.10 + 0.02 + 0.05 + 0.01)
+    assert worst_judgment_cost(other(p, "pay", top_up_bonus=False), 0.04, 3) == pytest.approx(0.04 + 0.2 * 0.04)
+
+
+def test_gold_tasks_are_the_share_of_the_whole_batch_rounded_up_and_at_most_the_gold_set(tmp_path):
+    from crowdloop.config import parse_config
+
+    p = Project.prepare(parse_config(small_config(**{"gold.share": 0.2, "gold.n_items": 5})), str(tmp_path / "p"))
+    assert _gold_tasks(p, 8) == 2  # 2 of 10
+    assert _gold_tasks(p, 10) == 3  # 2.5 -> 3: plan_gold may draw 3
+    assert _gold_tasks(p, 100) == 5  # the whole gold set
+    assert _gold_tasks(p, 0) == 0
+    assert _gold_tasks(other(p, "gold", share=0.0), 10) == 0
+
+
+def test_money_budget_buys_the_most_items_whose_worst_case_fits(two_rounds):
+    p = two_rounds
+    # no fee, the pilot's 10 s at 90/h: reward 0.25, the top-up at most 0.25: 0.50 per judgment, 1.50 per item
+    cheap = other(other(limits(p), "pay", fee_rate=0.0, hourly_wage=90.0), "stopping", money_budget=1.0)
+    reward = 0.25
+    assert worst_judgment_cost(cheap, reward, REDUNDANCY) == 0.5
+    spent = p.spent(2)
+    assert spent > 0
+    per_item = REDUNDANCY * 0.5
+
+    def size(budget_left: float) -> tuple[int, str | None]:
+        # round 0 has spent nothing and pays the pilot's reward: the arithmetic is exact there
+        return next_batch_size(other(cheap, "stopping", money_budget=budget_left), 0)
+
+    assert size(4 * per_item + ROUNDING_SLACK) == (4, None)  # the whole budget may be spent
+    assert size(4 * per_item + ROUNDING_SLACK - 0.001) == (3, None)
+    assert size(100.0) == (30, None)  # the money is not the limit
+    assert size(per_item + ROUNDING_SLACK) == (1, None)
+    assert size(per_item) == (0, "money_budget=1.5 USD reached")
+    # later rounds subtract what was spent
+    from crowdloop.pay import reward_for
+
+    later_item = REDUNDANCY * worst_judgment_cost(cheap, reward_for(expected_task_seconds(p, 2), 90.0), REDUNDANCY)
+    budget = spent + 2.5 * later_item + ROUNDING_SLACK
+    assert next_batch_size(other(cheap, "stopping", money_budget=budget), 2) == (2, None)
+
+
+def test_stop_reason_records_the_stop_and_a_raised_limit_deletes_it(two_rounds, tmp_path):
+    p = two_rounds
+    metrics = p.record(2, keys.METRICS)  # round 2 trained and evaluated, then max_rounds stopped it
+    stopped = limits(p, max_rounds=2)
+    assert stop_reason(stopped, 2, metrics) == "max_rounds=2 reached"
+    assert read_json(p.store, keys.STOP) == {"round": 2, "reason": "max_rounds=2 reached"}
+    assert stop_reason(limits(p, max_rounds=5), 2, metrics) is None
+    assert read_json(p.store, keys.STOP, default=None) is None
+    assert check_stop(limits(p, max_rounds=3), 1) == {"round": 1, "stop_reason": None}  # round 1's own metrics
+    assert check_stop(stopped, 2) == {"round": 2, "stop_reason": "max_rounds=2 reached"}
+    assert read_json(p.store, keys.STOP) == {"round": 2, "reason": "max_rounds=2 reached"}
+    # the target comes first, then stability, then the budgets
+    hit = limits(p, max_rounds=2, target_accuracy=0.01)
+    assert stop_reason(hit, 2, metrics).startswith("target_accuracy=0.01 reached (")
+    assert stop_reason(stopped, 2, metrics) == "max_rounds=2 reached"  # the fixture's record as it was
+
+
+def test_target_accuracy_on_the_test_accuracy_or_else_the_audit_lower_bound(two_rounds):
+    p = limits(two_rounds, target_accuracy=0.9)
+    assert target_reached(limits(two_rounds), {"accuracy": 1.0}) is None  # no target, no stop
+    assert target_reached(p, {"accuracy": 0.9}) == "target_accuracy=0.9 reached (0.9000)"
+    assert target_reached(p, {"accuracy": 0.95123}) == "target_accuracy=0.9 reached (0.9512)"
+    assert target_reached(p, {"accuracy": 0.8999}) is None
+    # a test accuracy below the target is not overruled by an audit estimate above it
+    assert target_reached(p, {"accuracy": 0.5, "ci_low": 0.95}) is None
+    estimate = {"accuracy": None, "ci_low": 0.9, "ci_high": 0.97, "estimated_accuracy": 0.935, "n_eval_labels": 200}
+    assert target_reached(p, estimate) == (
+        "target_accuracy=0.9 reached by the estimate's lower bound: 0.9000 (estimated accuracy 0.9350, "
+        "95% interval 0.9000-0.9700, 200 audit labels)")
+    assert target_reached(p, {**estimate, "ci_low": 0.89}) is None
+    assert target_reached(p, {"accuracy": None, "ci_low": None}) is None
+    assert target_reached(p, {}) is None
+
+
+def test_stable_predictions_need_every_one_of_the_last_rounds_at_the_agreement(tmp_path):
+    from crowdloop.config import parse_config
+
+    rule = {"agreement": 0.9, "rounds": 2, "stop_set": 100}
+    p = Project.prepare(parse_config(small_config(**{"stopping.stabilizing_predictions": rule})), str(tmp_path / "p"))
+
+    def kappas(*values):
+        for q, k in enumerate(values):
+            write_json(p.store, keys.round_key(q, keys.METRICS), {"round": q, "stability_kappa": k})
+
+    kappas(None, 0.95, 0.9)
+    assert predictions_stable(p, 0) is None  # fewer rounds than the rule asks for
+    assert predictions_stable(p, 1) is None  # round 0 has no kappa
+    assert predictions_stable(p, 2) == ("stabilizing_predictions: Cohen's kappa between consecutive models 0.9500, 0.9000 "
+                                        ">= 0.9 for 2 rounds on a 100-item stop set")
+    kappas(None, 0.95, 0.89, 0.99)
+    assert predictions_stable(p, 2) is None and predictions_stable(p, 3) is None
+    kappas(None, 0.95, 0.89, 0.99, 0.91)
+    assert predictions_stable(p, 4).startswith("stabilizing_predictions: Cohen's kappa between consecutive models 0.9900, "
+                                               "0.9100 >= 0.9")
+    assert predictions_stable(limits(p), 4) is None  # no rule, no stop
+    assert math.isclose(len(p.stop_set_rows), 100)
