@@ -171,22 +171,27 @@ def main() -> None:
             for name in row["survived"] + row["no_tests"]:
                 print("   ", name)
         return
-    rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
-    by_name = {r["module"]: r for r in rows}
     for m in chosen:
         codes, seconds = run(m, args.max_children)
         row = summarize(m, codes, equivalents)
         row["seconds"] = round(seconds, 1)
-        old = by_name.get(m.name, {})
-        if args.before:
-            keep = {k: v for k, v in old.items() if not k.startswith("before_")} or {"module": m.name}
-            keep.update({"before_mutants": row["mutants"], "before_killed": row["killed"],
-                         "before_score": round(row["killed"] / row["mutants"], 4) if row["mutants"] else None})
-            by_name[m.name] = keep
-        else:
-            by_name[m.name] = {**row, **{k: v for k, v in old.items() if k.startswith("before_")}}
+        record(m.name, row, before=args.before)
         print(f"{m.name}: {row['killed']}/{row['mutants']} killed, {row['equivalent']} equivalent, "
               f"score {row['score']}, {len(row['survived'])} survived, {len(row['no_tests'])} without tests, {seconds:.0f}s")
+
+
+def record(name: str, row: dict[str, object], *, before: bool) -> None:
+    """Update one module's row of the results file (read again just before: runs of other modules may write it)."""
+    by_name = {r["module"]: r for r in (json.loads(RESULTS.read_text()) if RESULTS.exists() else [])}
+    old = by_name.get(name, {})
+    if before:
+        keep = {k: v for k, v in old.items() if not k.startswith("before_")} or {"module": name}
+        mutants, killed = int(row["mutants"]), int(row["killed"])  # type: ignore[call-overload]
+        keep.update({"before_mutants": mutants, "before_killed": killed,
+                     "before_score": round(killed / mutants, 4) if mutants else None})
+        by_name[name] = keep
+    else:
+        by_name[name] = {**row, **{k: v for k, v in old.items() if k.startswith("before_")}}
     order = [m.name for m in MODULES]
     rows = sorted(by_name.values(), key=lambda r: order.index(r["module"]) if r["module"] in order else len(order))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
