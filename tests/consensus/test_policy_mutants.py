@@ -224,6 +224,10 @@ def test_rejections_come_sorted_by_worker_and_name_every_missed_item():
     stats = overall({"zed": (5, 0.2), "amy": (6, 1 / 3)})
     out = gold_rejections(batch, stats, GOLD, reject_below=0.5, min_answers=5)
     assert [r["worker_id"] for r in out] == ["amy", "zed"]
+    # workers passed over (no gold record yet; nothing missed) do not end the search for later ones
+    early = [ann("aaron", "g1", "dog"), ann("abe", "g1", "cat"), *batch]
+    more = overall({"zed": (5, 0.2), "amy": (6, 1 / 3), "abe": (9, 0.1)})
+    assert [r["worker_id"] for r in gold_rejections(early, more, GOLD, reject_below=0.5, min_answers=5)] == ["amy", "zed"]
     assert out[0]["missed_gold"] == ["g1", "g4"]
     assert "item g4: you answered 'cat', the known answer is 'dog'; item g1: you answered 'dog', the known answer is 'cat'" \
         in out[0]["reason"]
