@@ -204,3 +204,112 @@ def test_stable_predictions_need_every_one_of_the_last_rounds_at_the_agreement(t
                                                "0.9100 >= 0.9")
     assert predictions_stable(limits(p), 4) is None  # no rule, no stop
     assert math.isclose(len(p.stop_set_rows), 100)
+
+
+# --- adaptive redundancy: re-asks go on after the item budget, and are paid for ----------------
+
+BULK = {"simulated": {"rate": 0.1, "bulk_rate": 0.3, "bulk_min_assignments": 2}}
+
+
+@pytest.fixture(scope="module")
+def adaptive_rounds(tmp_path_factory) -> Project:
+    """Two rounds with adaptive redundancy (1 judgment first, up to 3), gold questions, a bulk fee
+    rule from 2 assignments per task, and tasks faster than the pilot (later rewards are lower)."""
+    cfg = small_config(**{"stopping.max_rounds": 2, "sampler.initial_size": 30, "sampler.batch_size": 20,
+                          "consensus.redundancy": 3, "consensus.confidence_threshold": 0.95,
+                          "consensus.min_judgments": 2, "consensus.max_judgments": 4,
+                          "gold.share": 0.2, "gold.n_items": 40,
+                          "pay.pilot_seconds_per_task": 30.0, "pay.hourly_wage": 12.0, "pay.vendor_fees": BULK,
+                          "vendor.params.median_seconds": 4.0})
+    return run_engine(cfg, str(tmp_path_factory.mktemp("adaptive") / "p"))
+
+
+def test_reasks_go_on_when_the_item_budget_is_spent(adaptive_rounds):
+    from crowdloop.engine.quality import reask_plan
+
+    p = adaptive_rounds
+    n_items = len(p.dispatched_items(before_round=1))
+    assert reask_plan(p, 1)
+    assert next_batch_size(limits(p, label_budget=n_items), 1) == (0, None)  # re-asks only
+    assert next_batch_size(limits(p, label_budget=n_items), 0)[0] == 30  # round 0 has nothing to re-ask
+    n_items = len(p.dispatched_items(before_round=2))
+    assert reask_plan(p, 2)
+    assert next_batch_size(limits(p, label_budget=n_items), 2) == (0, None)
+
+
+def test_the_pool_is_exhausted_when_every_free_item_was_dispatched(adaptive_rounds):
+    p = Project(adaptive_rounds.store, adaptive_rounds.config.model_copy(
+        update={"consensus": adaptive_rounds.config.consensus.model_copy(update={"confidence_threshold": None,
+                                                                                "min_judgments": None,
+                                                                                "max_judgments": None})}))
+    p = limits(p)
+    everything = set(p.pool.ids.tolist())
+    p.reserved_items = lambda: everything - p.dispatched_items(before_round=2) - {"one-left"}
+    assert next_batch_size(p, 2) == (0, "pool exhausted: every item has been dispatched")
+    last = sorted(everything - p.dispatched_items(before_round=2))[0]
+    p.reserved_items = lambda: everything - p.dispatched_items(before_round=2) - {last}
+    assert next_batch_size(p, 2) == (1, None)
+
+
+def test_bulk_fees_apply_per_task_and_never_to_a_bonus(adaptive_rounds):
+    p = adaptive_rounds
+    # 10% + 30% from 2 assignments per task; a bonus is one payment: 10%
+    assert worst_judgment_cost(p, 0.10, 3) == pytest.approx(0.10 + 0.04 + 0.10 + 0.01)
+    assert worst_judgment_cost(p, 0.10, 1) == pytest.approx(0.10 + 0.01 + 0.10 + 0.01)
+    from crowdloop.vendors.mturk import MTurkVendor
+
+    no_top_up = other(p, "pay", top_up_bonus=False)
+    no_top_up.__dict__["fee_for"] = MTurkVendor.fee_for  # a cent at least per payment: no bonus, no bonus fee
+    assert worst_judgment_cost(no_top_up, 0.04, 3) == pytest.approx(0.04 + 0.01)
+
+
+def test_money_for_reasks_gold_and_new_items_at_the_worst_case(adaptive_rounds):
+    from crowdloop.engine.quality import reask_plan
+    from crowdloop.pay import reward_for
+
+    p = adaptive_rounds
+    r = 2
+    reasks = len(reask_plan(p, r))
+    first = p.config.consensus.first_judgments
+    reward = reward_for(expected_task_seconds(p, r), p.config.pay.hourly_wage)
+    earlier = [p.record(q, keys.DISPATCH)["reward"] for q in range(r)]
+    assert reasks and max(earlier) > reward  # a re-ask may be paid its earlier, higher task reward
+    new_cost = worst_judgment_cost(p, reward, first)
+    reask_cost = worst_judgment_cost(p, max(earlier), 1)
+    spent = p.spent(r)
+
+    def worst(k: int) -> float:
+        return (k * first + _gold_tasks(p, k + reasks) * first) * new_cost + reasks * reask_cost + ROUNDING_SLACK
+
+    for k in (1, 3, 7):
+        budget = spent + (worst(k) + worst(k + 1)) / 2
+        assert next_batch_size(limits(p, money_budget=budget), r) == (k, None)
+    # money for the re-asks but not for one more item: a re-ask-only round when the items are spent
+    drained = len(p.dispatched_items(before_round=r))
+    budget = spent + (worst(0) + worst(1)) / 2
+    assert next_batch_size(limits(p, money_budget=budget, label_budget=drained), r) == (0, None)
+    assert next_batch_size(limits(p, money_budget=budget), r) == (0, f"money_budget={budget:g} USD reached")
+    # not even the re-asks fit
+    budget = spent + worst(0) / 2
+    assert next_batch_size(limits(p, money_budget=budget, label_budget=drained), r) == (
+        0, f"money_budget={budget:g} USD reached")
+
+
+def test_less_than_a_cent_left_buys_nothing(two_rounds):
+    p = two_rounds
+    budget = p.spent(2) + 0.005
+    assert next_batch_size(limits(p, money_budget=budget), 2) == (0, f"money_budget={budget:g} USD reached")
+
+
+def test_one_task_gets_a_gold_question_in_expectation_at_any_share(tmp_path):
+    from crowdloop.config import parse_config
+
+    p = Project.prepare(parse_config(small_config(**{"gold.share": 0.1, "gold.n_items": 5})), str(tmp_path / "p"))
+    assert _gold_tasks(p, 1) == 1  # 0.11 -> up to 1: plan_gold may draw one
+
+
+def test_the_stop_step_names_itself_when_the_metrics_are_missing(two_rounds):
+    from crowdloop.engine.project import MissingRecordError
+
+    with pytest.raises(MissingRecordError, match=r"round 7: step 'stop' needs rounds/"):
+        check_stop(two_rounds, 7)
