@@ -78,6 +78,10 @@ class VendorContext:
     collect_timeout_s: float | None = None
     # Where the vendor's credentials come from (named secret blocks, else the default chain).
     credentials: Credentials = DEFAULT_CREDENTIALS
+    # The project's target wage (``pay.hourly_wage``, ``pay.currency``): vendors that price a
+    # session of several minutes themselves (Prolific) pay at least this rate.
+    hourly_wage: float | None = None
+    currency: str = "USD"
 
 
 @runtime_checkable
@@ -165,6 +169,8 @@ class VendorPlan:
     replicas_per_task: tuple[int, ...] = ()  # the replica counts one batch's tasks can hold (several with re-asks)
     replicas_field: str = "consensus.redundancy"
     classes: tuple[str, ...] = ()  # the class list; empty when the pool was not loaded
+    hourly_wage: float | None = None  # pay.hourly_wage (a platform with a minimum rate checks it)
+    currency: str = "USD"  # pay.currency
 
 
 def check_vendor_params(vendor_cls: type, params: dict[str, Any], plan: VendorPlan) -> None:
