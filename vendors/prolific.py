@@ -80,8 +80,8 @@ TOKEN_ENV = "PROLIFIC_API_TOKEN"
 # Prolific's enforced minimum reward per hour (docs/prolific.md, "Fair pay": £6.00 / $8.00; it
 # recommends £9.00 / $12.00). Rewards are paid in the workspace's currency, GBP or USD.
 MIN_HOURLY_RATE: dict[str, float] = {"GBP": 6.00, "USD": 8.00}
-# Prolific's service fee on rewards and bonuses alike (docs/prolific.md, "Costs"): a third, VAT
-# not included (it applies by the researcher's country).
+# Prolific's service fee on rewards and bonuses alike (docs/prolific.md, "Costs"): a third of each
+# payment (33.33%), to the nearest cent; VAT not included (it applies by the researcher's country).
 SERVICE_FEE_RATE = 1 / 3
 REJECTION_MIN_CHARS = 100  # Prolific refuses a rejection message shorter than this
 REJECTION_CATEGORIES = ("TOO_QUICKLY", "TOO_SLOWLY", "FAILED_INSTRUCTIONS", "INCOMP_LONGITUDINAL", "FAILED_CHECK",
@@ -117,10 +117,11 @@ class ProlificParams(BaseModel):
 
 # -- money (pure functions) ----------------------------------------------------------------------
 def fee_for(reward: float, n_assignments_per_task: int = 1) -> float:
-    """Prolific's service fee on one reward or bonus (not rounded: the ledger rounds its sum once)."""
+    """Prolific's service fee on one reward or one bonus payment, to the nearest cent (a third of
+    a whole number of cents is never half a cent, so there is no tie to break)."""
     if reward < 0:
         raise ValueError(f"reward={reward}: expected >= 0")
-    return reward * SERVICE_FEE_RATE
+    return round(round(reward * 100) * SERVICE_FEE_RATE) / 100
 
 
 def check_wage(hourly_wage: float, currency: str, *, field: str = "pay.hourly_wage") -> None:
@@ -586,7 +587,7 @@ class ProlificVendor:
             self._pay_bulk(setup)
         hooks.point("prolific:bonus_paid", round_)
         with contextlib.suppress(RecordExistsError):
-            write_json(self.store, f"{key}.paid.json", {**setup, "fee": fee_for(setup["amount"]),
+            write_json(self.store, f"{key}.paid.json", {**setup, "fee": round(sum(map(fee_for, setup["rows"].values())), 2),
                                                         "paid_at": utcnow().isoformat()}, create_only=True)
 
     def _pay_bulk(self, setup: dict[str, Any]) -> None:
@@ -664,8 +665,8 @@ class ProlificVendor:
         approved = [a for a in acks if a["status"] == "APPROVED"]
         paid = round(sum(a["reward"] for a in approved), 2)
         bonuses = round(sum(b["amount"] for b in paid_bonuses), 2)
-        fees = round(sum(fee_for(a["reward"]) for a in approved) + sum(fee_for(b["amount"]) for b in paid_bonuses)
-                     + 1e-9, 2)
+        fees = round(sum(fee_for(a["reward"]) for a in approved)
+                     + sum(fee_for(v) for b in paid_bonuses for v in b["rows"].values()), 2)
         return {"studies": len(studies), "approved": len(approved), "rejected": len(acks) - len(approved),
                 "paid": paid, "bonuses": bonuses, "fees": fees, "total": round(paid + bonuses + fees, 2)}
 
