@@ -426,18 +426,22 @@ class ProlificVendor:
         return None
 
     def _create_study(self, intent: dict[str, Any]) -> dict[str, Any]:
-        """POST the study; a failure that may have acted is looked up by name before any new try."""
+        return self._create_once("/api/v1/studies/", intent["body"], lambda: self._find_study(intent["internal_name"]))
+
+    def _create_once(self, path: str, body: dict[str, Any], lookup: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
+        """POST a create; after a failure that may have acted (a timeout), ``lookup`` finds what it
+        made before anything is tried again, so a retry never makes a second one."""
         for attempt in range(1, self.params.max_attempts + 1):
             try:
-                return self.client.call("POST", "/api/v1/studies/", body=intent["body"], retry=False)
+                return self.client.call("POST", path, body=body, retry=False)
             except ProlificTransientError as exc:
                 if attempt == self.params.max_attempts:
                     raise
                 self.client.sleep(min(self.params.backoff_s * 2 ** (attempt - 1), 30.0))
                 if exc.maybe_acted:
-                    found = self._find_study(intent["internal_name"])
+                    found = lookup()
                     if found is not None:
-                        log.info("prolific: a create that timed out had made study %s; adopted", found["id"])
+                        log.info("prolific: a create that timed out had made %s %s; adopted", path, found["id"])
                         return found
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -645,13 +649,9 @@ class ProlificVendor:
                 body["workspace_id"] = self.params.workspace_id
             if self.params.project_id:
                 body["project_id"] = self.params.project_id
-            try:
-                found = self.client.call("POST", "/api/v1/participant-groups/", body=body, retry=False)
-            except ProlificTransientError:
-                found = next((g for g in self.client.call("GET", "/api/v1/participant-groups/").get("results", [])
-                              if g.get("name") == name), None)
-                if found is None:
-                    raise
+            found = self._create_once("/api/v1/participant-groups/", body, lambda: next(
+                (g for g in self.client.call("GET", "/api/v1/participant-groups/").get("results", [])
+                 if g.get("name") == name), None))
         with contextlib.suppress(RecordExistsError):
             write_json(self.store, "group.json", {"group_id": str(found["id"]), "name": name}, create_only=True)
         return str(read_json(self.store, "group.json")["group_id"])
