@@ -168,6 +168,11 @@ def rejection_message(reason: str) -> str:
     return message
 
 
+def _is_study_record(key: str) -> bool:
+    """``studies/<batch>.json`` (not the intent or the published marker next to it)."""
+    return key.endswith(".json") and not key.endswith((".intent.json", ".published.json"))
+
+
 def _digest(*parts: object, n: int = 24) -> str:
     return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:n]
 
@@ -368,6 +373,7 @@ class ProlificVendor:
         """One published study for the batch (idempotent per batch id, also across a crash)."""
         done = read_json(self.store, f"studies/{batch_id}.json", default=None)
         if done is not None:
+            self._ensure_published(done)
             return [self._ref(done)]
         if not tasks:
             raise VendorError(f"vendor 'prolific': batch {batch_id!r} has no tasks; a study needs places")
@@ -386,14 +392,27 @@ class ProlificVendor:
         if study is None:
             study = self._create_study(intent)
         hooks.point("prolific:study_created", intent["round"])
-        if study.get("status") == "UNPUBLISHED":
-            self._publish(study["id"])
+        # Recorded before it is published, so the desk knows the study before any participant can come.
         record = {**intent, "study_id": study["id"], "created_at": utcnow().isoformat()}
         try:
             write_json(self.store, f"studies/{batch_id}.json", record, create_only=True)
         except RecordExistsError:
             record = read_json(self.store, f"studies/{batch_id}.json")
+        self._ensure_published(record, status=study.get("status"))
         return [self._ref(record)]
+
+    def _ensure_published(self, record: dict[str, Any], *, status: str | None = None) -> None:
+        """Publish the study unless this vendor recorded that it did (a crash may come between)."""
+        marker = f"studies/{record['batch_id']}.published.json"
+        if self.store.exists(marker):
+            return
+        if status is None:
+            status = self.client.call("GET", f"/api/v1/studies/{record['study_id']}/").get("status")
+        if status == "UNPUBLISHED":
+            self._publish(record["study_id"])
+        with contextlib.suppress(RecordExistsError):
+            write_json(self.store, marker, {"study_id": record["study_id"], "at": utcnow().isoformat()},
+                       create_only=True)
 
     def _intent(self, tasks: Sequence[Task], batch_id: str) -> dict[str, Any]:
         minutes, cents = place_terms(max(t.reward for t in tasks), self._rate())
@@ -461,7 +480,7 @@ class ProlificVendor:
     def study_by_id(self, study_id: str) -> dict[str, Any] | None:
         """This vendor's record of study ``study_id`` (None: not one of ours)."""
         for key in self.store.list("studies/"):
-            if key.endswith(".json") and not key.endswith(".intent.json"):
+            if _is_study_record(key):
                 record = read_json(self.store, key, default=None)
                 if record and hmac.compare_digest(str(record.get("study_id", "")), study_id):
                     return record
@@ -659,7 +678,7 @@ class ProlificVendor:
     # -- accounting -----------------------------------------------------------------------------
     def ledger(self) -> dict[str, float | int]:
         """Studies, decisions and money as recorded in the vendor's store (reconciliation, reports)."""
-        studies = [k for k in self.store.list("studies/") if not k.endswith(".intent.json")]
+        studies = [k for k in self.store.list("studies/") if _is_study_record(k)]
         acks = [read_json(self.store, k) for k in self.store.list("acks/")]
         paid_bonuses = [read_json(self.store, k) for k in self.store.list("bonuses/") if k.endswith(".paid.json")]
         approved = [a for a in acks if a["status"] == "APPROVED"]

@@ -69,7 +69,7 @@ def test_a_wage_below_prolifics_minimum_is_refused_in_one_line_before_anything_i
     assert str(err.value) == ("pay.hourly_wage=7.50 USD/h is below Prolific's enforced minimum of 8.00 USD/h "
                               "(docs/prolific.md); raise it to at least 8.00")
     check_wage(MIN_HOURLY_RATE["GBP"], "GBP")
-    with pytest.raises(ConfigError, match="pay.currency='EUR': Prolific pays rewards in GBP or USD"):
+    with pytest.raises(ConfigError, match=r"pay\.currency=.EUR.: Prolific pays rewards in GBP or USD"):
         check_wage(20, "EUR")
     cfg = parse_config(small_config(**{"vendor": {"name": "prolific", "params": params(api)}, "pay.hourly_wage": 5.0,
                                        "pay.currency": "GBP"}))
@@ -112,7 +112,7 @@ def test_check_vendor_passes_with_blocking_and_asking_somebody_else(tmp_path: Pa
     books = api.accounting()
     assert books["studies"] == 2 and books["duplicate_studies"] == 0
     # the first study's 8 participants are on the second's block list; the blocked one is in the group too
-    second = [s for s in api.studies.values() if s["internal_name"].split("|")[2] == "contract-r0000-second"][0]
+    second = next(s for s in api.studies.values() if s["internal_name"].split("|")[2] == "contract-r0000-second")
     excluded = next(f["selected_values"] for f in second["filters"] if f["filter_id"] == "custom_blocklist")
     assert len(excluded) == 8 and crowd[0] in excluded
     group = next(iter(api.groups.values()))
