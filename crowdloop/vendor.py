@@ -30,7 +30,8 @@ abilities depend on its params also defines ``capabilities_for(params)`` (a clas
 Fees: a vendor that charges by its own rule defines ``fee_for(reward, n_assignments_per_task)``
 (a staticmethod: the fee of one assignment paid ``reward``, or of one bonus with ``1``); the
 ledger, the budget planner and the vendor's own accounting use that one function
-(``crowdloop.pay.fee_function``).
+(``crowdloop.pay.fee_function``). A vendor that pays a judgment more than the task's reward (Prolific
+prices whole minutes) defines ``price_for(reward, hourly_wage)`` (a staticmethod) for the budget planner.
 
 An optional classmethod lets ``crowdloop check`` (``crowdloop.checks``) find a bad setting
 before anything is sent or paid: ``check_params(params, plan)`` validates ``params`` against the

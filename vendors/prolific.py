@@ -334,6 +334,11 @@ class ProlificVendor:
         """Prolific's service fee on one reward (or one bonus)."""
         return fee_for(reward, n_assignments_per_task)
 
+    @staticmethod
+    def price_for(reward: float, hourly_wage: float) -> float:
+        """What Prolific pays for one judgment of a task priced ``reward`` (the budget plans by it)."""
+        return place_terms(reward, hourly_wage)[1] / 100
+
     @property
     def real_money(self) -> bool:
         """Prolific's own API spends real money (a run waits for an approval first)."""

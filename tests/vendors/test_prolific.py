@@ -266,3 +266,12 @@ def test_three_rounds_pay_every_participant_the_target_and_the_books_agree(tmp_p
     assert all(s["reward"] / s["estimated_completion_time"] * 60 >= 800 for s in api.studies.values())
     labels = list(p.human_labels(before_round=3))
     assert len(labels) == 6 + 4 + 4 and all(lab.label == truth[lab.item_id] for lab in labels)
+
+
+def test_the_money_budget_plans_by_what_prolific_pays_per_place(tmp_path: Path, api: FakeProlific) -> None:
+    from crowdloop.engine.budget import worst_judgment_cost
+
+    p = engine.Project.prepare(parse_config(loop_config(api)), str(tmp_path / "p"))
+    # a 10 s task priced $0.04 at $12/h is a one-minute place of $0.20 (+ $0.07 fee); the top-up cap
+    # stays the task's reward ($0.04, + $0.01 fee)
+    assert worst_judgment_cost(p, 0.04, 3) == pytest.approx(0.20 + 0.07 + 0.04 + 0.01)
