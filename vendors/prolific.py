@@ -90,6 +90,7 @@ COMPLETE_URL = "https://app.prolific.com/submissions/complete?cc={code}"
 ENTRY_QUERY = "PROLIFIC_PID={%PROLIFIC_PID%}&STUDY_ID={%STUDY_ID%}&SESSION_ID={%SESSION_ID%}"
 PROLIFIC_ID = re.compile(r"^[0-9a-f]{24}$")  # participant, study and submission ids: 24 hex digits
 RETURNED_WITH_CODE = ("AWAITING REVIEW", "APPROVED")
+GAVE_UP = ("RETURNED", "TIMED-OUT")  # the place goes back on offer; the participant is not paid
 # Named points inside this vendor where the crash tests kill the process (``hooks.point``).
 KILL_POINTS = ("prolific:study_intent", "prolific:study_created", "prolific:approved", "prolific:bonus_set_up",
                "prolific:bonus_paid")
@@ -290,6 +291,10 @@ class ProlificDesk(LocalVendor):
         if study is None:
             return None
         return study["completion_code"], COMPLETE_URL.format(code=study["completion_code"])
+
+    def answer_key(self, worker: str, batch_id: str) -> str | None:
+        """The store key of ``worker``'s answer in ``batch_id`` (None: none)."""
+        return self._answer_of(worker, batch_id)
 
     def _answer_of(self, worker: str, batch_id: str) -> str | None:
         suffix = f".{worker}.json"
@@ -507,7 +512,12 @@ class ProlificVendor:
             answers = None
             for sub in self.client.call("GET", f"/api/v1/studies/{study['study_id']}/submissions/").get("results", []):
                 sid = str(sub["id"])
-                if sub.get("status") not in RETURNED_WITH_CODE or sid in self._returned or sid in decided:
+                if sid in self._returned or sid in decided:
+                    continue
+                if sub.get("status") in GAVE_UP:
+                    self._void(sub, study)
+                    continue
+                if sub.get("status") not in RETURNED_WITH_CODE:
                     continue
                 if answers is None:
                     answers = self.desk.answers_by_participant(study["batch_id"])
@@ -519,6 +529,26 @@ class ProlificVendor:
                 out.append(ann.model_copy(update={"assignment_id": sid, "vendor": self.name,
                                                   "reward": study["reward_cents"] / 100}))
         return out
+
+    def _void(self, sub: dict[str, Any], study: dict[str, Any]) -> None:
+        """A participant who gave their place back (or ran out of time) is not paid: their answer, if
+        any, is taken out of the desk, so the item is open for whoever takes the place next, and
+        their entry is revoked."""
+        sid, pid = str(sub["id"]), str(sub.get("participant_id"))
+        self._returned.add(sid)
+        if self.store.exists(f"void/{sid}.json"):
+            return
+        record = self.desk.participant(pid)
+        if record is not None and record.get("session_id") == sid:
+            self.store.delete(f"annotators/{pid}.json")
+            self.store.delete(f"leases/{pid}.json")
+        key = self.desk.answer_key(pid, study["batch_id"])
+        if key is not None:
+            self.store.delete(key)
+        with contextlib.suppress(RecordExistsError):
+            write_json(self.store, f"void/{sid}.json", {"submission_id": sid, "participant_id": pid,
+                                                        "status": sub.get("status"), "answer_removed": key is not None},
+                       create_only=True)
 
     def _report_bad(self, sub: dict[str, Any], study: dict[str, Any], problem: str) -> None:
         sid = str(sub["id"])

@@ -275,3 +275,30 @@ def test_the_money_budget_plans_by_what_prolific_pays_per_place(tmp_path: Path, 
     # a 10 s task priced $0.04 at $12/h is a one-minute place of $0.20 (+ $0.07 fee); the top-up cap
     # stays the task's reward ($0.04, + $0.01 fee)
     assert worst_judgment_cost(p, 0.04, 3) == pytest.approx(0.20 + 0.07 + 0.04 + 0.01)
+
+
+def test_a_participant_who_gives_the_place_back_frees_the_item_and_lost_answers_are_read_back(
+        tmp_path: Path, api: FakeProlific) -> None:
+    from crowdloop.records import Task
+
+    v = vendor_in(tmp_path, api)
+    tasks = [Task(item_id="i0", round=0, batch_id="b0", replicas=1, reward=0.05)]
+    study = v.submit(tasks, batch_id="b0")[0]["study_id"]
+    quitter, next_one = participant_ids(2)
+    session = api.start(study, quitter)
+    token = v.desk.admit(quitter, study, session)
+    task, _ = v.desk.next_task(quitter)
+    v.desk.answer(quitter, "b0", task.item_id, "cat")
+    api.give_back(session)  # answered, then returned the place on Prolific instead of the code
+    api.inject("GET", r"/submissions/$", "429")
+    api.inject("GET", r"/submissions/$", "timeout_after")
+    assert v.poll([{"batch_id": "b0", "study_id": study}]) == []
+    assert v.desk.authenticate(token) is None and v.desk.answer_key(quitter, "b0") is None  # revoked, item open again
+    done = take_part(api, v.desk, study, next_one, lambda item, who: "dog")
+    assert done["item"] == "i0"
+    got = v.poll([{"batch_id": "b0", "study_id": study}])
+    assert [(a.worker_id, a.label) for a in got] == [(next_one, "dog")]
+    api.inject("POST", r"/submissions/.*/transition/$", "timeout_after")  # approved; the answer is lost
+    v.acknowledge(got, accept=True)
+    assert api.submissions[got[0].assignment_id]["status"] == "APPROVED" and v.ledger()["paid"] == 0.20
+    assert len(api.injected) == 3
