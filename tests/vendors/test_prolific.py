@@ -250,14 +250,16 @@ def test_three_rounds_pay_every_participant_the_target_and_the_books_agree(tmp_p
         desk.clock = clock
         study = read_json(p.store, keys.round_key(r, keys.REFS))["refs"][0]["study_id"]
         while take_part(api, desk, study, next(crowd), lambda item, who: truth[item], clock=clock,
-                        seconds=25.0 + 5 * r) is not None:
+                        seconds=(70.0, 40.0, 50.0)[r]) is not None:
             pass  # until Prolific has no place left
         assert engine.run_round(p, r) is None
     books = api.accounting()
     pays = [read_json(p.store, keys.round_key(r, keys.PAY)) for r in range(3)]
     assert books["studies"] == 3 and books["duplicate_studies"] == 0 and books["approved"] == 18 + 12 + 12
     assert round(sum(x["rewards"] for x in pays), 2) == books["rewards"]
-    assert round(sum(x["bonuses"] for x in pays), 2) == books["bonuses"] > 0  # round 0 took longer than the pilot
+    # round 0 took 70 s, longer than the minute its places paid for: a top-up; later rounds' places cover their time
+    assert [x["bonus_per_assignment"] for x in pays] == [0.04, 0.0, 0.0]
+    assert round(sum(x["bonuses"] for x in pays), 2) == books["bonuses"] == 0.72
     assert round(sum(x["fees"] for x in pays), 2) == books["fees"]
     assert round(sum(x["total"] for x in pays), 2) == books["total"]
     assert {x["fee_rule"] for x in pays} == {"vendor 'prolific'"}
@@ -272,9 +274,9 @@ def test_the_money_budget_plans_by_what_prolific_pays_per_place(tmp_path: Path, 
     from crowdloop.engine.budget import worst_judgment_cost
 
     p = engine.Project.prepare(parse_config(loop_config(api)), str(tmp_path / "p"))
-    # a 10 s task priced $0.04 at $12/h is a one-minute place of $0.20 (+ $0.07 fee); the top-up cap
-    # stays the task's reward ($0.04, + $0.01 fee)
-    assert worst_judgment_cost(p, 0.04, 3) == pytest.approx(0.20 + 0.07 + 0.04 + 0.01)
+    # a 10 s task priced $0.04 at $12/h is a one-minute place of $0.20 (+ $0.07 fee); the top-up is
+    # capped at pay.max_top_up (1.0) times that price (+ its fee)
+    assert worst_judgment_cost(p, 0.04, 3) == pytest.approx(0.20 + 0.07 + 0.20 + 0.07)
 
 
 def test_a_participant_who_gives_the_place_back_frees_the_item_and_lost_answers_are_read_back(

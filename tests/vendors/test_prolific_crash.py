@@ -42,7 +42,7 @@ def crash_config(api_url: str) -> dict[str, Any]:
                                                    "timeout_s": 5, "backoff_s": 0.01}},
         "consensus": {"method": "majority_vote", "redundancy": 3},
         "collect": {"poll_interval_s": 0.1, "timeout_s": 120},
-        "pay": {"pilot_seconds_per_task": 4.0, "hourly_wage": 12.0},  # below the 20 s each answer takes: a top-up
+        "pay": {"pilot_seconds_per_task": 4.0, "hourly_wage": 12.0},  # a one-minute place; answers take 70 s: a top-up
         "stopping": {"max_rounds": 1},
     }
 
@@ -80,7 +80,7 @@ class Participants:
                     desk.clock = clock
                 for study in self.api.open_studies():
                     while take_part(self.api, desk, study["id"], next(self.crowd),
-                                    lambda item, who: self.truth.answer(item, 0), clock=clock, seconds=20.0):
+                                    lambda item, who: self.truth.answer(item, 0), clock=clock, seconds=70.0):
                         pass
             except (CrowdloopError, KeyError, AssertionError) as exc:  # reported at the end
                 self.errors.append(f"{type(exc).__name__}: {exc}")
