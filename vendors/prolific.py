@@ -57,7 +57,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from crowdloop.engine import hooks
-from crowdloop.errors import ConfigError, RecordExistsError, TransientError, VendorError
+from crowdloop.errors import ConfigError, CrowdloopError, RecordExistsError, TransientError, VendorError
 from crowdloop.records import Annotation, Task, utcnow
 from crowdloop.storage import read_json, write_json
 from crowdloop.vendor import (
@@ -256,10 +256,10 @@ class ProlificDesk(LocalVendor):
         study = self.vendor.study_by_id(study_id)
         if study is None or self.store.exists(f"closed/{study['batch_id']}.json"):
             return None
-        try:
-            session = self.vendor.client.call("GET", f"/api/v1/submissions/{session_id}/")
-        except VendorError:
-            return None  # unknown session (404) or not ours
+        try:  # one attempt: a page request never waits out back-offs (the participant can reload)
+            session = self.vendor.client.call("GET", f"/api/v1/submissions/{session_id}/", retry=False)
+        except (VendorError, ProlificTransientError):
+            return None  # unknown session (404), not ours, or Prolific busy
         if (session.get("participant_id"), session.get("study_id"), session.get("status")) != (
                 participant, study_id, "ACTIVE"):
             return None
@@ -269,8 +269,14 @@ class ProlificDesk(LocalVendor):
                     "session_id": session_id, "batch_id": study["batch_id"], "admitted_at": self._now().isoformat()})
         return token
 
+    def add_annotator(self, name: str) -> str:
+        """No personal links here: participants come from Prolific through the study's link."""
+        raise CrowdloopError("vendor 'prolific': participants enter through the study's link on Prolific; "
+                             "there are no personal annotator links (crowdloop annotators add is for vendor 'local')")
+
     def participant(self, worker: str) -> dict[str, Any] | None:
-        return read_json(self.store, f"annotators/{worker}.json", default=None)
+        record = read_json(self.store, f"annotators/{worker}.json", default=None)
+        return record if record and "batch_id" in record else None
 
     def next_task_and_progress(self, worker: str) -> tuple[tuple[Task, float] | None, dict[str, int]]:
         """Only the participant's study's batch, and nothing once they answered their one item."""

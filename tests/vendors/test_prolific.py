@@ -16,7 +16,7 @@ import pytest
 
 from crowdloop import engine, keys
 from crowdloop.config import parse_config
-from crowdloop.errors import ConfigError, VendorError
+from crowdloop.errors import ConfigError, CrowdloopError, VendorError
 from crowdloop.pay import fee_function
 from crowdloop.storage import read_json
 from crowdloop.storage.local import LocalStore
@@ -138,6 +138,10 @@ def test_the_desk_admits_only_an_active_session_of_one_of_our_studies_and_shows_
     assert v.desk.admit(alice, other, session) is None  # the session belongs to the other study
     assert v.desk.admit(alice, "f" * 24, session) is None  # not one of our studies
     assert v.desk.admit(alice, study, "../../etc") is None
+    api.inject("GET", r"/submissions/", "500")
+    assert v.desk.admit(alice, study, session) is None  # Prolific busy: no entry now, and no waiting in the page
+    with pytest.raises(CrowdloopError, match="no personal annotator links"):
+        v.desk.add_annotator("mallory")
     token = v.desk.admit(alice, study, session)
     assert token and v.desk.authenticate(token) == alice
     task, _ = v.desk.next_task(alice)
