@@ -51,7 +51,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
@@ -330,7 +330,6 @@ class ProlificVendor:
 
     name = "prolific"
     capabilities = frozenset({BLOCKS_WORKERS, EXCLUDES_WORKERS_PER_ITEM, PAYS})
-    capability_hints: ClassVar[dict[str, str]] = {}
 
     def __init__(self, params: dict, context: VendorContext) -> None:
         self.params = parse_params(ProlificParams, params, vendor=self.name)
@@ -403,7 +402,7 @@ class ProlificVendor:
             self._ensure_published(done)
             return [self._ref(done)]
         if not tasks:
-            raise VendorError(f"vendor 'prolific': batch {batch_id!r} has no tasks; a study needs places")
+            return []  # nothing to ask: no study (a study needs places)
         self.desk.submit(tasks, batch_id=batch_id)
         intent_key = f"studies/{batch_id}.intent.json"
         intent = read_json(self.store, intent_key, default=None)
