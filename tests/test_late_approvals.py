@@ -1,10 +1,13 @@
-"""Work paid past ``pay.approval_deadline_h`` is still approved and paid in full, and counted late.
+"""Work paid past ``pay.approval_deadline_h`` is approved and paid in full, counted late, never rejected.
 
-``pay.approval_deadline_h`` is the time within which submitted work should be approved (or
-rejected). The loop cannot always keep it (a run resumed, or a deferred collect, days later),
-and then the worker must not lose out: README's pay section says late work is approved and paid
-like work on time (rewards and top-ups alike), and ``pay.json`` counts it in ``n_late`` (the
-assignments submitted more than the deadline before the pay step ran).
+``pay.approval_deadline_h`` is the time within which submitted work is approved or rejected.
+The loop cannot always keep it (a run resumed, or a deferred collect, days later), and then the
+worker must not lose out. README's pay section: late work is approved and paid like work on
+time (rewards and top-ups alike), ``pay.json`` counts it in ``n_late`` (the assignments
+submitted more than the deadline before the pay step ran), and a gold rejection due on it is
+withheld (``late_rejections_withheld``, with its evidence); a vendor that approves on its own
+sooner (MTurk's ``auto_approval_delay_s``, where a later ``RejectAssignment`` fails and used to
+stop the pay step for good) moves that limit.
 
 The pay step's clock is set, never slept on: ``crowdloop.engine.payment.utcnow`` is replaced so
 that exactly half of round 0's assignments are past the deadline, and all of round 1's. The
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -90,3 +94,71 @@ def test_work_paid_just_inside_the_deadline_is_not_late(tmp_path: Path, monkeypa
     earliest = _batch_times(p, 0)[0]
     paid = _pay_at(p, 0, monkeypatch, earliest + timedelta(hours=DEADLINE_H) - timedelta(seconds=1))
     assert paid["n_late"] == 0 and paid["approval_deadline_h"] == DEADLINE_H
+
+
+# -- rejections: due within the deadline, withheld past it ---------------------------------------
+# A crowd where a third answer at random, so gold evidence rejects work (tests/consensus/test_gold_questions.py).
+GOLD = {"gold.share": 0.3, "gold.n_items": 40, "gold.min_answers": 4, "gold.min_accuracy": 0.4, "gold.reject_below": 0.5,
+        "vendor.params": {"n_workers": 12, "accuracy": [0.85, 0.95], "spammer_fraction": 0.34},
+        "pay.approval_deadline_h": DEADLINE_H, "stopping.max_rounds": 3}
+GOLD_ROUNDS = 3
+
+
+def _gold_run(location: Path, monkeypatch: pytest.MonkeyPatch, after: timedelta | None) -> Project:
+    """Every round paid ``after`` its batch's last submission (None: right away)."""
+    p = Project.prepare(parse_config(small_config(**GOLD)), str(location))
+    for r in range(GOLD_ROUNDS):
+        if after is None:
+            assert engine.run_round(p, r) is None
+        else:
+            engine.run_round(p, r, until="aggregate")
+            _pay_at(p, r, monkeypatch, _batch_times(p, r)[-1] + after)
+    return p
+
+
+@pytest.fixture(scope="module")
+def gold_on_time(tmp_path_factory) -> list[dict[str, Any]]:
+    p = _gold_run(tmp_path_factory.mktemp("gold") / "p", pytest.MonkeyPatch(), None)
+    pays = [read_json(p.store, keys.round_key(r, keys.PAY)) for r in range(GOLD_ROUNDS)]
+    assert sum(len(pay.get("rejections", [])) for pay in pays) >= 2  # the evidence exists on time
+    assert not any("late_rejections_withheld" in pay for pay in pays)
+    return pays
+
+
+def _assert_withheld(p: Project, on_time: list[dict[str, Any]]) -> None:
+    for r, reference in enumerate(on_time):
+        pay = read_json(p.store, keys.round_key(r, keys.PAY))
+        assert "rejections" not in pay and pay["n_rejected"] == 0
+        assert pay.get("late_rejections_withheld", []) == reference.get("rejections", [])  # same evidence, not acted on
+        assert pay["n_approved"] == reference["n_approved"] + reference["n_rejected"]
+    acks = [read_json(p.vendor.store, key) for key in p.vendor.store.list("acks/")]
+    assert acks and all(ack["accept"] and ack["paid"] > 0 for ack in acks)
+
+
+def test_a_rejection_past_the_deadline_is_withheld_and_the_work_paid(gold_on_time, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    late = _gold_run(tmp_path / "late", monkeypatch, timedelta(hours=DEADLINE_H, minutes=1))
+    _assert_withheld(late, gold_on_time)
+
+
+def test_a_rejection_within_the_deadline_is_made(gold_on_time, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the first submission of each batch is at most a minute before its last: all inside the deadline
+    inside = _gold_run(tmp_path / "inside", monkeypatch, timedelta(hours=DEADLINE_H, minutes=-5))
+    for r, reference in enumerate(gold_on_time):
+        pay = read_json(inside.store, keys.round_key(r, keys.PAY))
+        assert {k: v for k, v in pay.items() if k != "n_late"} == {k: v for k, v in reference.items() if k != "n_late"}
+
+
+def test_a_vendor_that_approves_on_its_own_sooner_moves_the_deadline(gold_on_time, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """MTurk approves unreviewed work after ``auto_approval_delay_s`` (default one day, before the
+    72-h ``approval_deadline_h``); a rejection after that fails at MTurk, so it is not tried."""
+    from crowdloop.vendors.mturk import MTurkVendor
+    from crowdloop.vendors.simulated import SimulatedCrowd
+
+    assert MTurkVendor.auto_approval_s.fget(SimpleNamespace(params=SimpleNamespace(auto_approval_delay_s=86400))) == 86400
+    monkeypatch.setattr(SimulatedCrowd, "auto_approval_s", 3600.0, raising=False)
+    late = _gold_run(tmp_path / "auto", monkeypatch, timedelta(hours=2))  # inside the 48 h, past the vendor's 1 h
+    _assert_withheld(late, gold_on_time)
+    for r in range(GOLD_ROUNDS):
+        assert read_json(late.store, keys.round_key(r, keys.PAY))["n_late"] == 0  # late is counted against pay's deadline
