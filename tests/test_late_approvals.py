@@ -162,3 +162,48 @@ def test_a_vendor_that_approves_on_its_own_sooner_moves_the_deadline(gold_on_tim
     _assert_withheld(late, gold_on_time)
     for r in range(GOLD_ROUNDS):
         assert read_json(late.store, keys.round_key(r, keys.PAY))["n_late"] == 0  # late is counted against pay's deadline
+
+
+# -- MTurk: auto-approved work cannot be rejected any more ---------------------------------------
+@pytest.fixture
+def fake_mturk(monkeypatch: pytest.MonkeyPatch):
+    from crowdloop.vendors import mturk
+    from tests.vendors.mturk_fake import FakeMTurk
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    fake = FakeMTurk(duration_s=9.0)
+    monkeypatch.setattr(mturk, "_session_factory", fake.session)
+    return fake
+
+
+def _mturk_round_zero(tmp_path: Path, fake) -> Project:
+    """Round 0 on MTurk collected: AWORKER002 answers every item wrongly, gold included."""
+    config = small_config(**{**GOLD, "vendor": {"name": "mturk", "params": {"max_requests_per_second": 100}},
+                             "pay.approval_deadline_h": 72.0, "collect.poll_interval_s": 0.01})
+    p = Project.prepare(parse_config(config), str(tmp_path / "p"))
+    truth = dict(zip(p.pool.ids.tolist(), (str(y) for y in p.pool.y.tolist()), strict=True))
+    wrong = {c: p.classes[(p.classes.index(c) + 1) % len(p.classes)] for c in p.classes}
+    fake.answer = lambda item, replica: wrong[truth[item]] if replica == 2 else truth[item]
+    engine.run_round(p, 0, until="aggregate")
+    return p
+
+
+def test_mturk_work_auto_approved_before_the_pay_step_is_paid_not_rejected(tmp_path: Path, fake_mturk,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    p = _mturk_round_zero(tmp_path, fake_mturk)
+    for rows in fake_mturk.assignments.values():  # a day after submission MTurk approved everything itself
+        for assignment in rows:
+            assignment["AssignmentStatus"] = "Approved"
+    last = _batch_times(p, 0)[-1]
+    paid = _pay_at(p, 0, monkeypatch, last + timedelta(hours=25))  # inside the 72-h approval deadline
+    assert [w["worker_id"] for w in paid["late_rejections_withheld"]] == ["AWORKER002"]
+    assert paid["n_rejected"] == 0 and paid["n_late"] == 0 and "RejectAssignment" not in fake_mturk.calls
+    assert p.vendor.ledger()["approved"] == paid["n_approved"] == len(_batch_times(p, 0))
+
+
+def test_mturk_work_rejected_before_auto_approval(tmp_path: Path, fake_mturk, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = _mturk_round_zero(tmp_path, fake_mturk)
+    paid = _pay_at(p, 0, monkeypatch, _batch_times(p, 0)[-1] + timedelta(hours=1))
+    assert [w["worker_id"] for w in paid["rejections"]] == ["AWORKER002"] and "late_rejections_withheld" not in paid
+    assert fake_mturk.calls.count("RejectAssignment") == paid["n_rejected"] > 0
