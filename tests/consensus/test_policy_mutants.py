@@ -14,6 +14,7 @@ import pytest
 from crowdloop.consensus.adaptive import (
     answered_by,
     combine_with_model,
+    evidently_below,
     gold_stats,
     low_agreement_workers,
     needs_more,
@@ -162,11 +163,30 @@ def test_gold_stats_counts_gold_answers_only():
     assert empty.index.name == "worker"
 
 
-def test_workers_are_blocked_with_enough_gold_answers_below_the_bar():
-    stats = pd.DataFrame({"n_gold": [4, 3, 4, 10], "accuracy": [0.25, 0.0, 0.5, 0.49]},
-                         index=pd.Index(["a", "b", "c", "d"], name="worker"))
-    # a: 4 answers (= min_answers), below; b: too few answers; c: exactly at the bar; d: below
-    assert workers_to_block(stats, min_answers=4, min_accuracy=0.5) == ["a", "d"]
+def stats_of(rows: dict[str, tuple[int, int]]) -> pd.DataFrame:
+    """``gold_stats``-shaped rows from (gold answers, right ones) per worker."""
+    n_gold = [n for n, _ in rows.values()]
+    n_correct = [c for _, c in rows.values()]
+    return pd.DataFrame({"n_gold": n_gold, "n_correct": n_correct, "accuracy": np.divide(n_correct, n_gold)},
+                        index=pd.Index(list(rows), name="worker"))
+
+
+def test_evidence_of_low_gold_accuracy_is_a_one_sided_binomial_test_at_five_percent():
+    # the docstring's figures: a spammer against a bar of 0.4 is caught after 6 gold answers all
+    # wrong (0.6**6 = 0.047) or 10 with one right (0.046); 5 wrong (0.078) or 1 of 9 (0.071) are not enough
+    assert evidently_below(0, 6, 0.4) and evidently_below(1, 10, 0.4)
+    assert not evidently_below(0, 5, 0.4) and not evidently_below(1, 9, 0.4)
+    assert evidently_below(1, 9, 0.4, level=0.1)  # the level is the bound on an honest worker's bad luck
+    assert not evidently_below(0, 6, 0.4, level=0.04)
+    assert evidently_below(np.array([0, 0, 3]), np.array([6, 5, 3]), 0.4).tolist() == [True, False, False]
+
+
+def test_workers_are_blocked_with_enough_gold_answers_that_are_evidence_of_low_accuracy():
+    stats = stats_of({"a": (5, 0), "b": (4, 0), "c": (10, 5), "d": (20, 4), "e": (3, 0)})
+    # a: 5 answers (= min_answers), all wrong: P = 1/32; b, e: too few answers; c: 5 of 10 is no
+    # evidence against 0.5; d: 4 of 20 is (P = 0.006)
+    assert workers_to_block(stats, min_answers=5, min_accuracy=0.5) == ["a", "d"]
+    assert workers_to_block(stats, min_answers=3, min_accuracy=0.5) == ["a", "d"]  # b: 1/16, e: 1/8: not evidence
     assert workers_to_block(stats.iloc[:0], min_answers=1, min_accuracy=0.5) == []
 
 
@@ -198,41 +218,37 @@ def test_low_agreement_counts_only_items_several_people_labeled():
 # --- rejections ----------------------------------------------------------------------------------
 
 
-def overall(rows: dict[str, tuple[int, float]]) -> pd.DataFrame:
-    return pd.DataFrame({"n_gold": [n for n, _ in rows.values()], "accuracy": [a for _, a in rows.values()]},
-                        index=pd.Index(list(rows), name="worker"))
-
-
-def test_a_rejection_needs_enough_gold_low_accuracy_and_a_miss_in_this_batch():
-    batch = [ann("bad", "g1", "dog"), ann("bad", "x1", "cat"), ann("bad", "g2", "dog"),
+def test_a_rejection_needs_enough_gold_evidence_of_low_accuracy_and_a_miss_in_this_batch():
+    batch = [ann("bad", "g1", "dog"), ann("bad", "x1", "cat"), ann("bad", "g2", "dog"), ann("edge", "g1", "dog"),
              ann("few", "g1", "dog"), ann("ok", "g1", "dog"), ann("clean", "g1", "cat"), ann("new", "g1", "dog")]
-    stats = overall({"bad": (4, 0.25), "few": (3, 0.0), "ok": (4, 0.5), "clean": (10, 0.1)})
-    out = gold_rejections(batch, stats, GOLD, reject_below=0.5, min_answers=4)
-    # few: 3 < 4 answers; ok: 0.5 is not below 0.5; clean: missed nothing in this batch; new: no gold record
-    assert [r["worker_id"] for r in out] == ["bad"]
-    (bad,) = out
+    stats = stats_of({"bad": (10, 5), "edge": (5, 2), "few": (4, 0), "ok": (10, 8), "clean": (10, 1)})
+    out = gold_rejections(batch, stats, GOLD, reject_below=0.9, min_answers=5)
+    # bad: 5 of 10 against 0.9 (P = 0.002); edge: 2 of 5 (P = 0.009) with exactly min_answers; few: 4 < 5
+    # answers; ok: 8 of 10 is no evidence (P = 0.26); clean: missed nothing in this batch; new: no gold record
+    assert [r["worker_id"] for r in out] == ["bad", "edge"]
+    bad = out[0]
     assert bad["assignment_ids"] == ["bad-g1-0", "bad-g2-0", "bad-x1-0"]  # all their work in the batch
     assert bad["missed_gold"] == ["g1"]  # g2 was right, x1 is no gold
     assert bad["reason"] == (
         "Rejected because known-answer (gold) questions in this batch were answered wrongly: "
         "item g1: you answered 'dog', the known answer is 'cat'. "
-        "Your accuracy on known-answer questions is 25% over 4, below the required 50%.")
+        "Your accuracy on known-answer questions is 50% over 10, below the required 90%.")
 
 
 def test_rejections_come_sorted_by_worker_and_name_every_missed_item():
     batch = [ann("zed", "g3", "dog"), ann("amy", "g4", "cat"), ann("amy", "g1", "dog")]
-    stats = overall({"zed": (5, 0.2), "amy": (6, 1 / 3)})
+    stats = stats_of({"zed": (5, 0), "amy": (10, 1)})
     out = gold_rejections(batch, stats, GOLD, reject_below=0.5, min_answers=5)
     assert [r["worker_id"] for r in out] == ["amy", "zed"]
-    # workers passed over (no gold record yet; nothing missed) do not end the search for later ones
-    early = [ann("aaron", "g1", "dog"), ann("abe", "g1", "cat"), *batch]
-    more = overall({"zed": (5, 0.2), "amy": (6, 1 / 3), "abe": (9, 0.1)})
-    assert [r["worker_id"] for r in gold_rejections(early, more, GOLD, reject_below=0.5, min_answers=5)] == ["amy", "zed"]
     assert out[0]["missed_gold"] == ["g1", "g4"]
     assert "item g4: you answered 'cat', the known answer is 'dog'; item g1: you answered 'dog', the known answer is 'cat'" \
         in out[0]["reason"]
-    assert "is 33% over 6, below the required 50%" in out[0]["reason"]
-    assert gold_rejections(batch, stats, GOLD, reject_below=0.5, min_answers=7) == []
+    assert "is 10% over 10, below the required 50%" in out[0]["reason"]
+    assert gold_rejections(batch, stats, GOLD, reject_below=0.5, min_answers=11) == []
+    # workers passed over (no gold record yet; nothing missed) do not end the search for later ones
+    early = [ann("aaron", "g1", "dog"), ann("abe", "g1", "cat"), *batch]
+    more = stats_of({"zed": (5, 0), "amy": (10, 1), "abe": (9, 1)})
+    assert [r["worker_id"] for r in gold_rejections(early, more, GOLD, reject_below=0.5, min_answers=5)] == ["amy", "zed"]
 
 
 def test_block_reasons_state_the_evidence_and_the_bar():
