@@ -313,3 +313,14 @@ def test_the_stop_step_names_itself_when_the_metrics_are_missing(two_rounds):
 
     with pytest.raises(MissingRecordError, match=r"round 7: step 'stop' needs rounds/"):
         check_stop(two_rounds, 7)
+
+
+def test_a_vendor_that_pays_more_than_the_reward_is_planned_at_its_price(two_rounds):
+    from crowdloop.vendors.prolific import ProlificVendor
+
+    p = Project(two_rounds.store, two_rounds.config)
+    p.__dict__["vendor_class"] = ProlificVendor  # Prolific pays whole minutes at the wage, and charges a third on top
+    # a 0.04 task at 12/h is 12 s: Prolific pays a whole minute, 0.20; the top-up is at most that again;
+    # its fee is a third of each payment, 0.07
+    assert worst_judgment_cost(p, 0.04, 3) == pytest.approx(0.20 + 0.07 + 0.20 + 0.07)
+    assert worst_judgment_cost(two_rounds, 0.04, 3) == pytest.approx(0.04 + 0.008 + 0.04 + 0.008)  # no price rule
