@@ -178,6 +178,8 @@ def test_evidence_of_low_gold_accuracy_is_a_one_sided_binomial_test_at_five_perc
     assert not evidently_below(0, 5, 0.4) and not evidently_below(1, 9, 0.4)
     assert evidently_below(1, 9, 0.4, level=0.1)  # the level is the bound on an honest worker's bad luck
     assert not evidently_below(0, 6, 0.4, level=0.04)
+    assert not evidently_below(0, 2, 0.5, level=0.25)  # P = 0.25 exactly: "under the level" is strict
+    assert evidently_below(0, 2, 0.5, level=0.2500001)
     assert evidently_below(np.array([0, 0, 3]), np.array([6, 5, 3]), 0.4).tolist() == [True, False, False]
 
 
