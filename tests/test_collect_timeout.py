@@ -153,7 +153,7 @@ def test_crowdloop_run_restarted_after_the_deadline_closes_the_round_at_once(tmp
         config.write_text(yaml.safe_dump(_config(**{"collect.mode": mode})))
         env = {**cli_env, CLOCK_OFFSET_ENV: str(offset_s)}
         done = subprocess.run([sys.executable, "-m", "tests.faults", "run", str(config), "--project-dir", location],
-                              env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+                              env=env, capture_output=True, text=True, timeout=180, cwd=REPO)
         assert done.returncode == 0, done.stderr[-3000:]
         return done
 
