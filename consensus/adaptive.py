@@ -70,11 +70,34 @@ def gold_stats(table: pd.DataFrame, gold: Mapping[str, str]) -> pd.DataFrame:
     return out
 
 
+GOLD_EVIDENCE_LEVEL = 0.05
+"""Largest chance that a worker whose true gold accuracy is exactly at a bar is judged below it at one check."""
+
+
+def evidently_below(n_correct: np.ndarray | int, n_gold: np.ndarray | int, bar: float, *,
+                    level: float = GOLD_EVIDENCE_LEVEL) -> np.ndarray:
+    """Whether ``n_correct`` right of ``n_gold`` gold answers is evidence that a worker's accuracy is below ``bar``.
+
+    A one-sided exact binomial test of "accuracy >= bar": below when ``P(X <= n_correct)`` for
+    ``X ~ Binomial(n_gold, bar)`` is under ``level``. Why not the observed share: on a handful
+    of answers an honest worker often looks bad by chance (a 0.85-accurate worker gets at most
+    1 of 4 right 1.2% of the time, at most 2 of 6 right 0.6%), and blocking or rejecting costs
+    that worker their work. The test bounds that chance by ``level`` for a worker exactly at the
+    bar and far below it for workers well above; a spammer (0.1 on 10 classes) against a bar of
+    0.4 is caught after 6 gold answers all wrong or 10 with one right.
+    """
+    from scipy.stats import binom
+
+    return np.asarray(binom.cdf(n_correct, n_gold, bar) < level)
+
+
 def workers_to_block(stats: pd.DataFrame, *, min_answers: int, min_accuracy: float) -> list[str]:
-    """Workers with enough gold answers whose gold accuracy is below the bar."""
+    """Workers with at least ``min_answers`` gold answers that are evidence of accuracy below the bar
+    (``evidently_below``: the observed share alone blocks honest workers by chance)."""
     if stats.empty:
         return []
-    bad = stats[(stats["n_gold"] >= min_answers) & (stats["accuracy"] < min_accuracy)]
+    below = evidently_below(stats["n_correct"].to_numpy(), stats["n_gold"].to_numpy(), min_accuracy)
+    bad = stats[(stats["n_gold"] >= min_answers).to_numpy() & below]
     return sorted(map(str, bad.index))
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crowdloop.consensus.adaptive import combine_with_model, needs_more
+from crowdloop.consensus.adaptive import combine_with_model, evidently_below, needs_more
 from crowdloop.records import Annotation
 
 
@@ -57,8 +57,10 @@ def gold_rejections(batch: Sequence[Annotation], overall: pd.DataFrame, gold: Ma
     """Workers whose work in ``batch`` is rejected: never without missed gold in the batch.
 
     ``overall`` is ``gold_stats`` over every gold answer so far. A worker is rejected only with
-    at least ``min_answers`` gold answers, gold accuracy below ``reject_below`` and at least one
-    gold item missed in this very batch; the reason names those items and the right answers.
+    at least ``min_answers`` gold answers that are evidence of accuracy below ``reject_below``
+    (``evidently_below``: a one-sided binomial test, so bad luck on a few gold items does not cost
+    an honest worker their pay) and at least one gold item missed in this very batch; the reason
+    names those items and the right answers.
     """
     out = []
     for worker in sorted({a.worker_id for a in batch}):
@@ -66,7 +68,8 @@ def gold_rejections(batch: Sequence[Annotation], overall: pd.DataFrame, gold: Ma
             continue
         row = overall.loc[worker]
         missed = [a for a in batch if a.worker_id == worker and a.item_id in gold and a.label != gold[a.item_id]]
-        if row["n_gold"] < min_answers or row["accuracy"] >= reject_below or not missed:
+        evidence = bool(evidently_below(int(row["n_correct"]), int(row["n_gold"]), reject_below))
+        if row["n_gold"] < min_answers or not evidence or not missed:
             continue
         named = "; ".join(f"item {a.item_id}: you answered {a.label!r}, the known answer is {gold[a.item_id]!r}" for a in missed)
         reason = (f"Rejected because known-answer (gold) questions in this batch were answered wrongly: {named}. "

@@ -196,15 +196,26 @@ def test_pickle_round_trip_keeps_predictions(digits):
 def test_warm_start_continues_from_the_current_weights_and_adapts_to_new_classes(digits):
     X, y = digits
     few = np.isin(y, ["d0", "d1", "d2"])
-    model = small(warm_start=True, warm_epochs=1).fit(X[few], y[few])
-    head_before = model.net_.head.weight.detach().clone()
-    model.fit(X, y)  # all ten classes now: the three known rows of the head are kept, then trained
-    assert model.warm_started_ and model.n_epochs_ == 1 and len(model.classes_) == 10
-    assert model.net_.head.weight.shape == (10, 128)
-    cold = small(warm_start=False).fit(X[few], y[few])
+    model = small(warm_start=True, warm_epochs=0).fit(X[few], y[few])
+    before = {k: v.detach().clone() for k, v in model.net_.state_dict().items()}
+    model.fit(X, y)  # all ten classes now, no training pass: what carried over is exactly what is there
+    after = model.net_.state_dict()
+    assert model.warm_started_ and len(model.classes_) == 10 and after["head.weight"].shape == (10, 128)
+    for name, value in before.items():
+        if not name.startswith("head."):
+            assert torch.equal(after[name], value), f"{name} did not carry over"
+    known = [list(model.classes_).index(c) for c in ("d0", "d1", "d2")]
+    assert torch.equal(after["head.weight"][known], before["head.weight"])
+    assert torch.equal(after["head.bias"][known], before["head.bias"])
+    model.set_params(warm_epochs=1).fit(X, y)  # then trained from there, for warm_epochs passes
+    assert model.warm_started_ and model.n_epochs_ == 1
+    assert not torch.equal(model.net_.state_dict()["head.weight"][known], before["head.weight"])
+    cold = small(warm_start=False, warm_epochs=0).fit(X[few], y[few])
+    first = {k: v.detach().clone() for k, v in cold.net_.state_dict().items()}
     cold.fit(X, y)
-    assert not cold.warm_started_
-    assert head_before.shape == (3, 128)
+    assert not cold.warm_started_ and cold.n_epochs_ == 4
+    trunk = next(name for name in first if not name.startswith("head.") and name.endswith("weight"))
+    assert not torch.equal(cold.net_.state_dict()[trunk], first[trunk])  # a cold refit starts anew
 
 
 def test_epochs_run_in_full_by_default_and_early_stopping_restores_the_best_epoch(digits):
