@@ -305,6 +305,8 @@ class Project:
             image_url=image_url,
             collect_timeout_s=self.config.collect.timeout_s,
             credentials=self.credentials,
+            hourly_wage=self.config.pay.hourly_wage,
+            currency=self.config.pay.currency,
         )
         return cls(dict(self.config.vendor.params), context)
 
