@@ -19,8 +19,8 @@ Run (not part of CI's test run; two shared cores, so nice and one worker by defa
     .venv/bin/python benchmarks/mutation.py --survivors policy          # list survivors (after a run)
 
 Rows go to ``benchmarks/results/mutation.json``: ``{module, mutants, killed, equivalent, ...}``;
-the score is ``killed / (mutants - equivalent)``; timeouts are listed apart (not counted as killed). Mutants judged equivalent are listed with a
-one-line reason in ``benchmarks/mutation_equivalents.json`` (by mutmut's mutant name).
+the score is ``killed / (mutants - equivalent)``; timeouts are listed apart (not counted as killed).
+Mutants judged equivalent are listed with a one-line reason in ``benchmarks/mutation_equivalents.json`` (by mutmut's mutant name).
 """
 
 from __future__ import annotations
