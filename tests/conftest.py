@@ -63,6 +63,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     message = "the test run changed the work tree or the venv: " + "; ".join(lines)
     if reporter is not None:
+        reporter.ensure_newline()
         reporter.write_line(message, red=True, bold=True)
     else:
         sys.stderr.write(message + "\n")
