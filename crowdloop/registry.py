@@ -18,6 +18,7 @@ from crowdloop.errors import RegistryError
 BUILTIN_EXTRAS: dict[tuple[str, str], str] = {
     ("crowdloop.vendors", "mturk"): "mturk",
     ("crowdloop.vendors", "label_studio"): "labelstudio",
+    ("crowdloop.vendors", "prolific"): "prolific",
     ("crowdloop.stores", "s3"): "s3",
 }
 

@@ -30,7 +30,8 @@ abilities depend on its params also defines ``capabilities_for(params)`` (a clas
 Fees: a vendor that charges by its own rule defines ``fee_for(reward, n_assignments_per_task)``
 (a staticmethod: the fee of one assignment paid ``reward``, or of one bonus with ``1``); the
 ledger, the budget planner and the vendor's own accounting use that one function
-(``crowdloop.pay.fee_function``).
+(``crowdloop.pay.fee_function``). A vendor that pays a judgment more than the task's reward (Prolific
+prices whole minutes) defines ``price_for(reward, hourly_wage)`` (a staticmethod) for the budget planner.
 
 An optional classmethod lets ``crowdloop check`` (``crowdloop.checks``) find a bad setting
 before anything is sent or paid: ``check_params(params, plan)`` validates ``params`` against the
@@ -78,6 +79,10 @@ class VendorContext:
     collect_timeout_s: float | None = None
     # Where the vendor's credentials come from (named secret blocks, else the default chain).
     credentials: Credentials = DEFAULT_CREDENTIALS
+    # The project's target wage (``pay.hourly_wage``, ``pay.currency``): vendors that price a
+    # session of several minutes themselves (Prolific) pay at least this rate.
+    hourly_wage: float | None = None
+    currency: str = "USD"
 
 
 @runtime_checkable
@@ -165,6 +170,8 @@ class VendorPlan:
     replicas_per_task: tuple[int, ...] = ()  # the replica counts one batch's tasks can hold (several with re-asks)
     replicas_field: str = "consensus.redundancy"
     classes: tuple[str, ...] = ()  # the class list; empty when the pool was not loaded
+    hourly_wage: float | None = None  # pay.hourly_wage (a platform with a minimum rate checks it)
+    currency: str = "USD"  # pay.currency
 
 
 def check_vendor_params(vendor_cls: type, params: dict[str, Any], plan: VendorPlan) -> None:

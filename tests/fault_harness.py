@@ -91,8 +91,17 @@ class Truth:
         return others[int(unit_hash(self.seed, "wrong", item_id, replica) * len(others))]
 
 
+class AnswererError(AssertionError):
+    """The thread playing the vendor's workers failed: the run it served proves nothing."""
+
+
 class ManifestAnswerer:
-    """The manifest vendor's workers: answer every new input manifest with one result file."""
+    """The manifest vendor's workers: answer every new input manifest with one result file.
+
+    The thread's failures are the test's: a transient one (the store briefly unreachable) is
+    retried at the next tick as a vendor's worker would; any other is kept and raised when the
+    block ends, so a broken answerer fails the test instead of leaving the loop to wait.
+    """
 
     def __init__(self, location: str, truth: Truth, *, interval_s: float = 0.1) -> None:
         self.location, self.truth, self.interval_s = location, truth, interval_s
@@ -104,19 +113,24 @@ class ManifestAnswerer:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
+        if self.errors and exc_type is None:
+            raise AnswererError(f"the manifest answerer failed {len(self.errors)} time(s): {self.errors[:3]}")
 
     def _loop(self) -> None:
+        from crowdloop.errors import is_transient
+
         exchange = None
         while not self._stop.wait(self.interval_s):
             try:
                 if exchange is None:
                     exchange = PrefixedStore(open_store(self.location), "vendor/manifest")
                 self.answer_all(exchange)
-            except Exception as exc:  # noqa: BLE001 - a store not there yet; report at the end
-                self.errors.append(f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - kept and raised in __exit__ (transient ones retried)
+                if not is_transient(exc):
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
 
     def answer_all(self, exchange: Any) -> None:
         base = datetime(2026, 1, 1, tzinfo=UTC)
@@ -254,6 +268,42 @@ class Scenario:
                 return result
             got = outcome(location, server)
         result["mismatches"] = compare(got, self.clean)
+        result["seconds"] = round(time.monotonic() - started, 2)
+        return result
+
+    def kill_chain(self, points: list[str], name: str) -> dict[str, Any]:
+        """Kill at each of ``points`` in turn on one project (each rerun resumes and dies at the
+        next point), then finish it and compare with the uninterrupted run.
+
+        One run per kill instead of two: the points must come in the order a run reaches them
+        (a resumed run passes the boundaries of the steps it skips again, so a point once passed
+        cannot be killed at a second time). Every kill is checked to have happened at its point
+        (exit by SIGKILL, the point last in the run's trace).
+        """
+        assert self.clean is not None, "prepare() first"
+        location = self.location(name)
+        started = time.monotonic()
+        result: dict[str, Any] = {"vendor": self.vendor, "store": self.store, "points": points, "kills": []}
+        with self.services() as server:
+            for k, point in enumerate(points):
+                trace = self.workdir / name / f"trace-{k}.txt"
+                trace.parent.mkdir(parents=True, exist_ok=True)
+                killed = self.run(name, location, server, self.env(**{KILL_ENV: point, TRACE_ENV: str(trace)}))
+                last = trace.read_text().splitlines()[-1] if trace.exists() else ""
+                at_point = last == f"point {point}" or (point.startswith("write:") and last.startswith("killed before "))
+                result["kills"].append({"point": point, "rc": killed.returncode, "last_traced": last})
+                if killed.returncode != -9 or not at_point:
+                    return {**result, "mismatches": [f"the run meant to die at {point} ended with {killed.returncode}, "
+                                                     f"last traced {last!r}: {_tail(killed.stderr)}"]}
+                if self.store == "s3":
+                    time.sleep(LOCK_TTL_S + 0.3)  # the dead run's lease on the project lock expires
+            finished = self.run(name, location, server, self.env())
+            result["rerun_rc"] = finished.returncode
+            if finished.returncode != 0:
+                return {**result, "mismatches": [f"the last rerun failed with {finished.returncode}: "
+                                                 f"{_tail(finished.stderr)}"]}
+            got = outcome(location, server)
+        result["mismatches"] = compare(got, self.clean) + compare_records(location, self.location("clean"))
         result["seconds"] = round(time.monotonic() - started, 2)
         return result
 
@@ -433,6 +483,51 @@ def compare(got: dict[str, Any], clean: dict[str, Any]) -> list[str]:
     if got["metrics"] != clean["metrics"]:
         out.append("per-round metrics differ from the uninterrupted run")
     return out
+
+
+# Records whose content must be the same after any crash: what was selected, sent, collected,
+# aggregated and paid, round by round; but for how long a step took and how the answers happened
+# to be split into label-log segments (a crash mid-collect may split them differently).
+_SAME_RECORDS = (keys.SELECTION, keys.DISPATCH, keys.COLLECTED, keys.AGGREGATE, keys.LABELS, keys.PAY)
+_VOLATILE_FIELDS = frozenset({"seconds", "segments"})
+
+
+def _record_content(store: Any, key: str) -> Any:
+    if not store.exists(key):
+        return None
+    data = store.read_bytes(key)
+    if not key.endswith(".json"):
+        return data
+    return {k: v for k, v in json.loads(data).items() if k not in _VOLATILE_FIELDS}
+
+
+def compare_records(location: str, clean_location: str) -> list[str]:
+    """The round records of ``location`` that differ from the uninterrupted run's (empty: none)."""
+    got, clean = Project.open(location), Project.open(clean_location)
+    out = []
+    if got.rounds() != clean.rounds():
+        out.append(f"rounds {got.rounds()} vs {clean.rounds()} in the uninterrupted run")
+    for r in clean.rounds():
+        for name in _SAME_RECORDS:
+            key = keys.round_key(r, name)
+            if _record_content(got.store, key) != _record_content(clean.store, key):
+                out.append(f"{key} differs from the uninterrupted run's")
+    return out
+
+
+_clean_cli: dict[tuple[str, str, int, str], Scenario] = {}
+
+
+def clean_cli_scenario(vendor: str, workdir_factory: Any, prefect_api_url: str, *, max_rounds: int = 2) -> Scenario:
+    """A ``crowdloop run`` scenario on the local store whose uninterrupted run is done (once per
+    test session and Prefect server: several test files compare against the same run)."""
+    key = (vendor, "local", max_rounds, prefect_api_url)
+    if key not in _clean_cli:
+        s = Scenario(vendor, "local", workdir_factory.mktemp(f"cli-{vendor}-{max_rounds}"), prefect_api_url,
+                     max_rounds=max_rounds, mode="cli")
+        s.prepare()
+        _clean_cli[key] = s
+    return _clean_cli[key]
 
 
 @contextmanager

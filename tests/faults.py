@@ -11,7 +11,10 @@ It behaves exactly like ``crowdloop run`` and, driven by environment variables, 
     any point the engine declares (``crowdloop.engine.declared_points()``: ``<step>:done@<round>``
     after each step of ``ROUND_STEPS`` and ``reference``, and the points inside steps such as
     ``dispatch:before_submit@1``), or ``call:<n>``: just before the n-th store write or delete,
-    or just after the n-th vendor API call's response arrived (MTurk).
+    or just after the n-th vendor API call's response arrived (MTurk), or ``write:<key prefix>@<r>``:
+    just before the first store write of a key starting with that prefix while the run is in
+    round ``r`` (the round of the last point passed), e.g. ``write:rounds/0001/pay.json@1`` (the
+    vendor was paid, the record not yet written) or ``write:vendor/simulated/bonuses/@1``.
 ``CROWDLOOP_FAULT_TRACE``
     a file to which every point reached and every counted call is appended, one per line, so
     a harness learns the points of an uninterrupted run (and how many calls it made).
@@ -22,6 +25,16 @@ It behaves exactly like ``crowdloop run`` and, driven by environment variables, 
     injected at botocore's ``before-send`` so botocore's real retry path runs; simulated and
     manifest vendor calls raise ``InjectedTransientError`` (retried by the flow's I/O tasks,
     whose retry delays the launcher shortens to keep tests fast).
+``CROWDLOOP_FAULT_RAISE``
+    comma-separated ``<Class>.<method>@<round>=<kind>`` for the simulated crowd and the manifest
+    vendor (``SimulatedCrowd.bonus@1=transient_after``): ``transient`` raises a transient error
+    (a ``ConnectionError``) before the call acts, ``transient_after`` after it acted, both once;
+    ``bug`` raises ``ValueError`` (a bug, never retried) on every call in that round. The flow's
+    retry rule is left exactly as it ships (real delays), and every call of a named method is
+    traced (``vendor-call <Class>.<method>@<round>``), so a test counts the attempts.
+``CROWDLOOP_TEST_CLOCK_OFFSET_S``
+    the dispatch and collect steps see the wall clock this many seconds later (a process
+    started that much later, as far as ``collect.timeout_s`` is concerned).
 ``CROWDLOOP_PERMANENT_FAULT``
     ``<service>:<n>`` with service ``s3`` or ``mturk``: from that service's n-th call on,
     every request is refused as with revoked credentials.
@@ -54,12 +67,32 @@ TRANSIENT_ENV = "CROWDLOOP_TRANSIENT_FAULTS"
 PERMANENT_ENV = "CROWDLOOP_PERMANENT_FAULT"
 LOCK_TTL_ENV = "CROWDLOOP_TEST_S3_LOCK_TTL_S"
 BACKOFF_ENV = "CROWDLOOP_TEST_BACKOFF_SCALE"
+RAISE_ENV = "CROWDLOOP_FAULT_RAISE"
+CLOCK_OFFSET_ENV = "CROWDLOOP_TEST_CLOCK_OFFSET_S"
+RAISE_KINDS = ("transient", "transient_after", "bug")
 
 TRANSIENT_KINDS = ("throttle", "5xx", "timeout_before", "timeout_after")
 
 
 class InjectedTransientError(ConnectionError):
     """A transient vendor failure (throttled, 5xx, timeout); not a CrowdloopError, so it is retried."""
+
+
+class InjectedBug(ValueError):
+    """A bug in a step (what a wrong index or a bad parse raises): must fail the run at once."""
+
+
+def parse_raises(spec: str) -> dict[tuple[str, int], str]:
+    """``"SimulatedCrowd.bonus@1=transient_after"`` -> {("SimulatedCrowd.bonus", 1): "transient_after"}."""
+    out: dict[tuple[str, int], str] = {}
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        target, _, kind = part.partition("=")
+        method, _, round_ = target.partition("@")
+        if kind not in RAISE_KINDS or "." not in method or not round_.isdigit():
+            raise ValueError(f"{RAISE_ENV}={spec!r}: expected '<Class>.<method>@<round>=<kind>' with kind one of "
+                             f"{', '.join(RAISE_KINDS)}")
+        out[(method, int(round_))] = kind
+    return out
 
 
 def parse_transient(spec: str) -> tuple[float, int]:
@@ -88,6 +121,16 @@ class _Injector:
     def __init__(self, env: dict[str, str]) -> None:
         self.kill = {s.strip() for s in env.get(KILL_ENV, "").split(",") if s.strip()}
         self.kill_call = {int(s[5:]) for s in self.kill if s.startswith("call:")}
+        self.kill_write: set[tuple[str, int]] = set()
+        for spec in (s[6:] for s in self.kill if s.startswith("write:")):
+            prefix, _, round_ = spec.rpartition("@")
+            if not prefix or not round_.isdigit():
+                raise ValueError(f"{KILL_ENV}: write:{spec!r}: expected 'write:<key prefix>@<round>'")
+            self.kill_write.add((prefix, int(round_)))
+        self.raises = parse_raises(env.get(RAISE_ENV, ""))
+        self.raised: set[tuple[str, int]] = set()
+        self.clock_offset_s = float(env.get(CLOCK_OFFSET_ENV) or 0.0)
+        self.round = 0  # the round of the last point passed: where ``write:`` kills and raises apply
         self.trace_path = env.get(TRACE_ENV) or None
         self.transient = parse_transient(env[TRANSIENT_ENV]) if env.get(TRANSIENT_ENV) else None
         self.permanent: tuple[str, int] | None = None
@@ -108,6 +151,7 @@ class _Injector:
 
     def point(self, name: str, round_: int) -> None:
         tag = f"{name}@{round_}"
+        self.round = round_
         self.trace(f"point {tag}")
         if tag in self.kill:
             self.die()
@@ -118,6 +162,10 @@ class _Injector:
             n = self.calls
         self.trace(f"call {n} {what}")
         if n in self.kill_call:
+            self.die()
+        if what.startswith("write ") and any(what[6:].startswith(prefix) and self.round == r
+                                             for prefix, r in self.kill_write):
+            self.trace(f"killed before {what}@{self.round}")
             self.die()
 
     @staticmethod
@@ -164,6 +212,8 @@ def install(env: dict[str, str] | None = None) -> _Injector:
     _patch_stores(inj)
     _patch_boto(inj)
     _patch_vendors(inj)
+    _patch_raises(inj)
+    _patch_clock(inj)
     _patch_flow_retries(inj)
     return inj
 
@@ -357,6 +407,69 @@ def _describe(args: tuple, kwargs: dict) -> str:
             ids = (str(getattr(x, "assignment_id", None) or getattr(x, "item_id", None) or x) for x in a)
             parts.append(",".join(sorted(ids))[:200])
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _patch_raises(inj: _Injector) -> None:
+    """The vendor methods ``CROWDLOOP_FAULT_RAISE`` names raise there (the flow's retries untouched)."""
+    if not inj.raises:
+        return
+    from crowdloop.vendors.manifest import ManifestVendor
+    from crowdloop.vendors.simulated import SimulatedCrowd
+
+    classes = {cls.__name__: cls for cls in (SimulatedCrowd, ManifestVendor)}
+    for name in sorted({method for method, _ in inj.raises}):
+        owner, _, method = name.partition(".")
+        if owner not in classes or not callable(getattr(classes[owner], method, None)):
+            raise ValueError(f"{RAISE_ENV}: {name}: expected a method of {', '.join(sorted(classes))}")
+        fn = getattr(classes[owner], method)
+
+        def call(self, *args: Any, _fn=fn, _name=name, **kwargs: Any) -> Any:
+            where = (_name, inj.round)
+            kind = inj.raises.get(where)
+            inj.trace(f"vendor-call {_name}@{inj.round}")
+            if kind == "bug":
+                inj.trace(f"raise bug {_name}@{inj.round}")
+                raise InjectedBug(f"{_name}: injected bug in round {inj.round}")
+            once = kind is not None and where not in inj.raised
+            if once and kind == "transient":
+                inj.raised.add(where)
+                inj.trace(f"raise transient {_name}@{inj.round}")
+                raise InjectedTransientError(f"{_name}: injected transient failure before the call acted")
+            out = _fn(self, *args, **kwargs)
+            if once and kind == "transient_after":
+                inj.raised.add(where)
+                inj.trace(f"raise transient_after {_name}@{inj.round}")
+                raise InjectedTransientError(f"{_name}: injected timeout after the call acted")
+            return out
+
+        setattr(classes[owner], method, functools.wraps(fn)(call))
+
+
+class _ShiftedClock:
+    """The ``time`` module as a process started ``offset_s`` later sees it (``time()`` only)."""
+
+    def __init__(self, offset_s: float) -> None:
+        import time
+
+        self._time, self.offset_s = time, offset_s
+
+    def time(self) -> float:
+        return self._time.time() + self.offset_s
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._time, name)
+
+
+def _patch_clock(inj: _Injector) -> None:
+    """Dispatch and collect read the clock through their module's ``time``: shift both."""
+    if not inj.clock_offset_s:
+        return
+    from crowdloop.engine import collection, dispatching
+
+    for module in (collection, dispatching):
+        if getattr(module, "time", None) is not sys.modules["time"]:
+            raise RuntimeError(f"{CLOCK_OFFSET_ENV}: {module.__name__} no longer reads the clock as time.time()")
+        module.time = _ShiftedClock(inj.clock_offset_s)
 
 
 def _patch_flow_retries(inj: _Injector) -> None:

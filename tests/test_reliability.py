@@ -162,3 +162,29 @@ def test_a_record_deleted_between_runs_resumes_exactly_or_stops_in_one_line(tmp_
     for kind in ("dispatch.json@0", "segment@0", "pay.json@0", "model.pkl@1"):
         assert verdict[kind] == "stopped with one line", (kind, results)
     assert verdict["reference.json"] == "resumed exactly"
+
+
+def test_a_failure_of_the_manifest_answering_thread_fails_the_block(tmp_path: Path) -> None:
+    """The thread playing the manifest vendor's workers used to collect its exceptions unread: a
+    broken answerer left the loop waiting and the test blamed the loop (or passed). Now a
+    non-transient failure is raised when its block ends; a transient one is retried."""
+    from tests.fault_harness import AnswererError, ManifestAnswerer
+
+    class Broken(ManifestAnswerer):
+        calls = 0
+
+        def answer_all(self, exchange) -> None:
+            Broken.calls += 1
+            if Broken.calls == 1:
+                raise ConnectionError("the store was briefly unreachable")  # transient: the next tick retries
+            raise KeyError("item-id")  # a bug in the answerer: the test must fail
+
+    import time
+
+    truth = type("T", (), {"seed": 1})()
+    give_up = time.monotonic() + 60
+    answerer = Broken(str(tmp_path / "p"), truth, interval_s=0.01)
+    with pytest.raises(AnswererError, match="KeyError"), answerer:
+        while Broken.calls < 3 and time.monotonic() < give_up:
+            time.sleep(0.01)
+    assert answerer.errors and all(e.startswith("KeyError") for e in answerer.errors)

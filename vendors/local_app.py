@@ -100,6 +100,9 @@ kbd{font-size:.75rem;background:#eef0f3;border:1px solid #c9ced6;border-radius:.
 <form method="post" action="/undo" id="undo-form"><input type="hidden" name="csrf" value="{{ csrf }}">
 <button type="submit" id="undo"><kbd>U</kbd>undo last answer</button></form>
 </div>
+{% elif completion %}
+<div class="card" id="complete"><p><b>Thank you, that was your item.</b> Your completion code is <code id="completion-code">{{ completion[0] }}</code>.</p>
+<p><a id="complete-link" href="{{ completion[1] }}" rel="noreferrer">Return to Prolific</a> to submit it.</p></div>
 {% elif blocked %}
 <div class="card" id="blocked"><p><b>You will not receive new items from this project.</b></p><p id="blocked-reason">{{ blocked }}</p></div>
 {% else %}
@@ -122,7 +125,7 @@ kbd{font-size:.75rem;background:#eef0f3;border:1px solid #c9ced6;border-radius:.
     else if (e.key === "u" || e.key === "U") { target = document.getElementById("undo"); }
     if (target) { e.preventDefault(); target.click(); }
   });
-  {% if not task and not blocked %}setTimeout(function () { location.reload(); }, 15000);{% endif %}
+  {% if not task and not blocked and not completion %}setTimeout(function () { location.reload(); }, 15000);{% endif %}
 })();
 </script>
 </body></html>
@@ -131,6 +134,9 @@ kbd{font-size:.75rem;background:#eef0f3;border:1px solid #c9ced6;border-radius:.
 FORBIDDEN = ("<!doctype html><title>403</title><h1>403 Forbidden</h1>"
              "<p>A valid annotator link is needed. Ask the project owner for yours "
              "(<code>crowdloop annotators add NAME</code>).</p>")
+NOT_ADMITTED = ("<!doctype html><title>403</title><h1>403 Forbidden</h1>"
+                "<p>This study link is not valid for an open study, or your Prolific session is not active. "
+                "Return to Prolific and open the study again.</p>")
 TOO_LARGE = ("<!doctype html><title>413</title><h1>413 Payload Too Large</h1>"
              f"<p>This form is larger than the {MAX_FORM_BYTES} bytes an answer needs; nothing was saved.</p>")
 
@@ -247,8 +253,16 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
         url = "/" if not notice else f"/?notice={notice}"
         return security_headers(RedirectResponse(url, status_code=303))
 
+    admit = getattr(vendor, "admit", None)  # a desk for platform participants (Prolific) admits by URL parameters
+    completion_of = getattr(vendor, "completion", None)
+
     @app.get("/", response_class=HTMLResponse)
     def page(request: Request, token: str | None = None, notice: str | None = None) -> Response:
+        participant = request.query_params.get("PROLIFIC_PID")
+        if participant is not None and admit is not None:  # the study's entry link: the desk checks it
+            token = admit(participant, request.query_params.get("STUDY_ID", ""), request.query_params.get("SESSION_ID", ""))
+            if token is None:
+                return security_headers(HTMLResponse(NOT_ADMITTED, status_code=403))
         if token is not None:  # the personal link: remember the token in a cookie, clean the URL
             if vendor.authenticate(token) is None:
                 return forbidden()
@@ -272,9 +286,10 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
                     "too-late": "Nothing to undo: answers can be taken back only shortly after you give them.",
                     "skipped": "Skipped.", "saved": None}
         blocked = None if task else vendor.block_reason(name)
+        completion = completion_of(name) if completion_of is not None and not task and not blocked else None
         html = PAGE.render(project=title, annotator=name, task=task, payload=payload,
                            buttons=key_bindings(vendor.context.classes), progress=progress, csrf=csrf_for(raw),
-                           nonce=nonce, suggestion=suggestion, blocked=blocked,
+                           nonce=nonce, suggestion=suggestion, blocked=blocked, completion=completion,
                            image_url=f"/image/{task.batch_id}/{item_key(task.item_id)}" if task else "",
                            notice=messages.get(notice or ""))
         return security_headers(HTMLResponse(html), nonce)

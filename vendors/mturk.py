@@ -330,6 +330,12 @@ class MTurkVendor:
         """Production spends real money (a run waits for an approval first); the sandbox does not."""
         return not self.params.sandbox
 
+    @property
+    def auto_approval_s(self) -> float:
+        """MTurk approves unreviewed work on its own this long after submission: past it the loop
+        cannot reject any more (``RejectAssignment`` fails), so it does not try (``engine/payment.py``)."""
+        return float(self.params.auto_approval_delay_s)
+
     # -- client -------------------------------------------------------------------------
     @property
     def client(self):

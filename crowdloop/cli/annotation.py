@@ -22,6 +22,7 @@ def _local_desk(project_dir: str):
 
     project = Project.open(project_dir)
     vendor = project.vendor
+    vendor = getattr(vendor, "desk", vendor)  # a platform vendor whose participants label in this app (prolific)
     if not isinstance(vendor, LocalVendor):
         raise ConfigError(f"project {project_dir}: vendor.name is {project.config.vendor.name!r}; "
                           "the annotation app serves projects whose vendor is 'local'")

@@ -70,9 +70,14 @@ def next_batch_size(p: Project, r: int) -> tuple[int, str | None]:
 
 def worst_judgment_cost(p: Project, reward: float, n_assignments_per_task: int) -> float:
     """The most one judgment paid ``reward`` can cost: the reward, the largest top-up bonus and the
-    vendor's fee on each (its own rule: MTurk charges at least $0.01 per assignment and per bonus)."""
-    bonus = max_bonus(p.config.pay, reward)
-    return reward + p.fee_for(reward, n_assignments_per_task) + (bonus + p.fee_for(bonus, 1) if bonus else 0.0)
+    vendor's fee on each (its own rule: MTurk charges at least $0.01 per assignment and per bonus).
+    A vendor that pays a judgment more than the task's reward (Prolific pays whole minutes) says so
+    with ``price_for(reward, hourly_wage)``; the step ``pay`` tops up against that price and the
+    time it pays for (``engine/payment.py``)."""
+    price_for = getattr(p.vendor_class, "price_for", None)
+    paid = price_for(reward, p.config.pay.hourly_wage) if callable(price_for) else reward
+    bonus = max_bonus(p.config.pay, paid)
+    return paid + p.fee_for(paid, n_assignments_per_task) + (bonus + p.fee_for(bonus, 1) if bonus else 0.0)
 
 
 def _gold_tasks(p: Project, n_tasks: int) -> int:

@@ -305,6 +305,8 @@ class Project:
             image_url=image_url,
             collect_timeout_s=self.config.collect.timeout_s,
             credentials=self.credentials,
+            hourly_wage=self.config.pay.hourly_wage,
+            currency=self.config.pay.currency,
         )
         return cls(dict(self.config.vendor.params), context)
 
@@ -587,19 +589,25 @@ def _utc_stamp() -> str:
 
 
 def _check_same_config(stored: LoopConfig, given: LoopConfig, url: str) -> None:
+    """One line naming the first field outside the resumable sections that differs, old and new value."""
     a, b = stored.model_dump(mode="json"), given.model_dump(mode="json")
     for section in a:
-        if section in RESUMABLE_SECTIONS or a[section] == b.get(section):
+        if section in RESUMABLE_SECTIONS:
             continue
-        if isinstance(a[section], dict):
-            for key in a[section]:
-                if a[section][key] != b[section].get(key):
-                    raise ConfigError(
-                        f"{section}.{key}: {b[section].get(key)!r} differs from {a[section][key]!r} that project {url} "
-                        "was started with; only stopping/collect/baseline/scale/credentials may change on resume "
-                        "(use a new --project-dir)"
-                    )
-        raise ConfigError(
-            f"{section}: {b.get(section)!r} differs from {a[section]!r} that project {url} was started with; "
-            "use a new --project-dir"
-        )
+        differs = _first_difference(a[section], b.get(section), section)
+        if differs is not None:
+            field_path, old, new = differs
+            raise ConfigError(
+                f"{field_path}: {new!r} differs from {old!r} that project {url} was started with; only "
+                f"{'/'.join(RESUMABLE_SECTIONS)} may change on resume (use a new --project-dir)"
+            )
+
+
+def _first_difference(old: Any, new: Any, path: str) -> tuple[str, Any, Any] | None:
+    """The deepest dotted path where two JSON values differ (``vendor.params.n_workers``), or None."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in [*old, *(k for k in new if k not in old)]:
+            if old.get(key) != new.get(key):
+                return _first_difference(old.get(key), new.get(key), f"{path}.{key}")
+        return None
+    return None if old == new else (path, old, new)

@@ -1,0 +1,119 @@
+"""Which config sections may change on resume (README "Configuration"): every section pinned.
+
+README: "On resume only ``stopping``, ``collect``, ``baseline``, ``scale`` and ``credentials``
+may change (e.g. raise ``max_rounds`` to go on); any other difference is an error naming the
+field." Each frozen section is changed in one field and must be refused with one line naming
+the field, the new and the old value, leaving the project's record untouched; each resumable
+section is changed and must be accepted, the project then running with the new value. A
+section added to ``LoopConfig`` without a decision here fails ``test_every_section_is_pinned``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crowdloop import keys, registry
+from crowdloop.config import RESUMABLE_SECTIONS, LoopConfig, parse_config
+from crowdloop.engine import Project
+from crowdloop.errors import ConfigError
+from crowdloop.storage import read_json
+from tests.conftest import small_config
+
+# (dotted field, new value): one field of each section that the checks accept either way.
+FROZEN: list[tuple[str, Any]] = [
+    ("project", "tiny-renamed"),
+    ("seed", 8),
+    ("pool.test_size", 0.25),
+    ("model.params.C", 0.2),
+    ("sampler.batch_size", 25),
+    ("vendor.params.n_workers", 13),
+    ("consensus.redundancy", 2),
+    ("gold.min_accuracy", 0.6),
+    ("evaluation.max_items", 200),
+    ("autolabel.target_accuracy", 0.9),
+    ("semi_supervised.n_neighbors", 5),
+    ("pay.hourly_wage", 15.0),
+    ("storage.url", "projects/tiny-elsewhere"),  # -p names the store; the config field is still frozen
+]
+RESUMABLE: list[tuple[str, Any]] = [
+    ("stopping.max_rounds", 9),
+    ("stopping.label_budget", 100),
+    ("collect.timeout_s", 60.0),
+    ("collect.mode", "defer"),
+    ("baseline.random", True),
+    ("scale.shards", 2),
+    ("credentials.aws", "test-aws-block"),
+]
+SECRET_SOURCE = "resume-test-secrets"
+
+
+def _secret(name: str, *, field: str) -> Any:
+    """A secret source for the credentials case: the AWS block exists, with both keys."""
+    return {"aws_access_key_id": "AKIDRESUMETEST", "aws_secret_access_key": "not-a-secret"}
+
+
+@pytest.fixture(autouse=True)
+def _test_secret_source():
+    registry.secrets.register(SECRET_SOURCE, _secret)
+    yield
+    registry.secrets.unregister(SECRET_SOURCE)
+
+
+def _config(**overrides: Any) -> LoopConfig:
+    return parse_config(small_config(**{"credentials.source": SECRET_SOURCE, **overrides}), source="test")
+
+
+def _value(config: LoopConfig, dotted: str) -> Any:
+    node: Any = config.model_dump(mode="json")
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _started(tmp_path: Path) -> tuple[str, LoopConfig, bytes]:
+    location = str(tmp_path / "p")
+    config = _config()
+    Project.prepare(config, location)
+    return location, config, (tmp_path / "p" / keys.PROJECT).read_bytes()
+
+
+def test_every_section_is_pinned() -> None:
+    sections = set(LoopConfig.model_fields)
+    frozen = {field.split(".")[0] for field, _ in FROZEN}
+    resumable = {field.split(".")[0] for field, _ in RESUMABLE}
+    assert resumable == set(RESUMABLE_SECTIONS)
+    assert frozen | resumable == sections and not frozen & resumable
+
+
+@pytest.mark.parametrize(("field", "new"), FROZEN, ids=[f for f, _ in FROZEN])
+def test_a_frozen_section_is_refused_in_one_line(tmp_path: Path, field: str, new: Any) -> None:
+    location, started, record = _started(tmp_path)
+    old = _value(started, field)
+    assert old != new
+    changed = _config(**{field: new})
+    with pytest.raises(ConfigError) as refused:
+        Project.prepare(changed, location)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert re.match(rf"{re.escape(field)}: {re.escape(repr(new))} differs from {re.escape(repr(old))} ", message), message
+    assert (tmp_path / "p" / keys.PROJECT).read_bytes() == record  # nothing written
+    assert not list((tmp_path / "p").glob(f"{keys.CONFIG_HISTORY}*"))
+    Project.prepare(started, location)  # the original config still resumes
+
+
+@pytest.mark.parametrize(("field", "new"), RESUMABLE, ids=[f for f, _ in RESUMABLE])
+def test_a_resumable_section_is_accepted_and_becomes_the_projects(tmp_path: Path, field: str, new: Any) -> None:
+    location, started, _ = _started(tmp_path)
+    assert _value(started, field) != new
+    resumed = Project.prepare(_config(**{field: new}), location)
+    assert _value(resumed.config, field) == new
+    # the project's own record now holds the new value (a later `status`, `verify` reads it) ...
+    assert _value(LoopConfig.model_validate(read_json(resumed.store, keys.PROJECT)["config"]), field) == new
+    assert _value(Project.open(location).config, field) == new
+    # ... and the old config is kept for the record
+    history = [read_json(resumed.store, k) for k in resumed.store.list(keys.CONFIG_HISTORY)]
+    assert [_value(LoopConfig.model_validate(h["config"]), field) for h in history] == [_value(started, field)]
