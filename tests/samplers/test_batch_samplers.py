@@ -177,13 +177,11 @@ def test_engine_passes_labeled_set_only_to_samplers_that_ask(tmp_path):
 
 
 def test_engine_typiclust_cold_start_spreads_round_zero(tmp_path):
-    from crowdloop import engine
-    from crowdloop.config import LoopConfig
-    from tests.conftest import small_config
-
     from sklearn.neighbors import NearestNeighbors
 
-    from crowdloop import keys
+    from crowdloop import engine, keys
+    from crowdloop.config import LoopConfig
+    from tests.conftest import small_config
 
     cfg = LoopConfig.model_validate(small_config(**{"sampler.cold_start": "typiclust", "sampler.initial_size": 20}))
     p = engine.Project.prepare(cfg, str(tmp_path / "proj"))
