@@ -157,11 +157,17 @@ def test_a_bug_exits_1_with_its_traceback(plugin_env, tmp_path) -> None:
         "TypeError: a bug in the loader")
 
 
+def _default_sigint() -> None:
+    """Give the child SIGINT's default action: a suite started in the background by a shell without
+    job control inherits SIGINT *ignored*, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_exits_130(plugin_env, tmp_path) -> None:
     ready = tmp_path / "ready"
     proc = subprocess.Popen([*crowdloop_cmd(), "check", str(_config(tmp_path, "slow")), "-p", str(tmp_path / "p")],
                             env={**plugin_env, "CLPLUG_READY": str(ready)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     try:
         deadline = time.monotonic() + 240
         while not ready.exists():
