@@ -1,0 +1,303 @@
+"""The aggregators against what their docstrings state, on tables small enough to check by hand.
+
+Majority and weighted votes are checked on tables whose posteriors are worked out in the comments;
+the Dawid-Skene family against a plain-loop transcription of the EM the docstrings describe (vote
+shares to start, M-step, likelihood times prior, gold held fixed, stop when the mean log-evidence
+gains less than ``tol``), iteration count included (issue 21, point 5: mutation testing).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.special import gammaln, logsumexp
+
+from crowdloop.consensus.aggregators import (
+    AutoDawidSkene,
+    DawidSkene,
+    MajorityVote,
+    OneCoinDawidSkene,
+    ShrunkDawidSkene,
+    WeightedMajorityVote,
+)
+
+EPS = 1e-10
+
+
+def table(*rows: tuple[str, str, str]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["task", "worker", "label"])
+
+
+# t1: a=x, b=x, c=y; t2: a=y, b=y, c=y
+SMALL = table(("t1", "a", "x"), ("t1", "b", "x"), ("t1", "c", "y"),
+              ("t2", "a", "y"), ("t2", "b", "y"), ("t2", "c", "y"))
+
+
+def test_majority_vote_is_the_share_of_votes_and_its_skills_the_mean_agreement():
+    mv = MajorityVote().fit(SMALL)
+    assert mv.probas_.loc["t1"].tolist() == pytest.approx([2 / 3, 1 / 3])
+    assert mv.probas_.loc["t2"].tolist() == [0.0, 1.0]
+    assert mv.labels_.to_dict() == {"t1": "x", "t2": "y"}
+    assert mv.confidence_.tolist() == pytest.approx([2 / 3, 1.0])
+    # a: (2/3 + 1) / 2; c: (1/3 + 1) / 2
+    assert mv.skills_.to_dict() == pytest.approx({"a": 5 / 6, "b": 5 / 6, "c": 2 / 3})
+    assert mv.skills_.index.name == "worker" and mv.probas_.index.name == "task"
+
+
+def test_majority_vote_ties_go_to_the_first_class_in_class_order():
+    tie = table(("t", "a", "b"), ("t", "b", "a"))
+    assert MajorityVote().fit_predict(tie).tolist() == ["a"]  # sorted classes: a first
+    assert MajorityVote(classes=["b", "a"]).fit_predict(tie).tolist() == ["b"]
+    probas = MajorityVote(classes=["b", "a", "c"]).fit_predict_proba(tie)
+    assert probas.columns.tolist() == ["b", "a", "c"] and probas.loc["t"].tolist() == [0.5, 0.5, 0.0]
+
+
+def test_gold_holds_the_first_task_too_and_ignores_tasks_without_answers():
+    gold = pd.Series({"t1": "y", "elsewhere": "x"})
+    mv = MajorityVote().fit(SMALL, gold)
+    assert mv.probas_.loc["t1"].tolist() == [0.0, 1.0]
+    assert mv.probas_.loc["t2"].tolist() == [0.0, 1.0]
+    assert list(mv.probas_.index) == ["t1", "t2"]
+    # a gold label nobody answered is still a class
+    assert MajorityVote().fit(SMALL, pd.Series({"t2": "z"})).probas_.loc["t2"].tolist() == [0.0, 0.0, 1.0]
+
+
+def test_weighted_vote_with_given_skills_is_the_one_coin_posterior():
+    # K = 2: a vote weighs log(s / (1 - s)): a (0.9) against b and c (0.6): 9 : 1.5 * 1.5 -> 0.8
+    data = table(("t", "a", "x"), ("t", "b", "y"), ("t", "c", "y"))
+    wmv = WeightedMajorityVote(weights={"a": 0.9, "b": 0.6, "c": 0.6}).fit(data)
+    assert wmv.probas_.loc["t", "x"] == pytest.approx(0.8)
+    assert wmv.worker_accuracy_.tolist() == pytest.approx([0.9, 0.6, 0.6])
+    # K = 3: a vote weighs log(s (K - 1) / (1 - s)); a worker without a given skill is at chance (1/K), weight 0
+    data3 = table(("t", "a", "x"), ("t", "b", "y"), ("t", "d", "z"))
+    wmv3 = WeightedMajorityVote(weights={"a": 0.5, "b": 0.75}, classes=["x", "y", "z"]).fit(data3)
+    # exp weights: a 0.5*2/0.5 = 2, b 0.75*2/0.25 = 6, d 1 -> 2 : 6 : 1
+    assert wmv3.probas_.loc["t"].tolist() == pytest.approx([2 / 9, 6 / 9, 1 / 9])
+
+
+def test_weighted_vote_clips_certain_skills_to_a_thousandth():
+    data = table(("t", "a", "x"), ("t", "b", "y"))
+    wmv = WeightedMajorityVote(weights={"a": 1.0, "b": 0.0}).fit(data)
+    # a: 0.999 / 0.001 = 999, b: 0.001 / 0.999 -> P(x) = 999 / (999 + 1/999)
+    assert wmv.probas_.loc["t", "x"] == pytest.approx(999 / (999 + 1 / 999), rel=1e-9)
+    assert wmv.worker_accuracy_.tolist() == pytest.approx([0.999, 0.001])
+
+
+def test_weighted_vote_estimates_skills_as_smoothed_agreement_with_the_vote():
+    # vote: t1 -> x, t2 -> y; agreements a 2/2, b 2/2, c 1/2: skills (2+1)/(2+2) = 0.75, (1+1)/4 = 0.5
+    # weights log 3, log 3, 0: P(t1 = x) = 9 / 10, P(t2 = y) = 9 / 10; a fixed point, so any n_iter
+    for n_iter in (1, 5):
+        wmv = WeightedMajorityVote(n_iter=n_iter).fit(SMALL)
+        assert wmv.worker_accuracy_.tolist() == pytest.approx([0.75, 0.75, 0.5])
+        assert wmv.probas_.loc["t1", "x"] == pytest.approx(0.9)
+        assert wmv.probas_.loc["t2", "y"] == pytest.approx(0.9)
+        assert wmv.skills_.to_dict() == pytest.approx({"a": 0.9, "b": 0.9, "c": 0.5})
+    with pytest.raises(ValueError, match="n_iter=0"):
+        WeightedMajorityVote(n_iter=0)
+
+
+def test_weighted_vote_learns_skills_against_gold():
+    # gold t1 = y: agreements a 1/2, b 1/2, c 2/2 -> skills 0.5, 0.5, 0.75; t2 (all y) -> 3 : 1
+    wmv = WeightedMajorityVote(n_iter=1).fit(SMALL, pd.Series({"t1": "y"}))
+    assert wmv.worker_accuracy_.tolist() == pytest.approx([0.5, 0.5, 0.75])
+    assert wmv.probas_.loc["t1"].tolist() == [0.0, 1.0]
+    assert wmv.probas_.loc["t2", "y"] == pytest.approx(0.75)
+
+
+def test_weighted_vote_iterates_until_the_skills_settle():
+    # t1: a=x, b=y; t2: a=x, c=x; t3: b=y, c=x. Vote shares tie t1 and t3 -> x (first class):
+    # skills a 3/4, b 1/4, c 3/4 after one pass; the second pass sees t1 -> x, t3 -> x again
+    data = table(("t1", "a", "x"), ("t1", "b", "y"), ("t2", "a", "x"), ("t2", "c", "x"),
+                 ("t3", "b", "y"), ("t3", "c", "x"))
+    one = WeightedMajorityVote(n_iter=1).fit(data)
+    assert one.worker_accuracy_.tolist() == pytest.approx([0.75, 0.25, 0.75])
+    # weights log 3, -log 3, log 3: t1 x: exp(log3 + log3) -> 9 / 10
+    assert one.probas_.loc["t1", "x"] == pytest.approx(0.9)
+
+
+def crowd(seed: int, n_tasks: int = 14, n_workers: int = 5, k: int = 3) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(k, size=n_tasks)
+    acc = np.linspace(0.45, 0.9, n_workers)
+    rows = []
+    for t in range(n_tasks):
+        for w in rng.choice(n_workers, size=3, replace=False):
+            label = truth[t] if rng.random() < acc[w] else (truth[t] + 1 + rng.integers(k - 1)) % k
+            rows.append((f"t{t}", f"w{w}", f"c{label}"))
+    return table(*rows)
+
+
+def reference_em(data: pd.DataFrame, kind: str, *, n_iter: int = 100, tol: float = 1e-5, smoothing: float = 0.0,
+                 strength: float | None = None, grid: tuple[float, ...] = (), gold: dict | None = None):
+    """The EM of the docstrings, written as plain loops over the judgments."""
+    tasks = list(pd.unique(data["task"]))
+    workers = list(pd.unique(data["worker"]))
+    classes = sorted(set(data["label"]) | set((gold or {}).values()))
+    T, W, K = len(tasks), len(workers), len(classes)
+    judgments = [(tasks.index(t), workers.index(w), classes.index(y)) for t, w, y in data.itertuples(index=False)]
+    post = np.zeros((T, K))
+    for t, _, y in judgments:
+        post[t, y] += 1
+    post /= post.sum(axis=1, keepdims=True)
+
+    def fix(p):
+        for task, label in (gold or {}).items():
+            if task in tasks:
+                p[tasks.index(task)] = 0.0
+                p[tasks.index(task), classes.index(label)] = 1.0
+        return p
+
+    post = fix(post)
+    previous, iterations, strengths = -math.inf, 0, None
+    for _ in range(n_iter):
+        prior = np.clip(post.mean(axis=0), EPS, None)
+        counts = np.zeros((W, K, K))  # worker, true, observed
+        for t, w, y in judgments:
+            counts[w, :, y] += post[t]
+        if kind == "one_coin":
+            n = np.zeros(W)
+            agree = np.zeros(W)
+            for t, w, y in judgments:
+                n[w] += 1
+                agree[w] += post[t, y]
+            skill = np.clip((agree + smoothing) / np.maximum(n + 2 * smoothing, 1), EPS, 1 - EPS)
+            conf = np.empty((W, K, K))
+            for w in range(W):
+                conf[w] = (1 - skill[w]) / (K - 1)
+                np.fill_diagonal(conf[w], skill[w])
+        else:
+            if kind == "full":
+                conf = counts + smoothing
+            else:
+                n = counts.sum(axis=(1, 2))
+                skill = np.clip(np.trace(counts, axis1=1, axis2=2) / np.maximum(n, EPS), EPS, 1 - EPS)
+                target = np.empty((W, K, K))
+                for w in range(W):
+                    target[w] = (1 - skill[w]) / (K - 1)
+                    np.fill_diagonal(target[w], skill[w])
+                if strength is None:
+                    strengths = np.empty(W)
+                    for w in range(W):
+                        def evidence(g, w=w):
+                            return sum(gammaln(g) - gammaln(g + counts[w, k].sum())
+                                       + sum(gammaln(g * target[w, k, l] + counts[w, k, l]) - gammaln(g * target[w, k, l])
+                                             for l in range(K)) for k in range(K))
+                        scores = [evidence(g) for g in grid]
+                        strengths[w] = grid[int(np.argmax(scores))]
+                else:
+                    strengths = np.full(W, strength)
+                conf = counts + strengths[:, None, None] * target
+            conf = np.clip(conf, EPS, None)
+            conf = conf / conf.sum(axis=2, keepdims=True)
+        loglik = np.tile(np.log(prior), (T, 1))
+        for t, w, y in judgments:
+            loglik[t] += np.log(conf[w, :, y])
+        evidence_t = logsumexp(loglik, axis=1)
+        post = fix(np.exp(loglik - evidence_t[:, None]))
+        iterations += 1
+        objective = evidence_t.sum() / len(judgments)
+        if objective - previous < tol:
+            break
+        previous = objective
+    return pd.DataFrame(post, index=tasks, columns=classes), iterations, strengths
+
+
+def check(model, data, kind, gold=None, **kwargs):
+    expected, iterations, strengths = reference_em(data, kind, gold=gold, **kwargs)
+    model.fit(data, None if gold is None else pd.Series(gold))
+    assert model.probas_.to_numpy() == pytest.approx(expected.to_numpy(), abs=1e-9)
+    assert model.n_iter_ == iterations
+    assert model.priors_ == pytest.approx(expected.to_numpy().mean(axis=0), abs=1e-9)
+    assert model.labels_.tolist() == expected.columns[expected.to_numpy().argmax(axis=1)].tolist()
+    return model, strengths
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_dawid_skene_is_the_em_of_its_docstring(seed):
+    data = crowd(seed)
+    check(DawidSkene(), data, "full")
+    check(DawidSkene(smoothing=0.5), data, "full", smoothing=0.5)
+    check(DawidSkene(n_iter=1), data, "full", n_iter=1)
+    check(DawidSkene(n_iter=3, tol=1e9), data, "full", n_iter=3, tol=1e9)  # the first step always runs, the second stops
+    check(DawidSkene(tol=1e-3), data, "full", tol=1e-3)
+    check(DawidSkene(), data, "full", gold={"t0": "c2", "t3": "c0"})
+
+
+def test_dawid_skene_rows_of_the_confusion_matrices_are_distributions():
+    ds = DawidSkene(smoothing=0.5).fit(crowd(3))
+    assert ds.errors_.sum(axis=2) == pytest.approx(np.ones(ds.errors_.shape[:2]))
+    assert ds.errors_.shape == (5, 3, 3)
+    with pytest.raises(ValueError, match="n_iter=0"):
+        DawidSkene(n_iter=0)
+    with pytest.raises(ValueError, match="smoothing=-0.1"):
+        DawidSkene(smoothing=-0.1)
+    DawidSkene(n_iter=1, smoothing=0)  # the bounds themselves are allowed
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_one_coin_dawid_skene_is_the_em_of_its_docstring(seed):
+    data = crowd(seed)
+    check(OneCoinDawidSkene(), data, "one_coin")
+    check(OneCoinDawidSkene(smoothing=1.0), data, "one_coin", smoothing=1.0)
+    check(OneCoinDawidSkene(n_iter=2), data, "one_coin", n_iter=2, gold={"t1": "c1"})
+
+
+def test_one_coin_skill_is_the_share_of_agreement_with_the_posterior():
+    ds = OneCoinDawidSkene(n_iter=1).fit(SMALL)
+    # starting posteriors are vote shares: a (2/3 + 1)/2, c (1/3 + 1)/2
+    assert ds.worker_accuracy_.tolist() == pytest.approx([5 / 6, 5 / 6, 2 / 3])
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_shrunk_dawid_skene_is_the_em_of_its_docstring(seed):
+    data = crowd(seed)
+    check(ShrunkDawidSkene(strength=2.0), data, "shrunk", strength=2.0)
+    check(ShrunkDawidSkene(strength=0), data, "shrunk", strength=0.0)
+    grid = (0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256)
+    model, strengths = check(ShrunkDawidSkene(), data, "shrunk", grid=grid)
+    assert model.strength_.tolist() == strengths.tolist()
+    small = (0.5, 3.0)
+    model, strengths = check(ShrunkDawidSkene(grid=small), data, "shrunk", grid=small)
+    assert model.strength_.tolist() == strengths.tolist()
+
+
+def test_shrunk_dawid_skene_refuses_bad_strengths_and_grids():
+    for bad in (-1, "one", True):
+        with pytest.raises(ValueError, match="strength="):
+            ShrunkDawidSkene(strength=bad)
+    for grid in ((), (0.0, 1.0), (-1.0,)):
+        with pytest.raises(ValueError, match="grid="):
+            ShrunkDawidSkene(grid=grid)
+    assert ShrunkDawidSkene(strength=0).strength == 0
+    assert ShrunkDawidSkene(grid=(1, 2)).grid == (1.0, 2.0)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_auto_dawid_skene_says_what_the_learned_strengths_amount_to(seed):
+    data = crowd(seed)
+    grid = (0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256)
+    model, strengths = check(AutoDawidSkene(rings=False), data, "shrunk", grid=grid)
+    expected = ("one_coin" if (strengths == max(grid)).all() else
+                "full_confusion" if (strengths == min(grid)).all() else "mixed")
+    assert model.chosen_ == expected and model.rings_ == []
+    one = AutoDawidSkene(rings=False, grid=(4.0,)).fit(data)
+    assert one.chosen_ == "one_coin"
+    # two grid points: every worker at the top, every one at the bottom, or mixed, as the evidence says
+    for pair in ((0.5, 1000.0), (0.001, 0.002), (1.0, 2.0)):
+        model, strengths = check(AutoDawidSkene(rings=False, grid=pair), data, "shrunk", grid=pair)
+        expected = ("one_coin" if (strengths == max(pair)).all() else
+                    "full_confusion" if (strengths == min(pair)).all() else "mixed")
+        assert model.chosen_ == expected
+
+
+def test_auto_dawid_skene_names_full_confusion_when_every_worker_confuses_systematically():
+    # each worker maps the true class (task number mod 3) to an answer by a fixed table: structure,
+    # not noise, so every worker's evidence prefers the weak one-coin prior
+    tables = {"w0": (0, 0, 1), "w1": (0, 2, 2), "w2": (1, 2, 1)}
+    data = table(*[(f"t{t}", w, f"c{m[t % 3]}") for t in range(12) for w, m in tables.items()])
+    pair = (0.5, 1000.0)
+    model, strengths = check(AutoDawidSkene(rings=False, grid=pair), data, "shrunk", grid=pair)
+    assert strengths.tolist() == [0.5, 0.5, 0.5] and model.chosen_ == "full_confusion"
