@@ -305,3 +305,19 @@ def test_auto_dawid_skene_names_full_confusion_when_every_worker_confuses_system
     pair = (0.5, 1000.0)
     model, strengths = check(AutoDawidSkene(rings=False, grid=pair), data, "shrunk", grid=pair)
     assert strengths.tolist() == [0.5, 0.5, 0.5] and model.chosen_ == "full_confusion"
+
+
+def test_bad_tables_are_named_in_the_error():
+    with pytest.raises(TypeError, match=r"expected a pandas DataFrame with columns .* got list"):
+        MajorityVote().fit([("t", "a", "x")])
+    with pytest.raises(ValueError, match="task, worker and label must not contain missing values"):
+        MajorityVote().fit(table(("t", "a", None)))
+
+
+@pytest.mark.parametrize("cls", [DawidSkene, OneCoinDawidSkene, ShrunkDawidSkene])
+def test_fitted_models_keep_no_scratch_and_fit_predict_holds_gold(cls):
+    model = cls()
+    labels = model.fit_predict(SMALL, pd.Series({"t2": "x"}))
+    assert labels["t2"] == "x" and model.probas_.loc["t2"].tolist() == [1.0, 0.0]
+    assert not {"_A", "_AT", "_flat"} & set(vars(model))
+    assert model.fit_predict_proba(SMALL, pd.Series({"t2": "x"})).loc["t2"].tolist() == [1.0, 0.0]
