@@ -127,6 +127,7 @@ def crowd(seed: int, n_tasks: int = 14, n_workers: int = 5, k: int = 3) -> pd.Da
         for w in rng.choice(n_workers, size=3, replace=False):
             label = truth[t] if rng.random() < acc[w] else (truth[t] + 1 + rng.integers(k - 1)) % k
             rows.append((f"t{t}", f"w{w}", f"c{label}"))
+    rows.append(("t0", "solo", "c0"))  # a worker with one judgment
     return table(*rows)
 
 
@@ -214,6 +215,8 @@ def check(model, data, kind, gold=None, **kwargs):
     model.fit(data, None if gold is None else pd.Series(gold))
     assert model.probas_.to_numpy() == pytest.approx(expected.to_numpy(), abs=1e-9)
     assert model.n_iter_ == iterations
+    if gold is None:  # empty confusion cells are clipped, not log(0): no class is ruled out for good
+        assert (model.probas_.to_numpy() > 0).all()
     assert model.priors_ == pytest.approx(expected.to_numpy().mean(axis=0), abs=1e-9)
     assert model.labels_.tolist() == expected.columns[expected.to_numpy().argmax(axis=1)].tolist()
     return model, strengths
@@ -233,7 +236,7 @@ def test_dawid_skene_is_the_em_of_its_docstring(seed):
 def test_dawid_skene_rows_of_the_confusion_matrices_are_distributions():
     ds = DawidSkene(smoothing=0.5).fit(crowd(3))
     assert ds.errors_.sum(axis=2) == pytest.approx(np.ones(ds.errors_.shape[:2]))
-    assert ds.errors_.shape == (5, 3, 3)
+    assert ds.errors_.shape == (6, 3, 3)  # 5 workers and the one with a single judgment
     with pytest.raises(ValueError, match="n_iter=0"):
         DawidSkene(n_iter=0)
     with pytest.raises(ValueError, match=r"smoothing=-0\.1"):
@@ -321,3 +324,18 @@ def test_fitted_models_keep_no_scratch_and_fit_predict_holds_gold(cls):
     assert labels["t2"] == "x" and model.probas_.loc["t2"].tolist() == [1.0, 0.0]
     assert not {"_A", "_AT", "_flat"} & set(vars(model))
     assert model.fit_predict_proba(SMALL, pd.Series({"t2": "x"})).loc["t2"].tolist() == [1.0, 0.0]
+
+
+def test_majority_vote_of_one_answer_is_certain():
+    assert MajorityVote().fit(table(("t", "a", "x"), ("u", "a", "y"))).probas_.to_numpy().tolist() == [[1.0, 0.0],
+                                                                                                       [0.0, 1.0]]
+
+
+def test_one_coin_skills_stay_inside_the_open_interval():
+    # "right" answered only a gold task, correctly; "wrong" only a gold task, wrongly: their skills are
+    # 1 and 0 as counted, kept at 1 - 1e-10 and 1e-10 so that no log is of 0
+    data = pd.concat([SMALL, table(("g", "right", "x"), ("g", "wrong", "y"))], ignore_index=True)
+    model = OneCoinDawidSkene(n_iter=1).fit(data, pd.Series({"g": "x"}))
+    skills = dict(zip(pd.unique(data["worker"]), model.worker_accuracy_, strict=True))
+    assert skills["right"] == 1 - EPS and skills["wrong"] == EPS
+    assert np.isfinite(model.probas_.to_numpy()).all()
