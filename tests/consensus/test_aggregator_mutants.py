@@ -339,3 +339,15 @@ def test_one_coin_skills_stay_inside_the_open_interval():
     skills = dict(zip(pd.unique(data["worker"]), model.worker_accuracy_, strict=True))
     assert skills["right"] == 1 - EPS and skills["wrong"] == EPS
     assert np.isfinite(model.probas_.to_numpy()).all()
+
+
+def test_default_hyper_parameters_are_the_documented_ones():
+    # a resumed run re-aggregates earlier rounds: a changed default would silently change stored labels
+    grid = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
+    assert WeightedMajorityVote().n_iter == 5 and WeightedMajorityVote().weights is None
+    ds = DawidSkene()
+    assert (ds.n_iter, ds.tol, ds.smoothing, ds.classes) == (100, 1e-5, 0.0, None)
+    shrunk = ShrunkDawidSkene()
+    assert (shrunk.strength, shrunk.grid, shrunk.n_iter, shrunk.tol) == ("learned", grid, 100, 1e-5)
+    auto = AutoDawidSkene()
+    assert (auto.rings, auto.strength, auto.grid, auto.n_iter, auto.tol) == (True, "learned", grid, 100, 1e-5)
