@@ -351,3 +351,35 @@ def test_default_hyper_parameters_are_the_documented_ones():
     assert (shrunk.strength, shrunk.grid, shrunk.n_iter, shrunk.tol) == ("learned", grid, 100, 1e-5)
     auto = AutoDawidSkene()
     assert (auto.rings, auto.strength, auto.grid, auto.n_iter, auto.tol) == (True, "learned", grid, 100, 1e-5)
+
+
+def test_auto_dawid_skene_refits_with_each_ring_as_one_voice():
+    from crowdloop.consensus.collusion import find_rings, one_voice
+    from tests.consensus.test_collusion import crowd as ring_crowd
+
+    data, truth, members = ring_crowd(0, n_items=200)
+    gold = truth.iloc[:10]
+    blind = AutoDawidSkene(rings=False).fit(data, gold)
+    rings = find_rings(data, model=blind)
+    assert len(rings) == 1 and set(rings[0].workers) <= members and blind.rings_ == []  # (200 items: not every member)
+    auto = AutoDawidSkene().fit(data, gold)
+    assert auto.rings_ == rings
+    # the second fit is the plain fit of the one-voice table, gold held
+    again = AutoDawidSkene(rings=False).fit(one_voice(data, rings), gold)
+    assert auto.probas_.to_numpy() == pytest.approx(again.probas_.to_numpy(), abs=1e-12)
+    assert (auto.labels_[gold.index] == gold).all()
+    # every worker of the table keeps a skill; a member carries their ring's
+    workers = list(pd.unique(data["worker"]))
+    assert auto.skills_.index.tolist() == workers
+    assert auto.skills_.index.name == "worker" and auto.skills_.name == "skill"
+    for w in workers:
+        assert auto.skills_[w] == again.skills_[rings[0].name if w in rings[0].workers else w]
+
+
+def test_auto_dawid_skene_passes_its_settings_on():
+    data = crowd(1)
+    assert AutoDawidSkene(rings=False, n_iter=1).fit(data).n_iter_ == 1
+    assert AutoDawidSkene(rings=False, tol=1e9).fit(data).n_iter_ == 2
+    assert AutoDawidSkene(classes=["c0", "c1", "c2", "c9"]).fit(data).probas_.columns.tolist() == ["c0", "c1", "c2", "c9"]
+    empty = AutoDawidSkene().fit(table())
+    assert empty.rings_ == [] and empty.labels_.empty
