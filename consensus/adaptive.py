@@ -88,15 +88,18 @@ def evidently_below(n_correct: np.ndarray | int, n_gold: np.ndarray | int, bar: 
     """
     from scipy.stats import binom
 
+    if level >= 1:  # the observed share (a config's explicit choice of speed over evidence)
+        return np.asarray(np.asarray(n_correct) < bar * np.asarray(n_gold))
     return np.asarray(binom.cdf(n_correct, n_gold, bar) < level)
 
 
-def workers_to_block(stats: pd.DataFrame, *, min_answers: int, min_accuracy: float) -> list[str]:
+def workers_to_block(stats: pd.DataFrame, *, min_answers: int, min_accuracy: float,
+                     level: float = GOLD_EVIDENCE_LEVEL) -> list[str]:
     """Workers with at least ``min_answers`` gold answers that are evidence of accuracy below the bar
     (``evidently_below``: the observed share alone blocks honest workers by chance)."""
     if stats.empty:
         return []
-    below = evidently_below(stats["n_correct"].to_numpy(), stats["n_gold"].to_numpy(), min_accuracy)
+    below = evidently_below(stats["n_correct"].to_numpy(), stats["n_gold"].to_numpy(), min_accuracy, level=level)
     bad = stats[(stats["n_gold"] >= min_answers).to_numpy() & below]
     return sorted(map(str, bad.index))
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crowdloop.consensus.adaptive import combine_with_model, evidently_below, needs_more
+from crowdloop.consensus.adaptive import GOLD_EVIDENCE_LEVEL, combine_with_model, evidently_below, needs_more
 from crowdloop.records import Annotation
 
 
@@ -53,7 +53,7 @@ def reask_items(item_ids: Sequence[str], confidence: np.ndarray, n_judgments: np
 
 
 def gold_rejections(batch: Sequence[Annotation], overall: pd.DataFrame, gold: Mapping[str, str], *,
-                    reject_below: float, min_answers: int) -> list[dict[str, Any]]:
+                    reject_below: float, min_answers: int, level: float = GOLD_EVIDENCE_LEVEL) -> list[dict[str, Any]]:
     """Workers whose work in ``batch`` is rejected: never without missed gold in the batch.
 
     ``overall`` is ``gold_stats`` over every gold answer so far. A worker is rejected only with
@@ -68,7 +68,7 @@ def gold_rejections(batch: Sequence[Annotation], overall: pd.DataFrame, gold: Ma
             continue
         row = overall.loc[worker]
         missed = [a for a in batch if a.worker_id == worker and a.item_id in gold and a.label != gold[a.item_id]]
-        evidence = bool(evidently_below(int(row["n_correct"]), int(row["n_gold"]), reject_below))
+        evidence = bool(evidently_below(int(row["n_correct"]), int(row["n_gold"]), reject_below, level=level))
         if row["n_gold"] < min_answers or not evidence or not missed:
             continue
         named = "; ".join(f"item {a.item_id}: you answered {a.label!r}, the known answer is {gold[a.item_id]!r}" for a in missed)

@@ -246,6 +246,10 @@ class GoldConfig(LabelFileConfig):
     n_items: int = Field(50, ge=1, description="gold set size when drawn from the ground truth (no path)")
     min_answers: int = Field(4, ge=1, description="gold answers a worker needs before being judged on them")
     min_accuracy: float = Field(0.5, ge=0, le=1, description="workers below this gold accuracy stop receiving tasks")
+    evidence_level: float = Field(
+        0.05, gt=0, le=1,
+        description="a worker is judged below min_accuracy / reject_below only when a worker exactly at that bar "
+                    "would answer this badly with at most this chance (one-sided binomial test); 1 = the observed share")
     reject_below: float | None = Field(
         None, ge=0, le=1,
         description="reject (unpaid) a batch's work of a worker below this gold accuracy who missed gold in it; None = never",

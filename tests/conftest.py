@@ -19,6 +19,57 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
 
+_TREE_KEY = pytest.StashKey["tuple[str, tuple[str, ...]] | None"]()
+
+
+def _tree_state() -> tuple[str, tuple[str, ...]] | None:
+    """The work tree's ``git status`` (tracked and untracked files, .gitignore'd ones excepted) and
+    the names in the venv's site-packages: what a test run must leave as it found it. None outside
+    a git checkout (an unpacked sdist has nothing to compare)."""
+    import subprocess
+    import sysconfig
+
+    try:
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO,
+                                capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    site = Path(sysconfig.get_paths()["purelib"])
+    return status, tuple(sorted(p.name for p in site.iterdir())) if site.is_dir() else ()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):  # the controlling process only
+        session.config.stash[_TREE_KEY] = _tree_state()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when the tests changed tracked files, left files in the tree, or installed or
+    removed packages in the venv (screenshots and plug-in installs belong in tmp dirs)."""
+    before = session.config.stash.get(_TREE_KEY, None)
+    if before is None:
+        return
+    after = _tree_state()
+    if after is None or after == before:
+        return
+    lines = []
+    if after[0] != before[0]:
+        old, now = set(before[0].splitlines()), set(after[0].splitlines())
+        gone, new = old - now, now - old
+        lines.append(f"git status changed: now {sorted(new)}, no longer {sorted(gone)}")
+    if after[1] != before[1]:
+        lines.append(f"site-packages changed: added {sorted(set(after[1]) - set(before[1]))}, "
+                     f"removed {sorted(set(before[1]) - set(after[1]))}")
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    message = "the test run changed the work tree or the venv: " + "; ".join(lines)
+    if reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_line(message, red=True, bold=True)
+    else:
+        sys.stderr.write(message + "\n")
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture(scope="session")
 def prefect_api_url() -> Iterator[str]:
     """A real Prefect server (the test harness) shared by the whole session.

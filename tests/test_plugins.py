@@ -1,4 +1,4 @@
-"""Vendor plug-ins: a real package pip-installed into this venv, found through entry points."""
+"""Vendor plug-ins: a real package pip-installed into a temporary path entry, found through entry points."""
 
 from __future__ import annotations
 
@@ -45,20 +45,32 @@ def plugin(tmp_path_factory) -> str:
     pyproject = pyproject.replace('py-modules = ["rulebook_vendor"]',
                                   'py-modules = ["rulebook_vendor", "broken_vendor", "sdk_vendor"]')
     (src / "pyproject.toml").write_text(pyproject)
-    _pip("install", "--no-deps", "--no-build-isolation", str(src))
+    # pip builds and installs the package for real, but into a temporary target put on sys.path
+    # (where importlib.metadata finds its entry points as it would in site-packages): the venv
+    # is left as it was, whatever the order of the tests or an interrupted run.
+    target = tmp_path_factory.mktemp("site")
+    _pip("install", "--no-deps", "--no-build-isolation", "--target", str(target), str(src))
+    assert (target / "rulebook_vendor.py").exists() and list(target.glob(f"{DIST.replace('-', '_')}-*.dist-info"))
+    sys.path.insert(0, str(target))
     importlib.invalidate_caches()
     try:
         yield "rulebook"
     finally:
-        _pip("uninstall", "-y", DIST)
-        for name in ("rulebook_vendor", "broken_vendor", "sdk_vendor"):
-            sys.modules.pop(name, None)
-        for reg in (registry.vendors,):
-            for name in ("rulebook", "broken", "acme"):
-                reg._cache.pop(name, None)
+        sys.path.remove(str(target))
+        importlib.invalidate_caches()
+        _forget_plugin_modules()
+
+
+def _forget_plugin_modules() -> None:
+    """Drop the plug-ins' modules and the registry's cached classes, so the next import is a first one."""
+    for name in ("rulebook_vendor", "broken_vendor", "sdk_vendor"):
+        sys.modules.pop(name, None)
+    for name in ("rulebook", "broken", "acme"):
+        registry.vendors._cache.pop(name, None)
 
 
 def test_installed_plugins_are_listed_without_importing_them(plugin):
+    _forget_plugin_modules()  # whichever test loaded them before (any order)
     names = registry.vendors.names()
     assert {"rulebook", "broken", "acme", "simulated", "manifest", "local"} <= set(names)
     assert not {"rulebook_vendor", "broken_vendor", "sdk_vendor"} & set(sys.modules)

@@ -241,7 +241,9 @@ def test_local_annotation_run_leaks_no_tokens(cli_env: dict, tmp_path: Path) -> 
 
 def test_mturk_run_leaks_no_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog, capfd) -> None:
     """Two rounds against the in-memory MTurk with canary keys from the environment, every log at DEBUG."""
-    from crowdloop import engine
+    from botocore.exceptions import ClientError
+
+    from crowdloop import engine, keys
     from crowdloop.config import parse_config
     from crowdloop.vendors import mturk
     from tests.vendors.mturk_fake import FakeMTurk
@@ -267,9 +269,10 @@ def test_mturk_run_leaks_no_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         assert fake.hits and any(a.vendor == "mturk" for a in p.annotations())
         assert p.vendor.client._request_signer._credentials.access_key == KEY_ID  # the canary was really used
         fake.throttle["ListAssignmentsForHIT"] = 100  # an error path too: retries give up
-        with pytest.raises(Exception) as info:
+        with pytest.raises(ClientError, match=r"^An error occurred \(ThrottlingException\) when calling the "
+                           r"ListAssignmentsForHIT operation \(reached max retries: \d+\): Rate exceeded$") as info:
             mturk.MTurkVendor({"max_requests_per_second": 100, "max_attempts": 2}, p.vendor.context).poll(
-                [{"hit_id": next(iter(fake.hits)), "batch_id": "x", "group": "g", "item_ids": []}])
+                p.record(0, keys.REFS)["refs"][:1])  # a real HIT of round 0, so the call is made (and refused)
     out, err = capfd.readouterr()
     texts = [out, err, *(r.getMessage() for r in caplog.records),
              "".join(traceback.format_exception(info.value))]

@@ -56,7 +56,8 @@ def aggregate(p: Project, r: int) -> dict[str, Any]:
             stats = gold_stats(table, gold)
             g = p.config.gold
             extra["gold"] = {str(w): {"n_gold": int(row.n_gold), "n_correct": int(row.n_correct)} for w, row in stats.iterrows()}
-            extra["blocked_workers"] = workers_to_block(stats, min_answers=g.min_answers, min_accuracy=g.min_accuracy)
+            extra["blocked_workers"] = workers_to_block(stats, min_answers=g.min_answers, min_accuracy=g.min_accuracy,
+                                                        level=g.evidence_level)
         c = p.config.consensus
         if c.block_below_agreement is not None:
             low = low_agreement_workers(table, agg.probas_, min_judgments=c.block_min_judgments,

@@ -147,4 +147,5 @@ def gold_rejections(p: Project, r: int, batch: list[Annotation]) -> list[dict[st
     if g.reject_below is None or not p.gold_set:
         return []
     overall = gold_stats(annotation_table([a for a in p.annotations() if a.round <= r]), p.gold_set)
-    return rejections_for(batch, overall, p.gold_set, reject_below=g.reject_below, min_answers=g.min_answers)
+    return rejections_for(batch, overall, p.gold_set, reject_below=g.reject_below, min_answers=g.min_answers,
+                          level=g.evidence_level)

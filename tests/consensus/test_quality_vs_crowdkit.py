@@ -159,10 +159,33 @@ def test_gold_answers_are_held_fixed_and_raise_accuracy(cls):
     agg = cls().fit(data, true_labels=gold)
     assert (agg.labels_[gold.index] == gold).all()
     assert (agg.confidence_[gold.index] == 1.0).all()
-    rest = truth.index[80:]
-    with_gold = accuracy(agg.labels_[rest], truth[rest])
+    # Gold matters where the crowd misleads: most workers shift every class by one. Gained accuracy on
+    # the other items, measured over seeds 0-5: weighted vote +0.03..+0.20 (+0.17 at seed 0), one-coin
+    # +0.26..+0.30, full and auto Dawid-Skene +0.88..+0.95; ignoring gold for the skills gains exactly 0.
+    data, truth = shifted_crowd(0)
+    gold, rest = truth.iloc[:80], truth.index[80:]
+    with_gold = accuracy(cls().fit(data, true_labels=gold).labels_[rest], truth[rest])
     without = accuracy(cls().fit(data).labels_[rest], truth[rest])
-    assert with_gold >= without - 0.01
+    bar = {WeightedMajorityVote: 0.05, OneCoinDawidSkene: 0.15}.get(cls, 0.5)
+    assert with_gold >= without + bar, f"{cls.__name__}: {with_gold:.3f} with gold vs {without:.3f} without"
+
+
+def shifted_crowd(seed: int, *, n_items: int = 400, k: int = 5, per_item: int = 3, honest: int = 12,
+                  shifters: int = 18) -> tuple[pd.DataFrame, pd.Series]:
+    """A crowd that misleads: 12 honest workers (0.8) and 18 who answer class c+1 for c 90% of the time."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(k, size=n_items)
+    rows = []
+    for t in range(n_items):
+        for w in rng.choice(honest + shifters, size=per_item, replace=False):
+            c = truth[t]
+            if w >= honest:
+                label = (c + 1) % k if rng.random() < 0.9 else c
+            else:
+                label = c if rng.random() < 0.8 else (c + 1 + rng.integers(k - 1)) % k
+            rows.append((f"t{t}", f"w{w}", f"c{label}"))
+    return (pd.DataFrame(rows, columns=["task", "worker", "label"]),
+            pd.Series([f"c{x}" for x in truth], index=[f"t{t}" for t in range(n_items)]))
 
 
 def test_given_weights_steer_the_weighted_vote():
@@ -172,8 +195,13 @@ def test_given_weights_steer_the_weighted_vote():
     assert MajorityVote(classes=["x", "y"]).fit(data).labels_["a"] == "y"
 
 
-@pytest.mark.parametrize("name", ["weighted_majority_vote", "auto", "shrunk_dawid_skene"])
-def test_new_aggregators_are_registered(name):
+@pytest.mark.parametrize(("name", "expected"), [("weighted_majority_vote", WeightedMajorityVote), ("auto", AutoDawidSkene),
+                                              ("shrunk_dawid_skene", ShrunkDawidSkene)])
+def test_new_aggregators_are_registered(name, expected):
+    """The name loads the class, and it beats plain majority vote where skills matter (15 spammers
+    among 45 workers, 5 answers an item): measured over seeds 7-12, +0.09..+0.15 (+0.11 at seed 7)."""
     cls = registry.aggregators.load(name)
-    data, truth = crowd(7, n_items=100)
-    assert accuracy(cls(classes=sorted(truth.unique())).fit(data).labels_, truth) > 0.6
+    assert cls is expected
+    data, truth = crowd(7, n_items=300, spammers=15, per_item=5)
+    mine = accuracy(cls(classes=sorted(truth.unique())).fit(data).labels_, truth)
+    assert mine >= accuracy(MajorityVote().fit(data).labels_, truth) + 0.05

@@ -60,13 +60,18 @@ def test_serve_trigger_and_deferred_collection(cli_env: dict, tmp_path: Path) ->
             run_deployment(names[1], timeout=120)
             time.sleep(1)
         assert (project_dir / "stop.json").exists(), "the deferred loop never finished"
-        state = json.loads((project_dir / "metrics.json").read_text()) if (project_dir / "metrics.json").exists() else None
+        # the loop run that wrote stop.json writes metrics.json after it: wait for that run's outputs
+        metrics, deadline = project_dir / "metrics.json", time.monotonic() + 120
+        while time.monotonic() < deadline and not (metrics.exists() and json.loads(metrics.read_text()).get("finished")):
+            time.sleep(1)
+        state = json.loads(metrics.read_text())
         p = Project.open(str(project_dir))
         assert [m["n_labeled"] for m in p.metrics()] == [0, 30, 50]
         assert p.vendor.ledger()["tasks"] == 50
         keys = asyncio.run(_artifact_keys("crowdloop-served-%"))
         assert {"crowdloop-served-main-rounds", "crowdloop-served-collect-progress"} <= keys
-        assert state is None or state["project"] == "served"
+        assert state["project"] == "served" and state["finished"] is True
+        assert [row["n_labeled"] for row in state["rounds"]] == [0, 30, 50]
     finally:
         server.send_signal(signal.SIGINT)
         try:

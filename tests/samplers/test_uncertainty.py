@@ -95,6 +95,23 @@ def test_memory_mapped_pool(tmp_path, fitted) -> None:
     np.testing.assert_array_equal(a, b)
 
 
-def test_builtins_are_registered_by_entry_point() -> None:
-    for name in ("random", "least_confident", "margin", "entropy"):
-        assert callable(registry.samplers.load(name))
+def test_builtins_are_registered_by_entry_point(fitted) -> None:
+    """Each name, loaded through its entry point, picks what its definition says, recomputed here
+    from the model's probabilities (ties are not an issue on these continuous scores)."""
+    model, X = fitted
+    proba = model.predict_proba(X)
+    top2 = np.sort(proba, axis=1)[:, -2:]
+    most_uncertain_first = {
+        "least_confident": np.argsort(top2[:, 1]),
+        "margin": np.argsort(top2[:, 1] - top2[:, 0]),
+        "entropy": np.argsort(-(proba * np.log(np.clip(proba, 1e-12, None))).sum(axis=1))[::-1],
+    }
+    for name, order in most_uncertain_first.items():
+        picked = registry.samplers.load(name)(model, X, batch_size=25, rng=np.random.default_rng(0))
+        assert set(picked.tolist()) == set(order[:25].tolist()), name
+    uniform = registry.samplers.load("random")
+    picked = uniform(model, X, batch_size=25, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(uniform(None, X, batch_size=25, rng=np.random.default_rng(0)), picked)  # no model needed
+    counts = np.bincount(np.concatenate([uniform(None, X, batch_size=500, rng=np.random.default_rng(s)) for s in range(40)]),
+                         minlength=len(X))
+    assert counts.min() >= 10 and counts.max() <= 40  # each row ~ 20 times in 40 draws of half the pool (binomial sd 3.2)

@@ -45,13 +45,15 @@ def test_conditional_support_is_detected_on_moto(s3_endpoint: str, s3_bucket: st
 
 
 def test_lock_of_a_dead_holder_expires(s3_endpoint: str, s3_bucket: str) -> None:
-    first = S3Store(s3_bucket, "lock", endpoint_url=s3_endpoint, lock_ttl_s=1.0)
+    # No sleeping past a sub-second lease (a loaded machine can stall longer than that between two
+    # calls): the dead holder's lease is written valid for a minute, then as already expired.
+    first = S3Store(s3_bucket, "lock", endpoint_url=s3_endpoint, lock_ttl_s=30.0)
+    key = "lock/.crowdloop/locks/project.lock"
     # a lease written by a holder that died without releasing it
-    first.client.put_object(Bucket=s3_bucket, Key="lock/.crowdloop/locks/project.lock",
-                            Body=f"{time.time() + 1.0:.3f} pid 1 on elsewhere".encode())
+    first.client.put_object(Bucket=s3_bucket, Key=key, Body=f"{time.time() + 60:.3f} pid 1 on elsewhere".encode())
     with pytest.raises(ProjectLockedError, match=r"pid 1 on elsewhere.*rerun in \d+ s"), first.lock("project"):
         pass
-    time.sleep(1.2)
+    first.client.put_object(Bucket=s3_bucket, Key=key, Body=f"{time.time() - 1:.3f} pid 1 on elsewhere".encode())
     with (first.lock("project"),  # expired: taken over, then held
           pytest.raises(ProjectLockedError),
           S3Store(s3_bucket, "lock", endpoint_url=s3_endpoint).lock("project")):

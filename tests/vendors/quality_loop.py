@@ -48,7 +48,10 @@ def quality_config(project: str, vendor: dict[str, Any], **overrides: Any) -> di
         "sampler.initial_size": 12, "sampler.batch_size": 8,
         "consensus": {"method": "majority_vote", "redundancy": 3, "confidence_threshold": 0.9,
                       "min_judgments": 2, "max_judgments": 3},
-        "gold": {"share": 0.25, "n_items": 16, "min_answers": 2, "min_accuracy": 0.6},
+        # evidence_level 1: block on the observed share, so this 4-worker crowd blocks its always-wrong
+        # spammer on 2 gold answers within 3 rounds (the default 0.05 needs 4: 0 of 3 is what a
+        # 60% worker does 6% of the time); tests/consensus/test_gold_questions.py covers the default
+        "gold": {"share": 0.25, "n_items": 16, "min_answers": 2, "min_accuracy": 0.6, "evidence_level": 1.0},
         "pay": {"hourly_wage": WAGE, "pilot_seconds_per_task": SECONDS},
         "collect": {"poll_interval_s": 0.05, "timeout_s": 300},
         "stopping.max_rounds": ROUNDS, **overrides})

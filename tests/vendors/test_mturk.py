@@ -376,3 +376,11 @@ def test_mturk_vendor_honours_the_contract_with_its_capabilities(tmp_path: Path,
     approved = [a for rows in fake.assignments.values() for a in rows if a["AssignmentStatus"] == "Approved"]
     assert ledger["approved"] == len(approved) and ledger["paid"] == round(0.05 * len(approved), 2)
     assert ledger["fees"] == round(0.01 * len(approved) + 0.01 * len(fake.bonuses), 2)  # 20% of $0.05: the $0.01 minimum
+
+
+# pure checks, no browser (moved out of test_xss_browser.py, whose module mark is for Chromium)
+@pytest.mark.parametrize("url", ["javascript:window.__pwned=1", "data:text/html,<script>x</script>", "JaVaScRiPt:x",
+                                 " https://x", "//evil.example/a.png", "vbscript:x", "\x00javascript:x"])
+def test_mturk_refuses_image_urls_that_are_not_http(url):
+    with pytest.raises(mturk.VendorError, match="expected an http"):
+        mturk.render_payload({"kind": "image_url", "url": url})

@@ -8,9 +8,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-pytest.importorskip("boto3")
-
-
 from crowdloop import engine, keys
 from crowdloop.cli import app
 from crowdloop.config import parse_config

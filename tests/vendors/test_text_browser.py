@@ -20,6 +20,7 @@ from crowdloop.records import Annotation, Task
 from crowdloop.storage.local import LocalStore
 from crowdloop.testing import make_context
 from crowdloop.vendor import VendorContext
+from crowdloop.vendors import mturk
 from crowdloop.vendors.local import LocalVendor
 from crowdloop.vendors.local_app import create_app
 from tests.vendors.app_server import running
@@ -103,9 +104,6 @@ def test_local_app_shows_text_readably_and_keys_still_answer(browser, text_desk)
 
 
 # -- MTurk ----------------------------------------------------------------------------------------
-mturk = pytest.importorskip("crowdloop.vendors.mturk")
-
-
 def _question(payloads: dict[str, str], **params) -> str:
     ctx = VendorContext(project="text", name="mturk", seed=0, classes=CLASSES, store=None,  # type: ignore[arg-type]
                         item_payload=lambda i: {"kind": "text", "text": payloads[i]})
