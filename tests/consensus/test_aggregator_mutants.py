@@ -383,3 +383,28 @@ def test_auto_dawid_skene_passes_its_settings_on():
     assert AutoDawidSkene(classes=["c0", "c1", "c2", "c9"]).fit(data).probas_.columns.tolist() == ["c0", "c1", "c2", "c9"]
     empty = AutoDawidSkene().fit(table())
     assert empty.rings_ == [] and empty.labels_.empty
+
+
+def test_two_classes_spread_errors_over_the_one_other_class():
+    data = crowd(5, k=2)
+    check(OneCoinDawidSkene(), data, "one_coin")
+    check(ShrunkDawidSkene(strength=2.0), data, "shrunk", strength=2.0)
+
+
+def test_shrunk_skills_stay_inside_the_open_interval_and_settings_pass_on():
+    data = pd.concat([SMALL, table(("g", "right", "x"), ("g", "wrong", "y"))], ignore_index=True)
+    model = ShrunkDawidSkene(strength=1.0, n_iter=1).fit(data, pd.Series({"g": "x"}))
+    skills = dict(zip(pd.unique(data["worker"]), model.worker_accuracy_, strict=True))
+    assert skills["right"] == 1 - EPS and skills["wrong"] == EPS
+    assert model.errors_.sum(axis=2) == pytest.approx(np.ones((5, 2)))
+    four = ["c0", "c1", "c2", "c9"]
+    assert ShrunkDawidSkene(classes=four).fit(crowd(1)).probas_.columns.tolist() == four
+    assert ShrunkDawidSkene(n_iter=1).fit(crowd(1)).n_iter_ == 1
+    assert ShrunkDawidSkene(tol=1e9).fit(crowd(1)).n_iter_ == 2
+    wmv = WeightedMajorityVote(classes=["x", "y", "z"]).fit(SMALL)
+    assert wmv.probas_.columns.tolist() == ["x", "y", "z"]
+
+
+def test_a_class_nobody_chose_keeps_a_tiny_prior_not_log_zero():
+    probas = DawidSkene(classes=["c0", "c1", "c2", "c9"]).fit(crowd(1)).probas_
+    assert np.isfinite(probas.to_numpy()).all() and (probas["c9"] > 0).all() and (probas["c9"] < 1e-6).all()
