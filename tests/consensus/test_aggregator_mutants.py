@@ -9,6 +9,7 @@ gains less than ``tol``), iteration count included (issue 21, point 5: mutation 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -313,7 +314,7 @@ def test_auto_dawid_skene_names_full_confusion_when_every_worker_confuses_system
 def test_bad_tables_are_named_in_the_error():
     with pytest.raises(TypeError, match=r"expected a pandas DataFrame with columns .* got list"):
         MajorityVote().fit([("t", "a", "x")])
-    with pytest.raises(ValueError, match="task, worker and label must not contain missing values"):
+    with pytest.raises(ValueError, match=r"^data: task, worker and label must not contain missing values$"):
         MajorityVote().fit(table(("t", "a", None)))
 
 
@@ -408,3 +409,49 @@ def test_shrunk_skills_stay_inside_the_open_interval_and_settings_pass_on():
 def test_a_class_nobody_chose_keeps_a_tiny_prior_not_log_zero():
     probas = DawidSkene(classes=["c0", "c1", "c2", "c9"]).fit(crowd(1)).probas_
     assert np.isfinite(probas.to_numpy()).all() and (probas["c9"] > 0).all() and (probas["c9"] < 1e-6).all()
+
+
+def test_results_keep_first_appearance_order_names_and_one_answer_workers():
+    data = table(("u", "b", "y"), ("t", "a", "x"), ("t", "b", "x"))
+    mv = MajorityVote().fit(data)
+    assert mv.skills_.index.tolist() == ["b", "a"] and mv.probas_.index.tolist() == ["u", "t"]
+    assert mv.skills_.to_dict() == {"b": 1.0, "a": 1.0}  # a answered once: 1 of 1
+    assert (mv.skills_.name, mv.confidence_.name, mv.labels_.name) == ("skill", "confidence", "agg_label")
+    assert (mv.probas_.columns.name, mv.probas_.index.name) == ("label", "task")
+
+
+def test_labels_of_mixed_types_sort_as_text_and_unknown_ones_are_listed_five_at_most():
+    mixed = table(("t", "a", 1), ("u", "a", "b"), ("u", "c", 10))
+    assert MajorityVote().fit(mixed).probas_.columns.tolist() == [1, 10, "b"]
+    with pytest.raises(ValueError, match=re.escape("label(s) [1, 10, 'b'] are not in classes=['x']")):
+        MajorityVote(classes=["x"]).fit(mixed)
+    six = table(*[("t", "a", f"l{i}") for i in range(6)])
+    with pytest.raises(ValueError, match=re.escape("label(s) ['l0', 'l1', 'l2', 'l3', 'l4'] are not in")):
+        MajorityVote(classes=["x"]).fit(six)
+
+
+def test_weighted_vote_weighs_each_vote_against_k_minus_1_wrong_classes():
+    # K = 3, a and b (0.5) vote x, c (0.75) votes y: exp weights 0.5*2/0.5 = 2 each, 0.75*2/0.25 = 6: 4 : 6 : 1
+    data = table(("t", "a", "x"), ("t", "b", "x"), ("t", "c", "y"))
+    wmv = WeightedMajorityVote(weights={"a": 0.5, "b": 0.5, "c": 0.75}, classes=["x", "y", "z"]).fit(data)
+    assert wmv.probas_.loc["t"].tolist() == pytest.approx([4 / 11, 6 / 11, 1 / 11])
+
+
+def test_weighted_vote_iterates_n_iter_times_when_it_estimates_skills():
+    # t2 is a tie (d: x, a: y) that goes to x by vote shares, and to y once a's skill is counted.
+    # Each pass re-estimates the skills from the last vote.
+    data = table(("t0", "a", "y"), ("t1", "d", "y"), ("t2", "d", "x"), ("t2", "a", "y"), ("t3", "d", "y"))
+    runs = {n: WeightedMajorityVote(n_iter=n).fit(data).probas_.to_numpy() for n in (1, 2, 5)}
+    by_hand = WeightedMajorityVote(n_iter=1)
+    # one more pass by hand: the skills of pass 1's vote, smoothed (agreements + 1) / (answers + 2)
+    post = runs[1]
+    hard = post.argmax(axis=1)
+    tasks = {"t0": 0, "t1": 1, "t2": 2, "t3": 3}
+    skills = {}
+    for w in ("a", "d"):
+        rows = data[data["worker"] == w]
+        agree = sum(["x", "y"][hard[tasks[t]]] == y for t, y in zip(rows["task"], rows["label"], strict=True))
+        skills[w] = (agree + 1) / (len(rows) + 2)
+    second = by_hand.__class__(weights=skills).fit(data).probas_.to_numpy()
+    assert runs[2] == pytest.approx(second)
+    assert not np.allclose(runs[1], runs[2])  # the second pass changes something, so n_iter counts
