@@ -455,3 +455,10 @@ def test_weighted_vote_iterates_n_iter_times_when_it_estimates_skills():
     second = by_hand.__class__(weights=skills).fit(data).probas_.to_numpy()
     assert runs[2] == pytest.approx(second)
     assert not np.allclose(runs[1], runs[2])  # the second pass changes something, so n_iter counts
+
+
+def test_labels_are_objects_and_confidences_floats_even_for_numbers_and_empty_tables():
+    numbers = MajorityVote().fit(table(("t", "a", 1), ("u", "a", 2)))
+    assert numbers.labels_.dtype == object and numbers.labels_.tolist() == [1, 2]
+    empty = MajorityVote().fit(table())
+    assert empty.labels_.dtype == object and empty.confidence_.dtype == float
