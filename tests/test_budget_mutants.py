@@ -324,3 +324,82 @@ def test_a_vendor_that_pays_more_than_the_reward_is_planned_at_its_price(two_rou
     # its fee is a third of each payment, 0.07
     assert worst_judgment_cost(p, 0.04, 3) == pytest.approx(0.20 + 0.07 + 0.20 + 0.07)
     assert worst_judgment_cost(two_rounds, 0.04, 3) == pytest.approx(0.04 + 0.008 + 0.04 + 0.008)  # no price rule
+
+
+# --- the judgment budget with re-asks, the money edge, and the stop step's inputs ---------------
+
+def judgments_before(p: Project, r: int) -> int:
+    return sum(1 for a in p.annotations() if a.round < r)
+
+
+def test_judgment_budget_pays_the_reasks_first_then_whole_items(adaptive_rounds):
+    from crowdloop.engine.quality import reask_plan
+
+    p = adaptive_rounds
+    first = p.config.consensus.first_judgments
+    assert first == 2
+    for r in (1, 2):
+        reasks = len(reask_plan(p, r))
+        assert reasks
+        base = judgments_before(p, r) + reasks  # what the earlier rounds used plus this round's re-asks
+        reached = f"judgment_budget={base + 1} reached"
+        # 7 judgments left after the re-asks: 3 whole items of 2 judgments
+        assert next_batch_size(limits(p, judgment_budget=base + 7), r) == (3, None)
+        # one judgment left: not a whole item; with new items wanted the budget is reached
+        assert next_batch_size(limits(p, judgment_budget=base + 1), r) == (0, reached)
+        n_items = len(p.dispatched_items(before_round=r))
+        assert next_batch_size(limits(p, judgment_budget=base + 1, label_budget=n_items + 1), r) == (0, reached)
+        # the items are spent (label budget): a re-ask-only round while the re-asks fit
+        assert next_batch_size(limits(p, judgment_budget=base + 1, label_budget=n_items), r) == (0, None)
+        # the re-asks do not fit
+        assert next_batch_size(limits(p, judgment_budget=base - 1, label_budget=n_items), r) == (
+            0, f"judgment_budget={base - 1} reached")
+
+
+def test_money_for_the_reasks_but_not_one_item_stops_a_round_that_wants_items(adaptive_rounds):
+    from crowdloop.engine.quality import reask_plan
+
+    p = adaptive_rounds
+    r = 2
+    reasks = len(reask_plan(p, r))
+    n_items = len(p.dispatched_items(before_round=r))
+    first = p.config.consensus.first_judgments
+    from crowdloop.pay import reward_for
+
+    reward = reward_for(expected_task_seconds(p, r), p.config.pay.hourly_wage)
+    new_cost = worst_judgment_cost(p, reward, first)
+    reask_cost = worst_judgment_cost(p, max([reward, *(p.record(q, keys.DISPATCH)["reward"] for q in range(r))]), 1)
+    spent = p.spent(r)
+
+    def cost(n_items: int) -> float:  # the module's worst case, term for term (float ties matter below)
+        return (n_items * first * new_cost + reasks * reask_cost + _gold_tasks(p, n_items + reasks) * first * new_cost
+                + ROUNDING_SLACK)
+
+    budget = spent + (cost(0) + cost(1)) / 2
+    # one new item wanted (label budget one above what was sent) and no money for it: the budget is reached
+    assert next_batch_size(limits(p, money_budget=budget, label_budget=n_items + 1), r) == (
+        0, f"money_budget={budget:g} USD reached")
+    # exactly the re-asks' worst case left (to the last bit: what was spent read as 0 here): they still run
+    exact = limits(p, money_budget=cost(0), label_budget=n_items)
+    exact.spent = lambda _r: 0.0
+    assert next_batch_size(exact, r) == (0, None)
+    exact = limits(p, money_budget=math.nextafter(cost(0), 0.0), label_budget=n_items)
+    exact.spent = lambda _r: 0.0
+    assert next_batch_size(exact, r) == (0, f"money_budget={math.nextafter(cost(0), 0.0):g} USD reached")
+
+
+def test_the_stop_step_passes_its_metrics_and_round_to_the_rules(two_rounds, tmp_path):
+    from crowdloop.config import parse_config
+
+    p = two_rounds
+    assert check_stop(limits(p, max_rounds=2, target_accuracy=0.01), 2)["stop_reason"].startswith(
+        "target_accuracy=0.01 reached (")
+    assert check_stop(limits(p, max_rounds=2), 2) == {"round": 2, "stop_reason": "max_rounds=2 reached"}
+    rule = {"agreement": 0.9, "rounds": 2, "stop_set": 100}
+    stable = Project.prepare(parse_config(small_config(**{"stopping.stabilizing_predictions": rule})), str(tmp_path / "p"))
+    for q, k in enumerate((None, 0.95, 0.93)):
+        write_json(stable.store, keys.round_key(q, keys.METRICS), {"round": q, "stability_kappa": k})
+    reason = stop_reason(stable, 2, {})
+    assert reason == ("stabilizing_predictions: Cohen's kappa between consecutive models 0.9500, 0.9300 >= 0.9 "
+                      "for 2 rounds on a 100-item stop set")
+    assert read_json(stable.store, keys.STOP) == {"round": 2, "reason": reason}
