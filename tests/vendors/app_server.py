@@ -28,10 +28,12 @@ def free_port() -> int:
 
 
 def start_annotate(project_dir: str, log_path: Path, *, env: dict[str, str] | None = None,
-                   cwd: Path | None = None, timeout_s: float = 60) -> tuple[str, subprocess.Popen]:
-    """``crowdloop annotate PROJECT`` in a subprocess on a free port of 127.0.0.1, as a user
-    starts it; returns (base URL, process) once it accepts connections. The caller stops it."""
-    port = free_port()
+                   cwd: Path | None = None, timeout_s: float = 60,
+                   port: int | None = None) -> tuple[str, subprocess.Popen]:
+    """``crowdloop annotate PROJECT`` in a subprocess on ``port`` (default: a free one) of 127.0.0.1,
+    as a user starts it; returns (base URL, process) once it accepts connections. The caller stops
+    it. A fixed port is for links made before the app starts (a Prolific study's entry URL)."""
+    port = free_port() if port is None else port
     env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
     with open(log_path, "w") as log:  # the child keeps its own handle
         proc = subprocess.Popen([sys.executable, "-m", "crowdloop.cli", "annotate", str(project_dir), "--port", str(port)],

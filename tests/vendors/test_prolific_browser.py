@@ -8,11 +8,7 @@ user starts it), answers the one item shown, reads the completion code and goes 
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +17,7 @@ import pytest
 from crowdloop import engine, keys
 from crowdloop.config import parse_config
 from crowdloop.storage import read_json
-from tests.vendors.app_server import free_port
+from tests.vendors.app_server import free_port, start_annotate
 from tests.vendors.prolific_fake import FakeProlific, participant_ids
 from tests.vendors.test_prolific import api, hourly_pay, loop_config, params  # noqa: F401 - api is a fixture
 
@@ -34,20 +30,9 @@ def annotate(tmp_path: Path) -> Iterator:
     procs: list[subprocess.Popen] = []
 
     def start(project_dir: str, port: int) -> str:
-        log = open(tmp_path / "annotate.log", "w")  # noqa: SIM115 - the child keeps the handle
-        proc = subprocess.Popen([sys.executable, "-m", "crowdloop.cli", "annotate", project_dir, "--port", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        base, proc = start_annotate(project_dir, tmp_path / "annotate.log", port=port)
         procs.append(proc)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"crowdloop annotate exited: {(tmp_path / 'annotate.log').read_text()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                return f"http://127.0.0.1:{port}"
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("crowdloop annotate did not start within 60 s")
+        return base
 
     yield start
     for proc in procs:
