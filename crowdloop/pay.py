@@ -28,7 +28,8 @@ FeeFor = Callable[[float, int], float]  # (reward of one assignment or bonus, as
 
 
 def ceil_cents(amount: float) -> float:
-    """Round up to the cent, ignoring float noise below a thousandth of a cent."""
+    """Round up to the cent, ignoring float noise: the amount in cents is first rounded to 5 decimals,
+    so 0.07000000000000001 (7 cents plus noise) stays 0.07; anything 1e-5 of a cent over goes up."""
     return math.ceil(round(amount * 100, 5)) / 100
 
 
