@@ -51,6 +51,16 @@ def start_annotate(project_dir: str, log_path: Path, *, env: dict[str, str] | No
     raise RuntimeError(f"crowdloop annotate did not start within {timeout_s:g} s")
 
 
+def stop_process(proc: subprocess.Popen, *, timeout_s: float = 10) -> None:
+    """Stop a server started by a test: SIGTERM, then SIGKILL if it has not exited in ``timeout_s``."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 @contextmanager
 def running(app: FastAPI) -> Iterator[str]:
     """Serve ``app`` until the block ends; yields the base URL."""

@@ -19,7 +19,7 @@ from crowdloop import engine
 from crowdloop.config import parse_config
 from crowdloop.records import Annotation
 from tests.conftest import small_config
-from tests.vendors.app_server import start_annotate
+from tests.vendors.app_server import start_annotate, stop_process
 
 pytestmark = pytest.mark.slow
 # The page's screenshot goes to the test's tmp dir; docs/images/annotate.png (tracked) is
@@ -41,11 +41,7 @@ def serve(tmp_path) -> Iterator:
 
     yield start
     for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 def _answers(p: engine.Project, batch: str) -> dict[str, Annotation]:

@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from tests.conftest import CONFIGS, crowdloop_cmd
-from tests.vendors.app_server import start_annotate
+from tests.vendors.app_server import start_annotate, stop_process
 
 pytestmark = pytest.mark.slow
 CLASSES = ("no", "yes")
@@ -66,15 +66,6 @@ def add_annotator(project_dir: Path, url: str, env: dict[str, str], run: subproc
         if run.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(f"annotators add: {result.stderr.strip()}\nrun: {log.read_text()[-3000:]}")
         time.sleep(0.5)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_own_csv_no_labels_walkthrough(browser, cli_env: dict[str, str], tmp_path: Path) -> None:
@@ -122,9 +113,9 @@ def test_own_csv_no_labels_walkthrough(browser, cli_env: dict[str, str], tmp_pat
         assert run.returncode == 0, run_log.read_text()[-3000:]
         assert not errors
     finally:
-        stop(run)
+        stop_process(run, timeout_s=15)
         if annotate is not None:
-            stop(annotate)
+            stop_process(annotate, timeout_s=15)
 
     state = json.loads(cli(["status", "-p", str(project_dir), "--json"], cli_env).stdout)
     assert state["finished"] and state["stop_reason"].startswith("stabilizing_predictions"), state["stop_reason"]

@@ -17,7 +17,7 @@ import pytest
 from crowdloop import engine, keys
 from crowdloop.config import parse_config
 from crowdloop.storage import read_json
-from tests.vendors.app_server import free_port, start_annotate
+from tests.vendors.app_server import free_port, start_annotate, stop_process
 from tests.vendors.prolific_fake import FakeProlific, participant_ids
 from tests.vendors.test_prolific import api, hourly_pay, loop_config, params  # noqa: F401 - api is a fixture
 
@@ -36,11 +36,7 @@ def annotate(tmp_path: Path) -> Iterator:
 
     yield start
     for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 def test_three_rounds_with_participants_in_chromium(browser, api: FakeProlific, annotate, tmp_path: Path) -> None:  # noqa: F811
