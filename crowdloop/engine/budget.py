@@ -74,8 +74,7 @@ def worst_judgment_cost(p: Project, reward: float, n_assignments_per_task: int) 
     A vendor that pays a judgment more than the task's reward (Prolific pays whole minutes) says so
     with ``price_for(reward, hourly_wage)``; the step ``pay`` tops up against that price and the
     time it pays for (``engine/payment.py``)."""
-    price_for = getattr(p.vendor_class, "price_for", None)
-    paid = price_for(reward, p.config.pay.hourly_wage) if callable(price_for) else reward
+    paid = p.judgment_price(reward)
     bonus = max_bonus(p.config.pay, paid)
     return paid + p.fee_for(paid, n_assignments_per_task) + (bonus + p.fee_for(bonus, 1) if bonus else 0.0)
 

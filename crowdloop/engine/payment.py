@@ -36,11 +36,12 @@ def pay(p: Project, r: int) -> dict[str, Any]:
     fee_for, fee_source = fee_function(p.config.pay, intent["vendor"], p.vendor_class)
     # Each assignment at the reward it carries (a re-ask added to an earlier task keeps that task's reward).
     paid = [(a.reward, replicas.get(a.item_id, 1)) for a in mine]
-    reward, covered = intent["reward"], intent["estimated_seconds"]
-    price_for = getattr(p.vendor_class, "price_for", None)
-    if callable(price_for):  # the vendor pays a judgment more than its reward (Prolific: whole minutes)
-        reward = price_for(reward, p.config.pay.hourly_wage)
-        covered = max(covered, reward * 3600.0 / p.config.pay.hourly_wage)  # the time that price pays for
+    # A vendor may pay a judgment more than its reward (Prolific: whole minutes); the top-up then
+    # covers only time beyond what that price pays for at the wage (without such a rule: the estimate).
+    reward = p.judgment_price(intent["reward"])
+    covered = intent["estimated_seconds"]
+    if p.prices_judgments:
+        covered = max(covered, reward * 3600.0 / p.config.pay.hourly_wage)
     settled = settle_batch(p.config.pay, reward=reward, estimated_seconds=covered,
                            durations=[a.duration_s for a in mine], fee_for=fee_for, assignments=paid)
     vendor.acknowledge(mine, accept=True)

@@ -273,6 +273,17 @@ class Project:
         return fee_function(self.config.pay, self.config.vendor.name, self.vendor_class)[0]
 
     @cached_property
+    def prices_judgments(self) -> bool:
+        """Whether the vendor prices a judgment by its own rule (``price_for(reward, hourly_wage)``,
+        ``crowdloop/vendor.py``; Prolific pays whole minutes) rather than at the task's reward."""
+        return callable(getattr(self.vendor_class, "price_for", None))
+
+    def judgment_price(self, reward: float) -> float:
+        """What the vendor pays for one judgment offered at ``reward`` (the reward itself without a
+        price rule). The budget plans by it and the step ``pay`` tops up against it."""
+        return self.vendor_class.price_for(reward, self.config.pay.hourly_wage) if self.prices_judgments else reward
+
+    @cached_property
     def vendor(self):
         cls = self.vendor_class
         caps = self.capabilities
