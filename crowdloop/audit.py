@@ -84,7 +84,7 @@ def proposal(expected_loss: np.ndarray, uniform_share: float) -> np.ndarray:
 
 
 def importance_estimate(loss: np.ndarray, items: np.ndarray, proposals: list[tuple[np.ndarray, int]], *,
-                        n_labels: int) -> Estimate | None:
+                        n_labels: int, expected_loss: np.ndarray | None = None) -> Estimate | None:
     """Accuracy from draws over a reserve of ``N`` items, made in rounds with different proposals.
 
     ``loss[m]`` in [0, 1] is the current model's loss on draw ``m``, ``items[m]`` the reserve index
@@ -93,6 +93,13 @@ def importance_estimate(loss: np.ndarray, items: np.ndarray, proposals: list[tup
     the balance heuristic of multiple importance sampling, Veach & Guibas 1995), which keeps a
     draw made for an earlier model from weighing much when the current model errs where that
     model was sure.
+
+    ``expected_loss`` (length ``N``: a surrogate's loss probability on every reserve item) makes
+    it the *difference estimator* (a control variate; Kossen et al.'s active surrogate estimators,
+    2022): the reserve's mean expected loss, which needs no label, plus the importance-weighted
+    mean of what the labels add to it, ``(loss - expected)/(N q̄)``. Its expectation is the
+    reserve's mean loss whatever the surrogate says; a surrogate that predicts the errors well
+    leaves the draws only its residuals to vary by, so the interval narrows with fewer labels.
 
     The variance is the draws' sample variance plus the reserve's own spread, ``e(1-e)/N`` (the
     reserve is itself a sample of the pool, so the interval is for the accuracy on new items, as
@@ -106,8 +113,14 @@ def importance_estimate(loss: np.ndarray, items: np.ndarray, proposals: list[tup
         return None
     n_reserve = len(proposals[0][0])
     mixture = sum(k * np.asarray(q, dtype=float) for q, k in proposals) / sum(k for _, k in proposals)
-    z = loss / (n_reserve * mixture[np.asarray(items, dtype=np.int64)])
-    error = min(max(float(z.mean()), 0.0), 1.0)
+    drawn = np.asarray(items, dtype=np.int64)
+    if expected_loss is None:
+        base, residual = 0.0, loss
+    else:
+        expected = np.clip(np.asarray(expected_loss, dtype=float), 0.0, 1.0)
+        base, residual = float(expected.mean()), loss - expected[drawn]
+    z = residual / (n_reserve * mixture[drawn])
+    error = min(max(base + float(z.mean()), 0.0), 1.0)
     var = (float(z.var(ddof=1)) / m if m > 1 else np.inf) + error * (1 - error) / n_reserve
     # A Wilson interval at the effective sample size ``e(1-e)/var``: the weighted mean is skewed
     # like a proportion (few errors drawn -> too high), which a symmetric normal interval misses.
@@ -133,6 +146,20 @@ def calibrated(raw: np.ndarray, fit_raw: np.ndarray, fit_loss: np.ndarray) -> np
 
     fit = LogisticRegression(C=10.0).fit(logit(fit_raw), fit_loss.astype(int))
     return fit.predict_proba(logit(raw))[:, 1]
+
+
+def split_labels(votes: dict[str, list[str]], labels: dict[str, str], *, first: int, agreement: float) -> list[str]:
+    """Audit items to ask again: those that had only their first ``first`` judgments and fewer than
+    ``agreement`` of them agree with the consensus label (a 3-2 split of five, say).
+
+    A wrong audit label counts a right prediction as wrong, so it biases the estimate low by about
+    the audit labels' error rate, which no interval allows for. Wrong consensus labels hide almost
+    all in split votes: asking those items again (a few % of the audit) removes most of the bias
+    for a few % more judgments, where asking every item more would cost in proportion.
+    """
+    return sorted(item for item, answers in votes.items()
+                  if item in labels and len(answers) <= first
+                  and sum(a == labels[item] for a in answers) < agreement * len(answers))
 
 
 def draw(q: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from crowdloop import keys
-from crowdloop.audit import Estimate, calibrated, draw, importance_estimate, proposal, random_estimate
+from crowdloop.audit import Estimate, calibrated, draw, importance_estimate, proposal, random_estimate, split_labels
 from crowdloop.config import LoopConfig
 from crowdloop.engine.project import Project, write_once
 from crowdloop.records import AuditLabel
@@ -38,7 +38,8 @@ def audit(p: Project, r: int) -> dict[str, Any]:
     sent = audit_items(p, r)
     room = ev.max_items - len(sent)
     half = None if metrics.get("ci_low") is None else (metrics["ci_high"] - metrics["ci_low"]) / 2
-    record: dict[str, Any] = {"round": r, "method": ev.method, "reserve_size": len(reserve), "draws": [], "item_ids": []}
+    record: dict[str, Any] = {"round": r, "method": ev.method, "reserve_size": len(reserve), "draws": [], "item_ids": [],
+                              "reask": reask_plan(p, r)}
     if room <= 0:
         record["reason"] = f"max_items={ev.max_items} audit items labeled"
     elif half is not None and half <= ev.target_half_width:
@@ -66,6 +67,25 @@ def audit(p: Project, r: int) -> dict[str, Any]:
 
 
 AUDIT_JUDGMENTS = 5
+
+
+def reask_plan(p: Project, r: int) -> list[dict[str, Any]]:
+    """Audit items whose votes split (``evaluation.reask_below``), to ask once more in round ``r``
+    with ``audit_redundancy - 1`` judgments from workers who have not answered them (an odd total,
+    so the vote cannot tie); none with ``reask_below`` 0."""
+    ev = p.config.evaluation
+    if ev.reask_below <= 0 or r == 0:
+        return []
+    reserve = set(p.audit_reserve)
+    votes: dict[str, list[str]] = {}
+    workers: dict[str, list[str]] = {}
+    for a in p.annotations():
+        if a.round < r and a.item_id in reserve:
+            votes.setdefault(a.item_id, []).append(a.label)
+            workers.setdefault(a.item_id, []).append(a.worker_id)
+    labels = {item: label.label for item, label in audit_labels(p, r).items()}
+    items = split_labels(votes, labels, first=audit_redundancy(p.config), agreement=ev.reask_below)
+    return [{"item_id": item, "exclude_workers": sorted(set(workers[item]))} for item in items]
 
 
 def audit_redundancy(config: LoopConfig) -> int:

@@ -66,6 +66,8 @@ def _intent(p: Project, r: int, selection: dict[str, Any]) -> dict[str, Any]:
     if audit:  # the accuracy audit rides in the batch, labeled like any item (engine/auditing.py)
         tasks += [Task(item_id=item, round=r, batch_id=bid, replicas=audit_redundancy(p.config), reward=reward)
                   for item in audit["item_ids"]]
+        tasks += [Task(item_id=t["item_id"], round=r, batch_id=bid, replicas=max(audit_redundancy(p.config) - 1, 1),
+                       reward=reward, exclude_workers=tuple(t["exclude_workers"])) for t in audit.get("reask", [])]
     record: dict[str, Any] = {"batch_id": bid, "vendor": p.config.vendor.name, "reward": reward,
                               "estimated_seconds": seconds}
     if len(tasks) > len(selection["item_ids"]):  # gold or re-asks: mix them in unmarked (order never reveals gold)
