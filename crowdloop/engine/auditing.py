@@ -5,7 +5,8 @@ The audit draws from ``Project.audit_reserve`` (pool items set aside before roun
 never see them), grows while the estimate's 95 % interval is wider than
 ``evaluation.target_half_width`` and fewer than ``evaluation.max_items`` items were labeled,
 and rides in the round's batch: the same vendor and the same consensus label it, mixed in
-unmarked like gold. Aggregation keeps audit labels apart (``audit_labels.jsonl``), so they
+unmarked like gold; an audit item whose votes split is asked once more (``reask_plan``).
+Aggregation keeps audit labels apart (``audit_labels.jsonl``), so they
 never train; their cost is the audit's share of each round's pay. The estimators themselves
 are pure functions in ``crowdloop/audit.py``.
 """
