@@ -4,7 +4,8 @@ A model's accuracy is estimated on an *audit*: pool items set aside before round
 trained on, never selected), labeled by the same vendor with the same consensus. A prediction
 counts as right when it agrees with the consensus label, so the estimate is accuracy against
 what the crowd says: a crowd whose labels are right 98 % of the time pulls it down by up to
-two points (``BENCHMARKS.md`` measures how much).
+two points (``BENCHMARKS.md`` measures how much). Wrong consensus labels hide in split votes,
+so those items are asked once more (``split_labels``).
 
 Two ways to draw the audit:
 

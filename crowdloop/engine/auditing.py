@@ -121,6 +121,15 @@ def audit_labels(p: Project, before_round: int) -> dict[str, AuditLabel]:
 
 
 def loss_probability(p: Project, r: int, model: Any, reserve: list[str]) -> np.ndarray:
+    """``_loss_probability`` once per round (the estimate and the audit's draws both use it; it
+    depends only on records finished before round ``r``)."""
+    cached = p.cache.get(("loss_probability", r))
+    if cached is None:
+        cached = p.cache[("loss_probability", r)] = _loss_probability(p, r, model, reserve)
+    return cached
+
+
+def _loss_probability(p: Project, r: int, model: Any, reserve: list[str]) -> np.ndarray:
     """How likely round ``r``'s model is wrong on each reserve item, as the active audit's proposal sees it.
 
     A surrogate (``evaluation.surrogate``, trained on the training labels only) gives the
@@ -178,8 +187,11 @@ def estimate(p: Project, r: int, model: Any) -> Estimate | None:
     if not drawn:
         return None
     proposals = [(np.asarray(rec["proposal"]), sum(1 for d in rec["draws"] if d in right)) for rec in records]
+    # the surrogate's calibrated loss probability on every reserve item, as a control variate:
+    # on the benchmark it needed about a tenth fewer judgments for the same interval
+    expected = loss_probability(p, r, model, reserve)
     return importance_estimate(np.array([1.0 - right[item] for item in drawn]), np.array([position[i] for i in drawn]),
-                               [(q, k) for q, k in proposals if k], n_labels=len(set(drawn)))
+                               [(q, k) for q, k in proposals if k], n_labels=len(set(drawn)), expected_loss=expected)
 
 
 def audit_spend(p: Project, before_round: int) -> tuple[int, float]:
