@@ -344,7 +344,8 @@ class EvaluationConfig(_Strict):
         "(random) or 3 x max_items (active), at most half the pool")
     reask_below: float = Field(
         0.8, ge=0, le=1, description="ask an audit item once more (as many judgments again, less one, from other "
-        "workers) when fewer than this share of its judgments agree with its label; 0: never. A wrong audit label "
+        "workers; vendors that can keep a task from them) when fewer than this share of its judgments agree with its "
+        "label; 0: never. A wrong audit label "
         "counts a right prediction as wrong, and wrong labels hide in split votes")
     uniform_share: float = Field(
         0.2, gt=0, le=1, description="active: share of uniform sampling mixed into the proposal (bounds the weights)")

@@ -22,6 +22,7 @@ from crowdloop.audit import Estimate, calibrated, draw, importance_estimate, pro
 from crowdloop.config import LoopConfig
 from crowdloop.engine.project import Project, write_once
 from crowdloop.records import AuditLabel
+from crowdloop.vendor import EXCLUDES_WORKERS_PER_ITEM
 
 STREAM_AUDIT_DRAW = 0xA0D1
 STREAM_SURROGATE = 0xA0D2
@@ -73,9 +74,11 @@ AUDIT_JUDGMENTS = 5
 def reask_plan(p: Project, r: int) -> list[dict[str, Any]]:
     """Audit items whose votes split (``evaluation.reask_below``), to ask once more in round ``r``
     with ``audit_redundancy - 1`` judgments from workers who have not answered them (an odd total,
-    so the vote cannot tie); none with ``reask_below`` 0."""
+    so the vote cannot tie); none with ``reask_below`` 0, or from a vendor that cannot keep a task
+    from the workers who answered its item (``excludes_workers_per_item``: MTurk with several
+    items per HIT), where asking again could reach the same workers."""
     ev = p.config.evaluation
-    if ev.reask_below <= 0 or r == 0:
+    if ev.reask_below <= 0 or r == 0 or EXCLUDES_WORKERS_PER_ITEM not in p.capabilities:
         return []
     reserve = set(p.audit_reserve)
     votes: dict[str, list[str]] = {}
