@@ -59,6 +59,7 @@ RULE = {"agreement": 0.99, "rounds": 3, "stop_set": 2000}
 # the averaged rule BENCHMARKS.md recommends (window picked on the even seeds; the odd ones are held out)
 AVERAGED = {"agreement": 0.99, "rounds": 5, "average": True}
 AVERAGED_NAME = "crowdloop stabilizing_predictions(0.99, 5 rounds, average)"
+LOOP_RULES = {"every": RULE, "average": AVERAGED}
 # per set: initial and batch of the loop, audit batch and most audit items, rounds the oracle may take
 SIZES: dict[str, dict[str, int]] = {
     "digits": {"initial": 20, "batch": 10, "audit_batch": 20, "audit_max": 300, "max_rounds": 60},
@@ -82,12 +83,12 @@ def write_blind(setting, root: Path) -> tuple[Path, Path, list[str]]:
 
 
 def config(dataset: str, seed: int, method: str, pool: Path, key: Path, classes: list[str], n_pool: int,
-           stop_rule: bool) -> dict[str, Any]:
+           stop_rule: dict[str, Any] | None) -> dict[str, Any]:
     size = SIZES[dataset]
     reserve = min(3 * size["audit_max"], n_pool // 3)
     stopping: dict[str, Any] = {"max_rounds": size["max_rounds"]}
     if stop_rule:
-        stopping["stabilizing_predictions"] = RULE
+        stopping["stabilizing_predictions"] = {"stop_set": RULE["stop_set"], **stop_rule}
     return {
         "project": f"eval-{dataset.replace('_', '-')}", "seed": seed,
         "pool": {"source": "csv", "path": str(pool), "id_column": "id", "classes": classes},
@@ -150,7 +151,8 @@ def ours_stop(kappas: list[float | None], agreement: float | None = None, rounds
     return None
 
 
-def run_one(dataset: str, seed: int, method: str, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_one(dataset: str, seed: int, method: str, workdir: Path,
+            loop_rule: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     from sklearn.metrics import cohen_kappa_score
 
     from crowdloop import engine, keys
@@ -166,14 +168,15 @@ def run_one(dataset: str, seed: int, method: str, workdir: Path) -> tuple[dict[s
     location = str(workdir / "project")
     started = time.perf_counter()
     # 1. the loop as a user runs it: blind, stopping by itself
-    blind = parse_config(config(dataset, seed, method, pool, key, classes, len(setting.X_pool), stop_rule=True))
+    blind = parse_config(config(dataset, seed, method, pool, key, classes, len(setting.X_pool),
+                                  stop_rule=loop_rule or RULE))
     p = engine.run_in_process(Project.prepare(blind, location))
     stop_rows = p.pool.X[p.stop_set_rows]  # the loop's own stop set, for every criterion below
     stop = read_json(p.store, keys.STOP)
     stopped_by_rule = stop["reason"].startswith("stabilizing_predictions")
     stop_round = stop["round"]
     # 2. the benchmark lets it go on (stopping is resumable) to find the oracle on the same curve
-    cfg = config(dataset, seed, method, pool, key, classes, len(setting.X_pool), stop_rule=False)
+    cfg = config(dataset, seed, method, pool, key, classes, len(setting.X_pool), stop_rule=None)
     p = engine.run_in_process(Project.prepare(parse_config(cfg), location))
     full = full_data_accuracy(setting)
     y_test = setting.y_test.astype(str)
@@ -211,6 +214,7 @@ def run_one(dataset: str, seed: int, method: str, workdir: Path) -> tuple[dict[s
         "stop_accuracy_share": None if stop_at["true_accuracy"] is None else round(stop_at["true_accuracy"] / full, 4),
     }
     detail = {**row, "full_data_accuracy": round(full, 4), "stop_round": stop_round, "stop_reason": stop["reason"],
+              "loop_rule": {"stop_set": RULE["stop_set"], **(loop_rule or RULE)},
               "stopped_by_rule": stopped_by_rule, "seconds": round(time.perf_counter() - started, 1),
               "stops": {name: None if r is None else {"round": r, "labels": rounds[r]["n_labeled"],
                                                       "accuracy_share": round(rounds[r]["true_accuracy"] / full, 4)}
@@ -251,25 +255,33 @@ def _stops(d: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
     if AVERAGED_NAME in d["stops"]:
         return d["stops"]
     r = ours_stop([q["kappa"] for q in d["rounds"]], **AVERAGED)
-    stops = dict(d["stops"])
-    stops = {k: v for k, v in stops.items() if k.startswith("crowdloop")} | {AVERAGED_NAME: None if r is None else _stop_at(d, r)} \
-        | {k: v for k, v in stops.items() if not k.startswith("crowdloop")}
-    return stops
+    ours = {k: v for k, v in d["stops"].items() if k.startswith("crowdloop")}
+    theirs = {k: v for k, v in d["stops"].items() if not k.startswith("crowdloop")}
+    return ours | {AVERAGED_NAME: None if r is None else _stop_at(d, r)} | theirs
 
 
-def _stopping_figures(runs: list[dict[str, Any]], stop_of) -> str:
-    """``runs stopped | stopped before 97 % (lowest share) | labels / oracle's: median (max) |
-    runs over 1.3x | as run: median, runs over 1.3x`` for a rule ``stop_of(run) -> round | None``;
-    *as run* puts the last round (``max_rounds``) where the rule never fires."""
+def _below_beyond_test_noise(d: dict[str, Any], r: int, n_test: int) -> bool:
+    """Whether round ``r``'s share of full-data accuracy is below 0.97 by more than the test
+    split's own 95 % sampling error (the share is measured on a finite test split too)."""
+    acc = d["rounds"][r]["true_accuracy"]
+    return acc / d["full_data_accuracy"] < 0.97 - Z95 * np.sqrt(acc * (1 - acc) / n_test) / d["full_data_accuracy"]
+
+
+def _stopping_figures(runs: list[dict[str, Any]], stop_of, n_test: int) -> str:
+    """``runs stopped | stopped before 97 % (lowest share) | of them beyond the test split's noise |
+    labels / oracle's: median (max) | runs over 1.3x | as run: median, runs over 1.3x`` for a rule
+    ``stop_of(run) -> round | None``; *as run* puts the last round (``max_rounds``) where the rule
+    never fires."""
     fired = [(r, d) for d in runs if (r := stop_of(d)) is not None]
     shares = [_stop_at(d, r)["accuracy_share"] for r, d in fired]
+    beyond = sum(_stop_at(d, r)["accuracy_share"] < 0.97 and _below_beyond_test_noise(d, r, n_test) for r, d in fired)
     ratios = [d["rounds"][r]["n_labeled"] / d["oracle_labels_98"] for r, d in fired if d["oracle_labels_98"]]
     as_run = [d["rounds"][r if r is not None else len(d["rounds"]) - 1]["n_labeled"] / d["oracle_labels_98"]
               for d in runs if d["oracle_labels_98"] for r in (stop_of(d),)]
     early = f"{sum(v < 0.97 for v in shares)} ({min(shares):.3f})" if shares else "– (–)"
     cost = f"{_median(ratios):.2f} ({max(ratios):.2f}) | {sum(v > 1.3 for v in ratios)}" if ratios else "– | –"
     loop = f"{_median(as_run):.2f}, {sum(v > 1.3 for v in as_run)}" if as_run else "–"
-    return f"{len(fired)}/{len(runs)} | {early} | {cost} | {loop}"
+    return f"{len(fired)}/{len(runs)} | {early} | {beyond if shares else '–'} | {cost} | {loop}"
 
 
 def summarize(detail_files: list[Path]) -> str:
@@ -345,14 +357,15 @@ def summarize(detail_files: list[Path]) -> str:
                 lines.append(f"| {name} | agreement {agreement}, {need} rounds | {len(fired)}/{len(runs)} | "
                              f"{sum(v < 0.97 for v in shares)} | {cost} |")
     lines += ["", "| set | stabilizing_predictions setting, average: true (recomputed on the same curves) | runs stopped | "
-              "stopped before 97 % (lowest share) | labels / oracle's: median (max) | runs over 1.3x | "
-              "as run (max_rounds where it never fires): median, runs over 1.3x |", "|---|---|---|---|---|---|---|"]
+              "stopped before 97 % (lowest share) | of them beyond the test split's noise | labels / oracle's: median (max) | "
+              "runs over 1.3x | as run (max_rounds where it never fires): median, runs over 1.3x |",
+              "|---|---|---|---|---|---|---|---|"]
     for name in sets:
         runs = [d for d in details if d["dataset"] == name]
         for agreement in (0.985, 0.99, 0.995):
             for need in (3, 4, 5, 6):
                 figures = _stopping_figures(runs, lambda d, a=agreement, n=need: ours_stop(
-                    [r["kappa"] for r in d["rounds"]], a, n, average=True))
+                    [r["kappa"] for r in d["rounds"]], a, n, average=True), n_test[name])
                 lines.append(f"| {name} | agreement {agreement}, {need} rounds | {figures} |")
     # held out: the averaged rule's window was picked on the even seeds; the odd ones judge it
     rules = {"stabilizing_predictions(0.99, 3 rounds), every kappa": lambda d: ours_stop([r["kappa"] for r in d["rounds"]]),
@@ -360,14 +373,14 @@ def summarize(detail_files: list[Path]) -> str:
                                                                                      **AVERAGED),
              "small-text KappaAverage(0.99, window 3)": lambda d: ours_stop([r["kappa"] for r in d["rounds"]], 0.99, 3,
                                                                             average=True)}
-    lines += ["", "| set | seeds | rule | runs stopped | stopped before 97 % (lowest share) | labels / oracle's: median (max) | "
-              "runs over 1.3x | as run (max_rounds where it never fires): median, runs over 1.3x |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| set | seeds | rule | runs stopped | stopped before 97 % (lowest share) | of them beyond the test "
+              "split's noise | labels / oracle's: median (max) | runs over 1.3x | as run (max_rounds where it never "
+              "fires): median, runs over 1.3x |", "|---|---|---|---|---|---|---|---|---|"]
     for name in sets:
         for half, parity in (("even (tuned on)", 0), ("odd (held out)", 1)):
             runs = [d for d in details if d["dataset"] == name and d["seed"] % 2 == parity]
             for rule, stop_of in rules.items():
-                lines.append(f"| {name} | {half} | {rule} | {_stopping_figures(runs, stop_of)} |")
+                lines.append(f"| {name} | {half} | {rule} | {_stopping_figures(runs, stop_of, n_test[name])} |")
     return "\n".join(lines)
 
 
@@ -379,6 +392,9 @@ def main() -> None:
     parser.add_argument("--audits", nargs="+", default=["random", "active"], choices=["random", "active"])
     parser.add_argument("--out", help="results JSON (required unless --summarize)")
     parser.add_argument("--details", default=None, help="per-run rounds and stop points (default <out>_details.json)")
+    parser.add_argument("--loop-rule", choices=sorted(LOOP_RULES), default="every",
+                        help="the rule the loop itself stops by: stabilizing_predictions(0.99, 3 rounds) (every, the "
+                             "default) or (0.99, 5 rounds, average); keep the two in separate --out files")
     parser.add_argument("--summarize", nargs="+", type=Path, default=None, metavar="DETAILS",
                         help="print BENCHMARKS.md's tables from these --details files and exit (runs nothing)")
     args = parser.parse_args()
@@ -400,7 +416,7 @@ def main() -> None:
                     continue
                 workdir = Path(tempfile.mkdtemp(prefix=f"eval-{dataset}-{seed}-{method}-"))
                 try:
-                    row, detail = run_one(dataset, seed, method, workdir)
+                    row, detail = run_one(dataset, seed, method, workdir, loop_rule=LOOP_RULES[args.loop_rule])
                 finally:
                     shutil.rmtree(workdir, ignore_errors=True)
                 rows.append(row)
