@@ -362,8 +362,8 @@ def summarize(detail_files: list[Path]) -> str:
               "|---|---|---|---|---|---|---|---|"]
     for name in sets:
         runs = [d for d in details if d["dataset"] == name]
-        for agreement in (0.985, 0.99, 0.995):
-            for need in (3, 4, 5, 6):
+        for agreement in (0.98, 0.985, 0.99, 0.995):
+            for need in (2, 3, 4, 5, 6):
                 figures = _stopping_figures(runs, lambda d, a=agreement, n=need: ours_stop(
                     [r["kappa"] for r in d["rounds"]], a, n, average=True), n_test[name])
                 lines.append(f"| {name} | agreement {agreement}, {need} rounds | {figures} |")
