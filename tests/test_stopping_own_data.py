@@ -64,6 +64,9 @@ def test_averaged_rule_refuses_a_window_of_one_and_a_non_boolean_in_one_line(bli
     with pytest.raises(ConfigError, match=expected) as info:
         parse_config(cfg, source="loop.yaml")
     assert "\n" not in str(info.value)
+    # the smallest window that averages anything is accepted
+    fine = blind_config(blind_digits, stopping={"stabilizing_predictions": {"average": True, "rounds": 2}})
+    assert parse_config(fine).stopping.stabilizing_predictions.rounds == 2
 
 
 def test_target_accuracy_without_ground_truth_works_on_the_lower_bound(blind_digits, tmp_path):
