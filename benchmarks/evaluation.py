@@ -17,7 +17,10 @@ judgments_to_half_width_0.03, stop_labels, oracle_labels_98, stop_accuracy_share
 narrow (null: never), ``stop_labels`` the bought labels when the loop stopped,
 ``oracle_labels_98`` the bought labels at the first round at 98 % of full-data accuracy (null:
 never reached), ``stop_accuracy_share`` the stopped model's test accuracy over full-data
-accuracy. ``--details`` (default ``<out>_details.json``) gets each run's rounds and where
+accuracy; and ``coverage_unseen``, the same against the model's accuracy on the pool items it
+did not train on (not a uniform sample: active learning took the hard ones; the details files
+also hold each round's accuracy on the audit reserve and test split together, which is).
+``--details`` (default ``<out>_details.json``) gets each run's rounds and where
 small-text 1.4.1's stopping criteria (``KappaAverage``, ``DeltaFScore``,
 ``ClassificationChange``) stop on the same models' predictions over the same stop set.
 
