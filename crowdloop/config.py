@@ -347,6 +347,10 @@ class EvaluationConfig(_Strict):
         "workers; vendors that can keep a task from them) when fewer than this share of its judgments agree with its "
         "label; 0: never. A wrong audit label "
         "counts a right prediction as wrong, and wrong labels hide in split votes")
+    control_variate: bool = Field(
+        False, description="active: add the surrogate's calibrated loss probability on every reserve item as a control "
+        "variate (difference estimator). Narrower intervals, but on the benchmark's synthetic set they held the truth less "
+        "often (0.86 vs 0.95 of rounds): the calibration is fitted on the same audit labels")
     uniform_share: float = Field(
         0.2, gt=0, le=1, description="active: share of uniform sampling mixed into the proposal (bounds the weights)")
     surrogate: ModelConfig = Field(
