@@ -16,7 +16,7 @@ from crowdloop import keys
 from crowdloop.config import parse_config
 from crowdloop.consensus.adaptive import combine_with_model
 from crowdloop.engine import Project
-from crowdloop.engine.quality import annotation_table, oof_proba, reask_plan
+from crowdloop.engine.quality import annotation_table, gold_rejections, oof_proba, reask_plan
 from crowdloop.records import AggregatedLabel, Annotation
 from tests.conftest import small_config
 
@@ -141,3 +141,68 @@ def test_the_model_s_out_of_fold_probability_of_each_item_s_own_label_enters_the
     crowd_only = Project(p.store, p.config.model_copy(update={"consensus": p.config.consensus.model_copy(
         update={"model_weight": 0.0})}))
     assert reask_plan(crowd_only, 1) == []  # 0.85 >= 0.8 for every item: the crowd alone asks nothing
+
+
+# --- out-of-fold probabilities: folds by class counts, seeded per round, truly out of fold ----------
+
+def labeled(p: Project, per_class: int, classes: int = 10) -> list[str]:
+    """Label the first ``per_class`` pool items of each of the first ``classes`` classes before round 1,
+    with their true labels; the item ids, in store order."""
+    rows = []
+    for c in p.classes[:classes]:
+        for item in p.pool.ids[p.pool.y.astype(str) == c][:per_class].astype(str):
+            rows.append((item, c, 0.9, 1))
+    write_labels(p, 0, rows)
+    return sorted(r[0] for r in rows)
+
+
+def test_folds_keep_every_class_in_every_training_fold_when_each_has_enough_labels(tmp_path):
+    p = fresh(tmp_path, **{"autolabel.folds": 2})
+    ids = labeled(p, per_class=2)  # 2 labels of each class, 2 folds: stratified, one of each class per fold
+    got, proba, classes = oof_proba(p, 1)
+    assert got == ids and classes == list(p.classes)
+    assert (proba > 0).all()  # every model saw every class (shuffled plain folds would miss some)
+    again = Project(p.store, p.config)  # a new process: the same folds from (seed, round, store)
+    assert np.array_equal(oof_proba(again, 1)[1], proba)
+    assert not np.allclose(oof_proba(again, 2)[1], proba)  # round 2 (same labels) draws its own folds
+
+
+def test_rarer_classes_than_folds_use_plain_shuffled_folds(tmp_path):
+    p = fresh(tmp_path, **{"autolabel.folds": 3})
+    ids = labeled(p, per_class=2)  # 2 labels a class, 3 folds: stratified folds cannot be made
+    got, proba, classes = oof_proba(p, 1)
+    assert got == ids and classes == list(p.classes) and proba.shape == (20, 10)
+    assert np.allclose(proba.sum(axis=1), 1.0)
+    again = Project(p.store, p.config)
+    assert np.array_equal(oof_proba(again, 1)[1], proba)
+    assert not np.allclose(oof_proba(again, 2)[1], proba)  # shuffled by the round's own seed
+
+
+def test_each_probability_comes_from_a_model_that_never_saw_the_item(tmp_path):
+    from sklearn.base import clone
+
+    p = fresh(tmp_path, **{"autolabel.folds": 20})
+    ids = labeled(p, per_class=2, classes=6)  # 12 labels, at most 20 folds: leave-one-out
+    got, proba, classes = oof_proba(p, 1)
+    assert got == ids and classes == list(p.classes[:6])
+    X, y = p.pool.X[p.rows_of(ids)], np.array([str(p.pool.y[p.index_of[i]]) for i in ids], dtype=object)
+    for k in range(len(ids)):
+        others = np.arange(len(ids)) != k
+        model = clone(p.model_template).fit(X[others], y[others])
+        assert np.allclose(proba[k], model.predict_proba(X[k:k + 1])[0])
+
+
+# --- rejections follow the configured evidence level ----------------------------------------------
+
+def test_rejections_use_the_configured_evidence_level(tmp_path):
+    cfg = {"gold.share": 0.2, "gold.n_items": 4, "gold.reject_below": 0.9, "gold.min_answers": 2}
+    observed = fresh(tmp_path, "observed", **cfg, **{"gold.evidence_level": 1.0})  # 1: the observed share decides
+    binomial = fresh(tmp_path, "binomial", **cfg)  # default 0.05: 1 of 2 right is no evidence against 0.9
+    for p in (observed, binomial):
+        (g1, a1), (g2, a2) = sorted(p.gold_set.items())[:2]
+        wrong = str((int(a2) + 1) % 10)
+        write_answers(p, 1, [(g1, "w1", a1), (g2, "w1", wrong)])
+    batch = [a for a in observed.annotations() if a.round == 1]
+    out = gold_rejections(observed, 1, batch)
+    assert [(r["worker_id"], r["missed_gold"]) for r in out] == [("w1", [g2])]
+    assert gold_rejections(binomial, 1, [a for a in binomial.annotations() if a.round == 1]) == []
