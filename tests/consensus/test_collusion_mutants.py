@@ -1,0 +1,192 @@
+"""Rings of colluders (``consensus/collusion.py``) on tiny hand-made tables with exact outcomes
+(issue 21: these kill the mutants the simulated-crowd tests in ``test_collusion.py`` let
+through: records, one voice with disagreeing members, the pair statistics under a given model,
+and each threshold of ``find_rings`` at its boundary)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from crowdloop.consensus.collusion import Ring, find_rings, one_voice, pair_agreement, ring_reason
+
+
+def table(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["task", "worker", "label"])
+
+
+# --- the ring's record and what its members are told ----------------------------------------------
+
+def test_a_ring_s_record_round_trips_with_the_expectation_to_the_cent():
+    ring = Ring(workers=("a", "b", "c"), n_shared=40, n_agreed=39, expected=12.3456)
+    assert ring.name == "ring:a+b+c"
+    record = ring.as_record()
+    assert record == {"workers": ["a", "b", "c"], "n_shared": 40, "n_agreed": 39, "expected": 12.35}
+    assert isinstance(record["workers"], list)
+    back = Ring.from_record({"workers": ["a", "b", "c"], "n_shared": "40", "n_agreed": 39.0, "expected": "12.35"})
+    assert back == Ring(workers=("a", "b", "c"), n_shared=40, n_agreed=39, expected=12.35)
+    assert type(back.n_shared) is int and type(back.n_agreed) is int and type(back.expected) is float
+
+
+def test_the_reason_counts_the_other_members_in_words():
+    two = ring_reason(Ring(workers=("a", "b"), n_shared=20, n_agreed=19, expected=8.4))
+    assert two == ("Your answers matched those of 1 other worker on 19 of 20 shared items, where the other workers' "
+                   "answers predicted about 8 matches; answers copied or coordinated between accounts cannot be used. "
+                   "You were paid for all approved work.")
+    three = ring_reason(Ring(workers=("a", "b", "c"), n_shared=60, n_agreed=58, expected=20.6))
+    assert three.startswith("Your answers matched those of 2 other workers on 58 of 60 shared items, "
+                            "where the other workers' answers predicted about 21 matches;")
+
+
+# --- one voice ----------------------------------------------------------------------------------
+
+def test_one_voice_keeps_the_ring_s_most_common_answer_ties_to_the_first_label():
+    ring = Ring(workers=("r1", "r2", "r3"), n_shared=9, n_agreed=9, expected=1.0)
+    data = table([
+        ("t2", "r1", "b"), ("t2", "r2", "a"), ("t2", "r3", "b"),  # b twice: b
+        ("t1", "r1", "c"), ("t1", "r2", "a"),                     # a tie: the first label, a
+        ("t1", "h1", "c"), ("t2", "h1", "a"), ("t2", "h2", "b"),  # honest answers stay as they are
+        ("t3", "r2", "z"),                                        # one member alone: their answer
+    ])
+    out = one_voice(data, [ring])
+    assert out.to_dict("records") == [
+        {"task": "t1", "worker": "h1", "label": "c"}, {"task": "t2", "worker": "h1", "label": "a"},
+        {"task": "t2", "worker": "h2", "label": "b"},
+        {"task": "t1", "worker": "ring:r1+r2+r3", "label": "a"},
+        {"task": "t2", "worker": "ring:r1+r2+r3", "label": "b"},
+        {"task": "t3", "worker": "ring:r1+r2+r3", "label": "z"},
+    ]
+    assert list(out.index) == list(range(6))
+    assert data["worker"].tolist()[:3] == ["r1", "r2", "r3"]  # the input is not changed
+
+
+def test_one_voice_keeps_two_rings_apart_and_extra_columns_out():
+    rings = [Ring(workers=("a1", "a2"), n_shared=5, n_agreed=5, expected=1.0),
+             Ring(workers=("b1", "b2"), n_shared=5, n_agreed=5, expected=1.0)]
+    data = table([("t", "a1", "x"), ("t", "a2", "x"), ("t", "b1", "y"), ("t", "b2", "y"), ("t", "h", "z")])
+    data["extra"] = 1
+    out = one_voice(data, rings)
+    assert out.to_dict("records") == [{"task": "t", "worker": "h", "label": "z"},
+                                      {"task": "t", "worker": "ring:a1+a2", "label": "x"},
+                                      {"task": "t", "worker": "ring:b1+b2", "label": "y"}]
+    assert one_voice(data, []) is data
+
+
+# --- pair statistics under a given model --------------------------------------------------------
+
+CONF = {  # worker -> P(observed | true), 2 classes
+    "A": [[0.9, 0.1], [0.2, 0.8]],
+    "B": [[0.7, 0.3], [0.4, 0.6]],
+    "C": [[0.6, 0.4], [0.1, 0.9]],
+}
+
+
+def model(posteriors: dict[str, list[float]]) -> SimpleNamespace:
+    workers = list(CONF)
+    return SimpleNamespace(errors_=np.array([CONF[w] for w in workers]), skills_=pd.Series(0.0, index=workers),
+                           probas_=pd.DataFrame(posteriors, index=["0", "1"]).T)
+
+
+def predicted_agreement(post: list[float], a: str, la: int, b: str, lb: int) -> float:
+    """The docstring's rule: the item's posterior without the pair's two answers, times the chance
+    that both give the same answer under each true class."""
+    ca, cb = np.array(CONF[a]), np.array(CONF[b])
+    q = np.array(post) / (ca[:, la] * cb[:, lb])
+    q /= q.sum()
+    return float(q @ (ca * cb).sum(axis=1))
+
+
+def test_pair_agreement_counts_shared_items_agreements_and_the_model_s_prediction():
+    data = table([("t1", "B", "1"), ("t1", "A", "0"), ("t2", "A", "1"), ("t2", "B", "1"), ("t2", "C", "1"),
+                  ("t3", "C", "0"), ("t3", "A", "0"), ("t4", "A", "1")])
+    posts = {"t1": [0.6, 0.4], "t2": [0.2, 0.8], "t3": [0.7, 0.3], "t4": [0.5, 0.5]}
+    out = pair_agreement(data, model(posts))
+    assert list(out.columns) == ["worker_a", "worker_b", "n_shared", "n_agreed", "expected", "variance"]
+    assert out[["worker_a", "worker_b", "n_shared", "n_agreed"]].to_dict("records") == [
+        {"worker_a": "A", "worker_b": "B", "n_shared": 2, "n_agreed": 1},
+        {"worker_a": "A", "worker_b": "C", "n_shared": 2, "n_agreed": 2},
+        {"worker_a": "B", "worker_b": "C", "n_shared": 1, "n_agreed": 1},
+    ]
+    ab = [predicted_agreement(posts["t1"], "A", 0, "B", 1), predicted_agreement(posts["t2"], "A", 1, "B", 1)]
+    ac = [predicted_agreement(posts["t2"], "A", 1, "C", 1), predicted_agreement(posts["t3"], "A", 0, "C", 0)]
+    bc = [predicted_agreement(posts["t2"], "B", 1, "C", 1)]
+    for row, ps in zip(out.itertuples(), (ab, ac, bc), strict=True):
+        assert row.expected == pytest.approx(sum(ps), rel=1e-12)
+        assert row.variance == pytest.approx(sum(x * (1 - x) for x in ps), rel=1e-12)
+
+
+def test_a_worker_answering_an_item_twice_is_no_pair_with_themselves():
+    data = table([("t1", "A", "0"), ("t1", "A", "0"), ("t2", "B", "1")])
+    assert pair_agreement(data, model({"t1": [0.5, 0.5], "t2": [0.5, 0.5]})).empty
+
+
+def test_pair_agreement_fits_the_default_model_when_none_is_given():
+    rng = np.random.default_rng(0)
+    rows = [(f"t{t}", f"w{w}", str((t + (rng.random() < 0.2)) % 3)) for t in range(30) for w in range(4)]
+    out = pair_agreement(table(rows))
+    assert len(out) == 6 and (out["n_shared"] == 30).all()
+    assert ((out["expected"] > 0) & (out["expected"] < 30)).all()
+
+
+# --- find_rings: each threshold at its boundary -------------------------------------------------
+
+def pairs(rows: list[tuple[str, str, int, int, float, float]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["worker_a", "worker_b", "n_shared", "n_agreed", "expected", "variance"])
+
+
+@pytest.fixture
+def given_pairs(monkeypatch):
+    """find_rings over pair statistics given directly (pair_agreement is tested above)."""
+    import crowdloop.consensus.collusion as collusion
+
+    def use(rows):
+        frame = pairs(rows)
+        monkeypatch.setattr(collusion, "pair_agreement", lambda table, model=None: frame)
+        return lambda **kw: find_rings(table([]), **kw)
+    return use
+
+
+def test_a_pair_is_linked_at_exactly_the_excess_and_z_thresholds(given_pairs):
+    # 40 shared, 38 agreed, 26 expected: excess 12/40 = 0.3; z = 12 / sqrt(15.75 + 0.25) = 3.0
+    run = given_pairs([("a", "b", 40, 38, 26.0, 15.75)])
+    assert run(alpha=0.5) == [Ring(workers=("a", "b"), n_shared=40, n_agreed=38, expected=26.0)]
+    assert run(alpha=0.5, min_excess=0.31) == [] and run(alpha=0.5, min_z=3.01) == []
+
+
+def test_a_group_needs_the_agreement_share_and_the_binomial_evidence(given_pairs):
+    run = given_pairs([("a", "b", 40, 36, 10.0, 1.0)])  # 36 of 40 = 0.9 agreed
+    assert [r.workers for r in run(alpha=0.5)] == [("a", "b")]
+    assert run(alpha=0.5, min_agreement=0.91) == []
+    # honest workers agreeing at 0.8 get 36 or more of 40 with chance 0.0759
+    assert run(alpha=0.08) != [] and run(alpha=0.075) == [] and run() == []  # default alpha 1e-3
+    assert run(honest_agreement=0.85, alpha=0.5) != [] and run(honest_agreement=0.95, alpha=0.5) == []
+
+
+def test_the_least_agreeing_member_is_peeled_off_until_the_rest_is_a_ring(given_pairs):
+    # a, b, c agree always; d was linked to c by excess over a weak model but agrees less
+    run = given_pairs([
+        ("a", "b", 30, 30, 5.0, 1.0), ("a", "c", 30, 30, 5.0, 1.0), ("b", "c", 30, 30, 5.0, 1.0),
+        ("c", "d", 30, 24, 5.0, 1.0), ("a", "d", 30, 10, 5.0, 1.0), ("b", "d", 30, 11, 5.0, 1.0),
+    ])
+    assert run() == [Ring(workers=("a", "b", "c"), n_shared=90, n_agreed=90, expected=15.0)]
+
+
+def test_rings_are_ordered_by_size_then_name_and_unlinked_workers_stay_out(given_pairs):
+    run = given_pairs([
+        ("x", "y", 40, 40, 5.0, 1.0),  # 40 of 40: chance 0.8**40 = 1.3e-4 for honest workers
+        ("b", "c", 30, 30, 5.0, 1.0), ("a", "c", 30, 30, 5.0, 1.0),  # a-c and b-c join a, b, c through c
+        ("a", "b", 30, 30, 25.0, 1.0),  # not linked itself (the model predicts most of it), counted inside
+        ("p", "q", 40, 40, 5.0, 1.0),
+        ("h1", "h2", 30, 20, 18.0, 5.0),  # agree as the model predicts: no link
+    ])
+    rings = run()
+    assert [r.workers for r in rings] == [("a", "b", "c"), ("p", "q"), ("x", "y")]
+    assert rings[0].n_shared == 90 and rings[0].n_agreed == 90 and rings[0].expected == 35.0
+
+
+def test_a_group_that_peels_down_to_one_worker_is_no_ring(given_pairs):
+    run = given_pairs([("a", "b", 30, 25, 5.0, 1.0)])  # linked, but 25/30 < 0.9
+    assert run() == []
