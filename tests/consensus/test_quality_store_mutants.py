@@ -110,6 +110,13 @@ def test_without_a_model_weight_no_model_is_fitted(crowd_only):
     assert [t["item_id"] for t in reask_plan(p, 1)] == ["a", "d", "f"]
 
 
+def test_with_a_model_weight_but_no_out_of_fold_model_the_crowd_alone_decides(tmp_path):
+    p = fresh(tmp_path, **{"consensus.model_weight": 0.7, "autolabel.folds": 2})
+    write_labels(p, 0, [(i, "1", c, 1) for i, c in zip(p.pool.ids[:4].astype(str), (0.5, 0.9, 0.79, 0.8), strict=True)])
+    assert oof_proba(p, 1) is None  # one class: no model to ask
+    assert [t["item_id"] for t in reask_plan(p, 1)] == [p.pool.ids[0], p.pool.ids[2]]
+
+
 @pytest.fixture
 def with_model(tmp_path) -> Project:
     """60 digits labeled before round 1, every third with a wrong label the crowd is 0.85 sure of:
