@@ -85,9 +85,11 @@ CONF = {  # worker -> P(observed | true), 2 classes
 
 
 def model(posteriors: dict[str, list[float]]) -> SimpleNamespace:
+    """A fitted model as pair_agreement reads it; its tasks in reverse order, plus one the table lacks."""
     workers = list(CONF)
+    tasks = {"t9": [0.5, 0.5], **dict(reversed(posteriors.items()))}
     return SimpleNamespace(errors_=np.array([CONF[w] for w in workers]), skills_=pd.Series(0.0, index=workers),
-                           probas_=pd.DataFrame(posteriors, index=["0", "1"]).T)
+                           probas_=pd.DataFrame(tasks, index=["0", "1"]).T)
 
 
 def predicted_agreement(post: list[float], a: str, la: int, b: str, lb: int) -> float:
@@ -113,14 +115,35 @@ def test_pair_agreement_counts_shared_items_agreements_and_the_model_s_predictio
     ab = [predicted_agreement(posts["t1"], "A", 0, "B", 1), predicted_agreement(posts["t2"], "A", 1, "B", 1)]
     ac = [predicted_agreement(posts["t2"], "A", 1, "C", 1), predicted_agreement(posts["t3"], "A", 0, "C", 0)]
     bc = [predicted_agreement(posts["t2"], "B", 1, "C", 1)]
+    assert out["n_shared"].dtype.kind == "i" and out["n_agreed"].dtype.kind == "i"  # counts, not floats
     for row, ps in zip(out.itertuples(), (ab, ac, bc), strict=True):
         assert row.expected == pytest.approx(sum(ps), rel=1e-12)
         assert row.variance == pytest.approx(sum(x * (1 - x) for x in ps), rel=1e-12)
 
 
+COLS = ["worker_a", "worker_b", "n_shared", "n_agreed", "expected", "variance"]
+
+
 def test_a_worker_answering_an_item_twice_is_no_pair_with_themselves():
     data = table([("t1", "A", "0"), ("t1", "A", "0"), ("t2", "B", "1")])
-    assert pair_agreement(data, model({"t1": [0.5, 0.5], "t2": [0.5, 0.5]})).empty
+    out = pair_agreement(data, model({"t1": [0.5, 0.5], "t2": [0.5, 0.5]}))
+    assert out.empty and list(out.columns) == COLS
+
+
+def test_no_shared_items_and_no_answers_give_empty_tables_with_the_columns():
+    lonely = table([("t1", "A", "0"), ("t2", "B", "1")])
+    assert list(pair_agreement(lonely, model({"t1": [0.5, 0.5], "t2": [0.5, 0.5]})).columns) == COLS
+    empty = pair_agreement(table([]))
+    assert empty.empty and list(empty.columns) == COLS
+
+
+def test_an_answer_a_worker_never_gives_under_a_class_keeps_the_prediction_finite(monkeypatch):
+    """A confusion entry of 0 (C never answers 1 when the truth is 0): dividing the pair's likelihood
+    out of the posterior must not divide by zero; the truth is then surely 1."""
+    monkeypatch.setitem(CONF, "C", [[1.0, 0.0], [0.1, 0.9]])
+    # the model's posterior is sure of 1 since C answered 1; without the pair's answers it stays so (0/0 avoided)
+    out = pair_agreement(table([("t1", "A", "1"), ("t1", "C", "1")]), model({"t1": [0.0, 1.0]}))
+    assert out["expected"].tolist() == pytest.approx([0.2 * 0.1 + 0.8 * 0.9])  # P(same | truth 1)
 
 
 def test_pair_agreement_fits_the_default_model_when_none_is_given():
