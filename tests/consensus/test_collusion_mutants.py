@@ -213,3 +213,14 @@ def test_rings_are_ordered_by_size_then_name_and_unlinked_workers_stay_out(given
 def test_a_group_that_peels_down_to_one_worker_is_no_ring(given_pairs):
     run = given_pairs([("a", "b", 30, 25, 5.0, 1.0)])  # linked, but 25/30 < 0.9
     assert run() == []
+
+
+def test_find_rings_judges_agreement_by_the_model_it_is_given():
+    """Two workers who always agree: a model that predicts chance agreement (every answer a coin toss)
+    makes it a ring; the default model, fitted on these two alone, finds them simply accurate."""
+    rng = np.random.default_rng(3)
+    data = table([(f"t{t}", w, str(label)) for t, label in enumerate(rng.integers(2, size=40)) for w in ("A", "B")])
+    coin = SimpleNamespace(errors_=np.full((2, 2, 2), 0.5), skills_=pd.Series(0.5, index=["A", "B"]),
+                           probas_=pd.DataFrame(0.5, index=[f"t{t}" for t in range(40)], columns=["0", "1"]))
+    assert find_rings(data, model=coin) == [Ring(workers=("A", "B"), n_shared=40, n_agreed=40, expected=20.0)]
+    assert find_rings(data) == []
