@@ -224,3 +224,15 @@ def test_find_rings_judges_agreement_by_the_model_it_is_given():
                            probas_=pd.DataFrame(0.5, index=[f"t{t}" for t in range(40)], columns=["0", "1"]))
     assert find_rings(data, model=coin) == [Ring(workers=("A", "B"), n_shared=40, n_agreed=40, expected=20.0)]
     assert find_rings(data) == []
+
+
+def test_the_default_model_is_fitted_without_looking_for_rings():
+    """The docstring's default: AutoDawidSkene *without* ring detection (a ring-aware fit would already
+    count the ring as one voice, and then predict its members' agreement from that one voice)."""
+    from crowdloop.consensus import AutoDawidSkene
+    from tests.consensus.test_collusion import crowd
+
+    data, _, members = crowd(0, n_items=300)
+    assert [set(r.workers) for r in AutoDawidSkene().fit(data).rings_] == [members]  # a crowd with a ring
+    expected = pair_agreement(data, AutoDawidSkene(rings=False).fit(data))
+    pd.testing.assert_frame_equal(pair_agreement(data), expected)
