@@ -236,3 +236,31 @@ def test_the_default_model_is_fitted_without_looking_for_rings():
     assert [set(r.workers) for r in AutoDawidSkene().fit(data).rings_] == [members]  # a crowd with a ring
     expected = pair_agreement(data, AutoDawidSkene(rings=False).fit(data))
     pd.testing.assert_frame_equal(pair_agreement(data), expected)
+
+
+def test_the_peeled_member_is_the_one_with_the_lowest_smoothed_agreement_rate(given_pairs):
+    """Rate of a member = (agreements + ½) / (shared + 1) over its pairs inside the group.
+    xx: 2 of 3 (rate 0.625), yy: 6 of 11 (0.542), zz: 8 of 12 (0.654): yy goes, and xx+zz, 2 of 2,
+    is a ring at this alpha (two honest 0.8 workers agree on 2 of 2 with chance 0.64)."""
+    run = given_pairs([("xx", "yy", 1, 0, 0.0, 0.0), ("xx", "zz", 2, 2, 0.0, 0.0), ("yy", "zz", 10, 6, 0.0, 0.0)])
+    assert run(alpha=0.7) == [Ring(workers=("xx", "zz"), n_shared=2, n_agreed=2, expected=0.0)]
+
+
+def test_the_smoothing_weighs_a_few_shared_items_less(given_pairs):
+    """xx: 2 of 4 (rate 2.5/5 = 0.5) is peeled before yy: 25 of 42 (25.5/43 = 0.593); yy and zz then agree
+    on 25 of 40, no ring. (Less smoothing of xx's few items, or more, would peel yy and leave xx+zz.)"""
+    run = given_pairs([("xx", "yy", 2, 0, 0.0, 0.0), ("xx", "zz", 2, 2, 0.0, 0.0), ("yy", "zz", 40, 25, 5.0, 4.0)])
+    assert run(alpha=0.7) == []
+
+
+def test_workers_with_longer_names_join_through_a_shared_partner(given_pairs):
+    run = given_pairs([("w10", "w3", 40, 40, 5.0, 1.0), ("w2", "w3", 40, 40, 5.0, 1.0), ("w10", "w2", 40, 40, 30.0, 1.0)])
+    assert run() == [Ring(workers=("w10", "w2", "w3"), n_shared=120, n_agreed=120, expected=40.0)]
+
+
+def test_the_binomial_tail_must_be_strictly_below_alpha(given_pairs):
+    from scipy.stats import binom
+
+    run = given_pairs([("a", "b", 40, 36, 10.0, 1.0)])
+    tail = float(binom.sf(35, 40, 0.8))
+    assert run(alpha=tail) == [] and run(alpha=np.nextafter(tail, 1.0)) != []
