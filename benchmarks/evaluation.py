@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -49,10 +50,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from label_efficiency import load_dataset  # noqa: E402  (the same splits as the label-efficiency benchmark)
 
+from crowdloop.engine.budget import KAPPA_SLACK  # noqa: E402  (the loop's own float slack for the mean)
+
 DATASETS = ("digits", "breast_cancer", "synthetic", "fashion_mnist")
 HALF_WIDTH = 0.03
 Z95 = 1.959963984540054
 RULE = {"agreement": 0.99, "rounds": 3, "stop_set": 2000}
+# the averaged rule BENCHMARKS.md recommends (window picked on the even seeds; the odd ones are held out)
+AVERAGED = {"agreement": 0.99, "rounds": 5, "average": True}
+AVERAGED_NAME = "crowdloop stabilizing_predictions(0.99, 5 rounds, average)"
+LOOP_RULES = {"every": RULE, "average": AVERAGED}
 # per set: initial and batch of the loop, audit batch and most audit items, rounds the oracle may take
 SIZES: dict[str, dict[str, int]] = {
     "digits": {"initial": 20, "batch": 10, "audit_batch": 20, "audit_max": 300, "max_rounds": 60},
@@ -76,12 +83,12 @@ def write_blind(setting, root: Path) -> tuple[Path, Path, list[str]]:
 
 
 def config(dataset: str, seed: int, method: str, pool: Path, key: Path, classes: list[str], n_pool: int,
-           stop_rule: bool) -> dict[str, Any]:
+           stop_rule: dict[str, Any] | None) -> dict[str, Any]:
     size = SIZES[dataset]
     reserve = min(3 * size["audit_max"], n_pool // 3)
     stopping: dict[str, Any] = {"max_rounds": size["max_rounds"]}
     if stop_rule:
-        stopping["stabilizing_predictions"] = RULE
+        stopping["stabilizing_predictions"] = {"stop_set": RULE["stop_set"], **stop_rule}
     return {
         "project": f"eval-{dataset.replace('_', '-')}", "seed": seed,
         "pool": {"source": "csv", "path": str(pool), "id_column": "id", "classes": classes},
@@ -128,19 +135,24 @@ def small_text_stops(predictions: list[np.ndarray | None], classes: list[str]) -
     return stops
 
 
-def ours_stop(kappas: list[float | None], agreement: float | None = None, rounds: int | None = None) -> int | None:
+def ours_stop(kappas: list[float | None], agreement: float | None = None, rounds: int | None = None,
+              average: bool = False) -> int | None:
     """Where ``stabilizing_predictions`` fires on a kappa sequence (the loop's rule, recomputed;
-    by default with the benchmark's setting)."""
+    by default with the benchmark's setting); ``average``: the window's mean kappa must reach the
+    agreement (``stabilizing_predictions.average``), else every kappa in it."""
     k = RULE["agreement"] if agreement is None else agreement
     need = RULE["rounds"] if rounds is None else rounds
     for r in range(need - 1, len(kappas)):
         window = kappas[r - need + 1:r + 1]
-        if all(v is not None and v >= k for v in window):
+        if any(v is None for v in window):
+            continue
+        if (math.fsum(window) / need + KAPPA_SLACK >= k) if average else all(v >= k for v in window):
             return r
     return None
 
 
-def run_one(dataset: str, seed: int, method: str, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_one(dataset: str, seed: int, method: str, workdir: Path,
+            loop_rule: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     from sklearn.metrics import cohen_kappa_score
 
     from crowdloop import engine, keys
@@ -156,14 +168,15 @@ def run_one(dataset: str, seed: int, method: str, workdir: Path) -> tuple[dict[s
     location = str(workdir / "project")
     started = time.perf_counter()
     # 1. the loop as a user runs it: blind, stopping by itself
-    blind = parse_config(config(dataset, seed, method, pool, key, classes, len(setting.X_pool), stop_rule=True))
+    blind = parse_config(config(dataset, seed, method, pool, key, classes, len(setting.X_pool),
+                                  stop_rule=loop_rule or RULE))
     p = engine.run_in_process(Project.prepare(blind, location))
     stop_rows = p.pool.X[p.stop_set_rows]  # the loop's own stop set, for every criterion below
     stop = read_json(p.store, keys.STOP)
     stopped_by_rule = stop["reason"].startswith("stabilizing_predictions")
     stop_round = stop["round"]
     # 2. the benchmark lets it go on (stopping is resumable) to find the oracle on the same curve
-    cfg = config(dataset, seed, method, pool, key, classes, len(setting.X_pool), stop_rule=False)
+    cfg = config(dataset, seed, method, pool, key, classes, len(setting.X_pool), stop_rule=None)
     p = engine.run_in_process(Project.prepare(parse_config(cfg), location))
     full = full_data_accuracy(setting)
     y_test = setting.y_test.astype(str)
@@ -190,7 +203,8 @@ def run_one(dataset: str, seed: int, method: str, workdir: Path) -> tuple[dict[s
     oracle = next((r for r in rounds if r["true_accuracy"] is not None and r["true_accuracy"] >= 0.98 * full), None)
     stop_at = rounds[stop_round]
     recomputed = ours_stop(kappas)
-    criteria = {"crowdloop stabilizing_predictions(0.99, 3 rounds)": recomputed, **small_text_stops(predictions, classes)}
+    criteria = {"crowdloop stabilizing_predictions(0.99, 3 rounds)": recomputed, AVERAGED_NAME: ours_stop(kappas, **AVERAGED),
+                **small_text_stops(predictions, classes)}
     row = {
         "dataset": dataset, "seed": seed, "audit": method,
         "coverage": None if coverage is None else round(coverage, 4),
@@ -200,6 +214,7 @@ def run_one(dataset: str, seed: int, method: str, workdir: Path) -> tuple[dict[s
         "stop_accuracy_share": None if stop_at["true_accuracy"] is None else round(stop_at["true_accuracy"] / full, 4),
     }
     detail = {**row, "full_data_accuracy": round(full, 4), "stop_round": stop_round, "stop_reason": stop["reason"],
+              "loop_rule": {"stop_set": RULE["stop_set"], **(loop_rule or RULE)},
               "stopped_by_rule": stopped_by_rule, "seconds": round(time.perf_counter() - started, 1),
               "stops": {name: None if r is None else {"round": r, "labels": rounds[r]["n_labeled"],
                                                       "accuracy_share": round(rounds[r]["true_accuracy"] / full, 4)}
@@ -227,6 +242,46 @@ def _judgments_or_all(detail: dict[str, Any]) -> int | None:
     """Judgments to the half-width, else every audit judgment the run made."""
     found = detail["judgments_to_half_width_0.03"]
     return found if found is not None else max((r["audit_judgments"] or 0 for r in detail["rounds"]), default=None)
+
+
+def _stop_at(d: dict[str, Any], r: int) -> dict[str, Any]:
+    return {"round": r, "labels": d["rounds"][r]["n_labeled"],
+            "accuracy_share": round(d["rounds"][r]["true_accuracy"] / d["full_data_accuracy"], 4)}
+
+
+def _stops(d: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
+    """A run's stop points by criterion; the averaged rule recomputed from the kappas where a
+    details file predates it."""
+    if AVERAGED_NAME in d["stops"]:
+        return d["stops"]
+    r = ours_stop([q["kappa"] for q in d["rounds"]], **AVERAGED)
+    ours = {k: v for k, v in d["stops"].items() if k.startswith("crowdloop")}
+    theirs = {k: v for k, v in d["stops"].items() if not k.startswith("crowdloop")}
+    return ours | {AVERAGED_NAME: None if r is None else _stop_at(d, r)} | theirs
+
+
+def _below_beyond_test_noise(d: dict[str, Any], r: int, n_test: int) -> bool:
+    """Whether round ``r``'s share of full-data accuracy is below 0.97 by more than the test
+    split's own 95 % sampling error (the share is measured on a finite test split too)."""
+    acc = d["rounds"][r]["true_accuracy"]
+    return acc / d["full_data_accuracy"] < 0.97 - Z95 * np.sqrt(acc * (1 - acc) / n_test) / d["full_data_accuracy"]
+
+
+def _stopping_figures(runs: list[dict[str, Any]], stop_of, n_test: int) -> str:
+    """``runs stopped | stopped before 97 % (lowest share) | of them beyond the test split's noise |
+    labels / oracle's: median (max) | runs over 1.3x | as run: median, runs over 1.3x`` for a rule
+    ``stop_of(run) -> round | None``; *as run* puts the last round (``max_rounds``) where the rule
+    never fires."""
+    fired = [(r, d) for d in runs if (r := stop_of(d)) is not None]
+    shares = [_stop_at(d, r)["accuracy_share"] for r, d in fired]
+    beyond = sum(_stop_at(d, r)["accuracy_share"] < 0.97 and _below_beyond_test_noise(d, r, n_test) for r, d in fired)
+    ratios = [d["rounds"][r]["n_labeled"] / d["oracle_labels_98"] for r, d in fired if d["oracle_labels_98"]]
+    as_run = [d["rounds"][r if r is not None else len(d["rounds"]) - 1]["n_labeled"] / d["oracle_labels_98"]
+              for d in runs if d["oracle_labels_98"] for r in (stop_of(d),)]
+    early = f"{sum(v < 0.97 for v in shares)} ({min(shares):.3f})" if shares else "– (–)"
+    cost = f"{_median(ratios):.2f} ({max(ratios):.2f}) | {sum(v > 1.3 for v in ratios)}" if ratios else "– | –"
+    loop = f"{_median(as_run):.2f}, {sum(v > 1.3 for v in as_run)}" if as_run else "–"
+    return f"{len(fired)}/{len(runs)} | {early} | {beyond if shares else '–'} | {cost} | {loop}"
 
 
 def summarize(detail_files: list[Path]) -> str:
@@ -275,8 +330,8 @@ def summarize(detail_files: list[Path]) -> str:
         cost = f"{_median(ratios):.2f} ({max(ratios):.2f}) | {sum(v > 1.3 for v in ratios)} |" if ratios else "– | – |"
         lines.append(f"| {name} | **the loop as run** (the rule, else max_rounds) | {by_rule}/{len(runs)} by the rule | "
                      f"{min(shares):.3f} ({_median(shares):.3f}) | {sum(a < 0.97 for a in shares)} | {cost}")
-        for criterion in dict.fromkeys(c for d in runs for c in d["stops"]):
-            stops = [(d["stops"].get(criterion), d["oracle_labels_98"]) for d in runs if criterion in d["stops"]]
+        for criterion in dict.fromkeys(c for d in runs for c in _stops(d)):
+            stops = [(_stops(d).get(criterion), d["oracle_labels_98"]) for d in runs if criterion in _stops(d)]
             fired = [(s, o) for s, o in stops if s is not None]
             shares = [s["accuracy_share"] for s, _ in fired]
             ratios = [s["labels"] / o for s, o in fired if o]
@@ -301,6 +356,31 @@ def summarize(detail_files: list[Path]) -> str:
                 cost = f"{_median(ratios):.2f} ({max(ratios):.2f}) | {sum(v > 1.3 for v in ratios)}" if ratios else "– | –"
                 lines.append(f"| {name} | agreement {agreement}, {need} rounds | {len(fired)}/{len(runs)} | "
                              f"{sum(v < 0.97 for v in shares)} | {cost} |")
+    lines += ["", "| set | stabilizing_predictions setting, average: true (recomputed on the same curves) | runs stopped | "
+              "stopped before 97 % (lowest share) | of them beyond the test split's noise | labels / oracle's: median (max) | "
+              "runs over 1.3x | as run (max_rounds where it never fires): median, runs over 1.3x |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name in sets:
+        runs = [d for d in details if d["dataset"] == name]
+        for agreement in (0.98, 0.985, 0.99, 0.995):
+            for need in (2, 3, 4, 5, 6):
+                figures = _stopping_figures(runs, lambda d, a=agreement, n=need: ours_stop(
+                    [r["kappa"] for r in d["rounds"]], a, n, average=True), n_test[name])
+                lines.append(f"| {name} | agreement {agreement}, {need} rounds | {figures} |")
+    # held out: the averaged rule's window was picked on the even seeds; the odd ones judge it
+    rules = {"stabilizing_predictions(0.99, 3 rounds), every kappa": lambda d: ours_stop([r["kappa"] for r in d["rounds"]]),
+             "stabilizing_predictions(0.99, 5 rounds, average)": lambda d: ours_stop([r["kappa"] for r in d["rounds"]],
+                                                                                     **AVERAGED),
+             "small-text KappaAverage(0.99, window 3)": lambda d: ours_stop([r["kappa"] for r in d["rounds"]], 0.99, 3,
+                                                                            average=True)}
+    lines += ["", "| set | seeds | rule | runs stopped | stopped before 97 % (lowest share) | of them beyond the test "
+              "split's noise | labels / oracle's: median (max) | runs over 1.3x | as run (max_rounds where it never "
+              "fires): median, runs over 1.3x |", "|---|---|---|---|---|---|---|---|---|"]
+    for name in sets:
+        for half, parity in (("even (tuned on)", 0), ("odd (held out)", 1)):
+            runs = [d for d in details if d["dataset"] == name and d["seed"] % 2 == parity]
+            for rule, stop_of in rules.items():
+                lines.append(f"| {name} | {half} | {rule} | {_stopping_figures(runs, stop_of, n_test[name])} |")
     return "\n".join(lines)
 
 
@@ -312,6 +392,9 @@ def main() -> None:
     parser.add_argument("--audits", nargs="+", default=["random", "active"], choices=["random", "active"])
     parser.add_argument("--out", help="results JSON (required unless --summarize)")
     parser.add_argument("--details", default=None, help="per-run rounds and stop points (default <out>_details.json)")
+    parser.add_argument("--loop-rule", choices=sorted(LOOP_RULES), default="every",
+                        help="the rule the loop itself stops by: stabilizing_predictions(0.99, 3 rounds) (every, the "
+                             "default) or (0.99, 5 rounds, average); keep the two in separate --out files")
     parser.add_argument("--summarize", nargs="+", type=Path, default=None, metavar="DETAILS",
                         help="print BENCHMARKS.md's tables from these --details files and exit (runs nothing)")
     args = parser.parse_args()
@@ -333,7 +416,7 @@ def main() -> None:
                     continue
                 workdir = Path(tempfile.mkdtemp(prefix=f"eval-{dataset}-{seed}-{method}-"))
                 try:
-                    row, detail = run_one(dataset, seed, method, workdir)
+                    row, detail = run_one(dataset, seed, method, workdir, loop_rule=LOOP_RULES[args.loop_rule])
                 finally:
                     shutil.rmtree(workdir, ignore_errors=True)
                 rows.append(row)

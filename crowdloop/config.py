@@ -367,6 +367,16 @@ class StabilizingPredictions(_Strict):
     agreement: float = Field(0.99, gt=0, le=1, description="Cohen's kappa between consecutive models' predictions, at least")
     rounds: int = Field(3, ge=1, description="for this many consecutive rounds")
     stop_set: int = Field(2000, ge=10, description="pool items in the stop set (drawn once by seed; no labels needed)")
+    average: bool = Field(
+        False, description="true: the mean kappa of the last `rounds` rounds must reach `agreement` (small-text's "
+        "KappaAverage), so one round's dip does not restart the count; false: every one of them must")
+
+    @model_validator(mode="after")
+    def _average_needs_rounds(self) -> StabilizingPredictions:
+        if self.average and self.rounds < 2:
+            raise ValueError(f"average=true with rounds={self.rounds}: the mean of one kappa is that kappa; "
+                             "expected rounds >= 2 (or average: false)")
+        return self
 
 
 class StoppingConfig(_Strict):
@@ -377,7 +387,8 @@ class StoppingConfig(_Strict):
     target_accuracy: float | None = Field(
         None, gt=0, le=1, description="test accuracy; without ground truth, the lower bound of the estimated accuracy")
     stabilizing_predictions: StabilizingPredictions | None = Field(
-        None, description="{agreement, rounds, stop_set}: stop when consecutive models' predictions stop changing")
+        None, description="{agreement, rounds, stop_set, average}: stop when consecutive models' predictions stop "
+                    "changing")
 
 
 class ScaleConfig(_Strict):

@@ -206,6 +206,39 @@ def test_stable_predictions_need_every_one_of_the_last_rounds_at_the_agreement(t
     assert math.isclose(len(p.stop_set_rows), 100)
 
 
+def test_averaged_stable_predictions_need_the_mean_of_the_last_rounds_at_the_agreement(tmp_path):
+    """``average: true``: the mean of the window counts, so one dip below the agreement does not
+    restart the count, a window still holding a deep dip does not stop, and an exact mean of
+    0.99 (which float sums put a hair below) does."""
+    from crowdloop.config import parse_config
+
+    rule = {"agreement": 0.99, "rounds": 3, "stop_set": 100, "average": True}
+    p = Project.prepare(parse_config(small_config(**{"stopping.stabilizing_predictions": rule})), str(tmp_path / "p"))
+
+    def kappas(*values):
+        for q, k in enumerate(values):
+            write_json(p.store, keys.round_key(q, keys.METRICS), {"round": q, "stability_kappa": k})
+
+    curve = (None, 0.9, 0.995, 0.98, 0.999, 0.999, 0.95, 0.999, 0.999, 0.999)
+    kappas(*curve)
+    # window means at rounds 3..9: 0.9583, 0.9913, 0.9927, 0.9827, 0.9827, 0.9827, 0.999; round 2's holds round 0's None
+    fired = [r for r in range(len(curve)) if predictions_stable(p, r) is not None]
+    assert fired == [4, 5, 9]  # 0.98 at round 3 is averaged out at once; 0.95 at round 6 holds the mean down 3 rounds
+    assert predictions_stable(p, 4) == (
+        "stabilizing_predictions (average): mean Cohen's kappa between consecutive models 0.9913 >= 0.99 over 3 rounds "
+        "(0.9950, 0.9800, 0.9990) on a 100-item stop set")
+    # the same curve under the every-round rule stops only once three rounds in a row reach 0.99
+    every = other(p, "stopping", stabilizing_predictions=p.config.stopping.stabilizing_predictions.model_copy(
+        update={"average": False}))
+    assert [r for r in range(len(curve)) if predictions_stable(every, r) is not None] == [9]
+    kappas(None, 0.99, 0.99, 0.99)
+    assert predictions_stable(p, 2) is None  # round 0 has no kappa: no mean of two standing for three
+    assert predictions_stable(p, 3).startswith("stabilizing_predictions (average): mean Cohen's kappa between "
+                                               "consecutive models 0.9900 >= 0.99 over 3 rounds")
+    kappas(None, 0.99, 0.99, 0.989998)
+    assert predictions_stable(p, 3) is None  # a real shortfall of 7e-7 in the mean is not rounding
+
+
 # --- adaptive redundancy: re-asks go on after the item budget, and are paid for ----------------
 
 BULK = {"simulated": {"rate": 0.1, "bulk_rate": 0.3, "bulk_min_assignments": 2}}

@@ -152,16 +152,32 @@ def target_reached(p: Project, metrics: dict[str, Any]) -> str | None:
     return None
 
 
+# kappas are recorded to 6 decimals; a mean short of the agreement by float rounding alone (three
+# kappas of 0.99 average to 0.98999999...) reaches it
+KAPPA_SLACK = 1e-9
+
+
 def predictions_stable(p: Project, r: int) -> str | None:
     """``stopping.stabilizing_predictions``: Cohen's kappa between consecutive models on the stop
     set at least ``agreement`` in each of the last ``rounds`` rounds (Bloodgood & Vijay-Shanker,
-    2009). Reads the kappas the evaluate step recorded."""
+    2009), or, with ``average``, their mean at least ``agreement`` (small-text's ``KappaAverage``):
+    one round's dip, which a few flipped stop-set items make, then lowers the mean a little
+    instead of restarting the count. Reads the kappas the evaluate step recorded."""
     rule = p.config.stopping.stabilizing_predictions
     if rule is None or r + 1 < rule.rounds:
         return None
     kappas = [(p.record(q, keys.METRICS, default=None) or {}).get("stability_kappa") for q in range(r - rule.rounds + 1, r + 1)]
-    if any(k is None or k < rule.agreement for k in kappas):
+    if any(k is None for k in kappas):
         return None
     shown = ", ".join(f"{k:.4f}" for k in kappas)
+    where = f"on a {len(p.stop_set_rows)}-item stop set"
+    if rule.average:
+        mean = math.fsum(kappas) / len(kappas)
+        if mean + KAPPA_SLACK < rule.agreement:
+            return None
+        return (f"stabilizing_predictions (average): mean Cohen's kappa between consecutive models {mean:.4f} >= "
+                f"{rule.agreement} over {rule.rounds} rounds ({shown}) {where}")
+    if any(k < rule.agreement for k in kappas):
+        return None
     return (f"stabilizing_predictions: Cohen's kappa between consecutive models {shown} >= {rule.agreement} "
-            f"for {rule.rounds} rounds on a {len(p.stop_set_rows)}-item stop set")
+            f"for {rule.rounds} rounds {where}")

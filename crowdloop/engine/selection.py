@@ -117,6 +117,7 @@ def select(p: Project, r: int) -> dict[str, Any]:
         item_ids = [item for _, _, item in sorted(rows)[:size]]
     else:
         strategy, item_ids, policy = _pick(p, r, size)
+    _check_eligible(p, r, strategy, item_ids)
     selection: dict[str, Any] = {
         "round": r,
         "strategy": strategy,
@@ -132,6 +133,22 @@ def select(p: Project, r: int) -> dict[str, Any]:
         selection["gold"] = gold_plan(p, r, len(item_ids) + len(reasks))
     write_once(p.store, keys.round_key(r, keys.SELECTION), selection)
     return p.record(r, keys.SELECTION)
+
+
+def _check_eligible(p: Project, r: int, strategy: str, item_ids: list[str]) -> None:
+    """Refuse a batch with an item picked twice or one a sampler must never pick, before it is
+    recorded or sent. A wrong exclusion mask (or a sampler that ignores it) would otherwise pay for
+    the same items again every round, and a run whose only stop is an exhausted pool would never
+    end, since the pool of undispatched items stops shrinking. Checked against the sets
+    themselves, not against the mask that should have excluded them."""
+    taken = p.dispatched_items(before_round=r) | p.reserved_items()
+    again = sorted(set(item_ids) & taken)
+    if again or len(set(item_ids)) != len(item_ids):
+        twice = sorted({i for i in item_ids if item_ids.count(i) > 1})
+        raise CrowdloopError(
+            f"round {r}: selection ({strategy}) picked {len(again)} ineligible item(s) "
+            f"(dispatched before round {r}, gold, seed-labeled or audit reserve: {again[:5]}) and "
+            f"{len(twice)} item(s) twice ({twice[:5]}); nothing was recorded or sent")
 
 
 def arm_history(p: Project, r: int, item_ids: list[str]) -> list[str | None]:
