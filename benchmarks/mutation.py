@@ -68,13 +68,17 @@ MODULES = (
     Module("consensus.adaptive", "crowdloop/consensus/adaptive.py",
            ("tests/consensus/test_gold_questions.py", "tests/consensus/test_adaptive_redundancy.py",
             "tests/consensus/test_aggregators.py", "tests/consensus/test_policy_mutants.py")),
+    # Fast store-side tests only: the end-to-end gold, re-ask and ring files build many-round projects
+    # (out-of-fold fits every round), which made a mutant take ~15 s and a full run impossible here.
     Module("engine.quality", "crowdloop/engine/quality.py",
-           ("tests/consensus/test_gold_questions.py", "tests/consensus/test_adaptive_redundancy.py",
-            "tests/consensus/test_ring_blocking.py", "tests/consensus/test_policy_mutants.py")),
+           ("tests/consensus/test_quality_mutants.py", "tests/consensus/test_quality_store_mutants.py")),
     Module("consensus.aggregators", "crowdloop/consensus/aggregators.py",
            ("tests/consensus/test_aggregators.py", "tests/consensus/test_aggregator_mutants.py")),
+    # (test_collusion.py's simulated crowds and test_ring_blocking.py's 6-round engine runs reach this
+    # module too, but mutmut's CPU limit is 30 x the covering tests' time: with them, a mutant that loops
+    # forever in find_rings' union-find held the run for many minutes on the shared machine)
     Module("consensus.collusion", "crowdloop/consensus/collusion.py",
-           ("tests/consensus/test_collusion.py", "tests/consensus/test_ring_blocking.py")),
+           ("tests/consensus/test_collusion_mutants.py", "tests/consensus/test_quality_mutants.py")),
     Module("engine.budget", "crowdloop/engine/budget.py",
            # (test_stopping_own_data.py and test_adaptive_redundancy.py reach this module too, but their
            # 30-round fixtures made a run take hours on the shared machine; the before run used them)

@@ -389,6 +389,25 @@ def test_judgment_budget_pays_the_reasks_first_then_whole_items(adaptive_rounds)
             0, f"judgment_budget={base - 1} reached")
 
 
+def test_a_judgment_budget_of_exactly_the_reasks_runs_them(adaptive_rounds):
+    """The boundary of the re-ask-only round: a budget that the re-asks use up exactly is not passed
+    (as the money budget runs re-asks that cost exactly what is left, and a whole item may take the
+    last judgments). Before the fix, ``left < 1`` stopped here with the re-asks unasked."""
+    from crowdloop.engine.quality import reask_plan
+
+    p = adaptive_rounds
+    for r in (1, 2):
+        reasks = len(reask_plan(p, r))
+        exactly = judgments_before(p, r) + reasks
+        n_items = len(p.dispatched_items(before_round=r))
+        assert next_batch_size(limits(p, judgment_budget=exactly, label_budget=n_items), r) == (0, None)
+        # no label budget: new items are wanted, and not one fits after the re-asks
+        assert next_batch_size(limits(p, judgment_budget=exactly), r) == (0, f"judgment_budget={exactly} reached")
+        # one judgment short of the re-asks: they do not fit
+        assert next_batch_size(limits(p, judgment_budget=exactly - 1, label_budget=n_items), r) == (
+            0, f"judgment_budget={exactly - 1} reached")
+
+
 def test_money_for_the_reasks_but_not_one_item_stops_a_round_that_wants_items(adaptive_rounds):
     from crowdloop.engine.quality import reask_plan
 

@@ -56,7 +56,9 @@ def next_batch_size(p: Project, r: int) -> tuple[int, str | None]:
     redundancy = cfg.consensus.first_judgments
     if stop.judgment_budget is not None:
         left = stop.judgment_budget - sum(1 for a in p.annotations() if a.round < r) - reasks
-        if left < redundancy and (left < 1 or size > 0 or not reasks):
+        # ``left`` already counts this round's re-asks: 0 left means they fit exactly (a budget may be
+        # used up, never passed, as a whole item may take the last ``redundancy`` judgments)
+        if left < redundancy and (left < 0 or size > 0 or not reasks):
             return 0, f"judgment_budget={stop.judgment_budget} reached"
         size = min(size, max(left, 0) // redundancy)
     if stop.money_budget is not None:
