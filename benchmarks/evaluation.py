@@ -101,8 +101,8 @@ def config(dataset: str, seed: int, method: str, pool: Path, key: Path, classes:
         "consensus": {"method": "auto", "redundancy": 3},
         # the same reserve for both methods, so they audit the same models; a small pool (breast
         # cancer) caps the audit at its reserve
-        "evaluation": {"method": method, "target_half_width": HALF_WIDTH, "max_items": min(size["audit_max"], reserve),
-                       "batch_size": size["audit_batch"], "reserve": reserve},
+        "evaluation": {"method": method, "reask_below": 0.8, "target_half_width": HALF_WIDTH,
+                       "max_items": min(size["audit_max"], reserve), "batch_size": size["audit_batch"], "reserve": reserve},
         "stopping": stopping,
         "collect": {"poll_interval_s": 0.01},
     }

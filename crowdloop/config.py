@@ -343,10 +343,11 @@ class EvaluationConfig(_Strict):
         None, ge=2, description="pool items set aside for the audit (never trained on, never selected); default max_items "
         "(random) or 3 x max_items (active), at most half the pool")
     reask_below: float = Field(
-        0.8, ge=0, le=1, description="ask an audit item once more (as many judgments again, less one, from other "
+        0.0, ge=0, le=1, description="ask an audit item once more (as many judgments again, less one, from other "
         "workers; vendors that can keep a task from them) when fewer than this share of its judgments agree with its "
-        "label; 0: never. A wrong audit label "
-        "counts a right prediction as wrong, and wrong labels hide in split votes")
+        "label; 0 (default): never. A wrong audit label counts a right prediction as wrong, and wrong labels hide in "
+        "split votes; 0.8 asks again after a 3-2 of five. Off by default because the re-ask needs 2 x redundancy - 1 "
+        "workers: a smaller team would leave the item open until collect.timeout_s")
     control_variate: bool = Field(
         False, description="active: add the surrogate's calibrated loss probability on every reserve item as a control "
         "variate (difference estimator). Narrower intervals, but on the benchmark's synthetic set they held the truth less "

@@ -164,7 +164,7 @@ def blind_digits(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module", params=["random", "active"])
 def audited(request, blind_digits, tmp_path_factory) -> Project:
     cfg = blind_config(blind_digits, evaluation={"method": request.param, "max_items": 120, "batch_size": 40,
-                                                 "target_half_width": 0.05},
+                                                 "target_half_width": 0.05, "reask_below": 0.8},
                        **{"stopping.max_rounds": 6})
     return engine.run_in_process(Project.prepare(parse_config(cfg), str(tmp_path_factory.mktemp(request.param))))
 
