@@ -230,6 +230,24 @@ def test_a_redone_audit_step_draws_the_same_items(blind_digits, tmp_path):
     assert again == first and first["draws"] and len(first["proposal"]) == len(p.audit_reserve)
 
 
+@pytest.mark.parametrize("budget", ["money_budget", "judgment_budget"])
+def test_the_audit_takes_only_what_the_budget_leaves(blind_digits, tmp_path, budget):
+    """The audit rides in a batch the budget already sized: it must not buy its items on top. Without
+    the cap, round 0's 40 audit items (200 judgments, $8.00 at worst) and its 60 batch judgments pass both limits."""
+    limit = {"money_budget": 15.0, "judgment_budget": 200}[budget]
+    cfg = blind_config(blind_digits, evaluation={"method": "random", "max_items": 120, "batch_size": 40,
+                                                 "target_half_width": 0.01},
+                       **{"stopping.max_rounds": 4, f"stopping.{budget}": limit})
+    p = engine.run_in_process(Project.prepare(parse_config(cfg), str(tmp_path / "p")))
+    paid = sum(p.record(r, keys.PAY)["total"] for r in p.rounds() if p.has(r, keys.PAY))
+    judgments = len(p.annotations())
+    assert (paid if budget == "money_budget" else judgments) <= limit
+    audits = [p.record(r, keys.AUDIT) for r in p.rounds() if p.has(r, keys.AUDIT)]
+    assert 0 < len(audits[0]["item_ids"]) < 40 and audits[0]["budget"].startswith(f"{budget}=")
+    assert all(len({a.worker_id for a in p.annotations() if a.item_id == item}) == 5
+               for a_rec in audits for item in a_rec["item_ids"])  # capped items are still fully judged
+
+
 def test_with_ground_truth_the_report_shows_both(tmp_path):
     cfg = small_config(evaluation={"method": "random", "max_items": 60, "batch_size": 30}, **{"stopping.max_rounds": 3})
     p = engine.run_in_process(Project.prepare(parse_config(cfg), str(tmp_path / "p")))

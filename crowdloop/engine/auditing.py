@@ -20,6 +20,7 @@ import numpy as np
 from crowdloop import keys
 from crowdloop.audit import Estimate, calibrated, draw, importance_estimate, proposal, random_estimate, split_labels
 from crowdloop.config import LoopConfig
+from crowdloop.engine.budget import audit_allowance
 from crowdloop.engine.project import Project, write_once
 from crowdloop.records import AuditLabel
 from crowdloop.vendor import EXCLUDES_WORKERS_PER_ITEM
@@ -42,7 +43,19 @@ def audit(p: Project, r: int) -> dict[str, Any]:
     half = None if metrics.get("ci_low") is None else (metrics["ci_high"] - metrics["ci_low"]) / 2
     record: dict[str, Any] = {"round": r, "method": ev.method, "reserve_size": len(reserve), "draws": [], "item_ids": [],
                               "reask": reask_plan(p, r)}
-    if room <= 0:
+    per_item = audit_redundancy(p.config)
+    allowance = audit_allowance(p, r, p.require(r, keys.SELECTION, step="audit"), per_item)
+    if allowance is not None:  # the audit takes only what the budget leaves after the round's batch
+        judgments, budget = allowance
+        per_reask = max(per_item - 1, 1)
+        fitting = record["reask"][: judgments // per_reask]
+        room = min(room, (judgments - per_reask * len(fitting)) // per_item)
+        if len(fitting) < len(record["reask"]) or room < min(ev.batch_size, ev.max_items - len(sent)):
+            record["budget"] = f"{budget}: {judgments} judgment(s) left for the audit after the round's batch"
+        record["reask"] = fitting
+    if room <= 0 and "budget" in record and len(sent) < ev.max_items:
+        record["reason"] = record["budget"]
+    elif room <= 0:
         record["reason"] = f"max_items={ev.max_items} audit items labeled"
     elif half is not None and half <= ev.target_half_width:
         record["reason"] = f"interval half-width {half:.4f} <= target {ev.target_half_width}"

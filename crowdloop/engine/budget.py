@@ -7,7 +7,8 @@ limits goes on where the old limits stopped it.
 ``money_budget`` is never exceeded: a batch is planned at its worst case — every judgment at its
 reward plus the largest top-up bonus (``pay.max_top_up``), the vendor's real fee on both (its own
 ``fee_for``, minimums included), the gold questions mixed in, and a cent for rounding — so the
-last batch shrinks instead of overrunning.
+last batch shrinks instead of overrunning; the accuracy audit, which rides in that batch, takes
+only what is left (``audit_allowance``).
 """
 
 from __future__ import annotations
@@ -89,9 +90,9 @@ def _gold_tasks(p: Project, n_tasks: int) -> int:
     return min(len(p.gold_set), math.ceil(share * n_tasks / (1 - share)))
 
 
-def _affordable_items(p: Project, r: int, size: int, reasks: int, left: float) -> int | None:
-    """The most new items (at most ``size``) round ``r`` can send with ``reasks`` re-asks without
-    spending more than ``left`` at worst; None when the re-asks alone do not fit."""
+def _batch_cost(p: Project, r: int, n_items: int, reasks: int) -> float:
+    """The most round ``r``'s batch of ``n_items`` new items and ``reasks`` re-asks can cost, gold
+    questions and a cent of rounding included."""
     cfg = p.config
     first = cfg.consensus.first_judgments
     reward = reward_for(expected_task_seconds(p, r), cfg.pay.hourly_wage)
@@ -99,17 +100,45 @@ def _affordable_items(p: Project, r: int, size: int, reasks: int, left: float) -
     # A re-ask may be added to the item's earlier task (MTurk: more assignments on its HIT) and be paid that task's reward.
     earlier = [d["reward"] for q in range(r) if (d := p.record(q, keys.DISPATCH, default=None))]
     reask_cost = worst_judgment_cost(p, max([reward, *earlier]), 1)
+    return (n_items * first * new_cost + reasks * reask_cost + _gold_tasks(p, n_items + reasks) * first * new_cost
+            + ROUNDING_SLACK)
 
-    def cost(n_items: int) -> float:
-        return (n_items * first * new_cost + reasks * reask_cost + _gold_tasks(p, n_items + reasks) * first * new_cost
-                + ROUNDING_SLACK)
 
-    if cost(0) > left and reasks:
+def _affordable_items(p: Project, r: int, size: int, reasks: int, left: float) -> int | None:
+    """The most new items (at most ``size``) round ``r`` can send with ``reasks`` re-asks without
+    spending more than ``left`` at worst; None when the re-asks alone do not fit."""
+    if _batch_cost(p, r, 0, reasks) > left and reasks:
         return None
     n = size
-    while n > 0 and cost(n) > left:
+    while n > 0 and _batch_cost(p, r, n, reasks) > left:
         n -= 1
     return n
+
+
+def audit_allowance(p: Project, r: int, selection: dict[str, Any], judgments_per_task: int) -> tuple[int, str] | None:
+    """The most judgments the accuracy audit may add to round ``r``'s batch, and why, when a
+    ``judgment_budget`` or ``money_budget`` is set (None: no such budget).
+
+    The audit rides in the batch the selection planned (``engine/auditing.py``), after the batch
+    was sized to the budget; without this cap its items would be bought on top, and a budget
+    could be passed by the audit's share of the last round. The selection's batch is counted at
+    its worst case first, so the audit only takes what is left."""
+    stop = p.config.stopping
+    first = p.config.consensus.first_judgments
+    n_items, reasks = len(selection["item_ids"]), len(selection.get("reask", []))
+    allowance: tuple[int, str] | None = None
+    if stop.judgment_budget is not None:
+        planned = (n_items + len(selection.get("gold", []))) * first + reasks
+        left = stop.judgment_budget - sum(1 for a in p.annotations() if a.round < r) - planned
+        allowance = (max(left, 0), f"judgment_budget={stop.judgment_budget}")
+    if stop.money_budget is not None:
+        left_money = stop.money_budget - p.spent(r) - _batch_cost(p, r, n_items, reasks)
+        reward = reward_for(expected_task_seconds(p, r), p.config.pay.hourly_wage)
+        per_judgment = worst_judgment_cost(p, reward, judgments_per_task)
+        affordable = max(math.floor(left_money / per_judgment), 0) if per_judgment > 0 else None
+        if affordable is not None and (allowance is None or affordable < allowance[0]):
+            allowance = (affordable, f"money_budget={stop.money_budget:g} {p.config.pay.currency}")
+    return allowance
 
 
 def stop_reason(p: Project, r: int, metrics: dict[str, Any]) -> str | None:
