@@ -376,8 +376,18 @@ def test_judgment_budget_pays_the_reasks_first_then_whole_items(adaptive_rounds)
         assert reasks
         base = judgments_before(p, r) + reasks  # what the earlier rounds used plus this round's re-asks
         reached = f"judgment_budget={base + 1} reached"
-        # 7 judgments left after the re-asks: 3 whole items of 2 judgments
-        assert next_batch_size(limits(p, judgment_budget=base + 7), r) == (3, None)
+        # gold questions are mixed into the items and the re-asks (plan_gold), ``first`` judgments each
+        gold = _gold_tasks(p, 3 + reasks)
+        assert gold > 0
+        # room for 3 whole items of 2 judgments and their gold, and one judgment to spare
+        assert next_batch_size(limits(p, judgment_budget=base + (3 + gold) * first + 1), r) == (3, None)
+        # a judgment short of that: the third item and its gold no longer fit
+        short = next_batch_size(limits(p, judgment_budget=base + (3 + gold) * first - 1), r)
+        assert short[0] < 3 and (short[0] + _gold_tasks(p, short[0] + reasks)) * first <= (3 + gold) * first - 1
+        # every budget: the items and the gold they bring fit what is left after the re-asks
+        for spare in range(40):
+            n, _ = next_batch_size(limits(p, judgment_budget=base + spare), r)
+            assert n == 0 or (n + _gold_tasks(p, n + reasks)) * first <= spare, (spare, n)
         # one judgment left: not a whole item; with new items wanted the budget is reached
         assert next_batch_size(limits(p, judgment_budget=base + 1), r) == (0, reached)
         n_items = len(p.dispatched_items(before_round=r))

@@ -25,6 +25,21 @@ def test_the_top_up_bonus_is_capped_at_a_share_of_the_reward():
     assert none.bonus_per_assignment == 0
 
 
+@pytest.mark.parametrize("budget", [65, 95, 130])
+def test_judgment_budget_is_never_exceeded_with_gold(tmp_path, budget):
+    """Gold questions are judgments too: the batch planner counted only the items' judgments, so
+    the gold mixed into the last batch passed the budget (65 -> 68 judgments, 95 -> 100, 130 -> 132)."""
+    cfg = small_config(**{"stopping.judgment_budget": budget, "stopping.max_rounds": 12, "sampler.initial_size": 10,
+                          "sampler.batch_size": 10, "consensus.redundancy": 2, "gold.share": 0.2, "gold.n_items": 20})
+    p = run_engine(cfg, str(tmp_path / "p"))
+    judgments = p.annotations()
+    assert budget - 2 * 3 < len(judgments) <= budget  # used up to less than an item and its gold, never passed
+    assert any(a.item_id in p.gold_set for a in judgments if a.round == max(x.round for x in judgments))
+    from crowdloop.report import status
+
+    assert status(p)["stop_reason"].startswith(f"judgment_budget={budget}")
+
+
 @pytest.mark.parametrize("budget", [0.50, 2.00])
 def test_money_budget_is_never_exceeded_with_top_ups_fees_and_gold(tmp_path, budget):
     """Issue 19.2: the planner ignored top-up bonuses (budget 0.50 -> spent 1.35; 2.00 -> 2.10).

@@ -61,7 +61,14 @@ def next_batch_size(p: Project, r: int) -> tuple[int, str | None]:
         # used up, never passed, as a whole item may take the last ``redundancy`` judgments)
         if left < redundancy and (left < 0 or size > 0 or not reasks):
             return 0, f"judgment_budget={stop.judgment_budget} reached"
+        wanted = size > 0
         size = min(size, max(left, 0) // redundancy)
+        # gold questions mixed into the batch are judgments too (``redundancy`` each), as the money
+        # branch counts them: shrink until items and gold fit what is left
+        while size > 0 and (size + _gold_tasks(p, size + reasks)) * redundancy > left:
+            size -= 1
+        if size == 0 and (wanted or not reasks):
+            return 0, f"judgment_budget={stop.judgment_budget} reached"
     if stop.money_budget is not None:
         left = stop.money_budget - p.spent(r)
         affordable = _affordable_items(p, r, size, reasks, left)
