@@ -82,7 +82,8 @@ MODULES = (
     Module("engine.budget", "crowdloop/engine/budget.py",
            # (test_stopping_own_data.py and test_adaptive_redundancy.py reach this module too, but their
            # 30-round fixtures made a run take hours on the shared machine; the before run used them)
-           ("tests/test_money_budget.py", "tests/test_budget_mutants.py")),
+           # test_audit.py: the audit's share of a budget (audit_allowance)
+           ("tests/test_money_budget.py", "tests/test_budget_mutants.py", "tests/test_audit.py")),
     # Selection eligibility only: the exclusion mask and the sets it is built from. Their tests run a
     # 120-item project (a mutant is decided in seconds); the engine-running module fixtures of
     # test_selection_policy/test_gold_questions/test_money_budget made the first runs time out.
