@@ -17,7 +17,9 @@ from crowdloop.config import StoppingConfig
 from crowdloop.engine import Project
 from crowdloop.engine.budget import (
     ROUNDING_SLACK,
+    _batch_cost,
     _gold_tasks,
+    audit_allowance,
     check_stop,
     expected_task_seconds,
     next_batch_size,
@@ -397,6 +399,40 @@ def test_judgment_budget_pays_the_reasks_first_then_whole_items(adaptive_rounds)
         # the re-asks do not fit
         assert next_batch_size(limits(p, judgment_budget=base - 1, label_budget=n_items), r) == (
             0, f"judgment_budget={base - 1} reached")
+
+
+def test_the_audit_allowance_is_what_the_rounds_batch_leaves(adaptive_rounds):
+    """``audit_allowance``: the judgments the accuracy audit may add to a round whose batch (new
+    items, their gold, re-asks) was already sized to the budget; the smaller budget is named."""
+    from crowdloop.pay import reward_for
+
+    p, r = adaptive_rounds, 1
+    first = p.config.consensus.first_judgments
+    selection = p.record(r, keys.SELECTION)
+    n_items, n_gold, n_reasks = len(selection["item_ids"]), len(selection["gold"]), len(selection["reask"])
+    assert n_items and n_gold and n_reasks
+    used = judgments_before(p, r) + (n_items + n_gold) * first + n_reasks  # the earlier rounds and this batch
+    assert audit_allowance(limits(p), r, selection, 5) is None
+    assert audit_allowance(limits(p, judgment_budget=used + 17), r, selection, 5) == (17, f"judgment_budget={used + 17}")
+    assert audit_allowance(limits(p, judgment_budget=used), r, selection, 5) == (0, f"judgment_budget={used}")
+    assert audit_allowance(limits(p, judgment_budget=used - 3), r, selection, 5) == (0, f"judgment_budget={used - 3}")
+    # money: whole judgments at the worst cost of one on a 5-assignment task (the bulk fee applies)
+    reward = reward_for(expected_task_seconds(p, r), p.config.pay.hourly_wage)
+    per = worst_judgment_cost(p, reward, 5)
+    assert per > worst_judgment_cost(p, reward, 1)
+    before = p.spent(r) + _batch_cost(p, r, n_items, n_reasks)
+    currency = p.config.pay.currency
+    for judgments in (0, 1, 9):
+        money = math.ceil((before + (judgments + 0.5) * per) * 100) / 100  # half a judgment to spare
+        assert audit_allowance(limits(p, money_budget=money), r, selection, 5) == (
+            judgments, f"money_budget={money:g} {currency}")
+    assert audit_allowance(limits(p, money_budget=round(before / 2, 2)), r, selection, 5)[0] == 0
+    # both budgets: the one that leaves less holds the audit back
+    money = math.ceil((before + 9.5 * per) * 100) / 100
+    assert audit_allowance(limits(p, money_budget=money, judgment_budget=used + 4), r, selection, 5) == (
+        4, f"judgment_budget={used + 4}")
+    assert audit_allowance(limits(p, money_budget=money, judgment_budget=used + 40), r, selection, 5) == (
+        9, f"money_budget={money:g} {currency}")
 
 
 def test_a_judgment_budget_of_exactly_the_reasks_runs_them(adaptive_rounds):

@@ -59,14 +59,15 @@ def next_batch_size(p: Project, r: int) -> tuple[int, str | None]:
         left = stop.judgment_budget - sum(1 for a in p.annotations() if a.round < r) - reasks
         # ``left`` already counts this round's re-asks: 0 left means they fit exactly (a budget may be
         # used up, never passed, as a whole item may take the last ``redundancy`` judgments)
-        if left < redundancy and (left < 0 or size > 0 or not reasks):
+        if left < 0:
             return 0, f"judgment_budget={stop.judgment_budget} reached"
         wanted = size > 0
-        size = min(size, max(left, 0) // redundancy)
+        size = min(size, left // redundancy)
         # gold questions mixed into the batch are judgments too (``redundancy`` each), as the money
         # branch counts them: shrink until items and gold fit what is left
         while size > 0 and (size + _gold_tasks(p, size + reasks)) * redundancy > left:
             size -= 1
+        # not one wanted item fits (or nothing is left to ask): reached; else a re-ask-only round
         if size == 0 and (wanted or not reasks):
             return 0, f"judgment_budget={stop.judgment_budget} reached"
     if stop.money_budget is not None:
@@ -141,9 +142,9 @@ def audit_allowance(p: Project, r: int, selection: dict[str, Any], judgments_per
     if stop.money_budget is not None:
         left_money = stop.money_budget - p.spent(r) - _batch_cost(p, r, n_items, reasks)
         reward = reward_for(expected_task_seconds(p, r), p.config.pay.hourly_wage)
-        per_judgment = worst_judgment_cost(p, reward, judgments_per_task)
-        affordable = max(math.floor(left_money / per_judgment), 0) if per_judgment > 0 else None
-        if affordable is not None and (allowance is None or affordable < allowance[0]):
+        # a judgment costs at least its reward, and a reward at least a cent (pay.reward_for)
+        affordable = max(math.floor(left_money / worst_judgment_cost(p, reward, judgments_per_task)), 0)
+        if allowance is None or affordable < allowance[0]:
             allowance = (affordable, f"money_budget={stop.money_budget:g} {p.config.pay.currency}")
     return allowance
 
