@@ -19,6 +19,7 @@ from crowdloop.engine.budget import (
     ROUNDING_SLACK,
     _batch_cost,
     _gold_tasks,
+    _round_costs,
     audit_allowance,
     check_stop,
     expected_task_seconds,
@@ -420,7 +421,7 @@ def test_the_audit_allowance_is_what_the_rounds_batch_leaves(adaptive_rounds):
     reward = reward_for(expected_task_seconds(p, r), p.config.pay.hourly_wage)
     per = worst_judgment_cost(p, reward, 5)
     assert per > worst_judgment_cost(p, reward, 1)
-    before = p.spent(r) + _batch_cost(p, r, n_items, n_reasks)
+    before = p.spent(r) + _batch_cost(p, _round_costs(p, r), n_items, n_reasks)
     currency = p.config.pay.currency
     for judgments in (0, 1, 9):
         money = math.ceil((before + (judgments + 0.5) * per) * 100) / 100  # half a judgment to spare

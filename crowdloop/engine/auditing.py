@@ -45,15 +45,18 @@ def audit(p: Project, r: int) -> dict[str, Any]:
                               "reask": reask_plan(p, r)}
     per_item = audit_redundancy(p.config)
     allowance = audit_allowance(p, r, p.require(r, keys.SELECTION, step="audit"), per_item)
+    held_back = False
     if allowance is not None:  # the audit takes only what the budget leaves after the round's batch
         judgments, budget = allowance
         per_reask = max(per_item - 1, 1)
         fitting = record["reask"][: judgments // per_reask]
-        room = min(room, (judgments - per_reask * len(fitting)) // per_item)
-        if len(fitting) < len(record["reask"]) or room < min(ev.batch_size, ev.max_items - len(sent)):
+        affordable = (judgments - per_reask * len(fitting)) // per_item
+        if len(fitting) < len(record["reask"]) or affordable < min(ev.batch_size, room):
             record["budget"] = f"{budget}: {judgments} judgment(s) left for the audit after the round's batch"
         record["reask"] = fitting
-    if room <= 0 and "budget" in record and len(sent) < ev.max_items:
+        held_back = room > 0 and affordable <= 0
+        room = min(room, affordable)
+    if held_back:
         record["reason"] = record["budget"]
     elif room <= 0:
         record["reason"] = f"max_items={ev.max_items} audit items labeled"

@@ -14,6 +14,7 @@ only what is left (``audit_allowance``).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from crowdloop import keys
@@ -28,6 +29,11 @@ ROUNDING_SLACK = 0.01  # a round's fees are rounded to the cent once: at most ha
 def expected_task_seconds(p: Project, r: int) -> float:
     """Seconds a task of round ``r`` is expected to take: the median measured before it, or the pilot."""
     return expected_seconds(p.config.pay, [a.duration_s for a in p.annotations() if a.round < r])
+
+
+def judgments_before(p: Project, r: int) -> int:
+    """Human judgments bought before round ``r``, gold and audit included (what ``judgment_budget`` counts)."""
+    return sum(1 for a in p.annotations() if a.round < r)
 
 
 def next_batch_size(p: Project, r: int) -> tuple[int, str | None]:
@@ -56,7 +62,7 @@ def next_batch_size(p: Project, r: int) -> tuple[int, str | None]:
         size = 0
     redundancy = cfg.consensus.first_judgments
     if stop.judgment_budget is not None:
-        left = stop.judgment_budget - sum(1 for a in p.annotations() if a.round < r) - reasks
+        left = stop.judgment_budget - judgments_before(p, r) - reasks
         # ``left`` already counts this round's re-asks: 0 left means they fit exactly (a budget may be
         # used up, never passed, as a whole item may take the last ``redundancy`` judgments)
         if left < 0:
@@ -98,27 +104,40 @@ def _gold_tasks(p: Project, n_tasks: int) -> int:
     return min(len(p.gold_set), math.ceil(share * n_tasks / (1 - share)))
 
 
-def _batch_cost(p: Project, r: int, n_items: int, reasks: int) -> float:
-    """The most round ``r``'s batch of ``n_items`` new items and ``reasks`` re-asks can cost, gold
-    questions and a cent of rounding included."""
-    cfg = p.config
-    first = cfg.consensus.first_judgments
-    reward = reward_for(expected_task_seconds(p, r), cfg.pay.hourly_wage)
-    new_cost = worst_judgment_cost(p, reward, first)
+@dataclass(frozen=True)
+class _RoundCosts:
+    """Round ``r``'s reward and the worst cost of one judgment of a new item and of a re-ask; found
+    once per plan (it reads every annotation and the earlier dispatch records)."""
+
+    reward: float
+    new: float
+    reask: float
+
+
+def _round_costs(p: Project, r: int) -> _RoundCosts:
+    reward = reward_for(expected_task_seconds(p, r), p.config.pay.hourly_wage)
     # A re-ask may be added to the item's earlier task (MTurk: more assignments on its HIT) and be paid that task's reward.
     earlier = [d["reward"] for q in range(r) if (d := p.record(q, keys.DISPATCH, default=None))]
-    reask_cost = worst_judgment_cost(p, max([reward, *earlier]), 1)
-    return (n_items * first * new_cost + reasks * reask_cost + _gold_tasks(p, n_items + reasks) * first * new_cost
+    return _RoundCosts(reward, worst_judgment_cost(p, reward, p.config.consensus.first_judgments),
+                       worst_judgment_cost(p, max([reward, *earlier]), 1))
+
+
+def _batch_cost(p: Project, costs: _RoundCosts, n_items: int, reasks: int) -> float:
+    """The most a batch of ``n_items`` new items and ``reasks`` re-asks can cost, gold questions
+    and a cent of rounding included."""
+    first = p.config.consensus.first_judgments
+    return (n_items * first * costs.new + reasks * costs.reask + _gold_tasks(p, n_items + reasks) * first * costs.new
             + ROUNDING_SLACK)
 
 
 def _affordable_items(p: Project, r: int, size: int, reasks: int, left: float) -> int | None:
     """The most new items (at most ``size``) round ``r`` can send with ``reasks`` re-asks without
     spending more than ``left`` at worst; None when the re-asks alone do not fit."""
-    if _batch_cost(p, r, 0, reasks) > left and reasks:
+    costs = _round_costs(p, r)
+    if _batch_cost(p, costs, 0, reasks) > left and reasks:
         return None
     n = size
-    while n > 0 and _batch_cost(p, r, n, reasks) > left:
+    while n > 0 and _batch_cost(p, costs, n, reasks) > left:
         n -= 1
     return n
 
@@ -137,13 +156,13 @@ def audit_allowance(p: Project, r: int, selection: dict[str, Any], judgments_per
     allowance: tuple[int, str] | None = None
     if stop.judgment_budget is not None:
         planned = (n_items + len(selection.get("gold", []))) * first + reasks
-        left = stop.judgment_budget - sum(1 for a in p.annotations() if a.round < r) - planned
+        left = stop.judgment_budget - judgments_before(p, r) - planned
         allowance = (max(left, 0), f"judgment_budget={stop.judgment_budget}")
     if stop.money_budget is not None:
-        left_money = stop.money_budget - p.spent(r) - _batch_cost(p, r, n_items, reasks)
-        reward = reward_for(expected_task_seconds(p, r), p.config.pay.hourly_wage)
+        costs = _round_costs(p, r)
+        left_money = stop.money_budget - p.spent(r) - _batch_cost(p, costs, n_items, reasks)
         # a judgment costs at least its reward, and a reward at least a cent (pay.reward_for)
-        affordable = max(math.floor(left_money / worst_judgment_cost(p, reward, judgments_per_task)), 0)
+        affordable = max(math.floor(left_money / worst_judgment_cost(p, costs.reward, judgments_per_task)), 0)
         if allowance is None or affordable < allowance[0]:
             allowance = (affordable, f"money_budget={stop.money_budget:g} {p.config.pay.currency}")
     return allowance
