@@ -180,14 +180,15 @@ def _type_name(hint: Any) -> str:
 def vendor_plan(config: LoopConfig) -> VendorPlan:
     """What the loop will ask of the vendor: judgments per item and the replica counts per batch."""
     c = config.consensus
-    wage = {"hourly_wage": config.pay.hourly_wage, "currency": config.pay.currency}
+    common = {"hourly_wage": config.pay.hourly_wage, "currency": config.pay.currency,
+              "collect_timeout_s": config.collect.timeout_s}
     if not c.adaptive:
-        return VendorPlan(judgments_per_item=c.redundancy, replicas_per_task=(c.redundancy,), **wage)
+        return VendorPlan(judgments_per_item=c.redundancy, replicas_per_task=(c.redundancy,), **common)
     most = "consensus.max_judgments" if c.max_judgments is not None else "consensus.redundancy"
     # An adaptive batch holds new items (first_judgments each) and re-asks (one more judgment).
     return VendorPlan(judgments_per_item=c.most_judgments, judgments_field=most,
                       replicas_per_task=tuple(sorted({c.first_judgments, 1})), replicas_field="consensus.min_judgments",
-                      **wage)
+                      **common)
 
 
 # -- the model --------------------------------------------------------------------------------

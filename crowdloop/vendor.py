@@ -172,6 +172,8 @@ class VendorPlan:
     classes: tuple[str, ...] = ()  # the class list; empty when the pool was not loaded
     hourly_wage: float | None = None  # pay.hourly_wage (a platform with a minimum rate checks it)
     currency: str = "USD"  # pay.currency
+    # collect.timeout_s: how long after a dispatch the loop's last poll comes (None: not known)
+    collect_timeout_s: float | None = None
 
 
 def check_vendor_params(vendor_cls: type, params: dict[str, Any], plan: VendorPlan) -> None:

@@ -119,6 +119,8 @@ def test_a_plugin_sampler_without_chunk_size_is_refused_before_round_1(tmp_path)
     ({"vendor": {"name": "mturk", "params": {}}, "consensus.redundancy": 10},
      ["consensus.redundancy=10: MTurk charges an extra 20%", "allow_ten_or_more_assignments"]),
     ({"vendor": {"name": "mturk", "params": {"sandbox": "maybe"}}}, ["vendor.params.sandbox", "maybe"]),
+    ({"vendor": {"name": "mturk", "params": {"assignment_duration_s": 3600}}, "collect.timeout_s": 3000},
+     ["collect.timeout_s=3000: expected at least vendor.params.assignment_duration_s + 60 = 3660 s"]),
     ({"vendor": {"name": "label_studio", "params": {}}, "gold": {"share": 0.2, "n_items": 10}},
      ["vendor.name: vendor 'label_studio' cannot block workers", "block_removes_membership: true"]),
     ({"vendor": {"name": "mturk", "params": {"items_per_hit": 4}},

@@ -139,6 +139,37 @@ def test_a_round_before_its_deadline_keeps_waiting(tmp_path: Path, monkeypatch) 
     assert not restarted.has(0, keys.COLLECTED)
 
 
+def test_the_poll_that_closes_a_round_is_made_after_its_deadline(tmp_path: Path, monkeypatch) -> None:
+    """Answers submitted just before the deadline while a poll was on its way are still taken:
+    a poll that started before the deadline and returned after it does not close the round; one
+    more poll, made after the deadline, does. (A vendor ends its listing so that all work is due
+    by the deadline — MTurk: ``listing_s`` — and that work must reach the label log, or it is
+    paid by the platform's auto-approval for labels the project never sees.)"""
+    location = str(tmp_path / "p")
+    p = Project.prepare(parse_config(_config()), location)
+    engine.run_round(p, 0, until="dispatch")
+    deadline = p.record(0, keys.REFS)["dispatched_at"] + TIMEOUT_S
+    clock = FakeClock(deadline - 30)
+    monkeypatch.setattr(collection, "time", clock)
+    restarted = Project.prepare(parse_config(_config()), location)
+    real_poll = restarted.vendor.poll
+    polls: list[float] = []
+
+    def slow_poll(refs: list) -> list:
+        polls.append(clock.now)
+        got = real_poll(refs)
+        if len(polls) == 1:  # read before the workers' answers landed (at deadline - 1 s), returned after the deadline
+            clock.now = deadline - 1
+            answer_part(location, _truth(restarted))
+            clock.now = deadline + 5
+        return got
+
+    monkeypatch.setattr(restarted.vendor, "poll", slow_poll)
+    result = engine.collect(restarted, 0, sleep=clock.sleep)
+    assert polls == [deadline - 30, deadline + 5 + POLL_S]
+    assert result["n_annotations"] == 3 * FULL + ONE and result["n_incomplete"] == ONE + NONE
+
+
 @pytest.mark.slow
 def test_crowdloop_run_restarted_after_the_deadline_closes_the_round_at_once(tmp_path: Path, cli_env: dict) -> None:
     """Through ``crowdloop run``: the first run dispatches and waits in defer mode; the vendor's

@@ -260,9 +260,10 @@ def test_mturk_run_leaks_no_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(mturk, "_session_factory", session)
     config = small_config(project="mturkleak", **{
-        "vendor": {"name": "mturk", "params": {"max_requests_per_second": 100}}, "stopping.max_rounds": 2,
+        "vendor": {"name": "mturk", "params": {"max_requests_per_second": 100, "assignment_duration_s": 30}},
+        "stopping.max_rounds": 2,
         "sampler.initial_size": 6, "sampler.batch_size": 4, "consensus.redundancy": 2,
-        "consensus.method": "majority_vote", "collect.timeout_s": 5, "collect.poll_interval_s": 0.01})
+        "consensus.method": "majority_vote", "collect.timeout_s": 90, "collect.poll_interval_s": 0.01})
     with caplog.at_level("DEBUG"):
         p = engine.Project.prepare(parse_config(config), str(tmp_path / "project"))
         engine.run_in_process(p)
@@ -271,7 +272,8 @@ def test_mturk_run_leaks_no_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         fake.throttle["ListAssignmentsForHIT"] = 100  # an error path too: retries give up
         with pytest.raises(ClientError, match=r"^An error occurred \(ThrottlingException\) when calling the "
                            r"ListAssignmentsForHIT operation \(reached max retries: \d+\): Rate exceeded$") as info:
-            mturk.MTurkVendor({"max_requests_per_second": 100, "max_attempts": 2}, p.vendor.context).poll(
+            params = {"max_requests_per_second": 100, "max_attempts": 2, "assignment_duration_s": 30}
+            mturk.MTurkVendor(params, p.vendor.context).poll(
                 p.record(0, keys.REFS)["refs"][:1])  # a real HIT of round 0, so the call is made (and refused)
     out, err = capfd.readouterr()
     texts = [out, err, *(r.getMessage() for r in caplog.records),
@@ -293,9 +295,10 @@ def test_mturk_run_with_keys_from_a_secret_block_leaks_nothing(canary_blocks: di
         monkeypatch.setenv(name, clean[name])
     with FakeMTurkServer(answer=lambda item, replica: "3", access_key=KEY_ID) as server, caplog.at_level("DEBUG"):
         config = small_config(project="mturkblock", **{
-            "vendor": {"name": "mturk", "params": {"endpoint_url": server.url, "max_requests_per_second": 100}},
+            "vendor": {"name": "mturk", "params": {"endpoint_url": server.url, "max_requests_per_second": 100,
+                                                   "assignment_duration_s": 30}},
             "credentials": canary_blocks, "stopping.max_rounds": 2, "sampler.initial_size": 6, "sampler.batch_size": 4,
-            "consensus.redundancy": 2, "consensus.method": "majority_vote", "collect.timeout_s": 5,
+            "consensus.redundancy": 2, "consensus.method": "majority_vote", "collect.timeout_s": 90,
             "collect.poll_interval_s": 0.01})
         p = engine.Project.prepare(parse_config(config), str(tmp_path / "project"))
         engine.run_in_process(p)

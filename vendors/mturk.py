@@ -101,6 +101,7 @@ COMMISSION = 0.20
 LARGE_HIT_SURCHARGE = 0.20
 LARGE_HIT_ASSIGNMENTS = 10
 MIN_FEE = 0.01
+MIN_LISTING_S = 60  # the shortest listing crowdloop asks for (lifetime_s and the listing cut by the deadline)
 MAX_ANSWER_CHARS = 1_000_000  # a classification answer is a few hundred bytes; refuse megabytes unparsed
 MAX_QUESTION_BYTES = 65_535  # CreateHIT: "The XML question data must not be larger than 64 kilobytes"
 
@@ -155,7 +156,9 @@ class MTurkParams(BaseModel):
         4000, ge=100, le=48_000, description="longest item text shown in a HIT; longer texts are cut with a note "
         "saying so (the whole question must stay under MTurk's 64 KB)")
     assignment_duration_s: int = Field(600, ge=30, le=365 * 86400, description="time a worker has after accepting")
-    lifetime_s: int = Field(3 * 86400, ge=60, le=365 * 86400, description="how long the HIT is listed")
+    lifetime_s: int = Field(
+        3 * 86400, ge=MIN_LISTING_S, le=365 * 86400,
+        description="how long the HIT is listed; at most collect.timeout_s - assignment_duration_s (see listing_s)")
     auto_approval_delay_s: int = Field(86400, ge=0, le=30 * 86400, description="MTurk approves on its own after this")
     qualifications: Qualifications = Qualifications()
     allow_ten_or_more_assignments: bool = Field(
@@ -181,6 +184,28 @@ class MTurkParams(BaseModel):
                 f"image_url_expiry_s={self.image_url_expiry_s}: expected more than lifetime_s + assignment_duration_s = "
                 f"{self.lifetime_s + self.assignment_duration_s}, or images would vanish from listed HITs")
         return self
+
+
+def listing_s(params: MTurkParams, collect_timeout_s: float | None) -> int:
+    """How long a HIT is listed: ``lifetime_s``, cut so that every worker who accepts it can
+    submit before the loop stops waiting for the batch.
+
+    A worker who accepts at the last listed second has ``assignment_duration_s`` to submit, and
+    the loop's last poll of a batch comes ``collect.timeout_s`` after its dispatch (after every
+    HIT of it was created). Work submitted later would never be collected, and MTurk would
+    approve it on its own after ``auto_approval_delay_s``: money paid outside the budget, for
+    labels the project never sees.
+    """
+    if collect_timeout_s is None:
+        return params.lifetime_s
+    room = int(collect_timeout_s) - params.assignment_duration_s
+    if room < MIN_LISTING_S:
+        raise ConfigError(
+            f"collect.timeout_s={collect_timeout_s:g}: expected at least vendor.params.assignment_duration_s + "
+            f"{MIN_LISTING_S} = {params.assignment_duration_s + MIN_LISTING_S} s; a HIT is listed only until "
+            "collect.timeout_s - assignment_duration_s after it is sent, so that every worker who accepts it "
+            "can submit before the loop stops waiting")
+    return min(params.lifetime_s, room)
 
 
 def fee_for(reward: float, n_assignments_per_hit: int) -> float:
@@ -314,6 +339,7 @@ class MTurkVendor:
 
     def __init__(self, params: dict, context: VendorContext) -> None:
         self.params = parse_params(MTurkParams, params, vendor=self.name)
+        listing_s(self.params, context.collect_timeout_s)  # refused here, before a HIT is ever sent
         self.context = context
         self.store = context.store
         self._returned: set[str] = set()
@@ -478,8 +504,8 @@ class MTurkVendor:
         if hit.get("HITStatus") not in ("Reviewable", "Unassignable") or missing <= 0 or hit.get("NumberOfAssignmentsPending", 0):
             return  # still listed (returned work is offered again by MTurk itself), or nothing lost
         limits = [now + self.params.lifetime_s]
-        if deadline is not None:
-            limits.append(deadline)
+        if deadline is not None:  # a worker who accepts must be able to submit before the loop's last poll
+            limits.append(deadline - self.params.assignment_duration_s)
         if record.get("url_expires_at") is not None:  # a worker needs the image until they submit
             limits.append(record["url_expires_at"] - self.params.assignment_duration_s)
         until = min(limits)
@@ -538,6 +564,7 @@ class MTurkVendor:
         check_assignments(parsed, max(plan.replicas_per_task, default=1), field=plan.replicas_field)
         if parsed.items_per_hit == 1:  # re-asks add assignments to the item's HIT: it grows to every judgment of it
             check_assignments(parsed, plan.judgments_per_item, field=plan.judgments_field)
+        listing_s(parsed, plan.collect_timeout_s)
         return parsed
 
     @staticmethod
@@ -586,7 +613,7 @@ class MTurkVendor:
                 if not _is_duplicate_token(exc):
                     raise VendorError(f"vendor 'mturk': cannot add assignments to HIT {hit_id}: {_error_message(exc)}") from exc
         if current.get("HITStatus") not in ("Assignable", "Unassignable"):  # expired: list it again for the re-ask
-            until = self.clock() + self.params.lifetime_s
+            until = self.clock() + listing_s(self.params, self.context.collect_timeout_s)
             if intent.get("url_expires_at") is not None:
                 until = min(until, intent["url_expires_at"] - self.params.assignment_duration_s)
             self._call("update_expiration_for_hit", HITId=hit_id, ExpireAt=datetime.fromtimestamp(until, UTC))
@@ -670,7 +697,7 @@ class MTurkVendor:
                 "create_hit",
                 MaxAssignments=intent["replicas"],
                 AutoApprovalDelayInSeconds=p.auto_approval_delay_s,
-                LifetimeInSeconds=p.lifetime_s,
+                LifetimeInSeconds=listing_s(p, self.context.collect_timeout_s),
                 AssignmentDurationInSeconds=p.assignment_duration_s,
                 Reward=f"{intent['reward']:.2f}",
                 Title=p.title,

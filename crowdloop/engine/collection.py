@@ -41,6 +41,10 @@ def collect(p: Project, r: int, *, wait: bool | None = None, sleep: Callable[[fl
     wanted = sum(expected.values())
     deadline = sent.get("dispatched_at", time.time()) + p.config.collect.timeout_s
     while True:
+        # Decided before the poll: the poll that closes the round by its deadline is made after
+        # it, so whatever a vendor let workers submit until the deadline is in (vendors end their
+        # listing early enough for that: docs/vendors.md "Work after the deadline").
+        closing = time.time() >= deadline
         try:
             good, error = _validated(p, intent, p.vendor.poll(sent["refs"]))
             append_segment(p, r, good)
@@ -56,7 +60,7 @@ def collect(p: Project, r: int, *, wait: bool | None = None, sleep: Callable[[fl
         have = sum(1 for a in p.annotations() if a.batch_id == intent["batch_id"])
         if on_progress:
             on_progress(have, wanted)
-        if have >= wanted or time.time() >= deadline:
+        if have >= wanted or closing:
             break
         if not wait:
             return {"round": r, "pending": True, "n_annotations": have, "expected": wanted, "deadline": deadline}

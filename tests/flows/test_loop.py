@@ -152,9 +152,11 @@ def test_vendor_warnings_and_step_summaries_reach_the_flow_run_logs(prefect_api_
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     with FakeMTurkServer(answer=lambda item, replica: "3" if replica == 0 else "not-a-digit") as server:
         config = parse_config(small_config(project="logged", **{
-            "vendor": {"name": "mturk", "params": {"endpoint_url": server.url, "max_requests_per_second": 100}},
+            "vendor": {"name": "mturk", "params": {"endpoint_url": server.url, "max_requests_per_second": 100,
+                                                   "assignment_duration_s": 30}},
             "stopping.max_rounds": 1, "sampler.initial_size": 4, "consensus.redundancy": 2,
-            "consensus.method": "majority_vote", "collect.timeout_s": 2, "collect.poll_interval_s": 0.2}))
+            # 90 s: the shortest deadline a HIT can be listed under (assignment_duration_s + 60 s)
+            "consensus.method": "majority_vote", "collect.timeout_s": 90, "collect.poll_interval_s": 0.2}))
         state = active_learning_loop(config, str(tmp_path / "p"), return_state=True)
     assert state.is_completed()
     run_id = state.state_details.flow_run_id

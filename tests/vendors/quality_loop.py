@@ -132,7 +132,8 @@ def run_mturk(root: Path) -> dict[str, Any]:
     from crowdloop.vendors import mturk
     from tests.vendors.mturk_fake import FakeMTurk
 
-    cfg = quality_config("qmturk", {"name": "mturk", "params": {"max_requests_per_second": 100}})
+    cfg = quality_config("qmturk", {"name": "mturk", "params": {"max_requests_per_second": 100,
+                                                                      "assignment_duration_s": 30}})
     p = Project.prepare(parse_config(cfg), str(root / "mturk"))
     crowd = Crowd(p, ["AHONEST1", "AHONEST2", "AHONEST3"], "ASPAMMER")
     fake = FakeMTurk(crowd=crowd.workers, duration_s=SECONDS)

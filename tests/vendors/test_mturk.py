@@ -351,14 +351,47 @@ def test_returned_or_abandoned_assignments_are_reposted_within_the_deadline(tmp_
     (hit,) = fake.hits.values()
     assert hit["MaxAssignments"] == 3 and len(fake.assignments[hit["HITId"]]) == 3  # the same slots: nothing paid twice
     assert len(vendor.reposts()) == 1
-    # past the batch's collect deadline a HIT is left expired
-    late = mturk.MTurkVendor({"max_requests_per_second": 100, "repost_check_s": 0.01},
-                             VendorContext(**{**vendor.context.__dict__, "collect_timeout_s": 1.0}))
+    # once a worker who accepts could no longer submit before the batch's collect deadline, a HIT is left expired
+    late = mturk.MTurkVendor({"max_requests_per_second": 100, "repost_check_s": 0.01, "assignment_duration_s": 100},
+                             VendorContext(**{**vendor.context.__dict__, "collect_timeout_s": 200.0}))
     fake.abandoners = {"AW1": 1}
     refs = late.submit(tasks(1, replicas=2, batch="proj-r0001", round_=1), batch_id="proj-r0001")
-    late.clock = lambda: time.time() + 5.0
+    late.clock = lambda: time.time() + 50.0  # 150 s before the deadline: 50 s of listing would be left, under 60
     late.poll(refs)
     assert len(late.reposts()) == 1  # only the first batch's re-post
+
+
+def test_a_hit_is_listed_only_while_its_work_can_still_be_collected(tmp_path: Path, fake: FakeMTurk) -> None:
+    """Work submitted after the loop's last poll would never be collected, and MTurk would approve
+    it on its own (``auto_approval_delay_s``): paid for, outside the budget, labels lost. So a HIT
+    stops being listed ``assignment_duration_s`` before the batch's collect deadline."""
+    def vendor_with(timeout_s: float | None, **params) -> mturk.MTurkVendor:
+        base = make(tmp_path, **params)
+        return mturk.MTurkVendor({"max_requests_per_second": 100, **params},
+                                 VendorContext(**{**base.context.__dict__, "collect_timeout_s": timeout_s}))
+
+    vendor_with(3600.0, assignment_duration_s=600).submit(tasks(1), batch_id="proj-r0000")
+    vendor_with(30 * 86400.0, assignment_duration_s=600).submit(tasks(1, batch="proj-r0001"), batch_id="proj-r0001")
+    vendor_with(None).submit(tasks(1, batch="proj-r0002"), batch_id="proj-r0002")
+    lifetimes = [body["LifetimeInSeconds"] for op, body in fake.requests if op == "CreateHIT"]
+    assert lifetimes == [3600 - 600, 3 * 86400, 3 * 86400]  # cut by the deadline; lifetime_s when shorter or unknown
+    # a re-ask that lists an earlier, expired HIT again is cut the same way
+    crowd_fake(fake, ["AW1", "AW2", "AW3", "AW4"])
+    vendor = vendor_with(3600.0, assignment_duration_s=600)
+    solo = Task(item_id="solo", round=3, batch_id="proj-r0003", replicas=2, reward=0.05)
+    refs0 = vendor.submit([solo], batch_id="proj-r0003")
+    vendor.poll(refs0)
+    hit_id = refs0[0]["hit_id"]
+    fake.hits[hit_id]["HITStatus"], fake.hits[hit_id]["Expiration"] = "Reviewable", fake.now
+    before = time.time()
+    reask = Task(item_id="solo", round=4, batch_id="proj-r0004", replicas=1, reward=0.05,
+                 exclude_workers=("AW1", "AW2"))
+    vendor.submit([reask], batch_id="proj-r0004")
+    (relist,) = [body for op, body in fake.requests if op == "UpdateExpirationForHIT"]
+    assert before + 3000 - 1 <= relist["ExpireAt"] <= time.time() + 3000
+    # a config whose deadline leaves no listing time is refused before anything is sent
+    with pytest.raises(ConfigError, match=r"collect.timeout_s=600: expected at least .*assignment_duration_s \+ 60 = 660 s"):
+        vendor_with(600.0, assignment_duration_s=600)
 
 
 def test_mturk_vendor_honours_the_contract_with_its_capabilities(tmp_path: Path, fake: FakeMTurk) -> None:
