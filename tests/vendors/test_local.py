@@ -16,6 +16,7 @@ from crowdloop.errors import ConfigError, CrowdloopError, VendorDataError
 from crowdloop.records import Task
 from crowdloop.storage.local import LocalStore
 from crowdloop.testing import check_vendor, make_context
+from crowdloop.vendor import acknowledged
 from crowdloop.vendors.local import UNDO_MARGIN_S, LocalVendor, item_key
 from crowdloop.vendors.local_app import create_app, csrf_for
 from tests.conftest import small_config
@@ -359,13 +360,11 @@ def test_after_the_deadline_no_item_is_offered_and_every_answer_the_desk_kept_is
     closing = v.poll(refs)  # the loop's poll after the deadline: closes the batch, then reads everything
     assert sorted(a.worker_id for a in closing) == ["alice", "carol"]  # carol's answer is 1 s old: no undo window now
     assert v.undo("carol") is None  # nothing can be taken back from a closed batch
-    with pytest.raises(VendorDataError, match="closed .*not stored and is not paid"):
+    with pytest.raises(VendorDataError, match=r"closed .*not stored and is not paid"):
         v.answer("bob", "b0", "item-2", "cat")
-    stored = [k for k in v.store.list("answers/b0/")]
-    assert len(stored) == 2  # every answer the desk kept is one the loop collected
+    assert len(v.store.list("answers/b0/")) == 2  # every answer the desk kept is one the loop collected
     v.acknowledge(closing, accept=True)
-    assert sum(len(x["assignment_ids"]) for x in map(lambda k: __import__("json").loads(v.store.read_bytes(k)),
-                                                      v.store.list("acks/"))) == 2
+    assert acknowledged(v.store) == {a.assignment_id for a in closing}  # both are paid with the batch
 
 
 def test_a_batch_nobody_answered_leaves_the_desk_at_its_deadline(tmp_path):
