@@ -207,7 +207,8 @@ def test_a_closed_rounds_tasks_take_no_new_work_and_late_annotations_are_reporte
         for user in (first, second):
             ls.annotations.create(batch["tasks"][item], result=_choice(truth[item]), completed_by=user.id, lead_time=5.0)
     ls.annotations.create(batch["tasks"][partial], result=_choice(truth[partial]), completed_by=first.id, lead_time=5.0)
-    time.sleep(max(0.0, batch["deadline"] - time.time()) + 0.5)
+    dispatched_at = read_json(p.store, keys.round_key(0, keys.REFS))["dispatched_at"]
+    time.sleep(max(0.0, dispatched_at + 4 - time.time()) + 0.5)
     collected = engine.collect(p, 0)  # the poll after the deadline closes the batch
     assert collected["n_annotations"] == 5 and collected["incomplete_items"] == sorted([partial, untouched])
     with pytest.raises(ApiError):  # nobody annotated it: deleted, so nobody can start on it now
