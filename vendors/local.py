@@ -31,8 +31,10 @@ Store layout (under ``vendor/local/``)::
                                                  (or when it pays the batch): no answer is taken after it
 
 Work after the deadline: a batch's deadline is ``collect.timeout_s`` after it was submitted (the
-loop stops waiting then). No new item of it is shown from then on; an item already on somebody's
-screen may still be answered until the loop's poll after the deadline closes the batch, and that
+loop stops waiting then). No new item of it is shown within ``lease_s`` of it (half the collect
+window if that is shorter), so whoever gets an item has the time it is held for them; an item
+already on somebody's screen may still be answered until the loop's poll after the deadline
+closes the batch, and that
 poll returns every stored answer (none can be undone any more), so an answer the desk accepted
 is always collected and paid, and one it would not collect is refused with a sentence saying why.
 """
@@ -110,7 +112,7 @@ class LocalVendor:
         self._returned: set[str] = set()
         self._returned_keys: set[str] = set()
         self._batches: dict[str, tuple[list[Task], dict[str, Task], dict[str, Task]]] = {}
-        self._deadlines: dict[str, float | None] = {}
+        self._deadlines: dict[str, tuple[float | None, float]] = {}  # batch -> (deadline, collect window)
 
     # -- vendor protocol -------------------------------------------------------------
     def submit(self, tasks: Sequence[Task], *, batch_id: str) -> list[Ref]:
@@ -119,6 +121,7 @@ class LocalVendor:
             record: dict[str, Any] = {"batch_id": batch_id, "tasks": [t.model_dump(mode="json") for t in tasks]}
             if self.context.collect_timeout_s is not None:  # the loop's last poll comes after this
                 record["deadline"] = self.clock() + self.context.collect_timeout_s
+                record["timeout_s"] = self.context.collect_timeout_s
             with contextlib.suppress(RecordExistsError):  # a concurrent retry wrote the same batch
                 write_json(self.store, key, record, create_only=True)
         return [{"batch_id": batch_id}]
@@ -169,16 +172,28 @@ class LocalVendor:
     def deadline(self, batch_id: str) -> float | None:
         """When the loop stops waiting for ``batch_id`` (``collect.timeout_s`` after its submit; None:
         not known, a batch recorded before deadlines were)."""
+        return self._deadline_and_window(batch_id)[0]
+
+    def _deadline_and_window(self, batch_id: str) -> tuple[float | None, float]:
         if batch_id not in self._deadlines:  # batch records are create-only: read once
             record = read_json(self.store, f"batches/{batch_id}.json", default=None)
             if record is None:
-                return None
-            self._deadlines[batch_id] = record.get("deadline")
+                return None, 0.0
+            self._deadlines[batch_id] = (record.get("deadline"), float(record.get("timeout_s") or 0.0))
         return self._deadlines[batch_id]
 
     def past_deadline(self, batch_id: str, now: float | None = None) -> bool:
         deadline = self.deadline(batch_id)
         return deadline is not None and (self.clock() if now is None else now) >= deadline
+
+    def offering(self, batch_id: str, now: float | None = None) -> bool:
+        """Whether new work of ``batch_id`` is handed out: until ``lease_s`` before its deadline (half
+        the collect window when that is shorter than two leases), so that whoever gets an item has
+        the whole time it is held for them before the loop's last poll."""
+        deadline, window = self._deadline_and_window(batch_id)
+        if deadline is None:
+            return True
+        return (self.clock() if now is None else now) < deadline - min(self.params.lease_s, window / 2)
 
     def bonus(self, assignments: Sequence[Annotation], *, amount: float, reason: str, token: str) -> None:
         record = {"assignment_ids": sorted(a.assignment_id for a in assignments), "amount": amount, "reason": reason}
@@ -290,7 +305,7 @@ class LocalVendor:
                         and self._open_for(t, worker, leases, index)):
                     return t, lease["shown_at"]
         for t in tasks:
-            if self._open_for(t, worker, leases, index) and not self.past_deadline(t.batch_id, now):
+            if self._open_for(t, worker, leases, index) and self.offering(t.batch_id, now):
                 write_json(self.store, f"leases/{worker}.json",
                            {"batch_id": t.batch_id, "item_id": t.item_id, "shown_at": now})
                 return t, now
@@ -395,7 +410,7 @@ class LocalVendor:
         for t in tasks:
             answered = index["answers"].get((t.batch_id, item_key(t.item_id)), set())
             mine += worker in answered
-            if len(answered) < t.replicas and not self.past_deadline(t.batch_id, now):
+            if len(answered) < t.replicas and self.offering(t.batch_id, now):
                 waiting += 1
         return {"answered": mine, "waiting": waiting, "items": len(tasks)}
 

@@ -266,7 +266,7 @@ class ProlificDesk(LocalVendor):
         study = self.vendor.study_by_id(study_id)
         if study is None or self.store.exists(f"closed/{study['batch_id']}.json"):
             return None
-        if not self.admitting(study["batch_id"]):
+        if not self.offering(study["batch_id"]):
             return None  # too close to the deadline for the time an item is held: nobody works for nothing
         try:  # one attempt: a page request never waits out back-offs (the participant can reload)
             session = self.vendor.client.call("GET", f"/api/v1/submissions/{session_id}/", retry=False)
@@ -280,17 +280,6 @@ class ProlificDesk(LocalVendor):
                    {"name": participant, "token_sha256": token_hash(token), "study_id": study_id,
                     "session_id": session_id, "batch_id": study["batch_id"], "admitted_at": self._now().isoformat()})
         return token
-
-    def admitting(self, batch_id: str, now: float | None = None) -> bool:
-        """Whether a participant may still start on ``batch_id``: until ``lease_s`` before its deadline
-        (half the collect window when that is shorter than two leases), so that whoever is admitted
-        has the whole time the desk holds their item before the loop stops waiting."""
-        deadline = self.deadline(batch_id)
-        if deadline is None:
-            return True
-        window = self.vendor.context.collect_timeout_s or 0.0
-        margin = min(self.params.lease_s, window / 2)
-        return (self.clock() if now is None else now) < deadline - margin
 
     def authenticate(self, token: str | None) -> str | None:
         """The participant holding ``token`` (their latest admission), by one read and a constant-time
