@@ -197,17 +197,21 @@ def test_params_are_validated_with_one_line_errors(tmp_path):
         vendor_at(tmp_path, bogus=1)
 
 
+def drop_box_project(tmp_path: Path, **settings) -> tuple[engine.Project, LocalStore, dict[str, str]]:
+    """An iris project whose manifest vendor shares a directory with the outside vendor (played by
+    the test through the returned store); the pool's true labels, for the test's answers."""
+    shared = tmp_path / "dropbox"
+    cfg = parse_config(small_config(**{"vendor": {"name": "manifest", "params": {"url": str(shared)}},
+                                       "pool.name": "iris", "consensus.method": "majority_vote", **settings}))
+    p = engine.Project.prepare(cfg, str(tmp_path / "project"))
+    return p, LocalStore(shared), dict(zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True))
+
+
 def test_the_loop_runs_rounds_through_a_shared_drop_box(tmp_path):
     """dispatch → the outside vendor answers from files → collect → aggregate → pay."""
-    shared = tmp_path / "dropbox"
-    cfg = parse_config(small_config(**{
-        "vendor": {"name": "manifest", "params": {"url": str(shared)}},
-        "pool.name": "iris", "sampler.initial_size": 6, "sampler.batch_size": 6,
-        "consensus.method": "majority_vote", "consensus.redundancy": 2,
-        "collect.timeout_s": 5, "collect.poll_interval_s": 0.01}))
-    p = engine.Project.prepare(cfg, str(tmp_path / "project"))
-    outside = LocalStore(shared)
-    truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True))
+    p, outside, truth = drop_box_project(tmp_path, **{"sampler.initial_size": 6, "sampler.batch_size": 6,
+                                                      "consensus.redundancy": 2, "collect.timeout_s": 5,
+                                                      "collect.poll_interval_s": 0.01})
     for r in range(2):
         engine.run_round(p, r, until="dispatch")
         refs = engine.dispatch(p, r)["refs"]
@@ -286,15 +290,9 @@ def test_an_output_manifest_dropped_after_the_round_closed_is_refused_line_by_li
     answers of a batch nobody polled again: no label, no decision, no word in rejects/ or the log."""
     import time
 
-    shared = tmp_path / "dropbox"
-    cfg = parse_config(small_config(**{
-        "vendor": {"name": "manifest", "params": {"url": str(shared)}},
-        "pool.name": "iris", "sampler.initial_size": 4, "sampler.batch_size": 4,
-        "consensus.method": "majority_vote", "consensus.redundancy": 1,
-        "collect.timeout_s": 1.5, "collect.poll_interval_s": 0.05}))
-    p = engine.Project.prepare(cfg, str(tmp_path / "project"))
-    outside = LocalStore(shared)
-    truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True))
+    p, outside, truth = drop_box_project(tmp_path, **{"sampler.initial_size": 4, "sampler.batch_size": 4,
+                                                      "consensus.redundancy": 1, "collect.timeout_s": 1.5,
+                                                      "collect.poll_interval_s": 0.05})
     engine.run_round(p, 0, until="dispatch")
     refs = engine.dispatch(p, 0)["refs"]
     manifest = [json.loads(line) for line in outside.read_bytes(refs[0]["manifest"]).splitlines()]
