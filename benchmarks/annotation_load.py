@@ -62,7 +62,8 @@ def prepare(project_dir: str, *, items: int, replicas: int, annotators: int, see
         # undo_window_s 0: answers are final at once, so collect right after the run sees them all
         "vendor": {"name": "local", "params": {"undo_window_s": 0, "lease_s": 3600}},
         "consensus": {"method": "majority_vote", "redundancy": replicas},
-        "collect": {"timeout_s": 1, "poll_interval_s": 0.01},
+        # a day: the desk offers a batch's items only until collect.timeout_s after the dispatch
+        "collect": {"timeout_s": 86400, "poll_interval_s": 0.01},
         "stopping": {"max_rounds": 1},
     }
     project = engine.Project.prepare(parse_config(config), project_dir)

@@ -31,6 +31,15 @@ Quality controls:
   earlier annotations stay and are approved with their batch;
 * images (``images_by_url``): an image file becomes an S3 presigned URL valid for
   ``image_url_expiry_s`` (``context.image_url``); Label Studio's browser loads it directly.
+
+Work after the deadline (``collect.timeout_s`` after the submit): Label Studio has no deadline
+of its own, so the loop's poll after it closes the batch: it reads the batch's annotations, then
+**deletes the batch's tasks nobody annotated** (no work is lost and nobody can start on them any
+more) and records the close (``closed/<batch>.json``). A task with some annotations stays (a
+later re-ask raises its overlap again); an annotation made on it after the close is never a
+label of the loop: every later poll reports it once, in the log and under ``late/<id>.json``
+(``ledger()["late"]``), for the team to pay or discard by hand. A batch the loop paid before its
+deadline is closed the same way when it is acknowledged.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from datetime import UTC
@@ -305,6 +315,8 @@ class LabelStudioVendor:
         if lost:
             raise VendorError(f"vendor 'label_studio': project {pid} did not keep {len(lost)} imported task(s), e.g. {lost[0]!r}")
         record = {"batch_id": batch_id, "project_id": pid, "round": tasks[0].round,
+                  "deadline": (time.time() + self.context.collect_timeout_s
+                               if self.context.collect_timeout_s is not None else None),
                   "tasks": {t.item_id: present[t.item_id] for t in fresh},
                   "reasks": reasked,  # item -> {task_id, known: annotation ids of earlier batches}
                   "rewards": {t.item_id: t.reward for t in tasks}, "is_gold": {t.item_id: t.is_gold for t in tasks}}
@@ -312,9 +324,14 @@ class LabelStudioVendor:
         return [{"batch_id": batch_id, "project_id": pid}]
 
     def poll(self, refs: Sequence[Ref]) -> list[Annotation]:
-        """Submitted annotations of the batches' tasks not returned or acknowledged before."""
+        """Submitted annotations of the batches' tasks not returned or acknowledged before.
+
+        A poll after a batch's deadline then closes it (``_close``); every poll reports
+        annotations made on closed batches' tasks after they closed (``late/``).
+        """
         acked = acknowledged(self.store)
         out: list[Annotation] = []
+        closed_tasks = self._closed_tasks(exclude={str(ref["batch_id"]) for ref in refs})
         for ref in refs:
             record = read_json(self.store, f"batches/{ref['batch_id']}.json")
             item_of = {int(tid): item for item, tid in record["tasks"].items()}
@@ -322,14 +339,24 @@ class LabelStudioVendor:
             for item, reask in record.get("reasks", {}).items():
                 item_of[int(reask["task_id"])] = item
                 known[int(reask["task_id"])] = set(reask["known"])
+            closing = record.get("deadline") is not None and time.time() >= record["deadline"]
+            unanswered: list[int] = []
             for task in self._tasks(record["project_id"], with_annotations=True):
                 task_id = _int_id(task.get("id"))
+                annotations = task.get("annotations") or []
+                annotations = [a for a in annotations if isinstance(a, dict)] if isinstance(annotations, list) else []
+                if task_id in known:  # re-asked now: what it counted as earlier batches' work may be late work
+                    late = [a for a in annotations if _int_id(a.get("id")) in known[task_id]]
+                    self._report_late(record["project_id"], task_id, closed_tasks.get(task_id), late, acked)
+                elif task_id in closed_tasks:
+                    self._report_late(record["project_id"], task_id, closed_tasks[task_id], annotations, acked)
                 item = item_of.get(task_id)
                 if item is None:
                     continue  # not one of ours (or no usable id): never guess
-                annotations = task.get("annotations") or []
-                for ann in annotations if isinstance(annotations, list) else []:
-                    ann_id = _int_id(ann.get("id")) if isinstance(ann, dict) else None
+                if closing and not annotations and task_id not in known:
+                    unanswered.append(task_id)
+                for ann in annotations:
+                    ann_id = _int_id(ann.get("id"))
                     if ann_id is None or ann_id in known.get(task_id, ()):
                         continue  # cannot be de-duplicated (so never counted), or an earlier batch's
                     aid = f"ls{record['project_id']}-{ann_id}"
@@ -339,13 +366,82 @@ class LabelStudioVendor:
                     if converted is not None:
                         self._returned.add(aid)
                         out.append(converted)
+            if closing:
+                self._close(record, reason="deadline", unanswered=unanswered)
         return out
+
+    def _close(self, record: dict[str, Any], *, reason: str, unanswered: Sequence[int] | None = None) -> None:
+        """Delete the batch's tasks nobody annotated (``unanswered``: from the listing just read; None:
+        list them now) and record the close once. A delete repeated after a crash finds nothing (404)."""
+        batch = record["batch_id"]
+        if self.store.exists(f"closed/{batch}.json"):
+            return
+        if unanswered is None:
+            mine = {int(t) for t in record["tasks"].values()}
+            unanswered = [tid for task in self._tasks(record["project_id"], with_annotations=True)
+                          if (tid := _int_id(task.get("id"))) in mine and not task.get("annotations")]
+        _write_once(self.store, f"closed/{batch}.intent.json", {"batch_id": batch, "delete": sorted(unanswered)})
+        for task_id in read_json(self.store, f"closed/{batch}.intent.json")["delete"]:
+            try:
+                self.client.tasks.delete(str(task_id))
+            except ApiError as exc:
+                if exc.status_code != 404:  # 404: deleted before (a rerun after a crash)
+                    raise VendorError(f"vendor 'label_studio': deleting task {task_id} failed: HTTP "
+                                      f"{exc.status_code}: {_redact(str(exc.body)[:200], self._key)}") from None
+            except (OSError, httpx.HTTPError) as exc:
+                raise VendorError(f"vendor 'label_studio': deleting task {task_id} failed: {_redact(str(exc))}") from exc
+        _write_once(self.store, f"closed/{batch}.json", {"batch_id": batch, "reason": reason, "deleted": sorted(unanswered),
+                                                         "at": utcnow().isoformat()})
+
+    def _closed_tasks(self, *, exclude: set[str]) -> dict[int, str]:
+        """Task id -> batch, for the tasks of closed batches not in ``exclude`` (deleted ones left out)."""
+        out: dict[int, str] = {}
+        for key in self.store.list("closed/"):
+            if key.endswith(".intent.json"):
+                continue
+            closed = read_json(self.store, key)
+            if closed["batch_id"] in exclude:
+                continue
+            batch = read_json(self.store, f"batches/{closed['batch_id']}.json", default=None) or {}
+            deleted = set(closed.get("deleted", []))
+            for task_id in list(batch.get("tasks", {}).values()) + [r["task_id"] for r in batch.get("reasks", {}).values()]:
+                if int(task_id) not in deleted:
+                    out[int(task_id)] = closed["batch_id"]
+        return out
+
+    def _report_late(self, pid: int, task_id: int, batch: str | None, annotations: list[dict[str, Any]],
+                     acked: set[str]) -> None:
+        """Record (once, with a warning) each submitted annotation of a closed batch's task that the
+        loop never decided: made after the close, it is no label of the loop and nobody paid it."""
+        for ann in annotations:
+            ann_id = _int_id(ann.get("id"))
+            if ann_id is None or ann.get("was_cancelled"):
+                continue
+            aid = f"ls{pid}-{ann_id}"
+            if aid in acked or self.store.exists(f"late/{aid}.json"):
+                continue
+            worker = ann.get("completed_by")
+            worker = worker.get("id") if isinstance(worker, dict) else worker
+            log.warning("label_studio: annotation %s on task %s of batch %s came after the batch closed; it is no "
+                        "label of the loop and was not paid (see late/)", aid, task_id, batch)
+            _write_once(self.store, f"late/{aid}.json", {"annotation": aid, "task_id": task_id, "batch_id": batch,
+                                                         "worker_id": f"ls-user-{_int_id(worker)}",
+                                                         "created_at": str(ann.get("created_at")),
+                                                         "found_at": utcnow().isoformat()})
+
+    def late_annotations(self) -> list[dict[str, Any]]:
+        """Annotations made on closed batches' tasks (never labels of the loop, never paid by it)."""
+        return [read_json(self.store, k) for k in sorted(self.store.list("late/"))]
 
     def acknowledge(self, assignments: Sequence[Annotation], *, accept: bool, reason: str | None = None) -> None:
         """Record the decision (Label Studio has no payments; pay your annotators from this record)."""
         if not accept and not (reason and reason.strip()):
             raise VendorError("vendor 'label_studio': a rejection needs a reason the annotator can read")
         record_decision(self.store, assignments, accept=accept, reason=reason, at=utcnow().isoformat())
+        for batch in sorted({a.batch_id for a in assignments}):  # paid: the batch is closed (if not before)
+            record = read_json(self.store, f"batches/{batch}.json", default=None)
+            if record is not None:
+                self._close(record, reason="paid")
 
     def bonus(self, assignments: Sequence[Annotation], *, amount: float, reason: str, token: str) -> None:
         """Record a top-up once per token, for the team's own payroll."""
@@ -387,11 +483,16 @@ class LabelStudioVendor:
     def _earlier_tasks(self, batch_id: str) -> dict[str, int]:
         """Item -> its Label Studio task, for items imported by earlier batches (first import wins)."""
         out: dict[str, int] = {}
+        deleted: set[int] = set()
+        for key in self.store.list("closed/"):
+            if not key.endswith(".intent.json"):
+                deleted.update(read_json(self.store, key).get("deleted", []))
         for key in sorted(self.store.list("batches/")):
             if key.endswith(".intent.json") or key == f"batches/{batch_id}.json":
                 continue
             for item, task_id in read_json(self.store, key)["tasks"].items():
-                out.setdefault(item, int(task_id))
+                if int(task_id) not in deleted:  # deleted when its batch closed unanswered: import it again
+                    out.setdefault(item, int(task_id))
         return out
 
     def _reask(self, pid: int, task: Task, task_id: int, batch_id: str) -> dict[str, Any]:
@@ -416,7 +517,8 @@ class LabelStudioVendor:
         tasks = sum(len(read_json(self.store, k)["tasks"]) for k in self.store.list("batches/") if not k.endswith(".intent.json"))
         return {"tasks": tasks, "approved": sum(len(a["assignment_ids"]) for a in acks if a["accept"]),
                 "paid": round(sum(a.get("paid", 0.0) for a in acks), 2),
-                "bonuses": round(sum(b["amount"] * len(b["assignment_ids"]) for b in bonuses), 2)}
+                "bonuses": round(sum(b["amount"] * len(b["assignment_ids"]) for b in bonuses), 2),
+                "late": len(self.store.list("late/"))}
 
     # -- helpers -----------------------------------------------------------------------------
     def _import_row(self, task: Task, payload: dict[str, Any], field: str, batch_id: str) -> dict[str, Any]:

@@ -22,12 +22,21 @@ only once it is older than the window plus a safety margin.
 Store layout (under ``vendor/local/``)::
 
     annotators/<name>.json                       name, sha256 of the token (never the token)
-    batches/<batch_id>.json                      the tasks of a batch (create-only)
+    batches/<batch_id>.json                      the tasks of a batch and its deadline (create-only)
     answers/<batch_id>/<item>.<annotator>.json   one Annotation (create-only); <item> is a digest
     skips/<batch_id>/<item>.<annotator>.json     an item the annotator skipped
     leases/<annotator>.json                      the item on the annotator's screen, since when
     blocks/<digest>.json                         a blocked annotator and the reason they are shown
-    closed/<batch_id>.json                       written when the loop pays the batch
+    closed/<batch_id>.json                       written by the loop's poll after the batch's deadline
+                                                 (or when it pays the batch): no answer is taken after it
+
+Work after the deadline: a batch's deadline is ``collect.timeout_s`` after it was submitted (the
+loop stops waiting then). No new item of it is shown within ``lease_s`` of it (half the collect
+window if that is shorter), so whoever gets an item has the time it is held for them; an item
+already on somebody's screen may still be answered until the loop's poll after the deadline
+closes the batch, and that
+poll returns every stored answer (none can be undone any more), so an answer the desk accepted
+is always collected and paid, and one it would not collect is refused with a sentence saying why.
 """
 
 from __future__ import annotations
@@ -103,29 +112,42 @@ class LocalVendor:
         self._returned: set[str] = set()
         self._returned_keys: set[str] = set()
         self._batches: dict[str, tuple[list[Task], dict[str, Task], dict[str, Task]]] = {}
+        self._deadlines: dict[str, tuple[float | None, float]] = {}  # batch -> (deadline, collect window)
 
     # -- vendor protocol -------------------------------------------------------------
     def submit(self, tasks: Sequence[Task], *, batch_id: str) -> list[Ref]:
         key = f"batches/{batch_id}.json"
         if not self.store.exists(key):
+            record: dict[str, Any] = {"batch_id": batch_id, "tasks": [t.model_dump(mode="json") for t in tasks]}
+            if self.context.collect_timeout_s is not None:  # the loop's last poll comes after this
+                record["deadline"] = self.clock() + self.context.collect_timeout_s
+                record["timeout_s"] = self.context.collect_timeout_s
             with contextlib.suppress(RecordExistsError):  # a concurrent retry wrote the same batch
-                write_json(self.store, key, {"batch_id": batch_id, "tasks": [t.model_dump(mode="json") for t in tasks]},
-                           create_only=True)
+                write_json(self.store, key, record, create_only=True)
         return [{"batch_id": batch_id}]
 
     def poll(self, refs: Sequence[Ref]) -> list[Annotation]:
-        """Answers older than the undo window, not returned before and not yet paid."""
+        """Answers older than the undo window, not returned before and not yet paid.
+
+        A poll after a batch's deadline closes the batch first (the desk takes no answer after
+        that) and then returns all of its answers: none can be undone any more, and the loop's
+        poll after the deadline is its last for the batch.
+        """
+        now = self.clock()
         window = self.params.undo_window_s
-        cutoff = self.clock() - (window + UNDO_MARGIN_S if window > 0 else 0.0)
+        cutoff = now - (window + UNDO_MARGIN_S if window > 0 else 0.0)
         acked = acknowledged(self.store)
         new: list[Annotation] = []
         for batch in sorted({str(r["batch_id"]) for r in refs}):
+            closing = self.past_deadline(batch, now)
+            if closing:
+                self.close_batch(batch, reason="deadline")
             keys = [k for k in self.store.list(f"answers/{batch}/") if k not in self._returned_keys]
             for ann, key in self._read_answers(keys):
                 if ann.assignment_id in self._returned or ann.assignment_id in acked:
                     self._returned_keys.add(key)
                     continue
-                if ann.submitted_at.timestamp() > cutoff:
+                if ann.submitted_at.timestamp() > cutoff and not closing:
                     continue  # may still be undone
                 self._returned.add(ann.assignment_id)
                 self._returned_keys.add(key)  # final: it can no longer be undone
@@ -138,8 +160,40 @@ class LocalVendor:
         record_decision(self.store, assignments, accept=accept, reason=reason,
                         per_annotator=_sum_by_worker(assignments) if accept else {})
         for batch in sorted({a.batch_id for a in assignments}):  # (again after a crash: closing is idempotent)
-            if not self.store.exists(f"closed/{batch}.json"):
-                write_json(self.store, f"closed/{batch}.json", {"batch_id": batch})
+            self.close_batch(batch, reason="paid")
+
+    def close_batch(self, batch_id: str, *, reason: str) -> None:
+        """From now on the desk takes no answer for ``batch_id`` (idempotent; the first reason stays)."""
+        if not self.store.exists(f"closed/{batch_id}.json"):
+            with contextlib.suppress(RecordExistsError):
+                write_json(self.store, f"closed/{batch_id}.json",
+                           {"batch_id": batch_id, "reason": reason, "at": self._now().isoformat()}, create_only=True)
+
+    def deadline(self, batch_id: str) -> float | None:
+        """When the loop stops waiting for ``batch_id`` (``collect.timeout_s`` after its submit; None:
+        not known, a batch recorded before deadlines were)."""
+        return self._deadline_and_window(batch_id)[0]
+
+    def _deadline_and_window(self, batch_id: str) -> tuple[float | None, float]:
+        if batch_id not in self._deadlines:  # batch records are create-only: read once
+            record = read_json(self.store, f"batches/{batch_id}.json", default=None)
+            if record is None:
+                return None, 0.0
+            self._deadlines[batch_id] = (record.get("deadline"), float(record.get("timeout_s") or 0.0))
+        return self._deadlines[batch_id]
+
+    def past_deadline(self, batch_id: str, now: float | None = None) -> bool:
+        deadline = self.deadline(batch_id)
+        return deadline is not None and (self.clock() if now is None else now) >= deadline
+
+    def offering(self, batch_id: str, now: float | None = None) -> bool:
+        """Whether new work of ``batch_id`` is handed out: until ``lease_s`` before its deadline (half
+        the collect window when that is shorter than two leases), so that whoever gets an item has
+        the whole time it is held for them before the loop's last poll."""
+        deadline, window = self._deadline_and_window(batch_id)
+        if deadline is None:
+            return True
+        return (self.clock() if now is None else now) < deadline - min(self.params.lease_s, window / 2)
 
     def bonus(self, assignments: Sequence[Annotation], *, amount: float, reason: str, token: str) -> None:
         record = {"assignment_ids": sorted(a.assignment_id for a in assignments), "amount": amount, "reason": reason}
@@ -251,7 +305,7 @@ class LocalVendor:
                         and self._open_for(t, worker, leases, index)):
                     return t, lease["shown_at"]
         for t in tasks:
-            if self._open_for(t, worker, leases, index):
+            if self._open_for(t, worker, leases, index) and self.offering(t.batch_id, now):
                 write_json(self.store, f"leases/{worker}.json",
                            {"batch_id": t.batch_id, "item_id": t.item_id, "shown_at": now})
                 return t, now
@@ -272,7 +326,8 @@ class LocalVendor:
         if existing is not None:
             return Annotation.model_validate(existing)
         if self.store.exists(f"closed/{batch_id}.json"):
-            raise VendorDataError(f"batch {batch_id!r} is closed (paid); its items take no more answers")
+            raise VendorDataError(f"batch {batch_id!r} is closed (the loop collected its answers after its deadline, "
+                                  "or paid it); this answer was not stored and is not paid")
         blocked = self.block_reason(worker)
         if blocked is not None:
             raise VendorDataError(f"annotator {worker!r} gets no new items: {blocked}")
@@ -298,6 +353,12 @@ class LocalVendor:
             self.store.write_bytes(key, ann.model_dump_json().encode(), create_only=True)
         except RecordExistsError:
             return Annotation.model_validate(read_json(self.store, key))
+        if self.store.exists(f"closed/{batch_id}.json"):
+            # closed between the check above and the write: the closing poll may have listed the
+            # answers before this one, so it is taken back rather than left uncollected and unpaid
+            self.store.delete(key)
+            raise VendorDataError(f"batch {batch_id!r} closed while this answer was being stored; it was not kept "
+                                  "and is not paid")
         self.store.delete(f"leases/{worker}.json")
         return ann
 
@@ -345,10 +406,11 @@ class LocalVendor:
 
     def _progress(self, worker: str, tasks: list[Task], index: dict) -> dict[str, int]:
         mine = waiting = 0
+        now = self.clock()
         for t in tasks:
             answered = index["answers"].get((t.batch_id, item_key(t.item_id)), set())
             mine += worker in answered
-            if len(answered) < t.replicas:
+            if len(answered) < t.replicas and self.offering(t.batch_id, now):
                 waiting += 1
         return {"answered": mine, "waiting": waiting, "items": len(tasks)}
 

@@ -136,7 +136,8 @@ FORBIDDEN = ("<!doctype html><title>403</title><h1>403 Forbidden</h1>"
              "(<code>crowdloop annotators add NAME</code>).</p>")
 NOT_ADMITTED = ("<!doctype html><title>403</title><h1>403 Forbidden</h1>"
                 "<p>This study link is not valid for an open study, or your Prolific session is not active. "
-                "Return to Prolific and open the study again.</p>")
+                "Return to Prolific and open the study again. If the study has closed (its answers were due), "
+                "please return your submission on Prolific: nothing was asked of you here.</p>")
 TOO_LARGE = ("<!doctype html><title>413</title><h1>413 Payload Too Large</h1>"
              f"<p>This form is larger than the {MAX_FORM_BYTES} bytes an answer needs; nothing was saved.</p>")
 

@@ -26,6 +26,14 @@ are create-only records in the vendor's state, so a crash half-way redoes the sa
 
 The exchange files live in the vendor's own prefix of the project store, or in the store
 named by ``params.url`` (a directory shared with the vendor, later ``s3://bucket/prefix``).
+
+Work after the deadline: every manifest line carries ``deadline`` (ISO 8601, UTC:
+``collect.timeout_s`` after the submit). The loop's poll after it ingests what was dropped so far,
+then closes the batch (``closed/<batch_id>.json`` in the vendor's state, and
+``requests/<batch_id>.closed.json`` in the drop box for the vendor to see); a result line for a
+closed batch, in a file dropped later, is refused into ``rejects/`` with the reason (never a
+label, never paid by the loop), with a warning in the log. A batch paid before its deadline is
+closed when it is acknowledged.
 """  # noqa: E501 - JSON Lines examples are one record per line
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -118,6 +127,8 @@ class ManifestVendor:
         self._done_segments: set[str] = set()
         self._processed: set[str] = set()
         self._blocked_in: dict[str, dict[str, str]] = {}  # batch id -> workers blocked when it was sent
+        self._deadline_of: dict[str, float | None] = {}  # batch id -> its deadline (epoch seconds)
+        self._closed: set[str] = set()  # closed batches, read when a result file is ingested
 
     # -- vendor protocol -------------------------------------------------------------
     def submit(self, tasks: Sequence[Task], *, batch_id: str) -> list[Ref]:
@@ -125,18 +136,22 @@ class ManifestVendor:
         manifest_key = f"{self.params.requests_prefix}{batch_id}.manifest.jsonl"
         batch_key = f"batches/{batch_id}.json"
         if not self.state.exists(batch_key):
+            timeout = self.context.collect_timeout_s
             with contextlib.suppress(RecordExistsError):  # the block list as of now travels with the batch
                 write_json(self.state, batch_key, {"batch_id": batch_id, "manifest": manifest_key,
                                                    "tasks": [t.model_dump(mode="json") for t in tasks],
-                                                   "blocked": blocked_workers(self.state)}, create_only=True)
+                                                   "blocked": blocked_workers(self.state),
+                                                   "deadline": None if timeout is None else time.time() + timeout},
+                           create_only=True)
         record = read_json(self.state, batch_key)
         recorded = [Task.model_validate(t) for t in record["tasks"]]
         blocked = record.get("blocked", {})
+        self._deadline_of[batch_id] = record.get("deadline")
         blocked_key = f"{self.params.requests_prefix}{batch_id}.blocked.json"
         if blocked and not self.exchange.exists(blocked_key):
             self._create(self.exchange, blocked_key, dumps({"batch-id": batch_id, "blocked-workers": blocked}))
         if not self.exchange.exists(manifest_key):
-            lines = b"".join(dumps(self._manifest_line(t, blocked)) + b"\n" for t in recorded)
+            lines = b"".join(dumps(self._manifest_line(t, blocked, record.get("deadline"))) + b"\n" for t in recorded)
             self._create(self.exchange, manifest_key, lines)
         return [{"batch_id": batch_id, "manifest": manifest_key}]
 
@@ -147,8 +162,15 @@ class ManifestVendor:
             record_block(self.state, worker, reason=reason, at=utcnow().isoformat())
 
     def poll(self, refs: Sequence[Ref]) -> list[Annotation]:
-        """Ingest result files not seen before, then return new answers of the refs' batches."""
+        """Ingest result files not seen before, then return new answers of the refs' batches.
+
+        A poll after a batch's deadline closes it after ingesting (``close_batch``): later result
+        lines for it are refused into ``rejects/``.
+        """
         self.ingest()
+        for batch in sorted({str(r["batch_id"]) for r in refs}):
+            if self.past_deadline(batch):
+                self.close_batch(batch, reason="deadline")
         acked = acknowledged(self.exchange)
         new: list[Annotation] = []
         for batch in sorted({str(r["batch_id"]) for r in refs}):
@@ -173,6 +195,27 @@ class ManifestVendor:
         record_decision(self.exchange, assignments, accept=accept, reason=reason, assignments=[
             {"assignment-id": a.assignment_id, "item-id": a.item_id, "worker-id": a.worker_id, "batch-id": a.batch_id}
             for a in sorted(assignments, key=lambda a: a.assignment_id)])
+        for batch in sorted({a.batch_id for a in assignments}):  # paid: no later answer is a label
+            self.close_batch(batch, reason="paid")
+
+    def past_deadline(self, batch_id: str) -> bool:
+        """Whether ``collect.timeout_s`` after ``batch_id``'s submit has passed (False: not known)."""
+        if batch_id not in self._deadline_of:
+            record = read_json(self.state, f"batches/{batch_id}.json", default=None)
+            if record is None:
+                return False
+            self._deadline_of[batch_id] = record.get("deadline")
+        deadline = self._deadline_of[batch_id]
+        return deadline is not None and time.time() >= deadline
+
+    def close_batch(self, batch_id: str, *, reason: str) -> None:
+        """No result line for ``batch_id`` is taken from now on; the drop box says so too (each once)."""
+        if self.state.exists(f"closed/{batch_id}.json"):
+            return
+        at = utcnow().isoformat()
+        self._create(self.exchange, f"{self.params.requests_prefix}{batch_id}.closed.json",
+                     dumps({"batch-id": batch_id, "closed-at": at, "reason": reason}))
+        self._create(self.state, f"closed/{batch_id}.json", dumps({"batch_id": batch_id, "reason": reason, "at": at}))
 
     def bonus(self, assignments: Sequence[Annotation], *, amount: float, reason: str, token: str) -> None:
         record = {"assignment_ids": sorted(a.assignment_id for a in assignments), "amount": amount, "reason": reason,
@@ -195,6 +238,7 @@ class ManifestVendor:
                 continue
             if tasks is None:
                 tasks = self._tasks()
+                self._closed = {k[len("closed/"):-len(".json")] for k in self.state.list("closed/")}
             good, bad = self._parse_file(key, file_id, tasks)
             by_batch: dict[str, list[Annotation]] = {}
             for a in good:
@@ -299,6 +343,10 @@ class ManifestVendor:
         if worker in task.exclude_workers:
             raise ValueError(f"worker {worker!r} answered item {item!r} before; this task was for somebody else "
                              "(exclude-workers)")
+        if task.batch_id in self._closed:
+            raise ValueError(f"batch {task.batch_id!r} is closed (its deadline passed and the loop collected it, or "
+                             f"it was paid; see {self.params.requests_prefix}{task.batch_id}.closed.json): this answer "
+                             "came later; it is no label and the loop does not pay it")
         if not isinstance(label, str) or label not in self.context.classes:
             raise ValueError(f"label {label!r} is not one of the classes {list(self.context.classes)}")
         submitted = _parse_time(obj["submitted-at"], "submitted-at")
@@ -316,7 +364,7 @@ class ManifestVendor:
                           reward=task.reward, is_gold=task.is_gold)
 
     # -- helpers ----------------------------------------------------------------------
-    def _manifest_line(self, task: Task, blocked: dict[str, str]) -> dict[str, Any]:
+    def _manifest_line(self, task: Task, blocked: dict[str, str], deadline: float | None = None) -> dict[str, Any]:
         payload = self.context.item_payload(task.item_id)
         line: dict[str, Any] = {}
         if payload.get("kind") == "image" and payload.get("path"):
@@ -329,6 +377,8 @@ class ManifestVendor:
             line["source"] = json.dumps(dict(zip(payload.get("columns", []), payload.get("values", []), strict=True)))
         line.update({"item-id": task.item_id, "batch-id": task.batch_id, "class-list": list(self.context.classes),
                      "replicas": task.replicas, "reward": task.reward})
+        if deadline is not None:  # answers in files dropped after it are refused
+            line["deadline"] = datetime.fromtimestamp(deadline, UTC).isoformat().replace("+00:00", "Z")
         if task.exclude_workers:
             line["exclude-workers"] = sorted(task.exclude_workers)
         if blocked:

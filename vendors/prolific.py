@@ -22,6 +22,16 @@ How a batch travels:
   (``AWAITING REVIEW``); the assignment id is the submission id.
 * ``acknowledge`` approves submissions, or rejects them only with a reason (padded to Prolific's
   100 characters) and a category taken from the evidence; each decision is recorded once.
+* Work after the deadline (``collect.timeout_s`` after the submit): the desk admits nobody within
+  ``lease_s`` of the deadline (half the collect window if that is shorter), so an admitted
+  participant has the time the desk holds their item; the loop's poll after the deadline
+  **stops** the study (Prolific's ``STOP`` transition: final, no new places, unused funds go back)
+  and closes the batch on the desk (no answer is taken after it) before it reads the
+  submissions. A submission that comes back with the code only after that poll is never left to
+  Prolific's auto-approval (21 days): ``settle_late`` (run by every later poll, and callable at
+  the end of a run) approves it if the desk holds the participant's answer, given before the
+  close, and records it under ``late/`` (counted in ``ledger()`` as ``late_paid``); its label does
+  not reach the label log.
 * ``bonus`` pays top-ups through bulk bonus payments, once per token: the set-up is recorded,
   then the intent to pay, then the payment. Prolific's pay call is not idempotent, so a rerun
   that finds an intent to pay checks the submissions' bonus payments instead of paying again.
@@ -170,8 +180,8 @@ def rejection_message(reason: str) -> str:
 
 
 def _is_study_record(key: str) -> bool:
-    """``studies/<batch>.json`` (not the intent or the published marker next to it)."""
-    return key.endswith(".json") and not key.endswith((".intent.json", ".published.json"))
+    """``studies/<batch>.json`` (not the intent, the published or the stopped marker next to it)."""
+    return key.endswith(".json") and not key.endswith((".intent.json", ".published.json", ".stopped.json"))
 
 
 def _digest(*parts: object, n: int = 24) -> str:
@@ -256,6 +266,8 @@ class ProlificDesk(LocalVendor):
         study = self.vendor.study_by_id(study_id)
         if study is None or self.store.exists(f"closed/{study['batch_id']}.json"):
             return None
+        if not self.offering(study["batch_id"]):
+            return None  # too close to the deadline for the time an item is held: nobody works for nothing
         try:  # one attempt: a page request never waits out back-offs (the participant can reload)
             session = self.vendor.client.call("GET", f"/api/v1/submissions/{session_id}/", retry=False)
         except (VendorError, ProlificTransientError):
@@ -520,11 +532,20 @@ class ProlificVendor:
 
     # -- poll -----------------------------------------------------------------------------------
     def poll(self, refs: Sequence[Ref]) -> list[Annotation]:
-        """Answers whose submission came back to Prolific with the study's code; never blocks."""
+        """Answers whose submission came back to Prolific with the study's code; never blocks.
+
+        A poll after a batch's deadline first stops its study and closes the batch on the desk,
+        then reads the submissions (so every answer the desk took is seen if its code is back).
+        Every poll also settles late submissions of earlier, closed batches (``settle_late``).
+        """
+        batches = {str(ref["batch_id"]) for ref in refs}
+        self.settle_late(exclude=batches)
         decided = self._decided()
         out: list[Annotation] = []
         for ref in refs:
             study = self._study_of_batch(str(ref["batch_id"]))
+            if self.desk.past_deadline(study["batch_id"]):
+                self._close(study, reason="deadline")
             answers = None
             for sub in self.client.call("GET", f"/api/v1/studies/{study['study_id']}/submissions/").get("results", []):
                 sid = str(sub["id"])
@@ -604,14 +625,87 @@ class ProlificVendor:
                                          "worker_id": a.worker_id, "batch_id": a.batch_id, "item_id": a.item_id,
                                          "reward": a.reward if accept else 0.0, "at": utcnow().isoformat()},
                        create_only=True)
-        for batch in sorted({a.batch_id for a in assignments}):  # the desk stops serving a paid batch
-            if not self.store.exists(f"closed/{batch}.json"):
-                write_json(self.store, f"closed/{batch}.json", {"batch_id": batch})
+        for batch in sorted({a.batch_id for a in assignments}):  # a paid batch: no new places, no new answers
+            self._close(self._study_of_batch(batch), reason="paid")
         if assignments:
             hooks.point("prolific:approved", min(a.round for a in assignments))
 
     def _decided(self) -> set[str]:
         return {k[len("acks/"):-len(".json")] for k in self.store.list("acks/")}
+
+    # -- closing and late work --------------------------------------------------------------------
+    def _close(self, study: dict[str, Any], *, reason: str) -> None:
+        """Stop the study on Prolific (final: no new places; unused funds go back), then close the
+        batch on the desk (no answer is taken after it). Each once; a repeat finds the records."""
+        batch = study["batch_id"]
+        marker = f"studies/{batch}.stopped.json"
+        if not self.store.exists(marker):
+            try:
+                self.client.call("POST", f"/api/v1/studies/{study['study_id']}/transition/", body={"action": "STOP"})
+            except VendorError:  # stopped before (a retry after a lost answer), or finished: read the truth
+                status = self.client.call("GET", f"/api/v1/studies/{study['study_id']}/").get("status")
+                if status in ("ACTIVE", "PAUSED", "PUBLISHING", "SCHEDULED"):
+                    raise
+            with contextlib.suppress(RecordExistsError):
+                write_json(self.store, marker, {"study_id": study["study_id"], "reason": reason,
+                                                "at": utcnow().isoformat()}, create_only=True)
+        self.desk.close_batch(batch, reason=reason)
+
+    def settle_late(self, *, exclude: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Decide every submission of a closed study that came back after the loop's last poll of it.
+
+        The loop pays exactly the answers in its label log; a submission that came back with the
+        code later would otherwise wait for Prolific's auto-approval (21 days after submission),
+        paid outside the loop's books. One whose answer the desk holds (given before the batch
+        closed) is approved and recorded under ``late/`` (``ledger()["late_paid"]``); one without
+        is kept under ``bad/`` for review (as in ``poll``). Batches in ``exclude`` (still being
+        collected or not yet paid) are left alone; a study is settled for good once none of its
+        submissions is ACTIVE or waiting for a decision. Returns the late decisions made now.
+        """
+        made: list[dict[str, Any]] = []
+        for key in sorted(self.store.list("studies/")):
+            if not key.endswith(".stopped.json"):
+                continue
+            batch = key[len("studies/"):-len(".stopped.json")]
+            if batch in exclude or self.store.exists(f"settled/{batch}.json"):
+                continue
+            study = self._study_of_batch(batch)
+            decided = self._decided()
+            bad = {str(b["submission_id"]) for b in self.bad_submissions()}
+            pending = False
+            answers = None
+            for sub in self.client.call("GET", f"/api/v1/studies/{study['study_id']}/submissions/").get("results", []):
+                sid, status = str(sub["id"]), sub.get("status")
+                if status == "ACTIVE":
+                    pending = True  # may still come back with the code (or time out)
+                if status != "AWAITING REVIEW" or sid in decided or sid in bad:
+                    continue
+                if answers is None:
+                    answers = self.desk.answers_by_participant(batch)
+                ann = answers.get(str(sub.get("participant_id")))
+                if ann is None or sub.get("study_code") != study["completion_code"]:
+                    self._report_bad(sub, study, "no answer in the app" if ann is None else "wrong completion code")
+                    continue
+                late = ann.model_copy(update={"assignment_id": sid, "vendor": self.name,
+                                              "reward": study["reward_cents"] / 100})
+                log.warning("prolific: submission %s of study %s came back after the batch closed; approved "
+                            "(answered before the close), its label is not in the label log", sid, study["study_id"])
+                self.acknowledge([late], accept=True)
+                record = {"submission_id": sid, "batch_id": batch, "study_id": study["study_id"],
+                          "participant_id": ann.worker_id, "item_id": ann.item_id, "label": ann.label,
+                          "reward": late.reward, "fee": fee_for(late.reward), "at": utcnow().isoformat()}
+                with contextlib.suppress(RecordExistsError):
+                    write_json(self.store, f"late/{sid}.json", record, create_only=True)
+                made.append(record)
+            if not pending:
+                with contextlib.suppress(RecordExistsError):
+                    write_json(self.store, f"settled/{batch}.json", {"batch_id": batch, "at": utcnow().isoformat()},
+                               create_only=True)
+        return made
+
+    def late_submissions(self) -> list[dict[str, Any]]:
+        """Submissions approved after their batch closed (their labels are not in the label log)."""
+        return [read_json(self.store, k) for k in sorted(self.store.list("late/"))]
 
     # -- bonus ----------------------------------------------------------------------------------
     def bonus(self, assignments: Sequence[Annotation], *, amount: float, reason: str, token: str) -> None:
@@ -737,6 +831,8 @@ class ProlificVendor:
         bonuses = round(sum(b["amount"] for b in paid_bonuses), 2)
         fees = round(sum(fee_for(a["reward"]) for a in approved)
                      + sum(fee_for(v) for b in paid_bonuses for v in b["rows"].values()), 2)
+        late = self.late_submissions()
         return {"studies": len(studies), "approved": len(approved), "rejected": len(acks) - len(approved),
-                "paid": paid, "bonuses": bonuses, "fees": fees, "total": round(paid + bonuses + fees, 2)}
+                "paid": paid, "bonuses": bonuses, "fees": fees, "total": round(paid + bonuses + fees, 2),
+                "late": len(late), "late_paid": round(sum(x["reward"] for x in late), 2)}
 

@@ -20,6 +20,7 @@ import itertools
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -243,6 +244,13 @@ class FakeProlific:
     def _transition_study(self, sid: str, body: Any) -> dict[str, Any]:
         check_body(body, {"action": str})
         study = self._study(sid)
+        if body["action"] == "STOP" and study["status"] in ("ACTIVE", "PAUSED"):
+            # final, as Prolific's STOP: no new places; participants already in may still come back
+            waiting = any(s["study_id"] == sid and s["status"] in ("ACTIVE", "AWAITING REVIEW")
+                          for s in self.submissions.values())
+            study["status"] = "AWAITING REVIEW" if waiting else "COMPLETED"
+            study["stopped"] = True
+            return study
         if body["action"] != "PUBLISH" or study["status"] != "UNPUBLISHED":
             raise ApiError(400, {"error": f"cannot {body['action']} a study that is {study['status']}"})
         study["status"] = "ACTIVE"
@@ -366,6 +374,14 @@ class FakeProlific:
         with self._lock:
             self.submissions[session]["status"] = "RETURNED"
 
+    def auto_approve(self) -> list[str]:
+        """21 days pass: Prolific approves every submission still awaiting review (and pays it)."""
+        with self._lock:
+            waiting = [s for s in self.submissions.values() if s["status"] == "AWAITING REVIEW"]
+            for s in waiting:
+                s.update(status="APPROVED", auto_approved=True)
+            return [s["id"] for s in waiting]
+
     def open_studies(self) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(s) for s in self.studies.values() if s["status"] == "ACTIVE"]
@@ -403,10 +419,12 @@ def participant_ids(n: int, *, start: int = 0xC0FFEE000) -> list[str]:
 
 
 class WorkClock:
-    """A desk clock the tests move forward: an answer takes the seconds the test says it took."""
+    """A desk clock the tests move forward: an answer takes the seconds the test says it took.
 
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.now = start
+    It starts at the wall clock (the desk compares it with batch deadlines set at submit)."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = time.time() if start is None else start
 
     def __call__(self) -> float:
         return self.now

@@ -175,3 +175,55 @@ def test_label_studio_honours_the_contract_with_its_capabilities(tmp_path: Path,
                           respond=annotators, n_items=3, replicas=2, workers=list(tokens), timeout_s=60)
     assert not report.skipped and report.n_annotations == 6 + 3 + 6
     assert refused == [next(iter(tokens))]  # the blocked annotator, and only in the second batch
+
+
+def test_a_closed_rounds_tasks_take_no_new_work_and_late_annotations_are_reported(
+        tmp_path: Path, label_studio: lss.Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On main a round's tasks stayed in the Label Studio project after collect.timeout_s: its
+    unanswered tasks could be annotated for ever, and such labels were lost without a word."""
+    import time
+
+    from label_studio_sdk import LabelStudio
+    from label_studio_sdk.core.api_error import ApiError
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
+    config = small_config(**{
+        "project": "lslate", "vendor": {"name": "label_studio", "params": {}},
+        "sampler.initial_size": 4, "sampler.batch_size": 2, "consensus.redundancy": 2,
+        "consensus.method": "majority_vote", "collect.poll_interval_s": 0.2, "collect.timeout_s": 4,
+        "stopping.max_rounds": 2,
+    })
+    p = Project.prepare(parse_config(config), str(tmp_path / "p"))
+    truth = {item: str(label) for item, label in zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True)}
+    ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    first, second = (ls.users.create(username=f"late{k}", email=f"late{k}@example.com", password=f"late-{k}-password")
+                     for k in range(2))
+    engine.run_round(p, 0, until="dispatch")
+    batch = read_json(p.vendor.store, f"batches/{engine.dispatch(p, 0)['batch_id']}.json")
+    items = sorted(batch["tasks"])
+    done, partial, untouched = items[:2], items[2], items[3]
+    for item in done:
+        for user in (first, second):
+            ls.annotations.create(batch["tasks"][item], result=_choice(truth[item]), completed_by=user.id, lead_time=5.0)
+    ls.annotations.create(batch["tasks"][partial], result=_choice(truth[partial]), completed_by=first.id, lead_time=5.0)
+    dispatched_at = read_json(p.store, keys.round_key(0, keys.REFS))["dispatched_at"]
+    time.sleep(max(0.0, dispatched_at + 4 - time.time()) + 0.5)
+    collected = engine.collect(p, 0)  # the poll after the deadline closes the batch
+    assert collected["n_annotations"] == 5 and collected["incomplete_items"] == sorted([partial, untouched])
+    with pytest.raises(ApiError):  # nobody annotated it: deleted, so nobody can start on it now
+        ls.tasks.get(str(batch["tasks"][untouched]))
+    assert ls.tasks.get(str(batch["tasks"][partial])).id == batch["tasks"][partial]  # its answer stays
+    engine.aggregate(p, 0)
+    engine.pay(p, 0)
+    late = ls.annotations.create(batch["tasks"][partial], result=_choice(truth[partial]), completed_by=second.id,
+                                 lead_time=5.0)  # an editor left open: after the close
+    engine.run_round(p, 1, until="dispatch")
+    engine.dispatch(p, 1)
+    p.vendor.poll(read_json(p.store, keys.round_key(1, keys.REFS))["refs"])
+    found = p.vendor.late_annotations()
+    assert [(x["annotation"], x["batch_id"], x["worker_id"]) for x in found] == [
+        (f"ls{batch['project_id']}-{late.id}", batch["batch_id"], f"ls-user-{second.id}")]
+    assert p.vendor.ledger()["late"] == 1 and all(a.assignment_id != found[0]["annotation"] for a in p.annotations())
+    p.vendor.poll(read_json(p.store, keys.round_key(1, keys.REFS))["refs"])
+    assert len(p.vendor.late_annotations()) == 1  # reported once

@@ -16,6 +16,7 @@ from crowdloop.errors import ConfigError, CrowdloopError, VendorDataError
 from crowdloop.records import Task
 from crowdloop.storage.local import LocalStore
 from crowdloop.testing import check_vendor, make_context
+from crowdloop.vendor import acknowledged
 from crowdloop.vendors.local import UNDO_MARGIN_S, LocalVendor, item_key
 from crowdloop.vendors.local_app import create_app, csrf_for
 from tests.conftest import small_config
@@ -325,3 +326,73 @@ def test_removing_an_annotator_releases_the_item_on_their_screen(tmp_path):
     v.skip("bob", "b0", "item-1")
     assert v.next_task("bob")[0].item_id == "item-0"  # released with ann's link
     assert v.next_task("cat")[0].item_id == "item-1"
+
+
+# -- work after the deadline (issue 15 follow-up: nobody works for nothing) ------------------------------
+def deadline_desk(tmp_path: Path, clock: Clock, timeout_s: float = 60.0, **params) -> LocalVendor:
+    import dataclasses
+
+    ctx = dataclasses.replace(make_context(LocalStore(tmp_path / "p"), name="local"), collect_timeout_s=timeout_s)
+    return LocalVendor({"undo_window_s": 30, **params}, ctx, clock=clock)
+
+
+def test_near_the_deadline_no_item_is_offered_and_every_answer_the_desk_kept_is_collected(tmp_path):
+    """On main the desk kept offering a batch's items after collect.timeout_s, the loop's last poll
+    skipped answers younger than the undo window, and the batch closed only when paid: answers
+    stored then were never collected, never paid (bob's and carol's below)."""
+    clock = Clock()
+    v = deadline_desk(tmp_path, clock)
+    refs = v.submit(tasks(3), batch_id="b0")
+    for who in ("alice", "bob", "carol"):
+        v.add_annotator(who)
+    clock.now += 10
+    shown, _ = v.next_task("alice")
+    v.answer("alice", "b0", shown.item_id, "cat")
+    clock.now += 10  # 20 s after dispatch: carol's item is on her screen
+    on_screen, _ = v.next_task("carol")
+    clock.now += 20  # 40 s: less than half the 60 s window (< lease_s) is left: nothing new is offered
+    assert v.next_task("bob") is None and v.progress("bob")["waiting"] == 0
+    clock.now += 21  # 61 s: past the deadline
+    assert v.next_task("bob") is None
+    again, shown_at = v.next_task("carol")  # carol keeps her item (a reload shows it again) ...
+    assert again.item_id == on_screen.item_id and shown_at == 1_800_000_020.0
+    v.answer("carol", "b0", on_screen.item_id, "dog")  # ... and may answer it until the loop's last poll
+    clock.now += 1
+    closing = v.poll(refs)  # the loop's poll after the deadline: closes the batch, then reads everything
+    assert sorted(a.worker_id for a in closing) == ["alice", "carol"]  # carol's answer is 1 s old: no undo window now
+    assert v.undo("carol") is None  # nothing can be taken back from a closed batch
+    with pytest.raises(VendorDataError, match=r"closed .*not stored and is not paid"):
+        v.answer("bob", "b0", "item-2", "cat")
+    assert len(v.store.list("answers/b0/")) == 2  # every answer the desk kept is one the loop collected
+    v.acknowledge(closing, accept=True)
+    assert acknowledged(v.store) == {a.assignment_id for a in closing}  # both are paid with the batch
+
+
+def test_a_batch_nobody_answered_leaves_the_desk_at_its_deadline(tmp_path):
+    """On main a batch was closed only by acknowledge, which names no batch when nothing came: its
+    items stayed on offer for good, and whatever was answered then was never collected nor paid."""
+    clock = Clock()
+    v = deadline_desk(tmp_path, clock, timeout_s=5)
+    refs = v.submit(tasks(2), batch_id="b0")
+    v.add_annotator("alice")
+    clock.now += 6
+    assert v.poll(refs) == []
+    v.acknowledge([], accept=True)  # the pay step of an empty round
+    clock.now += 3600
+    assert v.open_tasks() == [] and v.next_task("alice") is None
+    assert v.store.exists("closed/b0.json")
+
+
+def test_the_app_shows_nothing_new_once_the_batch_deadline_passed(tmp_path):
+    clock = Clock()
+    v = deadline_desk(tmp_path, clock, timeout_s=30)
+    v.submit(tasks(2), batch_id="b0")
+    clients = {}
+    for who in ("alice", "bob"):
+        clients[who] = TestClient(create_app(v), base_url="http://testserver", follow_redirects=False)
+        clients[who].get(f"/?token={v.add_annotator(who)}")
+    assert 'name="label"' in clients["alice"].get("/").text  # alice's item is on her screen before the deadline
+    clock.now += 31
+    page = clients["bob"].get("/").text
+    assert "0 answered · 0 of 2 items waiting" in page and 'name="label"' not in page  # nothing new for bob
+    assert 'name="label"' in clients["alice"].get("/").text  # alice may still answer the item she holds

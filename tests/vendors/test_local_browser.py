@@ -168,3 +168,39 @@ def test_a_wrong_token_gets_403(browser, serve, xss_project):
     p.vendor.remove_annotator("carol")
     assert page.goto(f"{base}/?token={token}").status == 403  # revoked links stop working
     context.close()
+
+
+def test_near_the_deadline_the_app_hands_out_no_work_the_loop_would_not_collect(browser, serve, tmp_path):
+    """On main a new annotator still got items after collect.timeout_s, the loop's last poll left out
+    answers younger than the undo window, and answers after it were stored but never collected or
+    paid. Here: items are handed out until lease_s (here half the 20 s window) before the deadline,
+    the last poll takes every stored answer, and a later answer is refused on the page."""
+    import time
+
+    from crowdloop import keys
+    from crowdloop.storage import read_json
+
+    cfg = parse_config(small_config(**{
+        "vendor": {"name": "local", "params": {"undo_window_s": 30}}, "sampler.initial_size": 6,
+        "consensus.redundancy": 1, "consensus.method": "majority_vote",
+        "collect.timeout_s": 20, "collect.poll_interval_s": 0.2}))
+    p = engine.Project.prepare(cfg, str(tmp_path / "late"))
+    tokens = {who: p.vendor.add_annotator(who) for who in ("alice", "carol", "bob")}
+    base = serve(p.store.url)
+    pages = {who: browser.new_page() for who in tokens}
+    engine.run_round(p, 0, until="dispatch")
+    batch = read_json(p.store, keys.round_key(0, keys.REFS))
+    for who in ("alice", "carol"):  # in time: an item each
+        pages[who].goto(f"{base}/?token={tokens[who]}")
+        assert pages[who].locator("#item").count() == 1
+    _press(pages["alice"], "1")
+    time.sleep(max(0.0, batch["dispatched_at"] + 10.5 - time.time()))
+    pages["bob"].goto(f"{base}/?token={tokens['bob']}")
+    assert pages["bob"].locator("#item").count() == 0  # too late to start: nothing is handed out
+    assert pages["bob"].locator("#progress").inner_text() == "0 answered · 0 of 6 items waiting"
+    time.sleep(max(0.0, batch["dispatched_at"] + 20.3 - time.time()))
+    collected = engine.collect(p, 0)  # the poll after the deadline closes the batch and takes alice's answer
+    assert collected["n_annotations"] == 1  # (it is younger than the 30 s undo window)
+    _press(pages["carol"], "1")  # carol answers the item she held, after the loop's last poll
+    assert "is closed" in pages["carol"].content() and "not stored and is not paid" in pages["carol"].content()
+    assert [a.worker_id for a in _answers(p, batch["batch_id"]).values()] == ["alice"]

@@ -197,17 +197,21 @@ def test_params_are_validated_with_one_line_errors(tmp_path):
         vendor_at(tmp_path, bogus=1)
 
 
+def drop_box_project(tmp_path: Path, **settings) -> tuple[engine.Project, LocalStore, dict[str, str]]:
+    """An iris project whose manifest vendor shares a directory with the outside vendor (played by
+    the test through the returned store); the pool's true labels, for the test's answers."""
+    shared = tmp_path / "dropbox"
+    cfg = parse_config(small_config(**{"vendor": {"name": "manifest", "params": {"url": str(shared)}},
+                                       "pool.name": "iris", "consensus.method": "majority_vote", **settings}))
+    p = engine.Project.prepare(cfg, str(tmp_path / "project"))
+    return p, LocalStore(shared), dict(zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True))
+
+
 def test_the_loop_runs_rounds_through_a_shared_drop_box(tmp_path):
     """dispatch → the outside vendor answers from files → collect → aggregate → pay."""
-    shared = tmp_path / "dropbox"
-    cfg = parse_config(small_config(**{
-        "vendor": {"name": "manifest", "params": {"url": str(shared)}},
-        "pool.name": "iris", "sampler.initial_size": 6, "sampler.batch_size": 6,
-        "consensus.method": "majority_vote", "consensus.redundancy": 2,
-        "collect.timeout_s": 5, "collect.poll_interval_s": 0.01}))
-    p = engine.Project.prepare(cfg, str(tmp_path / "project"))
-    outside = LocalStore(shared)
-    truth = dict(zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True))
+    p, outside, truth = drop_box_project(tmp_path, **{"sampler.initial_size": 6, "sampler.batch_size": 6,
+                                                      "consensus.redundancy": 2, "collect.timeout_s": 5,
+                                                      "collect.poll_interval_s": 0.01})
     for r in range(2):
         engine.run_round(p, r, until="dispatch")
         refs = engine.dispatch(p, r)["refs"]
@@ -239,7 +243,8 @@ def test_the_drop_box_can_be_an_s3_bucket(tmp_path, s3_endpoint, s3_bucket):
     report = check_vendor(ManifestVendor, params={"url": url}, context=ctx, respond=respond, n_items=3, replicas=2)
     bucket = open_store(url)
     assert report.n_annotations == 6
-    assert bucket.list("requests/") == ["requests/contract-r0000.manifest.jsonl"]
+    # the manifest, and the mark that the batch closed when it was paid (later answers are refused)
+    assert bucket.list("requests/") == ["requests/contract-r0000.closed.json", "requests/contract-r0000.manifest.jsonl"]
     assert json.loads(bucket.read_bytes("rejects/answers.jsonl.rejects.jsonl"))["reason"].startswith("not valid JSON")
     assert ctx.store.list("processed/") and not LocalStore(tmp_path).list("vendor/manifest/requests/")
 
@@ -278,3 +283,36 @@ def test_any_result_file_is_split_into_answers_and_rejects_without_crashing(tmp_
               for line in v.state.read_bytes(key).splitlines() if line.strip()]
     assert sorted(a.assignment_id for a in stored) == sorted(a.assignment_id for a in got)
     assert all(json.loads(line)["reason"] for key in rejects for line in v.exchange.read_bytes(key).splitlines())
+
+
+def test_an_output_manifest_dropped_after_the_round_closed_is_refused_line_by_line(tmp_path):
+    """On main a result file dropped after the loop's last poll of its batch was ingested as good
+    answers of a batch nobody polled again: no label, no decision, no word in rejects/ or the log."""
+    import time
+
+    p, outside, truth = drop_box_project(tmp_path, **{"sampler.initial_size": 4, "sampler.batch_size": 4,
+                                                      "consensus.redundancy": 1, "collect.timeout_s": 1.5,
+                                                      "collect.poll_interval_s": 0.05})
+    engine.run_round(p, 0, until="dispatch")
+    refs = engine.dispatch(p, 0)["refs"]
+    manifest = [json.loads(line) for line in outside.read_bytes(refs[0]["manifest"]).splitlines()]
+    in_time, late = [rec["item-id"] for rec in manifest[:2]], [rec["item-id"] for rec in manifest[2:]]
+    drop(outside, "in-time.jsonl", [answer(i, "w0", truth[i]) for i in in_time])
+    dispatched_at = read_json(p.store, keys.round_key(0, keys.REFS))["dispatched_at"]
+    time.sleep(max(0.0, dispatched_at + 1.5 - time.time()) + 0.2)
+    collected = engine.collect(p, 0)  # the poll after the deadline ingests, then closes the batch
+    assert collected["n_annotations"] == 2 and not collected["complete"]
+    assert json.loads(outside.read_bytes(f"requests/{refs[0]['batch_id']}.closed.json"))["reason"] == "deadline"
+    engine.aggregate(p, 0)
+    engine.pay(p, 0)
+    drop(outside, "late.jsonl", [answer(i, "w1", truth[i], **{"batch-id": refs[0]["batch_id"]}) for i in late])
+    engine.run_round(p, 1, until="dispatch")
+    engine.dispatch(p, 1)
+    engine.collect(p, 1, wait=False)  # a later poll ingests the late file
+    rejects = [json.loads(line) for line in outside.read_bytes("rejects/late.jsonl.rejects.jsonl").splitlines()]
+    assert len(rejects) == 2 and all("is closed" in r["reason"] and "does not pay it" in r["reason"] for r in rejects)
+    assert not any(a.item_id in late and a.worker_id == "w1" for a in p.annotations())
+    paid = {aid for k in outside.list("acks/") for aid in read_json(outside, k)["assignment_ids"]}
+    assert len(paid) == 2  # only what the loop collected was decided
+    due = {rec["deadline"] for rec in manifest}  # the outside vendor was told when answers were due
+    assert len(due) == 1 and datetime.fromisoformat(due.pop().replace("Z", "+00:00")).timestamp() <= dispatched_at + 1.5

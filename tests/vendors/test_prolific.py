@@ -227,7 +227,7 @@ def loop_config(api: FakeProlific, **extra: Any) -> dict[str, Any]:
     return small_config(**{
         "vendor": {"name": "prolific", "params": params(api)},
         "sampler.initial_size": 6, "sampler.batch_size": 4, "consensus.method": "majority_vote",
-        "consensus.redundancy": 3, "collect.poll_interval_s": 0.01, "collect.timeout_s": 60, "stopping.max_rounds": 3,
+        "consensus.redundancy": 3, "collect.poll_interval_s": 0.01, "collect.timeout_s": 86400, "stopping.max_rounds": 3,
         "pay.hourly_wage": 12.0, "pay.pilot_seconds_per_task": 10.0, **extra})
 
 
@@ -308,3 +308,49 @@ def test_a_participant_who_gives_the_place_back_frees_the_item_and_lost_answers_
     v.acknowledge(got, accept=True)
     assert api.submissions[got[0].assignment_id]["status"] == "APPROVED" and v.ledger()["paid"] == 0.20
     assert len(api.injected) == 3
+
+
+# -- work after the deadline -----------------------------------------------------------------------------
+def test_work_after_the_deadline_is_neither_taken_nor_left_to_prolifics_auto_approval(
+        tmp_path: Path, api: FakeProlific) -> None:
+    """On main the study stayed published after collect.timeout_s, the desk admitted and took answers
+    for it, and a submission that came back after the loop's last poll was decided by nobody: 21
+    days later Prolific approved and paid it (money outside the loop's books, a label it never saw)."""
+    from crowdloop.records import Task
+
+    clock = WorkClock()
+    ctx = dataclasses.replace(make_context(LocalStore(tmp_path / "store"), name="prolific"), hourly_wage=12.0,
+                              collect_timeout_s=600.0)
+    v = ProlificVendor(params(api), ctx)
+    v.desk.clock = clock
+    refs = v.submit([Task(item_id=f"i{k}", round=0, batch_id="b0", replicas=1, reward=0.05) for k in range(4)],
+                    batch_id="b0")
+    study = refs[0]["study_id"]
+    alice, carol, erin, bob, dave = participant_ids(5)
+    assert take_part(api, v.desk, study, alice, lambda item, who: "cat", clock=clock, seconds=30)["item"]
+    sessions, items = {}, {}
+    for who in (carol, erin):  # both admitted in time; carol answers now, erin is slow
+        sessions[who] = api.start(study, who)
+        assert v.desk.admit(who, study, sessions[who])
+        items[who] = v.desk.next_task(who)[0].item_id
+    v.desk.answer(carol, "b0", items[carol], "dog")
+    clock.advance(280)  # 310 s after the submit: less than lease_s (half the 600 s window) is left
+    late_comer = api.start(study, bob)  # Prolific still lists the study until the loop stops it ...
+    assert late_comer is not None and v.desk.admit(bob, study, late_comer) is None  # ... the desk admits nobody
+    api.give_back(late_comer)
+    clock.advance(300)  # past the deadline: the loop's last poll
+    got = v.poll(refs)
+    assert [a.worker_id for a in got] == [alice]  # carol has not come back with her code yet
+    assert api.studies[study]["stopped"] and api.start(study, dave) is None  # stopped: no new places
+    with pytest.raises(VendorError, match="closed"):
+        v.desk.answer(erin, "b0", items[erin], "cat")  # too late: not stored, so never a code
+    assert v.desk.completion(erin) is None
+    v.acknowledge(got, accept=True)  # the round's pay
+    api.complete(sessions[carol], v.desk.completion(carol)[0])  # carol's code reaches Prolific after the last poll
+    next_round = v.submit([Task(item_id="j0", round=1, batch_id="b1", replicas=1, reward=0.05)], batch_id="b1")
+    assert v.poll(next_round) == []  # the next round's poll settles round 0's late submission ...
+    assert api.auto_approve() == []  # ... so nothing is left for Prolific to approve on its own
+    assert [(x["participant_id"], x["label"], x["reward"]) for x in v.late_submissions()] == [(carol, "dog", 0.20)]
+    books, ledger = api.accounting(), v.ledger()
+    assert (ledger["paid"], ledger["fees"], ledger["late"], ledger["late_paid"]) == (books["rewards"], books["fees"], 1, 0.20)
+    assert books["approved"] == 2 and v.poll(next_round) == [] and v.settle_late() == []  # decided once

@@ -41,7 +41,7 @@ def crash_config(api_url: str) -> dict[str, Any]:
         "vendor": {"name": "prolific", "params": {"app_url": "https://label.example.org", "api_url": api_url,
                                                    "timeout_s": 5, "backoff_s": 0.01}},
         "consensus": {"method": "majority_vote", "redundancy": 3},
-        "collect": {"poll_interval_s": 0.1, "timeout_s": 120},
+        "collect": {"poll_interval_s": 0.1, "timeout_s": 86400},  # every place is filled: no wait
         "pay": {"pilot_seconds_per_task": 4.0, "hourly_wage": 12.0},  # a one-minute place; answers take 70 s: a top-up
         "stopping": {"max_rounds": 1},
     }
