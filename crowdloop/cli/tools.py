@@ -59,6 +59,38 @@ def mturk_expire_round(
 
 
 
+@app.command("settle")
+@one_line_errors
+def settle(
+    directory: str | None = typer.Argument(None, metavar="DIR", help="project store (shorthand for --project-dir)"),
+    project_dir: str | None = project_option(),
+) -> None:
+    """Decide work that came back after its batch closed (docs/vendors.md "Work after the deadline").
+
+    Prolific: a participant who answered on the desk before a batch closed but returned to
+    Prolific with the code after the loop's last poll is approved here, not left to Prolific's
+    own approval 21 days later. Every later poll of a running project does this; run it after
+    the last round (again later if some participants are still active). Vendors that let no
+    work through after a deadline have nothing to settle.
+    """
+    from crowdloop import keys
+    from crowdloop.engine import Project
+
+    project = Project.open(project_dir_of(directory, project_dir))
+    vendor = project.vendor
+    settle_late = getattr(vendor, "settle_late", None)
+    if settle_late is None:
+        console.print(f"vendor {project.config.vendor.name!r} takes no work after a batch closed: nothing to settle")
+        return
+    # a batch not yet paid is still the loop's: its pay step decides its work
+    open_batches = [project.record(r, keys.DISPATCH)["batch_id"] for r in project.rounds()
+                    if project.has(r, keys.DISPATCH) and not project.has(r, keys.PAY)]
+    made = settle_late(exclude=open_batches)
+    money = round(sum(d["reward"] + d["fee"] for d in made), 2)
+    console.print(f"settled {len(made)} late submission(s): {money:.2f} {project.config.pay.currency} "
+                  "(reward + fee), recorded under the vendor's late/ (labels not in the label log)")
+
+
 pool_app = typer.Typer(help="Pools: write a configured pool as shards to a folder or an S3 prefix.", no_args_is_help=True)
 app.add_typer(pool_app, name="pool")
 

@@ -7,6 +7,7 @@ local app's logic) here, and in real Chromium in ``test_prolific_browser.py``.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -354,3 +355,46 @@ def test_work_after_the_deadline_is_neither_taken_nor_left_to_prolifics_auto_app
     books, ledger = api.accounting(), v.ledger()
     assert (ledger["paid"], ledger["fees"], ledger["late"], ledger["late_paid"]) == (books["rewards"], books["fees"], 1, 0.20)
     assert books["approved"] == 2 and v.poll(next_round) == [] and v.settle_late() == []  # decided once
+
+
+def test_crowdloop_settle_approves_a_code_that_came_back_after_the_last_round(
+        tmp_path: Path, api: FakeProlific, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last round has no later poll to settle its late submissions: ``crowdloop settle`` does
+    it, so a participant who answered in time but came back with the code after the loop's last
+    poll is paid by the project, not by Prolific's own approval 21 days later."""
+    from typer.testing import CliRunner
+
+    from crowdloop.cli import app
+    from crowdloop.engine import collection
+
+    location = str(tmp_path / "p")
+    p = engine.Project.prepare(parse_config(loop_config(api, **{"stopping.max_rounds": 1, "collect.timeout_s": 600})),
+                               location)
+    truth = {i: str(y) for i, y in zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True)}
+    engine.run_round(p, 0, until="dispatch")
+    study = read_json(p.store, keys.round_key(0, keys.REFS))["refs"][0]["study_id"]
+    desk, clock = p.vendor.desk, WorkClock()
+    desk.clock = clock
+    crowd = iter(participant_ids(40))
+    carol = next(crowd)
+    session = api.start(study, carol)
+    assert desk.admit(carol, study, session)
+    item = desk.next_task(carol)[0].item_id
+    desk.answer(carol, read_json(p.store, keys.round_key(0, keys.DISPATCH))["batch_id"], item, truth[item])
+    while take_part(api, desk, study, next(crowd), lambda i, who: truth[i], clock=clock, seconds=5.0) is not None:
+        pass  # every other place
+    clock.advance(700)  # past the deadline: the loop's last poll of round 0
+    monkeypatch.setattr(collection, "time", type("Later", (), {"time": staticmethod(lambda: time.time() + 700)}))
+    engine.run_round(p, 0)
+    assert p.record(0, keys.COLLECTED)["n_annotations"] == 17  # carol's code had not come back
+    api.complete(session, desk.completion(carol)[0])  # ... it does now, after the round was paid
+    runner = CliRunner()
+    first = runner.invoke(app, ["settle", location])
+    assert first.exit_code == 0, first.output
+    assert "settled 1 late submission(s): 0.27 USD" in first.output  # a one-minute place, $0.20 + $0.07 fee
+    assert api.auto_approve() == []  # nothing left for Prolific to approve on its own
+    again = runner.invoke(app, ["settle", location])
+    assert again.exit_code == 0 and "settled 0 late submission(s)" in again.output  # decided once
+    other = engine.Project.prepare(parse_config(small_config()), str(tmp_path / "simulated"))
+    out = runner.invoke(app, ["settle", other.store.url])
+    assert out.exit_code == 0 and "vendor 'simulated' takes no work after a batch closed" in out.output
