@@ -96,7 +96,8 @@ MODULES = (
             "crowdloop.engine.project.xǁProjectǁreserved_items__mutmut_*",
             "crowdloop.engine.project.xǁProjectǁaudit_reserve__mutmut_*",
             "crowdloop.engine.project.xǁProjectǁgold_set__mutmut_*",
-            "crowdloop.engine.project.xǁProjectǁspent__mutmut_*")),
+            "crowdloop.engine.project.xǁProjectǁspent__mutmut_*",
+            "crowdloop.engine.project.xǁProjectǁ_late_paid__mutmut_*")),
 )
 
 

@@ -137,6 +137,22 @@ def test_spent_sums_the_pay_records_of_earlier_rounds(project):
     assert p.spent(3) == p.spent(9) == p.spent(2)  # round 2 has no pay record yet, later rounds none at all
 
 
+def test_spent_adds_what_the_vendor_paid_later_for_work_of_paid_rounds(project):
+    """Money a vendor paid after a batch closed (Prolific's settled late submissions, ``late_paid``)
+    counts for that batch's round once the round is paid; other batches' money never does."""
+    p = Project.open(project.store)  # a fresh object: the module's project keeps its own vendor
+    batches = [p.record(r, keys.DISPATCH)["batch_id"] for r in (0, 1)]
+    late = {batches[0]: 0.07, batches[1]: 1.3, "another-project-r0000": 100.0}
+    late_vendor = type("LateVendor", (), {"late_paid": lambda self: late})
+    p.__dict__["vendor_class"], p.__dict__["vendor"] = late_vendor, late_vendor()
+    totals = [read_json(p.store, keys.round_key(r, keys.PAY))["total"] for r in (0, 1)]
+    assert p.spent(0) == 0.0
+    assert p.spent(1) == round(totals[0] + 0.07, 2)
+    assert p.spent(2) == round(totals[0] + totals[1] + 1.37, 2)
+    assert p.spent(3) == p.spent(2)  # round 2 is not paid: nothing of it counts yet
+    assert project.spent(2) == round(totals[0] + totals[1], 2)  # the simulated crowd has no late_paid
+
+
 def test_a_batch_with_an_ineligible_item_is_refused_before_it_is_recorded(tmp_path, monkeypatch):
     """A mask that lets reserved items through (here: only them) fails the selection with one line;
     nothing is recorded, so a fixed run selects again."""

@@ -703,6 +703,14 @@ class ProlificVendor:
                                create_only=True)
         return made
 
+    def late_paid(self) -> dict[str, float]:
+        """Money (reward + fee) paid per batch for submissions settled after the batch closed;
+        ``Project.spent`` adds it, so the money budget and the status see it."""
+        out: dict[str, float] = {}
+        for x in self.late_submissions():
+            out[x["batch_id"]] = round(out.get(x["batch_id"], 0.0) + x["reward"] + x["fee"], 2)
+        return out
+
     def late_submissions(self) -> list[dict[str, Any]]:
         """Submissions approved after their batch closed (their labels are not in the label log)."""
         return [read_json(self.store, k) for k in sorted(self.store.list("late/"))]

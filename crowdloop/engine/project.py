@@ -531,12 +531,24 @@ class Project:
         return []
 
     def spent(self, before_round: int) -> float:
+        """Money paid for the rounds before ``before_round``: their ``pay.json`` totals, plus what
+        the vendor paid later for their work that came back after its batch closed (``late_paid``,
+        docs/vendors.md "Work after the deadline"), so the money budget sees every cent."""
+        late = self._late_paid()
         total = 0.0
         for r in range(before_round):
             pay = self.record(r, keys.PAY, default=None)
             if pay:
                 total += pay["total"]
+                if late:
+                    total += late.get(self.require(r, keys.DISPATCH, step="spent")["batch_id"], 0.0)
         return round(total, 2)
+
+    def _late_paid(self) -> dict[str, float]:
+        """Per batch, money a vendor paid after the batch closed (only vendors that can: Prolific)."""
+        if not callable(getattr(self.vendor_class, "late_paid", None)):
+            return {}
+        return self.vendor.late_paid()
 
     def load_model(self, round_: int):
         """Round ``round_``'s fitted model (None if it trained none), unpickled only once its bytes

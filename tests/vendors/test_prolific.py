@@ -393,6 +393,11 @@ def test_crowdloop_settle_approves_a_code_that_came_back_after_the_last_round(
     assert first.exit_code == 0, first.output
     assert "settled 1 late submission(s): 0.27 USD" in first.output  # a one-minute place, $0.20 + $0.07 fee
     assert api.auto_approve() == []  # nothing left for Prolific to approve on its own
+    # the project counts it: what it spent (the money budget's figure, the status) is what Prolific was paid
+    reopened = engine.Project.open(location)
+    paid_in_round = p.record(0, keys.PAY)["total"]
+    assert reopened.spent(1) == round(paid_in_round + 0.27, 2) == api.accounting()["total"]
+    assert reopened.spent(0) == 0.0
     again = runner.invoke(app, ["settle", location])
     assert again.exit_code == 0 and "settled 0 late submission(s)" in again.output  # decided once
     other = engine.Project.prepare(parse_config(small_config()), str(tmp_path / "simulated"))
