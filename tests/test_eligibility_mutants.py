@@ -152,6 +152,24 @@ def test_spent_adds_what_the_vendor_paid_later_for_work_of_paid_rounds(project):
     assert p.spent(3) == p.spent(2)  # round 2 is not paid: nothing of it counts yet
     assert project.spent(2) == round(totals[0] + totals[1], 2)  # the simulated crowd has no late_paid
 
+    late.clear()
+    late[batches[1]] = 0.004  # round 0's batch paid nothing late; money is counted in cents
+    assert p.spent(1) == totals[0]
+    assert p.spent(2) == round(totals[0] + totals[1], 2)
+
+
+def test_spent_names_itself_when_a_paid_round_lost_its_dispatch_record(tmp_path):
+    """With a vendor that pays late, a paid round's batch comes from its dispatch record; a store
+    that lost it is one line naming the step, the round and the missing key, not a KeyError."""
+    p = tiny_project(tmp_path, reserved=False)
+    assert engine.run_round(p, 0) is None
+    p = Project.open(p.store)
+    late_vendor = type("LateVendor", (), {"late_paid": lambda self: {"another-batch": 1.0}})
+    p.__dict__["vendor_class"], p.__dict__["vendor"] = late_vendor, late_vendor()
+    p.store.delete(keys.round_key(0, keys.DISPATCH))
+    with pytest.raises(CrowdloopError, match=r"round 0: step 'spent' needs .*dispatch"):
+        p.spent(1)
+
 
 def test_a_batch_with_an_ineligible_item_is_refused_before_it_is_recorded(tmp_path, monkeypatch):
     """A mask that lets reserved items through (here: only them) fails the selection with one line;
