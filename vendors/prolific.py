@@ -18,8 +18,9 @@ How a batch travels:
   an ACTIVE submission of that participant in that study (asked of Prolific). The participant
   then sees one item of that study's batch, answers it, and gets the completion code that sends
   them back to Prolific.
-* ``poll`` matches the stored answers to the study's submissions that came back with the code
-  (``AWAITING REVIEW``); the assignment id is the submission id.
+* ``poll`` matches the stored answers to the study's submissions that came back
+  (``AWAITING REVIEW``); the assignment id is the submission id. The answer in the app is the
+  work: a code that is not the study's is only logged.
 * ``acknowledge`` approves submissions, or rejects them only with a reason (padded to Prolific's
   100 characters) and a category taken from the evidence; each decision is recorded once.
 * Work after the deadline (``collect.timeout_s`` after the submit): the desk admits nobody within
@@ -31,7 +32,9 @@ How a batch travels:
   Prolific's auto-approval (21 days): ``settle_late`` (run by every later poll, and callable at
   the end of a run) approves it if the desk holds the participant's answer, given before the
   close, and records it under ``late/`` (counted in ``ledger()`` as ``late_paid``); its label does
-  not reach the label log.
+  not reach the label log. A submission with no answer in the app is never a label: it waits
+  under ``bad/`` for ``settle_late(unmatched="reject"|"approve")`` or a decision in Prolific's UI,
+  and any decision, Prolific's auto-approval included, is booked by the next sweep.
 * ``bonus`` pays top-ups through bulk bonus payments, once per token: the set-up is recorded,
   then the intent to pay, then the payment. Prolific's pay call is not idempotent, so a rerun
   that finds an intent to pay checks the submissions' bonus payments instead of paying again.
@@ -61,6 +64,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -101,6 +105,12 @@ ENTRY_QUERY = "PROLIFIC_PID={%PROLIFIC_PID%}&STUDY_ID={%STUDY_ID%}&SESSION_ID={%
 PROLIFIC_ID = re.compile(r"^[0-9a-f]{24}$")  # participant, study and submission ids: 24 hex digits
 RETURNED_WITH_CODE = ("AWAITING REVIEW", "APPROVED")
 GAVE_UP = ("RETURNED", "TIMED-OUT")  # the place goes back on offer; the participant is not paid
+# Prolific approves (and pays) a submission still awaiting review this long after it came back
+# (docs/prolific.md, "Work after the deadline").
+AUTO_APPROVAL_DAYS = 21
+UNMATCHED_POLICIES = ("keep", "approve", "reject")  # what settle_late does with a submission with no answer
+NO_ANSWER_MESSAGE = ("No answer from your Prolific ID was recorded in the labeling app for this study, so there is "
+                     "no work to pay for. If you did answer, contact the researcher through Prolific.")
 # Named points inside this vendor where the crash tests kill the process (``hooks.point``).
 KILL_POINTS = ("prolific:study_intent", "prolific:study_created", "prolific:approved", "prolific:bonus_set_up",
                "prolific:bonus_paid")
@@ -559,9 +569,10 @@ class ProlificVendor:
                 if answers is None:
                     answers = self.desk.answers_by_participant(study["batch_id"])
                 ann = answers.get(str(sub.get("participant_id")))
-                if ann is None or sub.get("study_code") != study["completion_code"]:
-                    self._report_bad(sub, study, "no answer in the app" if ann is None else "wrong completion code")
+                if ann is None:
+                    self._report_bad(sub, study, "no answer in the app")
                     continue
+                self._note_code(sub, study)
                 self._returned.add(sid)
                 out.append(ann.model_copy(update={"assignment_id": sid, "vendor": self.name,
                                                   "reward": study["reward_cents"] / 100}))
@@ -593,12 +604,42 @@ class ProlificVendor:
         log.warning("prolific: submission %s of study %s is not used: %s", sid, study["study_id"], problem)
         with contextlib.suppress(RecordExistsError):
             write_json(self.store, f"bad/{sid}.json", {"submission_id": sid, "study_id": study["study_id"],
-                                                       "participant_id": sub.get("participant_id"), "problem": problem},
+                                                       "batch_id": study["batch_id"],
+                                                       "participant_id": sub.get("participant_id"), "problem": problem,
+                                                       "completed_at": sub.get("completed_at")},
                        create_only=True)
 
+    @staticmethod
+    def _note_code(sub: dict[str, Any], study: dict[str, Any]) -> None:
+        """A participant whose answer the app holds did the work, whatever code they typed (the app
+        admitted them only with their own active session): the answer is used and paid; a code
+        that is not the study's is only logged."""
+        if sub.get("study_code") != study["completion_code"]:
+            log.info("prolific: submission %s of study %s came back with another code (%r); the app holds the "
+                     "participant's answer, so it is used", sub["id"], study["study_id"], sub.get("study_code"))
+
     def bad_submissions(self) -> list[dict[str, Any]]:
-        """Submissions that came back without a usable answer (for review in Prolific's UI)."""
+        """Submissions that came back without an answer in the app (never a label; ``settle_late``
+        decides them, or records the decision made in Prolific's UI or by its auto-approval)."""
         return [read_json(self.store, k) for k in sorted(self.store.list("bad/"))]
+
+    def unmatched_pending(self) -> list[dict[str, Any]]:
+        """Bad submissions nobody has decided yet, each with what is at stake: the reward and fee
+        Prolific pays on its own ``AUTO_APPROVAL_DAYS`` after it came back (``auto_approval_after``)."""
+        decided = self._decided()
+        out = []
+        for record in self.bad_submissions():
+            if str(record["submission_id"]) in decided:
+                continue
+            study = self.study_by_id(str(record["study_id"]))
+            reward = (study or {}).get("reward_cents", 0) / 100
+            came_back = record.get("completed_at")
+            due = None
+            if came_back:
+                due = (datetime.fromisoformat(str(came_back).replace("Z", "+00:00"))
+                       + timedelta(days=AUTO_APPROVAL_DAYS)).date().isoformat()
+            out.append(record | {"at_stake": round(reward + fee_for(reward), 2), "auto_approval_after": due})
+        return out
 
     # -- acknowledge ----------------------------------------------------------------------------
     def acknowledge(self, assignments: Sequence[Annotation], *, accept: bool, reason: str | None = None) -> None:
@@ -651,17 +692,23 @@ class ProlificVendor:
                                                 "at": utcnow().isoformat()}, create_only=True)
         self.desk.close_batch(batch, reason=reason)
 
-    def settle_late(self, *, exclude: Sequence[str] = ()) -> list[dict[str, Any]]:
+    def settle_late(self, *, exclude: Sequence[str] = (), unmatched: str = "keep") -> list[dict[str, Any]]:
         """Decide every submission of a closed study that came back after the loop's last poll of it.
 
         The loop pays exactly the answers in its label log; a submission that came back with the
         code later would otherwise wait for Prolific's auto-approval (21 days after submission),
         paid outside the loop's books. One whose answer the desk holds (given before the batch
         closed) is approved and recorded under ``late/`` (``ledger()["late_paid"]``); one without
-        is kept under ``bad/`` for review (as in ``poll``). Batches in ``exclude`` (still being
-        collected or not yet paid) are left alone; a study is settled for good once none of its
-        submissions is ACTIVE or waiting for a decision. Returns the late decisions made now.
+        is kept under ``bad/``, and ``unmatched`` says what becomes of it: ``keep`` (the default:
+        somebody decides in Prolific's UI; the study is swept again until they have), ``approve``
+        or ``reject`` (category ``NO_DATA``, ``NO_ANSWER_MESSAGE``). A bad submission approved in
+        Prolific's UI or by its auto-approval is recorded as paid too, so the money is in the
+        books whoever decided. Batches in ``exclude`` (still being collected or not yet paid) are
+        left alone; a study is settled for good once none of its submissions is ACTIVE or waiting
+        for a decision. Returns the decisions recorded now (``reward`` 0 for a rejection).
         """
+        if unmatched not in UNMATCHED_POLICIES:
+            raise VendorError(f"vendor 'prolific': unmatched={unmatched!r}; expected one of {', '.join(UNMATCHED_POLICIES)}")
         made: list[dict[str, Any]] = []
         for key in sorted(self.store.list("studies/")):
             if not key.endswith(".stopped.json"):
@@ -678,30 +725,85 @@ class ProlificVendor:
                 sid, status = str(sub["id"]), sub.get("status")
                 if status == "ACTIVE":
                     pending = True  # may still come back with the code (or time out)
-                if status != "AWAITING REVIEW" or sid in decided or sid in bad:
+                if sid in decided:
                     continue
-                if answers is None:
-                    answers = self.desk.answers_by_participant(batch)
-                ann = answers.get(str(sub.get("participant_id")))
-                if ann is None or sub.get("study_code") != study["completion_code"]:
-                    self._report_bad(sub, study, "no answer in the app" if ann is None else "wrong completion code")
-                    continue
-                late = ann.model_copy(update={"assignment_id": sid, "vendor": self.name,
-                                              "reward": study["reward_cents"] / 100})
-                log.warning("prolific: submission %s of study %s came back after the batch closed; approved "
-                            "(answered before the close), its label is not in the label log", sid, study["study_id"])
-                self.acknowledge([late], accept=True)
-                record = {"submission_id": sid, "batch_id": batch, "study_id": study["study_id"],
-                          "participant_id": ann.worker_id, "item_id": ann.item_id, "label": ann.label,
-                          "reward": late.reward, "fee": fee_for(late.reward), "at": utcnow().isoformat()}
-                with contextlib.suppress(RecordExistsError):
-                    write_json(self.store, f"late/{sid}.json", record, create_only=True)
-                made.append(record)
+                if sid not in bad and status in RETURNED_WITH_CODE:  # APPROVED: by Prolific, 21 days on
+                    if answers is None:
+                        answers = self.desk.answers_by_participant(batch)
+                    ann = answers.get(str(sub.get("participant_id")))
+                    if ann is not None:
+                        self._note_code(sub, study)
+                        made.append(self._approve_late(sub, study, ann))
+                        continue
+                    self._report_bad(sub, study, "no answer in the app")
+                    bad.add(sid)
+                if sid in bad:
+                    record = self._settle_unmatched(sub, study, unmatched)
+                    if record is None:
+                        pending = pending or status == "AWAITING REVIEW"
+                    else:
+                        made.append(record)
             if not pending:
                 with contextlib.suppress(RecordExistsError):
                     write_json(self.store, f"settled/{batch}.json", {"batch_id": batch, "at": utcnow().isoformat()},
                                create_only=True)
         return made
+
+    def _approve_late(self, sub: dict[str, Any], study: dict[str, Any], ann: Annotation) -> dict[str, Any]:
+        """Approve a submission whose answer the desk took before the close; recorded under ``late/``."""
+        sid = str(sub["id"])
+        late = ann.model_copy(update={"assignment_id": sid, "vendor": self.name, "reward": study["reward_cents"] / 100})
+        log.warning("prolific: submission %s of study %s came back after the batch closed; approved "
+                    "(answered before the close), its label is not in the label log", sid, study["study_id"])
+        self.acknowledge([late], accept=True)
+        record = {"submission_id": sid, "batch_id": study["batch_id"], "study_id": study["study_id"],
+                  "participant_id": ann.worker_id, "item_id": ann.item_id, "label": ann.label,
+                  "reward": late.reward, "fee": fee_for(late.reward), "at": utcnow().isoformat()}
+        with contextlib.suppress(RecordExistsError):
+            write_json(self.store, f"late/{sid}.json", record, create_only=True)
+        return record
+
+    def _settle_unmatched(self, sub: dict[str, Any], study: dict[str, Any], policy: str) -> dict[str, Any] | None:
+        """A submission with no answer in the app: record a decision made outside the loop (Prolific's
+        UI, its auto-approval), or make ``policy``'s; None while it waits for somebody's decision."""
+        sid, status = str(sub["id"]), sub.get("status")
+        if status == "AWAITING REVIEW":
+            if policy == "keep":
+                return None
+            accept = policy == "approve"
+            action = {"action": "APPROVE"} if accept else {"action": "REJECT", "message": NO_ANSWER_MESSAGE,
+                                                           "rejection_category": "NO_DATA"}
+            try:
+                self.client.call("POST", f"/api/v1/submissions/{sid}/transition/", body=action)
+            except VendorError as exc:  # decided meanwhile (or a retry after a lost answer): read the truth
+                status = self.client.call("GET", f"/api/v1/submissions/{sid}/").get("status")
+                if status not in ("APPROVED", "REJECTED"):
+                    raise VendorError(f"vendor 'prolific': cannot decide submission {sid} (it is {status}): {exc}") from exc
+                by = "loop" if (status == "APPROVED") == accept else "prolific"
+            else:
+                status, by = ("APPROVED" if accept else "REJECTED"), "loop"
+        elif status in ("APPROVED", "REJECTED"):
+            by = "prolific"  # decided in Prolific's UI, or approved by Prolific after 21 days
+        else:
+            return None  # returned or timed out: never paid
+        reward = study["reward_cents"] / 100 if status == "APPROVED" else 0.0
+        if by == "prolific":
+            log.warning("prolific: submission %s of study %s (no answer in the app) was %s outside the loop; "
+                        "recorded in the books", sid, study["study_id"], status.lower())
+        record = {"submission_id": sid, "batch_id": study["batch_id"], "study_id": study["study_id"],
+                  "participant_id": sub.get("participant_id"), "item_id": None, "label": None,
+                  "status": status, "decided_by": by, "problem": "no answer in the app",
+                  "reward": reward, "fee": fee_for(reward) if reward else 0.0, "at": utcnow().isoformat()}
+        with contextlib.suppress(RecordExistsError):
+            write_json(self.store, f"acks/{sid}.json", {"submission_id": sid, "status": status, "decided_by": by,
+                                                        "reason": None if status == "APPROVED" else NO_ANSWER_MESSAGE,
+                                                        "worker_id": sub.get("participant_id"),
+                                                        "batch_id": study["batch_id"], "item_id": None,
+                                                        "reward": reward, "at": record["at"]}, create_only=True)
+        if reward:
+            with contextlib.suppress(RecordExistsError):
+                write_json(self.store, f"late/{sid}.json", record, create_only=True)
+        return record
 
     def late_paid(self) -> dict[str, float]:
         """Money (reward + fee) paid per batch for submissions settled after the batch closed;

@@ -64,15 +64,22 @@ def mturk_expire_round(
 def settle(
     directory: str | None = typer.Argument(None, metavar="DIR", help="project store (shorthand for --project-dir)"),
     project_dir: str | None = project_option(),
+    unmatched: str = typer.Option("keep", "--unmatched", metavar="keep|approve|reject",
+                                  help="submissions with no answer in the app: keep them for your review (default), "
+                                       "approve (pay) or reject them (Prolific's NO_DATA)"),
 ) -> None:
     """Decide work that came back after its batch closed (docs/vendors.md "Work after the deadline").
 
     Prolific: a participant who answered on the desk before a batch closed but returned to
     Prolific with the code after the loop's last poll is approved here, not left to Prolific's
     own approval 21 days later. Every later poll of a running project does this; run it after
-    the last round (again later if some participants are still active). Vendors that let no
-    work through after a deadline have nothing to settle.
+    the last round (again later if some participants are still active). A submission with no
+    answer in the app is listed with the money at stake and the day Prolific would approve it on
+    its own, until you decide it (`--unmatched`, or Prolific's UI: the decision is booked here).
+    Vendors that let no work through after a deadline have nothing to settle.
     """
+    if unmatched not in ("keep", "approve", "reject"):
+        raise ConfigError(f"--unmatched {unmatched!r}: expected keep, approve or reject")
     from crowdloop import keys
     from crowdloop.engine import Project
 
@@ -85,10 +92,21 @@ def settle(
     # a batch not yet paid is still the loop's: its pay step decides its work
     open_batches = [project.record(r, keys.DISPATCH)["batch_id"] for r in project.rounds()
                     if project.has(r, keys.DISPATCH) and not project.has(r, keys.PAY)]
-    made = settle_late(exclude=open_batches)
+    made = settle_late(exclude=open_batches, unmatched=unmatched)
+    currency = project.config.pay.currency
     money = round(sum(d["reward"] + d["fee"] for d in made), 2)
-    console.print(f"settled {len(made)} late submission(s): {money:.2f} {project.config.pay.currency} "
-                  "(reward + fee), recorded under the vendor's late/ (labels not in the label log)")
+    rejected = sum(d.get("status") == "REJECTED" for d in made)
+    console.print(f"settled {len(made)} late submission(s): {money:.2f} {currency} "
+                  "(reward + fee), recorded under the vendor's late/ (labels not in the label log)"
+                  + (f"; {rejected} rejected (no answer in the app)" if rejected else ""))
+    waiting = vendor.unmatched_pending() if callable(getattr(vendor, "unmatched_pending", None)) else []
+    for w in waiting:
+        console.print(f"  undecided: submission {w['submission_id']} (participant {w['participant_id']}): "
+                      f"{w['problem']}; Prolific approves it on its own after {w['auto_approval_after'] or '21 days'} "
+                      f"({w['at_stake']:.2f} {currency} with the fee)")
+    if waiting:
+        console.print(f"{len(waiting)} submission(s) without an answer await your decision: "
+                      f"`crowdloop settle {project.store.url} --unmatched reject` (or approve), or Prolific's UI")
 
 
 pool_app = typer.Typer(help="Pools: write a configured pool as shards to a folder or an S3 prefix.", no_args_is_help=True)

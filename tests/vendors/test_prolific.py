@@ -7,6 +7,7 @@ local app's logic) here, and in real Chromium in ``test_prolific_browser.py``.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -403,3 +404,78 @@ def test_crowdloop_settle_approves_a_code_that_came_back_after_the_last_round(
     other = engine.Project.prepare(parse_config(small_config()), str(tmp_path / "simulated"))
     out = runner.invoke(app, ["settle", other.store.url])
     assert out.exit_code == 0 and "vendor 'simulated' takes no work after a batch closed" in out.output
+
+
+def test_a_submission_without_an_answer_is_decided_by_settle_or_booked_when_prolific_decides(
+        tmp_path: Path, api: FakeProlific, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing is paid outside the books: a submission that came back without an answer in the app
+    waits for a decision (listed with the money at stake and Prolific's auto-approval day), is
+    rejected by ``crowdloop settle --unmatched reject`` with Prolific's ``NO_DATA``, and one that
+    Prolific approves on its own is booked by the next ``settle``, so the project's spent equals
+    what Prolific charged. A participant whose answer the app holds but who typed another code
+    did the work: their answer is a label and they are paid."""
+    from typer.testing import CliRunner
+
+    from crowdloop.cli import app
+    from crowdloop.engine import collection
+
+    location = str(tmp_path / "p")
+    p = engine.Project.prepare(parse_config(loop_config(api, **{"stopping.max_rounds": 1, "collect.timeout_s": 600})),
+                               location)
+    truth = {i: str(y) for i, y in zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True)}
+    engine.run_round(p, 0, until="dispatch")
+    study = read_json(p.store, keys.round_key(0, keys.REFS))["refs"][0]["study_id"]
+    batch = read_json(p.store, keys.round_key(0, keys.DISPATCH))["batch_id"]
+    places = api.studies[study]["total_available_places"]
+    desk, clock = p.vendor.desk, WorkClock()
+    desk.clock = clock
+    crowd = iter(participant_ids(60))
+    erin, dave, frank = next(crowd), next(crowd), next(crowd)
+    erin_session = api.start(study, erin)
+    assert desk.admit(erin, study, erin_session)
+    item = desk.next_task(erin)[0].item_id
+    desk.answer(erin, batch, item, truth[item])
+    api.complete(erin_session, "TYPO-" + desk.completion(erin)[0])  # the answer is in the app, the code is not
+    dave_session, frank_session = api.start(study, dave), api.start(study, frank)
+    api.complete(dave_session, "GUESSED")  # never opened the app
+    while take_part(api, desk, study, next(crowd), lambda i, who: truth[i], clock=clock, seconds=5.0) is not None:
+        pass  # every other place
+    clock.advance(700)  # past the deadline: the loop's last poll of round 0
+    monkeypatch.setattr(collection, "time", type("Later", (), {"time": staticmethod(lambda: time.time() + 700)}))
+    engine.run_round(p, 0)
+    labels = {(a.worker_id, a.item_id) for a in p.annotations()}
+    assert (erin, item) in labels and p.record(0, keys.COLLECTED)["n_annotations"] == places - 2
+    assert api.submissions[erin_session]["status"] == "APPROVED"
+
+    runner = CliRunner()
+    listed = runner.invoke(app, ["settle", location])
+    assert listed.exit_code == 0, listed.output
+    text = " ".join(listed.output.split())
+    assert "settled 0 late submission(s)" in text
+    due = (dt.datetime.fromisoformat(api.submissions[dave_session]["completed_at"].replace("Z", "+00:00"))
+           + dt.timedelta(days=21)).date().isoformat()
+    assert f"undecided: submission {dave_session} (participant {dave}): no answer in the app; " \
+           f"Prolific approves it on its own after {due} (0.27 USD with the fee)" in text
+    assert "1 submission(s) without an answer await your decision" in text
+    assert api.submissions[dave_session]["status"] == "AWAITING REVIEW"  # nothing decided without being asked
+
+    bad_option = runner.invoke(app, ["settle", location, "--unmatched", "pay"])
+    assert bad_option.exit_code == 2 and "--unmatched 'pay': expected keep, approve or reject" in bad_option.output
+    rejected = runner.invoke(app, ["settle", location, "--unmatched", "reject"])
+    assert rejected.exit_code == 0, rejected.output
+    assert "settled 1 late submission(s): 0.00 USD" in " ".join(rejected.output.split())
+    assert api.submissions[dave_session]["status"] == "REJECTED"
+    assert api.submissions[dave_session]["rejection"]["category"] == "NO_DATA"
+    assert "await your decision" not in rejected.output
+
+    api.complete(frank_session, "GUESSED")  # frank's place was still active: he comes back later, without an answer
+    assert api.auto_approve() == [frank_session]  # nobody decided: 21 days later Prolific approves and pays
+    booked = runner.invoke(app, ["settle", location])
+    assert booked.exit_code == 0, booked.output
+    assert "settled 1 late submission(s): 0.27 USD" in " ".join(booked.output.split())
+    reopened = engine.Project.open(location)
+    assert reopened.spent(1) == round(p.record(0, keys.PAY)["total"] + 0.27, 2) == api.accounting()["total"]
+    books = reopened.vendor.ledger()
+    assert (books["approved"], books["rejected"], books["total"]) == (places - 1, 1, api.accounting()["total"])
+    again = runner.invoke(app, ["settle", location])
+    assert "settled 0 late submission(s)" in again.output and "await" not in again.output  # booked once
