@@ -35,8 +35,9 @@ Quality controls:
 Work after the deadline (``collect.timeout_s`` after the submit): Label Studio has no deadline
 of its own, so the loop's poll after it closes the batch: it reads the batch's annotations, then
 **deletes the batch's tasks nobody annotated** (no work is lost and nobody can start on them any
-more) and records the close (``closed/<batch>.json``). A task with some annotations stays (a
-later re-ask raises its overlap again); an annotation made on it after the close is never a
+more), **finishes the ones with fewer annotations than asked** (their overlap lowered to what
+they have: Label Studio hands them to nobody else; a later re-ask raises it again) and records
+the close (``closed/<batch>.json``). An annotation made after the close (an editor left open) is never a
 label of the loop: every later poll reports it once, in the log and under ``late/<id>.json``
 (``ledger()["late"]``), for the team to pay or discard by hand. A batch the loop paid before its
 deadline is closed the same way when it is acknowledged.
@@ -341,6 +342,7 @@ class LabelStudioVendor:
                 known[int(reask["task_id"])] = set(reask["known"])
             closing = record.get("deadline") is not None and time.time() >= record["deadline"]
             unanswered: list[int] = []
+            partial: dict[int, int] = {}  # a task of ours with some answers, fewer than its overlap -> how many
             for task in self._tasks(record["project_id"], with_annotations=True):
                 task_id = _int_id(task.get("id"))
                 annotations = task.get("annotations") or []
@@ -355,6 +357,8 @@ class LabelStudioVendor:
                     continue  # not one of ours (or no usable id): never guess
                 if closing and not annotations and task_id not in known:
                     unanswered.append(task_id)
+                elif closing and 0 < len(annotations) < (_int_id(task.get("overlap")) or 0):
+                    partial[task_id] = len(annotations)
                 for ann in annotations:
                     ann_id = _int_id(ann.get("id"))
                     if ann_id is None or ann_id in known.get(task_id, ()):
@@ -367,20 +371,35 @@ class LabelStudioVendor:
                         self._returned.add(aid)
                         out.append(converted)
             if closing:
-                self._close(record, reason="deadline", unanswered=unanswered)
+                self._close(record, reason="deadline", unanswered=unanswered, partial=partial)
         return out
 
-    def _close(self, record: dict[str, Any], *, reason: str, unanswered: Sequence[int] | None = None) -> None:
-        """Delete the batch's tasks nobody annotated (``unanswered``: from the listing just read; None:
-        list them now) and record the close once. A delete repeated after a crash finds nothing (404)."""
+    def _close(self, record: dict[str, Any], *, reason: str, unanswered: Sequence[int] | None = None,
+               partial: dict[int, int] | None = None) -> None:
+        """Delete the batch's tasks nobody annotated and finish the ones with fewer answers than
+        their overlap (overlap lowered to what they have, so Label Studio hands them to nobody
+        else; a later re-ask raises it again); ``unanswered``/``partial`` come from the listing
+        just read (None: list them now). The close is recorded once; an intent lists what it
+        does, so a rerun after a crash repeats exactly that (a delete done before finds a 404)."""
         batch = record["batch_id"]
         if self.store.exists(f"closed/{batch}.json"):
             return
-        if unanswered is None:
+        if unanswered is None or partial is None:
             mine = {int(t) for t in record["tasks"].values()}
-            unanswered = [tid for task in self._tasks(record["project_id"], with_annotations=True)
-                          if (tid := _int_id(task.get("id"))) in mine and not task.get("annotations")]
-        _write_once(self.store, f"closed/{batch}.intent.json", {"batch_id": batch, "delete": sorted(unanswered)})
+            unanswered, partial = [], {}
+            for task in self._tasks(record["project_id"], with_annotations=True):
+                tid = _int_id(task.get("id"))
+                if tid not in mine:
+                    continue
+                n = len(task.get("annotations") or [])
+                if n == 0:
+                    unanswered.append(tid)
+                elif n < (_int_id(task.get("overlap")) or 0):
+                    partial[tid] = n
+        _write_once(self.store, f"closed/{batch}.intent.json", {"batch_id": batch, "delete": sorted(unanswered),
+                                                                "finish": {str(t): n for t, n in sorted(partial.items())}})
+        for task_id, n in read_json(self.store, f"closed/{batch}.intent.json").get("finish", {}).items():
+            self._api("tasks.update", self.client.tasks.update, task_id, overlap=n, is_labeled=True)
         for task_id in read_json(self.store, f"closed/{batch}.intent.json")["delete"]:
             try:
                 self.client.tasks.delete(str(task_id))

@@ -213,7 +213,11 @@ def test_a_closed_rounds_tasks_take_no_new_work_and_late_annotations_are_reporte
     assert collected["n_annotations"] == 5 and collected["incomplete_items"] == sorted([partial, untouched])
     with pytest.raises(ApiError):  # nobody annotated it: deleted, so nobody can start on it now
         ls.tasks.get(str(batch["tasks"][untouched]))
-    assert ls.tasks.get(str(batch["tasks"][partial])).id == batch["tasks"][partial]  # its answer stays
+    kept = ls.tasks.get(str(batch["tasks"][partial]))
+    assert kept.id == batch["tasks"][partial]  # its answer stays ...
+    assert (kept.overlap, kept.is_labeled) == (1, True)  # ... and Label Studio hands it to nobody else
+    assert [(t.id, t.overlap) for t in (ls.tasks.get(str(batch["tasks"][i])) for i in done)] == [
+        (batch["tasks"][i], 2) for i in done]  # finished tasks are left as they were
     engine.aggregate(p, 0)
     engine.pay(p, 0)
     late = ls.annotations.create(batch["tasks"][partial], result=_choice(truth[partial]), completed_by=second.id,
