@@ -358,6 +358,20 @@ def test_work_after_the_deadline_is_neither_taken_nor_left_to_prolifics_auto_app
     assert books["approved"] == 2 and v.poll(next_round) == [] and v.settle_late() == []  # decided once
 
 
+def one_round_dispatched(tmp_path: Path, api: FakeProlific) -> tuple[str, Any, dict[str, str], str, Any, WorkClock]:
+    """A one-round project with a 600 s collect window, its round 0 dispatched: (location,
+    project, answer key, study id, desk on a work clock, the clock)."""
+    location = str(tmp_path / "p")
+    p = engine.Project.prepare(parse_config(loop_config(api, **{"stopping.max_rounds": 1, "collect.timeout_s": 600})),
+                               location)
+    truth = {i: str(y) for i, y in zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True)}
+    engine.run_round(p, 0, until="dispatch")
+    study = read_json(p.store, keys.round_key(0, keys.REFS))["refs"][0]["study_id"]
+    desk, clock = p.vendor.desk, WorkClock()
+    desk.clock = clock
+    return location, p, truth, study, desk, clock
+
+
 def test_crowdloop_settle_approves_a_code_that_came_back_after_the_last_round(
         tmp_path: Path, api: FakeProlific, monkeypatch: pytest.MonkeyPatch) -> None:
     """The last round has no later poll to settle its late submissions: ``crowdloop settle`` does
@@ -368,14 +382,7 @@ def test_crowdloop_settle_approves_a_code_that_came_back_after_the_last_round(
     from crowdloop.cli import app
     from crowdloop.engine import collection
 
-    location = str(tmp_path / "p")
-    p = engine.Project.prepare(parse_config(loop_config(api, **{"stopping.max_rounds": 1, "collect.timeout_s": 600})),
-                               location)
-    truth = {i: str(y) for i, y in zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True)}
-    engine.run_round(p, 0, until="dispatch")
-    study = read_json(p.store, keys.round_key(0, keys.REFS))["refs"][0]["study_id"]
-    desk, clock = p.vendor.desk, WorkClock()
-    desk.clock = clock
+    location, p, truth, study, desk, clock = one_round_dispatched(tmp_path, api)
     crowd = iter(participant_ids(40))
     carol = next(crowd)
     session = api.start(study, carol)
@@ -419,16 +426,9 @@ def test_a_submission_without_an_answer_is_decided_by_settle_or_booked_when_prol
     from crowdloop.cli import app
     from crowdloop.engine import collection
 
-    location = str(tmp_path / "p")
-    p = engine.Project.prepare(parse_config(loop_config(api, **{"stopping.max_rounds": 1, "collect.timeout_s": 600})),
-                               location)
-    truth = {i: str(y) for i, y in zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True)}
-    engine.run_round(p, 0, until="dispatch")
-    study = read_json(p.store, keys.round_key(0, keys.REFS))["refs"][0]["study_id"]
+    location, p, truth, study, desk, clock = one_round_dispatched(tmp_path, api)
     batch = read_json(p.store, keys.round_key(0, keys.DISPATCH))["batch_id"]
     places = api.studies[study]["total_available_places"]
-    desk, clock = p.vendor.desk, WorkClock()
-    desk.clock = clock
     crowd = iter(participant_ids(60))
     erin, dave, frank = next(crowd), next(crowd), next(crowd)
     erin_session = api.start(study, erin)
