@@ -7,6 +7,8 @@ Rounds also carry ``n_imported`` (seed labels, never bought), ``estimated_accura
 ``ci_low``, ``ci_high``, ``n_eval_labels`` and ``audit_cost`` (the accuracy audit of
 ``evaluation``, its cost apart from the labels bought for training) and ``stability_kappa``
 (``stopping.stabilizing_predictions``); each is null where the project does not use it.
+``awaiting_decision`` lists submissions a vendor holds undecided, with the money at stake
+(``crowdloop settle``).
 """
 
 from __future__ import annotations
@@ -84,7 +86,19 @@ def status(p: Project) -> dict[str, Any]:
         "workers": _workers_summary(p),
         # Added by the self-measuring sampler (``sampler.name: auto``): each round's split and its evidence.
         "selection_policy": _selection_policy(p),
+        # Added with Prolific's settle: paid work that waits for somebody's decision (money at stake).
+        "awaiting_decision": _awaiting_decision(p),
     }
+
+
+def _awaiting_decision(p: Project) -> list[dict[str, Any]]:
+    """Submissions the vendor holds undecided (Prolific: came back without an answer in the app),
+    each with ``at_stake`` (reward + fee) and the day the platform would approve it on its own;
+    ``crowdloop settle --unmatched`` decides them. Empty for vendors that have none."""
+    if not callable(getattr(p.vendor_class, "unmatched_pending", None)):
+        return []
+    keep = ("submission_id", "participant_id", "batch_id", "problem", "at_stake", "auto_approval_after")
+    return [{k: w.get(k) for k in keep} for w in p.vendor.unmatched_pending()]
 
 
 def round_table(p: Project) -> list[dict[str, Any]]:

@@ -39,6 +39,12 @@ def status(
         return
     console.print(rounds_table(state, f"crowdloop {state['project']}"))
     console.print(f"reference accuracy: {fmt_value(state['reference_accuracy'])}; stopped: {state['stop_reason']}")
+    waiting = state["awaiting_decision"]
+    if waiting:
+        at_stake = round(sum(w["at_stake"] for w in waiting), 2)
+        console.print(f"{len(waiting)} submission(s) await your decision ({at_stake:.2f} {state['currency']} at stake, "
+                      f"approved by the platform on its own after {min(str(w['auto_approval_after']) for w in waiting)}): "
+                      f"run `crowdloop settle {state['store']}`")
 
 
 @app.command()

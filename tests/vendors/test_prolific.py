@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -458,6 +459,12 @@ def test_a_submission_without_an_answer_is_decided_by_settle_or_booked_when_prol
            f"Prolific approves it on its own after {due} (0.27 USD with the fee)" in text
     assert "1 submission(s) without an answer await your decision" in text
     assert api.submissions[dave_session]["status"] == "AWAITING REVIEW"  # nothing decided without being asked
+    status = runner.invoke(app, ["status", location, "--json"])
+    assert json.loads(status.output)["awaiting_decision"] == [
+        {"submission_id": dave_session, "participant_id": dave, "batch_id": batch, "problem": "no answer in the app",
+         "at_stake": 0.27, "auto_approval_after": due}]
+    shown = " ".join(runner.invoke(app, ["status", location]).output.split())
+    assert f"1 submission(s) await your decision (0.27 USD at stake, approved by the platform on its own after {due})" in shown
 
     bad_option = runner.invoke(app, ["settle", location, "--unmatched", "pay"])
     assert bad_option.exit_code == 2 and "--unmatched 'pay': expected keep, approve or reject" in bad_option.output
@@ -479,3 +486,4 @@ def test_a_submission_without_an_answer_is_decided_by_settle_or_booked_when_prol
     assert (books["approved"], books["rejected"], books["total"]) == (places - 1, 1, api.accounting()["total"])
     again = runner.invoke(app, ["settle", location])
     assert "settled 0 late submission(s)" in again.output and "await" not in again.output  # booked once
+    assert json.loads(runner.invoke(app, ["status", location, "--json"]).output)["awaiting_decision"] == []
