@@ -96,6 +96,12 @@ class Vendor(Protocol):
     def acknowledge(self, assignments: Sequence[Annotation], *, accept: bool, reason: str | None = None) -> None: ...
 
 
+# What ``settle_late(unmatched=...)`` does with paid-for work that came back without a usable answer
+# (Prolific: no answer in the app; MTurk: an answer that could not be read): ``keep`` it for a
+# person to decide on the platform (booked once they have), ``approve`` (pay) or ``reject`` it.
+UNMATCHED_POLICIES = ("keep", "approve", "reject")
+
+
 # -- capabilities (see the module docstring) ----------------------------------------------------
 BLOCKS_WORKERS = "blocks_workers"
 EXCLUDES_WORKERS_PER_ITEM = "excludes_workers_per_item"

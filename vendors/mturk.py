@@ -54,7 +54,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import boto3
@@ -73,6 +73,7 @@ from crowdloop.vendor import (
     EXCLUDES_WORKERS_PER_ITEM,
     IMAGES_BY_URL,
     PAYS,
+    UNMATCHED_POLICIES,
     Ref,
     VendorContext,
     VendorPlan,
@@ -395,10 +396,13 @@ class MTurkVendor:
     def poll(self, refs: Sequence[Ref]) -> list[Annotation]:
         """New submitted (or already approved) assignments of the given HITs; never blocks.
 
-        For a re-ask added to an earlier HIT, the assignments not paid with an earlier batch are
-        this batch's (each from a worker who never had the HIT). A HIT that expired short of its
+        Bad assignments of other batches are settled first (``settle_late``: a decision made on
+        MTurk, its auto-approval included, is booked). For a re-ask added to an earlier HIT, the
+        assignments not paid with an earlier batch are this batch's (each from a worker who never
+        had the HIT). A HIT that expired short of its
         assignments (some were returned or abandoned) is listed again within the batch's deadline.
         """
+        self.settle_late(exclude={str(ref["batch_id"]) for ref in refs})  # books decisions made on MTurk
         skip = self._acknowledged() | {k[len("bad/"):-len(".json")] for k in self.store.list("bad/")}
         out: list[Annotation] = []
         for ref in refs:
@@ -840,14 +844,109 @@ class MTurkVendor:
                     assignment.get("WorkerId"), problem)
         self._returned.add(aid)
         with contextlib.suppress(RecordExistsError):
+            submitted = assignment.get("SubmitTime")
             write_json(self.store, f"bad/{aid}.json", {"assignment_id": aid, "hit_id": record["hit_id"],
+                                                       "batch_id": record["batch_id"],
                                                        "worker_id": assignment.get("WorkerId"), "problem": problem,
+                                                       "submitted_at": submitted.isoformat() if submitted else None,
                                                        "answer": str(assignment.get("Answer", ""))[:4000]},
                        create_only=True)
 
     def bad_assignments(self) -> list[dict[str, Any]]:
-        """Assignments skipped because their answers could not be used (for review)."""
+        """Assignments skipped because their answers could not be used: never labels; ``settle_late``
+        decides them, or books the decision made on MTurk (its auto-approval included)."""
         return [read_json(self.store, k) for k in sorted(self.store.list("bad/"))]
+
+    # -- work the loop could not use ------------------------------------------------------------
+    def settle_late(self, *, exclude: Sequence[str] = (), unmatched: str = "keep") -> list[dict[str, Any]]:
+        """Decide the bad assignments of batches not in ``exclude`` (docs/mturk.md, "Answers that
+        cannot be used"): MTurk approves, and pays, an undecided assignment ``auto_approval_delay_s``
+        after it was submitted, outside the loop's books. ``unmatched``: ``keep`` (decide on MTurk;
+        booked once decided), ``approve`` or ``reject`` (with the problem as feedback). A decision
+        made on MTurk, its auto-approval included, is booked here (``acks/``, ``decided_by:
+        "mturk"``), so ``ledger()`` and ``late_paid()`` see the money. MTurk takes no work after a
+        batch's deadline (the listing cap), so nothing else comes late. Returns the decisions booked now.
+        """
+        if unmatched not in UNMATCHED_POLICIES:
+            raise VendorError(f"vendor 'mturk': unmatched={unmatched!r}; expected one of {', '.join(UNMATCHED_POLICIES)}")
+        decided, made = self._acknowledged(), []
+        for bad in self.bad_assignments():
+            aid = bad["assignment_id"]
+            hit = self._hit_record(bad["hit_id"])
+            batch = bad.get("batch_id") or (hit or {}).get("batch_id")  # a re-ask's answer: the re-ask's batch
+            if aid in decided or hit is None or batch in exclude:
+                continue
+            status = self._call("get_assignment", AssignmentId=aid)["Assignment"]["AssignmentStatus"]
+            by, feedback = "mturk", None
+            if status == "Submitted" and unmatched != "keep":
+                accept = unmatched == "approve"
+                feedback = None if accept else unusable_feedback(bad["problem"])
+                try:
+                    if accept:
+                        self._call("approve_assignment", AssignmentId=aid)
+                    else:
+                        self._call("reject_assignment", AssignmentId=aid, RequesterFeedback=feedback)
+                    status, by = ("Approved" if accept else "Rejected"), "loop"
+                except ClientError as exc:  # decided meanwhile (or a retry after a lost answer): read the truth
+                    status = self._call("get_assignment", AssignmentId=aid)["Assignment"]["AssignmentStatus"]
+                    if status not in ("Approved", "Rejected"):
+                        raise VendorError(f"vendor 'mturk': cannot decide assignment {aid} (it is {status}): "
+                                          f"{_error_message(exc)}") from exc
+                    by = "loop" if (status == "Approved") == accept else "mturk"
+            if status not in ("Approved", "Rejected"):
+                continue  # still waiting for somebody's decision
+            reward = round(sum(hit["rewards"]), 2) if status == "Approved" else 0.0
+            record = {"assignment_id": aid, "status": status, "reason": feedback, "worker_id": bad.get("worker_id"),
+                      "batch_id": batch, "unusable": bad["problem"], "decided_by": by,
+                      "at": utcnow().isoformat(), "reward": reward,
+                      "fee": fee_for(reward, int(hit.get("base", 0)) + int(hit["replicas"])) if reward else 0.0}
+            if by == "mturk":
+                log.warning("mturk: assignment %s (answer not usable) was %s on MTurk; booked", aid, status.lower())
+            with contextlib.suppress(RecordExistsError):
+                write_json(self.store, f"acks/{aid}.json", record, create_only=True)
+            if reward:  # also apart, so late_paid reads these few records, not every decision
+                with contextlib.suppress(RecordExistsError):
+                    write_json(self.store, f"late/{aid}.json", record, create_only=True)
+            made.append(record)
+        return made
+
+    def late_paid(self) -> dict[str, float]:
+        """Per batch, reward + fee paid for assignments whose answers were not used (booked by
+        ``settle_late``); ``Project.spent`` adds it to the batch's round."""
+        out: dict[str, float] = {}
+        for key in self.store.list("late/"):
+            paid = read_json(self.store, key)
+            out[paid["batch_id"]] = round(out.get(paid["batch_id"], 0.0) + paid["reward"] + paid["fee"], 2)
+        return out
+
+    def unmatched_pending(self) -> list[dict[str, Any]]:
+        """Bad assignments nobody has decided yet (as far as the store knows), each with the reward
+        and fee at stake and the day MTurk approves it on its own (``auto_approval_delay_s`` after
+        submission); the keys are the platform-neutral ones ``crowdloop status`` prints."""
+        decided, out = self._acknowledged(), []
+        for bad in self.bad_assignments():
+            hit = self._hit_record(bad["hit_id"])
+            if bad["assignment_id"] in decided or hit is None:
+                continue
+            reward = round(sum(hit["rewards"]), 2)
+            due = None
+            if bad.get("submitted_at"):
+                due = (datetime.fromisoformat(bad["submitted_at"])
+                       + timedelta(seconds=self.params.auto_approval_delay_s)).date().isoformat()
+            out.append({"submission_id": bad["assignment_id"], "participant_id": bad.get("worker_id"),
+                        "batch_id": bad.get("batch_id") or hit["batch_id"], "problem": bad["problem"],
+                        "at_stake": round(reward + fee_for(reward, int(hit.get("base", 0)) + int(hit["replicas"])), 2),
+                        "auto_approval_after": due})
+        return out
+
+    def _hit_record(self, hit_id: str) -> dict[str, Any] | None:
+        """The store's record of HIT ``hit_id`` as first created (a re-ask's extension is not it)."""
+        for key in sorted(self.store.list("hits/")):
+            if key.endswith(".hit.json"):
+                record = read_json(self.store, key)
+                if record.get("hit_id") == hit_id and not record.get("base"):
+                    return record
+        return None
 
     def _acknowledged(self) -> set[str]:
         return {k[len("acks/"):-len(".json")] for k in self.store.list("acks/")}
@@ -896,6 +995,13 @@ class MTurkVendor:
 
 
 # -- rendering and parsing (pure functions, tested directly) ---------------------------------
+def unusable_feedback(problem: str) -> str:
+    """The RequesterFeedback of a rejected assignment whose answer could not be used (at most
+    1024 characters, as MTurk allows): what was wrong, and that the worker can write back."""
+    return (f"Your answer could not be read as an answer to this task ({problem[:300]}), so it cannot be used. "
+            "If you think this is wrong, contact the requester through MTurk.")
+
+
 def shorten_text(text: str, *, max_chars: int, max_bytes: int) -> str:
     """The longest prefix of ``text`` within ``max_chars`` characters whose escaped UTF-8 form fits
     ``max_bytes`` (escaping can grow ``<`` to four bytes, a character may take four)."""

@@ -78,6 +78,7 @@ from crowdloop.vendor import (
     BLOCKS_WORKERS,
     EXCLUDES_WORKERS_PER_ITEM,
     PAYS,
+    UNMATCHED_POLICIES,
     Ref,
     VendorContext,
     VendorPlan,
@@ -108,7 +109,6 @@ GAVE_UP = ("RETURNED", "TIMED-OUT")  # the place goes back on offer; the partici
 # Prolific approves (and pays) a submission still awaiting review this long after it came back
 # (docs/prolific.md, "Work after the deadline").
 AUTO_APPROVAL_DAYS = 21
-UNMATCHED_POLICIES = ("keep", "approve", "reject")  # what settle_late does with a submission with no answer
 NO_ANSWER_MESSAGE = ("No answer from your Prolific ID was recorded in the labeling app for this study, so there is "
                      "no work to pay for. If you did answer, contact the researcher through Prolific.")
 # Named points inside this vendor where the crash tests kill the process (``hooks.point``).

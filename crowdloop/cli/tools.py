@@ -76,9 +76,12 @@ def settle(
     the last round (again later if some participants are still active). A submission with no
     answer in the app is listed with the money at stake and the day Prolific would approve it on
     its own, until you decide it (`--unmatched`, or Prolific's UI: the decision is booked here).
-    Vendors that let no work through after a deadline have nothing to settle.
+    MTurk: the same for assignments whose answers could not be used. Other vendors pay nothing
+    on their own: nothing to settle.
     """
-    if unmatched not in ("keep", "approve", "reject"):
+    from crowdloop.vendor import UNMATCHED_POLICIES
+
+    if unmatched not in UNMATCHED_POLICIES:
         raise ConfigError(f"--unmatched {unmatched!r}: expected keep, approve or reject")
     from crowdloop import keys
     from crowdloop.engine import Project
@@ -95,7 +98,7 @@ def settle(
     made = settle_late(exclude=open_batches, unmatched=unmatched)
     currency = project.config.pay.currency
     money = round(sum(d["reward"] + d["fee"] for d in made), 2)
-    rejected = sum(d.get("status") == "REJECTED" for d in made)
+    rejected = sum(str(d.get("status")).upper() == "REJECTED" for d in made)
     console.print(f"settled {len(made)} late submission(s): {money:.2f} {currency} "
                   "(reward + fee), recorded under the vendor's late/ (labels not in the label log)"
                   + (f"; {rejected} rejected (no answer in the app)" if rejected else ""))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from pathlib import Path
@@ -163,6 +164,44 @@ def test_malformed_answers_are_skipped_and_reported(tmp_path: Path, fake: FakeMT
     with caplog.at_level(logging.WARNING, logger="crowdloop.vendors.mturk"):
         again = make(tmp_path).poll(refs)  # a new process: the good answer again (not acknowledged), bad ones stay out
     assert [a.assignment_id for a in again] == [good] and not caplog.records
+
+
+def test_unusable_answers_are_decided_or_booked_never_paid_outside_the_books(tmp_path: Path, fake: FakeMTurk) -> None:
+    """An assignment whose answer could not be used is never a label, and MTurk would approve (and
+    pay) it on its own a day later: ``settle_late`` lists it with the money at stake, rejects it
+    with the problem as feedback when told to, and books one MTurk approved by itself, so the
+    ledger and ``late_paid`` hold every cent. A batch still being collected is left alone."""
+    vendor = make(tmp_path)
+    refs = vendor.submit(tasks(1), batch_id="proj-r0000")
+    hit = refs[0]["hit_id"]
+    good = fake.work(hit, {"label-0": "bird"}, worker="AGOOD")
+    garbled = fake.work(hit, "<QuestionFormAnswers><Answer>", worker="ABAD0")
+    unknown = fake.work(hit, {"label-0": "horse"}, worker="ABAD1")
+    assert [a.assignment_id for a in vendor.poll(refs)] == [good]
+    at_stake = round(0.05 + mturk.fee_for(0.05, 3), 2)
+    due = dt.datetime.fromtimestamp(fake.now + fake.duration_s + 86400, dt.UTC).date().isoformat()
+    pending = vendor.unmatched_pending()
+    assert [(w["submission_id"], w["participant_id"], w["batch_id"], w["at_stake"], w["auto_approval_after"])
+            for w in pending] == sorted([(garbled, "ABAD0", "proj-r0000", at_stake, due),
+                                         (unknown, "ABAD1", "proj-r0000", at_stake, due)])
+    calls = len(fake.calls)
+    assert vendor.settle_late(exclude=["proj-r0000"], unmatched="reject") == [] and len(fake.calls) == calls
+    with pytest.raises(VendorError, match="unmatched='pay'"):
+        vendor.settle_late(unmatched="pay")
+    assert vendor.settle_late() == [] and len(vendor.unmatched_pending()) == 2  # keep: nothing decided unasked
+
+    fake._assignment(unknown)["AssignmentStatus"] = "Approved"  # a day later MTurk approved it on its own
+    made = {r["assignment_id"]: r for r in vendor.settle_late(unmatched="reject")}
+    assert (made[garbled]["status"], made[garbled]["decided_by"], made[garbled]["reward"]) == ("Rejected", "loop", 0.0)
+    assert (made[unknown]["status"], made[unknown]["decided_by"], made[unknown]["reward"]) == ("Approved", "mturk", 0.05)
+    rejected = fake._assignment(garbled)
+    assert rejected["AssignmentStatus"] == "Rejected" and "malformed answer XML" in rejected["RequesterFeedback"]
+    assert len(rejected["RequesterFeedback"]) <= 1024
+    assert vendor.late_paid() == {"proj-r0000": at_stake}
+    books = vendor.ledger()
+    assert (books["approved"], books["rejected"], books["total"]) == (1, 1, at_stake)  # the good one is not paid yet
+    assert make(tmp_path).settle_late(unmatched="approve") == [] and vendor.unmatched_pending() == []  # booked once
+    assert [a.assignment_id for a in make(tmp_path).poll(refs)] == [good]  # never a label
 
 
 def test_acknowledge_is_idempotent_and_rejection_needs_a_reason(tmp_path: Path, fake: FakeMTurk) -> None:
