@@ -135,6 +135,8 @@ class ManifestAnswerer:
     def answer_all(self, exchange: Any) -> None:
         base = datetime(2026, 1, 1, tzinfo=UTC)
         for key in exchange.list("requests/"):
+            if not key.endswith(".manifest.jsonl"):
+                continue  # requests/<batch>.closed.json (the batch's deadline passed), .blocked.json
             batch = key[len("requests/"):].split(".manifest.jsonl")[0]
             out = f"results/{batch}.jsonl"
             if exchange.exists(out):
@@ -427,7 +429,8 @@ def outcome(location: str, server: Any = None) -> dict[str, Any]:
         n_vendor_answers = ledger["assignments"] if vendor == "simulated" else ledger["answers"]
         duplicate_tasks = len(tasks) - len({(t["batch_id"], t["item_id"]) for t in tasks})
         if vendor == "manifest":  # the vendor's view: lines of the input manifests it was sent
-            lines = [json.loads(item) for k in v.exchange.list("requests/") for item in v.exchange.read_bytes(k).splitlines()]
+            manifests = [k for k in v.exchange.list("requests/") if k.endswith(".manifest.jsonl")]  # not .closed/.blocked.json
+            lines = [json.loads(item) for k in manifests for item in v.exchange.read_bytes(k).splitlines()]
             duplicate_tasks += len(lines) - len({(item["batch-id"], item["item-id"]) for item in lines})
             dispatched_files = sorted(item["item-id"] for item in lines for _ in range(item["replicas"]))
             duplicate_tasks += int(dispatched_files != dispatched)
