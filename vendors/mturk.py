@@ -902,11 +902,12 @@ class MTurkVendor:
                       "fee": fee_for(reward, int(hit.get("base", 0)) + int(hit["replicas"])) if reward else 0.0}
             if by == "mturk":
                 log.warning("mturk: assignment %s (answer not usable) was %s on MTurk; booked", aid, status.lower())
-            with contextlib.suppress(RecordExistsError):
-                write_json(self.store, f"acks/{aid}.json", record, create_only=True)
-            if reward:  # also apart, so late_paid reads these few records, not every decision
+            if reward:  # also apart, so late_paid reads these few records, not every decision; first, so
+                # a crash before the decision record leaves the assignment to the next sweep, which books it
                 with contextlib.suppress(RecordExistsError):
                     write_json(self.store, f"late/{aid}.json", record, create_only=True)
+            with contextlib.suppress(RecordExistsError):
+                write_json(self.store, f"acks/{aid}.json", record, create_only=True)
             made.append(record)
         return made
 

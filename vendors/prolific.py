@@ -755,12 +755,15 @@ class ProlificVendor:
         late = ann.model_copy(update={"assignment_id": sid, "vendor": self.name, "reward": study["reward_cents"] / 100})
         log.warning("prolific: submission %s of study %s came back after the batch closed; approved "
                     "(answered before the close), its label is not in the label log", sid, study["study_id"])
-        self.acknowledge([late], accept=True)
         record = {"submission_id": sid, "batch_id": study["batch_id"], "study_id": study["study_id"],
                   "participant_id": ann.worker_id, "item_id": ann.item_id, "label": ann.label,
                   "reward": late.reward, "fee": fee_for(late.reward), "at": utcnow().isoformat()}
+        # the money record before the decision record: a crash between them leaves the submission
+        # undecided in the store, and the next sweep approves it (again harmlessly) and books it;
+        # the other order would leave an approval whose money late_paid never sees
         with contextlib.suppress(RecordExistsError):
             write_json(self.store, f"late/{sid}.json", record, create_only=True)
+        self.acknowledge([late], accept=True)
         return record
 
     def _settle_unmatched(self, sub: dict[str, Any], study: dict[str, Any], policy: str) -> dict[str, Any] | None:
@@ -794,15 +797,15 @@ class ProlificVendor:
                   "participant_id": sub.get("participant_id"), "item_id": None, "label": None,
                   "status": status, "decided_by": by, "problem": "no answer in the app",
                   "reward": reward, "fee": fee_for(reward) if reward else 0.0, "at": utcnow().isoformat()}
+        if reward:  # the money first: a crash before the decision record leaves it to the next sweep
+            with contextlib.suppress(RecordExistsError):
+                write_json(self.store, f"late/{sid}.json", record, create_only=True)
         with contextlib.suppress(RecordExistsError):
             write_json(self.store, f"acks/{sid}.json", {"submission_id": sid, "status": status, "decided_by": by,
                                                         "reason": None if status == "APPROVED" else NO_ANSWER_MESSAGE,
                                                         "worker_id": sub.get("participant_id"),
                                                         "batch_id": study["batch_id"], "item_id": None,
                                                         "reward": reward, "at": record["at"]}, create_only=True)
-        if reward:
-            with contextlib.suppress(RecordExistsError):
-                write_json(self.store, f"late/{sid}.json", record, create_only=True)
         return record
 
     def late_paid(self) -> dict[str, float]:

@@ -204,6 +204,47 @@ def test_unusable_answers_are_decided_or_booked_never_paid_outside_the_books(tmp
     assert [a.assignment_id for a in make(tmp_path).poll(refs)] == [good]  # never a label
 
 
+def test_an_approval_of_an_unusable_answer_is_booked_once_after_a_crash(tmp_path: Path, fake: FakeMTurk,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """MTurk approved the assignment, then the process died before the vendor wrote it down: the
+    rerun asks MTurk, finds it approved and books it (money in ``late_paid`` and the ledger)
+    without approving it again."""
+    vendor = make(tmp_path)
+    refs = vendor.submit(tasks(1, replicas=1), batch_id="proj-r0000")
+    bad = fake.work(refs[0]["hit_id"], "<Other/>", worker="ABAD")
+    assert vendor.poll(refs) == []
+    fake.crash_after["ApproveAssignment"] = 1
+    with pytest.raises(SimulatedCrash):
+        vendor.settle_late(unmatched="approve")
+    assert vendor.late_paid() == {} and len(vendor.unmatched_pending()) == 1  # nothing written down yet
+    (booked,) = make(tmp_path).settle_late(unmatched="approve")
+    assert (booked["assignment_id"], booked["status"], booked["reward"]) == (bad, "Approved", 0.05)
+    assert fake.calls.count("ApproveAssignment") == 1
+    paid = round(0.05 + mturk.fee_for(0.05, 1), 2)
+    assert make(tmp_path).late_paid() == {"proj-r0000": paid} and make(tmp_path).ledger()["total"] == paid
+
+    # the process dies right after the first of its two records (money, decision): the rerun completes the books
+    refs = vendor.submit(tasks(1, replicas=1, batch="proj-r0001", round_=1), batch_id="proj-r0001")
+    fake.work(refs[0]["hit_id"], "<Other/>", worker="ABAD2")
+    assert vendor.poll(refs) == []
+    real_write = mturk.write_json
+
+    def dies_after_one_record(store, key, obj, **kwargs):
+        real_write(store, key, obj, **kwargs)
+        if key.startswith(("acks/", "late/")):
+            raise SimulatedCrash(key)
+
+    monkeypatch.setattr(mturk, "write_json", dies_after_one_record)
+    with pytest.raises(SimulatedCrash):
+        make(tmp_path).settle_late(unmatched="approve")
+    monkeypatch.setattr(mturk, "write_json", real_write)
+    assert len(make(tmp_path).settle_late(unmatched="approve")) == 1
+    assert fake.calls.count("ApproveAssignment") == 2  # once per assignment
+    books = make(tmp_path)
+    assert books.late_paid() == {"proj-r0000": paid, "proj-r0001": paid} and books.unmatched_pending() == []
+    assert books.ledger()["approved"] == 2 and books.ledger()["total"] == round(2 * paid, 2)
+
+
 def test_acknowledge_is_idempotent_and_rejection_needs_a_reason(tmp_path: Path, fake: FakeMTurk) -> None:
     vendor = make(tmp_path)
     refs = vendor.submit(tasks(2, replicas=2), batch_id="proj-r0000")
