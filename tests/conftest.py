@@ -111,6 +111,20 @@ def small_config(**overrides) -> dict:
     return with_overrides(config, overrides)
 
 
+def die_after_writing(monkeypatch: pytest.MonkeyPatch, module, prefixes: tuple[str, ...], died: type[BaseException]):
+    """Make ``module.write_json`` write a record under one of ``prefixes``, then raise ``died``
+    (the process killed right after that record); returns the call that undoes it."""
+    real_write = module.write_json
+
+    def write_then_die(store, key, obj, **kwargs):
+        real_write(store, key, obj, **kwargs)
+        if key.startswith(prefixes):
+            raise died(key)
+
+    monkeypatch.setattr(module, "write_json", write_then_die)
+    return lambda: monkeypatch.setattr(module, "write_json", real_write)
+
+
 def with_overrides(config: dict, overrides: dict) -> dict:
     """``config`` with ``{"a.b.c": value}`` overrides set in place (missing sections created)."""
     for dotted, value in overrides.items():

@@ -15,6 +15,7 @@ from crowdloop.storage import PrefixedStore
 from crowdloop.storage.local import LocalStore
 from crowdloop.vendor import VendorContext
 from crowdloop.vendors import mturk
+from tests.conftest import die_after_writing
 from tests.vendors.mturk_fake import FakeMTurk, SimulatedCrash, answer_xml
 
 CLASSES = ("cat", "dog", "bird")
@@ -227,17 +228,10 @@ def test_an_approval_of_an_unusable_answer_is_booked_once_after_a_crash(tmp_path
     refs = vendor.submit(tasks(1, replicas=1, batch="proj-r0001", round_=1), batch_id="proj-r0001")
     fake.work(refs[0]["hit_id"], "<Other/>", worker="ABAD2")
     assert vendor.poll(refs) == []
-    real_write = mturk.write_json
-
-    def dies_after_one_record(store, key, obj, **kwargs):
-        real_write(store, key, obj, **kwargs)
-        if key.startswith(("acks/", "late/")):
-            raise SimulatedCrash(key)
-
-    monkeypatch.setattr(mturk, "write_json", dies_after_one_record)
+    undo = die_after_writing(monkeypatch, mturk, ("acks/", "late/"), SimulatedCrash)
     with pytest.raises(SimulatedCrash):
         make(tmp_path).settle_late(unmatched="approve")
-    monkeypatch.setattr(mturk, "write_json", real_write)
+    undo()
     assert len(make(tmp_path).settle_late(unmatched="approve")) == 1
     assert fake.calls.count("ApproveAssignment") == 2  # once per assignment
     books = make(tmp_path)

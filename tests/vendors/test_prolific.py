@@ -26,7 +26,7 @@ from crowdloop.storage.local import LocalStore
 from crowdloop.testing import check_vendor, make_context
 from crowdloop.vendors import prolific
 from crowdloop.vendors.prolific import MIN_HOURLY_RATE, ProlificVendor, check_wage, fee_for, place_terms
-from tests.conftest import small_config
+from tests.conftest import die_after_writing, small_config
 from tests.vendors.prolific_fake import FakeProlific, WorkClock, participant_ids, take_part
 
 TOKEN = "test-token"
@@ -357,6 +357,44 @@ def test_work_after_the_deadline_is_neither_taken_nor_left_to_prolifics_auto_app
     books, ledger = api.accounting(), v.ledger()
     assert (ledger["paid"], ledger["fees"], ledger["late"], ledger["late_paid"]) == (books["rewards"], books["fees"], 1, 0.20)
     assert books["approved"] == 2 and v.poll(next_round) == [] and v.settle_late() == []  # decided once
+
+
+class Died(BaseException):
+    """The process dies (a kill, not an error the code could handle)."""
+
+
+def test_a_late_approval_is_in_the_books_even_if_the_process_dies_after_its_first_record(
+        tmp_path: Path, api: FakeProlific, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settling a late submission writes two records, the money (``late/``) and the decision
+    (``acks/``). Money first: a process that dies after it leaves the submission undecided, and
+    the rerun approves and books it; the other order left an approval whose money ``late_paid``
+    (and so the project's spent) never saw."""
+    from crowdloop.records import Task
+
+    clock = WorkClock()
+    ctx = dataclasses.replace(make_context(LocalStore(tmp_path / "store"), name="prolific"), hourly_wage=12.0,
+                              collect_timeout_s=600.0)
+    v = ProlificVendor(params(api), ctx)
+    v.desk.clock = clock
+    refs = v.submit([Task(item_id="i0", round=0, batch_id="b0", replicas=1, reward=0.05)], batch_id="b0")
+    (carol,) = participant_ids(1)
+    session = api.start(refs[0]["study_id"], carol)
+    assert v.desk.admit(carol, refs[0]["study_id"], session)
+    v.desk.answer(carol, "b0", v.desk.next_task(carol)[0].item_id, "dog")
+    clock.advance(700)
+    assert v.poll(refs) == []  # the closing poll: carol's code is not back yet
+    v.acknowledge([], accept=True)
+    api.complete(session, v.desk.completion(carol)[0])  # ... now it is
+    undo = die_after_writing(monkeypatch, prolific, ("acks/", "late/"), Died)
+    with pytest.raises(Died):
+        v.settle_late()
+    undo()
+    restarted = ProlificVendor(params(api), ctx)
+    assert [x["submission_id"] for x in restarted.settle_late()] == [session]
+    assert restarted.late_paid() == {"b0": round(0.20 + fee_for(0.20), 2)}
+    books, ledger = api.accounting(), restarted.ledger()
+    assert (books["approved"], ledger["approved"], ledger["total"]) == (1, 1, books["total"])
+    assert restarted.settle_late() == []  # decided once
 
 
 def one_round_dispatched(tmp_path: Path, api: FakeProlific) -> tuple[str, Any, dict[str, str], str, Any, WorkClock]:
