@@ -869,12 +869,10 @@ class MTurkVendor:
         """
         if unmatched not in UNMATCHED_POLICIES:
             raise VendorError(f"vendor 'mturk': unmatched={unmatched!r}; expected one of {', '.join(UNMATCHED_POLICIES)}")
-        decided, made = self._acknowledged(), []
-        for bad in self.bad_assignments():
-            aid = bad["assignment_id"]
-            hit = self._hit_record(bad["hit_id"])
-            batch = bad.get("batch_id") or (hit or {}).get("batch_id")  # a re-ask's answer: the re-ask's batch
-            if aid in decided or hit is None or batch in exclude:
+        made = []
+        for bad, hit in self._undecided_bad():
+            aid, batch = bad["assignment_id"], bad["batch_id"]
+            if batch in exclude:
                 continue
             status = self._call("get_assignment", AssignmentId=aid)["Assignment"]["AssignmentStatus"]
             by, feedback = "mturk", None
@@ -895,11 +893,10 @@ class MTurkVendor:
                     by = "loop" if (status == "Approved") == accept else "mturk"
             if status not in ("Approved", "Rejected"):
                 continue  # still waiting for somebody's decision
-            reward = round(sum(hit["rewards"]), 2) if status == "Approved" else 0.0
+            reward, fee = self._price(hit) if status == "Approved" else (0.0, 0.0)
             record = {"assignment_id": aid, "status": status, "reason": feedback, "worker_id": bad.get("worker_id"),
                       "batch_id": batch, "unusable": bad["problem"], "decided_by": by,
-                      "at": utcnow().isoformat(), "reward": reward,
-                      "fee": fee_for(reward, int(hit.get("base", 0)) + int(hit["replicas"])) if reward else 0.0}
+                      "at": utcnow().isoformat(), "reward": reward, "fee": fee}
             if by == "mturk":
                 log.warning("mturk: assignment %s (answer not usable) was %s on MTurk; booked", aid, status.lower())
             if reward:  # also apart, so late_paid reads these few records, not every decision; first, so
@@ -924,30 +921,42 @@ class MTurkVendor:
         """Bad assignments nobody has decided yet (as far as the store knows), each with the reward
         and fee at stake and the day MTurk approves it on its own (``auto_approval_delay_s`` after
         submission); the keys are the platform-neutral ones ``crowdloop status`` prints."""
-        decided, out = self._acknowledged(), []
-        for bad in self.bad_assignments():
-            hit = self._hit_record(bad["hit_id"])
-            if bad["assignment_id"] in decided or hit is None:
-                continue
-            reward = round(sum(hit["rewards"]), 2)
+        out = []
+        for bad, hit in self._undecided_bad():
             due = None
             if bad.get("submitted_at"):
                 due = (datetime.fromisoformat(bad["submitted_at"])
                        + timedelta(seconds=self.params.auto_approval_delay_s)).date().isoformat()
             out.append({"submission_id": bad["assignment_id"], "participant_id": bad.get("worker_id"),
-                        "batch_id": bad.get("batch_id") or hit["batch_id"], "problem": bad["problem"],
-                        "at_stake": round(reward + fee_for(reward, int(hit.get("base", 0)) + int(hit["replicas"])), 2),
-                        "auto_approval_after": due})
+                        "batch_id": bad["batch_id"], "problem": bad["problem"],
+                        "at_stake": round(sum(self._price(hit)), 2), "auto_approval_after": due})
         return out
 
-    def _hit_record(self, hit_id: str) -> dict[str, Any] | None:
-        """The store's record of HIT ``hit_id`` as first created (a re-ask's extension is not it)."""
-        for key in sorted(self.store.list("hits/")):
+    def _undecided_bad(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        """Each bad assignment not decided yet, with the record of its HIT as first created (its
+        reward and size; a re-ask's extension is not it) and ``batch_id`` filled in: the batch the
+        answer came for, else the HIT's (bad records written before they named it). Every poll runs
+        this: the HIT records are read only when something is undecided, and then once."""
+        decided = self._acknowledged()
+        pending = [b for b in self.bad_assignments() if b["assignment_id"] not in decided]
+        if not pending:
+            return
+        first = {}
+        for key in self.store.list("hits/"):
             if key.endswith(".hit.json"):
                 record = read_json(self.store, key)
-                if record.get("hit_id") == hit_id and not record.get("base"):
-                    return record
-        return None
+                if not record.get("base"):
+                    first[record["hit_id"]] = record
+        for bad in pending:
+            hit = first.get(bad["hit_id"])
+            if hit is not None:
+                yield bad | {"batch_id": bad.get("batch_id") or hit["batch_id"]}, hit
+
+    @staticmethod
+    def _price(hit: dict[str, Any]) -> tuple[float, float]:
+        """Reward and MTurk's fee of one assignment of ``hit`` (its items' rewards together)."""
+        reward = round(sum(hit["rewards"]), 2)
+        return reward, fee_for(reward, int(hit.get("base", 0)) + int(hit["replicas"]))
 
     def _acknowledged(self) -> set[str]:
         return {k[len("acks/"):-len(".json")] for k in self.store.list("acks/")}
