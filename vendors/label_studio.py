@@ -50,7 +50,7 @@ import logging
 import os
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -341,12 +341,10 @@ class LabelStudioVendor:
                 item_of[int(reask["task_id"])] = item
                 known[int(reask["task_id"])] = set(reask["known"])
             closing = record.get("deadline") is not None and time.time() >= record["deadline"]
-            unanswered: list[int] = []
-            partial: dict[int, int] = {}  # a task of ours with some answers, fewer than its overlap -> how many
+            ours: list[dict[str, Any]] = []  # the batch's tasks as just listed, for the close
             for task in self._tasks(record["project_id"], with_annotations=True):
                 task_id = _int_id(task.get("id"))
-                annotations = task.get("annotations") or []
-                annotations = [a for a in annotations if isinstance(a, dict)] if isinstance(annotations, list) else []
+                annotations = _annotation_dicts(task)
                 if task_id in known:  # re-asked now: what it counted as earlier batches' work may be late work
                     late = [a for a in annotations if _int_id(a.get("id")) in known[task_id]]
                     self._report_late(record["project_id"], task_id, closed_tasks.get(task_id), late, acked)
@@ -355,10 +353,8 @@ class LabelStudioVendor:
                 item = item_of.get(task_id)
                 if item is None:
                     continue  # not one of ours (or no usable id): never guess
-                if closing and not annotations and task_id not in known:
-                    unanswered.append(task_id)
-                elif closing and 0 < len(annotations) < (_int_id(task.get("overlap")) or 0):
-                    partial[task_id] = len(annotations)
+                if closing:
+                    ours.append(task)
                 for ann in annotations:
                     ann_id = _int_id(ann.get("id"))
                     if ann_id is None or ann_id in known.get(task_id, ()):
@@ -371,31 +367,21 @@ class LabelStudioVendor:
                         self._returned.add(aid)
                         out.append(converted)
             if closing:
-                self._close(record, reason="deadline", unanswered=unanswered, partial=partial)
+                self._close(record, reason="deadline", listing=ours)
         return out
 
-    def _close(self, record: dict[str, Any], *, reason: str, unanswered: Sequence[int] | None = None,
-               partial: dict[int, int] | None = None) -> None:
+    def _close(self, record: dict[str, Any], *, reason: str, listing: Iterable[dict[str, Any]] | None = None) -> None:
         """Delete the batch's tasks nobody annotated and finish the ones with fewer answers than
         their overlap (overlap lowered to what they have, so Label Studio hands them to nobody
-        else; a later re-ask raises it again); ``unanswered``/``partial`` come from the listing
-        just read (None: list them now). The close is recorded once; an intent lists what it
-        does, so a rerun after a crash repeats exactly that (a delete done before finds a 404)."""
+        else; a later re-ask raises it again); ``listing``: the tasks just listed (None: list them
+        now). The close is recorded once; an intent lists what it does, so a rerun after a crash
+        repeats exactly that (a delete done before finds a 404)."""
         batch = record["batch_id"]
         if self.store.exists(f"closed/{batch}.json"):
             return
-        if unanswered is None or partial is None:
-            mine = {int(t) for t in record["tasks"].values()}
-            unanswered, partial = [], {}
-            for task in self._tasks(record["project_id"], with_annotations=True):
-                tid = _int_id(task.get("id"))
-                if tid not in mine:
-                    continue
-                n = len(task.get("annotations") or [])
-                if n == 0:
-                    unanswered.append(tid)
-                elif n < (_int_id(task.get("overlap")) or 0):
-                    partial[tid] = n
+        if listing is None:
+            listing = self._tasks(record["project_id"], with_annotations=True)
+        unanswered, partial = _closing_plan(record, listing)
         _write_once(self.store, f"closed/{batch}.intent.json", {"batch_id": batch, "delete": sorted(unanswered),
                                                                 "finish": {str(t): n for t, n in sorted(partial.items())}})
         for task_id, n in read_json(self.store, f"closed/{batch}.intent.json").get("finish", {}).items():
@@ -628,6 +614,32 @@ def _redact(text: str, key: str | None = None) -> str:
         if secret:
             text = text.replace(secret, "***")
     return text
+
+
+def _annotation_dicts(task: dict[str, Any]) -> list[dict[str, Any]]:
+    """A listed task's annotations (anything that is not an annotation object left out)."""
+    annotations = task.get("annotations") or []
+    return [a for a in annotations if isinstance(a, dict)] if isinstance(annotations, list) else []
+
+
+def _closing_plan(record: dict[str, Any], listing: Iterable[dict[str, Any]]) -> tuple[list[int], dict[int, int]]:
+    """What closing batch ``record`` does to its tasks in ``listing``: the tasks it imported that
+    nobody annotated (deleted), and each of its tasks, re-asked ones included, with fewer
+    annotations than its overlap, with how many it has (finished at that count)."""
+    fresh = {int(t) for t in record["tasks"].values()}
+    reasked = {int(r["task_id"]) for r in record.get("reasks", {}).values()}
+    unanswered: list[int] = []
+    partial: dict[int, int] = {}
+    for task in listing:
+        task_id = _int_id(task.get("id"))
+        if task_id not in fresh and task_id not in reasked:
+            continue
+        n = len(_annotation_dicts(task))
+        if n == 0 and task_id in fresh:
+            unanswered.append(task_id)
+        elif 0 < n < (_int_id(task.get("overlap")) or 0):
+            partial[task_id] = n
+    return unanswered, partial
 
 
 def _int_id(value: Any) -> int | None:
