@@ -65,8 +65,9 @@ def settle(
     directory: str | None = typer.Argument(None, metavar="DIR", help="project store (shorthand for --project-dir)"),
     project_dir: str | None = project_option(),
     unmatched: str = typer.Option("keep", "--unmatched", metavar="keep|approve|reject",
-                                  help="submissions with no answer in the app: keep them for your review (default), "
-                                       "approve (pay) or reject them (Prolific's NO_DATA)"),
+                                  help="paid work without a usable answer (Prolific: no answer in the app; MTurk: an answer "
+                                       "that cannot be read): keep it for your review (default), approve (pay) "
+                                       "or reject it (Prolific: NO_DATA; MTurk: the problem as feedback)"),
 ) -> None:
     """Decide work that came back after its batch closed (docs/vendors.md "Work after the deadline").
 
@@ -101,15 +102,15 @@ def settle(
     rejected = sum(str(d.get("status")).upper() == "REJECTED" for d in made)
     console.print(f"settled {len(made)} late submission(s): {money:.2f} {currency} "
                   "(reward + fee), recorded under the vendor's late/ (labels not in the label log)"
-                  + (f"; {rejected} rejected (no answer in the app)" if rejected else ""))
+                  + (f"; {rejected} rejected (no usable answer)" if rejected else ""))
     waiting = vendor.unmatched_pending() if callable(getattr(vendor, "unmatched_pending", None)) else []
     for w in waiting:
         console.print(f"  undecided: submission {w['submission_id']} (participant {w['participant_id']}): "
-                      f"{w['problem']}; Prolific approves it on its own after {w['auto_approval_after'] or '21 days'} "
+                      f"{w['problem']}; the platform approves it on its own after {w['auto_approval_after'] or 'its delay'} "
                       f"({w['at_stake']:.2f} {currency} with the fee)")
     if waiting:
-        console.print(f"{len(waiting)} submission(s) without an answer await your decision: "
-                      f"`crowdloop settle {project.store.url} --unmatched reject` (or approve), or Prolific's UI")
+        console.print(f"{len(waiting)} submission(s) without a usable answer await your decision: "
+                      f"`crowdloop settle {project.store.url} --unmatched reject` (or approve), or the platform's UI")
 
 
 pool_app = typer.Typer(help="Pools: write a configured pool as shards to a folder or an S3 prefix.", no_args_is_help=True)

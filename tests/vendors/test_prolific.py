@@ -494,8 +494,8 @@ def test_a_submission_without_an_answer_is_decided_by_settle_or_booked_when_prol
     due = (dt.datetime.fromisoformat(api.submissions[dave_session]["completed_at"].replace("Z", "+00:00"))
            + dt.timedelta(days=21)).date().isoformat()
     assert f"undecided: submission {dave_session} (participant {dave}): no answer in the app; " \
-           f"Prolific approves it on its own after {due} (0.27 USD with the fee)" in text
-    assert "1 submission(s) without an answer await your decision" in text
+           f"the platform approves it on its own after {due} (0.27 USD with the fee)" in text
+    assert "1 submission(s) without a usable answer await your decision" in text
     assert api.submissions[dave_session]["status"] == "AWAITING REVIEW"  # nothing decided without being asked
     status = runner.invoke(app, ["status", location, "--json"])
     assert json.loads(status.output)["awaiting_decision"] == [
