@@ -17,7 +17,7 @@ import yaml
 from crowdloop import keys
 from crowdloop.engine import Project
 from tests.conftest import crowdloop_cmd, small_config
-from tests.flows.prefect_helpers import create_process_pool, flow_run_logs, task_run_names, worker
+from tests.flows.prefect_helpers import create_process_pool, flow_run_logs, task_run_names, wait_for, worker
 from tests.flows.test_scale import dask_task_counts
 
 pytestmark = pytest.mark.slow
@@ -30,6 +30,12 @@ async def _deployment(name: str):
         deployment = await client.read_deployment_by_name(name)
         automations = await client.read_resource_related_automations(f"prefect.deployment.{deployment.id}")
     return deployment, automations
+
+
+def _summaries_once_shipped(run_id) -> list[str] | None:
+    """The run's step summaries once its last one (``stop`` after the final round) is on the API."""
+    summaries = [m for name, _, m in asyncio.run(flow_run_logs(run_id)) if name.startswith("crowdloop.flows")]
+    return summaries if any(m.startswith("stop · r2") for m in summaries) else None
 
 
 def test_deploy_creates_both_deployments_and_a_worker_completes_the_rounds_on_dask(cli_env: dict, tmp_path: Path) -> None:
@@ -62,6 +68,10 @@ def test_deploy_creates_both_deployments_and_a_worker_completes_the_rounds_on_da
 
         with worker(pool, cli_env, tmp_path / "worker.log"):
             run = run_deployment("crowdloop-active-learning/deployed", timeout=600)
+            # the run's process ships its last log lines after its state is Completed; stopping the
+            # worker (SIGINT to its process group) before they arrive would cut them off
+            summaries = wait_for(lambda: _summaries_once_shipped(run.id), timeout=60,
+                                 what="the deployed run's step summaries to reach the API")
         ran_on_dask = dask_task_counts(cluster.scheduler_address)
 
     assert run.state.is_completed(), (run.state, (tmp_path / "worker.log").read_text()[-3000:])
@@ -73,8 +83,6 @@ def test_deploy_creates_both_deployments_and_a_worker_completes_the_rounds_on_da
 
     names = asyncio.run(task_run_names(run.id))
     assert {"train · r0", "dispatch · r0", "select · r1", "pay · r1"} <= set(names)
-    logs = asyncio.run(flow_run_logs(run.id))
-    summaries = [m for name, _, m in logs if name.startswith("crowdloop.flows")]
     assert any(m.startswith("dispatch · r1: batch deployed-r0001 sent") for m in summaries), summaries
     assert any(m.startswith("pay · r1: ") and "approved" in m for m in summaries), summaries
     assert any("scale-out: parts run on Dask" in m for m in summaries)

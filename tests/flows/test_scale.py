@@ -73,13 +73,17 @@ def test_flow_starts_the_local_dask_cluster_its_config_asks_for(prefect_api_url:
     import asyncio
 
     from crowdloop.flows.loop import active_learning_loop
-    from tests.flows.prefect_helpers import flow_run_logs
+    from tests.flows.prefect_helpers import flow_run_logs, wait_for
 
     config = parse_config(small_config(project="daskw", **{"scale.shards": 3, "scale.dask_workers": 2,
                                                            "stopping.max_rounds": 2}))
     state = active_learning_loop(config, str(tmp_path / "p"), return_state=True)
     assert state.is_completed()
-    logs = [m for _, _, m in asyncio.run(flow_run_logs(state.state_details.flow_run_id))]
-    assert "scale-out: parts run on Dask, a local cluster of 2 worker process(es)" in logs
+    line = "scale-out: parts run on Dask, a local cluster of 2 worker process(es)"
+
+    def shipped() -> bool:  # Prefect ships log lines to the API in batches, after the run may have ended
+        return line in [m for _, _, m in asyncio.run(flow_run_logs(state.state_details.flow_run_id))]
+
+    assert wait_for(shipped, timeout=60, what=f"the log line {line!r}")
     p = Project.open(str(tmp_path / "p"))
     assert read_json(p.store, keys.round_key(1, keys.SELECTION))["shards"] == 3
