@@ -339,8 +339,10 @@ class MTurkVendor:
         return cls.capabilities
 
     def __init__(self, params: dict, context: VendorContext) -> None:
+        # The listing cap is checked by ``check_params`` (``crowdloop check``, every run) and by
+        # ``submit``, not here: ``crowdloop status`` and ``settle`` build the vendor to read an
+        # older project's books, whose config may predate the cap.
         self.params = parse_params(MTurkParams, params, vendor=self.name)
-        listing_s(self.params, context.collect_timeout_s)  # refused here, before a HIT is ever sent
         self.context = context
         self.store = context.store
         self._returned: set[str] = set()
@@ -388,6 +390,7 @@ class MTurkVendor:
     # -- vendor protocol ----------------------------------------------------------------
     def submit(self, tasks: Sequence[Task], *, batch_id: str) -> list[Ref]:
         """Create one HIT per group of ``items_per_hit`` tasks (idempotent per batch id)."""
+        listing_s(self.params, self.context.collect_timeout_s)  # refused here, before a HIT is sent or extended
         refs: list[Ref] = []
         for group in self._groups(tasks):
             refs.append(self._submit_group(group, batch_id))
@@ -438,21 +441,9 @@ class MTurkVendor:
             if self.store.exists(key):
                 continue  # decided before: never approve or reject twice
             status = "Approved" if accept else "Rejected"
-            try:
-                if accept:
-                    kwargs = {"AssignmentId": aid}
-                    if reason:
-                        kwargs["RequesterFeedback"] = reason
-                    self._call("approve_assignment", **kwargs)
-                else:
-                    self._call("reject_assignment", AssignmentId=aid, RequesterFeedback=reason)
-            except ClientError as exc:
-                # Already decided (a crash after the call, or MTurk's auto-approval): read the truth.
-                current = self._call("get_assignment", AssignmentId=aid)["Assignment"]["AssignmentStatus"]
-                if current != status:
-                    raise VendorError(
-                        f"vendor 'mturk': cannot mark assignment {aid} {status.lower()} (it is {current}): {_error_message(exc)}"
-                    ) from exc
+            current = self._decide(aid, accept=accept, feedback=reason)
+            if current != status:
+                raise VendorError(f"vendor 'mturk': cannot mark assignment {aid} {status.lower()}: it is {current} already")
             reward = round(sum(a.reward for a in anns), 2)
             write_json(self.store, key, {"assignment_id": aid, "status": status, "reason": reason,
                                          "worker_id": anns[0].worker_id, "at": utcnow().isoformat(),
@@ -460,6 +451,23 @@ class MTurkVendor:
                                          "fee": fee_for(reward, self._assignments_of_hit(anns[0])) if accept else 0.0})
             if accept:
                 self._pay_qualification_test(aid, anns[0].worker_id)
+
+    def _decide(self, aid: str, *, accept: bool, feedback: str | None) -> str:
+        """Approve or reject an assignment on MTurk; its status afterwards. A refused call (decided
+        meanwhile, by MTurk's auto-approval too, or a retry after a crash or a lost answer) reads
+        the status back; an assignment still undecided then is an error."""
+        try:
+            if accept:
+                self._call("approve_assignment", AssignmentId=aid, **({"RequesterFeedback": feedback} if feedback else {}))
+            else:
+                self._call("reject_assignment", AssignmentId=aid, RequesterFeedback=feedback)
+        except ClientError as exc:
+            status = self._call("get_assignment", AssignmentId=aid)["Assignment"]["AssignmentStatus"]
+            if status not in ("Approved", "Rejected"):
+                raise VendorError(f"vendor 'mturk': cannot decide assignment {aid} (it is {status}): "
+                                  f"{_error_message(exc)}") from exc
+            return status
+        return "Approved" if accept else "Rejected"
 
     def bonus(self, assignments: Sequence[Annotation], *, amount: float, reason: str, token: str) -> None:
         """Pay ``amount`` per annotation as one bonus per MTurk assignment, once per token."""
@@ -879,18 +887,8 @@ class MTurkVendor:
             if status == "Submitted" and unmatched != "keep":
                 accept = unmatched == "approve"
                 feedback = None if accept else unusable_feedback(bad["problem"])
-                try:
-                    if accept:
-                        self._call("approve_assignment", AssignmentId=aid)
-                    else:
-                        self._call("reject_assignment", AssignmentId=aid, RequesterFeedback=feedback)
-                    status, by = ("Approved" if accept else "Rejected"), "loop"
-                except ClientError as exc:  # decided meanwhile (or a retry after a lost answer): read the truth
-                    status = self._call("get_assignment", AssignmentId=aid)["Assignment"]["AssignmentStatus"]
-                    if status not in ("Approved", "Rejected"):
-                        raise VendorError(f"vendor 'mturk': cannot decide assignment {aid} (it is {status}): "
-                                          f"{_error_message(exc)}") from exc
-                    by = "loop" if (status == "Approved") == accept else "mturk"
+                status = self._decide(aid, accept=accept, feedback=feedback)
+                by = "loop" if (status == "Approved") == accept else "mturk"
             if status not in ("Approved", "Rejected"):
                 continue  # still waiting for somebody's decision
             reward, fee = self._price(hit) if status == "Approved" else (0.0, 0.0)

@@ -655,13 +655,10 @@ class ProlificVendor:
             key = f"acks/{a.assignment_id}.json"
             if self.store.exists(key):
                 continue  # decided before: never twice
-            try:
-                self.client.call("POST", f"/api/v1/submissions/{a.assignment_id}/transition/", body=action)
-            except VendorError as exc:  # decided already (a retry after a lost answer): read the truth
-                current = self.client.call("GET", f"/api/v1/submissions/{a.assignment_id}/").get("status")
-                if current != status:
-                    raise VendorError(f"vendor 'prolific': cannot mark submission {a.assignment_id} {status.lower()} "
-                                      f"(it is {current}): {exc}") from exc
+            current = self._decide(a.assignment_id, action)
+            if current != status:
+                raise VendorError(f"vendor 'prolific': cannot mark submission {a.assignment_id} {status.lower()}: "
+                                  f"it is {current} already")
             write_json(self.store, key, {"submission_id": a.assignment_id, "status": status, "reason": reason,
                                          "worker_id": a.worker_id, "batch_id": a.batch_id, "item_id": a.item_id,
                                          "reward": a.reward if accept else 0.0, "at": utcnow().isoformat()},
@@ -670,6 +667,19 @@ class ProlificVendor:
             self._close(self._study_of_batch(batch), reason="paid")
         if assignments:
             hooks.point("prolific:approved", min(a.round for a in assignments))
+
+    def _decide(self, sid: str, action: dict[str, Any]) -> str:
+        """Send ``action`` (APPROVE or REJECT) for a submission; its status afterwards. A refused
+        transition (decided meanwhile in Prolific's UI, or a retry after a lost answer) reads the
+        status back; a submission still undecided then is an error."""
+        try:
+            self.client.call("POST", f"/api/v1/submissions/{sid}/transition/", body=action)
+        except VendorError as exc:
+            status = self.client.call("GET", f"/api/v1/submissions/{sid}/").get("status")
+            if status not in ("APPROVED", "REJECTED"):
+                raise VendorError(f"vendor 'prolific': cannot decide submission {sid} (it is {status}): {exc}") from exc
+            return status
+        return "APPROVED" if action["action"] == "APPROVE" else "REJECTED"
 
     def _decided(self) -> set[str]:
         return {k[len("acks/"):-len(".json")] for k in self.store.list("acks/")}
@@ -776,15 +786,8 @@ class ProlificVendor:
             accept = policy == "approve"
             action = {"action": "APPROVE"} if accept else {"action": "REJECT", "message": NO_ANSWER_MESSAGE,
                                                            "rejection_category": "NO_DATA"}
-            try:
-                self.client.call("POST", f"/api/v1/submissions/{sid}/transition/", body=action)
-            except VendorError as exc:  # decided meanwhile (or a retry after a lost answer): read the truth
-                status = self.client.call("GET", f"/api/v1/submissions/{sid}/").get("status")
-                if status not in ("APPROVED", "REJECTED"):
-                    raise VendorError(f"vendor 'prolific': cannot decide submission {sid} (it is {status}): {exc}") from exc
-                by = "loop" if (status == "APPROVED") == accept else "prolific"
-            else:
-                status, by = ("APPROVED" if accept else "REJECTED"), "loop"
+            status = self._decide(sid, action)
+            by = "loop" if (status == "APPROVED") == accept else "prolific"
         elif status in ("APPROVED", "REJECTED"):
             by = "prolific"  # decided in Prolific's UI, or approved by Prolific after 21 days
         else:

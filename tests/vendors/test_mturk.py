@@ -259,6 +259,14 @@ def test_acknowledge_is_idempotent_and_rejection_needs_a_reason(tmp_path: Path, 
     assert rejected["RequesterFeedback"].startswith("Gold item 7")
     assert fake.calls.count("RejectAssignment") == 1 and fake.calls.count("ApproveAssignment") == 3
     assert vendor.ledger()["approved"] == 3 and vendor.ledger()["rejected"] == 1
+    # a rejection MTurk refuses because the work was approved meanwhile is an error, and no decision is booked
+    later = vendor.submit(tasks(1, replicas=1, batch="proj-r0001", round_=1), batch_id="proj-r0001")
+    fake.work(later[0]["hit_id"], {"label-0": "cat"}, worker="AW9")
+    (late,) = vendor.poll(later)
+    fake.assignments[later[0]["hit_id"]][0]["AssignmentStatus"] = "Approved"
+    with pytest.raises(VendorError, match=r"cannot mark assignment \S+ rejected: it is Approved already"):
+        vendor.acknowledge([late], accept=False, reason="Gold item 8 answered 'cat'; the correct class is 'dog'.")
+    assert vendor.ledger()["approved"] == 3 and vendor.ledger()["rejected"] == 1
 
 
 def test_bonus_is_paid_once_per_token(tmp_path: Path, fake: FakeMTurk) -> None:
@@ -463,9 +471,16 @@ def test_a_hit_is_listed_only_while_its_work_can_still_be_collected(tmp_path: Pa
     vendor.submit([reask], batch_id="proj-r0004")
     (relist,) = [body for op, body in fake.requests if op == "UpdateExpirationForHIT"]
     assert before + 3000 - 1 <= relist["ExpireAt"] <= time.time() + 3000
-    # a config whose deadline leaves no listing time is refused before anything is sent
-    with pytest.raises(ConfigError, match=r"collect.timeout_s=600: expected at least .*assignment_duration_s \+ 60 = 660 s"):
-        vendor_with(600.0, assignment_duration_s=600)
+    # a config whose deadline leaves no listing time is refused before anything is sent (a new HIT or
+    # a re-ask added to an earlier one); its books stay readable (status, settle of an older project)
+    short = vendor_with(600.0, assignment_duration_s=600)
+    sent = len(fake.requests)
+    for task, batch in ((tasks(1, batch="proj-r0005")[0], "proj-r0005"),
+                        (Task(item_id="solo", round=5, batch_id="proj-r0005", replicas=1, reward=0.05), "proj-r0005")):
+        with pytest.raises(ConfigError, match=r"collect.timeout_s=600: expected at least .*assignment_duration_s \+ 60 = 660 s"):
+            short.submit([task], batch_id=batch)
+    assert len(fake.requests) == sent
+    assert short.late_paid() == {} and short.unmatched_pending() == []
 
 
 def test_mturk_vendor_honours_the_contract_with_its_capabilities(tmp_path: Path, fake: FakeMTurk) -> None:
