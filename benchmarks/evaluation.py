@@ -86,9 +86,9 @@ def write_blind(setting, root: Path) -> tuple[Path, Path, list[str]]:
 
 
 def config(dataset: str, seed: int, method: str, pool: Path, key: Path, classes: list[str], n_pool: int,
-           stop_rule: dict[str, Any] | None) -> dict[str, Any]:
+           stop_rule: dict[str, Any] | None, reserve_share: float = 1 / 3) -> dict[str, Any]:
     size = SIZES[dataset]
-    reserve = min(3 * size["audit_max"], n_pool // 3)
+    reserve = min(3 * size["audit_max"], int(n_pool * reserve_share + 1e-9))  # 1e-9: 1/3 of 3k is k
     stopping: dict[str, Any] = {"max_rounds": size["max_rounds"]}
     if stop_rule:
         stopping["stabilizing_predictions"] = {"stop_set": RULE["stop_set"], **stop_rule}
@@ -155,7 +155,7 @@ def ours_stop(kappas: list[float | None], agreement: float | None = None, rounds
 
 
 def run_one(dataset: str, seed: int, method: str, workdir: Path,
-            loop_rule: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+            loop_rule: dict[str, Any] | None = None, reserve_share: float = 1 / 3) -> tuple[dict[str, Any], dict[str, Any]]:
     from sklearn.metrics import cohen_kappa_score
 
     from crowdloop import engine, keys
@@ -172,14 +172,15 @@ def run_one(dataset: str, seed: int, method: str, workdir: Path,
     started = time.perf_counter()
     # 1. the loop as a user runs it: blind, stopping by itself
     blind = parse_config(config(dataset, seed, method, pool, key, classes, len(setting.X_pool),
-                                  stop_rule=loop_rule or RULE))
+                                  stop_rule=loop_rule or RULE, reserve_share=reserve_share))
     p = engine.run_in_process(Project.prepare(blind, location))
     stop_rows = p.pool.X[p.stop_set_rows]  # the loop's own stop set, for every criterion below
     stop = read_json(p.store, keys.STOP)
     stopped_by_rule = stop["reason"].startswith("stabilizing_predictions")
     stop_round = stop["round"]
     # 2. the benchmark lets it go on (stopping is resumable) to find the oracle on the same curve
-    cfg = config(dataset, seed, method, pool, key, classes, len(setting.X_pool), stop_rule=None)
+    cfg = config(dataset, seed, method, pool, key, classes, len(setting.X_pool), stop_rule=None,
+                 reserve_share=reserve_share)
     p = engine.run_in_process(Project.prepare(parse_config(cfg), location))
     full = full_data_accuracy(setting)
     y_test = setting.y_test.astype(str)
@@ -238,6 +239,7 @@ def run_one(dataset: str, seed: int, method: str, workdir: Path,
     detail = {**row, "full_data_accuracy": round(full, 4), "stop_round": stop_round, "stop_reason": stop["reason"],
               "loop_rule": {"stop_set": RULE["stop_set"], **(loop_rule or RULE)},
               "stopped_by_rule": stopped_by_rule, "seconds": round(time.perf_counter() - started, 1),
+              "reserve": len(p.audit_reserve),
               "stops": {name: None if r is None else {"round": r, "labels": rounds[r]["n_labeled"],
                                                       "accuracy_share": round(rounds[r]["true_accuracy"] / full, 4)}
                         for name, r in criteria.items()},
@@ -424,6 +426,9 @@ def main() -> None:
     parser.add_argument("--loop-rule", choices=sorted(LOOP_RULES), default="every",
                         help="the rule the loop itself stops by: stabilizing_predictions(0.99, 3 rounds) (every, the "
                              "default) or (0.99, 5 rounds, average); keep the two in separate --out files")
+    parser.add_argument("--reserve-share", type=float, default=1 / 3,
+                        help="audit reserve as a share of the pool, at most 3 x the set's audit_max (default 1/3; the "
+                             "library's own default for the active audit is 1/2); keep shares in separate --out files")
     parser.add_argument("--summarize", nargs="+", type=Path, default=None, metavar="DETAILS",
                         help="print BENCHMARKS.md's tables from these --details files and exit (runs nothing)")
     args = parser.parse_args()
@@ -445,7 +450,8 @@ def main() -> None:
                     continue
                 workdir = Path(tempfile.mkdtemp(prefix=f"eval-{dataset}-{seed}-{method}-"))
                 try:
-                    row, detail = run_one(dataset, seed, method, workdir, loop_rule=LOOP_RULES[args.loop_rule])
+                    row, detail = run_one(dataset, seed, method, workdir, loop_rule=LOOP_RULES[args.loop_rule],
+                                          reserve_share=args.reserve_share)
                 finally:
                     shutil.rmtree(workdir, ignore_errors=True)
                 rows.append(row)
