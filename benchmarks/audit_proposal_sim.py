@@ -8,8 +8,9 @@ from its right answers: small shapes put ``π`` near 0 or 1), each item's loss d
 Bernoulli(π). The active audit is the library's own: ``crowdloop.audit.proposal`` (``q ∝ π``
 with a uniform share), ``draw`` and ``importance_estimate``, rounds of ``--per-round`` draws
 until the interval's half-width reaches ``--target`` (or the reserve is all labeled). The
-random audit needs ``z² e(1−e)/target²`` labels. ``--more-draws`` draws each round until as many
-*new* items are expected as a fixed round would draw (repeated draws of labeled items are free).
+random audit needs ``z² e(1−e)/target²`` labels. A second row per shape draws each round until as many
+*new* items are expected as a fixed round would draw (repeated draws of labeled items are free);
+each shape also runs with ``estimator: inclusion`` (Horvitz–Thompson over the distinct items).
 
     python benchmarks/audit_proposal_sim.py --runs 200
 
@@ -23,7 +24,7 @@ import argparse
 
 import numpy as np
 
-from crowdloop.audit import Z95, draw, importance_estimate, proposal
+from crowdloop.audit import Z95, draw, importance_estimate, inclusion_estimate, proposal
 
 
 def draws_for_new_items(q: np.ndarray, unlabeled: np.ndarray, wanted: int) -> int:
@@ -39,7 +40,7 @@ def draws_for_new_items(q: np.ndarray, unlabeled: np.ndarray, wanted: int) -> in
 
 
 def one_audit(rng: np.random.Generator, *, n: int, error: float, shape: float, per_round: int, target: float,
-              uniform_share: float, more_draws: bool) -> tuple[int, int, float]:
+              uniform_share: float, more_draws: bool, estimator: str) -> tuple[int, int, float]:
     """(labels, draws, estimate − true reserve accuracy) when the interval first reaches ``target``."""
     pi = rng.beta(shape, shape * (1 - error) / error, n)
     loss = (rng.random(n) < pi).astype(float)
@@ -52,7 +53,11 @@ def one_audit(rng: np.random.Generator, *, n: int, error: float, shape: float, p
         drawn += picked.tolist()
         labeled[picked] = True
         items = np.array(drawn)
-        est = importance_estimate(loss[items], items, [(q, len(items))], n_labels=int(labeled.sum()))
+        if estimator == "inclusion":
+            distinct = np.flatnonzero(labeled)
+            est = inclusion_estimate(loss[distinct], distinct, [(q, len(items))])
+        else:
+            est = importance_estimate(loss[items], items, [(q, len(items))], n_labels=int(labeled.sum()))
         if est is not None and est.half_width <= target:
             return int(labeled.sum()), len(items), est.accuracy - (1 - loss.mean())
     return n, len(drawn), float("nan")
@@ -71,17 +76,19 @@ def main() -> None:
     args = parser.parse_args()
     uniform = int(np.ceil(Z95 * Z95 * args.error * (1 - args.error) / args.target**2))
     print(f"random audit: {uniform} labels to ±{args.target} at accuracy {1 - args.error:.2f}")
-    print("| Beta shape | drawing | labels: median | draws: median | labels / random audit's | estimate − truth: mean |")
-    print("|---:|---|---:|---:|---:|---:|")
+    print("| Beta shape | estimator | drawing | labels: median | draws: median | labels / random audit's | "
+          "estimate − truth: mean |")
+    print("|---:|---|---|---:|---:|---:|---:|")
     for shape in args.shapes:
-        for more in (False, True):
-            rng = np.random.default_rng([args.seed, int(shape * 1000), int(more)])
+        for k, (estimator, more) in enumerate((("draws", False), ("draws", True), ("inclusion", False))):
+            rng = np.random.default_rng([args.seed, int(shape * 1000), k])
             runs = [one_audit(rng, n=args.reserve, error=args.error, shape=shape, per_round=args.per_round,
-                              target=args.target, uniform_share=args.uniform_share, more_draws=more)
+                              target=args.target, uniform_share=args.uniform_share, more_draws=more,
+                              estimator=estimator)
                     for _ in range(args.runs)]
             labels, draws, bias = (np.array(col, dtype=float) for col in zip(*runs, strict=True))
             how = "until as many new items" if more else f"{args.per_round} per round"
-            print(f"| {shape:g} | {how} | {np.median(labels):.0f} | {np.median(draws):.0f} | "
+            print(f"| {shape:g} | {estimator} | {how} | {np.median(labels):.0f} | {np.median(draws):.0f} | "
                   f"{np.median(labels) / uniform:.2f} | {np.nanmean(bias):+.4f} |")
 
 

@@ -70,6 +70,7 @@ SIZES: dict[str, dict[str, int]] = {
     "synthetic": {"initial": 20, "batch": 20, "audit_batch": 20, "audit_max": 400, "max_rounds": 70},
     "fashion_mnist": {"initial": 40, "batch": 40, "audit_batch": 20, "audit_max": 400, "max_rounds": 45},
 }
+ESTIMATOR: list[str | None] = [None]  # the active audit's estimator (--estimator; None: the library's default)
 CROWD = {"n_workers": 40, "accuracy": [0.85, 0.99], "spammer_fraction": 0.05}
 
 
@@ -102,7 +103,8 @@ def config(dataset: str, seed: int, method: str, pool: Path, key: Path, classes:
         # the same reserve for both methods, so they audit the same models; a small pool (breast
         # cancer) caps the audit at its reserve
         "evaluation": {"method": method, "reask_below": 0.8, "target_half_width": HALF_WIDTH,
-                       "max_items": min(size["audit_max"], reserve), "batch_size": size["audit_batch"], "reserve": reserve},
+                       "max_items": min(size["audit_max"], reserve), "batch_size": size["audit_batch"], "reserve": reserve,
+                       **({"estimator": ESTIMATOR[0]} if method == "active" and ESTIMATOR[0] else {})},
         "stopping": stopping,
         "collect": {"poll_interval_s": 0.01},
     }
@@ -429,6 +431,9 @@ def main() -> None:
     parser.add_argument("--reserve-share", type=float, default=1 / 3,
                         help="audit reserve as a share of the pool, at most 3 x the set's audit_max (default 1/3; the "
                              "library's own default for the active audit is 1/2); keep shares in separate --out files")
+    parser.add_argument("--estimator", choices=["inclusion", "draws"], default=None,
+                        help="the active audit's estimator (evaluation.estimator; default: the library's, inclusion; "
+                             "v3's rows were made with draws); keep the two in separate --out files")
     parser.add_argument("--summarize", nargs="+", type=Path, default=None, metavar="DETAILS",
                         help="print BENCHMARKS.md's tables from these --details files and exit (runs nothing)")
     args = parser.parse_args()
@@ -438,6 +443,7 @@ def main() -> None:
     if not args.out:
         parser.error("--out is required (unless --summarize)")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    ESTIMATOR[0] = args.estimator
     out = Path(args.out)
     details_path = Path(args.details) if args.details else out.with_name(out.stem + "_details.json")
     rows: list[dict[str, Any]] = json.loads(out.read_text()) if out.exists() else []

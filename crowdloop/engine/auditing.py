@@ -18,7 +18,16 @@ from typing import Any
 import numpy as np
 
 from crowdloop import keys
-from crowdloop.audit import Estimate, calibrated, draw, importance_estimate, proposal, random_estimate, split_labels
+from crowdloop.audit import (
+    Estimate,
+    calibrated,
+    draw,
+    importance_estimate,
+    inclusion_estimate,
+    proposal,
+    random_estimate,
+    split_labels,
+)
 from crowdloop.config import LoopConfig
 from crowdloop.engine.budget import audit_allowance
 from crowdloop.engine.project import Project, write_once
@@ -209,6 +218,11 @@ def estimate(p: Project, r: int, model: Any) -> Estimate | None:
     # ``evaluation.control_variate``: the surrogate's calibrated loss probability on every reserve
     # item as a control variate (narrower, but it held the truth less often on the synthetic set)
     expected = loss_probability(p, r, model, reserve) if ev.control_variate else None
+    if ev.estimator == "inclusion":
+        distinct = list(dict.fromkeys(drawn))
+        return inclusion_estimate(np.array([1.0 - right[item] for item in distinct]),
+                                  np.array([position[i] for i in distinct]), [(q, k) for q, k in proposals if k],
+                                  expected_loss=expected)
     return importance_estimate(np.array([1.0 - right[item] for item in drawn]), np.array([position[i] for i in drawn]),
                                [(q, k) for q, k in proposals if k], n_labels=len(set(drawn)), expected_loss=expected)
 
