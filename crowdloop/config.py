@@ -352,8 +352,9 @@ class EvaluationConfig(_Strict):
         "inclusion", description="active: inclusion (each labeled item weighted by its chance of having been drawn at "
         "all, Horvitz-Thompson) or draws (each draw weighted by its proposal, Hansen-Hurwitz; the only one before this "
         "field). On the "
-        "benchmark's sets inclusion's intervals held the truth more often (digits 0.91 vs 0.89 of rounds, breast cancer "
-        "0.88 vs 0.85) and it needed fewer judgments on digits and the synthetic set, more on breast cancer")
+        "benchmark, inclusion's intervals held the truth more often on digits (0.91 vs 0.89 of rounds), breast cancer and "
+        "the synthetic set, a little less on Fashion-MNIST (0.88 vs 0.89); fewer judgments on digits and synthetic, more "
+        "on breast cancer (BENCHMARKS.md, v4)")
     control_variate: bool = Field(
         False, description="active: add the surrogate's calibrated loss probability on every reserve item as a control "
         "variate (difference estimator). Narrower intervals, but on the benchmark's synthetic set they held the truth less "

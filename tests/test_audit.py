@@ -102,18 +102,18 @@ def test_the_inclusion_estimate_is_unbiased_and_narrower_than_the_draws_when_dra
     q1, q2 = proposal(np.full(N, 0.5), 0.2), proposal(predicted, 0.2)
     by_item, by_draw = [], []
     for _ in range(3000):
-        items = np.r_[rng.choice(N, 40, p=q1), rng.choice(N, 160, p=q2)]
+        items = np.r_[rng.choice(N, 40, p=q1), rng.choice(N, 300, p=q2)]
         distinct = np.unique(items)
-        est = inclusion_estimate(loss[distinct], distinct, [(q1, 40), (q2, 160)])
+        est = inclusion_estimate(loss[distinct], distinct, [(q1, 40), (q2, 300)])
         by_item.append((est.accuracy, est.ci_low, est.ci_high))
-        est = importance_estimate(loss[items], items, [(q1, 40), (q2, 160)], n_labels=len(distinct))
+        est = importance_estimate(loss[items], items, [(q1, 40), (q2, 300)], n_labels=len(distinct))
         by_draw.append((est.accuracy, est.ci_low, est.ci_high))
     ht, hh = np.array(by_item), np.array(by_draw)
     assert abs(ht[:, 0].mean() - truth) < 0.003  # unbiased: the mean of 3000 estimates hits the reserve's accuracy
-    assert np.mean((ht[:, 1] <= truth) & (truth <= ht[:, 2])) >= 0.93  # nominal 95 %; 3000 runs: +-0.004
-    # the same draws: the estimates spread less (here 0.92x) and the intervals say so (0.95x: both
+    assert np.mean((ht[:, 1] <= truth) & (truth <= ht[:, 2])) >= 0.95  # the variance is conservative: here 0.996
+    # the same draws: the estimates spread less (here 0.86x) and the intervals say so (0.94x: both
     # carry the reserve's own spread, which no estimator over the reserve removes)
-    assert ht[:, 0].std() < 0.95 * hh[:, 0].std()
+    assert ht[:, 0].std() < 0.92 * hh[:, 0].std()
     assert np.mean(ht[:, 2] - ht[:, 1]) < 0.97 * np.mean(hh[:, 2] - hh[:, 1])
 
 
