@@ -479,6 +479,10 @@ class LoopConfig(_Strict):
 # Fields a resumed project may change: they steer when to stop or how long to wait (or which
 # secret block holds a key), not what was selected or how it was labeled.
 RESUMABLE_SECTIONS = ("stopping", "collect", "baseline", "scale", "credentials")
+# Single fields of other sections a resumed project may change: how the same records are read.
+# ``evaluation.estimator`` came after projects that estimated with ``draws``: they resume with
+# the new default, or keep ``draws`` by saying so.
+RESUMABLE_FIELDS = ("evaluation.estimator",)
 
 
 def format_validation_error(exc: ValidationError, *, source: str, model: type[BaseModel] | None = None) -> str:

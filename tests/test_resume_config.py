@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from crowdloop import keys, registry
-from crowdloop.config import RESUMABLE_SECTIONS, LoopConfig, parse_config
+from crowdloop.config import RESUMABLE_FIELDS, RESUMABLE_SECTIONS, LoopConfig, parse_config
 from crowdloop.engine import Project
 from crowdloop.errors import ConfigError
 from crowdloop.storage import read_json
@@ -47,6 +47,10 @@ RESUMABLE: list[tuple[str, Any]] = [
     ("baseline.random", True),
     ("scale.shards", 2),
     ("credentials.aws", "test-aws-block"),
+]
+# single fields of frozen sections that may change on resume (``RESUMABLE_FIELDS``)
+RESUMABLE_SINGLE: list[tuple[str, Any]] = [
+    ("evaluation.estimator", "draws"),
 ]
 SECRET_SOURCE = "resume-test-secrets"
 
@@ -105,7 +109,11 @@ def test_a_frozen_section_is_refused_in_one_line(tmp_path: Path, field: str, new
     Project.prepare(started, location)  # the original config still resumes
 
 
-@pytest.mark.parametrize(("field", "new"), RESUMABLE, ids=[f for f, _ in RESUMABLE])
+def test_the_resumable_single_fields_are_the_configs() -> None:
+    assert [f for f, _ in RESUMABLE_SINGLE] == list(RESUMABLE_FIELDS)
+
+
+@pytest.mark.parametrize(("field", "new"), RESUMABLE + RESUMABLE_SINGLE, ids=[f for f, _ in RESUMABLE + RESUMABLE_SINGLE])
 def test_a_resumable_section_is_accepted_and_becomes_the_projects(tmp_path: Path, field: str, new: Any) -> None:
     location, started, _ = _started(tmp_path)
     assert _value(started, field) != new

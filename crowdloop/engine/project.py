@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 import numpy as np
 
 from crowdloop import keys, registry
-from crowdloop.config import RESUMABLE_SECTIONS, LoopConfig
+from crowdloop.config import RESUMABLE_FIELDS, RESUMABLE_SECTIONS, LoopConfig
 from crowdloop.credentials import Credentials
 from crowdloop.engine.pools import checked_pool_record, features_store, load_pool, load_split
 from crowdloop.errors import ConfigError, CrowdloopError, PoolError, RecordExistsError, StoreError
@@ -614,6 +614,10 @@ def _utc_stamp() -> str:
 def _check_same_config(stored: LoopConfig, given: LoopConfig, url: str) -> None:
     """One line naming the first field outside the resumable sections that differs, old and new value."""
     a, b = stored.model_dump(mode="json"), given.model_dump(mode="json")
+    for dump in (a, b):
+        for dotted in RESUMABLE_FIELDS:
+            section, name = dotted.split(".")
+            dump.get(section, {}).pop(name, None)
     for section in a:
         if section in RESUMABLE_SECTIONS:
             continue
@@ -622,7 +626,8 @@ def _check_same_config(stored: LoopConfig, given: LoopConfig, url: str) -> None:
             field_path, old, new = differs
             raise ConfigError(
                 f"{field_path}: {new!r} differs from {old!r} that project {url} was started with; only "
-                f"{'/'.join(RESUMABLE_SECTIONS)} may change on resume (use a new --project-dir)"
+                f"{'/'.join(RESUMABLE_SECTIONS)} (and {', '.join(RESUMABLE_FIELDS)}) may change on resume "
+                "(use a new --project-dir)"
             )
 
 
