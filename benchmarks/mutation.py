@@ -84,6 +84,8 @@ MODULES = (
            # 30-round fixtures made a run take hours on the shared machine; the before run used them)
            # test_audit.py: the audit's share of a budget (audit_allowance)
            ("tests/test_money_budget.py", "tests/test_budget_mutants.py", "tests/test_audit.py")),
+    # The audit's estimators (pure functions) against the simulations that check them (issue 15)
+    Module("audit", "crowdloop/audit.py", ("tests/test_audit_estimators.py",)),
     # Selection eligibility only: the exclusion mask and the sets it is built from. Their tests run a
     # 120-item project (a mutant is decided in seconds); the engine-running module fixtures of
     # test_selection_policy/test_gold_questions/test_money_budget made the first runs time out.

@@ -155,7 +155,7 @@ def inclusion_estimate(loss: np.ndarray, items: np.ndarray, proposals: list[tupl
     nothing either way. Variance: the independent-inclusion approximation
     ``Σ (1 - p_i) y_i² / p_i²``, plus the reserve's own spread as in ``importance_estimate``. It
     is conservative (draws with replacement make inclusions negatively correlated: it overstates
-    the variance by ~8 % on ``tests/test_audit.py``'s reserve); Horvitz-Thompson's unbiased
+    the variance by ~8 % on ``tests/test_audit_estimators.py``'s reserve); Horvitz-Thompson's unbiased
     variance with the pairs' joint inclusion probabilities was tried and held the truth less often
     on Fashion-MNIST (0.863 against 0.881 of rounds, BENCHMARKS.md v4), where the proposals,
     calibrated on the audit's own labels, are not fixed in advance as its derivation assumes.
