@@ -130,6 +130,33 @@ def test_the_inclusion_interval_holds_the_accuracy_on_new_items_95_percent_of_th
     assert all(labels and draws for labels, draws in counts)
 
 
+def test_the_inclusion_variance_holds_where_the_reserve_is_large_and_each_item_rarely_drawn():
+    """A reserve of 100,000 items: its own spread is negligible, every item's chance of being
+    drawn is small, so the interval is all Horvitz-Thompson's variance term. It must hold the
+    reserve's accuracy at the nominal rate (here 0.95)."""
+    rng = np.random.default_rng(10)
+    N = 100_000
+    pi = rng.beta(0.3, 3.0, size=N)
+    loss = (rng.random(N) < pi).astype(float)
+    truth = 1 - loss.mean()
+    q = proposal(np.clip(pi * rng.lognormal(0, 0.5, size=N), 0, 1), 0.2)
+    held = []
+    for _ in range(2000):
+        distinct = np.unique(rng.choice(N, 300, p=q))
+        est = inclusion_estimate(loss[distinct], distinct, [(q, 300)])
+        held.append(est.ci_low <= truth <= est.ci_high)
+    assert 0.93 <= np.mean(held) <= 0.97  # 2000 runs: +-0.01 around 0.95
+
+
+def test_an_inclusion_estimate_needs_a_labeled_item_and_one_is_enough():
+    q = np.full(10, 0.1)
+    assert inclusion_estimate(np.array([]), np.array([], dtype=int), [(q, 3)]) is None
+    assert inclusion_estimate(np.array([0.0]), np.array([4]), []) is None
+    one = inclusion_estimate(np.array([1.0]), np.array([4]), [(q, 3)])  # one error, drawn with chance 1 - 0.9^3
+    assert one.n_labels == 1 and one.accuracy == pytest.approx(1 - 1 / (10 * (1 - 0.9**3)))
+    assert one.ci_low < one.accuracy < one.ci_high
+
+
 def test_inclusion_estimate_with_a_calibrated_surrogate_as_control_variate_is_unbiased_and_narrower():
     rng = np.random.default_rng(7)
     N = 1000
