@@ -211,6 +211,47 @@ def test_an_audit_that_found_no_error_yet_is_not_a_point():
     assert MIN_ERRORS >= 5
 
 
+def test_the_interval_of_an_exhaustive_audit_is_the_reserves_own_spread():
+    """Drawn so often that the draws' own spread vanishes, both estimators are left with the
+    reserve's: the interval is Wilson's at the reserve's size (for the accuracy on new items)."""
+    N = 200
+    loss = np.r_[np.ones(20), np.zeros(N - 20)]
+    low, high = wilson(0.1, N)
+    q = np.full(N, 1 / N)
+    items = np.tile(np.arange(N), 5000)  # every item drawn 5000 times
+    by_draw = importance_estimate(loss[items], items, [(q, len(items))], n_labels=N)
+    assert by_draw.accuracy == pytest.approx(0.9) and by_draw.half_width == pytest.approx((high - low) / 2, rel=0.01)
+    by_item = inclusion_estimate(loss, np.arange(N), [(q, 20_000)])  # every item's inclusion all but certain
+    assert by_item.accuracy == pytest.approx(0.9) and by_item.half_width == pytest.approx((high - low) / 2, rel=0.01)
+
+
+def test_importance_estimate_trusts_the_errors_spread_only_from_min_errors_on_and_needs_a_draw():
+    q = np.full(1000, 1 / 1000)
+    assert importance_estimate(np.array([]), np.array([], dtype=int), [(q, 0)], n_labels=0) is None
+    assert importance_estimate(np.array([1.0]), np.array([3]), [], n_labels=1) is None
+    one = importance_estimate(np.array([1.0]), np.array([3]), [(q, 1)], n_labels=1)
+    assert one.accuracy == 0.0 and one.ci_low == 0.0  # one draw: no spread to estimate, the widest interval
+    # a proposal that expected the errors where they are: their weighted losses barely vary, so the
+    # effective sample is far larger than the 60 draws, and only MIN_ERRORS errors make it count
+    tilted = np.r_[np.full(20, 0.5 / 20), np.full(980, 0.5 / 980)]
+    for errors in (MIN_ERRORS - 1, MIN_ERRORS):
+        items = np.arange(60)
+        loss = np.r_[np.ones(errors), np.zeros(60 - errors)]
+        est = importance_estimate(loss, items, [(tilted, 60)], n_labels=60)
+        capped = wilson(1 - est.accuracy, 60)
+        if errors < MIN_ERRORS:
+            assert est.half_width == pytest.approx((capped[1] - capped[0]) / 2, rel=1e-6)
+        else:
+            assert est.half_width < 0.8 * (capped[1] - capped[0]) / 2
+    assert est.n_labels == 60 and est.n_draws == 60
+
+
+def test_proposal_is_proportional_to_the_expected_loss_and_uniform_without_one():
+    pi = np.array([0.0, 0.1, 0.3, 0.6])
+    assert np.allclose(proposal(pi, 0.0), pi / pi.sum())
+    assert np.allclose(proposal(np.zeros(4), 0.2), 0.25)  # nothing expected anywhere: uniform
+
+
 def test_proposal_bounds_every_weight_by_the_uniform_share():
     q = proposal(np.r_[np.zeros(99), 1.0], 0.2)
     assert abs(q.sum() - 1) < 1e-12 and q.min() >= 0.2 / 100 * (1 - 1e-6)
