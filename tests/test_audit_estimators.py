@@ -334,6 +334,10 @@ def test_calibrated_maps_a_miscalibrated_loss_score_onto_observed_loss_rates():
             assert abs(raw[band].mean() - loss[band].mean()) > 0.04  # the raw score was off (0.047, 0.156)
     few = calibrated(raw, raw[:5], np.array([1.0, 1.0, 0.0, 0.0, 0.0]))
     assert np.array_equal(few, raw)
+    # fitted from 3 of each outcome on, whichever is the rarer one
+    for losses, fitted in (([1, 1, 1, 0, 0], False), ([1, 1, 0, 0, 0, 0], False), ([1, 1, 1, 0, 0, 0], True)):
+        out = calibrated(raw, raw[: len(losses)], np.array(losses, dtype=float))
+        assert (not np.array_equal(out, raw)) == fitted, losses
 
 
 def test_draw_samples_with_replacement_by_the_proposal():
