@@ -247,7 +247,7 @@ def test_importance_estimate_trusts_the_errors_spread_only_from_min_errors_on_an
 
 
 def test_proposal_is_proportional_to_the_expected_loss_and_uniform_without_one():
-    pi = np.array([0.0, 0.1, 0.3, 0.6])
+    pi = np.array([0.0, 0.2, 0.3, 0.6])  # not summing to 1
     assert np.allclose(proposal(pi, 0.0), pi / pi.sum())
     assert np.allclose(proposal(pi, 0.2), 0.8 * pi / pi.sum() + 0.2 / 4)  # the uniform share mixed in
     assert np.allclose(proposal(np.zeros(4), 0.2), 0.25)  # nothing expected anywhere: uniform
