@@ -57,15 +57,21 @@ def test_importance_estimate_is_unbiased_and_narrower_than_random_at_equal_draws
     assert np.mean((acc[:, 2] - acc[:, 1]) / 2) < 0.85 * np.mean(uniform)
 
 
+def _known_loss_setting(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each item's true loss probability ``pi`` (what a calibrated surrogate would say), its loss
+    drawn from it, and an audit's two proposals: uniform, then tilted by a noisy predictor."""
+    pi = rng.beta(0.3, 3.0, size=n)
+    loss = (rng.random(n) < pi).astype(float)
+    return pi, loss, np.full(n, 1 / n), proposal(np.clip(pi * rng.lognormal(0, 0.5, size=n), 0, 1), 0.2)
+
+
 def test_a_surrogates_expected_loss_as_control_variate_keeps_it_unbiased_and_narrows_it():
     # a calibrated surrogate (what Platt scaling on the audit labels aims at): ``pi`` itself, while
     # the proposal comes from a noisy one
     rng = np.random.default_rng(2)
     N = 4000
-    pi = rng.beta(0.3, 3.0, size=N)
-    loss = (rng.random(N) < pi).astype(float)
+    pi, loss, q1, q2 = _known_loss_setting(rng, N)  # as an audit runs
     truth = 1 - loss.mean()
-    q1, q2 = np.full(N, 1 / N), proposal(np.clip(pi * rng.lognormal(0, 0.5, size=N), 0, 1), 0.2)  # as an audit runs
     plain, controlled = [], []
     for _ in range(3000):
         items = np.r_[rng.choice(N, 50, p=q1), rng.choice(N, 50, p=q2)]
@@ -160,10 +166,8 @@ def test_an_inclusion_estimate_needs_a_labeled_item_and_one_is_enough():
 def test_inclusion_estimate_with_a_calibrated_surrogate_as_control_variate_is_unbiased_and_narrower():
     rng = np.random.default_rng(7)
     N = 1000
-    pi = rng.beta(0.3, 3.0, size=N)
-    loss = (rng.random(N) < pi).astype(float)
+    pi, loss, q1, q2 = _known_loss_setting(rng, N)
     truth = 1 - loss.mean()
-    q1, q2 = np.full(N, 1 / N), proposal(np.clip(pi * rng.lognormal(0, 0.5, size=N), 0, 1), 0.2)
     plain, controlled = [], []
     for _ in range(3000):
         distinct = np.unique(np.r_[rng.choice(N, 50, p=q1), rng.choice(N, 100, p=q2)])
