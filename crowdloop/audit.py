@@ -118,21 +118,34 @@ def importance_estimate(loss: np.ndarray, items: np.ndarray, proposals: list[tup
     n_reserve = len(proposals[0][0])
     mixture = sum(k * np.asarray(q, dtype=float) for q, k in proposals) / sum(k for _, k in proposals)
     drawn = np.asarray(items, dtype=np.int64)
-    if expected_loss is None:
-        base, residual = 0.0, loss
-    else:
-        expected = np.clip(np.asarray(expected_loss, dtype=float), 0.0, 1.0)
-        base, residual = float(expected.mean()), loss - expected[drawn]
+    base, residual = _against_expected(loss, drawn, expected_loss)
     z = residual / (n_reserve * mixture[drawn])
     error = min(max(base + float(z.mean()), 0.0), 1.0)
     var = (float(z.var(ddof=1)) / m if m > 1 else np.inf) + error * (1 - error) / n_reserve
-    # A Wilson interval at the effective sample size ``e(1-e)/var``: the weighted mean is skewed
-    # like a proportion (few errors drawn -> too high), which a symmetric normal interval misses.
-    n_eff = error * (1 - error) / var if var > 0 and 0 < error < 1 else float(m)
-    if int(np.count_nonzero(loss)) < MIN_ERRORS:  # too few errors to trust their spread:
-        n_eff = min(n_eff, float(m))  # no narrower than a uniform sample of m draws
-    low, high = wilson(error, n_eff)
+    low, high = _error_interval(error, var, loss, sample_size=m)
     return Estimate(1.0 - error, 1.0 - high, 1.0 - low, n_labels, m)
+
+
+def _against_expected(loss: np.ndarray, items: np.ndarray,
+                      expected_loss: np.ndarray | None) -> tuple[float, np.ndarray]:
+    """``(base, residual)`` an estimator sums: ``(0, loss)``, or with a surrogate's expected loss
+    on every reserve item (a control variate) its reserve mean and what the labels add to it."""
+    if expected_loss is None:
+        return 0.0, loss
+    expected = np.clip(np.asarray(expected_loss, dtype=float), 0.0, 1.0)
+    return float(expected.mean()), loss - expected[items]
+
+
+def _error_interval(error: float, var: float, loss: np.ndarray, *, sample_size: int) -> tuple[float, float]:
+    """The 95 % interval of an estimated error rate: Wilson's at the effective sample size
+    ``e(1-e)/var`` (the weighted estimate is skewed like a proportion: few errors found -> too
+    low, which a symmetric normal interval misses). While fewer than ``MIN_ERRORS`` losses are
+    errors their spread is not trusted, and the interval is no narrower than a uniform sample of
+    ``sample_size`` (the draws, or the distinct items, the estimate rests on)."""
+    n_eff = error * (1 - error) / var if var > 0 and 0 < error < 1 else float(sample_size)
+    if int(np.count_nonzero(loss)) < MIN_ERRORS:
+        n_eff = min(n_eff, float(sample_size))
+    return wilson(error, n_eff)
 
 
 def inclusion_probabilities(proposals: list[tuple[np.ndarray, int]]) -> np.ndarray:
@@ -167,17 +180,10 @@ def inclusion_estimate(loss: np.ndarray, items: np.ndarray, proposals: list[tupl
         return None
     n_reserve = len(proposals[0][0])
     inclusion = inclusion_probabilities(proposals)[items]
-    if expected_loss is None:
-        base, residual = 0.0, loss
-    else:
-        expected = np.clip(np.asarray(expected_loss, dtype=float), 0.0, 1.0)
-        base, residual = float(expected.mean()), loss - expected[items]
+    base, residual = _against_expected(loss, items, expected_loss)
     error = min(max(base + float((residual / inclusion).sum()) / n_reserve, 0.0), 1.0)
     var = float(((1 - inclusion) * residual**2 / inclusion**2).sum()) / n_reserve**2 + error * (1 - error) / n_reserve
-    n_eff = error * (1 - error) / var if var > 0 and 0 < error < 1 else float(len(loss))
-    if int(np.count_nonzero(loss)) < MIN_ERRORS:  # too few errors to trust their spread
-        n_eff = min(n_eff, float(len(loss)))
-    low, high = wilson(error, n_eff)
+    low, high = _error_interval(error, var, loss, sample_size=len(loss))
     return Estimate(1.0 - error, 1.0 - high, 1.0 - low, len(loss), sum(k for _, k in proposals))
 
 

@@ -214,17 +214,18 @@ def estimate(p: Project, r: int, model: Any) -> Estimate | None:
     drawn = [item for rec in records for item in rec["draws"] if item in right]
     if not drawn:
         return None
-    proposals = [(np.asarray(rec["proposal"]), sum(1 for d in rec["draws"] if d in right)) for rec in records]
+    proposals = [(np.asarray(rec["proposal"]), k) for rec in records
+                 if (k := sum(1 for d in rec["draws"] if d in right))]
     # ``evaluation.control_variate``: the surrogate's calibrated loss probability on every reserve
     # item as a control variate (narrower, but it held the truth less often on the synthetic set)
     expected = loss_probability(p, r, model, reserve) if ev.control_variate else None
+    # ``evaluation.estimator``: each distinct labeled item once (inclusion), or each draw (draws)
+    counted = list(dict.fromkeys(drawn)) if ev.estimator == "inclusion" else drawn
+    loss = np.array([1.0 - right[item] for item in counted])
+    at = np.array([position[item] for item in counted])
     if ev.estimator == "inclusion":
-        distinct = list(dict.fromkeys(drawn))
-        return inclusion_estimate(np.array([1.0 - right[item] for item in distinct]),
-                                  np.array([position[i] for i in distinct]), [(q, k) for q, k in proposals if k],
-                                  expected_loss=expected)
-    return importance_estimate(np.array([1.0 - right[item] for item in drawn]), np.array([position[i] for i in drawn]),
-                               [(q, k) for q, k in proposals if k], n_labels=len(set(drawn)), expected_loss=expected)
+        return inclusion_estimate(loss, at, proposals, expected_loss=expected)
+    return importance_estimate(loss, at, proposals, n_labels=len(set(drawn)), expected_loss=expected)
 
 
 def audit_spend(p: Project, before_round: int) -> tuple[int, float]:
