@@ -10,7 +10,8 @@ with a uniform share), ``draw`` and ``importance_estimate``, rounds of ``--per-r
 until the interval's half-width reaches ``--target`` (or the reserve is all labeled). The
 random audit needs ``z² e(1−e)/target²`` labels. A second row per shape draws each round until as many
 *new* items are expected as a fixed round would draw (repeated draws of labeled items are free);
-each shape also runs with ``estimator: inclusion`` (Horvitz–Thompson over the distinct items).
+each shape also runs with ``estimator: inclusion`` (Horvitz–Thompson over the distinct items),
+once per ``--tilts`` (the proposal ``q ∝ π^t``; the library's default with inclusion is 2).
 
     python benchmarks/audit_proposal_sim.py --runs 200
 
@@ -40,11 +41,12 @@ def draws_for_new_items(q: np.ndarray, unlabeled: np.ndarray, wanted: int) -> in
 
 
 def one_audit(rng: np.random.Generator, *, n: int, error: float, shape: float, per_round: int, target: float,
-              uniform_share: float, more_draws: bool, estimator: str) -> tuple[int, int, float]:
-    """(labels, draws, estimate − true reserve accuracy) when the interval first reaches ``target``."""
+              uniform_share: float, more_draws: bool, estimator: str, tilt: float = 1.0) -> tuple[int, int, float, bool]:
+    """(labels, draws, estimate − true reserve accuracy, whether the interval holds the reserve's
+    accuracy) when the interval first reaches ``target``."""
     pi = rng.beta(shape, shape * (1 - error) / error, n)
     loss = (rng.random(n) < pi).astype(float)
-    q = proposal(pi, uniform_share)
+    q = proposal(pi, uniform_share, tilt)
     drawn: list[int] = []
     labeled = np.zeros(n, dtype=bool)
     while not labeled.all():
@@ -59,8 +61,9 @@ def one_audit(rng: np.random.Generator, *, n: int, error: float, shape: float, p
         else:
             est = importance_estimate(loss[items], items, [(q, len(items))], n_labels=int(labeled.sum()))
         if est is not None and est.half_width <= target:
-            return int(labeled.sum()), len(items), est.accuracy - (1 - loss.mean())
-    return n, len(drawn), float("nan")
+            truth = 1 - loss.mean()
+            return int(labeled.sum()), len(items), est.accuracy - truth, bool(est.ci_low <= truth <= est.ci_high)
+    return n, len(drawn), float("nan"), True
 
 
 def main() -> None:
@@ -72,24 +75,27 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=20)
     parser.add_argument("--target", type=float, default=0.03)
     parser.add_argument("--uniform-share", type=float, default=0.2)
+    parser.add_argument("--tilts", type=float, nargs="+", default=[1.0, 2.0],
+                        help="proposal tilts for the inclusion rows (q ∝ π^t)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     uniform = int(np.ceil(Z95 * Z95 * args.error * (1 - args.error) / args.target**2))
     print(f"random audit: {uniform} labels to ±{args.target} at accuracy {1 - args.error:.2f}")
-    print("| Beta shape | estimator | drawing | labels: median | draws: median | labels / random audit's | "
-          "estimate − truth: mean |")
-    print("|---:|---|---|---:|---:|---:|---:|")
+    print("| Beta shape | estimator | tilt | drawing | labels: median | draws: median | labels / random audit's | "
+          "estimate − truth: mean | interval holds the reserve's accuracy |")
+    print("|---:|---|---:|---|---:|---:|---:|---:|---:|")
+    ways = [("draws", False, 1.0), ("draws", True, 1.0)] + [("inclusion", False, t) for t in args.tilts]
     for shape in args.shapes:
-        for k, (estimator, more) in enumerate((("draws", False), ("draws", True), ("inclusion", False))):
-            rng = np.random.default_rng([args.seed, int(shape * 1000), k])
+        for k, (estimator, more, tilt) in enumerate(ways):
+            rng = np.random.default_rng([args.seed, int(shape * 1000), k if k < 3 else 2])  # tilts: the same reserves
             runs = [one_audit(rng, n=args.reserve, error=args.error, shape=shape, per_round=args.per_round,
                               target=args.target, uniform_share=args.uniform_share, more_draws=more,
-                              estimator=estimator)
+                              estimator=estimator, tilt=tilt)
                     for _ in range(args.runs)]
-            labels, draws, bias = (np.array(col, dtype=float) for col in zip(*runs, strict=True))
+            labels, draws, bias, held = (np.array(col, dtype=float) for col in zip(*runs, strict=True))
             how = "until as many new items" if more else f"{args.per_round} per round"
-            print(f"| {shape:g} | {estimator} | {how} | {np.median(labels):.0f} | {np.median(draws):.0f} | "
-                  f"{np.median(labels) / uniform:.2f} | {np.nanmean(bias):+.4f} |")
+            print(f"| {shape:g} | {estimator} | {tilt:g} | {how} | {np.median(labels):.0f} | {np.median(draws):.0f} | "
+                  f"{np.median(labels) / uniform:.2f} | {np.nanmean(bias):+.4f} | {held.mean():.3f} |")
 
 
 if __name__ == "__main__":

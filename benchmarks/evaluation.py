@@ -70,7 +70,6 @@ SIZES: dict[str, dict[str, int]] = {
     "synthetic": {"initial": 20, "batch": 20, "audit_batch": 20, "audit_max": 400, "max_rounds": 70},
     "fashion_mnist": {"initial": 40, "batch": 40, "audit_batch": 20, "audit_max": 400, "max_rounds": 45},
 }
-ESTIMATOR: list[str | None] = [None]  # the active audit's estimator (--estimator; None: the library's default)
 CROWD = {"n_workers": 40, "accuracy": [0.85, 0.99], "spammer_fraction": 0.05}
 
 
@@ -87,7 +86,10 @@ def write_blind(setting, root: Path) -> tuple[Path, Path, list[str]]:
 
 
 def config(dataset: str, seed: int, method: str, pool: Path, key: Path, classes: list[str], n_pool: int,
-           stop_rule: dict[str, Any] | None, reserve_share: float = 1 / 3) -> dict[str, Any]:
+           stop_rule: dict[str, Any] | None, reserve_share: float = 1 / 3,
+           active: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The blind loop's config; ``active`` holds evaluation fields for the active audit only
+    (``estimator``, ``tilt``: the command line's, else the library's defaults)."""
     size = SIZES[dataset]
     reserve = min(3 * size["audit_max"], int(n_pool * reserve_share + 1e-9))  # 1e-9: 1/3 of 3k is k
     stopping: dict[str, Any] = {"max_rounds": size["max_rounds"]}
@@ -104,7 +106,7 @@ def config(dataset: str, seed: int, method: str, pool: Path, key: Path, classes:
         # cancer) caps the audit at its reserve
         "evaluation": {"method": method, "reask_below": 0.8, "target_half_width": HALF_WIDTH,
                        "max_items": min(size["audit_max"], reserve), "batch_size": size["audit_batch"], "reserve": reserve,
-                       **({"estimator": ESTIMATOR[0]} if method == "active" and ESTIMATOR[0] else {})},
+                       **((active or {}) if method == "active" else {})},
         "stopping": stopping,
         "collect": {"poll_interval_s": 0.01},
     }
@@ -157,7 +159,8 @@ def ours_stop(kappas: list[float | None], agreement: float | None = None, rounds
 
 
 def run_one(dataset: str, seed: int, method: str, workdir: Path,
-            loop_rule: dict[str, Any] | None = None, reserve_share: float = 1 / 3) -> tuple[dict[str, Any], dict[str, Any]]:
+            loop_rule: dict[str, Any] | None = None, reserve_share: float = 1 / 3,
+            active: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     from sklearn.metrics import cohen_kappa_score
 
     from crowdloop import engine, keys
@@ -174,7 +177,7 @@ def run_one(dataset: str, seed: int, method: str, workdir: Path,
     started = time.perf_counter()
     # 1. the loop as a user runs it: blind, stopping by itself
     blind = parse_config(config(dataset, seed, method, pool, key, classes, len(setting.X_pool),
-                                  stop_rule=loop_rule or RULE, reserve_share=reserve_share))
+                                  stop_rule=loop_rule or RULE, reserve_share=reserve_share, active=active))
     p = engine.run_in_process(Project.prepare(blind, location))
     stop_rows = p.pool.X[p.stop_set_rows]  # the loop's own stop set, for every criterion below
     stop = read_json(p.store, keys.STOP)
@@ -182,7 +185,7 @@ def run_one(dataset: str, seed: int, method: str, workdir: Path,
     stop_round = stop["round"]
     # 2. the benchmark lets it go on (stopping is resumable) to find the oracle on the same curve
     cfg = config(dataset, seed, method, pool, key, classes, len(setting.X_pool), stop_rule=None,
-                 reserve_share=reserve_share)
+                 reserve_share=reserve_share, active=active)
     p = engine.run_in_process(Project.prepare(parse_config(cfg), location))
     full = full_data_accuracy(setting)
     y_test = setting.y_test.astype(str)
@@ -434,6 +437,9 @@ def main() -> None:
     parser.add_argument("--estimator", choices=["inclusion", "draws"], default=None,
                         help="the active audit's estimator (evaluation.estimator; default: the library's, inclusion; "
                              "v3's rows were made with draws); keep the two in separate --out files")
+    parser.add_argument("--tilt", type=float, default=None,
+                        help="the active audit's proposal tilt (evaluation.tilt; default: the library's, 2 with "
+                             "inclusion; v4's rows and earlier were made with 1); keep tilts in separate --out files")
     parser.add_argument("--summarize", nargs="+", type=Path, default=None, metavar="DETAILS",
                         help="print BENCHMARKS.md's tables from these --details files and exit (runs nothing)")
     args = parser.parse_args()
@@ -443,7 +449,7 @@ def main() -> None:
     if not args.out:
         parser.error("--out is required (unless --summarize)")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    ESTIMATOR[0] = args.estimator
+    active = {k: v for k, v in (("estimator", args.estimator), ("tilt", args.tilt)) if v is not None}
     out = Path(args.out)
     details_path = Path(args.details) if args.details else out.with_name(out.stem + "_details.json")
     rows: list[dict[str, Any]] = json.loads(out.read_text()) if out.exists() else []
@@ -457,7 +463,7 @@ def main() -> None:
                 workdir = Path(tempfile.mkdtemp(prefix=f"eval-{dataset}-{seed}-{method}-"))
                 try:
                     row, detail = run_one(dataset, seed, method, workdir, loop_rule=LOOP_RULES[args.loop_rule],
-                                          reserve_share=args.reserve_share)
+                                          reserve_share=args.reserve_share, active=active)
                 finally:
                     shutil.rmtree(workdir, ignore_errors=True)
                 rows.append(row)

@@ -12,10 +12,11 @@ from crowdloop import engine, keys
 from crowdloop.audit import (
     importance_estimate,
     inclusion_estimate,
+    proposal,
 )
 from crowdloop.config import parse_config
 from crowdloop.engine import Project
-from crowdloop.engine.auditing import audit_labels
+from crowdloop.engine.auditing import _loss_probability, audit_labels
 from crowdloop.report import round_table, status
 from tests.conftest import small_config
 from tests.crowd_helpers import blind_config, intents, write_blind_digits
@@ -125,6 +126,24 @@ def test_the_active_estimate_is_the_configured_estimator_over_the_recorded_draws
     assert (m["estimated_accuracy"], m["ci_low"], m["ci_high"]) == pytest.approx(
         (expected.accuracy, expected.ci_low, expected.ci_high), abs=1e-6)
     assert m["n_eval_labels"] == len(set(drawn))
+
+
+@pytest.mark.parametrize(("kind", "tilt"), [("active", 2.0), ("active-draws", 1.0)])
+def test_the_active_audit_draws_from_the_surrogate_loss_tilted_by_the_estimators_default(kind, tilt, blind_digits,
+                                                                                           tmp_path_factory):
+    """Each round's stored proposal is the surrogate's calibrated loss probability to the power
+    ``proposal_tilt`` (2 with inclusion, 1 with draws) with the uniform share mixed in."""
+    p = audited_project(kind, blind_digits, tmp_path_factory)
+    assert p.config.evaluation.tilt is None and p.config.evaluation.proposal_tilt == tilt
+    reserve = list(p.audit_reserve)
+    tilted = [r for r in p.rounds() if p.has(r, keys.AUDIT) and p.record(r, keys.AUDIT)["draws"]
+              and p.record(r, keys.AUDIT)["proposal_from"] != "uniform"]
+    assert tilted
+    for r in tilted:
+        rec = p.record(r, keys.AUDIT)
+        pi = _loss_probability(p, r, p.load_model(r), reserve)  # recomputed, not the run's cached copy
+        assert rec["tilt"] == tilt
+        assert np.allclose(rec["proposal"], proposal(pi, p.config.evaluation.uniform_share, tilt), atol=1e-7)
 
 
 def test_a_redone_audit_step_draws_the_same_items(blind_digits, tmp_path):

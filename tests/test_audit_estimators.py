@@ -257,6 +257,14 @@ def test_proposal_is_proportional_to_the_expected_loss_and_uniform_without_one()
     assert np.allclose(proposal(np.zeros(4), 0.2), 0.25)  # nothing expected anywhere: uniform
 
 
+def test_proposal_tilts_by_the_power_of_the_expected_loss():
+    pi = np.array([0.05, 0.1, 0.4, 0.8])
+    assert np.allclose(proposal(pi, 0.2, tilt=2.0), 0.8 * pi**2 / (pi**2).sum() + 0.2 / 4)
+    assert np.allclose(proposal(pi, 0.2, tilt=0.0), 0.25)  # tilt 0: uniform whatever the loss
+    # a sharper tilt moves draws from the likely-right items to the likeliest error
+    assert proposal(pi, 0.2, tilt=2.0)[3] > proposal(pi, 0.2)[3] and proposal(pi, 0.2, tilt=2.0)[0] < proposal(pi, 0.2)[0]
+
+
 def test_proposal_bounds_every_weight_by_the_uniform_share():
     q = proposal(np.r_[np.zeros(99), 1.0], 0.2)
     assert abs(q.sum() - 1) < 1e-12 and q.min() >= 0.2 / 100 * (1 - 1e-6)

@@ -89,6 +89,7 @@ def test_relative_pool_path_resolves_against_config_file(tmp_path: Path) -> None
         ({"sampler.batch_size": 100000}, ["sampler.batch_size=100000", "larger than the pool"]),
         ({"vendor.params": {"n_workers": 0}}, ["vendor.params.n_workers", "got 0"]),
         ({"vendor.params": {"accuracy": [0.9, 0.2]}}, ["vendor.params", "accuracy"]),
+        ({"evaluation": {"method": "active", "tilt": -1}}, ["evaluation.tilt", "greater than or equal to 0", "got -1"]),
     ],
 )
 def test_cli_run_reports_bad_input_in_one_line_exit_2(tmp_path: Path, override: dict, fragments: list[str]) -> None:

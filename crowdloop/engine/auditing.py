@@ -81,10 +81,10 @@ def audit(p: Project, r: int) -> dict[str, Any]:
         else:
             model = p.load_model(r)
             pi = loss_probability(p, r, model, reserve) if model is not None else np.zeros(len(reserve))
-            q = proposal(pi, ev.uniform_share)
+            q = proposal(pi, ev.uniform_share, ev.proposal_tilt)
             picked = draw(q, n, p.rng(r, STREAM_AUDIT_DRAW))
             draws = [reserve[k] for k in picked]
-            record.update(draws=draws, q=[float(q[k]) for k in picked], proposal=q.tolist(),
+            record.update(draws=draws, q=[float(q[k]) for k in picked], proposal=q.tolist(), tilt=ev.proposal_tilt,
                           proposal_from="uniform" if model is None else f"model of round {r}",
                           item_ids=list(dict.fromkeys(d for d in draws if d not in sent)))
         record["reason"] = ("first audit draws" if half is None
