@@ -89,7 +89,7 @@ def config(dataset: str, seed: int, method: str, pool: Path, key: Path, classes:
            stop_rule: dict[str, Any] | None, reserve_share: float = 1 / 3,
            active: dict[str, Any] | None = None) -> dict[str, Any]:
     """The blind loop's config; ``active`` holds evaluation fields for the active audit only
-    (``estimator``, ``tilt``, ``uniform_share``: the command line's, else the library's defaults)."""
+    (``estimator``, ``tilt``, ``uniform_share``, ``surrogate``: the command line's, else the library's defaults)."""
     size = SIZES[dataset]
     reserve = min(3 * size["audit_max"], int(n_pool * reserve_share + 1e-9))  # 1e-9: 1/3 of 3k is k
     stopping: dict[str, Any] = {"max_rounds": size["max_rounds"]}
@@ -440,6 +440,10 @@ def main() -> None:
     parser.add_argument("--uniform-share", type=float, default=None,
                         help="the active audit's uniform share (evaluation.uniform_share; default: the library's, 0.2); "
                              "keep shares in separate --out files")
+    parser.add_argument("--surrogate", type=json.loads, default=None, metavar="JSON",
+                        help="the active audit's surrogate model (evaluation.surrogate, e.g. '{\"estimator\": "
+                             "\"sklearn.neighbors.KNeighborsClassifier\", \"params\": {\"n_neighbors\": 15}}'; default: "
+                             "the library's); keep surrogates in separate --out files")
     parser.add_argument("--tilt", type=float, default=None,
                         help="the active audit's proposal tilt (evaluation.tilt; default: the library's, 2 with "
                              "inclusion; v4's rows and earlier were made with 1); keep tilts in separate --out files")
@@ -452,8 +456,8 @@ def main() -> None:
     if not args.out:
         parser.error("--out is required (unless --summarize)")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    active = {k: v for k, v in (("estimator", args.estimator), ("tilt", args.tilt), ("uniform_share", args.uniform_share))
-              if v is not None}
+    active = {k: v for k, v in (("estimator", args.estimator), ("tilt", args.tilt), ("uniform_share", args.uniform_share),
+                                ("surrogate", args.surrogate)) if v is not None}
     out = Path(args.out)
     details_path = Path(args.details) if args.details else out.with_name(out.stem + "_details.json")
     rows: list[dict[str, Any]] = json.loads(out.read_text()) if out.exists() else []
