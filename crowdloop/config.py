@@ -29,7 +29,7 @@ class _Strict(BaseModel):
 
 
 class LabelFileConfig(_Strict):
-    """A file of labels the team already has, and how to read it (``crowdloop/seeds.py``)."""
+    """A file of labels the team already has, and how to read it (``crowdloop/label_files.py``)."""
 
     path: str | None = Field(
         None, description="id,label CSV or Parquet; a SageMaker Ground Truth output manifest (.manifest, .jsonl); a "
@@ -65,7 +65,8 @@ class PoolConfig(_Strict):
 
     source: str = Field(
         "sklearn", pattern=PLUGIN_NAME,
-        description="pool plug-in (crowdloop.pools): sklearn, csv, parquet, sharded, images, fashion_mnist or an installed one",
+        description="pool plug-in (crowdloop.pools): sklearn, csv, parquet, sharded, images, fashion_mnist, text_folder, "
+        "fortunes or an installed one",
     )
     name: str | None = Field(None, description="scikit-learn bundled set: digits, iris, wine, breast_cancer")
     path: str | None = Field(
@@ -157,8 +158,11 @@ class FeaturesConfig(_Strict):
 class ModelConfig(_Strict):
     """A scikit-learn classifier by import path; flows always fit a clone of it."""
 
-    estimator: str = "sklearn.linear_model.LogisticRegression"
-    params: dict[str, Any] = Field(default_factory=dict)
+    estimator: str = Field(
+        "sklearn.linear_model.LogisticRegression",
+        description="import path of a scikit-learn-style classifier; only sklearn.* and crowdloop.* are imported, plus "
+        "the module prefixes listed in CROWDLOOP_ESTIMATOR_MODULES")
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the estimator")
     scale: bool = Field(
         True, description="standardize features in a Pipeline before the estimator (dense features only: "
         "tfidf/hashing rows are already unit length and stay sparse)")
@@ -167,8 +171,13 @@ class ModelConfig(_Strict):
 
 
 class SamplerConfig(_Strict):
-    name: str = "margin"
-    params: dict[str, Any] = Field(default_factory=dict)
+    """Which pool items the humans label next (``samplers/``)."""
+
+    name: str = Field(
+        "margin", description="sampler plug-in (crowdloop.samplers): least_confident, margin, entropy, qbc, ranked_batch, "
+        "coreset, badge, bald, batchbald, cluster_margin, kmeans_margin, typiclust, prefiltered, mixed, random, auto, "
+        "best (= kmeans_margin) or an installed one")
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the sampler")
     batch_size: int = Field(20, ge=1, description="items sent to humans per round")
     initial_size: int | None = Field(None, ge=1, description="round-0 batch; default batch_size")
     cold_start: Literal["random", "kmeans", "typiclust"] = Field(
@@ -178,11 +187,17 @@ class SamplerConfig(_Strict):
 
 
 class VendorConfig(_Strict):
-    name: str = "simulated"
+    """Who answers: the vendor plug-in and its parameters (``vendors/``)."""
+
+    name: str = Field(
+        "simulated", description="vendor plug-in (crowdloop.vendors): simulated, local, manifest, mturk, label_studio, "
+        "prolific or an installed one")
     params: dict[str, Any] = Field(default_factory=dict, description="validated by the vendor's own model")
 
 
 class ConsensusConfig(_Strict):
+    """How judgments become labels, how many are asked, and which workers stop getting tasks."""
+
     method: str = Field(
         "auto",
         description="aggregator name: auto (Dawid-Skene shrunk towards one-coin by a learned strength), majority_vote, "
@@ -203,7 +218,7 @@ class ConsensusConfig(_Strict):
     block_below_agreement: float | None = Field(
         None, gt=0, lt=1,
         description="stop sending tasks to workers whose answers on multiply-judged items agree with the aggregated "
-                    "truth less than this (they are still paid); None = never",
+                    "truth less than this (they are still paid); unset: never",
     )
     block_min_judgments: int = Field(10, ge=1, description="multiply-judged answers a worker needs before that check")
     block_rings: bool = Field(
@@ -252,7 +267,7 @@ class GoldConfig(LabelFileConfig):
                     "would answer this badly with at most this chance (one-sided binomial test); 1 = the observed share")
     reject_below: float | None = Field(
         None, ge=0, le=1,
-        description="reject (unpaid) a batch's work of a worker below this gold accuracy who missed gold in it; None = never",
+        description="reject (unpaid) a batch's work of a worker below this gold accuracy who missed gold in it; unset: never",
     )
 
     @property
@@ -263,7 +278,7 @@ class GoldConfig(LabelFileConfig):
 class AutolabelConfig(_Strict):
     """Ground-Truth-style machine labels for items the model is confident about."""
 
-    enabled: bool = False
+    enabled: bool = Field(False, description="machine-label the items whose confidence clears the calibrated threshold")
     target_accuracy: float = Field(0.95, gt=0, le=1, description="machine-label accuracy the threshold is calibrated for")
     min_validation: int = Field(50, ge=2, description="human-labeled items needed before calibrating")
     min_support: int = Field(20, ge=1, description="validation items at or above the threshold, at least")
@@ -290,12 +305,14 @@ class SemiSupervisedConfig(_Strict):
 
 
 class CollectConfig(_Strict):
+    """How the loop waits for human answers."""
+
     mode: Literal["wait", "defer"] = Field(
         "wait",
         description="wait: the loop polls until answers are in; defer: the loop stops after dispatch and a "
         "scheduled collect flow polls and starts the next round (for human waits of hours)",
     )
-    poll_interval_s: float = Field(2.0, gt=0)
+    poll_interval_s: float = Field(2.0, gt=0, description="wait mode: seconds between polls of the vendor")
     timeout_s: float = Field(24 * 3600.0, gt=0, description="after this (from dispatch), aggregate what has arrived")
 
 
@@ -308,6 +325,8 @@ class VendorFee(_Strict):
 
 
 class PayConfig(_Strict):
+    """What workers are paid: rewards from measured task time and a target wage (``crowdloop/pay.py``)."""
+
     hourly_wage: float = Field(12.0, gt=0, description="target wage in currency units per hour")
     pilot_seconds_per_task: float = Field(10.0, gt=0, description="expected seconds per task before measurements")
     fee_rate: float = Field(0.0, ge=0, le=1,
@@ -317,7 +336,7 @@ class PayConfig(_Strict):
         description="fee rule per vendor name, overriding the vendor's own rule (mturk: 20%, +20% at >= 10 assignments "
                     "per task, $0.01 minimum per assignment) and fee_rate")
     approval_deadline_h: float = Field(72.0, gt=0, description="assignments are approved (or rejected) within this many hours")
-    currency: str = "USD"
+    currency: str = Field("USD", description="currency of every amount (wage, budget, fees)")
     top_up_bonus: bool = Field(True, description="bonus when the measured median time exceeds the estimate")
     max_top_up: float = Field(
         1.0, ge=0, le=10,
@@ -327,7 +346,7 @@ class PayConfig(_Strict):
 class EvaluationConfig(_Strict):
     """Accuracy estimated from human labels: an audit sample of the pool, labeled by the same
     vendor with the same consensus, never used for training or selection, its cost reported apart
-    (``crowdloop/audit.py`` holds the estimators, ``engine/audit.py`` the step)."""
+    (``crowdloop/audit.py`` holds the estimators, ``crowdloop/engine/auditing.py`` the step)."""
 
     method: Literal["none", "random", "active"] = Field(
         "none", description="random: a uniform sample grown in batches; active: items drawn towards the model's expected "
@@ -411,6 +430,8 @@ class StabilizingPredictions(_Strict):
 
 
 class StoppingConfig(_Strict):
+    """When the loop stops: the first rule that holds."""
+
     max_rounds: int | None = Field(20, ge=1, description="labeling rounds")
     label_budget: int | None = Field(None, ge=1, description="human-labeled items")
     judgment_budget: int | None = Field(None, ge=1, description="human judgments")
@@ -437,10 +458,14 @@ class ScaleConfig(_Strict):
 
 
 class BaselineConfig(_Strict):
+    """A random-sampling twin of the project, for the learning curve."""
+
     random: bool = Field(False, description="also run random sampling with the same crowd, for the learning curve")
 
 
 class StorageConfig(_Strict):
+    """Where the project's records live."""
+
     url: str | None = Field(None, description="store URL: a directory or s3://bucket/prefix; default projects/<project>")
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); credentials from boto3's chain")
 
@@ -471,7 +496,7 @@ class LoopConfig(_Strict):
     """One active-learning project: pool, model, sampler, vendor, consensus, pay and stopping rules."""
 
     project: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="lowercase name, used in keys and tokens")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="seeds the test split, selection, audit draws and the simulated crowd")
     pool: PoolConfig
     model: ModelConfig = ModelConfig()
     sampler: SamplerConfig = SamplerConfig()

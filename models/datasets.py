@@ -109,7 +109,7 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise PoolError(f"pool.path: cannot read {cfg.source} file {str(path)!r}: {str(exc).splitlines()[0]}") from None
     content_column = cfg.text_column or cfg.image_column
-    seed_column = cfg.seed_labels.column if cfg.seed_labels else None  # labels, never features (crowdloop/seeds.py)
+    seed_column = cfg.seed_labels.column if cfg.seed_labels else None  # labels, never features (crowdloop/label_files.py)
     named = [c for c in [cfg.id_column, cfg.label_column, content_column, seed_column] if c] + list(cfg.feature_columns or [])
     missing = [c for c in named if c not in frame.columns]
     if missing:
