@@ -87,10 +87,11 @@ def write_blind(setting, root: Path) -> tuple[Path, Path, list[str]]:
 
 def config(dataset: str, seed: int, method: str, pool: Path, key: Path, classes: list[str], n_pool: int,
            stop_rule: dict[str, Any] | None, reserve_share: float = 1 / 3,
-           active: dict[str, Any] | None = None) -> dict[str, Any]:
+           active: dict[str, Any] | None = None, audit_max: int | None = None) -> dict[str, Any]:
     """The blind loop's config; ``active`` holds evaluation fields for the active audit only
-    (``estimator``, ``tilt``, ``uniform_share``, ``surrogate``: the command line's, else the library's defaults)."""
-    size = SIZES[dataset]
+    (``estimator``, ``tilt``, ``uniform_share``, ``surrogate``: the command line's, else the library's defaults);
+    ``audit_max`` replaces the set's most audit items (``SIZES``)."""
+    size = {**SIZES[dataset], **({"audit_max": audit_max} if audit_max else {})}
     reserve = min(3 * size["audit_max"], int(n_pool * reserve_share + 1e-9))  # 1e-9: 1/3 of 3k is k
     stopping: dict[str, Any] = {"max_rounds": size["max_rounds"]}
     if stop_rule:
@@ -160,7 +161,7 @@ def ours_stop(kappas: list[float | None], agreement: float | None = None, rounds
 
 def run_one(dataset: str, seed: int, method: str, workdir: Path,
             loop_rule: dict[str, Any] | None = None, reserve_share: float = 1 / 3,
-            active: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+            active: dict[str, Any] | None = None, audit_max: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     from sklearn.metrics import cohen_kappa_score
 
     from crowdloop import engine, keys
@@ -177,7 +178,8 @@ def run_one(dataset: str, seed: int, method: str, workdir: Path,
     started = time.perf_counter()
     # 1. the loop as a user runs it: blind, stopping by itself
     blind = parse_config(config(dataset, seed, method, pool, key, classes, len(setting.X_pool),
-                                  stop_rule=loop_rule or RULE, reserve_share=reserve_share, active=active))
+                                  stop_rule=loop_rule or RULE, reserve_share=reserve_share, active=active,
+                                  audit_max=audit_max))
     p = engine.run_in_process(Project.prepare(blind, location))
     stop_rows = p.pool.X[p.stop_set_rows]  # the loop's own stop set, for every criterion below
     stop = read_json(p.store, keys.STOP)
@@ -185,7 +187,7 @@ def run_one(dataset: str, seed: int, method: str, workdir: Path,
     stop_round = stop["round"]
     # 2. the benchmark lets it go on (stopping is resumable) to find the oracle on the same curve
     cfg = config(dataset, seed, method, pool, key, classes, len(setting.X_pool), stop_rule=None,
-                 reserve_share=reserve_share, active=active)
+                 reserve_share=reserve_share, active=active, audit_max=audit_max)
     p = engine.run_in_process(Project.prepare(parse_config(cfg), location))
     full = full_data_accuracy(setting)
     y_test = setting.y_test.astype(str)
@@ -447,6 +449,10 @@ def main() -> None:
     parser.add_argument("--tilt", type=float, default=None,
                         help="the active audit's proposal tilt (evaluation.tilt; default: the library's, 2 with "
                              "inclusion; v4's rows and earlier were made with 1); keep tilts in separate --out files")
+    parser.add_argument("--audit-max", type=int, default=None,
+                        help="most audit items for every set of the run (evaluation.max_items; the reserve is 3x it, at "
+                             "most --reserve-share of the pool; default: each set's own, SIZES); keep sizes in separate "
+                             "--out files")
     parser.add_argument("--summarize", nargs="+", type=Path, default=None, metavar="DETAILS",
                         help="print BENCHMARKS.md's tables from these --details files and exit (runs nothing)")
     args = parser.parse_args()
@@ -471,7 +477,7 @@ def main() -> None:
                 workdir = Path(tempfile.mkdtemp(prefix=f"eval-{dataset}-{seed}-{method}-"))
                 try:
                     row, detail = run_one(dataset, seed, method, workdir, loop_rule=LOOP_RULES[args.loop_rule],
-                                          reserve_share=args.reserve_share, active=active)
+                                          reserve_share=args.reserve_share, active=active, audit_max=args.audit_max)
                 finally:
                     shutil.rmtree(workdir, ignore_errors=True)
                 rows.append(row)
