@@ -182,3 +182,35 @@ def test_with_ground_truth_the_report_shows_both(tmp_path):
     last = status(p)["rounds"][-1]
     assert last["accuracy"] is not None and last["estimated_accuracy"] is not None
     assert not set(p.audit_reserve) & set(p.test.ids.tolist())  # the audit is drawn from the pool, not the test split
+
+
+@pytest.mark.parametrize("surrogate_features", [None, {"kind": "tfidf"}])
+def test_the_active_audit_runs_on_a_text_pool(tmp_path, surrogate_features):
+    """A text pool's rows are text, not a matrix: the default surrogate (extra trees) is fitted on
+    their dense view (the TF-IDF's SVD), or, when ``evaluation.surrogate.features`` says so, on the
+    sparse features through the text model, seeded inside it (a recomputed proposal is the stored one).
+    Before, round 1 failed after round 0 was paid for, and a wrapped surrogate went unseeded."""
+    from crowdloop.engine.auditing import _surrogate_rows
+    from crowdloop.rows import dense_rows
+    from tests.test_text_e2e import text_config
+
+    surrogate = {"estimator": "sklearn.ensemble.ExtraTreesClassifier", "params": {"n_estimators": 50}, "scale": False,
+                 **({"features": surrogate_features} if surrogate_features else {})}
+    cfg = {**text_config(), "semi_supervised": {"method": "none"}, "baseline": {"random": False},
+           "evaluation": {"method": "active", "max_items": 60, "batch_size": 20, "surrogate": surrogate}}
+    p = engine.run_in_process(Project.prepare(parse_config(cfg), str(tmp_path / "p")))
+    reserve = list(p.audit_reserve)
+    rows = p.pool.X[p.rows_of(reserve)]
+    given = _surrogate_rows(p, rows)
+    if surrogate_features is None:
+        assert np.array_equal(given, dense_rows(rows)) and given.shape[1] == 32  # the pool's dense_dim
+    else:
+        assert given is rows
+    tilted = [r for r in p.rounds() if p.has(r, keys.AUDIT) and p.record(r, keys.AUDIT)["draws"]
+              and p.record(r, keys.AUDIT)["proposal_from"] != "uniform"]
+    assert tilted
+    for r in tilted:
+        pi = _loss_probability(p, r, p.load_model(r), reserve)
+        assert np.allclose(p.record(r, keys.AUDIT)["proposal"], proposal(pi, 0.2, 2.0), atol=1e-7)
+    last = status(p)["rounds"][-1]
+    assert last["ci_low"] <= last["estimated_accuracy"] <= last["ci_high"] and last["n_eval_labels"] > 0

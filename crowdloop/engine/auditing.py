@@ -32,6 +32,7 @@ from crowdloop.config import LoopConfig
 from crowdloop.engine.budget import audit_allowance
 from crowdloop.engine.project import Project, write_once
 from crowdloop.records import AuditLabel
+from crowdloop.rows import dense_rows
 from crowdloop.vendor import EXCLUDES_WORKERS_PER_ITEM
 
 STREAM_AUDIT_DRAW = 0xA0D1
@@ -175,17 +176,31 @@ def _loss_probability(p: Project, r: int, model: Any, reserve: list[str]) -> np.
         from crowdloop.models.sklearn import build_model
 
         surrogate = build_model(p.config.evaluation.surrogate)
-        if "random_state" in surrogate.get_params():
-            surrogate.set_params(random_state=int(p.rng(r, STREAM_SURROGATE).integers(2**31)))
-        surrogate.fit(p.pool.X[p.rows_of([label.item_id for label in labels])],
+        # seeded wherever it sits (a bare estimator, or inside the scaler's pipeline or the text
+        # wrapper), so a redone round draws the same items
+        seeds = [name for name in surrogate.get_params() if name == "random_state" or name.endswith("__random_state")]
+        if seeds:
+            seed = int(p.rng(r, STREAM_SURROGATE).integers(2**31))
+            surrogate.set_params(**dict.fromkeys(seeds, seed))
+        surrogate.fit(_surrogate_rows(p, p.pool.X[p.rows_of([label.item_id for label in labels])]),
                       np.array([label.label for label in labels], dtype=object))
-        proba = surrogate.predict_proba(X)
+        proba = surrogate.predict_proba(_surrogate_rows(p, X))
         column = {str(c): k for k, c in enumerate(surrogate.classes_)}
         raw = np.array([1.0 - (proba[k, column[c]] if c in column else 0.0) for k, c in enumerate(predicted)])
     found = audit_labels(p, r)
     fit = [k for k, item in enumerate(reserve) if item in found]
     observed = np.array([float(predicted[k] != found[reserve[k]].label) for k in fit])
     return calibrated(raw, raw[fit], observed) if fit else raw
+
+
+def _surrogate_rows(p: Project, rows: Any) -> Any:
+    """What the surrogate is fitted on and scores: a text pool's dense view (its TF-IDF's SVD or
+    its embeddings), unless ``evaluation.surrogate.features`` asks for the text features
+    themselves; any other pool's rows as they are. The default surrogate, extra trees, cannot
+    take text rows at all, and trees split poorly on thousands of sparse TF-IDF columns."""
+    if hasattr(rows, "dense") and p.config.evaluation.surrogate.features is None:
+        return dense_rows(rows)
+    return rows
 
 
 def estimate(p: Project, r: int, model: Any) -> Estimate | None:
