@@ -389,7 +389,8 @@ class EvaluationConfig(_Strict):
         default_factory=lambda: ModelConfig(estimator="sklearn.ensemble.ExtraTreesClassifier",
                                             params={"n_estimators": 200}, scale=False),
         description="active: the model whose disagreement with the project's model predicts its errors (trained on the "
-                    "training labels only; it shapes which audit items are drawn, never the estimate's expectation)")
+                    "training labels only; it shapes which audit items are drawn, never the estimate's expectation). On "
+                    "a text pool it is fitted on the pool's dense view, unless its own features asks for the text features")
 
     @property
     def enabled(self) -> bool:
