@@ -16,7 +16,7 @@ import pytest
 from crowdloop import engine, keys
 from crowdloop.config import parse_config
 from crowdloop.engine import Project
-from crowdloop.errors import LabelFileError, PoolError
+from crowdloop.errors import ConfigError, LabelFileError, PoolError
 from crowdloop.report import metrics_csv, status
 from tests.crowd_helpers import blind_config, intents, write_blind_digits
 
@@ -182,3 +182,38 @@ def test_gold_from_a_file_needs_no_ground_truth(blind_digits, tmp_path):
     assert p.record(2, keys.AGGREGATE)["gold"]  # workers were measured on it
     with pytest.raises(PoolError, match=r"has no ground truth, but gold questions \(gold.share\).*gold.path"):
         Project.prepare(parse_config(blind_config(blind_digits, gold={"share": 0.2})), str(tmp_path / "q"))
+
+
+def test_a_gold_file_sharing_items_with_the_seed_labels_is_refused_before_anything_is_written(blind_digits, tmp_path):
+    """A seed item is never asked; a gold item is asked to check workers: one item cannot be both."""
+    truth = blind_digits["truth"]
+    items = sorted(truth)
+    seeds = _write(tmp_path / "seeds.csv", "id,label\n" + "".join(f"{i},{truth[i]}\n" for i in items[:40]))
+    gold = _write(tmp_path / "gold.csv", "id,label\n" + "".join(f"{i},{truth[i]}\n" for i in items[30:50]))
+    cfg = parse_config(blind_config(blind_digits, **{"pool.seed_labels": {"path": str(seeds)}},
+                                    gold={"share": 0.1, "path": str(gold)}))
+    location = tmp_path / "p"
+    with pytest.raises(ConfigError) as err:
+        Project.prepare(cfg, str(location))
+    message = str(err.value)
+    assert "\n" not in message and str(gold) in message and str(seeds) in message, message
+    assert "10 item(s) are also seed labels" in message and repr(items[30]) in message, message
+    assert not location.exists()
+
+
+def test_gold_drawn_from_ground_truth_never_takes_a_seed_labeled_item(tmp_path):
+    """With ground truth, gold is drawn by seed from the pool, but not from the seed-labeled
+    items: they are never sent to anyone, as gold or otherwise."""
+    from tests.conftest import small_config
+
+    probe = Project.prepare(parse_config(small_config()), str(tmp_path / "probe"))
+    ids, y = [str(i) for i in probe.pool.ids], [str(v) for v in probe.pool.y]
+    rows = "".join(f"{i},{lab}\n" for i, lab in list(zip(ids, y, strict=True))[:300])
+    seeds = _write(tmp_path / "seeds.csv", "id,label\n" + rows)
+    cfg = small_config(**{"pool.seed_labels": {"path": str(seeds)}, "stopping.max_rounds": 2},
+                       gold={"share": 0.2, "n_items": 500, "min_answers": 2})
+    p = engine.run_in_process(Project.prepare(parse_config(cfg), str(tmp_path / "p")))
+    seeded = {label.item_id for label in p.seed_labels}
+    assert len(seeded) > 150 and len(p.gold_set) == 500 and not set(p.gold_set) & seeded
+    asked = {t["item_id"] for d in intents(p) for t in d["tasks"]}
+    assert {t["item_id"] for d in intents(p) for t in d["tasks"] if t["is_gold"]} and not asked & seeded

@@ -209,6 +209,14 @@ class Project:
         for key, what in ((keys.SEED_LABELS, "seed"), (keys.GOLD_SET, "gold")):
             if not self.store.exists(key):  # read once; a resumed project keeps what it imported
                 self._read_label_file(what)
+        if gold.path and gold.enabled and self.config.pool.seed_labels is not None:
+            both = sorted({label.item_id for label in self._imported(keys.SEED_LABELS, "seed")}
+                          & {label.item_id for label in self._imported(keys.GOLD_SET, "gold")})
+            if both:
+                seeds = self.config.pool.seed_labels
+                raise ConfigError(f"gold.path: {gold.path}: {len(both)} item(s) are also seed labels in "
+                                  f"pool.seed_labels: {seeds.path or seeds.column} (first: {both[0]!r}); a gold item is "
+                                  "asked of workers to check them and a seed item is never asked: expected no item in both")
         if self.test is None and self.config.stopping.target_accuracy is not None and not self.config.evaluation.enabled:
             raise ConfigError("stopping.target_accuracy: the pool has no ground truth (pool.label_column) to test on; set "
                               "evaluation.method: random or active to estimate accuracy from human labels")
@@ -342,8 +350,12 @@ class Project:
             return {}
         if gold.path:
             return {label.item_id: label.label for label in self._imported(keys.GOLD_SET, "gold")}
+        # never a seed-labeled item: those are never sent to anyone (without seed labels the
+        # candidates are the whole pool, and the draw is the one projects always made)
+        seeded = {label.item_id for label in self.seed_labels}
+        candidates = np.array([i for i, item in enumerate(self.pool.ids.tolist()) if item not in seeded], dtype=np.int64)
         rng = np.random.default_rng([self.config.seed, STREAM_GOLD_SET])
-        picked = np.sort(rng.choice(len(self.pool), size=min(gold.n_items, len(self.pool)), replace=False))
+        picked = np.sort(candidates[rng.choice(len(candidates), size=min(gold.n_items, len(candidates)), replace=False)])
         return {str(self.pool.ids[i]): str(self.pool.y[i]) for i in picked}
 
     # -- labels from files, the audit reserve, the stop set ------------------------------
