@@ -29,7 +29,14 @@ from crowdloop import registry
 from crowdloop.config import LoopConfig, ModelConfig
 from crowdloop.errors import ConfigError, CrowdloopError, PoolError, RegistryError, StoreError
 from crowdloop.media import check_reachable
-from crowdloop.vendor import IMAGES_BY_URL, NEEDS_GROUND_TRUTH, VendorPlan, check_capabilities, check_vendor_params
+from crowdloop.vendor import (
+    EXCLUDES_WORKERS_PER_ITEM,
+    IMAGES_BY_URL,
+    NEEDS_GROUND_TRUTH,
+    VendorPlan,
+    check_capabilities,
+    check_vendor_params,
+)
 
 PROJECT_KEY = "project.json"  # the record that makes a folder a crowdloop project
 # What the loop itself passes to every sampler call; a config cannot set these.
@@ -100,6 +107,7 @@ def _check(config: LoopConfig, source: str | None, location: str | None, pool: A
     n_selectable, n_test = _check_sizes(config, pool)
     classes = tuple(pool.classes)
     aggregator_cls(classes=list(classes))
+    plan = vendor_plan(config, capabilities)  # the audit's re-asks too, now that the vendor's capabilities are known
     check_vendor_params(vendor_cls, config.vendor.params, dataclasses.replace(plan, classes=classes))
     return CheckReport(source=source, pool=pool, n_items=len(pool), n_selectable=n_selectable, n_test=n_test,
                        classes=classes, location=location, store_state=state)
@@ -177,18 +185,43 @@ def _type_name(hint: Any) -> str:
     return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
-def vendor_plan(config: LoopConfig) -> VendorPlan:
-    """What the loop will ask of the vendor: judgments per item and the replica counts per batch."""
+def vendor_plan(config: LoopConfig, capabilities: frozenset[str] = frozenset()) -> VendorPlan:
+    """What the loop will ask of the vendor: judgments per item and the replica counts per batch,
+    the audit's items included. ``capabilities``: the vendor's; an audit re-ask is counted only
+    for a vendor that can keep a task from the workers who answered the item (without it there is none)."""
     c = config.consensus
     common = {"hourly_wage": config.pay.hourly_wage, "currency": config.pay.currency,
               "collect_timeout_s": config.collect.timeout_s}
     if not c.adaptive:
-        return VendorPlan(judgments_per_item=c.redundancy, replicas_per_task=(c.redundancy,), **common)
-    most = "consensus.max_judgments" if c.max_judgments is not None else "consensus.redundancy"
-    # An adaptive batch holds new items (first_judgments each) and re-asks (one more judgment).
-    return VendorPlan(judgments_per_item=c.most_judgments, judgments_field=most,
-                      replicas_per_task=tuple(sorted({c.first_judgments, 1})), replicas_field="consensus.min_judgments",
-                      **common)
+        plan = VendorPlan(judgments_per_item=c.redundancy, replicas_per_task=(c.redundancy,), **common)
+    else:
+        most = "consensus.max_judgments" if c.max_judgments is not None else "consensus.redundancy"
+        # An adaptive batch holds new items (first_judgments each) and re-asks (one more judgment).
+        plan = VendorPlan(judgments_per_item=c.most_judgments, judgments_field=most,
+                          replicas_per_task=tuple(sorted({c.first_judgments, 1})),
+                          replicas_field="consensus.min_judgments", **common)
+    return _with_audit(plan, config, capabilities)
+
+
+def _with_audit(plan: VendorPlan, config: LoopConfig, capabilities: frozenset[str]) -> VendorPlan:
+    """The plan with the audit's asks: ``audit_redundancy`` judgments per audit item (5 by
+    default, more than most projects' consensus asks) and, with ``evaluation.reask_below``, that
+    many less one again from other workers. Without this a crowd too small for the audit passed
+    ``crowdloop check`` and failed at the first dispatch, or at a re-ask rounds later."""
+    ev = config.evaluation
+    if not ev.enabled:
+        return plan
+    from crowdloop.engine.auditing import audit_redundancy
+
+    first = audit_redundancy(config)
+    again = max(first - 1, 1) if ev.reask_below > 0 and EXCLUDES_WORKERS_PER_ITEM in capabilities else 0
+    replicas = tuple(sorted(set(plan.replicas_per_task) | {first} | ({again} if again else set())))
+    if first > max(plan.replicas_per_task, default=0):
+        plan = dataclasses.replace(plan, replicas_field="evaluation.redundancy")
+    if first + again > plan.judgments_per_item:
+        field = "evaluation.redundancy" + (" with its re-ask (evaluation.reask_below)" if again else "")
+        plan = dataclasses.replace(plan, judgments_per_item=first + again, judgments_field=field)
+    return dataclasses.replace(plan, replicas_per_task=replicas)
 
 
 # -- the model --------------------------------------------------------------------------------

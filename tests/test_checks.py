@@ -128,12 +128,32 @@ def test_a_plugin_sampler_without_chunk_size_is_refused_before_round_1(tmp_path)
      ["lacks the capability 'excludes_workers_per_item'", "items_per_hit: 1"]),
     ({"vendor": {"name": "local", "params": {"lease": 5}}}, ["vendor.params.lease: unknown field", "lease_s"]),
     ({"vendor": {"name": "manifest", "params": {"results_prefix": "../x"}}}, ["vendor.params.results_prefix"]),
+    # the audit asks 5 judgments per item by default, and with re-asks 4 more from other workers
+    ({"vendor.params": {"n_workers": 4}, "evaluation": {"method": "random"}},
+     ["evaluation.redundancy=5 is above vendor.params.n_workers=4"]),
+    ({"vendor.params": {"n_workers": 8}, "evaluation": {"method": "active", "reask_below": 0.8}},
+     ["evaluation.redundancy with its re-ask (evaluation.reask_below)=9 is above vendor.params.n_workers=8"]),
+    ({"vendor": {"name": "mturk", "params": {}}, "evaluation": {"method": "random", "redundancy": 10}},
+     ["evaluation.redundancy=10: MTurk charges an extra 20%", "allow_ten_or_more_assignments"]),
+    ({"vendor": {"name": "mturk", "params": {}}, "evaluation": {"method": "random", "reask_below": 0.8, "redundancy": 6}},
+     ["evaluation.redundancy with its re-ask (evaluation.reask_below)=11: MTurk charges an extra 20%"]),
 ])
 def test_vendor_params_and_plan_are_checked_without_contacting_the_vendor(tmp_path, override, fragments) -> None:
     message = refused(tmp_path, small_config(**override), error=CrowdloopError)
     assert "autolabel" not in message  # a section's unknown field lists that section's fields, not the top level
     for fragment in fragments:
         assert fragment in message, message
+
+
+@pytest.mark.parametrize("override", [
+    {"vendor.params": {"n_workers": 5}, "evaluation": {"method": "random"}},
+    {"vendor.params": {"n_workers": 9}, "evaluation": {"method": "active", "reask_below": 0.8}},
+    # MTurk with several items per HIT cannot re-ask an audit item: the re-ask is not counted
+    {"vendor": {"name": "mturk", "params": {"items_per_hit": 4}}, "evaluation": {"method": "random", "reask_below": 0.8,
+                                                                                 "redundancy": 6}},
+])
+def test_a_crowd_just_large_enough_for_the_audit_passes(tmp_path, override) -> None:
+    assert check_config(parse_config(small_config(**override)), location=str(tmp_path / "p")).n_items == 1797
 
 
 def test_the_mturk_check_builds_no_client(tmp_path, monkeypatch) -> None:
