@@ -29,7 +29,7 @@ def plan_gold(gold_items: Sequence[str], answered: Mapping[str, Sequence[str]], 
     """Gold tasks for a batch of ``n_tasks`` other tasks: ``share`` of the whole batch in expectation.
 
     The least-answered gold items go first (random among equals), so gold spreads over the
-    workers and never runs out of workers who have not seen it; each task names the workers
+    workers and wears out as slowly as it can; each task names the workers
     who answered that item already (``exclude_workers``).
     """
     expected = share * n_tasks / (1 - share)

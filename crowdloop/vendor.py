@@ -33,6 +33,11 @@ ledger, the budget planner and the vendor's own accounting use that one function
 (``crowdloop.pay.fee_function``). A vendor that pays a judgment more than the task's reward (Prolific
 prices whole minutes) defines ``price_for(reward, hourly_wage)`` (a staticmethod) for the budget planner.
 
+A vendor whose workers are a known, finite group (the simulated crowd, the local app's
+annotators) says how many in an optional ``workforce`` attribute (``None``: not known, e.g. a
+marketplace). The engine then asks a gold item only of a group that still has enough workers
+who have neither answered it nor been blocked (``crowdloop.engine.quality.gold_plan``).
+
 An optional classmethod lets ``crowdloop check`` (``crowdloop.checks``) find a bad setting
 before anything is sent or paid: ``check_params(params, plan)`` validates ``params`` against the
 vendor's own model and against the ``VendorPlan`` (judgments per item, classes), raising a

@@ -249,6 +249,12 @@ class LocalVendor:
     def annotators(self) -> list[str]:
         return [k.split("/")[-1][: -len(".json")] for k in self.store.list("annotators/")]
 
+    @property
+    def workforce(self) -> int | None:
+        """The annotators registered so far (crowdloop/vendor.py); None before the first, when
+        the team is still being added and nothing should be planned around its size."""
+        return len(self.annotators()) or None
+
     def authenticate(self, token: str | None) -> str | None:
         """The annotator holding ``token``, or None (constant-time comparison of hashes)."""
         if not token or len(token) > 200:

@@ -113,6 +113,7 @@ class SimulatedCrowd:
         p = self.params
         rng = np.random.default_rng([context.seed, _stable_int("population")])
         self.worker_ids = [f"sim-w{i:03d}" for i in range(p.n_workers)]
+        self.workforce = p.n_workers  # every worker who can ever answer (crowdloop/vendor.py)
         self.worker_accuracy = rng.uniform(p.accuracy[0], p.accuracy[1], size=p.n_workers)
         n_spam = round(p.spammer_fraction * p.n_workers)
         self.is_spammer = np.zeros(p.n_workers, dtype=bool)

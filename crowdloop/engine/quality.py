@@ -73,15 +73,26 @@ def block_decisions(p: Project, r: int) -> dict[str, str]:
 
 
 def gold_plan(p: Project, r: int, n_tasks: int) -> list[dict[str, Any]]:
-    """Round ``r``'s gold tasks for a batch of ``n_tasks`` other tasks."""
+    """Round ``r``'s gold tasks for a batch of ``n_tasks`` other tasks.
+
+    A gold item goes only to workers who have not answered it, so it wears out: with a vendor of
+    known ``workforce`` (a small in-house team, the simulated crowd), an item left with fewer such
+    workers, blocked ones aside, than a task's judgments is not asked again (before, its task
+    could never be answered: the local app's round waited for ``collect.timeout_s``, the simulated
+    crowd failed the dispatch). With every item worn out the batch goes without gold.
+    """
     rng = p.rng(r, STREAM_GOLD)
     items = sorted(p.gold_set)
     anns = [a for a in p.annotations() if a.round < r and a.item_id in p.gold_set]
     answered = answered_by(annotation_table(anns), items) if anns else {}
+    first = p.config.consensus.first_judgments
     limit = getattr(p.vendor, "max_judgments_per_item", None)  # MTurk: a HIT is never extended to 10 assignments
     if limit is not None:
-        first = p.config.consensus.first_judgments
         items = [i for i in items if len(answered.get(i, ())) + first <= limit]
+    workforce = getattr(p.vendor, "workforce", None)
+    if workforce is not None:
+        blocked = set(block_decisions(p, r))
+        items = [i for i in items if workforce - len(set(answered.get(i, ())) | blocked) >= first]
     return plan_gold(items, answered, n_tasks=n_tasks, share=p.config.gold.share, rng=rng)
 
 

@@ -232,3 +232,25 @@ def test_gold_evidence_rule_is_a_one_sided_binomial_test():
     for n in range(1, 30):
         for k in range(n + 1):
             assert bool(evidently_below(k, n, 0.4)) == (binom.cdf(k, n, 0.4) < GOLD_EVIDENCE_LEVEL)
+
+
+def test_a_small_team_wears_gold_out_and_the_batch_goes_on_without_it(tmp_path):
+    """Each gold item goes only to workers who have not answered it. With 4 workers, 3 judgments a
+    task and 3 gold items, an item can be asked once before too few fresh workers are left: the
+    loop asks each while it can, then sends batches without gold (before, round 1 failed its
+    dispatch: "replicas=3 ... exceeds the 0 workers left")."""
+    cfg = small_config(**{"gold.share": 0.3, "gold.n_items": 3, "gold.min_answers": 2, "gold.min_accuracy": 0.1,
+                          "vendor.params": {"n_workers": 4, "accuracy": [0.85, 0.95], "spammer_fraction": 0.0},
+                          "stopping.max_rounds": 4})
+    p = run_engine(cfg, str(tmp_path / "p"))
+    assert p.vendor.workforce == 4 and p.rounds()[-1] == 4
+    gold_tasks = [(r, t) for r, intent in enumerate(intents(p)) for t in intent["tasks"] if t["is_gold"]]
+    assert {t["item_id"] for _, t in gold_tasks} == set(p.gold_set)  # every item asked while it could be
+    assert all(4 - len(t["exclude_workers"]) >= t["replicas"] for _, t in gold_tasks)
+    assert not [t for r, t in gold_tasks if r >= 2]  # worn out: later batches carry none
+    answered: dict[str, set[str]] = {}
+    for a in p.annotations():
+        if a.item_id in p.gold_set:
+            answered.setdefault(a.item_id, set()).add(a.worker_id)
+    assert all(len(workers) == 3 for workers in answered.values())  # each asked once, 3 judgments
+

@@ -94,7 +94,7 @@ def gold_rounds(tmp_path_factory) -> Project:
     cfg = small_config(**{"gold.share": 0.3, "gold.n_items": 6, "gold.reject_below": 0.99, "gold.min_answers": 1,
                           "gold.min_accuracy": 0.0, "stopping.max_rounds": 2, "sampler.initial_size": 20,
                           "sampler.batch_size": 20, "consensus.redundancy": 3,
-                          "vendor.params": {"n_workers": 8, "accuracy": [0.5, 0.7], "spammer_fraction": 0.0}})
+                          "vendor.params": {"n_workers": 12, "accuracy": [0.5, 0.7], "spammer_fraction": 0.0}})
     return run_engine(cfg, str(tmp_path_factory.mktemp("gold") / "p"))
 
 
@@ -124,6 +124,29 @@ def test_gold_is_not_planned_where_the_vendor_s_limit_per_item_would_be_passed(g
     assert planned == allowed  # the most-answered item fits exactly (limit reached, not passed)
     p.vendor.max_judgments_per_item = most + 2
     assert {t["item_id"] for t in gold_plan(p, 2, 200)} == {i for i, w in answered.items() if len(w) + 3 <= most + 2}
+
+
+def test_gold_is_planned_only_while_enough_fresh_unblocked_workers_are_left(gold_rounds, monkeypatch):
+    """A vendor of known ``workforce`` (the simulated crowd, the local app's annotators): an item
+    is planned only if the workers who have neither answered it nor been blocked can give a task's 3 judgments."""
+    from crowdloop.engine import quality
+
+    p = Project(gold_rounds.store, gold_rounds.config)
+    answered = answered_by(annotation_table([a for a in p.annotations() if a.round < 2 and a.item_id in p.gold_set]),
+                           sorted(p.gold_set))
+    most = max(len(w) for w in answered.values())
+    p.vendor.workforce = most + 3
+    assert {t["item_id"] for t in gold_plan(p, 2, 200)} == set(answered)  # the most-answered item has 3 left: enough
+    p.vendor.workforce = most + 2
+    assert {t["item_id"] for t in gold_plan(p, 2, 200)} == {i for i, w in answered.items() if len(w) < most}
+    p.vendor.workforce = most + 3
+    outsider = "nobody-answered-gold"  # blocked, and never answered a gold item: one fresh worker fewer for each
+    monkeypatch.setattr(quality, "block_decisions", lambda project, r: {outsider: "blocked"})
+    assert {t["item_id"] for t in gold_plan(p, 2, 200)} == {i for i, w in answered.items() if len(w) < most}
+    insider = answered[max(answered, key=lambda i: len(answered[i]))][0]  # blocked, but answered the fullest item
+    monkeypatch.setattr(quality, "block_decisions", lambda project, r: {insider: "blocked"})
+    assert {t["item_id"] for t in gold_plan(p, 2, 200)} >= {i for i, w in answered.items() if len(w) == most
+                                                              and insider in w}
 
 
 def test_rejections_count_the_current_batch_s_gold_answers(gold_rounds):

@@ -396,3 +396,13 @@ def test_the_app_shows_nothing_new_once_the_batch_deadline_passed(tmp_path):
     page = clients["bob"].get("/").text
     assert "0 answered · 0 of 2 items waiting" in page and 'name="label"' not in page  # nothing new for bob
     assert 'name="label"' in clients["alice"].get("/").text  # alice may still answer the item she holds
+
+
+def test_the_workforce_is_the_annotators_once_there_are_any(tmp_path):
+    """Gold planning counts on it (crowdloop.engine.quality.gold_plan): an item is asked only while
+    enough annotators have not answered it."""
+    v = desk(tmp_path)
+    assert v.workforce is None  # nobody added yet: the team's size is not known
+    v.add_annotator("ana")
+    v.add_annotator("ben")
+    assert v.workforce == 2
