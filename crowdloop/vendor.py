@@ -35,8 +35,10 @@ prices whole minutes) defines ``price_for(reward, hourly_wage)`` (a staticmethod
 
 A vendor whose workers are a known, finite group (the simulated crowd, the local app's
 annotators) says how many in an optional ``workforce`` attribute (``None``: not known, e.g. a
-marketplace). The engine then asks a gold item only of a group that still has enough workers
-who have neither answered it nor been blocked (``crowdloop.engine.quality.gold_plan``).
+marketplace). The engine then never asks more than that group can give: a task gets at most as
+many judgments as there are workers who have neither answered its item nor been blocked
+(``crowdloop.engine.dispatching``), and a worn-out gold item is not asked again
+(``crowdloop.engine.quality.gold_plan``).
 
 An optional classmethod lets ``crowdloop check`` (``crowdloop.checks``) find a bad setting
 before anything is sent or paid: ``check_params(params, plan)`` validates ``params`` against the

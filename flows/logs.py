@@ -79,7 +79,9 @@ def step_summary(step: str, r: int, out: dict[str, Any]) -> str:
     if step == "autolabel":
         return head + f"{out.get('n_machine', 0)} machine labels (threshold {out.get('threshold', 'none')})"
     if step == "dispatch":
-        return head + f"batch {out.get('batch_id')} sent ({len(out.get('refs', []))} vendor references)"
+        fitted = (f"; {out['n_fitted_to_workforce']} task(s) with fewer judgments than planned: too few workers who "
+                  "have not answered the item or been blocked" if out.get("n_fitted_to_workforce") else "")
+        return head + f"batch {out.get('batch_id')} sent ({len(out.get('refs', []))} vendor references){fitted}"
     if step == "collect":
         if out.get("pending"):
             return head + f"waiting: {out.get('n_annotations', 0)} of {out.get('expected', 0)} judgments in"

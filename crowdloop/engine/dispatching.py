@@ -47,6 +47,8 @@ def dispatch(p: Project, r: int) -> dict[str, Any]:
     refs = vendor.submit(tasks, batch_id=intent["batch_id"])
     hooks.point("dispatch:after_submit", r)
     sent = {"batch_id": intent["batch_id"], "refs": refs, "dispatched_at": time.time()}
+    if intent.get("fitted_to_workforce"):  # said in the step's log line: the team is too small for the plan
+        sent["n_fitted_to_workforce"] = len(intent["fitted_to_workforce"])
     write_once(p.store, keys.round_key(r, keys.REFS), sent)
     return p.record(r, keys.REFS)
 
@@ -80,8 +82,37 @@ def _intent(p: Project, r: int, selection: dict[str, Any]) -> dict[str, Any]:
     if p.config.consensus.block_rings:  # the evidence behind ring members' block_reasons
         record["blocked_rings"] = rings_found(p, r)
     record["block_reasons"] = block_decisions(p, r)
+    tasks, fitted = _fit_to_workforce(tasks, getattr(p.vendor, "workforce", None), set(record["block_reasons"]))
+    if fitted:
+        record["fitted_to_workforce"] = fitted
     record["tasks"] = [t.model_dump(mode="json") for t in _with_predictions(p, r, tasks)]
     return record
+
+
+def _fit_to_workforce(tasks: list[Task], workforce: int | None, blocked: set[str]) -> tuple[list[Task], list[dict[str, Any]]]:
+    """The tasks as a vendor's known workforce can answer them, and what was cut.
+
+    Each judgment of an item comes from another worker, and blocked workers get none. With a
+    vendor whose workers are a known, finite group (``workforce``: the simulated crowd, the local
+    app's annotators) a task gets at most as many replicas as there are workers who have neither
+    answered the item (its ``exclude_workers``) nor been blocked, and a task with none left is not
+    sent. Without this, a small team that blocked a member left every later item a judgment short:
+    the simulated crowd failed the dispatch, the local app's round waited for ``collect.timeout_s``.
+    A vendor of unknown workforce (a marketplace) gets every task as planned.
+    """
+    if workforce is None:
+        return tasks, []
+    kept: list[Task] = []
+    fitted: list[dict[str, Any]] = []
+    for task in tasks:
+        fresh = workforce - len(set(task.exclude_workers) | blocked)
+        if fresh >= task.replicas:
+            kept.append(task)
+            continue
+        fitted.append({"item_id": task.item_id, "replicas": task.replicas, "sent": max(fresh, 0)})
+        if fresh > 0:
+            kept.append(task.model_copy(update={"replicas": fresh}))
+    return kept, fitted
 
 
 def _block_reasons(p: Project, intent: dict[str, Any]) -> dict[str, str]:
