@@ -22,20 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from evaluation import ours_stop  # the loop's rule, recomputed (this folder is on sys.path when run as a script)
 
 Rounds = list[dict[str, Any]]
 Rule = Callable[[Rounds], "int | None"]
 
 
 def kappa_rule(agreement: float, rounds: int) -> Rule:
-    """The loop's own rule: kappa >= agreement for ``rounds`` consecutive rounds."""
-    def rule(curve: Rounds) -> int | None:
-        for t in range(rounds, len(curve)):
-            window = [x["kappa"] for x in curve[t - rounds + 1: t + 1]]
-            if all(k is not None and k >= agreement for k in window):
-                return t
-        return None
-    return rule
+    """The loop's own rule, as ``benchmarks/evaluation.py`` recomputes it: kappa >= agreement for
+    ``rounds`` consecutive rounds."""
+    return lambda curve: ours_stop([x["kappa"] for x in curve], agreement, rounds)
 
 
 def gain_rule(window: int, delta: float, min_kappa: float) -> Rule:
