@@ -19,7 +19,7 @@ from crowdloop.engine import hooks
 from crowdloop.engine.auditing import audit_redundancy
 from crowdloop.engine.budget import expected_task_seconds
 from crowdloop.engine.project import STREAM_MIX, Project, write_once
-from crowdloop.engine.quality import block_decisions, blocked_workers, rings_found
+from crowdloop.engine.quality import block_decisions, blocked_workers, rings_found, workers_left
 from crowdloop.errors import ConfigError
 from crowdloop.pay import reward_for
 from crowdloop.records import Task
@@ -105,7 +105,7 @@ def _fit_to_workforce(tasks: list[Task], workforce: int | None, blocked: set[str
     kept: list[Task] = []
     fitted: list[dict[str, Any]] = []
     for task in tasks:
-        fresh = workforce - len(set(task.exclude_workers) | blocked)
+        fresh = workers_left(workforce, task.exclude_workers, blocked)
         if fresh >= task.replicas:
             kept.append(task)
             continue

@@ -7,6 +7,7 @@ before it, so their answers never change once round ``r`` has started.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,12 @@ def block_decisions(p: Project, r: int) -> dict[str, str]:
     return out
 
 
+def workers_left(workforce: int, answered: Iterable[str], blocked: set[str]) -> int:
+    """How many of a known workforce can still judge an item: each judgment of an item comes
+    from another worker, and a blocked worker gets no task."""
+    return workforce - len(set(answered) | blocked)
+
+
 def gold_plan(p: Project, r: int, n_tasks: int) -> list[dict[str, Any]]:
     """Round ``r``'s gold tasks for a batch of ``n_tasks`` other tasks.
 
@@ -92,7 +99,7 @@ def gold_plan(p: Project, r: int, n_tasks: int) -> list[dict[str, Any]]:
     workforce = getattr(p.vendor, "workforce", None)
     if workforce is not None:
         blocked = set(block_decisions(p, r))
-        items = [i for i in items if workforce - len(set(answered.get(i, ())) | blocked) >= first]
+        items = [i for i in items if workers_left(workforce, answered.get(i, ()), blocked) >= first]
     return plan_gold(items, answered, n_tasks=n_tasks, share=p.config.gold.share, rng=rng)
 
 
