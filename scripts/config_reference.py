@@ -67,16 +67,20 @@ def type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+def _default(info: FieldInfo) -> Any:
+    """The field's default (its factory's product), or PydanticUndefined for a required field."""
+    if info.is_required():
+        return PydanticUndefined
+    return info.default_factory() if info.default is PydanticUndefined else info.default
+
+
 def default_text(info: FieldInfo, inherited: Any = PydanticUndefined) -> str:
     """The default as it would be written in YAML, or *required*. ``inherited``: the value the
     field has in its section's own default, when that differs from a bare section's
     (``evaluation.surrogate`` defaults to extra trees, not ``model``'s logistic regression)."""
-    if inherited is not PydanticUndefined:
-        value = inherited
-    elif info.is_required():
+    value = inherited if inherited is not PydanticUndefined else _default(info)
+    if value is PydanticUndefined:
         return "*required*"
-    else:
-        value = info.default_factory() if info.default is PydanticUndefined else info.default
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json", exclude_defaults=True)
     return f"`{json.dumps(value)}`"
@@ -110,9 +114,7 @@ def fields(model: type[BaseModel] = LoopConfig, prefix: str = "",
             if typing.get_origin(info.annotation) is dict:
                 yield from fields(section, f"{path}.<name>.")
                 continue
-            own = inherited if inherited is not PydanticUndefined else (
-                None if info.is_required() or info.default is None
-                else (info.default_factory() if info.default is PydanticUndefined else info.default))
+            own = inherited if inherited is not PydanticUndefined else _default(info)
             yield from fields(section, f"{path}.", own if isinstance(own, BaseModel) else None)
 
 
