@@ -38,12 +38,19 @@ fi
 # The version is the one tests/vendors/label_studio_server.py starts.
 ls_version=$(sed -n 's/^LS_VERSION = "\([^"]*\)".*/\1/p' tests/vendors/label_studio_server.py)
 export CROWDLOOP_LS_VENV=${CROWDLOOP_LS_VENV:-$PWD/.ls-venv}
+# Installed against tests/vendors/label_studio_constraints.txt (the versions that last passed: a
+# new release of one of its loosely pinned dependencies once made the server exit at start). The
+# venv records the constraints' checksum; a venv made from other constraints is brought in line.
+ls_constraints=tests/vendors/label_studio_constraints.txt
+ls_stamp=$(sha256sum "$ls_constraints" | cut -d' ' -f1)
 ls_pid=
 if [ "$("$CROWDLOOP_LS_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("label-studio"))' \
-        2>/dev/null)" != "$ls_version" ]; then
+        2>/dev/null)" != "$ls_version" ] \
+   || [ "$(cat "$CROWDLOOP_LS_VENV/.crowdloop-constraints" 2>/dev/null)" != "$ls_stamp" ]; then
   echo "test.sh: installing label-studio==$ls_version into $CROWDLOOP_LS_VENV (log: .ls-install.log)"
-  ( "$PYTHON" -m venv "$CROWDLOOP_LS_VENV" && "$CROWDLOOP_LS_VENV/bin/pip" install -q "label-studio==$ls_version" ) \
-    > .ls-install.log 2>&1 &
+  ( { [ -x "$CROWDLOOP_LS_VENV/bin/pip" ] || "$PYTHON" -m venv "$CROWDLOOP_LS_VENV"; } \
+    && "$CROWDLOOP_LS_VENV/bin/pip" install -q -c "$ls_constraints" "label-studio==$ls_version" \
+    && echo "$ls_stamp" > "$CROWDLOOP_LS_VENV/.crowdloop-constraints" ) > .ls-install.log 2>&1 &
   ls_pid=$!
 fi
 

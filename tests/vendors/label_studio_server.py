@@ -4,7 +4,7 @@ The server's pins conflict with Prefect, so it lives in a separate venv: ``CROWD
 else the checkout's ``.ls-venv`` (what ``bash scripts/test.sh`` creates), else
 ``/work/ls-venv`` (the shared one on the development machine). By hand::
 
-    python3 -m venv .ls-venv && .ls-venv/bin/pip install label-studio==1.23.2
+    python3 -m venv .ls-venv && .ls-venv/bin/pip install -c tests/vendors/label_studio_constraints.txt label-studio==1.23.2
 
 The first start on an empty data directory runs the migrations (minutes); they run once into
 a template directory (kept between sessions, keyed by version) that every test copies.
@@ -42,7 +42,8 @@ USERNAME = "crowdloop-admin@example.com"
 PASSWORD = "crowdloop-test-password"
 TOKEN = "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00"  # 40 characters, test-only
 SETUP_HINT = (f"Label Studio server venv not found at {LS_VENV}; run bash scripts/test.sh (it creates it), "
-              f"or create it with: python3 -m venv {LS_VENV} && {LS_VENV}/bin/pip install label-studio=={LS_VERSION} "
+              f"or create it with: python3 -m venv {LS_VENV} && {LS_VENV}/bin/pip install "
+              f"-c tests/vendors/label_studio_constraints.txt label-studio=={LS_VERSION} "
               "(or set CROWDLOOP_LS_VENV)")
 
 
@@ -85,7 +86,7 @@ def start(data_dir: Path, *, timeout_s: float, env: dict[str, str] | None = None
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"label-studio exited with {process.returncode}; see {log}")
+            raise RuntimeError(f"label-studio exited with {process.returncode}; see {log}, which ends:\n{_tail(log)}")
         try:
             with urllib.request.urlopen(f"{server.url}/health", timeout=2) as resp:
                 if resp.status == 200:
@@ -95,6 +96,11 @@ def start(data_dir: Path, *, timeout_s: float, env: dict[str, str] | None = None
         time.sleep(1.0)
     server.stop()
     raise RuntimeError(f"label-studio did not answer on {server.url} within {timeout_s:.0f}s; see {log}")
+
+
+def _tail(log: Path, lines: int = 15) -> str:
+    """The end of the server's log, so a CI report shows why it stopped (the file is gone by then)."""
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
 def template_dir() -> Path:
