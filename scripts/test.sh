@@ -56,9 +56,10 @@ fi
 
 # -- the project and its test extra -------------------------------------------------------------
 # An existing .venv is reused (also a thin one layered over another venv's site-packages): pip
-# installs only what is missing or too old.
+# installs only what is missing or differs from tests/constraints.txt (the versions that last
+# passed, so a dependency's new release cannot turn the suite red between two commits).
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/pip install -q -e '.[test]'
+.venv/bin/pip install -q -c tests/constraints.txt -e '.[test]'
 
 if [ -n "$ls_pid" ] && ! wait "$ls_pid"; then
   echo "test.sh: the Label Studio venv failed to install (tail of .ls-install.log below); its test will fail" >&2

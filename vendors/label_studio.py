@@ -11,7 +11,12 @@ the key may instead live in the Prefect Secret block the config names
   labeling config generated from the class list and the data type (text, image, tabular).
 * Tasks are imported with the model's prediction and score as pre-annotation when the task
   payload carries one (``payload["prediction"] = {"label": ..., "score": ...}``).
-* Redundancy is the project's overlap: ``maximum_annotations`` = replicas for every task.
+* Redundancy is each task's overlap. The project's ``maximum_annotations`` is chosen once, by
+  the first batch imported into an empty project (its most common replicas); a task asked for
+  another number (an audit item: 5 judgments beside the batch's 3) gets its own overlap right
+  after the import. crowdloop never changes ``maximum_annotations`` of a project that holds
+  tasks: Label Studio then sets the overlap of every task with overlap > 1 to the new value,
+  which would reopen closed tasks and undo re-asks (so do not change it by hand mid-run either).
 * ``poll`` reads submitted annotations only (cancelled/skipped ones are not labels),
   annotator id → worker id, lead time → duration; each annotation is returned once.
 * Import has no idempotency key, so every task carries ``crowdloop_batch``/``crowdloop_item``
@@ -50,6 +55,7 @@ import logging
 import os
 import time
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC
 from typing import Any, ClassVar, Literal
@@ -174,9 +180,10 @@ class LabelStudioVendor:
     def check_params(cls, params: dict, plan: VendorPlan) -> LabelStudioParams:
         """Offline check of ``params`` (nothing is contacted or written).
 
-        A batch imports new items with one redundancy (the project's overlap); re-asks and gold
-        asked again raise the overlap of the item's own earlier task instead of importing it
-        (``_reask``), so adaptive redundancy with any ``consensus.min_judgments`` fits.
+        A batch imports new items with their own redundancy (each task's overlap); re-asks and
+        gold asked again raise the overlap of the item's own earlier task instead of importing it
+        (``_reask``), so adaptive redundancy with any ``consensus.min_judgments`` fits, and an
+        audit's redundancy beside it.
         """
         return parse_params(LabelStudioParams, params, vendor=cls.name)
 
@@ -271,9 +278,18 @@ class LabelStudioVendor:
                 return int(project.id)
         return None
 
-    def _set_overlap(self, pid: int, replicas: int) -> None:
-        self._api("projects.update", self.client.projects.update, pid, maximum_annotations=replicas,
-                  overlap_cohort_percentage=100)
+    def _project_overlap(self, pid: int, fresh: Sequence[Task]) -> int:
+        """The overlap Label Studio gives imported tasks (``maximum_annotations``), chosen here only
+        while the project holds no task: changing it later resets every task's overlap above 1."""
+        project = self._api("projects.get", self.client.projects.get, pid)
+        current = int(project.maximum_annotations or 1)
+        if fresh and not project.task_number:
+            common = Counter(t.replicas for t in fresh).most_common(1)[0][0]
+            if common != current:
+                self._api("projects.update", self.client.projects.update, pid, maximum_annotations=common,
+                          overlap_cohort_percentage=100)
+            return common
+        return current
 
     # -- vendor protocol ------------------------------------------------------------------
     def submit(self, tasks: Sequence[Task], *, batch_id: str) -> list[Ref]:
@@ -296,11 +312,7 @@ class LabelStudioVendor:
                 raise VendorError(f"vendor 'label_studio': item payload kind {first.get('kind')!r}: "
                                   "expected text, image, image_url or tabular")
         pid = self.project_id(data_type if payloads else None)
-        replicas = {t.replicas for t in fresh}
-        if len(replicas) > 1:
-            raise VendorError(f"vendor 'label_studio': one batch needs one redundancy, got {sorted(replicas)}")
-        if replicas:
-            self._set_overlap(pid, replicas.pop())
+        overlap = self._project_overlap(pid, fresh)
         _write_once(self.store, f"batches/{batch_id}.intent.json",
                     {"batch_id": batch_id, "project_id": pid, "item_ids": [t.item_id for t in tasks]})
         reasked = {t.item_id: self._reask(pid, t, earlier[t.item_id], batch_id) for t in reasks}
@@ -315,6 +327,9 @@ class LabelStudioVendor:
         lost = [t.item_id for t in fresh if t.item_id not in present]
         if lost:
             raise VendorError(f"vendor 'label_studio': project {pid} did not keep {len(lost)} imported task(s), e.g. {lost[0]!r}")
+        for t in fresh:  # absolute values, before the batch is recorded: a rerun after a crash sets the same
+            if t.replicas != overlap:
+                self._api("tasks.update", self.client.tasks.update, str(present[t.item_id]), overlap=t.replicas)
         record = {"batch_id": batch_id, "project_id": pid, "round": tasks[0].round,
                   "deadline": (time.time() + self.context.collect_timeout_s
                                if self.context.collect_timeout_s is not None else None),

@@ -73,7 +73,7 @@ class Crowd:
 
 # -- what happened -----------------------------------------------------------------------------
 def report(p: Project, vendor: str, spammer: str, **extra: Any) -> dict[str, Any]:
-    """Per-vendor figures (see the module docstring)."""
+    """Per-vendor figures (see the module docstring); with an audit, ``audit_report``'s too."""
     intents = {r: p.record(r, keys.DISPATCH) for r in p.rounds() if p.has(r, keys.DISPATCH)}
     block_round = min((r for r, d in intents.items() if spammer in d.get("block_reasons", {})), default=None)
     anns = p.annotations()
@@ -100,8 +100,48 @@ def report(p: Project, vendor: str, spammer: str, **extra: Any) -> dict[str, Any
         "reask_tasks": len(excluded), "reask_answers": len(reask_answers),
         "reasks_by_a_repeat_worker": repeats, "same_worker_twice_on_an_item": sum(1 for n in pairs.values() if n > 1),
         "status_cost": state["totals"]["cost"], "paid_to_workers": state["totals"]["paid_to_workers"],
-        "vendor_ledger": ledger, **extra,
+        "vendor_ledger": ledger, **(audit_report(p) if p.config.evaluation.enabled else {}), **extra,
     }
+
+
+AUDIT = {"evaluation": {"method": "random", "max_items": 20, "batch_size": 10, "redundancy": 3, "reask_below": 0.9}}
+"""The accuracy audit on top of the quality controls (issue 15): 20 reserve items drawn in two
+batches, 3 judgments each, and an item whose three votes are not unanimous asked once more, 2
+judgments from workers who have not answered it. The re-ask needs 5 workers besides a blocked
+spammer, so the audit runs use six honest workers."""
+
+
+def audit_report(p: Project) -> dict[str, Any]:
+    """What the audit bought, through the vendor's channel, and what the status JSON says of it."""
+    from crowdloop.engine.auditing import audit_items, audit_labels, audit_redundancy
+
+    after = p.rounds()[-1] + 1
+    sent = audit_items(p, after)
+    truth = {str(i): str(y) for i, y in zip(p.pool.ids.tolist(), p.pool.y.tolist(), strict=True)}
+    reasked = {t["item_id"] for r in p.rounds() if p.has(r, keys.AUDIT) for t in p.record(r, keys.AUDIT)["reask"]}
+    workers: dict[str, list[str]] = {}
+    for a in p.annotations():
+        workers.setdefault(a.item_id, []).append(a.worker_id)
+    trained = {label.item_id for r in p.rounds() for label in p.round_labels(r, keys.LABELS) or []}
+    labels = audit_labels(p, after)
+    last = status(p)["rounds"][-1]
+    k = audit_redundancy(p.config)
+    return {
+        "audit_items": len(sent), "audit_items_labeled": len(labels), "audit_items_trained_on": len(sent & trained),
+        "audit_labels_wrong": sum(1 for i, a in labels.items() if a.label != truth[i]),
+        "audit_reasked": len(reasked),
+        "audit_items_with_other_counts": sum(1 for i in sent if len(workers.get(i, [])) != (2 * k - 1 if i in reasked else k)),
+        "audit_items_with_a_repeat_worker": sum(1 for i in sent if len(set(workers.get(i, []))) != len(workers.get(i, []))),
+        **{f"last_{f}": last[f] for f in ("estimated_accuracy", "ci_low", "ci_high", "n_eval_labels", "audit_judgments",
+                                          "audit_cost")},
+    }
+
+
+def finish(p: Project) -> None:
+    """The round after the last paid one, as ``crowdloop run`` walks it: the model trains on the
+    last answers, the audit counts them, then the stopping rule ends the run (max_rounds)."""
+    if engine.run_round(p, ROUNDS) is None:
+        raise RuntimeError(f"round {ROUNDS} should have stopped the run at stopping.max_rounds={ROUNDS}")
 
 
 # -- MTurk --------------------------------------------------------------------------------------
@@ -127,15 +167,15 @@ def mturk_bill(fake: Any) -> dict[str, float]:
             "total": round(rewards + bonuses + fees, 2)}
 
 
-def run_mturk(root: Path) -> dict[str, Any]:
+def run_mturk(root: Path, extra: dict[str, Any] | None = None, n_honest: int = 3) -> dict[str, Any]:
     """Three rounds on MTurk (the fake behind boto3's real client, installed by the caller)."""
     from crowdloop.vendors import mturk
     from tests.vendors.mturk_fake import FakeMTurk
 
     cfg = quality_config("qmturk", {"name": "mturk", "params": {"max_requests_per_second": 100,
-                                                                      "assignment_duration_s": 30}})
+                                                                      "assignment_duration_s": 30}}, **(extra or {}))
     p = Project.prepare(parse_config(cfg), str(root / "mturk"))
-    crowd = Crowd(p, ["AHONEST1", "AHONEST2", "AHONEST3"], "ASPAMMER")
+    crowd = Crowd(p, [f"AHONEST{k}" for k in range(1, n_honest + 1)], "ASPAMMER")
     fake = FakeMTurk(crowd=crowd.workers, duration_s=SECONDS)
     fake.answer = crowd.answer
     saved = mturk._session_factory
@@ -159,7 +199,7 @@ def run_mturk(root: Path) -> dict[str, Any]:
 
 
 # -- the local annotation app --------------------------------------------------------------------
-def run_local(root: Path) -> dict[str, Any]:
+def run_local(root: Path, extra: dict[str, Any] | None = None, n_honest: int = 3) -> dict[str, Any]:
     """Three rounds on the local app over real HTTP, one thread per annotator."""
     import httpx
 
@@ -167,9 +207,9 @@ def run_local(root: Path) -> dict[str, Any]:
     from crowdloop.vendors.local_app import create_app, csrf_for
     from tests.vendors.app_server import running
 
-    cfg = quality_config("qlocal", {"name": "local", "params": {"undo_window_s": 0, "lease_s": 60}})
+    cfg = quality_config("qlocal", {"name": "local", "params": {"undo_window_s": 0, "lease_s": 60}}, **(extra or {}))
     p = Project.prepare(parse_config(cfg), str(root / "local"))
-    crowd = Crowd(p, ["honest1", "honest2", "honest3"], "spammer")
+    crowd = Crowd(p, [f"honest{k}" for k in range(1, n_honest + 1)], "spammer")
     tokens = {w: p.vendor.add_annotator(w) for w in crowd.workers}
     # the app's own vendor object, as `crowdloop annotate` has in its own process
     desk = LocalVendor(dict(cfg["vendor"]["params"]), p.vendor.context)
@@ -216,11 +256,11 @@ def run_local(root: Path) -> dict[str, Any]:
 T0 = datetime(2026, 5, 1, 10, 0, tzinfo=UTC)
 
 
-def run_manifest(root: Path) -> dict[str, Any]:
+def run_manifest(root: Path, extra: dict[str, Any] | None = None, n_honest: int = 3) -> dict[str, Any]:
     """Three rounds through the drop-box; the spammer answers every line once blocked (rejected)."""
-    cfg = quality_config("qmanifest", {"name": "manifest", "params": {}})
+    cfg = quality_config("qmanifest", {"name": "manifest", "params": {}}, **(extra or {}))
     p = Project.prepare(parse_config(cfg), str(root / "manifest"))
-    crowd = Crowd(p, ["honest-1", "honest-2", "honest-3"], "spammer-9")
+    crowd = Crowd(p, [f"honest-{k}" for k in range(1, n_honest + 1)], "spammer-9")
     turn = 0
     for r in range(ROUNDS):
         engine.run_round(p, r, until="dispatch")
@@ -242,6 +282,7 @@ def run_manifest(root: Path) -> dict[str, Any]:
             for n, (t, w) in enumerate(lines))
         p.vendor.exchange.write_bytes(f"results/{batch}.jsonl", body, create_only=True)
         assert engine.run_round(p, r) is None or r == ROUNDS - 1
+    finish(p)
     rejects = [json.loads(x) for k in p.vendor.exchange.list("rejects/") for x in p.vendor.exchange.read_bytes(k).splitlines()]
     spam_rejects = [x for x in rejects if f"worker {crowd.spammer!r} was blocked" in x["reason"]]
     return report(p, "manifest", crowd.spammer, spammer_lines_rejected=len(spam_rejects),
@@ -262,16 +303,19 @@ def sign_up(base: str, email: str, password: str) -> tuple[int, str]:
     return int(who["id"]), token
 
 
-def run_label_studio(root: Path, url: str, admin_token: str) -> dict[str, Any]:
+def run_label_studio(root: Path, url: str, admin_token: str, extra: dict[str, Any] | None = None,
+                     n_honest: int = 3) -> dict[str, Any]:
     """Three rounds on a real Label Studio server; annotators work from the labeling stream."""
     import os
 
     import httpx
 
     os.environ["LABEL_STUDIO_URL"], os.environ["LABEL_STUDIO_API_KEY"] = url, admin_token
-    cfg = quality_config("qls", {"name": "label_studio", "params": {"block_removes_membership": True}})
+    cfg = quality_config("qls", {"name": "label_studio", "params": {"block_removes_membership": True}}, **(extra or {}))
     p = Project.prepare(parse_config(cfg), str(root / "label_studio"))
-    users = {f"ann{k}@example.com": sign_up(url, f"ann{k}@example.com", f"Annotator-{k}-pass!") for k in range(4)}
+    tag = re.sub(r"[^a-z0-9]", "", root.name.lower())[-12:]  # one sign-up per e-mail on a shared server
+    users = {f"ann{k}-{tag}@example.com": sign_up(url, f"ann{k}-{tag}@example.com", f"Annotator-{k}-pass!")
+             for k in range(n_honest + 1)}
     ids = {f"ls-user-{uid}": token for uid, token in users.values()}
     workers = list(ids)
     crowd = Crowd(p, workers[1:], workers[0])
@@ -297,6 +341,7 @@ def run_label_studio(root: Path, url: str, admin_token: str) -> dict[str, Any]:
                                   json={"result": result, "lead_time": SECONDS})
                 done.raise_for_status()
         engine.run_round(p, r)
+    finish(p)
     return report(p, "label_studio", crowd.spammer, spammer_refused_by_the_stream_in_rounds=sorted(set(refused)))
 
 

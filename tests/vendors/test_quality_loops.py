@@ -63,3 +63,32 @@ def test_label_studio_real_server(tmp_path: Path, label_studio: lss.Server, monk
     out = q.run_label_studio(tmp_path, label_studio.url, label_studio.token)
     assert_quality_controls_held(out)
     assert out["spammer_refused_by_the_stream_in_rounds"] == list(range(out["blocked_before_round"], q.ROUNDS))
+
+
+@pytest.mark.parametrize("vendor", ["mturk", "local", "manifest", pytest.param("label_studio", marks=pytest.mark.slow)])
+def test_the_audit_with_reasks_through_each_vendor(vendor: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   request: pytest.FixtureRequest) -> None:
+    """Issue 15's audit bought through each vendor's own channel beside the quality controls: every
+    audit item gets its 3 judgments from 3 different workers, a split one 2 more from others, it
+    never trains the model, the status JSON reports its estimate and cost, and the money still
+    equals the vendor's accounting."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    if vendor == "label_studio":
+        server: lss.Server = request.getfixturevalue("label_studio")  # the session's real server
+        monkeypatch.setenv("LABEL_STUDIO_URL", server.url)
+        monkeypatch.setenv("LABEL_STUDIO_API_KEY", server.token)
+        out = q.run_label_studio(tmp_path, server.url, server.token, q.AUDIT, n_honest=6)
+    else:
+        out = q.RUNNERS[vendor](tmp_path, q.AUDIT, n_honest=6)
+    assert out["rounds"] == q.ROUNDS and out["audit_items"] == out["audit_items_labeled"] == 20
+    assert out["audit_items_trained_on"] == 0 and out["audit_items_with_a_repeat_worker"] == 0
+    assert out["audit_items_with_other_counts"] == 0  # 3 judgments, 5 after a re-ask: nothing lost, nothing extra
+    assert out["audit_reasked"] > 0  # the spammer's vote splits items before (or without) the block
+    assert out["audit_labels_wrong"] == 0  # a honest majority on each, the re-ask settles the split ones
+    assert out["last_n_eval_labels"] == 20 and out["last_audit_judgments"] == 3 * 20 + 2 * out["audit_reasked"]
+    assert out["last_ci_low"] <= out["last_estimated_accuracy"] <= out["last_ci_high"]
+    assert 0 < out["last_audit_cost"] < out["status_cost"]
+    assert out["reasks_by_a_repeat_worker"] == 0 and out["same_worker_twice_on_an_item"] == 0
+    ledger = out["vendor_ledger"]
+    assert round(ledger["paid"] + ledger["bonuses"], 2) == out["paid_to_workers"]
