@@ -111,6 +111,25 @@ judgments from workers who have not answered it. The re-ask needs 5 workers besi
 spammer, so the audit runs use six honest workers."""
 
 
+def own_data(root: Path) -> dict[str, Any]:
+    """A team's own-data settings on top of the quality controls (issue 15): 40 seed labels and 30
+    gold items from files, the active audit, ``sampler: auto``, ``semi_supervised: auto``,
+    auto-labeling and stopping by stabilizing predictions. The files hold the pool's true labels."""
+    probe = Project.prepare(parse_config(quality_config("probe", {"name": "simulated", "params": {}})), str(root / "probe"))
+    rows = list(zip(map(str, probe.pool.ids.tolist()), map(str, probe.pool.y.tolist()), strict=True))
+    (root / "seeds.csv").write_text("id,label\n" + "".join(f"{i},{y}\n" for i, y in rows[:40]))
+    (root / "gold.csv").write_text("id,label\n" + "".join(f"{i},{y}\n" for i, y in rows[100:130]))
+    return {
+        "evaluation": {"method": "active", "max_items": 20, "batch_size": 10, "redundancy": 3},
+        "pool.seed_labels": {"path": str(root / "seeds.csv")},
+        "gold": {"path": str(root / "gold.csv"), "share": 0.25, "min_answers": 2, "min_accuracy": 0.6,
+                 "evidence_level": 1.0},
+        "semi_supervised": {"method": "auto"}, "sampler.name": "auto",
+        "autolabel": {"enabled": True, "min_validation": 20, "min_support": 5},
+        "stopping.stabilizing_predictions": {"agreement": 0.99, "rounds": 2, "stop_set": 200},
+    }
+
+
 def audit_report(p: Project) -> dict[str, Any]:
     """What the audit bought, through the vendor's channel, and what the status JSON says of it."""
     from crowdloop.engine.auditing import audit_items, audit_labels, audit_redundancy
