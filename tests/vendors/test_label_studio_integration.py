@@ -231,3 +231,54 @@ def test_a_closed_rounds_tasks_take_no_new_work_and_late_annotations_are_reporte
     assert p.vendor.ledger()["late"] == 1 and all(a.assignment_id != found[0]["annotation"] for a in p.annotations())
     p.vendor.poll(read_json(p.store, keys.round_key(1, keys.REFS))["refs"])
     assert len(p.vendor.late_annotations()) == 1  # reported once
+
+
+def test_a_batch_with_two_redundancies_gives_each_task_its_own_overlap_and_touches_no_earlier_task(
+        tmp_path: Path, label_studio: lss.Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit asks 5 judgments of its items beside the batch's 3. Before, such a batch failed
+    ("one batch needs one redundancy"); and changing the project's maximum_annotations would make
+    Label Studio reset the overlap of every task above 1, reopening a finished one. A crash after
+    the import and before the overlaps are set is repaired by the rerun."""
+    from label_studio_sdk import LabelStudio
+
+    from crowdloop.records import Task
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
+    config = small_config(**{"project": "lsmixed", "vendor": {"name": "label_studio", "params": {}},
+                             "consensus.redundancy": 3, "collect.timeout_s": 600})
+    p = Project.prepare(parse_config(config), str(tmp_path / "p"))
+    items = [str(i) for i in p.pool.ids.tolist()[:9]]
+    ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    first = [Task(item_id=i, round=0, batch_id="lsmixed-0", replicas=r, reward=0.01)
+             for i, r in zip(items[:4], (3, 3, 3, 5), strict=True)]
+    p.vendor.submit(first, batch_id="lsmixed-0")
+    batch0 = read_json(p.vendor.store, "batches/lsmixed-0.json")
+    pid = batch0["project_id"]
+    assert ls.projects.get(pid).maximum_annotations == 3  # the first batch's most common redundancy
+    assert [ls.tasks.get(str(batch0["tasks"][i])).overlap for i in items[:4]] == [3, 3, 3, 5]
+    finished = str(batch0["tasks"][items[0]])
+    ls.tasks.update(finished, overlap=2, is_labeled=True)  # as a closed batch leaves a task with 2 of its 3
+
+    # the second batch: mostly 5 (an audit batch); the process dies at the first overlap it sets
+    second = [Task(item_id=i, round=1, batch_id="lsmixed-1", replicas=r, reward=0.01)
+              for i, r in zip(items[4:], (5, 5, 5, 3, 2), strict=True)]
+    real_update = p.vendor.client.tasks.update
+    calls = {"n": 0}
+
+    def dies_on_first_overlap(*args, **kwargs):
+        calls["n"] += 1
+        raise KeyboardInterrupt("killed after the import")
+
+    monkeypatch.setattr(p.vendor.client.tasks, "update", dies_on_first_overlap)
+    with pytest.raises(KeyboardInterrupt):
+        p.vendor.submit(second, batch_id="lsmixed-1")
+    monkeypatch.setattr(p.vendor.client.tasks, "update", real_update)
+    assert calls["n"] == 1 and not p.vendor.store.exists("batches/lsmixed-1.json")
+    p.vendor.submit(second, batch_id="lsmixed-1")  # the rerun
+    batch1 = read_json(p.vendor.store, "batches/lsmixed-1.json")
+    assert [ls.tasks.get(str(batch1["tasks"][i])).overlap for i in items[4:]] == [5, 5, 5, 3, 2]
+    assert len(list(ls.tasks.list(project=pid))) == 9  # nothing imported twice
+    assert ls.projects.get(pid).maximum_annotations == 3  # never changed once the project held tasks
+    kept = ls.tasks.get(finished)
+    assert (kept.overlap, kept.is_labeled) == (2, True)  # the finished task stays finished
