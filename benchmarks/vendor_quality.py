@@ -9,6 +9,10 @@ and by the vendor's own accounting.
 
     python benchmarks/vendor_quality.py --out benchmarks/results/vendor_quality.json
     python benchmarks/vendor_quality.py --vendors mturk local manifest   # without Label Studio
+    python benchmarks/vendor_quality.py --audit --out benchmarks/results/vendor_quality_audit.json
+
+``--audit`` adds issue 15's random audit with re-asks (``quality_loop.AUDIT``) and six honest
+workers, and prints what the audit bought through each vendor.
 """
 
 from __future__ import annotations
@@ -31,16 +35,21 @@ COLUMNS = ("vendor", "spammer judgments before / after the block", "blocked befo
            "spammer paid", "status JSON cost", "vendor's accounting")
 
 
-def run(vendor: str, root: Path) -> dict:
+AUDIT_COLUMNS = ("vendor", "audit items", "audit judgments", "items asked again", "wrong audit labels",
+                 "estimated accuracy [95% interval]", "audit cost", "project cost")
+
+
+def run(vendor: str, root: Path, *, audit: bool = False) -> dict:
     start = time.perf_counter()
+    extra, n_honest = (q.AUDIT, 6) if audit else (None, 3)
     if vendor == "label_studio":
         server = lss.start_copy(root / "ls")
         try:
-            out = q.run_label_studio(root, server.url, server.token)
+            out = q.run_label_studio(root, server.url, server.token, extra, n_honest=n_honest)
         finally:
             server.stop()
     else:
-        out = q.RUNNERS[vendor](root)
+        out = q.RUNNERS[vendor](root, extra, n_honest=n_honest)
     out["seconds"] = round(time.perf_counter() - start, 1)
     return out
 
@@ -56,10 +65,19 @@ def row(out: dict) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def audit_row(out: dict) -> str:
+    cells = (out["vendor"], str(out["audit_items"]), str(out["last_audit_judgments"]), str(out["audit_reasked"]),
+             str(out["audit_labels_wrong"]),
+             f"{out['last_estimated_accuracy']:.3f} [{out['last_ci_low']:.3f}, {out['last_ci_high']:.3f}]",
+             f"{out['last_audit_cost']:.2f}", f"{out['status_cost']:.2f}")
+    return "| " + " | ".join(cells) + " |"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vendors", nargs="+", default=list(q.RUNNERS), choices=list(q.RUNNERS))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "vendor_quality.json")
+    parser.add_argument("--audit", action="store_true", help="add the random audit with re-asks, six honest workers")
     args = parser.parse_args()
     for name, value in (("AWS_ACCESS_KEY_ID", "benchmark"), ("AWS_SECRET_ACCESS_KEY", "benchmark"),
                         ("AWS_DEFAULT_REGION", "us-east-1")):
@@ -67,15 +85,17 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="vendor-quality-") as tmp:
         for vendor in args.vendors:
-            results.append(run(vendor, Path(tmp) / vendor))
+            results.append(run(vendor, Path(tmp) / vendor, audit=args.audit))
             print(f"{vendor}: done in {results[-1]['seconds']} s", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": "python benchmarks/vendor_quality.py", "rounds": q.ROUNDS,
+    command = "python benchmarks/vendor_quality.py" + (" --audit" if args.audit else "")
+    args.out.write_text(json.dumps({"command": command, "rounds": q.ROUNDS, "audit": q.AUDIT if args.audit else None,
                                     "results": results}, indent=1, default=str) + "\n")
-    print("| " + " | ".join(COLUMNS) + " |")
-    print("|" + "---|" * len(COLUMNS))
-    for out in results:
-        print(row(out))
+    for columns, make in ((COLUMNS, row), *(((AUDIT_COLUMNS, audit_row),) if args.audit else ())):
+        print("| " + " | ".join(columns) + " |")
+        print("|" + "---|" * len(columns))
+        for out in results:
+            print(make(out))
 
 
 if __name__ == "__main__":
