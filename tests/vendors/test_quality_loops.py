@@ -108,7 +108,12 @@ def test_own_data_features_through_each_vendor(vendor: str, tmp_path: Path, monk
     extra = q.own_data(tmp_path)
     captured: dict[str, Project] = {}
     real_report = q.report
-    monkeypatch.setattr(q, "report", lambda p, *a, **k: captured.setdefault("p", p) and real_report(p, *a, **k))
+
+    def report_and_keep(p: Project, *args, **kwargs) -> dict:
+        captured["p"] = p  # the runner's project, for the checks on its records below
+        return real_report(p, *args, **kwargs)
+
+    monkeypatch.setattr(q, "report", report_and_keep)
     if vendor == "label_studio":
         server: lss.Server = request.getfixturevalue("label_studio")
         monkeypatch.setenv("LABEL_STUDIO_URL", server.url)
