@@ -303,6 +303,17 @@ def _digest(*parts: object, n: int = 40) -> str:
     return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:n]
 
 
+def _chunks_in_order(tasks: Sequence[Task], n: int) -> Iterator[list[Task]]:
+    """The grouping before HITs were bundled by redundancy: chunks of ``n`` in batch order, a
+    chunk of mixed redundancy split into one-item HITs (kept for batches posted that way)."""
+    for start in range(0, len(tasks), n):
+        group = list(tasks[start:start + n])
+        if len({t.replicas for t in group}) != 1:
+            yield from ([t] for t in group)
+        else:
+            yield group
+
+
 def request_token(project: str, batch_id: str, item_ids: Sequence[str], replicas: int) -> str:
     """Deterministic ``UniqueRequestToken`` (≤ 64 chars) for one HIT."""
     return f"cl-{project[:16]}-{_digest(project, batch_id, *item_ids, replicas)}"
@@ -392,7 +403,7 @@ class MTurkVendor:
         """Create one HIT per group of ``items_per_hit`` tasks (idempotent per batch id)."""
         listing_s(self.params, self.context.collect_timeout_s)  # refused here, before a HIT is sent or extended
         refs: list[Ref] = []
-        for group in self._groups(tasks):
+        for group in self._groups(tasks, batch_id):
             refs.append(self._submit_group(group, batch_id))
         return refs
 
@@ -556,15 +567,29 @@ class MTurkVendor:
         return expired
 
     # -- helpers: submit ----------------------------------------------------------------
-    def _groups(self, tasks: Sequence[Task]) -> Iterator[list[Task]]:
+    def _groups(self, tasks: Sequence[Task], batch_id: str) -> Iterator[list[Task]]:
+        """HITs of ``items_per_hit`` tasks that ask the same number of assignments.
+
+        Tasks are bundled among those of equal redundancy (in the batch's order), so an audit item
+        (5 judgments) mixed into a batch of 3-judgment items does not break its neighbours into
+        one-item HITs, each paying MTurk's $0.01 minimum fee. A batch that already has HITs from
+        the earlier rule (chunks in batch order, a mixed chunk split into single items) keeps it:
+        a rerun must find the HITs it made, not post the items again in other groups.
+        """
         n = self.params.items_per_hit
-        for start in range(0, len(tasks), n):
-            group = list(tasks[start:start + n])
-            replicas = {t.replicas for t in group}
-            if len(replicas) != 1:
-                yield from ([t] for t in group)  # mixed redundancy cannot share one HIT
-            else:
-                yield group
+        marker = f"grouping/{batch_id}.json"
+        if n > 1 and self.store.list(f"hits/{batch_id}/") and not self.store.exists(marker):
+            yield from _chunks_in_order(tasks, n)
+            return
+        if n > 1:
+            with contextlib.suppress(RecordExistsError):
+                write_json(self.store, marker, {"items_per_hit": n, "rule": "by redundancy"}, create_only=True)
+        by_replicas: dict[int, list[Task]] = {}
+        for t in tasks:
+            by_replicas.setdefault(t.replicas, []).append(t)
+        for same in by_replicas.values():
+            for start in range(0, len(same), n):
+                yield same[start:start + n]
 
     def _check_assignments(self, replicas: int) -> None:
         check_assignments(self.params, replicas)

@@ -297,6 +297,27 @@ def test_items_per_hit_groups_items_into_one_assignment(tmp_path: Path, fake: Fa
     assert fake.calls.count("ApproveAssignment") == 1 and [b["BonusAmount"] for b in fake.bonuses] == ["0.02"]
 
 
+def test_items_per_hit_bundles_items_of_equal_redundancy(tmp_path: Path, fake: FakeMTurk) -> None:
+    """An audit item (5 judgments) among 3-judgment items: before, every chunk holding one was split
+    into one-item HITs (each assignment paying MTurk's $0.01 minimum fee instead of 20%)."""
+    batch = [Task(item_id=f"item{k}", round=0, batch_id="proj-r0000", replicas=5 if k in (2, 5, 8) else 3, reward=0.03)
+             for k in range(10)]
+    vendor = make(tmp_path, items_per_hit=5)
+    refs = vendor.submit(batch, batch_id="proj-r0000")
+    assert [r["item_ids"] for r in refs] == [["item0", "item1", "item3", "item4", "item6"], ["item7", "item9"],
+                                             ["item2", "item5", "item8"]]
+    assert [b["MaxAssignments"] for op, b in fake.requests if op == "CreateHIT"] == [3, 3, 5]
+    assert make(tmp_path, items_per_hit=5).submit(batch, batch_id="proj-r0000") == refs  # a rerun posts nothing new
+    assert fake.calls.count("CreateHIT") == 3
+
+    # a batch an earlier version posted in batch order (mixed chunks split) is resumed as it was posted
+    legacy = [t.model_copy(update={"batch_id": "proj-r0001", "item_id": f"old{k}"}) for k, t in enumerate(batch)]
+    old_refs = [vendor._submit_group(group, "proj-r0001") for group in mturk._chunks_in_order(legacy, 5)]
+    assert len(old_refs) == 10  # both chunks of five held a 5-judgment item: ten one-item HITs
+    assert make(tmp_path, items_per_hit=5).submit(legacy, batch_id="proj-r0001") == old_refs
+    assert fake.calls.count("CreateHIT") == 3 + len(old_refs)
+
+
 def test_fees_follow_mturk_pricing() -> None:
     assert mturk.MTurkVendor.fee_for(0.50, 3) == pytest.approx(0.10)
     assert mturk.MTurkVendor.fee_for(0.50, 10) == pytest.approx(0.20)
