@@ -303,6 +303,16 @@ def _digest(*parts: object, n: int = 40) -> str:
     return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:n]
 
 
+def _bundled_by_redundancy(tasks: Sequence[Task], n: int) -> Iterator[list[Task]]:
+    """Chunks of up to ``n`` tasks asking the same number of assignments, in batch order."""
+    same: dict[int, list[Task]] = {}
+    for t in tasks:
+        same.setdefault(t.replicas, []).append(t)
+    for run in same.values():
+        for start in range(0, len(run), n):
+            yield run[start:start + n]
+
+
 def _chunks_in_order(tasks: Sequence[Task], n: int) -> Iterator[list[Task]]:
     """The grouping before HITs were bundled by redundancy: chunks of ``n`` in batch order, a
     chunk of mixed redundancy split into one-item HITs (kept for batches posted that way)."""
@@ -584,12 +594,7 @@ class MTurkVendor:
         if n > 1:
             with contextlib.suppress(RecordExistsError):
                 write_json(self.store, marker, {"items_per_hit": n, "rule": "by redundancy"}, create_only=True)
-        by_replicas: dict[int, list[Task]] = {}
-        for t in tasks:
-            by_replicas.setdefault(t.replicas, []).append(t)
-        for same in by_replicas.values():
-            for start in range(0, len(same), n):
-                yield same[start:start + n]
+        yield from _bundled_by_redundancy(tasks, n)
 
     def _check_assignments(self, replicas: int) -> None:
         check_assignments(self.params, replicas)
