@@ -461,7 +461,9 @@ class ScaleConfig(_Strict):
 class BaselineConfig(_Strict):
     """A random-sampling twin of the project, for the learning curve."""
 
-    random: bool = Field(False, description="also run random sampling with the same crowd, for the learning curve")
+    random: bool = Field(False, description=("also run random sampling with the same crowd, for the learning curve; only "
+                                             "with a vendor that answers from ground truth (the simulated crowd): with "
+                                             "people it would buy every label twice, so it is refused"))
 
 
 class StorageConfig(_Strict):

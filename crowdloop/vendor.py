@@ -153,6 +153,11 @@ def required_capabilities(config: Any) -> dict[str, str]:
                                            "(adaptive re-asks go to somebody else)")
     elif gold.enabled:
         need[EXCLUDES_WORKERS_PER_ITEM] = f"gold.share={gold.share:g} (a gold item goes to workers who have not answered it)"
+    if config.baseline.random:
+        # the random twin buys as many labels again: from a simulated crowd a learning curve, from
+        # people a second bill for work nobody uses (run sampler: random as a project of its own)
+        need[NEEDS_GROUND_TRUTH] = ("baseline.random=true (the random twin buys every label again; with people "
+                                    "that is a second bill)")
     return need
 
 

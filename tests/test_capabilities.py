@@ -33,6 +33,10 @@ REFUSED = [  # (vendor section, quality settings, the missing capability)
     ({"name": "label_studio", "params": {}}, {"consensus.block_rings": True}, "blocks_workers"),  # rings of colluders
     ({"name": "mturk", "params": {"items_per_hit": 5}}, ADAPTIVE, "excludes_workers_per_item"),
     ({"name": "mturk", "params": {"items_per_hit": 5}}, GOLD, "excludes_workers_per_item"),
+    # the random twin of baseline.random buys every label again: a second bill with people
+    *(({"name": name, "params": params}, {"baseline.random": True}, "needs_ground_truth")
+      for name, params in (("mturk", {}), ("local", {}), ("manifest", {}),
+                           ("prolific", {"app_url": "https://label.example.org"}))),
 ]
 
 
@@ -50,6 +54,8 @@ def test_the_settings_that_ask_for_capabilities():
     need = required_capabilities(cfg)
     assert set(need) == {"blocks_workers", "excludes_workers_per_item"} and need["blocks_workers"].startswith("gold.share=0.2")
     assert required_capabilities(parse_config(small_config())) == {}
+    baseline = required_capabilities(parse_config(small_config(**{"baseline.random": True})))
+    assert set(baseline) == {NEEDS_GROUND_TRUTH} and baseline[NEEDS_GROUND_TRUTH].startswith("baseline.random=true")
 
 
 @pytest.mark.parametrize("vendor, quality, missing", REFUSED)
