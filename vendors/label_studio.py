@@ -256,8 +256,25 @@ class LabelStudioVendor:
                                     maximum_annotations=1, overlap_cohort_percentage=100)
                 pid = int(project.id)
         self._check_reused(pid)
+        self._check_not_anothers(pid)
         _write_once(self.store, "project.json", {"id": pid, "title": self.title, "data_type": data_type})
         return int(read_json(self.store, "project.json")["id"])
+
+    def _check_not_anothers(self, pid: int) -> None:
+        """Refuse a project that already holds batches of a crowdloop project of this name which this
+        store did not send: batch ids are ``<project>-rNNNN``, so its answers would be taken as this
+        run's and booked twice (a store deleted to start over, or a second store of the same name).
+        A store imports only after recording the project, so its own tasks never meet this check."""
+        prefix = f"{self.context.project}-r"
+        for task in self._tasks(pid):
+            batch = (task.get("data") or {}).get("crowdloop_batch")
+            if isinstance(batch, str) and batch.startswith(prefix):
+                raise VendorError(
+                    f"vendor 'label_studio': project {pid} ({self.title!r}) already holds tasks of batch {batch!r}, "
+                    f"which this project store did not send (an earlier store of a project named "
+                    f"{self.context.project!r}, or another one running); their answers would be taken as this run's "
+                    "and booked twice. Give this run a Label Studio project of its own (vendor.params.title or "
+                    "project_id), or delete those tasks in Label Studio")
 
     def _check_reused(self, pid: int) -> None:
         """A reused project must offer every class as a choice named ``label``, or answers would not parse."""

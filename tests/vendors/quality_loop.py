@@ -330,9 +330,11 @@ def run_label_studio(root: Path, url: str, admin_token: str, extra: dict[str, An
     import httpx
 
     os.environ["LABEL_STUDIO_URL"], os.environ["LABEL_STUDIO_API_KEY"] = url, admin_token
-    cfg = quality_config("qls", {"name": "label_studio", "params": {"block_removes_membership": True}}, **(extra or {}))
+    # one sign-up per e-mail, and one Label Studio project per run, on a server tests share
+    tag = re.sub(r"[^a-z0-9]", "", root.name.lower())[-12:]
+    cfg = quality_config("qls", {"name": "label_studio", "params": {"block_removes_membership": True,
+                                                                    "title": f"crowdloop qls {tag}"}}, **(extra or {}))
     p = Project.prepare(parse_config(cfg), str(root / "label_studio"))
-    tag = re.sub(r"[^a-z0-9]", "", root.name.lower())[-12:]  # one sign-up per e-mail on a shared server
     users = {f"ann{k}-{tag}@example.com": sign_up(url, f"ann{k}-{tag}@example.com", f"Annotator-{k}-pass!")
              for k in range(n_honest + 1)}
     ids = {f"ls-user-{uid}": token for uid, token in users.values()}

@@ -15,6 +15,7 @@ import pytest
 from crowdloop import engine, keys
 from crowdloop.config import parse_config
 from crowdloop.engine import Project
+from crowdloop.errors import VendorError
 from crowdloop.storage import read_json
 from tests.conftest import small_config
 from tests.vendors import label_studio_server as lss
@@ -282,3 +283,36 @@ def test_a_batch_with_two_redundancies_gives_each_task_its_own_overlap_and_touch
     assert ls.projects.get(pid).maximum_annotations == 3  # never changed once the project held tasks
     kept = ls.tasks.get(finished)
     assert (kept.overlap, kept.is_labeled) == (2, True)  # the finished task stays finished
+
+
+def test_a_second_store_of_the_same_project_name_is_refused_before_it_takes_the_first_ones_answers(
+        tmp_path: Path, label_studio: lss.Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch ids are ``<project>-rNNNN``. Before, a store deleted to start over (or a second store of
+    the same name) found the Label Studio project by its title, found round 0's batch there and took
+    its tasks and answers as its own: the old answers became the new run's labels and were booked
+    again. Now the new store refuses in one line before it imports or collects anything."""
+    from label_studio_sdk import LabelStudio
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
+    config = small_config(**{"project": "lsrestart", "vendor": {"name": "label_studio", "params": {}},
+                             "sampler.initial_size": 4, "consensus.redundancy": 1, "collect.timeout_s": 600})
+    first = Project.prepare(parse_config(config), str(tmp_path / "first"))
+    engine.run_round(first, 0, until="dispatch")
+    pid = read_json(first.vendor.store, "project.json")["id"]
+    ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    n_tasks = len(list(ls.tasks.list(project=pid)))
+
+    again = Project.prepare(parse_config(config), str(tmp_path / "again"))  # the same config, a new store
+    with pytest.raises(VendorError, match=r"already holds tasks of batch 'lsrestart-r0000', which this project "
+                                          r"store did not send") as refused:
+        engine.run_round(again, 0, until="dispatch")
+    assert len(str(refused.value).splitlines()) == 1 and "vendor.params.title" in str(refused.value)
+    assert len(list(ls.tasks.list(project=pid))) == n_tasks  # nothing imported
+    assert not again.vendor.store.exists("project.json")
+
+    # with a Label Studio project of its own the new store runs
+    own = small_config(**{**config, "vendor": {"name": "label_studio", "params": {"title": "crowdloop lsrestart 2"}}})
+    fresh = Project.prepare(parse_config(own), str(tmp_path / "fresh"))
+    engine.run_round(fresh, 0, until="dispatch")
+    assert read_json(fresh.vendor.store, "project.json")["id"] != pid
