@@ -136,6 +136,13 @@ class ManifestVendor:
         manifest_key = f"{self.params.requests_prefix}{batch_id}.manifest.jsonl"
         batch_key = f"batches/{batch_id}.json"
         if not self.state.exists(batch_key):
+            if self.exchange is not self.state and self.exchange.exists(manifest_key):
+                # the state is written before the manifest, so this store never wrote that one
+                raise VendorError(
+                    f"vendor 'manifest': the drop box {self.params.url} already holds {manifest_key}, which this "
+                    f"project store did not send (an earlier store of project {self.context.project!r}, or another "
+                    "one running); its result files would be taken as this run's answers. Give this run a drop box "
+                    "of its own (vendor.params.url) or clear that one")
             timeout = self.context.collect_timeout_s
             with contextlib.suppress(RecordExistsError):  # the block list as of now travels with the batch
                 write_json(self.state, batch_key, {"batch_id": batch_id, "manifest": manifest_key,

@@ -229,6 +229,26 @@ def test_the_loop_runs_rounds_through_a_shared_drop_box(tmp_path):
     assert read_json(p.store, keys.round_key(1, keys.COLLECTED))["complete"]
 
 
+def test_a_second_store_on_the_same_drop_box_is_refused_before_it_takes_the_first_ones_answers(tmp_path):
+    """Batch ids are ``<project>-rNNNN``. Before, a store deleted to start over (or a second store of
+    the same project) found round 0's manifest in the shared drop box, kept it in place of its own
+    and ingested the answers dropped for the first store as its own."""
+    from crowdloop.errors import VendorError
+
+    p, outside, truth = drop_box_project(tmp_path, **{"sampler.initial_size": 6, "consensus.redundancy": 1})
+    engine.run_round(p, 0, until="dispatch")
+    manifest = engine.dispatch(p, 0)["refs"][0]["manifest"]
+    sent = outside.read_bytes(manifest)
+    drop(outside, "round-0.jsonl", [answer(json.loads(line)["item-id"], "w1", truth[json.loads(line)["item-id"]])
+                                    for line in sent.splitlines()])
+    again = engine.Project.prepare(p.config, str(tmp_path / "again"))  # a new store, the same drop box
+    with pytest.raises(VendorError, match=r"already holds requests/tiny-r0000\.manifest\.jsonl, which this project "
+                                          r"store did not send") as refused:
+        engine.run_round(again, 0)
+    assert len(str(refused.value).splitlines()) == 1 and "vendor.params.url" in str(refused.value)
+    assert outside.read_bytes(manifest) == sent and again.annotations() == []
+
+
 def test_the_drop_box_can_be_an_s3_bucket(tmp_path, s3_endpoint, s3_bucket):
     """Exchange files on S3 (a local S3 server), vendor state in the project store."""
     from crowdloop.storage import open_store
