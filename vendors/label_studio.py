@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -265,10 +266,10 @@ class LabelStudioVendor:
         store did not send: batch ids are ``<project>-rNNNN``, so its answers would be taken as this
         run's and booked twice (a store deleted to start over, or a second store of the same name).
         A store imports only after recording the project, so its own tasks never meet this check."""
-        prefix = f"{self.context.project}-r"
+        ours = re.compile(rf"{re.escape(self.context.project)}-r\d{{4,}}")  # keys.batch_id's names, not 'x-rerun-r0000'
         for task in self._tasks(pid):
             batch = (task.get("data") or {}).get("crowdloop_batch")
-            if isinstance(batch, str) and batch.startswith(prefix):
+            if isinstance(batch, str) and ours.fullmatch(batch):
                 raise VendorError(
                     f"vendor 'label_studio': project {pid} ({self.title!r}) already holds tasks of batch {batch!r}, "
                     f"which this project store did not send (an earlier store of a project named "

@@ -311,6 +311,15 @@ def test_a_second_store_of_the_same_project_name_is_refused_before_it_takes_the_
     assert len(list(ls.tasks.list(project=pid))) == n_tasks  # nothing imported
     assert not again.vendor.store.exists("project.json")
 
+    # batches of a project whose name merely starts like this one's ('lsx-rerun-r0000') are not this one's
+    rerun = small_config(**{**config, "project": "lsx-rerun",
+                            "vendor": {"name": "label_studio", "params": {"title": "crowdloop lsx"}}})
+    engine.run_round(Project.prepare(parse_config(rerun), str(tmp_path / "rerun")), 0, until="dispatch")
+    lsx = Project.prepare(parse_config(small_config(**{**config, "project": "lsx"})), str(tmp_path / "lsx"))
+    engine.run_round(lsx, 0, until="dispatch")  # finds 'crowdloop lsx' by title and shares it
+    shared = read_json(lsx.vendor.store, "project.json")["id"]
+    assert {t.data["crowdloop_batch"] for t in ls.tasks.list(project=shared)} == {"lsx-rerun-r0000", "lsx-r0000"}
+
     # with a Label Studio project of its own the new store runs
     own = small_config(**{**config, "vendor": {"name": "label_studio", "params": {"title": "crowdloop lsrestart 2"}}})
     fresh = Project.prepare(parse_config(own), str(tmp_path / "fresh"))
