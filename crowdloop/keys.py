@@ -84,6 +84,11 @@ def batch_id(project: str, round_: int) -> str:
     return f"{project}-r{round_:04d}"
 
 
+def is_batch_of(project: str, name: str) -> bool:
+    """Whether ``name`` is a ``batch_id`` of ``project`` (``x-rerun-r0000`` is not one of ``x``'s)."""
+    return re.fullmatch(rf"{re.escape(project)}-r\d{{4,}}", name) is not None
+
+
 def vendor_prefix(name: str) -> str:
     """Where vendor ``name`` keeps its own state inside the project store."""
     return f"{VENDOR}/{name}"

@@ -53,7 +53,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -68,6 +67,7 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from crowdloop import keys
 from crowdloop.errors import RecordExistsError, VendorError
 from crowdloop.records import Annotation, Task, content_hash, utcnow
 from crowdloop.storage import read_json, write_json
@@ -266,10 +266,9 @@ class LabelStudioVendor:
         store did not send: batch ids are ``<project>-rNNNN``, so its answers would be taken as this
         run's and booked twice (a store deleted to start over, or a second store of the same name).
         A store imports only after recording the project, so its own tasks never meet this check."""
-        ours = re.compile(rf"{re.escape(self.context.project)}-r\d{{4,}}")  # keys.batch_id's names, not 'x-rerun-r0000'
         for task in self._tasks(pid):
             batch = (task.get("data") or {}).get("crowdloop_batch")
-            if isinstance(batch, str) and ours.fullmatch(batch):
+            if isinstance(batch, str) and keys.is_batch_of(self.context.project, batch):
                 raise VendorError(
                     f"vendor 'label_studio': project {pid} ({self.title!r}) already holds tasks of batch {batch!r}, "
                     f"which this project store did not send (an earlier store of a project named "
