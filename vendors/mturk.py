@@ -587,13 +587,15 @@ class MTurkVendor:
         a rerun must find the HITs it made, not post the items again in other groups.
         """
         n = self.params.items_per_hit
+        if n == 1:  # one item a HIT: HITs are posted in the batch's order, audit and gold items mixed in
+            yield from ([t] for t in tasks)
+            return
         marker = f"grouping/{batch_id}.json"
-        if n > 1 and self.store.list(f"hits/{batch_id}/") and not self.store.exists(marker):
+        if self.store.list(f"hits/{batch_id}/") and not self.store.exists(marker):
             yield from _chunks_in_order(tasks, n)
             return
-        if n > 1:
-            with contextlib.suppress(RecordExistsError):
-                write_json(self.store, marker, {"items_per_hit": n, "rule": "by redundancy"}, create_only=True)
+        with contextlib.suppress(RecordExistsError):
+            write_json(self.store, marker, {"items_per_hit": n, "rule": "by redundancy"}, create_only=True)
         yield from _bundled_by_redundancy(tasks, n)
 
     def _check_assignments(self, replicas: int) -> None:

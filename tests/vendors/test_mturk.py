@@ -317,6 +317,11 @@ def test_items_per_hit_bundles_items_of_equal_redundancy(tmp_path: Path, fake: F
     assert make(tmp_path, items_per_hit=5).submit(legacy, batch_id="proj-r0001") == old_refs
     assert fake.calls.count("CreateHIT") == 3 + len(old_refs)
 
+    # one item a HIT: posted in the batch's order, the audit items where the engine mixed them in
+    single = [t.model_copy(update={"batch_id": "proj-r0002", "item_id": f"one{k}"}) for k, t in enumerate(batch)]
+    refs = make(tmp_path, items_per_hit=1).submit(single, batch_id="proj-r0002")
+    assert [r["item_ids"] for r in refs] == [[t.item_id] for t in single]
+
 
 def test_fees_follow_mturk_pricing() -> None:
     assert mturk.MTurkVendor.fee_for(0.50, 3) == pytest.approx(0.10)
