@@ -22,6 +22,22 @@ SKLEARN_POOLS = ("digits", "iris", "wine", "breast_cancer")
 BUILTIN_POOL_SOURCES = ("sklearn", "csv", "parquet", "sharded", "images", "fashion_mnist")
 _PATH_SOURCES = ("csv", "parquet", "sharded", "images", "text_folder")
 PLUGIN_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+# The source-specific pool fields each built-in source reads (models/datasets.py, images.py,
+# text_pools.py, sharded.py). A field set in the config that its source never reads is refused:
+# `max_items: 5000` on a CSV pool would otherwise load every row without a word. A plug-in
+# source may read any of them, so only built-in sources are checked.
+_TABLE_FIELDS = frozenset({"path", "feature_columns", "label_column", "id_column", "text_column", "image_column"})
+_SOURCE_FIELDS: dict[str, frozenset[str]] = {
+    "sklearn": frozenset({"name"}),
+    "csv": _TABLE_FIELDS,
+    "parquet": _TABLE_FIELDS,
+    "sharded": frozenset({"path"}),
+    "images": frozenset({"path", "image_size", "image_mode", "max_items"}),
+    "fashion_mnist": frozenset({"path", "split", "max_items"}),
+    "text_folder": frozenset({"path", "max_items"}),
+    "fortunes": frozenset({"path", "max_items"}),
+}
+_SOURCE_SPECIFIC = frozenset().union(*_SOURCE_FIELDS.values())
 
 
 class _Strict(BaseModel):
@@ -112,6 +128,15 @@ class PoolConfig(_Strict):
             if given:
                 raise ValueError(f"{', '.join(given)}: not used by source 'sharded' "
                                  "(its manifest names ids, labels and features)")
+        reads = _SOURCE_FIELDS.get(self.source)
+        if reads is not None:
+            # Differs from its default, not merely set: a config is re-validated from its full dump.
+            ignored = sorted(f for f in _SOURCE_SPECIFIC - reads
+                             if getattr(self, f) != type(self).model_fields[f].default)
+            if ignored:
+                users = sorted(src for src, fields in _SOURCE_FIELDS.items() if ignored[0] in fields)
+                raise ValueError(f"{ignored[0]}={getattr(self, ignored[0])!r}: not used by source {self.source!r}; "
+                                 f"expected it only with source {' or '.join(repr(u) for u in users)}")
         if (self.text_column or self.image_column) and self.source not in ("csv", "parquet"):
             raise ValueError(f"text_column/image_column: expected a csv or parquet pool, not source {self.source!r}")
         if self.classes is not None and len(set(self.classes)) < 2:

@@ -46,6 +46,10 @@ def _write(tmp_path: Path, data: dict | str) -> Path:
         ({"consensus.redundancy": "three"}, ["consensus.redundancy", "integer", "three"]),
         ({"stopping.target_accuracy": 1.5}, ["stopping.target_accuracy", "1.5"]),
         ({"project": "Bad Name"}, ["project", "Bad Name"]),
+        # A field its source never reads is refused, not ignored: the run would use the whole pool.
+        ({"pool.max_items": 100}, ["pool", "max_items=100", "not used by source 'sklearn'", "'fashion_mnist'"]),
+        ({"pool.split": "test"}, ["pool", "split='test'", "'sklearn'", "expected it only with source 'fashion_mnist'"]),
+        ({"pool.image_size": 32}, ["pool", "image_size=32", "'images'"]),
     ],
 )
 def test_bad_config_is_one_line_naming_file_field_value(tmp_path: Path, override: dict, fragments: list[str]) -> None:
