@@ -353,7 +353,8 @@ class PayConfig(_Strict):
     """What workers are paid: rewards from measured task time and a target wage (``crowdloop/pay.py``)."""
 
     hourly_wage: float = Field(12.0, gt=0, description="target wage in currency units per hour")
-    pilot_seconds_per_task: float = Field(10.0, gt=0, description="expected seconds per task before measurements")
+    pilot_seconds_per_task: float = Field(
+        10.0, gt=0, le=86_400, description="expected seconds per task before measurements (a day at most: more is a typo)")
     fee_rate: float = Field(0.0, ge=0, le=1,
                             description="vendor fee as a share of rewards and bonuses (vendors without a fee rule)")
     vendor_fees: dict[str, VendorFee] = Field(
@@ -524,7 +525,7 @@ class LoopConfig(_Strict):
     """One active-learning project: pool, model, sampler, vendor, consensus, pay and stopping rules."""
 
     project: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="lowercase name, used in keys and tokens")
-    seed: int = Field(0, ge=0, description="seeds the test split, selection, audit draws and the simulated crowd")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds the test split, selection, audit draws and the simulated crowd")
     pool: PoolConfig
     model: ModelConfig = ModelConfig()
     sampler: SamplerConfig = SamplerConfig()

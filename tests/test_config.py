@@ -50,6 +50,9 @@ def _write(tmp_path: Path, data: dict | str) -> Path:
         ({"pool.max_items": 100}, ["pool", "max_items=100", "not used by source 'sklearn'", "'fashion_mnist'"]),
         ({"pool.split": "test"}, ["pool", "split='test'", "'sklearn'", "expected it only with source 'fashion_mnist'"]),
         ({"pool.image_size": 32}, ["pool", "image_size=32", "'images'"]),
+        # Seeds reach scikit-learn's random_state, which takes 32 bits: a larger one was a traceback.
+        ({"seed": 2**32}, ["seed", "less than or equal to 4294967295", "4294967296"]),
+        ({"pay.pilot_seconds_per_task": 1e9}, ["pay.pilot_seconds_per_task", "86400"]),
     ],
 )
 def test_bad_config_is_one_line_naming_file_field_value(tmp_path: Path, override: dict, fragments: list[str]) -> None:
