@@ -18,8 +18,11 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -113,17 +116,48 @@ def export_labels(p: Project, fmt: str, *, machine: bool = False) -> Export:
     return Export(data, len(ordered), by_source, finished)
 
 
-def write_export(p: Project, out: str, fmt: str, *, machine: bool = False) -> Export:
+def write_export(p: Project, out: str | None, fmt: str, *, machine: bool = False) -> tuple[Export, str]:
     """Export to ``out`` (a local path or a store URL such as ``s3://bucket/labels.csv``) in one
-    atomic write: a reader sees the old file or the whole new one, never a part."""
+    atomic write: a reader sees the old file or the whole new one, never a part. Returns what was
+    written and where (``export_target``)."""
     from crowdloop.storage import open_store
 
+    target = export_target(p, out, fmt)
     done = export_labels(p, fmt, machine=machine)
-    parent, _, name = out.rstrip("/").rpartition("/")
-    if not name:
-        raise CrowdloopError(f"--out {out!r}: expected a file name")
-    open_store(parent or ".").write_bytes(name, done.data)
-    return done
+    if _is_store_url(target):
+        base, sep, query = target.partition("?")  # s3://bucket/labels.csv?endpoint_url=...
+        parent, _, name = base.rpartition("/")
+        open_store(parent + sep + query).write_bytes(name, done.data)
+    else:
+        open_store(str(Path(target).parent)).write_bytes(Path(target).name, done.data)
+    return done, target
+
+
+def _is_store_url(out: str) -> bool:
+    scheme = urlparse(out).scheme
+    return len(scheme) > 1 and scheme != "file"  # 'C:' is a drive, not a scheme
+
+
+def export_target(p: Project, out: str | None, fmt: str) -> str:
+    """Where ``--out`` writes: the file or URL as given, or the default name inside a folder — an
+    existing local folder, or any path or URL ending in '/' (as ``cp`` does). A local path is made
+    absolute first: ``/labels.csv`` once landed in the working folder as ``labels.csv``, and
+    ``--out /tmp`` overwrote a file ``./tmp`` while saying it wrote to /tmp."""
+    if out is None:
+        out = default_export_name(p, fmt)
+    if _is_store_url(out):
+        base, sep, query = out.partition("?")
+        if base.endswith("/"):
+            return base + default_export_name(p, fmt) + sep + query
+        bucket, _, name = base.partition("://")[2].rpartition("/")
+        if not bucket or not name:
+            scheme = urlparse(out).scheme
+            raise CrowdloopError(f"--out {out!r}: expected a file name after the bucket, e.g. {scheme}://bucket/labels.csv")
+        return out
+    path = Path(urlparse(out).path if out.startswith("file:") else out).expanduser().absolute()
+    if out.endswith(("/", os.sep)) or path.is_dir():
+        path = path / default_export_name(p, fmt)
+    return str(path)
 
 
 def default_export_name(p: Project, fmt: str) -> str:

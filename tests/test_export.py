@@ -16,7 +16,8 @@ import pytest
 from crowdloop import engine, keys
 from crowdloop.config import parse_config
 from crowdloop.engine import Project
-from crowdloop.export import export_labels, write_export
+from crowdloop.errors import CrowdloopError
+from crowdloop.export import export_labels, export_target, write_export
 from tests.conftest import crowdloop_cmd
 from tests.crowd_helpers import blind_config, register_keyed_crowd, write_blind_digits
 
@@ -160,3 +161,35 @@ def test_default_output_is_named_after_the_project(seeded, tmp_path):
                             capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "blind-labels.manifest").stat().st_size > 0
+
+
+def test_a_folder_gets_the_default_name_inside_it_and_the_message_names_the_file(seeded, tmp_path):
+    """``--out /some/folder`` once wrote a file named after the folder into the working directory
+    (``/tmp`` became ``./tmp``) and said it wrote to the folder."""
+    p, _ = seeded
+    folder, elsewhere = tmp_path / "exports", tmp_path / "cwd"
+    folder.mkdir()
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run([*crowdloop_cmd(), "export", p.store.url, "--out", str(folder)],
+                            capture_output=True, text=True, env=env, timeout=120, cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    written = folder / "blind-labels.csv"
+    assert str(written) in "".join(result.stdout.split())
+    assert len(pd.read_csv(written)) == 130
+    assert os.listdir(elsewhere) == []
+    # a path ending in '/' is a folder too, made if missing; an absolute file path stays absolute
+    _, target = write_export(p, str(tmp_path / "new") + "/", "jsonl")
+    assert target == str(tmp_path / "new" / "blind-labels.jsonl") and Path(target).stat().st_size > 0
+    _, target = write_export(p, str(tmp_path / "one.csv"), "csv")
+    assert target == str(tmp_path / "one.csv")
+
+
+def test_store_urls_name_a_file_or_a_prefix(seeded):
+    p, _ = seeded
+    assert export_target(p, "s3://bucket/runs/", "csv") == "s3://bucket/runs/blind-labels.csv"
+    assert export_target(p, "s3://bucket/l.csv?endpoint_url=http://127.0.0.1:9", "csv") == \
+        "s3://bucket/l.csv?endpoint_url=http://127.0.0.1:9"
+    assert export_target(p, "s3://bucket/?endpoint_url=http://h:9", "csv") == "s3://bucket/blind-labels.csv?endpoint_url=http://h:9"
+    with pytest.raises(CrowdloopError, match=r"^--out 's3://bucket': expected a file name after the bucket"):
+        export_target(p, "s3://bucket", "csv")

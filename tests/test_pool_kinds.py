@@ -139,7 +139,7 @@ def test_a_pool_kind_runs_with_the_features_together_and_exports(pools, kind, va
     rows = {}
     for fmt in FORMATS:
         out = tmp_path / f"labels.{fmt}"
-        done = write_export(p, str(out), fmt, machine=True)
+        done, _ = write_export(p, str(out), fmt, machine=True)
         rows[fmt] = done.n_rows
         assert out.exists() and out.stat().st_size > 0
     table = pd.read_csv(tmp_path / "labels.csv", dtype={"item_id": str, "label": str})

@@ -109,17 +109,18 @@ def export(
     project_dir: str | None = project_option(),
     fmt: str = typer.Option("csv", "--format", "-f", help="csv, parquet, jsonl or gt-manifest (SageMaker Ground Truth)"),
     machine: bool = typer.Option(False, "--machine", help="also a machine label (the model's) for every other pool item"),
-    out: str | None = typer.Option(None, "--out", "-o", help="file or store URL to write; default ./<project>-labels.<ext>"),
+    out: str | None = typer.Option(
+        None, "--out", "-o",
+        help="file or store URL to write, or a folder (the default name inside it); default ./<project>-labels.<ext>"),
 ) -> None:
     """Write DIR's labels (item id, label, source, confidence, judgments, the pool's columns) as of its last finished round."""
     from crowdloop.engine import Project
-    from crowdloop.export import FORMATS, default_export_name, write_export
+    from crowdloop.export import FORMATS, write_export
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     project = Project.open(project_dir_of(directory, project_dir))
-    target = out or default_export_name(project, fmt)
-    done = write_export(project, target, fmt, machine=machine)
+    done, target = write_export(project, out, fmt, machine=machine)
     counts = ", ".join(f"{n} {source}" for source, n in sorted(done.by_source.items())) or "no labels yet"
     when = "no round finished yet" if done.finished_round is None else f"as of round {done.finished_round}"
     console.print(f"wrote {done.n_rows} labels ({counts}) {when} to {target}", soft_wrap=True)
