@@ -237,6 +237,9 @@ def _fit_tfidf(texts: np.ndarray, cfg: FeaturesConfig, store: Any, digest: str) 
         except ValueError as exc:  # e.g. "empty vocabulary" with min_df above the pool's repeats
             raise ConfigError(f"model.features: TfidfVectorizer could not fit the pool's texts: {exc}") from None
         vectorizer.stop_words_ = None  # only for introspection; can be as large as the vocabulary
+        if matrix.shape[1] < 2:  # nothing to rank or cluster by; TruncatedSVD would fail deep in the first round
+            raise ConfigError(f"model.features.params={cfg.params}: the TF-IDF vocabulary of the pool's texts has "
+                              f"{matrix.shape[1]} term(s); expected at least 2")
         n_components = max(1, min(cfg.dense_dim, matrix.shape[1] - 1, matrix.shape[0] - 1))
         svd = TruncatedSVD(n_components=n_components, random_state=0).fit(matrix)
         record = {"format": 1, "kind": "tfidf", "config": cfg.model_dump(mode="json"), "texts_sha256": digest,

@@ -161,6 +161,15 @@ def test_tfidf_is_fitted_once_and_stored_with_the_project(tmp_path: Path, monkey
         features_for(sample_pool(max_items=300), cfg, store)
 
 
+def test_a_vocabulary_of_one_term_is_refused_in_one_line(tmp_path: Path) -> None:
+    """``max_features: 1`` once passed the fit and failed as a traceback in the dense view's SVD."""
+    cfg = FeaturesConfig(kind="tfidf", params={"max_features": 1})
+    with pytest.raises(ConfigError, match=r"^model.features.params=\{'max_features': 1\}: the TF-IDF vocabulary .* has "
+                                          r"1 term\(s\); expected at least 2$"):
+        features_for(sample_pool(), cfg, LocalStore(tmp_path / "project"))
+    assert LocalStore(tmp_path / "project").list("features/") == []  # nothing stored for a rerun to trip on
+
+
 def test_text_rows_are_views_with_sparse_features_and_a_dense_view() -> None:
     pool = features_for(sample_pool(), FeaturesConfig(kind="tfidf", dense_dim=16))
     X = pool.X
