@@ -108,6 +108,9 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
                         "text (convert it, e.g. iconv -f latin1 -t utf-8)") from None
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise PoolError(f"pool.path: cannot read {cfg.source} file {str(path)!r}: {str(exc).splitlines()[0]}") from None
+    if frame.empty and len(frame.columns):  # else the first complaint would be "not numeric" about empty columns
+        raise PoolError(f"pool.path: {path.name} has a header ({len(frame.columns)} columns) but no rows; expected one "
+                        "row per item")
     content_column = cfg.text_column or cfg.image_column
     seed_column = cfg.seed_labels.column if cfg.seed_labels else None  # labels, never features (crowdloop/label_files.py)
     named = [c for c in [cfg.id_column, cfg.label_column, content_column, seed_column] if c] + list(cfg.feature_columns or [])
@@ -132,6 +135,13 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
         raise PoolError(f"pool.feature_columns: column(s) {infinite} in {path.name} hold infinite values; "
                         "expected finite numbers")
     if cfg.id_column:
+        # An empty cell would become the id 'nan' (and make a column of integer ids floats: '7.0'),
+        # which no seed-label, gold or export file of the user's could name.
+        empty = np.flatnonzero(frame[cfg.id_column].isna().to_numpy()
+                               | (frame[cfg.id_column].astype(str).str.strip() == "").to_numpy())
+        if len(empty):
+            raise PoolError(f"pool.id_column: {len(empty)} row(s) of {path.name} have no value in column "
+                            f"{cfg.id_column!r} (first: data row {int(empty[0]) + 1}); expected an id on every row")
         ids = np.array([str(v) for v in frame[cfg.id_column].tolist()], dtype=object)
     else:
         ids = np.array([f"row-{i:07d}" for i in range(len(frame))], dtype=object)

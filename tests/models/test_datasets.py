@@ -79,6 +79,26 @@ def test_duplicate_ids_and_labels_outside_classes(tmp_path: Path, table: pd.Data
                                    feature_columns=["a"], classes=["ham", "spam"]))
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_an_empty_id_cell_is_refused_naming_the_row(tmp_path: Path, table: pd.DataFrame, fmt: str) -> None:
+    """It became the id 'nan' (and integer ids floats, '7.0'), which no label file could name."""
+    table["uid"] = list(range(60))
+    table = table.astype({"uid": "object"})
+    table.loc[[4, 9], "uid"] = None if fmt == "parquet" else ""
+    path = tmp_path / f"pool.{fmt}"
+    table.to_parquet(path) if fmt == "parquet" else table.to_csv(path, index=False)
+    with pytest.raises(PoolError, match=rf"^pool.id_column: 2 row\(s\) of pool.{fmt} have no value in column 'uid' "
+                                        r"\(first: data row 5\); expected an id on every row$"):
+        load_table_pool(PoolConfig(source=fmt, path=str(path), id_column="uid", label_column="target",
+                                   feature_columns=["a"]))
+
+
+def test_a_header_without_rows_says_so(tmp_path: Path, table: pd.DataFrame) -> None:
+    table.head(0).to_csv(tmp_path / "pool.csv", index=False)
+    with pytest.raises(PoolError, match=r"^pool.path: pool.csv has a header \(5 columns\) but no rows"):
+        load_table_pool(PoolConfig(source="csv", path=str(tmp_path / "pool.csv"), id_column="uid", label_column="target"))
+
+
 def test_pool_without_ground_truth_needs_classes(tmp_path: Path, table: pd.DataFrame) -> None:
     table[["a", "b"]].to_csv(tmp_path / "pool.csv", index=False)
     with pytest.raises(PoolError, match=r"set pool\.classes"):
