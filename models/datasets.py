@@ -53,6 +53,13 @@ def _finish(ids: np.ndarray, X: np.ndarray, y: np.ndarray | None, cfg: PoolConfi
         raise PoolError("pool: no items")
     if len(set(ids.tolist())) != len(ids):
         raise PoolError(f"pool: id column {cfg.id_column!r} has duplicate values; item ids must be unique")
+    if content is not None and content_kind in ("text", "image"):
+        # An item with nothing to show is still sent, judged and paid for ``redundancy`` times.
+        blank = [i for i, c in enumerate(content.tolist()) if not str(c).strip()]
+        if blank:
+            what = "text" if content_kind == "text" else "image"
+            raise PoolError(f"pool: {len(blank)} item(s) have no {what} to show annotators (first: item {ids[blank[0]]!r}); "
+                            f"expected {what} on every item: fill them in or leave them out of the pool")
     if y is not None:
         known = sorted({v for v in y.tolist() if v is not None})
         classes = tuple(cfg.classes) if cfg.classes else tuple(known)

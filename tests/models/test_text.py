@@ -87,6 +87,25 @@ def test_text_folder_without_classes_needs_the_class_list(tmp_path: Path) -> Non
     assert pool.y is None and pool.classes == ("x", "y")
 
 
+def test_an_item_with_nothing_to_show_is_refused_in_one_line(tmp_path: Path) -> None:
+    """An empty file, a blank text cell or a missing image path was an item annotators were paid
+    to judge with nothing on the page."""
+    import pandas as pd
+
+    root = _folder(tmp_path, {"spam/1.txt": b"win money", "ham/2.txt": b" \n\t", "ham/3.txt": b"", "ham/4.txt": b"hi"})
+    with pytest.raises(PoolError, match=r"^pool: 2 item\(s\) have no text to show annotators \(first: item 'ham/2.txt'\)"):
+        load_text_folder_pool(PoolConfig(source="text_folder", path=str(root)))
+    frame = pd.DataFrame({"id": ["t1", "t2", "t3"], "body": ["printer on fire", None, "reset"], "x": [1.0, 2.0, 3.0],
+                          "picture": ["a.png", "b.png", None], "team": ["it", "it", "sales"]})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(PoolError, match=r"^pool: 1 item\(s\) have no text .* \(first: item 't2'\)"):
+        registry.pools.load("csv")(PoolConfig(source="csv", path=str(tmp_path / "t.csv"), id_column="id",
+                                              text_column="body", label_column="team", feature_columns=["x"]))
+    with pytest.raises(PoolError, match=r"^pool: 1 item\(s\) have no image .* \(first: item 't3'\)"):
+        registry.pools.load("csv")(PoolConfig(source="csv", path=str(tmp_path / "t.csv"), id_column="id",
+                                              image_column="picture", label_column="team", feature_columns=["x"]))
+
+
 def test_hostile_text_is_kept_as_text_or_refused_in_one_line(tmp_path: Path) -> None:
     script = "<script>alert(1)</script><img src=x onerror=alert(2)>"
     rtl = "price: \u202e1000$\u202c and \u2067isolated\u2069"
