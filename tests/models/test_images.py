@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,31 @@ def test_flat_folder_needs_classes_and_sizes_must_match(tmp_path):
         load_image_pool(_pool_cfg(source="images", path=str(tmp_path / "nope")))
     with pytest.raises(ConfigError, match="path is required for source 'images'"):
         _pool_cfg(source="images")
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
+    """A 40,000 x 40,000 PNG of a few hundred KB took 8 GB to decode; twice that side, more memory
+    than the machine has. The header is read first and the image refused in one line."""
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    for cls, value in (("a", 10), ("b", 200)):
+        (root / cls).mkdir(parents=True)
+        Image.new("L", (8, 8), value).save(root / cls / "ok.png")
+    big = root / "a" / "big.png"
+    Image.new("1", (10_000, 9_000), 0).save(big)  # 90 M pixels: just over the limit, Pillow only warns
+    assert big.stat().st_size < 200_000
+    cfg = _pool_cfg(source="images", path=str(root), image_size=8, image_mode="gray")
+    with pytest.raises(PoolError, match=r"^pool.path: image '.*big.png' is 10,000 x 9,000 pixels; expected at most "
+                                        r"89,478,485 pixels"):
+        load_image_pool(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        Image.new("1", (14_000, 14_000), 0).save(big)  # beyond twice the limit Pillow will not open it at all
+    with pytest.raises(PoolError, match=r"^pool.path: image '.*big.png' is over 178,956,970 pixels"):
+        load_image_pool(cfg)
+    big.unlink()
+    assert load_image_pool(cfg).X.shape == (2, 64)
 
 
 def test_images_under_an_s3_prefix(tmp_path, s3_endpoint, s3_bucket):
