@@ -48,7 +48,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from crowdloop.errors import RecordExistsError, StoreError, VendorError
 from crowdloop.records import Annotation, Task, dumps, to_jsonl, utcnow
@@ -85,6 +85,18 @@ class ManifestParams(BaseModel):
         value = value if value.endswith("/") else value + "/"
         validate_key(value, allow_prefix=True)
         return value
+
+    @model_validator(mode="after")
+    def _apart(self) -> ManifestParams:
+        # Every file under results_prefix is read as answers: a manifest or a rejects file there would be
+        # read as a result file, rejected, and its rejects file read again on the next poll, without end.
+        named = {"requests_prefix": self.requests_prefix, "results_prefix": self.results_prefix,
+                 "rejects_prefix": self.rejects_prefix}
+        for a, pa in named.items():
+            for b, pb in named.items():
+                if a < b and (pa.startswith(pb) or pb.startswith(pa)):
+                    raise ValueError(f"{a}={pa!r} and {b}={pb!r} overlap; expected three separate folders")
+        return self
 
 
 def _digest(text: str, n: int = 24) -> str:

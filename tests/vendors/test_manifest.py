@@ -195,6 +195,13 @@ def test_params_are_validated_with_one_line_errors(tmp_path):
         vendor_at(tmp_path, results_prefix="../x")
     with pytest.raises(ConfigError, match=r"vendor.params.bogus: unknown field"):
         vendor_at(tmp_path, bogus=1)
+    # every file under results_prefix is read as answers: a rejects file there was rejected and
+    # reported again on each poll, one more file each time
+    with pytest.raises(ConfigError, match=r"vendor.params: rejects_prefix='results/rejects/' and "
+                                          r"results_prefix='results/' overlap; expected three separate folders"):
+        vendor_at(tmp_path, rejects_prefix="results/rejects")
+    with pytest.raises(ConfigError, match=r"requests_prefix='drop/' and results_prefix='drop/' overlap"):
+        vendor_at(tmp_path, requests_prefix="drop", results_prefix="drop/")
 
 
 def drop_box_project(tmp_path: Path, **settings) -> tuple[engine.Project, LocalStore, dict[str, str]]:
