@@ -180,3 +180,17 @@ def test_ctrl_c_exits_130(plugin_env, tmp_path) -> None:
             proc.kill()
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and re.fullmatch(r"interrupted; .*\n", stderr)
+
+
+@pytest.mark.parametrize("command", [["serve"], ["deploy", "--pool", "p"]])
+def test_a_bad_cron_is_one_line_exit_2_before_the_project_is_opened(command, tmp_path, monkeypatch) -> None:
+    """It was a traceback from inside Prefect's deployment, after the pool had been loaded."""
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # deploy's first check; never contacted
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(small_config()))
+    store = tmp_path / "project"
+    result = CliRunner().invoke(app, [*command, str(config), "-p", str(store), "--cron", "61 * * * *"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == ("error: --cron '61 * * * *': not a cron schedule; expected five fields "
+                                     "(minute hour day month weekday), e.g. '0 6 * * *', or @hourly/@daily/@weekly")
+    assert not store.exists()

@@ -197,6 +197,21 @@ def _prepared_for_deployments(config: Path, project_dir: str | None):
     return cfg, location
 
 
+def _check_cron(cron: str | None) -> None:
+    """Prefect's own rule for a schedule, checked before the project is opened (it was a traceback
+    from inside the deployment, after the pool had been loaded)."""
+    if cron is None:
+        return
+    from pydantic import ValidationError
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=cron)
+    except ValidationError:
+        raise ConfigError(f"--cron {cron!r}: not a cron schedule; expected five fields (minute hour day month weekday), "
+                          "e.g. '0 6 * * *', or @hourly/@daily/@weekly") from None
+
+
 @app.command()
 @one_line_errors
 def serve(
@@ -207,6 +222,7 @@ def serve(
                                         help="seconds between collect runs (the fallback of answer events)"),
 ) -> None:
     """Serve the loop and collect deployments to the Prefect API (run and schedule them from the UI)."""
+    _check_cron(cron)
     cfg, location = _prepared_for_deployments(config, project_dir)
     from crowdloop.flows.serve import serve_project
 
@@ -236,6 +252,7 @@ def deploy(
     if not PREFECT_API_URL.value():
         raise ConfigError("crowdloop deploy needs a Prefect server: set PREFECT_API_URL "
                           "(e.g. prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api)")
+    _check_cron(cron)
     cfg, location = _prepared_for_deployments(config, project_dir)
     from crowdloop.flows.serve import deploy_project
 
