@@ -202,8 +202,8 @@ def _check_cron(cron: str | None) -> None:
     from inside the deployment, after the pool had been loaded)."""
     if cron is None:
         return
-    from pydantic import ValidationError
     from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
 
     try:
         CronSchedule(cron=cron)
