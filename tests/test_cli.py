@@ -194,3 +194,9 @@ def test_a_bad_cron_is_one_line_exit_2_before_the_project_is_opened(command, tmp
     assert result.output.strip() == ("error: --cron '61 * * * *': not a cron schedule; expected five fields "
                                      "(minute hour day month weekday), e.g. '0 6 * * *', or @hourly/@daily/@weekly")
     assert not store.exists()
+
+
+def test_a_webhook_public_url_that_is_no_url_is_refused_before_anything_is_registered(tmp_path) -> None:
+    result = CliRunner().invoke(app, ["webhook", "-p", str(tmp_path / "nowhere"), "--public-url", "receiver.local:8787"])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: --public-url 'receiver.local:8787': expected an http(s) base URL")

@@ -88,6 +88,8 @@ def webhook(
 
     from crowdloop.engine import Project
 
+    if public_url is not None:
+        _check_base_url("--public-url", public_url)
     project_dir = project_dir_of(None, project_dir)
     project = Project.open(project_dir)
     if project.config.vendor.name != "label_studio":
@@ -110,6 +112,18 @@ def webhook(
     uvicorn.run(label_studio_receiver(project.config.project, secret=secret), host=host, port=port, log_level="warning")
 
 
+def _check_base_url(option: str, url: str) -> None:
+    """A base URL others will open or call: http(s), a host, nothing after the path. 'not a url' was
+    printed as 'not a url/?token=...' after the annotator's one-time token had been issued."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query or parsed.fragment \
+            or any(c.isspace() for c in url):
+        raise ConfigError(f"{option} {url!r}: expected an http(s) base URL such as http://127.0.0.1:8000 or "
+                          "https://label.example.org/app (no query, no fragment)")
+
+
 @annotators_app.command("add")
 @one_line_errors
 def annotators_add(
@@ -118,6 +132,7 @@ def annotators_add(
     url: str = typer.Option("http://127.0.0.1:8000", "--url", help="where `crowdloop annotate` is reachable"),
 ) -> None:
     """Create annotator NAME and print their personal link (shown once; only a hash is stored)."""
+    _check_base_url("--url", url)  # before the token exists: it is shown once
     _, vendor = _local_desk(project_dir_of(None, project_dir))
     token = vendor.add_annotator(name)
     err_console.print(f"personal link for {name} (shown once, keep it private):")

@@ -228,6 +228,13 @@ def test_cli_adds_annotators_and_prints_a_link(text_project, tmp_path):
     assert again.exit_code == 2 and "error: annotator 'alice' already exists" in again.output
     assert runner.invoke(cli_app, ["annotators", "list", "--project-dir", where]).stdout == "alice\n"
 
+    # a link nobody can open is refused before the one-time token is issued
+    for bad in ("not a url", "javascript:alert(1)", "http://h:9/?x=1", "ftp://h/"):
+        r = runner.invoke(cli_app, ["annotators", "add", "bob", "--project-dir", where, "--url", bad])
+        assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+        assert r.output.startswith(f"error: --url {bad!r}: expected an http(s) base URL")
+    assert runner.invoke(cli_app, ["annotators", "list", "--project-dir", where]).stdout == "alice\n"
+
 
 def test_cli_refuses_projects_of_other_vendors(tmp_path):
     p = engine.Project.prepare(parse_config(small_config()), str(tmp_path / "sim"))
