@@ -193,3 +193,18 @@ def test_store_urls_name_a_file_or_a_prefix(seeded):
     assert export_target(p, "s3://bucket/?endpoint_url=http://h:9", "csv") == "s3://bucket/blind-labels.csv?endpoint_url=http://h:9"
     with pytest.raises(CrowdloopError, match=r"^--out 's3://bucket': expected a file name after the bucket"):
         export_target(p, "s3://bucket", "csv")
+
+
+def test_export_to_an_s3_key_or_prefix_on_a_real_local_s3_server(seeded, s3_endpoint, s3_bucket):
+    import boto3
+
+    p, _ = seeded
+    _, target = write_export(p, f"s3://{s3_bucket}/out/labels.csv?endpoint_url={s3_endpoint}", "csv")
+    assert target == f"s3://{s3_bucket}/out/labels.csv?endpoint_url={s3_endpoint}"
+    _, target = write_export(p, f"s3://{s3_bucket}/runs/?endpoint_url={s3_endpoint}", "jsonl")
+    assert target == f"s3://{s3_bucket}/runs/blind-labels.jsonl?endpoint_url={s3_endpoint}"
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"])
+    assert keys == ["out/labels.csv", "runs/blind-labels.jsonl"]
+    body = s3.get_object(Bucket=s3_bucket, Key="out/labels.csv")["Body"].read()
+    assert len(pd.read_csv(io.BytesIO(body))) == 130
