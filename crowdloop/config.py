@@ -40,6 +40,12 @@ _SOURCE_FIELDS: dict[str, frozenset[str]] = {
 _SOURCE_SPECIFIC = frozenset().union(*_SOURCE_FIELDS.values())
 
 
+def pool_fields_unread_by(source: str) -> frozenset[str]:
+    """The source-specific pool fields a built-in ``source`` never reads (none for a plug-in source)."""
+    reads = _SOURCE_FIELDS.get(source)
+    return frozenset() if reads is None else _SOURCE_SPECIFIC - reads
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -128,15 +134,6 @@ class PoolConfig(_Strict):
             if given:
                 raise ValueError(f"{', '.join(given)}: not used by source 'sharded' "
                                  "(its manifest names ids, labels and features)")
-        reads = _SOURCE_FIELDS.get(self.source)
-        if reads is not None:
-            # Differs from its default, not merely set: a config is re-validated from its full dump.
-            ignored = sorted(f for f in _SOURCE_SPECIFIC - reads
-                             if getattr(self, f) != type(self).model_fields[f].default)
-            if ignored:
-                users = sorted(src for src, fields in _SOURCE_FIELDS.items() if ignored[0] in fields)
-                raise ValueError(f"{ignored[0]}={getattr(self, ignored[0])!r}: not used by source {self.source!r}; "
-                                 f"expected it only with source {' or '.join(repr(u) for u in users)}")
         if (self.text_column or self.image_column) and self.source not in ("csv", "parquet"):
             raise ValueError(f"text_column/image_column: expected a csv or parquet pool, not source {self.source!r}")
         if self.classes is not None and len(set(self.classes)) < 2:
@@ -604,6 +601,15 @@ def parse_config(data: Any, *, source: str = "<config>", base_dir: Path | None =
         config = LoopConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source=source)) from None
+    # Checked here, on the configs users write, and not in PoolConfig itself, so that a project a
+    # release before this check stored with such a field still opens (engine/project.py ignores them
+    # when comparing a resumed config).
+    pool = config.pool
+    ignored = sorted(f for f in pool_fields_unread_by(pool.source) if getattr(pool, f) != PoolConfig.model_fields[f].default)
+    if ignored:
+        users = sorted(src for src, fields in _SOURCE_FIELDS.items() if ignored[0] in fields)
+        raise ConfigError(f"{source}: pool.{ignored[0]}={getattr(pool, ignored[0])!r}: not used by source {pool.source!r}; "
+                          f"expected it only with source {' or '.join(repr(u) for u in users)}")
     if base_dir is not None:
         pool = config.pool
         seeds = pool.seed_labels

@@ -125,3 +125,20 @@ def test_a_resumable_section_is_accepted_and_becomes_the_projects(tmp_path: Path
     # ... and the old config is kept for the record
     history = [read_json(resumed.store, k) for k in resumed.store.list(keys.CONFIG_HISTORY)]
     assert [_value(LoopConfig.model_validate(h["config"]), field) for h in history] == [_value(started, field)]
+
+
+def test_a_project_stored_with_a_field_its_source_never_reads_still_opens_and_resumes(tmp_path: Path) -> None:
+    """``parse_config`` now refuses ``pool.max_items`` on a scikit-learn pool (it was ignored); a
+    project an earlier release stored with it must still open, resume and change nothing."""
+    location = str(tmp_path / "p")
+    with pytest.raises(ConfigError, match=r"^test: pool.max_items=50: not used by source 'sklearn'"):
+        _config(**{"pool.max_items": 50})
+    data = small_config(**{"credentials.source": SECRET_SOURCE, "pool.max_items": 50})
+    old = LoopConfig.model_validate(data)  # what an earlier release accepted and stored
+    first = Project.prepare(old, location)
+    assert Project.open(location).config.pool.max_items == 50
+    resumed = Project.prepare(_config(), location)  # the user's file without the field
+    assert resumed.pool.ids.tolist() == first.pool.ids.tolist()
+    # any other change of the pool section is still refused
+    with pytest.raises(ConfigError, match=r"^pool.test_size: 0.25 differs from 0.3"):
+        Project.prepare(_config(**{"pool.test_size": 0.25}), location)

@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 import numpy as np
 
 from crowdloop import keys, registry
-from crowdloop.config import RESUMABLE_FIELDS, RESUMABLE_SECTIONS, LoopConfig
+from crowdloop.config import RESUMABLE_FIELDS, RESUMABLE_SECTIONS, LoopConfig, pool_fields_unread_by
 from crowdloop.credentials import Credentials
 from crowdloop.engine.pools import checked_pool_record, features_store, load_pool, load_split
 from crowdloop.errors import ConfigError, CrowdloopError, PoolError, RecordExistsError, StoreError
@@ -630,6 +630,9 @@ def _check_same_config(stored: LoopConfig, given: LoopConfig, url: str) -> None:
         for dotted in RESUMABLE_FIELDS:
             section, name = dotted.split(".")
             dump.get(section, {}).pop(name, None)
+        if stored.pool.source == given.pool.source:  # fields the source never reads change nothing
+            for name in pool_fields_unread_by(stored.pool.source):
+                dump["pool"].pop(name, None)
     for section in a:
         if section in RESUMABLE_SECTIONS:
             continue
