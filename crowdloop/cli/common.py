@@ -31,6 +31,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_OK, EXIT_BUG, EXIT_BAD_INPUT, EXIT_RETRY, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
+def shown(value: object) -> Text:
+    """Text from outside the project (a worker id from a vendor's result file, a stop reason naming
+    one) as it is: no rich markup, and a control character as its escape (``\\x1b``) so a worker id
+    cannot restyle, hyperlink or clear the operator's terminal."""
+    return Text("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value)))
+
+
 def print_error(message: str) -> None:
     err_console.print(Text(f"error: {' '.join(message.split())}", style="bold red"), soft_wrap=True)
 

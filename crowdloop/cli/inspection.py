@@ -8,6 +8,7 @@ import sys
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from crowdloop.cli.common import (
     app,
@@ -18,6 +19,7 @@ from crowdloop.cli.common import (
     project_dir_of,
     project_option,
     rounds_table,
+    shown,
 )
 from crowdloop.errors import ConfigError
 
@@ -38,7 +40,8 @@ def status(
         sys.stdout.write(json.dumps(state) + "\n")
         return
     console.print(rounds_table(state, f"crowdloop {state['project']}"))
-    console.print(f"reference accuracy: {fmt_value(state['reference_accuracy'])}; stopped: {state['stop_reason']}")
+    console.print(Text(f"reference accuracy: {fmt_value(state['reference_accuracy'])}; stopped: ")
+                  + shown(state["stop_reason"]))
     waiting = state["awaiting_decision"]
     if waiting:
         at_stake = round(sum(w["at_stake"] for w in waiting), 2)
@@ -68,7 +71,7 @@ def workers(
                  "blocked"):
         table.add_column(name, justify="left" if name == "worker" else "right", no_wrap=name == "worker")
     for w in state["workers"]:
-        table.add_row(w["worker_id"], str(w["judgments"]), str(w["gold_answers"]), fmt_value(w["gold_accuracy"], 2),
+        table.add_row(shown(w["worker_id"]), str(w["judgments"]), str(w["gold_answers"]), fmt_value(w["gold_accuracy"], 2),
                       fmt_value(w["skill"], 2), str(w["approved"]), str(w["rejected"]), f"{w['paid']:.2f}",
                       fmt_value(w["hourly_wage"], 2), "yes" if w["blocked"] else "")
     console.print(table)

@@ -27,6 +27,7 @@ from crowdloop.cli.common import (
     one_line_errors,
     project_option,
     rounds_table,
+    shown,
 )
 from crowdloop.errors import ConfigError, CrowdloopError
 
@@ -166,7 +167,7 @@ def _print_summary(state: dict[str, Any], location: str) -> None:
     summary = Table(show_header=False, title="summary", title_justify="left")
     summary.add_column("what")
     summary.add_column("value", justify="right")
-    summary.add_row("stopped because", str(state["stop_reason"]))
+    summary.add_row("stopped because", shown(state["stop_reason"]))
     summary.add_row("final test accuracy", fmt_value(last))
     final = state["rounds"][-1] if state["rounds"] else {}
     if final.get("estimated_accuracy") is not None:  # from the human-labeled audit (``evaluation``)

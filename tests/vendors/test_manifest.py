@@ -343,3 +343,40 @@ def test_an_output_manifest_dropped_after_the_round_closed_is_refused_line_by_li
     assert len(paid) == 2  # only what the loop collected was decided
     due = {rec["deadline"] for rec in manifest}  # the outside vendor was told when answers were due
     assert len(due) == 1 and datetime.fromisoformat(due.pop().replace("Z", "+00:00")).timestamp() <= dispatched_at + 1.5
+
+
+def test_a_worker_id_from_the_drop_box_cannot_restyle_or_clear_the_operators_terminal(tmp_path):
+    """Worker ids are whatever the outside vendor writes. ``crowdloop workers`` printed them as rich
+    markup (a ``[link=...]`` became a hyperlink) and passed escape sequences to the terminal."""
+    import io
+
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    from crowdloop.cli import app as cli_app
+    from crowdloop.cli import common
+
+    p, outside, truth = drop_box_project(tmp_path, **{"sampler.initial_size": 4, "consensus.redundancy": 1,
+                                                      "collect.timeout_s": 5, "collect.poll_interval_s": 0.01})
+    engine.run_round(p, 0, until="dispatch")
+    refs = engine.dispatch(p, 0)["refs"]
+    items = [json.loads(line)["item-id"] for line in outside.read_bytes(refs[0]["manifest"]).splitlines()]
+    hostile = "[link=http://evil.example]w[/link]\x1b[2J\x1b]8;;http://evil.example\x07"
+    drop(outside, "r0.jsonl", [answer(items[0], hostile, truth[items[0]]),
+                               *(answer(i, "w1", truth[i]) for i in items[1:])])
+    engine.collect(p, 0)
+    engine.aggregate(p, 0)
+    engine.pay(p, 0)
+    terminal = io.StringIO()
+    common.console = Console(file=terminal, force_terminal=True, width=200)
+    try:
+        from crowdloop.cli import inspection
+
+        inspection.console = common.console
+        result = CliRunner().invoke(cli_app, ["workers", "-p", p.store.url])
+    finally:
+        common.console = inspection.console = Console()
+    assert result.exit_code == 0, result.output
+    shown = terminal.getvalue()
+    assert "[link=http://evil.example]w[/link]\\x1b[2J\\x1b]8;;http://evil.example\\x07" in shown
+    assert "\x1b]8;" not in shown and "\x1b[2J" not in shown  # styles only: no hyperlink, no clear-screen
