@@ -92,8 +92,10 @@ def test_judgment_budget_counts_earlier_judgments_and_whole_items(two_rounds):
     done = 50 * REDUNDANCY
     assert next_batch_size(limits(p, judgment_budget=done + 3 * 7 + 2), 2) == (7, None)  # 7 whole items of 3
     assert next_batch_size(limits(p, judgment_budget=done + 3), 2) == (1, None)
-    assert next_batch_size(limits(p, judgment_budget=done + 2), 2) == (0, f"judgment_budget={done + 2} reached")
-    assert next_batch_size(limits(p, judgment_budget=done), 2) == (0, f"judgment_budget={done} reached")
+    assert next_batch_size(limits(p, judgment_budget=done + 2), 2) == (
+        0, f"judgment_budget={done + 2} reached: 2 judgment(s) left, one more item takes {REDUNDANCY}")
+    assert next_batch_size(limits(p, judgment_budget=done), 2) == (
+        0, f"judgment_budget={done} reached: 0 judgment(s) left, one more item takes {REDUNDANCY}")
     assert next_batch_size(limits(p, judgment_budget=done + 1000), 2) == (20, None)
 
 
@@ -142,7 +144,8 @@ def test_money_budget_buys_the_most_items_whose_worst_case_fits(two_rounds):
     assert size(4 * per_item + ROUNDING_SLACK - 0.001) == (3, None)
     assert size(100.0) == (30, None)  # the money is not the limit
     assert size(per_item + ROUNDING_SLACK) == (1, None)
-    assert size(per_item) == (0, "money_budget=1.5 USD reached")
+    # the reason says what is left and what one more item would cost at worst
+    assert size(per_item) == (0, "money_budget=1.5 USD reached: 1.50 USD left, one more item costs up to 1.51 USD")
     # later rounds subtract what was spent
     from crowdloop.pay import reward_for
 
@@ -324,17 +327,24 @@ def test_money_for_reasks_gold_and_new_items_at_the_worst_case(adaptive_rounds):
     drained = len(p.dispatched_items(before_round=r))
     budget = spent + (worst(0) + worst(1)) / 2
     assert next_batch_size(limits(p, money_budget=budget, label_budget=drained), r) == (0, None)
-    assert next_batch_size(limits(p, money_budget=budget), r) == (0, f"money_budget={budget:g} USD reached")
+    assert next_batch_size(limits(p, money_budget=budget), r) == (
+        0, f"money_budget={budget:g} USD reached: {budget - spent:.2f} USD left, one more item costs up to "
+           f"{worst(1):.2f} USD")
     # not even the re-asks fit
     budget = spent + worst(0) / 2
     assert next_batch_size(limits(p, money_budget=budget, label_budget=drained), r) == (
-        0, f"money_budget={budget:g} USD reached")
+        0, f"money_budget={budget:g} USD reached: {budget - spent:.2f} USD left, this round's {reasks} re-ask(s) cost "
+           f"up to {worst(0):.2f} USD")
 
 
 def test_less_than_a_cent_left_buys_nothing(two_rounds):
     p = two_rounds
     budget = p.spent(2) + 0.005
-    assert next_batch_size(limits(p, money_budget=budget), 2) == (0, f"money_budget={budget:g} USD reached")
+    one = _batch_cost(p, _round_costs(p, 2), 1, 0)
+    assert one > 0.02
+    assert next_batch_size(limits(p, money_budget=budget), 2) == (
+        0, f"money_budget={budget:g} USD reached: {budget - p.spent(2):.2f} USD left, one more item costs up to "
+           f"{one:.2f} USD")
 
 
 def test_one_task_gets_a_gold_question_in_expectation_at_any_share(tmp_path):
@@ -378,7 +388,8 @@ def test_judgment_budget_pays_the_reasks_first_then_whole_items(adaptive_rounds)
         reasks = len(reask_plan(p, r))
         assert reasks
         base = judgments_before(p, r) + reasks  # what the earlier rounds used plus this round's re-asks
-        reached = f"judgment_budget={base + 1} reached"
+        reached = (f"judgment_budget={base + 1} reached: 1 judgment(s) left, one more item takes "
+                   f"{(1 + _gold_tasks(p, 1 + reasks)) * first}")
         # gold questions are mixed into the items and the re-asks (plan_gold), ``first`` judgments each
         gold = _gold_tasks(p, 3 + reasks)
         assert gold > 0
@@ -449,7 +460,10 @@ def test_a_judgment_budget_of_exactly_the_reasks_runs_them(adaptive_rounds):
         n_items = len(p.dispatched_items(before_round=r))
         assert next_batch_size(limits(p, judgment_budget=exactly, label_budget=n_items), r) == (0, None)
         # no label budget: new items are wanted, and not one fits after the re-asks
-        assert next_batch_size(limits(p, judgment_budget=exactly), r) == (0, f"judgment_budget={exactly} reached")
+        first = p.config.consensus.first_judgments
+        assert next_batch_size(limits(p, judgment_budget=exactly), r) == (
+            0, f"judgment_budget={exactly} reached: 0 judgment(s) left, one more item takes "
+               f"{(1 + _gold_tasks(p, 1 + reasks)) * first}")
         # one judgment short of the re-asks: they do not fit
         assert next_batch_size(limits(p, judgment_budget=exactly - 1, label_budget=n_items), r) == (
             0, f"judgment_budget={exactly - 1} reached")
@@ -477,14 +491,17 @@ def test_money_for_the_reasks_but_not_one_item_stops_a_round_that_wants_items(ad
     budget = spent + (cost(0) + cost(1)) / 2
     # one new item wanted (label budget one above what was sent) and no money for it: the budget is reached
     assert next_batch_size(limits(p, money_budget=budget, label_budget=n_items + 1), r) == (
-        0, f"money_budget={budget:g} USD reached")
+        0, f"money_budget={budget:g} USD reached: {budget - spent:.2f} USD left, one more item costs up to "
+           f"{cost(1):.2f} USD")
     # exactly the re-asks' worst case left (to the last bit: what was spent read as 0 here): they still run
     exact = limits(p, money_budget=cost(0), label_budget=n_items)
     exact.spent = lambda _r: 0.0
     assert next_batch_size(exact, r) == (0, None)
     exact = limits(p, money_budget=math.nextafter(cost(0), 0.0), label_budget=n_items)
     exact.spent = lambda _r: 0.0
-    assert next_batch_size(exact, r) == (0, f"money_budget={math.nextafter(cost(0), 0.0):g} USD reached")
+    assert next_batch_size(exact, r) == (
+        0, f"money_budget={math.nextafter(cost(0), 0.0):g} USD reached: {math.nextafter(cost(0), 0.0):.2f} USD left, "
+           f"this round's {reasks} re-ask(s) cost up to {cost(0):.2f} USD")
 
 
 def test_the_stop_step_passes_its_metrics_and_round_to_the_rules(two_rounds, tmp_path):

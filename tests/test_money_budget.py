@@ -61,3 +61,16 @@ def test_money_budget_is_never_exceeded_with_top_ups_fees_and_gold(tmp_path, bud
     pays = [read_json(p.store, keys.round_key(r, keys.PAY)) for r in p.rounds() if p.has(r, keys.PAY)]
     assert any(x["bonuses"] > 0 for x in pays)  # the top-ups that used to overrun the budget were paid
     assert spent == pytest.approx(sum(x["total"] for x in pays))
+
+
+def test_a_budget_too_small_for_one_item_says_what_is_left_and_what_an_item_costs(tmp_path):
+    """``money_budget: 0.01`` stopped at round 0 with 'money_budget=0.01 USD reached', which reads
+    as if it had been spent; nothing was."""
+    from crowdloop.report import status
+
+    cfg = small_config(**{"stopping.money_budget": 0.01, "pay.hourly_wage": 12.0, "pay.pilot_seconds_per_task": 8.0})
+    p = run_engine(cfg, str(tmp_path / "p"))
+    state = status(p)
+    assert state["totals"]["cost"] == 0 and not p.annotations()
+    # 3 judgments at the $0.03 reward (8 s at $12/h, rounded up), each with a top-up of at most the reward, and a cent
+    assert state["stop_reason"] == ("money_budget=0.01 USD reached: 0.01 USD left, one more item costs up to 0.19 USD")

@@ -75,12 +75,19 @@ def next_batch_size(p: Project, r: int) -> tuple[int, str | None]:
             size -= 1
         # not one wanted item fits (or nothing is left to ask): reached; else a re-ask-only round
         if size == 0 and (wanted or not reasks):
-            return 0, f"judgment_budget={stop.judgment_budget} reached"
+            need = (1 + _gold_tasks(p, 1 + reasks)) * redundancy
+            return 0, (f"judgment_budget={stop.judgment_budget} reached: {left} judgment(s) left, one more item "
+                       f"takes {need}")
     if stop.money_budget is not None:
         left = stop.money_budget - p.spent(r)
         affordable = _affordable_items(p, r, size, reasks, left)
         if affordable is None or (affordable == 0 and (size > 0 or not reasks)):
-            return 0, f"money_budget={stop.money_budget:g} {cfg.pay.currency} reached"
+            # say what is left and what the next step costs: a budget too small for one item stops
+            # before anything is spent, and "reached" alone reads as if it had been spent
+            cur, costs = cfg.pay.currency, _round_costs(p, r)
+            what = (f"this round's {reasks} re-ask(s) cost up to {_batch_cost(p, costs, 0, reasks):.2f} {cur}"
+                    if affordable is None else f"one more item costs up to {_batch_cost(p, costs, 1, reasks):.2f} {cur}")
+            return 0, f"money_budget={stop.money_budget:g} {cur} reached: {max(left, 0):.2f} {cur} left, {what}"
         size = affordable
     return size, None
 
