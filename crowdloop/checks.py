@@ -191,7 +191,7 @@ def vendor_plan(config: LoopConfig, capabilities: frozenset[str] = frozenset()) 
     for a vendor that can keep a task from the workers who answered the item (without it there is none)."""
     c = config.consensus
     common = {"hourly_wage": config.pay.hourly_wage, "currency": config.pay.currency,
-              "collect_timeout_s": config.collect.timeout_s}
+              "collect_timeout_s": config.collect.timeout_s, "seconds_per_task": config.pay.pilot_seconds_per_task}
     if not c.adaptive:
         plan = VendorPlan(judgments_per_item=c.redundancy, replicas_per_task=(c.redundancy,), **common)
     else:

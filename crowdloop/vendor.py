@@ -192,6 +192,8 @@ class VendorPlan:
     currency: str = "USD"  # pay.currency
     # collect.timeout_s: how long after a dispatch the loop's last poll comes (None: not known)
     collect_timeout_s: float | None = None
+    # pay.pilot_seconds_per_task: how long one item is expected to take (None: not known)
+    seconds_per_task: float | None = None
 
 
 def check_vendor_params(vendor_cls: type, params: dict[str, Any], plan: VendorPlan) -> None:

@@ -121,6 +121,11 @@ def test_a_plugin_sampler_without_chunk_size_is_refused_before_round_1(tmp_path)
     ({"vendor": {"name": "mturk", "params": {"sandbox": "maybe"}}}, ["vendor.params.sandbox", "maybe"]),
     ({"vendor": {"name": "mturk", "params": {"assignment_duration_s": 3600}}, "collect.timeout_s": 3000},
      ["collect.timeout_s=3000: expected at least vendor.params.assignment_duration_s + 60 = 3660 s"]),
+    # 10 items of 40 s in a HIT and 600 s to do them: every worker slower than 1.5x the median would run out of time
+    ({"vendor": {"name": "mturk", "params": {"items_per_hit": 10, "assignment_duration_s": 600}},
+      "pay.pilot_seconds_per_task": 40},
+     ["vendor.params.assignment_duration_s=600: expected at least twice the expected time of one HIT "
+      "(items_per_hit=10 x pay.pilot_seconds_per_task=40 s = 400 s), so at least 800 s, or fewer items_per_hit"]),
     ({"vendor": {"name": "label_studio", "params": {}}, "gold": {"share": 0.2, "n_items": 10}},
      ["vendor.name: vendor 'label_studio' cannot block workers", "block_removes_membership: true"]),
     ({"vendor": {"name": "mturk", "params": {"items_per_hit": 4}},

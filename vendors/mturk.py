@@ -343,6 +343,21 @@ def _is_duplicate_token(exc: ClientError) -> bool:
             or ("idempotency token" in text.lower()) or "already exists" in text)
 
 
+def check_time_allowed(params: MTurkParams, seconds_per_task: float | None) -> None:
+    """A HIT must give a worker at least twice the time its items are expected to take
+    (``items_per_hit`` x ``pay.pilot_seconds_per_task``). Task times spread (log-normal, the
+    slowest tenth about twice the median): with less, the slower workers run out of time, MTurk
+    takes the HIT back with their work unpaid, and the round waits for others."""
+    if seconds_per_task is None:
+        return
+    need = params.items_per_hit * seconds_per_task
+    if params.assignment_duration_s < 2 * need:
+        raise ConfigError(
+            f"vendor.params.assignment_duration_s={params.assignment_duration_s}: expected at least twice the expected "
+            f"time of one HIT (items_per_hit={params.items_per_hit} x pay.pilot_seconds_per_task={seconds_per_task:g} s "
+            f"= {need:g} s), so at least {math.ceil(2 * need)} s, or fewer items_per_hit")
+
+
 class MTurkVendor:
     """Mechanical Turk HITs built from crowdloop tasks; state under the vendor's store prefix."""
 
@@ -609,6 +624,7 @@ class MTurkVendor:
         if parsed.items_per_hit == 1:  # re-asks add assignments to the item's HIT: it grows to every judgment of it
             check_assignments(parsed, plan.judgments_per_item, field=plan.judgments_field)
         listing_s(parsed, plan.collect_timeout_s)
+        check_time_allowed(parsed, plan.seconds_per_task)
         return parsed
 
     @staticmethod
