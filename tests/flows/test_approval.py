@@ -29,9 +29,9 @@ pytestmark = pytest.mark.slow
 def mturk_config(project: str, url: str, *, sandbox: bool, **overrides: Any) -> dict:
     return small_config(project=project, **{
         "vendor": {"name": "mturk", "params": {"endpoint_url": url, "sandbox": sandbox, "max_requests_per_second": 100,
-                                               "assignment_duration_s": 30}},
+                                               "assignment_duration_s": 60}},  # twice the pilot's 30 s
         "stopping.max_rounds": 3, "sampler.initial_size": 6, "sampler.batch_size": 4, "consensus.redundancy": 2,
-        "consensus.method": "majority_vote", "collect.timeout_s": 90, "collect.poll_interval_s": 0.05,
+        "consensus.method": "majority_vote", "collect.timeout_s": 120, "collect.poll_interval_s": 0.05,
         "pay.pilot_seconds_per_task": 30, **overrides})
 
 
