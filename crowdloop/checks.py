@@ -21,7 +21,6 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 
@@ -29,6 +28,7 @@ from crowdloop import registry
 from crowdloop.config import LoopConfig, ModelConfig
 from crowdloop.errors import ConfigError, CrowdloopError, PoolError, RegistryError, StoreError
 from crowdloop.media import check_reachable
+from crowdloop.storage import local_path, store_scheme
 from crowdloop.vendor import (
     EXCLUDES_WORKERS_PER_ITEM,
     IMAGES_BY_URL,
@@ -300,11 +300,10 @@ def check_store(location: str) -> str:
     records with someone else's files. Other schemes are opened through their store plug-in
     with ``create=False`` (S3: a ``head_bucket``), which writes nothing.
     """
-    parsed = urlparse(location)
-    scheme = parsed.scheme if len(parsed.scheme) > 1 else "file"  # 'C:' is a drive, not a scheme
+    scheme = store_scheme(location)
     _name("storage.url", registry.stores, scheme)
     if scheme == "file":
-        return _check_folder(Path(parsed.path if parsed.scheme == "file" else location).expanduser().absolute())
+        return _check_folder(local_path(location))
     store_cls = _plugin("storage.url", registry.stores, scheme)
     store = store_cls.from_url(location, create=False)
     if store.exists(PROJECT_KEY):

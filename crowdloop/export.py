@@ -22,7 +22,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 
@@ -120,22 +119,17 @@ def write_export(p: Project, out: str | None, fmt: str, *, machine: bool = False
     """Export to ``out`` (a local path or a store URL such as ``s3://bucket/labels.csv``) in one
     atomic write: a reader sees the old file or the whole new one, never a part. Returns what was
     written and where (``export_target``)."""
-    from crowdloop.storage import open_store
+    from crowdloop.storage import open_store, store_scheme
 
     target = export_target(p, out, fmt)
     done = export_labels(p, fmt, machine=machine)
-    if _is_store_url(target):
+    if store_scheme(target) == "file":
+        open_store(str(Path(target).parent)).write_bytes(Path(target).name, done.data)
+    else:
         base, sep, query = target.partition("?")  # s3://bucket/labels.csv?endpoint_url=...
         parent, _, name = base.rpartition("/")
         open_store(parent + sep + query).write_bytes(name, done.data)
-    else:
-        open_store(str(Path(target).parent)).write_bytes(Path(target).name, done.data)
     return done, target
-
-
-def _is_store_url(out: str) -> bool:
-    scheme = urlparse(out).scheme
-    return len(scheme) > 1 and scheme != "file"  # 'C:' is a drive, not a scheme
 
 
 def export_target(p: Project, out: str | None, fmt: str) -> str:
@@ -143,18 +137,20 @@ def export_target(p: Project, out: str | None, fmt: str) -> str:
     existing local folder, or any path or URL ending in '/' (as ``cp`` does). A local path is made
     absolute first: ``/labels.csv`` once landed in the working folder as ``labels.csv``, and
     ``--out /tmp`` overwrote a file ``./tmp`` while saying it wrote to /tmp."""
+    from crowdloop.storage import join_url, local_path, store_scheme
+
     if out is None:
         out = default_export_name(p, fmt)
-    if _is_store_url(out):
-        base, sep, query = out.partition("?")
+    scheme = store_scheme(out)
+    if scheme != "file":
+        base = out.partition("?")[0]
         if base.endswith("/"):
-            return base + default_export_name(p, fmt) + sep + query
+            return join_url(out, default_export_name(p, fmt))
         bucket, _, name = base.partition("://")[2].rpartition("/")
         if not bucket or not name:
-            scheme = urlparse(out).scheme
             raise CrowdloopError(f"--out {out!r}: expected a file name after the bucket, e.g. {scheme}://bucket/labels.csv")
         return out
-    path = Path(urlparse(out).path if out.startswith("file:") else out).expanduser().absolute()
+    path = local_path(out)
     if out.endswith(("/", os.sep)) or path.is_dir():
         path = path / default_export_name(p, fmt)
     return str(path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
@@ -116,14 +117,24 @@ def join_url(url: str, prefix: str) -> str:
     return f"{base.rstrip('/')}/{prefix}{sep}{query}"
 
 
+def store_scheme(url: str) -> str:
+    """The store plug-in a URL names: its scheme, or ``file`` for a plain path."""
+    scheme = urlparse(url).scheme
+    return scheme if len(scheme) > 1 else "file"  # 'C:' is a drive, not a scheme
+
+
+def local_path(url: str) -> Path:
+    """The absolute path a plain path or ``file://`` URL names (``~`` expanded)."""
+    parsed = urlparse(url)
+    return Path(parsed.path if parsed.scheme == "file" else url).expanduser().absolute()
+
+
 def open_store(url: str, *, create: bool = True) -> Store:
     """Open a store by URL: a plain path or ``file://`` for local, ``s3://`` when installed.
 
     ``create=False`` refuses to make a new store (for commands that only read a project).
     """
-    parsed = urlparse(url)
-    scheme = parsed.scheme if len(parsed.scheme) > 1 else "file"  # 'C:' is a drive, not a scheme
-    cls = registry.stores.load(scheme)
+    cls = registry.stores.load(store_scheme(url))
     return cls.from_url(url, create=create)
 
 
