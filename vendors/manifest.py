@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import re
@@ -92,10 +93,9 @@ class ManifestParams(BaseModel):
         # read as a result file, rejected, and its rejects file read again on the next poll, without end.
         named = {"requests_prefix": self.requests_prefix, "results_prefix": self.results_prefix,
                  "rejects_prefix": self.rejects_prefix}
-        for a, pa in named.items():
-            for b, pb in named.items():
-                if a < b and (pa.startswith(pb) or pb.startswith(pa)):
-                    raise ValueError(f"{a}={pa!r} and {b}={pb!r} overlap; expected three separate folders")
+        for (a, pa), (b, pb) in itertools.combinations(sorted(named.items()), 2):
+            if pa.startswith(pb) or pb.startswith(pa):
+                raise ValueError(f"{a}={pa!r} and {b}={pb!r} overlap; expected three separate folders")
         return self
 
 

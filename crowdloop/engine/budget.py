@@ -80,11 +80,12 @@ def next_batch_size(p: Project, r: int) -> tuple[int, str | None]:
                        f"takes {need}")
     if stop.money_budget is not None:
         left = stop.money_budget - p.spent(r)
-        affordable = _affordable_items(p, r, size, reasks, left)
+        costs = _round_costs(p, r)
+        affordable = _affordable_items(p, costs, size, reasks, left)
         if affordable is None or (affordable == 0 and (size > 0 or not reasks)):
             # say what is left and what the next step costs: a budget too small for one item stops
             # before anything is spent, and "reached" alone reads as if it had been spent
-            cur, costs = cfg.pay.currency, _round_costs(p, r)
+            cur = cfg.pay.currency
             what = (f"this round's {reasks} re-ask(s) cost up to {_batch_cost(p, costs, 0, reasks):.2f} {cur}"
                     if affordable is None else f"one more item costs up to {_batch_cost(p, costs, 1, reasks):.2f} {cur}")
             return 0, f"money_budget={stop.money_budget:g} {cur} reached: {max(left, 0):.2f} {cur} left, {what}"
@@ -137,10 +138,9 @@ def _batch_cost(p: Project, costs: _RoundCosts, n_items: int, reasks: int) -> fl
             + ROUNDING_SLACK)
 
 
-def _affordable_items(p: Project, r: int, size: int, reasks: int, left: float) -> int | None:
-    """The most new items (at most ``size``) round ``r`` can send with ``reasks`` re-asks without
-    spending more than ``left`` at worst; None when the re-asks alone do not fit."""
-    costs = _round_costs(p, r)
+def _affordable_items(p: Project, costs: _RoundCosts, size: int, reasks: int, left: float) -> int | None:
+    """The most new items (at most ``size``) a round at ``costs`` can send with ``reasks`` re-asks
+    without spending more than ``left`` at worst; None when the re-asks alone do not fit."""
     if _batch_cost(p, costs, 0, reasks) > left and reasks:
         return None
     n = size
