@@ -200,3 +200,56 @@ def test_a_webhook_public_url_that_is_no_url_is_refused_before_anything_is_regis
     result = CliRunner().invoke(app, ["webhook", "-p", str(tmp_path / "nowhere"), "--public-url", "receiver.local:8787"])
     assert result.exit_code == 2
     assert result.output.startswith("error: --public-url 'receiver.local:8787': expected an http(s) base URL")
+
+
+@pytest.fixture(scope="module")
+def local_project(tmp_path_factory) -> str:
+    from crowdloop.engine import Project
+
+    store = str(tmp_path_factory.mktemp("annotate") / "p")
+    Project.prepare(parse_config(small_config(vendor={"name": "local", "params": {}})), store)
+    return store
+
+
+@pytest.mark.parametrize(("host", "expected"), [
+    ("8.8.8.8", "error: --host 8.8.8.8 --port {port}: 8.8.8.8 is not an address of this machine "
+                "(Cannot assign requested address); use 127.0.0.1, or 0.0.0.0 for every interface"),
+    ("300.1.1.1", "error: --host 300.1.1.1 --port {port}: '300.1.1.1' is not an address or host name this machine "
+                  "resolves (Name or service not known); use 127.0.0.1, or 0.0.0.0 for every interface"),
+    ("127.0.0.1", "error: --host 127.0.0.1 --port {port}: port {port} is already in use on 127.0.0.1; stop what "
+                  "holds it or pick another --port"),
+])
+def test_a_host_or_port_the_server_cannot_listen_on_is_one_line_exit_2_before_the_banner(local_project, host,
+                                                                                       expected) -> None:
+    """It was uvicorn's log line and exit 3 ("worth a retry") after the start banner had named the URL."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["annotate", local_project, "--host", host, "--port", str(port)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == expected.format(port=port)
+
+
+def test_the_webhook_checks_its_port_before_it_registers_anything(monkeypatch, tmp_path) -> None:
+    """A port in use was found only after the webhook had been registered on Label Studio."""
+    import socket
+    from types import SimpleNamespace
+
+    from crowdloop.engine import Project
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # checked, never contacted
+    registered: list[str] = []
+    project = SimpleNamespace(config=SimpleNamespace(project="t", vendor=SimpleNamespace(name="label_studio")),
+                              vendor=SimpleNamespace(ensure_webhook=lambda url, **kw: registered.append(url)))
+    monkeypatch.setattr(Project, "open", lambda *a, **kw: project)
+    store = str(tmp_path / "p")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["webhook", "-p", store, "--port", str(port)])
+    assert result.exit_code == 2, result.output
+    assert "is already in use" in result.output and registered == []

@@ -8,7 +8,16 @@ import sys
 
 import typer
 
-from crowdloop.cli.common import app, console, err_console, one_line_errors, project_dir_of, project_option
+from crowdloop.cli.common import (
+    app,
+    console,
+    err_console,
+    listening_socket,
+    one_line_errors,
+    project_dir_of,
+    project_option,
+    serve,
+)
 from crowdloop.errors import ConfigError
 
 annotators_app = typer.Typer(help="Annotators of the local annotation app (vendor 'local').", no_args_is_help=True)
@@ -48,11 +57,10 @@ def annotate(
                                        help="emit a Prefect event on each answer (default: when PREFECT_API_URL is set)"),
 ) -> None:
     """Serve the annotation web app for the project's dispatched tasks."""
-    import uvicorn
-
     from crowdloop.vendors.local_app import create_app, project_suggester
 
     project, vendor = _local_desk(project_dir_of(directory, project_dir))
+    sock = listening_socket(host, port)
     on_answer = None
     if events or (events is None and _prefect_api_configured()):
         from crowdloop.flows.events import answer_emitter
@@ -64,7 +72,7 @@ def annotate(
                       f"annotators: {', '.join(names) or 'none yet (crowdloop annotators add NAME --project-dir ...)'}"
                       f"{'; answer events to Prefect' if on_answer else ''}",
                       soft_wrap=True)
-    uvicorn.run(web, host=host, port=port, log_level="warning")
+    serve(web, sock)
 
 
 @app.command()
@@ -84,8 +92,6 @@ def webhook(
     """
     import secrets as random_secrets
 
-    import uvicorn
-
     from crowdloop.engine import Project
 
     if public_url is not None:
@@ -104,12 +110,13 @@ def webhook(
         raise ConfigError("--no-register: set CROWDLOOP_WEBHOOK_SECRET to the secret of the webhook you register in "
                           "Label Studio (header Authorization: Bearer <secret>)")
     secret = secret or random_secrets.token_urlsafe(32)  # registered below, never printed
+    sock = listening_socket(host, port)
     url = f"{(public_url or f'http://{host}:{port}').rstrip('/')}/label-studio"
     if register:
         project.vendor.ensure_webhook(url, headers={"Authorization": f"Bearer {secret}"})
     err_console.print(f"crowdloop webhook: {url} for project {project.config.project!r}"
                       f"{' (registered on Label Studio)' if register else ''}", soft_wrap=True)
-    uvicorn.run(label_studio_receiver(project.config.project, secret=secret), host=host, port=port, log_level="warning")
+    serve(label_studio_receiver(project.config.project, secret=secret), sock)
 
 
 def _check_base_url(option: str, url: str) -> None:

@@ -3,7 +3,9 @@ mapping (docs/cli.md "Exit codes") and the ``--project-dir/-p`` convention."""
 
 from __future__ import annotations
 
+import errno
 import functools
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -36,6 +38,46 @@ def shown(value: object) -> Text:
     one) as it is: no rich markup, and a control character as its escape (``\\x1b``) so a worker id
     cannot restyle, hyperlink or clear the operator's terminal."""
     return Text("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value)))
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything is printed, registered or handed out: a host that
+    is not this machine's, or a port in use, was uvicorn's log line and exit 3 ("worth a retry")
+    after the start banner, and ``webhook`` had already registered its URL on Label Studio."""
+    where = f"--host {host} --port {port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_AGAIN:
+            raise  # the resolver is down: transient
+        raise ConfigError(f"{where}: {host!r} is not an address or host name this machine resolves "
+                          f"({exc.strerror}); use 127.0.0.1, or 0.0.0.0 for every interface") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"{where}: port {port} is already in use on {host}; stop what holds it or pick "
+                              "another --port") from None
+        if exc.errno == errno.EACCES:
+            raise ConfigError(f"{where}: not allowed to listen there ({exc.strerror}); ports below 1024 need "
+                              "root: pick a port above 1023") from None
+        if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+            raise ConfigError(f"{where}: {host} is not an address of this machine ({exc.strerror}); use "
+                              "127.0.0.1, or 0.0.0.0 for every interface") from None
+        raise
+    return sock
+
+
+def serve(app_: Any, sock: socket.socket) -> None:
+    """Run an ASGI app with uvicorn on a socket from ``listening_socket``."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app_, log_level="warning"))
+    server.run(sockets=[sock])
 
 
 def print_error(message: str) -> None:
