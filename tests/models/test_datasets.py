@@ -79,6 +79,23 @@ def test_duplicate_ids_and_labels_outside_classes(tmp_path: Path, table: pd.Data
                                    feature_columns=["a"], classes=["ham", "spam"]))
 
 
+def test_labels_that_differ_only_in_case_or_spaces_are_refused_not_made_classes(tmp_path: Path,
+                                                                                table: pd.DataFrame) -> None:
+    """'ham ' and 'Ham' beside 'ham' were three classes: annotators saw each spelling as a choice."""
+    table.loc[[3, 7], "target"] = ["ham ", "Ham"]
+    table.to_csv(tmp_path / "pool.csv", index=False)
+    cfg = {"source": "csv", "path": str(tmp_path / "pool.csv"), "id_column": "uid", "label_column": "target",
+           "feature_columns": ["a"]}
+    with pytest.raises(PoolError, match=r"^pool.label_column 'target': labels 'Ham' vs 'ham' vs 'ham ' differ only in "
+                                        r"case or spaces, so they would be separate classes; fix them in the file"):
+        load_table_pool(PoolConfig(**cfg))
+    with pytest.raises(PoolError, match=r"\['Ham', 'ham '\] are not in the class list \['eggs', 'ham', 'spam'\] "
+                                        r"\('Ham' differs from 'ham' only in case or spaces: fix the file\)$"):
+        load_table_pool(PoolConfig(**cfg, classes=["eggs", "ham", "spam"]))
+    pool = load_table_pool(PoolConfig(**cfg, classes=["eggs", "ham", "spam", "ham ", "Ham"]))  # meant to differ
+    assert len(pool.classes) == 5
+
+
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_an_empty_id_cell_is_refused_naming_the_row(tmp_path: Path, table: pd.DataFrame, fmt: str) -> None:
     """It became the id 'nan' (and integer ids floats, '7.0'), which no label file could name."""
