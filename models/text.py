@@ -260,13 +260,16 @@ def _fit_hashing(texts: np.ndarray, cfg: FeaturesConfig, store: Any, digest: str
 
     params = _vectorizer_params(cfg, HASHING_DEFAULTS)
     vectorizer = _make(HashingVectorizer, params)
+    n_features = int(params["n_features"])
+    if n_features < max(2, cfg.dense_dim):  # every term in a handful of columns: nothing left to rank or cluster by
+        raise ConfigError(f"model.features.params.n_features={n_features}: expected at least dense_dim "
+                          f"({cfg.dense_dim}) hashed columns (default 2**18 = {HASHING_DEFAULTS['n_features']})")
     key = FEATURES_PREFIX + "hashing.json"
     record = {"format": 1, "kind": "hashing", "config": cfg.model_dump(mode="json"), "texts_sha256": digest,
               "n_items": len(texts)}
     if store is not None:
         record = json.loads(_write_create_only(store, key, json.dumps(record).encode()))
     _check_record(record, cfg, digest, key)
-    n_features = int(params["n_features"])
     projection = SparseRandomProjection(n_components=cfg.dense_dim, random_state=0).fit(sp.csr_matrix((1, n_features)))
     return FittedText("hashing", texts, n_features, lambda t: vectorizer.transform(t).tocsr(),
                       lambda M: _unit_rows(projection.transform(M)))

@@ -189,6 +189,17 @@ def test_a_vocabulary_of_one_term_is_refused_in_one_line(tmp_path: Path) -> None
     assert LocalStore(tmp_path / "project").list("features/") == []  # nothing stored for a rerun to trip on
 
 
+@pytest.mark.parametrize("n_features", [1, 99])
+def test_fewer_hashed_columns_than_the_dense_view_are_refused_in_one_line(tmp_path: Path, n_features: int) -> None:
+    """``n_features: 1`` put every term in one column and ran: nothing to rank or cluster by."""
+    cfg = FeaturesConfig(kind="hashing", params={"n_features": n_features})
+    with pytest.raises(ConfigError, match=rf"^model.features.params.n_features={n_features}: expected at least "
+                                          r"dense_dim \(100\) hashed columns"):
+        features_for(sample_pool(), cfg, LocalStore(tmp_path / "project"))
+    assert LocalStore(tmp_path / "project").list("features/") == []
+    assert features_for(sample_pool(), FeaturesConfig(kind="hashing", params={"n_features": 100})).X.shape[1] == 100
+
+
 def test_text_rows_are_views_with_sparse_features_and_a_dense_view() -> None:
     pool = features_for(sample_pool(), FeaturesConfig(kind="tfidf", dense_dim=16))
     X = pool.X
