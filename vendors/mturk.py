@@ -50,6 +50,7 @@ import html
 import logging
 import math
 import re
+import secrets
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -90,6 +91,7 @@ SANDBOX_ENDPOINT = "https://mturk-requester-sandbox.{region}.amazonaws.com"
 PRODUCTION_ENDPOINT = "https://mturk-requester.{region}.amazonaws.com"
 HTML_QUESTION_NS = "http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2011-11-11/HTMLQuestion.xsd"
 TOKEN_TTL_S = 24 * 3600.0
+STORE_ID_KEY = "store.json"
 # Reconcile by RequesterAnnotation a little before MTurk forgets the token, not after.
 TOKEN_SAFE_AGE_S = 23 * 3600.0
 
@@ -324,9 +326,13 @@ def _chunks_in_order(tasks: Sequence[Task], n: int) -> Iterator[list[Task]]:
             yield group
 
 
-def request_token(project: str, batch_id: str, item_ids: Sequence[str], replicas: int) -> str:
-    """Deterministic ``UniqueRequestToken`` (≤ 64 chars) for one HIT."""
-    return f"cl-{project[:16]}-{_digest(project, batch_id, *item_ids, replicas)}"
+def request_token(project: str, batch_id: str, item_ids: Sequence[str], replicas: int, store_id: str = "") -> str:
+    """Deterministic ``UniqueRequestToken`` (≤ 64 chars) for one HIT of one project store.
+
+    ``store_id`` (``MTurkVendor.store_id``) keeps apart two stores of the same project name: a
+    store deleted and made again picks the same items for its first batch, and without it MTurk
+    answered the new HIT's token with the old store's HIT, old answers and all."""
+    return f"cl-{project[:16]}-{_digest(project, batch_id, *item_ids, replicas, *([store_id] if store_id else []))}"
 
 
 def _error_code(exc: ClientError) -> str:
@@ -385,6 +391,7 @@ class MTurkVendor:
         self._complete_hits: set[tuple[str, str]] = set()
         self._limiter = RateLimiter(self.params.max_requests_per_second)
         self._client = None
+        self._store_id: str | None = None
         self.clock: Callable[[], float] = time.time  # wall clock, for the token's 24 h validity
         self._repost_checked: dict[str, float] = {}  # HIT id -> when poll last asked whether it needs re-posting
         # MTurk refuses to extend a HIT from fewer than 10 assignments to 10 or more.
@@ -693,7 +700,7 @@ class MTurkVendor:
             if earlier is not None:  # ask somebody else: MTurk never gives a worker the same HIT twice
                 return self._extend_hit(group[0], earlier, batch_id)
         self._check_assignments(replicas)
-        token = request_token(ctx.project, batch_id, items, replicas)
+        token = request_token(ctx.project, batch_id, items, replicas, self.store_id())
         gkey = _digest(*items, n=24)
         hit_key = self._hit_key(batch_id, gkey)
         done = read_json(self.store, hit_key, default=None)
@@ -732,6 +739,19 @@ class MTurkVendor:
         except RecordExistsError:
             record = read_json(self.store, hit_key)
         return self._ref(record)
+
+    def store_id(self) -> str:
+        """A random id made once per project store (``vendor/mturk/store.json``), part of every new
+        HIT's token and annotation (see ``request_token``). HITs recorded before it existed keep
+        the tokens in their intents."""
+        if self._store_id is None:
+            record = read_json(self.store, STORE_ID_KEY, default=None)
+            if record is None:
+                with contextlib.suppress(RecordExistsError):  # another process made it first: use theirs
+                    write_json(self.store, STORE_ID_KEY, {"store_id": secrets.token_hex(8)}, create_only=True)
+                record = read_json(self.store, STORE_ID_KEY)
+            self._store_id = str(record["store_id"])
+        return self._store_id
 
     def _is_image_file(self, item_id: str) -> bool:
         payload = self.context.item_payload(item_id)

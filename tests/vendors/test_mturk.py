@@ -53,8 +53,22 @@ def test_submit_builds_safe_hits_and_is_idempotent(tmp_path: Path, fake: FakeMTu
     assert vendor.submit(tasks(3), batch_id="proj-r0000") == refs
     assert make(tmp_path).submit(tasks(3), batch_id="proj-r0000") == refs
     assert fake.calls.count("CreateHIT") == 3
-    # tokens depend only on (project, batch, items, replicas)
-    assert mturk.request_token("proj", "proj-r0000", ["item0"], 3) == tokens[0]
+    # tokens depend only on (project, batch, items, replicas) and the project store
+    assert mturk.request_token("proj", "proj-r0000", ["item0"], 3, vendor.store_id()) == tokens[0]
+
+
+def test_a_store_made_again_under_the_same_name_never_adopts_the_old_stores_hits(tmp_path: Path,
+                                                                                fake: FakeMTurk) -> None:
+    """The same project name and seed pick the same items: the token was the same, so MTurk handed
+    the deleted store's HITs (its workers' answers, its reward and question) to the new store."""
+    old_refs = make(tmp_path / "old").submit(tasks(3), batch_id="proj-r0000")
+    new_refs = make(tmp_path / "new").submit(tasks(3), batch_id="proj-r0000")
+    assert fake.calls.count("CreateHIT") == 6 and len(fake.hits) == 6
+    assert {r["hit_id"] for r in old_refs}.isdisjoint(r["hit_id"] for r in new_refs)
+    annotations = [b["RequesterAnnotation"] for op, b in fake.requests if op == "CreateHIT"]
+    assert len(set(annotations)) == 6
+    assert make(tmp_path / "new").submit(tasks(3), batch_id="proj-r0000") == new_refs  # and a retry still adopts its own
+    assert fake.calls.count("CreateHIT") == 6
 
 
 @pytest.mark.parametrize("message_has_id", [True, False], ids=["id-in-message", "via-list-hits"])
