@@ -155,6 +155,32 @@ def _fetch_s3(url: str, max_items: int | None) -> tuple[Path, list[str], list[st
     return root, keys, labels
 
 
+def available_memory_bytes() -> int | None:
+    """What the kernel says can still be allocated without swapping (Linux ``MemAvailable``);
+    None where it does not say."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _check_fits_in_memory(n_images: int, first: np.ndarray, first_name: str) -> None:
+    """An image pool holds every image's pixels as float32: 50,000 photos of 1024×768 need 472 GB,
+    and the load ran until the kernel killed it, with no word. Refused before the first
+    allocation, naming the settings that shrink it."""
+    needed = n_images * first.size * 4
+    available = available_memory_bytes()
+    if available is not None and needed > available:
+        channels, height, width = first.shape
+        raise PoolError(f"pool.image_size: {n_images:,} images of {width}×{height}×{channels} (as {first_name!r}) need "
+                        f"{needed / 1e9:.1f} GB as float32 pixels and this machine has {available / 1e9:.1f} GB "
+                        "available; set pool.image_size (e.g. 64) or pool.max_items, or use image_mode: gray")
+
+
 def load_image_pool(cfg: PoolConfig) -> Pool:
     """A folder of images (local directory or S3 prefix); see the module docstring."""
     path = str(cfg.path or "")
@@ -169,6 +195,7 @@ def load_image_pool(cfg: PoolConfig) -> Pool:
         raise PoolError(f"pool.path: no {'/'.join(s.lstrip('.') for s in IMAGE_SUFFIXES)} images under {path!r}")
     files = [str((root / r).resolve()) for r in rel]
     first = decode(files[0], mode=cfg.image_mode, size=cfg.image_size)
+    _check_fits_in_memory(len(files), first, rel[0])
     X = np.empty((len(files), first.size), dtype=np.float32)
     X[0] = first.reshape(-1)
     for i, f in enumerate(files[1:], start=1):

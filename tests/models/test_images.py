@@ -3,6 +3,7 @@ one loop round with the CNN through the engine."""
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 import warnings
@@ -108,6 +109,31 @@ def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
         load_image_pool(cfg)
     big.unlink()
     assert load_image_pool(cfg).X.shape == (2, 64)
+
+
+def test_a_pool_whose_pixels_exceed_the_machines_memory_is_refused_before_loading(tmp_path):
+    """Every image's pixels are held as float32; a folder of large photos ran until the kernel
+    killed the process. Here: enough links to one 4096 x 4096 RGB PNG (201 MB as float32 each)
+    to exceed what this machine has available."""
+    from PIL import Image
+
+    from crowdloop.models.images import available_memory_bytes
+
+    available = available_memory_bytes()
+    assert available is not None, "expected /proc/meminfo (Linux)"
+    per_image = 4096 * 4096 * 3 * 4
+    n = available // per_image + 2
+    flat = tmp_path / "photos"
+    flat.mkdir()
+    Image.new("RGB", (4096, 4096), (10, 200, 30)).save(flat / "0000.png")
+    for i in range(1, n):
+        os.link(flat / "0000.png", flat / f"{i:04d}.png")
+    cfg = {"source": "images", "path": str(flat), "classes": ["a", "b"]}
+    with pytest.raises(PoolError, match=rf"^pool.image_size: {n:,} images of 4096×4096×3 \(as '0000.png'\) need "
+                                        rf"{n * per_image / 1e9:.1f} GB as float32 pixels and this machine has "
+                                        r"[0-9.]+ GB available; set pool.image_size \(e.g. 64\)"):
+        load_image_pool(_pool_cfg(**cfg))
+    assert load_image_pool(_pool_cfg(**cfg, image_size=8, max_items=2)).X.shape == (2, 192)
 
 
 def test_images_under_an_s3_prefix(tmp_path, s3_endpoint, s3_bucket):
