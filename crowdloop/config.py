@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from crowdloop.errors import ConfigError
 
@@ -82,6 +82,10 @@ class SeedLabelsConfig(LabelFileConfig):
         return self
 
 
+MAX_CLASS_CHARS = 200
+MAX_SHOWN_VALUE_CHARS = 200  # of a bad value in an error line
+
+
 class PoolConfig(_Strict):
     """Where the unlabeled items come from, and how the held-out test split is drawn."""
 
@@ -118,6 +122,36 @@ class PoolConfig(_Strict):
     seed_labels: SeedLabelsConfig | None = Field(
         None, description="labels you already have: {column: NAME} of the pool file, or {path: FILE} (id,label CSV/Parquet, "
         "Ground Truth output manifest, Label Studio JSON export)")
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _classes_as_names(cls, value: Any) -> Any:
+        """``classes: [0, 1]`` in YAML names the label column's 0/1 (read as "0"/"1"); it was refused
+        as "not a valid string"."""
+        if not isinstance(value, list):
+            return value
+        def name(v: Any) -> Any:  # as models/datasets.py reads a label cell: 3.0 is "3"
+            if isinstance(v, bool) or not isinstance(v, int | float) or v != v or v in (float("inf"), float("-inf")):
+                return v
+            return str(int(v)) if float(v).is_integer() else str(v)
+
+        return [name(v) for v in value]
+
+    @field_validator("classes")
+    @classmethod
+    def _check_class_names(cls, value: list[str] | None) -> list[str] | None:
+        """A class is a name annotators choose: listed twice, it was two buttons and two columns of
+        every confusion matrix; empty, padded or with a line break, a button nobody can read."""
+        if value is None:
+            return value
+        for name in value:
+            if not name.strip() or name != name.strip() or not name.isprintable() or len(name) > MAX_CLASS_CHARS:
+                raise ValueError(f"class {name[:60]!r}: expected a name of 1-{MAX_CLASS_CHARS} printable characters "
+                                 "without leading or trailing spaces")
+        twice = sorted({name for name in value if value.count(name) > 1})
+        if twice:
+            raise ValueError(f"class {twice[0]!r} is listed more than once; expected each class once")
+        return value
 
     @model_validator(mode="after")
     def _check_source(self) -> PoolConfig:
@@ -569,7 +603,10 @@ def format_validation_error(exc: ValidationError, *, source: str, model: type[Ba
         if problem.startswith("Value error, "):
             problem = problem[len("Value error, ") :]
     value = first.get("input")
-    shown = "" if first["type"] in ("missing",) or isinstance(value, dict) else f" (got {value!r})"
+    got = repr(value)
+    if len(got) > MAX_SHOWN_VALUE_CHARS:  # a pasted 5,000-character value made a 5,000-character "one line"
+        got = f"{got[:MAX_SHOWN_VALUE_CHARS]}... ({len(got):,} characters)"
+    shown = "" if first["type"] in ("missing",) or isinstance(value, dict) else f" (got {got})"
     more = f" [and {len(errors) - 1} more error(s)]" if len(errors) > 1 else ""
     return " ".join(f"{source}: {loc}: {problem}{shown}{more}".splitlines())
 

@@ -62,8 +62,8 @@ def _refuse_near_duplicate_classes(labels: list[str], column: str | None) -> Non
     if clashes:
         shown = "; ".join(" vs ".join(repr(v) for v in spellings) for spellings in clashes[:3])
         raise PoolError(f"pool.label_column {column!r}: labels {shown} differ only in case or spaces, so they would "
-                        "be separate classes; fix them in the file (or list every class in pool.classes if they are "
-                        "meant to differ)")
+                        "be separate classes; fix them in the file (or, for classes that differ in case on purpose, "
+                        "list every class in pool.classes)")
 
 
 def _finish(ids: np.ndarray, X: np.ndarray, y: np.ndarray | None, cfg: PoolConfig, feature_names,

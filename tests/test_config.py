@@ -53,6 +53,13 @@ def _write(tmp_path: Path, data: dict | str) -> Path:
         # Seeds reach scikit-learn's random_state, which takes 32 bits: a larger one was a traceback.
         ({"seed": 2**32}, ["seed", "less than or equal to 4294967295", "4294967296"]),
         ({"pay.pilot_seconds_per_task": 1e9}, ["pay.pilot_seconds_per_task", "86400"]),
+        # A class listed twice was two buttons and two columns of every confusion matrix.
+        ({"pool.classes": ["cat", "dog", "cat"]}, ["pool.classes", "class 'cat' is listed more than once"]),
+        ({"pool.classes": ["cat", ""]}, ["pool.classes", "class ''", "1-200 printable characters"]),
+        ({"pool.classes": ["cat ", "dog"]}, ["pool.classes", "class 'cat '", "without leading or trailing spaces"]),
+        ({"pool.classes": ["cat\ndog", "bird"]}, ["pool.classes", "class 'cat\\ndog'", "printable"]),
+        # A pasted value is shown cut, not whole: the error stays a line a terminal can show.
+        ({"pool.classes": ["x" * 5000, "y"]}, ["pool.classes", "... (5,009 characters))"]),
     ],
 )
 def test_bad_config_is_one_line_naming_file_field_value(tmp_path: Path, override: dict, fragments: list[str]) -> None:
@@ -64,6 +71,12 @@ def test_bad_config_is_one_line_naming_file_field_value(tmp_path: Path, override
     assert message.startswith(str(path))
     for fragment in fragments:
         assert fragment in message
+
+
+def test_numeric_classes_in_yaml_name_the_label_columns_numbers(tmp_path: Path) -> None:
+    """``classes: [0, 1]`` for a 0/1 label column was refused as "not a valid string"."""
+    config = load_config(_write(tmp_path, "project: p\npool: {source: sklearn, name: iris, classes: [0, 1.0, 2.5]}\n"))
+    assert config.pool.classes == ["0", "1", "2.5"]
 
 
 def test_invalid_yaml_names_line(tmp_path: Path) -> None:
