@@ -83,6 +83,16 @@ class SeedLabelsConfig(LabelFileConfig):
 
 
 MAX_CLASS_CHARS = 200
+
+
+def class_name_problem(name: str) -> str | None:
+    """What is wrong with ``name`` as a class annotators choose (None: nothing). The rule for
+    ``pool.classes`` and for classes read from a label column."""
+    if not name.strip() or name != name.strip() or not name.isprintable() or len(name) > MAX_CLASS_CHARS:
+        return (f"class {name[:60]!r}: expected a name of 1-{MAX_CLASS_CHARS} printable characters without leading or "
+                "trailing spaces")
+    return None
+
 MAX_SHOWN_VALUE_CHARS = 200  # of a bad value in an error line
 
 
@@ -145,9 +155,9 @@ class PoolConfig(_Strict):
         if value is None:
             return value
         for name in value:
-            if not name.strip() or name != name.strip() or not name.isprintable() or len(name) > MAX_CLASS_CHARS:
-                raise ValueError(f"class {name[:60]!r}: expected a name of 1-{MAX_CLASS_CHARS} printable characters "
-                                 "without leading or trailing spaces")
+            problem = class_name_problem(name)
+            if problem:
+                raise ValueError(problem)
         twice = sorted({name for name in value if value.count(name) > 1})
         if twice:
             raise ValueError(f"class {twice[0]!r} is listed more than once; expected each class once")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crowdloop.config import PoolConfig
+from crowdloop.config import PoolConfig, class_name_problem
 from crowdloop.errors import PoolError
 
 
@@ -51,19 +51,25 @@ def _class_key(label: str) -> str:
     return " ".join(label.split()).casefold()
 
 
-def _refuse_near_duplicate_classes(labels: list[str], column: str | None) -> None:
+def _check_classes_read(labels: list[str], where: str) -> None:
     """Classes read from the label column that differ only in case or spaces ('cat', 'cat ', 'Cat')
     became classes of their own: annotators were offered each spelling and the model learned them
-    apart, silently (iris with a few such cells fell from 0.95 to 0.64 accuracy)."""
+    apart, silently (iris with a few such cells fell from 0.95 to 0.64 accuracy). A read class
+    also follows the rule for ``pool.classes`` (a cell of spaces was a class named ' ')."""
     groups: dict[str, list[str]] = {}
     for label in labels:
         groups.setdefault(_class_key(label), []).append(label)
     clashes = [spellings for spellings in groups.values() if len(spellings) > 1]
     if clashes:
         shown = "; ".join(" vs ".join(repr(v) for v in spellings) for spellings in clashes[:3])
-        raise PoolError(f"pool.label_column {column!r}: labels {shown} differ only in case or spaces, so they would "
+        raise PoolError(f"{where}: labels {shown} differ only in case or spaces, so they would "
                         "be separate classes; fix them in the file (or, for classes that differ in case on purpose, "
                         "list every class in pool.classes)")
+    for label in labels:
+        problem = class_name_problem(label)
+        if problem:
+            raise PoolError(f"{where}: {problem}; fix the file, or leave the cell empty for an item without "
+                            "ground truth")
 
 
 def _finish(ids: np.ndarray, X: np.ndarray, y: np.ndarray | None, cfg: PoolConfig, feature_names,
@@ -82,7 +88,8 @@ def _finish(ids: np.ndarray, X: np.ndarray, y: np.ndarray | None, cfg: PoolConfi
     if y is not None:
         known = sorted({v for v in y.tolist() if v is not None})
         if not cfg.classes:
-            _refuse_near_duplicate_classes(known, cfg.label_column)
+            _check_classes_read(known, f"pool.label_column {cfg.label_column!r}" if cfg.label_column
+                                else "pool.path: class folder names")
         classes = tuple(cfg.classes) if cfg.classes else tuple(known)
         unknown = sorted(set(known) - set(classes))
         if unknown:

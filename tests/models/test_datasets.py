@@ -93,6 +93,11 @@ def test_labels_that_differ_only_in_case_or_spaces_are_refused_not_made_classes(
                                         r"\('Ham' differs from 'ham' only in case or spaces: fix the file\)$"):
         load_table_pool(PoolConfig(**cfg, classes=["eggs", "ham", "spam"]))
     table.loc[3, "target"] = "ham"
+    table.assign(target=table["target"].replace("Ham", "  ")).to_csv(tmp_path / "pool.csv", index=False)
+    with pytest.raises(PoolError, match=r"^pool.label_column 'target': class '  ': expected a name of 1-200 printable "
+                                        r"characters without leading or trailing spaces; fix the file, or leave the "
+                                        r"cell empty"):
+        load_table_pool(PoolConfig(**cfg))
     table.to_csv(tmp_path / "pool.csv", index=False)
     pool = load_table_pool(PoolConfig(**cfg, classes=["eggs", "ham", "spam", "Ham"]))  # meant to differ
     assert pool.classes == ("eggs", "ham", "spam", "Ham")
