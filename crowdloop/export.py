@@ -28,6 +28,7 @@ import numpy as np
 from crowdloop import keys
 from crowdloop.engine.project import Project
 from crowdloop.errors import CrowdloopError
+from crowdloop.label_files import as_written
 from crowdloop.records import AggregatedLabel
 
 FORMATS = ("csv", "parquet", "jsonl", "gt-manifest")
@@ -196,7 +197,8 @@ def _pool_columns(p: Project, items: list[str]) -> list[dict[str, Any]]:
     if cfg.source in ("csv", "parquet"):
         import pandas as pd
 
-        frame = pd.read_parquet(cfg.path) if cfg.source == "parquet" else pd.read_csv(cfg.path)
+        frame = (pd.read_parquet(cfg.path) if cfg.source == "parquet"
+                 else pd.read_csv(cfg.path, dtype=as_written(cfg.id_column)))
         ids = frame[cfg.id_column].astype(str) if cfg.id_column else pd.Series([f"row-{i:07d}" for i in range(len(frame))])
         frame = frame.drop(columns=[cfg.id_column]) if cfg.id_column else frame
         frame.index = ids.tolist()

@@ -74,7 +74,7 @@ def read_pool_column(pool: PoolConfig) -> list[LabelRow]:
     """The labeled rows of ``pool.seed_labels.column`` (empty cells are unlabeled items)."""
     column = pool.seed_labels.column if pool.seed_labels else None
     path = Path(pool.path or "")
-    frame = _frame(path, "parquet" if pool.source == "parquet" else "csv")
+    frame = _frame(path, "parquet" if pool.source == "parquet" else "csv", pool.id_column)
     if column not in frame.columns:
         raise LabelFileError(f"{path}: pool.seed_labels.column {column!r} not found; columns: {list(map(str, frame.columns))}")
     ids = (frame[pool.id_column].tolist() if pool.id_column else [f"row-{i:07d}" for i in range(len(frame))])
@@ -152,7 +152,7 @@ def content_index(ids: list[str], content: list[str] | None) -> dict[str, str]:
 
 
 def _read_table(path: Path, fmt: str, id_column: str, label_column: str) -> list[LabelRow]:
-    frame = _frame(path, fmt)
+    frame = _frame(path, fmt, id_column)
     missing = [c for c in (id_column, label_column) if c not in frame.columns]
     if missing:
         raise LabelFileError(f"{path}: column(s) {missing} not found; columns: {list(map(str, frame.columns))} "
@@ -279,11 +279,20 @@ def _json_array(path: Path, text: str) -> Iterator[tuple[int, Any]]:
         raise fail("the list of tasks is not closed", i)
 
 
-def _frame(path: Path, fmt: str):
+def as_written(*id_columns: str | None) -> dict[str, type]:
+    """``dtype`` for ``pandas.read_csv``: id columns read as the text in the file. Read as numbers,
+    '007' became '7', '1e3' '1000.0' and 'TRUE' 'True', so the ids of a team's own pool, label
+    files and exports no longer matched the ids in their other systems."""
+    return {c: str for c in id_columns if c}
+
+
+def _frame(path: Path, fmt: str, id_column: str | None = None):
     import pandas as pd
 
     try:
-        return pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
+        if fmt == "parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", dtype=as_written(id_column))
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise LabelFileError(f"{path}: cannot read as {fmt}: {str(exc).splitlines()[0]}") from None
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from crowdloop.config import PoolConfig, class_name_problem
 from crowdloop.errors import PoolError
+from crowdloop.label_files import as_written
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,7 +140,7 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
     if not path.is_file():
         raise PoolError(f"pool.path: file {str(path)!r} not found")
     try:
-        frame = pd.read_parquet(path) if cfg.source == "parquet" else pd.read_csv(path)
+        frame = pd.read_parquet(path) if cfg.source == "parquet" else pd.read_csv(path, dtype=as_written(cfg.id_column))
     except UnicodeDecodeError as exc:
         bad = exc.object[exc.start:exc.start + 1]
         raise PoolError(f"pool.path: {str(path)!r}: not valid UTF-8 (byte {bad!r}: {exc.reason}); "

@@ -208,3 +208,29 @@ def test_export_to_an_s3_key_or_prefix_on_a_real_local_s3_server(seeded, s3_endp
     assert keys == ["out/labels.csv", "runs/blind-labels.jsonl"]
     body = s3.get_object(Bucket=s3_bucket, Key="out/labels.csv")["Body"].read()
     assert len(pd.read_csv(io.BytesIO(body))) == 130
+
+
+def test_ids_are_kept_as_written_through_pool_seed_labels_and_export(tmp_path):
+    """Ids were read as numbers when a column held only digits: '007' became '7' in the export, so
+    the labels no longer joined with the team's own records."""
+    register_keyed_crowd()
+    ids = [f"{i:05d}" for i in range(40)]
+    labels = [["a", "b"][i % 2] for i in range(40)]
+    pd.DataFrame({"case": ids, "f": [float(i % 2) + i / 100 for i in range(40)]}).to_csv(tmp_path / "pool.csv",
+                                                                                           index=False)
+    pd.DataFrame({"id": ids, "label": labels}).to_csv(tmp_path / "key.csv", index=False)
+    pd.DataFrame({"id": ids[:4], "label": labels[:4]}).to_csv(tmp_path / "seed.csv", index=False)
+    cfg = {"project": "zeros", "seed": 1,
+           "pool": {"source": "csv", "path": str(tmp_path / "pool.csv"), "id_column": "case", "classes": ["a", "b"],
+                    "seed_labels": {"path": str(tmp_path / "seed.csv")}},
+           "sampler": {"batch_size": 6, "initial_size": 6},
+           "vendor": {"name": "keyed_crowd", "params": {"answer_key": str(tmp_path / "key.csv"), "n_workers": 5,
+                                                        "accuracy": [1.0, 1.0], "spammer_fraction": 0.0}},
+           "consensus": {"redundancy": 3}, "stopping": {"max_rounds": 1}}
+    p = engine.run_in_process(Project.prepare(parse_config(cfg), str(tmp_path / "p")))
+    assert p.pool.ids.tolist() == ids
+    exported = pd.read_csv(io.BytesIO(export_labels(p, "csv").data), dtype={"item_id": str})
+    assert set(exported["item_id"]) <= set(ids) and len(exported) == 10
+    assert set(exported.loc[exported["source"] == "imported", "item_id"]) == set(ids[:4])
+    assert all(label == labels[ids.index(item)] for item, label in zip(exported["item_id"], exported["label"],
+                                                                         strict=True))
