@@ -47,10 +47,16 @@ VENDORS = ("simulated", "manifest", "mturk")
 STORES = ("local", "s3")
 LOCK_TTL_S = 2.0
 ANSWER_ACCURACY = 0.8
+MANIFEST_WORKERS = tuple(f"mw{k:02d}" for k in range(12))
 
 
-def harness_config(vendor: str, *, max_rounds: int = 2, mturk_url: str | None = None) -> dict[str, Any]:
-    """A small, fast project: digits, logistic regression, margin sampling, 3 judgments per item."""
+def harness_config(vendor: str, *, max_rounds: int = 2, mturk_url: str | None = None,
+                   quality: bool = False) -> dict[str, Any]:
+    """A small, fast project: digits, logistic regression, margin sampling, 3 judgments per item.
+
+    ``quality``: adaptive redundancy instead (1 judgment per new item, re-asked of other workers
+    up to 3 while Dawid-Skene is unsure), gold questions that can block a worker, and ring
+    blocking: the paths where a re-ask, a block or a gold answer could be lost or paid twice."""
     params: dict[str, Any] = {
         "simulated": {"n_workers": 12, "accuracy": [0.7, 0.95], "spammer_fraction": 0.1},
         "manifest": {},
@@ -71,7 +77,11 @@ def harness_config(vendor: str, *, max_rounds: int = 2, mturk_url: str | None = 
         # below every vendor's measured task time, so each round also pays a top-up bonus
         "pay": {"pilot_seconds_per_task": 4.0},
         "stopping": {"max_rounds": max_rounds},
-    }
+    } | ({
+        "consensus": {"method": "dawid_skene", "redundancy": 3, "min_judgments": 1, "max_judgments": 3,
+                      "confidence_threshold": 0.9, "block_rings": True},
+        "gold": {"share": 0.15, "n_items": 12, "min_answers": 2, "min_accuracy": 0.6},
+    } if quality else {})
 
 
 class Truth:
@@ -145,11 +155,15 @@ class ManifestAnswerer:
             for raw in exchange.read_bytes(key).splitlines():
                 task = json.loads(raw)
                 item = task["item-id"]
-                for r in range(task["replicas"]):
-                    worker = f"mw{(int(unit_hash('worker', item) * 12) + 5 * r) % 12:02d}"
+                # A re-ask names who answered before: others answer it, as later replicas.
+                excluded = set(task.get("exclude-workers", []))
+                workers = sorted((w for w in MANIFEST_WORKERS if w not in excluded),
+                                 key=lambda w, item=item: unit_hash("worker", item, w))
+                for k in range(task["replicas"]):
+                    r = len(excluded) + k
                     seconds = 4 + 10 * unit_hash(self.truth.seed, "seconds", item, r)
                     done = base + timedelta(seconds=1000 * unit_hash("when", item, r))
-                    lines.append(json.dumps({"item-id": item, "worker-id": worker, "label": self.truth.answer(item, r),
+                    lines.append(json.dumps({"item-id": item, "worker-id": workers[k], "label": self.truth.answer(item, r),
                                              "submitted-at": done.isoformat(), "duration-s": round(seconds, 3)}))
             with suppress(RecordExistsError):
                 exchange.write_bytes(out, ("\n".join(lines) + "\n").encode(), create_only=True)
@@ -168,6 +182,7 @@ class Scenario:
     max_rounds: int = 2
     mode: str = "cli"  # "cli": `crowdloop run` in a subprocess; "fork": the engine's steps in a forked child
     backoff_scale: float | None = None  # shorten botocore's retry back-off (tests with many injected faults)
+    quality: bool = False  # adaptive redundancy, gold and ring blocking (harness_config)
     clean: dict[str, Any] | None = None
     clean_next: dict[str, Any] | None = None  # the uninterrupted run with one more round
     boundaries: list[str] = field(default_factory=list)
@@ -177,7 +192,7 @@ class Scenario:
     @property
     def truth(self) -> Truth:
         if self._truth is None:
-            self._truth = Truth(harness_config(self.vendor, max_rounds=self.max_rounds))
+            self._truth = Truth(harness_config(self.vendor, max_rounds=self.max_rounds, quality=self.quality))
         return self._truth
 
     def location(self, name: str) -> str:
@@ -210,7 +225,8 @@ class Scenario:
             answerer: bool = True, max_rounds: int | None = None) -> subprocess.CompletedProcess:
         """``crowdloop run`` (under the fault launcher) on ``location``."""
         rounds = self.max_rounds if max_rounds is None else max_rounds
-        cfg = harness_config(self.vendor, max_rounds=rounds, mturk_url=server.url if server else None)
+        cfg = harness_config(self.vendor, max_rounds=rounds, mturk_url=server.url if server else None,
+                             quality=self.quality)
         path = self.workdir / name / "config.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(cfg))

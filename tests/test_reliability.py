@@ -1,7 +1,9 @@
 """Crash anywhere, faulty vendors and storage (issue 9), within a CI time budget.
 
 Every step boundary is killed for the simulated vendor on the local store, and a few seeded
-random points (the n-th store write or vendor call) for each other vendor/store pair. These
+random points (the n-th store write or vendor call) for each other vendor/store pair; with
+adaptive redundancy, gold and ring blocking on, every boundary of the round that re-asks is
+killed for the simulated and the manifest vendor. These
 tests run the engine's steps in a forked child (milliseconds to start), killed with SIGKILL;
 ``benchmarks/crash_harness.py`` runs the full matrix through the real ``crowdloop run`` (and
 tests/test_cli_e2e.py kills the CLI itself).
@@ -67,6 +69,29 @@ def test_kills_at_random_points_resume_exactly(vendor: str, store: str, tmp_path
     for point in s.random_points(1, SEED):
         result = s.kill_and_resume(point)
         assert result["killed"] and result["mismatches"] == [], result
+
+
+@pytest.mark.parametrize("vendor", ["simulated", "manifest"])
+def test_kills_with_adaptive_redundancy_gold_and_ring_blocking_resume_exactly(vendor: str, tmp_path_factory) -> None:
+    """Round 1 re-asks round 0's unsure items of other workers (the manifest's answerer honours
+    ``exclude-workers``), mixes in gold and checks rings: a kill at each of its step boundaries
+    must neither lose a re-ask nor pay one twice."""
+    from collections import Counter
+
+    s = Scenario(vendor, "local", tmp_path_factory.mktemp(f"quality-{vendor}"), "http://127.0.0.1:9", max_rounds=2,
+                 mode="fork", backoff_scale=0.05, quality=True)
+    s.prepare()
+    clean = Project.open(s.location("clean"))
+    log = clean.annotations()
+    asked = Counter(a.item_id for a in log)
+    assert sum(1 for item, n in asked.items() if n == 2 and item not in clean.gold_set) >= 5  # re-asked once
+    assert any(a.item_id in clean.gold_set for a in log)
+    assert all(len({a.worker_id for a in log if a.item_id == item}) == n for item, n in asked.items())
+    points = [point for point in s.boundaries if point.endswith("@1")]
+    assert any(point.startswith("collect:") for point in points) and len(points) >= 10
+    results = [s.kill_and_resume(point) for point in points]
+    assert all(r["killed"] for r in results), [r["point"] for r in results if not r["killed"]]
+    assert [r for r in results if r["mismatches"]] == []
 
 
 @pytest.mark.parametrize("vendor,store", [("simulated", "s3"), ("mturk", "local")])
