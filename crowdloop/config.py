@@ -27,9 +27,10 @@ PLUGIN_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 # `max_items: 5000` on a CSV pool would otherwise load every row without a word. A plug-in
 # source may read any of them, so only built-in sources are checked.
 _TABLE_FIELDS = frozenset({"path", "feature_columns", "label_column", "id_column", "text_column", "image_column"})
+_CSV_FIELDS = _TABLE_FIELDS | {"ids_as_written"}
 _SOURCE_FIELDS: dict[str, frozenset[str]] = {
     "sklearn": frozenset({"name"}),
-    "csv": _TABLE_FIELDS,
+    "csv": _CSV_FIELDS,
     "parquet": _TABLE_FIELDS,
     "sharded": frozenset({"path"}),
     "images": frozenset({"path", "image_size", "image_mode", "max_items"}),
@@ -112,6 +113,10 @@ class PoolConfig(_Strict):
     feature_columns: list[str] | None = Field(None, description="default: every column but id and label")
     label_column: str | None = Field(None, description="ground truth, used only for evaluation and simulation")
     id_column: str | None = Field(None, description="stable item ids; default: the row number")
+    ids_as_written: bool = Field(
+        True, description="csv: id_column (and the ids of label files) read as the text in the file, '007' stays "
+        "'007'; false: as numbers where the column holds only numbers ('7'), as projects created before this field "
+        "read them (they keep that reading)")
     classes: list[str] | None = Field(
         None, description="class list; default: the ground truth's classes (fortunes: the category files to read)")
     text_column: str | None = Field(None, description="text shown to annotators (not a feature)")

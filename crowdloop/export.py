@@ -198,7 +198,7 @@ def _pool_columns(p: Project, items: list[str]) -> list[dict[str, Any]]:
         import pandas as pd
 
         frame = (pd.read_parquet(cfg.path) if cfg.source == "parquet"
-                 else pd.read_csv(cfg.path, dtype=as_written(cfg.id_column)))
+                 else pd.read_csv(cfg.path, dtype=as_written(cfg.id_column, enabled=cfg.ids_as_written)))
         ids = frame[cfg.id_column].astype(str) if cfg.id_column else pd.Series([f"row-{i:07d}" for i in range(len(frame))])
         frame = frame.drop(columns=[cfg.id_column]) if cfg.id_column else frame
         frame.index = ids.tolist()

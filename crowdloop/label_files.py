@@ -53,14 +53,15 @@ def file_format(cfg: LabelFileConfig) -> str:
     return found
 
 
-def read_label_file(cfg: LabelFileConfig) -> list[LabelRow]:
-    """Every label row of the file ``cfg.path`` names; a malformed row fails the whole file."""
+def read_label_file(cfg: LabelFileConfig, *, ids_as_written: bool = True) -> list[LabelRow]:
+    """Every label row of the file ``cfg.path`` names; a malformed row fails the whole file.
+    ``ids_as_written``: the pool's reading of ids (``pool.ids_as_written``), for csv files."""
     path = Path(cfg.path or "")
     if not path.is_file():
         raise LabelFileError(f"{path}: file not found")
     fmt = file_format(cfg)
     if fmt in ("csv", "parquet"):
-        return _read_table(path, fmt, cfg.id_column or "id", cfg.label_column or "label")
+        return _read_table(path, fmt, cfg.id_column or "id", cfg.label_column or "label", ids_as_written)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -74,7 +75,8 @@ def read_pool_column(pool: PoolConfig) -> list[LabelRow]:
     """The labeled rows of ``pool.seed_labels.column`` (empty cells are unlabeled items)."""
     column = pool.seed_labels.column if pool.seed_labels else None
     path = Path(pool.path or "")
-    frame = _frame(path, "parquet" if pool.source == "parquet" else "csv", pool.id_column)
+    frame = _frame(path, "parquet" if pool.source == "parquet" else "csv", pool.id_column,
+                   ids_as_written=pool.ids_as_written)
     if column not in frame.columns:
         raise LabelFileError(f"{path}: pool.seed_labels.column {column!r} not found; columns: {list(map(str, frame.columns))}")
     ids = (frame[pool.id_column].tolist() if pool.id_column else [f"row-{i:07d}" for i in range(len(frame))])
@@ -151,8 +153,8 @@ def content_index(ids: list[str], content: list[str] | None) -> dict[str, str]:
 # -- readers -----------------------------------------------------------------------------------
 
 
-def _read_table(path: Path, fmt: str, id_column: str, label_column: str) -> list[LabelRow]:
-    frame = _frame(path, fmt, id_column)
+def _read_table(path: Path, fmt: str, id_column: str, label_column: str, ids_as_written: bool) -> list[LabelRow]:
+    frame = _frame(path, fmt, id_column, ids_as_written=ids_as_written)
     missing = [c for c in (id_column, label_column) if c not in frame.columns]
     if missing:
         raise LabelFileError(f"{path}: column(s) {missing} not found; columns: {list(map(str, frame.columns))} "
@@ -279,20 +281,22 @@ def _json_array(path: Path, text: str) -> Iterator[tuple[int, Any]]:
         raise fail("the list of tasks is not closed", i)
 
 
-def as_written(*id_columns: str | None) -> dict[str, type]:
-    """``dtype`` for ``pandas.read_csv``: id columns read as the text in the file. Read as numbers,
-    '007' became '7', '1e3' '1000.0' and 'TRUE' 'True', so the ids of a team's own pool, label
-    files and exports no longer matched the ids in their other systems."""
-    return {c: str for c in id_columns if c}
+def as_written(id_column: str | None, *, enabled: bool = True) -> dict[str, type]:
+    """``dtype`` for ``pandas.read_csv``: the id column read as the text in the file. Read as
+    numbers, '007' became '7', '1e3' '1000.0' and 'TRUE' 'True', so the ids of a team's own pool,
+    label files and exports no longer matched the ids in their other systems. ``enabled=False``
+    (``pool.ids_as_written``) is the old reading, which projects created with it keep."""
+    return {id_column: str} if id_column and enabled else {}
 
 
-def _frame(path: Path, fmt: str, id_column: str | None = None):
+def _frame(path: Path, fmt: str, id_column: str | None = None, *, ids_as_written: bool = True):
     import pandas as pd
 
     try:
         if fmt == "parquet":
             return pd.read_parquet(path)
-        return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", dtype=as_written(id_column))
+        return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",",
+                           dtype=as_written(id_column, enabled=ids_as_written))
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise LabelFileError(f"{path}: cannot read as {fmt}: {str(exc).splitlines()[0]}") from None
 

@@ -140,7 +140,10 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
     if not path.is_file():
         raise PoolError(f"pool.path: file {str(path)!r} not found")
     try:
-        frame = pd.read_parquet(path) if cfg.source == "parquet" else pd.read_csv(path, dtype=as_written(cfg.id_column))
+        if cfg.source == "parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, dtype=as_written(cfg.id_column, enabled=cfg.ids_as_written))
     except UnicodeDecodeError as exc:
         bad = exc.object[exc.start:exc.start + 1]
         raise PoolError(f"pool.path: {str(path)!r}: not valid UTF-8 (byte {bad!r}: {exc.reason}); "

@@ -10,10 +10,12 @@ section added to ``LoopConfig`` without a decision here fails ``test_every_secti
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from crowdloop import keys, registry
@@ -142,3 +144,34 @@ def test_a_project_stored_with_a_field_its_source_never_reads_still_opens_and_re
     # any other change of the pool section is still refused
     with pytest.raises(ConfigError, match=r"^pool.test_size: 0.25 differs from 0.3"):
         Project.prepare(_config(**{"pool.test_size": 0.25}), location)
+
+
+def test_a_csv_project_from_before_ids_as_written_keeps_reading_ids_as_numbers(tmp_path: Path) -> None:
+    """Ids are now read as written ('007'); a project stored before that read them as numbers
+    ('7') and must resume with that reading: its records name '7', and a KeyError traceback
+    was what the new reading gave it."""
+    import pandas as pd
+
+    from crowdloop import engine
+    from crowdloop.engine.project import stored_config
+
+    rng = np.random.default_rng(3)
+    pd.DataFrame({"case": [f"{i:03d}" for i in range(60)], "f": rng.normal(size=60),
+                  "label": ["a", "b"] * 30}).to_csv(tmp_path / "pool.csv", index=False)
+    data = small_config(**{"pool": {"source": "csv", "path": str(tmp_path / "pool.csv"), "id_column": "case",
+                                    "label_column": "label"}, "stopping.max_rounds": 1})
+    location = str(tmp_path / "p")
+    old = engine.run_in_process(Project.prepare(parse_config({**data, "pool": {**data["pool"], "ids_as_written": False}}),
+                                                location))
+    assert "7" in old.pool.ids.tolist()
+    record = read_json(old.store, keys.PROJECT)
+    del record["config"]["pool"]["ids_as_written"]  # as an earlier release stored it
+    old.store.write_bytes(keys.PROJECT, json.dumps(record).encode())
+    assert stored_config(record).pool.ids_as_written is False
+    assert Project.open(location).pool.ids.tolist() == old.pool.ids.tolist()
+    resumed = engine.run_in_process(Project.prepare(parse_config({**data, "stopping": {"max_rounds": 2}}), location))
+    assert resumed.rounds() == [0, 1, 2] and "7" in resumed.pool.ids.tolist()
+    with pytest.raises(ConfigError, match=r"^pool.ids_as_written: True differs from False"):
+        Project.prepare(parse_config({**data, "pool": {**data["pool"], "ids_as_written": True}}), location)
+    fresh = Project.prepare(parse_config(data), str(tmp_path / "new"))
+    assert "007" in fresh.pool.ids.tolist() and "7" not in fresh.pool.ids.tolist()

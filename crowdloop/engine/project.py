@@ -133,7 +133,11 @@ class Project:
         store = open_store(location)
         existing = read_json(store, keys.PROJECT, default=None)
         if existing is not None:
-            _check_same_config(LoopConfig.model_validate(existing["config"]), config, store.url)
+            stored = stored_config(existing)
+            if "ids_as_written" not in config.pool.model_fields_set:  # unset: the project's own reading of ids
+                config = config.model_copy(update={"pool": config.pool.model_copy(
+                    update={"ids_as_written": stored.pool.ids_as_written})})
+            _check_same_config(stored, config, store.url)
         project = cls(store, config)
         try:
             pool = checked_pool_record(project, existing)
@@ -171,7 +175,7 @@ class Project:
         data = read_json(store, keys.PROJECT, default=None)
         if data is None:
             raise StoreError(f"{store.url}: not a crowdloop project (no {keys.PROJECT})")
-        return cls(store, LoopConfig.model_validate(data["config"]))
+        return cls(store, stored_config(data))
 
     def register(self) -> Project:
         """Make this object the one ``Project.shared`` returns for its store in this process."""
@@ -403,14 +407,16 @@ class Project:
             cfg = self.config.pool.seed_labels
             if cfg is None:
                 return []
-            rows = label_files.read_pool_column(self.config.pool) if cfg.column else label_files.read_label_file(cfg)
+            rows = (label_files.read_pool_column(self.config.pool) if cfg.column
+                    else label_files.read_label_file(cfg, ids_as_written=self.config.pool.ids_as_written))
             source = f"pool.seed_labels: {(cfg.column and self.config.pool.path) or cfg.path}"
             fmt = "column" if cfg.column else label_files.file_format(cfg)
         else:
             cfg = self.config.gold
             if not (cfg.enabled and cfg.path):
                 return []
-            rows, source, fmt = label_files.read_label_file(cfg), f"gold.path: {cfg.path}", label_files.file_format(cfg)
+            rows = label_files.read_label_file(cfg, ids_as_written=self.config.pool.ids_as_written)
+            source, fmt = f"gold.path: {cfg.path}", label_files.file_format(cfg)
         ids = self.pool.ids.tolist()
         held_out = set() if self.test is None else set(self.test.ids.tolist())
         content = label_files.content_index(ids, None if self.pool.content is None else self.pool.content.tolist())
@@ -621,6 +627,17 @@ class Project:
 
 def _utc_stamp() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{time.time_ns() % 1_000_000_000:09d}"
+
+
+def stored_config(record: dict[str, Any]) -> LoopConfig:
+    """The config of a project record (``project.json``). A csv project stored before
+    ``pool.ids_as_written`` existed read digit-only ids as numbers ('007' as '7'): it keeps that
+    reading, or every record it wrote would name ids its pool no longer has."""
+    data = dict(record["config"])
+    pool = dict(data.get("pool") or {})
+    if pool.get("source") == "csv" and "ids_as_written" not in pool:
+        data["pool"] = {**pool, "ids_as_written": False}
+    return LoopConfig.model_validate(data)
 
 
 def _check_same_config(stored: LoopConfig, given: LoopConfig, url: str) -> None:
