@@ -52,7 +52,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
             raise  # the resolver is down: transient
         raise ConfigError(f"{where}: {host!r} is not an address or host name this machine resolves "
                           f"({exc.strerror}); use 127.0.0.1, or 0.0.0.0 for every interface") from None
-    family, kind, proto, _, address = infos[0]
+    # As uvicorn binds a name: IPv4 unless the host is an IPv6 address ('localhost' is 127.0.0.1).
+    ipv4 = [info for info in infos if info[0] == socket.AF_INET]
+    family, kind, proto, _, address = ipv4[0] if ipv4 and ":" not in host else infos[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
