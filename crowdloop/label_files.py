@@ -78,7 +78,8 @@ def read_pool_column(pool: PoolConfig) -> list[LabelRow]:
     frame = _frame(path, "parquet" if pool.source == "parquet" else "csv", pool.id_column,
                    ids_as_written=pool.ids_as_written)
     if column not in frame.columns:
-        raise LabelFileError(f"{path}: pool.seed_labels.column {column!r} not found; columns: {list(map(str, frame.columns))}")
+        raise LabelFileError(f"{path}: pool.seed_labels.column {column!r} not found; columns: "
+                             f"{list(map(str, frame.columns))}{separator_hint(frame.columns)}")
     ids = (frame[pool.id_column].tolist() if pool.id_column else [f"row-{i:07d}" for i in range(len(frame))])
     lines = _row_lines(path, len(frame), "parquet" if pool.source == "parquet" else "csv")
     return [LabelRow(where, str(item), label_text(value))
@@ -157,8 +158,8 @@ def _read_table(path: Path, fmt: str, id_column: str, label_column: str, ids_as_
     frame = _frame(path, fmt, id_column, ids_as_written=ids_as_written)
     missing = [c for c in (id_column, label_column) if c not in frame.columns]
     if missing:
-        raise LabelFileError(f"{path}: column(s) {missing} not found; columns: {list(map(str, frame.columns))} "
-                             "(set id_column / label_column)")
+        raise LabelFileError(f"{path}: column(s) {missing} not found; columns: {list(map(str, frame.columns))}"
+                             f"{separator_hint(frame.columns) or ' (set id_column / label_column)'}")
     rows = []
     lines = _row_lines(path, len(frame), fmt)
     for where, item, value in zip(lines, frame[id_column].tolist(), frame[label_column].tolist(), strict=True):
@@ -287,6 +288,17 @@ def as_written(id_column: str | None, *, enabled: bool = True) -> dict[str, type
     label files and exports no longer matched the ids in their other systems. ``enabled=False``
     (``pool.ids_as_written``) is the old reading, which projects created with it keep."""
     return {id_column: str} if id_column and enabled else {}
+
+
+def separator_hint(columns: Any) -> str:
+    """A note for a 'column not found' error when the file is not comma-separated: a header read as
+    one column named 'id;f1;label' (Excel's CSV in many locales uses ';')."""
+    names = [str(c) for c in columns]
+    if len(names) == 1:
+        found = next((sep for sep in (";", "\t", "|") if sep in names[0]), None)
+        if found is not None:
+            return f" (the header is separated by {found!r}, not ','; save the file comma-separated)"
+    return ""
 
 
 def _frame(path: Path, fmt: str, id_column: str | None = None, *, ids_as_written: bool = True):

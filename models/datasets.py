@@ -14,7 +14,7 @@ import numpy as np
 
 from crowdloop.config import PoolConfig, class_name_problem
 from crowdloop.errors import PoolError
-from crowdloop.label_files import as_written
+from crowdloop.label_files import as_written, separator_hint
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,16 +159,16 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
     named = [c for c in [cfg.id_column, cfg.label_column, content_column, seed_column] if c] + list(cfg.feature_columns or [])
     missing = [c for c in named if c not in frame.columns]
     if missing:
-        raise PoolError(
-            f"pool: column(s) {missing} not found in {path.name}; available columns: {list(map(str, frame.columns))}"
-        )
+        raise PoolError(f"pool: column(s) {missing} not found in {path.name}; available columns: "
+                        f"{list(map(str, frame.columns))}{separator_hint(frame.columns)}")
     features = list(cfg.feature_columns or [c for c in frame.columns
                                             if c not in (cfg.id_column, cfg.label_column, content_column, seed_column)])
     if not features and not cfg.text_column:  # a text pool's features come from model.features
         raise PoolError(f"pool.feature_columns: no feature columns left in {path.name}")
     non_numeric = [c for c in features if not pd.api.types.is_numeric_dtype(frame[c])]
     if non_numeric:
-        raise PoolError(f"pool.feature_columns: column(s) {non_numeric} in {path.name} are not numeric")
+        raise PoolError(f"pool.feature_columns: column(s) {non_numeric} in {path.name} are not numeric"
+                        f"{separator_hint(frame.columns)}")
     X = frame[features].to_numpy(dtype=np.float64) if features else np.zeros((len(frame), 0))
     if not np.isfinite(X).all():
         missing = [c for c in features if frame[c].isna().any()]

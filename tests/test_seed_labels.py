@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 
 from crowdloop import engine, keys
-from crowdloop.config import parse_config
+from crowdloop.config import LabelFileConfig, parse_config
 from crowdloop.engine import Project
 from crowdloop.errors import ConfigError, LabelFileError, PoolError
+from crowdloop.label_files import read_label_file
 from crowdloop.report import metrics_csv, status
 from tests.crowd_helpers import blind_config, intents, write_blind_digits
 
@@ -217,3 +218,12 @@ def test_gold_drawn_from_ground_truth_never_takes_a_seed_labeled_item(tmp_path):
     assert len(seeded) > 150 and len(p.gold_set) == 500 and not set(p.gold_set) & seeded
     asked = {t["item_id"] for d in intents(p) for t in d["tasks"]}
     assert {t["item_id"] for d in intents(p) for t in d["tasks"] if t["is_gold"]} and not asked & seeded
+
+
+def test_a_label_file_separated_by_semicolons_says_so(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("id;label\ndigits-000001;3\n")
+    with pytest.raises(LabelFileError, match=r"labels.csv: column\(s\) \['id', 'label'\] not found; columns: "
+                                             r"\['id;label'\] \(the header is separated by ';', not ','; save the "
+                                             r"file comma-separated\)$"):
+        read_label_file(LabelFileConfig(path=str(path)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,17 @@ def test_missing_columns_are_named(tmp_path: Path, table: pd.DataFrame) -> None:
     cfg = PoolConfig(source="csv", path=str(tmp_path / "pool.csv"), label_column="label", feature_columns=["a", "zz"])
     with pytest.raises(PoolError, match=r"column\(s\) \['label', 'zz'\] not found in pool.csv; available columns"):
         load_table_pool(cfg)
+
+
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_a_file_separated_by_something_else_than_commas_says_so(tmp_path: Path, table: pd.DataFrame, sep: str) -> None:
+    """Excel saves 'CSV' with ';' in many locales: the header came back as one column."""
+    table.to_csv(tmp_path / "pool.csv", index=False, sep=sep)
+    hint = rf"\(the header is separated by {re.escape(repr(sep))}, not ','; save the file comma-separated\)$"
+    with pytest.raises(PoolError, match=r"^pool: column\(s\) \['uid', 'target'\] not found in pool.csv; .*" + hint):
+        load_table_pool(PoolConfig(source="csv", path=str(tmp_path / "pool.csv"), id_column="uid", label_column="target"))
+    with pytest.raises(PoolError, match=r"^pool.feature_columns: .* are not numeric " + hint):
+        load_table_pool(PoolConfig(source="csv", path=str(tmp_path / "pool.csv"), classes=["a", "b"]))
 
 
 def test_non_numeric_feature_is_named(tmp_path: Path, table: pd.DataFrame) -> None:
