@@ -131,7 +131,9 @@ def text_project(tmp_path) -> engine.Project:
                  "text_column": "text", "test_size": 0.25},
         "vendor": {"name": "local", "params": {"undo_window_s": 0, "suggestions": True}},
         "sampler.initial_size": 4, "sampler.batch_size": 2, "consensus.redundancy": 1,
-        "consensus.method": "majority_vote", "collect.timeout_s": 1, "collect.poll_interval_s": 0.01}))
+        # A 60 s window: the desk stops offering a batch half its window before the deadline, and a
+        # 1 s window left these tests 0.5 s between dispatch and the page (a loaded CI machine missed it).
+        "consensus.method": "majority_vote", "collect.timeout_s": 60, "collect.poll_interval_s": 0.01}))
     p = engine.Project.prepare(cfg, str(tmp_path / "project"))
     assert p.pool.content_kind == "text"
     return p
