@@ -175,3 +175,15 @@ def test_a_csv_project_from_before_ids_as_written_keeps_reading_ids_as_numbers(t
         Project.prepare(parse_config({**data, "pool": {**data["pool"], "ids_as_written": True}}), location)
     fresh = Project.prepare(parse_config(data), str(tmp_path / "new"))
     assert "007" in fresh.pool.ids.tolist() and "7" not in fresh.pool.ids.tolist()
+
+
+def test_a_stored_config_that_a_newer_rule_refuses_is_one_line_naming_project_json(tmp_path: Path) -> None:
+    """A rule added since (a class listed twice) made opening an old project a pydantic traceback."""
+    location = str(tmp_path / "p")
+    first = Project.prepare(_config(), location)
+    record = read_json(first.store, keys.PROJECT)
+    record["config"]["pool"]["classes"] = ["a", "a", "b"]
+    first.store.write_bytes(keys.PROJECT, json.dumps(record).encode())
+    with pytest.raises(ConfigError, match=r"^project.json \(the project's stored config\): pool.classes: class 'a' is "
+                                          r"listed more than once"):
+        Project.open(location)

@@ -21,9 +21,16 @@ from typing import Any
 from urllib.parse import urlencode
 
 import numpy as np
+from pydantic import ValidationError
 
 from crowdloop import keys, registry
-from crowdloop.config import RESUMABLE_FIELDS, RESUMABLE_SECTIONS, LoopConfig, pool_fields_unread_by
+from crowdloop.config import (
+    RESUMABLE_FIELDS,
+    RESUMABLE_SECTIONS,
+    LoopConfig,
+    format_validation_error,
+    pool_fields_unread_by,
+)
 from crowdloop.credentials import Credentials
 from crowdloop.engine.pools import checked_pool_record, features_store, load_pool, load_split
 from crowdloop.errors import ConfigError, CrowdloopError, PoolError, RecordExistsError, StoreError
@@ -637,7 +644,10 @@ def stored_config(record: dict[str, Any]) -> LoopConfig:
     pool = dict(data.get("pool") or {})
     if pool.get("source") == "csv" and "ids_as_written" not in pool:
         data["pool"] = {**pool, "ids_as_written": False}
-    return LoopConfig.model_validate(data)
+    try:
+        return LoopConfig.model_validate(data)
+    except ValidationError as exc:  # a rule added since the project was created: say which, in one line
+        raise ConfigError(format_validation_error(exc, source=f"{keys.PROJECT} (the project's stored config)")) from None
 
 
 def _check_same_config(stored: LoopConfig, given: LoopConfig, url: str) -> None:
