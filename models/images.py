@@ -155,17 +155,27 @@ def _fetch_s3(url: str, max_items: int | None) -> tuple[Path, list[str], list[st
     return root, keys, labels
 
 
-def available_memory_bytes() -> int | None:
-    """What the kernel says can still be allocated without swapping (Linux ``MemAvailable``);
-    None where it does not say."""
+def available_memory_bytes(proc: Path = Path("/proc"), cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """What this process can still allocate: the kernel's ``MemAvailable``, capped by the memory
+    limit of its container (cgroup v2 ``memory.max``, v1 ``memory.limit_in_bytes``, minus what
+    the group uses), since a container limited to 4 GB on a 64 GB host is killed at 4 GB.
+    None where neither says."""
+    found: list[int] = []
     try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+        with open(proc / "meminfo") as fh:
+            found += [int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass  # not Linux: no figure from here
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            limit_text = (cgroup / limit_file).read_text().strip()
+            usage = int((cgroup / usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit_text.isdigit() and int(limit_text) < 2**60:  # "max" / 2**63-ish: no limit
+            found.append(max(0, int(limit_text) - usage))
+    return min(found) if found else None
 
 
 def _check_fits_in_memory(n_images: int, first: np.ndarray, first_name: str) -> None:

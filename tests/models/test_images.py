@@ -136,6 +136,32 @@ def test_a_pool_whose_pixels_exceed_the_machines_memory_is_refused_before_loadin
     assert load_image_pool(_pool_cfg(**cfg, image_size=8, max_items=2)).X.shape == (2, 192)
 
 
+@pytest.mark.parametrize("layout", ["v2", "v1", "unlimited", "none"])
+def test_available_memory_is_capped_by_the_containers_limit(tmp_path, layout):
+    """In a container limited to 4 GB on a 64 GB host, MemAvailable says 60 GB and the kernel kills
+    the process at 4 GB: the cgroup's limit minus its usage is the figure."""
+    from crowdloop.models.images import available_memory_bytes
+
+    proc, cgroup = tmp_path / "proc", tmp_path / "cgroup"
+    (cgroup / "memory").mkdir(parents=True)
+    proc.mkdir()
+    (proc / "meminfo").write_text("MemTotal:       67108864 kB\nMemAvailable:   62914560 kB\n")
+    if layout == "v2":
+        (cgroup / "memory.max").write_text("4294967296\n")
+        (cgroup / "memory.current").write_text("1073741824\n")
+    elif layout == "v1":
+        (cgroup / "memory" / "memory.limit_in_bytes").write_text("4294967296\n")
+        (cgroup / "memory" / "memory.usage_in_bytes").write_text("1073741824\n")
+    elif layout == "unlimited":
+        (cgroup / "memory.max").write_text("max\n")
+        (cgroup / "memory.current").write_text("1073741824\n")
+        (cgroup / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+        (cgroup / "memory" / "memory.usage_in_bytes").write_text("1073741824\n")
+    expected = {"v2": 3 * 2**30, "v1": 3 * 2**30, "unlimited": 62914560 * 1024, "none": 62914560 * 1024}[layout]
+    assert available_memory_bytes(proc, cgroup) == expected
+    assert available_memory_bytes(tmp_path / "no-proc", tmp_path / "no-cgroup") is None
+
+
 def test_images_under_an_s3_prefix(tmp_path, s3_endpoint, s3_bucket):
     import boto3
 
