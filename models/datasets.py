@@ -139,6 +139,7 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
     path = Path(cfg.path or "")
     if not path.is_file():
         raise PoolError(f"pool.path: file {str(path)!r} not found")
+    _refuse_spreadsheet(path, cfg.source)
     try:
         if cfg.source == "parquet":
             frame = pd.read_parquet(path)
@@ -204,6 +205,23 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
         content = np.array([str((base / str(v)).resolve()) if not pd.isna(v) else "" for v in frame[cfg.image_column].tolist()],
                            dtype=object)
     return _finish(ids, X, y, cfg, features, content_kind=kind, content=content)
+
+
+# Leading bytes of spreadsheet workbooks: .xlsx/.ods are zip archives, .xls an OLE2 compound file.
+_WORKBOOK_MAGIC = {b"PK\x03\x04": "a zip archive (an Excel .xlsx or OpenDocument .ods workbook?)",
+                   b"\xd0\xcf\x11\xe0": "an Excel .xls workbook"}
+
+
+def _refuse_spreadsheet(path: Path, source: str) -> None:
+    """A workbook given as a csv pool was reported as 'not valid UTF-8 ... convert it with iconv'."""
+    if source != "csv" or path.suffix.lower() == ".zip":  # a zipped CSV: pandas reads it
+        return
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    what = _WORKBOOK_MAGIC.get(head)
+    if what is not None:
+        raise PoolError(f"pool.path: {path.name} is {what}, not a CSV file; save it as CSV UTF-8 (or Parquet, with "
+                        "source: parquet) and point pool.path at that file")
 
 
 def _label_str(value: object) -> str:
