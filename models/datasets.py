@@ -139,7 +139,7 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
     path = Path(cfg.path or "")
     if not path.is_file():
         raise PoolError(f"pool.path: file {str(path)!r} not found")
-    _refuse_spreadsheet(path, cfg.source)
+    _refuse_wrong_kind_of_file(path, cfg.source)
     try:
         if cfg.source == "parquet":
             frame = pd.read_parquet(path)
@@ -212,12 +212,16 @@ _WORKBOOK_MAGIC = {b"PK\x03\x04": "a zip archive (an Excel .xlsx or OpenDocument
                    b"\xd0\xcf\x11\xe0": "an Excel .xls workbook"}
 
 
-def _refuse_spreadsheet(path: Path, source: str) -> None:
-    """A workbook given as a csv pool was reported as 'not valid UTF-8 ... convert it with iconv'."""
+def _refuse_wrong_kind_of_file(path: Path, source: str) -> None:
+    """A workbook or a UTF-16 file given as a csv pool was reported as 'not valid UTF-8 ... convert
+    it with iconv -f latin1', which turns neither into a CSV file."""
     if source != "csv" or path.suffix.lower() == ".zip":  # a zipped CSV: pandas reads it
         return
     with open(path, "rb") as fh:
         head = fh.read(4)
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):  # Excel's "Unicode Text": UTF-16 with a byte-order mark, tab-separated
+        raise PoolError(f"pool.path: {path.name} is UTF-16 text (Excel's 'Unicode Text'), not UTF-8; save it as "
+                        "'CSV UTF-8 (comma delimited)'")
     what = _WORKBOOK_MAGIC.get(head)
     if what is not None:
         raise PoolError(f"pool.path: {path.name} is {what}, not a CSV file; save it as CSV UTF-8 (or Parquet, with "

@@ -74,7 +74,7 @@ def test_a_file_separated_by_something_else_than_commas_says_so(tmp_path: Path, 
         load_table_pool(PoolConfig(source="csv", path=str(tmp_path / "pool.csv"), classes=["a", "b"]))
 
 
-def test_a_workbook_given_as_a_csv_pool_is_named_as_one(tmp_path: Path, table: pd.DataFrame) -> None:
+def test_a_workbook_or_utf16_file_given_as_a_csv_pool_is_named_as_one(tmp_path: Path, table: pd.DataFrame) -> None:
     """It was 'not valid UTF-8 ... convert it with iconv', about an Excel file."""
     import zipfile
 
@@ -87,6 +87,9 @@ def test_a_workbook_given_as_a_csv_pool_is_named_as_one(tmp_path: Path, table: p
     (tmp_path / "pool.xls").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504))
     with pytest.raises(PoolError, match=r"^pool.path: pool.xls is an Excel .xls workbook, not a CSV file"):
         load_table_pool(PoolConfig(source="csv", path=str(tmp_path / "pool.xls"), id_column="uid"))
+    table.to_csv(tmp_path / "unicode.txt", index=False, sep="\t", encoding="utf-16")
+    with pytest.raises(PoolError, match=r"^pool.path: unicode.txt is UTF-16 text \(Excel's 'Unicode Text'\), not UTF-8"):
+        load_table_pool(PoolConfig(source="csv", path=str(tmp_path / "unicode.txt"), id_column="uid"))
     table.to_csv(tmp_path / "pool.csv.zip", index=False)  # a zipped CSV is still read
     assert len(load_table_pool(PoolConfig(source="csv", path=str(tmp_path / "pool.csv.zip"), id_column="uid",
                                           label_column="target", feature_columns=["a"]))) == 60
