@@ -94,6 +94,7 @@ def class_name_problem(name: str) -> str | None:
                 "trailing spaces")
     return None
 
+
 MAX_SHOWN_VALUE_CHARS = 200  # of a bad value in an error line
 
 
@@ -145,6 +146,7 @@ class PoolConfig(_Strict):
         as "not a valid string"."""
         if not isinstance(value, list):
             return value
+
         def name(v: Any) -> Any:  # as models/datasets.py reads a label cell: 3.0 is "3"
             if isinstance(v, bool) or not isinstance(v, int | float) or v != v or v in (float("inf"), float("-inf")):
                 return v
