@@ -234,3 +234,19 @@ def test_ids_are_kept_as_written_through_pool_seed_labels_and_export(tmp_path):
     assert set(exported.loc[exported["source"] == "imported", "item_id"]) == set(ids[:4])
     assert all(label == labels[ids.index(item)] for item, label in zip(exported["item_id"], exported["label"],
                                                                          strict=True))
+    # The pool file moved away: the export says where the labels still are.
+    from typer.testing import CliRunner
+
+    from crowdloop.cli import app
+    from crowdloop.report import write_outputs
+
+    (tmp_path / "pool.csv").rename(tmp_path / "moved.csv")
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "p"), "--out", str(tmp_path / "out.csv")])
+    assert result.exit_code == 2 and not (tmp_path / "out.csv").exists()
+    assert " ".join(result.output.split()).endswith("export reads the project's pool for its order and columns: "
+                                                    "restore it there")
+    write_outputs(p)  # what `crowdloop run` writes at its end
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "p"), "--out", str(tmp_path / "out.csv")])
+    assert result.exit_code == 2 and " ".join(result.output.split()).endswith(
+        f"restore it there, or take {tmp_path / 'p'}/labels.jsonl (its labels as of the last run, without the pool's "
+        "columns)")
