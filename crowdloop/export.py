@@ -27,7 +27,7 @@ import numpy as np
 
 from crowdloop import keys
 from crowdloop.engine.project import Project
-from crowdloop.errors import CrowdloopError
+from crowdloop.errors import CrowdloopError, PoolError
 from crowdloop.label_files import as_written
 from crowdloop.records import AggregatedLabel
 
@@ -71,6 +71,7 @@ class Export:
     n_rows: int
     by_source: dict[str, int]
     finished_round: int | None  # the last round whose labels are in it (None: no round finished yet)
+    without_pool: str | None = None  # why the pool's columns are missing (its file could not be read), else None
 
 
 def last_finished_round(p: Project) -> int | None:
@@ -89,6 +90,14 @@ def export_labels(p: Project, fmt: str, *, machine: bool = False) -> Export:
     """
     if fmt not in FORMATS:
         raise CrowdloopError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    without_pool = None
+    try:
+        order = p.index_of
+    except PoolError as exc:  # the pool file moved or went: the labels bought are in the store all the same
+        if machine or fmt == "gt-manifest":
+            raise PoolError(f"{exc}; {'--machine' if machine else 'the gt-manifest format'} needs the pool: restore "
+                            "it there, or export csv, parquet or jsonl (the labels without the pool's columns)") from None
+        order, without_pool = {}, str(exc)
     finished = last_finished_round(p)
     after = -1 if finished is None else finished
     rows: dict[str, dict[str, Any]] = {}
@@ -104,16 +113,16 @@ def export_labels(p: Project, fmt: str, *, machine: bool = False) -> Export:
     if machine:
         for label in _machine_labels(p, after, skip=set(rows) | set(p.gold_set)):
             rows[label.item_id] = _row(label.item_id, label.label, "machine", label.confidence, 0)
-    order = p.index_of
-    ordered = sorted(rows.values(), key=lambda row: order.get(row["item_id"], -1))
-    extra = _pool_columns(p, [row["item_id"] for row in ordered])
-    for row, more in zip(ordered, extra, strict=True):
-        row.update(more)
+    ordered = sorted(rows.values(), key=lambda row: (order.get(row["item_id"], -1), row["item_id"]))
+    if without_pool is None:
+        extra = _pool_columns(p, [row["item_id"] for row in ordered])
+        for row, more in zip(ordered, extra, strict=True):
+            row.update(more)
     by_source: dict[str, int] = {}
     for row in ordered:
         by_source[row["source"]] = by_source.get(row["source"], 0) + 1
     data = _encode(p, ordered, fmt)
-    return Export(data, len(ordered), by_source, finished)
+    return Export(data, len(ordered), by_source, finished, without_pool)
 
 
 def write_export(p: Project, out: str | None, fmt: str, *, machine: bool = False) -> tuple[Export, str]:

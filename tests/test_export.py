@@ -234,19 +234,21 @@ def test_ids_are_kept_as_written_through_pool_seed_labels_and_export(tmp_path):
     assert set(exported.loc[exported["source"] == "imported", "item_id"]) == set(ids[:4])
     assert all(label == labels[ids.index(item)] for item, label in zip(exported["item_id"], exported["label"],
                                                                          strict=True))
-    # The pool file moved away: the export says where the labels still are.
+    # The pool file moved away: the labels bought are still exported, without the pool's columns.
     from typer.testing import CliRunner
 
     from crowdloop.cli import app
-    from crowdloop.report import write_outputs
 
     (tmp_path / "pool.csv").rename(tmp_path / "moved.csv")
     result = CliRunner().invoke(app, ["export", str(tmp_path / "p"), "--out", str(tmp_path / "out.csv")])
-    assert result.exit_code == 2 and not (tmp_path / "out.csv").exists()
-    assert " ".join(result.output.split()).endswith("export reads the project's pool for its order and columns: "
-                                                    "restore it there")
-    write_outputs(p)  # what `crowdloop run` writes at its end
-    result = CliRunner().invoke(app, ["export", str(tmp_path / "p"), "--out", str(tmp_path / "out.csv")])
-    assert result.exit_code == 2 and " ".join(result.output.split()).endswith(
-        f"restore it there, or take {tmp_path / 'p'}/labels.jsonl (its labels as of the last run, without the pool's "
-        "columns)")
+    assert result.exit_code == 0, result.output
+    assert "note: without the pool's columns, ordered by item id: pool.path: file" in " ".join(result.output.split())
+    alone = pd.read_csv(tmp_path / "out.csv", dtype={"item_id": str})
+    assert list(alone.columns) == ["item_id", "label", "source", "confidence", "n_judgments"]
+    assert alone["item_id"].tolist() == sorted(exported["item_id"])
+    assert dict(zip(alone["item_id"], alone["label"], strict=True)) == dict(
+        zip(exported["item_id"], exported["label"], strict=True))
+    for extra in (["--format", "gt-manifest"], ["--machine"]):
+        result = CliRunner().invoke(app, ["export", str(tmp_path / "p"), "--out", str(tmp_path / "x"), *extra])
+        assert result.exit_code == 2 and "needs the pool: restore it there, or export csv, parquet or jsonl" in \
+            " ".join(result.output.split())

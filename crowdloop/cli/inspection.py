@@ -10,11 +10,11 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from crowdloop import keys
 from crowdloop.cli.common import (
     app,
     console,
     directory_argument,
+    err_console,
     fmt_value,
     one_line_errors,
     project_dir_of,
@@ -22,7 +22,7 @@ from crowdloop.cli.common import (
     rounds_table,
     shown,
 )
-from crowdloop.errors import ConfigError, PoolError
+from crowdloop.errors import ConfigError
 
 
 @app.command()
@@ -124,14 +124,10 @@ def export(
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     project = Project.open(project_dir_of(directory, project_dir))
-    try:
-        done, target = write_export(project, out, fmt, machine=machine)
-    except PoolError as exc:  # the labels are not lost with the pool file: say where they are
-        where = f"{exc}; export reads the project's pool for its order and columns: restore it there"
-        if project.store.exists(keys.OUT_LABELS):
-            where += (f", or take {project.store.url.rstrip('/')}/{keys.OUT_LABELS} (its labels as of the last run, "
-                      "without the pool's columns)")
-        raise PoolError(where) from None
+    done, target = write_export(project, out, fmt, machine=machine)
     counts = ", ".join(f"{n} {source}" for source, n in sorted(done.by_source.items())) or "no labels yet"
     when = "no round finished yet" if done.finished_round is None else f"as of round {done.finished_round}"
     console.print(f"wrote {done.n_rows} labels ({counts}) {when} to {target}", soft_wrap=True)
+    if done.without_pool:
+        err_console.print(shown(f"note: without the pool's columns, ordered by item id: {done.without_pool}"),
+                          soft_wrap=True)
