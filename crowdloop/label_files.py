@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -111,10 +112,13 @@ def resolve(rows: list[LabelRow], *, source: str, pool_ids: list[str], held_out:
     the image's file name, when unique) to its id, for rows that name no id.
     """
     known = set(pool_ids)
+    composed = _composed_index([*pool_ids, *held_out])
     out: dict[str, LabelRow] = {}
     n_held_out = 0
     for row in rows:
         item = row.item_id
+        if item is not None and item not in known and item not in held_out:
+            item = composed.get(unicodedata.normalize("NFC", item), item)
         if item is None:
             item = (content or {}).get(row.ref or "")
             if item is None:
@@ -136,6 +140,20 @@ def resolve(rows: list[LabelRow], *, source: str, pool_ids: list[str], held_out:
                                  f"{first.label!r} at {first.where}")
         out.setdefault(item, row)
     return Resolved(out, n_held_out)
+
+
+def _composed_index(ids: list[str]) -> dict[str, str]:
+    """Id in Unicode's composed form (NFC) -> the id as the pool has it, where that differs and no
+    other id composes the same. File names from macOS come decomposed ('cafe' + U+0301) and ids
+    typed into a label file composed ('café'): the row was refused as an unknown id that printed
+    exactly like a pool id."""
+    found: dict[str, list[str]] = {}
+    for item in ids:
+        composed = unicodedata.normalize("NFC", item)
+        if composed != item:
+            found.setdefault(composed, []).append(item)
+    as_given = set(ids)
+    return {k: v[0] for k, v in found.items() if len(v) == 1 and k not in as_given}
 
 
 def content_index(ids: list[str], content: list[str] | None) -> dict[str, str]:

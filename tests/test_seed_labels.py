@@ -227,3 +227,23 @@ def test_a_label_file_separated_by_semicolons_says_so(tmp_path):
                                              r"\['id;label'\] \(the header is separated by ';', not ','; save the "
                                              r"file comma-separated\)$"):
         read_label_file(LabelFileConfig(path=str(path)))
+
+
+def test_an_id_typed_composed_matches_a_pool_id_that_macos_stored_decomposed():
+    """'café.png' typed into a label file was refused as an unknown id beside the pool's file name
+    'cafe' + U+0301, which prints the same."""
+    import unicodedata
+
+    from crowdloop.label_files import LabelRow, resolve
+
+    decomposed = unicodedata.normalize("NFD", "photos/café.png")
+    typed = [LabelRow("line 2", "photos/café.png", "b"), LabelRow("line 3", "x", "a")]
+    found = resolve(typed, source="labels.csv", pool_ids=[decomposed, "x"], held_out=set(), classes=("a", "b"))
+    assert {item: row.label for item, row in found.labels.items()} == {decomposed: "b", "x": "a"}
+    held = resolve(typed[:1], source="labels.csv", pool_ids=["x"], held_out={decomposed}, classes=("a", "b"))
+    assert held.n_held_out == 1 and held.labels == {}
+    one, other = "photos/e\u0323\u0302.png", "photos/e\u0302\u0323.png"  # two spellings of one composed name
+    assert unicodedata.normalize("NFC", one) == unicodedata.normalize("NFC", other) != one
+    with pytest.raises(LabelFileError, match=r"line 2: unknown item id"):  # no guess between them
+        resolve([LabelRow("line 2", unicodedata.normalize("NFC", one), "a")], source="labels.csv",
+                pool_ids=[one, other], held_out=set(), classes=("a", "b"))
