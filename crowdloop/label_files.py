@@ -118,7 +118,8 @@ def resolve(rows: list[LabelRow], *, source: str, pool_ids: list[str], held_out:
     for row in rows:
         item = row.item_id
         if item is not None and item not in known and item not in held_out:
-            item = composed.get(unicodedata.normalize("NFC", item), item)
+            nfc = unicodedata.normalize("NFC", item)
+            item = nfc if nfc in known or nfc in held_out else composed.get(nfc, item)
         if item is None:
             item = (content or {}).get(row.ref or "")
             if item is None:
@@ -145,8 +146,8 @@ def resolve(rows: list[LabelRow], *, source: str, pool_ids: list[str], held_out:
 def _composed_index(ids: list[str]) -> dict[str, str]:
     """Id in Unicode's composed form (NFC) -> the id as the pool has it, where that differs and no
     other id composes the same. File names from macOS come decomposed ('cafe' + U+0301) and ids
-    typed into a label file composed ('café'): the row was refused as an unknown id that printed
-    exactly like a pool id."""
+    typed into a label file composed ('café'), or the other way round: the row was refused as an
+    unknown id that printed exactly like a pool id."""
     found: dict[str, list[str]] = {}
     for item in ids:
         composed = unicodedata.normalize("NFC", item)

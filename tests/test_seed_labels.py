@@ -229,7 +229,7 @@ def test_a_label_file_separated_by_semicolons_says_so(tmp_path):
         read_label_file(LabelFileConfig(path=str(path)))
 
 
-def test_an_id_typed_composed_matches_a_pool_id_that_macos_stored_decomposed():
+def test_ids_match_across_unicode_composed_and_decomposed_forms():
     """'café.png' typed into a label file was refused as an unknown id beside the pool's file name
     'cafe' + U+0301, which prints the same."""
     import unicodedata
@@ -240,6 +240,9 @@ def test_an_id_typed_composed_matches_a_pool_id_that_macos_stored_decomposed():
     typed = [LabelRow("line 2", "photos/café.png", "b"), LabelRow("line 3", "x", "a")]
     found = resolve(typed, source="labels.csv", pool_ids=[decomposed, "x"], held_out=set(), classes=("a", "b"))
     assert {item: row.label for item, row in found.labels.items()} == {decomposed: "b", "x": "a"}
+    composed_pool = resolve([LabelRow("line 2", decomposed, "b")], source="labels.csv",  # and the other way round
+                            pool_ids=["photos/café.png"], held_out=set(), classes=("a", "b"))
+    assert list(composed_pool.labels) == ["photos/café.png"]
     held = resolve(typed[:1], source="labels.csv", pool_ids=["x"], held_out={decomposed}, classes=("a", "b"))
     assert held.n_held_out == 1 and held.labels == {}
     one, other = "photos/e\u0323\u0302.png", "photos/e\u0302\u0323.png"  # two spellings of one composed name
