@@ -239,7 +239,11 @@ def _read_label_studio(path: Path, text: str, cfg: LabelFileConfig) -> list[Labe
         for ann in task.get("annotations") or []:
             if not isinstance(ann, dict) or ann.get("was_cancelled"):
                 continue
-            choice = _choice(ann.get("result"), cfg.label_attribute)
+            try:
+                choice = _choice(ann.get("result"), cfg.label_attribute)
+            except ValueError as exc:
+                raise LabelFileError(f"{path}: {where}: annotation {ann.get('id')!r} of task {task.get('id')!r} "
+                                     f"{exc}") from None
             if choice is not None:
                 votes.append(choice)
         if not votes:
@@ -263,6 +267,9 @@ def _choice(results: Any, from_name: str | None) -> str | None:
         choices = (r.get("value") or {}).get("choices") if isinstance(r.get("value"), dict) else None
         if isinstance(choices, list) and len(choices) == 1 and isinstance(choices[0], (str, int)):
             return str(choices[0])
+        if isinstance(choices, list) and len(choices) > 1:  # a multi-choice answer was dropped without a word
+            raise ValueError(f"chose {len(choices)} classes {choices[:5]!r}; expected one (resolve it or drop the "
+                             "annotation)")
     return None
 
 

@@ -127,6 +127,17 @@ def test_label_studio_export_line_numbers_and_a_tie_is_refused(blind_digits, tmp
         Project.prepare(cfg, str(tmp_path / "p"))
 
 
+def test_a_label_studio_annotation_with_two_choices_is_refused_not_dropped(tmp_path):
+    """A multi-choice answer was left out without a word (the task imported nothing, or fewer votes)."""
+    task = {"id": 7, "data": {"crowdloop_item": "d0000"},
+            "annotations": [{"id": 71, "result": [{"type": "choices", "value": {"choices": ["0"]}}]},
+                            {"id": 72, "result": [{"type": "choices", "value": {"choices": ["0", "1"]}}]}]}
+    path = _write(tmp_path / "multi.json", "[\n" + json.dumps(task) + "\n]\n")
+    with pytest.raises(LabelFileError, match=r"multi\.json: line 2: annotation 72 of task 7 chose 2 classes "
+                                             r"\['0', '1'\]; expected one"):
+        read_label_file(LabelFileConfig(path=str(path)))
+
+
 def test_manifest_and_label_studio_rows_match_pool_items_by_content(tmp_path):
     """Without an id, a manifest's ``source`` (text) or ``source-ref`` (image file name) and a
     Label Studio task's ``text``/``image`` find the pool item."""
