@@ -171,7 +171,8 @@ def test_a_csv_project_from_before_ids_as_written_keeps_reading_ids_as_numbers(t
     assert Project.open(location).pool.ids.tolist() == old.pool.ids.tolist()
     resumed = engine.run_in_process(Project.prepare(parse_config({**data, "stopping": {"max_rounds": 2}}), location))
     assert resumed.rounds() == [0, 1, 2] and "7" in resumed.pool.ids.tolist()
-    with pytest.raises(ConfigError, match=r"^pool.ids_as_written: True differs from False"):
+    with pytest.raises(ConfigError, match=r"^pool.ids_as_written: true, but project .* reads its csv ids as numbers .*"
+                                          r"set pool.ids_as_written: false, or leave it out, to resume it$"):
         Project.prepare(parse_config({**data, "pool": {**data["pool"], "ids_as_written": True}}), location)
     fresh = Project.prepare(parse_config(data), str(tmp_path / "new"))
     assert "007" in fresh.pool.ids.tolist() and "7" not in fresh.pool.ids.tolist()

@@ -144,6 +144,10 @@ class Project:
             if "ids_as_written" not in config.pool.model_fields_set:  # unset: the project's own reading of ids
                 config = config.model_copy(update={"pool": config.pool.model_copy(
                     update={"ids_as_written": stored.pool.ids_as_written})})
+            elif config.pool.ids_as_written and not stored.pool.ids_as_written:
+                raise ConfigError(f"pool.ids_as_written: true, but project {store.url} reads its csv ids as numbers "
+                                  "(it was created before ids were read as written, and its records name them so); "
+                                  "set pool.ids_as_written: false, or leave it out, to resume it")
             _check_same_config(stored, config, store.url)
         project = cls(store, config)
         try:
