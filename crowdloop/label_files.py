@@ -134,7 +134,9 @@ def resolve(rows: list[LabelRow], *, source: str, pool_ids: list[str], held_out:
             n_held_out += 1
             continue
         if item not in known:
-            raise LabelFileError(f"{source}: {row.where}: unknown item id {item[:80]!r}: not in the pool")
+            spaced = next((i for i in pool_ids if i.strip() == item.strip()), None)  # only on the way to an error
+            hint = f" (the pool has {spaced!r}: spaces differ)" if spaced is not None else ""
+            raise LabelFileError(f"{source}: {row.where}: unknown item id {item[:80]!r}: not in the pool{hint}")
         first = out.get(item)
         if first is not None and first.label != row.label:
             raise LabelFileError(f"{source}: {row.where}: item {item!r} is labeled {row.label!r} here and "

@@ -254,6 +254,9 @@ def test_ids_match_across_unicode_composed_and_decomposed_forms():
     composed_pool = resolve([LabelRow("line 2", decomposed, "b")], source="labels.csv",  # and the other way round
                             pool_ids=["photos/café.png"], held_out=set(), classes=("a", "b"))
     assert list(composed_pool.labels) == ["photos/café.png"]
+    with pytest.raises(LabelFileError, match=r"line 3: unknown item id 'x': not in the pool \(the pool has ' x': spaces "
+                                             r"differ\)$"):
+        resolve(typed, source="labels.csv", pool_ids=[decomposed, " x"], held_out=set(), classes=("a", "b"))
     held = resolve(typed[:1], source="labels.csv", pool_ids=["x"], held_out={decomposed}, classes=("a", "b"))
     assert held.n_held_out == 1 and held.labels == {}
     one, other = "photos/e\u0323\u0302.png", "photos/e\u0302\u0323.png"  # two spellings of one composed name
