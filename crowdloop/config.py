@@ -7,6 +7,7 @@ the file, the field path, the bad value and what was expected.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -146,13 +147,12 @@ class PoolConfig(_Strict):
         as "not a valid string"."""
         if not isinstance(value, list):
             return value
+        from crowdloop.label_files import label_name  # the one rule for a label value (imports this module)
 
-        def name(v: Any) -> Any:  # as models/datasets.py reads a label cell: 3.0 is "3"
-            if isinstance(v, bool) or not isinstance(v, int | float) or v != v or v in (float("inf"), float("-inf")):
-                return v
-            return str(int(v)) if float(v).is_integer() else str(v)
+        def finite_number(v: Any) -> bool:  # anything else is left for the type check to refuse
+            return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
-        return [name(v) for v in value]
+        return [label_name(v) if finite_number(v) else v for v in value]
 
     @field_validator("classes")
     @classmethod

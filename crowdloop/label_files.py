@@ -87,11 +87,18 @@ def read_pool_column(pool: PoolConfig) -> list[LabelRow]:
             for where, item, value in zip(lines, ids, frame[column].tolist(), strict=True) if not _missing(value)]
 
 
-def label_text(value: object) -> str:
-    """Labels are strings everywhere; integral floats (``3.0`` from a column with gaps) read as ``"3"``."""
+def label_name(value: object) -> str:
+    """How a label value (a cell of a pool or label file, a class in YAML) becomes a class name:
+    labels are strings everywhere, and an integral float (``3.0`` from a column with gaps) reads
+    as ``"3"``."""
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return str(int(value))
-    return str(value).strip()
+    return str(value)
+
+
+def label_text(value: object) -> str:
+    """A label file's label as a class name (``label_name``), surrounding spaces dropped."""
+    return label_name(value).strip()
 
 
 @dataclass(frozen=True)

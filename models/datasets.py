@@ -14,7 +14,7 @@ import numpy as np
 
 from crowdloop.config import PoolConfig, class_name_problem
 from crowdloop.errors import PoolError
-from crowdloop.label_files import as_written, separator_hint
+from crowdloop.label_files import as_written, label_name, separator_hint
 
 
 @dataclass(frozen=True, eq=False)
@@ -191,7 +191,7 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
         ids = np.array([f"row-{i:07d}" for i in range(len(frame))], dtype=object)
     y = None
     if cfg.label_column:
-        y = np.array([None if pd.isna(v) else _label_str(v) for v in frame[cfg.label_column].tolist()], dtype=object)
+        y = np.array([None if pd.isna(v) else label_name(v) for v in frame[cfg.label_column].tolist()], dtype=object)
     kind = content = None
     if cfg.text_column:
         kind = "text"
@@ -226,13 +226,6 @@ def _refuse_wrong_kind_of_file(path: Path, source: str) -> None:
     if what is not None:
         raise PoolError(f"pool.path: {path.name} is {what}, not a CSV file; save it as CSV UTF-8 (or Parquet, with "
                         "source: parquet) and point pool.path at that file")
-
-
-def _label_str(value: object) -> str:
-    """Labels are strings everywhere; integral floats from CSV (``3.0``) read as ``"3"``."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def item_payload(pool: Pool, i: int) -> dict:
