@@ -119,14 +119,18 @@ def resolve(rows: list[LabelRow], *, source: str, pool_ids: list[str], held_out:
     the image's file name, when unique) to its id, for rows that name no id.
     """
     known = set(pool_ids)
-    composed = _composed_index([*pool_ids, *held_out])
+    composed: dict[str, str] | None = None  # built at the first id not found as written
     out: dict[str, LabelRow] = {}
     n_held_out = 0
     for row in rows:
         item = row.item_id
         if item is not None and item not in known and item not in held_out:
             nfc = unicodedata.normalize("NFC", item)
-            item = nfc if nfc in known or nfc in held_out else composed.get(nfc, item)
+            if nfc in known or nfc in held_out:
+                item = nfc
+            else:
+                composed = _composed_index([*pool_ids, *held_out]) if composed is None else composed
+                item = composed.get(nfc, item)
         if item is None:
             item = (content or {}).get(row.ref or "")
             if item is None:
