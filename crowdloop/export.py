@@ -27,7 +27,7 @@ import numpy as np
 
 from crowdloop import keys
 from crowdloop.engine.project import Project
-from crowdloop.errors import CrowdloopError, PoolError
+from crowdloop.errors import ConfigError, CrowdloopError, PoolError
 from crowdloop.label_files import as_written
 from crowdloop.records import AggregatedLabel
 
@@ -74,6 +74,14 @@ class Export:
     without_pool: str | None = None  # why the pool's columns are missing (its file could not be read), else None
 
 
+def check_options(fmt: str, *, spreadsheet_safe: bool = False) -> None:
+    """The export's options, checked before a project is opened (the CLI) or read."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if spreadsheet_safe and fmt != "csv":
+        raise ConfigError(f"--spreadsheet-safe: for --format csv, which spreadsheets open; not for {fmt!r}")
+
+
 def last_finished_round(p: Project) -> int | None:
     """The last round that has paid (its labels are final), or None."""
     done = [r for r in p.rounds() if p.has(r, keys.PAY)]
@@ -89,10 +97,7 @@ def export_labels(p: Project, fmt: str, *, machine: bool = False, spreadsheet_sa
     confidence. Gold items are never exported: their answers are the team's own file.
     ``spreadsheet_safe`` (csv only): see ``spreadsheet_text``.
     """
-    if fmt not in FORMATS:
-        raise CrowdloopError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    if spreadsheet_safe and fmt != "csv":
-        raise CrowdloopError(f"--spreadsheet-safe: for --format csv, which spreadsheets open; not for {fmt!r}")
+    check_options(fmt, spreadsheet_safe=spreadsheet_safe)
     without_pool = None
     try:
         order = p.index_of

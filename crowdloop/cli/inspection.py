@@ -22,7 +22,6 @@ from crowdloop.cli.common import (
     rounds_table,
     shown,
 )
-from crowdloop.errors import ConfigError
 
 
 @app.command()
@@ -122,12 +121,9 @@ def export(
 ) -> None:
     """Write DIR's labels (item id, label, source, confidence, judgments, the pool's columns) as of its last finished round."""
     from crowdloop.engine import Project
-    from crowdloop.export import FORMATS, write_export
+    from crowdloop.export import check_options, write_export
 
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    if spreadsheet_safe and fmt != "csv":
-        raise ConfigError(f"--spreadsheet-safe: for --format csv, which spreadsheets open; not for {fmt!r}")
+    check_options(fmt, spreadsheet_safe=spreadsheet_safe)
     project = Project.open(project_dir_of(directory, project_dir))
     done, target = write_export(project, out, fmt, machine=machine, spreadsheet_safe=spreadsheet_safe)
     counts = ", ".join(f"{n} {source}" for source, n in sorted(done.by_source.items())) or "no labels yet"
