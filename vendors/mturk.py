@@ -326,13 +326,13 @@ def _chunks_in_order(tasks: Sequence[Task], n: int) -> Iterator[list[Task]]:
             yield group
 
 
-def request_token(project: str, batch_id: str, item_ids: Sequence[str], replicas: int, store_id: str = "") -> str:
+def request_token(project: str, batch_id: str, item_ids: Sequence[str], replicas: int, store_id: str) -> str:
     """Deterministic ``UniqueRequestToken`` (≤ 64 chars) for one HIT of one project store.
 
     ``store_id`` (``MTurkVendor.store_id``) keeps apart two stores of the same project name: a
     store deleted and made again picks the same items for its first batch, and without it MTurk
     answered the new HIT's token with the old store's HIT, old answers and all."""
-    return f"cl-{project[:16]}-{_digest(project, batch_id, *item_ids, replicas, *([store_id] if store_id else []))}"
+    return f"cl-{project[:16]}-{_digest(project, batch_id, *item_ids, replicas, store_id)}"
 
 
 def _error_code(exc: ClientError) -> str:
