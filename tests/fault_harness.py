@@ -48,6 +48,7 @@ STORES = ("local", "s3")
 LOCK_TTL_S = 2.0
 ANSWER_ACCURACY = 0.8
 MANIFEST_WORKERS = tuple(f"mw{k:02d}" for k in range(12))
+MTURK_WORKERS = tuple(f"AWORKER{k:03d}" for k in range(12))
 
 
 def harness_config(vendor: str, *, max_rounds: int = 2, mturk_url: str | None = None,
@@ -93,7 +94,8 @@ class Truth:
         self.classes = list(p.classes)
         self.seed = config["seed"]
 
-    def answer(self, item_id: str, replica: int) -> str:
+    def answer(self, item_id: str, replica: int | str) -> str:
+        """The answer of the ``replica``-th judgment of an item, or of the worker so named."""
         true = self.labels[item_id]
         if unit_hash(self.seed, "answer", item_id, replica) < ANSWER_ACCURACY:
             return true
@@ -216,7 +218,10 @@ class Scenario:
         if self.vendor == "mturk":
             from tests.vendors.mturk_server import FakeMTurkServer
 
-            with FakeMTurkServer(answer=self.truth.answer) as server:
+            # with the quality controls on, distinct workers take the slots, so a re-ask (more
+            # assignments on the item's HIT) goes to somebody else and a block keeps a worker out
+            crowd = list(MTURK_WORKERS) if self.quality else None
+            with FakeMTurkServer(answer=self.truth.answer, crowd=crowd) as server:
                 yield server
         else:
             yield None

@@ -11,6 +11,7 @@ tests/test_cli_e2e.py kills the CLI itself).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,11 +72,12 @@ def test_kills_at_random_points_resume_exactly(vendor: str, store: str, tmp_path
         assert result["killed"] and result["mismatches"] == [], result
 
 
-@pytest.mark.parametrize("vendor", ["simulated", "manifest"])
+@pytest.mark.parametrize("vendor", ["simulated", "manifest", "mturk"])
 def test_kills_with_adaptive_redundancy_gold_and_ring_blocking_resume_exactly(vendor: str, tmp_path_factory) -> None:
     """Round 1 re-asks round 0's unsure items of other workers (the manifest's answerer honours
-    ``exclude-workers``), mixes in gold and checks rings: a kill at each of its step boundaries
-    must neither lose a re-ask nor pay one twice."""
+    ``exclude-workers``; on MTurk a re-ask adds assignments to the item's HIT, which the fake's
+    crowd gives to a worker who has not had it), mixes in gold and checks rings: a kill at each
+    of its step boundaries must neither lose a re-ask nor pay one twice."""
     from collections import Counter
 
     s = Scenario(vendor, "local", tmp_path_factory.mktemp(f"quality-{vendor}"), "http://127.0.0.1:9", max_rounds=2,
@@ -87,6 +89,10 @@ def test_kills_with_adaptive_redundancy_gold_and_ring_blocking_resume_exactly(ve
     assert sum(1 for item, n in asked.items() if n == 2 and item not in clean.gold_set) >= 5  # re-asked once
     assert any(a.item_id in clean.gold_set for a in log)
     assert all(len({a.worker_id for a in log if a.item_id == item}) == n for item, n in asked.items())
+    if vendor == "mturk":  # the re-asks were more assignments on the items' round-0 HITs, not new HITs
+        hits = clean.vendor.store
+        extended = [k for k in hits.list("hits/") if k.endswith(".hit.json") and "extends" in json.loads(hits.read_bytes(k))]
+        assert len(extended) >= 5, extended
     points = [point for point in s.boundaries if point.endswith("@1")]
     assert any(point.startswith("collect:") for point in points) and len(points) >= 10
     results = [s.kill_and_resume(point) for point in points]

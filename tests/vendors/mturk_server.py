@@ -21,10 +21,14 @@ from tests.vendors.mturk_fake import FakeMTurk, items_in_question
 
 
 class FakeMTurkServer:
-    """``with FakeMTurkServer(answer=...) as server: server.url``; ``server.fake`` is the state."""
+    """``with FakeMTurkServer(answer=...) as server: server.url``; ``server.fake`` is the state.
 
-    def __init__(self, *, answer: Callable[[str, int], str] | None = None, access_key: str = "testing") -> None:
-        self.fake = FakeMTurk(answer=answer)
+    ``crowd``: the workers who take the HITs' slots (``FakeMTurk``'s crowd mode: a worker never
+    gets one HIT twice nor any HIT once blocked), answering ``answer(item, worker)``."""
+
+    def __init__(self, *, answer: Callable[[str, Any], str] | None = None, access_key: str = "testing",
+                 crowd: list[str] | None = None) -> None:
+        self.fake = FakeMTurk(answer=answer, crowd=crowd)
         self.access_key = access_key
         self._lock = threading.Lock()
         outer = self
