@@ -10,8 +10,10 @@ What is hashed depends on the source, so that a large pool costs a streaming rea
 * ``csv`` / ``parquet``: the file itself (streaming sha256, 1 MiB at a time);
 * ``sharded``: the manifest (which holds every shard's sha256) and the id/label index;
 * ``images``, ``fashion_mnist``: a listing of the folder (relative names and sizes; for an S3
-  prefix, the key names), not every image's bytes;
+  prefix, the key names), not every image's bytes; the files of linked class folders count
+  (``models/folders.py``);
 * ``sklearn``: the bundled set as loaded (small by nature);
+* ``text_folder``, ``fortunes``: every text file's name and sha256 (the loader reads them all anyway);
 * a pool source from a plug-in: its loader's ``digest(cfg)`` if it has one, else nothing is
   recorded and nothing is checked.
 """
@@ -41,6 +43,8 @@ class PoolDigest:
     what: str
     how: str
     sha256: str
+    # digests an earlier version recorded for this same pool (a project created then resumes)
+    also_accepted: tuple[str, ...] = ()
 
     def as_record(self) -> dict[str, str]:
         return {"what": self.what, "how": self.how, "sha256": self.sha256}
@@ -59,7 +63,22 @@ def pool_digest(cfg: PoolConfig, loaded: Callable[[], Sequence[Any]] | None = No
     if source == "sharded":
         return PoolDigest(path, "sha256 of the manifest and index", _sharded_sha256(path))
     if source == "images":
-        return PoolDigest(path, "sha256 of the folder listing", _listing_sha256(path))
+        earlier = () if path.startswith("s3://") else (_listing_sha256(path, follow_links=False),)
+        return PoolDigest(path, "sha256 of the folder listing", _listing_sha256(path), earlier)
+    if source in ("text_folder", "fortunes"):
+        from crowdloop.models.text_pools import DEFAULT_FORTUNE_CATEGORIES, FORTUNES_DIR
+
+        root = Path(path or FORTUNES_DIR)
+        if source == "fortunes":
+            files = [root / c for c in (cfg.classes or DEFAULT_FORTUNE_CATEGORIES)]
+        else:
+            from crowdloop.models.folders import list_files
+
+            files = list_files(root) if root.is_dir() else []
+        h = hashlib.sha256()
+        for f in files:  # texts are small and the loader reads them all anyway: hash what they say
+            h.update(f"{f.relative_to(root).as_posix()}\0{file_sha256(f)}\n".encode())
+        return PoolDigest(str(root), "sha256 of the text files", h.hexdigest())
     if source == "fashion_mnist":
         from crowdloop.models.images import FASHION_MNIST_DIR
 
@@ -113,8 +132,11 @@ def _sharded_sha256(url: str) -> str:
     return h.hexdigest()
 
 
-def _listing_sha256(path: str) -> str:
-    """Names (and, for a local folder, sizes) of every file under ``path``, sorted."""
+def _listing_sha256(path: str, *, follow_links: bool = True) -> str:
+    """Names (and, for a local folder, sizes) of every file under ``path``, sorted: the files
+    ``models/folders.py`` lists, which the image loader reads. ``follow_links=False`` is the
+    listing recorded before folder links were followed (it left out the files of a linked
+    class folder), still accepted from projects that recorded it."""
     h = hashlib.sha256()
     if path.startswith("s3://"):
         from crowdloop.storage import StoreError, open_store
@@ -127,13 +149,18 @@ def _listing_sha256(path: str) -> str:
         root = Path(path)
         if not root.is_dir():
             raise PoolError(f"pool.path: directory {path!r} not found")
-        names = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for name in filenames:
-                if not name.startswith("."):
-                    full = Path(dirpath) / name
-                    names.append((full.relative_to(root).as_posix(), str(full.stat().st_size)))
+        if follow_links:
+            from crowdloop.models.folders import list_files
+
+            names = [(f.relative_to(root).as_posix(), str(f.stat().st_size)) for f in list_files(root)]
+        else:
+            names = []
+            for dirpath, dirnames, filenames in os.walk(root):
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                for name in filenames:
+                    if not name.startswith("."):
+                        full = Path(dirpath) / name
+                        names.append((full.relative_to(root).as_posix(), str(full.stat().st_size)))
     for name, size in sorted(names):
         h.update(f"{name}\0{size}\n".encode())
     return h.hexdigest()

@@ -109,23 +109,23 @@ def decode(path: str | Path, *, mode: str = "rgb", size: int | None = None) -> n
 
 
 def _scan_local(root: Path) -> tuple[list[str], list[str | None]]:
-    """Relative image paths and their class folder (None for a flat folder)."""
+    """Relative image paths and their class folder (None for a flat folder).
+
+    Class folders (``ImageFolder`` layout: ``root/<class>/**/x.png``) may be links to folders
+    elsewhere; hidden files and loops are handled as ``models/folders.py`` says."""
+    from crowdloop.models.folders import list_files
+
     if not root.is_dir():
         raise PoolError(f"pool.path: directory {str(root)!r} not found")
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if subdirs:  # ImageFolder layout: torchvision finds the classes and their files
-        from torchvision.datasets import ImageFolder
-
-        try:
-            folder = ImageFolder(str(root), loader=lambda p: p, allow_empty=True,
-                                 is_valid_file=lambda p: p.lower().endswith(IMAGE_SUFFIXES))
-        except (FileNotFoundError, RuntimeError) as exc:
-            raise PoolError(f"pool.path: {str(root)!r}: {str(exc).splitlines()[0]}") from None
-        rel = [str(Path(p).relative_to(root).as_posix()) for p, _ in folder.samples]
-        labels: list[str | None] = [folder.classes[c] for _, c in folder.samples]
-        return rel, labels
-    rel = sorted(p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    return rel, [None] * len(rel)
+    rel = [p.relative_to(root).as_posix() for p in list_files(root) if p.suffix.lower() in IMAGE_SUFFIXES]
+    nested = [r for r in rel if "/" in r]
+    if not nested:
+        return rel, [None] * len(rel)
+    flat = [r for r in rel if "/" not in r]
+    if flat:
+        raise PoolError(f"pool.path: {str(root / flat[0])!r} sits beside class folders such as "
+                        f"{nested[0].split('/', 1)[0]!r}; move it into its class folder (or every image out of them)")
+    return rel, [r.split("/", 1)[0] for r in rel]
 
 
 def _fetch_s3(url: str, max_items: int | None) -> tuple[Path, list[str], list[str | None]]:

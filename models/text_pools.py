@@ -82,8 +82,9 @@ def load_text_folder_pool(cfg: PoolConfig) -> Pool:
     root = Path(cfg.path or "")
     if not root.is_dir():
         raise PoolError(f"pool.path: folder {str(root)!r} not found; expected a folder of text files")
-    files = sorted(p for p in root.rglob("*") if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    from crowdloop.models.folders import list_files
+
+    files = list_files(root)  # follows class folders that are links; hidden files skipped
     if not files:
         raise PoolError(f"pool.path: no files in {str(root)!r}; expected one text file per item")
     deep = [p for p in files if len(p.relative_to(root).parts) > 2]

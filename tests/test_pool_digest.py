@@ -145,3 +145,82 @@ def test_an_image_folder_with_other_files_is_refused(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((6, 6), dtype=np.uint8)).save(folder / "dog" / "extra.png")
     with pytest.raises(PoolError, match=r"images is not the pool project .*folder listing"):
         Project.prepare(cfg, str(tmp_path / "p"))
+
+
+def _image_classes(root: Path, n: int = 40) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("cat", "dog"):
+        (root / label).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (6, 6), dtype=np.uint8)).save(root / label / f"{i}.png")
+
+
+def _image_config(folder: Path) -> dict:
+    return small_config(pool={"source": "images", "path": str(folder), "image_mode": "gray", "test_size": 0.3},
+                        sampler={"name": "margin", "batch_size": 5, "initial_size": 10})
+
+
+def test_a_changed_image_in_a_linked_class_folder_is_refused(tmp_path: Path) -> None:
+    """Class folders that are links to data elsewhere: their images are the pool, and the
+    digest lists them (it used to list none, so a swapped image went unnoticed)."""
+    from PIL import Image
+
+    _image_classes(tmp_path / "data")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for label in ("cat", "dog"):
+        (folder / label).symlink_to(tmp_path / "data" / label, target_is_directory=True)
+    cfg = parse_config(_image_config(folder))
+    p = Project.prepare(cfg, str(tmp_path / "p"))
+    assert len(p.pool.ids) + len(p.test.ids) == 80
+    _new_process()
+    Image.fromarray(np.zeros((6, 6), dtype=np.uint8)).save(tmp_path / "data" / "dog" / "extra.png")
+    with pytest.raises(PoolError, match=r"images is not the pool project .*folder listing"):
+        Project.prepare(cfg, str(tmp_path / "p"))
+
+
+def test_a_project_that_recorded_the_listing_without_linked_folders_still_resumes(tmp_path: Path) -> None:
+    """Before links were followed, a linked folder's files were left out of the listing; a
+    project that recorded that digest resumes (its pool has not changed)."""
+    from crowdloop.models.digest import _listing_sha256
+
+    _image_classes(tmp_path / "data")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "cat").symlink_to(tmp_path / "data" / "cat", target_is_directory=True)
+    shutil.move(str(tmp_path / "data" / "dog"), str(folder / "dog"))
+    cfg = parse_config(_image_config(folder))
+    location = tmp_path / "p"
+    Project.prepare(cfg, str(location))
+    record = read_json(Project.open(str(location)).store, keys.PROJECT)
+    old = _listing_sha256(str(folder), follow_links=False)
+    assert record["pool"]["sha256"] != old
+    record["pool"]["sha256"] = old
+    (location / keys.PROJECT).write_text(__import__("json").dumps(record))
+    _new_process()
+    Project.prepare(cfg, str(location))  # resumes
+    assert read_json(Project.open(str(location)).store, keys.PROJECT)["pool"]["sha256"] == old
+
+
+def test_a_text_folder_edited_between_runs_is_refused(tmp_path: Path) -> None:
+    """Text folder pools had no digest at all: an edited text was used silently on resume."""
+    folder = tmp_path / "texts"
+    for label, words in (("sports", "goal match team score"), ("cooking", "oven flour bake salt")):
+        (folder / label).mkdir(parents=True)
+        for i in range(30):
+            (folder / label / f"{i}.txt").write_text(f"{words} {i}\n")
+    cfg = parse_config(small_config(pool={"source": "text_folder", "path": str(folder), "test_size": 0.3},
+                                    model={"estimator": "sklearn.linear_model.LogisticRegression",
+                                           "features": {"kind": "tfidf"}},
+                                    sampler={"name": "margin", "batch_size": 5, "initial_size": 10}))
+    Project.prepare(cfg, str(tmp_path / "p"))
+    record = read_json(Project.open(str(tmp_path / "p")).store, keys.PROJECT)
+    assert record["pool"]["how"] == "sha256 of the text files"
+    _new_process()
+    Project.prepare(cfg, str(tmp_path / "p"))  # the same texts resume
+    _new_process()
+    (folder / "cooking" / "3.txt").write_text("goal match team score 3\n")  # same size, other words
+    with pytest.raises(PoolError, match=r"texts is not the pool project .*text files"):
+        Project.prepare(cfg, str(tmp_path / "p"))

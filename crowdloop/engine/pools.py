@@ -1,14 +1,17 @@
 """The pool a project labels: loaded once per process, split once, and vouched for by a digest.
 
 A project, its random-baseline twin and every task of a run share one loaded pool (the loaders
-are cached on the pool config and the file's size and mtime, so a file changed on disk is read
-again). ``checked_pool_record`` is the digest recorded at creation and compared on resume.
+are cached on the pool config and the file's size and mtime — a folder's: of every file in it —,
+so a file changed on disk is read again). ``checked_pool_record`` is the digest recorded at creation and compared on resume.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+import stat
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crowdloop import keys, registry
@@ -21,14 +24,25 @@ if TYPE_CHECKING:
 
 
 def pool_file_stamp(cfg: PoolConfig) -> tuple[int, int] | None:
-    """Size and mtime of a local pool file, so a file changed on disk is loaded again."""
+    """Size and mtime of a local pool file, so a file changed on disk is loaded again; for a
+    folder, of every file in it (a file rewritten in a class folder leaves the folder's own
+    mtime as it was, and a long-lived worker process would keep the old pool)."""
     if not cfg.path or "://" in cfg.path:
         return None
     try:
         st = os.stat(cfg.path)
-    except OSError:
-        return None  # the loader names the missing file
-    return (st.st_size, st.st_mtime_ns)
+        if not stat.S_ISDIR(st.st_mode):
+            return (st.st_size, st.st_mtime_ns)
+        from crowdloop.models.folders import list_files
+
+        h = hashlib.sha256()
+        files = list_files(Path(cfg.path))
+        for f in files:
+            fst = f.stat()
+            h.update(f"{f}\0{fst.st_size}\0{fst.st_mtime_ns}\n".encode())
+        return (len(files), int(h.hexdigest()[:15], 16))
+    except (OSError, PoolError):
+        return None  # the loader names the missing file, the loop or the dangling link
 
 
 def load_pool(cfg: PoolConfig):
@@ -88,7 +102,7 @@ def checked_pool_record(project: Project, existing: dict[str, Any] | None) -> di
     recorded = (existing or {}).get("pool")
     if recorded is None or digest is None:
         return digest.as_record() if digest is not None else recorded
-    if recorded["sha256"] != digest.sha256:
+    if recorded["sha256"] != digest.sha256 and recorded["sha256"] not in digest.also_accepted:
         raise PoolError(f"pool.path: {digest.what} is not the pool project {url} was created with ({digest.how}: "
                         f"{digest.sha256[:12]}… now, {recorded['sha256'][:12]}… then); restore the original pool, "
                         "or start a new project (--project-dir)")
