@@ -134,7 +134,8 @@ def _fetch_s3(url: str, max_items: int | None) -> tuple[Path, list[str], list[st
 
     try:
         store = open_store(url, create=False)
-        keys = sorted(k for k in store.list("") if k.lower().endswith(IMAGE_SUFFIXES))
+        keys = sorted(k for k in store.list("") if k.lower().endswith(IMAGE_SUFFIXES)
+                      and not any(part.startswith(".") for part in k.split("/")))  # as a local folder's
     except StoreError as exc:
         raise PoolError(f"pool.path: cannot list images under {url!r}: {exc}") from None
     nested = [k for k in keys if "/" in k]

@@ -170,6 +170,7 @@ def test_images_under_an_s3_prefix(tmp_path, s3_endpoint, s3_bucket):
         for i in range(3):
             s3.put_object(Bucket=s3_bucket, Key=f"data/imgs/{cls}/{i}.png", Body=_png(base + i))
     s3.put_object(Bucket=s3_bucket, Key="data/imgs/readme.md", Body=b"not an image")
+    s3.put_object(Bucket=s3_bucket, Key="data/imgs/shoe/._0.png", Body=b"\x00\x05\x16\x07 a Mac's resource fork")
     url = f"s3://{s3_bucket}/data/imgs?endpoint_url={s3_endpoint}"
     pool = load_image_pool(_pool_cfg(source="images", path=url, image_mode="gray"))
     assert pool.ids.tolist() == [f"{c}/{i}.png" for c in ("shirt", "shoe") for i in range(3)]
