@@ -599,6 +599,10 @@ RESUMABLE_SECTIONS = ("stopping", "collect", "baseline", "scale", "credentials")
 # ``evaluation.estimator`` came after projects that estimated with ``draws``: they resume with
 # the new default, or keep ``draws`` by saying so.
 RESUMABLE_FIELDS = ("evaluation.estimator",)
+# Where a project's input files are: a resumed project may find them elsewhere (the team moved
+# the folder, or copied it to another machine) when what it finds there is what it started
+# with: the pool by its digest, a seed or gold file by the labels it imported from it.
+MOVABLE_FIELDS = ("pool.path", "pool.seed_labels.path", "gold.path")
 
 
 def format_validation_error(exc: ValidationError, *, source: str, model: type[BaseModel] | None = None) -> str:

@@ -6,6 +6,7 @@ for CSV/Parquet, the manifest and index for a sharded pool, a listing of an imag
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import shutil
@@ -224,3 +225,92 @@ def test_a_text_folder_edited_between_runs_is_refused(tmp_path: Path) -> None:
     (folder / "cooking" / "3.txt").write_text("goal match team score 3\n")  # same size, other words
     with pytest.raises(PoolError, match=r"texts is not the pool project .*text files"):
         Project.prepare(cfg, str(tmp_path / "p"))
+
+
+def _team_folder(root: Path) -> dict:
+    """A team's folder: the pool, seed labels and gold answers beside the config."""
+    from crowdloop.config import LoopConfig
+
+    (root / "data").mkdir(parents=True)
+    frame = _digits_csv(root / "data" / "pool.csv").rename(columns={"uid": "id", "target": "label"})
+    pool = {"source": "csv", "path": str(root / "data" / "pool.csv"), "id_column": "uid", "label_column": "target",
+            "test_size": 0.3}
+    held_out = set(Project(store=None, config=LoopConfig.model_validate(small_config(pool=pool))).test.ids.tolist())
+    labeled = frame[~frame["id"].isin(held_out)][["id", "label"]]
+    labeled.iloc[:40].to_csv(root / "data" / "seed.csv", index=False)
+    labeled.iloc[100:112].to_csv(root / "data" / "gold.csv", index=False)
+    return {"project": "moved", "pool": {**pool, "path": "data/pool.csv", "seed_labels": {"path": "data/seed.csv"}},
+            "gold": {"share": 0.1, "path": "data/gold.csv"}, "stopping": {"max_rounds": 1}}
+
+
+def _write_config(root: Path, config: dict, **overrides) -> Path:
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(small_config(**copy.deepcopy(config), **overrides)))
+    return path
+
+
+def test_a_project_folder_moved_elsewhere_resumes_with_the_same_files(tmp_path: Path) -> None:
+    """The team moves (or copies) the folder holding config, data and project: the files are
+    the ones the project started with, so it resumes and records where they are now."""
+    from crowdloop.config import load_config
+
+    team = tmp_path / "team"
+    config = _team_folder(team)
+    engine.run_round(Project.prepare(load_config(_write_config(team, config)), str(team / "project")), 0)
+    _new_process()
+    moved = tmp_path / "elsewhere" / "team"
+    moved.parent.mkdir()
+    shutil.move(str(team), str(moved))
+    p = Project.prepare(load_config(_write_config(moved, config, **{"stopping.max_rounds": 2})), str(moved / "project"))
+    engine.run_round(p, 1)
+    record = read_json(p.store, keys.PROJECT)
+    assert record["config"]["pool"]["path"] == str(moved / "data" / "pool.csv")
+    assert record["config"]["gold"]["path"] == str(moved / "data" / "gold.csv")
+    history = [read_json(p.store, k) for k in p.store.list(keys.CONFIG_HISTORY)]
+    assert [h["config"]["pool"]["path"] for h in history] == [str(team / "data" / "pool.csv")]
+
+
+def test_a_moved_file_with_other_content_is_refused(tmp_path: Path) -> None:
+    from crowdloop.config import load_config
+    from crowdloop.errors import ConfigError
+
+    team = tmp_path / "team"
+    config = _team_folder(team)
+    Project.prepare(load_config(_write_config(team, config)), str(team / "project"))
+    _new_process()
+    project_json = (team / "project" / keys.PROJECT).read_bytes()
+    shutil.copytree(team / "data", team / "data2")
+    gold = pd.read_csv(team / "data2" / "gold.csv")
+    gold.loc[0, "label"] = (gold.loc[0, "label"] + 1) % 10
+    gold.to_csv(team / "data2" / "gold.csv", index=False)
+    with pytest.raises(ConfigError, match=r"^gold\.path: '.*/data2/gold\.csv' does not hold the labels project "
+                                          r".* imported from '.*/data/gold\.csv' \(12 labels\); "):
+        Project.prepare(load_config(_write_config(team, config, **{"gold.path": "data2/gold.csv"})),
+                        str(team / "project"))
+    _new_process()
+    frame = pd.read_csv(team / "data2" / "pool.csv")
+    frame.loc[5, "px10"] += 1
+    frame.to_csv(team / "data2" / "pool.csv", index=False)
+    with pytest.raises(PoolError, match=r"pool\.path: .*/data2/pool\.csv is not the pool project .* was created with"):
+        Project.prepare(load_config(_write_config(team, config, **{"pool.path": "data2/pool.csv"})),
+                        str(team / "project"))
+    assert (team / "project" / keys.PROJECT).read_bytes() == project_json  # nothing written
+    _new_process()
+    Project.prepare(load_config(_write_config(team, config, **{"pool.seed_labels.path": "data2/seed.csv"})),
+                    str(team / "project"))  # the same seed labels elsewhere: fine
+
+
+def test_a_project_without_a_pool_digest_cannot_move_its_pool(tmp_path: Path) -> None:
+    team = tmp_path / "team"
+    team.mkdir()
+    _digits_csv(team / "pool.csv")
+    location = tmp_path / "project"
+    Project.prepare(parse_config(_csv_config(team / "pool.csv")), str(location))
+    record = read_json(Project.open(str(location)).store, keys.PROJECT)
+    del record["pool"]  # as a project from before pool digests
+    (location / keys.PROJECT).write_text(__import__("json").dumps(record))
+    _new_process()
+    shutil.copy(team / "pool.csv", tmp_path / "copy.csv")
+    with pytest.raises(PoolError, match=r"^pool\.path: '.*/copy\.csv' differs from '.*/team/pool\.csv' that project .* "
+                                        r"has no digest of its pool"):
+        Project.prepare(parse_config(_csv_config(tmp_path / "copy.csv")), str(location))

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from crowdloop import keys, registry
 from crowdloop.config import (
+    MOVABLE_FIELDS,
     RESUMABLE_FIELDS,
     RESUMABLE_SECTIONS,
     LoopConfig,
@@ -148,12 +149,23 @@ class Project:
                 raise ConfigError(f"pool.ids_as_written: true, but project {store.url} reads its csv ids as numbers "
                                   "(it was created before ids were read as written, and its records name them so); "
                                   "set pool.ids_as_written: false, or leave it out, to resume it")
-            _check_same_config(stored, config, store.url)
+            moved = _check_same_config(stored, config, store.url)
+        else:
+            stored, moved = None, []
         project = cls(store, config)
         try:
+            if "pool.path" in moved and (existing or {}).get("pool") is None:
+                raise PoolError(f"pool.path: {config.pool.path!r} differs from {stored.pool.path!r} that project "
+                                f"{store.url} was started with, and the project has no digest of its pool to check the "
+                                "file is the same; put the pool back where it was, or start a new project (--project-dir)")
             pool = checked_pool_record(project, existing)
+            for dotted in moved:
+                if dotted != "pool.path":
+                    project.check_moved_label_file("seed" if dotted.startswith("pool.") else "gold", stored)
         except PoolError as exc:  # named like the other pool errors: after the config file
             raise PoolError(f"{source}: {exc}" if source else str(exc)) from None
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
         if existing is not None:  # a resume: every record the run builds on must be there
             from crowdloop.engine.verify import check_resumable
 
@@ -397,6 +409,22 @@ class Project:
         if not self.store.exists(key):
             return self._read_label_file(what)
         return [AggregatedLabel.model_validate_json(line) for line in self.store.read_bytes(key).splitlines() if line.strip()]
+
+    def check_moved_label_file(self, what: str, stored: LoopConfig) -> None:
+        """A seed or gold file the config now names elsewhere must hold the labels the project
+        imported from its old place (it is not read again: a different file would be ignored
+        without a word)."""
+        key = keys.SEED_LABELS if what == "seed" else keys.GOLD_SET
+        if not self.store.exists(key):
+            return  # not imported yet: the run imports from the new place
+        field_name = "pool.seed_labels.path" if what == "seed" else "gold.path"
+        old = stored.pool.seed_labels.path if what == "seed" else stored.gold.path
+        new = self.config.pool.seed_labels.path if what == "seed" else self.config.gold.path
+        imported = {(label.item_id, label.label) for label in self._imported(key, what)}
+        if {(label.item_id, label.label) for label in self._read_label_file(what)} != imported:
+            raise ConfigError(f"{field_name}: {new!r} does not hold the labels project {self.store.url} imported from "
+                              f"{old!r} ({len(imported)} labels); a resumed project keeps what it imported, so put the "
+                              "old file back or name it, or start a new project (--project-dir) for new labels")
 
     def _label_file_configured(self, what: str) -> bool:
         if what == "seed":
@@ -654,9 +682,21 @@ def stored_config(record: dict[str, Any]) -> LoopConfig:
         raise ConfigError(format_validation_error(exc, source=f"{keys.PROJECT} (the project's stored config)")) from None
 
 
-def _check_same_config(stored: LoopConfig, given: LoopConfig, url: str) -> None:
-    """One line naming the first field outside the resumable sections that differs, old and new value."""
+def _check_same_config(stored: LoopConfig, given: LoopConfig, url: str) -> list[str]:
+    """One line naming the first field outside the resumable sections that differs, old and new
+    value. Returns the ``MOVABLE_FIELDS`` that differ: the caller checks each file is the same."""
     a, b = stored.model_dump(mode="json"), given.model_dump(mode="json")
+    moved = []
+    for dotted in MOVABLE_FIELDS:
+        *parents, name = dotted.split(".")
+        old, new = a, b
+        for part in parents:
+            old, new = (old or {}).get(part), (new or {}).get(part)
+        if isinstance(old, dict) and isinstance(new, dict) and old.get(name) and new.get(name) \
+                and old[name] != new[name]:
+            moved.append(dotted)
+            old.pop(name)
+            new.pop(name)
     for dump in (a, b):
         for dotted in RESUMABLE_FIELDS:
             section, name = dotted.split(".")
@@ -675,6 +715,7 @@ def _check_same_config(stored: LoopConfig, given: LoopConfig, url: str) -> None:
                 f"{'/'.join(RESUMABLE_SECTIONS)} (and {', '.join(RESUMABLE_FIELDS)}) may change on resume "
                 "(use a new --project-dir)"
             )
+    return moved
 
 
 def _first_difference(old: Any, new: Any, path: str) -> tuple[str, Any, Any] | None:
