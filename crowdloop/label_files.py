@@ -391,11 +391,16 @@ def _unit(value: Any) -> float:
 
 
 def _missing(value: Any) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, float) and np.isnan(value):
-        return True
-    return isinstance(value, str) and not value.strip()
+    """An empty cell: None, NaN of any float width, pandas' ``NA`` (nullable ``Int64``/``string``
+    columns, as Parquet files from pandas hold partial labels), ``NaT``, or only spaces."""
+    import pandas as pd
+
+    if isinstance(value, str):
+        return not value.strip()
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # a list or array cell: not a missing scalar
+        return False
 
 
 def _file_name(ref: str) -> str:

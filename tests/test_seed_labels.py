@@ -264,3 +264,55 @@ def test_ids_match_across_unicode_composed_and_decomposed_forms():
     with pytest.raises(LabelFileError, match=r"line 2: unknown item id"):  # no guess between them
         resolve([LabelRow("line 2", unicodedata.normalize("NFC", one), "a")], source="labels.csv",
                 pool_ids=[one, other], held_out=set(), classes=("a", "b"))
+
+
+@pytest.mark.parametrize("dtype", ["Int64", "float32", "string"])
+def test_a_parquet_seed_column_with_pandas_missing_values_imports_the_labeled_rows(tmp_path, dtype):
+    """pandas writes partial labels as a nullable ``Int64`` (or ``string``) column whose empty
+    cells are ``pd.NA``, or float32 NaN: they were read as a class named '<NA>' / 'nan'."""
+    from sklearn.datasets import load_iris
+
+    X, y = load_iris(return_X_y=True)
+    frame = pd.DataFrame(X, columns=["a", "b", "c", "d"])
+    frame.insert(0, "id", np.arange(1000, 1000 + len(frame)))
+    values = pd.array([int(v) if i % 5 == 0 else None for i, v in enumerate(y)], dtype="Int64")
+    frame["seed"] = values.astype(dtype)
+    frame.to_parquet(tmp_path / "pool.parquet")
+    cfg = parse_config({"project": "nullable", "seed": 1,
+                        "pool": {"source": "parquet", "path": str(tmp_path / "pool.parquet"), "id_column": "id",
+                                 "feature_columns": ["a", "b", "c", "d"], "seed_labels": {"column": "seed"},
+                                 "classes": [0, 1, 2]},
+                        "model": {"estimator": "sklearn.linear_model.LogisticRegression"},
+                        "sampler": {"name": "margin", "batch_size": 5, "initial_size": 5},
+                        "vendor": {"name": "manifest", "params": {"url": str(tmp_path / "exchange")}},
+                        "stopping": {"max_rounds": 1}})
+    p = Project.prepare(cfg, str(tmp_path / "p"))
+    seeds = {label.item_id: label.label for label in p.seed_labels}
+    assert seeds == {str(1000 + i): str(int(v)) for i, v in enumerate(y) if i % 5 == 0}
+
+
+def test_crowdloop_check_reads_the_seed_file_as_run_does(blind_digits, tmp_path):
+    """`check` said ok for a seed file that `run` then refused: it now reads it, writing nothing."""
+    import subprocess
+
+    import yaml
+
+    from tests.conftest import crowdloop_cmd
+
+    truth = blind_digits["truth"]
+    bad = _write(tmp_path / "seeds.csv", "\n".join(["id,label", *[f"{i},{truth[i]}" for i in sorted(truth)[:3]],
+                                                    "d0009,eleven"]) + "\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(blind_config(blind_digits, **{"pool.seed_labels": {"path": str(bad)}, "vendor": {
+        "name": "manifest", "params": {"url": str(tmp_path / "exchange")}}})))
+    done = subprocess.run([*crowdloop_cmd(), "check", str(config), "-p", str(tmp_path / "p")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (f"error: {config}: pool.seed_labels: {bad}: line 5: unknown class 'eleven' for item "
+                                   "'d0009'; expected one of ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9']")
+    assert not (tmp_path / "p").exists()
+    bad.write_text("\n".join(["id,label", *[f"{i},{truth[i]}" for i in sorted(truth)[:3]]]) + "\n")
+    done = subprocess.run([*crowdloop_cmd(), "check", str(config), "-p", str(tmp_path / "p")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.startswith(f"{config}: ok;"), done.stderr
+    assert not (tmp_path / "p").exists()

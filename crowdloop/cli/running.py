@@ -275,12 +275,20 @@ def check(
 
     Checks the fields; plug-in names (sampler, aggregator, vendor, pool source, store scheme);
     sampler, vendor and model parameters against their signatures and models; the pool file,
-    its columns, values and row counts; and that the project store is reachable and usable.
+    its columns, values and row counts; seed labels and the gold file against the pool; and
+    that the project store is reachable and usable.
     """
     from crowdloop.checks import check_config
     from crowdloop.config import load_config
     from crowdloop.engine import default_location
+    from crowdloop.engine.project import check_project_data
+    from crowdloop.errors import CrowdloopError
 
     cfg = load_config(config)
-    report = check_config(cfg, source=str(config), location=default_location(cfg, project_dir))
+    location = default_location(cfg, project_dir)
+    report = check_config(cfg, source=str(config), location=location)
+    try:
+        check_project_data(cfg, location)
+    except CrowdloopError as exc:
+        raise type(exc)(f"{config}: {exc}") from None
     console.print(f"{config}: ok; {report.summary()}", soft_wrap=True)

@@ -88,6 +88,27 @@ def write_once_digest(store: Store, key: str, data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def check_project_data(config: LoopConfig, location: str) -> None:
+    """``crowdloop check``'s checks that need a project: seed labels and the gold file read
+    against the pool (a bad row is one line naming the file and line), ``target_accuracy``
+    without a way to measure accuracy, items left after everything set aside. Without them a
+    config ``check`` called ok failed at ``run``. Nothing is written: an existing project is read
+    (it keeps what it imported), a new one is checked over an empty scratch store; the pool is
+    split as the run splits it but not featurized (the ids are the same)."""
+    import tempfile
+
+    raw = config.model_copy(update={"model": config.model.model_copy(update={"features": None})})
+    try:
+        store: Store | None = open_store(location, create=False)
+    except StoreError:
+        store = None
+    if store is not None and store.exists(keys.PROJECT):
+        Project(store, raw).check_own_data()
+        return
+    with tempfile.TemporaryDirectory(prefix="crowdloop-check-") as scratch:
+        Project(open_store(scratch), raw).check_own_data()
+
+
 def default_location(config: LoopConfig, project_dir: str | None = None) -> str:
     """Where a project lives: ``--project-dir``, else ``storage.url``, else ``projects/<name>``.
 
@@ -211,20 +232,6 @@ class Project:
         if url not in _PREPARED:
             _PREPARED[url] = cls.open(url)
         return _PREPARED[url]
-
-    def check(self) -> None:
-        """Every offline check of ``crowdloop check`` on this project's config and pool, and the
-        checks that need the project (seed labels, the gold file, the audit reserve)."""
-        from crowdloop.checks import check_config
-
-        pool = load_pool(self.config.pool)
-        check_config(self.config, pool=pool)
-        if IMAGES_BY_URL in self.capabilities:  # (crowdloop check does this with the store it is given)
-            from crowdloop.media import check_reachable
-
-            check_reachable(self.config.pool, self.store.url, pool.content_kind, self.config.vendor.name)
-        self.credentials.check()  # a named secret block that is missing fails here, before any call
-        self.check_own_data()
 
     def check_own_data(self) -> None:
         """What a pool without answers needs: a gold set with answers, readable seed and gold
