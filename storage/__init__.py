@@ -154,3 +154,24 @@ def read_json(store: Store, key: str, default: Any = ...) -> Any:
 
 def write_json(store: Store, key: str, obj: Any, *, create_only: bool = False) -> None:
     store.write_bytes(key, json.dumps(obj, indent=1, sort_keys=True, default=str).encode(), create_only=create_only)
+
+
+def write_json_once(store: Store, key: str, obj: Any) -> Any:
+    """Record ``obj`` under ``key`` unless a record is there already; returns the record that
+    stands: ``obj``, or the one a racing process (or an earlier attempt) wrote first. Two
+    processes deciding the same thing thus go on with one decision."""
+    try:
+        write_json(store, key, obj, create_only=True)
+    except RecordExistsError:
+        return read_json(store, key)
+    return obj
+
+
+def store_identity(store: Store, key: str = "store.json") -> str:
+    """A random id made once per store (``key``, create-only). External systems keyed by names
+    a project chooses (a request token, a study name) take it in, so two stores of one project
+    name — a store deleted and made again, a copy run beside the original — never find each
+    other's work there: they pick the same items for their first batch and would name it alike."""
+    import secrets
+
+    return str(write_json_once(store, key, {"store_id": secrets.token_hex(8)})["store_id"])

@@ -50,7 +50,6 @@ import html
 import logging
 import math
 import re
-import secrets
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -68,7 +67,7 @@ from crowdloop.credentials import Credentials
 from crowdloop.errors import ConfigError, RecordExistsError, VendorError
 from crowdloop.records import Annotation, Task, utcnow
 from crowdloop.redact import protect_loggers
-from crowdloop.storage import read_json, write_json
+from crowdloop.storage import read_json, store_identity, write_json, write_json_once
 from crowdloop.vendor import (
     BLOCKS_WORKERS,
     EXCLUDES_WORKERS_PER_ITEM,
@@ -668,10 +667,7 @@ class MTurkVendor:
                       "is_gold": [task.is_gold], "extends": earlier["batch_id"], "at": self.clock(),
                       "token": f"cla-{_digest(self.context.project, batch_id, hit_id, task.replicas, n=56)}",
                       "url_expires_at": earlier.get("url_expires_at")}
-            try:
-                write_json(self.store, intent_key, intent, create_only=True)
-            except RecordExistsError:
-                intent = read_json(self.store, intent_key)
+            intent = write_json_once(self.store, intent_key, intent)
         if int(current["MaxAssignments"]) < intent["base"] + intent["replicas"]:  # not extended yet (or lost in a crash)
             try:
                 self._call("create_additional_assignments_for_hit", HITId=hit_id,
@@ -685,10 +681,7 @@ class MTurkVendor:
                 until = min(until, intent["url_expires_at"] - self.params.assignment_duration_s)
             self._call("update_expiration_for_hit", HITId=hit_id, ExpireAt=datetime.fromtimestamp(until, UTC))
         record = {**intent, "created_at": utcnow().isoformat(), "sandbox": self.params.sandbox}
-        try:
-            write_json(self.store, hit_key, record, create_only=True)
-        except RecordExistsError:
-            record = read_json(self.store, hit_key)
+        record = write_json_once(self.store, hit_key, record)
         return self._ref(record)
 
     def _submit_group(self, group: list[Task], batch_id: str) -> Ref:
@@ -718,10 +711,7 @@ class MTurkVendor:
                       "is_gold": [t.is_gold for t in group], "reward": reward, "at": self.clock()}
             if any(self._is_image_file(t.item_id) for t in group):
                 intent["url_expires_at"] = intent["at"] + self.params.image_url_expiry_s
-            try:
-                write_json(self.store, intent_key, intent, create_only=True)
-            except RecordExistsError:
-                intent = read_json(self.store, intent_key)
+            intent = write_json_once(self.store, intent_key, intent)
             hit_id = None
         else:
             # A previous attempt died between the intent and the HIT id. Within 24 h the token
@@ -734,10 +724,7 @@ class MTurkVendor:
         if hit_id is None:
             hit_id = self._create_hit(group, intent)
         record = {**intent, "hit_id": hit_id, "sandbox": self.params.sandbox, "created_at": utcnow().isoformat()}
-        try:
-            write_json(self.store, hit_key, record, create_only=True)
-        except RecordExistsError:
-            record = read_json(self.store, hit_key)
+        record = write_json_once(self.store, hit_key, record)
         return self._ref(record)
 
     def store_id(self) -> str:
@@ -745,12 +732,7 @@ class MTurkVendor:
         HIT's token and annotation (see ``request_token``). HITs recorded before it existed keep
         the tokens in their intents."""
         if self._store_id is None:
-            record = read_json(self.store, STORE_ID_KEY, default=None)
-            if record is None:
-                with contextlib.suppress(RecordExistsError):  # another process made it first: use theirs
-                    write_json(self.store, STORE_ID_KEY, {"store_id": secrets.token_hex(8)}, create_only=True)
-                record = read_json(self.store, STORE_ID_KEY)
-            self._store_id = str(record["store_id"])
+            self._store_id = store_identity(self.store, STORE_ID_KEY)
         return self._store_id
 
     def _is_image_file(self, item_id: str) -> bool:

@@ -73,7 +73,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from crowdloop.engine import hooks
 from crowdloop.errors import ConfigError, CrowdloopError, RecordExistsError, TransientError, VendorError
 from crowdloop.records import Annotation, Task, utcnow
-from crowdloop.storage import read_json, write_json
+from crowdloop.storage import read_json, store_identity, write_json, write_json_once
 from crowdloop.vendor import (
     BLOCKS_WORKERS,
     EXCLUDES_WORKERS_PER_ITEM,
@@ -431,10 +431,8 @@ class ProlificVendor:
         resumed = intent is not None
         if intent is None:
             intent = self._intent(tasks, batch_id)
-            try:
-                write_json(self.store, intent_key, intent, create_only=True)
-            except RecordExistsError:
-                intent, resumed = read_json(self.store, intent_key), True
+            written = write_json_once(self.store, intent_key, intent)
+            intent, resumed = written, written is not intent
         hooks.point("prolific:study_intent", intent["round"])
         study = self._find_study(intent["internal_name"]) if resumed else None
         if study is None:
@@ -442,10 +440,7 @@ class ProlificVendor:
         hooks.point("prolific:study_created", intent["round"])
         # Recorded before it is published, so the desk knows the study before any participant can come.
         record = {**intent, "study_id": study["id"], "created_at": utcnow().isoformat()}
-        try:
-            write_json(self.store, f"studies/{batch_id}.json", record, create_only=True)
-        except RecordExistsError:
-            record = read_json(self.store, f"studies/{batch_id}.json")
+        record = write_json_once(self.store, f"studies/{batch_id}.json", record)
         self._ensure_published(record, status=study.get("status"))
         return [self._ref(record)]
 
@@ -466,7 +461,11 @@ class ProlificVendor:
         minutes, cents = place_terms(max(t.reward for t in tasks), self._rate())
         places = sum(t.replicas for t in tasks)
         ctx = self.context
-        internal = f"crowdloop|{ctx.project}|{batch_id}|{_digest(ctx.project, batch_id, *(t.item_id for t in tasks), places)}"
+        # the store's identity keeps apart two stores of one project name, which pick the same
+        # items for their first batch: a lookup by name must never adopt the other's study
+        store_id = store_identity(self.store)
+        internal = (f"crowdloop|{ctx.project}|{batch_id}|"
+                    f"{_digest(ctx.project, batch_id, *(t.item_id for t in tasks), places, store_id)}")
         code = "CL" + secrets.token_hex(5).upper()  # stored in the create-only intent: a rerun uses the same
         filters = [{"filter_id": "participant_group_blocklist", "selected_values": [self._blocklist_group()]}]
         excluded = sorted({w for t in tasks for w in t.exclude_workers})
@@ -853,10 +852,8 @@ class ProlificVendor:
                                     body={"study_id": study["study_id"], "csv_bonuses": csv})
             setup = {"bulk_id": str(made["id"]), "study_id": study["study_id"], "token": token, "reason": reason,
                      "rows": rows, "submissions": submissions, "before": before, "amount": round(sum(rows.values()), 2)}
-            try:  # (a set-up that is never paid costs nothing: a rerun may make another)
-                write_json(self.store, f"{key}.setup.json", setup, create_only=True)
-            except RecordExistsError:
-                setup = read_json(self.store, f"{key}.setup.json")
+            # (a set-up that is never paid costs nothing: a rerun may make another)
+            setup = write_json_once(self.store, f"{key}.setup.json", setup)
         hooks.point("prolific:bonus_set_up", round_)
         if self.store.exists(f"{key}.pay.json"):  # an earlier attempt may have paid: look, never pay blind
             if not self._bonus_visible(setup):

@@ -190,6 +190,23 @@ def test_throttling_and_5xx_are_retried_and_a_create_that_timed_out_makes_no_sec
     assert ProlificVendor(params(api), v.context).submit(tasks, batch_id="b0") == refs
 
 
+def test_a_second_store_of_the_same_project_never_adopts_the_firsts_study(tmp_path: Path, api: FakeProlific) -> None:
+    """A store deleted and made again (or a copy run beside it) picks the same first batch; its
+    study had the same ``internal_name``, so a create that timed out was looked up by that name
+    and adopted the other store's study, submissions and all. The name now carries the store's
+    own id (``storage.store_identity``)."""
+    from crowdloop.records import Task
+
+    tasks = [Task(item_id=f"i{k}", round=0, batch_id="b0", replicas=1, reward=0.05) for k in range(2)]
+    first = vendor_in(tmp_path / "first", api).submit(tasks, batch_id="b0")
+    api.inject("POST", r"/studies/$", "timeout_after")
+    second = vendor_in(tmp_path / "second", api).submit(tasks, batch_id="b0")
+    assert second[0]["study_id"] != first[0]["study_id"]
+    assert api.accounting()["studies"] == 2 and api.calls.count("POST /api/v1/studies/") == 2  # its own, found by its name
+    names = [study["internal_name"] for study in api.studies.values()]
+    assert len(set(names)) == 2 and all(n.startswith("crowdloop|") for n in names)
+
+
 def test_a_bonus_whose_pay_answer_was_lost_is_paid_once(tmp_path: Path, api: FakeProlific) -> None:
     from crowdloop.records import Task
 
