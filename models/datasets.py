@@ -137,6 +137,10 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
     import pandas as pd
 
     path = Path(cfg.path or "")
+    if path.is_dir():
+        kind = "Parquet" if cfg.source == "parquet" else "CSV"
+        raise PoolError(f"pool.path: {str(path)!r} is a folder; expected a {kind} file (a folder of images is "
+                        "pool.source: images, of text files text_folder)")
     if not path.is_file():
         raise PoolError(f"pool.path: file {str(path)!r} not found")
     _refuse_wrong_kind_of_file(path, cfg.source)

@@ -162,3 +162,11 @@ def test_pool_without_ground_truth_needs_classes(tmp_path: Path, table: pd.DataF
         load_table_pool(PoolConfig(source="csv", path=str(tmp_path / "pool.csv")))
     pool = load_table_pool(PoolConfig(source="csv", path=str(tmp_path / "pool.csv"), classes=["x", "y"]))
     assert pool.y is None and split_pool(pool, 0.25, 0)[1] is None
+
+
+def test_a_folder_named_as_a_csv_pool_says_it_is_a_folder(tmp_path):
+    (tmp_path / "photos").mkdir()
+
+    with pytest.raises(PoolError, match=r"^pool\.path: '.*/photos' is a folder; expected a CSV file \(a folder of images is "
+                                        r"pool\.source: images, of text files text_folder\)$"):
+        load_table_pool(PoolConfig(source="csv", path=str(tmp_path / "photos")))
