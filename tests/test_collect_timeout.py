@@ -197,3 +197,34 @@ def test_crowdloop_run_restarted_after_the_deadline_closes_the_round_at_once(tmp
     p = Project.open(location)
     check_round_goes_on_with_what_arrived(p, groups)
     assert p.record(1, keys.METRICS)["accuracy"] is not None and p.store.exists(keys.STOP)
+
+
+def test_an_item_nobody_answered_goes_back_to_the_pool_once(tmp_path: Path) -> None:
+    """Kept out after a round that closed without an answer for it, the item the model asked
+    for was never labeled (a team labeling its whole pool found it unlabeled at the end). It may
+    be picked again; unanswered a second time it stays out (nobody can or will answer it)."""
+    from crowdloop.engine.collection import append_segment
+    from crowdloop.records import Annotation
+    from crowdloop.storage import write_json
+
+    p = Project.prepare(parse_config(_config()), str(tmp_path / "p"))
+    a, b, c, d = p.pool.ids.astype(str).tolist()[:4]
+
+    def closed_round(r: int, sent: list[str], answered: list[str], *, closed: bool = True) -> None:
+        batch = p.batch_id(r)
+        write_json(p.store, keys.round_key(r, keys.DISPATCH),
+                   {"batch_id": batch, "tasks": [{"item_id": i, "replicas": 1, "is_gold": False} for i in sent]})
+        append_segment(p, r, [Annotation(item_id=i, worker_id="w1", label="0", vendor="manifest",
+                                         assignment_id=f"{batch}-{i}", batch_id=batch, round=r,
+                                         submitted_at=datetime(2026, 1, 1, tzinfo=UTC), duration_s=5.0, reward=0.05)
+                              for i in answered])
+        if closed:
+            write_json(p.store, keys.round_key(r, keys.COLLECTED), {"round": r})
+
+    closed_round(0, [a, b, c], answered=[a])
+    assert p.dispatched_items(before_round=1) == {a}  # b and c: back to the pool
+    closed_round(1, [b, c, d], answered=[c])
+    assert p.dispatched_items(before_round=2) == {a, b, c}  # b unanswered twice: out for good; c answered
+    assert p.dispatched_items(before_round=1) == {a}  # as round 1 saw it
+    closed_round(2, [d], answered=[], closed=False)
+    assert p.dispatched_items() == {a, b, c, d}  # an open round's items are all out

@@ -563,14 +563,38 @@ class Project:
         return out
 
     def dispatched_items(self, before_round: int | None = None) -> set[str]:
+        """Items sent for labeling before ``before_round``: no sampler picks them again.
+
+        An item of a closed round (``collected.json`` written) that got no answer at all goes
+        back to the pool once: nobody was working, or the deadline was short, and it is still
+        the item the model asked for (kept out, it was never labeled, and a team labeling its
+        whole pool found it unlabeled at the end). Unanswered a second time it stays out: it may
+        be one nobody can or will answer (skipped by everyone), and a sampler would pick it
+        round after round."""
         items: set[str] = set()
+        unanswered_once: set[str] = set()
+        unanswered_twice: set[str] = set()
+        answered: set[tuple[str, str]] | None = None
         for r in self.rounds():
             if before_round is not None and r >= before_round:
                 break
             intent = self.record(r, keys.DISPATCH, default=None)
-            if intent:
-                items.update(t["item_id"] for t in intent["tasks"] if not t.get("is_gold"))
-        return items - set(self.audit_reserve)  # audit items are labeled, but never for training
+            if not intent:
+                continue
+            sent = [t["item_id"] for t in intent["tasks"] if not t.get("is_gold")]
+            if not self.has(r, keys.COLLECTED):  # still open: every item is out
+                items.update(sent)
+                continue
+            if answered is None:
+                answered = {(a.batch_id, a.item_id) for a in self.annotations()}
+            for item in sent:
+                if (intent["batch_id"], item) in answered:
+                    items.add(item)
+                elif item in unanswered_once:
+                    unanswered_twice.add(item)
+                else:
+                    unanswered_once.add(item)
+        return (items | unanswered_twice) - set(self.audit_reserve)  # audit items are labeled, never trained on
 
     def human_labels(self, before_round: int) -> list[AggregatedLabel]:
         """The latest aggregated labels written before ``before_round``."""
