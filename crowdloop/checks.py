@@ -107,6 +107,10 @@ def _check(config: LoopConfig, source: str | None, location: str | None, pool: A
     n_selectable, n_test = _check_sizes(config, pool)
     classes = tuple(pool.classes)
     aggregator_cls(classes=list(classes))
+    unknown = [name for name in config.guidelines.classes if name not in classes]
+    if unknown:
+        raise ConfigError(f"guidelines.classes: {unknown[0]!r} is not a class; expected notes for classes of "
+                          f"{list(classes)[:20]}")
     plan = vendor_plan(config, capabilities)  # the audit's re-asks too, now that the vendor's capabilities are known
     check_vendor_params(vendor_cls, config.vendor.params, dataclasses.replace(plan, classes=classes))
     return CheckReport(source=source, pool=pool, n_items=len(pool), n_selectable=n_selectable, n_test=n_test,

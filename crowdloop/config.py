@@ -532,6 +532,33 @@ class ScaleConfig(_Strict):
         return self
 
 
+MAX_GUIDELINES_CHARS = 20_000
+MAX_CLASS_NOTE_CHARS = 1_000
+
+
+class GuidelinesConfig(_Strict):
+    """What annotators read before they answer: the task's rules and what each class means.
+
+    Vague tasks make noisy labels and unfair rejections (a worker judged against gold they
+    could not know how to answer); every vendor that shows people a task shows these."""
+
+    text: str = Field("", max_length=MAX_GUIDELINES_CHARS,
+                      description="the labeling guidelines, plain text (line breaks kept): shown above every item in the "
+                                  "local app (and to Prolific participants), on every MTurk HIT and as Label Studio's "
+                                  "instructions")
+    classes: dict[str, str] = Field(
+        default_factory=dict,
+        description="a short note per class (what belongs there), shown with its button or choice; keys must be classes")
+
+    @model_validator(mode="after")
+    def _check_notes(self) -> GuidelinesConfig:
+        for name, note in self.classes.items():
+            if len(note) > MAX_CLASS_NOTE_CHARS:
+                raise ValueError(f"classes[{name!r}]: a note of {len(note):,} characters; expected at most "
+                                 f"{MAX_CLASS_NOTE_CHARS:,} (the guidelines' text has room for more)")
+        return self
+
+
 class BaselineConfig(_Strict):
     """A random-sampling twin of the project, for the learning curve."""
 
@@ -584,6 +611,7 @@ class LoopConfig(_Strict):
     autolabel: AutolabelConfig = AutolabelConfig()
     semi_supervised: SemiSupervisedConfig = SemiSupervisedConfig()
     collect: CollectConfig = CollectConfig()
+    guidelines: GuidelinesConfig = GuidelinesConfig()
     pay: PayConfig = PayConfig()
     stopping: StoppingConfig = StoppingConfig()
     baseline: BaselineConfig = BaselineConfig()
@@ -594,7 +622,7 @@ class LoopConfig(_Strict):
 
 # Fields a resumed project may change: they steer when to stop or how long to wait (or which
 # secret block holds a key), not what was selected or how it was labeled.
-RESUMABLE_SECTIONS = ("stopping", "collect", "baseline", "scale", "credentials")
+RESUMABLE_SECTIONS = ("stopping", "collect", "baseline", "scale", "credentials", "guidelines")
 # Single fields of other sections a resumed project may change: how the same records are read.
 # ``evaluation.estimator`` came after projects that estimated with ``draws``: they resume with
 # the new default, or keep ``draws`` by saying so.

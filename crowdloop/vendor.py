@@ -50,8 +50,8 @@ one-line ``ConfigError``; it must contact no service and write nothing. (A class
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
@@ -90,6 +90,10 @@ class VendorContext:
     # session of several minutes themselves (Prolific) pay at least this rate.
     hourly_wage: float | None = None
     currency: str = "USD"
+    # What annotators read (``guidelines``): the task's rules and a note per class. A vendor that
+    # shows people a task shows them; plain text, which the vendor escapes for its page.
+    guidelines: str = ""
+    class_notes: Mapping[str, str] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -49,6 +49,7 @@ RESUMABLE: list[tuple[str, Any]] = [
     ("baseline.random", True),
     ("scale.shards", 2),
     ("credentials.aws", "test-aws-block"),
+    ("guidelines.text", "Read the whole item first."),  # guidelines get clearer as a team learns its task
 ]
 # single fields of frozen sections that may change on resume (``RESUMABLE_FIELDS``)
 RESUMABLE_SINGLE: list[tuple[str, Any]] = [

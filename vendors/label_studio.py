@@ -51,12 +51,13 @@ deadline is closed the same way when it is acknowledged.
 from __future__ import annotations
 
 import contextlib
+import html
 import logging
 import os
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -130,7 +131,8 @@ class LabelStudioParams(BaseModel):
     project_id: int | None = Field(None, ge=1, description="reuse this Label Studio project (its config must fit)")
     title: str | None = Field(None, max_length=50, description="project title; default 'crowdloop <project>'")
     data_type: Literal["auto", "text", "image", "tabular"] = Field("auto", description="auto: from the first item")
-    instructions: str = Field("", max_length=10000, description="shown to annotators before labeling")
+    instructions: str = Field("", max_length=10000, description="HTML shown to annotators before labeling; default: "
+                                                                "the project's guidelines and class notes")
     page_size: int = Field(100, ge=1, le=1000, description="tasks per page when reading annotations")
     timeout_s: float = Field(60.0, gt=0, description="HTTP timeout per request")
     block_removes_membership: bool = Field(
@@ -139,14 +141,26 @@ class LabelStudioParams(BaseModel):
     image_url_expiry_s: int = Field(7 * 86400, ge=60, le=7 * 86400, description="presigned image URLs stay valid this long")
 
 
-def labeling_config(classes: Sequence[str], data_type: str) -> str:
-    """A single-choice classification interface for ``data_type`` (text, image or tabular)."""
+def labeling_config(classes: Sequence[str], data_type: str, notes: Mapping[str, str] | None = None) -> str:
+    """A single-choice classification interface for ``data_type`` (text, image or tabular);
+    a class's note (``guidelines.classes``) is its choice's hover hint."""
     if data_type not in TAG:
         raise VendorError(f"vendor 'label_studio': data_type={data_type!r}: expected one of text, image, tabular")
-    choices = "".join(f"<Choice value={quoteattr(c)}/>" for c in classes)
+    notes = notes or {}
+    choices = "".join(f"<Choice value={quoteattr(c)}" + (f" hint={quoteattr(notes[c])}" if notes.get(c) else "") + "/>"
+                      for c in classes)
     return (f'<View><{TAG[data_type]} name="item" value="${DATA_FIELD[data_type]}"/>'
             f'<Choices name="label" toName="item" choice="single" showInline="true" required="true">{choices}'
             "</Choices></View>")
+
+
+def instructions_html(guidelines: str, notes: Mapping[str, str], classes: Sequence[str]) -> str:
+    """Label Studio's instructions (HTML) from the project's guidelines and class notes, escaped."""
+    parts = [f"<p>{html.escape(guidelines).replace(chr(10), '<br>')}</p>"] if guidelines else []
+    listed = [c for c in classes if notes.get(c)]
+    if listed:
+        parts.append("<ul>" + "".join(f"<li><b>{html.escape(c)}</b>: {html.escape(notes[c])}</li>" for c in listed) + "</ul>")
+    return "".join(parts)
 
 
 def task_data(payload: dict[str, Any], data_type: str) -> Any:
@@ -247,13 +261,15 @@ class LabelStudioVendor:
         else:
             if data_type is None:
                 raise VendorError("vendor 'label_studio': no project yet (nothing was submitted)")
-            config = labeling_config(self.context.classes, data_type)
+            config = labeling_config(self.context.classes, data_type, self.context.class_notes)
+            instructions = self.params.instructions or instructions_html(
+                self.context.guidelines, self.context.class_notes, self.context.classes)
             _write_once(self.store, "project.intent.json", {"title": self.title, "data_type": data_type})
             pid = self._find_project_by_title()
             if pid is None:
                 project = self._api("projects.create", self.client.projects.create, title=self.title,
-                                    label_config=config, expert_instruction=self.params.instructions,
-                                    show_instruction=bool(self.params.instructions), show_skip_button=True,
+                                    label_config=config, expert_instruction=instructions,
+                                    show_instruction=bool(instructions), show_skip_button=True,
                                     maximum_annotations=1, overlap_cohort_percentage=100)
                 pid = int(project.id)
         self._check_reused(pid)

@@ -72,10 +72,13 @@ kbd{font-size:.75rem;background:#eef0f3;border:1px solid #c9ced6;border-radius:.
 .row{display:flex;gap:.5rem;margin-top:.8rem}.muted{color:#5a6270;font-size:.9rem}
 .suggestion{background:#fff8e1;border:1px solid #f3d27a;border-radius:.4rem;padding:.4rem .7rem;margin-bottom:.8rem}
 .notice{background:#e8f5e9;border:1px solid #a5d6a7;border-radius:.4rem;padding:.4rem .7rem;margin-bottom:.8rem}
+summary{cursor:pointer;font-weight:600}.guide{white-space:pre-wrap;overflow-wrap:anywhere;max-height:40vh;overflow-y:auto;margin:.6rem 0 0;unicode-bidi:isolate}
+dl.notes{margin:.8rem 0 0;font-size:.9rem;display:grid;grid-template-columns:max-content 1fr;gap:.2rem .8rem}dl.notes dt{font-weight:600}dl.notes dd{margin:0;color:#3d4452;overflow-wrap:anywhere}
 </style></head><body>
 <header><h1>crowdloop · {{ project }}</h1>
 <span class="who">{{ annotator }} · <span id="progress">{{ progress["answered"] }} answered · {{ progress["waiting"] }} of {{ progress["items"] }} items waiting</span></span></header>
 {% if notice %}<div class="notice" id="notice">{{ notice }}</div>{% endif %}
+{% if task and guidelines %}<details class="card" id="guidelines"{% if progress["answered"] == 0 %} open{% endif %}><summary>Guidelines</summary><div class="guide" dir="auto">{{ guidelines }}</div></details>{% endif %}
 {% if task %}
 <div class="card" id="item" data-item="{{ task.item_id }}" data-kind="{{ payload.kind }}">
 {% if suggestion %}<div class="suggestion" id="suggestion">Model suggests <b>{{ suggestion[0] }}</b> ({{ "%.0f"|format(suggestion[1] * 100) }}%)</div>{% endif %}
@@ -91,7 +94,8 @@ kbd{font-size:.75rem;background:#eef0f3;border:1px solid #c9ced6;border-radius:.
 <form method="post" action="/answer" id="answer-form" class="card">
 <input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="batch_id" value="{{ task.batch_id }}">
 <input type="hidden" name="item_id" value="{{ task.item_id }}"><input type="hidden" name="client_ms" id="client_ms" value="">
-<div class="classes">{% for c, key in buttons %}<button type="submit" class="label" name="label" value="{{ c }}"{% if key %} data-key="{{ key }}"{% endif %}>{% if key %}<kbd>{{ key }}</kbd>{% endif %}{{ c }}</button>{% endfor %}</div>
+<div class="classes">{% for c, key in buttons %}<button type="submit" class="label" name="label" value="{{ c }}"{% if key %} data-key="{{ key }}"{% endif %}{% if notes.get(c) %} title="{{ notes[c] }}"{% endif %}>{% if key %}<kbd>{{ key }}</kbd>{% endif %}{{ c }}</button>{% endfor %}</div>
+{% if notes %}<dl class="notes" id="class-notes">{% for c, key in buttons if notes.get(c) %}<dt>{{ c }}</dt><dd dir="auto">{{ notes[c] }}</dd>{% endfor %}</dl>{% endif %}
 </form>
 <div class="row">
 <form method="post" action="/skip" id="skip-form"><input type="hidden" name="csrf" value="{{ csrf }}">
@@ -292,7 +296,8 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
                            buttons=key_bindings(vendor.context.classes), progress=progress, csrf=csrf_for(raw),
                            nonce=nonce, suggestion=suggestion, blocked=blocked, completion=completion,
                            image_url=f"/image/{task.batch_id}/{item_key(task.item_id)}" if task else "",
-                           notice=messages.get(notice or ""))
+                           notice=messages.get(notice or ""), guidelines=vendor.context.guidelines,
+                           notes=dict(vendor.context.class_notes))
         return security_headers(HTMLResponse(html), nonce)
 
     async def locked(action: Callable[[], Any]) -> Any:

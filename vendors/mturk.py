@@ -88,6 +88,7 @@ protect_loggers()  # botocore logs request headers (the access key id) at DEBUG
 
 SANDBOX_ENDPOINT = "https://mturk-requester-sandbox.{region}.amazonaws.com"
 PRODUCTION_ENDPOINT = "https://mturk-requester.{region}.amazonaws.com"
+MIN_TEXT_BYTES = 500  # an item's text shown in a HIT gets at least this much of the question's room
 HTML_QUESTION_NS = "http://mechanicalturk.amazonaws.com/AWSMechanicalTurkDataSchemas/2011-11-11/HTMLQuestion.xsd"
 TOKEN_TTL_S = 24 * 3600.0
 STORE_ID_KEY = "store.json"
@@ -824,17 +825,26 @@ class MTurkVendor:
         payloads = [image_payload(self.context, t.item_id, self.params.image_url_expiry_s) for t in group]
         skeleton = self._page(group, payloads, text_bytes=0)
         spare = MAX_QUESTION_BYTES - len(skeleton.encode("utf-8")) - 32 * len(group)  # the notes' numbers grow a little
-        xml = self._page(group, payloads, text_bytes=max(spare // max(len(group), 1), 0))
+        per_item = max(spare // max(len(group), 1), 0)
+        if per_item < MIN_TEXT_BYTES and any(p.get("kind") == "text" for p in payloads):
+            raise VendorError(f"vendor 'mturk': the form (guidelines, classes and their notes) leaves {per_item:,} bytes "
+                              f"for each item's text in MTurk's {MAX_QUESTION_BYTES:,}-byte question; shorten "
+                              "guidelines.text or the class notes, or lower items_per_hit")
+        xml = self._page(group, payloads, text_bytes=per_item)
         size = len(xml.encode("utf-8"))
         if size > MAX_QUESTION_BYTES:
             raise VendorError(f"vendor 'mturk': the question for items {[t.item_id for t in group][:3]} is {size:,} bytes; "
-                              f"MTurk accepts at most {MAX_QUESTION_BYTES:,}: lower items_per_hit or max_text_chars")
+                              f"MTurk accepts at most {MAX_QUESTION_BYTES:,}: lower items_per_hit or max_text_chars, "
+                              "or shorten guidelines.text")
         return xml
 
     def _page(self, group: Sequence[Task], payloads: list[dict[str, Any]], *, text_bytes: int) -> str:
         blocks = [self._item_html(k, t.item_id, payload, text_bytes)
                   for k, (t, payload) in enumerate(zip(group, payloads, strict=True))]
+        guide = self.context.guidelines
         page = _FORM.format(title=html.escape(self.params.title), description=html.escape(self.params.description),
+                            guidelines=(f'<details open><summary><b>Guidelines</b></summary><p class="text">{html.escape(guide)}'
+                                        "</p></details>" if guide else ""),
                             items="\n".join(blocks))
         if "]]>" in page:  # cannot happen with escaped content; refuse rather than break the CDATA
             raise VendorError("vendor 'mturk': the rendered form contains ']]>'")
@@ -843,9 +853,11 @@ class MTurkVendor:
 
     def _item_html(self, k: int, item_id: str, payload: dict[str, Any], text_bytes: int) -> str:
         body = render_payload(payload, max_text_chars=self.params.max_text_chars, max_text_bytes=text_bytes)
+        notes = self.context.class_notes
         choices = "\n".join(
             f'<label><input type="radio" name="label-{k}" value="{html.escape(c, quote=True)}" required> '
-            f"{html.escape(c)}</label><br>"
+            f"{html.escape(c)}</label>"
+            + (f' <span class="note">{html.escape(notes[c])}</span>' if notes.get(c) else "") + "<br>"
             for c in self.context.classes
         )
         return (f'<fieldset><legend>Item {k + 1}</legend>'
@@ -1171,8 +1183,8 @@ _FORM = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;max-width:46em;margin:1em auto}}table.row td,table.row th{{padding:2px 8px;text-align:left}}
 img.item{{max-width:100%}}fieldset{{margin-bottom:1em}}p.text{{white-space:pre-wrap;overflow-wrap:anywhere;unicode-bidi:isolate}}
-p.cut{{color:#555;font-size:.85em;font-style:italic}}</style></head>
-<body><h3>{title}</h3><p>{description}</p>
+p.cut{{color:#555;font-size:.85em;font-style:italic}}span.note{{color:#555;font-size:.9em}}</style></head>
+<body><h3>{title}</h3><p>{description}</p>{guidelines}
 <form id="f" method="post" action="https://www.mturk.com/mturk/externalSubmit">
 <input type="hidden" id="assignmentId" name="assignmentId" value="">
 {items}

@@ -360,6 +360,8 @@ class Project:
             credentials=self.credentials,
             hourly_wage=self.config.pay.hourly_wage,
             currency=self.config.pay.currency,
+            guidelines=self.config.guidelines.text,
+            class_notes=dict(self.config.guidelines.classes),
         )
         return cls(dict(self.config.vendor.params), context)
 

@@ -111,7 +111,8 @@ def test_a_text_round_with_label_studio(tmp_path: Path, label_studio: lss.Server
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
     classes = ["computers", "politics", "startrek"]
     config = small_config(**{
-        "project": "lstext", "vendor": {"name": "label_studio", "params": {"instructions": "Which fortune file?"}},
+        "project": "lstext", "vendor": {"name": "label_studio", "params": {}},
+        "guidelines": {"text": "Which fortune file?\nRead it to the end.", "classes": {"startrek": "Kirk, Spock & co"}},
         "pool": {"source": "fortunes", "path": str(REPO / "tests" / "data" / "fortunes"), "classes": classes,
                  "test_size": 0.3},
         "model": {"estimator": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500},
@@ -128,7 +129,13 @@ def test_a_text_round_with_label_studio(tmp_path: Path, label_studio: lss.Server
     batch = read_json(p.vendor.store, f"batches/{dispatched['batch_id']}.json")
     label_config = ls.projects.get(batch["project_id"]).label_config
     assert '<Text name="item" value="$text"/>' in label_config and '<Choices name="label" toName="item"' in label_config
-    assert all(f'<Choice value="{c}"/>' in label_config for c in classes)
+    assert all(f'<Choice value="{c}"/>' in label_config for c in classes[:2])
+    assert '<Choice value="startrek" hint="Kirk, Spock &amp; co"/>' in label_config
+    # the project's guidelines and class notes are its instructions (escaped: '&' is text)
+    shown = ls.projects.get(batch["project_id"])
+    assert shown.expert_instruction == ("<p>Which fortune file?<br>Read it to the end.</p>"
+                                        "<ul><li><b>startrek</b>: Kirk, Spock &amp; co</li></ul>")
+    assert shown.show_instruction
     for item, task_id in batch["tasks"].items():
         assert ls.tasks.get(str(task_id)).data["text"] == texts[item]
         ls.annotations.create(task_id, result=_choice(truth[item]), lead_time=4.0)

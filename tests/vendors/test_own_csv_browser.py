@@ -72,6 +72,7 @@ def test_own_csv_no_labels_walkthrough(browser, cli_env: dict[str, str], tmp_pat
     key = write_unlabeled_csv(tmp_path)
     config = yaml.safe_load((CONFIGS / "own-csv.yaml").read_text())
     config["pool"] = {"source": "csv", "path": "pool.csv", "id_column": "id", "classes": list(CLASSES)}
+    config["guidelines"]["classes"] = {c: f"what belongs to {c}" for c in CLASSES}
     config["vendor"]["params"]["undo_window_s"] = 0  # answers reach the loop at once
     config["collect"] = {"poll_interval_s": 0.2, "timeout_s": RUN_TIMEOUT_S}
     (tmp_path / "own.yaml").write_text(yaml.safe_dump(config))
@@ -102,6 +103,10 @@ def test_own_csv_no_labels_walkthrough(browser, cli_env: dict[str, str], tmp_pat
         while run.poll() is None:
             assert time.monotonic() < deadline, f"the loop did not stop: {run_log.read_text()[-3000:]}"
             if page.locator("#item").count():
+                if not answered:  # the guidelines, open before the first answer, and each class's note
+                    assert page.locator("#guidelines").get_attribute("open") is not None
+                    assert page.locator("#guidelines .guide").inner_text() == config["guidelines"]["text"]
+                    assert page.locator("#class-notes dd").all_inner_texts() == [f"what belongs to {c}" for c in CLASSES]
                 item = page.locator("#item").get_attribute("data-item")
                 assert item not in answered  # one answer per item (redundancy 1)
                 with page.expect_navigation():

@@ -135,12 +135,14 @@ def test_mturk_cuts_long_text_with_a_note_and_fits_the_question_limit(browser):
 
 def test_mturk_question_stays_under_64_kb_or_is_refused_in_one_line():
     """Fifty items of 48,000 characters would be 2.4 MB: the byte budget per item shrinks so the
-    question still fits; only a class list beyond reason overflows it, and that is refused."""
+    question still fits; only a class list beyond reason leaves no room for the text, and that
+    is refused."""
     xml = _question({f"i{n}": "x" * 48_000 for n in range(50)}, max_text_chars=48_000)
     assert len(xml.encode("utf-8")) <= mturk.MAX_QUESTION_BYTES
     classes = tuple(f"class-{'z' * 900}-{n}" for n in range(80))
     ctx = VendorContext(project="text", name="mturk", seed=0, classes=classes, store=None,  # type: ignore[arg-type]
                         item_payload=lambda i: {"kind": "text", "text": "short"})
     vendor = mturk.MTurkVendor({"items_per_hit": 1}, ctx)
-    with pytest.raises(mturk.VendorError, match=r"is [\d,]+ bytes; MTurk accepts at most 65,535: lower items_per_hit"):
+    with pytest.raises(mturk.VendorError, match=r"the form \(guidelines, classes and their notes\) leaves 0 bytes for "
+                                                r"each item's text in MTurk's 65,535-byte question"):
         vendor.question_xml([Task(item_id="i", round=0, batch_id="b", replicas=1, reward=0.01)])
