@@ -126,6 +126,10 @@ class PoolConfig(_Strict):
         None, description="image file shown to annotators (not a feature); relative paths resolve against the pool file"
     )
     test_size: float = Field(0.25, gt=0, lt=1, description="share of items held out for evaluation")
+    duplicates: Literal["ask_once", "ask_each"] = Field(
+        "ask_once", description="items that show annotators the same thing as an earlier item (the same text, image "
+        "file bytes, or row of values): ask_once asks only the first and exports its label for each copy (source "
+        "'copied'); ask_each asks every copy, as projects created before this field did (they keep that)")
     # Image pools (source images / fashion_mnist, crowdloop.models.images).
     image_size: int | None = Field(None, ge=4, le=4096, description="images: resize to this square side; default: native size")
     image_mode: Literal["gray", "rgb"] = Field("rgb", description="images: decode as grayscale or RGB")

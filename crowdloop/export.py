@@ -5,7 +5,8 @@ latest aggregated human labels, the imported seed labels and, with auto-labeling
 labels of the latest model for items no human labeled; each line says which it is.
 
 ``crowdloop export`` writes one row per labeled pool item — item id, label, source (``human``,
-``imported``, ``machine``), confidence, number of judgments and the pool's own columns — as
+``imported``, ``copied`` — the label of an earlier item that shows the same thing, asked once
+(``pool.duplicates``) —, ``machine``), confidence, number of judgments and the pool's own columns — as
 CSV, Parquet, JSON Lines, or a SageMaker Ground Truth output manifest: a label attribute named
 after the job holding the class index, its ``<attribute>-metadata`` (class-name, confidence,
 type, job-name, human-annotated, creation-date), ``source-ref`` for images in files and
@@ -118,6 +119,11 @@ def export_labels(p: Project, fmt: str, *, machine: bool = False, spreadsheet_sa
 
         for a in audit_labels(p, finished + 1).values():
             rows[a.item_id] = _row(a.item_id, a.label, "human", max(a.proba.values(), default=1.0), a.n_annotations)
+    if without_pool is None:  # a copy of an item (pool.duplicates: ask_once) shows what it shows: its label
+        for copy, original in sorted(p.copies.items()):
+            if original in rows and copy not in rows:
+                found = rows[original]
+                rows[copy] = _row(copy, found["label"], "copied", found["confidence"], 0)
     if machine:
         for label in _machine_labels(p, after, skip=set(rows) | set(p.gold_set)):
             rows[label.item_id] = _row(label.item_id, label.label, "machine", label.confidence, 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -251,6 +252,51 @@ def item_payload(pool: Pool, i: int) -> dict:
     # Only a tabular item shows its features: for text and images they are model inputs
     # (embeddings, thousands of pixels) that would bloat every stored task and HIT.
     return {"kind": "tabular", "columns": list(pool.feature_names), "values": row.tolist()}
+
+
+def copies_of(pool: Pool) -> dict[str, str]:
+    """Items that show an annotator exactly what an earlier item shows -> the first such item.
+
+    "Shows" as ``item_payload`` decides: the same text; the same image file bytes; the same row
+    of values (tabular items, pixel grids). Asking people about the same thing twice costs twice
+    and buys nothing (a team's ticket pool holds many "Where is my order?"). Features alone do
+    not decide for text and image items: two files with identical pixels but different bytes
+    are kept apart, and so are two tickets with the same text, which are copies whatever their
+    other columns say. A pool whose rows are not in memory (sharded) is not searched."""
+    ids = [str(i) for i in pool.ids.tolist()]
+    keys: list[Any]
+    if pool.content_kind == "text" and pool.content is not None:
+        keys = [str(t) for t in pool.content.tolist()]
+    elif pool.content_kind == "image" and pool.content is not None:
+        keys = [_file_digest(str(path)) for path in pool.content.tolist()]
+    elif isinstance(pool.X, np.ndarray) and pool.X.ndim == 2 and len(pool.X):
+        rows = np.ascontiguousarray(pool.X)
+        _, first, inverse = np.unique(rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel(),
+                                      return_index=True, return_inverse=True)
+        owner = first[inverse.ravel()]
+        return {ids[i]: ids[int(o)] for i, o in enumerate(owner) if o != i}
+    else:
+        return {}
+    seen: dict[Any, str] = {}
+    out: dict[str, str] = {}
+    for item, key in zip(ids, keys, strict=True):
+        if key is None:
+            continue
+        if key in seen:
+            out[item] = seen[key]
+        else:
+            seen[key] = item
+    return out
+
+
+def _file_digest(path: str) -> str | None:
+    import hashlib
+
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError:
+        return None  # not readable here (the loader or the app names it): never a copy of another
 
 
 def split_pool(pool: Pool, test_size: float, seed: int) -> tuple[Pool, Pool | None]:

@@ -89,7 +89,7 @@ def test_gt_manifest_task_type_and_source_by_pool_kind(tmp_path):
     png = b"\x89PNG\r\n\x1a\n"
     rows = []
     for i in range(40):
-        (tmp_path / f"img{i}.png").write_bytes(png)
+        (tmp_path / f"img{i}.png").write_bytes(png + bytes([i]))  # each its own file: identical bytes are copies
         rows.append({"id": f"x{i}", "text": f"text {i}", "img": f"img{i}.png", "f": float(i % 2) + i / 100})
     pd.DataFrame(rows).to_csv(tmp_path / "pool.csv", index=False)
     pd.DataFrame({"id": [r["id"] for r in rows], "label": [["a", "b"][i % 2] for i in range(40)]}).to_csv(
@@ -271,7 +271,7 @@ def test_spreadsheet_safe_csv_shows_formula_text_as_text(tmp_path):
         tmp_path / "key.csv", index=False)
     cfg = {"project": "formulas", "seed": 1,
            "pool": {"source": "csv", "path": str(tmp_path / "pool.csv"), "id_column": "id", "classes": ["a", "b"],
-                    "text_column": "text", "feature_columns": ["f"]},
+                    "text_column": "text", "feature_columns": ["f"], "duplicates": "ask_each"},  # 7 texts, 42 items
            "sampler": {"batch_size": 14, "initial_size": 14},
            "vendor": {"name": "keyed_crowd", "params": {"answer_key": str(tmp_path / "key.csv"), "n_workers": 5,
                                                         "accuracy": [1.0, 1.0], "spammer_fraction": 0.0}},

@@ -163,10 +163,12 @@ class Project:
         existing = read_json(store, keys.PROJECT, default=None)
         if existing is not None:
             stored = stored_config(existing)
-            if "ids_as_written" not in config.pool.model_fields_set:  # unset: the project's own reading of ids
-                config = config.model_copy(update={"pool": config.pool.model_copy(
-                    update={"ids_as_written": stored.pool.ids_as_written})})
-            elif config.pool.ids_as_written and not stored.pool.ids_as_written:
+            explicit = config.pool.model_fields_set
+            for name in ("ids_as_written", "duplicates"):  # unset: the project's own reading
+                if name not in explicit:
+                    config = config.model_copy(update={"pool": config.pool.model_copy(
+                        update={name: getattr(stored.pool, name)})})
+            if "ids_as_written" in explicit and config.pool.ids_as_written and not stored.pool.ids_as_written:
                 raise ConfigError(f"pool.ids_as_written: true, but project {store.url} reads its csv ids as numbers "
                                   "(it was created before ids were read as written, and its records name them so); "
                                   "set pool.ids_as_written: false, or leave it out, to resume it")
@@ -501,8 +503,20 @@ class Project:
         return np.sort(rng.choice(len(self.pool), size=size, replace=False)).astype(np.int64)
 
     def reserved_items(self) -> set[str]:
-        """Items no sampler may pick: seed-labeled, gold, and the audit reserve."""
-        return {label.item_id for label in self.seed_labels} | set(self.gold_set) | set(self.audit_reserve)
+        """Items no sampler may pick: seed-labeled, gold, the audit reserve, and copies of an
+        earlier item (``pool.duplicates: ask_once``)."""
+        return ({label.item_id for label in self.seed_labels} | set(self.gold_set) | set(self.audit_reserve)
+                | set(self.copies))
+
+    @cached_property
+    def copies(self) -> dict[str, str]:
+        """Pool items that show annotators what an earlier item shows -> that item (``pool.duplicates:
+        ask_once``; empty with ``ask_each``). Only the first is ever asked; its label is exported for each."""
+        if self.config.pool.duplicates != "ask_once":
+            return {}
+        from crowdloop.models.datasets import copies_of
+
+        return copies_of(self.pool)
 
     def known_labels(self, before_round: int) -> list[AggregatedLabel]:
         """The labels a model of round ``before_round`` trains on: imported seed labels and the
@@ -708,7 +722,10 @@ def stored_config(record: dict[str, Any]) -> LoopConfig:
     data = dict(record["config"])
     pool = dict(data.get("pool") or {})
     if pool.get("source") == "csv" and "ids_as_written" not in pool:
-        data["pool"] = {**pool, "ids_as_written": False}
+        pool["ids_as_written"] = False
+    if "duplicates" not in pool:  # created before duplicates were asked once: it asked for every copy
+        pool["duplicates"] = "ask_each"
+    data["pool"] = pool
     try:
         return LoopConfig.model_validate(data)
     except ValidationError as exc:  # a rule added since the project was created: say which, in one line
