@@ -86,6 +86,9 @@ def step_summary(step: str, r: int, out: dict[str, Any]) -> str:
         if out.get("pending"):
             return head + f"waiting: {out.get('n_annotations', 0)} of {out.get('expected', 0)} judgments in"
         short = f", {out['n_incomplete']} items short" if out.get("n_incomplete") else ""
+        if out.get("expected") and not out.get("n_annotations"):  # said plainly: a run can go on for days like this
+            short += ("; nobody answered before collect.timeout_s (their items go back to the pool once): is anyone "
+                      "working on this vendor? (local: crowdloop annotators add NAME, then crowdloop annotate)")
         return head + f"{out.get('n_annotations', 0)} of {out.get('expected', 0)} judgments collected{short}"
     if step == "aggregate":
         return head + f"{out.get('n_items', 0)} labels by {out.get('method')}"

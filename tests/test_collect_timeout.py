@@ -228,3 +228,13 @@ def test_an_item_nobody_answered_goes_back_to_the_pool_once(tmp_path: Path) -> N
     assert p.dispatched_items(before_round=1) == {a}  # as round 1 saw it
     closed_round(2, [d], answered=[], closed=False)
     assert p.dispatched_items() == {a, b, c, d}  # an open round's items are all out
+
+
+def test_a_round_nobody_answered_says_so_in_the_run_log() -> None:
+    from flows.logs import step_summary
+
+    line = step_summary("collect", 2, {"round": 2, "n_annotations": 0, "expected": 18, "complete": False,
+                                       "n_incomplete": 6})
+    assert line.startswith("collect · r2: 0 of 18 judgments collected, 6 items short; nobody answered before "
+                           "collect.timeout_s (their items go back to the pool once)")
+    assert "nobody" not in step_summary("collect", 2, {"n_annotations": 5, "expected": 18, "n_incomplete": 4})
