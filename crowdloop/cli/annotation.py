@@ -18,7 +18,7 @@ from crowdloop.cli.common import (
     project_option,
     serve,
 )
-from crowdloop.errors import ConfigError
+from crowdloop.errors import ConfigError, StoreError
 
 annotators_app = typer.Typer(help="Annotators of the local annotation app (vendor 'local').", no_args_is_help=True)
 app.add_typer(annotators_app, name="annotators")
@@ -26,9 +26,14 @@ app.add_typer(annotators_app, name="annotators")
 
 def _local_desk(project_dir: str):
     """The project at ``project_dir`` and its ``local`` vendor, or a one-line error."""
+    from crowdloop import keys
     from crowdloop.engine import Project
+    from crowdloop.storage import local_path, store_scheme
     from crowdloop.vendors.local import LocalVendor
 
+    if store_scheme(project_dir) == "file" and not (local_path(project_dir) / keys.PROJECT).is_file():
+        raise StoreError(f"project {project_dir}: not found (no {keys.PROJECT}); `crowdloop run CONFIG -p {project_dir}` "
+                         "creates it — start it first: it dispatches round 0 and waits for the annotators you add")
     project = Project.open(project_dir)
     vendor = project.vendor
     vendor = getattr(vendor, "desk", vendor)  # a platform vendor whose participants label in this app (prolific)

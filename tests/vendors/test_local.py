@@ -238,6 +238,15 @@ def test_cli_adds_annotators_and_prints_a_link(text_project, tmp_path):
     assert runner.invoke(cli_app, ["annotators", "list", "--project-dir", where]).stdout == "alice\n"
 
 
+def test_adding_annotators_before_the_project_exists_says_how_it_comes_to_exist(tmp_path):
+    """The team lead's first instinct is to add the team, then start the loop."""
+    r = CliRunner().invoke(cli_app, ["annotators", "add", "alice", "--project-dir", str(tmp_path / "p")])
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert r.output.startswith(f"error: project {tmp_path / 'p'}: not found (no project.json); `crowdloop run CONFIG -p ")
+    assert "start it first: it dispatches round 0 and waits for the annotators you add" in r.output
+    assert not (tmp_path / "p").exists()
+
+
 def test_cli_refuses_projects_of_other_vendors(tmp_path):
     p = engine.Project.prepare(parse_config(small_config()), str(tmp_path / "sim"))
     r = CliRunner().invoke(cli_app, ["annotators", "add", "alice", "--project-dir", p.store.url])
