@@ -96,7 +96,10 @@ def decode(path: str | Path, *, mode: str = "rgb", size: int | None = None) -> n
     with warnings.catch_warnings():  # torchvision 0.29 marks its decoders deprecated in favour of torchcodec
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
-            img = decode_image(str(path), mode=ImageReadMode.GRAY if mode == "gray" else ImageReadMode.RGB)
+            # upright as a browser shows it to annotators (phone photos: the EXIF orientation tag), so
+            # the model learns from the picture people labeled, not the sensor's sideways one
+            img = decode_image(str(path), mode=ImageReadMode.GRAY if mode == "gray" else ImageReadMode.RGB,
+                               apply_exif_orientation=True)
         except (RuntimeError, ValueError, OSError) as exc:
             raise PoolError(f"pool.path: cannot decode image {str(path)!r}: {str(exc).splitlines()[0]}") from None
     if img.dtype != torch.uint8:  # 16-bit PNGs

@@ -257,3 +257,20 @@ def test_loop_rounds_with_the_cnn_through_the_engine(tmp_path, fashion_dir):
     assert read_json(p.store, keys.round_key(2, keys.TRAIN))["warm_from_round"] == 1
     model = p.load_model(2)
     assert model.warm_started_ and model.embed(p.pool.X[:3]).shape == (3, 128)
+
+
+def test_a_phone_photo_is_decoded_upright_as_annotators_see_it(tmp_path):
+    """A phone stores a portrait photo sideways with an EXIF orientation tag; browsers show it
+    upright, and the model now sees the same picture (it saw the sideways one)."""
+    from PIL import Image
+
+    from crowdloop.models.images import decode
+
+    pixels = np.zeros((20, 40), dtype=np.uint8)  # stored 40 wide, 20 high: left half dark, right half light
+    pixels[:, 20:] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
+    Image.fromarray(pixels).save(tmp_path / "portrait.jpg", exif=exif.tobytes(), quality=95)
+    shown = decode(tmp_path / "portrait.jpg", mode="gray")
+    assert shown.shape == (1, 40, 20)  # upright: 20 wide, 40 high
+    assert shown[0, :15].mean() < 60 and shown[0, 25:].mean() > 200  # the dark half on top after the turn
