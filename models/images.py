@@ -102,6 +102,13 @@ def decode(path: str | Path, *, mode: str = "rgb", size: int | None = None) -> n
                                apply_exif_orientation=True)
         except (RuntimeError, ValueError, OSError) as exc:
             raise PoolError(f"pool.path: cannot decode image {str(path)!r}: {str(exc).splitlines()[0]}") from None
+    if img.ndim == 4:  # an animated GIF decodes to all its frames: its first is the picture (a static view's)
+        img = img[0]
+    channels = 1 if mode == "gray" else 3
+    if img.shape[0] != channels:  # the GIF decoder gives RGB whatever mode asked for
+        from torchvision.transforms.v2 import functional as TF
+
+        img = TF.rgb_to_grayscale(img[:3]) if channels == 1 else img[:1].expand(3, -1, -1).contiguous()
     if img.dtype != torch.uint8:  # 16-bit PNGs
         img = (img.to(torch.float32) / 257.0).round().to(torch.uint8)
     if size is not None and tuple(img.shape[1:]) != (size, size):

@@ -274,3 +274,21 @@ def test_a_phone_photo_is_decoded_upright_as_annotators_see_it(tmp_path):
     shown = decode(tmp_path / "portrait.jpg", mode="gray")
     assert shown.shape == (1, 40, 20)  # upright: 20 wide, 40 high
     assert shown[0, :15].mean() < 60 and shown[0, 25:].mean() > 200  # the dark half on top after the turn
+
+
+def test_an_animated_gif_is_its_first_frame_and_every_format_takes_the_pools_mode(tmp_path):
+    """An animated GIF decoded to (frames, C, H, W): a feature row of every frame, the pool's
+    shapes mixed. GIF and WebP came out RGB whatever mode asked for: a gray pool got rows three
+    times as long from them."""
+    from PIL import Image
+
+    from crowdloop.models.images import decode
+
+    first, second = np.zeros((8, 8), dtype=np.uint8), np.full((8, 8), 255, dtype=np.uint8)
+    Image.fromarray(first).save(tmp_path / "a.gif", save_all=True, append_images=[Image.fromarray(second)])
+    shown = decode(tmp_path / "a.gif", mode="gray")
+    assert shown.shape == (1, 8, 8) and shown.max() < 30
+    assert decode(tmp_path / "a.gif", mode="rgb").shape == (3, 8, 8)
+    Image.fromarray(np.full((8, 8, 3), 200, dtype=np.uint8)).save(tmp_path / "b.webp", lossless=True)
+    gray = decode(tmp_path / "b.webp", mode="gray")
+    assert gray.shape == (1, 8, 8) and abs(int(gray.mean()) - 200) <= 1
