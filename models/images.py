@@ -98,7 +98,10 @@ def decode(path: str | Path, *, mode: str = "rgb", size: int | None = None) -> n
         try:
             # upright as a browser shows it to annotators (phone photos: the EXIF orientation tag), so
             # the model learns from the picture people labeled, not the sensor's sideways one
-            img = decode_image(str(path), mode=ImageReadMode.GRAY if mode == "gray" else ImageReadMode.RGB,
+            # GIF and WebP decoders give RGB whatever mode asks (WebP warns on stderr for each
+            # image): read them as RGB, made gray below
+            gray = mode == "gray" and not str(path).lower().endswith((".gif", ".webp"))
+            img = decode_image(str(path), mode=ImageReadMode.GRAY if gray else ImageReadMode.RGB,
                                apply_exif_orientation=True)
         except (RuntimeError, ValueError, OSError) as exc:
             raise PoolError(f"pool.path: cannot decode image {str(path)!r}: {str(exc).splitlines()[0]}") from None
