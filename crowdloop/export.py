@@ -35,6 +35,7 @@ from crowdloop.records import AggregatedLabel
 FORMATS = ("csv", "parquet", "jsonl", "gt-manifest")
 EXTENSIONS = {"csv": "csv", "parquet": "parquet", "jsonl": "jsonl", "gt-manifest": "manifest"}
 FIXED_COLUMNS = ("item_id", "label", "source", "confidence", "n_judgments")
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def export_labels_manifest(p: Project) -> bytes:
@@ -138,6 +139,8 @@ def export_labels(p: Project, fmt: str, *, machine: bool = False, spreadsheet_sa
     if spreadsheet_safe:
         ordered = [{k: spreadsheet_text(v) for k, v in row.items()} for row in ordered]
     data = _encode(p, ordered, fmt)
+    if spreadsheet_safe:  # Excel reads a CSV without a byte-order mark in the machine's code page: 'café' as 'cafÃ©'
+        data = UTF8_BOM + data
     return Export(data, len(ordered), by_source, finished, without_pool)
 
 

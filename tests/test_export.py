@@ -284,5 +284,10 @@ def test_spreadsheet_safe_csv_shows_formula_text_as_text(tmp_path):
         assert shown == ("'" + raw if raw[0] in "=+-@\t" else raw)
     assert {"'" + text for text in hostile[:5]} & set(safe["text"])
     assert safe["confidence"].tolist() == plain["confidence"].tolist()  # numbers are not text: untouched
+    # a byte-order mark, so Excel reads UTF-8 (without it, accents come out in the code page's letters)
+    from crowdloop.export import UTF8_BOM
+
+    assert export_labels(p, "csv", spreadsheet_safe=True).data.startswith(UTF8_BOM)
+    assert not export_labels(p, "csv").data.startswith(UTF8_BOM) and list(safe.columns) == list(plain.columns)
     result = CliRunner().invoke(app, ["export", str(tmp_path / "p"), "--format", "jsonl", "--spreadsheet-safe"])
     assert result.exit_code == 2 and "--spreadsheet-safe: for --format csv" in result.output
