@@ -48,6 +48,16 @@ def pool_fields_unread_by(source: str) -> frozenset[str]:
     return frozenset() if reads is None else _SOURCE_SPECIFIC - reads
 
 
+def yaml_word(names: Any, field: str) -> None:
+    """Refuse a class name YAML turned into a boolean or null: ``classes: [yes, no]`` reads as
+    ``[True, False]`` (YAML 1.1, PyYAML), which pydantic called "not a valid string" — of a word
+    the user typed as a string."""
+    for k, v in enumerate(names):
+        if isinstance(v, bool) or v is None:
+            raise ValueError(f"{field}[{k}] is {v!r}: YAML reads an unquoted yes/no/on/off/true/false as a boolean and "
+                             "~/null as nothing; quote the class names ('yes', 'no')")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -151,6 +161,7 @@ class PoolConfig(_Strict):
         as "not a valid string"."""
         if not isinstance(value, list):
             return value
+        yaml_word(value, "classes")
         from crowdloop.label_files import label_name  # the one rule for a label value (imports this module)
 
         def finite_number(v: Any) -> bool:  # anything else is left for the type check to refuse
@@ -553,6 +564,14 @@ class GuidelinesConfig(_Strict):
     classes: dict[str, str] = Field(
         default_factory=dict,
         description="a short note per class (what belongs there), shown with its button or choice; keys must be classes")
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _notes_of_names(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            yaml_word(list(value), "classes")
+            return {(str(int(k)) if isinstance(k, int) else k): v for k, v in value.items()}  # {0: ...} names class "0"
+        return value
 
     @model_validator(mode="after")
     def _check_notes(self) -> GuidelinesConfig:

@@ -139,3 +139,21 @@ def test_project_dir_that_is_a_file_is_one_line_exit_2(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert result.output.startswith(f"error: {path}: project directory") and result.output.count("\n") == 1
     assert blocker.read_text() == "not a directory"
+
+
+def test_class_names_yaml_reads_as_booleans_are_named_as_such() -> None:
+    """`classes: [yes, no]` is [True, False] to YAML 1.1: pydantic said "not a valid string" of
+    words the user typed; the line now says why and how to quote them."""
+    from crowdloop.config import parse_config
+
+    for snippet, where in (("pool: {classes: [spam, no]}", "pool.classes: classes[1] is False"),
+                           ("guidelines: {classes: {yes: a yes answer}}", "guidelines.classes: classes[0] is True")):
+        data = yaml.safe_load(snippet)
+        section, fields = next(iter(data.items()))
+        with pytest.raises(ConfigError) as refused:
+            parse_config(small_config(**{f"{section}.{k}": v for k, v in fields.items()}))
+        assert str(refused.value).startswith(f"<config>: {where}: YAML reads an unquoted yes/no/on/off/true/false as a "
+                                             "boolean and ~/null as nothing; quote the class names ('yes', 'no')")
+    quoted = yaml.safe_load("pool: {classes: ['yes', 'no']}\nguidelines: {classes: {0: zero}}")
+    cfg = parse_config(small_config(**{"pool.classes": quoted["pool"]["classes"], "guidelines": quoted["guidelines"]}))
+    assert cfg.pool.classes == ["yes", "no"] and cfg.guidelines.classes == {"0": "zero"}
