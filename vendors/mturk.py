@@ -434,10 +434,38 @@ class MTurkVendor:
     def submit(self, tasks: Sequence[Task], *, batch_id: str) -> list[Ref]:
         """Create one HIT per group of ``items_per_hit`` tasks (idempotent per batch id)."""
         listing_s(self.params, self.context.collect_timeout_s)  # refused here, before a HIT is sent or extended
-        refs: list[Ref] = []
-        for group in self._groups(tasks, batch_id):
-            refs.append(self._submit_group(group, batch_id))
-        return refs
+        groups = list(self._groups(tasks, batch_id))
+        self._check_funds(groups, batch_id)
+        return [self._submit_group(group, batch_id) for group in groups]
+
+    def _check_funds(self, groups: list[list[Task]], batch_id: str) -> None:
+        """Refuse a batch the account cannot pay, before any of its HITs is made.
+
+        MTurk checks the funds of each HIT as it is created, so a batch bigger than the balance
+        used to stop half-way: some HITs live and worked, the run ended, the rest waited for a
+        top-up. The most the batch's new HITs and re-asks can cost (every assignment approved,
+        with MTurk's fees) is compared with the available balance first. HITs this batch already
+        recorded an intent for are not counted again (a rerun after a top-up goes on)."""
+        need = 0.0
+        for group in groups:
+            gkey = _digest(*(t.item_id for t in group), n=24)
+            if self.store.exists(f"hits/{batch_id}/{gkey}.intent.json") or self.store.exists(self._hit_key(batch_id, gkey)):
+                continue
+            reward = round(sum(t.reward for t in group), 2)
+            replicas = group[0].replicas
+            earlier = self._earlier_hit(group[0].item_id, batch_id) if len(group) == 1 and group[0].exclude_workers else None
+            if earlier is not None:  # a re-ask: more assignments on the item's earlier HIT, at its reward
+                reward = float(earlier["reward"])
+            else:
+                self._check_assignments(replicas)  # a setting's error comes before any call
+            need += replicas * (reward + fee_for(reward, replicas))
+        if need <= 0:
+            return
+        balance = float(self._call("get_account_balance").get("AvailableBalance", "0"))
+        if balance < need:
+            raise VendorError(f"vendor 'mturk': batch {batch_id} may cost up to ${need:,.2f} (every assignment approved, "
+                              f"with MTurk's fees) and the account's available balance is ${balance:,.2f}; add funds (or "
+                              "lower sampler.batch_size) and run again: none of its HITs was created")
 
     def poll(self, refs: Sequence[Ref]) -> list[Annotation]:
         """New submitted (or already approved) assignments of the given HITs; never blocks.

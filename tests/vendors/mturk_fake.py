@@ -78,6 +78,7 @@ class FakeMTurk:
         self.abandoned: list[tuple[str, str]] = []  # (HIT, worker)
         self.extension_tokens: set[str] = set()
         self.assigned_at_call: dict[str, int] = {}  # assignment id -> how many calls had been made then
+        self.balance = "10000.00"  # GetAccountBalance's AvailableBalance (the sandbox always says 10000.00)
         self._turn = 0
 
     # -- wiring -------------------------------------------------------------------------
@@ -123,7 +124,7 @@ class FakeMTurk:
 
     # -- operations ---------------------------------------------------------------------
     def op_GetAccountBalance(self, body: dict) -> dict:
-        return {"AvailableBalance": "10000.00"}
+        return {"AvailableBalance": self.balance}
 
     def op_CreateHIT(self, body: dict) -> dict:
         token = body.get("UniqueRequestToken")

@@ -359,6 +359,23 @@ def test_config_errors_are_one_line(tmp_path: Path, fake: FakeMTurk) -> None:
     assert make(tmp_path).params.sandbox is True
 
 
+def test_a_batch_the_balance_cannot_pay_is_refused_before_any_hit(tmp_path: Path, fake: FakeMTurk) -> None:
+    """MTurk checks funds HIT by HIT: a batch beyond the balance stopped half-way, some HITs live.
+    Three one-item HITs x 3 assignments at $0.30 cost at most 9 x ($0.30 + $0.06 fee) = $3.24."""
+    batch = [Task(item_id=f"i{k}", round=0, batch_id="b", replicas=3, reward=0.30) for k in range(3)]
+    fake.balance = "3.23"
+    with pytest.raises(VendorError, match=r"^vendor 'mturk': batch b may cost up to \$3\.24 \(every assignment approved, "
+                                          r"with MTurk's fees\) and the account's available balance is \$3\.23; add funds"):
+        make(tmp_path).submit(batch, batch_id="b")
+    assert fake.hits == {} and "CreateHIT" not in fake.calls
+    fake.balance = "3.24"
+    refs = make(tmp_path).submit(batch, batch_id="b")
+    assert len(refs) == 3 and len(fake.hits) == 3
+    fake.balance = "0.00"  # a rerun finds every HIT made: nothing to pay for, nothing asked
+    before = fake.calls.count("GetAccountBalance")
+    assert make(tmp_path).submit(batch, batch_id="b") == refs and fake.calls.count("GetAccountBalance") == before
+
+
 def test_payload_rendering() -> None:
     table = mturk.render_payload({"kind": "tabular", "columns": ["<b>x</b>", "y"], "values": [1.0, 0.333333333]})
     assert "&lt;b&gt;x&lt;/b&gt;" in table and "0.333333" in table
@@ -374,7 +391,8 @@ def test_paid_qualification_test_is_paid_once_per_worker(tmp_path: Path, fake: F
     vendor = make(tmp_path, qualifications={"test": {"qualification_type_id": "3QUALTEST0000000000", "min_score": 80,
                                                      "reward": 0.5}})
     refs = vendor.submit(tasks(2, replicas=2), batch_id="proj-r0000")
-    req = [q for q in fake.requests[0][1]["QualificationRequirements"] if q["QualificationTypeId"] == "3QUALTEST0000000000"]
+    created = next(body for op, body in fake.requests if op == "CreateHIT")
+    req = [q for q in created["QualificationRequirements"] if q["QualificationTypeId"] == "3QUALTEST0000000000"]
     assert req == [{"QualificationTypeId": "3QUALTEST0000000000", "Comparator": "GreaterThanOrEqualTo",
                     "IntegerValues": [80], "ActionsGuarded": "Accept"}]
     for ref in refs:
