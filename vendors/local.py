@@ -77,7 +77,8 @@ UNDO_MARGIN_S = 2.0  # poll waits this much longer than the undo window (clock a
 class LocalParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    suggestions: bool = Field(False, description="show the current model's suggestion (never for gold items)")
+    suggestions: bool = Field(False, description="show the current model's suggestion (never for gold items, "
+                                                 "audit items or re-asks of split votes)")
     undo_window_s: float = Field(30.0, ge=0, le=3600, description="how long an answer can be taken back")
     lease_s: float = Field(600.0, gt=0, description="an item on one annotator's screen is held for them this long")
 

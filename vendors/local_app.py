@@ -284,7 +284,9 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
         task = found[0] if found else None
         payload: dict[str, Any] = vendor.context.item_payload(task.item_id) if task else {}
         suggestion = None
-        if task and suggest and vendor.params.suggestions and not task.is_gold:
+        # never on a gold item (it measures the person, not the model) nor on a re-ask (its votes
+        # split: the model's guess would decide it)
+        if task and suggest and vendor.params.suggestions and not task.is_gold and not task.exclude_workers:
             suggestion = suggest(task)
         nonce = secrets.token_urlsafe(16)
         messages = {"undone": "Your last answer was taken back; answer again.",

@@ -183,11 +183,13 @@ def test_the_app_escapes_content_and_refuses_cross_site_posts(text_project, tmp_
     assert [(a.item_id, a.label, a.worker_id) for a in saved] == [("r0", "neg", "alice")] and saved[0].duration_s <= 1.5
 
 
-def test_suggestions_are_shown_when_enabled_but_never_for_gold(text_project):
+def test_suggestions_are_shown_when_enabled_but_never_for_gold_or_a_reask(text_project):
     v = text_project.vendor
-    first, gold = text_project.pool.ids[:2].tolist()
+    first, gold, disputed = text_project.pool.ids[:3].tolist()
     v.submit([Task(item_id=first, round=0, batch_id="a", replicas=1, reward=0.01),
-              Task(item_id=gold, round=0, batch_id="a", replicas=1, reward=0.01, is_gold=True)], batch_id="a")
+              Task(item_id=gold, round=0, batch_id="a", replicas=1, reward=0.01, is_gold=True),
+              Task(item_id=disputed, round=0, batch_id="a", replicas=1, reward=0.01, exclude_workers=["bob", "carl"])],
+             batch_id="a")
     token = v.add_annotator("alice")
     client = TestClient(create_app(v, suggest=lambda task: ("pos", 0.83)), follow_redirects=False)
     client.get(f"/?token={token}")
@@ -195,6 +197,9 @@ def test_suggestions_are_shown_when_enabled_but_never_for_gold(text_project):
     v.answer("alice", "a", first, "pos")
     page = client.get("/").text
     assert f'data-item="{gold}"' in page and "Model suggests" not in page
+    v.answer("alice", "a", gold, "pos")
+    page = client.get("/").text  # bob and carl split on it: the model's guess must not break the tie
+    assert f'data-item="{disputed}"' in page and "Model suggests" not in page
     off = LocalVendor({"suggestions": False}, v.context)
     client = TestClient(create_app(off, suggest=lambda task: ("pos", 0.83)), follow_redirects=False)
     client.get(f"/?token={token}")
