@@ -314,3 +314,14 @@ def test_a_project_without_a_pool_digest_cannot_move_its_pool(tmp_path: Path) ->
     with pytest.raises(PoolError, match=r"^pool\.path: '.*/copy\.csv' differs from '.*/team/pool\.csv' that project .* "
                                         r"has no digest of its pool"):
         Project.prepare(parse_config(_csv_config(tmp_path / "copy.csv")), str(location))
+
+
+def test_verify_on_a_project_whose_pool_moved_says_how_to_resume_it(started) -> None:
+    from crowdloop.engine.verify import problems
+
+    pool, _, location = started
+    pool.rename(pool.with_name("moved.csv"))
+    (found,) = problems(Project.open(location), deep=True)
+    assert found.message.startswith(f"pool.path: cannot read '{pool}'")
+    assert found.message.endswith("; if it moved, `crowdloop run CONFIG` with pool.path naming its new place resumes "
+                                  "the project (the pool's digest checks it is the same)")

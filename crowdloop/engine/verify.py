@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from crowdloop import keys
@@ -147,7 +148,12 @@ class ProjectCheck:
         try:
             checked_pool_record(self.p, read_json(self.p.store, keys.PROJECT, default=None))
         except PoolError as exc:  # a changed or unreadable pool: reported with the rest
-            self.found.append(Problem("pool", " ".join(str(exc).split()), missing=False))
+            line = " ".join(str(exc).split())
+            where = self.p.config.pool.path
+            if where and "://" not in where and not Path(where).exists():  # moved with the project, perhaps
+                line += ("; if it moved, `crowdloop run CONFIG` with pool.path naming its new place resumes the "
+                         "project (the pool's digest checks it is the same)")
+            self.found.append(Problem("pool", line, missing=False))
 
 
 def problems(p: Project, *, deep: bool = False) -> list[Problem]:
