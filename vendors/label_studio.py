@@ -262,8 +262,7 @@ class LabelStudioVendor:
             if data_type is None:
                 raise VendorError("vendor 'label_studio': no project yet (nothing was submitted)")
             config = labeling_config(self.context.classes, data_type, self.context.class_notes)
-            instructions = self.params.instructions or instructions_html(
-                self.context.guidelines, self.context.class_notes, self.context.classes)
+            instructions = self.instructions()
             _write_once(self.store, "project.intent.json", {"title": self.title, "data_type": data_type})
             pid = self._find_project_by_title()
             if pid is None:
@@ -276,6 +275,28 @@ class LabelStudioVendor:
         self._check_not_anothers(pid)
         _write_once(self.store, "project.json", {"id": pid, "title": self.title, "data_type": data_type})
         return int(read_json(self.store, "project.json")["id"])
+
+    def instructions(self) -> str:
+        """What annotators read first: ``params.instructions``, else the project's guidelines."""
+        return self.params.instructions or instructions_html(self.context.guidelines, self.context.class_notes,
+                                                             self.context.classes)
+
+    def _sync_instructions(self, pid: int) -> None:
+        """Guidelines may change on resume (a team learns its task): the Label Studio project's
+        instructions follow them, set once per new text (``instructions.json`` holds the digest of
+        the last text set). Never emptied: a reused project keeps its own when the config has none."""
+        wanted = self.instructions()
+        if not wanted:
+            return
+        digest = content_hash(wanted.encode())
+        done = read_json(self.store, "instructions.json", default=None)
+        if done is not None and done.get("sha256") == digest:
+            return
+        shown = self._api("projects.get", self.client.projects.get, pid)
+        if (getattr(shown, "expert_instruction", None) or "") != wanted or not getattr(shown, "show_instruction", False):
+            self._api("projects.update", self.client.projects.update, pid, expert_instruction=wanted,
+                      show_instruction=True)
+        write_json(self.store, "instructions.json", {"sha256": digest})
 
     def _check_not_anothers(self, pid: int) -> None:
         """Refuse a project that already holds batches of a crowdloop project of this name which this
@@ -345,6 +366,7 @@ class LabelStudioVendor:
                 raise VendorError(f"vendor 'label_studio': item payload kind {first.get('kind')!r}: "
                                   "expected text, image, image_url or tabular")
         pid = self.project_id(data_type if payloads else None)
+        self._sync_instructions(pid)
         overlap = self._project_overlap(pid, fresh)
         _write_once(self.store, f"batches/{batch_id}.intent.json",
                     {"batch_id": batch_id, "project_id": pid, "item_ids": [t.item_id for t in tasks]})

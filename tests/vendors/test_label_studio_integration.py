@@ -332,3 +332,36 @@ def test_a_second_store_of_the_same_project_name_is_refused_before_it_takes_the_
     fresh = Project.prepare(parse_config(own), str(tmp_path / "fresh"))
     engine.run_round(fresh, 0, until="dispatch")
     assert read_json(fresh.vendor.store, "project.json")["id"] != pid
+
+
+def test_guidelines_changed_on_resume_reach_the_label_studio_project(tmp_path: Path, label_studio: lss.Server,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Guidelines may change on resume: the project's instructions follow, once per new text;
+    a config without any never empties a reused project's own."""
+    import dataclasses
+
+    from label_studio_sdk import LabelStudio
+
+    from crowdloop.records import Task
+    from crowdloop.storage.local import LocalStore
+    from crowdloop.testing import make_context
+    from crowdloop.vendors.label_studio import LabelStudioVendor
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
+    base = make_context(LocalStore(tmp_path), name="label_studio", project="lsguide")
+
+    def submit(guidelines: str, batch: str) -> LabelStudioVendor:
+        vendor = LabelStudioVendor({}, dataclasses.replace(base, guidelines=guidelines))
+        vendor.submit([Task(item_id=f"{batch}-{k}", round=0, batch_id=batch, replicas=1, reward=0.01) for k in range(2)],
+                      batch_id=batch)
+        return vendor
+
+    ls = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    pid = submit("Read it all.", "lsguide-r0000").project_id()
+    assert ls.projects.get(pid).expert_instruction == "<p>Read it all.</p>"
+    submit("Read it all.\nA refund is billing.", "lsguide-r0001")
+    shown = ls.projects.get(pid)
+    assert shown.expert_instruction == "<p>Read it all.<br>A refund is billing.</p>" and shown.show_instruction
+    submit("", "lsguide-r0002")  # no guidelines: the project keeps what it shows
+    assert ls.projects.get(pid).expert_instruction == "<p>Read it all.<br>A refund is billing.</p>"
