@@ -559,8 +559,8 @@ class GuidelinesConfig(_Strict):
 
     text: str = Field("", max_length=MAX_GUIDELINES_CHARS,
                       description="the labeling guidelines, plain text (line breaks kept): shown above every item in the "
-                                  "local app (and to Prolific participants), on every MTurk HIT and as Label Studio's "
-                                  "instructions")
+                                  "local app (and to Prolific participants), on every MTurk HIT, as Label Studio's "
+                                  "instructions, and beside each manifest batch")
     classes: dict[str, str] = Field(
         default_factory=dict,
         description="a short note per class (what belongs there), shown with its button or choice; keys must be classes")

@@ -12,7 +12,8 @@ JSON). Two more fields carry the quality controls (capabilities ``blocks_workers
 ``excludes_workers_per_item``): ``exclude-workers`` lists the workers who answered the item before
 (a re-ask must go to somebody else), ``blocked-workers`` lists every worker blocked when the batch
 was sent; neither may work on the line. ``requests/<batch_id>.blocked.json`` gives each blocked
-worker's reason, for the vendor to pass on. The vendor drops result files under ``results/`` (any
+worker's reason, for the vendor to pass on; ``requests/<batch_id>.guidelines.json`` the project's
+guidelines and class notes, when it has any. The vendor drops result files under ``results/`` (any
 name, never rewritten), one line per worker answer::
 
     {"item-id": "...", "worker-id": "w17", "label": "dog", "started-at": "2026-05-01T10:00:00Z", "submitted-at": "2026-05-01T10:00:09Z"}
@@ -169,6 +170,13 @@ class ManifestVendor:
         blocked_key = f"{self.params.requests_prefix}{batch_id}.blocked.json"
         if blocked and not self.exchange.exists(blocked_key):
             self._create(self.exchange, blocked_key, dumps({"batch-id": batch_id, "blocked-workers": blocked}))
+        guide_key = f"{self.params.requests_prefix}{batch_id}.guidelines.json"
+        guide = {"batch-id": batch_id, "guidelines": self.context.guidelines,
+                 "class-notes": {c: self.context.class_notes[c] for c in self.context.classes
+                                 if self.context.class_notes.get(c)}}
+        if (guide["guidelines"] or guide["class-notes"]) and not self.exchange.exists(guide_key):
+            # before the manifest: whoever picks the batch up finds what its workers must read
+            self._create(self.exchange, guide_key, dumps(guide))
         if not self.exchange.exists(manifest_key):
             lines = b"".join(dumps(self._manifest_line(t, blocked, record.get("deadline"))) + b"\n" for t in recorded)
             self._create(self.exchange, manifest_key, lines)

@@ -106,6 +106,21 @@ def test_submit_writes_a_ground_truth_manifest_once(tmp_path):
     assert v.exchange.read_bytes(key) == first
 
 
+def test_the_guidelines_travel_with_each_batch_for_the_vendors_workers(tmp_path):
+    import dataclasses
+
+    v = vendor_at(tmp_path)
+    v = ManifestVendor({}, dataclasses.replace(v.context, guidelines="Birds fly.\nCats do not.",
+                                               class_notes={"bird": "feathers", "cat": "whiskers"}))
+    v.submit([Task(item_id="i0", round=0, batch_id="b0", replicas=1, reward=0.03)], batch_id="b0")
+    guide = json.loads(v.exchange.read_bytes("requests/b0.guidelines.json"))
+    assert guide == {"batch-id": "b0", "guidelines": "Birds fly.\nCats do not.",
+                     "class-notes": {"cat": "whiskers", "bird": "feathers"}}  # in the class list's order
+    bare = vendor_at(tmp_path / "bare")
+    bare.submit([Task(item_id="i0", round=0, batch_id="b0", replicas=1, reward=0.03)], batch_id="b0")
+    assert not bare.exchange.exists("requests/b0.guidelines.json")  # none configured: no file
+
+
 def test_image_items_are_sent_by_reference(tmp_path):
     ctx = make_context(LocalStore(tmp_path), name="manifest")
     ctx = type(ctx)(**{**ctx.__dict__, "item_payload": lambda i: {"kind": "image", "path": f"/data/{i}.png"}})
