@@ -124,3 +124,11 @@ def test_the_duplicates_field_takes_two_values() -> None:
     assert PoolConfig(name="iris", duplicates="ask_each").duplicates == "ask_each"
     with pytest.raises(ConfigError, match=r"pool\.duplicates: Input should be 'ask_once' or 'ask_each'"):
         parse_config(small_config(**{"pool.duplicates": "dedupe"}))
+
+
+def test_a_pool_of_copies_says_so_when_too_few_items_are_left(tmp_path: Path) -> None:
+    _tickets(tmp_path / "tickets.csv", copies=20, unique=0)  # 80 tickets, four texts
+    with pytest.raises(ConfigError, match=r"the pool has 4 items left for labeling after seed labels, gold and the audit "
+                                          r"reserve, and 6\d copies of other items \(pool.duplicates\); expected at least "
+                                          r"sampler.initial_size=10"):
+        Project.prepare(parse_config(_config(tmp_path / "tickets.csv")), str(tmp_path / "p"))

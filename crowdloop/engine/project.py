@@ -258,8 +258,9 @@ class Project:
                               "evaluation.method: random or active to estimate accuracy from human labels")
         free = len(self.pool) - len(self.reserved_items())
         if free < self.initial_size:
-            raise ConfigError(f"the pool has {free} items left for labeling after seed labels, gold and the audit reserve; "
-                              f"expected at least sampler.initial_size={self.initial_size}")
+            copies = f", and {len(self.copies)} copies of other items (pool.duplicates)" if self.copies else ""
+            raise ConfigError(f"the pool has {free} items left for labeling after seed labels, gold and the audit reserve"
+                              f"{copies}; expected at least sampler.initial_size={self.initial_size}")
 
     @contextmanager
     def running(self) -> Iterator[None]:
