@@ -55,14 +55,19 @@ class CheckReport:
     classes: tuple[str, ...]
     location: str | None  # the project store checked (None: not checked)
     store_state: str | None  # "new", "empty" or "project" (resumable)
-    n_copies: int = 0  # items that show what an earlier one shows (pool.duplicates: ask_once asks only the first)
-    first_copy: tuple[str, str] | None = None  # (copy, original): an example for the summary
+    ask_once: bool = False  # pool.duplicates: ask_once (the summary counts the copies it will not ask)
 
     def summary(self) -> str:
         store = {"new": "will be created", "empty": "empty", "project": "an existing project (resume)"}
         where = f"; store {self.location}: {store.get(self.store_state or '', 'not checked')}" if self.location else ""
-        copies = (f"; {self.n_copies} item(s) show what an earlier one shows (e.g. {self.first_copy[0]!r} = "
-                  f"{self.first_copy[1]!r}): asked once" if self.n_copies and self.first_copy else "")
+        copies = ""
+        if self.ask_once:  # worked out here, for `crowdloop check` only: a run does not need the count
+            from crowdloop.models.datasets import copies_of
+
+            found = copies_of(self.pool)
+            if found:
+                copy, original = min(found.items())
+                copies = f"; {len(found)} item(s) show what an earlier one shows (e.g. {copy!r} = {original!r}): asked once"
         return (f"pool of {self.n_items} items ({self.n_selectable} to label, {self.n_test} held out for testing), "
                 f"{len(self.classes)} classes{copies}{where}")
 
@@ -117,14 +122,9 @@ def _check(config: LoopConfig, source: str | None, location: str | None, pool: A
                           f"{list(classes)[:20]}")
     plan = vendor_plan(config, capabilities)  # the audit's re-asks too, now that the vendor's capabilities are known
     check_vendor_params(vendor_cls, config.vendor.params, dataclasses.replace(plan, classes=classes))
-    copies: dict[str, str] = {}
-    if config.pool.duplicates == "ask_once":
-        from crowdloop.models.datasets import copies_of
-
-        copies = copies_of(pool)  # over the whole pool: the run's split asks only its own part once
     return CheckReport(source=source, pool=pool, n_items=len(pool), n_selectable=n_selectable, n_test=n_test,
-                       classes=classes, location=location, store_state=state, n_copies=len(copies),
-                       first_copy=min(copies.items()) if copies else None)
+                       classes=classes, location=location, store_state=state,
+                       ask_once=config.pool.duplicates == "ask_once")
 
 
 # -- plug-ins ---------------------------------------------------------------------------------
