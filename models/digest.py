@@ -20,6 +20,7 @@ What is hashed depends on the source, so that a large pool costs a streaming rea
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Sequence
@@ -43,8 +44,12 @@ class PoolDigest:
     what: str
     how: str
     sha256: str
-    # digests an earlier version recorded for this same pool (a project created then resumes)
-    also_accepted: tuple[str, ...] = ()
+    # the digest an earlier version recorded for this same pool (a project created then resumes),
+    # worked out only when the recorded one is not ``sha256``: it costs another pass over the pool
+    earlier: Callable[[], str] | None = None
+
+    def matches(self, recorded: str) -> bool:
+        return recorded == self.sha256 or (self.earlier is not None and recorded == self.earlier())
 
     def as_record(self) -> dict[str, str]:
         return {"what": self.what, "how": self.how, "sha256": self.sha256}
@@ -63,7 +68,7 @@ def pool_digest(cfg: PoolConfig, loaded: Callable[[], Sequence[Any]] | None = No
     if source == "sharded":
         return PoolDigest(path, "sha256 of the manifest and index", _sharded_sha256(path))
     if source == "images":
-        earlier = () if path.startswith("s3://") else (_listing_sha256(path, follow_links=False),)
+        earlier = None if path.startswith("s3://") else functools.partial(_listing_sha256, path, follow_links=False)
         return PoolDigest(path, "sha256 of the folder listing", _listing_sha256(path), earlier)
     if source in ("text_folder", "fortunes"):
         from crowdloop.models.text_pools import DEFAULT_FORTUNE_CATEGORIES, FORTUNES_DIR

@@ -102,7 +102,7 @@ def checked_pool_record(project: Project, existing: dict[str, Any] | None) -> di
     recorded = (existing or {}).get("pool")
     if recorded is None or digest is None:
         return digest.as_record() if digest is not None else recorded
-    if recorded["sha256"] != digest.sha256 and recorded["sha256"] not in digest.also_accepted:
+    if not digest.matches(recorded["sha256"]):
         raise PoolError(f"pool.path: {digest.what} is not the pool project {url} was created with ({digest.how}: "
                         f"{digest.sha256[:12]}… now, {recorded['sha256'][:12]}… then); restore the original pool, "
                         "or start a new project (--project-dir)")
