@@ -599,7 +599,8 @@ class Project:
             if not intent:
                 continue
             sent = [t["item_id"] for t in intent["tasks"] if not t.get("is_gold")]
-            if not self.has(r, keys.COLLECTED):  # still open: every item is out
+            collected = self.record(r, keys.COLLECTED, default=None)
+            if collected is None or collected.get("complete"):  # still open, or every item answered: all out
                 items.update(sent)
                 continue
             if answered is None:
