@@ -435,10 +435,13 @@ class MTurkVendor:
         """Create one HIT per group of ``items_per_hit`` tasks (idempotent per batch id)."""
         listing_s(self.params, self.context.collect_timeout_s)  # refused here, before a HIT is sent or extended
         groups = list(self._groups(tasks, batch_id))
-        self._check_funds(groups, batch_id)
-        return [self._submit_group(group, batch_id) for group in groups]
+        # each re-ask's earlier HIT, looked up once (every lookup lists the vendor's HITs)
+        earlier = [self._earlier_hit(g[0].item_id, batch_id) if len(g) == 1 and g[0].exclude_workers else None
+                   for g in groups]
+        self._check_funds(groups, batch_id, earlier)
+        return [self._submit_group(group, batch_id, earlier=hit) for group, hit in zip(groups, earlier, strict=True)]
 
-    def _check_funds(self, groups: list[list[Task]], batch_id: str) -> None:
+    def _check_funds(self, groups: list[list[Task]], batch_id: str, earlier: list[dict[str, Any] | None]) -> None:
         """Refuse a batch the account cannot pay, before any of its HITs is made.
 
         MTurk checks the funds of each HIT as it is created, so a batch bigger than the balance
@@ -447,15 +450,14 @@ class MTurkVendor:
         with MTurk's fees) is compared with the available balance first. HITs this batch already
         recorded an intent for are not counted again (a rerun after a top-up goes on)."""
         need = 0.0
-        for group in groups:
+        for group, hit in zip(groups, earlier, strict=True):
             gkey = _digest(*(t.item_id for t in group), n=24)
             if self.store.exists(f"hits/{batch_id}/{gkey}.intent.json") or self.store.exists(self._hit_key(batch_id, gkey)):
                 continue
             reward = round(sum(t.reward for t in group), 2)
             replicas = group[0].replicas
-            earlier = self._earlier_hit(group[0].item_id, batch_id) if len(group) == 1 and group[0].exclude_workers else None
-            if earlier is not None:  # a re-ask: more assignments on the item's earlier HIT, at its reward
-                reward = float(earlier["reward"])
+            if hit is not None:  # a re-ask: more assignments on the item's earlier HIT, at its reward
+                reward = float(hit["reward"])
             else:
                 self._check_assignments(replicas)  # a setting's error comes before any call
             need += replicas * (reward + fee_for(reward, replicas))
@@ -713,14 +715,13 @@ class MTurkVendor:
         record = write_json_once(self.store, hit_key, record)
         return self._ref(record)
 
-    def _submit_group(self, group: list[Task], batch_id: str) -> Ref:
+    def _submit_group(self, group: list[Task], batch_id: str, *, earlier: dict[str, Any] | None) -> Ref:
+        """One HIT for ``group``, or, for a re-ask whose item has an ``earlier`` HIT, more assignments on it."""
         ctx = self.context
         items = [t.item_id for t in group]
         replicas = group[0].replicas
-        if len(group) == 1 and group[0].exclude_workers:
-            earlier = self._earlier_hit(items[0], batch_id)
-            if earlier is not None:  # ask somebody else: MTurk never gives a worker the same HIT twice
-                return self._extend_hit(group[0], earlier, batch_id)
+        if earlier is not None:  # ask somebody else: MTurk never gives a worker the same HIT twice
+            return self._extend_hit(group[0], earlier, batch_id)
         self._check_assignments(replicas)
         token = request_token(ctx.project, batch_id, items, replicas, self.store_id())
         gkey = _digest(*items, n=24)

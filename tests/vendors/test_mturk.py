@@ -326,7 +326,7 @@ def test_items_per_hit_bundles_items_of_equal_redundancy(tmp_path: Path, fake: F
 
     # a batch an earlier version posted in batch order (mixed chunks split) is resumed as it was posted
     legacy = [t.model_copy(update={"batch_id": "proj-r0001", "item_id": f"old{k}"}) for k, t in enumerate(batch)]
-    old_refs = [vendor._submit_group(group, "proj-r0001") for group in mturk._chunks_in_order(legacy, 5)]
+    old_refs = [vendor._submit_group(group, "proj-r0001", earlier=None) for group in mturk._chunks_in_order(legacy, 5)]
     assert len(old_refs) == 10  # both chunks of five held a 5-judgment item: ten one-item HITs
     assert make(tmp_path, items_per_hit=5).submit(legacy, batch_id="proj-r0001") == old_refs
     assert fake.calls.count("CreateHIT") == 3 + len(old_refs)
