@@ -88,7 +88,26 @@ def status(p: Project) -> dict[str, Any]:
         "selection_policy": _selection_policy(p),
         # Added with Prolific's settle: paid work that waits for somebody's decision (money at stake).
         "awaiting_decision": _awaiting_decision(p),
+        # Added with the agreement report: how far annotators agree beyond chance, where they split.
+        "annotator_agreement": annotator_agreement(p),
     }
+
+
+def annotator_agreement(p: Project) -> dict[str, Any] | None:
+    """Krippendorff's alpha of every item's first ask (``crowdloop.consensus.agreement``), the class
+    pairs annotators split between, and alpha per round; None while no item got two judgments at once
+    (redundancy 1, or adaptive redundancy starting from one)."""
+    from crowdloop.consensus.agreement import agreement_by_round, first_asked, krippendorff_alpha
+    from crowdloop.engine.quality import annotation_table
+
+    anns = p.annotations()
+    if not anns:
+        return None
+    table = annotation_table(anns).assign(round=[a.round for a in anns])
+    overall = krippendorff_alpha(first_asked(table))
+    if overall is None:
+        return None
+    return {**overall.as_record(), "basis": "first ask", "rounds": agreement_by_round(table)}
 
 
 def _awaiting_decision(p: Project) -> list[dict[str, Any]]:

@@ -190,3 +190,31 @@ def rounds_table(state: dict[str, Any], title: str) -> Table:
         table.add_row(str(r["round"]), str(r["n_labeled"]), str(r["n_judgments"]), f"{r['cost']:.2f}", fmt_value(r["accuracy"]),
                       *cells)
     return table
+
+
+def agreement_reading(alpha: float | None) -> str:
+    """Krippendorff's reading of alpha: ≥ 0.8 reliable, ≥ 0.667 tentative conclusions only."""
+    if alpha is None:
+        return "no variation: every judgment the same class"
+    if alpha >= 0.8:
+        return "reliable"
+    if alpha >= 0.667:
+        return "tentative"
+    return "low: unclear guidelines, overlapping classes or careless workers; see crowdloop workers"
+
+
+def agreement_lines(agreement: dict[str, Any] | None) -> list[Text]:
+    """What ``status`` says about ``annotator_agreement``: alpha and its reading, then the class pairs
+    annotators split between more often than chance explains (``notable`` splits)."""
+    if agreement is None:
+        return []
+    alpha = agreement["alpha"]
+    lines = [Text(f"annotators' agreement: α {fmt_value(alpha, 2)} ({agreement_reading(alpha)}), over "
+                  f"{agreement['n_items']} items judged by several people at their first ask")]
+    notable = [s for s in agreement["splits"] if s.get("notable")][:3]
+    if notable:
+        pairs = ", ".join(f"{a} and {b} ({s['share']:.0%} of disagreements where chance gives {s['expected_share']:.0%}, "
+                          f"{s['n_items']} items)" for s in notable for a, b in [s["classes"]])
+        hint = "; a guidelines.classes note telling them apart may help" if alpha is not None and alpha < 0.8 else ""
+        lines.append(Text(f"  they split most between {pairs}{hint}"))
+    return lines

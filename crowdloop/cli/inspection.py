@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from crowdloop.cli.common import (
+    agreement_lines,
     app,
     console,
     directory_argument,
@@ -42,6 +43,8 @@ def status(
     console.print(rounds_table(state, f"crowdloop {state['project']}"))
     console.print(Text(f"reference accuracy: {fmt_value(state['reference_accuracy'])}; stopped: ")
                   + shown(state["stop_reason"]))
+    for line in agreement_lines(state["annotator_agreement"]):
+        console.print(line)
     waiting = state["awaiting_decision"]
     if waiting:
         at_stake = round(sum(w["at_stake"] for w in waiting), 2)

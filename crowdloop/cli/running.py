@@ -19,6 +19,7 @@ from rich.text import Text
 
 from crowdloop.cli.common import (
     CONFIG_PROJECT_DIR_HELP,
+    agreement_lines,
     app,
     console,
     err_console,
@@ -181,6 +182,8 @@ def _print_summary(state: dict[str, Any], location: str) -> None:
         b = state["baseline"]["rounds"][-1]
         summary.add_row("random baseline accuracy", f"{fmt_value(b['accuracy'])} at {b['n_labeled']} labels")
     console.print(summary)
+    for line in agreement_lines(state.get("annotator_agreement")):
+        console.print(line)
     console.print(f"outputs in {location}: metrics.json, metrics.csv, learning_curve.png, labels.jsonl, annotations.jsonl")
 
 
