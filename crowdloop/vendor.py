@@ -94,6 +94,10 @@ class VendorContext:
     # shows people a task shows them; plain text, which the vendor escapes for its page.
     guidelines: str = ""
     class_notes: Mapping[str, str] = field(default_factory=dict)
+    # The most a top-up bonus may add to an assignment, as a share of its reward (``pay.max_top_up``
+    # when ``pay.top_up_bonus``, else 0): a vendor that checks the account's funds before a batch
+    # reserves it, so the bonuses owed for slow tasks can be paid.
+    max_top_up: float = 0.0
 
 
 @runtime_checkable

@@ -447,8 +447,10 @@ class MTurkVendor:
         MTurk checks the funds of each HIT as it is created, so a batch bigger than the balance
         used to stop half-way: some HITs live and worked, the run ended, the rest waited for a
         top-up. The most the batch's new HITs and re-asks can cost (every assignment approved,
-        with MTurk's fees) is compared with the available balance first. HITs this batch already
-        recorded an intent for are not counted again (a rerun after a top-up goes on)."""
+        with MTurk's fees, and the largest top-up bonus ``pay.max_top_up`` allows on each, with its
+        fee: a bonus the balance cannot pay would leave slow workers waiting for it) is compared
+        with the available balance first. HITs this batch already recorded an intent for are not
+        counted again (a rerun after a top-up goes on)."""
         need = 0.0
         for group, hit in zip(groups, earlier, strict=True):
             gkey = _digest(*(t.item_id for t in group), n=24)
@@ -460,14 +462,16 @@ class MTurkVendor:
                 reward = float(hit["reward"])
             else:
                 self._check_assignments(replicas)  # a setting's error comes before any call
-            need += replicas * (reward + fee_for(reward, replicas))
+            bonus = math.floor(round(reward * self.context.max_top_up * 100, 5)) / 100
+            need += replicas * (reward + fee_for(reward, replicas) + (bonus + fee_for(bonus, 1) if bonus > 0 else 0.0))
         if need <= 0:
             return
         balance = float(self._call("get_account_balance").get("AvailableBalance", "0"))
         if balance < need:
+            bonuses = ", and the largest top-up bonuses pay.max_top_up allows" if self.context.max_top_up > 0 else ""
             raise VendorError(f"vendor 'mturk': batch {batch_id} may cost up to ${need:,.2f} (every assignment approved, "
-                              f"with MTurk's fees) and the account's available balance is ${balance:,.2f}; add funds (or "
-                              "lower sampler.batch_size) and run again: none of its HITs was created")
+                              f"with MTurk's fees{bonuses}) and the account's available balance is ${balance:,.2f}; add "
+                              "funds (or lower sampler.batch_size) and run again: none of its HITs was created")
 
     def poll(self, refs: Sequence[Ref]) -> list[Annotation]:
         """New submitted (or already approved) assignments of the given HITs; never blocks.

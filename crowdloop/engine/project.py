@@ -365,6 +365,7 @@ class Project:
             currency=self.config.pay.currency,
             guidelines=self.config.guidelines.text,
             class_notes=dict(self.config.guidelines.classes),
+            max_top_up=self.config.pay.max_top_up if self.config.pay.top_up_bonus else 0.0,
         )
         return cls(dict(self.config.vendor.params), context)
 

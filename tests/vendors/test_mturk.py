@@ -376,6 +376,33 @@ def test_a_batch_the_balance_cannot_pay_is_refused_before_any_hit(tmp_path: Path
     assert make(tmp_path).submit(batch, batch_id="b") == refs and fake.calls.count("GetAccountBalance") == before
 
 
+def test_the_funds_check_reserves_the_top_up_bonuses_the_pay_policy_allows(tmp_path: Path, fake: FakeMTurk) -> None:
+    """Slow tasks earn a top-up bonus after the batch (at most ``pay.max_top_up`` of the reward); a
+    balance that covered only the rewards left those bonuses unpaid. At max_top_up 1.0 each of the
+    9 assignments may cost $0.30 + $0.06 fee + a $0.30 bonus + its $0.06 fee: $6.48."""
+    batch = [Task(item_id=f"i{k}", round=0, batch_id="b", replicas=3, reward=0.30) for k in range(3)]
+    vendor = make(tmp_path)
+    reserving = mturk.MTurkVendor(dict(vendor.params.model_dump(exclude_unset=True)),
+                                  VendorContext(**{**vendor.context.__dict__, "max_top_up": 1.0}))
+    fake.balance = "6.47"
+    with pytest.raises(VendorError, match=r"may cost up to \$6\.48 \(every assignment approved, with MTurk's fees, and the "
+                                          r"largest top-up bonuses pay.max_top_up allows\) and the account's available"):
+        reserving.submit(batch, batch_id="b")
+    assert fake.hits == {}
+    fake.balance = "6.48"
+    assert len(reserving.submit(batch, batch_id="b")) == 3
+
+
+def test_the_project_hands_the_top_up_policy_to_its_vendor(tmp_path: Path) -> None:
+    from crowdloop.config import parse_config
+    from crowdloop.engine import Project
+    from tests.conftest import small_config
+
+    on = Project.prepare(parse_config(small_config(**{"pay.max_top_up": 0.5})), str(tmp_path / "on"))
+    off = Project.prepare(parse_config(small_config(**{"pay.top_up_bonus": False})), str(tmp_path / "off"))
+    assert (on.vendor.context.max_top_up, off.vendor.context.max_top_up) == (0.5, 0.0)
+
+
 def test_payload_rendering() -> None:
     table = mturk.render_payload({"kind": "tabular", "columns": ["<b>x</b>", "y"], "values": [1.0, 0.333333333]})
     assert "&lt;b&gt;x&lt;/b&gt;" in table and "0.333333" in table
