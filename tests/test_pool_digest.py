@@ -111,6 +111,61 @@ def test_the_cli_names_the_changed_file_in_one_line(started, tmp_path: Path) -> 
     assert done.stderr.startswith(f"error: {config}: pool.path: {pool} is not the pool project"), done.stderr
 
 
+@pytest.mark.parametrize("change", ["pool", "field", "record"])
+def test_check_refuses_what_a_resume_would_refuse(started, tmp_path: Path, change: str) -> None:
+    """`crowdloop check` on an existing project said "ok ... (resume)" while `run` then refused a
+    changed pool, a changed frozen field or a missing record: check now says the same line."""
+    pool, frame, location = started
+    overrides: dict = {}
+    if change == "pool":
+        frame.assign(px5=frame["px5"] + 1.0).to_csv(pool, index=False)
+    elif change == "field":
+        overrides = {"sampler.batch_size": 25}
+    else:
+        Path(location, keys.round_key(0, keys.COLLECTED)).unlink()
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(_csv_config(pool, **overrides)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CROWDLOOP_")}
+    lines = {}
+    for command in ("check", "run"):
+        done = subprocess.run([*crowdloop_cmd(), command, str(config), "--project-dir", location], capture_output=True,
+                              text=True, env=env, cwd=REPO, timeout=120)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        lines[command] = done.stderr
+    assert lines["check"] == lines["run"]
+    expected = {"pool": f"error: {config}: pool.path: {pool} is not the pool project",
+                "field": f"error: {config}: sampler.batch_size: 25 differs from 20 that project",
+                "record": f"error: {config}: {location}: "}[change]
+    assert lines["check"].startswith(expected), lines["check"]
+    assert read_json(Project.open(location).store, keys.PROJECT)["config"]["sampler"]["batch_size"] == 20  # nothing written
+
+
+def test_a_grown_pool_starts_a_new_project_with_the_labels_bought(started, tmp_path: Path) -> None:
+    """A pool that grew (rows appended) is refused, and the refusal says how to go on: export the
+    labels bought as a Ground Truth manifest and start a new project on the grown pool with them as
+    seed labels. The new project trains on them from round 0 and never asks for them again."""
+    pool, frame, location = started
+    grown = pd.concat([frame, frame.iloc[:40].assign(uid=[f"n{i:04d}" for i in range(40)])], ignore_index=True)
+    grown.to_csv(pool, index=False)
+    with pytest.raises(PoolError, match=r"start a new project \(--project-dir\) on this one that keeps the labels bought: "
+                                        rf"`crowdloop export -p {location} --format gt-manifest --out labels.manifest`"):
+        Project.prepare(parse_config(_csv_config(pool)), location)
+    manifest = tmp_path / "labels.manifest"
+    done = subprocess.run([*crowdloop_cmd(), "export", "-p", location, "--format", "gt-manifest", "--out", str(manifest)],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    bought = {label.item_id: label.label for label in Project.open(location).human_labels(before_round=1)}
+    _new_process()
+    config = _csv_config(pool, project="tiny-grown", **{"pool.seed_labels": {"path": str(manifest)}})
+    fresh = Project.prepare(parse_config(config), str(tmp_path / "grown"))
+    imported = {label.item_id: label.label for label in fresh.seed_labels}
+    held_out = set(fresh.test.ids.tolist())  # the grown pool's own test split: labels there are not trained on
+    assert imported == {i: v for i, v in bought.items() if i not in held_out} and len(imported) > 0.5 * len(bought)
+    engine.run_round(fresh, 0)
+    asked = set(read_json(fresh.store, keys.round_key(0, keys.SELECTION))["item_ids"])
+    assert asked and not asked & set(imported)
+
+
 def test_a_rewritten_sharded_pool_is_refused(tmp_path: Path) -> None:
     from crowdloop.models.sharded import write_sharded_pool
 

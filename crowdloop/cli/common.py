@@ -177,18 +177,21 @@ def estimate_text(r: dict[str, Any]) -> str:
 
 
 def rounds_table(state: dict[str, Any], title: str) -> Table:
-    """One row per round; the audit's estimate and the models' agreement appear when the project has them
-    (a pool without answers has no test accuracy: ``evaluation``, ``stopping.stabilizing_predictions``)."""
+    """One row per round; the imported seed labels, the audit's estimate and the models' agreement appear
+    when the project has them (``pool.seed_labels``; a pool without answers has no test accuracy:
+    ``evaluation``, ``stopping.stabilizing_predictions``)."""
     rounds = state["rounds"]
+    imported = any(r.get("n_imported") for r in rounds)
     extra = [(name, key) for name, key in (("estimated (95 % CI)", "estimated_accuracy"), ("stability κ", "stability_kappa"))
              if any(r.get(key) is not None for r in rounds)]
     table = Table(title=title, title_justify="left")
-    for name in ("round", "labeled", "judgments", f"cost ({state['currency']})", "accuracy", *(n for n, _ in extra)):
+    for name in ("round", "labeled", *(["imported"] if imported else []), "judgments", f"cost ({state['currency']})",
+                 "accuracy", *(n for n, _ in extra)):
         table.add_column(name, justify="right")
     for r in rounds:
         cells = [estimate_text(r) if key == "estimated_accuracy" else fmt_value(r.get(key), 3) for _, key in extra]
-        table.add_row(str(r["round"]), str(r["n_labeled"]), str(r["n_judgments"]), f"{r['cost']:.2f}", fmt_value(r["accuracy"]),
-                      *cells)
+        table.add_row(str(r["round"]), str(r["n_labeled"]), *([fmt_value(r.get("n_imported"))] if imported else []),
+                      str(r["n_judgments"]), f"{r['cost']:.2f}", fmt_value(r["accuracy"]), *cells)
     return table
 
 

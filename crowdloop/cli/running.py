@@ -175,6 +175,8 @@ def _print_summary(state: dict[str, Any], location: str) -> None:
         summary.add_row("estimated accuracy (95 % CI)", estimate_text(final))
     summary.add_row("whole pool, true labels", fmt_value(state["reference_accuracy"]))
     summary.add_row("human-labeled items", str(t["n_labeled"]))
+    if t.get("n_imported"):
+        summary.add_row("imported labels (pool.seed_labels)", str(t["n_imported"]))
     summary.add_row("human judgments", str(t["n_judgments"]))
     summary.add_row(f"money spent ({state['currency']})", f"{t['cost']:.2f}")
     summary.add_row(f"effective wage ({state['currency']}/h)", fmt_value(t["effective_hourly_wage"], 2))

@@ -105,5 +105,7 @@ def checked_pool_record(project: Project, existing: dict[str, Any] | None) -> di
     if not digest.matches(recorded["sha256"]):
         raise PoolError(f"pool.path: {digest.what} is not the pool project {url} was created with ({digest.how}: "
                         f"{digest.sha256[:12]}… now, {recorded['sha256'][:12]}… then); restore the original pool, "
-                        "or start a new project (--project-dir)")
+                        "or start a new project (--project-dir) on this one that keeps the labels bought: "
+                        f"`crowdloop export -p {url} --format gt-manifest --out labels.manifest`, then "
+                        "pool.seed_labels: {path: labels.manifest} (docs/own_data.md, 'When the pool grows')")
     return recorded

@@ -91,22 +91,69 @@ def write_once_digest(store: Store, key: str, data: bytes) -> str:
 def check_project_data(config: LoopConfig, location: str) -> None:
     """``crowdloop check``'s checks that need a project: seed labels and the gold file read
     against the pool (a bad row is one line naming the file and line), ``target_accuracy``
-    without a way to measure accuracy, items left after everything set aside. Without them a
-    config ``check`` called ok failed at ``run``. Nothing is written: an existing project is read
-    (it keeps what it imported), a new one is checked over an empty scratch store; the pool is
-    split as the run splits it but not featurized (the ids are the same)."""
+    without a way to measure accuracy, items left after everything set aside; for an existing
+    project, what a resume checks (fields that may not change, the pool's digest, moved files, the
+    records the run builds on). Without them a config ``check`` called ok failed at ``run``.
+    Nothing is written: an existing project is read (it keeps what it imported), a new one is
+    checked over an empty scratch store; the pool is split as the run splits it but not
+    featurized (the ids are the same)."""
     import tempfile
 
-    raw = config.model_copy(update={"model": config.model.model_copy(update={"features": None})})
+    def unfeaturized(c: LoopConfig) -> LoopConfig:
+        return c.model_copy(update={"model": c.model.model_copy(update={"features": None})})
+
     try:
         store: Store | None = open_store(location, create=False)
     except StoreError:
         store = None
-    if store is not None and store.exists(keys.PROJECT):
-        Project(store, raw).check_own_data()
+    existing = None if store is None else read_json(store, keys.PROJECT, default=None)
+    if existing is not None:  # what `run` checks before it resumes: the same config, pool and records
+        from crowdloop.engine.verify import check_resumable
+
+        stored, config, moved = resumed_config(config, store.url, existing)
+        project = Project(store, unfeaturized(config))
+        check_resumed_data(project, existing, stored, moved)
+        check_resumable(project)
+        project.check_own_data()
         return
+    raw = unfeaturized(config)
     with tempfile.TemporaryDirectory(prefix="crowdloop-check-") as scratch:
         Project(open_store(scratch), raw).check_own_data()
+
+
+def resumed_config(config: LoopConfig, url: str, existing: dict[str, Any] | None
+                   ) -> tuple[LoopConfig | None, LoopConfig, list[str]]:
+    """For a resume (``existing``: the project's record, else None): the stored config, ``config``
+    with the project's own readings where the config leaves them unset, and the ``MOVABLE_FIELDS``
+    that name another place. A field outside the resumable sections that differs is one line."""
+    if existing is None:
+        return None, config, []
+    stored = stored_config(existing)
+    explicit = config.pool.model_fields_set
+    for name in ("ids_as_written", "duplicates"):  # unset: the project's own reading
+        if name not in explicit:
+            config = config.model_copy(update={"pool": config.pool.model_copy(update={name: getattr(stored.pool, name)})})
+    if "ids_as_written" in explicit and config.pool.ids_as_written and not stored.pool.ids_as_written:
+        raise ConfigError(f"pool.ids_as_written: true, but project {url} reads its csv ids as numbers "
+                          "(it was created before ids were read as written, and its records name them so); "
+                          "set pool.ids_as_written: false, or leave it out, to resume it")
+    return stored, config, _check_same_config(stored, config, url)
+
+
+def check_resumed_data(project: Project, existing: dict[str, Any] | None, stored: LoopConfig | None,
+                       moved: list[str]) -> dict[str, str] | None:
+    """The pool is the one the project started with (by its digest), and a seed or gold file named
+    elsewhere holds what was imported; returns the pool record to keep. Reads only."""
+    config, url = project.config, project.store.url
+    if "pool.path" in moved and (existing or {}).get("pool") is None:
+        raise PoolError(f"pool.path: {config.pool.path!r} differs from {stored.pool.path!r} that project "
+                        f"{url} was started with, and the project has no digest of its pool to check the "
+                        "file is the same; put the pool back where it was, or start a new project (--project-dir)")
+    pool = checked_pool_record(project, existing)
+    for dotted in moved:
+        if dotted != "pool.path":
+            project.check_moved_label_file("seed" if dotted.startswith("pool.") else "gold", stored)
+    return pool
 
 
 def default_location(config: LoopConfig, project_dir: str | None = None) -> str:
@@ -161,38 +208,19 @@ class Project:
             raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
         store = open_store(location)
         existing = read_json(store, keys.PROJECT, default=None)
-        if existing is not None:
-            stored = stored_config(existing)
-            explicit = config.pool.model_fields_set
-            for name in ("ids_as_written", "duplicates"):  # unset: the project's own reading
-                if name not in explicit:
-                    config = config.model_copy(update={"pool": config.pool.model_copy(
-                        update={name: getattr(stored.pool, name)})})
-            if "ids_as_written" in explicit and config.pool.ids_as_written and not stored.pool.ids_as_written:
-                raise ConfigError(f"pool.ids_as_written: true, but project {store.url} reads its csv ids as numbers "
-                                  "(it was created before ids were read as written, and its records name them so); "
-                                  "set pool.ids_as_written: false, or leave it out, to resume it")
-            moved = _check_same_config(stored, config, store.url)
-        else:
-            stored, moved = None, []
-        project = cls(store, config)
         try:
-            if "pool.path" in moved and (existing or {}).get("pool") is None:
-                raise PoolError(f"pool.path: {config.pool.path!r} differs from {stored.pool.path!r} that project "
-                                f"{store.url} was started with, and the project has no digest of its pool to check the "
-                                "file is the same; put the pool back where it was, or start a new project (--project-dir)")
-            pool = checked_pool_record(project, existing)
-            for dotted in moved:
-                if dotted != "pool.path":
-                    project.check_moved_label_file("seed" if dotted.startswith("pool.") else "gold", stored)
-        except PoolError as exc:  # named like the other pool errors: after the config file
-            raise PoolError(f"{source}: {exc}" if source else str(exc)) from None
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
+            stored, config, moved = resumed_config(config, store.url, existing)
+            project = cls(store, config)
+            pool = check_resumed_data(project, existing, stored, moved)
+        except (PoolError, ConfigError) as exc:  # named like the other pool errors: after the config file
+            raise type(exc)(f"{source}: {exc}" if source else str(exc)) from None
         if existing is not None:  # a resume: every record the run builds on must be there
             from crowdloop.engine.verify import check_resumable
 
-            check_resumable(project)
+            try:
+                check_resumable(project)
+            except StoreError as exc:
+                raise type(exc)(f"{source}: {exc}" if source else str(exc)) from None
         try:
             project.check_own_data()  # seed labels, gold file, audit reserve: before anything is written
         except CrowdloopError:
