@@ -115,11 +115,12 @@ def export_labels(p: Project, fmt: str, *, machine: bool = False, spreadsheet_sa
         rows[label.item_id] = _row(label.item_id, label.label, "imported", label.confidence, label.n_annotations)
     if finished is not None:
         for label in p.round_labels(finished, keys.LABELS) or []:
-            rows[label.item_id] = _row(label.item_id, label.label, "human", label.confidence, label.n_annotations)
+            source = "reviewed" if label.source == "reviewed" else "human"  # reviewed: a reviewer's correction
+            rows[label.item_id] = _row(label.item_id, label.label, source, label.confidence, label.n_annotations)
         from crowdloop.engine.auditing import audit_labels
 
         for a in audit_labels(p, finished + 1).values():
-            rows[a.item_id] = _row(a.item_id, a.label, "human", max(a.proba.values(), default=1.0), a.n_annotations)
+            rows[a.item_id] = _row(a.item_id, a.label, a.source, max(a.proba.values(), default=1.0), a.n_annotations)
     if without_pool is None:  # a copy of an item (pool.duplicates: ask_once) shows what it shows: its label
         for copy, original in sorted(p.copies.items()):
             if original in rows and copy not in rows:

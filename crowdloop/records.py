@@ -62,7 +62,8 @@ class AggregatedLabel(_Record):
     confidence: float = Field(ge=0, le=1)
     n_annotations: int = Field(ge=0)
     method: str
-    source: Literal["human", "machine", "gold", "imported"] = "human"  # imported: pool.seed_labels, never bought
+    # imported: pool.seed_labels, never bought; reviewed: a reviewer's correction (crowdloop/corrections.py)
+    source: Literal["human", "machine", "gold", "imported", "reviewed"] = "human"
     round: int = Field(ge=0)
 
 
@@ -75,6 +76,7 @@ class AuditLabel(_Record):
     proba: dict[str, float]
     n_annotations: int = Field(ge=0)
     round: int = Field(ge=0)
+    source: Literal["human", "reviewed"] = "human"  # reviewed: a reviewer's correction, certain
 
 
 def utcnow() -> datetime:

@@ -49,6 +49,7 @@ def totals(p: Project) -> dict[str, Any]:
     return {
         "n_labeled": len(labels),
         "n_imported": len(p.seed_labels),
+        "n_reviewed": sum(label.source == "reviewed" for label in labels),  # a reviewer's corrections (training items)
         "audit_judgments": audit_judgments,
         "audit_cost": audit_cost,
         "n_judgments": len(p.annotations()),

@@ -1,5 +1,5 @@
-"""``crowdloop mturk`` and ``crowdloop pool``: the requester account and pool preparation.
-Reference: docs/cli.md."""
+"""``crowdloop mturk``, ``pool``, ``settle`` and ``correct``: the requester account, pool preparation,
+late work and a reviewer's corrections. Reference: docs/cli.md."""
 
 from __future__ import annotations
 
@@ -57,6 +57,49 @@ def mturk_expire_round(
     console.print(f"round {round_}: expired {len(hits)} HIT(s)")
 
 
+
+
+@app.command("correct")
+@one_line_errors
+def correct(
+    project_dir: str | None = project_option(),
+    item: str | None = typer.Option(None, "--item", help="the pool item's id"),
+    label: str | None = typer.Option(None, "--label", help="its right class"),
+    file: Path | None = typer.Option(None, "--file", help="many at once: an id,label CSV or Parquet (or a Ground Truth "
+                                                         "manifest, a Label Studio export), read as seed label files are"),
+    by: str | None = typer.Option(None, "--by", help="the reviewer's name, kept with each correction (default: your user name)"),
+    note: str = typer.Option("", "--note", help="why, kept with each correction"),
+) -> None:
+    """Set items' labels by hand over the crowd's consensus (a reviewer's word is final).
+
+    A correction wins from the next round's aggregation on: it trains the next model, labels an
+    item nobody was asked about (never sent out then), becomes an audit item's certain label, and
+    is exported with source `reviewed`. Checked first, all or nothing: a pool item outside the
+    test split, not gold, not a copy of another item, and a class of the project.
+    Recording the same corrections again records nothing.
+    """
+    import getpass
+
+    from crowdloop import corrections
+    from crowdloop.engine import Project
+    from crowdloop.label_files import LabelRow
+
+    if (file is None) == (item is None and label is None) or (file is None and (item is None or label is None)):
+        raise ConfigError("expected --item ID --label CLASS, or --file FILE of id,label rows")
+    project = Project.open(project_dir_of(None, project_dir))
+    if file is not None:
+        rows = corrections.read_file(file, ids_as_written=project.config.pool.ids_as_written)
+        source = str(file)
+    else:
+        rows, source = [LabelRow("--item", item, label)], "crowdloop correct"
+    pairs = corrections.check_rows(project, rows, source=source)
+    reviewer = by if by is not None else getpass.getuser()
+    key, new = corrections.record(project, pairs, by=reviewer, note=note)
+    if not new:
+        console.print(f"already recorded ({key}): nothing to do", soft_wrap=True)
+        return
+    console.print(f"recorded {len(pairs)} correction(s) by {reviewer} in {key}; they apply from the next round's "
+                  "aggregation on (export source: reviewed)", soft_wrap=True, markup=False)
 
 
 @app.command("settle")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from crowdloop import keys
+from crowdloop import corrections, keys
 from crowdloop.consensus.adaptive import gold_stats, low_agreement_workers, workers_to_block
 from crowdloop.consensus.collusion import find_rings
 from crowdloop.engine.project import Project, write_once, write_once_digest
@@ -34,12 +34,15 @@ def aggregate(p: Project, r: int) -> dict[str, Any]:
     skills: dict[str, float] = {}
     gold = p.gold_set
     extra: dict[str, Any] = {}
+    audit = set(p.audit_reserve)
+    # a reviewer's corrections win over the consensus (crowdloop/corrections.py); gold is refused when recorded
+    fixes = {item: c for item, c in corrections.latest(p).items() if item not in gold}
+    counts: pd.Series = pd.Series(dtype=int)
     if anns:
         table = annotation_table(anns)
         truths = pd.Series({i: gold[i] for i in table["task"].unique() if i in gold}, dtype=object) if gold else None
         agg = p.aggregator().fit(table, true_labels=truths if truths is not None and len(truths) else None)
         counts = table["task"].value_counts()
-        audit = set(p.audit_reserve)
         labels = [
             AggregatedLabel(item_id=str(item), label=str(label), confidence=round(float(agg.confidence_[item]), 6),
                             n_annotations=int(counts[item]), method=method, source="human", round=r)
@@ -49,6 +52,10 @@ def aggregate(p: Project, r: int) -> dict[str, Any]:
         if p.config.evaluation.enabled:
             audited = [AuditLabel(item_id=str(item), label=str(agg.labels_[item]), n_annotations=int(counts[item]), round=r,
                                   proba={str(c): round(float(v), 6) for c, v in agg.probas_.loc[item].items()})
+                       if item not in fixes else
+                       AuditLabel(item_id=str(item), label=fixes[item].label, n_annotations=int(counts[item]), round=r,
+                                  proba={c: float(c == fixes[item].label) for c in p.classes}, source="reviewed")
+                       # an audit item counts once drawn and judged; its correction waits until then
                        for item in agg.labels_.index if item in audit]
             extra["audit_labels_sha256"] = write_once_digest(p.store, keys.round_key(r, keys.AUDIT_LABELS), to_jsonl(audited))
         skills = {str(w): round(float(s), 4) for w, s in agg.skills_.items()}
@@ -70,9 +77,26 @@ def aggregate(p: Project, r: int) -> dict[str, Any]:
             extra["rings"] = [ring.as_record() for ring in rings]
             if c.block_rings:
                 extra["blocked_in_rings"] = sorted(w for ring in rings for w in ring.workers)
+    if fixes:
+        judged_audit = {a.item_id for a in anns} & audit
+        labels, extra["n_corrected"] = _corrected(labels, fixes, audit, counts, r, judged_audit=judged_audit)
     digest = write_once_digest(p.store, keys.round_key(r, keys.LABELS), to_jsonl(labels))
     # what this snapshot vouches for: the label log held n_judgments answers up to round r
     summary = {"round": r, "n_items": len(labels), "method": method, "worker_skill": skills,
                "n_judgments": len(anns), "labels_sha256": digest, **extra}
     write_once(p.store, keys.round_key(r, keys.AGGREGATE), summary)
     return summary
+
+
+def _corrected(labels: list[AggregatedLabel], fixes: dict[str, Any], audit: set[str], counts: pd.Series, r: int, *,
+               judged_audit: set[str]) -> tuple[list[AggregatedLabel], int]:
+    """``labels`` with each correction of a training item in place of the consensus (or added, for an
+    item nobody was asked about); how many corrections the round applied, audit items included."""
+    by_item = {label.item_id: label for label in labels}
+    for item, c in fixes.items():
+        if item in audit:
+            continue  # its audit label carries it (audit_labels.jsonl)
+        by_item[item] = AggregatedLabel(item_id=item, label=c.label, confidence=1.0, n_annotations=int(counts.get(item, 0)),
+                                        method="review", source="reviewed", round=r)
+    applied = sum(1 for item in fixes if item not in audit) + len(judged_audit & set(fixes))
+    return list(by_item.values()), applied

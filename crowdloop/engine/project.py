@@ -643,6 +643,15 @@ class Project:
                     unanswered_once.add(item)
         return (items | unanswered_twice) - set(self.audit_reserve)  # audit items are labeled, never trained on
 
+    def reviewed_items(self, before_round: int) -> set[str]:
+        """Items a reviewer's correction labeled in the rounds before ``before_round``
+        (``crowdloop/corrections.py``): labeled, so no sampler picks them, asked or not."""
+        from crowdloop.corrections import PREFIX
+
+        if not self.store.list(PREFIX):  # no correction recorded: no label to read
+            return set()
+        return {label.item_id for label in self.human_labels(before_round) if label.source == "reviewed"}
+
     def human_labels(self, before_round: int) -> list[AggregatedLabel]:
         """The latest aggregated labels written before ``before_round``."""
         return self._latest_labels(keys.LABELS, before_round)

@@ -25,14 +25,16 @@ from crowdloop.storage import read_json
 
 def excluded(p: Project, r: int) -> np.ndarray:
     """Boolean mask over pool rows a sampler must never pick: dispatched before round ``r``, gold,
-    seed-labeled, or set aside for the accuracy audit (``Project.reserved_items``).
+    seed-labeled, set aside for the accuracy audit (``Project.reserved_items``), or labeled by a
+    reviewer's correction.
 
     Built from the (small) excluded set, so it costs O(dispatched), not a pass over a
     million pool ids.
     """
     mask = np.zeros(len(p.pool), dtype=bool)
     index_of = p.index_of
-    rows = [index_of[item] for item in p.dispatched_items(before_round=r) | p.reserved_items() if item in index_of]
+    taken = p.dispatched_items(before_round=r) | p.reserved_items() | p.reviewed_items(before_round=r)
+    rows = [index_of[item] for item in taken if item in index_of]
     mask[np.asarray(rows, dtype=np.int64)] = True
     return mask
 
@@ -141,7 +143,7 @@ def _check_eligible(p: Project, r: int, strategy: str, item_ids: list[str]) -> N
     the same items again every round, and a run whose only stop is an exhausted pool would never
     end, since the pool of undispatched items stops shrinking. Checked against the sets
     themselves, not against the mask that should have excluded them."""
-    taken = p.dispatched_items(before_round=r) | p.reserved_items()
+    taken = p.dispatched_items(before_round=r) | p.reserved_items() | p.reviewed_items(before_round=r)
     again = sorted(set(item_ids) & taken)
     if again or len(set(item_ids)) != len(item_ids):
         twice = sorted({i for i in item_ids if item_ids.count(i) > 1})

@@ -1,0 +1,126 @@
+"""A reviewer's corrections: labels a person in charge sets by hand, over the crowd's consensus.
+
+Why: consensus turns several judgments into the likeliest label, and is still wrong where the
+crowd shares a misreading (the class pairs ``crowdloop status`` says annotators split between).
+A team reviews such items — in the export, sorted by confidence — and its reviewer's word is
+final. A correction wins over the consensus from the next aggregation on, trains the next model,
+and is exported with ``source: reviewed``; on an audit item it becomes that item's audit label
+(certain), so the accuracy estimate uses it too. It may also name an item nobody was asked about
+(it is then labeled, and never sent out), or one with an imported seed label (the correction
+wins).
+
+Refused, in one line naming the file and line (or the item), before anything is recorded: an
+item not in the pool, a class not in the project, an item of the held-out test split (it measures
+the model), a gold item (its answer comes from the gold set and measures workers), and a copy of
+another item (``pool.duplicates: ask_once``: correct the original, which the copy follows).
+
+Each call records one create-only file under ``corrections/`` named by its content's digest, so
+running the same command twice records it once; a later correction of the same item wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+
+from crowdloop.errors import ConfigError, LabelFileError
+from crowdloop.label_files import LabelRow
+from crowdloop.records import _Record, utcnow
+from crowdloop.storage import write_json_once
+
+if TYPE_CHECKING:
+    from crowdloop.engine.project import Project
+
+PREFIX = "corrections/"
+MAX_NOTE_CHARS = 500
+
+
+class Correction(_Record):
+    """One item's label as a reviewer set it."""
+
+    item_id: str
+    label: str
+    by: str = Field(min_length=1, max_length=200)
+    note: str = Field("", max_length=MAX_NOTE_CHARS)
+    at: datetime
+
+
+def check_rows(p: Project, rows: list[LabelRow], *, source: str) -> list[tuple[str, str]]:
+    """``rows`` checked against the project; (item, label) pairs in order.
+
+    The first bad row raises one line naming ``source`` and where the row is."""
+    from crowdloop import label_files
+
+    held_out = set() if p.test is None else set(p.test.ids.tolist())
+    gold = set(p.gold_set)
+    copies = p.copies
+    parsed = list(rows)
+    for row in parsed:
+        if row.item_id in held_out:
+            raise LabelFileError(f"{source}: {row.where}: item {row.item_id!r} is in the held-out test split: its label "
+                                 "measures the model and is never trained on; correct pool items only")
+    ids = p.pool.ids.tolist()
+    content = label_files.content_index(ids, None if p.pool.content is None else p.pool.content.tolist())
+    found = label_files.resolve(parsed, source=source, pool_ids=ids, held_out=set(), classes=tuple(p.classes),
+                                content=content)
+    out = []
+    for item, row in found.labels.items():
+        if item in gold:
+            raise LabelFileError(f"{source}: {row.where}: item {item!r} is a gold item: its answer comes from the gold set "
+                                 "and measures workers; change it there (gold.path) in a new project")
+        if item in copies:
+            raise LabelFileError(f"{source}: {row.where}: item {item!r} shows what {copies[item]!r} shows and follows its "
+                                 f"label (pool.duplicates: ask_once); correct {copies[item]!r}")
+        out.append((item, row.label))
+    return out
+
+
+def record(p: Project, pairs: list[tuple[str, str]], *, by: str, note: str = "") -> tuple[str, bool]:
+    """Record checked (item, label) pairs as one create-only file; (its key, whether it is new)."""
+    if not pairs:
+        raise ConfigError("no corrections to record")
+    if not by.strip():
+        raise ConfigError("--by: expected the reviewer's name")
+    if len(note) > MAX_NOTE_CHARS:
+        raise ConfigError(f"--note: {len(note)} characters; expected at most {MAX_NOTE_CHARS}")
+    digest = hashlib.sha256(json.dumps([sorted(pairs), by, note]).encode()).hexdigest()[:24]
+    key = f"{PREFIX}{digest}.json"
+    at = utcnow().isoformat()
+    body = {"corrections": [Correction(item_id=i, label=label, by=by, note=note, at=at).model_dump(mode="json")
+                            for i, label in pairs]}
+    kept = write_json_once(p.store, key, body)
+    return key, kept == body
+
+
+def latest(p: Project) -> dict[str, Correction]:
+    """Every item's latest correction (by time, then record key), as recorded so far."""
+    from crowdloop.storage import read_json
+
+    found: list[tuple[datetime, str, Correction]] = []
+    for key in sorted(p.store.list(PREFIX)):
+        if not key.endswith(".json"):
+            continue
+        data: Any = read_json(p.store, key)
+        for row in data.get("corrections", []):
+            c = Correction.model_validate(row)
+            found.append((c.at, key, c))
+    out: dict[str, Correction] = {}
+    for _, _, c in sorted(found, key=lambda t: (t[0], t[1])):
+        out[c.item_id] = c
+    return out
+
+
+def read_file(path: Path, *, ids_as_written: bool = True) -> list[LabelRow]:
+    """An ``id,label`` CSV/Parquet (or a Ground Truth manifest, a Label Studio export) of corrections,
+    read as seed label files are (``crowdloop/label_files.py``)."""
+    from crowdloop import label_files
+    from crowdloop.config import LabelFileConfig
+
+    if not path.is_file():
+        raise LabelFileError(f"{path}: not found; expected a file of corrections (id,label)")
+    return label_files.read_label_file(LabelFileConfig(path=str(path)), ids_as_written=ids_as_written)

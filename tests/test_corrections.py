@@ -1,0 +1,136 @@
+"""A reviewer's corrections (``crowdloop correct``, ``crowdloop/corrections.py``): they win over the
+consensus from the next aggregation, train, label items nobody was asked about (never sent out
+then), become an audit item's certain label, are exported as ``reviewed``; bad rows are refused in
+one line, all or nothing; the same corrections recorded twice are recorded once.
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from crowdloop import engine, keys
+from crowdloop.config import parse_config
+from crowdloop.engine import Project
+from crowdloop.engine.auditing import audit_labels
+from crowdloop.export import export_labels
+from tests.conftest import crowdloop_cmd, small_config
+
+
+def _correct(location: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*crowdloop_cmd(), "correct", "-p", location, *args], capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def _other_class(p: Project, label: str) -> str:
+    return next(c for c in p.classes if c != label)
+
+
+@pytest.fixture
+def after_round_0(tmp_path: Path) -> tuple[Project, str]:
+    location = str(tmp_path / "p")
+    p = Project.prepare(parse_config(small_config(**{"stopping.max_rounds": 3, "gold.share": 0.1, "gold.n_items": 20,
+                                                     "gold.min_answers": 50})), location)
+    assert engine.run_round(p, 0) is None
+    return p, location
+
+
+def test_corrections_win_train_and_label_items_nobody_was_asked_about(after_round_0) -> None:
+    p, location = after_round_0
+    bought = {label.item_id: label for label in p.human_labels(before_round=1)}
+    fixed = sorted(bought)[0]
+    wrong = _other_class(p, bought[fixed].label)
+    taken = p.dispatched_items() | p.reserved_items() | set(p.test.ids.tolist())
+    never_asked = next(i for i in p.pool.ids.tolist() if i not in taken)
+    done = _correct(location, "--item", fixed, "--label", wrong, "--by", "ana", "--note", "blurred scan")
+    assert done.returncode == 0 and "recorded 1 correction(s) by ana" in done.stdout, done.stderr
+    assert _correct(location, "--item", never_asked, "--label", "3", "--by", "ana").returncode == 0
+    again = _correct(location, "--item", fixed, "--label", wrong, "--by", "ana", "--note", "blurred scan")
+    assert again.returncode == 0 and "already recorded" in again.stdout
+    assert len(p.store.list("corrections/")) == 2
+
+    assert engine.run_round(p, 1) is None
+    labels = {label.item_id: label for label in p.human_labels(before_round=2)}
+    assert (labels[fixed].label, labels[fixed].source, labels[fixed].confidence) == (wrong, "reviewed", 1.0)
+    assert labels[fixed].n_annotations == bought[fixed].n_annotations  # the judgments stay counted
+    assert (labels[never_asked].label, labels[never_asked].source, labels[never_asked].n_annotations) == ("3", "reviewed", 0)
+    assert p.record(1, keys.AGGREGATE)["n_corrected"] == 2
+    assert engine.run_round(p, 2) is None
+    asked = {t["item_id"] for r in p.rounds() for t in p.record(r, keys.DISPATCH)["tasks"]}
+    assert never_asked not in asked  # labeled by the reviewer: never sent out
+    assert p.record(2, keys.TRAIN)["n_labeled"] == len(p.human_labels(before_round=2))
+    rows = {row["item_id"]: row for row in csv.DictReader(export_labels(p, "csv").data.decode().splitlines())}
+    assert rows[fixed]["source"] == rows[never_asked]["source"] == "reviewed" and rows[fixed]["label"] == wrong
+    assert sum(row["source"] == "reviewed" for row in rows.values()) == 2
+
+
+def test_a_later_correction_of_the_same_item_wins(after_round_0) -> None:
+    p, location = after_round_0
+    item = sorted(label.item_id for label in p.human_labels(before_round=1))[0]
+    first, second = list(p.classes)[:2]
+    assert _correct(location, "--item", item, "--label", first, "--by", "ana").returncode == 0
+    assert _correct(location, "--item", item, "--label", second, "--by", "bo").returncode == 0
+    assert engine.run_round(p, 1) is None
+    assert {label.item_id: label.label for label in p.human_labels(before_round=2)}[item] == second
+
+
+def test_bad_corrections_are_one_line_and_nothing_is_recorded(after_round_0, tmp_path: Path) -> None:
+    p, location = after_round_0
+    labeled = sorted(label.item_id for label in p.human_labels(before_round=1))
+    test_item = p.test.ids.tolist()[0]
+    gold_item = sorted(p.gold_set)[0]
+    cases = {
+        ("--item", "nope", "--label", "3"): "crowdloop correct: --item: unknown item id 'nope': not in the pool",
+        ("--item", labeled[0], "--label", "cat"): "unknown class 'cat'",
+        ("--item", test_item, "--label", "3"): f"item {test_item!r} is in the held-out test split",
+        ("--item", gold_item, "--label", "3"): f"item {gold_item!r} is a gold item",
+        ("--item", labeled[0]): "expected --item ID --label CLASS, or --file FILE",
+    }
+    for args, message in cases.items():
+        done = _correct(location, *args)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and message in done.stderr, (args, done.stderr)
+    fixes = tmp_path / "fixes.csv"
+    fixes.write_text(f"id,label\n{labeled[0]},3\n{labeled[1]},4\n{test_item},5\n")
+    done = _correct(location, "--file", str(fixes))
+    assert done.returncode == 2 and f"{fixes}: line 4: item {test_item!r} is in the held-out test split" in done.stderr
+    assert p.store.list("corrections/") == []  # all or nothing
+
+
+def test_a_copy_is_corrected_through_its_original(tmp_path: Path) -> None:
+    import numpy as np
+    import pandas as pd
+
+    rows = pd.DataFrame({"uid": [f"u{i:03d}" for i in range(120)], "x": np.arange(120) % 60 / 60.0,
+                         "y": np.arange(120) % 60 % 7 / 7.0, "label": ["a" if i % 60 < 30 else "b" for i in range(120)]})
+    pool = tmp_path / "pool.csv"
+    rows.to_csv(pool, index=False)  # u060..u119 repeat u000..u059
+    location = str(tmp_path / "p")
+    config = small_config(pool={"source": "csv", "path": str(pool), "id_column": "uid", "label_column": "label",
+                                "test_size": 0.2}, **{"sampler.initial_size": 10, "sampler.batch_size": 10})
+    p = Project.prepare(parse_config(config), location)
+    copy, original = next(iter(sorted(p.copies.items())))
+    done = _correct(location, "--item", copy, "--label", "a")
+    assert done.returncode == 2 and f"item {copy!r} shows what {original!r} shows" in done.stderr
+    assert f"correct {original!r}" in done.stderr
+
+
+def test_a_correction_of_an_audit_item_becomes_its_certain_audit_label(tmp_path: Path) -> None:
+    location = str(tmp_path / "p")
+    config = small_config(**{"evaluation": {"method": "random", "max_items": 60, "batch_size": 30, "redundancy": 3},
+                             "stopping.max_rounds": 3})
+    p = Project.prepare(parse_config(config), location)
+    assert engine.run_round(p, 0) is None
+    audited = audit_labels(p, 1)
+    item = sorted(audited)[0]
+    right = _other_class(p, audited[item].label)
+    assert _correct(location, "--item", item, "--label", right, "--by", "ana").returncode == 0
+    assert engine.run_round(p, 1) is None
+    after = audit_labels(p, 2)[item]
+    assert (after.label, after.source) == (right, "reviewed")
+    assert after.proba == {c: float(c == right) for c in p.classes}
+    assert item not in {label.item_id for label in p.human_labels(before_round=2)}  # audit items never train
+    exported = {row["item_id"]: row for row in csv.DictReader(export_labels(p, "csv").data.decode().splitlines())}
+    assert exported[item]["source"] == "reviewed" and exported[item]["label"] == right
