@@ -134,3 +134,25 @@ def test_a_correction_of_an_audit_item_becomes_its_certain_audit_label(tmp_path:
     assert item not in {label.item_id for label in p.human_labels(before_round=2)}  # audit items never train
     exported = {row["item_id"]: row for row in csv.DictReader(export_labels(p, "csv").data.decode().splitlines())}
     assert exported[item]["source"] == "reviewed" and exported[item]["label"] == right
+
+
+def test_a_corrected_item_is_never_asked_again(tmp_path: Path) -> None:
+    """Adaptive redundancy asks again where the consensus is unsure; a reviewer's label is final."""
+    from collections import defaultdict
+
+    from crowdloop.engine.quality import reask_plan
+
+    location = str(tmp_path / "p")
+    config = small_config(**{"consensus.method": "majority_vote", "consensus.confidence_threshold": 0.99,
+                             "consensus.min_judgments": 2, "consensus.max_judgments": 3, "consensus.model_weight": 0.0})
+    p = Project.prepare(parse_config(config), location)
+    engine.run_round(p, 0, until="collect")
+    votes: dict[str, set[str]] = defaultdict(set)
+    for a in p.annotations():
+        votes[a.item_id].add(a.label)
+    split = sorted(item for item, labels in votes.items() if len(labels) == 2 and item not in p.gold_set)
+    assert len(split) >= 2  # two judgments that disagree: majority vote is 0.5 sure
+    assert _correct(location, "--item", split[0], "--label", "3", "--by", "ana").returncode == 0
+    assert engine.run_round(p, 0) is None  # aggregates with the correction, pays
+    again = {item["item_id"] for item in reask_plan(p, 1)}
+    assert split[0] not in again and set(split[1:]) <= again

@@ -136,7 +136,9 @@ def reask_plan(p: Project, r: int) -> list[dict[str, Any]]:
     if ("reask", r) in p.cache:
         return p.cache[("reask", r)]
     cfg = p.config.consensus
-    labels = sorted(p.human_labels(before_round=r), key=lambda label: label.item_id)
+    # a reviewer's correction is final: such an item is never asked again (crowdloop/corrections.py)
+    labels = sorted((label for label in p.human_labels(before_round=r) if label.source != "reviewed"),
+                    key=lambda label: label.item_id)
     plan: list[dict[str, Any]] = []
     if labels:
         model_proba = None
