@@ -99,16 +99,27 @@ def annotator_agreement(p: Project) -> dict[str, Any] | None:
     pairs annotators split between, and alpha per round; None while no item got two judgments at once
     (redundancy 1, or adaptive redundancy starting from one)."""
     from crowdloop.consensus.agreement import agreement_by_round, first_asked, krippendorff_alpha
-    from crowdloop.engine.quality import annotation_table
+    from crowdloop.engine.quality import annotation_table, last_aggregate
 
     anns = p.annotations()
     if not anns:
         return None
     table = annotation_table(anns).assign(round=[a.round for a in anns])
-    overall = krippendorff_alpha(first_asked(table))
+    first = first_asked(table)
+    overall = krippendorff_alpha(first)
     if overall is None:
         return None
-    return {**overall.as_record(), "basis": "first ask", "rounds": agreement_by_round(table)}
+    out = {**overall.as_record(), "basis": "first ask", "rounds": agreement_by_round(table)}
+    # the same without the workers the quality policy blocked: careless workers, or the task itself?
+    rounds = p.rounds()
+    last = last_aggregate(p, rounds[-1] + 1) if rounds else {}
+    blocked = (set(last.get("blocked_workers", [])) | set(last.get("blocked_on_agreement", {}))
+               | set(last.get("blocked_in_rings", []))) & set(first["worker"])
+    if blocked:
+        rest = krippendorff_alpha(first[~first["worker"].isin(blocked)], top_splits=0)
+        out["without_blocked"] = {"n_blocked": len(blocked),
+                                  "alpha": None if rest is None or rest.alpha is None else round(rest.alpha, 4)}
+    return out
 
 
 def _awaiting_decision(p: Project) -> list[dict[str, Any]]:

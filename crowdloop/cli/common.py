@@ -212,8 +212,11 @@ def agreement_lines(agreement: dict[str, Any] | None) -> list[Text]:
     if agreement is None:
         return []
     alpha = agreement["alpha"]
+    rest = agreement.get("without_blocked")
+    without = (f"; α {fmt_value(rest['alpha'], 2)} without the {rest['n_blocked']} blocked worker(s)"
+               if rest and rest["alpha"] is not None else "")
     lines = [Text(f"annotators' agreement: α {fmt_value(alpha, 2)} ({agreement_reading(alpha)}), over "
-                  f"{agreement['n_items']} items judged by several people at their first ask")]
+                  f"{agreement['n_items']} items judged by several people at their first ask{without}")]
     notable = [s for s in agreement["splits"] if s.get("notable")][:3]
     if notable:
         pairs = ", ".join(f"{a} and {b} ({s['share']:.0%} of disagreements where chance gives {s['expected_share']:.0%}, "

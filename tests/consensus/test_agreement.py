@@ -150,3 +150,27 @@ def test_one_judgment_per_item_reports_no_agreement(tmp_path: Path) -> None:
     out = subprocess.run([*crowdloop_cmd(), "status", "-p", location], capture_output=True, text=True, timeout=120,
                          check=True).stdout
     assert "agreement" not in out
+
+
+def test_the_report_says_how_far_the_blocked_workers_pulled_agreement_down(tmp_path: Path) -> None:
+    """A third of the crowd answers at random and gold blocks some of them: alpha without them is the
+    agreement of the people who stay (is it the workers, or the task?)."""
+    from crowdloop.engine.quality import last_aggregate
+    from tests.consensus.test_gold_questions import GOLD
+    from tests.crowd_helpers import run_engine
+
+    location = str(tmp_path / "p")
+    run_engine(small_config(**GOLD), location)
+    p = Project.open(location)
+    agreement = status(p)["annotator_agreement"]
+    rest = agreement["without_blocked"]
+    blocked = set(last_aggregate(p, p.rounds()[-1] + 1)["blocked_workers"])
+    assert rest["n_blocked"] == len(blocked) >= 1
+    assert rest["alpha"] > agreement["alpha"] + 0.05  # random answers were most of the disagreement
+    anns = p.annotations()
+    first = first_asked(pd.DataFrame({"task": [a.item_id for a in anns], "worker": [a.worker_id for a in anns],
+                                      "label": [a.label for a in anns], "round": [a.round for a in anns]}))
+    assert rest["alpha"] == round(krippendorff_alpha(first[~first["worker"].isin(blocked)]).alpha, 4)
+    out = subprocess.run([*crowdloop_cmd(), "status", "-p", location], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    assert f"without the {len(blocked)} blocked worker(s)" in " ".join(out.split())
