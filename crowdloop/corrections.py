@@ -101,8 +101,11 @@ def latest(p: Project) -> dict[str, Correction]:
     """Every item's latest correction (by time, then record key), as recorded so far."""
     from crowdloop.storage import read_json
 
+    keys = sorted(p.store.list(PREFIX))
+    if not keys:
+        return {}
     found: list[tuple[datetime, str, Correction]] = []
-    for key in sorted(p.store.list(PREFIX)):
+    for key in keys:
         if not key.endswith(".json"):
             continue
         data: Any = read_json(p.store, key)

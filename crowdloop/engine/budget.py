@@ -44,7 +44,7 @@ def next_batch_size(p: Project, r: int) -> tuple[int, str | None]:
         return 0, f"max_rounds={stop.max_rounds} reached"
     dispatched = p.dispatched_items(before_round=r)
     n_dispatched = len(dispatched)
-    remaining_pool = len(p.pool) - len(dispatched | p.reserved_items() | p.reviewed_items(before_round=r))
+    remaining_pool = len(p.pool) - len(dispatched | p.reserved_items() | p.reviewed_items())
     size = min(p.initial_size if r == 0 else cfg.sampler.batch_size, remaining_pool)
     # Adaptive redundancy: re-asks of earlier items go on after the item budget is spent.
     reasks = len(reask_plan(p, r)) if cfg.consensus.adaptive and r > 0 else 0

@@ -643,14 +643,13 @@ class Project:
                     unanswered_once.add(item)
         return (items | unanswered_twice) - set(self.audit_reserve)  # audit items are labeled, never trained on
 
-    def reviewed_items(self, before_round: int) -> set[str]:
-        """Items a reviewer's correction labeled in the rounds before ``before_round``
-        (``crowdloop/corrections.py``): labeled, so no sampler picks them, asked or not."""
-        from crowdloop.corrections import PREFIX
+    def reviewed_items(self) -> set[str]:
+        """Items a reviewer's correction labels (``crowdloop/corrections.py``), recorded so far: no
+        sampler picks them (a correction recorded before its item was ever asked spares the asking).
+        Read when a selection is made; the selection record keeps what it was."""
+        from crowdloop import corrections
 
-        if not self.store.list(PREFIX):  # no correction recorded: no label to read
-            return set()
-        return {label.item_id for label in self.human_labels(before_round) if label.source == "reviewed"}
+        return set(corrections.latest(self))
 
     def human_labels(self, before_round: int) -> list[AggregatedLabel]:
         """The latest aggregated labels written before ``before_round``."""

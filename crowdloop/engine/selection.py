@@ -33,7 +33,7 @@ def excluded(p: Project, r: int) -> np.ndarray:
     """
     mask = np.zeros(len(p.pool), dtype=bool)
     index_of = p.index_of
-    taken = p.dispatched_items(before_round=r) | p.reserved_items() | p.reviewed_items(before_round=r)
+    taken = p.dispatched_items(before_round=r) | p.reserved_items() | p.reviewed_items()
     rows = [index_of[item] for item in taken if item in index_of]
     mask[np.asarray(rows, dtype=np.int64)] = True
     return mask
@@ -143,7 +143,7 @@ def _check_eligible(p: Project, r: int, strategy: str, item_ids: list[str]) -> N
     the same items again every round, and a run whose only stop is an exhausted pool would never
     end, since the pool of undispatched items stops shrinking. Checked against the sets
     themselves, not against the mask that should have excluded them."""
-    taken = p.dispatched_items(before_round=r) | p.reserved_items() | p.reviewed_items(before_round=r)
+    taken = p.dispatched_items(before_round=r) | p.reserved_items() | p.reviewed_items()
     again = sorted(set(item_ids) & taken)
     if again or len(set(item_ids)) != len(item_ids):
         twice = sorted({i for i in item_ids if item_ids.count(i) > 1})
