@@ -14,8 +14,9 @@ item not in the pool, a class not in the project, an item of the held-out test s
 the model), a gold item (its answer comes from the gold set and measures workers), and a copy of
 another item (``pool.duplicates: ask_once``: correct the original, which the copy follows).
 
-Each call records one create-only file under ``corrections/`` named by its content's digest, so
-running the same command twice records it once; a later correction of the same item wins.
+Each call records one create-only file under ``corrections/`` (named by time and content); a call
+whose corrections are all in force already records nothing, so a command run twice records once.
+A later correction of the same item wins.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pydantic import Field
 from crowdloop.errors import ConfigError, LabelFileError
 from crowdloop.label_files import LabelRow
 from crowdloop.records import _Record, utcnow
-from crowdloop.storage import write_json_once
+from crowdloop.storage import write_json
 
 if TYPE_CHECKING:
     from crowdloop.engine.project import Project
@@ -80,21 +81,25 @@ def check_rows(p: Project, rows: list[LabelRow], *, source: str) -> list[tuple[s
     return out
 
 
-def record(p: Project, pairs: list[tuple[str, str]], *, by: str, note: str = "") -> tuple[str, bool]:
-    """Record checked (item, label) pairs as one create-only file; (its key, whether it is new)."""
+def record(p: Project, pairs: list[tuple[str, str]], *, by: str, note: str = "") -> str | None:
+    """Record checked (item, label) pairs as one create-only file; its key, or None when every pair
+    is already the item's correction in force (a command run twice, or rerun after a crash)."""
     if not pairs:
         raise ConfigError("no corrections to record")
     if not by.strip():
         raise ConfigError("--by: expected the reviewer's name")
     if len(note) > MAX_NOTE_CHARS:
         raise ConfigError(f"--note: {len(note)} characters; expected at most {MAX_NOTE_CHARS}")
-    digest = hashlib.sha256(json.dumps([sorted(pairs), by, note]).encode()).hexdigest()[:24]
-    key = f"{PREFIX}{digest}.json"
-    at = utcnow().isoformat()
-    body = {"corrections": [Correction(item_id=i, label=label, by=by, note=note, at=at).model_dump(mode="json")
-                            for i, label in pairs]}
-    kept = write_json_once(p.store, key, body)
-    return key, kept == body
+    in_force = latest(p)
+    if all(item in in_force and in_force[item].label == label for item, label in pairs):
+        return None
+    now = utcnow()
+    digest = hashlib.sha256(json.dumps([sorted(pairs), by, note]).encode()).hexdigest()[:16]
+    key = f"{PREFIX}{now.strftime('%Y%m%dT%H%M%S%fZ')}-{digest}.json"  # sorts by time; a correction back to an
+    body = {"corrections": [Correction(item_id=i, label=label, by=by, note=note, at=now).model_dump(mode="json")
+                            for i, label in pairs]}  # earlier label is a new record, not the old one
+    write_json(p.store, key, body, create_only=True)
+    return key
 
 
 def latest(p: Project) -> dict[str, Correction]:

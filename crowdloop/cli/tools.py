@@ -94,9 +94,9 @@ def correct(
         rows, source = [LabelRow("--item", item, label)], "crowdloop correct"
     pairs = corrections.check_rows(project, rows, source=source)
     reviewer = by if by is not None else getpass.getuser()
-    key, new = corrections.record(project, pairs, by=reviewer, note=note)
-    if not new:
-        console.print(f"already recorded ({key}): nothing to do", soft_wrap=True)
+    key = corrections.record(project, pairs, by=reviewer, note=note)
+    if key is None:
+        console.print(f"already in force: {len(pairs)} correction(s), nothing recorded", soft_wrap=True)
         return
     console.print(f"recorded {len(pairs)} correction(s) by {reviewer} in {key}; they apply from the next round's "
                   "aggregation on (export source: reviewed)", soft_wrap=True, markup=False)
