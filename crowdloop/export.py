@@ -297,6 +297,10 @@ def _gt_manifest(p: Project, rows: list[dict[str, Any]]) -> bytes:
     task_type = f"groundtruth/{task}" if task else "crowdloop/tabular-classification"
     class_index = {c: i for i, c in enumerate(p.classes)}
     stamps = _last_answers(p)
+    if any(row["source"] == "reviewed" for row in rows):  # a reviewer's label was made when it was corrected
+        from crowdloop.corrections import latest
+
+        stamps.update({item: c.at.isoformat() for item, c in latest(p).items()})
     fixed = set(FIXED_COLUMNS) | {"text", "image"}
     buf = io.StringIO()
     for row in rows:

@@ -7,6 +7,7 @@ one line, all or nothing; the same corrections recorded twice are recorded once.
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from crowdloop import engine, keys
 from crowdloop.config import parse_config
+from crowdloop.corrections import latest
 from crowdloop.engine import Project
 from crowdloop.engine.auditing import audit_labels
 from crowdloop.export import export_labels
@@ -65,6 +67,10 @@ def test_corrections_win_train_and_label_items_nobody_was_asked_about(after_roun
     rows = {row["item_id"]: row for row in csv.DictReader(export_labels(p, "csv").data.decode().splitlines())}
     assert rows[fixed]["source"] == rows[never_asked]["source"] == "reviewed" and rows[fixed]["label"] == wrong
     assert sum(row["source"] == "reviewed" for row in rows.values()) == 2
+    manifest = {line["item-id"]: line for line in map(json.loads, export_labels(p, "gt-manifest").data.splitlines())}
+    made = latest(p)
+    assert manifest[never_asked]["tiny-metadata"]["creation-date"] == made[never_asked].at.isoformat()  # nobody answered it
+    assert manifest[fixed]["tiny-metadata"]["creation-date"] == made[fixed].at.isoformat()  # the label is the reviewer's
 
 
 def test_a_later_correction_of_the_same_item_wins_even_back_to_an_earlier_label(after_round_0) -> None:
