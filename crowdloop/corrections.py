@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
+from crowdloop import keys
 from crowdloop.errors import ConfigError, LabelFileError
 from crowdloop.label_files import LabelRow
 from crowdloop.records import _Record, utcnow
@@ -132,3 +133,30 @@ def read_file(path: Path, *, ids_as_written: bool = True) -> list[LabelRow]:
     if not path.is_file():
         raise LabelFileError(f"{path}: not found; expected a file of corrections (id,label)")
     return label_files.read_label_file(LabelFileConfig(path=str(path)), ids_as_written=ids_as_written)
+
+
+def disputed(p: Project, *, top: int = 20) -> list[dict[str, Any]]:
+    """The items a review should look at first: judged by several people who did not all agree,
+    least sure consensus first (as of the last finished round), each with its votes.
+
+    Gold items (their answer is known) and items already corrected are left out."""
+    from crowdloop.engine.auditing import audit_labels
+    from crowdloop.export import last_finished_round
+
+    finished = last_finished_round(p)
+    if finished is None:
+        return []
+    votes: dict[str, dict[str, list[str]]] = {}
+    for a in p.annotations():
+        if a.round <= finished:
+            votes.setdefault(a.item_id, {}).setdefault(a.label, []).append(a.worker_id)
+    skip = set(p.gold_set) | set(latest(p))
+    labels = {label.item_id: (label.label, label.confidence) for label in p.round_labels(finished, keys.LABELS) or []}
+    labels.update({a.item_id: (a.label, max(a.proba.values(), default=1.0)) for a in audit_labels(p, finished + 1).values()})
+    rows = [{"item_id": item, "label": label, "confidence": round(confidence, 4),
+             "votes": {c: len(ws) for c, ws in sorted(votes[item].items(), key=lambda kv: (-len(kv[1]), kv[0]))},
+             "workers": {c: sorted(ws) for c, ws in sorted(votes[item].items())}}
+            for item, (label, confidence) in labels.items()
+            if item not in skip and len(votes.get(item, {})) >= 2]
+    rows.sort(key=lambda row: (row["confidence"], row["item_id"]))
+    return rows[:top]

@@ -163,3 +163,23 @@ def test_a_corrected_item_is_never_asked_again(tmp_path: Path) -> None:
     assert engine.run_round(p, 0) is None  # aggregates with the correction, pays
     again = {item["item_id"] for item in reask_plan(p, 1)}
     assert split[0] not in again and set(split[1:]) <= again
+
+
+def test_disputed_lists_split_items_least_sure_first_and_drops_them_once_corrected(after_round_0) -> None:
+    p, location = after_round_0
+    done = subprocess.run([*crowdloop_cmd(), "disputed", "-p", location, "--top", "500", "--json"], capture_output=True,
+                          text=True, timeout=120, check=True)
+    rows = json.loads(done.stdout)
+    split = {a.item_id for a in p.annotations()} - set(p.gold_set)
+    split = {i for i in split if len({a.label for a in p.annotations() if a.item_id == i}) >= 2}
+    assert rows and {row["item_id"] for row in rows} == split  # every split item, nothing else (gold left out)
+    assert [row["confidence"] for row in rows] == sorted(row["confidence"] for row in rows)
+    first = rows[0]
+    assert sum(first["votes"].values()) == sum(len(ws) for ws in first["workers"].values()) >= 2
+    table = subprocess.run([*crowdloop_cmd(), "disputed", "-p", location, "--top", "3"], capture_output=True, text=True,
+                           timeout=120, check=True).stdout
+    assert first["item_id"] in table and "crowdloop correct -p" in table
+    assert _correct(location, "--item", first["item_id"], "--label", first["label"], "--by", "ana").returncode == 0
+    after = json.loads(subprocess.run([*crowdloop_cmd(), "disputed", "-p", location, "--top", "500", "--json"],
+                                      capture_output=True, text=True, timeout=120, check=True).stdout)
+    assert [row["item_id"] for row in after] == [row["item_id"] for row in rows[1:]]
