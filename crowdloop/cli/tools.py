@@ -59,6 +59,45 @@ def mturk_expire_round(
 
 
 
+@app.command("disputed")
+@one_line_errors
+def disputed(
+    project_dir: str | None = project_option(),
+    top: int = typer.Option(20, "--top", min=1, help="how many items"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON list"),
+) -> None:
+    """The items annotators disagreed on, least sure consensus first, with their votes: what to review.
+
+    As of the last finished round; gold items and items already corrected are left out. Correct one
+    with `crowdloop correct -p DIR --item ID --label CLASS`."""
+    import json
+    import sys
+
+    from rich.table import Table
+
+    from crowdloop import corrections
+    from crowdloop.cli.common import shown
+    from crowdloop.engine import Project
+
+    project = Project.open(project_dir_of(None, project_dir))
+    rows = corrections.disputed(project, top=top)
+    if as_json:
+        sys.stdout.write(json.dumps(rows) + "\n")
+        return
+    if not rows:
+        console.print("no item with split votes (as of the last finished round)")
+        return
+    table = Table(title=f"crowdloop {project.config.project}: items annotators disagreed on", title_justify="left")
+    for name in ("item", "label", "confidence", "votes"):
+        table.add_column(name, justify="right" if name == "confidence" else "left")
+    for row in rows:
+        table.add_row(shown(row["item_id"]), shown(row["label"]), f"{row['confidence']:.2f}",
+                      shown(", ".join(f"{c} ({n})" for c, n in row["votes"].items())))
+    console.print(table)
+    console.print(f"correct one: crowdloop correct -p {project.store.url} --item ID --label CLASS", soft_wrap=True,
+                  markup=False)
+
+
 @app.command("correct")
 @one_line_errors
 def correct(
@@ -100,45 +139,6 @@ def correct(
         return
     console.print(f"recorded {len(pairs)} correction(s) by {reviewer} in {key}; they apply from the next round's "
                   "aggregation on (export source: reviewed)", soft_wrap=True, markup=False)
-
-
-@app.command("disputed")
-@one_line_errors
-def disputed(
-    project_dir: str | None = project_option(),
-    top: int = typer.Option(20, "--top", min=1, help="how many items"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON list"),
-) -> None:
-    """The items annotators disagreed on, least sure consensus first, with their votes: what to review.
-
-    As of the last finished round; gold items and items already corrected are left out. Correct one
-    with `crowdloop correct -p DIR --item ID --label CLASS`."""
-    import json
-    import sys
-
-    from rich.table import Table
-
-    from crowdloop import corrections
-    from crowdloop.cli.common import shown
-    from crowdloop.engine import Project
-
-    project = Project.open(project_dir_of(None, project_dir))
-    rows = corrections.disputed(project, top=top)
-    if as_json:
-        sys.stdout.write(json.dumps(rows) + "\n")
-        return
-    if not rows:
-        console.print("no item with split votes (as of the last finished round)")
-        return
-    table = Table(title=f"crowdloop {project.config.project}: items annotators disagreed on", title_justify="left")
-    for name in ("item", "label", "confidence", "votes"):
-        table.add_column(name, justify="right" if name == "confidence" else "left")
-    for row in rows:
-        table.add_row(shown(row["item_id"]), shown(row["label"]), f"{row['confidence']:.2f}",
-                      shown(", ".join(f"{c} ({n})" for c, n in row["votes"].items())))
-    console.print(table)
-    console.print(f"correct one: crowdloop correct -p {project.store.url} --item ID --label CLASS", soft_wrap=True,
-                  markup=False)
 
 
 @app.command("settle")
