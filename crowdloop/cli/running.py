@@ -177,6 +177,8 @@ def _print_summary(state: dict[str, Any], location: str) -> None:
     summary.add_row("human-labeled items", str(t["n_labeled"]))
     if t.get("n_imported"):
         summary.add_row("imported labels (pool.seed_labels)", str(t["n_imported"]))
+    if t.get("n_reviewed"):
+        summary.add_row("of them set by a reviewer (crowdloop correct)", str(t["n_reviewed"]))
     summary.add_row("human judgments", str(t["n_judgments"]))
     summary.add_row(f"money spent ({state['currency']})", f"{t['cost']:.2f}")
     summary.add_row(f"effective wage ({state['currency']}/h)", fmt_value(t["effective_hourly_wage"], 2))
