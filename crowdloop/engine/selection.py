@@ -149,7 +149,7 @@ def _check_eligible(p: Project, r: int, strategy: str, item_ids: list[str]) -> N
         twice = sorted({i for i in item_ids if item_ids.count(i) > 1})
         raise CrowdloopError(
             f"round {r}: selection ({strategy}) picked {len(again)} ineligible item(s) "
-            f"(dispatched before round {r}, gold, seed-labeled or audit reserve: {again[:5]}) and "
+            f"(dispatched before round {r}, gold, seed-labeled, corrected or audit reserve: {again[:5]}) and "
             f"{len(twice)} item(s) twice ({twice[:5]}); nothing was recorded or sent")
 
 
