@@ -169,7 +169,8 @@ def _summary_markdown(state: dict[str, Any]) -> str:
         f"* whole pool with true labels: {ref:.4f}" if ref is not None else "* whole pool with true labels: n/a",
         f"* human-labeled items: {t['n_labeled']}, judgments: {t['n_judgments']}",
         f"* money: {t['cost']:.2f} {state['currency']}, effective wage: {t['effective_hourly_wage']} {state['currency']}/h",
-        *([f"* annotators' agreement: Krippendorff's alpha {a['alpha']} over {a['n_items']} items (first asks)"]
+        *([f"* annotators' agreement: Krippendorff's alpha {'n/a' if a['alpha'] is None else a['alpha']} over "
+           f"{a['n_items']} items (first asks)"]
           if (a := state.get("annotator_agreement")) else []),
         "",
         "| round | labeled | judgments | cost | accuracy |",
