@@ -54,6 +54,10 @@ def test_flow_runs_rounds_writes_outputs_and_artifacts(prefect_api_url: str, tmp
     table = [a for a in asyncio.run(_artifacts("crowdloop-flowtest-main-rounds")) if a.type == "table"]
     latest = max(table, key=lambda a: a.created)  # one version per round was published
     assert len(table) >= 4 and len(json.loads(latest.data)) == 4
+    summary = max(asyncio.run(_artifacts("crowdloop-flowtest-summary")), key=lambda a: a.created)
+    agreement = state["annotator_agreement"]  # three judgments per item: the annotators' agreement is reported
+    assert (f"annotators' agreement: Krippendorff's alpha {agreement['alpha']} over {agreement['n_items']} items"
+            in summary.data)
 
 
 def test_rerun_of_a_finished_project_dispatches_nothing_and_raised_limits_resume(prefect_api_url: str, tmp_path: Path) -> None:
