@@ -135,12 +135,21 @@ def read_file(path: Path, *, ids_as_written: bool = True) -> list[LabelRow]:
     return label_files.read_label_file(LabelFileConfig(path=str(path)), ids_as_written=ids_as_written)
 
 
-def disputed(p: Project, *, top: int = 20) -> list[dict[str, Any]]:
-    """The items a review should look at first: judged by several people who did not all agree,
-    least sure consensus first (as of the last finished round), each with its votes.
+RANKINGS = ("both", "crowd", "model")
 
-    Gold items (their answer is known) and items already corrected are left out."""
+
+def disputed(p: Project, *, top: int = 20, rank: str = "both") -> list[dict[str, Any]]:
+    """The labels a review should look at first, most likely wrong first (as of the last finished
+    round), each with its votes and what the model makes of it.
+
+    Likely wrong: the crowd split (a low consensus confidence) or, with ``use_model``, a model that
+    never saw the label finds it implausible (its out-of-fold probability, ``engine.quality.oof_proba``),
+    the two combined as adaptive redundancy combines them (``consensus.adaptive.combine_with_model``).
+    The model finds what a split never shows: a label the crowd agreed on, wrongly, because its
+    members share a misreading. Gold items (their answer is known) and items already corrected are
+    left out; without the model, only items whose votes split are listed."""
     from crowdloop.engine.auditing import audit_labels
+    from crowdloop.engine.quality import oof_proba
     from crowdloop.export import last_finished_round
 
     finished = last_finished_round(p)
@@ -151,12 +160,31 @@ def disputed(p: Project, *, top: int = 20) -> list[dict[str, Any]]:
         if a.round <= finished:
             votes.setdefault(a.item_id, {}).setdefault(a.label, []).append(a.worker_id)
     skip = set(p.gold_set) | set(latest(p))
-    labels = {label.item_id: (label.label, label.confidence) for label in p.round_labels(finished, keys.LABELS) or []}
-    labels.update({a.item_id: (a.label, max(a.proba.values(), default=1.0)) for a in audit_labels(p, finished + 1).values()})
-    rows = [{"item_id": item, "label": label, "confidence": round(confidence, 4),
-             "votes": {c: len(ws) for c, ws in sorted(votes[item].items(), key=lambda kv: (-len(kv[1]), kv[0]))},
-             "workers": {c: sorted(ws) for c, ws in sorted(votes[item].items())}}
-            for item, (label, confidence) in labels.items()
-            if item not in skip and len(votes.get(item, {})) >= 2]
-    rows.sort(key=lambda row: (row["confidence"], row["item_id"]))
+    labels = {label.item_id: (label.label, label.confidence) for label in p.round_labels(finished, keys.LABELS) or []
+              if label.source != "reviewed"}
+    labels.update({a.item_id: (a.label, max(a.proba.values(), default=1.0)) for a in audit_labels(p, finished + 1).values()
+                   if a.source != "reviewed"})
+    model: dict[str, dict[str, float]] = {}
+    if rank not in RANKINGS:
+        raise ConfigError(f"--rank: {rank!r}: expected one of {', '.join(RANKINGS)}")
+    oof = oof_proba(p, finished + 1) if rank != "crowd" else None
+    if oof is not None:
+        ids, proba, classes = oof
+        model = {item: dict(zip(classes, map(float, row), strict=True)) for item, row in zip(ids, proba, strict=True)}
+    rows = []
+    for item, (label, confidence) in labels.items():
+        if item in skip or item not in votes or (len(votes[item]) < 2 and item not in model):
+            continue
+        row: dict[str, Any] = {"item_id": item, "label": label, "confidence": round(confidence, 4)}
+        score = confidence
+        if item in model:
+            seen = model[item]
+            row["model_label"] = max(seen, key=seen.get)
+            row["model_proba_of_label"] = round(seen.get(label, 0.0), 4)
+            score = seen.get(label, 0.0) * (confidence if rank == "both" else 1.0)
+        row["score"] = round(score, 4)
+        row["votes"] = {c: len(ws) for c, ws in sorted(votes[item].items(), key=lambda kv: (-len(kv[1]), kv[0]))}
+        row["workers"] = {c: sorted(ws) for c, ws in sorted(votes[item].items())}
+        rows.append(row)
+    rows.sort(key=lambda row: (row["score"], row["item_id"]))
     return rows[:top]

@@ -165,21 +165,31 @@ def test_a_corrected_item_is_never_asked_again(tmp_path: Path) -> None:
     assert split[0] not in again and set(split[1:]) <= again
 
 
-def test_disputed_lists_split_items_least_sure_first_and_drops_them_once_corrected(after_round_0) -> None:
+def _disputed(location: str, *args: str) -> list[dict]:
+    done = subprocess.run([*crowdloop_cmd(), "disputed", "-p", location, "--top", "500", "--json", *args],
+                          capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(done.stdout)
+
+
+def test_disputed_lists_the_labels_most_likely_wrong_first_and_drops_them_once_corrected(after_round_0) -> None:
     p, location = after_round_0
-    done = subprocess.run([*crowdloop_cmd(), "disputed", "-p", location, "--top", "500", "--json"], capture_output=True,
-                          text=True, timeout=120, check=True)
-    rows = json.loads(done.stdout)
-    split = {a.item_id for a in p.annotations()} - set(p.gold_set)
-    split = {i for i in split if len({a.label for a in p.annotations() if a.item_id == i}) >= 2}
-    assert rows and {row["item_id"] for row in rows} == split  # every split item, nothing else (gold left out)
-    assert [row["confidence"] for row in rows] == sorted(row["confidence"] for row in rows)
+    anns = p.annotations()
+    split = {i for i in {a.item_id for a in anns} - set(p.gold_set) if len({a.label for a in anns if a.item_id == i}) >= 2}
+    by_crowd = _disputed(location, "--rank", "crowd")
+    assert by_crowd and {row["item_id"] for row in by_crowd} == split  # every split item, nothing else (gold left out)
+    assert [row["confidence"] for row in by_crowd] == sorted(row["confidence"] for row in by_crowd)
+    rows = _disputed(location)  # both: the crowd's confidence times the out-of-fold model's probability of the label
+    labeled = {label.item_id for label in p.human_labels(before_round=1)}
+    assert {row["item_id"] for row in rows} == labeled  # unanimous labels too: the model may doubt them
+    assert all(abs(row["score"] - row["model_proba_of_label"] * row["confidence"]) < 1e-3 for row in rows)
+    assert [row["score"] for row in rows] == sorted(row["score"] for row in rows)
     first = rows[0]
-    assert sum(first["votes"].values()) == sum(len(ws) for ws in first["workers"].values()) >= 2
+    assert sum(first["votes"].values()) == sum(len(ws) for ws in first["workers"].values()) >= 1
     table = subprocess.run([*crowdloop_cmd(), "disputed", "-p", location, "--top", "3"], capture_output=True, text=True,
                            timeout=120, check=True).stdout
     assert first["item_id"] in table and "crowdloop correct -p" in table
     assert _correct(location, "--item", first["item_id"], "--label", first["label"], "--by", "ana").returncode == 0
-    after = json.loads(subprocess.run([*crowdloop_cmd(), "disputed", "-p", location, "--top", "500", "--json"],
-                                      capture_output=True, text=True, timeout=120, check=True).stdout)
-    assert [row["item_id"] for row in after] == [row["item_id"] for row in rows[1:]]
+    assert [row["item_id"] for row in _disputed(location)] == [row["item_id"] for row in rows[1:]]
+    bad = subprocess.run([*crowdloop_cmd(), "disputed", "-p", location, "--rank", "loudest"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "--rank: 'loudest': expected one of both, crowd, model" in bad.stderr

@@ -64,35 +64,40 @@ def mturk_expire_round(
 def disputed(
     project_dir: str | None = project_option(),
     top: int = typer.Option(20, "--top", min=1, help="how many items"),
+    rank: str = typer.Option("both", "--rank", metavar="both|crowd|model",
+                             help="most likely wrong by the crowd's split and the model's doubt (both), the split only "
+                                  "(crowd: items whose votes differ), or the model's doubt only"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON list"),
 ) -> None:
-    """The items annotators disagreed on, least sure consensus first, with their votes: what to review.
+    """The labels most likely wrong, first: where annotators split or a model that never saw the label doubts it.
 
-    As of the last finished round; gold items and items already corrected are left out. Correct one
-    with `crowdloop correct -p DIR --item ID --label CLASS`."""
+    As of the last finished round, with the votes and the model's guess; gold items and items
+    already corrected are left out. Correct one with `crowdloop correct -p DIR --item ID --label CLASS`."""
     import json
     import sys
 
     from rich.table import Table
 
     from crowdloop import corrections
-    from crowdloop.cli.common import shown
+    from crowdloop.cli.common import fmt_value, shown
     from crowdloop.engine import Project
 
     project = Project.open(project_dir_of(None, project_dir))
-    rows = corrections.disputed(project, top=top)
+    rows = corrections.disputed(project, top=top, rank=rank)
     if as_json:
         sys.stdout.write(json.dumps(rows) + "\n")
         return
     if not rows:
-        console.print("no item with split votes (as of the last finished round)")
+        console.print("no label to review (as of the last finished round)")
         return
-    table = Table(title=f"crowdloop {project.config.project}: items annotators disagreed on", title_justify="left")
-    for name in ("item", "label", "confidence", "votes"):
-        table.add_column(name, justify="right" if name == "confidence" else "left")
+    table = Table(title=f"crowdloop {project.config.project}: labels most likely wrong", title_justify="left")
+    for name in ("item", "label", "crowd's confidence", "votes", "model's guess", "model: p(label)"):
+        table.add_column(name, justify="right" if name in ("crowd's confidence", "model: p(label)") else "left",
+                         no_wrap=name == "item")  # an id to copy into crowdloop correct
     for row in rows:
         table.add_row(shown(row["item_id"]), shown(row["label"]), f"{row['confidence']:.2f}",
-                      shown(", ".join(f"{c} ({n})" for c, n in row["votes"].items())))
+                      shown(", ".join(f"{c} ({n})" for c, n in row["votes"].items())), shown(row.get("model_label", "–")),
+                      fmt_value(row.get("model_proba_of_label"), 2))
     console.print(table)
     console.print(f"correct one: crowdloop correct -p {project.store.url} --item ID --label CLASS", soft_wrap=True,
                   markup=False)
