@@ -66,9 +66,20 @@ class BatchPay:
         return round(self.rewards + self.bonuses + self.fees, 2)
 
 
+def top_up_share(cfg: PayConfig) -> float:
+    """The most a top-up bonus adds to a reward, as a share of it (0 without top-ups)."""
+    return cfg.max_top_up if cfg.top_up_bonus else 0.0
+
+
+def bonus_cap(reward: float, share: float) -> float:
+    """The largest top-up of an assignment paid ``reward``: ``share`` of it, down to the cent. Stated
+    once for the budget and for a vendor's funds check (``VendorContext.max_top_up`` is the share)."""
+    return math.floor(round(reward * share * 100, 5)) / 100
+
+
 def max_bonus(cfg: PayConfig, reward: float) -> float:
     """The largest top-up one assignment paid ``reward`` can get (what the budget reserves)."""
-    return math.floor(round(reward * cfg.max_top_up * 100, 5)) / 100 if cfg.top_up_bonus else 0.0
+    return bonus_cap(reward, top_up_share(cfg))
 
 
 def settle_batch(cfg: PayConfig, *, reward: float, estimated_seconds: float, durations: list[float],

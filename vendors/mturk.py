@@ -65,6 +65,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from crowdloop.credentials import DEFAULT as DEFAULT_CREDENTIALS
 from crowdloop.credentials import Credentials
 from crowdloop.errors import ConfigError, RecordExistsError, VendorError
+from crowdloop.pay import bonus_cap
 from crowdloop.records import Annotation, Task, utcnow
 from crowdloop.redact import protect_loggers
 from crowdloop.storage import read_json, store_identity, write_json, write_json_once
@@ -462,7 +463,7 @@ class MTurkVendor:
                 reward = float(hit["reward"])
             else:
                 self._check_assignments(replicas)  # a setting's error comes before any call
-            bonus = math.floor(round(reward * self.context.max_top_up * 100, 5)) / 100
+            bonus = bonus_cap(reward, self.context.max_top_up)
             need += replicas * (reward + fee_for(reward, replicas) + (bonus + fee_for(bonus, 1) if bonus > 0 else 0.0))
         if need <= 0:
             return

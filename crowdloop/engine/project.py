@@ -35,7 +35,7 @@ from crowdloop.config import (
 from crowdloop.credentials import Credentials
 from crowdloop.engine.pools import checked_pool_record, features_store, load_pool, load_split
 from crowdloop.errors import ConfigError, CrowdloopError, PoolError, RecordExistsError, StoreError
-from crowdloop.pay import FeeFor, fee_function
+from crowdloop.pay import FeeFor, fee_function, top_up_share
 from crowdloop.records import AggregatedLabel, Annotation, to_jsonl
 from crowdloop.storage import PrefixedStore, Store, open_store, read_json, write_json
 from crowdloop.vendor import IMAGES_BY_URL, NEEDS_GROUND_TRUTH, VendorContext, capabilities_of
@@ -393,7 +393,7 @@ class Project:
             currency=self.config.pay.currency,
             guidelines=self.config.guidelines.text,
             class_notes=dict(self.config.guidelines.classes),
-            max_top_up=self.config.pay.max_top_up if self.config.pay.top_up_bonus else 0.0,
+            max_top_up=top_up_share(self.config.pay),
         )
         return cls(dict(self.config.vendor.params), context)
 
