@@ -99,7 +99,7 @@ def annotator_agreement(p: Project) -> dict[str, Any] | None:
     pairs annotators split between, and alpha per round; None while no item got two judgments at once
     (redundancy 1, or adaptive redundancy starting from one)."""
     from crowdloop.consensus.agreement import agreement_by_round, first_asked, krippendorff_alpha
-    from crowdloop.engine.quality import annotation_table, last_aggregate
+    from crowdloop.engine.quality import annotation_table, blocked_in, last_aggregate
 
     anns = p.annotations()
     if not anns:
@@ -113,8 +113,7 @@ def annotator_agreement(p: Project) -> dict[str, Any] | None:
     # the same without the workers the quality policy blocked: careless workers, or the task itself?
     rounds = p.rounds()
     last = last_aggregate(p, rounds[-1] + 1) if rounds else {}
-    blocked = (set(last.get("blocked_workers", [])) | set(last.get("blocked_on_agreement", {}))
-               | set(last.get("blocked_in_rings", []))) & set(first["worker"])
+    blocked = blocked_in(last) & set(first["worker"])
     if blocked:
         rest = krippendorff_alpha(first[~first["worker"].isin(blocked)], top_splits=0)
         out["without_blocked"] = {"n_blocked": len(blocked),

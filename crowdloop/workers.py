@@ -12,6 +12,7 @@ import numpy as np
 
 from crowdloop import keys
 from crowdloop.engine.project import Project
+from crowdloop.engine.quality import blocked_in
 from crowdloop.pay import hourly_wage
 
 WORKER_FIELDS = ("worker_id", "judgments", "gold_answers", "gold_accuracy", "skill", "approved", "rejected",
@@ -36,8 +37,7 @@ def worker_accounts(p: Project, *, through_round: int | None = None) -> dict[str
         agg = p.record(r, keys.AGGREGATE, default=None)
         if agg is not None:
             skills = agg.get("worker_skill", skills)
-            blocked = (set(agg.get("blocked_workers", [])) | set(agg.get("blocked_on_agreement", {}))
-                       | set(agg.get("blocked_in_rings", [])))
+            blocked = blocked_in(agg)
     gold = p.gold_set
     rows: dict[str, dict[str, Any]] = {}
     for a in p.annotations():

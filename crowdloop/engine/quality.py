@@ -37,6 +37,12 @@ def last_aggregate(p: Project, r: int) -> dict[str, Any]:
     return {}
 
 
+def blocked_in(summary: dict[str, Any]) -> set[str]:
+    """Every worker an aggregation summary blocks: on gold evidence, on low agreement, in a ring."""
+    return (set(summary.get("blocked_workers", [])) | set(summary.get("blocked_on_agreement", {}))
+            | set(summary.get("blocked_in_rings", [])))
+
+
 def blocked_workers(p: Project, r: int, *, on: str = "blocked_workers") -> list[str]:
     """Workers blocked as of the last aggregation before round ``r``: on gold evidence
     (``blocked_workers``) or on low agreement with the aggregated truth (``blocked_on_agreement``)."""
