@@ -120,7 +120,8 @@ def _splits(counts: sparse.csr_matrix, coincidence: np.ndarray, n_by_class: np.n
     chance = np.triu(np.outer(n_by_class, n_by_class), k=1)
     chance = chance / chance.sum()
     n_splits = int(together.sum())
-    n_pairs = int(np.count_nonzero(np.triu(np.outer(n_by_class > 0, n_by_class > 0), k=1)))
+    used = int((n_by_class > 0).sum())
+    n_pairs = used * (used - 1) // 2  # the pairs tested, for Bonferroni
     rows, cols = np.nonzero(observed)
     order = np.argsort(-observed[rows, cols], kind="stable")[:top]
     out = []

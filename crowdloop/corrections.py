@@ -142,16 +142,19 @@ def disputed(p: Project, *, top: int = 20, rank: str = "both") -> list[dict[str,
     """The labels a review should look at first, most likely wrong first (as of the last finished
     round), each with its votes and what the model makes of it.
 
-    Likely wrong: the crowd split (a low consensus confidence) or, with ``use_model``, a model that
-    never saw the label finds it implausible (its out-of-fold probability, ``engine.quality.oof_proba``),
-    the two combined as adaptive redundancy combines them (``consensus.adaptive.combine_with_model``).
-    The model finds what a split never shows: a label the crowd agreed on, wrongly, because its
-    members share a misreading. Gold items (their answer is known) and items already corrected are
-    left out; without the model, only items whose votes split are listed."""
+    Likely wrong: the crowd split (a low consensus confidence) and a model that never saw the label
+    finds it implausible (its out-of-fold probability, ``engine.quality.oof_proba``): ``rank``
+    ``both`` orders by their product, ``model`` by the probability alone, ``crowd`` by the
+    confidence alone and lists only items whose votes split. The model finds what a split never
+    shows: a label the crowd agreed on, wrongly, because its members share a misreading
+    (``benchmarks/review_value.py``). Gold items (their answer is known) and items already
+    corrected are left out."""
     from crowdloop.engine.auditing import audit_labels
     from crowdloop.engine.quality import oof_proba
     from crowdloop.export import last_finished_round
 
+    if rank not in RANKINGS:
+        raise ConfigError(f"--rank: {rank!r}: expected one of {', '.join(RANKINGS)}")
     finished = last_finished_round(p)
     if finished is None:
         return []
@@ -165,8 +168,6 @@ def disputed(p: Project, *, top: int = 20, rank: str = "both") -> list[dict[str,
     labels.update({a.item_id: (a.label, max(a.proba.values(), default=1.0)) for a in audit_labels(p, finished + 1).values()
                    if a.source != "reviewed"})
     model: dict[str, dict[str, float]] = {}
-    if rank not in RANKINGS:
-        raise ConfigError(f"--rank: {rank!r}: expected one of {', '.join(RANKINGS)}")
     oof = oof_proba(p, finished + 1) if rank != "crowd" else None
     if oof is not None:
         ids, proba, classes = oof

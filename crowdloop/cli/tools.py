@@ -128,7 +128,8 @@ def correct(
     from crowdloop.engine import Project
     from crowdloop.label_files import LabelRow
 
-    if (file is None) == (item is None and label is None) or (file is None and (item is None or label is None)):
+    from_file = file is not None and item is None and label is None
+    if not from_file and (file is not None or item is None or label is None):
         raise ConfigError("expected --item ID --label CLASS, or --file FILE of id,label rows")
     project = Project.open(project_dir_of(None, project_dir))
     if file is not None:
