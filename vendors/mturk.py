@@ -450,8 +450,11 @@ class MTurkVendor:
         top-up. The most the batch's new HITs and re-asks can cost (every assignment approved,
         with MTurk's fees, and the largest top-up bonus ``pay.max_top_up`` allows on each, with its
         fee: a bonus the balance cannot pay would leave slow workers waiting for it) is compared
-        with the available balance first. HITs this batch already recorded an intent for are not
-        counted again (a rerun after a top-up goes on)."""
+        with the available balance first, and so is a paid qualification test's reward and fee once
+        per assignment (whoever takes one may be a worker not paid for the test yet). HITs this
+        batch already recorded an intent for are not counted again (a rerun after a top-up goes on)."""
+        test = self.params.qualifications.test
+        test_cost = test.reward + fee_for(test.reward, 1) if test is not None else 0.0
         need = 0.0
         for group, hit in zip(groups, earlier, strict=True):
             gkey = _digest(*(t.item_id for t in group), n=24)
@@ -464,14 +467,18 @@ class MTurkVendor:
             else:
                 self._check_assignments(replicas)  # a setting's error comes before any call
             bonus = bonus_cap(reward, self.context.max_top_up)
-            need += replicas * (reward + fee_for(reward, replicas) + (bonus + fee_for(bonus, 1) if bonus > 0 else 0.0))
+            need += replicas * (reward + fee_for(reward, replicas) + (bonus + fee_for(bonus, 1) if bonus > 0 else 0.0)
+                                + test_cost)
+        need = round(need, 2)
         if need <= 0:
             return
         balance = float(self._call("get_account_balance").get("AvailableBalance", "0"))
         if balance < need:
-            bonuses = ", and the largest top-up bonuses pay.max_top_up allows" if self.context.max_top_up > 0 else ""
+            extras = ["MTurk's fees"] + (["the largest top-up bonuses pay.max_top_up allows"] if self.context.max_top_up > 0
+                                         else []) + (["a qualification test paid to each worker"] if test is not None else [])
+            listed = extras[0] if len(extras) == 1 else ", ".join(extras[:-1]) + ", and " + extras[-1]
             raise VendorError(f"vendor 'mturk': batch {batch_id} may cost up to ${need:,.2f} (every assignment approved, "
-                              f"with MTurk's fees{bonuses}) and the account's available balance is ${balance:,.2f}; add "
+                              f"with {listed}) and the account's available balance is ${balance:,.2f}; add "
                               "funds (or lower sampler.batch_size) and run again: none of its HITs was created")
 
     def poll(self, refs: Sequence[Ref]) -> list[Annotation]:

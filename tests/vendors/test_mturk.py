@@ -393,6 +393,24 @@ def test_the_funds_check_reserves_the_top_up_bonuses_the_pay_policy_allows(tmp_p
     assert len(reserving.submit(batch, batch_id="b")) == 3
 
 
+def test_the_funds_check_reserves_a_paid_qualification_test_for_every_worker(tmp_path: Path, fake: FakeMTurk) -> None:
+    """A paid qualification test is a $0.50 bonus (+ $0.10 fee) on a worker's first approved
+    assignment; any of the 9 assignments may be a new worker's, so the batch may cost
+    9 x ($0.30 + $0.06 + $0.50 + $0.10) = $8.64. Left out, a balance of the rewards alone made the
+    HITs and then could not pay the workers for the test they took."""
+    batch = [Task(item_id=f"i{k}", round=0, batch_id="b", replicas=3, reward=0.30) for k in range(3)]
+    vendor = make(tmp_path, qualifications={"test": {"qualification_type_id": "3QUALTEST0000000000", "min_score": 80,
+                                                     "reward": 0.5}})
+    fake.balance = "8.63"
+    with pytest.raises(VendorError, match=r"may cost up to \$8\.64 \(every assignment approved, with MTurk's fees, and a "
+                                          r"qualification test paid to each worker\) and the account's available balance "
+                                          r"is \$8\.63"):
+        vendor.submit(batch, batch_id="b")
+    assert fake.hits == {} and "CreateHIT" not in fake.calls
+    fake.balance = "8.64"
+    assert len(vendor.submit(batch, batch_id="b")) == 3
+
+
 def test_the_project_hands_the_top_up_policy_to_its_vendor(tmp_path: Path) -> None:
     from crowdloop.config import parse_config
     from crowdloop.engine import Project
