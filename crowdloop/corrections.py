@@ -105,15 +105,21 @@ def record(p: Project, pairs: list[tuple[str, str]], *, by: str, note: str = "")
 
 def latest(p: Project) -> dict[str, Correction]:
     """Every item's latest correction (by time, then record key), as recorded so far."""
+    return read(p)[1]
+
+
+def read(p: Project) -> tuple[list[str], dict[str, Correction]]:
+    """The correction records as listed now and every item's latest correction in them. An
+    aggregation lists the records it read (``aggregate.json``), so ``crowdloop verify`` and a
+    resuming run notice one deleted since: without it the next aggregation would quietly put
+    the crowd's label back."""
     from crowdloop.storage import read_json
 
-    keys = sorted(p.store.list(PREFIX))
+    keys = sorted(k for k in p.store.list(PREFIX) if k.endswith(".json"))
     if not keys:
-        return {}
+        return [], {}
     found: list[tuple[datetime, str, Correction]] = []
     for key in keys:
-        if not key.endswith(".json"):
-            continue
         data: Any = read_json(p.store, key)
         for row in data.get("corrections", []):
             c = Correction.model_validate(row)
@@ -121,7 +127,7 @@ def latest(p: Project) -> dict[str, Correction]:
     out: dict[str, Correction] = {}
     for _, _, c in sorted(found, key=lambda t: (t[0], t[1])):
         out[c.item_id] = c
-    return out
+    return keys, out
 
 
 def read_file(path: Path, *, ids_as_written: bool = True) -> list[LabelRow]:

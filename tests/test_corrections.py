@@ -193,3 +193,26 @@ def test_disputed_lists_the_labels_most_likely_wrong_first_and_drops_them_once_c
     bad = subprocess.run([*crowdloop_cmd(), "disputed", "-p", location, "--rank", "loudest"], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "--rank: 'loudest': expected one of both, crowd, model" in bad.stderr
+
+
+def test_a_deleted_correction_record_stops_the_resume_instead_of_undoing_the_review(after_round_0) -> None:
+    """An aggregation lists the correction records it applied; one deleted since (by hand, a sync
+    tool) would let the next aggregation put the crowd's label back without a word."""
+    from crowdloop.engine.project import MissingRecordError
+    from crowdloop.engine.verify import check_resumable, problems
+
+    p, location = after_round_0
+    item = sorted(label.item_id for label in p.human_labels(before_round=1))[0]
+    assert _correct(location, "--item", item, "--label", _other_class(p, "x"), "--by", "ana").returncode == 0
+    assert engine.run_round(p, 1) is None
+    (record,) = p.store.list("corrections/")
+    assert p.record(1, keys.AGGREGATE)["corrections_read"] == [record]
+    assert problems(p) == []
+    p.store.delete(record)
+    found = problems(p)
+    assert [f.key for f in found] == [record]
+    assert f"{keys.round_key(1, keys.AGGREGATE)} applied its corrections" in found[0].message
+    with pytest.raises(MissingRecordError, match=f"{record} is missing"):
+        check_resumable(Project.open(location))
+    out = subprocess.run([*crowdloop_cmd(), "verify", location], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode != 0 and record in out.stdout + out.stderr

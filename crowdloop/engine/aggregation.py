@@ -36,7 +36,8 @@ def aggregate(p: Project, r: int) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     audit = set(p.audit_reserve)
     # a reviewer's corrections win over the consensus (crowdloop/corrections.py); gold is refused when recorded
-    fixes = {item: c for item, c in corrections.latest(p).items() if item not in gold}
+    read_from, in_force = corrections.read(p)
+    fixes = {item: c for item, c in in_force.items() if item not in gold}
     counts: pd.Series = pd.Series(dtype=int)
     if anns:
         table = annotation_table(anns)
@@ -80,6 +81,8 @@ def aggregate(p: Project, r: int) -> dict[str, Any]:
     if fixes:
         judged_audit = {a.item_id for a in anns} & audit
         labels, extra["n_corrected"] = _corrected(labels, fixes, audit, counts, r, judged_audit=judged_audit)
+    if read_from:  # what verify checks is still there (crowdloop/engine/verify.py)
+        extra["corrections_read"] = read_from
     digest = write_once_digest(p.store, keys.round_key(r, keys.LABELS), to_jsonl(labels))
     # what this snapshot vouches for: the label log held n_judgments answers up to round r
     summary = {"round": r, "n_items": len(labels), "method": method, "worker_skill": skills,

@@ -10,7 +10,9 @@ promises declared next to ``ROUND_STEPS`` (``rounds.py``):
 * the step order: a step's record implies the record of every earlier step of its round, and
   every round before the last one is complete (has ``pay.json``);
 * ``RECORD_NEEDS``: records a step writes before its own, with their sha256 where recorded;
-* ``LOG_COUNTS``: how many answers a record counted in the label log and which segments it read.
+* ``LOG_COUNTS``: how many answers a record counted in the label log and which segments it read;
+* the reviewer's correction records an aggregation read (``corrections_read``): a deleted one
+  would quietly put the crowd's label back at the next aggregation.
 
 ``problems`` lists every broken promise (one line each); ``check_resumable`` runs the cheap
 part (no digests) when a run resumes and stops it with the first problem, before anything is
@@ -80,6 +82,7 @@ class ProjectCheck:
             self.step_order(r)
             self.record_needs(r)
         self.log_counts(rounds)
+        self.corrections_read(rounds)
         return self.found
 
     def rounds_complete(self, last: int) -> None:
@@ -140,6 +143,21 @@ class ProjectCheck:
                     self.found.append(Problem(self.prefix + keys.SEGMENTS, (
                         f"the label log ({self.prefix}{keys.SEGMENTS}) holds {have} {what}, but "
                         f"{self.key(r, count.record)} counted {record[count.field]}: a segment is missing")))
+
+    def corrections_read(self, rounds: list[int]) -> None:
+        from crowdloop.corrections import PREFIX
+
+        have = set(self.p.store.list(PREFIX))
+        gone: dict[str, int] = {}
+        for r in rounds:
+            if self.has(r, keys.AGGREGATE):
+                for key in self.record(r, keys.AGGREGATE).get("corrections_read", []):
+                    if key not in have:
+                        gone.setdefault(key, r)
+        for key, r in gone.items():
+            self.found.append(Problem(self.prefix + key, (
+                f"{self.prefix}{key} is missing, but {self.key(r, keys.AGGREGATE)} applied its corrections "
+                "(the next aggregation would put the crowd's labels back)")))
 
     def pool(self) -> None:
         """The pool is the one the project was created with (deep only: hashes the pool file)."""
