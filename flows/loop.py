@@ -255,7 +255,8 @@ def active_learning_loop(config: LoopConfig | str, project_dir: str | None = Non
             if config.baseline.random and not outcome.startswith("waiting"):
                 twin = project.baseline()
                 if read_json(twin.store, keys.PROJECT, default=None) is None:
-                    write_json(twin.store, keys.PROJECT, {"config": twin.config.model_dump(mode="json"), "format": 1})
+                    write_json(twin.store, keys.PROJECT, {"config": twin.config.model_dump(mode="json"),
+                                                           "format": project.format})  # the same audit reserve
                 if not twin.store.exists(keys.REFERENCE):
                     write_json(twin.store, keys.REFERENCE, read_json(project.store, keys.REFERENCE))
                 run_project_rounds(Project.open(twin.store.url).register(), label="baseline", parts=parts)

@@ -132,3 +132,42 @@ def test_a_pool_of_copies_says_so_when_too_few_items_are_left(tmp_path: Path) ->
                                           r"reserve, and 6\d copies of other items \(pool.duplicates\); expected at least "
                                           r"sampler.initial_size=10"):
         Project.prepare(parse_config(_config(tmp_path / "tickets.csv")), str(tmp_path / "p"))
+
+
+def _shows(frame: pd.DataFrame, items) -> set[str]:
+    text_of = dict(zip(frame["id"], frame["text"], strict=True))
+    return {text_of[i] for i in items}
+
+
+def test_no_model_sees_an_audit_items_content_under_another_id(tmp_path: Path) -> None:
+    """The audit estimates accuracy on items no model has seen. A stock ticket in the audit
+    reserve whose copy was seed-labeled, or whose original a sampler picked, is an item the
+    model trained on, and the estimate reads high. Such copies are left out of the reserve, and
+    what shows the same as a reserve item is never selected."""
+    frame = _tickets(tmp_path / "tickets.csv", copies=12, unique=100)
+    seeded = frame[frame["text"] == TEXTS["shipping"]]["id"].iloc[0]
+    pd.DataFrame({"id": [seeded], "label": ["shipping"]}).to_csv(tmp_path / "seeds.csv", index=False)
+    cfg = _config(tmp_path / "tickets.csv", **{"pool.seed_labels": {"path": str(tmp_path / "seeds.csv")},
+                                               "evaluation": {"method": "random", "reserve": 40, "max_items": 20},
+                                               "stopping.max_rounds": 4})
+    p = Project.prepare(parse_config(cfg), str(tmp_path / "p"))
+    reserve = set(p.audit_reserve)
+    assert p.format == 2 and len(reserve) == 40
+    assert TEXTS["shipping"] not in _shows(frame, reserve)  # the seed label trains on that text
+    stock = _shows(frame, reserve) & set(TEXTS.values())
+    assert stock, "no stock text in the reserve: the test proves nothing"
+    engine.run_in_process(p)
+    trained = {label.item_id for label in p.human_labels(before_round=max(p.rounds()) + 1)}
+    assert len(trained) >= 30 and not _shows(frame, trained) & _shows(frame, reserve), (p.rounds(), len(trained))
+
+    # a project made before: its reserve stays what it was, whatever it holds, and so does its format
+    record = read_json(p.store, keys.PROJECT)
+    old = tmp_path / "old"
+    Project.prepare(parse_config(cfg), str(old))
+    (old / keys.PROJECT).write_text(json.dumps({**record, "format": 1}))
+    from crowdloop.engine import project as project_module
+
+    project_module._PREPARED.clear()
+    before = Project.prepare(parse_config(cfg), str(old))
+    assert before.format == 1 and read_json(before.store, keys.PROJECT)["format"] == 1
+    assert TEXTS["shipping"] in _shows(frame, before.audit_reserve), "the old draw kept the seed's copies"

@@ -50,6 +50,11 @@ STREAM_CV = 6
 STREAM_AUDIT = 7
 STREAM_STOP_SET = 8
 
+# What a project's records were made by (project.json's "format"); a resumed project keeps its own.
+# 2: the audit reserve leaves out items that show what a seed-labeled or gold item shows
+#    (``Project.audit_reserve``).
+PROJECT_FORMAT = 2
+
 _PREPARED: dict[str, Project] = {}  # store URL -> the project prepared for a run in this process
 
 
@@ -227,7 +232,8 @@ class Project:
             if existing is None:  # leave no empty project folder behind a refused config
                 _remove_if_empty(location)
             raise
-        record: dict[str, Any] = {"config": config.model_dump(mode="json"), "format": 1}
+        record: dict[str, Any] = {"config": config.model_dump(mode="json"),
+                                  "format": existing.get("format", 1) if existing is not None else PROJECT_FORMAT}
         if pool is not None:
             record["pool"] = pool
         if existing is None:
@@ -510,14 +516,28 @@ class Project:
                 for item, row in sorted(found.labels.items())]
 
     @cached_property
+    def format(self) -> int:
+        """``PROJECT_FORMAT`` for a new project; a stored project's own (1 if it predates formats)."""
+        data = read_json(self.store, keys.PROJECT, default=None)
+        return PROJECT_FORMAT if data is None else int(data.get("format", 1))
+
+    @cached_property
     def audit_reserve(self) -> tuple[str, ...]:
         """Pool items set aside for the accuracy audit (``evaluation``), in a seeded random order
         (the order the ``random`` audit labels them in): never trained on, never selected, so the
-        audit is a sample of the pool that no model has seen. Empty without an audit."""
+        audit is a sample of the pool that no model has seen. Empty without an audit.
+
+        With ``pool.duplicates: ask_once`` a model must not have seen the audit items' content
+        under another id either: items showing what a seed-labeled or gold item shows are left
+        out of the draw (a seed label trains), and an item showing what a reserve item shows is
+        never selected (``reserved_items``). Copies stay in the draw otherwise, so a repeated
+        ticket weighs in the estimate as often as it comes."""
         ev = self.config.evaluation
         if not ev.enabled:
             return ()
         taken = {label.item_id for label in self.seed_labels} | set(self.gold_set)
+        if self.format >= 2 and self.copies:
+            taken |= self._same_content(taken)
         free = [i for i, item in enumerate(self.pool.ids.tolist()) if item not in taken]
         default = ev.max_items if ev.method == "random" else 3 * ev.max_items
         size = min(ev.reserve or min(default, len(free) // 2), len(free))
@@ -533,10 +553,19 @@ class Project:
         return np.sort(rng.choice(len(self.pool), size=size, replace=False)).astype(np.int64)
 
     def reserved_items(self) -> set[str]:
-        """Items no sampler may pick: seed-labeled, gold, the audit reserve, and copies of an
-        earlier item (``pool.duplicates: ask_once``)."""
-        return ({label.item_id for label in self.seed_labels} | set(self.gold_set) | set(self.audit_reserve)
-                | set(self.copies))
+        """Items no sampler may pick: seed-labeled, gold, the audit reserve and what shows the same
+        as a reserve item, and copies of an earlier item (``pool.duplicates: ask_once``)."""
+        reserve = set(self.audit_reserve)
+        return ({label.item_id for label in self.seed_labels} | set(self.gold_set) | reserve
+                | set(self.copies) | self._same_content(reserve))
+
+    def _same_content(self, items: set[str]) -> set[str]:
+        """Every pool item that shows what one of ``items`` shows (``copies``), ``items`` included."""
+        copies = self.copies
+        if not copies or not items:
+            return set(items)
+        originals = {copies.get(item, item) for item in items}
+        return set(items) | originals | {copy for copy, original in copies.items() if original in originals}
 
     @cached_property
     def copies(self) -> dict[str, str]:
