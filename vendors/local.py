@@ -69,6 +69,7 @@ from crowdloop.vendor import (
     record_block,
     record_decision,
 )
+from crowdloop.web import token_hash
 
 ANNOTATOR_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 UNDO_MARGIN_S = 2.0  # poll waits this much longer than the undo window (clock and request skew)
@@ -87,10 +88,6 @@ class LocalParams(BaseModel):
 def item_key(item_id: str) -> str:
     """Item ids may hold any character; store keys use a digest."""
     return hashlib.sha256(item_id.encode()).hexdigest()[:16]
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class LocalVendor:

@@ -21,17 +21,13 @@ Security model, in short:
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import secrets
-import struct
 import threading
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -41,13 +37,21 @@ from starlette.concurrency import run_in_threadpool
 from crowdloop.errors import CrowdloopError
 from crowdloop.records import Annotation, Task
 from crowdloop.vendors.local import LocalVendor, item_key
+from crowdloop.web import (
+    IMAGE_TYPES,
+    MAX_FORM_BYTES,
+    TooLarge,
+    csrf_for,
+    escape,
+    png_from_pixels,
+    read_form,
+    same_site,
+    security_headers,
+)
 
 log = logging.getLogger(__name__)
 
 COOKIE = "crowdloop_annotator"
-IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
-               ".webp": "image/webp"}
-MAX_FORM_BYTES = 4096
 
 Suggest = Callable[[Task], tuple[str, float] | None]
 
@@ -146,37 +150,11 @@ TOO_LARGE = ("<!doctype html><title>413</title><h1>413 Payload Too Large</h1>"
              f"<p>This form is larger than the {MAX_FORM_BYTES} bytes an answer needs; nothing was saved.</p>")
 
 
-class _TooLarge(Exception):
-    """A post body beyond ``MAX_FORM_BYTES``."""
-
-
-def png_from_pixels(pixels: list[list[float]], *, scale: int = 1) -> bytes:
-    """An 8-bit grayscale PNG (dark ink on white) from a grid of non-negative intensities."""
-    rows = [[float(v) for v in row] for row in pixels]
-    top = max((max(r) for r in rows if r), default=0.0) or 1.0
-    raw = bytearray()
-    for row in rows:
-        line = bytes(255 - round(255 * min(max(v, 0.0), top) / top) for v in row for _ in range(scale))
-        for _ in range(scale):
-            raw += b"\x00" + line
-    width, height = len(rows[0]) * scale if rows else 0, len(rows) * scale
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(raw))) + chunk(b"IEND", b"")
-
-
 def key_bindings(classes: tuple[str, ...] | list[str]) -> list[tuple[str, str | None]]:
     """(class, key) pairs: digit-named classes (``0``-``9``) keep their own digit, else 1-9 by position."""
     if all(len(c) == 1 and c.isdigit() for c in classes) and len(set(classes)) == len(classes):
         return [(c, c) for c in classes]
     return [(c, str(i) if i <= 9 else None) for i, c in enumerate(classes, start=1)]
-
-
-def csrf_for(token: str) -> str:
-    return hashlib.sha256(f"crowdloop-csrf|{token}".encode()).hexdigest()[:32]
 
 
 def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: str | None = None,
@@ -188,17 +166,6 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
     lock = threading.Lock()  # one desk per process: leases and answers are decided one at a time
     title = project or vendor.context.project
 
-    def security_headers(response: Response, nonce: str | None = None) -> Response:
-        script = f"'nonce-{nonce}'" if nonce else "'none'"
-        response.headers["Content-Security-Policy"] = (
-            f"default-src 'none'; img-src 'self'; style-src {script}; script-src {script}; "
-            "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "same-origin"  # "no-referrer" would make Chromium send Origin: null
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["X-Frame-Options"] = "DENY"
-        return response
-
     def forbidden() -> Response:
         return security_headers(HTMLResponse(FORBIDDEN, status_code=403))
 
@@ -206,35 +173,6 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
         token = request.cookies.get(COOKIE)
         name = vendor.authenticate(token)
         return (name, token) if name and token else None
-
-    def same_site(request: Request) -> bool:
-        if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-            return False
-        ours = f"{request.url.scheme}://{request.headers.get('host', '')}"
-        origin = request.headers.get("origin")
-        if origin is None:  # old browsers send no Origin on same-origin posts; a Referer still tells
-            referer = request.headers.get("referer")
-            return referer is None or referer == ours or referer.startswith(ours + "/")
-        return origin == ours  # "null" (an opaque origin) is never ours
-
-    async def form_of(request: Request) -> dict[str, str] | None:
-        """The posted form, read at most ``MAX_FORM_BYTES`` deep (``_TooLarge`` beyond)."""
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > MAX_FORM_BYTES):
-            raise _TooLarge  # refused before a byte of the body is read
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_FORM_BYTES:
-                raise _TooLarge  # no (or a lying) Content-Length: stop reading at the limit
-            chunks.append(chunk)
-        body = b"".join(chunks)
-        try:
-            parsed = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=20)
-        except (UnicodeDecodeError, ValueError):
-            return None
-        return {k: v[0] for k, v in parsed.items()}
 
     def too_large() -> Response:
         response = security_headers(HTMLResponse(TOO_LARGE, status_code=413))
@@ -246,8 +184,8 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
         if who is None or not same_site(request):
             return forbidden()
         try:
-            form = await form_of(request)
-        except _TooLarge:
+            form = await read_form(request)
+        except TooLarge:
             return too_large()
         # bytes: compare_digest raises TypeError on non-ASCII str, which a forged form may carry
         if form is None or not hmac.compare_digest(form.get("csrf", "").encode(), csrf_for(who[1]).encode()):
@@ -312,7 +250,7 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
         return await run_in_threadpool(call)
 
     def bad_request(exc: CrowdloopError) -> Response:
-        return security_headers(HTMLResponse(f"<p>400: {_escape(str(exc))}</p>", status_code=400))
+        return security_headers(HTMLResponse(f"<p>400: {escape(str(exc))}</p>", status_code=400))
 
     @app.post("/answer")
     async def answer(request: Request) -> Response:
@@ -381,12 +319,6 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
         return forbidden()
 
     return app
-
-
-def _escape(text: str) -> str:
-    from markupsafe import escape
-
-    return str(escape(text))
 
 
 def project_suggester(project: Any) -> Suggest:
