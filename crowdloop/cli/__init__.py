@@ -7,15 +7,15 @@ touches a project takes it as ``--project-dir/-p DIR``; commands that always too
 DIR still do.
 
 One module per kind of command: ``running`` (run, check, serve, deploy), ``inspection``
-(status, workers, verify, export), ``annotation`` (annotate, annotators, webhook), ``tools``
-(mturk, pool); ``common`` holds the app and the conventions they share.
+(status, workers, verify, export), ``annotation`` (annotate, annotators, webhook), ``review``
+(review, reviewers), ``tools`` (mturk, pool, disputed, correct, settle); ``common`` holds the app and the conventions they share.
 """
 
 import importlib
 
 from crowdloop.cli.common import app
 
-for _module in ("running", "inspection", "annotation", "tools"):  # each registers its commands; this order is --help's
+for _module in ("running", "inspection", "annotation", "review", "tools"):  # each registers its commands; this order is --help's
     importlib.import_module(f"crowdloop.cli.{_module}")
 
 __all__ = ["app"]

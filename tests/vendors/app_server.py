@@ -29,26 +29,27 @@ def free_port() -> int:
 
 def start_annotate(project_dir: str, log_path: Path, *, env: dict[str, str] | None = None,
                    cwd: Path | None = None, timeout_s: float = 60,
-                   port: int | None = None) -> tuple[str, subprocess.Popen]:
-    """``crowdloop annotate PROJECT`` in a subprocess on ``port`` (default: a free one) of 127.0.0.1,
-    as a user starts it; returns (base URL, process) once it accepts connections. The caller stops
-    it. A fixed port is for links made before the app starts (a Prolific study's entry URL)."""
+                   port: int | None = None, command: str = "annotate") -> tuple[str, subprocess.Popen]:
+    """``crowdloop annotate PROJECT`` (or ``command``: ``review``) in a subprocess on ``port``
+    (default: a free one) of 127.0.0.1, as a user starts it; returns (base URL, process) once it
+    accepts connections. The caller stops it. A fixed port is for links made before the app starts
+    (a Prolific study's entry URL)."""
     port = free_port() if port is None else port
     env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
     with open(log_path, "w") as log:  # the child keeps its own handle
-        proc = subprocess.Popen([sys.executable, "-m", "crowdloop.cli", "annotate", str(project_dir), "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "crowdloop.cli", command, str(project_dir), "--port", str(port)],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"crowdloop annotate exited: {log_path.read_text()[-2000:]}")
+            raise RuntimeError(f"crowdloop {command} exited: {log_path.read_text()[-2000:]}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             return f"http://127.0.0.1:{port}", proc
         except OSError:
             time.sleep(0.1)
     proc.kill()
-    raise RuntimeError(f"crowdloop annotate did not start within {timeout_s:g} s")
+    raise RuntimeError(f"crowdloop {command} did not start within {timeout_s:g} s")
 
 
 def stop_process(proc: subprocess.Popen, *, timeout_s: float = 10) -> None:

@@ -1,0 +1,296 @@
+"""The review desk: a web page where a project's reviewers see the labels most likely wrong and
+correct them with a click (``crowdloop review``; reviewers: ``crowdloop reviewers add``).
+
+Why a page: a reviewer decides from what annotators saw — the text, the image, the row — and
+``crowdloop disputed`` in a terminal shows ids and votes, not items. The desk lists what
+``corrections.disputed`` ranks first (the crowd's votes, its confidence, the guess of a model
+that never saw the label), shows each item as the annotation app does, and records a click as
+``crowdloop correct`` would (``corrections.record``: create-only, by the reviewer's name, the
+same checks, all in one line on a bad post). It works for every vendor: the labels may come
+from MTurk, Label Studio or the local app.
+
+Reviewers are not annotators: their links are kept with the project (``reviewers/``, a hash of
+each token), their clicks are never votes, and an annotator's link does not open the desk. The
+page security is the annotation app's (``crowdloop/web.py``): personal link to an HttpOnly
+cookie, CSRF value and same-site checks on posts, a nonce-only CSP, escaped item text in a
+direction-isolated box.
+
+The ranking refits the project's model on out-of-fold splits, so it is computed once per
+finished round and kept; a correction takes its item off the page at once.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment
+from starlette.concurrency import run_in_threadpool
+
+from crowdloop import corrections
+from crowdloop.errors import ConfigError, CrowdloopError, RecordExistsError
+from crowdloop.records import utcnow
+from crowdloop.storage import read_json, write_json
+from crowdloop.web import (
+    IMAGE_TYPES,
+    TooLarge,
+    csrf_for,
+    escape,
+    png_from_pixels,
+    read_form,
+    same_site,
+    security_headers,
+    token_hash,
+)
+
+if TYPE_CHECKING:
+    from crowdloop.engine.project import Project
+
+COOKIE = "crowdloop_reviewer"
+PREFIX = "reviewers/"
+REVIEWER_NAME = re.compile(r"^[a-z0-9_-]{1,40}$")
+MAX_TOKEN_CHARS = 200
+
+# -- the reviewers of a project ---------------------------------------------------------------
+
+
+def add_reviewer(p: Project, name: str) -> str:
+    """Create reviewer ``name`` and return their token (shown once; only its hash is stored)."""
+    if not REVIEWER_NAME.match(name):
+        raise ConfigError(f"reviewer name {name!r}: expected 1-40 lowercase letters, digits, '_' or '-'")
+    token = secrets.token_urlsafe(24)
+    try:
+        write_json(p.store, f"{PREFIX}{name}.json",
+                   {"name": name, "token_sha256": token_hash(token), "created_at": utcnow().isoformat()},
+                   create_only=True)
+    except RecordExistsError:
+        raise ConfigError(f"reviewer {name!r} already exists; remove it first to issue a new link") from None
+    return token
+
+
+def remove_reviewer(p: Project, name: str) -> None:
+    """Revoke ``name``'s link (the corrections they recorded stay)."""
+    if not REVIEWER_NAME.match(name) or not p.store.exists(f"{PREFIX}{name}.json"):
+        raise ConfigError(f"reviewer {name!r}: not found; known: {', '.join(reviewers(p)) or 'none'}")
+    p.store.delete(f"{PREFIX}{name}.json")
+
+
+def reviewers(p: Project) -> list[str]:
+    return sorted(k[len(PREFIX):-len(".json")] for k in p.store.list(PREFIX) if k.endswith(".json"))
+
+
+def authenticate(p: Project, token: str | None) -> str | None:
+    """The reviewer holding ``token``, or None (constant-time comparison of hashes)."""
+    if not token or len(token) > MAX_TOKEN_CHARS:
+        return None
+    digest = token_hash(token)
+    found = None
+    for key in p.store.list(PREFIX):
+        record = read_json(p.store, key, default=None)
+        if record and hmac.compare_digest(str(record.get("token_sha256", "")), digest):
+            found = str(record["name"])
+    return found
+
+
+# -- the page -----------------------------------------------------------------------------------
+
+_env = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
+
+PAGE = _env.from_string("""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>review · {{ project }}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style nonce="{{ nonce }}">
+body{font-family:system-ui,sans-serif;max-width:56rem;margin:1.5rem auto;padding:0 1rem;color:#1d2330;background:#f7f8fa}
+header{display:flex;justify-content:space-between;align-items:baseline;border-bottom:1px solid #d8dce3;margin-bottom:1rem}
+h1{font-size:1.2rem;margin:.4rem 0}.who,.muted{color:#5a6270;font-size:.9rem}
+.card{background:#fff;border:1px solid #d8dce3;border-radius:.6rem;padding:1rem 1.2rem;margin-bottom:1rem}
+.text{white-space:pre-wrap;font-size:1.05rem;line-height:1.5;overflow-wrap:anywhere;max-width:70ch;max-height:40vh;overflow-y:auto;unicode-bidi:isolate}
+img.item{display:block;max-width:100%;max-height:16rem;image-rendering:pixelated;min-width:8rem}
+table{border-collapse:collapse;font-size:.85rem}td,th{border:1px solid #e3e6eb;padding:.2rem .5rem;text-align:right}th{background:#f0f2f5;text-align:left}
+.facts{margin:.6rem 0;font-size:.95rem}.facts b{font-weight:600}.classes{display:flex;flex-wrap:wrap;gap:.4rem;margin-top:.5rem}
+button{font:inherit;padding:.4rem .8rem;border-radius:.45rem;border:1px solid #2f6fde;background:#fff;color:#123c8c;cursor:pointer}
+button.current{border-color:#9aa3b2;color:#5a6270}input[type=text]{font:inherit;width:100%;box-sizing:border-box;padding:.3rem;margin-top:.5rem}
+.notice{background:#e8f5e9;border:1px solid #a5d6a7;border-radius:.4rem;padding:.4rem .7rem;margin-bottom:.8rem}
+code{font-size:.85rem}
+</style></head><body>
+<header><h1>review · {{ project }}</h1><span class="who">{{ reviewer }} · {{ n_corrections }} correction(s) recorded</span></header>
+{% if notice %}<div class="notice" id="notice">{{ notice }}</div>{% endif %}
+{% if round is none %}
+<div class="card" id="nothing"><p><b>No finished round yet.</b> Labels to review appear once a round has paid.</p></div>
+{% elif not rows %}
+<div class="card" id="nothing"><p><b>Nothing to review</b> as of round {{ round }}: no label is in doubt.</p></div>
+{% else %}
+<p class="muted">As of round {{ round }}, the labels most likely wrong first ({{ ranking }}). A click sets the item's label; it applies from the next round's aggregation on.</p>
+{% for row in rows %}
+<div class="card review" id="item-{{ loop.index }}" data-item="{{ row.item_id }}">
+<div class="muted"><code>{{ row.item_id }}</code></div>
+{% set payload = row.payload %}
+{% if payload.kind == "text" %}<div class="text" dir="auto">{{ payload.text }}</div>
+{% elif payload.kind == "image" %}<img class="item" alt="item {{ row.item_id }}" src="/image/{{ row.key }}">
+{% endif %}
+{% if payload.kind == "tabular" %}
+<table><tr>{% for c in payload.columns[:40] %}<th>{{ c }}</th>{% endfor %}</tr>
+<tr>{% for v in payload["values"][:40] %}<td>{{ "%.4g"|format(v) if v is number else v }}</td>{% endfor %}</tr></table>
+{% endif %}
+<p class="facts">label <b class="label">{{ row.label }}</b> · crowd's confidence {{ "%.2f"|format(row.confidence) }} · votes
+{% for c, n in row.votes.items() %}<span class="vote">{{ c }} ({{ n }})</span>{{ ", " if not loop.last }}{% endfor %}
+{% if row.model_label is defined %} · model's guess <b class="guess">{{ row.model_label }}</b>, p(label) {{ "%.2f"|format(row.model_proba_of_label) }}{% endif %}</p>
+<form method="post" action="/correct"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="item_id" value="{{ row.item_id }}">
+<div class="classes">{% for c in classes %}<button type="submit" name="label" value="{{ c }}"{% if c == row.label %} class="current" title="keep the crowd's label (recorded as reviewed)"{% endif %}>{{ c }}</button>{% endfor %}</div>
+<input type="text" name="note" maxlength="{{ max_note }}" placeholder="note (optional): why" aria-label="note">
+</form></div>
+{% endfor %}
+{% endif %}
+</body></html>
+""")  # noqa: E501 - an HTML template: its lines are the page, not code
+
+FORBIDDEN = ("<!doctype html><title>403</title><h1>403 Forbidden</h1>"
+             "<p>A valid reviewer link is needed. Ask the project owner for yours "
+             "(<code>crowdloop reviewers add NAME</code>).</p>")
+TOO_LARGE = "<!doctype html><title>413</title><h1>413 Payload Too Large</h1><p>Nothing was recorded.</p>"
+RANKINGS = {"both": "the crowd's confidence times the model's probability of the label",
+            "crowd": "the crowd's confidence, items whose votes split",
+            "model": "the model's probability of the label"}
+
+
+def item_key(item_id: str) -> str:
+    """An image's path segment: no item id (which may hold '/', '..') ever reaches a URL."""
+    import hashlib
+
+    return hashlib.sha256(item_id.encode()).hexdigest()[:16]
+
+
+class _Ranking:
+    """``corrections.disputed`` once per finished round (it refits the model), for the whole desk."""
+
+    def __init__(self, p: Project, *, top: int, rank: str) -> None:
+        self.p, self.top, self.rank = p, top, rank
+        self.lock = threading.Lock()
+        self.round: int | None = None
+        self.rows: list[dict[str, Any]] = []
+
+    def current(self) -> tuple[int | None, list[dict[str, Any]]]:
+        from crowdloop.export import last_finished_round
+
+        with self.lock:
+            finished = last_finished_round(self.p)
+            if finished is not None and finished != self.round:
+                # more than a page: corrections take rows off until the next round ranks again
+                self.rows = corrections.disputed(self.p, top=3 * self.top, rank=self.rank)
+                self.round = finished
+            done = set(corrections.latest(self.p))
+            return self.round, [row for row in self.rows if row["item_id"] not in done][: self.top]
+
+
+def create_review_app(p: Project, *, top: int = 20, rank: str = "both") -> FastAPI:
+    """The review desk over project ``p``: ``top`` items a page, ranked by ``rank``."""
+    if rank not in RANKINGS:
+        raise ConfigError(f"--rank: {rank!r}: expected one of {', '.join(RANKINGS)}")
+    from crowdloop.models.datasets import item_payload
+
+    app = FastAPI(title="crowdloop review", docs_url=None, redoc_url=None, openapi_url=None)
+    ranking = _Ranking(p, top=top, rank=rank)
+    record_lock = threading.Lock()  # one correction at a time: "already in force" is decided on what is recorded
+
+    def forbidden() -> Response:
+        return security_headers(HTMLResponse(FORBIDDEN, status_code=403))
+
+    def reviewer(request: Request) -> tuple[str, str] | None:
+        token = request.cookies.get(COOKIE)
+        name = authenticate(p, token)
+        return (name, token) if name and token else None
+
+    def back(notice: str) -> Response:
+        return security_headers(RedirectResponse(f"/?notice={notice}", status_code=303))
+
+    def notice_for(code: str | None, name: str, in_force: dict[str, Any]) -> str | None:
+        """What a redirect's code says, from the records (a link cannot put words on the page)."""
+        if code == "in-force":
+            return "That label was already the item's correction: nothing recorded."
+        mine = [c for c in in_force.values() if c.by == name]
+        if code != "recorded" or not mine:
+            return None
+        last = max(mine, key=lambda c: c.at)
+        return f"Recorded: {last.item_id} is {last.label}, from the next round's aggregation on."
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page(request: Request, token: str | None = None, notice: str | None = None) -> Response:
+        if token is not None:  # the personal link: remember the token in a cookie, clean the URL
+            if await run_in_threadpool(authenticate, p, token) is None:
+                return forbidden()
+            response = security_headers(RedirectResponse("/", status_code=303))
+            response.set_cookie(COOKIE, token, httponly=True, samesite="lax", path="/",
+                                secure=request.url.scheme == "https", max_age=30 * 24 * 3600)
+            return response
+        who = await run_in_threadpool(reviewer, request)
+        if who is None:
+            return forbidden()
+        finished, rows = await run_in_threadpool(ranking.current)
+        shown = [{**row, "key": item_key(row["item_id"]), "payload": item_payload(p.pool, p.index_of[row["item_id"]])}
+                 for row in rows if row["item_id"] in p.index_of]
+        nonce = secrets.token_urlsafe(16)
+        in_force = await run_in_threadpool(corrections.latest, p)
+        html = PAGE.render(project=p.config.project, reviewer=who[0], rows=shown, round=finished, classes=p.classes,
+                           csrf=csrf_for(who[1]), nonce=nonce, ranking=RANKINGS[rank],
+                           notice=notice_for(notice, who[0], in_force), n_corrections=len(in_force),
+                           max_note=corrections.MAX_NOTE_CHARS)
+        return security_headers(HTMLResponse(html), nonce)
+
+    @app.post("/correct")
+    async def correct(request: Request) -> Response:
+        who = reviewer(request)
+        if who is None or not same_site(request):
+            return forbidden()
+        try:
+            form = await read_form(request)
+        except TooLarge:
+            response = security_headers(HTMLResponse(TOO_LARGE, status_code=413))
+            response.headers["Connection"] = "close"
+            return response
+        if form is None or not hmac.compare_digest(form.get("csrf", "").encode(), csrf_for(who[1]).encode()):
+            return forbidden()
+        item, label, note = form.get("item_id", ""), form.get("label", ""), form.get("note", "").strip()
+
+        def record() -> str | None:
+            from crowdloop.label_files import LabelRow
+
+            with record_lock:
+                pairs = corrections.check_rows(p, [LabelRow("the form", item, label)], source="review desk")
+                return corrections.record(p, pairs, by=who[0], note=note)
+
+        try:
+            key = await run_in_threadpool(record)
+        except CrowdloopError as exc:
+            return security_headers(HTMLResponse(f"<p>400: {escape(str(exc))}</p>", status_code=400))
+        return back("recorded" if key is not None else "in-force")
+
+    @app.get("/image/{key}")
+    async def image(request: Request, key: str) -> Response:
+        if await run_in_threadpool(reviewer, request) is None:
+            return forbidden()
+        _, rows = await run_in_threadpool(ranking.current)
+        item = next((row["item_id"] for row in rows if item_key(row["item_id"]) == key), None)
+        if item is None or item not in p.index_of:  # only items on the page, never a path from the request
+            return security_headers(Response(status_code=404))
+        payload = item_payload(p.pool, p.index_of[item])
+        if payload.get("kind") != "image":
+            return security_headers(Response(status_code=404))
+        if "pixels" in payload:
+            return security_headers(Response(png_from_pixels(payload["pixels"]), media_type="image/png"))
+        path = Path(str(payload.get("path", "")))
+        media = IMAGE_TYPES.get(path.suffix.lower())
+        if media is None or not path.is_file():
+            return security_headers(Response(status_code=404))
+        return security_headers(Response(path.read_bytes(), media_type=media))
+
+    @app.get("/{anything:path}")
+    def everything_else(anything: str) -> Response:
+        return forbidden()
+
+    return app
