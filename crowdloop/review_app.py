@@ -25,7 +25,6 @@ import hmac
 import re
 import secrets
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -38,11 +37,10 @@ from crowdloop.errors import ConfigError, CrowdloopError, RecordExistsError
 from crowdloop.records import utcnow
 from crowdloop.storage import read_json, write_json
 from crowdloop.web import (
-    IMAGE_TYPES,
     TooLarge,
     csrf_for,
     escape,
-    png_from_pixels,
+    image_response,
     read_form,
     same_site,
     security_headers,
@@ -278,16 +276,7 @@ def create_review_app(p: Project, *, top: int = 20, rank: str = "both") -> FastA
         item = next((row["item_id"] for row in rows if item_key(row["item_id"]) == key), None)
         if item is None or item not in p.index_of:  # only items on the page, never a path from the request
             return security_headers(Response(status_code=404))
-        payload = item_payload(p.pool, p.index_of[item])
-        if payload.get("kind") != "image":
-            return security_headers(Response(status_code=404))
-        if "pixels" in payload:
-            return security_headers(Response(png_from_pixels(payload["pixels"]), media_type="image/png"))
-        path = Path(str(payload.get("path", "")))
-        media = IMAGE_TYPES.get(path.suffix.lower())
-        if media is None or not path.is_file():
-            return security_headers(Response(status_code=404))
-        return security_headers(Response(path.read_bytes(), media_type=media))
+        return image_response(item_payload(p.pool, p.index_of[item]))
 
     @app.get("/{anything:path}")
     def everything_else(anything: str) -> Response:

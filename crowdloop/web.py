@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import struct
 import zlib
+from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import Request
@@ -90,6 +92,20 @@ def escape(text: str) -> str:
     from markupsafe import escape as markup_escape
 
     return str(markup_escape(text))
+
+
+def image_response(payload: dict[str, Any]) -> Response:
+    """An image item as its page shows it: its pixels drawn, or the file its pool names (an image
+    type only); 404 for anything else. The path comes from the pool, never from the request."""
+    if payload.get("kind") != "image":
+        return security_headers(Response(status_code=404))
+    if "pixels" in payload:
+        return security_headers(Response(png_from_pixels(payload["pixels"]), media_type="image/png"))
+    path = Path(str(payload.get("path", "")))
+    media = IMAGE_TYPES.get(path.suffix.lower())
+    if media is None or not path.is_file():
+        return security_headers(Response(status_code=404))
+    return security_headers(Response(path.read_bytes(), media_type=media))
 
 
 def png_from_pixels(pixels: list[list[float]], *, scale: int = 1) -> bytes:

@@ -26,7 +26,6 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -38,12 +37,11 @@ from crowdloop.errors import CrowdloopError
 from crowdloop.records import Annotation, Task
 from crowdloop.vendors.local import LocalVendor, item_key
 from crowdloop.web import (
-    IMAGE_TYPES,
     MAX_FORM_BYTES,
     TooLarge,
     csrf_for,
     escape,
-    png_from_pixels,
+    image_response,
     read_form,
     same_site,
     security_headers,
@@ -303,16 +301,7 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
         task = vendor.task_by_key(batch_id, key) if len(key) == 16 else None
         if task is None:
             return security_headers(Response(status_code=404))
-        payload = vendor.context.item_payload(task.item_id)
-        if payload.get("kind") != "image":
-            return security_headers(Response(status_code=404))
-        if "pixels" in payload:
-            return security_headers(Response(png_from_pixels(payload["pixels"]), media_type="image/png"))
-        path = Path(str(payload.get("path", "")))
-        media = IMAGE_TYPES.get(path.suffix.lower())
-        if media is None or not path.is_file():
-            return security_headers(Response(status_code=404))
-        return security_headers(Response(path.read_bytes(), media_type=media))
+        return image_response(vendor.context.item_payload(task.item_id))
 
     @app.get("/{anything:path}")
     def everything_else(anything: str) -> Response:

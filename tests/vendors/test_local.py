@@ -276,7 +276,7 @@ def test_a_round_collects_what_annotators_answered(text_project):
 
 
 def test_image_files_named_by_the_pool_are_served_and_nothing_else(tmp_path):
-    from crowdloop.vendors.local_app import png_from_pixels
+    from crowdloop.web import png_from_pixels
 
     (tmp_path / "img").mkdir()
     (tmp_path / "img" / "a.png").write_bytes(png_from_pixels([[0, 5], [5, 0]]))

@@ -20,7 +20,8 @@ from crowdloop.storage.local import LocalStore
 from crowdloop.testing import make_context
 from crowdloop.vendor import VendorContext
 from crowdloop.vendors.local import LocalVendor, item_key
-from crowdloop.vendors.local_app import COOKIE, FORBIDDEN, MAX_FORM_BYTES, create_app, csrf_for, png_from_pixels
+from crowdloop.vendors.local_app import COOKIE, FORBIDDEN, create_app
+from crowdloop.web import MAX_FORM_BYTES, csrf_for, png_from_pixels
 from tests.vendors.app_server import raw_request, running
 
 CLASSES = ("cat", "dog", "bird")
