@@ -299,20 +299,27 @@ def _file_digest(path: str) -> str | None:
         return None  # not readable here (the loader or the app names it): never a copy of another
 
 
-def split_pool(pool: Pool, test_size: float, seed: int) -> tuple[Pool, Pool | None]:
+def split_pool(pool: Pool, test_size: float, seed: int, *, group_copies: bool = False) -> tuple[Pool, Pool | None]:
     """Hold out a test split (stratified when possible) from the items with ground truth.
 
     The split depends only on ``seed``, so every round and every rerun evaluates on the same
-    items. Without ground truth there is no test split.
+    items. Without ground truth there is no test split. With ``group_copies`` an item and its
+    copies (``copies_of``) fall on the same side: a test item whose text a model trained on
+    under another id measures memory, not accuracy.
     """
-    train_idx, test_idx = split_indices(pool, test_size, seed)
+    train_idx, test_idx = split_indices(pool, test_size, seed, copies=copies_of(pool) if group_copies else None)
     if test_idx is None:
         return pool, None
     return pool.subset(train_idx), pool.subset(test_idx)
 
 
-def split_indices(pool: Pool, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Row numbers of the labeling pool and of the test split (None: no test split), copying no rows."""
+def split_indices(pool: Pool, test_size: float, seed: int, *,
+                  copies: dict[str, str] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Row numbers of the labeling pool and of the test split (None: no test split), copying no rows.
+
+    ``copies`` (copy -> original, as ``copies_of`` gives): the split is drawn over the groups of
+    items that show the same thing, each group going where its first labeled member goes; with
+    none, over the items, as always."""
     from sklearn.model_selection import train_test_split
 
     if pool.y is None:
@@ -320,13 +327,21 @@ def split_indices(pool: Pool, test_size: float, seed: int) -> tuple[np.ndarray, 
     known = np.flatnonzero(np.array([v is not None for v in pool.y]))
     if len(known) < 4:
         return np.arange(len(pool)), None
-    labels = pool.y[known].astype(str)
+    drawn, group = known, None
+    if copies:
+        group = np.array([copies.get(i, i) for i in map(str, pool.ids[known].tolist())], dtype=object)
+        _, first = np.unique(group, return_index=True)
+        drawn = known[np.sort(first)]  # each group's first labeled member
+    labels = pool.y[drawn].astype(str)
     _, counts = np.unique(labels, return_counts=True)
     stratify = labels if counts.min() >= 2 else None
     try:
-        _, test_idx = train_test_split(known, test_size=test_size, random_state=seed, stratify=stratify)
+        _, test_idx = train_test_split(drawn, test_size=test_size, random_state=seed, stratify=stratify)
     except ValueError:
-        _, test_idx = train_test_split(known, test_size=test_size, random_state=seed)
+        _, test_idx = train_test_split(drawn, test_size=test_size, random_state=seed)
+    if group is not None and len(drawn) < len(known):  # the rest of each group follows its first member
+        held = set(group[np.searchsorted(known, test_idx)].tolist())
+        test_idx = known[np.array([g in held for g in group.tolist()], dtype=bool)]
     mask = np.ones(len(pool), dtype=bool)
     mask[test_idx] = False
     return np.flatnonzero(mask), np.sort(test_idx)

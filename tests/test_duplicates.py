@@ -5,6 +5,7 @@ export gives each the label of the item that was asked (source ``copied``)."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 from pathlib import Path
 
@@ -127,9 +128,9 @@ def test_the_duplicates_field_takes_two_values() -> None:
 
 
 def test_a_pool_of_copies_says_so_when_too_few_items_are_left(tmp_path: Path) -> None:
-    _tickets(tmp_path / "tickets.csv", copies=20, unique=0)  # 80 tickets, four texts
-    with pytest.raises(ConfigError, match=r"the pool has 4 items left for labeling after seed labels, gold and the audit "
-                                          r"reserve, and 6\d copies of other items \(pool.duplicates\); expected at least "
+    _tickets(tmp_path / "tickets.csv", copies=20, unique=0)  # 80 tickets, four texts: one held out for testing, whole
+    with pytest.raises(ConfigError, match=r"the pool has 3 items left for labeling after seed labels, gold and the audit "
+                                          r"reserve, and 57 copies of other items \(pool.duplicates\); expected at least "
                                           r"sampler.initial_size=10"):
         Project.prepare(parse_config(_config(tmp_path / "tickets.csv")), str(tmp_path / "p"))
 
@@ -147,7 +148,7 @@ def test_no_model_sees_an_audit_items_content_under_another_id(tmp_path: Path) -
     frame = _tickets(tmp_path / "tickets.csv", copies=12, unique=100)
     seeded = frame[frame["text"] == TEXTS["shipping"]]["id"].iloc[0]
     pd.DataFrame({"id": [seeded], "label": ["shipping"]}).to_csv(tmp_path / "seeds.csv", index=False)
-    cfg = _config(tmp_path / "tickets.csv", **{"pool.seed_labels": {"path": str(tmp_path / "seeds.csv")},
+    cfg = _config(tmp_path / "tickets.csv", **{"pool.seed_labels": {"path": str(tmp_path / "seeds.csv")}, "pool.test_size": 0.1,
                                                "evaluation": {"method": "random", "reserve": 40, "max_items": 20},
                                                "stopping.max_rounds": 4})
     p = Project.prepare(parse_config(cfg), str(tmp_path / "p"))
@@ -171,3 +172,33 @@ def test_no_model_sees_an_audit_items_content_under_another_id(tmp_path: Path) -
     before = Project.prepare(parse_config(cfg), str(old))
     assert before.format == 1 and read_json(before.store, keys.PROJECT)["format"] == 1
     assert TEXTS["shipping"] in _shows(frame, before.audit_reserve), "the old draw kept the seed's copies"
+
+
+def test_an_item_and_its_copies_fall_on_one_side_of_the_test_split(tmp_path: Path) -> None:
+    """A test item whose text a model trained on under another id measures memory: with stock
+    tickets on both sides the test accuracy read high. A pool without copies splits as before."""
+    from crowdloop.engine.pools import load_pool
+    from crowdloop.models.datasets import split_pool
+
+    frame = _tickets(tmp_path / "tickets.csv", copies=12, unique=100)
+    cfg = _config(tmp_path / "tickets.csv", **{"pool.test_size": 0.3})
+    p = Project.prepare(parse_config(cfg), str(tmp_path / "p"))
+    test_texts, pool_texts = _shows(frame, p.test.ids.tolist()), _shows(frame, p.pool.ids.tolist())
+    assert not test_texts & pool_texts
+    assert test_texts & set(TEXTS.values()) and pool_texts & set(TEXTS.values())  # stock texts on each side, whole
+    assert len(test_texts) == math.ceil(0.3 * frame["text"].nunique())  # the share asked for, of the texts
+
+    record = read_json(p.store, keys.PROJECT)
+    old = tmp_path / "old"
+    Project.prepare(parse_config(cfg), str(old))
+    (old / keys.PROJECT).write_text(json.dumps({**record, "format": 1}))
+    from crowdloop.engine import project as project_module
+
+    project_module._PREPARED.clear()
+    before = Project.open(str(old))
+    assert before.format == 1 and _shows(frame, before.test.ids.tolist()) & _shows(frame, before.pool.ids.tolist())
+
+    digits = parse_config(small_config())
+    grouped = Project.prepare(digits, str(tmp_path / "digits"))
+    assert grouped.format == 2 and grouped.copies == {}
+    assert grouped.test.ids.tolist() == split_pool(load_pool(digits.pool), 0.3, 7)[1].ids.tolist()  # as before

@@ -160,7 +160,11 @@ def test_a_grown_pool_starts_a_new_project_with_the_labels_bought(started, tmp_p
     fresh = Project.prepare(parse_config(config), str(tmp_path / "grown"))
     imported = {label.item_id: label.label for label in fresh.seed_labels}
     held_out = set(fresh.test.ids.tolist())  # the grown pool's own test split: labels there are not trained on
-    assert imported == {i: v for i, v in bought.items() if i not in held_out} and len(imported) > 0.5 * len(bought)
+    assert {i: v for i, v in imported.items() if i in bought} == {i: v for i, v in bought.items() if i not in held_out}
+    assert len(imported) > 0.5 * len(bought)
+    appended = {f"n{i:04d}": f"d{i:04d}" for i in range(40)}  # an appended row shows what its d-row shows: the
+    # export gave it that label (source copied), and the new project imports it
+    assert all(appended.get(i) in bought and v == bought[appended[i]] for i, v in imported.items() if i not in bought)
     engine.run_round(fresh, 0)
     asked = set(read_json(fresh.store, keys.round_key(0, keys.SELECTION))["item_ids"])
     assert asked and not asked & set(imported)

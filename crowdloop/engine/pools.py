@@ -56,18 +56,20 @@ def _load_pool_cached(pool_json: str, stamp: tuple[int, int] | None):
     return registry.pools.load(cfg.source)(cfg)
 
 
-def load_split(pool_json: str, seed: int, features: FeaturesConfig | None = None, store: Store | None = None):
+def load_split(pool_json: str, seed: int, features: FeaturesConfig | None = None, store: Store | None = None, *,
+               group_copies: bool = False):
     """The pool and its test split, once per process: a project, its baseline twin and every task share it.
 
     A text pool with ``model.features`` is featurized before the split, once per process, with
-    the featurizer the project's (root) store holds (``crowdloop.models.text.features_for``)."""
+    the featurizer the project's (root) store holds (``crowdloop.models.text.features_for``).
+    ``group_copies``: copies of an item fall on its side of the split (``split_pool``)."""
     cfg = PoolConfig.model_validate_json(pool_json)
     stamp = pool_file_stamp(cfg)
     if features is None:
-        return _load_split_cached(pool_json, seed, stamp)
+        return _load_split_cached(pool_json, seed, stamp, group_copies)
     from crowdloop.models.text import featurized_split
 
-    return featurized_split(cfg, seed, stamp, features, store, raw=load_pool(cfg))
+    return featurized_split(cfg, seed, stamp, features, store, raw=load_pool(cfg), group_copies=group_copies)
 
 
 def features_store(store: Store) -> Store:
@@ -85,11 +87,11 @@ def features_store(store: Store) -> Store:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_split_cached(pool_json: str, seed: int, stamp: tuple[int, int] | None):
+def _load_split_cached(pool_json: str, seed: int, stamp: tuple[int, int] | None, group_copies: bool = False):
     from crowdloop.models.datasets import split_pool
 
     cfg = PoolConfig.model_validate_json(pool_json)
-    return split_pool(_load_pool_cached(pool_json, stamp), cfg.test_size, seed)
+    return split_pool(_load_pool_cached(pool_json, stamp), cfg.test_size, seed, group_copies=group_copies)
 
 
 def checked_pool_record(project: Project, existing: dict[str, Any] | None) -> dict[str, str] | None:

@@ -51,8 +51,9 @@ STREAM_AUDIT = 7
 STREAM_STOP_SET = 8
 
 # What a project's records were made by (project.json's "format"); a resumed project keeps its own.
-# 2: the audit reserve leaves out items that show what a seed-labeled or gold item shows
-#    (``Project.audit_reserve``).
+# 2: items that show the same thing fall on one side of the test split (``models/datasets.py``,
+#    ``split_pool``), and the audit reserve leaves out items that show what a seed-labeled or
+#    gold item shows (``Project.audit_reserve``).
 PROJECT_FORMAT = 2
 
 _PREPARED: dict[str, Project] = {}  # store URL -> the project prepared for a run in this process
@@ -307,7 +308,7 @@ class Project:
     def _split(self):
         features = self.config.model.features
         return load_split(self.config.pool.model_dump_json(), self.config.seed, features,
-                           features_store(self.store) if features is not None else None)
+                          features_store(self.store) if features is not None else None, group_copies=self.format >= 2)
 
     @property
     def pool(self):
@@ -518,7 +519,7 @@ class Project:
     @cached_property
     def format(self) -> int:
         """``PROJECT_FORMAT`` for a new project; a stored project's own (1 if it predates formats)."""
-        data = read_json(self.store, keys.PROJECT, default=None)
+        data = None if self.store is None else read_json(self.store, keys.PROJECT, default=None)  # None: a config's split only
         return PROJECT_FORMAT if data is None else int(data.get("format", 1))
 
     @cached_property
@@ -776,7 +777,10 @@ class Project:
         sampler = cfg.sampler.model_copy(update={"name": "random", "params": {}, "cold_start": "random"})
         twin = cfg.model_copy(update={"sampler": sampler, "stopping": stopping,
                                       "baseline": cfg.baseline.model_copy(update={"random": False})})
-        return Project(PrefixedStore(self.store, keys.BASELINE), twin)
+        shadow = Project(PrefixedStore(self.store, keys.BASELINE), twin)
+        if not shadow.store.exists(keys.PROJECT):  # not started yet: it will be made in this project's format
+            shadow.format = self.format  # (flows/loop.py records it), so both split and reserve alike
+        return shadow
 
 
 def _utc_stamp() -> str:
