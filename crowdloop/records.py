@@ -76,7 +76,8 @@ class AuditLabel(_Record):
     proba: dict[str, float]
     n_annotations: int = Field(ge=0)
     round: int = Field(ge=0)
-    source: Literal["human", "reviewed"] = "human"  # reviewed: a reviewer's correction, certain
+    # reviewed: a reviewer's correction, certain; copied: shows what an audit item asked shows (its label, unasked)
+    source: Literal["human", "reviewed", "copied"] = "human"
 
 
 def utcnow() -> datetime:

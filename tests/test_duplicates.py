@@ -202,3 +202,30 @@ def test_an_item_and_its_copies_fall_on_one_side_of_the_test_split(tmp_path: Pat
     grouped = Project.prepare(digits, str(tmp_path / "digits"))
     assert grouped.format == 2 and grouped.copies == {}
     assert grouped.test.ids.tolist() == split_pool(load_pool(digits.pool), 0.3, 7)[1].ids.tolist()  # as before
+
+
+def test_an_audit_item_that_shows_what_an_asked_one_shows_is_labeled_not_asked(tmp_path: Path) -> None:
+    """A stock ticket drawn twice into the audit weighs twice in the estimate (it comes that often),
+    but is asked about once: the second copy gets the first one's label, with no judgment of its own."""
+    from crowdloop.engine.auditing import audit_followers, audit_labels
+
+    frame = _tickets(tmp_path / "tickets.csv", copies=12, unique=100)
+    cfg = _config(tmp_path / "tickets.csv", **{"pool.test_size": 0.1, "stopping.max_rounds": 3,
+                                               "evaluation": {"method": "random", "reserve": 60, "max_items": 60,
+                                                              "batch_size": 30}})
+    p = engine.run_in_process(Project.prepare(parse_config(cfg), str(tmp_path / "p")))
+    text_of = dict(zip(frame["id"], frame["text"], strict=True))
+    reserve = set(p.audit_reserve)
+    asked = [t["item_id"] for r in p.rounds() if (d := p.record(r, keys.DISPATCH, default=None)) for t in d["tasks"]
+             if t["item_id"] in reserve]
+    assert len({text_of[i] for i in asked}) == len(set(asked))  # no text asked twice in the audit
+    followers = audit_followers(p, max(p.rounds()))
+    assert followers, "no stock text drawn twice: the test proves nothing"
+    labels = audit_labels(p, max(p.rounds()) + 1)
+    for item, first in followers.items():
+        assert text_of[item] == text_of[first] and item not in asked
+        assert (labels[item].label, labels[item].source, labels[item].n_annotations) == (labels[first].label, "copied", 0)
+    drawn = {i for r in p.rounds() if (rec := p.record(r, keys.AUDIT, default=None)) for i in rec["draws"]}
+    assert set(labels) == drawn  # every drawn item counts in the estimate, copies as often as they were drawn
+    rows = {row["item_id"]: row for row in map(json.loads, export_labels(p, "jsonl").data.decode().splitlines())}
+    assert all(rows[item]["source"] == "copied" for item in followers)

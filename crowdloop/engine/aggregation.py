@@ -17,6 +17,7 @@ import pandas as pd
 from crowdloop import corrections, keys
 from crowdloop.consensus.adaptive import gold_stats, low_agreement_workers, workers_to_block
 from crowdloop.consensus.collusion import find_rings
+from crowdloop.engine.auditing import audit_followers
 from crowdloop.engine.project import Project, write_once, write_once_digest
 from crowdloop.engine.quality import annotation_table
 from crowdloop.records import AggregatedLabel, AuditLabel, to_jsonl
@@ -58,6 +59,7 @@ def aggregate(p: Project, r: int) -> dict[str, Any]:
                                   proba={c: float(c == fixes[item].label) for c in p.classes}, source="reviewed")
                        # an audit item counts once drawn and judged; its correction waits until then
                        for item in agg.labels_.index if item in audit]
+            audited += _followers(audited, audit_followers(p, r), fixes, r)
             extra["audit_labels_sha256"] = write_once_digest(p.store, keys.round_key(r, keys.AUDIT_LABELS), to_jsonl(audited))
         skills = {str(w): round(float(s), 4) for w, s in agg.skills_.items()}
         if gold:
@@ -89,6 +91,23 @@ def aggregate(p: Project, r: int) -> dict[str, Any]:
                "n_judgments": len(anns), "labels_sha256": digest, **extra}
     write_once(p.store, keys.round_key(r, keys.AGGREGATE), summary)
     return summary
+
+
+def _followers(audited: list[AuditLabel], followers: dict[str, str], fixes: dict[str, Any], r: int) -> list[AuditLabel]:
+    """Audit labels of the audit items that show what an asked one shows (``auditing.ask_once``):
+    its label and posterior, no judgment of their own; a reviewer's correction of one wins."""
+    by_item = {a.item_id: a for a in audited}
+    out = []
+    for item, asked in sorted(followers.items()):
+        if asked not in by_item:
+            continue  # not judged yet
+        if item in fixes:
+            out.append(AuditLabel(item_id=item, label=fixes[item].label, n_annotations=0, round=r, source="reviewed",
+                                  proba={c: float(c == fixes[item].label) for c in by_item[asked].proba}))
+        else:
+            out.append(by_item[asked].model_copy(update={"item_id": item, "n_annotations": 0, "round": r,
+                                                         "source": "copied"}))
+    return out
 
 
 def _corrected(labels: list[AggregatedLabel], fixes: dict[str, Any], audit: set[str], counts: pd.Series, r: int, *,

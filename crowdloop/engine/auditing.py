@@ -90,6 +90,9 @@ def audit(p: Project, r: int) -> dict[str, Any]:
                           item_ids=list(dict.fromkeys(d for d in draws if d not in sent)))
         record["reason"] = ("first audit draws" if half is None
                             else f"interval half-width {half:.4f} > target {ev.target_half_width}")
+        record["item_ids"], followers = ask_once(p, record["item_ids"], before_round=r)
+        if followers:
+            record["copied_from"] = followers
     write_once(p.store, keys.round_key(r, keys.AUDIT), record)
     return p.record(r, keys.AUDIT)
 
@@ -130,13 +133,49 @@ def audit_redundancy(config: LoopConfig) -> int:
 
 
 def audit_items(p: Project, before_round: int) -> set[str]:
-    """Audit items sent to the vendor before round ``before_round``."""
+    """Audit items drawn before round ``before_round``: sent to the vendor, or labeled by the copy
+    that was (``ask_once``)."""
     sent: set[str] = set()
     for q in range(before_round):
         rec = p.record(q, keys.AUDIT, default=None)
         if rec:
             sent.update(rec["item_ids"])
+            sent.update(rec.get("copied_from", {}))
     return sent
+
+
+def audit_followers(p: Project, through_round: int) -> dict[str, str]:
+    """Audit items labeled without being asked -> the item showing the same thing that was asked."""
+    found: dict[str, str] = {}
+    for q in range(through_round + 1):
+        rec = p.record(q, keys.AUDIT, default=None)
+        if rec:
+            found.update(rec.get("copied_from", {}))
+    return found
+
+
+def ask_once(p: Project, items: list[str], *, before_round: int) -> tuple[list[str], dict[str, str]]:
+    """``items`` (new audit items, in order) split into those to ask and those that show what an
+    audit item asked before or earlier in the list shows (``pool.duplicates: ask_once``) -> that
+    item. A copy stays in the audit — a ticket that comes fifty times weighs fifty times in the
+    estimate — but asking people about it again would pay twice for one answer."""
+    copies = p.copies
+    if not copies:
+        return items, {}
+    asked: dict[str, str] = {}  # a content group (its pool-first item) -> the audit item asked about it
+    for q in range(before_round):
+        rec = p.record(q, keys.AUDIT, default=None)
+        for item in rec["item_ids"] if rec else []:
+            asked.setdefault(copies.get(item, item), item)
+    to_ask, followers = [], {}
+    for item in items:
+        group = copies.get(item, item)
+        if group in asked:
+            followers[item] = asked[group]
+        else:
+            asked[group] = item
+            to_ask.append(item)
+    return to_ask, followers
 
 
 def audit_labels(p: Project, before_round: int) -> dict[str, AuditLabel]:
