@@ -7,6 +7,7 @@ never see it.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -290,8 +291,6 @@ def copies_of(pool: Pool) -> dict[str, str]:
 
 
 def _file_digest(path: str) -> str | None:
-    import hashlib
-
     try:
         with open(path, "rb") as fh:
             return hashlib.file_digest(fh, "sha256").hexdigest()
@@ -299,18 +298,49 @@ def _file_digest(path: str) -> str | None:
         return None  # not readable here (the loader or the app names it): never a copy of another
 
 
-def split_pool(pool: Pool, test_size: float, seed: int, *, group_copies: bool = False) -> tuple[Pool, Pool | None]:
+def split_pool(pool: Pool, test_size: float, seed: int, *, group_copies: bool = False,
+               rows_at_start: int | None = None) -> tuple[Pool, Pool | None]:
     """Hold out a test split (stratified when possible) from the items with ground truth.
 
     The split depends only on ``seed``, so every round and every rerun evaluates on the same
     items. Without ground truth there is no test split. With ``group_copies`` an item and its
     copies (``copies_of``) fall on the same side: a test item whose text a model trained on
-    under another id measures memory, not accuracy.
+    under another id measures memory, not accuracy. ``rows_at_start``: the pool grew by rows
+    appended after its first that many (``grown_split_indices``).
     """
-    train_idx, test_idx = split_indices(pool, test_size, seed, copies=copies_of(pool) if group_copies else None)
+    if rows_at_start is not None and len(pool) > rows_at_start:
+        train_idx, test_idx = grown_split_indices(pool, test_size, seed, rows_at_start, group_copies=group_copies)
+    else:
+        train_idx, test_idx = split_indices(pool, test_size, seed, copies=copies_of(pool) if group_copies else None)
     if test_idx is None:
         return pool, None
     return pool.subset(train_idx), pool.subset(test_idx)
+
+
+def grown_split_indices(pool: Pool, test_size: float, seed: int, rows_at_start: int, *,
+                        group_copies: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The split of a pool grown by rows appended after its first ``rows_at_start``: those rows
+    split exactly as they did before the pool grew; an appended row joins the side of the earlier
+    row that shows the same thing (``group_copies``), else the test split with probability
+    ``test_size`` by a hash of the seed and its id — so a row's side never depends on the rows
+    appended with or after it, and every growth keeps every earlier side."""
+    head = pool.subset(np.arange(rows_at_start))
+    _, head_test = split_indices(head, test_size, seed, copies=copies_of(head) if group_copies else None)
+    if head_test is None:  # no test split when the project started: none now either
+        return np.arange(len(pool)), None
+    test = np.zeros(len(pool), dtype=bool)
+    test[head_test] = True
+    copies = copies_of(pool) if group_copies else {}
+    ids = [str(i) for i in pool.ids.tolist()]
+    row_of = {item: i for i, item in enumerate(ids)}
+    for i in range(rows_at_start, len(pool)):
+        original = copies.get(ids[i])
+        if original is not None:
+            test[i] = test[row_of[original]]
+        elif pool.y is not None and pool.y[i] is not None:
+            digest = hashlib.sha256(f"crowdloop-split|{seed}|{ids[i]}".encode()).hexdigest()
+            test[i] = int(digest[:13], 16) / 16**13 < test_size
+    return np.flatnonzero(~test), np.flatnonzero(test)
 
 
 def split_indices(pool: Pool, test_size: float, seed: int, *,

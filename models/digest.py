@@ -47,12 +47,16 @@ class PoolDigest:
     # the digest an earlier version recorded for this same pool (a project created then resumes),
     # worked out only when the recorded one is not ``sha256``: it costs another pass over the pool
     earlier: Callable[[], str] | None = None
+    size: int | None = None  # a csv file's bytes: a file grown by appending rows starts with them
 
     def matches(self, recorded: str) -> bool:
         return recorded == self.sha256 or (self.earlier is not None and recorded == self.earlier())
 
-    def as_record(self) -> dict[str, str]:
-        return {"what": self.what, "how": self.how, "sha256": self.sha256}
+    def as_record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"what": self.what, "how": self.how, "sha256": self.sha256}
+        if self.size is not None:
+            out["bytes"] = self.size
+        return out
 
 
 def pool_digest(cfg: PoolConfig, loaded: Callable[[], Sequence[Any]] | None = None) -> PoolDigest | None:
@@ -63,7 +67,9 @@ def pool_digest(cfg: PoolConfig, loaded: Callable[[], Sequence[Any]] | None = No
     """
     source = cfg.source
     path = cfg.path or ""
-    if source in ("csv", "parquet"):
+    if source == "csv":
+        return PoolDigest(path, "sha256 of the file", file_sha256(Path(path)), size=_file_size(Path(path)))
+    if source == "parquet":
         return PoolDigest(path, "sha256 of the file", file_sha256(Path(path)))
     if source == "sharded":
         return PoolDigest(path, "sha256 of the manifest and index", _sharded_sha256(path))
@@ -99,6 +105,35 @@ def pool_digest(cfg: PoolConfig, loaded: Callable[[], Sequence[Any]] | None = No
     if digest is None:
         return None
     return PoolDigest(path or source, f"the {source!r} pool source's digest", str(digest(cfg)))
+
+
+def _file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None  # file_sha256 names the problem
+
+
+def rows_appended(path: Path, recorded: dict[str, Any]) -> bool:
+    """Whether the csv file at ``path`` is the recorded one with rows appended: longer, and its
+    first ``recorded["bytes"]`` bytes are the recorded file (which ended a line, so no row of it
+    was continued). Only a record with a size can tell (projects created since it is kept)."""
+    size = recorded.get("bytes")
+    if not isinstance(size, int) or size <= 0:
+        return False
+    try:
+        if path.stat().st_size <= size:
+            return False
+        h = hashlib.sha256()
+        left = size
+        with open(path, "rb") as fh:
+            while left > 0 and (chunk := fh.read(min(_CHUNK, left))):
+                h.update(chunk)
+                left -= len(chunk)
+                last = chunk[-1:]
+    except OSError:
+        return False
+    return left == 0 and last == b"\n" and h.hexdigest() == recorded.get("sha256")
 
 
 def file_sha256(path: Path) -> str:

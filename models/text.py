@@ -391,7 +391,7 @@ _SPLITS: dict[tuple, Any] = {}  # (store URL, pool, seed, file stamp, features) 
 
 
 def featurized_split(pool_cfg: PoolConfig, seed: int, stamp: Any, cfg: FeaturesConfig, store: Any, *,
-                     raw: Any = None, group_copies: bool = False) -> tuple[Any, Any]:
+                     raw: Any = None, group_copies: bool = False, rows_at_start: int | None = None) -> tuple[Any, Any]:
     """The engine's text pool: loaded, featurized with the project's stored featurizer, then split
     (``models.datasets.split_pool``); once per process for a project and its baseline twin
     (``stamp`` is the pool file's size and mtime, so a changed file is loaded again). ``raw`` is the
@@ -399,12 +399,13 @@ def featurized_split(pool_cfg: PoolConfig, seed: int, stamp: Any, cfg: FeaturesC
     from crowdloop import registry
     from crowdloop.models.datasets import split_pool
 
-    key = (getattr(store, "url", None), pool_cfg.model_dump_json(), seed, stamp, cfg.model_dump_json(), group_copies)
+    key = (getattr(store, "url", None), pool_cfg.model_dump_json(), seed, stamp, cfg.model_dump_json(), group_copies,
+           rows_at_start)
     if key not in _SPLITS:
         pool = features_for(raw if raw is not None else registry.pools.load(pool_cfg.source)(pool_cfg), cfg, store)
         if len(_SPLITS) >= 4:  # a process serves a handful of projects at most
             _SPLITS.clear()
-        _SPLITS[key] = split_pool(pool, pool_cfg.test_size, seed, group_copies=group_copies)
+        _SPLITS[key] = split_pool(pool, pool_cfg.test_size, seed, group_copies=group_copies, rows_at_start=rows_at_start)
     return _SPLITS[key]
 
 

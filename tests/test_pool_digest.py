@@ -65,7 +65,9 @@ def test_the_digest_is_recorded_at_creation(started) -> None:
     pool, _, location = started
     recorded = read_json(Project.open(location).store, keys.PROJECT)["pool"]
     assert recorded == {"what": str(pool), "how": "sha256 of the file",
-                        "sha256": hashlib.sha256(pool.read_bytes()).hexdigest()}
+                        "sha256": hashlib.sha256(pool.read_bytes()).hexdigest(),
+                        # what a csv pool grown by appended rows starts with (tests/test_pool_growth.py)
+                        "bytes": pool.stat().st_size, "rows_at_start": 1797, "pool_items_at_start": 1257}
 
 
 def test_features_swapped_under_the_same_ids_are_refused(started) -> None:
@@ -140,12 +142,14 @@ def test_check_refuses_what_a_resume_would_refuse(started, tmp_path: Path, chang
     assert read_json(Project.open(location).store, keys.PROJECT)["config"]["sampler"]["batch_size"] == 20  # nothing written
 
 
-def test_a_grown_pool_starts_a_new_project_with_the_labels_bought(started, tmp_path: Path) -> None:
-    """A pool that grew (rows appended) is refused, and the refusal says how to go on: export the
-    labels bought as a Ground Truth manifest and start a new project on the grown pool with them as
-    seed labels. The new project trains on them from round 0 and never asks for them again."""
+def test_a_rewritten_pool_starts_a_new_project_with_the_labels_bought(started, tmp_path: Path) -> None:
+    """A pool that changed otherwise than by appended rows (tests/test_pool_growth.py) — here rows
+    appended and one edited — is refused, and the refusal says how to go on: export the labels
+    bought as a Ground Truth manifest and start a new project on the new pool with them as seed
+    labels. The new project trains on them from round 0 and never asks for them again."""
     pool, frame, location = started
     grown = pd.concat([frame, frame.iloc[:40].assign(uid=[f"n{i:04d}" for i in range(40)])], ignore_index=True)
+    grown.loc[1000, "px10"] += 1.0
     grown.to_csv(pool, index=False)
     with pytest.raises(PoolError, match=r"start a new project \(--project-dir\) on this one that keeps the labels bought: "
                                         rf"`crowdloop export -p {location} --format gt-manifest --out labels.manifest`"):

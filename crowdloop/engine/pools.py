@@ -57,19 +57,21 @@ def _load_pool_cached(pool_json: str, stamp: tuple[int, int] | None):
 
 
 def load_split(pool_json: str, seed: int, features: FeaturesConfig | None = None, store: Store | None = None, *,
-               group_copies: bool = False):
+               group_copies: bool = False, rows_at_start: int | None = None):
     """The pool and its test split, once per process: a project, its baseline twin and every task share it.
 
     A text pool with ``model.features`` is featurized before the split, once per process, with
     the featurizer the project's (root) store holds (``crowdloop.models.text.features_for``).
-    ``group_copies``: copies of an item fall on its side of the split (``split_pool``)."""
+    ``group_copies``: copies of an item fall on its side of the split; ``rows_at_start``: the
+    rows the project started with, when rows were appended since (``split_pool``)."""
     cfg = PoolConfig.model_validate_json(pool_json)
     stamp = pool_file_stamp(cfg)
     if features is None:
-        return _load_split_cached(pool_json, seed, stamp, group_copies)
+        return _load_split_cached(pool_json, seed, stamp, group_copies, rows_at_start)
     from crowdloop.models.text import featurized_split
 
-    return featurized_split(cfg, seed, stamp, features, store, raw=load_pool(cfg), group_copies=group_copies)
+    return featurized_split(cfg, seed, stamp, features, store, raw=load_pool(cfg), group_copies=group_copies,
+                            rows_at_start=rows_at_start)
 
 
 def features_store(store: Store) -> Store:
@@ -87,23 +89,37 @@ def features_store(store: Store) -> Store:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_split_cached(pool_json: str, seed: int, stamp: tuple[int, int] | None, group_copies: bool = False):
+def _load_split_cached(pool_json: str, seed: int, stamp: tuple[int, int] | None, group_copies: bool = False,
+                       rows_at_start: int | None = None):
     from crowdloop.models.datasets import split_pool
 
     cfg = PoolConfig.model_validate_json(pool_json)
-    return split_pool(_load_pool_cached(pool_json, stamp), cfg.test_size, seed, group_copies=group_copies)
+    return split_pool(_load_pool_cached(pool_json, stamp), cfg.test_size, seed, group_copies=group_copies,
+                      rows_at_start=rows_at_start)
 
 
 def checked_pool_record(project: Project, existing: dict[str, Any] | None) -> dict[str, str] | None:
     """The pool digest to record; on resume, a one-line ``PoolError`` if the pool is not the one
     the project was created with (``models/digest.py`` says what is hashed for each source)."""
-    from crowdloop.models.digest import pool_digest
+    from crowdloop.models.digest import pool_digest, rows_appended
 
     config, url = project.config, project.store.url
     digest = pool_digest(config.pool, loaded=lambda: (project.pool, project.test))
     recorded = (existing or {}).get("pool")
     if recorded is None or digest is None:
-        return digest.as_record() if digest is not None else recorded
+        if digest is None:
+            return recorded
+        record = digest.as_record()
+        if digest.size is not None:  # a csv pool may grow by appended rows: what it started with
+            record["rows_at_start"] = len(project.pool) + (0 if project.test is None else len(project.test))
+            record["pool_items_at_start"] = len(project.pool)
+        return record
+    if not digest.matches(recorded["sha256"]) and "rows_at_start" in recorded \
+            and rows_appended(Path(config.pool.path or ""), recorded):
+        # rows appended: the rows it started with keep their split, audit reserve and stop set
+        # (Project.rows_at_start); the new ones join the pool (models/datasets.py, grown_split_indices)
+        grown = [*recorded.get("grown", []), {"sha256": recorded["sha256"], "bytes": recorded["bytes"]}]
+        return {**recorded, **digest.as_record(), "grown": grown}
     if not digest.matches(recorded["sha256"]):
         raise PoolError(f"pool.path: {digest.what} is not the pool project {url} was created with ({digest.how}: "
                         f"{digest.sha256[:12]}… now, {recorded['sha256'][:12]}… then); restore the original pool, "

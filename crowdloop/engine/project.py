@@ -308,7 +308,8 @@ class Project:
     def _split(self):
         features = self.config.model.features
         return load_split(self.config.pool.model_dump_json(), self.config.seed, features,
-                          features_store(self.store) if features is not None else None, group_copies=self.format >= 2)
+                          features_store(self.store) if features is not None else None, group_copies=self.format >= 2,
+                          rows_at_start=self._pool_record.get("rows_at_start"))
 
     @property
     def pool(self):
@@ -523,6 +524,21 @@ class Project:
         return PROJECT_FORMAT if data is None else int(data.get("format", 1))
 
     @cached_property
+    def _pool_record(self) -> dict[str, Any]:
+        """The pool record of ``project.json`` (the shadowed project's, for the baseline twin):
+        its digest and, for a pool that may grow, the rows it started with."""
+        if self.store is None:
+            return {}
+        data = read_json(features_store(self.store), keys.PROJECT, default=None) or {}
+        return dict(data.get("pool") or {})
+
+    @property
+    def items_at_start(self) -> int:
+        """Pool items (after the test split) when the project started: the audit reserve and the
+        stop set are drawn over them, so rows appended since leave both as they were."""
+        return int(self._pool_record.get("pool_items_at_start", len(self.pool)))
+
+    @cached_property
     def audit_reserve(self) -> tuple[str, ...]:
         """Pool items set aside for the accuracy audit (``evaluation``), in a seeded random order
         (the order the ``random`` audit labels them in): never trained on, never selected, so the
@@ -539,7 +555,7 @@ class Project:
         taken = {label.item_id for label in self.seed_labels} | set(self.gold_set)
         if self.format >= 2 and self.copies:
             taken |= self._same_content(taken)
-        free = [i for i, item in enumerate(self.pool.ids.tolist()) if item not in taken]
+        free = [i for i, item in enumerate(self.pool.ids[: self.items_at_start].tolist()) if item not in taken]
         default = ev.max_items if ev.method == "random" else 3 * ev.max_items
         size = min(ev.reserve or min(default, len(free) // 2), len(free))
         order = np.random.default_rng([self.config.seed, STREAM_AUDIT]).permutation(len(free))[:size]
@@ -549,9 +565,9 @@ class Project:
     def stop_set_rows(self) -> np.ndarray:
         """Pool rows of the stop set of ``stopping.stabilizing_predictions`` (drawn once by seed; no labels needed)."""
         rule = self.config.stopping.stabilizing_predictions
-        size = min(rule.stop_set if rule else 0, len(self.pool))
+        size = min(rule.stop_set if rule else 0, self.items_at_start)
         rng = np.random.default_rng([self.config.seed, STREAM_STOP_SET])
-        return np.sort(rng.choice(len(self.pool), size=size, replace=False)).astype(np.int64)
+        return np.sort(rng.choice(self.items_at_start, size=size, replace=False)).astype(np.int64)
 
     def reserved_items(self) -> set[str]:
         """Items no sampler may pick: seed-labeled, gold, the audit reserve and what shows the same

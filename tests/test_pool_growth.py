@@ -1,0 +1,128 @@
+"""A CSV pool that grows by appended rows goes on in the same project (``models/digest.py``,
+``rows_appended``; ``models/datasets.py``, ``grown_split_indices``).
+
+Teams append this week's tickets to last week's file. The rows the project started with keep
+their test split, audit reserve and stop set; an appended row that shows what an earlier row
+shows joins that row's side, any other goes to the test split with probability ``test_size``
+by a hash of its id, so no growth ever moves an earlier row. Any other change to the file is
+refused, as before.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_digits
+
+from crowdloop import engine, keys
+from crowdloop.config import parse_config
+from crowdloop.engine import Project
+from crowdloop.engine import project as project_module
+from crowdloop.errors import PoolError
+from crowdloop.storage import read_json
+from tests.conftest import small_config
+
+
+def _config(path: Path) -> dict:
+    return small_config(pool={"source": "csv", "path": str(path), "id_column": "uid", "label_column": "target",
+                              "test_size": 0.3},
+                        evaluation={"method": "random", "reserve": 80, "max_items": 40, "batch_size": 20},
+                        stopping={"max_rounds": 6, "stabilizing_predictions": {"stop_set": 300}})
+
+
+def _append(path: Path, frame: pd.DataFrame) -> None:
+    with open(path, "a") as fh:  # as a team appends this week's rows
+        frame.to_csv(fh, header=False, index=False)
+
+
+def _reopen(path: Path, location: str) -> Project:
+    project_module._PREPARED.clear()  # a second `crowdloop run`
+    return Project.prepare(parse_config(_config(path)), location)
+
+
+@pytest.fixture
+def grown(tmp_path: Path):
+    X, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(3)
+    start = rng.choice(len(X), 1200, replace=False)
+    rest = np.setdiff1d(np.arange(len(X)), start)
+    frame = pd.DataFrame(X[start], columns=[f"px{i}" for i in range(64)])
+    frame.insert(0, "uid", [f"d{i:04d}" for i in start])
+    frame["target"] = y[start]
+    path = tmp_path / "pool.csv"
+    frame.to_csv(path, index=False)
+    location = str(tmp_path / "p")
+    p = Project.prepare(parse_config(_config(path)), location)
+    for r in (0, 1):
+        assert engine.run_round(p, r) is None
+    before = {"test": p.test.ids.tolist(), "pool": p.pool.ids.tolist(), "reserve": p.audit_reserve,
+              "stop": p.pool.ids[p.stop_set_rows].tolist()}
+    test_copies = frame[frame["uid"].isin(before["test"][:30])].assign(uid=lambda f: "t-" + f["uid"])
+    pool_copies = frame[frame["uid"].isin(before["pool"][:30])].assign(uid=lambda f: "p-" + f["uid"])
+    new = pd.DataFrame(X[rest], columns=frame.columns[1:-1])
+    new.insert(0, "uid", [f"n{i:04d}" for i in rest])
+    new["target"] = y[rest]
+    week = pd.concat([test_copies, pool_copies, new], ignore_index=True)
+    _append(path, week)
+    return path, location, before, week
+
+
+def test_appended_rows_join_the_project_and_nothing_earlier_moves(grown) -> None:
+    path, location, before, week = grown
+    p = _reopen(path, location)
+    assert p.test.ids.tolist()[: len(before["test"])] == before["test"]  # the rows it started with: as they were
+    assert p.pool.ids.tolist()[: len(before["pool"])] == before["pool"]
+    assert p.audit_reserve == before["reserve"] and p.pool.ids[p.stop_set_rows].tolist() == before["stop"]
+    test, pool = set(p.test.ids.tolist()), set(p.pool.ids.tolist())
+    assert {i for i in week["uid"] if i.startswith("t-")} <= test  # a copy of a test item is a test item
+    assert {i for i in week["uid"] if i.startswith("p-")} <= set(p.copies)  # never asked: it shows a pool item
+    new = [i for i in week["uid"] if i.startswith("n")]
+    share = len(test & set(new)) / len(new)
+    assert len(new) == 597 and 0.24 < share < 0.36  # test_size 0.3 of 597 rows: ±2.5 standard errors
+    record = read_json(p.store, keys.PROJECT)["pool"]
+    assert record["rows_at_start"] == 1200 and record["bytes"] == path.stat().st_size and len(record["grown"]) == 1
+    assert p.store.list(keys.CONFIG_HISTORY)  # the record before the growth is kept
+    twin = p.baseline()
+    assert twin.test.ids.tolist() == p.test.ids.tolist() and twin.audit_reserve == p.audit_reserve
+    assert engine.run_round(p, 2) is None
+    eligible = pool - p.reserved_items() - p.dispatched_items()
+    assert set(new) & eligible  # new rows can be picked
+
+    again = week[week["uid"].str.startswith("n")].iloc[:50].assign(uid=lambda f: "m-" + f["uid"])
+    sides = {i: i in test for i in new}
+    _append(path, again)  # a second week: copies of last week's rows
+    later = _reopen(path, location)
+    later_test = set(later.test.ids.tolist())
+    assert {i: i in later_test for i in new} == sides  # last week's rows keep their side
+    assert all((("m-" + i) in later_test) == sides[i] for i in again["uid"].str[2:])
+    assert len(read_json(later.store, keys.PROJECT)["pool"]["grown"]) == 2
+
+
+def test_a_row_edited_is_refused_even_with_rows_appended(grown) -> None:
+    path, location, _, _ = grown
+    text = path.read_text().splitlines(keepends=True)
+    text[5] = text[5].replace(",0.0,", ",1.0,", 1)  # one value of an early row changed
+    path.write_text("".join(text))
+    with pytest.raises(PoolError, match=r"is not the pool project .* was created with"):
+        _reopen(path, location)
+
+
+def test_a_file_cut_short_or_with_its_last_row_continued_is_refused(tmp_path: Path) -> None:
+    from crowdloop.models.digest import pool_digest, rows_appended
+
+    path = tmp_path / "pool.csv"
+    path.write_text("uid,a\nx,1\ny,2\n")
+    recorded = pool_digest(parse_config(small_config(pool={"source": "csv", "path": str(path)})).pool).as_record()
+    path.write_text("uid,a\nx,1\ny,2\nz,3\n")
+    assert rows_appended(path, recorded)
+    path.write_text("uid,a\nx,1\n")  # cut short
+    assert not rows_appended(path, recorded)
+    path.write_text("uid,a\nx,1\ny,2\nz,3\n")
+    assert not rows_appended(path, {k: v for k, v in recorded.items() if k != "bytes"})  # a project from before
+    path.write_text("uid,a\nx,1\ny,2")  # a file whose last line has no line end ...
+    unended = pool_digest(parse_config(small_config(pool={"source": "csv", "path": str(path)})).pool).as_record()
+    path.write_text("uid,a\nx,1\ny,23\n")  # ... continued: its last row changed, none was appended
+    assert not rows_appended(path, unended)
