@@ -16,7 +16,8 @@ cookie, CSRF value and same-site checks on posts, a nonce-only CSP, escaped item
 direction-isolated box.
 
 The ranking refits the project's model on out-of-fold splits, so it is computed once per
-finished round and kept; a correction takes its item off the page at once.
+finished round and kept; a correction takes its item off the list at once, into the reviewer's
+last corrections below it, where a click changes it again (a click that went wrong).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ COOKIE = "crowdloop_reviewer"
 PREFIX = "reviewers/"
 REVIEWER_NAME = re.compile(r"^[a-z0-9_-]{1,40}$")
 MAX_TOKEN_CHARS = 200
+RECENT = 10  # a reviewer's last corrections shown under the list, to change one clicked wrongly
 
 # -- the reviewers of a project ---------------------------------------------------------------
 
@@ -142,6 +144,15 @@ code{font-size:.85rem}
 <form method="post" action="/correct"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="item_id" value="{{ row.item_id }}">
 <div class="classes">{% for c in classes %}<button type="submit" name="label" value="{{ c }}"{% if c == row.label %} class="current" title="keep the crowd's label (recorded as reviewed)"{% endif %}>{{ c }}</button>{% endfor %}</div>
 <input type="text" name="note" maxlength="{{ max_note }}" placeholder="note (optional): why" aria-label="note">
+</form></div>
+{% endfor %}
+{% endif %}
+{% if mine %}
+<h2 class="muted" id="mine">Your last corrections: change one if a click went wrong</h2>
+{% for c in mine %}
+<div class="card mine" data-corrected="{{ c.item_id }}"><div class="muted"><code>{{ c.item_id }}</code> · {{ c.at.strftime("%Y-%m-%d %H:%M UTC") }}{% if c.note %} · <span dir="auto">{{ c.note }}</span>{% endif %}</div>
+<form method="post" action="/correct"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="item_id" value="{{ c.item_id }}">
+<div class="classes">{% for k in classes %}<button type="submit" name="label" value="{{ k }}"{% if k == c.label %} class="current" title="the label you set"{% endif %}>{{ k }}</button>{% endfor %}</div>
 </form></div>
 {% endfor %}
 {% endif %}
@@ -234,10 +245,11 @@ def create_review_app(p: Project, *, top: int = 20, rank: str = "both") -> FastA
                  for row in rows if row["item_id"] in p.index_of]
         nonce = secrets.token_urlsafe(16)
         in_force = await run_in_threadpool(corrections.latest, p)
+        mine = sorted((c for c in in_force.values() if c.by == who[0]), key=lambda c: c.at, reverse=True)[:RECENT]
         html = PAGE.render(project=p.config.project, reviewer=who[0], rows=shown, round=finished, classes=p.classes,
                            csrf=csrf_for(who[1]), nonce=nonce, ranking=RANKINGS[rank],
                            notice=notice_for(notice, who[0], in_force), n_corrections=len(in_force),
-                           max_note=corrections.MAX_NOTE_CHARS)
+                           max_note=corrections.MAX_NOTE_CHARS, mine=mine)
         return security_headers(HTMLResponse(html), nonce)
 
     @app.post("/correct")

@@ -66,6 +66,13 @@ def test_a_reviewer_corrects_the_first_label_and_it_leaves_the_page(reviewed) ->
     again = desk.post("/correct", data={"csrf": csrf_for(token), "item_id": first["item_id"], "label": other},
                       headers=ORIGIN)
     assert again.headers["location"] == "/?notice=in-force" and len(p.store.list("corrections/")) == 1
+    # a click that went wrong: the item waits under "your last corrections", where a click changes it
+    mine = re.findall(r'class="card mine" data-corrected="([^"]+)"', after.text)
+    assert mine == [first["item_id"]] and f'value="{other}" class="current"' in after.text.split('id="mine"')[1]
+    meant = next(c for c in p.classes if c not in (other, first["label"]))
+    desk.post("/correct", data={"csrf": csrf_for(token), "item_id": first["item_id"], "label": meant}, headers=ORIGIN)
+    assert corrections.latest(p)[first["item_id"]].label == meant and len(p.store.list("corrections/")) == 2
+    other = meant
     # the same record crowdloop correct makes: the next aggregation trains on it
     assert engine.run_round(p, 2) is None
     labels = {label.item_id: label for label in p.human_labels(before_round=3)}
