@@ -205,11 +205,16 @@ def _make(cls: type, params: dict[str, Any]) -> Any:
         raise ConfigError(f"model.features.params: {cls.__name__} rejected {sorted(params)}: {exc}") from None
 
 
-def _check_record(record: dict[str, Any], cfg: FeaturesConfig, digest: str, key: str) -> None:
+def _check_record(record: dict[str, Any], cfg: FeaturesConfig, digest: str, key: str, texts: np.ndarray) -> None:
+    """The stored featurizer was made with this config on these texts, or on the first of them: a
+    csv pool grown by appended rows keeps the featurizer fitted when the project started
+    (``crowdloop/engine/pools.py`` accepts only appended rows), so every model sees the same columns."""
     if record.get("config") != cfg.model_dump(mode="json"):
         raise ConfigError(f"model.features: {cfg.model_dump(mode='json')} differs from {record.get('config')} "
                           f"that the project's stored features ({key}) were made with; use a new --project-dir")
-    if record.get("texts_sha256") != digest:
+    n = record.get("n_items")
+    appended = isinstance(n, int) and 0 < n < len(texts) and texts_digest(texts[:n].tolist()) == record.get("texts_sha256")
+    if record.get("texts_sha256") != digest and not appended:
         raise PoolError(f"pool: the texts differ from the {record.get('n_items')} texts the project's stored features "
                         f"({key}) were fitted on; a project's pool must not change (use a new --project-dir)")
 
@@ -246,7 +251,7 @@ def _fit_tfidf(texts: np.ndarray, cfg: FeaturesConfig, store: Any, digest: str) 
                   "n_items": len(texts), "vectorizer": vectorizer, "svd": svd}
         if store is not None:
             record = pickle.loads(_write_create_only(store, key, pickle.dumps(record)))
-    _check_record(record, cfg, digest, key)
+    _check_record(record, cfg, digest, key, texts)
     vectorizer, svd = record["vectorizer"], record["svd"]
     matrix = vectorizer.transform(texts.tolist()).tocsr()
     return FittedText("tfidf", texts, matrix.shape[1], vectorizer.transform,
@@ -269,7 +274,7 @@ def _fit_hashing(texts: np.ndarray, cfg: FeaturesConfig, store: Any, digest: str
               "n_items": len(texts)}
     if store is not None:
         record = json.loads(_write_create_only(store, key, json.dumps(record).encode()))
-    _check_record(record, cfg, digest, key)
+    _check_record(record, cfg, digest, key, texts)
     projection = SparseRandomProjection(n_components=cfg.dense_dim, random_state=0).fit(sp.csr_matrix((1, n_features)))
     return FittedText("hashing", texts, n_features, lambda t: vectorizer.transform(t).tocsr(),
                       lambda M: _unit_rows(projection.transform(M)))

@@ -126,3 +126,35 @@ def test_a_file_cut_short_or_with_its_last_row_continued_is_refused(tmp_path: Pa
     unended = pool_digest(parse_config(small_config(pool={"source": "csv", "path": str(path)})).pool).as_record()
     path.write_text("uid,a\nx,1\ny,23\n")  # ... continued: its last row changed, none was appended
     assert not rows_appended(path, unended)
+
+
+def test_a_text_pool_grows_with_the_featurizer_it_started_with(tmp_path: Path) -> None:
+    """TF-IDF is fitted once, on the texts the project started with, and stored: appended texts are
+    featurized with it, so every model of the project sees the same columns."""
+    rng = np.random.default_rng(0)
+    words = {"billing": "charged refund invoice card twice money", "shipping": "parcel courier late tracking box door"}
+
+    def tickets(prefix: str, n: int) -> pd.DataFrame:
+        labels = rng.choice(list(words), n)
+        return pd.DataFrame({"id": [f"{prefix}{i:03d}" for i in range(n)], "label": labels,
+                             "text": [" ".join(rng.choice(words[c].split(), 5)) + f" #{prefix}{i}" for i, c in
+                                      enumerate(labels)]})
+
+    path = tmp_path / "tickets.csv"
+    tickets("a", 150).to_csv(path, index=False)
+    cfg = small_config(pool={"source": "csv", "path": str(path), "id_column": "id", "text_column": "text",
+                             "label_column": "label", "test_size": 0.2},
+                       model={"estimator": "sklearn.linear_model.LogisticRegression", "features": {"kind": "tfidf"}},
+                       sampler={"name": "margin", "batch_size": 10, "initial_size": 20})
+    p = Project.prepare(parse_config(cfg), str(tmp_path / "p"))
+    assert engine.run_round(p, 0) is None
+    fitted = p.store.read_bytes("features/tfidf.pkl")
+    before = p.pool.ids.tolist(), p.test.ids.tolist()
+    _append(path, tickets("b", 60))
+    project_module._PREPARED.clear()
+    grown_p = Project.prepare(parse_config(cfg), str(tmp_path / "p"))
+    assert len(grown_p.pool) + len(grown_p.test) == 210
+    assert grown_p.pool.ids.tolist()[: len(before[0])] == before[0] and grown_p.test.ids.tolist()[: len(before[1])] == before[1]
+    assert engine.run_round(grown_p, 1) is None
+    assert p.store.read_bytes("features/tfidf.pkl") == fitted
+    assert grown_p.load_model(1).predict_proba(grown_p.pool.X[len(before[0]):]).shape == (len(grown_p.pool) - len(before[0]), 2)
