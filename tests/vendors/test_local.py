@@ -282,16 +282,16 @@ def test_image_files_named_by_the_pool_are_served_and_nothing_else(tmp_path):
     (tmp_path / "img" / "a.png").write_bytes(png_from_pixels([[0, 5], [5, 0]]))
     (tmp_path / "secret.txt").write_text("not an image")
     kinds = ["img/a.png", "secret.txt", "img/missing.png"]
-    rows = ["id,image,f1,label"] + [f"i{n},{kinds[n % 3]},{n},{'x' if n % 2 else 'y'}" for n in range(12)]
+    rows = ["id,image,f1"] + [f"i{n},{kinds[n % 3]},{n}" for n in range(12)]
     (tmp_path / "pool.csv").write_text("\n".join(rows) + "\n")
-    cfg = parse_config(small_config(**{
-        "pool": {"source": "csv", "path": str(tmp_path / "pool.csv"), "id_column": "id", "label_column": "label",
-                 "image_column": "image", "test_size": 0.25},
+    cfg = parse_config(small_config(**{  # no labels, no test split: every file stays in the pool
+        "pool": {"source": "csv", "path": str(tmp_path / "pool.csv"), "id_column": "id", "image_column": "image",
+                 "classes": ["x", "y"]},
         "vendor": {"name": "local", "params": {}}, "sampler.batch_size": 2, "sampler.initial_size": 2}))
     p = engine.Project.prepare(cfg, str(tmp_path / "project"))
     v = p.vendor
     by_kind = {Path(path).name: item for item, path in zip(p.pool.ids.tolist(), p.pool.content.tolist(), strict=True)}
-    assert sorted(by_kind) == ["a.png", "missing.png", "secret.txt"]  # 4 of each, 3 held out
+    assert sorted(by_kind) == ["a.png", "missing.png", "secret.txt"]
     v.submit([Task(item_id=i, round=0, batch_id="b", replicas=1, reward=0.01) for i in by_kind.values()], batch_id="b")
     token = v.add_annotator("ann")
     client = _client(v)
