@@ -22,8 +22,6 @@ last corrections below it, where a click changes it again (a click that went wro
 
 from __future__ import annotations
 
-import hmac
-import re
 import secrets
 import threading
 from typing import TYPE_CHECKING, Any
@@ -34,18 +32,16 @@ from jinja2 import Environment
 from starlette.concurrency import run_in_threadpool
 
 from crowdloop import corrections
-from crowdloop.errors import ConfigError, CrowdloopError, RecordExistsError
+from crowdloop.errors import ConfigError, CrowdloopError
 from crowdloop.records import utcnow
-from crowdloop.storage import read_json, write_json
 from crowdloop.web import (
-    TooLarge,
+    PersonalLinks,
+    checked_form,
     csrf_for,
     escape,
     image_response,
-    read_form,
-    same_site,
+    item_key,
     security_headers,
-    token_hash,
 )
 
 if TYPE_CHECKING:
@@ -53,49 +49,33 @@ if TYPE_CHECKING:
 
 COOKIE = "crowdloop_reviewer"
 PREFIX = "reviewers/"
-REVIEWER_NAME = re.compile(r"^[a-z0-9_-]{1,40}$")
-MAX_TOKEN_CHARS = 200
 RECENT = 10  # a reviewer's last corrections shown under the list, to change one clicked wrongly
 
 # -- the reviewers of a project ---------------------------------------------------------------
 
 
+def reviewer_links(p: Project) -> PersonalLinks:
+    """The project's reviewers (``reviewers/``): add, revoke, list, and who holds a token."""
+    return PersonalLinks(p.store, PREFIX, "reviewer")
+
+
 def add_reviewer(p: Project, name: str) -> str:
     """Create reviewer ``name`` and return their token (shown once; only its hash is stored)."""
-    if not REVIEWER_NAME.match(name):
-        raise ConfigError(f"reviewer name {name!r}: expected 1-40 lowercase letters, digits, '_' or '-'")
-    token = secrets.token_urlsafe(24)
-    try:
-        write_json(p.store, f"{PREFIX}{name}.json",
-                   {"name": name, "token_sha256": token_hash(token), "created_at": utcnow().isoformat()},
-                   create_only=True)
-    except RecordExistsError:
-        raise ConfigError(f"reviewer {name!r} already exists; remove it first to issue a new link") from None
-    return token
+    return reviewer_links(p).issue(name, now=utcnow())
 
 
 def remove_reviewer(p: Project, name: str) -> None:
     """Revoke ``name``'s link (the corrections they recorded stay)."""
-    if not REVIEWER_NAME.match(name) or not p.store.exists(f"{PREFIX}{name}.json"):
-        raise ConfigError(f"reviewer {name!r}: not found; known: {', '.join(reviewers(p)) or 'none'}")
-    p.store.delete(f"{PREFIX}{name}.json")
+    reviewer_links(p).revoke(name)
 
 
 def reviewers(p: Project) -> list[str]:
-    return sorted(k[len(PREFIX):-len(".json")] for k in p.store.list(PREFIX) if k.endswith(".json"))
+    return reviewer_links(p).names()
 
 
 def authenticate(p: Project, token: str | None) -> str | None:
-    """The reviewer holding ``token``, or None (constant-time comparison of hashes)."""
-    if not token or len(token) > MAX_TOKEN_CHARS:
-        return None
-    digest = token_hash(token)
-    found = None
-    for key in p.store.list(PREFIX):
-        record = read_json(p.store, key, default=None)
-        if record and hmac.compare_digest(str(record.get("token_sha256", "")), digest):
-            found = str(record["name"])
-    return found
+    """The reviewer holding ``token``, or None."""
+    return reviewer_links(p).holder(token)
 
 
 # -- the page -----------------------------------------------------------------------------------
@@ -166,13 +146,6 @@ TOO_LARGE = "<!doctype html><title>413</title><h1>413 Payload Too Large</h1><p>N
 RANKINGS = {"both": "the crowd's confidence times the model's probability of the label",
             "crowd": "the crowd's confidence, items whose votes split",
             "model": "the model's probability of the label"}
-
-
-def item_key(item_id: str) -> str:
-    """An image's path segment: no item id (which may hold '/', '..') ever reaches a URL."""
-    import hashlib
-
-    return hashlib.sha256(item_id.encode()).hexdigest()[:16]
 
 
 class _Ranking:
@@ -255,16 +228,9 @@ def create_review_app(p: Project, *, top: int = 20, rank: str = "both") -> FastA
     @app.post("/correct")
     async def correct(request: Request) -> Response:
         who = reviewer(request)
-        if who is None or not same_site(request):
-            return forbidden()
-        try:
-            form = await read_form(request)
-        except TooLarge:
-            response = security_headers(HTMLResponse(TOO_LARGE, status_code=413))
-            response.headers["Connection"] = "close"
-            return response
-        if form is None or not hmac.compare_digest(form.get("csrf", "").encode(), csrf_for(who[1]).encode()):
-            return forbidden()
+        form = await checked_form(request, who and who[1], forbidden=forbidden(), too_large=TOO_LARGE)
+        if isinstance(form, Response) or who is None:
+            return form
         item, label, note = form.get("item_id", ""), form.get("label", ""), form.get("note", "").strip()
 
         def record() -> str | None:

@@ -10,24 +10,37 @@ written once so neither can drift from the other:
 * a post must come from this site: its ``Origin`` (or, without one, its ``Referer``) is ours and
   ``Sec-Fetch-Site`` is same-origin, and its form carries the CSRF value of the cookie's token;
 * a form larger than ``MAX_FORM_BYTES`` is refused by its ``Content-Length`` before its body is
-  read, and a body without one is read only up to the limit.
+  read, and a body without one is read only up to the limit;
+* a personal link's token is shown once; only its hash is kept, one record per person
+  (``PersonalLinks``), compared in constant time.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import hmac
+import re
+import secrets
 import struct
 import zlib
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import Request
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, Response
+
+from crowdloop.errors import CrowdloopError, RecordExistsError
+from crowdloop.storage import Store, read_json, write_json
 
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
                ".webp": "image/webp"}
 MAX_FORM_BYTES = 4096
+PERSON_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+MAX_TOKEN_CHARS = 200
 
 
 class TooLarge(Exception):
@@ -76,6 +89,78 @@ async def read_form(request: Request) -> dict[str, str] | None:
     except (UnicodeDecodeError, ValueError):
         return None
     return {k: v[0] for k, v in parsed.items()}
+
+
+def too_large_response(html: str) -> Response:
+    response = security_headers(HTMLResponse(html, status_code=413))
+    response.headers["Connection"] = "close"  # the unread rest of the body is never read
+    return response
+
+
+async def checked_form(request: Request, token: str | None, *, forbidden: Response,
+                       too_large: str) -> dict[str, str] | Response:
+    """The form a signed-in person posted from this site (``token``: their cookie's, None when it
+    opens nothing), else the response refusing it: ``forbidden`` for a foreign or forged post, 413
+    (page ``too_large``) for a form beyond ``MAX_FORM_BYTES``."""
+    if token is None or not same_site(request):
+        return forbidden
+    try:
+        form = await read_form(request)
+    except TooLarge:
+        return too_large_response(too_large)
+    # bytes: compare_digest raises TypeError on non-ASCII str, which a forged form may carry
+    if form is None or not hmac.compare_digest(form.get("csrf", "").encode(), csrf_for(token).encode()):
+        return forbidden
+    return form
+
+
+@dataclass(frozen=True)
+class PersonalLinks:
+    """The people who open a page by a personal link (annotators of the local app, reviewers of
+    the review desk): one record per person under ``prefix`` with a hash of their token."""
+
+    store: Store
+    prefix: str  # "annotators/", "reviewers/"
+    role: str  # how errors name them: "annotator", "reviewer"
+
+    def issue(self, name: str, *, now: datetime) -> str:
+        """Create ``name`` and return their token (shown once; only its hash is stored)."""
+        if not PERSON_NAME.match(name):
+            raise CrowdloopError(f"{self.role} name {name!r}: expected 1-40 lowercase letters, digits, '_' or '-'")
+        token = secrets.token_urlsafe(24)
+        try:
+            write_json(self.store, f"{self.prefix}{name}.json",
+                       {"name": name, "token_sha256": token_hash(token), "created_at": now.isoformat()}, create_only=True)
+        except RecordExistsError:
+            raise CrowdloopError(f"{self.role} {name!r} already exists; remove it first to issue a new link") from None
+        return token
+
+    def revoke(self, name: str) -> None:
+        """Delete ``name``'s record: their link opens nothing from now on."""
+        if not PERSON_NAME.match(name) or not self.store.exists(f"{self.prefix}{name}.json"):
+            raise CrowdloopError(f"{self.role} {name!r}: not found; known: {', '.join(self.names()) or 'none'}")
+        self.store.delete(f"{self.prefix}{name}.json")
+
+    def names(self) -> list[str]:
+        return sorted(k[len(self.prefix):-len(".json")] for k in self.store.list(self.prefix) if k.endswith(".json"))
+
+    def holder(self, token: str | None) -> str | None:
+        """The person holding ``token``, or None (constant-time comparison of hashes)."""
+        if not token or len(token) > MAX_TOKEN_CHARS:
+            return None
+        digest = token_hash(token)
+        found = None
+        for key in self.store.list(self.prefix):
+            record = read_json(self.store, key, default=None)
+            if record and hmac.compare_digest(str(record.get("token_sha256", "")), digest):
+                found = str(record["name"])
+        return found
+
+
+@functools.lru_cache(maxsize=1 << 16)  # a page asks for every item's digest on every view
+def item_key(item_id: str) -> str:
+    """Item ids may hold any character; store keys and URLs use a digest."""
+    return hashlib.sha256(item_id.encode()).hexdigest()[:16]
 
 
 def csrf_for(token: str) -> str:

@@ -42,11 +42,7 @@ is always collected and paid, and one it would not collect is refused with a sen
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
-import hmac
-import re
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -69,9 +65,8 @@ from crowdloop.vendor import (
     record_block,
     record_decision,
 )
-from crowdloop.web import token_hash
+from crowdloop.web import PERSON_NAME, PersonalLinks, item_key
 
-ANNOTATOR_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 UNDO_MARGIN_S = 2.0  # poll waits this much longer than the undo window (clock and request skew)
 
 
@@ -82,12 +77,6 @@ class LocalParams(BaseModel):
                                                  "audit items or re-asks of split votes)")
     undo_window_s: float = Field(30.0, ge=0, le=3600, description="how long an answer can be taken back")
     lease_s: float = Field(600.0, gt=0, description="an item on one annotator's screen is held for them this long")
-
-
-@functools.lru_cache(maxsize=1 << 16)  # the desk asks for every open item's digest on every page view
-def item_key(item_id: str) -> str:
-    """Item ids may hold any character; store keys use a digest."""
-    return hashlib.sha256(item_id.encode()).hexdigest()[:16]
 
 
 class LocalVendor:
@@ -224,28 +213,21 @@ class LocalVendor:
                 "bonuses": round(bonuses, 2)}
 
     # -- annotators ------------------------------------------------------------------
+    @property
+    def _links(self) -> PersonalLinks:
+        return PersonalLinks(self.store, "annotators/", "annotator")
+
     def add_annotator(self, name: str) -> str:
         """Create an annotator and return their token (shown once; only its hash is stored)."""
-        if not ANNOTATOR_NAME.match(name):
-            raise CrowdloopError(f"annotator name {name!r}: expected 1-40 lowercase letters, digits, '_' or '-'")
-        token = secrets.token_urlsafe(24)
-        try:
-            write_json(self.store, f"annotators/{name}.json",
-                       {"name": name, "token_sha256": token_hash(token), "created_at": self._now().isoformat()},
-                       create_only=True)
-        except RecordExistsError:
-            raise CrowdloopError(f"annotator {name!r} already exists; remove it first to issue a new link") from None
-        return token
+        return self._links.issue(name, now=self._now())
 
     def remove_annotator(self, name: str) -> None:
         """Revoke ``name``'s link and release the item on their screen (their answers stay)."""
-        if not ANNOTATOR_NAME.match(name) or not self.store.exists(f"annotators/{name}.json"):
-            raise CrowdloopError(f"annotator {name!r}: not found; known: {', '.join(self.annotators()) or 'none'}")
-        self.store.delete(f"annotators/{name}.json")
+        self._links.revoke(name)
         self.store.delete(f"leases/{name}.json")  # else the item stays held for them for lease_s
 
     def annotators(self) -> list[str]:
-        return [k.split("/")[-1][: -len(".json")] for k in self.store.list("annotators/")]
+        return self._links.names()
 
     @property
     def workforce(self) -> int | None:
@@ -255,15 +237,7 @@ class LocalVendor:
 
     def authenticate(self, token: str | None) -> str | None:
         """The annotator holding ``token``, or None (constant-time comparison of hashes)."""
-        if not token or len(token) > 200:
-            return None
-        digest = token_hash(token)
-        found = None
-        for key in self.store.list("annotators/"):
-            record = read_json(self.store, key, default=None)
-            if record and hmac.compare_digest(record["token_sha256"], digest):
-                found = record["name"]
-        return found
+        return self._links.holder(token)
 
     # -- the annotation desk (used by the web app) -----------------------------------------
     def open_tasks(self) -> list[Task]:
@@ -421,7 +395,7 @@ class LocalVendor:
     # -- helpers ----------------------------------------------------------------------
     @staticmethod
     def _check_worker(worker: str) -> None:
-        if not ANNOTATOR_NAME.match(worker):
+        if not PERSON_NAME.match(worker):
             raise VendorDataError(f"annotator {worker!r}: expected 1-40 lowercase letters, digits, '_' or '-'")
 
     def _now(self, stamp: float | None = None) -> datetime:

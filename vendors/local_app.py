@@ -21,7 +21,6 @@ Security model, in short:
 
 from __future__ import annotations
 
-import hmac
 import logging
 import secrets
 import threading
@@ -35,15 +34,14 @@ from starlette.concurrency import run_in_threadpool
 
 from crowdloop.errors import CrowdloopError
 from crowdloop.records import Annotation, Task
-from crowdloop.vendors.local import LocalVendor, item_key
+from crowdloop.vendors.local import LocalVendor
 from crowdloop.web import (
     MAX_FORM_BYTES,
-    TooLarge,
+    checked_form,
     csrf_for,
     escape,
     image_response,
-    read_form,
-    same_site,
+    item_key,
     security_headers,
 )
 
@@ -172,23 +170,10 @@ def create_app(vendor: LocalVendor, *, suggest: Suggest | None = None, project: 
         name = vendor.authenticate(token)
         return (name, token) if name and token else None
 
-    def too_large() -> Response:
-        response = security_headers(HTMLResponse(TOO_LARGE, status_code=413))
-        response.headers["Connection"] = "close"  # the unread rest of the body is never read
-        return response
-
     async def checked_post(request: Request) -> tuple[str, dict[str, str]] | Response:
         who = annotator(request)
-        if who is None or not same_site(request):
-            return forbidden()
-        try:
-            form = await read_form(request)
-        except TooLarge:
-            return too_large()
-        # bytes: compare_digest raises TypeError on non-ASCII str, which a forged form may carry
-        if form is None or not hmac.compare_digest(form.get("csrf", "").encode(), csrf_for(who[1]).encode()):
-            return forbidden()
-        return who[0], form
+        form = await checked_form(request, who and who[1], forbidden=forbidden(), too_large=TOO_LARGE)
+        return form if isinstance(form, Response) else (who[0], form)
 
     def back(notice: str | None = None) -> Response:
         url = "/" if not notice else f"/?notice={notice}"

@@ -86,7 +86,8 @@ from crowdloop.vendor import (
     parse_params,
     record_block,
 )
-from crowdloop.vendors.local import LocalParams, LocalVendor, token_hash
+from crowdloop.vendors.local import LocalParams, LocalVendor
+from crowdloop.web import token_hash
 
 log = logging.getLogger(__name__)
 
