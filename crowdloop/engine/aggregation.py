@@ -55,8 +55,7 @@ def aggregate(p: Project, r: int) -> dict[str, Any]:
             audited = [AuditLabel(item_id=str(item), label=str(agg.labels_[item]), n_annotations=int(counts[item]), round=r,
                                   proba={str(c): round(float(v), 6) for c, v in agg.probas_.loc[item].items()})
                        if item not in fixes else
-                       AuditLabel(item_id=str(item), label=fixes[item].label, n_annotations=int(counts[item]), round=r,
-                                  proba={c: float(c == fixes[item].label) for c in p.classes}, source="reviewed")
+                       _reviewed_audit_label(str(item), fixes[item], int(counts[item]), r, p.classes)
                        # an audit item counts once drawn and judged; its correction waits until then
                        for item in agg.labels_.index if item in audit]
             audited += _followers(audited, audit_followers(p, r), fixes, r)
@@ -102,12 +101,17 @@ def _followers(audited: list[AuditLabel], followers: dict[str, str], fixes: dict
         if asked not in by_item:
             continue  # not judged yet
         if item in fixes:
-            out.append(AuditLabel(item_id=item, label=fixes[item].label, n_annotations=0, round=r, source="reviewed",
-                                  proba={c: float(c == fixes[item].label) for c in by_item[asked].proba}))
+            out.append(_reviewed_audit_label(item, fixes[item], 0, r, tuple(by_item[asked].proba)))
         else:
             out.append(by_item[asked].model_copy(update={"item_id": item, "n_annotations": 0, "round": r,
                                                          "source": "copied"}))
     return out
+
+
+def _reviewed_audit_label(item: str, fix: Any, n_annotations: int, r: int, classes: tuple[str, ...]) -> AuditLabel:
+    """An audit item's label as a reviewer corrected it: certain."""
+    return AuditLabel(item_id=item, label=fix.label, n_annotations=n_annotations, round=r, source="reviewed",
+                      proba={c: float(c == fix.label) for c in classes})
 
 
 def _corrected(labels: list[AggregatedLabel], fixes: dict[str, Any], audit: set[str], counts: pd.Series, r: int, *,

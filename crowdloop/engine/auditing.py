@@ -132,26 +132,20 @@ def audit_redundancy(config: LoopConfig) -> int:
     return config.evaluation.redundancy or max(AUDIT_JUDGMENTS, config.consensus.most_judgments)
 
 
+def audit_records(p: Project, before_round: int) -> list[dict[str, Any]]:
+    """The ``audit.json`` records of the rounds before ``before_round`` (rounds without one left out)."""
+    return [rec for q in range(before_round) if (rec := p.record(q, keys.AUDIT, default=None))]
+
+
 def audit_items(p: Project, before_round: int) -> set[str]:
     """Audit items drawn before round ``before_round``: sent to the vendor, or labeled by the copy
     that was (``ask_once``)."""
-    sent: set[str] = set()
-    for q in range(before_round):
-        rec = p.record(q, keys.AUDIT, default=None)
-        if rec:
-            sent.update(rec["item_ids"])
-            sent.update(rec.get("copied_from", {}))
-    return sent
+    return {item for rec in audit_records(p, before_round) for item in (*rec["item_ids"], *rec.get("copied_from", {}))}
 
 
 def audit_followers(p: Project, through_round: int) -> dict[str, str]:
     """Audit items labeled without being asked -> the item showing the same thing that was asked."""
-    found: dict[str, str] = {}
-    for q in range(through_round + 1):
-        rec = p.record(q, keys.AUDIT, default=None)
-        if rec:
-            found.update(rec.get("copied_from", {}))
-    return found
+    return {item: asked for rec in audit_records(p, through_round + 1) for item, asked in rec.get("copied_from", {}).items()}
 
 
 def ask_once(p: Project, items: list[str], *, before_round: int) -> tuple[list[str], dict[str, str]]:
@@ -163,9 +157,8 @@ def ask_once(p: Project, items: list[str], *, before_round: int) -> tuple[list[s
     if not copies:
         return items, {}
     asked: dict[str, str] = {}  # a content group (its pool-first item) -> the audit item asked about it
-    for q in range(before_round):
-        rec = p.record(q, keys.AUDIT, default=None)
-        for item in rec["item_ids"] if rec else []:
+    for rec in audit_records(p, before_round):
+        for item in rec["item_ids"]:
             asked.setdefault(copies.get(item, item), item)
     to_ask, followers = [], {}
     for item in items:
@@ -252,7 +245,7 @@ def estimate(p: Project, r: int, model: Any) -> Estimate | None:
     if not labels:
         return None
     ev = p.config.evaluation
-    records = [rec for q in range(r) if (rec := p.record(q, keys.AUDIT, default=None)) and rec["draws"]]
+    records = [rec for rec in audit_records(p, r) if rec["draws"]]
     items = sorted(labels)
     proba = model.predict_proba(p.pool.X[p.rows_of(items)])
     classes = [str(c) for c in model.classes_]
