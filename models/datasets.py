@@ -308,31 +308,35 @@ def split_pool(pool: Pool, test_size: float, seed: int, *, group_copies: bool = 
     under another id measures memory, not accuracy. ``rows_at_start``: the pool grew by rows
     appended after its first that many (``grown_split_indices``).
     """
+    # copies only matter where a test split is drawn (labels); finding them hashes image files
+    copies = copies_of(pool) if group_copies and pool.y is not None else None
     if rows_at_start is not None and len(pool) > rows_at_start:
-        train_idx, test_idx = grown_split_indices(pool, test_size, seed, rows_at_start, group_copies=group_copies)
+        train_idx, test_idx = grown_split_indices(pool, test_size, seed, rows_at_start, copies=copies)
     else:
-        train_idx, test_idx = split_indices(pool, test_size, seed, copies=copies_of(pool) if group_copies else None)
+        train_idx, test_idx = split_indices(pool, test_size, seed, copies=copies)
     if test_idx is None:
         return pool, None
     return pool.subset(train_idx), pool.subset(test_idx)
 
 
 def grown_split_indices(pool: Pool, test_size: float, seed: int, rows_at_start: int, *,
-                        group_copies: bool) -> tuple[np.ndarray, np.ndarray | None]:
+                        copies: dict[str, str] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """The split of a pool grown by rows appended after its first ``rows_at_start``: those rows
     split exactly as they did before the pool grew; an appended row joins the side of the earlier
-    row that shows the same thing (``group_copies``), else the test split with probability
-    ``test_size`` by a hash of the seed and its id — so a row's side never depends on the rows
-    appended with or after it, and every growth keeps every earlier side."""
-    head = pool.subset(np.arange(rows_at_start))
-    _, head_test = split_indices(head, test_size, seed, copies=copies_of(head) if group_copies else None)
+    row that shows the same thing (``copies``, as ``copies_of`` gives for the whole pool), else
+    the test split with probability ``test_size`` by a hash of the seed and its id — so a row's
+    side never depends on the rows appended with or after it, and every growth keeps every
+    earlier side."""
+    ids = [str(i) for i in pool.ids.tolist()]
+    row_of = {item: i for i, item in enumerate(ids)}
+    copies = copies or {}
+    # a row's original is the first row showing the same: a first row's original is a first row too
+    head_copies = {c: o for c, o in copies.items() if row_of[c] < rows_at_start}
+    _, head_test = split_indices(pool.subset(np.arange(rows_at_start)), test_size, seed, copies=head_copies or None)
     if head_test is None:  # no test split when the project started: none now either
         return np.arange(len(pool)), None
     test = np.zeros(len(pool), dtype=bool)
     test[head_test] = True
-    copies = copies_of(pool) if group_copies else {}
-    ids = [str(i) for i in pool.ids.tolist()]
-    row_of = {item: i for i, item in enumerate(ids)}
     for i in range(rows_at_start, len(pool)):
         original = copies.get(ids[i])
         if original is not None:

@@ -124,25 +124,24 @@ def rows_appended(path: Path, recorded: dict[str, Any]) -> bool:
     try:
         if path.stat().st_size <= size:
             return False
-        h = hashlib.sha256()
-        left = size
         with open(path, "rb") as fh:
-            while left > 0 and (chunk := fh.read(min(_CHUNK, left))):
-                h.update(chunk)
-                left -= len(chunk)
-                last = chunk[-1:]
-    except OSError:
+            fh.seek(size - 1)
+            ended_a_line = fh.read(1) == b"\n"
+        return ended_a_line and file_sha256(path, first=size) == recorded.get("sha256")
+    except (OSError, PoolError):
         return False
-    return left == 0 and last == b"\n" and h.hexdigest() == recorded.get("sha256")
 
 
-def file_sha256(path: Path) -> str:
-    """Streaming sha256 of one file (memory: one chunk)."""
+def file_sha256(path: Path, *, first: int | None = None) -> str:
+    """Streaming sha256 of one file, or of its ``first`` bytes (memory: one chunk)."""
     h = hashlib.sha256()
+    left = first
     try:
         with open(path, "rb") as fh:
-            while chunk := fh.read(_CHUNK):
+            while (left is None or left > 0) and (chunk := fh.read(_CHUNK if left is None else min(_CHUNK, left))):
                 h.update(chunk)
+                if left is not None:
+                    left -= len(chunk)
     except OSError as exc:
         raise PoolError(f"pool.path: cannot read {str(path)!r}: {exc.strerror}") from None
     return h.hexdigest()

@@ -117,7 +117,7 @@ def checked_pool_record(project: Project, existing: dict[str, Any] | None) -> di
     if not digest.matches(recorded["sha256"]) and "rows_at_start" in recorded \
             and rows_appended(Path(config.pool.path or ""), recorded):
         # rows appended: the rows it started with keep their split, audit reserve and stop set
-        # (Project.rows_at_start); the new ones join the pool (models/datasets.py, grown_split_indices)
+        # (Project.items_at_start); the new ones join the pool (models/datasets.py, grown_split_indices)
         grown = [*recorded.get("grown", []), {"sha256": recorded["sha256"], "bytes": recorded["bytes"]}]
         return {**recorded, **digest.as_record(), "grown": grown}
     if not digest.matches(recorded["sha256"]):
