@@ -157,7 +157,9 @@ class _Ranking:
         self.round: int | None = None
         self.rows: list[dict[str, Any]] = []
 
-    def current(self) -> tuple[int | None, list[dict[str, Any]]]:
+    def current(self) -> tuple[int | None, list[dict[str, Any]], dict[str, corrections.Correction]]:
+        """The last finished round, the page's rows (items corrected since left out), and the
+        corrections in force they were filtered by."""
         from crowdloop.export import last_finished_round
 
         with self.lock:
@@ -166,8 +168,8 @@ class _Ranking:
                 # more than a page: corrections take rows off until the next round ranks again
                 self.rows = corrections.disputed(self.p, top=3 * self.top, rank=self.rank)
                 self.round = finished
-            done = set(corrections.latest(self.p))
-            return self.round, [row for row in self.rows if row["item_id"] not in done][: self.top]
+            in_force = corrections.latest(self.p)
+            return self.round, [row for row in self.rows if row["item_id"] not in in_force][: self.top], in_force
 
 
 def create_review_app(p: Project, *, top: int = 20, rank: str = "both") -> FastAPI:
@@ -213,11 +215,10 @@ def create_review_app(p: Project, *, top: int = 20, rank: str = "both") -> FastA
         who = await run_in_threadpool(reviewer, request)
         if who is None:
             return forbidden()
-        finished, rows = await run_in_threadpool(ranking.current)
+        finished, rows, in_force = await run_in_threadpool(ranking.current)
         shown = [{**row, "key": item_key(row["item_id"]), "payload": item_payload(p.pool, p.index_of[row["item_id"]])}
                  for row in rows if row["item_id"] in p.index_of]
         nonce = secrets.token_urlsafe(16)
-        in_force = await run_in_threadpool(corrections.latest, p)
         mine = sorted((c for c in in_force.values() if c.by == who[0]), key=lambda c: c.at, reverse=True)[:RECENT]
         html = PAGE.render(project=p.config.project, reviewer=who[0], rows=shown, round=finished, classes=p.classes,
                            csrf=csrf_for(who[1]), nonce=nonce, ranking=RANKINGS[rank],
@@ -250,7 +251,7 @@ def create_review_app(p: Project, *, top: int = 20, rank: str = "both") -> FastA
     async def image(request: Request, key: str) -> Response:
         if await run_in_threadpool(reviewer, request) is None:
             return forbidden()
-        _, rows = await run_in_threadpool(ranking.current)
+        _, rows, _ = await run_in_threadpool(ranking.current)
         item = next((row["item_id"] for row in rows if item_key(row["item_id"]) == key), None)
         if item is None or item not in p.index_of:  # only items on the page, never a path from the request
             return security_headers(Response(status_code=404))
