@@ -303,6 +303,14 @@ class ConsensusConfig(_Strict):
         description="adaptive: weight of the model's out-of-fold probability in the confidence (CROWDLAB-style); 0 = crowd only",
     )
 
+    learn_from_corrections: bool = Field(
+        True,
+        description="a reviewer's correction (crowdloop correct, crowdloop review) is held as known truth when the "
+                    "consensus model estimates each worker, as gold is, so it also moves the labels of items nobody "
+                    "reviewed; it never blocks or rejects a worker (reviewed items are disputed ones, hard by "
+                    "selection); false: a correction replaces its own item's label only",
+    )
+
     block_below_agreement: float | None = Field(
         None, gt=0, lt=1,
         description="stop sending tasks to workers whose answers on multiply-judged items agree with the aggregated "

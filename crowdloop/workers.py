@@ -15,8 +15,8 @@ from crowdloop.engine.project import Project
 from crowdloop.engine.quality import blocked_in
 from crowdloop.pay import hourly_wage
 
-WORKER_FIELDS = ("worker_id", "judgments", "gold_answers", "gold_accuracy", "skill", "approved", "rejected",
-                 "paid", "work_seconds", "hourly_wage", "blocked")
+WORKER_FIELDS = ("worker_id", "judgments", "gold_answers", "gold_accuracy", "reviewed_answers", "reviewer_agreement",
+                 "skill", "approved", "rejected", "paid", "work_seconds", "hourly_wage", "blocked")
 
 
 def worker_accounts(p: Project, *, through_round: int | None = None) -> dict[str, Any]:
@@ -27,6 +27,7 @@ def worker_accounts(p: Project, *, through_round: int | None = None) -> dict[str
     paid_rounds: set[int] = set()
     skills: dict[str, float] = {}
     blocked: set[str] = set()
+    reviewed: dict[str, dict[str, int]] = {}
     for r in rounds:
         pay = p.record(r, keys.PAY, default=None)
         if pay is not None:
@@ -38,6 +39,8 @@ def worker_accounts(p: Project, *, through_round: int | None = None) -> dict[str
         if agg is not None:
             skills = agg.get("worker_skill", skills)
             blocked = blocked_in(agg)
+            # answers on items a reviewer corrected, as the last aggregation saw them (never a reason to block)
+            reviewed = agg.get("reviewed", reviewed)
     gold = p.gold_set
     rows: dict[str, dict[str, Any]] = {}
     for a in p.annotations():
@@ -59,9 +62,12 @@ def worker_accounts(p: Project, *, through_round: int | None = None) -> dict[str
     for worker in sorted(rows):
         row = rows[worker]
         wage = hourly_wage(row["paid"], row["work_seconds"])
+        rev = reviewed.get(worker, {"n_reviewed": 0, "n_agreed": 0})
         out.append({
             "worker_id": worker, "judgments": row["judgments"], "gold_answers": row["gold_answers"],
             "gold_accuracy": round(row["gold_correct"] / row["gold_answers"], 4) if row["gold_answers"] else None,
+            "reviewed_answers": rev["n_reviewed"],
+            "reviewer_agreement": round(rev["n_agreed"] / rev["n_reviewed"], 4) if rev["n_reviewed"] else None,
             "skill": skills.get(worker), "approved": row["approved"], "rejected": row["rejected"],
             "paid": round(row["paid"], 2), "work_seconds": round(row["work_seconds"], 1),
             "hourly_wage": None if wage is None else round(wage, 2), "blocked": worker in blocked,

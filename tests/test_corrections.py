@@ -216,3 +216,80 @@ def test_a_deleted_correction_record_stops_the_resume_instead_of_undoing_the_rev
         check_resumable(Project.open(location))
     out = subprocess.run([*crowdloop_cmd(), "verify", location], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode != 0 and record in out.stdout + out.stderr
+
+
+def test_a_correction_teaches_the_consensus_about_the_workers_who_answered_it() -> None:
+    """Two workers answer c whenever the truth is b; a third is right. On the b items the votes say
+    c 2:1 and nothing in the answers alone says who is right; once a reviewer has corrected five of
+    them, the consensus model holds those fixed, learns the pair the two confuse, and the other
+    fifteen b items nobody reviewed get b."""
+    import pandas as pd
+
+    from crowdloop.consensus.aggregators import AutoDawidSkene
+    from crowdloop.engine.aggregation import known_truths
+
+    rows = []
+    truth = {f"a{i}": "a" for i in range(30)} | {f"c{i}": "c" for i in range(30)} | {f"b{i}": "b" for i in range(20)}
+    for item, label in truth.items():
+        for worker in ("w1", "w2", "w3"):
+            confused = label == "b" and worker != "w3"
+            rows.append({"task": item, "worker": worker, "label": "c" if confused else label})
+    table = pd.DataFrame(rows)
+    reviewed = {f"b{i}": type("Fix", (), {"label": "b"})() for i in range(5)}
+    unreviewed_b = [f"b{i}" for i in range(5, 20)]
+
+    def labels(fixes: dict) -> pd.Series:
+        return AutoDawidSkene(classes=["a", "b", "c"]).fit(table, true_labels=known_truths(table, {}, fixes)).labels_
+
+    assert (labels({})[unreviewed_b] == "c").all()  # the majority's confusion wins without a reviewer
+    learned = labels(reviewed)
+    assert (learned[unreviewed_b] == "b").all()
+    assert (learned[[f"a{i}" for i in range(30)]] == "a").all() and (learned[[f"c{i}" for i in range(30)]] == "c").all()
+
+
+@pytest.mark.parametrize("learn", [True, False])
+def test_corrections_are_held_as_truth_by_the_consensus_and_counted_per_worker(tmp_path: Path, learn: bool,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from crowdloop.workers import worker_accounts
+
+    location = str(tmp_path / "p")
+    p = Project.prepare(parse_config(small_config(**{"gold.share": 0.1, "gold.n_items": 20,
+                                                     "consensus.learn_from_corrections": learn})), location)
+    assert engine.run_round(p, 0) is None
+    anns = p.annotations()
+    items = sorted({a.item_id for a in anns} - set(p.gold_set))[:6]
+    fixes = {item: p.classes[k % 3] for k, item in enumerate(items)}
+    assert _correct(location, "--item", items[0], "--label", fixes[items[0]], "--by", "ana").returncode == 0
+    sheet = tmp_path / "fixes.csv"
+    sheet.write_text("id,label\n" + "".join(f"{item},{label}\n" for item, label in list(fixes.items())[1:]))
+    assert _correct(location, "--file", str(sheet), "--by", "ana").returncode == 0
+
+    seen: list = []
+    real = Project.aggregator
+
+    def spying(self):
+        aggregator = real(self)
+        fit = aggregator.fit
+        aggregator.fit = lambda table, true_labels=None: (seen.append(true_labels), fit(table, true_labels))[1]
+        return aggregator
+
+    monkeypatch.setattr(Project, "aggregator", spying)
+    p = Project.open(location)
+    assert engine.run_round(p, 1) is None
+    held = dict(seen[-1].items())
+    answered_gold = {a.item_id for a in p.annotations() if a.item_id in p.gold_set}
+    assert {i: held[i] for i in answered_gold} == {i: p.gold_set[i] for i in answered_gold}
+    assert ({i: held.get(i) for i in fixes} == fixes) if learn else not set(held) & set(fixes)
+
+    expected: dict[str, list[int]] = {}
+    for a in p.annotations():
+        if a.item_id in fixes:
+            n = expected.setdefault(a.worker_id, [0, 0])
+            n[0], n[1] = n[0] + 1, n[1] + int(a.label == fixes[a.item_id])
+    record = p.record(1, keys.AGGREGATE)["reviewed"]
+    assert {w: [v["n_reviewed"], v["n_agreed"]] for w, v in record.items()} == expected
+    rows = {row["worker_id"]: row for row in worker_accounts(p)["workers"]}
+    for worker, (n, agreed) in expected.items():
+        assert rows[worker]["reviewed_answers"] == n and rows[worker]["reviewer_agreement"] == round(agreed / n, 4)
+    assert all(row["reviewed_answers"] == 0 and row["reviewer_agreement"] is None
+               for w, row in rows.items() if w not in expected)

@@ -60,7 +60,8 @@ def workers(
     project_dir: str | None = project_option(),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """Per worker: judgments, gold accuracy, skill, approved/rejected, paid, effective hourly wage."""
+    """Per worker: judgments, gold accuracy, agreement with reviewers' corrections, skill, approved/rejected,
+    paid, effective hourly wage."""
     from crowdloop.engine import Project
     from crowdloop.workers import worker_accounts
 
@@ -70,12 +71,13 @@ def workers(
         return
     cur = state["currency"]
     table = Table(title=f"crowdloop {state['project']}: workers", title_justify="left")
-    for name in ("worker", "judgments", "gold", "gold acc.", "skill", "approved", "rejected", f"paid ({cur})", f"{cur}/h",
-                 "blocked"):
+    for name in ("worker", "judgments", "gold", "gold acc.", "reviewed", "rev. agr.", "skill", "approved", "rejected",
+                 f"paid ({cur})", f"{cur}/h", "blocked"):
         table.add_column(name, justify="left" if name == "worker" else "right", no_wrap=name == "worker")
     for w in state["workers"]:
         table.add_row(shown(w["worker_id"]), str(w["judgments"]), str(w["gold_answers"]), fmt_value(w["gold_accuracy"], 2),
-                      fmt_value(w["skill"], 2), str(w["approved"]), str(w["rejected"]), f"{w['paid']:.2f}",
+                      str(w["reviewed_answers"]), fmt_value(w["reviewer_agreement"], 2), fmt_value(w["skill"], 2),
+                      str(w["approved"]), str(w["rejected"]), f"{w['paid']:.2f}",
                       fmt_value(w["hourly_wage"], 2), "yes" if w["blocked"] else "")
     console.print(table)
     console.print(f"median effective wage: {fmt_value(state['median_wage'], 2)} {cur}/h (target {state['target_wage']:g}); "

@@ -42,8 +42,8 @@ def aggregate(p: Project, r: int) -> dict[str, Any]:
     counts: pd.Series = pd.Series(dtype=int)
     if anns:
         table = annotation_table(anns)
-        truths = pd.Series({i: gold[i] for i in table["task"].unique() if i in gold}, dtype=object) if gold else None
-        agg = p.aggregator().fit(table, true_labels=truths if truths is not None and len(truths) else None)
+        taught = fixes if p.config.consensus.learn_from_corrections else {}
+        agg = p.aggregator().fit(table, true_labels=known_truths(table, gold, taught))
         counts = table["task"].value_counts()
         labels = [
             AggregatedLabel(item_id=str(item), label=str(label), confidence=round(float(agg.confidence_[item]), 6),
@@ -61,6 +61,10 @@ def aggregate(p: Project, r: int) -> dict[str, Any]:
             audited += _followers(audited, audit_followers(p, r), fixes, r)
             extra["audit_labels_sha256"] = write_once_digest(p.store, keys.round_key(r, keys.AUDIT_LABELS), to_jsonl(audited))
         skills = {str(w): round(float(s), 4) for w, s in agg.skills_.items()}
+        if fixes:  # how each worker's answers fared against the reviewers (crowdloop workers shows it)
+            reviewed = gold_stats(table, {item: c.label for item, c in fixes.items()})
+            extra["reviewed"] = {str(w): {"n_reviewed": int(row.n_gold), "n_agreed": int(row.n_correct)}
+                                 for w, row in reviewed.iterrows()}
         if gold:
             stats = gold_stats(table, gold)
             g = p.config.gold
@@ -90,6 +94,17 @@ def aggregate(p: Project, r: int) -> dict[str, Any]:
                "n_judgments": len(anns), "labels_sha256": digest, **extra}
     write_once(p.store, keys.round_key(r, keys.AGGREGATE), summary)
     return summary
+
+
+def known_truths(table: pd.DataFrame, gold: dict[str, str], fixes: dict[str, Any]) -> pd.Series | None:
+    """Items whose true label the consensus model holds fixed while it estimates workers: gold, and
+    the items a reviewer corrected (``consensus.learn_from_corrections``). A reviewer's label is
+    evidence about every worker who answered that item, so a pair of classes one worker confuses,
+    once a reviewer has shown it, moves that worker's votes on items nobody reviewed."""
+    asked = set(table["task"].unique())
+    known = {i: gold[i] for i in asked if i in gold}
+    known.update({i: c.label for i, c in fixes.items() if i in asked})
+    return pd.Series(known, dtype=object) if known else None
 
 
 def _followers(audited: list[AuditLabel], followers: dict[str, str], fixes: dict[str, Any], r: int) -> list[AuditLabel]:
