@@ -21,6 +21,7 @@ SEGMENTS = "labels/segments/"  # the append-only label log: one content-addresse
 BASELINE = "baseline"  # prefix of the random-sampling twin project
 VENDOR = "vendor"  # prefix of each vendor's own state: vendor/<name>/...
 MEDIA = "media/"  # image files uploaded for vendors that show images by URL: media/<sha256><.ext>, content-addressed
+POOL_LISTINGS = "pool-listings/"  # a folder pool's files per digest: pool-listings/<sha256>.json, to tell files added
 APPROVALS = "approvals/"  # approved money budgets of a real-money vendor, one create-only record each
 
 # -- human-readable outputs, rewritten at the end of every run ---------------------------------
@@ -92,3 +93,8 @@ def is_batch_of(project: str, name: str) -> bool:
 def vendor_prefix(name: str) -> str:
     """Where vendor ``name`` keeps its own state inside the project store."""
     return f"{VENDOR}/{name}"
+
+
+def pool_listing_key(sha256: str) -> str:
+    """The listing of a folder pool's files whose digest is ``sha256`` (content-addressed)."""
+    return f"{POOL_LISTINGS}{sha256}.json"

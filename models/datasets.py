@@ -8,6 +8,7 @@ never see it.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -317,6 +318,20 @@ def split_pool(pool: Pool, test_size: float, seed: int, *, group_copies: bool = 
     if test_idx is None:
         return pool, None
     return pool.subset(train_idx), pool.subset(test_idx)
+
+
+def in_start_order(pool: Pool, appended: Sequence[str]) -> Pool:
+    """``pool`` with the rows of files added to its folder since the project started (``appended``,
+    growth after growth) after the rows it started with, which keep the loader's order. A folder
+    loader lists files by name, so an added file would otherwise land among the first rows and
+    move every later row's place: the split, the audit reserve and the stop set are drawn over
+    the first rows (``grown_split_indices``)."""
+    if not appended:
+        return pool
+    row_of = {item: i for i, item in enumerate(pool.ids.tolist())}
+    later = [row_of[item] for item in appended if item in row_of]  # a folder's other files are not rows
+    first = np.setdiff1d(np.arange(len(pool)), later)
+    return pool.subset(np.r_[first, later].astype(np.int64))
 
 
 def grown_split_indices(pool: Pool, test_size: float, seed: int, rows_at_start: int, *,

@@ -11,7 +11,8 @@ What is hashed depends on the source, so that a large pool costs a streaming rea
 * ``sharded``: the manifest (which holds every shard's sha256) and the id/label index;
 * ``images``, ``fashion_mnist``: a listing of the folder (relative names and sizes; for an S3
   prefix, the key names), not every image's bytes; the files of linked class folders count
-  (``models/folders.py``);
+  (``models/folders.py``); a local ``images`` or ``text_folder`` pool may grow by files added
+  (``folder_entries``, ``files_added``);
 * ``sklearn``: the bundled set as loaded (small by nature);
 * ``text_folder``, ``fortunes``: every text file's name and sha256 (the loader reads them all anyway);
 * a pool source from a plug-in: its loader's ``digest(cfg)`` if it has one, else nothing is
@@ -48,6 +49,9 @@ class PoolDigest:
     # worked out only when the recorded one is not ``sha256``: it costs another pass over the pool
     earlier: Callable[[], str] | None = None
     size: int | None = None  # a csv file's bytes: a file grown by appending rows starts with them
+    # a local folder pool's files (name, size or sha256), sorted: what ``sha256`` hashes; a folder
+    # grown by files added holds every one of them unchanged
+    entries: list[tuple[str, str]] | None = None
 
     def matches(self, recorded: str) -> bool:
         return recorded == self.sha256 or (self.earlier is not None and recorded == self.earlier())
@@ -73,23 +77,23 @@ def pool_digest(cfg: PoolConfig, loaded: Callable[[], Sequence[Any]] | None = No
         return PoolDigest(path, "sha256 of the file", file_sha256(Path(path)))
     if source == "sharded":
         return PoolDigest(path, "sha256 of the manifest and index", _sharded_sha256(path))
+    entries = folder_entries(cfg)
     if source == "images":
-        earlier = None if path.startswith("s3://") else functools.partial(_listing_sha256, path, follow_links=False)
-        return PoolDigest(path, "sha256 of the folder listing", _listing_sha256(path), earlier)
+        if entries is not None:
+            return PoolDigest(path, "sha256 of the folder listing", entries_sha256(entries),
+                              functools.partial(_listing_sha256, path, follow_links=False),
+                              entries=entries if cfg.max_items is None else None)
+        return PoolDigest(path, "sha256 of the folder listing", _listing_sha256(path))
+    if source == "text_folder" and entries is not None:
+        return PoolDigest(path, "sha256 of the text files", entries_sha256(entries),
+                          entries=entries if cfg.max_items is None else None)
     if source in ("text_folder", "fortunes"):
         from crowdloop.models.text_pools import DEFAULT_FORTUNE_CATEGORIES, FORTUNES_DIR
 
         root = Path(path or FORTUNES_DIR)
-        if source == "fortunes":
-            files = [root / c for c in (cfg.classes or DEFAULT_FORTUNE_CATEGORIES)]
-        else:
-            from crowdloop.models.folders import list_files
-
-            files = list_files(root) if root.is_dir() else []
-        h = hashlib.sha256()
-        for f in files:  # texts are small and the loader reads them all anyway: hash what they say
-            h.update(f"{f.relative_to(root).as_posix()}\0{file_sha256(f)}\n".encode())
-        return PoolDigest(str(root), "sha256 of the text files", h.hexdigest())
+        files = [root / c for c in (cfg.classes or DEFAULT_FORTUNE_CATEGORIES)] if source == "fortunes" else []
+        return PoolDigest(str(root), "sha256 of the text files",
+                          entries_sha256([(f.relative_to(root).as_posix(), file_sha256(f)) for f in files]))
     if source == "fashion_mnist":
         from crowdloop.models.images import FASHION_MNIST_DIR
 
@@ -105,6 +109,42 @@ def pool_digest(cfg: PoolConfig, loaded: Callable[[], Sequence[Any]] | None = No
     if digest is None:
         return None
     return PoolDigest(path or source, f"the {source!r} pool source's digest", str(digest(cfg)))
+
+
+def folder_entries(cfg: PoolConfig) -> list[tuple[str, str]] | None:
+    """Every file of a local ``images`` or ``text_folder`` pool as (relative name, size) —
+    (name, sha256) for texts, which are small and read whole anyway —, sorted by name: what the
+    pool's digest hashes. None for any other pool (and for a folder that is not there: the
+    loader names it)."""
+    if cfg.source not in ("images", "text_folder") or not cfg.path or "://" in cfg.path:
+        return None
+    root = Path(cfg.path)
+    if not root.is_dir():
+        return None
+    from crowdloop.models.folders import list_files
+
+    files = list_files(root)
+    if cfg.source == "images":
+        return [(f.relative_to(root).as_posix(), str(f.stat().st_size)) for f in files]
+    return [(f.relative_to(root).as_posix(), file_sha256(f)) for f in files]
+
+
+def entries_sha256(entries: Sequence[tuple[str, str]]) -> str:
+    """sha256 over a folder's (name, size or sha256) entries, in name order."""
+    h = hashlib.sha256()
+    for name, value in sorted(entries):
+        h.update(f"{name}\0{value}\n".encode())
+    return h.hexdigest()
+
+
+def files_added(now: Sequence[tuple[str, str]], before: Sequence[tuple[str, str]]) -> list[tuple[str, str]] | None:
+    """The entries a folder gained, when it holds every earlier file unchanged (same name, same
+    size or content) and more; None when a file was removed, renamed or changed, or none added."""
+    earlier = set(map(tuple, before))
+    current = set(map(tuple, now))
+    if not earlier <= current or len(current) == len(earlier):
+        return None
+    return sorted(current - earlier)
 
 
 def _file_size(path: Path) -> int | None:

@@ -396,18 +396,23 @@ _SPLITS: dict[tuple, Any] = {}  # (store URL, pool, seed, file stamp, features) 
 
 
 def featurized_split(pool_cfg: PoolConfig, seed: int, stamp: Any, cfg: FeaturesConfig, store: Any, *,
-                     raw: Any = None, group_copies: bool = False, rows_at_start: int | None = None) -> tuple[Any, Any]:
+                     raw: Any = None, group_copies: bool = False, rows_at_start: int | None = None,
+                     appended: tuple[str, ...] = ()) -> tuple[Any, Any]:
     """The engine's text pool: loaded, featurized with the project's stored featurizer, then split
     (``models.datasets.split_pool``); once per process for a project and its baseline twin
     (``stamp`` is the pool file's size and mtime, so a changed file is loaded again). ``raw`` is the
-    pool as its loader returned it, when the caller has it already."""
+    pool as its loader returned it (a grown folder's in start order, ``appended`` naming the files
+    added), when the caller has it already."""
     from crowdloop import registry
     from crowdloop.models.datasets import split_pool
 
     key = (getattr(store, "url", None), pool_cfg.model_dump_json(), seed, stamp, cfg.model_dump_json(), group_copies,
-           rows_at_start)
+           rows_at_start, appended)
     if key not in _SPLITS:
-        pool = features_for(raw if raw is not None else registry.pools.load(pool_cfg.source)(pool_cfg), cfg, store)
+        from crowdloop.models.datasets import in_start_order
+
+        loaded = raw if raw is not None else in_start_order(registry.pools.load(pool_cfg.source)(pool_cfg), appended)
+        pool = features_for(loaded, cfg, store)
         if len(_SPLITS) >= 4:  # a process serves a handful of projects at most
             _SPLITS.clear()
         _SPLITS[key] = split_pool(pool, pool_cfg.test_size, seed, group_copies=group_copies, rows_at_start=rows_at_start)

@@ -192,7 +192,8 @@ def test_a_rewritten_sharded_pool_is_refused(tmp_path: Path) -> None:
         Project.prepare(cfg, str(tmp_path / "p"))
 
 
-def test_an_image_folder_with_other_files_is_refused(tmp_path: Path) -> None:
+def test_an_image_folder_with_an_image_removed_is_refused(tmp_path: Path) -> None:
+    """Images added are a pool that grew (tests/test_pool_growth.py); one removed is not."""
     from PIL import Image
 
     folder = tmp_path / "images"
@@ -207,6 +208,10 @@ def test_an_image_folder_with_other_files_is_refused(tmp_path: Path) -> None:
     Project.prepare(cfg, str(tmp_path / "p"))
     _new_process()
     Image.fromarray(np.zeros((6, 6), dtype=np.uint8)).save(folder / "dog" / "extra.png")
+    grown = Project.prepare(cfg, str(tmp_path / "p"))
+    assert len(grown.pool.ids) + len(grown.test.ids) == 81  # grown by one
+    _new_process()
+    (folder / "cat" / "7.png").unlink()
     with pytest.raises(PoolError, match=r"images is not the pool project .*folder listing"):
         Project.prepare(cfg, str(tmp_path / "p"))
 
@@ -229,7 +234,6 @@ def _image_config(folder: Path) -> dict:
 def test_a_changed_image_in_a_linked_class_folder_is_refused(tmp_path: Path) -> None:
     """Class folders that are links to data elsewhere: their images are the pool, and the
     digest lists them (it used to list none, so a swapped image went unnoticed)."""
-    from PIL import Image
 
     _image_classes(tmp_path / "data")
     folder = tmp_path / "images"
@@ -240,7 +244,8 @@ def test_a_changed_image_in_a_linked_class_folder_is_refused(tmp_path: Path) -> 
     p = Project.prepare(cfg, str(tmp_path / "p"))
     assert len(p.pool.ids) + len(p.test.ids) == 80
     _new_process()
-    Image.fromarray(np.zeros((6, 6), dtype=np.uint8)).save(tmp_path / "data" / "dog" / "extra.png")
+    swapped = tmp_path / "data" / "dog" / "3.png"
+    swapped.write_bytes(swapped.read_bytes() + b"\0")
     with pytest.raises(PoolError, match=r"images is not the pool project .*folder listing"):
         Project.prepare(cfg, str(tmp_path / "p"))
 

@@ -158,3 +158,130 @@ def test_a_text_pool_grows_with_the_featurizer_it_started_with(tmp_path: Path) -
     assert engine.run_round(grown_p, 1) is None
     assert p.store.read_bytes("features/tfidf.pkl") == fitted
     assert grown_p.load_model(1).predict_proba(grown_p.pool.X[len(before[0]):]).shape == (len(grown_p.pool) - len(before[0]), 2)
+
+
+# -- folder pools: files added -------------------------------------------------------------------
+
+
+def _digit_images(folder: Path, rows: np.ndarray, X: np.ndarray, y: np.ndarray) -> None:
+    from PIL import Image
+
+    for i in rows:
+        (folder / str(y[i])).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((X[i].reshape(8, 8) * 16).clip(0, 255).astype(np.uint8)).save(folder / str(y[i]) / f"d{i:04d}.png")
+
+
+def _folder_config(folder: Path) -> dict:
+    return small_config(pool={"source": "images", "path": str(folder), "image_mode": "gray", "test_size": 0.3},
+                        evaluation={"method": "random", "reserve": 60, "max_items": 40, "batch_size": 20},
+                        stopping={"max_rounds": 6, "stabilizing_predictions": {"stop_set": 200}})
+
+
+def _reopen_folder(folder: Path, location: str) -> Project:
+    project_module._PREPARED.clear()  # a second `crowdloop run`
+    return Project.prepare(parse_config(_folder_config(folder)), location)
+
+
+def _state(p: Project) -> dict:
+    return {"test": p.test.ids.tolist(), "pool": p.pool.ids.tolist(), "reserve": p.audit_reserve,
+            "stop": p.pool.ids[p.stop_set_rows].tolist()}
+
+
+def test_images_added_to_a_folder_join_the_project_and_nothing_earlier_moves(tmp_path: Path) -> None:
+    """Files sort by name, so added images land among the first ones in the folder's listing; the
+    rows the project started with still come first, growth after growth."""
+    X, y = load_digits(return_X_y=True)
+    folder, location = tmp_path / "images", str(tmp_path / "p")
+    start = np.arange(0, 1400, 2)  # the even rows now; odd rows later, named between them
+    _digit_images(folder, start, X, y)
+    p = Project.prepare(parse_config(_folder_config(folder)), location)
+    for r in (0, 1):
+        assert engine.run_round(p, r) is None
+    before = _state(p)
+    test_image = next(folder.glob(f"*/{before['test'][0].split('/')[1]}"))
+    (test_image.parent / "copy-of-a-test-image.png").write_bytes(test_image.read_bytes())
+    _digit_images(folder, np.arange(1, 601, 2), X, y)  # 300 new images, named among the first ones
+
+    p = Project.open(location)  # a command that only reads, before the next run records the growth
+    assert _state(p)["test"][: len(before["test"])] == before["test"]
+    assert p.audit_reserve == before["reserve"]
+
+    p = _reopen_folder(folder, location)
+    now = _state(p)
+    assert now["test"][: len(before["test"])] == before["test"] and now["pool"][: len(before["pool"])] == before["pool"]
+    assert now["reserve"] == before["reserve"] and now["stop"] == before["stop"]
+    copy_id = f"{test_image.parent.name}/copy-of-a-test-image.png"
+    assert copy_id in now["test"]  # a copy of a test image is a test image
+    added = set(now["test"] + now["pool"]) - set(before["test"] + before["pool"])
+    assert len(added) == 301
+    share = len(added & set(now["test"])) / len(added)
+    assert 0.22 < share < 0.38  # test_size 0.3, by a hash of each id
+    record = read_json(p.store, keys.PROJECT)["pool"]
+    assert record["rows_at_start"] == 700 and sorted(name for name, _ in record["grown"][0]["added"]) == sorted(added)
+    assert engine.run_round(p, 2) is None
+    picked = {t["item_id"] for t in p.record(2, keys.DISPATCH)["tasks"]}
+    assert picked and picked <= set(now["pool"])
+
+    _digit_images(folder, np.arange(601, 700, 2), X, y)  # a second growth
+    again = _state(_reopen_folder(folder, location))
+    assert again["test"][: len(now["test"])] == now["test"] and again["pool"][: len(now["pool"])] == now["pool"]
+    assert again["reserve"] == before["reserve"]
+
+
+@pytest.mark.parametrize("change", ["removed", "rewritten"])
+def test_an_image_removed_or_rewritten_is_refused_even_with_images_added(tmp_path: Path, change: str) -> None:
+    X, y = load_digits(return_X_y=True)
+    folder, location = tmp_path / "images", str(tmp_path / "p")
+    _digit_images(folder, np.arange(0, 400, 2), X, y)
+    assert engine.run_round(Project.prepare(parse_config(_folder_config(folder)), location), 0) is None
+    _digit_images(folder, np.arange(1, 101, 2), X, y)
+    victim = folder / "3" / f"d{next(i for i in range(0, 400, 2) if y[i] == 3):04d}.png"  # one it started with
+    if change == "removed":
+        victim.unlink()
+    else:
+        victim.write_bytes(victim.read_bytes() + b"\0")
+    with pytest.raises(PoolError, match=r"is not the pool project .*folder listing"):
+        _reopen_folder(folder, location)
+
+
+def test_a_text_folder_grows_with_the_featurizer_it_started_with(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    words = {"billing": "charged refund invoice card twice money", "shipping": "parcel courier late tracking box door"}
+    folder = tmp_path / "tickets"
+
+    def write(prefix: str, n: int) -> None:
+        for i in range(n):
+            label = str(rng.choice(list(words)))
+            (folder / label).mkdir(parents=True, exist_ok=True)
+            (folder / label / f"{prefix}{i:03d}.txt").write_text(" ".join(rng.choice(words[label].split(), 5)) + f" #{i}\n")
+
+    write("m", 150)
+    cfg = small_config(pool={"source": "text_folder", "path": str(folder), "test_size": 0.2},
+                       model={"estimator": "sklearn.linear_model.LogisticRegression", "features": {"kind": "tfidf"}},
+                       sampler={"name": "margin", "batch_size": 10, "initial_size": 20})
+    p = Project.prepare(parse_config(cfg), str(tmp_path / "p"))
+    assert engine.run_round(p, 0) is None
+    fitted = p.store.read_bytes("features/tfidf.pkl")
+    before = p.pool.ids.tolist(), p.test.ids.tolist()
+    write("a", 60)  # named before the first ones
+    project_module._PREPARED.clear()
+    grown = Project.prepare(parse_config(cfg), str(tmp_path / "p"))
+    assert len(grown.pool) + len(grown.test) == 210
+    assert grown.pool.ids.tolist()[: len(before[0])] == before[0] and grown.test.ids.tolist()[: len(before[1])] == before[1]
+    assert engine.run_round(grown, 1) is None
+    assert p.store.read_bytes("features/tfidf.pkl") == fitted
+    (sorted(folder.glob("billing/m*.txt"))[0]).write_text("an edited ticket\n")
+    project_module._PREPARED.clear()
+    with pytest.raises(PoolError, match="is not the pool project"):
+        Project.prepare(parse_config(cfg), str(tmp_path / "p"))
+
+
+def test_rows_or_images_that_bring_a_new_class_are_refused(tmp_path: Path) -> None:
+    """A class that appears with the added items: the items asked before could not be given it."""
+    X, y = load_digits(return_X_y=True)
+    folder, location = tmp_path / "images", str(tmp_path / "p")
+    _digit_images(folder, np.flatnonzero(y < 9)[:400], X, y)
+    assert Project.prepare(parse_config(_folder_config(folder)), location).classes == tuple("012345678")
+    _digit_images(folder, np.flatnonzero(y == 9)[:20], X, y)
+    with pytest.raises(PoolError, match=r"bring class\(es\) \['9'\] that project .* did not start with"):
+        _reopen_folder(folder, location)

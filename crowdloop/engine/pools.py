@@ -57,21 +57,24 @@ def _load_pool_cached(pool_json: str, stamp: tuple[int, int] | None):
 
 
 def load_split(pool_json: str, seed: int, features: FeaturesConfig | None = None, store: Store | None = None, *,
-               group_copies: bool = False, rows_at_start: int | None = None):
+               group_copies: bool = False, rows_at_start: int | None = None, appended: tuple[str, ...] = ()):
     """The pool and its test split, once per process: a project, its baseline twin and every task share it.
 
     A text pool with ``model.features`` is featurized before the split, once per process, with
     the featurizer the project's (root) store holds (``crowdloop.models.text.features_for``).
     ``group_copies``: copies of an item fall on its side of the split; ``rows_at_start``: the
-    rows the project started with, when rows were appended since (``split_pool``)."""
+    rows the project started with, when rows were appended since (``split_pool``); ``appended``:
+    the ids of files added to a folder pool since, whose rows follow the others (``in_start_order``)."""
+    from crowdloop.models.datasets import in_start_order
+
     cfg = PoolConfig.model_validate_json(pool_json)
     stamp = pool_file_stamp(cfg)
     if features is None:
-        return _load_split_cached(pool_json, seed, stamp, group_copies, rows_at_start)
+        return _load_split_cached(pool_json, seed, stamp, group_copies, rows_at_start, appended)
     from crowdloop.models.text import featurized_split
 
-    return featurized_split(cfg, seed, stamp, features, store, raw=load_pool(cfg), group_copies=group_copies,
-                            rows_at_start=rows_at_start)
+    return featurized_split(cfg, seed, stamp, features, store, raw=in_start_order(load_pool(cfg), appended),
+                            group_copies=group_copies, rows_at_start=rows_at_start, appended=appended)
 
 
 def features_store(store: Store) -> Store:
@@ -90,12 +93,12 @@ def features_store(store: Store) -> Store:
 
 @functools.lru_cache(maxsize=4)
 def _load_split_cached(pool_json: str, seed: int, stamp: tuple[int, int] | None, group_copies: bool = False,
-                       rows_at_start: int | None = None):
-    from crowdloop.models.datasets import split_pool
+                       rows_at_start: int | None = None, appended: tuple[str, ...] = ()):
+    from crowdloop.models.datasets import in_start_order, split_pool
 
     cfg = PoolConfig.model_validate_json(pool_json)
-    return split_pool(_load_pool_cached(pool_json, stamp), cfg.test_size, seed, group_copies=group_copies,
-                      rows_at_start=rows_at_start)
+    return split_pool(in_start_order(_load_pool_cached(pool_json, stamp), appended), cfg.test_size, seed,
+                      group_copies=group_copies, rows_at_start=rows_at_start)
 
 
 def checked_pool_record(project: Project, existing: dict[str, Any] | None) -> dict[str, str] | None:
@@ -110,15 +113,24 @@ def checked_pool_record(project: Project, existing: dict[str, Any] | None) -> di
         if digest is None:
             return recorded
         record = digest.as_record()
-        if digest.size is not None:  # a csv pool may grow by appended rows: what it started with
+        if digest.size is not None or digest.entries is not None:  # a pool that may grow: what it started with
             record["rows_at_start"] = len(project.pool) + (0 if project.test is None else len(project.test))
             record["pool_items_at_start"] = len(project.pool)
+            record["classes"] = list(project.classes)
         return record
     if not digest.matches(recorded["sha256"]) and "rows_at_start" in recorded \
             and rows_appended(Path(config.pool.path or ""), recorded):
         # rows appended: the rows it started with keep their split, audit reserve and stop set
         # (Project.items_at_start); the new ones join the pool (models/datasets.py, grown_split_indices)
+        _check_same_classes(project, recorded)
         grown = [*recorded.get("grown", []), {"sha256": recorded["sha256"], "bytes": recorded["bytes"]}]
+        return {**recorded, **digest.as_record(), "grown": grown}
+    added = _files_added(project, digest, recorded)
+    if added is not None:
+        _check_same_classes(project, recorded)
+        # files added to a folder: the files it had keep their rows first (in_start_order), so
+        # their split, reserve and stop set stay; the new ones follow, each growth after the last
+        grown = [*recorded.get("grown", []), {"sha256": recorded["sha256"], "added": [list(e) for e in added]}]
         return {**recorded, **digest.as_record(), "grown": grown}
     if not digest.matches(recorded["sha256"]):
         raise PoolError(f"pool.path: {digest.what} is not the pool project {url} was created with ({digest.how}: "
@@ -127,3 +139,62 @@ def checked_pool_record(project: Project, existing: dict[str, Any] | None) -> di
                         f"`crowdloop export -p {url} --format gt-manifest --out labels.manifest`, then "
                         "pool.seed_labels: {path: labels.manifest} (docs/own_data.md, 'When the pool grows')")
     return recorded
+
+
+def _check_same_classes(project: Project, recorded: dict[str, Any]) -> None:
+    """A pool that grew keeps the classes it started with: an item asked before a new class
+    existed could not be given it, so the labels bought would be wrong without a word."""
+    classes = recorded.get("classes")
+    if classes is None:
+        return  # recorded before classes were kept
+    now = [str(c) for c in load_pool(project.config.pool).classes]
+    if now != classes:
+        new = [c for c in now if c not in classes]
+        raise PoolError(f"pool.path: the rows added to {project.config.pool.path!r} bring class(es) {new} that project "
+                        f"{project.store.url} did not start with ({classes}); items asked before could not be given "
+                        "them: start a new project with the new classes (docs/own_data.md, 'When the pool grows')")
+
+
+def _files_added(project: Project, digest: Any, recorded: dict[str, Any]) -> list[tuple[str, str]] | None:
+    """The files added to a folder pool since its recorded digest, when every file it had is there
+    unchanged (``models/digest.py``, ``files_added``); None for anything else."""
+    from crowdloop.models.digest import files_added
+    from crowdloop.storage import read_json
+
+    if digest.entries is None or "rows_at_start" not in recorded or digest.matches(recorded["sha256"]):
+        return None
+    before = read_json(project.store, keys.pool_listing_key(recorded["sha256"]), default=None)
+    if before is None:
+        return None  # a project from before folders could grow: refused as any change
+    return files_added(digest.entries, [tuple(e) for e in before["entries"]])
+
+
+def write_pool_listing(project: Project, record: dict[str, Any] | None) -> None:
+    """Keep the listing of a folder pool's files under its digest, before ``project.json`` names
+    it: at creation the folder's files, after a growth the earlier listing plus the files added.
+    Content-addressed, so a run that died after writing it writes the same again."""
+    from crowdloop.models.digest import entries_sha256, folder_entries
+    from crowdloop.storage import read_json, write_json_once
+
+    if not record or "rows_at_start" not in record or "bytes" in record:
+        return
+    key = keys.pool_listing_key(record["sha256"])
+    if project.store.exists(key):
+        return
+    grown = record.get("grown") or []
+    if grown and "added" in grown[-1]:
+        before = read_json(project.store, keys.pool_listing_key(grown[-1]["sha256"]))["entries"]
+        entries = sorted([tuple(e) for e in before] + [tuple(e) for e in grown[-1]["added"]])
+    else:
+        entries = folder_entries(project.config.pool) or []
+    if entries_sha256(entries) != record["sha256"]:
+        # the folder changed since its digest was taken (or the digest is an older kind): no
+        # listing, so any change is refused on the next run, as for a pool that cannot grow
+        return
+    write_json_once(project.store, key, {"entries": [list(e) for e in entries]})
+
+
+def appended_ids(record: dict[str, Any]) -> tuple[str, ...]:
+    """The ids of the files added to a folder pool, growth after growth (each growth's in name
+    order): the rows that follow those the project started with."""
+    return tuple(name for stage in record.get("grown") or [] for name, _ in stage.get("added", []))

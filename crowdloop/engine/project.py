@@ -33,7 +33,14 @@ from crowdloop.config import (
     pool_fields_unread_by,
 )
 from crowdloop.credentials import Credentials
-from crowdloop.engine.pools import checked_pool_record, features_store, load_pool, load_split
+from crowdloop.engine.pools import (
+    appended_ids,
+    checked_pool_record,
+    features_store,
+    load_pool,
+    load_split,
+    write_pool_listing,
+)
 from crowdloop.errors import ConfigError, CrowdloopError, PoolError, RecordExistsError, StoreError
 from crowdloop.pay import FeeFor, fee_function, top_up_share
 from crowdloop.records import AggregatedLabel, Annotation, to_jsonl
@@ -218,6 +225,11 @@ class Project:
             stored, config, moved = resumed_config(config, store.url, existing)
             project = cls(store, config)
             pool = check_resumed_data(project, existing, stored, moved)
+            if pool is not None and existing is not None and pool != existing.get("pool"):
+                # a pool grown since: this run's split is drawn over it as project.json is about to record it
+                for stale in ("_split", "_appended"):
+                    project.__dict__.pop(stale, None)
+                project.__dict__["_pool_record"] = dict(pool)
         except (PoolError, ConfigError) as exc:  # named like the other pool errors: after the config file
             raise type(exc)(f"{source}: {exc}" if source else str(exc)) from None
         if existing is not None:  # a resume: every record the run builds on must be there
@@ -237,6 +249,7 @@ class Project:
                                   "format": existing.get("format", 1) if existing is not None else PROJECT_FORMAT}
         if pool is not None:
             record["pool"] = pool
+            write_pool_listing(project, pool)  # before project.json names it
         if existing is None:
             write_once(store, keys.PROJECT, record)
         elif existing != record:
@@ -309,7 +322,8 @@ class Project:
         features = self.config.model.features
         return load_split(self.config.pool.model_dump_json(), self.config.seed, features,
                           features_store(self.store) if features is not None else None, group_copies=self.format >= 2,
-                          rows_at_start=self._pool_record.get("rows_at_start"))
+                          rows_at_start=self._pool_record.get("rows_at_start"),
+                          appended=self._appended)
 
     @property
     def pool(self):
@@ -531,6 +545,22 @@ class Project:
             return {}
         data = read_json(features_store(self.store), keys.PROJECT, default=None) or {}
         return dict(data.get("pool") or {})
+
+    @cached_property
+    def _appended(self) -> tuple[str, ...]:
+        """Files added to a folder pool since the project started, in the order their rows follow
+        the others (``models/datasets.py``, ``in_start_order``): the growths recorded, then files
+        no run has recorded yet (a command that only reads, such as ``status``, between a file
+        dropped in and the next run), so every reader sees the first rows as the project started."""
+        record = self._pool_record
+        recorded = appended_ids(record)
+        if self.store is None or "rows_at_start" not in record or "bytes" in record:
+            return recorded
+        listing = read_json(features_store(self.store), keys.pool_listing_key(record["sha256"]), default=None)
+        if listing is None:
+            return recorded
+        known = {name for name, _ in listing["entries"]} | set(recorded)
+        return recorded + tuple(sorted(i for i in map(str, load_pool(self.config.pool).ids.tolist()) if i not in known))
 
     @property
     def items_at_start(self) -> int:
