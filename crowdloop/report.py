@@ -91,7 +91,19 @@ def status(p: Project) -> dict[str, Any]:
         "awaiting_decision": _awaiting_decision(p),
         # Added with the agreement report: how far annotators agree beyond chance, where they split.
         "annotator_agreement": annotator_agreement(p),
+        # Added with pools that grow in place: what the figures drawn at the start still cover.
+        "pool_growth": pool_growth(p),
     }
+
+
+def pool_growth(p: Project) -> dict[str, Any] | None:
+    """None unless the pool grew since the project started; else the pool items then and now.
+    The audit reserve, the stop set and the whole-pool reference were drawn over the items it
+    started with, so the accuracy estimate speaks for those (docs/own_data.md, 'When the pool grows')."""
+    if len(p.pool) <= p.items_at_start:
+        return None
+    return {"items_at_start": p.items_at_start, "items_now": len(p.pool),
+            "estimate_covers": "items_at_start" if p.config.evaluation.enabled else None}
 
 
 def annotator_agreement(p: Project) -> dict[str, Any] | None:

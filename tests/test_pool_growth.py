@@ -10,6 +10,7 @@ refused, as before.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from crowdloop.engine import Project
 from crowdloop.engine import project as project_module
 from crowdloop.errors import PoolError
 from crowdloop.storage import read_json
-from tests.conftest import small_config
+from tests.conftest import crowdloop_cmd, small_config
 
 
 def _config(path: Path) -> dict:
@@ -216,9 +217,16 @@ def test_images_added_to_a_folder_join_the_project_and_nothing_earlier_moves(tmp
     assert len(added) == 301
     share = len(added & set(now["test"])) / len(added)
     assert 0.22 < share < 0.38  # test_size 0.3, by a hash of each id
+    from crowdloop.report import status
+
+    assert status(p)["pool_growth"] == {"items_at_start": len(before["pool"]), "items_now": len(now["pool"]),
+                                        "estimate_covers": "items_at_start"}
     record = read_json(p.store, keys.PROJECT)["pool"]
     assert record["rows_at_start"] == 700 and sorted(name for name, _ in record["grown"][0]["added"]) == sorted(added)
     assert engine.run_round(p, 2) is None
+    shown = subprocess.run([*crowdloop_cmd(), "status", location], capture_output=True, text=True, timeout=120, check=True)
+    assert (f"the pool grew: {len(before['pool'])} items at the start, {len(now['pool'])} now; the accuracy estimate is "
+            f"for the {len(before['pool'])} it started with") in " ".join(shown.stdout.split())
     picked = {t["item_id"] for t in p.record(2, keys.DISPATCH)["tasks"]}
     assert picked and picked <= set(now["pool"])
 

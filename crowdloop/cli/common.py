@@ -224,3 +224,15 @@ def agreement_lines(agreement: dict[str, Any] | None) -> list[Text]:
         hint = "; a guidelines.classes note telling them apart may help" if alpha is not None and alpha < 0.8 else ""
         lines.append(Text(f"  they split most between {pairs}{hint}"))
     return lines
+
+
+def growth_line(state: dict[str, Any]) -> str | None:
+    """One line when the pool grew since the project started: what the early figures cover."""
+    grown = state.get("pool_growth")
+    if not grown:
+        return None
+    line = f"the pool grew: {grown['items_at_start']:,} items at the start, {grown['items_now']:,} now"
+    if grown.get("estimate_covers"):
+        line += (f"; the accuracy estimate is for the {grown['items_at_start']:,} it started with (its audit "
+                 "reserve was drawn from them)")
+    return line

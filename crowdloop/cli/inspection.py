@@ -17,6 +17,7 @@ from crowdloop.cli.common import (
     directory_argument,
     err_console,
     fmt_value,
+    growth_line,
     one_line_errors,
     project_dir_of,
     project_option,
@@ -45,6 +46,8 @@ def status(
                   + shown(state["stop_reason"]))
     for line in agreement_lines(state["annotator_agreement"]):
         console.print(line)
+    if growth_line(state):
+        console.print(growth_line(state))
     waiting = state["awaiting_decision"]
     if waiting:
         at_stake = round(sum(w["at_stake"] for w in waiting), 2)

@@ -173,6 +173,9 @@ def _print_summary(state: dict[str, Any], location: str) -> None:
     final = state["rounds"][-1] if state["rounds"] else {}
     if final.get("estimated_accuracy") is not None:  # from the human-labeled audit (``evaluation``)
         summary.add_row("estimated accuracy (95 % CI)", estimate_text(final))
+    grown = state.get("pool_growth")
+    if grown:  # what the figures drawn at the start (audit reserve, reference) speak for
+        summary.add_row("pool items: at the start / now", f"{grown['items_at_start']:,} / {grown['items_now']:,}")
     summary.add_row("whole pool, true labels", fmt_value(state["reference_accuracy"]))
     summary.add_row("human-labeled items", str(t["n_labeled"]))
     if t.get("n_imported"):
