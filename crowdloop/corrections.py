@@ -144,7 +144,40 @@ def read_file(path: Path, *, ids_as_written: bool = True) -> list[LabelRow]:
 RANKINGS = ("both", "crowd", "model")
 
 
-def disputed(p: Project, *, top: int = 20, rank: str = "both") -> list[dict[str, Any]]:
+def check_pair(p: Project, between: str | None, *, field: str = "--between") -> tuple[str, str] | None:
+    """``"A,B"`` as two different classes of the project (None for None), or a one-line error."""
+    if between is None:
+        return None
+    parts = [part.strip() for part in between.split(",")]
+    if len(parts) != 2 or parts[0] == parts[1]:
+        raise ConfigError(f"{field}: {between!r}: expected two different classes, as A,B")
+    for part in parts:
+        if part not in p.classes:
+            raise ConfigError(f"{field}: {part!r} is not a class of the project; expected one of {', '.join(p.classes)}")
+    return parts[0], parts[1]
+
+
+def involves(row: dict[str, Any], pair: tuple[str, str]) -> bool:
+    """Whether a ``disputed`` row is about telling ``pair`` apart: both classes show among its
+    label, its votes and the model's guess (a 1 voted 7 by someone, or a 7 the model reads as 1)."""
+    shown = {row["label"], *row["votes"], row.get("model_label", row["label"])}
+    return set(pair) <= shown
+
+
+def pairs_in(rows: list[dict[str, Any]]) -> list[tuple[tuple[str, str], int]]:
+    """The class pairs ``disputed`` rows are about (each row's label against every other class
+    among its votes and the model's guess), most rows first: what a reviewer may take in turn."""
+    counts: dict[tuple[str, str], int] = {}
+    for row in rows:
+        others = ({*row["votes"], row.get("model_label", row["label"])}) - {row["label"]}
+        for other in others:
+            pair = tuple(sorted((row["label"], other)))
+            counts[pair] = counts.get(pair, 0) + 1  # type: ignore[index]
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))  # type: ignore[arg-type]
+
+
+def disputed(p: Project, *, top: int | None = 20, rank: str = "both",
+             between: tuple[str, str] | None = None) -> list[dict[str, Any]]:
     """The labels a review should look at first, most likely wrong first (as of the last finished
     round), each with its votes and what the model makes of it.
 
@@ -154,7 +187,8 @@ def disputed(p: Project, *, top: int = 20, rank: str = "both") -> list[dict[str,
     confidence alone and lists only items whose votes split. The model finds what a split never
     shows: a label the crowd agreed on, wrongly, because its members share a misreading
     (``benchmarks/review_value.py``). Gold items (their answer is known) and items already
-    corrected are left out."""
+    corrected are left out. ``between``: only the rows about telling two classes apart
+    (``involves``); ``top`` None: every row."""
     from crowdloop.engine.auditing import audit_labels
     from crowdloop.engine.quality import oof_proba
     from crowdloop.export import last_finished_round
@@ -193,5 +227,7 @@ def disputed(p: Project, *, top: int = 20, rank: str = "both") -> list[dict[str,
         row["votes"] = {c: len(ws) for c, ws in sorted(votes[item].items(), key=lambda kv: (-len(kv[1]), kv[0]))}
         row["workers"] = {c: sorted(ws) for c, ws in sorted(votes[item].items())}
         rows.append(row)
+    if between is not None:
+        rows = [row for row in rows if involves(row, between)]
     rows.sort(key=lambda row: (row["score"], row["item_id"]))
-    return rows[:top]
+    return rows if top is None else rows[:top]

@@ -17,7 +17,10 @@ direction-isolated box.
 
 The ranking refits the project's model on out-of-fold splits, so it is computed once per
 finished round and kept; a correction takes its item off the list at once, into the reviewer's
-last corrections below it, where a click changes it again (a click that went wrong).
+last corrections below it, where a click changes it again (a click that went wrong). Links above
+the list narrow it to the items about one pair of classes (``corrections.involves``: a 1 someone
+voted 7, a 7 the model reads as 1), the pairs with most such items first, so a reviewer can
+settle one confusion at a time — the pairs ``crowdloop status`` says annotators split between.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import secrets
 import threading
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -50,6 +54,7 @@ if TYPE_CHECKING:
 COOKIE = "crowdloop_reviewer"
 PREFIX = "reviewers/"
 RECENT = 10  # a reviewer's last corrections shown under the list, to change one clicked wrongly
+PAIR_LINKS = 8  # links to the items about one pair of classes, the pairs with most first
 
 # -- the reviewers of a project ---------------------------------------------------------------
 
@@ -97,16 +102,23 @@ table{border-collapse:collapse;font-size:.85rem}td,th{border:1px solid #e3e6eb;p
 button{font:inherit;padding:.4rem .8rem;border-radius:.45rem;border:1px solid #2f6fde;background:#fff;color:#123c8c;cursor:pointer}
 button.current{border-color:#9aa3b2;color:#5a6270}input[type=text]{font:inherit;width:100%;box-sizing:border-box;padding:.3rem;margin-top:.5rem}
 .notice{background:#e8f5e9;border:1px solid #a5d6a7;border-radius:.4rem;padding:.4rem .7rem;margin-bottom:.8rem}
-code{font-size:.85rem}
+code{font-size:.85rem}.pairs{display:flex;flex-wrap:wrap;gap:.5rem;align-items:baseline;margin:.4rem 0}.pairs a.current{font-weight:600}
 </style></head><body>
 <header><h1>review · {{ project }}</h1><span class="who">{{ reviewer }} · {{ n_corrections }} correction(s) recorded</span></header>
 {% if notice %}<div class="notice" id="notice">{{ notice }}</div>{% endif %}
 {% if round is none %}
 <div class="card" id="nothing"><p><b>No finished round yet.</b> Labels to review appear once a round has paid.</p></div>
+{% elif not rows and between %}
+<div class="card" id="nothing"><p><b>Nothing left between {{ between[0] }} and {{ between[1] }}</b> as of round {{ round }}.</p></div>
 {% elif not rows %}
 <div class="card" id="nothing"><p><b>Nothing to review</b> as of round {{ round }}: no label is in doubt.</p></div>
 {% else %}
 <p class="muted">As of round {{ round }}, the labels most likely wrong first ({{ ranking }}). A click sets the item's label; it applies from the next round's aggregation on.</p>
+{% endif %}
+{% if pairs %}<nav class="pairs" id="pairs"><span class="muted">Between two classes:</span>
+{% for pair, n in pairs %}<a href="/?between={{ (pair[0] ~ ',' ~ pair[1])|urlencode }}"{% if pair == between %} class="current" aria-current="page"{% endif %}>{{ pair[0] }} ↔ {{ pair[1] }} ({{ n }})</a>{% endfor %}
+{% if between %}<a href="/" id="all">all</a>{% endif %}</nav>{% endif %}
+{% if round is not none and rows %}
 {% for row in rows %}
 <div class="card review" id="item-{{ loop.index }}" data-item="{{ row.item_id }}">
 <div class="muted"><code>{{ row.item_id }}</code></div>
@@ -122,6 +134,7 @@ code{font-size:.85rem}
 {% for c, n in row.votes.items() %}<span class="vote">{{ c }} ({{ n }})</span>{{ ", " if not loop.last }}{% endfor %}
 {% if row.model_label is defined %} · model's guess <b class="guess">{{ row.model_label }}</b>, p(label) {{ "%.2f"|format(row.model_proba_of_label) }}{% endif %}</p>
 <form method="post" action="/correct"><input type="hidden" name="csrf" value="{{ csrf }}"><input type="hidden" name="item_id" value="{{ row.item_id }}">
+{% if between %}<input type="hidden" name="between" value="{{ between[0] }},{{ between[1] }}">{% endif %}
 <div class="classes">{% for c in classes %}<button type="submit" name="label" value="{{ c }}"{% if c == row.label %} class="current" title="keep the crowd's label (recorded as reviewed)"{% endif %}>{{ c }}</button>{% endfor %}</div>
 <input type="text" name="note" maxlength="{{ max_note }}" placeholder="note (optional): why" aria-label="note">
 </form></div>
@@ -157,19 +170,27 @@ class _Ranking:
         self.round: int | None = None
         self.rows: list[dict[str, Any]] = []
 
-    def current(self) -> tuple[int | None, list[dict[str, Any]], dict[str, corrections.Correction]]:
-        """The last finished round, the page's rows (items corrected since left out), and the
-        corrections in force they were filtered by."""
+    def open_rows(self) -> tuple[int | None, list[dict[str, Any]], dict[str, corrections.Correction]]:
+        """The last finished round, every ranked row not corrected since, and the corrections in
+        force they were filtered by."""
         from crowdloop.export import last_finished_round
 
         with self.lock:
             finished = last_finished_round(self.p)
             if finished is not None and finished != self.round:
-                # more than a page: corrections take rows off until the next round ranks again
-                self.rows = corrections.disputed(self.p, top=3 * self.top, rank=self.rank)
+                # every row, not a page: corrections and the pair links narrow it until the next round ranks again
+                self.rows = corrections.disputed(self.p, top=None, rank=self.rank)
                 self.round = finished
             in_force = corrections.latest(self.p)
-            return self.round, [row for row in self.rows if row["item_id"] not in in_force][: self.top], in_force
+            return self.round, [row for row in self.rows if row["item_id"] not in in_force], in_force
+
+    def current(self, between: tuple[str, str] | None = None
+                ) -> tuple[int | None, list[dict[str, Any]], dict[str, corrections.Correction], list]:
+        """``open_rows`` as a page: the first ``top`` (about ``between`` only, when given), and the
+        pairs of classes the open rows are about, most rows first."""
+        finished, rows, in_force = self.open_rows()
+        page = [row for row in rows if between is None or corrections.involves(row, between)][: self.top]
+        return finished, page, in_force, corrections.pairs_in(rows)[:PAIR_LINKS]
 
 
 def create_review_app(p: Project, *, top: int = 20, rank: str = "both") -> FastAPI:
@@ -190,8 +211,13 @@ def create_review_app(p: Project, *, top: int = 20, rank: str = "both") -> FastA
         name = authenticate(p, token)
         return (name, token) if name and token else None
 
-    def back(notice: str) -> Response:
-        return security_headers(RedirectResponse(f"/?notice={notice}", status_code=303))
+    def back(notice: str, between: tuple[str, str] | None = None) -> Response:
+        where = f"/?notice={notice}" + (f"&between={quote(','.join(between))}" if between else "")
+        return security_headers(RedirectResponse(where, status_code=303))
+
+    def pair_of(value: str | None) -> tuple[str, str] | None:
+        pair = corrections.check_pair(p, value, field="between")
+        return None if pair is None else (min(pair), max(pair))  # as the pair links name it
 
     def notice_for(code: str | None, name: str, in_force: dict[str, Any]) -> str | None:
         """What a redirect's code says, from the records (a link cannot put words on the page)."""
@@ -204,7 +230,8 @@ def create_review_app(p: Project, *, top: int = 20, rank: str = "both") -> FastA
         return f"Recorded: {last.item_id} is {last.label}, from the next round's aggregation on."
 
     @app.get("/", response_class=HTMLResponse)
-    async def page(request: Request, token: str | None = None, notice: str | None = None) -> Response:
+    async def page(request: Request, token: str | None = None, notice: str | None = None,
+                   between: str | None = None) -> Response:
         if token is not None:  # the personal link: remember the token in a cookie, clean the URL
             if await run_in_threadpool(authenticate, p, token) is None:
                 return forbidden()
@@ -215,7 +242,11 @@ def create_review_app(p: Project, *, top: int = 20, rank: str = "both") -> FastA
         who = await run_in_threadpool(reviewer, request)
         if who is None:
             return forbidden()
-        finished, rows, in_force = await run_in_threadpool(ranking.current)
+        try:
+            pair = pair_of(between)
+        except ConfigError as exc:
+            return security_headers(HTMLResponse(f"<p>400: {escape(str(exc))}</p>", status_code=400))
+        finished, rows, in_force, pairs = await run_in_threadpool(ranking.current, pair)
         shown = [{**row, "key": item_key(row["item_id"]), "payload": item_payload(p.pool, p.index_of[row["item_id"]])}
                  for row in rows if row["item_id"] in p.index_of]
         nonce = secrets.token_urlsafe(16)
@@ -223,7 +254,7 @@ def create_review_app(p: Project, *, top: int = 20, rank: str = "both") -> FastA
         html = PAGE.render(project=p.config.project, reviewer=who[0], rows=shown, round=finished, classes=p.classes,
                            csrf=csrf_for(who[1]), nonce=nonce, ranking=RANKINGS[rank],
                            notice=notice_for(notice, who[0], in_force), n_corrections=len(in_force),
-                           max_note=corrections.MAX_NOTE_CHARS, mine=mine)
+                           max_note=corrections.MAX_NOTE_CHARS, mine=mine, pairs=pairs, between=pair)
         return security_headers(HTMLResponse(html), nonce)
 
     @app.post("/correct")
@@ -233,6 +264,10 @@ def create_review_app(p: Project, *, top: int = 20, rank: str = "both") -> FastA
         if isinstance(form, Response) or who is None:
             return form
         item, label, note = form.get("item_id", ""), form.get("label", ""), form.get("note", "").strip()
+        try:
+            pair = pair_of(form.get("between") or None)
+        except ConfigError:
+            pair = None  # the list it came from: a bad one only loses the filter, never the correction
 
         def record() -> str | None:
             from crowdloop.label_files import LabelRow
@@ -245,15 +280,15 @@ def create_review_app(p: Project, *, top: int = 20, rank: str = "both") -> FastA
             key = await run_in_threadpool(record)
         except CrowdloopError as exc:
             return security_headers(HTMLResponse(f"<p>400: {escape(str(exc))}</p>", status_code=400))
-        return back("recorded" if key is not None else "in-force")
+        return back("recorded" if key is not None else "in-force", pair)
 
     @app.get("/image/{key}")
     async def image(request: Request, key: str) -> Response:
         if await run_in_threadpool(reviewer, request) is None:
             return forbidden()
-        _, rows, _ = await run_in_threadpool(ranking.current)
+        _, rows, _ = await run_in_threadpool(ranking.open_rows)
         item = next((row["item_id"] for row in rows if item_key(row["item_id"]) == key), None)
-        if item is None or item not in p.index_of:  # only items on the page, never a path from the request
+        if item is None or item not in p.index_of:  # only items on the list, never a path from the request
             return security_headers(Response(status_code=404))
         return image_response(item_payload(p.pool, p.index_of[item]))
 

@@ -177,3 +177,41 @@ def test_item_text_shows_as_text(tmp_path: Path) -> None:
         == len(_items(page.text))
     nonce = re.search(r"'nonce-([\w-]+)'", page.headers["content-security-policy"]).group(1)
     assert all(f'nonce="{nonce}"' in tag for tag in re.findall(r"<(?:script|style)[^>]*>", page.text))
+
+
+def test_the_list_narrows_to_one_pair_of_classes(reviewed) -> None:
+    """Links above the list take the reviewer to the items about one confusion, the pairs with
+    most items first; a correction made there comes back to the same pair."""
+    p, location = reviewed
+    token = add_reviewer(p, "vic")
+    desk = _desk(p, token, top=4)
+    everything = corrections.disputed(p, top=None)
+    pairs = corrections.pairs_in(everything)
+    (a, b), n = pairs[0]
+    assert n == sum(corrections.involves(row, (a, b)) for row in everything) and n >= 2
+    assert [count for _, count in pairs] == sorted((count for _, count in pairs), reverse=True)
+    page = desk.get("/")
+    assert f"{a} ↔ {b} ({n})" in page.text
+    narrowed = desk.get(f"/?between={b},{a}")  # either order
+    listed = _items(narrowed.text)
+    about = [row for row in everything if {a, b} <= {row["label"], *row["votes"], row.get("model_label", row["label"])}]
+    assert listed == [row["item_id"] for row in about][:4]
+    assert listed == [row["item_id"] for row in corrections.disputed(p, top=4, between=(a, b))]
+    assert 'aria-current="page"' in narrowed.text and 'id="all"' in narrowed.text
+    first = about[0]
+    other = a if first["label"] == b else b
+    done = desk.post("/correct", data={"csrf": csrf_for(token), "item_id": first["item_id"], "label": other,
+                                       "between": f"{a},{b}"}, headers=ORIGIN)
+    assert done.status_code == 303 and done.headers["location"] == f"/?notice=recorded&between={a}%2C{b}"
+    assert first["item_id"] not in _items(desk.get(done.headers["location"]).text)
+    for bad, message in ((f"{a},{a}", "expected two different classes, as A,B"),
+                         (f"{a},eleven", "&#39;eleven&#39; is not a class of the project")):
+        refused = desk.get(f"/?between={bad}")
+        assert refused.status_code == 400 and message in refused.text and refused.text.count("\n") == 0
+    shown = subprocess.run([*crowdloop_cmd(), "disputed", "-p", location, "--between", f"{a},{b}", "--json"],
+                           capture_output=True, text=True, timeout=120, check=True)
+    rows = __import__("json").loads(shown.stdout)
+    assert rows and all(corrections.involves(row, (a, b)) for row in rows)
+    bad = subprocess.run([*crowdloop_cmd(), "disputed", "-p", location, "--between", "3"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--between: '3': expected two different classes" in bad.stderr

@@ -206,7 +206,7 @@ def agreement_reading(alpha: float | None) -> str:
     return "low: unclear guidelines, overlapping classes or careless workers; see crowdloop workers"
 
 
-def agreement_lines(agreement: dict[str, Any] | None) -> list[Text]:
+def agreement_lines(agreement: dict[str, Any] | None, store: str = "DIR") -> list[Text]:
     """What ``status`` says about ``annotator_agreement``: alpha and its reading, then the class pairs
     annotators split between more often than chance explains (``notable`` splits)."""
     if agreement is None:
@@ -223,6 +223,8 @@ def agreement_lines(agreement: dict[str, Any] | None) -> list[Text]:
                           f"{s['n_items']} items)" for s in notable for a, b in [s["classes"]])
         hint = "; a guidelines.classes note telling them apart may help" if alpha is not None and alpha < 0.8 else ""
         lines.append(Text(f"  they split most between {pairs}{hint}"))
+        a, b = notable[0]["classes"]
+        lines.append(Text(f"  review them: crowdloop disputed -p {store} --between {a},{b} (or the review desk's pair links)"))
     return lines
 
 

@@ -44,7 +44,7 @@ def status(
     console.print(rounds_table(state, f"crowdloop {state['project']}"))
     console.print(Text(f"reference accuracy: {fmt_value(state['reference_accuracy'])}; stopped: ")
                   + shown(state["stop_reason"]))
-    for line in agreement_lines(state["annotator_agreement"]):
+    for line in agreement_lines(state["annotator_agreement"], state["store"]):
         console.print(line)
     if growth_line(state):
         console.print(growth_line(state))

@@ -189,7 +189,7 @@ def _print_summary(state: dict[str, Any], location: str) -> None:
         b = state["baseline"]["rounds"][-1]
         summary.add_row("random baseline accuracy", f"{fmt_value(b['accuracy'])} at {b['n_labeled']} labels")
     console.print(summary)
-    for line in agreement_lines(state.get("annotator_agreement")):
+    for line in agreement_lines(state.get("annotator_agreement"), state["store"]):
         console.print(line)
     console.print(f"outputs in {location}: metrics.json, metrics.csv, learning_curve.png, labels.jsonl, annotations.jsonl")
 

@@ -67,6 +67,9 @@ def disputed(
     rank: str = typer.Option("both", "--rank", metavar="both|crowd|model",
                              help="most likely wrong by the crowd's split and the model's doubt (both), the split only "
                                   "(crowd: items whose votes differ), or the model's doubt only"),
+    between: str | None = typer.Option(None, "--between", metavar="A,B",
+                                       help="only items about telling two classes apart (both among the label, the "
+                                            "votes and the model's guess)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON list"),
 ) -> None:
     """The labels most likely wrong, first: where annotators split or a model that never saw the label doubts it.
@@ -83,7 +86,7 @@ def disputed(
     from crowdloop.engine import Project
 
     project = Project.open(project_dir_of(None, project_dir))
-    rows = corrections.disputed(project, top=top, rank=rank)
+    rows = corrections.disputed(project, top=top, rank=rank, between=corrections.check_pair(project, between))
     if as_json:
         sys.stdout.write(json.dumps(rows) + "\n")
         return

@@ -7,6 +7,7 @@ whose pair confusers mix up known class pairs.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -140,6 +141,11 @@ def test_a_run_reports_agreement_and_names_the_crowds_confused_pair(tmp_path: Pa
     flat = " ".join(out.split())  # rich wraps long lines
     assert f"annotators' agreement: α {agreement['alpha']:.2f}" in flat
     assert f"they split most between {agreement['splits'][0]['classes'][0]} and {agreement['splits'][0]['classes'][1]}" in flat
+    a, b = agreement["splits"][0]["classes"]
+    assert f"review them: crowdloop disputed -p {location} --between {a},{b}" in flat
+    listed = json.loads(subprocess.run([*crowdloop_cmd(), "disputed", "-p", location, "--between", f"{a},{b}", "--json"],
+                                       capture_output=True, text=True, timeout=120, check=True).stdout)
+    assert listed and all({a, b} <= {row["label"], *row["votes"], row.get("model_label", row["label"])} for row in listed)
 
 
 def test_one_judgment_per_item_reports_no_agreement(tmp_path: Path) -> None:
