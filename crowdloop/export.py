@@ -301,6 +301,8 @@ def _gt_manifest(p: Project, rows: list[dict[str, Any]]) -> bytes:
         from crowdloop.corrections import latest
 
         stamps.update({item: c.at.isoformat() for item, c in latest(p).items()})
+    if any(row["source"] == "copied" for row in rows):  # a copy's label was made when the item it copies was answered
+        stamps.update(_copies_stamps(p, stamps))
     fixed = set(FIXED_COLUMNS) | {"text", "image"}
     buf = io.StringIO()
     for row in rows:
@@ -323,6 +325,18 @@ def _gt_manifest(p: Project, rows: list[dict[str, Any]]) -> bytes:
         line.update({k: v for k, v in row.items() if k not in fixed and k not in line})
         buf.write(json.dumps(line) + "\n")
     return buf.getvalue().encode()
+
+
+def _copies_stamps(p: Project, stamps: dict[str, str]) -> dict[str, str]:
+    """Each copy (``pool.duplicates: ask_once``) with no answer of its own -> the latest answer
+    time among the items showing the same thing: its label is theirs."""
+    copies = p.copies
+    latest_of_group: dict[str, str] = {}
+    for item, stamp in stamps.items():
+        group = copies.get(item, item)
+        latest_of_group[group] = max(stamp, latest_of_group.get(group, ""))
+    return {copy: latest_of_group[group] for copy, group in copies.items()
+            if copy not in stamps and group in latest_of_group}
 
 
 def _last_answers(p: Project) -> dict[str, str]:

@@ -82,6 +82,13 @@ def test_a_stock_text_is_asked_once_and_its_copies_get_its_label(tmp_path: Path)
         assert original["source"] == "human" and row["label"] == original["label"] and row["n_judgments"] == 0
         assert text_of[item] == text_of[original["item_id"]]
     assert done.by_source["copied"] == len(copied)
+    manifest = {line["item-id"]: line for line in map(json.loads, export_labels(p, "gt-manifest").data.splitlines())}
+    answered = {}
+    for a in p.annotations():
+        answered[a.item_id] = max(a.submitted_at.isoformat(), answered.get(a.item_id, ""))
+    meta = next(k for k in next(iter(manifest.values())) if k.endswith("-metadata"))
+    for item in copied:  # a copy's label was made when the item it copies was answered
+        assert manifest[item][meta]["creation-date"] == answered[p.copies[item]]
 
 
 def test_ask_each_asks_every_copy(tmp_path: Path) -> None:
