@@ -7,7 +7,9 @@ ids) or break later (rows removed). ``Project.prepare`` records this digest in
 
 What is hashed depends on the source, so that a large pool costs a streaming read at most:
 
-* ``csv`` / ``parquet``: the file itself (streaming sha256, 1 MiB at a time);
+* ``csv`` / ``parquet``: the file itself (streaming sha256, 1 MiB at a time); a csv file may
+  grow by rows appended (``rows_appended``), a Parquet file by rows added after its first ones
+  (``rows_sha256``);
 * ``sharded``: the manifest (which holds every shard's sha256) and the id/label index;
 * ``images``, ``fashion_mnist``: a listing of the folder (relative names and sizes; for an S3
   prefix, the key names), not every image's bytes; the files of linked class folders count
@@ -194,6 +196,17 @@ def arrays_sha256(pool: Any) -> str:
         h.update(b"\0".join(v.encode() for v in part.tolist()) if part is not None else b"-")
         h.update(b"\1")
     h.update(np.ascontiguousarray(pool.X).tobytes())
+    return h.hexdigest()
+
+
+def rows_sha256(pool: Any, n: int) -> str:
+    """sha256 over a loaded pool's first ``n`` rows: ids, ground truth, features and what
+    annotators see. A Parquet file is rewritten whole when rows are added, so its bytes cannot
+    tell; its first rows, read back equal, can."""
+    first = pool.subset(np.arange(n))
+    h = hashlib.sha256(arrays_sha256(first).encode())
+    if first.content is not None:
+        h.update(b"\0".join(str(v).encode() for v in first.content.tolist()))
     return h.hexdigest()
 
 

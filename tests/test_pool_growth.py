@@ -293,3 +293,39 @@ def test_rows_or_images_that_bring_a_new_class_are_refused(tmp_path: Path) -> No
     _digit_images(folder, np.flatnonzero(y == 9)[:20], X, y)
     with pytest.raises(PoolError, match=r"bring class\(es\) \['9'\] that project .* did not start with"):
         _reopen_folder(folder, location)
+
+
+def test_a_parquet_pool_rewritten_with_rows_added_grows_and_an_edited_one_is_refused(tmp_path: Path) -> None:
+    """Parquet files are rewritten whole, so their bytes cannot tell rows added from rows changed:
+    the first rows, read back equal, can."""
+    X, y = load_digits(return_X_y=True)
+    frame = pd.DataFrame(X, columns=[f"px{i}" for i in range(64)])
+    frame.insert(0, "uid", [f"d{i:04d}" for i in range(len(X))])
+    frame["target"] = y
+    path, location = tmp_path / "pool.parquet", str(tmp_path / "p")
+    frame.iloc[:1000].to_parquet(path, index=False)
+    config = {**_config(path), "pool": {**_config(path)["pool"], "source": "parquet"}}
+
+    def reopen() -> Project:
+        project_module._PREPARED.clear()
+        return Project.prepare(parse_config(config), location)
+
+    p = Project.prepare(parse_config(config), location)
+    assert engine.run_round(p, 0) is None
+    before = {"test": p.test.ids.tolist(), "pool": p.pool.ids.tolist(), "reserve": p.audit_reserve}
+    frame.iloc[:1300].to_parquet(path, index=False, compression="gzip")  # rewritten: other bytes, 300 rows more
+    p = reopen()
+    assert p.test.ids.tolist()[: len(before["test"])] == before["test"]
+    assert p.pool.ids.tolist()[: len(before["pool"])] == before["pool"] and p.audit_reserve == before["reserve"]
+    assert len(p.pool) + len(p.test) == 1300
+    record = read_json(p.store, keys.PROJECT)["pool"]
+    assert record["rows"] == 1300 and record["grown"][0]["rows"] == 1000
+    assert engine.run_round(p, 1) is None
+    edited = frame.iloc[:1400].copy()
+    edited.loc[5, "px10"] += 1.0  # one value of an early row
+    edited.to_parquet(path, index=False)
+    with pytest.raises(PoolError, match=r"is not the pool project .* was created with"):
+        reopen()
+    frame.iloc[:1200].to_parquet(path, index=False)  # rows removed
+    with pytest.raises(PoolError, match=r"is not the pool project .* was created with"):
+        reopen()

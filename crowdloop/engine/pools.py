@@ -113,10 +113,13 @@ def checked_pool_record(project: Project, existing: dict[str, Any] | None) -> di
         if digest is None:
             return recorded
         record = digest.as_record()
-        if digest.size is not None or digest.entries is not None:  # a pool that may grow: what it started with
+        if digest.size is not None or digest.entries is not None or config.pool.source == "parquet":
+            # a pool that may grow: what it started with
             record["rows_at_start"] = len(project.pool) + (0 if project.test is None else len(project.test))
             record["pool_items_at_start"] = len(project.pool)
             record["classes"] = list(project.classes)
+            if config.pool.source == "parquet":
+                record.update(_rows_record(config.pool))
         return record
     if not digest.matches(recorded["sha256"]) and "rows_at_start" in recorded \
             and rows_appended(Path(config.pool.path or ""), recorded):
@@ -125,6 +128,11 @@ def checked_pool_record(project: Project, existing: dict[str, Any] | None) -> di
         _check_same_classes(project, recorded)
         grown = [*recorded.get("grown", []), {"sha256": recorded["sha256"], "bytes": recorded["bytes"]}]
         return {**recorded, **digest.as_record(), "grown": grown}
+    if not digest.matches(recorded["sha256"]) and _parquet_rows_added(config.pool, recorded):
+        # a Parquet file rewritten with rows after the ones it had: those read back the same
+        _check_same_classes(project, recorded)
+        grown = [*recorded.get("grown", []), {"sha256": recorded["sha256"], "rows": recorded["rows"]}]
+        return {**recorded, **digest.as_record(), **_rows_record(config.pool), "grown": grown}
     added = _files_added(project, digest, recorded)
     if added is not None:
         _check_same_classes(project, recorded)
@@ -155,6 +163,25 @@ def _check_same_classes(project: Project, recorded: dict[str, Any]) -> None:
                         "them: start a new project with the new classes (docs/own_data.md, 'When the pool grows')")
 
 
+def _rows_record(cfg: PoolConfig) -> dict[str, Any]:
+    """A Parquet pool's rows and their digest (``models/digest.py``, ``rows_sha256``)."""
+    from crowdloop.models.digest import rows_sha256
+
+    raw = load_pool(cfg)
+    return {"rows": len(raw), "rows_sha256": rows_sha256(raw, len(raw))}
+
+
+def _parquet_rows_added(cfg: PoolConfig, recorded: dict[str, Any]) -> bool:
+    """Whether a Parquet pool holds the recorded rows, read back the same, and rows after them."""
+    from crowdloop.models.digest import rows_sha256
+
+    if cfg.source != "parquet" or "rows_sha256" not in recorded:
+        return False
+    raw = load_pool(cfg)
+    n = int(recorded["rows"])
+    return len(raw) > n and rows_sha256(raw, n) == recorded["rows_sha256"]
+
+
 def _files_added(project: Project, digest: Any, recorded: dict[str, Any]) -> list[tuple[str, str]] | None:
     """The files added to a folder pool since its recorded digest, when every file it had is there
     unchanged (``models/digest.py``, ``files_added``); None for anything else."""
@@ -176,8 +203,8 @@ def write_pool_listing(project: Project, record: dict[str, Any] | None) -> None:
     from crowdloop.models.digest import entries_sha256, folder_entries
     from crowdloop.storage import read_json, write_json_once
 
-    if not record or "rows_at_start" not in record or "bytes" in record:
-        return
+    if not record or "rows_at_start" not in record or "bytes" in record or "rows_sha256" in record:
+        return  # not a folder pool
     key = keys.pool_listing_key(record["sha256"])
     if project.store.exists(key):
         return

@@ -554,8 +554,8 @@ class Project:
         dropped in and the next run), so every reader sees the first rows as the project started."""
         record = self._pool_record
         recorded = appended_ids(record)
-        if self.store is None or "rows_at_start" not in record or "bytes" in record:
-            return recorded
+        if self.store is None or "rows_at_start" not in record or "bytes" in record or "rows_sha256" in record:
+            return recorded  # not a folder pool
         listing = read_json(features_store(self.store), keys.pool_listing_key(record["sha256"]), default=None)
         if listing is None:
             return recorded
