@@ -129,6 +129,26 @@ def test_a_file_cut_short_or_with_its_last_row_continued_is_refused(tmp_path: Pa
     assert not rows_appended(path, unended)
 
 
+def _grows_with_its_featurizer(pool: dict, location: str, grow) -> tuple[tuple[list, list], Project]:
+    """A text pool of 150 items: round 0, then ``grow()`` adds 60; the grown project keeps every
+    earlier item's side, trains round 1, and its stored TF-IDF is the one fitted at the start."""
+    cfg = small_config(pool=pool, model={"estimator": "sklearn.linear_model.LogisticRegression",
+                                         "features": {"kind": "tfidf"}},
+                       sampler={"name": "margin", "batch_size": 10, "initial_size": 20})
+    p = Project.prepare(parse_config(cfg), location)
+    assert engine.run_round(p, 0) is None
+    fitted = p.store.read_bytes("features/tfidf.pkl")
+    before = p.pool.ids.tolist(), p.test.ids.tolist()
+    grow()
+    project_module._PREPARED.clear()
+    grown = Project.prepare(parse_config(cfg), location)
+    assert len(grown.pool) + len(grown.test) == 210
+    assert grown.pool.ids.tolist()[: len(before[0])] == before[0] and grown.test.ids.tolist()[: len(before[1])] == before[1]
+    assert engine.run_round(grown, 1) is None
+    assert p.store.read_bytes("features/tfidf.pkl") == fitted
+    return before, grown
+
+
 def test_a_text_pool_grows_with_the_featurizer_it_started_with(tmp_path: Path) -> None:
     """TF-IDF is fitted once, on the texts the project started with, and stored: appended texts are
     featurized with it, so every model of the project sees the same columns."""
@@ -143,21 +163,9 @@ def test_a_text_pool_grows_with_the_featurizer_it_started_with(tmp_path: Path) -
 
     path = tmp_path / "tickets.csv"
     tickets("a", 150).to_csv(path, index=False)
-    cfg = small_config(pool={"source": "csv", "path": str(path), "id_column": "id", "text_column": "text",
-                             "label_column": "label", "test_size": 0.2},
-                       model={"estimator": "sklearn.linear_model.LogisticRegression", "features": {"kind": "tfidf"}},
-                       sampler={"name": "margin", "batch_size": 10, "initial_size": 20})
-    p = Project.prepare(parse_config(cfg), str(tmp_path / "p"))
-    assert engine.run_round(p, 0) is None
-    fitted = p.store.read_bytes("features/tfidf.pkl")
-    before = p.pool.ids.tolist(), p.test.ids.tolist()
-    _append(path, tickets("b", 60))
-    project_module._PREPARED.clear()
-    grown_p = Project.prepare(parse_config(cfg), str(tmp_path / "p"))
-    assert len(grown_p.pool) + len(grown_p.test) == 210
-    assert grown_p.pool.ids.tolist()[: len(before[0])] == before[0] and grown_p.test.ids.tolist()[: len(before[1])] == before[1]
-    assert engine.run_round(grown_p, 1) is None
-    assert p.store.read_bytes("features/tfidf.pkl") == fitted
+    before, grown_p = _grows_with_its_featurizer(
+        {"source": "csv", "path": str(path), "id_column": "id", "text_column": "text", "label_column": "label",
+         "test_size": 0.2}, str(tmp_path / "p"), lambda: _append(path, tickets("b", 60)))
     assert grown_p.load_model(1).predict_proba(grown_p.pool.X[len(before[0]):]).shape == (len(grown_p.pool) - len(before[0]), 2)
 
 
@@ -264,24 +272,12 @@ def test_a_text_folder_grows_with_the_featurizer_it_started_with(tmp_path: Path)
             (folder / label / f"{prefix}{i:03d}.txt").write_text(" ".join(rng.choice(words[label].split(), 5)) + f" #{i}\n")
 
     write("m", 150)
-    cfg = small_config(pool={"source": "text_folder", "path": str(folder), "test_size": 0.2},
-                       model={"estimator": "sklearn.linear_model.LogisticRegression", "features": {"kind": "tfidf"}},
-                       sampler={"name": "margin", "batch_size": 10, "initial_size": 20})
-    p = Project.prepare(parse_config(cfg), str(tmp_path / "p"))
-    assert engine.run_round(p, 0) is None
-    fitted = p.store.read_bytes("features/tfidf.pkl")
-    before = p.pool.ids.tolist(), p.test.ids.tolist()
-    write("a", 60)  # named before the first ones
-    project_module._PREPARED.clear()
-    grown = Project.prepare(parse_config(cfg), str(tmp_path / "p"))
-    assert len(grown.pool) + len(grown.test) == 210
-    assert grown.pool.ids.tolist()[: len(before[0])] == before[0] and grown.test.ids.tolist()[: len(before[1])] == before[1]
-    assert engine.run_round(grown, 1) is None
-    assert p.store.read_bytes("features/tfidf.pkl") == fitted
+    pool = {"source": "text_folder", "path": str(folder), "test_size": 0.2}
+    _, grown = _grows_with_its_featurizer(pool, str(tmp_path / "p"), lambda: write("a", 60))  # named before the first
     (sorted(folder.glob("billing/m*.txt"))[0]).write_text("an edited ticket\n")
     project_module._PREPARED.clear()
     with pytest.raises(PoolError, match="is not the pool project"):
-        Project.prepare(parse_config(cfg), str(tmp_path / "p"))
+        Project.prepare(grown.config, str(tmp_path / "p"))
 
 
 def test_rows_or_images_that_bring_a_new_class_are_refused(tmp_path: Path) -> None:
