@@ -250,11 +250,13 @@ def test_a_correction_teaches_the_consensus_about_the_workers_who_answered_it() 
 @pytest.mark.parametrize("learn", [True, False])
 def test_corrections_are_held_as_truth_by_the_consensus_and_counted_per_worker(tmp_path: Path, learn: bool,
                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from crowdloop.engine import aggregation
     from crowdloop.workers import worker_accounts
 
     location = str(tmp_path / "p")
     p = Project.prepare(parse_config(small_config(**{"gold.share": 0.1, "gold.n_items": 20,
-                                                     "consensus.learn_from_corrections": learn})), location)
+                                                     "consensus.learn_from_corrections": learn,
+                                                     "consensus.block_below_agreement": 0.3})), location)
     assert engine.run_round(p, 0) is None
     anns = p.annotations()
     items = sorted({a.item_id for a in anns} - set(p.gold_set))[:6]
@@ -274,8 +276,13 @@ def test_corrections_are_held_as_truth_by_the_consensus_and_counted_per_worker(t
         return aggregator
 
     monkeypatch.setattr(Project, "aggregator", spying)
+    judged_for_blocking: list = []
+    real_low = aggregation.low_agreement_workers
+    monkeypatch.setattr(aggregation, "low_agreement_workers",
+                        lambda table, *a, **k: (judged_for_blocking.append(set(table["task"])), real_low(table, *a, **k))[1])
     p = Project.open(location)
     assert engine.run_round(p, 1) is None
+    assert judged_for_blocking[-1] and not judged_for_blocking[-1] & set(fixes)  # a correction never blocks anyone
     held = dict(seen[-1].items())
     answered_gold = {a.item_id for a in p.annotations() if a.item_id in p.gold_set}
     assert {i: held[i] for i in answered_gold} == {i: p.gold_set[i] for i in answered_gold}

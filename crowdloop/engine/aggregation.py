@@ -73,7 +73,10 @@ def aggregate(p: Project, r: int) -> dict[str, Any]:
                                                         level=g.evidence_level)
         c = p.config.consensus
         if c.block_below_agreement is not None:
-            low = low_agreement_workers(table, agg.probas_, min_judgments=c.block_min_judgments,
+            # items a reviewer corrected are left out: they are the disputed ones, hard by selection, and a
+            # correction is never a reason to block (the consensus holds them as truth, so they would count)
+            judged = table[~table["task"].isin(list(fixes))] if fixes else table
+            low = low_agreement_workers(judged, agg.probas_, min_judgments=c.block_min_judgments,
                                         min_agreement=c.block_below_agreement)
             extra["blocked_on_agreement"] = {w: v for w, v in sorted(low.items()) if w not in extra.get("blocked_workers", [])}
         rings = getattr(agg, "rings_", None)
