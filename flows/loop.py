@@ -23,12 +23,20 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 
-from crowdloop import keys, report
+from crowdloop import report
 from crowdloop.config import LoopConfig, ScaleConfig, load_config
-from crowdloop.engine import REFERENCE_STEP, ROUND_STEPS, Project, Step, default_location, run_rounds, run_step
+from crowdloop.engine import (
+    REFERENCE_STEP,
+    ROUND_STEPS,
+    Project,
+    Step,
+    default_location,
+    run_rounds,
+    run_step,
+    start_baseline,
+)
 from crowdloop.errors import CrowdloopError, is_transient
 from crowdloop.flows.logs import send_logs_to_prefect, step_summary
-from crowdloop.storage import read_json, write_json
 
 _STEPS: dict[str, Step] = {s.name: s for s in (REFERENCE_STEP, *ROUND_STEPS)}
 log = logging.getLogger("crowdloop.flows.loop")
@@ -253,13 +261,8 @@ def active_learning_loop(config: LoopConfig | str, project_dir: str | None = Non
             outcome = run_project_rounds(project, parts=parts)
             project = Project.shared(project.store.url)  # an approval may have set a new money budget
             if config.baseline.random and not outcome.startswith("waiting"):
-                twin = project.baseline()
-                if read_json(twin.store, keys.PROJECT, default=None) is None:
-                    write_json(twin.store, keys.PROJECT, {"config": twin.config.model_dump(mode="json"),
-                                                           "format": project.format})  # the same audit reserve
-                if not twin.store.exists(keys.REFERENCE):
-                    write_json(twin.store, keys.REFERENCE, read_json(project.store, keys.REFERENCE))
-                run_project_rounds(Project.open(twin.store.url).register(), label="baseline", parts=parts)
+                twin_url = start_baseline(project)  # raised limits on a resume: the twin follows
+                run_project_rounds(Project.open(twin_url).register(), label="baseline", parts=parts)
             state = report.write_outputs(project)
     finally:
         parts.close()

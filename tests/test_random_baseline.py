@@ -113,3 +113,32 @@ def test_crowdloop_beats_random_at_equal_labels(runs: dict[int, tuple[Project, P
         gaps.append(float(np.mean([a - b for a, b in second_half])))
     # measured: 0.047, 0.062, 0.014 (mean 0.041); the same sampler in both would give 0.0
     assert np.mean(gaps) >= 0.02, gaps
+
+
+def test_the_baseline_follows_a_project_resumed_with_raised_limits(tmp_path) -> None:
+    """A project run to 2 rounds, then resumed with max_rounds 4: the twin's learning curve goes on
+    to the same labels (it stopped at the first run's labels, and its stored budget was kept)."""
+    from crowdloop.config import parse_config
+    from crowdloop.engine import start_baseline
+    from crowdloop.engine import project as project_module
+    from tests.conftest import small_config
+
+    location = str(tmp_path / "p")
+
+    def run(max_rounds: int) -> tuple[Project, Project]:
+        project_module._PREPARED.clear()  # a new `crowdloop run`
+        config = parse_config(small_config(**{"stopping.max_rounds": max_rounds, "baseline.random": True}))
+        main = Project.prepare(config, location)
+        engine.run_rounds(main)
+        twin = Project.open(start_baseline(main))  # as flows/loop.py
+        engine.run_rounds(twin)
+        return main, Project.open(twin.store.url)
+
+    main, twin = run(2)
+    assert [m["n_labeled"] for m in twin.metrics()] == [m["n_labeled"] for m in main.metrics()]
+    first = [m["n_labeled"] for m in main.metrics()]
+    main, twin = run(4)
+    labeled = [m["n_labeled"] for m in main.metrics()]
+    assert len(labeled) > len(first) and [m["n_labeled"] for m in twin.metrics()] == labeled
+    assert twin.config.stopping.label_budget == labeled[-1]
+    assert len(twin.store.list(keys.CONFIG_HISTORY)) == 1  # the first run's twin record, kept

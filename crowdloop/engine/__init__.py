@@ -20,7 +20,7 @@ from crowdloop.engine.collection import append_segment, collect
 from crowdloop.engine.dispatching import dispatch
 from crowdloop.engine.evaluation import evaluate, reference
 from crowdloop.engine.payment import pay
-from crowdloop.engine.project import MissingRecordError, Project, default_location
+from crowdloop.engine.project import MissingRecordError, Project, default_location, start_baseline
 from crowdloop.engine.rounds import (
     REFERENCE_STEP,
     ROUND_STEPS,
@@ -42,5 +42,5 @@ __all__ = [
     "aggregate", "append_segment", "audit", "autolabel", "check_stop", "collect", "declared_points", "default_location",
     "dispatch", "evaluate", "expected_task_seconds", "first_open_round", "next_batch_size", "pay", "phase",
     "reference", "run_in_process", "run_round", "run_rounds", "run_step", "score_shard", "select", "shard_count",
-    "stop_reason", "train",
+    "start_baseline", "stop_reason", "train",
 ]

@@ -829,6 +829,28 @@ class Project:
         return shadow
 
 
+def start_baseline(project: Project) -> str:
+    """The random twin's records before it runs (its store URL returned): its config, in this
+    project's format (so both split and reserve alike), and this project's reference accuracy.
+
+    The twin stops at the labels this project has (``Project.baseline``); when this project went
+    on with raised limits, the twin's stopping section follows (the old record kept in
+    ``config-history/``), so its learning curve reaches the same labels instead of ending where
+    the first run ended."""
+    twin = project.baseline()
+    record = {"config": twin.config.model_dump(mode="json"), "format": project.format}
+    stored = read_json(twin.store, keys.PROJECT, default=None)
+    if stored is None:
+        write_json(twin.store, keys.PROJECT, record)
+    elif stored["config"].get("stopping") != record["config"]["stopping"]:
+        write_json(twin.store, f"{keys.CONFIG_HISTORY}{_utc_stamp()}.json", stored)
+        write_json(twin.store, keys.PROJECT,
+                   {**stored, "config": {**stored["config"], "stopping": record["config"]["stopping"]}})
+    if not twin.store.exists(keys.REFERENCE):
+        write_json(twin.store, keys.REFERENCE, read_json(project.store, keys.REFERENCE))
+    return twin.store.url
+
+
 def _utc_stamp() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{time.time_ns() % 1_000_000_000:09d}"
 
