@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -300,3 +301,14 @@ def test_corrections_are_held_as_truth_by_the_consensus_and_counted_per_worker(t
         assert rows[worker]["reviewed_answers"] == n and rows[worker]["reviewer_agreement"] == round(agreed / n, 4)
     assert all(row["reviewed_answers"] == 0 and row["reviewer_agreement"] is None
                for w, row in rows.items() if w not in expected)
+    shown = subprocess.run([*crowdloop_cmd(), "workers", "-p", location], capture_output=True, text=True, timeout=120,
+                           check=True, env={**os.environ, "COLUMNS": "200"}).stdout
+    assert "gold acc." in shown and "rev. agr." in shown  # the columns appear where the project has such answers
+
+
+def test_the_workers_table_leaves_out_gold_and_review_columns_a_project_does_not_use(tmp_path: Path) -> None:
+    location = str(tmp_path / "p")
+    assert engine.run_round(Project.prepare(parse_config(small_config()), location), 0) is None
+    shown = subprocess.run([*crowdloop_cmd(), "workers", "-p", location], capture_output=True, text=True, timeout=120,
+                           check=True, env={**os.environ, "COLUMNS": "200"}).stdout
+    assert "judgments" in shown and "gold" not in shown and "reviewed" not in shown

@@ -119,8 +119,8 @@ def test_the_baseline_follows_a_project_resumed_with_raised_limits(tmp_path) -> 
     """A project run to 2 rounds, then resumed with max_rounds 4: the twin's learning curve goes on
     to the same labels (it stopped at the first run's labels, and its stored budget was kept)."""
     from crowdloop.config import parse_config
-    from crowdloop.engine import start_baseline
     from crowdloop.engine import project as project_module
+    from crowdloop.engine import start_baseline
     from tests.conftest import small_config
 
     location = str(tmp_path / "p")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -74,14 +75,23 @@ def workers(
         return
     cur = state["currency"]
     table = Table(title=f"crowdloop {state['project']}: workers", title_justify="left")
-    for name in ("worker", "judgments", "gold", "gold acc.", "reviewed", "rev. agr.", "skill", "approved", "rejected",
-                 f"paid ({cur})", f"{cur}/h", "blocked"):
+    # gold and review columns only where the project has such answers: twelve columns do not fit a terminal
+    gold = any(w["gold_answers"] for w in state["workers"])
+    reviewed = any(w["reviewed_answers"] for w in state["workers"])
+    columns: list[tuple[str, Any]] = [
+        ("worker", lambda w: shown(w["worker_id"])), ("judgments", lambda w: str(w["judgments"])),
+        *([("gold", lambda w: str(w["gold_answers"])), ("gold acc.", lambda w: fmt_value(w["gold_accuracy"], 2))]
+          if gold else []),
+        *([("reviewed", lambda w: str(w["reviewed_answers"])),
+           ("rev. agr.", lambda w: fmt_value(w["reviewer_agreement"], 2))] if reviewed else []),
+        ("skill", lambda w: fmt_value(w["skill"], 2)), ("approved", lambda w: str(w["approved"])),
+        ("rejected", lambda w: str(w["rejected"])), (f"paid ({cur})", lambda w: f"{w['paid']:.2f}"),
+        (f"{cur}/h", lambda w: fmt_value(w["hourly_wage"], 2)), ("blocked", lambda w: "yes" if w["blocked"] else ""),
+    ]
+    for name, _ in columns:
         table.add_column(name, justify="left" if name == "worker" else "right", no_wrap=name == "worker")
     for w in state["workers"]:
-        table.add_row(shown(w["worker_id"]), str(w["judgments"]), str(w["gold_answers"]), fmt_value(w["gold_accuracy"], 2),
-                      str(w["reviewed_answers"]), fmt_value(w["reviewer_agreement"], 2), fmt_value(w["skill"], 2),
-                      str(w["approved"]), str(w["rejected"]), f"{w['paid']:.2f}",
-                      fmt_value(w["hourly_wage"], 2), "yes" if w["blocked"] else "")
+        table.add_row(*(cell(w) for _, cell in columns))
     console.print(table)
     console.print(f"median effective wage: {fmt_value(state['median_wage'], 2)} {cur}/h (target {state['target_wage']:g}); "
                   f"workers {state['n_workers']}, blocked {state['n_blocked']}, rejected assignments {state['n_rejected']}")
