@@ -67,7 +67,8 @@ def test_the_digest_is_recorded_at_creation(started) -> None:
     assert recorded == {"what": str(pool), "how": "sha256 of the file",
                         "sha256": hashlib.sha256(pool.read_bytes()).hexdigest(),
                         # what a csv pool grown by appended rows starts with (tests/test_pool_growth.py)
-                        "bytes": pool.stat().st_size, "rows_at_start": 1797, "pool_items_at_start": 1257}
+                        "bytes": pool.stat().st_size, "rows_at_start": 1797, "pool_items_at_start": 1257,
+                        "classes": [str(c) for c in range(10)]}  # rows added must not bring another
 
 
 def test_features_swapped_under_the_same_ids_are_refused(started) -> None:
