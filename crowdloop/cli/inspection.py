@@ -47,8 +47,9 @@ def status(
                   + shown(state["stop_reason"]))
     for line in agreement_lines(state["annotator_agreement"], state["store"]):
         console.print(line)
-    if growth_line(state):
-        console.print(growth_line(state))
+    grown = growth_line(state)
+    if grown:
+        console.print(grown)
     waiting = state["awaiting_decision"]
     if waiting:
         at_stake = round(sum(w["at_stake"] for w in waiting), 2)

@@ -104,7 +104,7 @@ def _load_split_cached(pool_json: str, seed: int, stamp: tuple[int, int] | None,
 def checked_pool_record(project: Project, existing: dict[str, Any] | None) -> dict[str, str] | None:
     """The pool digest to record; on resume, a one-line ``PoolError`` if the pool is not the one
     the project was created with (``models/digest.py`` says what is hashed for each source)."""
-    from crowdloop.models.digest import pool_digest, rows_appended
+    from crowdloop.models.digest import pool_digest
 
     config, url = project.config, project.store.url
     digest = pool_digest(config.pool, loaded=lambda: (project.pool, project.test))
@@ -121,32 +121,46 @@ def checked_pool_record(project: Project, existing: dict[str, Any] | None) -> di
             if config.pool.source == "parquet":
                 record.update(_rows_record(config.pool))
         return record
-    if not digest.matches(recorded["sha256"]) and "rows_at_start" in recorded \
-            and rows_appended(Path(config.pool.path or ""), recorded):
-        # rows appended: the rows it started with keep their split, audit reserve and stop set
-        # (Project.items_at_start); the new ones join the pool (models/datasets.py, grown_split_indices)
-        _check_same_classes(project, recorded)
-        grown = [*recorded.get("grown", []), {"sha256": recorded["sha256"], "bytes": recorded["bytes"]}]
-        return {**recorded, **digest.as_record(), "grown": grown}
-    if not digest.matches(recorded["sha256"]) and _parquet_rows_added(config.pool, recorded):
-        # a Parquet file rewritten with rows after the ones it had: those read back the same
-        _check_same_classes(project, recorded)
-        grown = [*recorded.get("grown", []), {"sha256": recorded["sha256"], "rows": recorded["rows"]}]
-        return {**recorded, **digest.as_record(), **_rows_record(config.pool), "grown": grown}
-    added = _files_added(project, digest, recorded)
-    if added is not None:
-        _check_same_classes(project, recorded)
-        # files added to a folder: the files it had keep their rows first (in_start_order), so
-        # their split, reserve and stop set stay; the new ones follow, each growth after the last
-        grown = [*recorded.get("grown", []), {"sha256": recorded["sha256"], "added": [list(e) for e in added]}]
-        return {**recorded, **digest.as_record(), "grown": grown}
-    if not digest.matches(recorded["sha256"]):
+    if digest.matches(recorded["sha256"]):  # (matching may cost a second pass: an older kind of digest)
+        return recorded
+    growth = _growth(project, digest, recorded)
+    if growth is None:
         raise PoolError(f"pool.path: {digest.what} is not the pool project {url} was created with ({digest.how}: "
                         f"{digest.sha256[:12]}… now, {recorded['sha256'][:12]}… then); restore the original pool, "
                         "or start a new project (--project-dir) on this one that keeps the labels bought: "
                         f"`crowdloop export -p {url} --format gt-manifest --out labels.manifest`, then "
                         "pool.seed_labels: {path: labels.manifest} (docs/own_data.md, 'When the pool grows')")
-    return recorded
+    # the rows it started with keep their split, audit reserve and stop set (Project.items_at_start);
+    # the new ones join the pool (models/datasets.py: grown_split_indices, in_start_order)
+    _check_same_classes(project, recorded)
+    stage, now = growth
+    grown = [*recorded.get("grown", []), {"sha256": recorded["sha256"], **stage}]
+    return {**recorded, **digest.as_record(), **now, "grown": grown}
+
+
+def grows_by_files(record: dict[str, Any]) -> bool:
+    """Whether a pool record is a folder pool's that may grow by files added (its listing kept
+    under ``pool-listings/``): a csv record holds its ``bytes``, a Parquet one its ``rows_sha256``."""
+    return "rows_at_start" in record and "bytes" not in record and "rows_sha256" not in record
+
+
+def _growth(project: Project, digest: Any, recorded: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """How a pool that no longer matches its recorded digest grew: the stage ``pool.grown`` keeps
+    and the record fields the growth updates; None when it did not grow but changed (or was
+    recorded before it could tell). A csv file: rows appended after its recorded bytes; a
+    Parquet file: its recorded rows read back the same, with rows after them; a folder: every
+    file it had, unchanged, and more."""
+    from crowdloop.models.digest import rows_appended
+
+    cfg = project.config.pool
+    if "rows_at_start" not in recorded:
+        return None
+    if "bytes" in recorded:
+        return ({"bytes": recorded["bytes"]}, {}) if rows_appended(Path(cfg.path or ""), recorded) else None
+    if "rows_sha256" in recorded:
+        return ({"rows": recorded["rows"]}, _rows_record(cfg)) if _parquet_rows_added(cfg, recorded) else None
+    added = _files_added(project, digest, recorded)
+    return None if added is None else ({"added": [list(e) for e in added]}, {})
 
 
 def _check_same_classes(project: Project, recorded: dict[str, Any]) -> None:
@@ -175,7 +189,7 @@ def _parquet_rows_added(cfg: PoolConfig, recorded: dict[str, Any]) -> bool:
     """Whether a Parquet pool holds the recorded rows, read back the same, and rows after them."""
     from crowdloop.models.digest import rows_sha256
 
-    if cfg.source != "parquet" or "rows_sha256" not in recorded:
+    if cfg.source != "parquet":
         return False
     raw = load_pool(cfg)
     n = int(recorded["rows"])
@@ -188,7 +202,7 @@ def _files_added(project: Project, digest: Any, recorded: dict[str, Any]) -> lis
     from crowdloop.models.digest import files_added
     from crowdloop.storage import read_json
 
-    if digest.entries is None or "rows_at_start" not in recorded or digest.matches(recorded["sha256"]):
+    if digest.entries is None:
         return None
     before = read_json(project.store, keys.pool_listing_key(recorded["sha256"]), default=None)
     if before is None:
@@ -203,8 +217,8 @@ def write_pool_listing(project: Project, record: dict[str, Any] | None) -> None:
     from crowdloop.models.digest import entries_sha256, folder_entries
     from crowdloop.storage import read_json, write_json_once
 
-    if not record or "rows_at_start" not in record or "bytes" in record or "rows_sha256" in record:
-        return  # not a folder pool
+    if not record or not grows_by_files(record):
+        return
     key = keys.pool_listing_key(record["sha256"])
     if project.store.exists(key):
         return

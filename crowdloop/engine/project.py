@@ -37,6 +37,7 @@ from crowdloop.engine.pools import (
     appended_ids,
     checked_pool_record,
     features_store,
+    grows_by_files,
     load_pool,
     load_split,
     write_pool_listing,
@@ -554,8 +555,8 @@ class Project:
         dropped in and the next run), so every reader sees the first rows as the project started."""
         record = self._pool_record
         recorded = appended_ids(record)
-        if self.store is None or "rows_at_start" not in record or "bytes" in record or "rows_sha256" in record:
-            return recorded  # not a folder pool
+        if self.store is None or not grows_by_files(record):
+            return recorded
         listing = read_json(features_store(self.store), keys.pool_listing_key(record["sha256"]), default=None)
         if listing is None:
             return recorded
