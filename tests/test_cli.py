@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -182,10 +183,21 @@ def test_ctrl_c_exits_130(plugin_env, tmp_path) -> None:
     assert "Traceback" not in stderr and re.fullmatch(r"interrupted; .*\n", stderr)
 
 
+@pytest.fixture
+def unreachable_prefect_api() -> Iterator[None]:
+    """PREFECT_API_URL set in Prefect's own settings (the commands' first check), to a port nothing
+    listens on, so a test that reaches a server fails. An environment variable set in the test is
+    not enough: this process read its settings at import; such tests once passed only because the
+    session's Prefect server had been started by an earlier test."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        yield
+
+
 @pytest.mark.parametrize("command", [["serve"], ["deploy", "--pool", "p"]])
-def test_a_bad_cron_is_one_line_exit_2_before_the_project_is_opened(command, tmp_path, monkeypatch) -> None:
+def test_a_bad_cron_is_one_line_exit_2_before_the_project_is_opened(command, tmp_path, unreachable_prefect_api) -> None:
     """It was a traceback from inside Prefect's deployment, after the pool had been loaded."""
-    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # deploy's first check; never contacted
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(small_config()))
     store = tmp_path / "project"
@@ -233,14 +245,14 @@ def test_a_host_or_port_the_server_cannot_listen_on_is_one_line_exit_2_before_th
     assert result.output.strip() == expected.format(port=port)
 
 
-def test_the_webhook_checks_its_port_before_it_registers_anything(monkeypatch, tmp_path) -> None:
+def test_the_webhook_checks_its_port_before_it_registers_anything(monkeypatch, tmp_path,
+                                                                  unreachable_prefect_api) -> None:
     """A port in use was found only after the webhook had been registered on Label Studio."""
     import socket
     from types import SimpleNamespace
 
     from crowdloop.engine import Project
 
-    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # checked, never contacted
     registered: list[str] = []
     project = SimpleNamespace(config=SimpleNamespace(project="t", vendor=SimpleNamespace(name="label_studio")),
                               vendor=SimpleNamespace(ensure_webhook=lambda url, **kw: registered.append(url)))
