@@ -27,7 +27,8 @@ PLUGIN_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 # text_pools.py, sharded.py). A field set in the config that its source never reads is refused:
 # `max_items: 5000` on a CSV pool would otherwise load every row without a word. A plug-in
 # source may read any of them, so only built-in sources are checked.
-_TABLE_FIELDS = frozenset({"path", "feature_columns", "label_column", "id_column", "text_column", "image_column"})
+_TABLE_FIELDS = frozenset({"path", "feature_columns", "label_column", "id_column", "text_column", "image_column",
+                           "categorical_columns", "missing_values"})
 _CSV_FIELDS = _TABLE_FIELDS | {"ids_as_written"}
 _SOURCE_FIELDS: dict[str, frozenset[str]] = {
     "sklearn": frozenset({"name"}),
@@ -123,6 +124,14 @@ class PoolConfig(_Strict):
         "(images); an idx folder (fashion_mnist); a folder of text files, optionally in class subfolders (text_folder); "
         "the fortunes folder (fortunes, default /usr/share/games/fortunes); relative paths resolve against the config file")
     feature_columns: list[str] | None = Field(None, description="default: every column but id and label")
+    categorical_columns: list[str] = Field(
+        default_factory=list, description="csv/parquet: feature columns of categories (words, or numbers that name "
+        "something), one-hot encoded for the model (island=Biscoe, island=Dream, ...); annotators see the cells as "
+        "written. A feature column of words not listed here is refused")
+    missing_values: Literal["refuse", "impute"] = Field(
+        "refuse", description="csv/parquet: empty feature cells. refuse: the load fails naming the columns; impute: a "
+        "number column's gaps take its median plus a 0/1 '<column> (missing)' column, a categorical column's are a "
+        "category of their own; fitted on the rows the project started with")
     label_column: str | None = Field(None, description="ground truth, used only for evaluation and simulation")
     id_column: str | None = Field(None, description="stable item ids; default: the row number")
     ids_as_written: bool = Field(
@@ -205,6 +214,20 @@ class PoolConfig(_Strict):
         if self.classes is not None and len(set(self.classes)) < 2:
             raise ValueError(f"classes={self.classes!r}: expected at least two distinct classes")
         seed_column = self.seed_labels.column if self.seed_labels else None
+        if self.categorical_columns:
+            twice = sorted({c for c in self.categorical_columns if self.categorical_columns.count(c) > 1})
+            if twice:
+                raise ValueError(f"categorical_columns: column {twice[0]!r} is listed more than once")
+            taken = [c for c in self.categorical_columns
+                     if c in (self.label_column, self.id_column, self.text_column, self.image_column, seed_column)]
+            if taken:
+                raise ValueError(f"categorical_columns: {taken[0]!r} is the pool's id, label, content or seed-label "
+                                 "column, not a feature")
+            if self.feature_columns is not None:
+                outside = [c for c in self.categorical_columns if c not in self.feature_columns]
+                if outside:
+                    raise ValueError(f"categorical_columns: {outside} not in feature_columns {self.feature_columns}; "
+                                     "expected feature columns")
         if seed_column is not None:
             if self.source not in ("csv", "parquet"):
                 raise ValueError(f"seed_labels.column: expected a csv or parquet pool, not source {self.source!r} "
@@ -722,7 +745,8 @@ def parse_config(data: Any, *, source: str = "<config>", base_dir: Path | None =
     # release before this check stored with such a field still opens (engine/project.py ignores them
     # when comparing a resumed config).
     pool = config.pool
-    ignored = sorted(f for f in pool_fields_unread_by(pool.source) if getattr(pool, f) != PoolConfig.model_fields[f].default)
+    ignored = sorted(f for f in pool_fields_unread_by(pool.source)
+               if getattr(pool, f) != PoolConfig.model_fields[f].get_default(call_default_factory=True))
     if ignored:
         users = sorted(src for src, fields in _SOURCE_FIELDS.items() if ignored[0] in fields)
         raise ConfigError(f"{source}: pool.{ignored[0]}={getattr(pool, ignored[0])!r}: not used by source {pool.source!r}; "

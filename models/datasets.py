@@ -31,6 +31,11 @@ class Pool:
     # (content holds file paths) or "pixels" (the features are a square grayscale image).
     content_kind: str | None = None
     content: np.ndarray | None = None
+    # A table's feature cells as written (object rows, None for an empty cell), kept when the
+    # features are encoded from them (pool.categorical_columns, pool.missing_values: impute):
+    # annotators and exports see these, the models ``X`` (crowdloop.models.tabular).
+    shown: np.ndarray | None = None
+    shown_columns: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -44,6 +49,8 @@ class Pool:
             feature_names=self.feature_names,
             content_kind=self.content_kind,
             content=None if self.content is None else self.content[index],
+            shown=None if self.shown is None else self.shown[index],
+            shown_columns=self.shown_columns,
         )
 
     @property
@@ -77,7 +84,8 @@ def _check_classes_read(labels: list[str], where: str) -> None:
 
 
 def _finish(ids: np.ndarray, X: np.ndarray, y: np.ndarray | None, cfg: PoolConfig, feature_names,
-            content_kind: str | None = None, content: np.ndarray | None = None) -> Pool:
+            content_kind: str | None = None, content: np.ndarray | None = None,
+            shown: np.ndarray | None = None, shown_columns: Sequence[str] = ()) -> Pool:
     if len(ids) == 0:
         raise PoolError("pool: no items")
     if len(set(ids.tolist())) != len(ids):
@@ -111,7 +119,7 @@ def _finish(ids: np.ndarray, X: np.ndarray, y: np.ndarray | None, cfg: PoolConfi
     if not hasattr(X, "take_view"):  # sharded pools stay in their shards
         X = np.ascontiguousarray(X)
     return Pool(ids=ids, X=X, y=y, classes=classes, feature_names=tuple(feature_names),
-                content_kind=content_kind, content=content)
+                content_kind=content_kind, content=content, shown=shown, shown_columns=tuple(shown_columns))
 
 
 def load_sklearn_pool(cfg: PoolConfig) -> Pool:
@@ -164,7 +172,8 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
                         "row per item")
     content_column = cfg.text_column or cfg.image_column
     seed_column = cfg.seed_labels.column if cfg.seed_labels else None  # labels, never features (crowdloop/label_files.py)
-    named = [c for c in [cfg.id_column, cfg.label_column, content_column, seed_column] if c] + list(cfg.feature_columns or [])
+    named = ([c for c in [cfg.id_column, cfg.label_column, content_column, seed_column] if c] + list(cfg.feature_columns or [])
+             + [c for c in cfg.categorical_columns if c not in (cfg.feature_columns or [])])
     missing = [c for c in named if c not in frame.columns]
     if missing:
         raise PoolError(f"pool: column(s) {missing} not found in {path.name}; available columns: "
@@ -173,18 +182,32 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
                                             if c not in (cfg.id_column, cfg.label_column, content_column, seed_column)])
     if not features and not cfg.text_column:  # a text pool's features come from model.features
         raise PoolError(f"pool.feature_columns: no feature columns left in {path.name}")
-    non_numeric = [c for c in features if not pd.api.types.is_numeric_dtype(frame[c])]
+    categorical = [c for c in features if c in cfg.categorical_columns]
+    non_numeric = [c for c in features if c not in categorical and not pd.api.types.is_numeric_dtype(frame[c])]
     if non_numeric:
-        raise PoolError(f"pool.feature_columns: column(s) {non_numeric} in {path.name} are not numeric"
-                        f"{separator_hint(frame.columns)}")
-    X = frame[features].to_numpy(dtype=np.float64) if features else np.zeros((len(frame), 0))
-    if not np.isfinite(X).all():
-        missing = [c for c in features if frame[c].isna().any()]
-        if missing:
-            raise PoolError(f"pool.feature_columns: column(s) {missing} in {path.name} have missing values")
-        infinite = [c for c in features if not np.isfinite(frame[c].to_numpy(dtype=np.float64)).all()]
+        raise PoolError(f"pool.feature_columns: column(s) {non_numeric} in {path.name} are not numeric; list "
+                        "columns of categories in pool.categorical_columns (one-hot encoded), or leave them out with "
+                        f"pool.feature_columns{separator_hint(frame.columns)}")
+    gaps = [c for c in features if frame[c].isna().any()]
+    if gaps and cfg.missing_values == "refuse":
+        first = int(np.flatnonzero(frame[gaps[0]].isna().to_numpy())[0])
+        raise PoolError(f"pool.feature_columns: column(s) {gaps} in {path.name} have missing values (first: column "
+                        f"{gaps[0]!r}, data row {first + 1}); fill them in, or set pool.missing_values: impute")
+    numeric = [c for c in features if c not in categorical]
+    infinite = [c for c in numeric if not np.isfinite(frame[c].dropna().to_numpy(dtype=np.float64)).all()]
+    if infinite:
         raise PoolError(f"pool.feature_columns: column(s) {infinite} in {path.name} hold infinite values; "
                         "expected finite numbers")
+    shown = None
+    if cfg.categorical_columns or cfg.missing_values == "impute":
+        from crowdloop.models.tabular import cell, encode
+
+        shown = np.empty((len(frame), len(features)), dtype=object)
+        for j, column in enumerate(features):
+            shown[:, j] = [cell(v) for v in frame[column].tolist()]
+        X, encoded_names = encode(shown, features, categorical, where=f"pool.path {path.name}")
+    else:
+        X = frame[features].to_numpy(dtype=np.float64) if features else np.zeros((len(frame), 0))
     if cfg.id_column:
         # An empty cell would become the id 'nan' (and make a column of integer ids floats: '7.0'),
         # which no seed-label, gold or export file of the user's could name.
@@ -211,7 +234,23 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
         base = path.resolve().parent
         content = np.array([str((base / str(v)).resolve()) if not pd.isna(v) else "" for v in frame[cfg.image_column].tolist()],
                            dtype=object)
-    return _finish(ids, X, y, cfg, features, content_kind=kind, content=content)
+    if shown is None:
+        return _finish(ids, X, y, cfg, features, content_kind=kind, content=content)
+    return _finish(ids, X, y, cfg, encoded_names, content_kind=kind, content=content, shown=shown,
+                   shown_columns=features)
+
+
+def refit_encoding(pool: Pool, categorical: Sequence[str], rows_at_start: int) -> Pool:
+    """``pool`` with its table features encoded as fitted on the rows it started with: rows
+    appended since neither add categories nor move medians (``crowdloop.models.tabular``)."""
+    if pool.shown is None:
+        return pool
+    from dataclasses import replace
+
+    from crowdloop.models.tabular import encode
+
+    X, names = encode(pool.shown, pool.shown_columns, list(categorical), fit_rows=rows_at_start)
+    return replace(pool, X=np.ascontiguousarray(X), feature_names=tuple(names))
 
 
 # Leading bytes of spreadsheet workbooks: .xlsx/.ods are zip archives, .xls an OLE2 compound file.
@@ -246,6 +285,9 @@ def item_payload(pool: Pool, i: int) -> dict:
         return {"kind": "text", "text": str(pool.content[i])}
     if pool.content_kind == "image" and pool.content is not None:
         return {"kind": "image", "path": str(pool.content[i])}
+    if pool.shown is not None and pool.content_kind is None:  # the cells as written, not their encoding
+        return {"kind": "tabular", "columns": list(pool.shown_columns),
+                "values": ["" if v is None else v for v in pool.shown[i].tolist()]}
     row = pool.X[i]
     if pool.content_kind == "pixels":
         side = round(len(row) ** 0.5)
@@ -271,6 +313,8 @@ def copies_of(pool: Pool) -> dict[str, str]:
         keys = [str(t) for t in pool.content.tolist()]
     elif pool.content_kind == "image" and pool.content is not None:
         keys = [_file_digest(str(path)) for path in pool.content.tolist()]
+    elif pool.shown is not None:  # the cells as written: two unseen categories encode alike, yet differ
+        keys = [repr(row) for row in pool.shown.tolist()]
     elif isinstance(pool.X, np.ndarray) and pool.X.ndim == 2 and len(pool.X):
         rows = np.ascontiguousarray(pool.X)
         _, first, inverse = np.unique(rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel(),

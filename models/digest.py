@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -195,7 +196,11 @@ def arrays_sha256(pool: Any) -> str:
     for part in (np.asarray(pool.ids).astype(str), None if pool.y is None else np.asarray(pool.y).astype(str)):
         h.update(b"\0".join(v.encode() for v in part.tolist()) if part is not None else b"-")
         h.update(b"\1")
-    h.update(np.ascontiguousarray(pool.X).tobytes())
+    shown = getattr(pool, "shown", None)
+    if shown is not None:  # features encoded from the cells (models/tabular.py): the cells are what was given
+        h.update(json.dumps(shown.tolist(), default=str).encode())
+    else:
+        h.update(np.ascontiguousarray(pool.X).tobytes())
     return h.hexdigest()
 
 

@@ -94,11 +94,13 @@ def features_store(store: Store) -> Store:
 @functools.lru_cache(maxsize=4)
 def _load_split_cached(pool_json: str, seed: int, stamp: tuple[int, int] | None, group_copies: bool = False,
                        rows_at_start: int | None = None, appended: tuple[str, ...] = ()):
-    from crowdloop.models.datasets import in_start_order, split_pool
+    from crowdloop.models.datasets import in_start_order, refit_encoding, split_pool
 
     cfg = PoolConfig.model_validate_json(pool_json)
-    return split_pool(in_start_order(_load_pool_cached(pool_json, stamp), appended), cfg.test_size, seed,
-                      group_copies=group_copies, rows_at_start=rows_at_start)
+    pool = in_start_order(_load_pool_cached(pool_json, stamp), appended)
+    if rows_at_start is not None:  # table features as encoded when the project started (models/tabular.py)
+        pool = refit_encoding(pool, cfg.categorical_columns, rows_at_start)
+    return split_pool(pool, cfg.test_size, seed, group_copies=group_copies, rows_at_start=rows_at_start)
 
 
 def checked_pool_record(project: Project, existing: dict[str, Any] | None) -> dict[str, str] | None:
