@@ -69,7 +69,26 @@ class CheckReport:
                 copy, original = min(found.items())
                 copies = f"; {len(found)} item(s) show what an earlier one shows (e.g. {copy!r} = {original!r}): asked once"
         return (f"pool of {self.n_items} items ({self.n_selectable} to label, {self.n_test} held out for testing), "
-                f"{len(self.classes)} classes{copies}{where}")
+                f"{len(self.classes)} classes{_encoding_summary(self.pool)}{copies}{where}")
+
+
+def _encoding_summary(pool: Any) -> str:
+    """What the model gets from a table's words and gaps (``crowdloop.models.tabular``), so a user
+    sees a column of 900 categories or a column half empty before the first round."""
+    shown = getattr(pool, "shown", None)
+    if shown is None:
+        return ""
+    columns = list(pool.shown_columns)
+    encoded = [name.split("=", 1)[0] for name in pool.feature_names if "=" in name]
+    categories = {c: encoded.count(c) for c in columns if c in encoded}
+    gaps = {c: int(sum(v is None for v in shown[:, j].tolist())) for j, c in enumerate(columns)}
+    gaps = {c: n for c, n in gaps.items() if n}
+    parts = [f"{len(pool.feature_names)} model features from {len(columns)} columns"]
+    if categories:
+        parts.append("one-hot: " + ", ".join(f"{c} ({n})" for c, n in categories.items()))
+    if gaps:
+        parts.append("empty cells imputed: " + ", ".join(f"{c} ({n})" for c, n in gaps.items()))
+    return "; " + "; ".join(parts)
 
 
 def check_config(config: LoopConfig, *, source: str | None = None, location: str | None = None,

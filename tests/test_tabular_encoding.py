@@ -156,3 +156,17 @@ def test_a_table_with_words_and_gaps_runs_grows_and_keeps_its_features(tmp_path:
         assert engine.run_round(p, r) is None
     assert p.record(4, keys.METRICS)["stability_kappa"] is not None
     assert p.record(4, keys.METRICS)["accuracy"] >= accuracy - 0.1
+
+
+def test_crowdloop_check_says_what_the_model_gets_from_words_and_gaps(tmp_path: Path) -> None:
+    from crowdloop.checks import check_config
+
+    path = tmp_path / "penguins.csv"
+    frame = _table(50, np.random.default_rng(2))
+    frame.to_csv(path, index=False)
+    config = parse_config(small_config(pool=_pool_config(path, categorical_columns=["island"], missing_values="impute")))
+    summary = check_config(config).summary()
+    n_bill, n_island = int(frame["bill"].isna().sum()), int(frame["island"].isna().sum())
+    assert n_bill and n_island
+    assert (f"7 model features from 3 columns; one-hot: island (4); empty cells imputed: bill ({n_bill}), "
+            f"island ({n_island})") in summary  # bill and its (missing) column, 3 islands and (missing), year
