@@ -182,6 +182,10 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
                                             if c not in (cfg.id_column, cfg.label_column, content_column, seed_column)])
     if not features and not cfg.text_column:  # a text pool's features come from model.features
         raise PoolError(f"pool.feature_columns: no feature columns left in {path.name}")
+    if cfg.feature_columns is None and content_column:
+        # A text or image pool shows its content; its other columns of words are the team's own
+        # notes (channel, author, file date), not features: kept out, where a table refuses them.
+        features = [c for c in features if c in cfg.categorical_columns or pd.api.types.is_numeric_dtype(frame[c])]
     categorical = [c for c in features if c in cfg.categorical_columns]
     non_numeric = [c for c in features if c not in categorical and not pd.api.types.is_numeric_dtype(frame[c])]
     if non_numeric:
@@ -192,7 +196,8 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
     if gaps and cfg.missing_values == "refuse":
         first = int(np.flatnonzero(frame[gaps[0]].isna().to_numpy())[0])
         raise PoolError(f"pool.feature_columns: column(s) {gaps} in {path.name} have missing values (first: column "
-                        f"{gaps[0]!r}, data row {first + 1}); fill them in, or set pool.missing_values: impute")
+                        f"{gaps[0]!r}, data row {first + 1}); fill them in, set pool.missing_values: impute, or leave "
+                        "them out with pool.feature_columns")
     numeric = [c for c in features if c not in categorical]
     infinite = [c for c in numeric if not np.isfinite(frame[c].dropna().to_numpy(dtype=np.float64)).all()]
     if infinite:

@@ -84,7 +84,8 @@ def test_the_loader_refuses_words_and_gaps_unless_asked_naming_column_and_row(tm
     frame = pd.read_csv(path)
     first_gap = int(np.flatnonzero(frame["bill"].isna().to_numpy())[0]) + 1
     with pytest.raises(PoolError, match=rf"\['bill', 'island'\] in penguins.csv have missing values \(first: column "
-                                        rf"'bill', data row {first_gap}\); fill them in, or set pool.missing_values: impute"):
+                                        rf"'bill', data row {first_gap}\); fill them in, set pool.missing_values: "
+                                        r"impute, or leave them out with pool.feature_columns"):
         load_pool(parse_config(small_config(pool=_pool_config(path, categorical_columns=["island"]))).pool)
 
 
@@ -170,3 +171,27 @@ def test_crowdloop_check_says_what_the_model_gets_from_words_and_gaps(tmp_path: 
     assert n_bill and n_island
     assert (f"7 model features from 3 columns; one-hot: island (4); empty cells imputed: bill ({n_bill}), "
             f"island ({n_island})") in summary  # bill and its (missing) column, 3 islands and (missing), year
+
+
+def test_a_text_pools_columns_of_words_are_its_own_notes_not_features(tmp_path: Path) -> None:
+    """A ticket CSV (id, text, channel, label) was refused: "['channel'] are not numeric", though
+    a text pool's features come from its text."""
+    from crowdloop.checks import check_config
+
+    rng = np.random.default_rng(4)
+    label = rng.choice(["billing", "shipping"], size=60)
+    frame = pd.DataFrame({"id": range(60), "text": [f"ticket {i} about my {'invoice' if v == 'billing' else 'parcel'}"
+                                                    for i, v in enumerate(label)],
+                          "channel": rng.choice(["email", "chat"], size=60), "stars": rng.integers(1, 6, 60), "label": label})
+    path = tmp_path / "tickets.csv"
+    frame.to_csv(path, index=False)
+    text_pool = {"source": "csv", "path": str(path), "id_column": "id", "text_column": "text", "label_column": "label"}
+    config = parse_config(small_config(pool=text_pool, model={"estimator": "sklearn.linear_model.LogisticRegression",
+                                                              "features": {"kind": "tfidf"}}))
+    report = check_config(config)
+    assert report.pool.feature_names == ("stars",) and report.n_items == 60  # numbers stay features, as before
+    with pytest.raises(PoolError, match=r"\['channel'\] in tickets.csv are not numeric"):  # named: it is asked for
+        load_pool(parse_config(small_config(pool={**text_pool, "feature_columns": ["stars", "channel"]})).pool)
+    table = {k: v for k, v in text_pool.items() if k != "text_column"}
+    with pytest.raises(PoolError, match=r"\['text', 'channel'\] in tickets.csv are not numeric"):  # a table: refused
+        load_pool(parse_config(small_config(pool=table)).pool)
