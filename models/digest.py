@@ -198,10 +198,23 @@ def arrays_sha256(pool: Any) -> str:
         h.update(b"\1")
     shown = getattr(pool, "shown", None)
     if shown is not None:  # features encoded from the cells (models/tabular.py): the cells are what was given
-        h.update(json.dumps(shown.tolist(), default=str).encode())
+        h.update(json.dumps([[_canonical(v) for v in row] for row in shown.tolist()]).encode())
     else:
         h.update(np.ascontiguousarray(pool.X).tobytes())
     return h.hexdigest()
+
+
+def _canonical(cell: Any) -> Any:
+    """A table cell as the digest reads it: a number as a float, so a Parquet file rewritten with
+    rows added, whose integer column became a float column for a new empty cell, reads its first
+    rows back the same (2007 == 2007.0), as the features' bytes always did."""
+    if cell is None or isinstance(cell, str):
+        return cell
+    if isinstance(cell, bool):
+        return float(cell)
+    if isinstance(cell, int | float):
+        return float(cell)
+    return str(cell)
 
 
 def rows_sha256(pool: Any, n: int) -> str:

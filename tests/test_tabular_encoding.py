@@ -195,3 +195,33 @@ def test_a_text_pools_columns_of_words_are_its_own_notes_not_features(tmp_path: 
     table = {k: v for k, v in text_pool.items() if k != "text_column"}
     with pytest.raises(PoolError, match=r"\['text', 'channel'\] in tickets.csv are not numeric"):  # a table: refused
         load_pool(parse_config(small_config(pool=table)).pool)
+
+
+def test_a_parquet_table_with_words_grows_even_when_a_new_gap_makes_its_numbers_floats(tmp_path: Path) -> None:
+    """A Parquet file is rewritten whole: its first rows must read back the same. A year column of
+    integers becomes a float column once an added row leaves it empty (2007 -> 2007.0), which is
+    the same year; a category changed in an early row is not."""
+    rng = np.random.default_rng(5)
+    frame = _table(300, rng).fillna({"bill": 4.0, "island": "Dream"})
+    path, location = tmp_path / "penguins.parquet", str(tmp_path / "p")
+    frame.to_parquet(path, index=False)
+    pool = _pool_config(path, source="parquet", categorical_columns=["island"], missing_values="impute")
+    config = parse_config(small_config(pool=pool, stopping={"max_rounds": 3, "stabilizing_predictions": {"stop_set": 50}}))
+    p = Project.prepare(config, location)
+    assert engine.run_round(p, 0) is None
+    X_before = p.pool.X.copy()
+    more = _table(40, rng, start=500)
+    more.loc[0, "year"] = np.nan
+    grown = pd.concat([frame, more], ignore_index=True)
+    assert grown["year"].dtype == np.float64
+    grown.to_parquet(path, index=False)
+    project_module._PREPARED.clear()
+    p = Project.prepare(config, location)
+    assert len(p.pool) + len(p.test) == 340 and np.array_equal(p.pool.X[: len(X_before)], X_before)
+    assert engine.run_round(p, 1) is None
+    edited = grown.copy()
+    edited.loc[3, "island"] = "Torgersen" if edited.loc[3, "island"] != "Torgersen" else "Biscoe"
+    edited.to_parquet(path, index=False)
+    project_module._PREPARED.clear()
+    with pytest.raises(PoolError, match=r"is not the pool project .* was created with"):
+        Project.prepare(config, location)
