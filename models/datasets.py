@@ -205,11 +205,9 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
                         "expected finite numbers")
     shown = None
     if cfg.categorical_columns or cfg.missing_values == "impute":
-        from crowdloop.models.tabular import cell, encode
+        from crowdloop.models.tabular import encode, shown_cells
 
-        shown = np.empty((len(frame), len(features)), dtype=object)
-        for j, column in enumerate(features):
-            shown[:, j] = [cell(v) for v in frame[column].tolist()]
+        shown = shown_cells(frame, features)
         X, encoded_names = encode(shown, features, categorical, where=f"pool.path {path.name}")
     else:
         X = frame[features].to_numpy(dtype=np.float64) if features else np.zeros((len(frame), 0))

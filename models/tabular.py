@@ -35,70 +35,58 @@ MAX_CATEGORIES = 1000
 MISSING = "(missing)"
 
 
-def cell(value: Any) -> Any:
-    """A table cell as plain Python (JSON-ready): None for a missing cell, numbers as numbers."""
-    if value is None:
-        return None
-    if isinstance(value, float | np.floating) and np.isnan(value):
-        return None
-    try:
-        import pandas as pd
-
-        if value is pd.NA or value is pd.NaT:
-            return None
-    except ImportError:  # pandas is a dependency; kept for the type checker's sake
-        pass
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def category(value: Any) -> str:
     """A categorical cell as its category name: 2007 and 2007.0 are one category, as labels are."""
     return label_name(value).strip()
 
 
+def shown_cells(frame: Any, columns: Sequence[str]) -> np.ndarray:
+    """The cells of ``columns`` of a pandas frame as object rows of plain Python values, None where
+    empty: what annotators see, JSON-ready."""
+    part = frame[list(columns)].astype(object)
+    return part.where(part.notna(), None).to_numpy(dtype=object)
+
+
 def encode(shown: np.ndarray, columns: Sequence[str], categorical: Sequence[str], *,
            fit_rows: int | None = None, where: str = "pool") -> tuple[np.ndarray, list[str]]:
-    """The float feature matrix of ``shown`` (object rows of cells, ``cell``) and its column names.
+    """The float feature matrix of ``shown`` (``shown_cells``) and its column names.
 
     ``categorical``: the columns to one-hot; every other column must hold numbers or missing
     cells. The categories, medians and which indicators exist come from the first ``fit_rows``
     rows (all when None) only.
     """
+    import pandas as pd
+
     n = len(shown)
     fit = n if fit_rows is None else min(int(fit_rows), n)
     blocks: list[np.ndarray] = []
     names: list[str] = []
     for j, column in enumerate(columns):
-        cells = shown[:, j] if n else np.empty(0, dtype=object)
-        missing = np.array([v is None for v in cells.tolist()], dtype=bool)
+        cells = pd.Series(shown[:, j] if n else [], dtype=object)
+        missing = cells.isna().to_numpy()
         if column in categorical:
-            values = [None if m else category(v) for v, m in zip(cells.tolist(), missing.tolist(), strict=True)]
-            known = sorted({v for v in values[:fit] if v is not None})
+            values = cells.map(category, na_action="ignore")
+            known = sorted(set(values.iloc[:fit].dropna().tolist()))
             if len(known) > MAX_CATEGORIES:
                 raise PoolError(f"{where}: pool.categorical_columns: column {column!r} holds {len(known)} distinct values; "
                                 f"expected at most {MAX_CATEGORIES} categories (an id or free text is no category: "
                                 "leave it out with pool.feature_columns)")
-            index = {c: k for k, c in enumerate(known)}
+            codes = pd.Categorical(values, categories=known).codes  # -1: missing, or a category the fit never saw
             with_missing = bool(missing[:fit].any())
             block = np.zeros((n, len(known) + with_missing), dtype=np.float64)
-            for i, v in enumerate(values):
-                if v is None:
-                    if with_missing:
-                        block[i, -1] = 1.0
-                elif v in index:
-                    block[i, index[v]] = 1.0
+            seen = codes >= 0
+            block[np.flatnonzero(seen), codes[seen]] = 1.0
+            if with_missing:
+                block[missing, -1] = 1.0
             blocks.append(block)
             names += [f"{column}={c}" for c in known] + ([f"{column}={MISSING}"] if with_missing else [])
             continue
-        try:
-            numbers = np.array([np.nan if m else float(v) for v, m in zip(cells.tolist(), missing.tolist(), strict=True)],
-                               dtype=np.float64)
-        except (TypeError, ValueError):
-            bad = next(v for v, m in zip(cells.tolist(), missing.tolist(), strict=True) if not m and not _is_number(v))
-            raise PoolError(f"{where}: pool.feature_columns: column {column!r} holds {bad!r}, not a number; expected "
-                            "numbers, or list the column in pool.categorical_columns to one-hot encode it") from None
+        numbers = pd.to_numeric(cells, errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.isnan(numbers) & ~missing
+        if bad.any():
+            first = cells.iloc[int(np.flatnonzero(bad)[0])]
+            raise PoolError(f"{where}: pool.feature_columns: column {column!r} holds {first!r}, not a number; expected "
+                            "numbers, or list the column in pool.categorical_columns to one-hot encode it")
         observed = numbers[:fit][~missing[:fit]]
         median = float(np.median(observed)) if len(observed) else 0.0
         blocks.append(np.where(missing, median, numbers)[:, None])
@@ -108,11 +96,3 @@ def encode(shown: np.ndarray, columns: Sequence[str], categorical: Sequence[str]
             names.append(f"{column} {MISSING}")
     X = np.hstack(blocks) if blocks else np.zeros((n, 0), dtype=np.float64)
     return X, names
-
-
-def _is_number(value: Any) -> bool:
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return False
-    return True
