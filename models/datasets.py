@@ -8,6 +8,7 @@ never see it.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +181,16 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
                         f"{list(map(str, frame.columns))}{separator_hint(frame.columns)}")
     features = list(cfg.feature_columns or [c for c in frame.columns
                                             if c not in (cfg.id_column, cfg.label_column, content_column, seed_column)])
+    if cfg.feature_columns is None:
+        # pandas names a column whose header cell is empty "Unnamed: 0": most often a row number that
+        # to_csv(index=True) wrote. As a feature it tells the model where a row sits in the file, which
+        # is the label itself in a file sorted by class (penguins: 0.988 accuracy from the row numbers alone).
+        unnamed = [c for c in features if re.fullmatch(r"Unnamed: \d+", str(c))]
+        if unnamed:
+            position = list(frame.columns).index(unnamed[0]) + 1
+            raise PoolError(f"pool.path: column {position} of {path.name} has no header (read as {unnamed[0]!r}; a row "
+                            "number saved with the file?); expected a named column: name it and set pool.id_column, "
+                            "or leave it out with pool.feature_columns")
     if not features and not cfg.text_column:  # a text pool's features come from model.features
         raise PoolError(f"pool.feature_columns: no feature columns left in {path.name}")
     if cfg.feature_columns is None and content_column:

@@ -225,3 +225,18 @@ def test_a_parquet_table_with_words_grows_even_when_a_new_gap_makes_its_numbers_
     project_module._PREPARED.clear()
     with pytest.raises(PoolError, match=r"is not the pool project .* was created with"):
         Project.prepare(config, location)
+
+
+def test_a_column_without_a_header_is_refused_unless_named_as_a_feature(tmp_path: Path) -> None:
+    """``to_csv(index=True)`` writes the row numbers under an empty header; in a file sorted by
+    class they are the label, and they became a feature without a word."""
+    frame = _table(40, np.random.default_rng(6)).drop(columns=["id", "island"]).fillna({"bill": 1.0})
+    frame = frame.sort_values("species", ignore_index=True)
+    path = tmp_path / "sorted.csv"
+    frame.to_csv(path)  # index=True
+    pool = {"source": "csv", "path": str(path), "label_column": "species"}
+    with pytest.raises(PoolError, match=r"column 1 of sorted.csv has no header \(read as 'Unnamed: 0'; a row number saved "
+                                        r"with the file\?\); expected a named column"):
+        load_pool(parse_config(small_config(pool=pool)).pool)
+    named = load_pool(parse_config(small_config(pool={**pool, "feature_columns": ["bill", "year"]})).pool)
+    assert named.feature_names == ("bill", "year") and len(named) == 40
