@@ -43,8 +43,23 @@ def category(value: Any) -> str:
 def shown_cells(frame: Any, columns: Sequence[str]) -> np.ndarray:
     """The cells of ``columns`` of a pandas frame as object rows of plain Python values, None where
     empty: what annotators see, JSON-ready."""
+    import pandas as pd
+
     part = frame[list(columns)].astype(object)
-    return part.where(part.notna(), None).to_numpy(dtype=object)
+    for column in columns:  # a Parquet file's dates, decimals or bytes would not go into a task's JSON
+        if not pd.api.types.is_numeric_dtype(frame[column]):
+            part[column] = part[column].map(_plain, na_action="ignore")
+    cells = part.to_numpy(dtype=object)
+    cells[pd.isna(cells)] = None
+    return cells
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
 
 
 def encode(shown: np.ndarray, columns: Sequence[str], categorical: Sequence[str], *,

@@ -240,3 +240,21 @@ def test_a_column_without_a_header_is_refused_unless_named_as_a_feature(tmp_path
         load_pool(parse_config(small_config(pool=pool)).pool)
     named = load_pool(parse_config(small_config(pool={**pool, "feature_columns": ["bill", "year"]})).pool)
     assert named.feature_names == ("bill", "year") and len(named) == 40
+
+
+def test_a_parquet_category_of_dates_reaches_annotators_as_text(tmp_path: Path) -> None:
+    """A Parquet file keeps dates as timestamps; listed as a category, they were cells no task's
+    JSON could hold."""
+    import json
+
+    frame = _table(30, np.random.default_rng(8)).fillna({"bill": 2.0, "island": "Dream"})
+    frame["visited"] = pd.to_datetime("2024-03-01") + pd.to_timedelta(frame.index % 3, unit="D")
+    path = tmp_path / "penguins.parquet"
+    frame.to_parquet(path, index=False)
+    pool = load_pool(parse_config(small_config(pool=_pool_config(
+        path, source="parquet", categorical_columns=["island", "visited"]))).pool)
+    payload = item_payload(pool, 1)
+    assert payload["values"][payload["columns"].index("visited")] == "2024-03-02 00:00:00"
+    json.dumps(payload)
+    assert [n for n in pool.feature_names if n.startswith("visited=")] == [
+        "visited=2024-03-01 00:00:00", "visited=2024-03-02 00:00:00", "visited=2024-03-03 00:00:00"]
