@@ -70,6 +70,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+# Test folders whose files hold few tests that each run a flow, a server or a browser for a minute
+# or more. scripts/test.sh hands whole files to two processes in collection order
+# (--no-loadscope-reorder); these go first, so the last minutes are short files filling in, not
+# one process running a 100-s flow test while the other waits.
+SLOW_FIRST = ("flows", "vendors")
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        try:
+            parts = item.path.relative_to(REPO / "tests").parts
+        except ValueError:  # a test run inside a test (pytester), in a temporary folder
+            return 1
+        return 0 if len(parts) > 1 and parts[0] in SLOW_FIRST else 1
+
+    items.sort(key=rank)  # stable: each file's tests keep their order
+
+
 @pytest.fixture(scope="session")
 def prefect_api_url() -> Iterator[str]:
     """A real Prefect server (the test harness) shared by the whole session.
