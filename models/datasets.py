@@ -200,9 +200,10 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
     categorical = [c for c in features if c in cfg.categorical_columns]
     non_numeric = [c for c in features if c not in categorical and not pd.api.types.is_numeric_dtype(frame[c])]
     if non_numeric:
-        raise PoolError(f"pool.feature_columns: column(s) {non_numeric} in {path.name} are not numeric; list "
-                        "columns of categories in pool.categorical_columns (one-hot encoded), or leave them out with "
-                        f"pool.feature_columns{separator_hint(frame.columns)}")
+        hint = separator_hint(frame.columns)  # a header read as one column: the separator is the cause
+        raise PoolError(f"pool.feature_columns: column(s) {non_numeric} in {path.name} are not numeric"
+                        + (hint or "; list columns of categories in pool.categorical_columns (one-hot encoded), or "
+                           "leave them out with pool.feature_columns"))
     gaps = [c for c in features if frame[c].isna().any()]
     if gaps and cfg.missing_values == "refuse":
         first = int(np.flatnonzero(frame[gaps[0]].isna().to_numpy())[0])
