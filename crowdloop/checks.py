@@ -79,8 +79,8 @@ def _encoding_summary(pool: Any) -> str:
     if shown is None:
         return ""
     columns = list(pool.shown_columns)
-    encoded = [name.split("=", 1)[0] for name in pool.feature_names if "=" in name]
-    categories = {c: encoded.count(c) for c in columns if c in encoded}
+    one_hot = {c: sum(name.startswith(f"{c}=") for name in pool.feature_names) for c in columns}
+    categories = {c: n for c, n in one_hot.items() if n}
     gaps = {c: int(sum(v is None for v in shown[:, j].tolist())) for j, c in enumerate(columns)}
     gaps = {c: n for c, n in gaps.items() if n}
     parts = [f"{len(pool.feature_names)} model features from {len(columns)} columns"]

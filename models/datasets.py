@@ -204,25 +204,18 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
         raise PoolError(f"pool.feature_columns: column(s) {non_numeric} in {path.name} are not numeric"
                         + (hint or "; list columns of categories in pool.categorical_columns (one-hot encoded), or "
                            "leave them out with pool.feature_columns"))
-    gaps = [c for c in features if frame[c].isna().any()]
-    if gaps and cfg.missing_values == "refuse":
-        first = int(np.flatnonzero(frame[gaps[0]].isna().to_numpy())[0])
-        raise PoolError(f"pool.feature_columns: column(s) {gaps} in {path.name} have missing values (first: column "
-                        f"{gaps[0]!r}, data row {first + 1}); fill them in, set pool.missing_values: impute, or leave "
-                        "them out with pool.feature_columns")
-    numeric = [c for c in features if c not in categorical]
-    infinite = [c for c in numeric if not np.isfinite(frame[c].dropna().to_numpy(dtype=np.float64)).all()]
-    if infinite:
-        raise PoolError(f"pool.feature_columns: column(s) {infinite} in {path.name} hold infinite values; "
-                        "expected finite numbers")
     shown = None
     if cfg.categorical_columns or cfg.missing_values == "impute":
         from crowdloop.models.tabular import encode, shown_cells
 
+        _check_cells(frame, features, categorical, path, refuse_gaps=cfg.missing_values == "refuse")
         shown = shown_cells(frame, features)
-        X, encoded_names = encode(shown, features, categorical, where=f"pool.path {path.name}")
+        X, feature_names = encode(shown, features, categorical, where=f"pool.path {path.name}")
     else:
+        feature_names = features
         X = frame[features].to_numpy(dtype=np.float64) if features else np.zeros((len(frame), 0))
+        if not np.isfinite(X).all():  # one pass over the numbers; the columns are named only when it fails
+            _check_cells(frame, features, [], path, refuse_gaps=True)
     if cfg.id_column:
         # An empty cell would become the id 'nan' (and make a column of integer ids floats: '7.0'),
         # which no seed-label, gold or export file of the user's could name.
@@ -249,10 +242,22 @@ def load_table_pool(cfg: PoolConfig) -> Pool:
         base = path.resolve().parent
         content = np.array([str((base / str(v)).resolve()) if not pd.isna(v) else "" for v in frame[cfg.image_column].tolist()],
                            dtype=object)
-    if shown is None:
-        return _finish(ids, X, y, cfg, features, content_kind=kind, content=content)
-    return _finish(ids, X, y, cfg, encoded_names, content_kind=kind, content=content, shown=shown,
-                   shown_columns=features)
+    return _finish(ids, X, y, cfg, feature_names, content_kind=kind, content=content, shown=shown,
+                   shown_columns=features if shown is not None else ())
+
+
+def _check_cells(frame: Any, features: list[str], categorical: list[str], path: Path, *, refuse_gaps: bool) -> None:
+    """Refuse empty feature cells (unless imputed) and infinite numbers, naming the columns."""
+    gaps = [c for c in features if frame[c].isna().any()] if refuse_gaps else []
+    if gaps:
+        first = int(np.flatnonzero(frame[gaps[0]].isna().to_numpy())[0])
+        raise PoolError(f"pool.feature_columns: column(s) {gaps} in {path.name} have missing values (first: column "
+                        f"{gaps[0]!r}, data row {first + 1}); fill them in, set pool.missing_values: impute, or leave "
+                        "them out with pool.feature_columns")
+    infinite = [c for c in features if c not in categorical and np.isinf(frame[c].to_numpy(dtype=np.float64)).any()]
+    if infinite:
+        raise PoolError(f"pool.feature_columns: column(s) {infinite} in {path.name} hold infinite values; "
+                        "expected finite numbers")
 
 
 def refit_encoding(pool: Pool, categorical: Sequence[str], rows_at_start: int) -> Pool:

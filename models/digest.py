@@ -210,9 +210,7 @@ def _canonical(cell: Any) -> Any:
     rows back the same (2007 == 2007.0), as the features' bytes always did."""
     if cell is None or isinstance(cell, str):
         return cell
-    if isinstance(cell, bool):
-        return float(cell)
-    if isinstance(cell, int | float):
+    if isinstance(cell, int | float):  # bool too
         return float(cell)
     return str(cell)
 
